@@ -1,0 +1,7 @@
+//! fleet: declarative bare-metal provisioning.
+//!
+//! The core (`config`, `model`, `plan`) is pure; IO lives at the edges (`store`, `api`, `power`,
+//! `cli`). See ARCHITECTURE.md for the code map and each part's invariants.
+
+pub mod model;
+pub mod store;

@@ -1,0 +1,14 @@
+//! The machine life-cycle: statuses, the transition whitelist, actions and their rules.
+//!
+//! Pure: no IO, no clock, no randomness. Everything the rules need is passed in.
+
+pub mod action;
+pub mod names;
+pub mod status;
+
+pub use action::{
+    decide, settle, Action, ActionOptions, ActionRequest, EraseMode, FollowUp, Lifecycle, Outcome, PowerCommand,
+    PowerOffMode, PowerState, Refusal, Settlement, StatusChange,
+};
+pub use names::{BadMac, BadName, MacAddr, MachineName};
+pub use status::{InvalidTransition, Status, StatusKind, UnknownStatus};
