@@ -3,5 +3,9 @@
 //! The core (`config`, `model`, `plan`) is pure; IO lives at the edges (`store`, `api`, `power`,
 //! `cli`). See ARCHITECTURE.md for the code map and each part's invariants.
 
+pub mod api;
+pub mod config;
+pub mod controller;
 pub mod model;
+pub mod power;
 pub mod store;

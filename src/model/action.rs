@@ -366,7 +366,7 @@ pub struct Outcome {
 /// Why an action was refused. The message names the status and the action; the caller adds the
 /// machine's name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cannot {action} a machine that is {status}: {reason}")]
+#[error("cannot {} a machine that is {status}: {reason}", action.cli_name())]
 pub struct Refusal {
     pub action: Action,
     pub status: Status,

@@ -1,1 +1,9 @@
+//! One integration-test binary (keeps link time low); one module per concern.
 
+mod support;
+
+mod actions;
+mod config;
+mod crash;
+mod lifecycle;
+mod store;

@@ -1,0 +1,279 @@
+//! The JSON the API returns. These shapes are the `--json` contract of the CLI: fields are
+//! added, never renamed or removed. Times are RFC 3339 in UTC.
+
+use crate::controller::actions::ActionDone;
+use crate::model::{Action, MacAddr, PowerCommand, PowerState, Status};
+use crate::store::{Disk, Event, Interface, MachineRecord, MachineSummary, ScriptResult};
+use serde::{Deserialize, Serialize};
+
+/// Unix milliseconds as RFC 3339 (`2026-11-24T21:30:00.123Z`).
+pub fn rfc3339(unix_ms: i64) -> String {
+    let nanos = i128::from(unix_ms) * 1_000_000;
+    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(at) => at
+            .format(&time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+            ))
+            .unwrap_or_else(|_| unix_ms.to_string()),
+        Err(_) => unix_ms.to_string(),
+    }
+}
+
+/// One row of `fleet machines --json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MachineRow {
+    pub name: String,
+    pub status: Status,
+    pub power: PowerState,
+    pub locked: bool,
+    pub arch: Option<String>,
+    pub cpus: Option<i64>,
+    pub memory_mib: Option<i64>,
+    pub storage_bytes: Option<i64>,
+    pub owner: Option<String>,
+}
+
+impl From<MachineSummary> for MachineRow {
+    fn from(summary: MachineSummary) -> Self {
+        MachineRow {
+            name: summary.name.to_string(),
+            status: summary.status,
+            power: summary.power,
+            locked: summary.locked,
+            arch: summary.arch,
+            cpus: summary.cpus,
+            memory_mib: summary.memory_mib,
+            storage_bytes: summary.storage_bytes,
+            owner: summary.owner,
+        }
+    }
+}
+
+/// One machine in full (`fleet machine show --json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MachineView {
+    pub name: String,
+    pub status: Status,
+    pub status_label: String,
+    pub status_reason: Option<String>,
+    pub status_since: String,
+    pub previous_status: Option<Status>,
+    pub power: PowerState,
+    pub locked: bool,
+    pub owner: Option<String>,
+    pub commissioned: bool,
+    pub deployed_os: Option<String>,
+    pub arch: Option<String>,
+    pub power_type: String,
+    /// Secrets appear only as references (`{"env": "BMC_PASSWORD"}`).
+    pub power_params: serde_json::Value,
+    pub bmc_address: Option<String>,
+    pub image: Option<String>,
+    pub tags: Vec<String>,
+    pub macs: Vec<MacAddr>,
+    pub hardware: HardwareView,
+    pub interfaces: Vec<Interface>,
+    pub disks: Vec<Disk>,
+    pub generation: i64,
+    pub last_heard: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HardwareView {
+    pub cpus: Option<i64>,
+    pub cpu_model: Option<String>,
+    pub cpu_speed_mhz: Option<i64>,
+    pub memory_mib: Option<i64>,
+    pub storage_bytes: Option<i64>,
+    pub facts: serde_json::Value,
+}
+
+impl From<&MachineRecord> for MachineView {
+    fn from(record: &MachineRecord) -> Self {
+        let life = &record.lifecycle;
+        let storage: i64 = record.disks.iter().map(|disk| disk.size_bytes).sum();
+        MachineView {
+            name: record.name.to_string(),
+            status: life.status,
+            status_label: life.status.label().to_string(),
+            status_reason: record.status_reason.clone(),
+            status_since: rfc3339(record.status_since),
+            previous_status: life.previous_status,
+            power: life.power,
+            locked: life.locked,
+            owner: life.owner.clone(),
+            commissioned: life.commissioned,
+            deployed_os: life.deployed_os.clone(),
+            arch: record.arch.clone(),
+            power_type: record.power_type.clone(),
+            power_params: record.power_params.clone(),
+            bmc_address: record.bmc_address.clone(),
+            image: record.image.clone(),
+            tags: record.tags.clone(),
+            macs: record.interfaces.iter().map(|interface| interface.mac).collect(),
+            hardware: HardwareView {
+                cpus: record.hardware.cpus,
+                cpu_model: record.hardware.cpu_model.clone(),
+                cpu_speed_mhz: record.hardware.cpu_speed_mhz,
+                memory_mib: record.hardware.memory_mib,
+                storage_bytes: (!record.disks.is_empty()).then_some(storage),
+                facts: record.hardware.facts.clone(),
+            },
+            interfaces: record.interfaces.clone(),
+            disks: record.disks.clone(),
+            generation: record.generation,
+            last_heard: record.last_heard.map(rfc3339),
+            created_at: rfc3339(record.created_at),
+            updated_at: rfc3339(record.updated_at),
+        }
+    }
+}
+
+/// `fleet machine show`: the machine, its script results and its recent events.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MachineDetail {
+    pub machine: MachineView,
+    pub script_results: Vec<ScriptResultView>,
+    pub recent_events: Vec<EventView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ScriptResultView {
+    pub run_id: String,
+    pub name: String,
+    pub kind: String,
+    pub status: String,
+    pub exit_code: Option<i64>,
+    pub runtime_ms: Option<i64>,
+    pub stdout: String,
+    pub stderr: String,
+    pub results: serde_json::Value,
+    pub at: String,
+}
+
+impl From<ScriptResult> for ScriptResultView {
+    fn from(result: ScriptResult) -> Self {
+        ScriptResultView {
+            run_id: result.run_id,
+            name: result.name,
+            kind: result.kind,
+            status: result.status,
+            exit_code: result.exit_code,
+            runtime_ms: result.runtime_ms,
+            stdout: result.stdout,
+            stderr: result.stderr,
+            results: result.results,
+            at: rfc3339(result.at),
+        }
+    }
+}
+
+/// One entry of `fleet events --json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EventView {
+    pub id: i64,
+    pub at: String,
+    pub machine: Option<String>,
+    pub kind: String,
+    pub actor: String,
+    pub action: Option<String>,
+    pub from: Option<Status>,
+    pub to: Option<Status>,
+    pub reason: Option<String>,
+    pub detail: serde_json::Value,
+}
+
+impl From<Event> for EventView {
+    fn from(event: Event) -> Self {
+        EventView {
+            id: event.id,
+            at: rfc3339(event.at),
+            machine: event.machine,
+            kind: event.kind,
+            actor: event.actor,
+            action: event.action,
+            from: event.from_status,
+            to: event.to_status,
+            reason: event.reason,
+            detail: event.detail,
+        }
+    }
+}
+
+/// The answer to an accepted action.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ActionView {
+    pub machine: String,
+    pub action: Action,
+    /// The statuses it went through, starting with the one it had (empty: no status change).
+    pub statuses: Vec<Status>,
+    pub power_command: Option<PowerCommand>,
+    pub notes: Vec<String>,
+    /// The machine afterwards; absent once deleted.
+    pub after: Option<MachineView>,
+}
+
+impl From<ActionDone> for ActionView {
+    fn from(done: ActionDone) -> Self {
+        ActionView {
+            machine: done.machine,
+            action: done.action,
+            statuses: done.statuses,
+            power_command: done.power_command,
+            notes: done.notes,
+            after: done.record.as_ref().map(MachineView::from),
+        }
+    }
+}
+
+/// `POST /api/v1/machines`: a machine to add.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AddMachine {
+    pub name: String,
+    #[serde(default)]
+    pub macs: Vec<String>,
+    #[serde(default)]
+    pub arch: Option<String>,
+    /// `{"type": "manual"}`, `{"type": "ipmi", "address": ..., "password": {"env": "X"}}`;
+    /// absent: unconfigured.
+    #[serde(default)]
+    pub power: Option<serde_json::Value>,
+    #[serde(default)]
+    pub bmc_address: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Commission at once (default true), as lifecycle.md says of machines added by hand.
+    #[serde(default)]
+    pub commission: Option<bool>,
+    /// Added live: created deployed, never netbooted or commissioned.
+    #[serde(default)]
+    pub deployed: bool,
+    /// The OS a live machine runs.
+    #[serde(default)]
+    pub deployed_os: Option<String>,
+}
+
+/// The answer to an add.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AddedView {
+    pub machine: MachineView,
+    /// The commissioning started, if any.
+    pub commission: Option<ActionView>,
+    /// Why commissioning did not start, if it was asked for and refused.
+    pub commission_refused: Option<String>,
+}
+
+/// `POST /api/v1/machines/{name}/actions/{action}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ActionBody {
+    #[serde(default)]
+    pub comment: Option<String>,
+    #[serde(default)]
+    pub options: crate::model::ActionOptions,
+}

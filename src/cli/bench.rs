@@ -1,0 +1,145 @@
+//! `fleet bench`: measures the speed targets and prints the figures. Each measurement runs the
+//! real `fleet` binary as a child process, as a person would, and reads its peak memory from
+//! the kernel's accounting of children.
+
+use clap::Subcommand;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// `fleet validate` of a synthetic fleet (target: 100,000 machines under 1 s and 500 MB)
+    Validate {
+        #[arg(long, default_value_t = 100_000)]
+        machines: usize,
+    },
+    /// `fleet machines --json` through the API (target: 10,000 machines under 1 s)
+    Machines {
+        #[arg(long, default_value_t = 10_000)]
+        machines: usize,
+    },
+}
+
+pub async fn bench(command: BenchCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        BenchCommand::Validate { machines } => bench_validate(machines),
+        BenchCommand::Machines { machines } => bench_machines(machines).await,
+    }
+}
+
+/// Wall time and peak resident memory of one child run.
+struct ChildRun {
+    elapsed: Duration,
+    peak_rss_mib: f64,
+    success: bool,
+}
+
+fn run_child(args: &[&str], state_dir: Option<&Path>) -> anyhow::Result<ChildRun> {
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    if let Some(state_dir) = state_dir {
+        command.arg("--state-dir").arg(state_dir);
+    }
+    let started = Instant::now();
+    let output = command.output()?;
+    let elapsed = started.elapsed();
+    if !output.status.success() {
+        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(ChildRun { elapsed, peak_rss_mib: children_peak_rss_mib(), success: output.status.success() })
+}
+
+/// The largest peak RSS among waited-for children (getrusage RUSAGE_CHILDREN, in KiB on Linux).
+fn children_peak_rss_mib() -> f64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let result = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+    if result != 0 {
+        return f64::NAN;
+    }
+    usage.ru_maxrss as f64 / 1024.0
+}
+
+fn bench_validate(machines: usize) -> anyhow::Result<ExitCode> {
+    let directory = tempfile::tempdir()?;
+    let path = directory.path().join("fleet.toml");
+    std::fs::write(&path, fleet::config::synthetic_fleet_toml(machines))?;
+    let size_mib = std::fs::metadata(&path)?.len() as f64 / 1048576.0;
+    let path_text = path.display().to_string();
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(run_child(&["validate", "-f", &path_text], None)?);
+    }
+    report("validate", machines, &format!("{size_mib:.1} MiB of TOML"), &runs, 1.0, 500.0)
+}
+
+async fn bench_machines(machines: usize) -> anyhow::Result<ExitCode> {
+    let directory = tempfile::tempdir()?;
+    let state_dir = directory.path().to_path_buf();
+    let database = fleet::controller::default_database(&state_dir);
+    let store = fleet::store::Store::open(&database).await?;
+    let new: Vec<fleet::store::NewMachine> = (0..machines).map(synthetic_machine).collect();
+    store.create_machines(&new, "bench").await?;
+    store.close().await;
+    let mut controller = Command::new(std::env::current_exe()?)
+        .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(&state_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let api_url_file = state_dir.join(fleet::controller::API_URL_FILE);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !api_url_file.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(run_child(&["machines", "--json"], Some(&state_dir))?);
+    }
+    let _ = controller.kill();
+    let _ = controller.wait();
+    report("machines --json", machines, "through the API on SQLite", &runs, 1.0, f64::INFINITY)
+}
+
+fn synthetic_machine(index: usize) -> fleet::store::NewMachine {
+    let bytes = (index as u32).to_be_bytes();
+    let mac = fleet::model::MacAddr([0x52, 0x54, bytes[0], bytes[1], bytes[2], bytes[3]]);
+    fleet::store::NewMachine {
+        name: fleet::model::MachineName::parse(&format!("node-{index:06}")).expect("a valid name"),
+        status: fleet::model::Status::New,
+        macs: vec![mac],
+        arch: Some("amd64".into()),
+        power_type: "manual".into(),
+        power_params: serde_json::json!({}),
+        bmc_address: None,
+        image: None,
+        tags: vec!["bench".into()],
+        deployed_os: None,
+    }
+}
+
+fn report(
+    what: &str,
+    machines: usize,
+    detail: &str,
+    runs: &[ChildRun],
+    target_seconds: f64,
+    target_mib: f64,
+) -> anyhow::Result<ExitCode> {
+    let mut seconds: Vec<f64> = runs.iter().map(|run| run.elapsed.as_secs_f64()).collect();
+    seconds.sort_by(f64::total_cmp);
+    let median = seconds[seconds.len() / 2];
+    let peak = runs.iter().map(|run| run.peak_rss_mib).fold(0.0, f64::max);
+    let all_ok = runs.iter().all(|run| run.success);
+    let meets = all_ok && median < target_seconds && peak < target_mib;
+    println!(
+        "bench {what}: {machines} machines ({detail}): median {median:.3} s of {} runs (min {:.3}, max {:.3}), peak RSS {peak:.0} MiB; target < {target_seconds} s{} — {}",
+        runs.len(),
+        seconds[0],
+        seconds[seconds.len() - 1],
+        if target_mib.is_finite() { format!(" and < {target_mib} MiB") } else { String::new() },
+        if meets { "met" } else if all_ok { "NOT met" } else { "the command failed" }
+    );
+    Ok(if meets { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,407 @@
+//! `fleet machines`, `fleet machine show|add|ACTION`, `fleet events`.
+
+use super::client::Client;
+use super::output::{bytes, colour_enabled, new_table, or_dash, print_json, status_cell};
+use super::Connection;
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use comfy_table::Cell;
+use fleet::api::views::{ActionBody, ActionView, AddMachine, AddedView, EventView, MachineDetail, MachineRow};
+use fleet::model::{Action, ActionOptions, EraseMode, PowerOffMode};
+use std::process::ExitCode;
+
+#[derive(Debug, Subcommand)]
+pub enum MachineCommand {
+    /// One machine in full: identity, hardware, config, script results, recent events
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a machine by hand (commissioned at once unless --no-commission or --deployed)
+    Add(AddArgs),
+    /// Boot into the ephemeral environment and inventory the hardware
+    Commission(ActionArgs),
+    /// Run the tests
+    Test(ActionArgs),
+    /// Stop commissioning, testing, deploying or disk erasing
+    Abort(ActionArgs),
+    /// Take ownership of a ready machine
+    Allocate(ActionArgs),
+    /// Install the image (allocates a ready machine first)
+    Deploy(ActionArgs),
+    /// Give the machine back (optionally erasing its disks)
+    Release(ActionArgs),
+    /// Mark the machine broken (the comment is kept as the reason)
+    MarkBroken(ActionArgs),
+    /// Mark a broken machine fixed
+    MarkFixed(ActionArgs),
+    /// Accept a machine whose tests failed
+    OverrideFailedTesting(ActionArgs),
+    /// Boot into the ephemeral environment for repair
+    Rescue(ActionArgs),
+    /// Leave rescue mode
+    ExitRescue(ActionArgs),
+    /// Protect a deployed machine from every action but unlock
+    Lock(ActionArgs),
+    Unlock(ActionArgs),
+    PowerOn(ActionArgs),
+    PowerOff(ActionArgs),
+    /// Reboot
+    PowerCycle(ActionArgs),
+    /// Remove the machine (its history stays)
+    Delete(ActionArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ActionArgs {
+    /// The machines to act on
+    #[arg(required = true, num_args = 1..)]
+    pub names: Vec<String>,
+    /// Why (kept in the history; the reason of mark-broken)
+    #[arg(long)]
+    pub comment: Option<String>,
+    /// release: erase the disks first
+    #[arg(long, value_enum)]
+    pub erase: Option<EraseArg>,
+    /// allocate/deploy: the owner [default: you]
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// deploy: the image to install
+    #[arg(long)]
+    pub image: Option<String>,
+    /// power-off: ask the OS to shut down instead of cutting power
+    #[arg(long)]
+    pub soft: bool,
+    /// test: include destructive tests (refused on deployed machines)
+    #[arg(long)]
+    pub destructive_tests: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum EraseArg {
+    Quick,
+    Secure,
+    Full,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AddArgs {
+    pub name: String,
+    /// A MAC of the machine (repeat for several)
+    #[arg(long = "mac")]
+    pub macs: Vec<String>,
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Power type: manual, ipmi, redfish, webhook, qemu [default: unconfigured]
+    #[arg(long)]
+    pub power_type: Option<String>,
+    /// A power parameter KEY=VALUE; secrets as KEY=env:NAME or KEY=file:PATH
+    #[arg(long = "power-param")]
+    pub power_params: Vec<String>,
+    #[arg(long)]
+    pub tag: Vec<String>,
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Do not commission at once
+    #[arg(long)]
+    pub no_commission: bool,
+    /// The machine is already running a workload: add it deployed, never netbooted
+    #[arg(long)]
+    pub deployed: bool,
+    /// For --deployed: the OS it runs
+    #[arg(long)]
+    pub os: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EventsArgs {
+    /// Only this machine's history
+    pub name: Option<String>,
+    /// At most this many (the newest)
+    #[arg(long, default_value_t = 100)]
+    pub limit: i64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn machines(connection: &Connection, json: bool) -> anyhow::Result<ExitCode> {
+    let client = Client::new(connection)?;
+    let rows: Vec<MachineRow> = client.get("/machines").await??;
+    if json {
+        print_json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = new_table(&["NAME", "STATUS", "POWER", "LOCKED", "ARCH", "CPUS", "MEMORY", "STORAGE", "OWNER"]);
+    for row in &rows {
+        table.add_row(vec![
+            Cell::new(&row.name),
+            status_cell(row.status),
+            Cell::new(row.power),
+            Cell::new(if row.locked { "yes" } else { "no" }),
+            Cell::new(or_dash(row.arch.as_ref())),
+            Cell::new(or_dash(row.cpus)),
+            Cell::new(or_dash(row.memory_mib.map(|mib| bytes(mib * 1024 * 1024)))),
+            Cell::new(or_dash(row.storage_bytes.map(bytes))),
+            Cell::new(or_dash(row.owner.as_ref())),
+        ]);
+    }
+    println!("{table}");
+    println!("{} machine{}", rows.len(), if rows.len() == 1 { "" } else { "s" });
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn machine(connection: &Connection, command: MachineCommand) -> anyhow::Result<ExitCode> {
+    let client = Client::new(connection)?;
+    let (action, args) = match command {
+        MachineCommand::Show { name, json } => return show(&client, &name, json).await,
+        MachineCommand::Add(args) => return add(&client, &args).await,
+        MachineCommand::Commission(args) => (Action::Commission, args),
+        MachineCommand::Test(args) => (Action::Test, args),
+        MachineCommand::Abort(args) => (Action::Abort, args),
+        MachineCommand::Allocate(args) => (Action::Allocate, args),
+        MachineCommand::Deploy(args) => (Action::Deploy, args),
+        MachineCommand::Release(args) => (Action::Release, args),
+        MachineCommand::MarkBroken(args) => (Action::MarkBroken, args),
+        MachineCommand::MarkFixed(args) => (Action::MarkFixed, args),
+        MachineCommand::OverrideFailedTesting(args) => (Action::OverrideFailedTesting, args),
+        MachineCommand::Rescue(args) => (Action::EnterRescue, args),
+        MachineCommand::ExitRescue(args) => (Action::ExitRescue, args),
+        MachineCommand::Lock(args) => (Action::Lock, args),
+        MachineCommand::Unlock(args) => (Action::Unlock, args),
+        MachineCommand::PowerOn(args) => (Action::PowerOn, args),
+        MachineCommand::PowerOff(args) => (Action::PowerOff, args),
+        MachineCommand::PowerCycle(args) => (Action::PowerCycle, args),
+        MachineCommand::Delete(args) => (Action::Delete, args),
+    };
+    act(&client, action, &args).await
+}
+
+fn action_body(args: &ActionArgs) -> ActionBody {
+    ActionBody {
+        comment: args.comment.clone(),
+        options: ActionOptions {
+            erase: args.erase.map(|erase| match erase {
+                EraseArg::Quick => EraseMode::Quick,
+                EraseArg::Secure => EraseMode::Secure,
+                EraseArg::Full => EraseMode::Full,
+            }),
+            destructive_tests: args.destructive_tests,
+            owner: args.owner.clone(),
+            image: args.image.clone(),
+            power_off_mode: args.soft.then_some(PowerOffMode::Soft),
+        },
+    }
+}
+
+/// Acts on each machine in turn; one line per machine; exit 1 if any was refused or failed.
+async fn act(client: &Client, action: Action, args: &ActionArgs) -> anyhow::Result<ExitCode> {
+    let body = action_body(args);
+    let mut results = Vec::new();
+    let mut any_failed = false;
+    for name in &args.names {
+        let path = format!("/machines/{name}/actions/{}", action.as_str());
+        match client.post::<_, ActionView>(&path, &body).await? {
+            Ok(done) => {
+                if !args.json {
+                    println!("{}", describe_done(&done));
+                }
+                results.push(serde_json::json!({ "machine": name, "ok": true, "result": done }));
+            }
+            Err(failure) => {
+                any_failed = true;
+                if !args.json {
+                    eprintln!("{}: {}", refused_word(&failure.code), failure.message);
+                }
+                results.push(serde_json::json!({
+                    "machine": name, "ok": false, "code": failure.code, "error": failure.message
+                }));
+            }
+        }
+    }
+    if args.json {
+        print_json(&results)?;
+    }
+    Ok(if any_failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn refused_word(code: &str) -> &'static str {
+    match code {
+        "refused" => "refused",
+        "not_found" => "unknown",
+        _ => "failed",
+    }
+}
+
+fn describe_done(done: &ActionView) -> String {
+    let mut line = format!("{}: {}", done.machine, done.action.cli_name());
+    if done.statuses.len() > 1 {
+        let path: Vec<&str> = done.statuses.iter().map(|status| status.as_str()).collect();
+        line.push_str(&format!(" — {}", path.join(" → ")));
+    } else if done.after.is_none() {
+        line.push_str(" — deleted (its history stays)");
+    }
+    for note in &done.notes {
+        line.push_str(&format!("\n  {note}"));
+    }
+    line
+}
+
+async fn show(client: &Client, name: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let detail: MachineDetail = match client.get(&format!("/machines/{name}")).await? {
+        Ok(detail) => detail,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if json {
+        print_json(&detail)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", render_detail(&detail));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_detail(detail: &MachineDetail) -> String {
+    let machine = &detail.machine;
+    let mut out = String::new();
+    let mut line = |key: &str, value: String| out.push_str(&format!("{key:<16}{value}\n"));
+    line("name", machine.name.clone());
+    let reason = machine.status_reason.as_ref().map(|r| format!(" — {r}")).unwrap_or_default();
+    line("status", format!("{} ({}) since {}{reason}", machine.status, machine.status_label, machine.status_since));
+    line("power", format!("{} (type {})", machine.power, machine.power_type));
+    line("locked", if machine.locked { "yes".into() } else { "no".into() });
+    line("owner", or_dash(machine.owner.as_ref()));
+    line("arch", or_dash(machine.arch.as_ref()));
+    line("commissioned", if machine.commissioned { "yes".into() } else { "never".into() });
+    line("deployed os", or_dash(machine.deployed_os.as_ref()));
+    line("image", or_dash(machine.image.as_ref()));
+    line("tags", if machine.tags.is_empty() { "-".into() } else { machine.tags.join(", ") });
+    let macs: Vec<String> = machine.macs.iter().map(|mac| mac.to_string()).collect();
+    line("macs", if macs.is_empty() { "-".into() } else { macs.join(", ") });
+    let hardware = &machine.hardware;
+    line("cpus", or_dash(hardware.cpus));
+    line("memory", or_dash(hardware.memory_mib.map(|mib| bytes(mib * 1024 * 1024))));
+    line("storage", or_dash(hardware.storage_bytes.map(bytes)));
+    line("power params", machine.power_params.to_string());
+    for disk in &machine.disks {
+        out.push_str(&format!("disk            {} {} {}\n", disk.name, bytes(disk.size_bytes), or_dash(disk.model.as_ref())));
+    }
+    for result in &detail.script_results {
+        out.push_str(&format!(
+            "script          {} [{}] {} exit {}\n",
+            result.name,
+            result.kind,
+            result.status,
+            or_dash(result.exit_code)
+        ));
+    }
+    out.push_str("recent events\n");
+    for event in &detail.recent_events {
+        out.push_str(&format!("  {}\n", describe_event(event)));
+    }
+    out
+}
+
+pub fn describe_event(event: &EventView) -> String {
+    let mut text = format!("{} {}", event.at, event.kind);
+    if let Some(machine) = &event.machine {
+        text = format!("{} {machine} {}", event.at, event.kind);
+    }
+    if let Some(action) = &event.action {
+        text.push_str(&format!(" {action}"));
+    }
+    match (event.from, event.to) {
+        (Some(from), Some(to)) => text.push_str(&format!(" {from} → {to}")),
+        (None, Some(to)) => text.push_str(&format!(" → {to}")),
+        _ => {}
+    }
+    text.push_str(&format!(" by {}", event.actor));
+    if let Some(reason) = &event.reason {
+        text.push_str(&format!(": {reason}"));
+    }
+    text
+}
+
+pub async fn events(connection: &Connection, args: &EventsArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(connection)?;
+    let mut path = format!("/events?limit={}", args.limit);
+    if let Some(name) = &args.name {
+        path.push_str(&format!("&machine={name}"));
+    }
+    let events: Vec<EventView> = client.get(&path).await??;
+    if args.json {
+        print_json(&events)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for event in &events {
+        println!("{}", describe_event(event));
+    }
+    let _ = colour_enabled();
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn add(client: &Client, args: &AddArgs) -> anyhow::Result<ExitCode> {
+    let request = AddMachine {
+        name: args.name.clone(),
+        macs: args.macs.clone(),
+        arch: args.arch.clone(),
+        power: power_object(args)?,
+        image: args.image.clone(),
+        tags: args.tag.clone(),
+        commission: Some(!args.no_commission),
+        deployed: args.deployed,
+        deployed_os: args.os.clone(),
+        ..AddMachine::default()
+    };
+    let added: AddedView = match client.post("/machines", &request).await? {
+        Ok(added) => added,
+        Err(failure) => {
+            eprintln!("error: cannot add {}: {}", args.name, failure.message);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if args.json {
+        print_json(&added)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{}: added, {}", added.machine.name, added.machine.status);
+    if let Some(commission) = &added.commission {
+        println!("{}", describe_done(commission));
+    }
+    if let Some(refused) = &added.commission_refused {
+        println!("  not commissioned: {refused}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--power-type ipmi --power-param address=10.0.0.5 --power-param password=env:BMC_PASS`.
+fn power_object(args: &AddArgs) -> anyhow::Result<Option<serde_json::Value>> {
+    let Some(power_type) = &args.power_type else {
+        if !args.power_params.is_empty() {
+            bail!("--power-param needs --power-type");
+        }
+        return Ok(None);
+    };
+    let mut object = serde_json::Map::new();
+    object.insert("type".into(), power_type.clone().into());
+    for param in &args.power_params {
+        let Some((key, value)) = param.split_once('=') else {
+            bail!("--power-param `{param}` is not KEY=VALUE");
+        };
+        let value = if let Some(name) = value.strip_prefix("env:") {
+            serde_json::json!({ "env": name })
+        } else if let Some(path) = value.strip_prefix("file:") {
+            serde_json::json!({ "file": path })
+        } else {
+            serde_json::Value::String(value.to_string())
+        };
+        object.insert(key.to_string(), value);
+    }
+    Ok(Some(serde_json::Value::Object(object)))
+}

@@ -1,0 +1,98 @@
+//! The command line: argument parsing (clap) and one module per group of commands. Every
+//! command except `validate`, `schema`, `bench` and `serve` is a client of the controller's API.
+
+mod bench;
+mod client;
+mod machine;
+mod output;
+mod serve;
+mod validate;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(name = "fleet", version, about = "Declarative bare-metal provisioning", max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub connection: Connection,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How a client command reaches the controller.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connection {
+    /// The controller's API [default: the api-url its state directory names, else http://127.0.0.1:5240]
+    #[arg(long, env = "FLEET_SERVER", global = true)]
+    pub server: Option<String>,
+    /// The operator token [default: the controller's state directory file operator-token]
+    #[arg(long, env = "FLEET_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// The controller's state directory (token, api-url, SQLite file)
+    #[arg(long, env = "FLEET_STATE_DIR", global = true, default_value = ".fleet")]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check fleet files; every error at once with file:line:column
+    Validate(validate::ValidateArgs),
+    /// Print the JSON Schema of the fleet file, for editors
+    Schema,
+    /// Run the controller: store, HTTP API (and boot services)
+    Serve(serve::ServeArgs),
+    /// One row per machine
+    Machines {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show, add, or act on machines
+    #[command(subcommand)]
+    Machine(machine::MachineCommand),
+    /// The history: status changes, actions, power, boots
+    Events(machine::EventsArgs),
+    /// Measure fleet's speed targets and print the figures
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+/// Runs the command line; the exit code follows the command's contract (README).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLEET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate(args) => validate::validate(&args),
+        Command::Schema => validate::schema(),
+        Command::Serve(args) => serve::serve(args, &cli.connection).await,
+        Command::Machines { json } => machine::machines(&cli.connection, json).await,
+        Command::Machine(command) => machine::machine(&cli.connection, command).await,
+        Command::Events(args) => machine::events(&cli.connection, &args).await,
+        Command::Bench(command) => bench::bench(command).await,
+    }
+}

@@ -1,0 +1,191 @@
+//! Carrying out one life-cycle action on one machine: decide, commit, power, follow up.
+//!
+//! The order matters for crash safety: the status change and its events commit first (one
+//! transaction), then the power command runs, then its result is recorded. A controller killed
+//! between the two leaves a machine in a status it could reach, with the power command still to
+//! do; the reconcile loop (plan/apply) notices that.
+
+use crate::model::{decide, settle, Action, ActionRequest, FollowUp, PowerCommand, Refusal, Settlement, Status};
+use crate::power::{PowerDrivers, PowerError, PowerTarget};
+use crate::store::{Commit, MachineRecord, Store, StoreError};
+use serde::Serialize;
+
+/// How many times an action is retried when another writer changed the machine meanwhile.
+const CONFLICT_RETRIES: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("no machine named `{0}`")]
+    UnknownMachine(String),
+    #[error("machine `{machine}`: {refusal}")]
+    Refused { machine: String, refusal: Refusal },
+    #[error("machine `{machine}`: power {command} failed: {error}")]
+    PowerFailed { machine: String, command: String, error: PowerError, record: Box<Option<MachineRecord>> },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What an accepted action did, for the API's answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionDone {
+    pub machine: String,
+    pub action: Action,
+    /// Every status the machine went through, in order, starting with the one it had.
+    pub statuses: Vec<Status>,
+    pub power_command: Option<PowerCommand>,
+    /// What a person must know or do (manual power instructions, notes of the rules).
+    pub notes: Vec<String>,
+    /// The machine afterwards; `None` once deleted.
+    pub record: Option<MachineRecord>,
+}
+
+/// Performs `request` on the machine called `name`.
+pub async fn perform(
+    store: &Store,
+    drivers: &PowerDrivers,
+    name: &str,
+    request: &ActionRequest,
+) -> Result<ActionDone, ActionError> {
+    let mut attempt = 0;
+    let (record, outcome) = loop {
+        let record = store.machine(name).await?.ok_or_else(|| ActionError::UnknownMachine(name.to_string()))?;
+        let outcome = match decide(&record.lifecycle, request) {
+            Ok(outcome) => outcome,
+            Err(refusal) => {
+                store.record_refusal(name, request.action, &request.actor, &refusal.reason).await?;
+                return Err(ActionError::Refused { machine: name.to_string(), refusal });
+            }
+        };
+        let commit = Commit {
+            actor: &request.actor,
+            action: Some(request.action),
+            reason: request.comment.as_deref(),
+            outcome: &outcome,
+            image: request.options.image.as_deref(),
+        };
+        match store.commit(&record, &commit).await {
+            Ok(after) => break (after, outcome),
+            Err(StoreError::Conflict(_)) if attempt < CONFLICT_RETRIES => attempt += 1,
+            Err(error) => return Err(error.into()),
+        }
+    };
+    let mut done = ActionDone {
+        machine: name.to_string(),
+        action: request.action,
+        statuses: std::iter::once(outcome.changes.first().map(|c| c.from))
+            .flatten()
+            .chain(outcome.changes.iter().map(|change| change.to))
+            .collect(),
+        power_command: outcome.power,
+        notes: outcome.notes.clone(),
+        record,
+    };
+    if let (Some(command), Some(record)) = (outcome.power, done.record.clone()) {
+        run_power(store, drivers, record, command, &request.actor, &mut done).await?;
+        if outcome.follow_up == FollowUp::CompleteAfterPower {
+            complete_after_power(store, name, &request.actor, &mut done).await?;
+        }
+    }
+    Ok(done)
+}
+
+fn power_target(record: &MachineRecord) -> PowerTarget {
+    PowerTarget {
+        machine: record.name.to_string(),
+        power_type: record.power_type.clone(),
+        params: record.power_params.clone(),
+    }
+}
+
+fn command_name(command: PowerCommand) -> &'static str {
+    match command {
+        PowerCommand::On => "on",
+        PowerCommand::Off(crate::model::PowerOffMode::Soft) => "off (soft)",
+        PowerCommand::Off(crate::model::PowerOffMode::Hard) => "off",
+        PowerCommand::Cycle => "cycle",
+    }
+}
+
+/// Runs the power command; a failure fails the in-progress status it was for, with the
+/// driver's message as the reason.
+async fn run_power(
+    store: &Store,
+    drivers: &PowerDrivers,
+    record: MachineRecord,
+    command: PowerCommand,
+    actor: &str,
+    done: &mut ActionDone,
+) -> Result<(), ActionError> {
+    let name = record.name.to_string();
+    if record.power_type == "unconfigured" {
+        // lifecycle.md: without a power type the machine must already be on and netbooting.
+        done.notes.push(format!("no power type: power {} it yourself", command_name(command)));
+        return Ok(());
+    }
+    match drivers.execute(&power_target(&record), command).await {
+        Ok(report) => {
+            store.set_power(&name, report.state, actor, report.note.as_deref()).await?;
+            done.notes.extend(report.note);
+            done.record = store.machine(&name).await?;
+            Ok(())
+        }
+        Err(error) => {
+            let reason = format!("power {} failed: {error}", command_name(command));
+            store.set_power(&name, crate::model::PowerState::Error, actor, Some(&reason)).await?;
+            let record = fail_in_progress(store, &name, actor, &reason).await?;
+            Err(ActionError::PowerFailed {
+                machine: name,
+                command: command_name(command).to_string(),
+                error,
+                record: Box::new(record),
+            })
+        }
+    }
+}
+
+/// Fails the machine's in-progress status (if it is in one) with `reason`.
+async fn fail_in_progress(
+    store: &Store,
+    name: &str,
+    actor: &str,
+    reason: &str,
+) -> Result<Option<MachineRecord>, ActionError> {
+    settle_machine(store, name, actor, &Settlement::Failed { reason: reason.to_string() }).await
+}
+
+async fn complete_after_power(store: &Store, name: &str, actor: &str, done: &mut ActionDone) -> Result<(), ActionError> {
+    let record = settle_machine(store, name, actor, &Settlement::Succeeded).await?;
+    if let Some(record) = &record {
+        if done.statuses.last() != Some(&record.lifecycle.status) {
+            done.statuses.push(record.lifecycle.status);
+        }
+    }
+    done.record = record;
+    Ok(())
+}
+
+/// Ends the machine's in-progress status as `settlement` says; does nothing if it is not in one.
+pub async fn settle_machine(
+    store: &Store,
+    name: &str,
+    actor: &str,
+    settlement: &Settlement,
+) -> Result<Option<MachineRecord>, ActionError> {
+    for _ in 0..=CONFLICT_RETRIES {
+        let record = store.machine(name).await?.ok_or_else(|| ActionError::UnknownMachine(name.to_string()))?;
+        if !record.lifecycle.status.is_in_progress() {
+            return Ok(Some(record));
+        }
+        let Ok(outcome) = settle(&record.lifecycle, settlement) else {
+            return Ok(Some(record));
+        };
+        let reason = settlement.reason();
+        let commit = Commit { actor, action: None, reason: reason.as_deref(), outcome: &outcome, image: None };
+        match store.commit(&record, &commit).await {
+            Ok(after) => return Ok(after),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Err(StoreError::Conflict(name.to_string()).into())
+}

@@ -1,0 +1,8 @@
+//! The controller: `fleet serve`. It owns the store, runs the HTTP API and (later) the boot
+//! services and the reconcile loop.
+
+pub mod actions;
+mod serve;
+pub mod token;
+
+pub use serve::{default_database, redact_url, serve, ServeError, ServeOptions, API_URL_FILE};

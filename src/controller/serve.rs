@@ -1,0 +1,119 @@
+//! Starting the controller: state directory, store, token, API listener; then serving until
+//! told to stop.
+
+use super::token::{operator_token, write_token_file};
+use crate::api::{self, ApiState};
+use crate::power::PowerDrivers;
+use crate::store::{Store, StoreError};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The file in the state directory that names the API's address, for commands on this host.
+pub const API_URL_FILE: &str = "api-url";
+
+/// Everything `fleet serve` needs, already merged from the command line and the fleet file.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    /// `sqlite://...` or `postgres://...`; default: `sqlite://<state_dir>/fleet.db`.
+    pub database: Option<String>,
+    pub state_dir: PathBuf,
+    /// Interfaces the boot services (DHCP) are asked to serve.
+    pub boot_interfaces: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {address}: {source} (is another controller running? use --listen)")]
+    Bind { address: SocketAddr, source: std::io::Error },
+    #[error("the API server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// The SQLite file used when no database is given.
+pub fn default_database(state_dir: &Path) -> String {
+    format!("sqlite://{}", state_dir.join("fleet.db").display())
+}
+
+/// Runs the controller until `shutdown` completes. Start-up progress goes to stderr, one line
+/// per part, so a person sees what runs and what does not.
+pub async fn serve(options: ServeOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    std::fs::create_dir_all(&options.state_dir)
+        .map_err(|source| ServeError::StateDir { path: options.state_dir.clone(), source })?;
+    let database = options.database.clone().unwrap_or_else(|| default_database(&options.state_dir));
+    let store = Store::open(&database).await?;
+    let token = operator_token(&store).await?;
+    let token_path = write_token_file(&options.state_dir, &token)
+        .map_err(|source| ServeError::StateDir { path: options.state_dir.clone(), source })?;
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| ServeError::Bind { address: options.listen, source })?;
+    let address = listener.local_addr().map_err(ServeError::Serve)?;
+    let api_url = format!("http://{address}");
+    let _ = std::fs::write(options.state_dir.join(API_URL_FILE), format!("{api_url}\n"));
+    eprintln!("fleet controller {}", env!("CARGO_PKG_VERSION"));
+    eprintln!("  store   {} ({})", redact_url(&database), backend_name(&store));
+    eprintln!("  token   {}", token_path.display());
+    report_boot_interfaces(&options.boot_interfaces);
+    eprintln!("  api     listening on {api_url}");
+    let state = ApiState { store: store.clone(), drivers: PowerDrivers::standard(), operator_token: Arc::new(token) };
+    let result = api::serve(listener, state, shutdown).await.map_err(ServeError::Serve);
+    store.close().await;
+    eprintln!("fleet controller stopped");
+    result
+}
+
+fn backend_name(store: &Store) -> &'static str {
+    match store.backend() {
+        crate::store::Backend::Sqlite => "SQLite",
+        crate::store::Backend::Postgres => "PostgreSQL",
+    }
+}
+
+/// A database URL without its password, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _password)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Says, per boot interface, whether it is present. An absent interface stops only the boot
+/// service on it, never the controller.
+fn report_boot_interfaces(interfaces: &[String]) {
+    for interface in interfaces {
+        if interface_exists(interface) {
+            eprintln!("  boot    {interface}: present (DHCP/TFTP serve it once the boot services are built)");
+        } else {
+            eprintln!("  boot    {interface}: interface absent on this host; no boot service on it (the rest runs)");
+        }
+    }
+}
+
+fn interface_exists(name: &str) -> bool {
+    !name.contains('/') && Path::new("/sys/class/net").join(name).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_in_database_urls_are_hidden() {
+        assert_eq!(redact_url("postgres://fleet:s3cret@db:5432/fleet"), "postgres://fleet:***@db:5432/fleet");
+        assert_eq!(redact_url("postgres://fleet@db/fleet"), "postgres://fleet@db/fleet");
+        assert_eq!(redact_url("sqlite://.fleet/fleet.db"), "sqlite://.fleet/fleet.db");
+    }
+}

@@ -1,0 +1,99 @@
+//! Power drivers: how the controller turns machines on, off and into the network boot.
+//!
+//! A driver is picked by the machine's power type. Every call returns a [`PowerError`] that says
+//! which machine, which driver and what went wrong, never a secret. Drivers do IO; the decision
+//! of *which* command to send is the life-cycle's (`model::decide`), not theirs.
+
+mod manual;
+
+pub use manual::ManualDriver;
+
+use crate::model::{PowerCommand, PowerState};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// What a driver needs to know about the machine it drives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PowerTarget {
+    pub machine: String,
+    pub power_type: String,
+    /// Driver parameters; secrets only as references, resolved by the driver when it acts.
+    pub params: serde_json::Value,
+}
+
+/// What a driver reports after a command or a query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PowerReport {
+    /// The power state as far as the driver knows (`unknown` when it cannot tell).
+    pub state: PowerState,
+    /// Something a person must know or do ("manual power: switch node-1 on now").
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PowerError {
+    #[error("machine `{machine}` has no power type; set one (manual if a person powers it)")]
+    Unconfigured { machine: String },
+    #[error("machine `{machine}`: no power driver for type `{power_type}` in this controller")]
+    NoDriver { machine: String, power_type: String },
+    #[error("{driver} {target}: {message}")]
+    Driver { driver: String, target: String, message: String },
+    #[error("{driver} {target}: no answer within {seconds} s")]
+    Timeout { driver: String, target: String, seconds: u64 },
+}
+
+pub type PowerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, PowerError>> + Send + 'a>>;
+
+/// A power driver. Implementations must be cheap to share between tasks.
+pub trait PowerDriver: Send + Sync {
+    /// The power type it serves (`manual`, `ipmi` ...).
+    fn power_type(&self) -> &'static str;
+    /// Carries out a power command.
+    fn execute<'a>(&'a self, target: &'a PowerTarget, command: PowerCommand) -> PowerFuture<'a, PowerReport>;
+    /// Reads the power state.
+    fn query<'a>(&'a self, target: &'a PowerTarget) -> PowerFuture<'a, PowerReport>;
+}
+
+/// The drivers a controller has, by power type.
+#[derive(Clone, Default)]
+pub struct PowerDrivers {
+    drivers: BTreeMap<&'static str, Arc<dyn PowerDriver>>,
+}
+
+impl PowerDrivers {
+    /// The drivers this build has.
+    pub fn standard() -> Self {
+        let mut drivers = PowerDrivers::default();
+        drivers.add(Arc::new(ManualDriver));
+        drivers
+    }
+
+    pub fn add(&mut self, driver: Arc<dyn PowerDriver>) {
+        self.drivers.insert(driver.power_type(), driver);
+    }
+
+    /// The power types a machine may be given.
+    pub fn power_types(&self) -> Vec<&'static str> {
+        self.drivers.keys().copied().collect()
+    }
+
+    pub fn driver_for(&self, target: &PowerTarget) -> Result<Arc<dyn PowerDriver>, PowerError> {
+        if target.power_type == "unconfigured" || target.power_type.is_empty() {
+            return Err(PowerError::Unconfigured { machine: target.machine.clone() });
+        }
+        self.drivers.get(target.power_type.as_str()).cloned().ok_or_else(|| PowerError::NoDriver {
+            machine: target.machine.clone(),
+            power_type: target.power_type.clone(),
+        })
+    }
+
+    pub async fn execute(&self, target: &PowerTarget, command: PowerCommand) -> Result<PowerReport, PowerError> {
+        self.driver_for(target)?.execute(target, command).await
+    }
+
+    pub async fn query(&self, target: &PowerTarget) -> Result<PowerReport, PowerError> {
+        self.driver_for(target)?.query(target).await
+    }
+}

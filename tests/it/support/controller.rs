@@ -1,0 +1,162 @@
+//! A real controller for tests: the `fleet` binary started with `serve` on port 0 and its own
+//! state directory, killed when dropped; and a way to run the CLI against it.
+
+use fleet::store::Store;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+pub const FLEET: &str = env!("CARGO_BIN_EXE_fleet");
+
+pub struct TestController {
+    pub child: Child,
+    pub url: String,
+    pub token: String,
+    pub state_dir: PathBuf,
+    pub database: String,
+    /// Keeps the state directory alive as long as the controller.
+    _directory: Option<TempDir>,
+}
+
+impl TestController {
+    /// A controller on a fresh SQLite file.
+    pub fn start() -> TestController {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let state_dir = directory.path().to_path_buf();
+        let mut controller = Self::start_in(&state_dir, &[]);
+        controller._directory = Some(directory);
+        controller
+    }
+
+    /// A controller on `state_dir` (kept by the caller), with extra `serve` arguments.
+    pub fn start_in(state_dir: &Path, extra: &[&str]) -> TestController {
+        let url_file = state_dir.join("api-url");
+        let _ = std::fs::remove_file(&url_file);
+        let child = Command::new(FLEET)
+            .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state_dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("fleet serve starts");
+        let url = wait_for_file(&url_file, Duration::from_secs(30));
+        let token = std::fs::read_to_string(state_dir.join("operator-token")).expect("token file");
+        TestController {
+            child,
+            url,
+            token: token.trim().to_string(),
+            state_dir: state_dir.to_path_buf(),
+            database: format!("sqlite://{}", state_dir.join("fleet.db").display()),
+            _directory: None,
+        }
+    }
+
+    /// Runs `fleet ARGS` against this controller.
+    pub fn fleet(&self, args: &[&str]) -> Output {
+        Command::new(FLEET)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(args)
+            .env_remove("FLEET_SERVER")
+            .env_remove("FLEET_TOKEN")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("fleet runs")
+    }
+
+    /// The controller's store, opened beside it (SQLite in WAL mode allows that).
+    pub async fn store(&self) -> Store {
+        Store::open(&self.database).await.expect("the controller's store opens")
+    }
+
+    pub fn http(&self) -> Api {
+        Api { client: reqwest::Client::new(), url: self.url.clone(), token: self.token.clone() }
+    }
+
+    /// Kills the controller at once (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TestController {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn wait_for_file(path: &Path, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if text.ends_with('\n') {
+                return text.trim().to_string();
+            }
+        }
+        assert!(Instant::now() < deadline, "the controller did not write {} in time", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A small JSON client for the operator API.
+#[derive(Clone)]
+pub struct Api {
+    pub client: reqwest::Client,
+    pub url: String,
+    pub token: String,
+}
+
+impl Api {
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .client
+            .get(format!("{}/api/v1{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("the controller answers");
+        decode(response).await
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let response = self
+            .client
+            .post(format!("{}/api/v1{path}", self.url))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("the controller answers");
+        decode(response).await
+    }
+
+    /// Adds a machine with manual power, not commissioned.
+    pub async fn add_idle_machine(&self, name: &str, mac: &str) -> serde_json::Value {
+        let body = serde_json::json!({
+            "name": name, "macs": [mac], "power": {"type": "manual"}, "commission": false
+        });
+        let (status, answer) = self.post("/machines", body).await;
+        assert_eq!(status, 201, "add {name}: {answer}");
+        answer
+    }
+}
+
+async fn decode(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("a body");
+    let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, value)
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
