@@ -1,0 +1,940 @@
+//! Checks across declarations and files: duplicates, references, addresses, clone chains, and
+//! whether each machine's desired state is reachable. Builds the [`Fleet`] as it goes.
+//!
+//! Each check is a short function with one concern; all report and go on, so every error in the
+//! fleet is found in one run.
+
+use super::diagnostics::{Problem, Problems};
+use super::model::{
+    ControllerSettings, DesiredState, Fleet, Image, MachineSpec, NetworkTemplate, Policy, Profile,
+    StorageTemplate, Subnet,
+};
+use super::read::{with_suggestion, Spanned};
+use super::sections::{
+    ControllerDecl, Declarations, InterfaceDecl, MachineDecl, Named, NetworkDecl, PolicyDecl,
+    ProfileDecl, Reference, SubnetDecl,
+};
+use super::syntax::Span;
+use crate::model::{MacAddr, MachineName};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// The named sections after duplicate removal, as the machine checks look them up.
+struct Catalog {
+    subnets: BTreeMap<String, SubnetDecl>,
+    images: BTreeMap<String, Named<Image>>,
+    storage_templates: BTreeMap<String, Named<StorageTemplate>>,
+    network_templates: BTreeMap<String, NetworkDecl>,
+    profiles: BTreeMap<String, ProfileDecl>,
+    default_image: Option<String>,
+}
+
+pub fn build_fleet(
+    declarations: Declarations,
+    sources: Vec<PathBuf>,
+    digest: String,
+    problems: &mut Problems,
+) -> Fleet {
+    let controller = single_controller(declarations.controllers, problems);
+    let policy = single_policy(declarations.policies, problems);
+    let catalog = Catalog {
+        subnets: unique(
+            declarations.subnets,
+            |subnet| &subnet.name,
+            "subnet",
+            problems,
+        ),
+        images: unique(declarations.images, |image| &image.name, "image", problems),
+        storage_templates: unique(
+            declarations.storage_templates,
+            |template| &template.name,
+            "storage template",
+            problems,
+        ),
+        network_templates: unique(
+            declarations.network_templates,
+            |template| &template.name,
+            "network template",
+            problems,
+        ),
+        profiles: unique(
+            declarations.profiles,
+            |profile| &profile.name,
+            "profile",
+            problems,
+        ),
+        default_image: policy.as_ref().and_then(|policy| {
+            policy
+                .default_image
+                .as_ref()
+                .map(|image| image.value.clone())
+        }),
+    };
+    check_subnet_overlaps(&catalog.subnets, problems);
+    check_controller_references(controller.as_ref(), &catalog, problems);
+    check_policy_references(policy.as_ref(), &catalog, problems);
+    check_network_references(&catalog, problems);
+    check_profile_references(&catalog, problems);
+    let machines = unique_machines(declarations.machines, problems);
+    check_machines(&machines, &catalog, problems);
+    if let Some(policy) = &policy {
+        check_protected(policy, &machines, problems);
+    }
+    let mut machines: Vec<MachineSpec> = machines
+        .iter()
+        .map(|machine| resolve_machine(machine, &catalog))
+        .collect();
+    machines.sort_by(|left, right| left.name.cmp(&right.name));
+    Fleet {
+        controller: controller
+            .map(|decl| settings_with_image(decl))
+            .unwrap_or_default(),
+        subnets: catalog
+            .subnets
+            .into_values()
+            .map(|decl| decl.subnet)
+            .collect(),
+        images: catalog
+            .images
+            .into_iter()
+            .map(|(name, image)| (name, image.value))
+            .collect(),
+        storage_templates: catalog
+            .storage_templates
+            .into_iter()
+            .map(|(name, template)| (name, template.value))
+            .collect(),
+        network_templates: catalog
+            .network_templates
+            .into_iter()
+            .map(|(name, decl)| (name, decl.template))
+            .collect::<BTreeMap<String, NetworkTemplate>>(),
+        profiles: catalog
+            .profiles
+            .into_iter()
+            .map(|(name, decl)| (name, decl.profile))
+            .collect::<BTreeMap<String, Profile>>(),
+        machines,
+        policy: policy
+            .map(|decl| policy_with_image(decl))
+            .unwrap_or_default(),
+        sources,
+        digest,
+    }
+}
+
+fn settings_with_image(decl: ControllerDecl) -> ControllerSettings {
+    ControllerSettings {
+        ephemeral_image: decl.ephemeral_image.map(|image| image.value),
+        ..decl.settings
+    }
+}
+
+fn policy_with_image(decl: PolicyDecl) -> Policy {
+    Policy {
+        default_image: decl.default_image.map(|image| image.value),
+        ..decl.policy
+    }
+}
+
+// ---- one of a kind ----
+
+fn single_controller(
+    mut declared: Vec<ControllerDecl>,
+    problems: &mut Problems,
+) -> Option<ControllerDecl> {
+    report_extra_definitions(
+        declared.iter().map(|decl| decl.span).collect(),
+        "[controller]",
+        problems,
+    );
+    (!declared.is_empty()).then(|| declared.swap_remove(0))
+}
+
+fn single_policy(mut declared: Vec<PolicyDecl>, problems: &mut Problems) -> Option<PolicyDecl> {
+    report_extra_definitions(
+        declared.iter().map(|decl| decl.span).collect(),
+        "[policy]",
+        problems,
+    );
+    (!declared.is_empty()).then(|| declared.swap_remove(0))
+}
+
+fn report_extra_definitions(spans: Vec<Span>, section: &str, problems: &mut Problems) {
+    for span in spans.iter().skip(1) {
+        let problem = Problem::new(*span, format!("{section} is defined in more than one file"));
+        problems.push(problem.related(spans[0], "first defined"));
+    }
+}
+
+/// Keeps the first of each name; later ones are errors pointing at the first.
+fn unique<T>(
+    items: Vec<T>,
+    name_of: impl Fn(&T) -> &Spanned<String>,
+    kind: &str,
+    problems: &mut Problems,
+) -> BTreeMap<String, T> {
+    let mut by_name: BTreeMap<String, T> = BTreeMap::new();
+    for item in items {
+        let name = name_of(&item);
+        if let Some(first) = by_name.get(&name.value) {
+            let problem = Problem::new(
+                name.span,
+                format!("{kind} `{}` is declared twice", name.value),
+            );
+            problems.push(problem.related(name_of(first).span, "first declared"));
+            continue;
+        }
+        by_name.insert(name.value.clone(), item);
+    }
+    by_name
+}
+
+fn unique_machines(machines: Vec<MachineDecl>, problems: &mut Problems) -> Vec<MachineDecl> {
+    let mut first: HashMap<MachineName, Span> = HashMap::with_capacity(machines.len());
+    let mut kept = Vec::with_capacity(machines.len());
+    for machine in machines {
+        if let Some(earlier) = first.get(&machine.name.value) {
+            let problem = Problem::new(
+                machine.name.span,
+                format!("machine `{}` is declared twice", machine.name.value),
+            );
+            problems.push(problem.related(*earlier, "first declared"));
+            continue;
+        }
+        first.insert(machine.name.value.clone(), machine.name.span);
+        kept.push(machine);
+    }
+    kept
+}
+
+// ---- references ----
+
+/// Looks a reference up; an unknown name is an error with a did-you-mean.
+fn lookup<'m, V>(
+    reference: &Reference,
+    map: &'m BTreeMap<String, V>,
+    kind: &str,
+    problems: &mut Problems,
+) -> Option<&'m V> {
+    if let Some(found) = map.get(&reference.value) {
+        return Some(found);
+    }
+    let problem = Problem::new(
+        reference.span,
+        format!("no {kind} is named `{}`", reference.value),
+    );
+    let names: Vec<&str> = map.keys().map(String::as_str).collect();
+    let problem = with_suggestion(problem, &reference.value, &names);
+    problems.push(if names.is_empty() {
+        problem.help(format!("no {kind} is declared at all"))
+    } else {
+        problem
+    });
+    None
+}
+
+fn check_controller_references(
+    controller: Option<&ControllerDecl>,
+    catalog: &Catalog,
+    problems: &mut Problems,
+) {
+    let Some(reference) = controller.and_then(|controller| controller.ephemeral_image.as_ref())
+    else {
+        return;
+    };
+    if let Some(image) = lookup(reference, &catalog.images, "image", problems) {
+        if !image.value.is_bootable() {
+            let message = format!(
+                "image `{}` has no kernel and initrd, so it cannot boot the ephemeral environment",
+                reference.value
+            );
+            problems.error(reference.span, message);
+        }
+    }
+}
+
+fn check_policy_references(
+    policy: Option<&PolicyDecl>,
+    catalog: &Catalog,
+    problems: &mut Problems,
+) {
+    if let Some(reference) = policy.and_then(|policy| policy.default_image.as_ref()) {
+        if let Some(image) = lookup(reference, &catalog.images, "image", problems) {
+            check_deployable(reference, &image.value, problems);
+        }
+    }
+}
+
+fn check_deployable(reference: &Reference, image: &Image, problems: &mut Problems) -> bool {
+    if image.is_deployable() {
+        return true;
+    }
+    let problem = Problem::new(
+        reference.span,
+        format!(
+            "image `{}` has no `root` image, so it cannot be deployed",
+            reference.value
+        ),
+    );
+    problems.push(problem);
+    false
+}
+
+fn check_network_references(catalog: &Catalog, problems: &mut Problems) {
+    for template in catalog.network_templates.values() {
+        for reference in &template.subnet_references {
+            lookup(reference, &catalog.subnets, "subnet", problems);
+        }
+    }
+}
+
+fn check_profile_references(catalog: &Catalog, problems: &mut Problems) {
+    for profile in catalog.profiles.values() {
+        if let Some(storage) = &profile.storage {
+            lookup(
+                storage,
+                &catalog.storage_templates,
+                "storage template",
+                problems,
+            );
+        }
+        if let Some(network) = &profile.network {
+            lookup(
+                network,
+                &catalog.network_templates,
+                "network template",
+                problems,
+            );
+        }
+        if let Some(image) = &profile.image {
+            lookup(image, &catalog.images, "image", problems);
+        }
+    }
+}
+
+// ---- subnets ----
+
+fn check_subnet_overlaps(subnets: &BTreeMap<String, SubnetDecl>, problems: &mut Problems) {
+    let list: Vec<&SubnetDecl> = subnets.values().collect();
+    for (index, subnet) in list.iter().enumerate() {
+        for other in &list[..index] {
+            let (a, b) = (subnet.subnet.cidr, other.subnet.cidr);
+            if a.contains(&b.network()) || b.contains(&a.network()) {
+                let message = format!(
+                    "subnet `{}` ({a}) overlaps subnet `{}` ({b})",
+                    subnet.name.value, other.name.value
+                );
+                problems.push(
+                    Problem::new(subnet.cidr_span, message)
+                        .related(other.cidr_span, format!("subnet `{}`", other.name.value)),
+                );
+            }
+        }
+    }
+}
+
+// ---- machines ----
+
+fn check_machines(machines: &[MachineDecl], catalog: &Catalog, problems: &mut Problems) {
+    let mut identities = Identities::default();
+    for machine in machines {
+        check_machine_references(machine, catalog, problems);
+        check_identity(machine, problems);
+        check_desired_state(machine, catalog, problems);
+        check_clone_basics(machine, problems);
+        identities.check(machine, problems);
+        for interface in &machine.interfaces {
+            check_static_address(interface, catalog, problems);
+        }
+        check_interfaces_in_template(machine, catalog, problems);
+    }
+    check_clone_sources(machines, problems);
+    check_clone_cycles(machines, problems);
+}
+
+fn check_machine_references(machine: &MachineDecl, catalog: &Catalog, problems: &mut Problems) {
+    if let Some(profile) = &machine.profile {
+        lookup(profile, &catalog.profiles, "profile", problems);
+    }
+    if let Some(storage) = &machine.storage {
+        lookup(
+            storage,
+            &catalog.storage_templates,
+            "storage template",
+            problems,
+        );
+    }
+    if let Some(network) = &machine.network {
+        lookup(
+            network,
+            &catalog.network_templates,
+            "network template",
+            problems,
+        );
+    }
+    if let Some(image) = &machine.image {
+        lookup(image, &catalog.images, "image", problems);
+    }
+}
+
+/// A machine is recognised by a MAC, or by its BMC address until it first boots.
+fn check_identity(machine: &MachineDecl, problems: &mut Problems) {
+    let has_bmc = machine
+        .power
+        .as_ref()
+        .is_some_and(|power| power.bmc_address().is_some());
+    if machine.macs.is_empty() && !has_bmc {
+        let problem = Problem::new(
+            machine.name.span,
+            format!(
+                "machine `{}` has neither a MAC nor a BMC to be recognised by",
+                machine.name.value
+            ),
+        );
+        problems.push(
+            problem.help(
+                "add macs = [\"52:54:00:...\"], or an ipmi or redfish power with its address",
+            ),
+        );
+    }
+    if let Some(pxe) = &machine.pxe_mac {
+        if !machine.macs.iter().any(|mac| mac.value == pxe.value) {
+            problems.push(Problem::new(
+                pxe.span,
+                format!("pxe_mac {} is not one of this machine's `macs`", pxe.value),
+            ));
+        }
+    }
+}
+
+/// MACs, BMC addresses and static IPs each belong to one machine.
+#[derive(Default)]
+struct Identities<'m> {
+    macs: HashMap<MacAddr, (&'m MachineName, Span)>,
+    bmcs: HashMap<&'m str, (&'m MachineName, Span)>,
+    addresses: HashMap<IpAddr, (&'m MachineName, Span)>,
+}
+
+impl<'m> Identities<'m> {
+    fn check(&mut self, machine: &'m MachineDecl, problems: &mut Problems) {
+        let name = &machine.name.value;
+        for mac in &machine.macs {
+            claim(
+                &mut self.macs,
+                mac.value,
+                name,
+                mac.span,
+                &format!("MAC {}", mac.value),
+                problems,
+            );
+        }
+        if let (Some(address), Some(span)) = (
+            machine.power.as_ref().and_then(|power| power.bmc_address()),
+            machine.power_span,
+        ) {
+            claim(
+                &mut self.bmcs,
+                address,
+                name,
+                span,
+                &format!("BMC address {address}"),
+                problems,
+            );
+        }
+        for interface in &machine.interfaces {
+            if let (Some(ip), Some(span)) = (interface.interface.ip, interface.ip_span) {
+                claim(
+                    &mut self.addresses,
+                    ip,
+                    name,
+                    span,
+                    &format!("address {ip}"),
+                    problems,
+                );
+            }
+        }
+    }
+}
+
+fn claim<'m, K: std::hash::Hash + Eq>(
+    owners: &mut HashMap<K, (&'m MachineName, Span)>,
+    key: K,
+    machine: &'m MachineName,
+    span: Span,
+    what: &str,
+    problems: &mut Problems,
+) {
+    match owners.get(&key) {
+        Some((owner, first)) if *owner == machine => {
+            problems.push(
+                Problem::new(span, format!("{what} is listed twice for this machine"))
+                    .related(*first, "first listed"),
+            );
+        }
+        Some((owner, first)) => {
+            let problem =
+                Problem::new(span, format!("{what} is already used by machine `{owner}`"));
+            problems.push(problem.related(*first, format!("used by machine `{owner}`")));
+        }
+        None => {
+            owners.insert(key, (machine, span));
+        }
+    }
+}
+
+/// A static address must be in its subnet, and not where the controller hands out or keeps
+/// addresses (the dynamic range, reserved ranges, the gateway, network and broadcast).
+fn check_static_address(interface: &InterfaceDecl, catalog: &Catalog, problems: &mut Problems) {
+    let reference = Spanned::new(interface.interface.subnet.clone(), interface.subnet_span);
+    let Some(subnet) = lookup(&reference, &catalog.subnets, "subnet", problems) else {
+        return;
+    };
+    let (Some(ip), Some(span)) = (interface.interface.ip, interface.ip_span) else {
+        return;
+    };
+    if let Some(problem) = address_problem(ip, span, subnet) {
+        problems.push(problem);
+    }
+}
+
+fn address_problem(ip: IpAddr, span: Span, decl: &SubnetDecl) -> Option<Problem> {
+    let subnet: &Subnet = &decl.subnet;
+    let name = &decl.name.value;
+    if !subnet.cidr.contains(&ip) {
+        let problem = Problem::new(
+            span,
+            format!("address {ip} is outside subnet `{name}` ({})", subnet.cidr),
+        );
+        return Some(problem.related(decl.cidr_span, format!("subnet `{name}`")));
+    }
+    if let (Some(range), Some(range_span)) = (subnet.dynamic_range, decl.dynamic_range_span) {
+        if range.contains(ip) {
+            let problem = Problem::new(
+                span,
+                format!(
+                    "address {ip} is inside the dynamic range of subnet `{name}` ({} - {})",
+                    range.start, range.end
+                ),
+            );
+            return Some(problem.related(range_span, "the dynamic range"));
+        }
+    }
+    for (reserved, reserved_span) in subnet.reserved.iter().zip(&decl.reserved_spans) {
+        if reserved.range.contains(ip) {
+            let problem = Problem::new(
+                span,
+                format!("address {ip} is inside a reserved range of subnet `{name}`"),
+            );
+            return Some(problem.related(*reserved_span, "the reserved range"));
+        }
+    }
+    if subnet.gateway == Some(ip) {
+        return Some(Problem::new(
+            span,
+            format!("address {ip} is the gateway of subnet `{name}`"),
+        ));
+    }
+    let is_ipv4_edge = matches!(subnet.cidr, ipnet::IpNet::V4(net) if net.prefix_len() < 31 && (ip == IpAddr::V4(net.network()) || ip == IpAddr::V4(net.broadcast())));
+    is_ipv4_edge.then(|| {
+        Problem::new(
+            span,
+            format!("address {ip} is the network or broadcast address of subnet `{name}`"),
+        )
+    })
+}
+
+/// Static addresses name interfaces; with a network template they must be its interfaces.
+fn check_interfaces_in_template(machine: &MachineDecl, catalog: &Catalog, problems: &mut Problems) {
+    let Some(template_name) = network_template_name(machine, catalog) else {
+        return;
+    };
+    let Some(template) = catalog.network_templates.get(template_name) else {
+        return;
+    };
+    let names: Vec<&str> = template
+        .template
+        .interfaces
+        .iter()
+        .map(|interface| interface.name.as_str())
+        .collect();
+    for interface in &machine.interfaces {
+        if !names.contains(&interface.interface.name.as_str()) {
+            let message = format!(
+                "network template `{template_name}` has no interface `{}`",
+                interface.interface.name
+            );
+            problems.push(with_suggestion(
+                Problem::new(interface.span, message),
+                &interface.interface.name,
+                &names,
+            ));
+        }
+    }
+}
+
+fn profile_of<'c>(machine: &MachineDecl, catalog: &'c Catalog) -> Option<&'c ProfileDecl> {
+    machine
+        .profile
+        .as_ref()
+        .and_then(|profile| catalog.profiles.get(&profile.value))
+}
+
+fn network_template_name<'a>(machine: &'a MachineDecl, catalog: &'a Catalog) -> Option<&'a str> {
+    match &machine.network {
+        Some(network) => Some(&network.value),
+        None => profile_of(machine, catalog)?.profile.network.as_deref(),
+    }
+}
+
+/// The image a machine deploys: its own, its profile's, or the policy default.
+fn image_name<'a>(machine: &'a MachineDecl, catalog: &'a Catalog) -> Option<&'a str> {
+    let from_profile =
+        || profile_of(machine, catalog).and_then(|profile| profile.profile.image.as_deref());
+    machine
+        .image
+        .as_ref()
+        .map(|image| image.value.as_str())
+        .or_else(from_profile)
+        .or(catalog.default_image.as_deref())
+}
+
+// ---- desired state ----
+
+/// The state a machine asks for when `state` is not written: deployed if added live, new if it
+/// must not be commissioned, ready otherwise (MAAS commissions machines added by hand).
+fn default_state(machine: &MachineDecl) -> DesiredState {
+    if flag(&machine.live, false) {
+        DesiredState::Deployed
+    } else if !flag(&machine.commission, true) {
+        DesiredState::New
+    } else {
+        DesiredState::Ready
+    }
+}
+
+fn flag(value: &Option<Spanned<bool>>, default: bool) -> bool {
+    value.as_ref().map_or(default, |flag| flag.value)
+}
+
+fn check_desired_state(machine: &MachineDecl, catalog: &Catalog, problems: &mut Problems) {
+    check_live(machine, problems);
+    check_commission_needed(machine, problems);
+    check_locked(machine, problems);
+    check_deploy_image(machine, catalog, problems);
+}
+
+fn state_of(machine: &MachineDecl) -> DesiredState {
+    machine
+        .state
+        .as_ref()
+        .map_or_else(|| default_state(machine), |state| state.value)
+}
+
+/// A machine added live keeps running its workload: it may be deployed, broken or in rescue,
+/// but a state that releases it (new, ready, allocated, retired) undoes "added live".
+fn check_live(machine: &MachineDecl, problems: &mut Problems) {
+    let (Some(live), Some(state)) = (&machine.live, &machine.state) else {
+        return;
+    };
+    if live.value
+        && !matches!(
+            state.value,
+            DesiredState::Deployed | DesiredState::Broken | DesiredState::RescueMode
+        )
+    {
+        let problem = Problem::new(
+            state.span,
+            format!(
+                "a machine added live (`deployed = true`) cannot ask for state `{}`",
+                state.value.as_str()
+            ),
+        );
+        problems.push(
+            problem.related(live.span, "added live here").help(
+                "a live machine is created deployed; ask for deployed, broken or rescue_mode",
+            ),
+        );
+    }
+}
+
+/// Ready, allocated and deployed need passed commissioning, which `commission = false` forbids.
+/// Decision: an error even if the controller already commissioned the machine once, because the
+/// file alone must say how the machine gets where it is asked to be.
+fn check_commission_needed(machine: &MachineDecl, problems: &mut Problems) {
+    let (Some(commission), Some(state)) = (&machine.commission, &machine.state) else {
+        return;
+    };
+    if !commission.value && !flag(&machine.live, false) && state.value.needs_commissioning() {
+        let problem = Problem::new(
+            state.span,
+            format!(
+                "state `{}` needs commissioning, which `commission = false` turns off",
+                state.value.as_str()
+            ),
+        );
+        problems.push(
+            problem
+                .related(commission.span, "commissioning turned off")
+                .help("remove `commission = false`, or ask for state \"new\""),
+        );
+    }
+}
+
+/// Only a deployed (or deploying) machine can be locked.
+fn check_locked(machine: &MachineDecl, problems: &mut Problems) {
+    let Some(locked) = machine.locked.as_ref().filter(|locked| locked.value) else {
+        return;
+    };
+    let state = state_of(machine);
+    if state != DesiredState::Deployed {
+        let problem = Problem::new(
+            locked.span,
+            format!(
+                "only a deployed machine can be locked, and this one asks for `{}`",
+                state.as_str()
+            ),
+        );
+        problems.push(problem.help("set state = \"deployed\", or remove `locked`"));
+    }
+}
+
+/// Deploying writes an image: there must be one, it must have a root image, and its arch must
+/// match the machine's. A machine added live is already installed and needs none.
+fn check_deploy_image(machine: &MachineDecl, catalog: &Catalog, problems: &mut Problems) {
+    if state_of(machine) != DesiredState::Deployed || flag(&machine.live, false) {
+        return;
+    }
+    let span = machine
+        .state
+        .as_ref()
+        .map_or(machine.name.span, |state| state.span);
+    let Some(name) = image_name(machine, catalog) else {
+        let problem = Problem::new(
+            span,
+            format!(
+                "machine `{}` asks to be deployed but has no image",
+                machine.name.value
+            ),
+        );
+        problems.push(
+            problem
+                .help("set `image` on the machine or its profile, or `default_image` in [policy]"),
+        );
+        return;
+    };
+    let Some(image) = catalog.images.get(name) else {
+        return; // An unknown image is reported where it is named.
+    };
+    check_deployable(
+        &Spanned::new(
+            name.to_string(),
+            machine.image.as_ref().map_or(span, |image| image.span),
+        ),
+        &image.value,
+        problems,
+    );
+    let arch = machine_arch(machine, catalog);
+    if image.value.arch != arch {
+        let message = format!(
+            "image `{name}` is for {}, and machine `{}` is {}",
+            image.value.arch.as_str(),
+            machine.name.value,
+            arch.as_str()
+        );
+        problems.error(
+            machine.image.as_ref().map_or(span, |image| image.span),
+            message,
+        );
+    }
+}
+
+fn machine_arch(machine: &MachineDecl, catalog: &Catalog) -> super::model::Arch {
+    machine
+        .arch
+        .or_else(|| profile_of(machine, catalog).and_then(|profile| profile.profile.arch))
+        .unwrap_or_default()
+}
+
+// ---- cloning ----
+
+/// A clone destination must be ready when cloned; a live machine never is.
+fn check_clone_basics(machine: &MachineDecl, problems: &mut Problems) {
+    let Some(clone) = &machine.clone_from else {
+        return;
+    };
+    if clone.spec.source == machine.name.value {
+        problems.error(
+            clone.source_span,
+            format!(
+                "machine `{}` cannot be cloned from itself",
+                machine.name.value
+            ),
+        );
+    }
+    if flag(&machine.live, false) {
+        problems.error(
+            clone.span,
+            "a machine added live (`deployed = true`) cannot be a clone destination",
+        );
+    } else if !state_of(machine).needs_commissioning() {
+        let message = format!(
+            "a clone destination must reach ready, and this machine asks for `{}`",
+            state_of(machine).as_str()
+        );
+        problems.error(clone.span, message);
+    }
+}
+
+fn check_clone_sources(machines: &[MachineDecl], problems: &mut Problems) {
+    let names: HashMap<&MachineName, ()> = machines
+        .iter()
+        .map(|machine| (&machine.name.value, ()))
+        .collect();
+    for clone in machines
+        .iter()
+        .filter_map(|machine| machine.clone_from.as_ref())
+    {
+        if !names.contains_key(&clone.spec.source) {
+            let problem = Problem::new(
+                clone.source_span,
+                format!("no machine is named `{}`", clone.spec.source),
+            );
+            let candidates = machines.iter().map(|machine| machine.name.value.as_str());
+            let problem = match super::read::closest(clone.spec.source.as_str(), candidates) {
+                Some(best) => problem.help(format!("did you mean `{best}`?")),
+                None => problem,
+            };
+            problems.push(problem);
+        }
+    }
+}
+
+/// Each machine clones from at most one source, so the clone graph is a set of chains; a chain
+/// that comes back on itself is a cycle, reported once, naming every machine on it.
+fn check_clone_cycles(machines: &[MachineDecl], problems: &mut Problems) {
+    let index: HashMap<&MachineName, usize> = machines
+        .iter()
+        .enumerate()
+        .map(|(at, machine)| (&machine.name.value, at))
+        .collect();
+    let next = |at: usize| {
+        let clone = machines[at].clone_from.as_ref()?;
+        index
+            .get(&clone.spec.source)
+            .copied()
+            .filter(|source| *source != at)
+    };
+    // 0: not seen, 1: on the current chain, 2: done.
+    let mut state = vec![0u8; machines.len()];
+    for start in 0..machines.len() {
+        let mut chain = Vec::new();
+        let mut current = Some(start);
+        while let Some(at) = current.filter(|at| state[*at] != 2) {
+            if state[at] == 1 {
+                report_cycle(
+                    machines,
+                    &chain[chain.iter().position(|member| *member == at).unwrap_or(0)..],
+                    problems,
+                );
+                break;
+            }
+            state[at] = 1;
+            chain.push(at);
+            current = next(at);
+        }
+        chain.iter().for_each(|at| state[*at] = 2);
+    }
+}
+
+fn report_cycle(machines: &[MachineDecl], cycle: &[usize], problems: &mut Problems) {
+    let mut names: Vec<&str> = cycle
+        .iter()
+        .map(|at| machines[*at].name.value.as_str())
+        .collect();
+    names.push(names[0]);
+    // `a` clones from `b` means the configuration flows b → a; the chain is written as followed.
+    let message = format!("clone cycle: {}", names.join(" → "));
+    if let Some(clone) = machines[cycle[0]].clone_from.as_ref() {
+        problems.push(
+            Problem::new(clone.source_span, message)
+                .help("a clone source must not (indirectly) clone from its destination"),
+        );
+    }
+}
+
+// ---- policy ----
+
+/// A typo in the protection list would silently leave a machine unprotected.
+fn check_protected(policy: &PolicyDecl, machines: &[MachineDecl], problems: &mut Problems) {
+    let names: HashMap<&MachineName, ()> = machines
+        .iter()
+        .map(|machine| (&machine.name.value, ()))
+        .collect();
+    for protected in &policy.protected_machines {
+        if !names.contains_key(&protected.value) {
+            let problem = Problem::new(
+                protected.span,
+                format!("protected machine `{}` is not declared", protected.value),
+            );
+            let candidates = machines.iter().map(|machine| machine.name.value.as_str());
+            problems.push(
+                match super::read::closest(protected.value.as_str(), candidates) {
+                    Some(best) => problem.help(format!("did you mean `{best}`?")),
+                    None => problem.help("a protection that names no machine protects nothing"),
+                },
+            );
+        }
+    }
+}
+
+// ---- the resolved machine ----
+
+fn resolve_machine(machine: &MachineDecl, catalog: &Catalog) -> MachineSpec {
+    let profile = profile_of(machine, catalog).map(|decl| &decl.profile);
+    let mut tags: Vec<String> = profile
+        .map(|profile| profile.tags.clone())
+        .unwrap_or_default();
+    tags.extend(machine.tags.iter().cloned());
+    tags.sort();
+    tags.dedup();
+    let own =
+        |reference: &Option<Reference>| reference.as_ref().map(|reference| reference.value.clone());
+    MachineSpec {
+        name: machine.name.value.clone(),
+        macs: machine.macs.iter().map(|mac| mac.value).collect(),
+        pxe_mac: machine
+            .pxe_mac
+            .as_ref()
+            .map(|mac| mac.value)
+            .or(machine.macs.first().map(|mac| mac.value)),
+        arch: machine_arch(machine, catalog),
+        power: machine
+            .power
+            .clone()
+            .unwrap_or(super::model::PowerSpec::Manual),
+        profile: own(&machine.profile),
+        storage: own(&machine.storage)
+            .or_else(|| profile.and_then(|profile| profile.storage.clone())),
+        network: own(&machine.network)
+            .or_else(|| profile.and_then(|profile| profile.network.clone())),
+        image: image_name(machine, catalog).map(str::to_string),
+        state: state_of(machine),
+        locked: flag(&machine.locked, false),
+        owner: machine.owner.clone(),
+        clone_from: machine.clone_from.as_ref().map(|clone| clone.spec.clone()),
+        commission: flag(&machine.commission, true),
+        live: flag(&machine.live, false),
+        tags,
+        expect: machine
+            .expect
+            .or(profile.map(|profile| profile.expect).unwrap_or_default()),
+        interfaces: machine
+            .interfaces
+            .iter()
+            .map(|interface| interface.interface.clone())
+            .collect(),
+        comment: machine.comment.clone(),
+    }
+}

@@ -1,0 +1,127 @@
+//! `[controller]`: where the controller listens, keeps its state, and serves boot files.
+
+use super::{reference, resolve_path, Reference};
+use crate::config::diagnostics::{Problem, Problems};
+use crate::config::model::ControllerSettings;
+use crate::config::read::{Spanned, TableReader};
+use crate::config::syntax::Span;
+use std::net::SocketAddr;
+use std::path::Path;
+
+pub const KEYS: &[&str] = &[
+    "listen",
+    "database",
+    "state_dir",
+    "tftp_listen",
+    "http_boot_url",
+    "loader_dir",
+    "dhcp_interfaces",
+    "ephemeral_image",
+];
+
+#[derive(Debug)]
+pub struct ControllerDecl {
+    pub span: Span,
+    pub settings: ControllerSettings,
+    pub ephemeral_image: Option<Reference>,
+}
+
+pub fn read(
+    reader: TableReader<'_, '_>,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> ControllerDecl {
+    reader.check_keys(KEYS, problems);
+    let defaults = ControllerSettings::default();
+    let settings = ControllerSettings {
+        listen: socket_address(&reader, "listen", problems).unwrap_or(defaults.listen),
+        database: database(&reader, problems),
+        state_dir: reader
+            .string("state_dir", problems)
+            .map_or(defaults.state_dir, |dir| resolve_path(base_dir, dir.value)),
+        tftp_listen: socket_address(&reader, "tftp_listen", problems)
+            .unwrap_or(defaults.tftp_listen),
+        http_boot_url: http_url(&reader, "http_boot_url", problems),
+        loader_dir: reader
+            .string("loader_dir", problems)
+            .map_or(defaults.loader_dir, |dir| resolve_path(base_dir, dir.value)),
+        dhcp_interfaces: reader
+            .string_list("dhcp_interfaces", problems)
+            .iter()
+            .map(|name| name.value.to_string())
+            .collect(),
+        ephemeral_image: None,
+    };
+    ControllerDecl {
+        span: reader.span,
+        settings,
+        ephemeral_image: reference(&reader, "ephemeral_image", problems),
+    }
+}
+
+fn socket_address(
+    reader: &TableReader<'_, '_>,
+    key: &str,
+    problems: &mut Problems,
+) -> Option<SocketAddr> {
+    let text = reader.string(key, problems)?;
+    match text.value.parse() {
+        Ok(address) => Some(address),
+        Err(_) => {
+            let problem = Problem::new(
+                text.span,
+                format!("`{}` is not an address and port", text.value),
+            );
+            problems.push(
+                problem.help(
+                    "write an IP address and a port, such as \"0.0.0.0:5240\" or \"[::]:5240\"",
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn database(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Option<String> {
+    let url = reader.string("database", problems)?;
+    let known = ["sqlite:", "postgres://", "postgresql://"];
+    if known.iter().any(|scheme| url.value.starts_with(scheme)) {
+        return Some(url.value.to_string());
+    }
+    let problem = Problem::new(
+        url.span,
+        format!("`{}` is not a database URL fleet can use", url.value),
+    );
+    problems.push(
+        problem.help("use sqlite://PATH for one controller or postgres://USER@HOST/DB for several"),
+    );
+    None
+}
+
+/// A URL that must be http:// or https://.
+pub fn http_url(
+    reader: &TableReader<'_, '_>,
+    key: &str,
+    problems: &mut Problems,
+) -> Option<String> {
+    let url = reader.string(key, problems)?;
+    checked_http_url(&url, key, problems).then(|| url.value.to_string())
+}
+
+pub fn checked_http_url(url: &Spanned<&str>, key: &str, problems: &mut Problems) -> bool {
+    let rest = url
+        .value
+        .strip_prefix("http://")
+        .or_else(|| url.value.strip_prefix("https://"));
+    if rest.is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace)) {
+        return true;
+    }
+    problems.error(
+        url.span,
+        format!(
+            "`{key}` must be an http:// or https:// URL, found `{}`",
+            url.value
+        ),
+    );
+    false
+}

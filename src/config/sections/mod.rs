@@ -1,0 +1,296 @@
+//! Reading each section of one file into owned, typed declarations that keep the spans the
+//! cross-checks (in `check`) need. Errors within one value or table are reported here.
+
+mod controller;
+mod images;
+mod machines;
+mod network;
+mod policy;
+mod power;
+mod profiles;
+mod storage;
+mod subnets;
+
+pub use controller::ControllerDecl;
+pub use machines::{InterfaceDecl, MachineDecl};
+pub use network::NetworkDecl;
+pub use policy::PolicyDecl;
+pub use profiles::ProfileDecl;
+pub use subnets::SubnetDecl;
+
+use super::diagnostics::{Problem, Problems};
+use super::model::{Expectations, Image, StorageTemplate};
+use super::read::{Spanned, TableReader};
+use super::size::{SizeSpec, MIB};
+use super::syntax::{Item, Span, Table, Value};
+use std::path::{Path, PathBuf};
+
+/// Everything declared so far, across files.
+#[derive(Debug, Default)]
+pub struct Declarations {
+    /// One per file that has a `[controller]`; more than one is an error.
+    pub controllers: Vec<ControllerDecl>,
+    pub policies: Vec<PolicyDecl>,
+    pub subnets: Vec<SubnetDecl>,
+    pub images: Vec<Named<Image>>,
+    pub storage_templates: Vec<Named<StorageTemplate>>,
+    pub network_templates: Vec<NetworkDecl>,
+    pub profiles: Vec<ProfileDecl>,
+    pub machines: Vec<MachineDecl>,
+}
+
+/// A declaration under `[section.NAME]`, with where its name was written.
+#[derive(Debug)]
+pub struct Named<T> {
+    pub name: Spanned<String>,
+    pub value: T,
+}
+
+/// A name that must match something declared elsewhere.
+pub type Reference = Spanned<String>;
+
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "include",
+    "controller",
+    "subnets",
+    "images",
+    "storage_templates",
+    "network_templates",
+    "profiles",
+    "machine",
+    "policy",
+];
+
+pub fn read_document(
+    root: &Table<'_>,
+    base_dir: &Path,
+    declarations: &mut Declarations,
+    problems: &mut Problems,
+) {
+    let reader = TableReader::new(root, Span::default(), "the fleet file");
+    reader.check_keys(TOP_LEVEL_KEYS, problems);
+    if let Some(table) = reader.table("controller", "[controller]", problems) {
+        declarations
+            .controllers
+            .push(controller::read(table, base_dir, problems));
+    }
+    if let Some(table) = reader.table("policy", "[policy]", problems) {
+        declarations.policies.push(policy::read(table, problems));
+    }
+    for_each_named(
+        &reader,
+        "subnets",
+        "subnet",
+        problems,
+        |name, table, problems| {
+            declarations
+                .subnets
+                .extend(subnets::read(name, table, problems));
+        },
+    );
+    for_each_named(
+        &reader,
+        "images",
+        "image",
+        problems,
+        |name, table, problems| {
+            declarations
+                .images
+                .extend(images::read(name, table, base_dir, problems));
+        },
+    );
+    for_each_named(
+        &reader,
+        "storage_templates",
+        "storage template",
+        problems,
+        |name, table, problems| {
+            declarations
+                .storage_templates
+                .extend(storage::read(name, table, base_dir, problems));
+        },
+    );
+    for_each_named(
+        &reader,
+        "network_templates",
+        "network template",
+        problems,
+        |name, table, problems| {
+            declarations
+                .network_templates
+                .push(network::read(name, table, problems));
+        },
+    );
+    for_each_named(
+        &reader,
+        "profiles",
+        "profile",
+        problems,
+        |name, table, problems| {
+            declarations
+                .profiles
+                .push(profiles::read(name, table, problems));
+        },
+    );
+    machines::read_all(&reader, base_dir, &mut declarations.machines, problems);
+}
+
+/// Calls `read` for every `[section.NAME]` table, with a reader named "kind `NAME`".
+fn for_each_named<'t, 'a>(
+    root: &TableReader<'t, 'a>,
+    section: &str,
+    kind: &str,
+    problems: &mut Problems,
+    mut read: impl FnMut(Spanned<String>, TableReader<'_, 'a>, &mut Problems),
+) {
+    let Some(item) = root.item(section) else {
+        return;
+    };
+    let Value::Table(table) = &item.value else {
+        problems.error(
+            item.span,
+            format!("`{section}` must be a table of {kind}s, such as [{section}.NAME]"),
+        );
+        return;
+    };
+    for entry in &table.entries {
+        let context = format!("{kind} `{}`", entry.key);
+        let name = Spanned::new(entry.key.to_string(), entry.key_span);
+        if let Some(reader) = TableReader::from_item(&entry.item, &context, problems) {
+            read(name, reader, problems);
+        }
+    }
+}
+
+// ---- helpers shared by several sections ----
+
+pub fn reference(
+    reader: &TableReader<'_, '_>,
+    key: &str,
+    problems: &mut Problems,
+) -> Option<Reference> {
+    reader
+        .string(key, problems)
+        .map(|text| Spanned::new(text.value.to_string(), text.span))
+}
+
+/// A size written as a string (`"8GiB"`, `"20%"`) or an integer number of bytes.
+pub fn size(
+    reader: &TableReader<'_, '_>,
+    key: &str,
+    problems: &mut Problems,
+) -> Option<Spanned<SizeSpec>> {
+    let item = reader.item(key)?;
+    size_of_item(item, key, problems)
+}
+
+pub fn size_of_item(
+    item: &Item<'_>,
+    key: &str,
+    problems: &mut Problems,
+) -> Option<Spanned<SizeSpec>> {
+    let parsed = match &item.value {
+        Value::Integer(bytes) if *bytes >= 0 => Ok(SizeSpec::Bytes(*bytes as u64)),
+        Value::String(text) => SizeSpec::parse(text).map_err(|error| error.to_string()),
+        other => Err(format!(
+            "`{key}` must be a size such as \"512MiB\" or a number of bytes, found {}",
+            other.type_name()
+        )),
+    };
+    match parsed {
+        Ok(size) => Some(Spanned::new(size, item.span)),
+        Err(message) => {
+            problems.error(item.span, message);
+            None
+        }
+    }
+}
+
+/// An absolute size in bytes (no percentage).
+pub fn absolute_size(
+    reader: &TableReader<'_, '_>,
+    key: &str,
+    problems: &mut Problems,
+) -> Option<Spanned<u64>> {
+    let size = size(reader, key, problems)?;
+    match size.value {
+        SizeSpec::Bytes(bytes) => Some(Spanned::new(bytes, size.span)),
+        SizeSpec::Percent(_) => {
+            let problem = Problem::new(
+                size.span,
+                format!("`{key}` must be an absolute size, not a percentage"),
+            );
+            problems.push(problem.help("write it with a unit, such as \"8GiB\""));
+            None
+        }
+    }
+}
+
+/// `root_size = "2GiB"` below a minimum of 3 GiB, with the minimum in the message.
+pub fn check_minimum(
+    size: &Spanned<u64>,
+    minimum: u64,
+    what: &str,
+    problems: &mut Problems,
+) -> bool {
+    if size.value >= minimum {
+        return true;
+    }
+    let message = format!(
+        "{what} of {} is below the minimum of {}",
+        super::size::human_bytes(size.value),
+        super::size::human_bytes(minimum)
+    );
+    problems.error(size.span, message);
+    false
+}
+
+pub const EXPECT_KEYS: &[&str] = &["min_cpus", "min_memory", "min_disks", "min_disk_size"];
+
+/// `expect = { min_cpus = 8, min_memory = "32GiB", min_disks = 2, min_disk_size = "500GB" }`.
+pub fn expectations(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Expectations {
+    let Some(expect) = reader.table("expect", "`expect`", problems) else {
+        return Expectations::default();
+    };
+    expect.check_keys(EXPECT_KEYS, problems);
+    Expectations {
+        min_cpus: expect
+            .integer("min_cpus", 1, u32::MAX as i64, problems)
+            .map(|n| n.value as u32),
+        min_memory_mib: absolute_size(&expect, "min_memory", problems)
+            .map(|bytes| bytes.value / MIB),
+        min_disks: expect
+            .integer("min_disks", 1, u32::MAX as i64, problems)
+            .map(|n| n.value as u32),
+        min_disk_size_bytes: absolute_size(&expect, "min_disk_size", problems)
+            .map(|bytes| bytes.value),
+    }
+}
+
+/// Relative paths in a file are relative to that file's directory.
+pub fn resolve_path(base_dir: &Path, path: &str) -> PathBuf {
+    base_dir.join(path)
+}
+
+/// Tags: lowercase words, as used in `protected.tags` and by the plan's filters.
+pub fn tags(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Vec<String> {
+    let mut tags = Vec::new();
+    for tag in reader.string_list("tags", problems) {
+        let valid = !tag.value.is_empty()
+            && tag.value.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')
+            });
+        if valid {
+            tags.push(tag.value.to_string());
+        } else {
+            problems.error(
+                tag.span,
+                format!(
+                    "tag `{}` may hold only lowercase letters, digits, `-`, `_` and `.`",
+                    tag.value
+                ),
+            );
+        }
+    }
+    tags
+}

@@ -1,0 +1,277 @@
+//! `[network_templates.NAME]`: interfaces (physical, bond, bridge, VLAN) and how each links.
+
+use super::{reference, Reference};
+use crate::config::diagnostics::{Problem, Problems};
+use crate::config::model::{
+    BondMode, InterfaceKind, InterfaceSpec, LacpRate, LinkMode, NetworkTemplate,
+};
+use crate::config::read::{check_choice, with_suggestion, Spanned, TableReader};
+use crate::config::syntax::Span;
+use std::collections::HashMap;
+
+pub const INTERFACE_KEYS: &[&str] = &[
+    "name",
+    "type",
+    "mtu",
+    "link",
+    "subnet",
+    "members",
+    "bond_mode",
+    "miimon",
+    "lacp_rate",
+    "xmit_hash_policy",
+    "stp",
+    "parent",
+    "id",
+];
+pub const INTERFACE_TYPES: &[&str] = &["physical", "bond", "bridge", "vlan"];
+pub const XMIT_HASH_POLICIES: &[&str] = &["layer2", "layer2+3", "layer3+4", "encap2+3", "encap3+4"];
+/// The smallest MTU IPv4 allows a link to carry (RFC 791 reassembly minimum plus headers).
+pub const MINIMUM_MTU: i64 = 552;
+
+/// Which keys belong to which interface type.
+const TYPE_KEYS: &[(&str, &[&str])] = &[
+    (
+        "bond",
+        &["bond_mode", "miimon", "lacp_rate", "xmit_hash_policy"],
+    ),
+    ("bridge", &["stp"]),
+    ("vlan", &["parent", "id"]),
+];
+
+#[derive(Debug)]
+pub struct NetworkDecl {
+    pub name: Spanned<String>,
+    pub template: NetworkTemplate,
+    /// Every `subnet = "..."` of the interfaces, for the cross-check.
+    pub subnet_references: Vec<Reference>,
+}
+
+pub fn read(
+    name: Spanned<String>,
+    reader: TableReader<'_, '_>,
+    problems: &mut Problems,
+) -> NetworkDecl {
+    reader.check_keys(&["interfaces"], problems);
+    let mut template = NetworkTemplate {
+        name: name.value.clone(),
+        interfaces: Vec::new(),
+    };
+    let mut subnet_references = Vec::new();
+    let mut names: Vec<Spanned<String>> = Vec::new();
+    let mut links: Vec<(Spanned<String>, Span)> = Vec::new();
+    for item in reader.array("interfaces", problems).unwrap_or_default() {
+        let Some(table) = TableReader::from_item(item, "an interface", problems) else {
+            continue;
+        };
+        let Some(interface) = read_interface(&table, &mut subnet_references, &mut links, problems)
+        else {
+            continue;
+        };
+        names.push(Spanned::new(interface.name.clone(), table.span));
+        template.interfaces.push(interface);
+    }
+    if reader.item("interfaces").is_none() {
+        problems.error(
+            reader.span,
+            format!("{} has no `interfaces`", reader.context),
+        );
+    }
+    check_unique_names(&names, problems);
+    check_links(&names, &links, problems);
+    NetworkDecl {
+        name,
+        template,
+        subnet_references,
+    }
+}
+
+fn read_interface(
+    table: &TableReader<'_, '_>,
+    subnet_references: &mut Vec<Reference>,
+    links: &mut Vec<(Spanned<String>, Span)>,
+    problems: &mut Problems,
+) -> Option<InterfaceSpec> {
+    table.check_keys(INTERFACE_KEYS, problems);
+    let name = table.required_string("name", problems)?;
+    let kind_name = table
+        .string("type", problems)
+        .map_or("physical", |kind| kind.value);
+    if let Some(kind) = table.string("type", problems) {
+        if !check_choice("type", &kind, INTERFACE_TYPES, problems) {
+            return None;
+        }
+    }
+    check_type_keys(table, kind_name, problems);
+    let subnet = reference(table, "subnet", problems);
+    let link = link_mode(table, subnet.as_ref(), problems);
+    for member in table
+        .string_list("members", problems)
+        .into_iter()
+        .chain(table.string("parent", problems))
+    {
+        links.push((
+            Spanned::new(member.value.to_string(), member.span),
+            table.span,
+        ));
+    }
+    let kind = interface_kind(table, kind_name, problems)?;
+    let interface = InterfaceSpec {
+        name: name.value.to_string(),
+        kind,
+        mtu: table
+            .integer("mtu", MINIMUM_MTU, 65535, problems)
+            .map(|mtu| mtu.value as u32),
+        link,
+        subnet: subnet.as_ref().map(|subnet| subnet.value.clone()),
+    };
+    subnet_references.extend(subnet);
+    Some(interface)
+}
+
+fn check_type_keys(table: &TableReader<'_, '_>, kind: &str, problems: &mut Problems) {
+    for (owner, keys) in TYPE_KEYS.iter().filter(|(owner, _)| *owner != kind) {
+        for key in keys.iter().copied() {
+            if let Some(span) = table.key_span(key) {
+                problems.error(
+                    span,
+                    format!("`{key}` belongs to `{owner}` interfaces, and this one is a `{kind}`"),
+                );
+            }
+        }
+    }
+    let wants_members = matches!(kind, "bond" | "bridge");
+    match (wants_members, table.key_span("members")) {
+        (false, Some(span)) => {
+            problems.error(span, format!("a `{kind}` interface has no `members`"))
+        }
+        (true, None) => problems.error(table.span, format!("a `{kind}` interface needs `members`")),
+        _ => {}
+    }
+}
+
+/// `auto` and `static` take an address from a subnet, so they need one; without a subnet the
+/// default is `link_up`, with one `auto`.
+fn link_mode(
+    table: &TableReader<'_, '_>,
+    subnet: Option<&Reference>,
+    problems: &mut Problems,
+) -> LinkMode {
+    let default = if subnet.is_some() {
+        LinkMode::Auto
+    } else {
+        LinkMode::LinkUp
+    };
+    let Some(text) = table.choice("link", LinkMode::NAMES, problems) else {
+        return default;
+    };
+    let mode = LinkMode::parse(text.value).unwrap_or(default);
+    if matches!(mode, LinkMode::Auto | LinkMode::Static) && subnet.is_none() {
+        let problem = Problem::new(
+            text.span,
+            format!(
+                "link `{}` needs a `subnet` to take its address from",
+                text.value
+            ),
+        );
+        problems.push(problem.help("add subnet = \"NAME\", or use link = \"dhcp\" or \"link_up\""));
+    }
+    mode
+}
+
+fn interface_kind(
+    table: &TableReader<'_, '_>,
+    kind: &str,
+    problems: &mut Problems,
+) -> Option<InterfaceKind> {
+    let members = || {
+        table
+            .string_list("members", &mut Problems::default())
+            .iter()
+            .map(|m| m.value.to_string())
+            .collect()
+    };
+    let kind = match kind {
+        "bond" => InterfaceKind::Bond {
+            members: members(),
+            bond_mode: bond_mode(table, problems)?,
+            miimon: table
+                .integer("miimon", 0, u32::MAX as i64, problems)
+                .map(|ms| ms.value as u32),
+            lacp_rate: lacp_rate(table, problems),
+            xmit_hash_policy: table
+                .choice("xmit_hash_policy", XMIT_HASH_POLICIES, problems)
+                .map(|p| p.value.to_string()),
+        },
+        "bridge" => InterfaceKind::Bridge {
+            members: members(),
+            stp: table.boolean("stp", problems).is_some_and(|stp| stp.value),
+        },
+        "vlan" => InterfaceKind::Vlan {
+            parent: table.required_string("parent", problems)?.value.to_string(),
+            id: table
+                .required("id", problems)
+                .and(table.integer("id", 1, 4094, problems))?
+                .value as u16,
+        },
+        _ => InterfaceKind::Physical,
+    };
+    Some(kind)
+}
+
+fn bond_mode(table: &TableReader<'_, '_>, problems: &mut Problems) -> Option<BondMode> {
+    let Some(mode) = table.string("bond_mode", problems) else {
+        return Some(BondMode::ActiveBackup);
+    };
+    check_choice("bond_mode", &mode, BondMode::NAMES, problems)
+        .then(|| BondMode::parse(mode.value))
+        .flatten()
+}
+
+/// LACP rate only means something in 802.3ad mode.
+fn lacp_rate(table: &TableReader<'_, '_>, problems: &mut Problems) -> Option<LacpRate> {
+    let rate = table.choice("lacp_rate", &["fast", "slow"], problems)?;
+    let mode = table.string("bond_mode", &mut Problems::default());
+    if mode.as_ref().map(|mode| mode.value) != Some("802.3ad") {
+        problems.error(
+            rate.span,
+            "`lacp_rate` applies only to bond_mode \"802.3ad\"",
+        );
+    }
+    Some(if rate.value == "fast" {
+        LacpRate::Fast
+    } else {
+        LacpRate::Slow
+    })
+}
+
+fn check_unique_names(names: &[Spanned<String>], problems: &mut Problems) {
+    let mut first: HashMap<&str, Span> = HashMap::new();
+    for name in names {
+        if let Some(earlier) = first.insert(&name.value, name.span) {
+            let problem = Problem::new(
+                name.span,
+                format!("interface `{}` is declared twice", name.value),
+            );
+            problems.push(problem.related(earlier, "first declared"));
+        }
+    }
+}
+
+/// Bond and bridge members and VLAN parents must be interfaces of the same template.
+fn check_links(
+    names: &[Spanned<String>],
+    links: &[(Spanned<String>, Span)],
+    problems: &mut Problems,
+) {
+    let known: Vec<&str> = names.iter().map(|name| name.value.as_str()).collect();
+    for (target, _) in links {
+        if !known.contains(&target.value.as_str()) {
+            let problem = Problem::new(
+                target.span,
+                format!("no interface `{}` in this template", target.value),
+            );
+            problems.push(with_suggestion(problem, &target.value, &known));
+        }
+    }
+}

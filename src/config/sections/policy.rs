@@ -1,0 +1,139 @@
+//! `[policy]`: timeouts, parallelism, protection and defaults for the plan and the executor.
+
+use super::{reference, Reference};
+use crate::config::diagnostics::{Problem, Problems};
+use crate::config::model::{EnlistedPolicy, Policy, Timeouts};
+use crate::config::read::{Spanned, TableReader};
+use crate::config::syntax::{Span, Value};
+use crate::model::MachineName;
+
+pub const KEYS: &[&str] = &[
+    "timeouts",
+    "parallelism",
+    "enlisted",
+    "protected",
+    "max_destructive_per_apply",
+    "default_image",
+    "power_poll_seconds",
+];
+pub const PROTECTED_KEYS: &[&str] = &["machines", "tags"];
+
+#[derive(Debug)]
+pub struct PolicyDecl {
+    pub span: Span,
+    pub policy: Policy,
+    pub default_image: Option<Reference>,
+    /// Protected machine names, checked against the declared machines.
+    pub protected_machines: Vec<Spanned<MachineName>>,
+}
+
+pub fn read(reader: TableReader<'_, '_>, problems: &mut Problems) -> PolicyDecl {
+    reader.check_keys(KEYS, problems);
+    let defaults = Policy::default();
+    let protected_machines = protected_machines(&reader, problems);
+    let mut policy = Policy {
+        timeouts: timeouts(&reader, problems),
+        parallelism: count(&reader, "parallelism", 1, problems).unwrap_or(defaults.parallelism),
+        enlisted: enlisted(&reader, problems).unwrap_or_default(),
+        protected: Default::default(),
+        max_destructive_per_apply: count(&reader, "max_destructive_per_apply", 0, problems),
+        default_image: None,
+        power_poll_seconds: count(&reader, "power_poll_seconds", 1, problems)
+            .unwrap_or(defaults.power_poll_seconds),
+    };
+    policy.protected.machines = protected_machines
+        .iter()
+        .map(|name| name.value.clone())
+        .collect();
+    policy.protected.tags = protected_tags(&reader, problems);
+    PolicyDecl {
+        span: reader.span,
+        policy,
+        default_image: reference(&reader, "default_image", problems),
+        protected_machines,
+    }
+}
+
+fn count(
+    reader: &TableReader<'_, '_>,
+    key: &str,
+    minimum: i64,
+    problems: &mut Problems,
+) -> Option<u32> {
+    reader
+        .integer(key, minimum, u32::MAX as i64, problems)
+        .map(|value| value.value as u32)
+}
+
+/// `[policy.timeouts]`, in minutes; 0 would fail every operation at once, so the minimum is 1.
+fn timeouts(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Timeouts {
+    let mut timeouts = Timeouts::default();
+    let Some(table) = reader.table("timeouts", "[policy.timeouts]", problems) else {
+        return timeouts;
+    };
+    table.check_keys(Timeouts::KEYS, problems);
+    for key in Timeouts::KEYS {
+        let Some(item) = table.item(key) else {
+            continue;
+        };
+        match item.value {
+            Value::Integer(minutes) if minutes >= 1 && minutes <= u32::MAX as i64 => {
+                if let Some(field) = timeouts.field_mut(key) {
+                    *field = minutes as u32;
+                }
+            }
+            Value::Integer(_) => {
+                let problem = Problem::new(
+                    item.span,
+                    format!("the `{key}` timeout must be at least 1 minute"),
+                );
+                problems.push(
+                    problem.help("a timeout of 0 would fail the operation as soon as it starts"),
+                );
+            }
+            ref other => problems.error(
+                item.span,
+                format!(
+                    "the `{key}` timeout must be a whole number of minutes, found {}",
+                    other.type_name()
+                ),
+            ),
+        }
+    }
+    timeouts
+}
+
+fn enlisted(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Option<EnlistedPolicy> {
+    let choice = reader.choice("enlisted", &["leave", "commission"], problems)?;
+    Some(if choice.value == "commission" {
+        EnlistedPolicy::Commission
+    } else {
+        EnlistedPolicy::Leave
+    })
+}
+
+fn protected_machines(
+    reader: &TableReader<'_, '_>,
+    problems: &mut Problems,
+) -> Vec<Spanned<MachineName>> {
+    let Some(table) = reader.table("protected", "[policy.protected]", problems) else {
+        return Vec::new();
+    };
+    table.check_keys(PROTECTED_KEYS, problems);
+    let names = table.string_list("machines", problems);
+    names
+        .into_iter()
+        .filter_map(|name| crate::config::read::parse_spanned(name, problems))
+        .collect()
+}
+
+fn protected_tags(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Vec<String> {
+    let Some(item) = reader.item("protected") else {
+        return Vec::new();
+    };
+    let Value::Table(table) = &item.value else {
+        return Vec::new();
+    };
+    let table = TableReader::new(table, item.span, "[policy.protected]");
+    super::tags(&table, problems)
+}

@@ -1,0 +1,275 @@
+//! `power = { type = "...", ... }` of a machine. Secrets are references, never inline values.
+
+use super::controller::checked_http_url;
+use super::resolve_path;
+use crate::config::diagnostics::{Problem, Problems};
+use crate::config::model::{IpmiBootType, IpmiDriver, IpmiPrivilege, PowerSpec, SecretRef};
+use crate::config::read::{check_choice, TableReader};
+use crate::config::syntax::Value;
+use crate::model::PowerOffMode;
+use std::path::Path;
+
+pub const IPMI_KEYS: &[&str] = &[
+    "type",
+    "address",
+    "user",
+    "password",
+    "driver",
+    "cipher_suite",
+    "privilege",
+    "power_off_mode",
+    "boot_type",
+];
+pub const REDFISH_KEYS: &[&str] = &[
+    "type",
+    "address",
+    "user",
+    "password",
+    "system_id",
+    "verify_tls",
+];
+pub const WEBHOOK_KEYS: &[&str] = &[
+    "type",
+    "on_url",
+    "off_url",
+    "query_url",
+    "on_regex",
+    "off_regex",
+    "token",
+    "verify_tls",
+];
+pub const QEMU_KEYS: &[&str] = &["type", "qmp_socket"];
+pub const SECRET_KEYS: &[&str] = &["env", "file"];
+
+pub fn read(
+    machine: &TableReader<'_, '_>,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Option<PowerSpec> {
+    let Some(table) = machine.table("power", "`power`", problems) else {
+        return Some(PowerSpec::Manual);
+    };
+    let kind = table.required_string("type", problems)?;
+    if !check_choice("power type", &kind, PowerSpec::TYPES, problems) {
+        return None;
+    }
+    match kind.value {
+        "ipmi" => ipmi(&table, base_dir, problems),
+        "redfish" => redfish(&table, base_dir, problems),
+        "webhook" => webhook(&table, base_dir, problems),
+        "qemu" => {
+            table.check_keys(QEMU_KEYS, problems);
+            let socket = table.required_string("qmp_socket", problems)?;
+            Some(PowerSpec::Qemu {
+                qmp_socket: resolve_path(base_dir, socket.value),
+            })
+        }
+        _ => {
+            table.check_keys(&["type"], problems);
+            Some(PowerSpec::Manual)
+        }
+    }
+}
+
+fn ipmi(
+    table: &TableReader<'_, '_>,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Option<PowerSpec> {
+    table.check_keys(IPMI_KEYS, problems);
+    let driver = table
+        .choice("driver", &["lan", "lan_2_0"], problems)
+        .map(|d| {
+            if d.value == "lan" {
+                IpmiDriver::Lan
+            } else {
+                IpmiDriver::Lan20
+            }
+        });
+    let privilege = table
+        .choice("privilege", &["user", "operator", "admin"], problems)
+        .map(|p| match p.value {
+            "user" => IpmiPrivilege::User,
+            "operator" => IpmiPrivilege::Operator,
+            _ => IpmiPrivilege::Admin,
+        });
+    let off_mode = table
+        .choice("power_off_mode", &["soft", "hard"], problems)
+        .map(|m| {
+            if m.value == "soft" {
+                PowerOffMode::Soft
+            } else {
+                PowerOffMode::Hard
+            }
+        });
+    let boot_type = table
+        .choice("boot_type", &["auto", "legacy", "efi"], problems)
+        .map(|b| match b.value {
+            "legacy" => IpmiBootType::Legacy,
+            "efi" => IpmiBootType::Efi,
+            _ => IpmiBootType::Auto,
+        });
+    Some(PowerSpec::Ipmi {
+        user: table.owned_string("user", problems),
+        password: secret(table, "password", base_dir, problems),
+        driver: driver.unwrap_or_default(),
+        // IPMI 2.0 defines cipher suites 0 to 17.
+        cipher_suite: table
+            .integer("cipher_suite", 0, 17, problems)
+            .map(|suite| suite.value as u8),
+        privilege: privilege.unwrap_or_default(),
+        power_off_mode: off_mode.unwrap_or_default(),
+        boot_type: boot_type.unwrap_or_default(),
+        address: bmc_address(table, problems)?,
+    })
+}
+
+fn redfish(
+    table: &TableReader<'_, '_>,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Option<PowerSpec> {
+    table.check_keys(REDFISH_KEYS, problems);
+    Some(PowerSpec::Redfish {
+        user: table.owned_string("user", problems),
+        password: secret(table, "password", base_dir, problems),
+        system_id: table.owned_string("system_id", problems),
+        verify_tls: table.boolean("verify_tls", problems).is_none_or_true(),
+        address: bmc_address(table, problems)?,
+    })
+}
+
+fn webhook(
+    table: &TableReader<'_, '_>,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Option<PowerSpec> {
+    table.check_keys(WEBHOOK_KEYS, problems);
+    let url = |key: &str, problems: &mut Problems| {
+        let url = table.string(key, problems)?;
+        checked_http_url(&url, key, problems).then(|| url.value.to_string())
+    };
+    let query_url = url("query_url", problems);
+    let on_regex = table.owned_string("on_regex", problems);
+    let off_regex = table.owned_string("off_regex", problems);
+    if query_url.is_none() && (on_regex.is_some() || off_regex.is_some()) {
+        let span = table
+            .key_span("on_regex")
+            .or(table.key_span("off_regex"))
+            .unwrap_or(table.span);
+        problems.error(
+            span,
+            "the regexes read the answer of `query_url`, which is missing",
+        );
+    }
+    let token = secret(table, "token", base_dir, problems);
+    let verify_tls = table.boolean("verify_tls", problems).is_none_or_true();
+    let on_url = table
+        .required("on_url", problems)
+        .and(url("on_url", problems));
+    let off_url = table
+        .required("off_url", problems)
+        .and(url("off_url", problems));
+    Some(PowerSpec::Webhook {
+        on_url: on_url?,
+        off_url: off_url?,
+        query_url,
+        on_regex,
+        off_regex,
+        token,
+        verify_tls,
+    })
+}
+
+fn bmc_address(table: &TableReader<'_, '_>, problems: &mut Problems) -> Option<String> {
+    let address = table.required_string("address", problems)?;
+    if address.value.is_empty() || address.value.contains(char::is_whitespace) {
+        problems.error(
+            address.span,
+            format!("`{}` is not a BMC address", address.value),
+        );
+        return None;
+    }
+    Some(address.value.to_ascii_lowercase())
+}
+
+/// `{ env = "NAME" }` or `{ file = "/path" }`. An inline string is refused: fleet files live in
+/// git, and a password in git is a leaked password. The message never repeats the value.
+pub fn secret(
+    table: &TableReader<'_, '_>,
+    key: &str,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Option<SecretRef> {
+    let item = table.item(key)?;
+    let context = format!("`{key}`");
+    let reference = match &item.value {
+        Value::Table(_) => TableReader::from_item(item, &context, problems)?,
+        Value::String(_) => {
+            let problem = Problem::new(
+                item.span,
+                format!("`{key}` is written inline; secrets must be references"),
+            );
+            problems.push(problem.help(format!(
+                "keep the secret out of the file: {key} = {{ env = \"BMC_PASSWORD\" }} or {key} = {{ file = \"/etc/fleet/secrets/bmc\" }}"
+            )));
+            return None;
+        }
+        other => {
+            problems.error(
+                item.span,
+                format!(
+                    "`{key}` must be {{ env = \"NAME\" }} or {{ file = \"PATH\" }}, found {}",
+                    other.type_name()
+                ),
+            );
+            return None;
+        }
+    };
+    reference.check_keys(SECRET_KEYS, problems);
+    match (
+        reference.string("env", problems),
+        reference.string("file", problems),
+    ) {
+        (Some(name), None) if is_env_name(name.value) => {
+            Some(SecretRef::Env(name.value.to_string()))
+        }
+        (Some(name), None) => {
+            problems.error(
+                name.span,
+                format!(
+                    "`{}` is not an environment variable name (letters, digits and `_`)",
+                    name.value
+                ),
+            );
+            None
+        }
+        (None, Some(path)) => Some(SecretRef::File(resolve_path(base_dir, path.value))),
+        (Some(_), Some(path)) => {
+            problems.error(path.span, "give either `env` or `file`, not both");
+            None
+        }
+        (None, None) => {
+            problems.error(item.span, format!("`{key}` needs `env` or `file`"));
+            None
+        }
+    }
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+trait DefaultTrue {
+    fn is_none_or_true(self) -> bool;
+}
+
+impl DefaultTrue for Option<crate::config::read::Spanned<bool>> {
+    fn is_none_or_true(self) -> bool {
+        self.map_or(true, |flag| flag.value)
+    }
+}

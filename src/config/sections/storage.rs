@@ -1,0 +1,171 @@
+//! `[storage_templates.NAME]`: how the disks of a deployed machine are laid out.
+//!
+//! Minimums from the life-cycle reference: EFI partition 512 MiB, boot 512 MiB, root 3 GiB.
+
+use super::{absolute_size, check_minimum, resolve_path, size, Named};
+use crate::config::diagnostics::Problems;
+use crate::config::model::{BcacheMode, StorageLayout, StorageTemplate};
+use crate::config::read::{Spanned, TableReader};
+use crate::config::size::{SizeSpec, GIB, MIB};
+use std::path::Path;
+
+pub const KEYS: &[&str] = &[
+    "layout",
+    "efi_size",
+    "boot_size",
+    "root_size",
+    "root_device",
+    "vg_name",
+    "lv_name",
+    "lv_size",
+    "cache_device",
+    "cache_mode",
+    "file",
+];
+
+pub const MINIMUM_EFI: u64 = 512 * MIB;
+pub const MINIMUM_BOOT: u64 = 512 * MIB;
+pub const MINIMUM_ROOT: u64 = 3 * GIB;
+
+/// Which keys belong to which layout; any other layout's key is an error, not silently ignored.
+const LAYOUT_KEYS: &[(&str, &[&str])] = &[
+    ("lvm", &["vg_name", "lv_name", "lv_size"]),
+    ("bcache", &["cache_device", "cache_mode"]),
+    ("custom", &["file"]),
+];
+
+pub fn read(
+    name: Spanned<String>,
+    reader: TableReader<'_, '_>,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Option<Named<StorageTemplate>> {
+    reader.check_keys(KEYS, problems);
+    let layout_name = reader.required_string("layout", problems)?;
+    if !crate::config::read::check_choice("layout", &layout_name, StorageLayout::NAMES, problems) {
+        return None;
+    }
+    check_layout_keys(&reader, layout_name.value, problems);
+    let layout = layout(&reader, layout_name.value, base_dir, problems)?;
+    let blank = matches!(layout, StorageLayout::Blank);
+    let template = StorageTemplate {
+        name: name.value.clone(),
+        layout,
+        efi_size: minimum_size(
+            &reader,
+            "efi_size",
+            MINIMUM_EFI,
+            "the EFI partition",
+            problems,
+        ),
+        boot_size: minimum_size(
+            &reader,
+            "boot_size",
+            MINIMUM_BOOT,
+            "the boot partition",
+            problems,
+        ),
+        root_size: root_size(&reader, "root_size", problems),
+        root_device: reader.owned_string("root_device", problems),
+    };
+    if blank {
+        check_blank_has_no_sizes(&reader, problems);
+    }
+    Some(Named {
+        name,
+        value: template,
+    })
+}
+
+fn check_layout_keys(reader: &TableReader<'_, '_>, layout: &str, problems: &mut Problems) {
+    for (owner, keys) in LAYOUT_KEYS.iter().filter(|(owner, _)| *owner != layout) {
+        for key in keys.iter().copied() {
+            if let Some(span) = reader.key_span(key) {
+                problems.error(span, format!("`{key}` belongs to layout `{owner}`, and this template's layout is `{layout}`"));
+            }
+        }
+    }
+}
+
+/// A blank layout leaves the disks empty: sizes would be ignored, so they are mistakes.
+fn check_blank_has_no_sizes(reader: &TableReader<'_, '_>, problems: &mut Problems) {
+    for key in ["efi_size", "boot_size", "root_size", "root_device"] {
+        if let Some(span) = reader.key_span(key) {
+            problems.error(
+                span,
+                format!("`{key}` has no meaning with layout `blank` (the disks are left empty)"),
+            );
+        }
+    }
+}
+
+fn layout(
+    reader: &TableReader<'_, '_>,
+    name: &str,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Option<StorageLayout> {
+    let layout = match name {
+        "flat" => StorageLayout::Flat,
+        "blank" => StorageLayout::Blank,
+        "lvm" => StorageLayout::Lvm {
+            vg_name: reader
+                .owned_string("vg_name", problems)
+                .unwrap_or_else(|| "vgroot".to_string()),
+            lv_name: reader
+                .owned_string("lv_name", problems)
+                .unwrap_or_else(|| "lvroot".to_string()),
+            lv_size: root_size(reader, "lv_size", problems),
+        },
+        "bcache" => StorageLayout::Bcache {
+            cache_device: reader.owned_string("cache_device", problems),
+            cache_mode: cache_mode(reader, problems).unwrap_or(BcacheMode::Writethrough),
+        },
+        _ => {
+            let file = reader.required_string("file", problems)?;
+            StorageLayout::Custom {
+                file: resolve_path(base_dir, file.value),
+            }
+        }
+    };
+    Some(layout)
+}
+
+fn cache_mode(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Option<BcacheMode> {
+    let mode = reader.choice(
+        "cache_mode",
+        &["writeback", "writethrough", "writearound"],
+        problems,
+    )?;
+    Some(match mode.value {
+        "writeback" => BcacheMode::Writeback,
+        "writearound" => BcacheMode::Writearound,
+        _ => BcacheMode::Writethrough,
+    })
+}
+
+fn minimum_size(
+    reader: &TableReader<'_, '_>,
+    key: &str,
+    minimum: u64,
+    what: &str,
+    problems: &mut Problems,
+) -> Option<u64> {
+    let size = absolute_size(reader, key, problems)?;
+    check_minimum(&size, minimum, what, problems).then_some(size.value)
+}
+
+/// The root filesystem (or root logical volume): a percentage of the disk, or at least 3 GiB.
+fn root_size(reader: &TableReader<'_, '_>, key: &str, problems: &mut Problems) -> Option<SizeSpec> {
+    let size = size(reader, key, problems)?;
+    match size.value {
+        SizeSpec::Bytes(bytes) => check_minimum(
+            &Spanned::new(bytes, size.span),
+            MINIMUM_ROOT,
+            "the root filesystem",
+            problems,
+        )
+        .then_some(size.value),
+        SizeSpec::Percent(_) => Some(size.value),
+    }
+}
