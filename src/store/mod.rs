@@ -11,8 +11,22 @@
 //!   milliseconds; JSON is stored as TEXT.
 //! - Events are never updated or deleted; deleting a machine keeps its history.
 
-use crate::model::{Action, Lifecycle, MacAddr, MachineName, Outcome, PowerState, Status};
+use crate::model::{
+    Action, InvalidTransition, Lifecycle, MacAddr, MachineName, Outcome, PowerState, Status,
+};
 use serde::{Deserialize, Serialize};
+
+mod codec;
+mod db;
+mod events;
+mod leases;
+mod locks;
+mod machines;
+mod plans;
+mod scripts;
+mod settings;
+
+pub use db::{now_ms, Store};
 
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -28,16 +42,39 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("cannot open the database {url}: {source}")]
     Open { url: String, source: sqlx::Error },
-    #[error("database migration failed: {0}")]
+    #[error("cannot create the directory {path} for the SQLite database: {source}")]
+    CreateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot turn on WAL journaling for the SQLite database {url} (journal mode is `{mode}`); put the file on a local disk that supports shared memory")]
+    NoWal { url: String, mode: String },
+    #[error(
+        "database migration failed: {0} (a database written by a newer fleet needs that fleet)"
+    )]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("no machine named `{0}`")]
     UnknownMachine(String),
     #[error("a machine named `{0}` already exists")]
     DuplicateName(String),
+    #[error("cannot create machine `{name}`: {source}")]
+    InvalidInitialStatus {
+        name: String,
+        source: InvalidTransition,
+    },
     #[error("MAC {mac} already belongs to machine `{owner}`")]
     DuplicateMac { mac: MacAddr, owner: String },
     #[error("machine `{0}` was changed by someone else meanwhile; read it again and retry")]
     Conflict(String),
+    #[error("IP {ip} is already leased to MAC {holder}; delete that lease first")]
+    DuplicateIp {
+        ip: std::net::Ipv4Addr,
+        holder: MacAddr,
+    },
+    #[error("lock `{0}` kept changing hands while we tried to take it; retry")]
+    LockChurn(String),
+    #[error("no plan with id `{0}`")]
+    UnknownPlan(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]

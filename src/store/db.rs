@@ -1,0 +1,332 @@
+//! Opening the store: which backend a URL names, the SQLite file and its pragmas, the pool,
+//! the migrations, and how transactions begin.
+
+use super::{Backend, StoreError};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Once;
+use std::time::Duration;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// How long a SQLite writer waits for another writer before giving up with "database is locked".
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// SQLite serialises writers anyway; a few connections let readers run beside one writer.
+const SQLITE_MAX_CONNECTIONS: u32 = 8;
+const POSTGRES_MAX_CONNECTIONS: u32 = 16;
+
+/// The store. Cheap to clone (a pool handle).
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub(crate) pool: AnyPool,
+    backend: Backend,
+}
+
+/// Now, in Unix milliseconds: the store's only clock.
+pub fn now_ms() -> i64 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn install_drivers() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(sqlx::any::install_default_drivers);
+}
+
+/// What `open` makes of a URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Postgres(String),
+    /// A file path (never `:memory:`: a store must outlive its connections) and URL parameters.
+    Sqlite {
+        path: PathBuf,
+        params: Option<String>,
+    },
+}
+
+fn parse_target(url: &str) -> Result<Target, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Target::Postgres(url.to_string()));
+    }
+    let unsupported = || StoreError::UnsupportedUrl(redact_password(url));
+    let rest = match url.strip_prefix("sqlite:") {
+        Some(rest) => rest.strip_prefix("//").unwrap_or(rest),
+        // A plain path, unless it looks like some other scheme.
+        None if url.contains("://") => return Err(unsupported()),
+        None => {
+            return Ok(Target::Sqlite {
+                path: PathBuf::from(url),
+                params: None,
+            })
+        }
+    };
+    let (path, params) = match rest.split_once('?') {
+        Some((path, params)) => (path, Some(params.to_string())),
+        None => (rest, None),
+    };
+    if path.is_empty() || path.contains(":memory:") {
+        return Err(unsupported());
+    }
+    Ok(Target::Sqlite {
+        path: PathBuf::from(path),
+        params,
+    })
+}
+
+/// The URL with any password replaced by `***`, for error messages and logs.
+pub(crate) fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// A SQLite URL for `path` that sqlx parses back to the same path: `%`, `?` and `#` escaped.
+fn sqlite_url(path: &Path, params: Option<&str>) -> String {
+    let mut encoded = String::new();
+    for character in path.to_string_lossy().chars() {
+        match character {
+            '%' => encoded.push_str("%25"),
+            '?' => encoded.push_str("%3F"),
+            '#' => encoded.push_str("%23"),
+            other => encoded.push(other),
+        }
+    }
+    let params = params.unwrap_or("");
+    let mode = if params.split('&').any(|pair| pair.starts_with("mode=")) {
+        ""
+    } else {
+        "mode=rwc"
+    };
+    let separator = if params.is_empty() || mode.is_empty() {
+        ""
+    } else {
+        "&"
+    };
+    format!("sqlite://{encoded}?{params}{separator}{mode}")
+}
+
+impl Store {
+    /// Opens (creating if need be) and migrates the database at `url`: `sqlite://PATH`, a plain
+    /// path, or `postgres://USER@HOST/DB`.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        install_drivers();
+        let store = match parse_target(url)? {
+            Target::Postgres(url) => open_postgres(&url).await?,
+            Target::Sqlite { path, params } => open_sqlite(&path, params.as_deref()).await?,
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The connection pool, for tests and diagnostics (`PRAGMA journal_mode`, `current_database()`).
+    /// Everything else goes through the typed methods, which keep the invariants.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Closes every connection; waits for the ones in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`, waiting up to the busy timeout), so that a read-then-write
+    /// transaction cannot fail half-way with SQLITE_BUSY when another writer got there first.
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        let transaction = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(transaction)
+    }
+
+    /// Begins a read-only transaction: several SELECTs that see one snapshot (a machine with
+    /// its interfaces and disks).
+    pub(crate) async fn begin_read(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        let transaction = match self.backend {
+            Backend::Sqlite => self.pool.begin().await?,
+            Backend::Postgres => {
+                self.pool
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .await?
+            }
+        };
+        Ok(transaction)
+    }
+}
+
+async fn open_postgres(url: &str) -> Result<Store, StoreError> {
+    let open_error = |source| StoreError::Open {
+        url: redact_password(url),
+        source,
+    };
+    let options = AnyConnectOptions::from_str(url).map_err(open_error)?;
+    let pool = AnyPoolOptions::new()
+        .max_connections(POSTGRES_MAX_CONNECTIONS)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(open_error)?;
+    Ok(Store {
+        pool,
+        backend: Backend::Postgres,
+    })
+}
+
+async fn open_sqlite(path: &Path, params: Option<&str>) -> Result<Store, StoreError> {
+    // Absolute, so that the URL has no host part for `url` to reinterpret (`sqlite://data/x.db`).
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    if let Some(parent) = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    let url = sqlite_url(&path, params);
+    let open_error = |source| StoreError::Open {
+        url: url.clone(),
+        source,
+    };
+    let options = AnyConnectOptions::from_str(&url).map_err(open_error)?;
+    let pool = AnyPoolOptions::new()
+        .max_connections(SQLITE_MAX_CONNECTIONS)
+        .acquire_timeout(SQLITE_BUSY_TIMEOUT * 2)
+        .after_connect(|connection, _meta| {
+            Box::pin(async move {
+                // Per connection: these pragmas are not stored in the file.
+                let busy_ms = SQLITE_BUSY_TIMEOUT.as_millis();
+                connection
+                    .execute(format!("PRAGMA busy_timeout = {busy_ms}").as_str())
+                    .await?;
+                connection.execute("PRAGMA foreign_keys = ON").await?;
+                // In WAL mode, NORMAL loses no committed transaction when the process is killed
+                // (only, at worst, the last ones on a power cut), and fsyncs far less than FULL.
+                connection.execute("PRAGMA synchronous = NORMAL").await?;
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .map_err(open_error)?;
+    enable_wal(&pool, &url).await?;
+    Ok(Store {
+        pool,
+        backend: Backend::Sqlite,
+    })
+}
+
+/// WAL is a property of the file (it persists); set it once, on one connection, before anyone
+/// else writes: changing the journal mode needs an exclusive lock that busy_timeout does not wait for.
+async fn enable_wal(pool: &AnyPool, url: &str) -> Result<(), StoreError> {
+    let row = sqlx::query("PRAGMA journal_mode = WAL")
+        .fetch_one(pool)
+        .await
+        .map_err(|source| StoreError::Open {
+            url: url.to_string(),
+            source,
+        })?;
+    let mode: String = row.try_get(0)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::NoWal {
+            url: url.to_string(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_their_backend() {
+        assert_eq!(
+            parse_target("postgres://u@h/db").unwrap(),
+            Target::Postgres("postgres://u@h/db".into())
+        );
+        assert!(matches!(
+            parse_target("postgresql://h/db").unwrap(),
+            Target::Postgres(_)
+        ));
+        let sqlite = |path: &str, params: Option<&str>| Target::Sqlite {
+            path: PathBuf::from(path),
+            params: params.map(str::to_string),
+        };
+        assert_eq!(
+            parse_target("sqlite:///var/lib/fleet.db").unwrap(),
+            sqlite("/var/lib/fleet.db", None)
+        );
+        assert_eq!(
+            parse_target("sqlite://fleet.db?mode=rw").unwrap(),
+            sqlite("fleet.db", Some("mode=rw"))
+        );
+        assert_eq!(
+            parse_target("sqlite:data/fleet.db").unwrap(),
+            sqlite("data/fleet.db", None)
+        );
+        assert_eq!(
+            parse_target("/tmp/a b/fleet.db").unwrap(),
+            sqlite("/tmp/a b/fleet.db", None)
+        );
+        assert!(parse_target("mysql://h/db").is_err());
+        assert!(parse_target("sqlite::memory:").is_err());
+    }
+
+    #[test]
+    fn sqlite_urls_escape_what_sqlx_would_split_on() {
+        assert_eq!(
+            sqlite_url(Path::new("/tmp/a?b#c%d.db"), None),
+            "sqlite:///tmp/a%3Fb%23c%25d.db?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_url(Path::new("f.db"), Some("mode=ro")),
+            "sqlite://f.db?mode=ro"
+        );
+        assert_eq!(
+            sqlite_url(Path::new("f.db"), Some("cache=shared")),
+            "sqlite://f.db?cache=shared&mode=rwc"
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_password("postgres://fleet:s3cret@db:5432/fleet"),
+            "postgres://fleet:***@db:5432/fleet"
+        );
+        assert_eq!(
+            redact_password("postgres://fleet@db/fleet"),
+            "postgres://fleet@db/fleet"
+        );
+    }
+}

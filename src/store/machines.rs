@@ -1,0 +1,789 @@
+//! Machines: creating, reading, committing life-cycle changes (generation-guarded, with their
+//! events in the same transaction), power, heartbeats, hardware and configuration.
+
+use super::codec::{
+    bool_int, get, get_bool, get_json, get_mac, get_name, get_opt_bool, get_opt_parsed, get_power,
+    get_status, json_text, status_text,
+};
+use super::events::insert_event;
+use super::{
+    Commit, Disk, Hardware, Interface, MachineRecord, MachineSummary, NewEvent, NewMachine, Store,
+    StoreError,
+};
+use crate::model::{Action, Lifecycle, MacAddr, PowerState, Status};
+use crate::store::now_ms;
+use serde_json::json;
+use sqlx::any::AnyRow;
+use sqlx::AnyConnection;
+use std::collections::HashSet;
+
+const MACHINE_COLUMNS: &str = "id, name, status, previous_status, locked, power, owner, commissioned, \
+     deployed_os, generation, status_reason, status_since, last_heard, arch, power_type, power_params, \
+     bmc_address, image, tags, cpus, cpu_model, cpu_speed_mhz, memory_mib, facts, created_at, updated_at";
+
+/// The power type of a machine nobody has said how to power.
+const UNCONFIGURED: &str = "unconfigured";
+
+impl Store {
+    /// Creates a machine in its initial status, with one interface per MAC, and records a
+    /// `created` event, in one transaction.
+    pub async fn create_machine(
+        &self,
+        new: &NewMachine,
+        actor: &str,
+    ) -> Result<MachineRecord, StoreError> {
+        let mut transaction = self.begin_write().await?;
+        let id = insert_new_machine(&mut transaction, new, actor, now_ms()).await?;
+        let record = load_machine_by_id(&mut transaction, id).await?;
+        transaction.commit().await?;
+        Ok(record)
+    }
+
+    /// Creates many machines in one transaction (all or none): for imports and tests.
+    pub async fn create_machines(&self, new: &[NewMachine], actor: &str) -> Result<(), StoreError> {
+        let mut transaction = self.begin_write().await?;
+        let now = now_ms();
+        for machine in new {
+            insert_new_machine(&mut transaction, machine, actor, now).await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// A machine with its interfaces and disks.
+    pub async fn machine(&self, name: &str) -> Result<Option<MachineRecord>, StoreError> {
+        let mut transaction = self.begin_read().await?;
+        let id = machine_id(&mut transaction, name).await?;
+        let record = match id {
+            Some(id) => Some(load_machine_by_id(&mut transaction, id).await?),
+            None => None,
+        };
+        transaction.commit().await?;
+        Ok(record)
+    }
+
+    /// The machine one of whose interfaces has this MAC.
+    pub async fn machine_by_mac(&self, mac: MacAddr) -> Result<Option<MachineRecord>, StoreError> {
+        let mut transaction = self.begin_read().await?;
+        let row = sqlx::query("SELECT machine_id FROM interfaces WHERE mac = $1")
+            .bind(mac.to_string())
+            .fetch_optional(&mut *transaction)
+            .await?;
+        let record = match row {
+            Some(row) => {
+                Some(load_machine_by_id(&mut transaction, get(&row, "machine_id")?).await?)
+            }
+            None => None,
+        };
+        transaction.commit().await?;
+        Ok(record)
+    }
+
+    /// Every machine, one row each, sorted by name.
+    pub async fn machine_summaries(&self) -> Result<Vec<MachineSummary>, StoreError> {
+        // One query; the disk sizes are summed per machine in a derived table rather than by
+        // grouping the machines. CAST: PostgreSQL's SUM(BIGINT) is NUMERIC, which `Any` lacks.
+        let rows = sqlx::query(
+            "SELECT m.name, m.status, m.power, m.locked, m.arch, m.cpus, m.memory_mib, m.owner, \
+                    d.storage_bytes \
+             FROM machines m \
+             LEFT JOIN (SELECT machine_id, CAST(SUM(size_bytes) AS BIGINT) AS storage_bytes \
+                        FROM disks GROUP BY machine_id) d ON d.machine_id = m.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut summaries = rows
+            .iter()
+            .map(summary_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        // Sorted here, not in SQL: PostgreSQL's collation may not be byte order, SQLite's is.
+        summaries.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
+        Ok(summaries)
+    }
+
+    /// Carries out an accepted action's outcome (or a settlement) on `machine` as it was read:
+    /// the life-cycle fields, the events, and the deletion if asked, in one transaction. Fails
+    /// with [`StoreError::Conflict`] if the machine changed since it was read; nothing is written
+    /// then. Returns the machine as it is now, or `None` if it was deleted.
+    pub async fn commit(
+        &self,
+        machine: &MachineRecord,
+        commit: &Commit<'_>,
+    ) -> Result<Option<MachineRecord>, StoreError> {
+        let mut transaction = self.begin_write().await?;
+        let now = now_ms();
+        let name = machine.name.as_str();
+        if commit.outcome.delete {
+            delete_machine_guarded(&mut transaction, machine).await?;
+        } else {
+            update_lifecycle_guarded(&mut transaction, machine, commit, now).await?;
+        }
+        for event in commit_events(machine, commit) {
+            insert_event(&mut transaction, &event, now).await?;
+        }
+        let record = if commit.outcome.delete {
+            None
+        } else {
+            Some(load_machine_by_id(&mut transaction, machine.id).await?)
+        };
+        transaction.commit().await?;
+        tracing::debug!(
+            machine = name,
+            generation = machine.generation + 1,
+            "committed"
+        );
+        Ok(record)
+    }
+
+    /// Records that `action` was refused, with the machine's status at the time.
+    pub async fn record_refusal(
+        &self,
+        machine: &str,
+        action: Action,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO events (at, machine, kind, actor, action, from_status, reason, detail) \
+             VALUES ($1, $2, 'refused', $3, $4, (SELECT status FROM machines WHERE name = $2), $5, '{}')",
+        )
+        .bind(now_ms())
+        .bind(machine)
+        .bind(actor)
+        .bind(action.as_str())
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records the machine's power state as found (or as set); a `power` event only when it changed.
+    pub async fn set_power(
+        &self,
+        name: &str,
+        power: PowerState,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        // The UPDATE is guarded by the power read; on PostgreSQL a commit may change it in
+        // between, and then we read again.
+        for _ in 0..3 {
+            if self.set_power_once(name, power, actor, reason).await? {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Conflict(name.to_string()))
+    }
+
+    /// `false` if the power state changed between our read and our write.
+    async fn set_power_once(
+        &self,
+        name: &str,
+        power: PowerState,
+        actor: &str,
+        reason: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let mut transaction = self.begin_write().await?;
+        let row = sqlx::query("SELECT power FROM machines WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *transaction)
+            .await?
+            .ok_or_else(|| StoreError::UnknownMachine(name.to_string()))?;
+        let before = get_power(&row, "power")?;
+        if before == power {
+            return Ok(true);
+        }
+        let now = now_ms();
+        let result = sqlx::query(
+            "UPDATE machines SET power = $1, generation = generation + 1, updated_at = $2 \
+             WHERE name = $3 AND power = $4",
+        )
+        .bind(power.as_str())
+        .bind(now)
+        .bind(name)
+        .bind(before.as_str())
+        .execute(&mut *transaction)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let event = NewEvent {
+            machine: Some(name.to_string()),
+            kind: "power".into(),
+            actor: actor.into(),
+            action: None,
+            from_status: None,
+            to_status: None,
+            reason: reason.map(str::to_string),
+            detail: json!({ "from": before, "to": power }),
+        };
+        insert_event(&mut transaction, &event, now).await?;
+        transaction.commit().await?;
+        Ok(true)
+    }
+
+    /// The machine itself was heard from. Does not bump the generation: heartbeats are frequent
+    /// and change nothing a decision rests on, so they must not make commits conflict.
+    pub async fn heard_from(&self, name: &str) -> Result<(), StoreError> {
+        let result = sqlx::query("UPDATE machines SET last_heard = $1 WHERE name = $2")
+            .bind(now_ms())
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        require_one_row(result.rows_affected(), name)
+    }
+
+    /// Overwrites the life-cycle fields, bypassing the rules: for tests and repair tools.
+    /// Records a `forced` event. `power_configured` is not stored: it follows the power type
+    /// (see [`Store::update_config`]).
+    pub async fn write_lifecycle(
+        &self,
+        name: &str,
+        lifecycle: &Lifecycle,
+        actor: &str,
+        reason: &str,
+    ) -> Result<MachineRecord, StoreError> {
+        let mut transaction = self.begin_write().await?;
+        let id = machine_id(&mut transaction, name)
+            .await?
+            .ok_or_else(|| StoreError::UnknownMachine(name.to_string()))?;
+        let before = load_machine_by_id(&mut transaction, id).await?;
+        let now = now_ms();
+        let status_changed = before.lifecycle.status != lifecycle.status;
+        let written = LifecycleWrite {
+            lifecycle,
+            status_since: if status_changed {
+                now
+            } else {
+                before.status_since
+            },
+            status_reason: if status_changed {
+                Some(reason)
+            } else {
+                before.status_reason.as_deref()
+            },
+            image: None,
+        };
+        write_lifecycle_row(&mut transaction, &before, &written, now).await?;
+        let event = NewEvent {
+            machine: Some(name.to_string()),
+            kind: "forced".into(),
+            actor: actor.into(),
+            action: None,
+            from_status: Some(before.lifecycle.status),
+            to_status: Some(lifecycle.status),
+            reason: Some(reason.to_string()),
+            detail: json!({ "before": before.lifecycle, "after": lifecycle }),
+        };
+        insert_event(&mut transaction, &event, now).await?;
+        let record = load_machine_by_id(&mut transaction, id).await?;
+        transaction.commit().await?;
+        Ok(record)
+    }
+
+    /// Replaces what commissioning found: hardware facts, interfaces and disks. `arch: None`
+    /// keeps the architecture already known.
+    pub async fn replace_hardware(
+        &self,
+        name: &str,
+        arch: Option<&str>,
+        hardware: &Hardware,
+        interfaces: &[Interface],
+        disks: &[Disk],
+    ) -> Result<(), StoreError> {
+        let mut transaction = self.begin_write().await?;
+        let id = machine_id(&mut transaction, name)
+            .await?
+            .ok_or_else(|| StoreError::UnknownMachine(name.to_string()))?;
+        let macs: Vec<MacAddr> = interfaces.iter().map(|interface| interface.mac).collect();
+        check_macs_free(&mut transaction, name, Some(id), &macs).await?;
+        sqlx::query(
+            "UPDATE machines SET arch = COALESCE($1, arch), cpus = $2, cpu_model = $3, cpu_speed_mhz = $4, \
+                 memory_mib = $5, facts = $6, generation = generation + 1, updated_at = $7 \
+             WHERE id = $8",
+        )
+        .bind(arch)
+        .bind(hardware.cpus)
+        .bind(hardware.cpu_model.as_deref())
+        .bind(hardware.cpu_speed_mhz)
+        .bind(hardware.memory_mib)
+        .bind(json_text(&hardware.facts))
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *transaction)
+        .await?;
+        for table in [
+            "DELETE FROM interfaces WHERE machine_id = $1",
+            "DELETE FROM disks WHERE machine_id = $1",
+        ] {
+            sqlx::query(table)
+                .bind(id)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        for interface in interfaces {
+            insert_interface(&mut transaction, id, interface, name).await?;
+        }
+        for disk in disks {
+            insert_disk(&mut transaction, id, disk).await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Sets what the fleet file says of a machine: power driver, tags, and the image to deploy
+    /// (`None` keeps the image recorded, which may be the one deployed).
+    pub async fn update_config(
+        &self,
+        name: &str,
+        power_type: &str,
+        power_params: &serde_json::Value,
+        tags: &[String],
+        image: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "UPDATE machines SET power_type = $1, power_params = $2, tags = $3, image = COALESCE($4, image), \
+                 generation = generation + 1, updated_at = $5 \
+             WHERE name = $6",
+        )
+        .bind(power_type)
+        .bind(json_text(power_params))
+        .bind(json_text(tags))
+        .bind(image)
+        .bind(now_ms())
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        require_one_row(result.rows_affected(), name)
+    }
+}
+
+fn require_one_row(rows_affected: u64, name: &str) -> Result<(), StoreError> {
+    if rows_affected == 0 {
+        return Err(StoreError::UnknownMachine(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Inserts a machine, its interfaces and its `created` event; returns its id.
+async fn insert_new_machine(
+    connection: &mut AnyConnection,
+    new: &NewMachine,
+    actor: &str,
+    now: i64,
+) -> Result<i64, StoreError> {
+    let name = new.name.as_str();
+    let mut lifecycle =
+        Lifecycle::created(new.status).map_err(|source| StoreError::InvalidInitialStatus {
+            name: name.to_string(),
+            source,
+        })?;
+    if new.status == Status::Deployed {
+        lifecycle.deployed_os = new.deployed_os.clone();
+    }
+    if machine_id(connection, name).await?.is_some() {
+        return Err(StoreError::DuplicateName(name.to_string()));
+    }
+    check_macs_free(connection, name, None, &new.macs).await?;
+    let row = sqlx::query(
+        "INSERT INTO machines (name, status, previous_status, locked, power, owner, commissioned, deployed_os, \
+             generation, status_since, arch, power_type, power_params, bmc_address, image, tags, facts, \
+             created_at, updated_at) \
+         VALUES ($1, $2, NULL, 0, $3, NULL, 0, $4, 1, $5, $6, $7, $8, $9, $10, $11, '{}', $5, $5) \
+         RETURNING id",
+    )
+    .bind(name)
+    .bind(lifecycle.status.as_str())
+    .bind(lifecycle.power.as_str())
+    .bind(lifecycle.deployed_os.as_deref())
+    .bind(now)
+    .bind(new.arch.as_deref())
+    .bind(new.power_type.as_str())
+    .bind(json_text(&new.power_params))
+    .bind(new.bmc_address.as_deref())
+    .bind(new.image.as_deref())
+    .bind(json_text(&new.tags))
+    .fetch_one(&mut *connection)
+    .await
+    .map_err(|error| conflict_if_unique_violation(error, name))?;
+    let id: i64 = get(&row, "id")?;
+    for (index, mac) in new.macs.iter().enumerate() {
+        // Interface names are placeholders until commissioning reports the real ones.
+        let interface = Interface {
+            name: format!("eth{index}"),
+            mac: *mac,
+            link_up: None,
+            speed_mbps: None,
+            driver: None,
+        };
+        insert_interface(connection, id, &interface, name).await?;
+    }
+    let event = NewEvent {
+        machine: Some(name.to_string()),
+        kind: "created".into(),
+        actor: actor.into(),
+        action: None,
+        from_status: None,
+        to_status: Some(lifecycle.status),
+        reason: None,
+        detail: json!({ "macs": new.macs, "power_type": new.power_type }),
+    };
+    insert_event(connection, &event, now).await?;
+    Ok(id)
+}
+
+/// On PostgreSQL another controller may insert the same name or MAC between our check and our
+/// INSERT; the UNIQUE constraint stops it. Reported as a conflict: retrying gives the precise error.
+fn conflict_if_unique_violation(error: sqlx::Error, name: &str) -> StoreError {
+    match &error {
+        sqlx::Error::Database(database_error) if database_error.is_unique_violation() => {
+            StoreError::Conflict(name.to_string())
+        }
+        _ => StoreError::Database(error),
+    }
+}
+
+/// Fails with `DuplicateMac` if a MAC is listed twice or belongs to another machine than
+/// `own_id`. Checked before inserting so that the error names the owner; the UNIQUE constraint
+/// still stops a concurrent writer on PostgreSQL.
+async fn check_macs_free(
+    connection: &mut AnyConnection,
+    name: &str,
+    own_id: Option<i64>,
+    macs: &[MacAddr],
+) -> Result<(), StoreError> {
+    let mut seen = HashSet::new();
+    for mac in macs {
+        if !seen.insert(*mac) {
+            return Err(StoreError::DuplicateMac {
+                mac: *mac,
+                owner: name.to_string(),
+            });
+        }
+        let owner = sqlx::query(
+            "SELECT m.id, m.name FROM interfaces i JOIN machines m ON m.id = i.machine_id WHERE i.mac = $1",
+        )
+        .bind(mac.to_string())
+        .fetch_optional(&mut *connection)
+        .await?;
+        if let Some(row) = owner {
+            if Some(get::<i64>(&row, "id")?) != own_id {
+                return Err(StoreError::DuplicateMac {
+                    mac: *mac,
+                    owner: get(&row, "name")?,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `machine` names the machine in a conflict error.
+async fn insert_interface(
+    connection: &mut AnyConnection,
+    machine_id: i64,
+    interface: &Interface,
+    machine: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO interfaces (machine_id, name, mac, link_up, speed_mbps, driver) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(machine_id)
+    .bind(interface.name.as_str())
+    .bind(interface.mac.to_string())
+    .bind(interface.link_up.map(bool_int))
+    .bind(interface.speed_mbps)
+    .bind(interface.driver.as_deref())
+    .execute(&mut *connection)
+    .await
+    .map_err(|error| conflict_if_unique_violation(error, machine))?;
+    Ok(())
+}
+
+async fn insert_disk(
+    connection: &mut AnyConnection,
+    machine_id: i64,
+    disk: &Disk,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO disks (machine_id, name, model, serial, id_path, size_bytes, block_size, rotational) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(machine_id)
+    .bind(disk.name.as_str())
+    .bind(disk.model.as_deref())
+    .bind(disk.serial.as_deref())
+    .bind(disk.id_path.as_deref())
+    .bind(disk.size_bytes)
+    .bind(disk.block_size)
+    .bind(disk.rotational.map(bool_int))
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn machine_id(
+    connection: &mut AnyConnection,
+    name: &str,
+) -> Result<Option<i64>, StoreError> {
+    let row = sqlx::query("SELECT id FROM machines WHERE name = $1")
+        .bind(name)
+        .fetch_optional(&mut *connection)
+        .await?;
+    row.map(|row| get(&row, "id")).transpose()
+}
+
+async fn load_machine_by_id(
+    connection: &mut AnyConnection,
+    id: i64,
+) -> Result<MachineRecord, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {MACHINE_COLUMNS} FROM machines WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *connection)
+    .await?
+    .ok_or_else(|| StoreError::Corrupt(format!("machine id {id} vanished inside a transaction")))?;
+    let mut record = machine_from_row(&row)?;
+    let interface_rows = sqlx::query(
+        "SELECT name, mac, link_up, speed_mbps, driver FROM interfaces WHERE machine_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(&mut *connection)
+    .await?;
+    record.interfaces = interface_rows
+        .iter()
+        .map(interface_from_row)
+        .collect::<Result<_, _>>()?;
+    let disk_rows = sqlx::query(
+        "SELECT name, model, serial, id_path, size_bytes, block_size, rotational FROM disks \
+         WHERE machine_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(&mut *connection)
+    .await?;
+    record.disks = disk_rows
+        .iter()
+        .map(disk_from_row)
+        .collect::<Result<_, _>>()?;
+    Ok(record)
+}
+
+fn machine_from_row(row: &AnyRow) -> Result<MachineRecord, StoreError> {
+    let power_type: String = get(row, "power_type")?;
+    let lifecycle = Lifecycle {
+        status: get_status(row, "status")?,
+        previous_status: get_opt_parsed(row, "previous_status")?,
+        locked: get_bool(row, "locked")?,
+        power: get_power(row, "power")?,
+        owner: get(row, "owner")?,
+        commissioned: get_bool(row, "commissioned")?,
+        deployed_os: get(row, "deployed_os")?,
+        power_configured: power_type != UNCONFIGURED,
+    };
+    Ok(MachineRecord {
+        id: get(row, "id")?,
+        name: get_name(row, "name")?,
+        lifecycle,
+        generation: get(row, "generation")?,
+        status_reason: get(row, "status_reason")?,
+        status_since: get(row, "status_since")?,
+        last_heard: get(row, "last_heard")?,
+        arch: get(row, "arch")?,
+        power_type,
+        power_params: get_json(row, "power_params")?,
+        bmc_address: get(row, "bmc_address")?,
+        image: get(row, "image")?,
+        tags: get_json(row, "tags")?,
+        hardware: Hardware {
+            cpus: get(row, "cpus")?,
+            cpu_model: get(row, "cpu_model")?,
+            cpu_speed_mhz: get(row, "cpu_speed_mhz")?,
+            memory_mib: get(row, "memory_mib")?,
+            facts: get_json(row, "facts")?,
+        },
+        interfaces: Vec::new(),
+        disks: Vec::new(),
+        created_at: get(row, "created_at")?,
+        updated_at: get(row, "updated_at")?,
+    })
+}
+
+fn interface_from_row(row: &AnyRow) -> Result<Interface, StoreError> {
+    Ok(Interface {
+        name: get(row, "name")?,
+        mac: get_mac(row, "mac")?,
+        link_up: get_opt_bool(row, "link_up")?,
+        speed_mbps: get(row, "speed_mbps")?,
+        driver: get(row, "driver")?,
+    })
+}
+
+fn disk_from_row(row: &AnyRow) -> Result<Disk, StoreError> {
+    Ok(Disk {
+        name: get(row, "name")?,
+        model: get(row, "model")?,
+        serial: get(row, "serial")?,
+        id_path: get(row, "id_path")?,
+        size_bytes: get(row, "size_bytes")?,
+        block_size: get(row, "block_size")?,
+        rotational: get_opt_bool(row, "rotational")?,
+    })
+}
+
+fn summary_from_row(row: &AnyRow) -> Result<MachineSummary, StoreError> {
+    Ok(MachineSummary {
+        name: get_name(row, "name")?,
+        status: get_status(row, "status")?,
+        power: get_power(row, "power")?,
+        locked: get_bool(row, "locked")?,
+        arch: get(row, "arch")?,
+        cpus: get(row, "cpus")?,
+        memory_mib: get(row, "memory_mib")?,
+        storage_bytes: get(row, "storage_bytes")?,
+        owner: get(row, "owner")?,
+    })
+}
+
+/// The life-cycle columns to write, with the status bookkeeping already worked out.
+struct LifecycleWrite<'a> {
+    lifecycle: &'a Lifecycle,
+    status_since: i64,
+    status_reason: Option<&'a str>,
+    /// `None` keeps the image recorded.
+    image: Option<&'a str>,
+}
+
+async fn update_lifecycle_guarded(
+    connection: &mut AnyConnection,
+    machine: &MachineRecord,
+    commit: &Commit<'_>,
+    now: i64,
+) -> Result<(), StoreError> {
+    let outcome = commit.outcome;
+    // A self-transition (disk_erasing -> disk_erasing) restarts the status too.
+    let status_changed =
+        !outcome.changes.is_empty() || outcome.after.status != machine.lifecycle.status;
+    let written = LifecycleWrite {
+        lifecycle: &outcome.after,
+        status_since: if status_changed {
+            now
+        } else {
+            machine.status_since
+        },
+        status_reason: if status_changed {
+            commit.reason
+        } else {
+            machine.status_reason.as_deref()
+        },
+        image: commit.image,
+    };
+    write_lifecycle_row(connection, machine, &written, now).await
+}
+
+/// The generation-guarded UPDATE: writes only if the row is still at the generation read.
+async fn write_lifecycle_row(
+    connection: &mut AnyConnection,
+    machine: &MachineRecord,
+    written: &LifecycleWrite<'_>,
+    now: i64,
+) -> Result<(), StoreError> {
+    let lifecycle = written.lifecycle;
+    let result = sqlx::query(
+        "UPDATE machines SET status = $1, previous_status = $2, locked = $3, power = $4, owner = $5, \
+             commissioned = $6, deployed_os = $7, status_since = $8, status_reason = $9, \
+             image = COALESCE($10, image), generation = generation + 1, updated_at = $11 \
+         WHERE id = $12 AND generation = $13",
+    )
+    .bind(lifecycle.status.as_str())
+    .bind(status_text(lifecycle.previous_status))
+    .bind(bool_int(lifecycle.locked))
+    .bind(lifecycle.power.as_str())
+    .bind(lifecycle.owner.as_deref())
+    .bind(bool_int(lifecycle.commissioned))
+    .bind(lifecycle.deployed_os.as_deref())
+    .bind(written.status_since)
+    .bind(written.status_reason)
+    .bind(written.image)
+    .bind(now)
+    .bind(machine.id)
+    .bind(machine.generation)
+    .execute(&mut *connection)
+    .await?;
+    if result.rows_affected() == 0 {
+        return Err(StoreError::Conflict(machine.name.to_string()));
+    }
+    Ok(())
+}
+
+/// Deletes the machine if it is still at the generation read. Its interfaces, disks and script
+/// results go with it (ON DELETE CASCADE); its leases are removed; its events stay.
+async fn delete_machine_guarded(
+    connection: &mut AnyConnection,
+    machine: &MachineRecord,
+) -> Result<(), StoreError> {
+    // Leases first, while the interfaces still say which MACs were the machine's. Undone with
+    // the rest if the guard below fails.
+    sqlx::query(
+        "DELETE FROM leases WHERE machine = $1 OR mac IN (SELECT mac FROM interfaces WHERE machine_id = $2)",
+    )
+    .bind(machine.name.as_str())
+    .bind(machine.id)
+    .execute(&mut *connection)
+    .await?;
+    let result = sqlx::query("DELETE FROM machines WHERE id = $1 AND generation = $2")
+        .bind(machine.id)
+        .bind(machine.generation)
+        .execute(&mut *connection)
+        .await?;
+    if result.rows_affected() == 0 {
+        return Err(StoreError::Conflict(machine.name.to_string()));
+    }
+    Ok(())
+}
+
+/// The events a commit records, in order: the action, each status change, the power command,
+/// the deletion.
+fn commit_events(machine: &MachineRecord, commit: &Commit<'_>) -> Vec<NewEvent> {
+    let outcome = commit.outcome;
+    let action_name = commit.action.map(|action| action.as_str().to_string());
+    let event = |kind: &str| NewEvent {
+        machine: Some(machine.name.to_string()),
+        kind: kind.to_string(),
+        actor: commit.actor.to_string(),
+        action: action_name.clone(),
+        from_status: None,
+        to_status: None,
+        reason: commit.reason.map(str::to_string),
+        detail: json!({}),
+    };
+    let mut events = Vec::new();
+    if commit.action.is_some() {
+        events.push(NewEvent {
+            from_status: Some(machine.lifecycle.status),
+            to_status: Some(outcome.after.status),
+            detail: json!({ "notes": outcome.notes, "power": outcome.power }),
+            ..event("action")
+        });
+    }
+    for change in &outcome.changes {
+        events.push(NewEvent {
+            from_status: Some(change.from),
+            to_status: Some(change.to),
+            ..event("status")
+        });
+    }
+    if let Some(command) = outcome.power {
+        events.push(NewEvent {
+            detail: json!({ "command": command, "from": machine.lifecycle.power, "to": outcome.after.power }),
+            ..event("power")
+        });
+    }
+    if outcome.delete {
+        events.push(NewEvent {
+            from_status: Some(machine.lifecycle.status),
+            ..event("deleted")
+        });
+    }
+    events
+}

@@ -1,0 +1,32 @@
+//! Settings: small key/value pairs the controllers share (the install secret, ...).
+
+use super::codec::get;
+use super::{Store, StoreError};
+
+impl Store {
+    pub async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| get(&row, "value")).transpose()
+    }
+
+    /// The value in force for `key`, inserting `value` if there is none. The first writer wins,
+    /// also between controllers racing on PostgreSQL: the losing INSERT does nothing and the
+    /// SELECT returns the winner's value.
+    pub async fn setting_or_insert(&self, key: &str, value: &str) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        self.setting(key).await?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "setting `{key}` vanished right after it was written"
+            ))
+        })
+    }
+}
