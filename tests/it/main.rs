@@ -7,3 +7,4 @@ mod config;
 mod crash;
 mod lifecycle;
 mod store;
+mod tftp;

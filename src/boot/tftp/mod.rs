@@ -1,0 +1,285 @@
+//! The TFTP server for first-stage boot loaders: read-only, RFC 1350 with options blksize
+//! (RFC 2348), tsize and timeout (RFC 2349) and windowsize (RFC 7440).
+//!
+//! Why our own implementation on tokio rather than the async-tftp crate: async-tftp (0.4.2,
+//! maintained, takes a bound socket, has windowsize) ignores a client's ERROR packet during a
+//! transfer and keeps retransmitting (up to 100 times the timeout by default), runs on its own
+//! async-io executor beside tokio, and tells its handler only when a transfer starts, never how
+//! it ended. This module keeps the same shape (a bound socket, a root directory) so that either
+//! could be put behind it.
+//!
+//! Invariants: nothing is ever written; a request resolves only to a regular file whose real
+//! path is under the root's real path (or to a generated file); parsing never panics on any
+//! datagram; a client's ERROR ends its transfer at once; each transfer runs on its own socket.
+
+mod files;
+mod options;
+mod packet;
+mod transfer;
+
+pub use files::{publish_loader_directory, relative_path, GeneratedFiles, RefusedPath};
+pub use options::{Limits, DEFAULT_BLOCK_SIZE, LARGEST_BLOCK_SIZE};
+pub use transfer::{TransferCounters, TransferOutcome};
+
+use packet::ErrorCode;
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::task::JoinSet;
+
+/// What the server serves and how.
+#[derive(Debug, Clone)]
+pub struct TftpConfig {
+    /// The boot-loader directory (e.g. Debian's `ipxe` package: /usr/lib/ipxe).
+    pub root: PathBuf,
+    pub generated: GeneratedFiles,
+    pub limits: Limits,
+    /// Retransmissions of one window before the transfer is given up.
+    pub max_retries: u32,
+    /// Transfers running at once; requests beyond get a "busy" error.
+    pub max_transfers: usize,
+}
+
+impl TftpConfig {
+    pub fn new(root: PathBuf) -> TftpConfig {
+        TftpConfig {
+            root,
+            generated: GeneratedFiles::default(),
+            limits: Limits::default(),
+            max_retries: 5,
+            max_transfers: 512,
+        }
+    }
+}
+
+/// What one request came to, for events and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferReport {
+    pub peer: SocketAddr,
+    /// The file name as the client asked for it.
+    pub path: String,
+    pub outcome: TransferOutcome,
+    /// The file's size, when it was found.
+    pub size: Option<u64>,
+    pub block_size: usize,
+    pub window_size: u16,
+    pub counters: TransferCounters,
+    pub elapsed: Duration,
+}
+
+/// Called once per request when it ends (completed, refused, failed).
+pub type TransferObserver = Arc<dyn Fn(TransferReport) + Send + Sync>;
+
+/// Serves `root` read-only on the bound `socket` until `shutdown` completes.
+pub async fn serve(
+    socket: UdpSocket,
+    root: PathBuf,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    serve_with(socket, TftpConfig::new(root), None, shutdown).await
+}
+
+/// Serves with full settings, telling `observer` about every request.
+pub async fn serve_with(
+    socket: UdpSocket,
+    config: TftpConfig,
+    observer: Option<TransferObserver>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let server = Server {
+        socket,
+        config: Arc::new(config),
+        observer,
+    };
+    server.run(shutdown).await
+}
+
+struct Server {
+    socket: UdpSocket,
+    config: Arc<TftpConfig>,
+    observer: Option<TransferObserver>,
+}
+
+impl Server {
+    async fn run(&self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
+        tokio::pin!(shutdown);
+        // Room for any UDP datagram: an oversized one is read whole and then refused.
+        let mut buffer = vec![0u8; 65536];
+        let mut transfers: JoinSet<SocketAddr> = JoinSet::new();
+        let mut peers_in_transfer: HashSet<SocketAddr> = HashSet::new();
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(finished) = transfers.join_next(), if !transfers.is_empty() => {
+                    if let Ok(peer) = finished {
+                        peers_in_transfer.remove(&peer);
+                    }
+                }
+                received = self.socket.recv_from(&mut buffer) => match received {
+                    Ok((length, peer)) => {
+                        self.handle_datagram(&buffer[..length], peer, &mut transfers, &mut peers_in_transfer).await;
+                    }
+                    // Transient (e.g. an ICMP error from an earlier reply): keep serving.
+                    Err(error) => {
+                        tracing::debug!("tftp: receive error: {error}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+            }
+        }
+        transfers.shutdown().await;
+        Ok(())
+    }
+
+    async fn handle_datagram(
+        &self,
+        datagram: &[u8],
+        peer: SocketAddr,
+        transfers: &mut JoinSet<SocketAddr>,
+        peers_in_transfer: &mut HashSet<SocketAddr>,
+    ) {
+        let request = match packet::parse_request(datagram) {
+            Ok(request) => request,
+            Err(reason) => {
+                // Answer only what claims to be a request; anything else is dropped silently.
+                if packet::looks_like_request(datagram) {
+                    self.reply_error(peer, ErrorCode::IllegalOperation, reason)
+                        .await;
+                }
+                return;
+            }
+        };
+        if request.write {
+            self.reply_error(peer, ErrorCode::AccessViolation, "this server is read-only")
+                .await;
+            self.report_refusal(peer, &request.filename, "write request refused");
+            return;
+        }
+        // A retransmitted request from a client already being served: the transfer answers it.
+        if peers_in_transfer.contains(&peer) {
+            return;
+        }
+        if transfers.len() >= self.config.max_transfers {
+            self.reply_error(peer, ErrorCode::NotDefined, "server busy, try again")
+                .await;
+            return;
+        }
+        peers_in_transfer.insert(peer);
+        let config = Arc::clone(&self.config);
+        let observer = self.observer.clone();
+        let local = self.socket.local_addr().ok();
+        transfers.spawn(async move {
+            let report = serve_request(config, local, peer, request).await;
+            log_report(&report);
+            if let Some(observer) = observer {
+                observer(report);
+            }
+            peer
+        });
+    }
+
+    async fn reply_error(&self, peer: SocketAddr, code: ErrorCode, message: &str) {
+        let _ = self
+            .socket
+            .send_to(&packet::encode_error(code, message), peer)
+            .await;
+    }
+
+    fn report_refusal(&self, peer: SocketAddr, path: &str, reason: &str) {
+        let report = TransferReport {
+            peer,
+            path: path.to_string(),
+            outcome: TransferOutcome::Refused(reason.to_string()),
+            size: None,
+            block_size: DEFAULT_BLOCK_SIZE,
+            window_size: 1,
+            counters: TransferCounters::default(),
+            elapsed: Duration::ZERO,
+        };
+        log_report(&report);
+        if let Some(observer) = &self.observer {
+            observer(report);
+        }
+    }
+}
+
+/// Runs one read request on a new socket (the transfer's own port).
+async fn serve_request(
+    config: Arc<TftpConfig>,
+    local: Option<SocketAddr>,
+    peer: SocketAddr,
+    request: packet::Request,
+) -> TransferReport {
+    let started = Instant::now();
+    let mut report = TransferReport {
+        peer,
+        path: request.filename.clone(),
+        outcome: TransferOutcome::Completed,
+        size: None,
+        block_size: DEFAULT_BLOCK_SIZE,
+        window_size: 1,
+        counters: TransferCounters::default(),
+        elapsed: Duration::ZERO,
+    };
+    let socket = match transfer_socket(local, peer).await {
+        Ok(socket) => socket,
+        Err(error) => {
+            report.outcome =
+                TransferOutcome::Failed(format!("cannot open a transfer socket: {error}"));
+            return report;
+        }
+    };
+    let source = match files::resolve(&config.root, &config.generated, &request.filename).await {
+        Ok(source) => source,
+        Err(refusal) => {
+            let code = match refusal {
+                RefusedPath::NotFound | RefusedPath::NotAFile => ErrorCode::FileNotFound,
+                _ => ErrorCode::AccessViolation,
+            };
+            let _ = socket
+                .send(&packet::encode_error(code, &refusal.to_string()))
+                .await;
+            report.outcome = TransferOutcome::Refused(refusal.to_string());
+            return report;
+        }
+    };
+    let size = source.size();
+    let negotiated = options::negotiate(&request.options, size, &config.limits);
+    report.size = Some(size);
+    report.block_size = negotiated.block_size;
+    report.window_size = negotiated.window_size;
+    let plan = transfer::TransferPlan {
+        negotiated,
+        max_retries: config.max_retries,
+    };
+    report.outcome = transfer::send_file(&socket, source, &plan, &mut report.counters).await;
+    report.elapsed = started.elapsed();
+    report
+}
+
+/// A socket on a fresh port of the server's address, connected to the client.
+async fn transfer_socket(
+    local: Option<SocketAddr>,
+    peer: SocketAddr,
+) -> std::io::Result<UdpSocket> {
+    let mut address = local.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    address.set_port(0);
+    let socket = UdpSocket::bind(address).await?;
+    socket.connect(peer).await?;
+    Ok(socket)
+}
+
+fn log_report(report: &TransferReport) {
+    match &report.outcome {
+        TransferOutcome::Completed => tracing::info!(
+            peer = %report.peer, path = %report.path, bytes = report.counters.bytes,
+            block_size = report.block_size, window_size = report.window_size,
+            "tftp: sent in {:?}", report.elapsed
+        ),
+        outcome => tracing::info!(peer = %report.peer, path = %report.path, "tftp: {outcome:?}"),
+    }
+}

@@ -1,0 +1,292 @@
+//! One read transfer, on its own socket connected to the client (a new transfer ID, RFC 1350):
+//! optional OACK, then DATA in windows of `window_size` blocks (RFC 7440; 1 = lock-step), each
+//! window retransmitted on timeout, the transfer ended at once by a client's ERROR.
+
+use super::files::Source;
+use super::options::Negotiated;
+use super::packet::{self, ClientPacket};
+use std::collections::VecDeque;
+use std::io;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use tokio::net::UdpSocket;
+
+/// How a transfer ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferOutcome {
+    Completed,
+    /// The client sent an ERROR (e.g. it refused the options, or gave up).
+    ClientError {
+        code: u16,
+        message: String,
+    },
+    /// The client stopped acknowledging.
+    TimedOut,
+    /// The file could not be sent (not found, refused path, read error).
+    Refused(String),
+    Failed(String),
+}
+
+/// Counters of one transfer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransferCounters {
+    /// Payload bytes acknowledged by the client.
+    pub bytes: u64,
+    pub retransmissions: u32,
+}
+
+/// The fixed parameters of one transfer.
+pub struct TransferPlan {
+    pub negotiated: Negotiated,
+    pub max_retries: u32,
+}
+
+/// Sends `source` to the peer `socket` is connected to.
+pub async fn send_file(
+    socket: &UdpSocket,
+    source: Source,
+    plan: &TransferPlan,
+    counters: &mut TransferCounters,
+) -> TransferOutcome {
+    let reader = match open(source, &plan.negotiated).await {
+        Ok(reader) => reader,
+        Err(error) => {
+            let _ = socket
+                .send(&packet::encode_error(
+                    packet::ErrorCode::NotDefined,
+                    "read error",
+                ))
+                .await;
+            return TransferOutcome::Refused(format!("cannot open the file: {error}"));
+        }
+    };
+    let mut sender = WindowSender::new(socket, reader, plan);
+    let outcome = match sender.run().await {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            let _ = socket
+                .send(&packet::encode_error(
+                    packet::ErrorCode::NotDefined,
+                    "server error",
+                ))
+                .await;
+            TransferOutcome::Failed(error.to_string())
+        }
+    };
+    *counters = sender.counters;
+    outcome
+}
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+
+async fn open(source: Source, negotiated: &Negotiated) -> io::Result<Reader> {
+    match source {
+        Source::Memory(bytes) => Ok(Box::new(std::io::Cursor::new(bytes))),
+        Source::Disk { path, .. } => {
+            let file = tokio::fs::File::open(path).await?;
+            // tokio's file reads hop to the blocking pool; big buffers make the hops rare.
+            let capacity =
+                (negotiated.block_size * usize::from(negotiated.window_size)).max(256 * 1024);
+            Ok(Box::new(BufReader::with_capacity(capacity, file)))
+        }
+    }
+}
+
+struct WindowSender<'a> {
+    socket: &'a UdpSocket,
+    reader: Reader,
+    block_size: usize,
+    window_size: usize,
+    timeout: Duration,
+    max_retries: u32,
+    oack: Option<Vec<u8>>,
+    /// Encoded DATA packets sent (or about to be) and not yet acknowledged, oldest first.
+    window: VecDeque<Vec<u8>>,
+    /// The block number of the window's first packet.
+    window_base: u16,
+    /// How many of the window's packets have been sent at least once.
+    sent: usize,
+    read_everything: bool,
+    counters: TransferCounters,
+    receive_buffer: Vec<u8>,
+}
+
+enum Heard {
+    /// The client acknowledged this many of the window's blocks.
+    Acknowledged(usize),
+    /// The client asks for the window again (an ACK of the block before the window).
+    Resend,
+    Error {
+        code: u16,
+        message: String,
+    },
+    Silence,
+}
+
+impl<'a> WindowSender<'a> {
+    fn new(socket: &'a UdpSocket, reader: Reader, plan: &TransferPlan) -> Self {
+        let negotiated = &plan.negotiated;
+        WindowSender {
+            socket,
+            reader,
+            block_size: negotiated.block_size,
+            window_size: usize::from(negotiated.window_size.max(1)),
+            timeout: negotiated.timeout,
+            max_retries: plan.max_retries,
+            oack: (!negotiated.accepted.is_empty())
+                .then(|| packet::encode_option_ack(&negotiated.accepted)),
+            window: VecDeque::new(),
+            window_base: 1,
+            sent: 0,
+            read_everything: false,
+            counters: TransferCounters::default(),
+            receive_buffer: vec![0; 2048],
+        }
+    }
+
+    async fn run(&mut self) -> io::Result<TransferOutcome> {
+        if let Some(outcome) = self.exchange_option_ack().await? {
+            return Ok(outcome);
+        }
+        let mut retries = 0;
+        loop {
+            self.fill_window().await?;
+            if self.window.is_empty() {
+                return Ok(TransferOutcome::Completed);
+            }
+            self.send_unsent().await?;
+            match self.hear(self.window_base.wrapping_sub(1)).await? {
+                Heard::Acknowledged(count) => {
+                    self.acknowledge(count);
+                    retries = 0;
+                }
+                Heard::Error { code, message } => {
+                    return Ok(TransferOutcome::ClientError { code, message })
+                }
+                Heard::Resend | Heard::Silence => {
+                    retries += 1;
+                    if retries > self.max_retries {
+                        return Ok(TransferOutcome::TimedOut);
+                    }
+                    self.counters.retransmissions += 1;
+                    self.sent = 0;
+                }
+            }
+        }
+    }
+
+    /// Sends the OACK until the client acknowledges block 0. `Some` ends the transfer.
+    async fn exchange_option_ack(&mut self) -> io::Result<Option<TransferOutcome>> {
+        let Some(oack) = self.oack.take() else {
+            return Ok(None);
+        };
+        for attempt in 0..=self.max_retries {
+            if attempt > 0 {
+                self.counters.retransmissions += 1;
+            }
+            self.socket.send(&oack).await?;
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            loop {
+                match self.receive_until(deadline).await? {
+                    Some(ClientPacket::Ack(0)) => return Ok(None),
+                    Some(ClientPacket::Error { code, message }) => {
+                        return Ok(Some(TransferOutcome::ClientError { code, message }))
+                    }
+                    Some(_) => continue,
+                    None => break,
+                }
+            }
+        }
+        Ok(Some(TransferOutcome::TimedOut))
+    }
+
+    async fn fill_window(&mut self) -> io::Result<()> {
+        while !self.read_everything && self.window.len() < self.window_size {
+            let block = self.window_base.wrapping_add(self.window.len() as u16);
+            let mut data = Vec::with_capacity(4 + self.block_size);
+            packet::start_data(&mut data, block);
+            let payload = read_block(&mut self.reader, &mut data, self.block_size).await?;
+            // A short (possibly empty) block is the last one.
+            self.read_everything = payload < self.block_size;
+            self.window.push_back(data);
+        }
+        Ok(())
+    }
+
+    async fn send_unsent(&mut self) -> io::Result<()> {
+        for data in self.window.iter().skip(self.sent) {
+            self.socket.send(data).await?;
+        }
+        self.sent = self.window.len();
+        Ok(())
+    }
+
+    fn acknowledge(&mut self, count: usize) {
+        for data in self.window.drain(..count) {
+            self.counters.bytes += (data.len() - 4) as u64;
+        }
+        self.window_base = self.window_base.wrapping_add(count as u16);
+        self.sent = self.sent.saturating_sub(count);
+    }
+
+    /// Waits up to the timeout for an ACK inside the window (or an ERROR). Duplicate ACKs of
+    /// older blocks are ignored in lock-step, so a delayed duplicate cannot double the traffic
+    /// (the Sorcerer's Apprentice bug); with a window they ask for the window again.
+    async fn hear(&mut self, before_window: u16) -> io::Result<Heard> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            match self.receive_until(deadline).await? {
+                None => return Ok(Heard::Silence),
+                Some(ClientPacket::Error { code, message }) => {
+                    return Ok(Heard::Error { code, message })
+                }
+                Some(ClientPacket::Ack(block)) => {
+                    let offset = usize::from(block.wrapping_sub(self.window_base));
+                    if offset < self.window.len() {
+                        return Ok(Heard::Acknowledged(offset + 1));
+                    }
+                    if block == before_window && self.window_size > 1 {
+                        return Ok(Heard::Resend);
+                    }
+                }
+                Some(ClientPacket::Other) => {}
+            }
+        }
+    }
+
+    /// The next packet from the client, or `None` at the deadline. The socket is connected, so
+    /// the kernel drops datagrams from anyone else. ICMP errors (the client is gone) surface as
+    /// errors and end the transfer.
+    async fn receive_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> io::Result<Option<ClientPacket>> {
+        match tokio::time::timeout_at(deadline, self.socket.recv(&mut self.receive_buffer)).await {
+            Err(_elapsed) => Ok(None),
+            Ok(Ok(length)) => Ok(Some(packet::parse_client_packet(
+                &self.receive_buffer[..length],
+            ))),
+            Ok(Err(error)) => Err(error),
+        }
+    }
+}
+
+/// Appends up to `block_size` bytes to `data`; fewer only at the end of the file.
+async fn read_block(
+    reader: &mut Reader,
+    data: &mut Vec<u8>,
+    block_size: usize,
+) -> io::Result<usize> {
+    let start = data.len();
+    data.resize(start + block_size, 0);
+    let mut filled = 0;
+    while filled < block_size {
+        let count = reader.read(&mut data[start + filled..]).await?;
+        if count == 0 {
+            break;
+        }
+        filled += count;
+    }
+    data.truncate(start + filled);
+    Ok(filled)
+}
