@@ -189,7 +189,7 @@ impl<'t, 'a> TableReader<'t, 'a> {
             Value::Array(array) => array
                 .items
                 .iter()
-                .filter_map(|element| expect_string(element, key, problems))
+                .filter_map(|element| list_string(element, key, problems))
                 .collect(),
             other => {
                 problems.error(
@@ -228,6 +228,37 @@ pub fn expect_string<'t>(
                 item.span,
                 format!("`{key}` must be a string, found {}", other.type_name()),
             );
+            None
+        }
+    }
+}
+
+fn list_string<'t>(
+    item: &'t Item<'_>,
+    key: &str,
+    problems: &mut Problems,
+) -> Option<Spanned<&'t str>> {
+    match &item.value {
+        Value::String(text) => Some(Spanned::new(text.as_ref(), item.span)),
+        other => {
+            problems.error(
+                item.span,
+                format!("`{key}` must hold strings, found {}", other.type_name()),
+            );
+            None
+        }
+    }
+}
+
+/// An IP address, with a message that names the value (std's error does not).
+pub fn ip_address(
+    text: Spanned<&str>,
+    problems: &mut Problems,
+) -> Option<Spanned<std::net::IpAddr>> {
+    match text.value.parse() {
+        Ok(address) => Some(Spanned::new(address, text.span)),
+        Err(_) => {
+            problems.error(text.span, format!("`{}` is not an IP address", text.value));
             None
         }
     }

@@ -1,4 +1,490 @@
-//! JSON Schema of the fleet file (`fleet schema`), for editors.
+//! JSON Schema of the fleet file (`fleet schema`), for editors (e.g. taplo, Even Better TOML).
+//!
+//! These types describe the file as written (sizes as strings, secrets as references) and exist
+//! only for the schema; validation is done by `sections` and `check`, which report every error
+//! with its position. A test keeps the two in step (every key the readers accept is here).
+
+#![allow(dead_code)]
+
+use schemars::JsonSchema;
+use std::collections::BTreeMap;
+
 pub fn json_schema() -> serde_json::Value {
-    serde_json::Value::Null
+    let schema = schemars::schema_for!(FleetFile);
+    serde_json::to_value(schema).unwrap_or(serde_json::Value::Null)
+}
+
+/// A fleet file. Several files make one fleet (see `include`).
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct FleetFile {
+    /// Files, directories (every *.toml, sorted) or `*` patterns, relative to this file.
+    include: Option<OneOrMany>,
+    controller: Option<Controller>,
+    subnets: Option<BTreeMap<String, Subnet>>,
+    images: Option<BTreeMap<String, Image>>,
+    storage_templates: Option<BTreeMap<String, StorageTemplate>>,
+    network_templates: Option<BTreeMap<String, NetworkTemplate>>,
+    profiles: Option<BTreeMap<String, Profile>>,
+    /// One `[[machine]]` table per machine.
+    machine: Option<Vec<Machine>>,
+    policy: Option<Policy>,
+}
+
+#[derive(JsonSchema)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// "512MiB", "3GiB", "1TB", "20%" (where allowed) or a number of bytes.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+enum Size {
+    Text(String),
+    Bytes(u64),
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Controller {
+    /// Address and port of the HTTP API (default "127.0.0.1:5240").
+    listen: Option<String>,
+    /// sqlite://PATH or postgres://...; default: a SQLite file in state_dir.
+    database: Option<String>,
+    /// Default ".fleet".
+    state_dir: Option<String>,
+    /// Default "0.0.0.0:69".
+    tftp_listen: Option<String>,
+    /// The URL booting machines reach the controller at.
+    http_boot_url: Option<String>,
+    /// Default "/usr/lib/ipxe".
+    loader_dir: Option<String>,
+    /// DHCP runs only on those of these interfaces that exist.
+    dhcp_interfaces: Option<Vec<String>>,
+    /// Image with kernel + initrd for enlistment, commissioning, testing and rescue.
+    ephemeral_image: Option<String>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Range {
+    start: String,
+    end: String,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ReservedRange {
+    start: String,
+    end: String,
+    comment: Option<String>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Subnet {
+    /// e.g. "10.0.0.0/24".
+    cidr: String,
+    gateway: Option<String>,
+    dns: Option<Vec<String>>,
+    domain: Option<String>,
+    interface: Option<String>,
+    /// Addresses for booting machines.
+    dynamic_range: Option<Range>,
+    reserved: Option<Vec<ReservedRange>>,
+    /// Default 3600, at least 60.
+    lease_seconds: Option<u32>,
+    proxy_dhcp: Option<bool>,
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum Arch {
+    Amd64,
+    Arm64,
+}
+
+/// `url` (with `sha256`) or `path`.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Artifact {
+    url: Option<String>,
+    path: Option<String>,
+    /// 64 hex digits.
+    sha256: Option<String>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RootImage {
+    url: Option<String>,
+    path: Option<String>,
+    sha256: Option<String>,
+    format: ImageFormat,
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+enum ImageFormat {
+    Tgz,
+    TarXz,
+    Raw,
+    RawGz,
+    RawXz,
+    Qcow2,
+    Squashfs,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Image {
+    arch: Option<Arch>,
+    os: Option<String>,
+    release: Option<String>,
+    kernel: Option<Artifact>,
+    initrd: Option<Artifact>,
+    /// The OS image written to disk on deployment.
+    root: Option<RootImage>,
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum Layout {
+    Flat,
+    Lvm,
+    Bcache,
+    Blank,
+    Custom,
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum CacheMode {
+    Writeback,
+    Writethrough,
+    Writearound,
+}
+
+/// Minimums: EFI 512MiB, boot 512MiB, root 3GiB.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct StorageTemplate {
+    layout: Layout,
+    efi_size: Option<Size>,
+    boot_size: Option<Size>,
+    root_size: Option<Size>,
+    root_device: Option<String>,
+    /// lvm only (default "vgroot").
+    vg_name: Option<String>,
+    /// lvm only (default "lvroot").
+    lv_name: Option<String>,
+    /// lvm only.
+    lv_size: Option<Size>,
+    /// bcache only.
+    cache_device: Option<String>,
+    /// bcache only.
+    cache_mode: Option<CacheMode>,
+    /// custom only: the layout file.
+    file: Option<String>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct NetworkTemplate {
+    interfaces: Vec<Interface>,
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum InterfaceType {
+    Physical,
+    Bond,
+    Bridge,
+    Vlan,
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum Link {
+    Auto,
+    Dhcp,
+    Static,
+    LinkUp,
+}
+
+#[derive(JsonSchema)]
+enum BondMode {
+    #[serde(rename = "balance-rr")]
+    BalanceRr,
+    #[serde(rename = "active-backup")]
+    ActiveBackup,
+    #[serde(rename = "balance-xor")]
+    BalanceXor,
+    #[serde(rename = "broadcast")]
+    Broadcast,
+    #[serde(rename = "802.3ad")]
+    Ieee8023ad,
+    #[serde(rename = "balance-tlb")]
+    BalanceTlb,
+    #[serde(rename = "balance-alb")]
+    BalanceAlb,
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum LacpRate {
+    Fast,
+    Slow,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Interface {
+    name: String,
+    /// Default "physical".
+    #[serde(rename = "type")]
+    kind: Option<InterfaceType>,
+    /// At least 552.
+    mtu: Option<u32>,
+    /// Default "auto" with a subnet, else "link_up".
+    link: Option<Link>,
+    subnet: Option<String>,
+    /// bond and bridge.
+    members: Option<Vec<String>>,
+    bond_mode: Option<BondMode>,
+    miimon: Option<u32>,
+    /// 802.3ad only.
+    lacp_rate: Option<LacpRate>,
+    /// layer2, layer2+3, layer3+4, encap2+3, encap3+4.
+    xmit_hash_policy: Option<String>,
+    stp: Option<bool>,
+    /// vlan: the interface it rides on.
+    parent: Option<String>,
+    /// vlan: 1 to 4094.
+    id: Option<u16>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    min_cpus: Option<u32>,
+    min_memory: Option<Size>,
+    min_disks: Option<u32>,
+    min_disk_size: Option<Size>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Profile {
+    storage: Option<String>,
+    network: Option<String>,
+    image: Option<String>,
+    arch: Option<Arch>,
+    tags: Option<Vec<String>>,
+    expect: Option<Expect>,
+}
+
+/// A reference to a secret; inline secrets are refused.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+enum Secret {
+    Env {
+        /// Environment variable read by the controller.
+        env: String,
+    },
+    File {
+        /// File read by the controller (trailing newline dropped).
+        file: String,
+    },
+}
+
+#[derive(JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum Power {
+    Manual,
+    Ipmi {
+        address: String,
+        user: Option<String>,
+        password: Option<Secret>,
+        /// lan or lan_2_0 (default).
+        driver: Option<String>,
+        /// 0 to 17.
+        cipher_suite: Option<u8>,
+        /// user, operator or admin (default).
+        privilege: Option<String>,
+        /// soft or hard (default).
+        power_off_mode: Option<String>,
+        /// auto (default), legacy or efi.
+        boot_type: Option<String>,
+    },
+    Redfish {
+        address: String,
+        user: Option<String>,
+        password: Option<Secret>,
+        system_id: Option<String>,
+        /// Default true.
+        verify_tls: Option<bool>,
+    },
+    Webhook {
+        on_url: String,
+        off_url: String,
+        query_url: Option<String>,
+        on_regex: Option<String>,
+        off_regex: Option<String>,
+        token: Option<Secret>,
+        verify_tls: Option<bool>,
+    },
+    Qemu {
+        qmp_socket: String,
+    },
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum State {
+    New,
+    Ready,
+    Allocated,
+    Deployed,
+    Broken,
+    RescueMode,
+    Retired,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct CloneFrom {
+    source: String,
+    storage: Option<bool>,
+    interfaces: Option<bool>,
+}
+
+/// A machine name alone clones both storage and interfaces.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+enum CloneSource {
+    Name(String),
+    Table(CloneFrom),
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct StaticAddress {
+    name: String,
+    subnet: String,
+    ip: Option<String>,
+    mac: Option<String>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Machine {
+    /// A DNS label: lowercase letters, digits and `-`.
+    name: String,
+    macs: Option<Vec<String>>,
+    pxe_mac: Option<String>,
+    arch: Option<Arch>,
+    power: Option<Power>,
+    profile: Option<String>,
+    storage: Option<String>,
+    network: Option<String>,
+    image: Option<String>,
+    /// Default: ready (new with commission = false, deployed when added live).
+    state: Option<State>,
+    /// Only with state = "deployed".
+    locked: Option<bool>,
+    owner: Option<String>,
+    clone_from: Option<CloneSource>,
+    /// Commission when added (default true).
+    commission: Option<bool>,
+    /// Added live: already running a workload.
+    deployed: Option<bool>,
+    tags: Option<Vec<String>>,
+    expect: Option<Expect>,
+    interfaces: Option<Vec<StaticAddress>>,
+    comment: Option<String>,
+}
+
+/// Minutes, each at least 1.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Timeouts {
+    commissioning: Option<u32>,
+    testing: Option<u32>,
+    rescue: Option<u32>,
+    deploying: Option<u32>,
+    releasing: Option<u32>,
+    exiting_rescue: Option<u32>,
+    disk_erasing: Option<u32>,
+    heartbeat: Option<u32>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Protected {
+    machines: Option<Vec<String>>,
+    tags: Option<Vec<String>>,
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum Enlisted {
+    Leave,
+    Commission,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Policy {
+    timeouts: Option<Timeouts>,
+    /// Default 10.
+    parallelism: Option<u32>,
+    enlisted: Option<Enlisted>,
+    protected: Option<Protected>,
+    max_destructive_per_apply: Option<u32>,
+    default_image: Option<String>,
+    /// Default 60.
+    power_poll_seconds: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::sections;
+
+    fn keys_of(schema: &serde_json::Value, definition: &str) -> Vec<String> {
+        let properties = &schema["definitions"][definition]["properties"];
+        properties
+            .as_object()
+            .map(|map| map.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every key a section reader accepts is in the schema, and the other way round.
+    #[test]
+    fn the_schema_matches_the_readers() {
+        let schema = json_schema();
+        let mut top: Vec<String> = schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        top.sort();
+        let mut expected: Vec<String> = sections::TOP_LEVEL_KEYS
+            .iter()
+            .map(|key| key.to_string())
+            .collect();
+        expected.sort();
+        assert_eq!(top, expected);
+        for (definition, keys) in sections::KEY_LISTS {
+            let mut found = keys_of(&schema, definition);
+            found.sort();
+            let mut expected: Vec<String> = keys.iter().map(|key| key.to_string()).collect();
+            expected.sort();
+            assert_eq!(found, expected, "{definition}");
+        }
+    }
 }

@@ -135,15 +135,24 @@ fn unit_multiplier(unit: &str) -> Option<u64> {
     Some(multiplier)
 }
 
-/// `3221225472` → `3GiB`; exact binary multiples keep their unit, others stay in bytes.
+/// `3221225472` → `3GiB`, `1000000000` → `1GB`: the largest unit that divides exactly, binary
+/// units first; other values stay in bytes.
 pub fn human_bytes(bytes: u64) -> String {
-    for (unit, size) in [
+    const BINARY: [(&str, u64); 5] = [
         ("PiB", GIB * MIB),
         ("TiB", GIB * KIB),
         ("GiB", GIB),
         ("MiB", MIB),
         ("KiB", KIB),
-    ] {
+    ];
+    const DECIMAL: [(&str, u64); 5] = [
+        ("PB", 1_000_000_000_000_000),
+        ("TB", 1_000_000_000_000),
+        ("GB", 1_000_000_000),
+        ("MB", 1_000_000),
+        ("KB", 1000),
+    ];
+    for (unit, size) in BINARY.into_iter().chain(DECIMAL) {
         if bytes >= size && bytes % size == 0 {
             return format!("{}{unit}", bytes / size);
         }

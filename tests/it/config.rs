@@ -1,12 +1,636 @@
-//! Fleet files: the example validates; broken files report every error at its line:column.
+//! Fleet files: the example validates; each broken fixture reports every error at its exact
+//! line:column, rendered with a caret under the spot.
 
-use fleet::config;
+use fleet::config::{self, DesiredState, PowerSpec, SecretRef, SizeSpec, StorageLayout};
+use std::path::{Path, PathBuf};
+
+const BROKEN: &str = "tests/fixtures/config/broken";
+
+/// One expected error: line, column (1-based) and a piece of its message.
+type Expected = (usize, usize, &'static str);
+
+/// Loads `BROKEN/fixture` and asserts that exactly the expected errors are reported, each at its
+/// position, and that the rendering points at each with a caret.
+fn check(fixture: &str, expected: &[Expected]) {
+    let path = Path::new(BROKEN).join(fixture);
+    let diagnostics = match config::load(&[path.clone()]) {
+        Ok(_) => panic!("{fixture} should not validate"),
+        Err(diagnostics) => diagnostics,
+    };
+    let found: Vec<String> = diagnostics
+        .iter()
+        .map(|d| format!("{}:{} {}", d.line, d.column, d.message))
+        .collect();
+    for (line, column, message) in expected {
+        let hit = diagnostics
+            .iter()
+            .any(|d| d.line == *line && d.column == *column && d.message.contains(message));
+        assert!(
+            hit,
+            "{fixture}: no error `{message}` at {line}:{column}; found:\n{}",
+            found.join("\n")
+        );
+    }
+    assert_eq!(
+        diagnostics.len(),
+        expected.len(),
+        "{fixture}: unexpected errors:\n{}",
+        found.join("\n")
+    );
+    assert!(diagnostics.iter().all(|d| d.file == path));
+    check_rendering(&diagnostics, &path);
+}
+
+fn check_rendering(diagnostics: &config::Diagnostics, path: &Path) {
+    let rendered = diagnostics.render(false);
+    for diagnostic in diagnostics.iter() {
+        let header = format!(
+            "[{}:{}:{}]",
+            path.display(),
+            diagnostic.line,
+            diagnostic.column
+        );
+        assert!(rendered.contains(&header), "no {header} in:\n{rendered}");
+    }
+    let caret_lines = rendered
+        .lines()
+        .filter(|line| line.trim_start().starts_with(':') && line.contains('^'))
+        .count();
+    assert!(
+        caret_lines >= diagnostics.len(),
+        "a caret line per error:\n{rendered}"
+    );
+    let last = rendered.lines().last().unwrap_or_default();
+    assert_eq!(last, format!("{} errors", diagnostics.len()));
+    assert!(
+        !rendered.contains('\u{1b}'),
+        "no colour codes without colour"
+    );
+}
 
 #[test]
-fn the_example_fleet_file_is_valid() {
-    let text = std::fs::read_to_string("fleet.toml.example").unwrap();
-    match config::load_str("fleet.toml.example", &text) {
-        Ok(fleet) => println!("{} machines", fleet.machines.len()),
-        Err(diagnostics) => panic!("{}", diagnostics.render(false)),
+fn syntax_errors_are_all_reported() {
+    check(
+        "syntax.toml",
+        &[
+            (3, 10, "this string is never closed"),
+            (7, 29, "expected a value, found `,`"),
+            (8, 7, "expected `=` after the key"),
+        ],
+    );
+}
+
+#[test]
+fn unknown_keys_suggest_the_key_meant() {
+    check(
+        "unknown_keys.toml",
+        &[
+            (1, 2, "unknown key `controler` in the fleet file"),
+            (6, 1, "unknown key `gatway` in subnet `rack1`"),
+            (11, 1, "unknown key `profle` in machine `n1`"),
+            (12, 9, "`power` has no `address`"),
+            (12, 26, "unknown key `adress`"),
+            (15, 14, "unknown key `comissioning` in [policy.timeouts]"),
+            (16, 1, "unknown key `paralelism` in [policy]"),
+        ],
+    );
+    let diagnostics = config::load(&[Path::new(BROKEN).join("unknown_keys.toml")]).unwrap_err();
+    let helps: Vec<_> = diagnostics.iter().filter_map(|d| d.help.clone()).collect();
+    assert!(
+        helps.contains(&"did you mean `controller`?".to_string()),
+        "{helps:?}"
+    );
+    assert!(
+        helps.contains(&"did you mean `parallelism`?".to_string()),
+        "{helps:?}"
+    );
+}
+
+#[test]
+fn wrong_types() {
+    check(
+        "wrong_types.toml",
+        &[
+            (2, 10, "`listen` must be a string, found an integer"),
+            (8, 14, "`commission` must be true or false, found a string"),
+            (9, 9, "`tags` must hold strings, found an integer"),
+            (10, 23, "`min_cpus` must be a whole number, found a string"),
+            (10, 45, "`min_memory` must be a size"),
+            (13, 8, "`name` must be a string, found an integer"),
+        ],
+    );
+}
+
+#[test]
+fn addresses_and_ranges() {
+    check(
+        "addresses.toml",
+        &[
+            (2, 8, "`10.0.0.5/24` has host bits set"),
+            (6, 11, "gateway 10.2.0.1 is outside the subnet 10.1.0.0/16"),
+            (8, 13, "this reserved range overlaps the dynamic range"),
+            (
+                11,
+                8,
+                "subnet `rack3` (10.1.4.0/24) overlaps subnet `rack2` (10.1.0.0/16)",
+            ),
+            (15, 9, "`52:54:00:00:00:0g` is not a MAC address"),
+            (
+                17,
+                43,
+                "address 10.1.0.120 is inside the dynamic range of subnet `rack2`",
+            ),
+            (18, 43, "address 10.9.0.1 is outside subnet `rack2`"),
+            (19, 43, "`10.1.0.300` is not an IP address"),
+        ],
+    );
+}
+
+#[test]
+fn duplicates_name_the_first_owner_and_its_position() {
+    check(
+        "duplicates.toml",
+        &[
+            (5, 34, "interface `eth0` is declared twice"),
+            (
+                9,
+                30,
+                "MAC 52:54:00:00:00:01 is listed twice for this machine",
+            ),
+            (
+                15,
+                30,
+                "MAC 52:54:00:00:00:01 is already used by machine `n1`",
+            ),
+            (16, 55, "address 10.0.0.10 is already used by machine `n1`"),
+            (
+                17,
+                9,
+                "BMC address 10.1.0.1 is already used by machine `n1`",
+            ),
+            (20, 8, "machine `n1` is declared twice"),
+        ],
+    );
+    let diagnostics = config::load(&[Path::new(BROKEN).join("duplicates.toml")]).unwrap_err();
+    let mac = diagnostics.iter().find(|d| d.line == 15).unwrap();
+    let related = mac.related.as_ref().unwrap();
+    assert_eq!((related.line, related.column), (9, 9));
+    assert!(diagnostics
+        .render(false)
+        .contains("used by machine `n1` at tests/fixtures/config/broken/duplicates.toml:9:9"));
+}
+
+#[test]
+fn unknown_references_suggest_the_name_meant() {
+    check(
+        "references.toml",
+        &[
+            (11, 41, "no subnet is named `rak1`"),
+            (14, 11, "no storage template is named `flatt`"),
+            (16, 9, "no image is named `nobel`"),
+            (22, 15, "network template `single` has no interface `eth9`"),
+            (27, 11, "no profile is named `computer`"),
+            (28, 11, "no network template is named `dual`"),
+            (29, 25, "no machine is named `n3`"),
+        ],
+    );
+}
+
+#[test]
+fn clone_cycles_and_bad_clones() {
+    check(
+        "clones.toml",
+        &[
+            (4, 25, "clone cycle: a → b → c → a"),
+            (19, 25, "machine `d` cannot be cloned from itself"),
+            (24, 14, "either storage or interfaces must be chosen"),
+            (
+                30,
+                14,
+                "a machine added live (`deployed = true`) cannot be a clone destination",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn unreachable_desired_states() {
+    check(
+        "states.toml",
+        &[
+            (8, 9, "`deploying` is an in-progress status"),
+            (13, 9, "`failed_testing` is a failure"),
+            (
+                18,
+                9,
+                "machine `no-image` asks to be deployed but has no image",
+            ),
+            (24, 9, "image `ephemeral` has no `root` image"),
+            (
+                30,
+                9,
+                "a machine added live (`deployed = true`) cannot ask for state `new`",
+            ),
+            (
+                36,
+                9,
+                "state `ready` needs commissioning, which `commission = false` turns off",
+            ),
+            (41, 10, "only a deployed machine can be locked"),
+            (46, 9, "`redy` is not a machine state"),
+        ],
+    );
+}
+
+#[test]
+fn secrets_must_be_references_and_are_never_echoed() {
+    check(
+        "secrets.toml",
+        &[
+            (
+                4,
+                75,
+                "`password` is written inline; secrets must be references",
+            ),
+            (9, 66, "`off_url` must be an http:// or https:// URL"),
+            (9, 91, "`token` is written inline"),
+            (14, 78, "`1BAD` is not an environment variable name"),
+            (19, 79, "give either `env` or `file`, not both"),
+            (24, 18, "`ipmy` is not a valid power type"),
+        ],
+    );
+    let rendered = config::load(&[Path::new(BROKEN).join("secrets.toml")])
+        .unwrap_err()
+        .render(false);
+    let messages_and_help: String = rendered
+        .lines()
+        .filter(|line| !line.contains(" | "))
+        .collect();
+    assert!(
+        !messages_and_help.contains("hunter2"),
+        "a secret is echoed outside the source line:\n{rendered}"
+    );
+}
+
+#[test]
+fn storage_minimums_and_layout_keys() {
+    check(
+        "storage.toml",
+        &[
+            (
+                3,
+                12,
+                "the EFI partition of 100MiB is below the minimum of 512MiB",
+            ),
+            (
+                4,
+                13,
+                "the boot partition of 256MiB is below the minimum of 512MiB",
+            ),
+            (
+                5,
+                13,
+                "the root filesystem of 2GiB is below the minimum of 3GiB",
+            ),
+            (9, 1, "`cache_mode` belongs to layout `bcache`"),
+            (
+                10,
+                11,
+                "the root filesystem of 1GB is below the minimum of 3GiB",
+            ),
+            (14, 1, "`root_size` has no meaning with layout `blank`"),
+            (
+                18,
+                13,
+                "`boot_size` must be an absolute size, not a percentage",
+            ),
+            (19, 13, "`12 parsecs` has an unknown unit"),
+            (22, 10, "`zfs` is not a valid layout"),
+        ],
+    );
+}
+
+#[test]
+fn network_templates() {
+    check(
+        "network.toml",
+        &[
+            (6, 26, "`mtu` must be between 552 and 65535, found 500"),
+            (7, 55, "no interface `eth1` in this template"),
+            (7, 76, "`802.3ab` is not a valid bond_mode"),
+            (8, 68, "`lacp_rate` applies only to bond_mode \"802.3ad\""),
+            (9, 61, "`id` must be between 1 and 4094, found 5000"),
+            (10, 27, "link `static` needs a `subnet`"),
+            (11, 3, "a `bridge` interface needs `members`"),
+            (12, 27, "`wifi` is not a valid type"),
+        ],
+    );
+}
+
+#[test]
+fn policy_values() {
+    check(
+        "policy.toml",
+        &[
+            (11, 15, "`parallelism` must be between 1 and"),
+            (12, 12, "`commision` is not a valid enlisted"),
+            (13, 17, "image `boot` has no `root` image"),
+            (14, 27, "protected machine `n2` is not declared"),
+            (14, 42, "tag `Bad Tag` may hold only"),
+            (
+                17,
+                17,
+                "the `commissioning` timeout must be at least 1 minute",
+            ),
+            (18, 13, "the `deploying` timeout must be at least 1 minute"),
+            (
+                19,
+                13,
+                "the `heartbeat` timeout must be a whole number of minutes",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn images_need_digests_and_complete_boot_files() {
+    check(
+        "images.toml",
+        &[
+            (2, 19, "image `noble` has no kernel and initrd"),
+            (5, 16, "a download needs its `sha256`"),
+            (8, 1, "a kernel needs an `initrd` beside it"),
+            (
+                8,
+                65,
+                "a sha256 is 64 hex digits; this one has 3 characters",
+            ),
+            (11, 19, "give either `url` or `path`, not both"),
+            (11, 64, "a sha256 is 64 hex digits (0-9, a-f)"),
+            (12, 38, "`img` is not a valid format"),
+            (
+                14,
+                1,
+                "image `nothing` has neither `kernel` and `initrd` nor `root`",
+            ),
+            (15, 8, "`x86` is not a valid arch"),
+        ],
+    );
+}
+
+#[test]
+fn every_broken_fixture_is_checked() {
+    let mut fixtures: Vec<_> = std::fs::read_dir(BROKEN)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    fixtures.sort();
+    assert!(fixtures.len() >= 10, "{fixtures:?}");
+    let this_file = std::fs::read_to_string("tests/it/config.rs").unwrap();
+    for fixture in fixtures {
+        let name = fixture.to_string_lossy();
+        assert!(
+            this_file.contains(&format!("\"{name}\"")),
+            "{name} has no check(...) here"
+        );
     }
+}
+
+#[test]
+fn includes_missing_files_cycles_and_duplicates_across_files() {
+    let main = PathBuf::from("tests/fixtures/config/includes/main.toml");
+    let diagnostics = config::load(&[main]).unwrap_err();
+    let found: Vec<String> = diagnostics
+        .iter()
+        .map(|d| format!("{}:{}:{} {}", d.file.display(), d.line, d.column, d.message))
+        .collect();
+    let expected = [
+        "includes/main.toml:2:28 the included file `tests/fixtures/config/includes/missing.toml` does not exist",
+        "includes/racks/b.toml:3:9 MAC 52:54:00:00:00:01 is already used by machine `a1`",
+        "includes/racks/b.toml:6:8 machine `a1` is declared twice",
+        "includes/cycle.toml:1:11 include cycle: main.toml → cycle.toml → main.toml",
+    ];
+    assert_eq!(found.len(), expected.len(), "{found:#?}");
+    for (found, expected) in found.iter().zip(expected) {
+        assert!(found.ends_with(expected), "{found} vs {expected}");
+    }
+    let mac = diagnostics.iter().nth(1).unwrap().related.as_ref().unwrap();
+    assert!(
+        mac.file.ends_with("racks/a.toml") && mac.line == 3 && mac.column == 9,
+        "{mac:?}"
+    );
+}
+
+#[test]
+fn rendered_output_snapshots() {
+    for fixture in ["clones.toml", "secrets.toml"] {
+        let rendered = config::load(&[Path::new(BROKEN).join(fixture)])
+            .unwrap_err()
+            .render(false);
+        insta::with_settings!({ snapshot_path => "../fixtures/config/snapshots", prepend_module_to_snapshot => false }, {
+            insta::assert_snapshot!(fixture.replace(".toml", ""), rendered);
+        });
+    }
+}
+
+#[test]
+fn the_example_fleet_file_is_valid_and_shows_every_feature() {
+    let fleet = match config::load(&[PathBuf::from("fleet.toml.example")]) {
+        Ok(fleet) => fleet,
+        Err(diagnostics) => panic!("{}", diagnostics.render(false)),
+    };
+    assert_eq!(
+        fleet.sources.len(),
+        2,
+        "the example includes examples/rack2.toml"
+    );
+    assert_eq!(fleet.controller.listen.to_string(), "0.0.0.0:5240");
+    assert_eq!(
+        fleet.controller.ephemeral_image.as_deref(),
+        Some("ephemeral")
+    );
+    assert_eq!(
+        fleet
+            .subnets
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["bmc", "rack1", "rack2"]
+    );
+    assert_eq!(fleet.machines.len(), 9);
+    let names: Vec<_> = fleet.machines.iter().map(|m| m.name.as_str()).collect();
+    assert!(
+        names.windows(2).all(|pair| pair[0] < pair[1]),
+        "sorted by name: {names:?}"
+    );
+
+    let first = fleet.machine("r1-n01").unwrap();
+    assert_eq!(first.state, DesiredState::Deployed);
+    assert!(first.locked);
+    assert_eq!(first.image.as_deref(), Some("noble"));
+    assert_eq!(
+        first.storage.as_deref(),
+        Some("lvm-compute"),
+        "from the profile"
+    );
+    assert_eq!(first.expect.min_memory_mib, Some(64 * 1024));
+    let PowerSpec::Ipmi {
+        password,
+        cipher_suite,
+        ..
+    } = &first.power
+    else {
+        panic!("{:?}", first.power)
+    };
+    assert_eq!(password, &Some(SecretRef::Env("BMC_PASS".into())));
+    assert_eq!(*cipher_suite, Some(3));
+
+    let storage_node = fleet.machine("r1-n03").unwrap();
+    assert_eq!(storage_node.tags, ["ssd", "storage"]);
+    assert_eq!(storage_node.expect.min_memory_mib, Some(128 * 1024));
+    assert_eq!(storage_node.expect.min_disks, Some(4));
+    let clone = storage_node.clone_from.as_ref().unwrap();
+    assert!(!clone.storage && clone.interfaces);
+
+    assert!(fleet.machine("legacy-db").unwrap().live);
+    assert!(!fleet.machine("r1-spare").unwrap().commission);
+    assert_eq!(fleet.machine("r1-spare").unwrap().state, DesiredState::New);
+    assert_eq!(
+        fleet.machine("r2-n01").unwrap().state,
+        DesiredState::Ready,
+        "the default state"
+    );
+    assert!(matches!(
+        fleet.machine("vm1").unwrap().power,
+        PowerSpec::Qemu { .. }
+    ));
+    assert!(fleet.machine("bmc-only").unwrap().macs.is_empty());
+
+    let lvm = &fleet.storage_templates["lvm-compute"];
+    assert!(matches!(
+        lvm.layout,
+        StorageLayout::Lvm {
+            lv_size: Some(SizeSpec::Percent(80)),
+            ..
+        }
+    ));
+    assert_eq!(fleet.policy.timeouts.deploying, 60);
+    assert_eq!(fleet.policy.max_destructive_per_apply, Some(5));
+    assert!(fleet
+        .policy
+        .protected
+        .covers(fleet.machine("legacy-db").unwrap()));
+    assert_eq!(fleet.digest.len(), 64);
+
+    // Secrets serialize as their reference.
+    let json = serde_json::to_string(&fleet).unwrap();
+    assert!(json.contains(r#""password":{"env":"BMC_PASS"}"#), "{json}");
+}
+
+#[test]
+fn the_example_and_load_str_agree() {
+    let text = std::fs::read_to_string("fleet.toml.example").unwrap();
+    let from_text = config::load_str("fleet.toml.example", &text)
+        .map_err(|d| d.render(false))
+        .unwrap();
+    let from_file = config::load(&[PathBuf::from("fleet.toml.example")])
+        .map_err(|d| d.render(false))
+        .unwrap();
+    assert_eq!(from_text, from_file);
+}
+
+#[test]
+fn a_directory_loads_its_toml_files_in_name_order() {
+    let directory = tempfile::tempdir().unwrap();
+    std::fs::write(
+        directory.path().join("b.toml"),
+        "[[machine]]\nname = \"b\"\nmacs = [\"52:54:00:00:00:02\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        directory.path().join("a.toml"),
+        "[[machine]]\nname = \"a\"\nmacs = [\"52:54:00:00:00:01\"]\n",
+    )
+    .unwrap();
+    std::fs::write(directory.path().join("notes.txt"), "not a fleet file").unwrap();
+    let fleet = config::load(&[directory.path().to_path_buf()])
+        .map_err(|d| d.render(false))
+        .unwrap();
+    let sources: Vec<_> = fleet
+        .sources
+        .iter()
+        .map(|path| path.file_name().unwrap().to_owned())
+        .collect();
+    assert_eq!(sources, ["a.toml", "b.toml"]);
+    assert_eq!(fleet.machines.len(), 2);
+}
+
+#[test]
+fn secret_references_resolve_at_use_time() {
+    let directory = tempfile::tempdir().unwrap();
+    let file = directory.path().join("bmc");
+    std::fs::write(&file, "s3cret\n").unwrap();
+    assert_eq!(SecretRef::File(file.clone()).resolve().unwrap(), "s3cret");
+    let missing = SecretRef::Env("FLEET_TEST_SURELY_UNSET_VARIABLE".into())
+        .resolve()
+        .unwrap_err();
+    assert!(missing
+        .to_string()
+        .contains("FLEET_TEST_SURELY_UNSET_VARIABLE"));
+    let unreadable = SecretRef::File(directory.path().join("nope"))
+        .resolve()
+        .unwrap_err();
+    assert!(unreadable.to_string().contains("nope"));
+}
+
+#[test]
+fn the_synthetic_fleet_is_valid() {
+    let text = config::synthetic_fleet_toml(2_000);
+    let fleet = config::load_str("synthetic.toml", &text)
+        .map_err(|d| d.render(false))
+        .unwrap();
+    assert_eq!(fleet.machines.len(), 2_000);
+}
+
+#[test]
+fn the_json_schema_describes_the_sections() {
+    let schema = config::json_schema();
+    let properties = &schema["properties"];
+    for section in [
+        "include",
+        "controller",
+        "subnets",
+        "images",
+        "storage_templates",
+        "network_templates",
+        "profiles",
+        "machine",
+        "policy",
+    ] {
+        assert!(
+            properties.get(section).is_some(),
+            "no {section} in the schema"
+        );
+    }
+}
+
+/// `fleet validate` of 100,000 machines must take under 1 s and 500 MB. Run in release:
+/// `cargo test --release --test it config::validate_100k -- --ignored --nocapture`
+/// (and under `/usr/bin/time -v` for the peak RSS).
+#[test]
+#[ignore = "a release-mode measurement"]
+fn validate_100k_machines_in_under_a_second() {
+    let text = config::synthetic_fleet_toml(100_000);
+    let started = std::time::Instant::now();
+    let fleet = config::load_str("synthetic.toml", &text)
+        .map_err(|d| d.render(false))
+        .unwrap();
+    let elapsed = started.elapsed();
+    println!(
+        "{} bytes, {} machines validated in {elapsed:?}",
+        text.len(),
+        fleet.machines.len()
+    );
+    assert_eq!(fleet.machines.len(), 100_000);
+    assert!(elapsed < std::time::Duration::from_secs(1), "{elapsed:?}");
 }

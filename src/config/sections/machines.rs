@@ -106,7 +106,6 @@ fn read(
     base_dir: &Path,
     problems: &mut Problems,
 ) -> Option<MachineDecl> {
-    generic.check_keys(KEYS, problems);
     let name: Option<Spanned<MachineName>> = generic
         .required_string("name", problems)
         .and_then(|name| parse_spanned(name, problems));
@@ -115,6 +114,7 @@ fn read(
         None => "this machine".to_string(),
     };
     let reader = TableReader::new(generic.table, generic.span, &context);
+    reader.check_keys(KEYS, problems);
     let power_span = reader.item("power").map(|item| item.span);
     let machine = MachineDecl {
         macs: macs(&reader, problems),
@@ -236,7 +236,9 @@ fn interface(
 ) -> Option<InterfaceDecl> {
     let table = TableReader::from_item(item, "an interface", problems)?;
     table.check_keys(INTERFACE_KEYS, problems);
-    let ip: Option<Spanned<IpAddr>> = table.parsed("ip", problems);
+    let ip: Option<Spanned<IpAddr>> = table
+        .string("ip", problems)
+        .and_then(|text| crate::config::read::ip_address(text, problems));
     let mac: Option<Spanned<MacAddr>> = table.parsed("mac", problems);
     let name = table.required_string("name", problems);
     let subnet = table.required_string("subnet", problems)?;

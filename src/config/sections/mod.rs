@@ -294,3 +294,24 @@ pub fn tags(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Vec<String
     }
     tags
 }
+
+/// The keys each reader accepts, by the name of its schema definition (kept in step by a test).
+#[cfg(test)]
+pub const KEY_LISTS: &[(&str, &[&str])] = &[
+    ("Controller", controller::KEYS),
+    ("Subnet", subnets::KEYS),
+    ("Range", subnets::RANGE_KEYS),
+    ("ReservedRange", subnets::RESERVED_KEYS),
+    ("Image", images::KEYS),
+    ("Artifact", images::ARTIFACT_KEYS),
+    ("RootImage", images::ROOT_KEYS),
+    ("StorageTemplate", storage::KEYS),
+    ("Interface", network::INTERFACE_KEYS),
+    ("Profile", profiles::KEYS),
+    ("Expect", EXPECT_KEYS),
+    ("Machine", machines::KEYS),
+    ("CloneFrom", machines::CLONE_KEYS),
+    ("StaticAddress", machines::INTERFACE_KEYS),
+    ("Policy", policy::KEYS),
+    ("Protected", policy::PROTECTED_KEYS),
+];

@@ -5,7 +5,7 @@
 
 use crate::config::diagnostics::{Problem, Problems};
 use crate::config::model::{IpRange, ReservedRange, Subnet};
-use crate::config::read::{parse_spanned, Spanned, TableReader};
+use crate::config::read::{ip_address, Spanned, TableReader};
 use crate::config::syntax::{Item, Span};
 use ipnet::IpNet;
 use std::net::IpAddr;
@@ -96,7 +96,9 @@ fn address_in(
     cidr: &Spanned<IpNet>,
     problems: &mut Problems,
 ) -> Option<IpAddr> {
-    let address: Spanned<IpAddr> = reader.parsed(key, problems)?;
+    let address = reader
+        .string(key, problems)
+        .and_then(|text| ip_address(text, problems))?;
     check_inside(&address, key, cidr, problems).then_some(address.value)
 }
 
@@ -122,7 +124,7 @@ fn check_inside(
 fn addresses(reader: &TableReader<'_, '_>, key: &str, problems: &mut Problems) -> Vec<IpAddr> {
     let list = reader.string_list(key, problems);
     list.into_iter()
-        .filter_map(|text| parse_spanned::<IpAddr>(text, problems))
+        .filter_map(|text| ip_address(text, problems))
         .map(|address| address.value)
         .collect()
 }
@@ -158,10 +160,10 @@ fn range(
     table.check_keys(keys, problems);
     let start: Option<Spanned<IpAddr>> = table
         .required_string("start", problems)
-        .and_then(|text| parse_spanned(text, problems));
+        .and_then(|text| ip_address(text, problems));
     let end: Option<Spanned<IpAddr>> = table
         .required_string("end", problems)
-        .and_then(|text| parse_spanned(text, problems));
+        .and_then(|text| ip_address(text, problems));
     let comment = table.owned_string("comment", problems);
     let (start, end) = (start?, end?);
     let inside = check_inside(&start, "the range start", cidr, problems)
