@@ -221,6 +221,7 @@ impl Diagnostics {
         };
         let handler = miette::GraphicalReportHandler::new_themed(theme)
             .with_width(100)
+            .with_wrap_lines(false)
             .with_context_lines(1);
         let mut output = String::new();
         for diagnostic in &self.diagnostics {

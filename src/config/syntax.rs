@@ -1098,3 +1098,175 @@ mod tests {
         );
     }
 }
+
+/// The parser against `toml` (toml_edit underneath) as an oracle: the same documents give the
+/// same values, and documents it refuses are refused here too.
+#[cfg(test)]
+mod oracle {
+    use super::*;
+
+    const FRAGMENTS: &[&str] = &[
+        "a",
+        "b",
+        ".",
+        " = ",
+        "1",
+        "'x'",
+        "\"y\"",
+        "[",
+        "]",
+        "[[",
+        "]]",
+        "{",
+        "}",
+        ",",
+        "\n",
+        "true",
+        "1.5",
+        "#c",
+        " ",
+        "\na = 1\n",
+        "\n[a]\n",
+        "\n[[a]]\n",
+        "\n[a.b]\n",
+        "a.b = 2\n",
+        "{ c = 3 }",
+        "[1, 2]",
+        "-",
+        "_",
+        "0x1f",
+    ];
+
+    fn to_json(value: &Value<'_>) -> serde_json::Value {
+        match value {
+            Value::String(text) => serde_json::Value::String(text.to_string()),
+            Value::Integer(number) => serde_json::Value::from(*number),
+            Value::Float(number) => serde_json::Value::from(*number),
+            Value::Boolean(flag) => serde_json::Value::Bool(*flag),
+            Value::Datetime(text) => serde_json::Value::String(text.to_string()),
+            Value::Array(array) => array
+                .items
+                .iter()
+                .map(|item| to_json(&item.value))
+                .collect(),
+            Value::Table(table) => table_to_json(table),
+        }
+    }
+
+    fn table_to_json(table: &Table<'_>) -> serde_json::Value {
+        let map = table
+            .entries
+            .iter()
+            .map(|entry| (entry.key.to_string(), to_json(&entry.item.value)))
+            .collect();
+        serde_json::Value::Object(map)
+    }
+
+    fn agree(text: &str) {
+        let oracle: Result<toml::Table, _> = toml::from_str(text);
+        match (parse(text, 0), oracle) {
+            (Ok(ours), Ok(theirs)) => {
+                let theirs = serde_json::to_value(theirs).unwrap();
+                assert_eq!(table_to_json(&ours), theirs, "{text}");
+            }
+            (Err(_), Err(_)) => {}
+            (ours, theirs) => panic!(
+                "disagree on {text:?}:\nours {:?}\ntheirs {:?}",
+                ours.err(),
+                theirs.err()
+            ),
+        }
+    }
+
+    #[test]
+    fn agrees_on_the_fleet_files_of_the_project() {
+        let mut paths = vec![
+            std::path::PathBuf::from("fleet.toml.example"),
+            "examples/rack2.toml".into(),
+        ];
+        for directory in [
+            "tests/fixtures/config/broken",
+            "tests/fixtures/config/includes",
+            "tests/fixtures/config/includes/racks",
+        ] {
+            for entry in std::fs::read_dir(directory).unwrap() {
+                let path = entry.unwrap().path();
+                if path
+                    .extension()
+                    .is_some_and(|extension| extension == "toml")
+                {
+                    paths.push(path);
+                }
+            }
+        }
+        for path in paths {
+            agree(&std::fs::read_to_string(&path).unwrap());
+        }
+        agree(&crate::config::synthetic_fleet_toml(50));
+    }
+
+    proptest::proptest! {
+        /// Arbitrary text never panics (spans stay on character boundaries).
+        #[test]
+        fn never_panics(text in "[a-z0-9 =\\[\\]{},.\"'#\\\\\n\\-_:+é]{0,60}") {
+            agree(&text);
+        }
+
+        /// Documents assembled from TOML fragments: mostly near-valid, which finds real disagreements.
+        #[test]
+        fn agrees_on_fragment_soup(parts in proptest::collection::vec(proptest::sample::select(FRAGMENTS.to_vec()), 0..24)) {
+            agree(&parts.concat());
+        }
+
+        #[test]
+        fn agrees_on_generated_key_values(key in "[a-z][a-z0-9_-]{0,8}", number in proptest::num::i64::ANY, text in "[ -~é]{0,12}") {
+            let quoted = text.replace('\\', "\\\\").replace('"', "\\\"");
+            agree(&format!("{key} = {number}\n[t]\n{key} = \"{quoted}\"\n"));
+        }
+    }
+
+    #[test]
+    fn agrees_on_edge_cases() {
+        let cases = [
+            "a = \"\\u00e9\\t\\\"q\\\"\"\n",
+            "a = 'C:\\path'\n",
+            "a = \"\"\"\nx\n  y\"\"\"\n",
+            "a = \"\"\"a\"\"\"\"\"\n",
+            "a = '''\n'one' ''two'''''\n",
+            "a = [ [1, 2], [\"x\"], ]\n",
+            "a = [\n  1, # one\n  2,\n]\n",
+            "a = { b.c = 1, d = 'e' }\n",
+            "\"quoted key\" = 1\n'literal key' = 2\n",
+            "a.b.c = 1\na.b.d = 2\n",
+            "[a]\nb = 1\n[a.c]\nd = 2\n",
+            "[[a]]\nb = 1\n[[a]]\nb = 2\n[a.c]\nd = 3\n",
+            "[[a.b]]\nc = 1\n[[a.b]]\nc = 2\n",
+            "a = +1_000\nb = -0\nc = 0o17\nd = 0b101\ne = 6.02e+23\nf = -1.5E-3\n",
+            "a = true\nb = false\n",
+            "a = 1\r\nb = 2\r\n",
+            "  [ a . b ]  # comment\n c = 1\n",
+            "a = 1 # trailing\n# only a comment\n\n",
+            "a = { }\n",
+            "[a]\n[a]\n",
+            "a = 1\na = 2\n",
+            "a = { b = 1 }\na.c = 2\n",
+            "a = 01\n",
+            "a = 1.\n",
+            "a = \"\\x\"\n",
+            "a = { b = 1,\n c = 2 }\n",
+            "a = [1 2]\n",
+            "= 1\n",
+            "a = 1 b = 2\n",
+            "[a]]\n",
+            "a = \"unterminated\n",
+            "a = 9223372036854775808\n",
+            "a = 0x_1\n",
+            "a = 1__2\n",
+            "[a.b]\nc = 1\n[a]\nd = 2\n",
+            "a.b = 1\n[a.b]\n",
+        ];
+        for case in cases {
+            agree(case);
+        }
+    }
+}

@@ -210,8 +210,12 @@ pub fn secret(
                 item.span,
                 format!("`{key}` is written inline; secrets must be references"),
             );
+            let (example, example_file) = match key {
+                "token" => ("WEBHOOK_TOKEN", "webhook-token"),
+                _ => ("BMC_PASSWORD", "bmc-password"),
+            };
             problems.push(problem.help(format!(
-                "keep the secret out of the file: {key} = {{ env = \"BMC_PASSWORD\" }} or {key} = {{ file = \"/etc/fleet/secrets/bmc\" }}"
+                "keep the secret out of the file: {key} = {{ env = \"{example}\" }} or {key} = {{ file = \"/etc/fleet/secrets/{example_file}\" }}"
             )));
             return None;
         }
