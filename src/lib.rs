@@ -7,5 +7,6 @@ pub mod api;
 pub mod config;
 pub mod controller;
 pub mod model;
+pub mod plan;
 pub mod power;
 pub mod store;

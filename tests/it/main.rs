@@ -6,5 +6,6 @@ mod actions;
 mod config;
 mod crash;
 mod lifecycle;
+mod plan;
 mod store;
 mod tftp;

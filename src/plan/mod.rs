@@ -1,0 +1,397 @@
+//! The planner: the fleet files (what the operator wants) and a snapshot of the store (what was
+//! observed) in, an immutable [`Plan`] out.
+//!
+//! Invariants:
+//! - Pure: no IO, no clock, no randomness. The same fleet and snapshot give the same plan, and
+//!   the same plan renders to the same bytes.
+//! - The planner never proposes what the life-cycle refuses: every step is found by running
+//!   [`crate::model::decide`] (and [`crate::model::settle`] for the in-progress statuses) on a
+//!   simulated copy of the machine.
+//! - A plan leaves no choice to execution time: each step carries its action, options and the
+//!   status the machine must reach; the executor only carries steps out.
+//! - A locked or protected machine never gets a destructive step; its plan says why instead.
+//! - A plan records its parent: the fleet files' digest and, per machine, a fingerprint of what
+//!   was observed. Only machines whose fingerprint still matches may be applied.
+
+mod adopt;
+mod desired;
+mod fingerprint;
+mod planner;
+mod render;
+mod route;
+mod simulate;
+
+pub use adopt::{adopt_machine_toml, adopt_toml};
+pub use desired::{desired_power, normalized_params};
+pub use fingerprint::{fingerprint, hardware_digest};
+pub use planner::plan;
+pub use render::{render_human, render_json, summary_line, RenderOptions};
+pub use simulate::{apply_step, settle_to_rest, SimulationError};
+
+use crate::model::{Action, ActionOptions, Lifecycle, MacAddr, MachineName, PowerState, Status};
+use crate::store::{MachineRecord, NewMachine};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The version of the plan's JSON shape (`format_version`); bumped when a field changes meaning.
+pub const PLAN_FORMAT_VERSION: u32 = 1;
+
+/// What the store has observed: every machine it knows, sorted by name.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Observed {
+    pub machines: Vec<ObservedMachine>,
+}
+
+impl Observed {
+    /// A snapshot from store records (sorted by name here, whatever order they came in).
+    pub fn from_records(records: &[MachineRecord]) -> Observed {
+        let mut machines: Vec<ObservedMachine> =
+            records.iter().map(ObservedMachine::from_record).collect();
+        machines.sort_by(|a, b| a.name.cmp(&b.name));
+        Observed { machines }
+    }
+
+    pub fn machine(&self, name: &str) -> Option<&ObservedMachine> {
+        self.machines
+            .binary_search_by(|machine| machine.name.as_str().cmp(name))
+            .ok()
+            .map(|at| &self.machines[at])
+    }
+}
+
+/// One machine as the store holds it, reduced to what planning reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservedMachine {
+    pub name: MachineName,
+    pub status: Status,
+    pub previous_status: Option<Status>,
+    /// Why it is in its status (the failure a retry names).
+    pub status_reason: Option<String>,
+    pub power: PowerState,
+    pub locked: bool,
+    pub owner: Option<String>,
+    pub commissioned: bool,
+    pub deployed_os: Option<String>,
+    pub power_type: String,
+    pub power_params: serde_json::Value,
+    pub image: Option<String>,
+    pub tags: Vec<String>,
+    pub arch: Option<String>,
+    pub macs: Vec<MacAddr>,
+    pub hardware: ObservedHardware,
+    /// The store's generation number of the record.
+    pub generation: i64,
+    /// The machine itself has reported in at least once.
+    pub heard_from: bool,
+}
+
+/// What commissioning found, as far as expectations need it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedHardware {
+    pub cpus: Option<i64>,
+    pub memory_mib: Option<i64>,
+    /// Every disk's size in bytes, largest first.
+    pub disk_sizes: Vec<i64>,
+}
+
+impl ObservedHardware {
+    /// Commissioning has reported something.
+    pub fn is_known(&self) -> bool {
+        self.cpus.is_some() || self.memory_mib.is_some() || !self.disk_sizes.is_empty()
+    }
+}
+
+impl ObservedMachine {
+    pub fn from_record(record: &MachineRecord) -> ObservedMachine {
+        let life = &record.lifecycle;
+        let mut disk_sizes: Vec<i64> = record.disks.iter().map(|disk| disk.size_bytes).collect();
+        disk_sizes.sort_unstable_by(|a, b| b.cmp(a));
+        let mut tags = record.tags.clone();
+        tags.sort();
+        ObservedMachine {
+            name: record.name.clone(),
+            status: life.status,
+            previous_status: life.previous_status,
+            status_reason: record.status_reason.clone(),
+            power: life.power,
+            locked: life.locked,
+            owner: life.owner.clone(),
+            commissioned: life.commissioned,
+            deployed_os: life.deployed_os.clone(),
+            power_type: record.power_type.clone(),
+            power_params: record.power_params.clone(),
+            image: record.image.clone(),
+            tags,
+            arch: record.arch.clone(),
+            macs: record
+                .interfaces
+                .iter()
+                .map(|interface| interface.mac)
+                .collect(),
+            hardware: ObservedHardware {
+                cpus: record.hardware.cpus,
+                memory_mib: record.hardware.memory_mib,
+                disk_sizes,
+            },
+            generation: record.generation,
+            heard_from: record.last_heard.is_some(),
+        }
+    }
+
+    /// The part of the machine the life-cycle rules read.
+    pub fn lifecycle(&self) -> Lifecycle {
+        Lifecycle {
+            status: self.status,
+            previous_status: self.previous_status,
+            locked: self.locked,
+            power: self.power,
+            owner: self.owner.clone(),
+            commissioned: self.commissioned,
+            deployed_os: self.deployed_os.clone(),
+            power_configured: self.power_type != "unconfigured",
+        }
+    }
+}
+
+/// A plan: per machine, the ordered steps from what was observed to what the fleet files say.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub format_version: u32,
+    /// The digest of the fleet files the plan was made from (`Fleet::digest`).
+    pub fleet_digest: String,
+    /// What the executor must respect, copied from the fleet's `[policy]`.
+    pub policy: PlanPolicy,
+    pub summary: Summary,
+    /// Declared machines and discovered ones, sorted by name.
+    pub machines: Vec<MachinePlan>,
+}
+
+impl Plan {
+    /// No machine has a step: applying it would change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.machines.iter().all(|machine| machine.steps.is_empty())
+    }
+
+    pub fn machine(&self, name: &str) -> Option<&MachinePlan> {
+        self.machines
+            .binary_search_by(|machine| machine.name.as_str().cmp(name))
+            .ok()
+            .map(|at| &self.machines[at])
+    }
+
+    pub fn destructive_steps(&self) -> usize {
+        self.machines
+            .iter()
+            .flat_map(|machine| &machine.steps)
+            .filter(|step| step.class == StepClass::Destructive)
+            .count()
+    }
+}
+
+/// The executor's limits, as the plan was made with them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanPolicy {
+    /// Machines worked on at once.
+    pub parallelism: u32,
+    /// `None`: no cap on destructive steps per apply.
+    pub max_destructive_per_apply: Option<u32>,
+    /// Per in-progress status, in minutes.
+    pub timeout_minutes: BTreeMap<Status, u32>,
+}
+
+/// Counts for the summary line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Steps per verb ("commission", "release (destructive)"), in life-cycle order.
+    pub steps: Vec<SummaryCount>,
+    pub machines_changing: usize,
+    pub destructive_steps: usize,
+    pub blocked: usize,
+    pub waiting: usize,
+    pub discovered: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SummaryCount {
+    pub verb: String,
+    pub destructive: bool,
+    pub count: usize,
+}
+
+/// What happens to one machine, as a glyph: `+` created, `~` changed in place, `-` something
+/// is destroyed (release of a deployed machine), `-/+` destroyed and rebuilt (redeploy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// Nothing to do.
+    None,
+    Create,
+    Update,
+    Destroy,
+    Replace,
+    /// Steps are held back; `blocked` says why.
+    Blocked,
+    /// In an in-progress status; `waiting` says what on.
+    Waiting,
+    /// Enlisted but not declared; `adopt_toml` declares it.
+    Discovered,
+}
+
+impl Change {
+    pub fn glyph(self) -> &'static str {
+        match self {
+            Change::None => "=",
+            Change::Create => "+",
+            Change::Update => "~",
+            Change::Destroy => "-",
+            Change::Replace => "-/+",
+            Change::Blocked => "!",
+            Change::Waiting => "…",
+            Change::Discovered => "?",
+        }
+    }
+}
+
+/// What was observed of a machine when the plan was made: what the fingerprint covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedState {
+    pub status: Status,
+    pub power: PowerState,
+    pub locked: bool,
+    pub hardware_digest: String,
+    pub generation: i64,
+}
+
+impl ObservedState {
+    pub fn of(machine: &ObservedMachine) -> ObservedState {
+        ObservedState {
+            status: machine.status,
+            power: machine.power,
+            locked: machine.locked,
+            hardware_digest: hardware_digest(&machine.hardware, &machine.macs),
+            generation: machine.generation,
+        }
+    }
+
+    /// What differs from `now`, for a person ("status ready → deployed"); empty if nothing.
+    pub fn differences(&self, now: &ObservedState) -> Vec<String> {
+        let mut changes = Vec::new();
+        if self.status != now.status {
+            changes.push(format!("status {} → {}", self.status, now.status));
+        }
+        if self.power != now.power {
+            changes.push(format!("power {} → {}", self.power, now.power));
+        }
+        if self.locked != now.locked {
+            changes.push(format!("locked {} → {}", self.locked, now.locked));
+        }
+        if self.hardware_digest != now.hardware_digest {
+            changes.push("hardware changed (recommissioned)".into());
+        }
+        if changes.is_empty() && self.generation != now.generation {
+            changes.push(format!(
+                "record changed (generation {} → {})",
+                self.generation, now.generation
+            ));
+        }
+        changes
+    }
+}
+
+/// One machine's part of the plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MachinePlan {
+    pub name: String,
+    /// In the fleet files (else discovered).
+    pub declared: bool,
+    pub change: Change,
+    /// `None`: the store has no such machine yet.
+    pub observed: Option<ObservedState>,
+    /// The status the fleet files ask for (`None` for a discovered machine).
+    pub desired: Option<Status>,
+    /// Digest of `observed` (`absent` when there is no record): what a saved plan is checked by.
+    pub fingerprint: String,
+    pub steps: Vec<Step>,
+    /// Attribute changes (power, tags, image) the `configure` step makes.
+    pub attributes: Vec<AttributeChange>,
+    /// What it waits on instead of steps.
+    pub waiting: Option<String>,
+    /// Why steps are held back (hardware drift, lock, protection, no route).
+    pub blocked: Vec<String>,
+    /// Fleet TOML that declares a discovered machine as it is.
+    pub adopt_toml: Option<String>,
+}
+
+/// One step: an operation, why, and how dangerous it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub operation: Operation,
+    pub class: StepClass,
+    pub reason: String,
+    /// The status the machine is in once the step has finished (in-progress statuses settled).
+    pub expect: Status,
+}
+
+impl Step {
+    /// The verb for people and for the summary ("commission", "configure", "add").
+    pub fn verb(&self) -> &'static str {
+        match &self.operation {
+            Operation::Add { .. } => "add",
+            Operation::Configure { .. } => "configure",
+            Operation::Act { action, .. } => action.cli_name(),
+        }
+    }
+}
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Operation {
+    /// Create the record.
+    Add { machine: NewMachine },
+    /// Set what the fleet file says of the machine: power, tags, image.
+    Configure {
+        power_type: String,
+        power_params: serde_json::Value,
+        tags: Vec<String>,
+        /// `None`: keep the image recorded.
+        image: Option<String>,
+    },
+    /// A life-cycle action.
+    Act {
+        action: Action,
+        #[serde(default)]
+        options: ActionOptions,
+    },
+}
+
+/// How much a step can hurt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepClass {
+    /// Changes records, or powers a machine that runs nothing.
+    Safe,
+    /// Powers off or reboots a machine that runs a workload.
+    Disruptive,
+    /// Loses data or a running system: erase, redeploy, release of a deployed machine.
+    Destructive,
+}
+
+impl StepClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepClass::Safe => "safe",
+            StepClass::Disruptive => "disruptive",
+            StepClass::Destructive => "destructive",
+        }
+    }
+}
+
+/// One attribute the fleet file sets differently from the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttributeChange {
+    pub field: String,
+    /// Canonical text (sorted JSON), `None` if unset.
+    pub from: Option<String>,
+    pub to: Option<String>,
+}

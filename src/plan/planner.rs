@@ -1,0 +1,500 @@
+//! `plan(fleet, observed)`: merges the declared machines with the observed ones (both sorted by
+//! name) and plans each machine on its own.
+
+use super::desired::{canonical_json, desired_power, new_machine, normalized_params};
+use super::route::{next_move, Move, RouteContext};
+use super::simulate::apply_step;
+use super::{
+    adopt_machine_toml, fingerprint, AttributeChange, Change, MachinePlan, Observed,
+    ObservedMachine, ObservedState, Operation, Plan, PlanPolicy, Step, StepClass, Summary,
+    SummaryCount, PLAN_FORMAT_VERSION,
+};
+use crate::config::{EnlistedPolicy, Expectations, Fleet, MachineSpec, Policy};
+use crate::model::{Action, ActionOptions, Status};
+use std::cmp::Ordering;
+
+/// The actor the simulation acts as (owners it assigns are never compared).
+const PLAN_ACTOR: &str = "fleet-plan";
+/// No route in the life-cycle is longer than this; more means the route goes round in circles.
+const MAX_STEPS: usize = 12;
+/// Written instead of a fingerprint for a machine the store does not have.
+pub const ABSENT: &str = "absent";
+
+/// Plans every declared machine and lists the discovered ones. Pure and deterministic.
+pub fn plan(fleet: &Fleet, observed: &Observed) -> Plan {
+    let mut declared = fleet.machines.iter().collect::<Vec<_>>();
+    declared.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut seen = observed.machines.iter().collect::<Vec<_>>();
+    seen.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut machines = Vec::with_capacity(declared.len().max(seen.len()));
+    let (mut left, mut right) = (declared.into_iter().peekable(), seen.into_iter().peekable());
+    loop {
+        let order = match (left.peek(), right.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(spec), Some(machine)) => spec.name.cmp(&machine.name),
+        };
+        let planned = match order {
+            Ordering::Less => plan_declared(left.next().expect("peeked"), None, &fleet.policy),
+            Ordering::Greater => plan_discovered(right.next().expect("peeked"), &fleet.policy),
+            Ordering::Equal => {
+                let spec = left.next().expect("peeked");
+                plan_declared(spec, right.next(), &fleet.policy)
+            }
+        };
+        machines.push(planned);
+    }
+    Plan {
+        format_version: PLAN_FORMAT_VERSION,
+        fleet_digest: fleet.digest.clone(),
+        policy: plan_policy(&fleet.policy),
+        summary: summarize(&machines),
+        machines,
+    }
+}
+
+fn plan_policy(policy: &Policy) -> PlanPolicy {
+    let timeout_minutes = Status::ALL
+        .into_iter()
+        .filter_map(|status| {
+            policy
+                .timeouts
+                .for_status(status)
+                .map(|minutes| (status, minutes))
+        })
+        .collect();
+    PlanPolicy {
+        parallelism: policy.parallelism.max(1),
+        max_destructive_per_apply: policy.max_destructive_per_apply,
+        timeout_minutes,
+    }
+}
+
+fn empty_plan(name: &str, declared: bool, observed: Option<&ObservedMachine>) -> MachinePlan {
+    let state = observed.map(ObservedState::of);
+    MachinePlan {
+        name: name.to_string(),
+        declared,
+        change: Change::None,
+        fingerprint: state
+            .as_ref()
+            .map(fingerprint)
+            .unwrap_or_else(|| ABSENT.to_string()),
+        observed: state,
+        desired: None,
+        steps: Vec::new(),
+        attributes: Vec::new(),
+        waiting: None,
+        blocked: Vec::new(),
+        adopt_toml: None,
+    }
+}
+
+fn plan_declared(
+    spec: &MachineSpec,
+    observed: Option<&ObservedMachine>,
+    policy: &Policy,
+) -> MachinePlan {
+    let mut planned = empty_plan(spec.name.as_str(), true, observed);
+    planned.desired = Some(spec.state.status());
+    let start = match observed {
+        None => {
+            let step = add_step(spec);
+            let created = apply_step(None, &step, PLAN_ACTOR);
+            planned.steps.push(step);
+            match created {
+                Ok(created) => created,
+                Err(error) => {
+                    planned.blocked.push(error.to_string());
+                    return finish(planned);
+                }
+            }
+        }
+        Some(machine) => {
+            if machine.status.is_in_progress() {
+                planned.waiting = Some(waiting_for(machine, policy));
+                return finish(planned);
+            }
+            let drift = hardware_drift(&spec.expect, machine);
+            if !drift.is_empty() {
+                planned.blocked = drift;
+                return finish(planned);
+            }
+            machine.clone()
+        }
+    };
+    let (configure, configured) = power_and_tags(spec, &start);
+    let context = RouteContext {
+        spec,
+        was_deployed: start.status == Status::Deployed,
+    };
+    let routed = route(&configured, &context);
+    // The image to record is decided by where the route ends: a machine that ends deployed
+    // has its image on disk (set by deploy), anything else just records what to deploy next.
+    let end = routed.as_ref().map(|(_, end)| end).unwrap_or(&configured);
+    let configure = with_image(configure, spec, end);
+    if let Some((step, changes)) = configure {
+        planned.steps.push(step);
+        planned.attributes = changes;
+    }
+    match routed {
+        Ok((steps, _)) => match destructive_hold(spec, &start, policy, &steps) {
+            Some(reason) => planned.blocked.push(reason),
+            None => planned.steps.extend(steps),
+        },
+        Err(reason) => planned.blocked.push(reason),
+    }
+    finish(planned)
+}
+
+fn add_step(spec: &MachineSpec) -> Step {
+    let new = new_machine(spec);
+    let expect = new.status;
+    let reason = if spec.live {
+        "declared in the fleet file; added live (already running)".to_string()
+    } else {
+        "declared in the fleet file, not yet in the store; waits for it to netboot once powered"
+            .to_string()
+    };
+    Step {
+        operation: Operation::Add { machine: new },
+        class: StepClass::Safe,
+        reason,
+        expect,
+    }
+}
+
+/// The configure step for power and tags, if they differ, and the machine after it.
+fn power_and_tags(
+    spec: &MachineSpec,
+    machine: &ObservedMachine,
+) -> (Option<(Step, Vec<AttributeChange>)>, ObservedMachine) {
+    let (power_type, power_params) = desired_power(&spec.power);
+    let mut changes = Vec::new();
+    let observed_params = normalized_params(&machine.power_params);
+    if power_type != machine.power_type || power_params != observed_params {
+        changes.push(AttributeChange {
+            field: "power".into(),
+            from: Some(power_text(&machine.power_type, &observed_params)),
+            to: Some(power_text(&power_type, &power_params)),
+        });
+    }
+    let mut tags = spec.tags.clone();
+    tags.sort();
+    tags.dedup();
+    if tags != machine.tags {
+        changes.push(AttributeChange {
+            field: "tags".into(),
+            from: Some(canonical_json(&serde_json::json!(machine.tags))),
+            to: Some(canonical_json(&serde_json::json!(tags))),
+        });
+    }
+    if changes.is_empty() {
+        return (None, machine.clone());
+    }
+    let step = Step {
+        operation: Operation::Configure {
+            power_type,
+            power_params,
+            tags,
+            image: None,
+        },
+        class: StepClass::Safe,
+        reason: String::new(),
+        expect: machine.status,
+    };
+    let after = apply_step(Some(machine), &step, PLAN_ACTOR).unwrap_or_else(|_| machine.clone());
+    (Some((step, changes)), after)
+}
+
+/// Adds the image to the configure step (making one if need be) when the machine's record
+/// should name another image once the route ends; sets the step's reason.
+fn with_image(
+    configure: Option<(Step, Vec<AttributeChange>)>,
+    spec: &MachineSpec,
+    end: &ObservedMachine,
+) -> Option<(Step, Vec<AttributeChange>)> {
+    let image = spec
+        .image
+        .clone()
+        .filter(|wanted| end.image.as_ref() != Some(wanted))
+        .filter(|_| !matches!(end.status, Status::Deployed | Status::Deploying));
+    let (mut step, mut changes) = match (configure, &image) {
+        (None, None) => return None,
+        (Some(configure), _) => configure,
+        (None, Some(_)) => {
+            let step = Step {
+                operation: Operation::Configure {
+                    power_type: end.power_type.clone(),
+                    power_params: normalized_params(&end.power_params),
+                    tags: end.tags.clone(),
+                    image: None,
+                },
+                class: StepClass::Safe,
+                reason: String::new(),
+                expect: end.status,
+            };
+            (step, Vec::new())
+        }
+    };
+    if let (Some(wanted), Operation::Configure { image: slot, .. }) = (&image, &mut step.operation)
+    {
+        changes.push(AttributeChange {
+            field: "image".into(),
+            from: end.image.as_ref().map(|image| format!("{image:?}")),
+            to: Some(format!("{wanted:?}")),
+        });
+        *slot = Some(wanted.clone());
+    }
+    let fields: Vec<&str> = changes.iter().map(|change| change.field.as_str()).collect();
+    step.reason = format!("the fleet file sets {}", fields.join(", "));
+    Some((step, changes))
+}
+
+fn power_text(power_type: &str, params: &serde_json::Value) -> String {
+    let mut object = serde_json::Map::new();
+    object.insert("type".into(), serde_json::json!(power_type));
+    if let serde_json::Value::Object(members) = params {
+        for (key, value) in members {
+            object.insert(key.clone(), value.clone());
+        }
+    }
+    canonical_json(&serde_json::Value::Object(object))
+}
+
+/// The life-cycle steps from `start` to the desired status, or why there are none.
+fn route(
+    start: &ObservedMachine,
+    context: &RouteContext<'_>,
+) -> Result<(Vec<Step>, ObservedMachine), String> {
+    let mut machine = start.clone();
+    let mut steps = Vec::new();
+    for _ in 0..MAX_STEPS {
+        let (action, options, class, reason) = match next_move(&machine, context) {
+            Move::Done => return Ok((steps, machine)),
+            Move::Blocked(reason) => return Err(reason),
+            Move::Act {
+                action,
+                options,
+                class,
+                reason,
+            } => (action, options, class, reason),
+        };
+        let mut step = act_step(action, options, class, reason);
+        machine = apply_step(Some(&machine), &step, PLAN_ACTOR)
+            .map_err(|refusal| format!("the life-cycle refuses the next step: {refusal}"))?;
+        step.expect = machine.status;
+        steps.push(step);
+    }
+    Err(format!(
+        "no route to {} within {MAX_STEPS} steps",
+        context.spec.state.as_str()
+    ))
+}
+
+fn act_step(action: Action, options: ActionOptions, class: StepClass, reason: String) -> Step {
+    Step {
+        operation: Operation::Act { action, options },
+        class,
+        reason,
+        expect: Status::New,
+    }
+}
+
+/// Why destructive steps may not be planned for this machine, if they may not.
+fn destructive_hold(
+    spec: &MachineSpec,
+    start: &ObservedMachine,
+    policy: &Policy,
+    steps: &[Step],
+) -> Option<String> {
+    let destructive: Vec<&str> = steps
+        .iter()
+        .filter(|step| step.class == StepClass::Destructive)
+        .map(Step::verb)
+        .collect();
+    if destructive.is_empty() {
+        return None;
+    }
+    let what = destructive.join(", ");
+    if start.locked {
+        return Some(format!(
+            "locked: a locked machine never gets a destructive step ({what}); unlock it first \
+             (fleet machine unlock {})",
+            spec.name
+        ));
+    }
+    if policy.protected.covers(spec) {
+        return Some(format!(
+            "protected by [policy] protected: destructive steps held back ({what})"
+        ));
+    }
+    None
+}
+
+/// Hardware below the machine's expectations: each shortfall blocks its steps.
+fn hardware_drift(expect: &Expectations, machine: &ObservedMachine) -> Vec<String> {
+    let hardware = &machine.hardware;
+    if !hardware.is_known() {
+        return Vec::new();
+    }
+    let mut drift = Vec::new();
+    if let (Some(minimum), Some(cpus)) = (expect.min_cpus, hardware.cpus) {
+        if cpus < i64::from(minimum) {
+            drift.push(format!(
+                "hardware drift: {cpus} CPUs, expected at least {minimum}"
+            ));
+        }
+    }
+    if let (Some(minimum), Some(memory)) = (expect.min_memory_mib, hardware.memory_mib) {
+        if memory < minimum as i64 {
+            drift.push(format!(
+                "hardware drift: {memory} MiB of memory, expected at least {minimum} MiB"
+            ));
+        }
+    }
+    let large_enough = |size: &&i64| {
+        expect
+            .min_disk_size_bytes
+            .map_or(true, |minimum| **size >= minimum as i64)
+    };
+    let wanted_disks = expect
+        .min_disks
+        .or(expect.min_disk_size_bytes.map(|_| 1))
+        .unwrap_or(0);
+    let disks = hardware.disk_sizes.iter().filter(large_enough).count();
+    if disks < wanted_disks as usize {
+        let size = expect
+            .min_disk_size_bytes
+            .map(|minimum| format!(" of at least {}", crate::config::human_bytes(minimum)))
+            .unwrap_or_default();
+        drift.push(format!(
+            "hardware drift: {disks} disks{size}, expected at least {wanted_disks}"
+        ));
+    }
+    drift
+}
+
+fn waiting_for(machine: &ObservedMachine, policy: &Policy) -> String {
+    let limit = policy
+        .timeouts
+        .for_status(machine.status)
+        .map(|minutes| format!(" (limit {minutes} minutes)"))
+        .unwrap_or_default();
+    let heard = if machine.heard_from {
+        ""
+    } else {
+        "; never heard from yet: it must netboot"
+    };
+    format!(
+        "{}: waits for the machine to report{limit}{heard}",
+        machine.status.label()
+    )
+}
+
+fn plan_discovered(machine: &ObservedMachine, policy: &Policy) -> MachinePlan {
+    let mut planned = empty_plan(machine.name.as_str(), false, Some(machine));
+    planned.adopt_toml = Some(adopt_machine_toml(machine));
+    if machine.status.is_in_progress() {
+        planned.waiting = Some(waiting_for(machine, policy));
+    } else if policy.enlisted == EnlistedPolicy::Commission && machine.status == Status::New {
+        let step = act_step(
+            Action::Commission,
+            ActionOptions::default(),
+            StepClass::Safe,
+            "enlisted on its own; [policy] enlisted = \"commission\"".into(),
+        );
+        match apply_step(Some(machine), &step, PLAN_ACTOR) {
+            Ok(after) => planned.steps.push(Step {
+                expect: after.status,
+                ..step
+            }),
+            Err(refusal) => planned.blocked.push(refusal.to_string()),
+        }
+    }
+    finish(planned)
+}
+
+/// Sets the machine's change glyph from what was planned.
+fn finish(mut planned: MachinePlan) -> MachinePlan {
+    let is_add = |step: &Step| matches!(step.operation, Operation::Add { .. });
+    let redeploy = planned.steps.iter().any(|step| {
+        step.class == StepClass::Destructive
+            && matches!(
+                step.operation,
+                Operation::Act {
+                    action: Action::Deploy,
+                    ..
+                }
+            )
+    });
+    let destructive = planned
+        .steps
+        .iter()
+        .any(|step| step.class == StepClass::Destructive);
+    planned.change = if !planned.declared && planned.steps.is_empty() {
+        Change::Discovered
+    } else if planned.steps.iter().any(is_add) {
+        Change::Create
+    } else if planned.waiting.is_some() {
+        Change::Waiting
+    } else if redeploy {
+        Change::Replace
+    } else if destructive {
+        Change::Destroy
+    } else if !planned.steps.is_empty() {
+        Change::Update
+    } else if !planned.blocked.is_empty() {
+        Change::Blocked
+    } else {
+        Change::None
+    };
+    planned
+}
+
+const VERB_ORDER: [&str; 2] = ["add", "configure"];
+
+fn verb_rank(verb: &str) -> usize {
+    VERB_ORDER
+        .iter()
+        .position(|known| *known == verb)
+        .or_else(|| {
+            Action::ALL
+                .iter()
+                .position(|action| action.cli_name() == verb)
+                .map(|at| at + VERB_ORDER.len())
+        })
+        .unwrap_or(usize::MAX)
+}
+
+fn summarize(machines: &[MachinePlan]) -> Summary {
+    let mut counts: Vec<SummaryCount> = Vec::new();
+    for step in machines.iter().flat_map(|machine| &machine.steps) {
+        let destructive = step.class == StepClass::Destructive;
+        match counts
+            .iter_mut()
+            .find(|count| count.verb == step.verb() && count.destructive == destructive)
+        {
+            Some(count) => count.count += 1,
+            None => counts.push(SummaryCount {
+                verb: step.verb().to_string(),
+                destructive,
+                count: 1,
+            }),
+        }
+    }
+    counts.sort_by_key(|count| (verb_rank(&count.verb), count.destructive));
+    Summary {
+        destructive_steps: counts
+            .iter()
+            .filter(|count| count.destructive)
+            .map(|count| count.count)
+            .sum(),
+        steps: counts,
+        machines_changing: machines.iter().filter(|m| !m.steps.is_empty()).count(),
+        blocked: machines.iter().filter(|m| !m.blocked.is_empty()).count(),
+        waiting: machines.iter().filter(|m| m.waiting.is_some()).count(),
+        discovered: machines.iter().filter(|m| !m.declared).count(),
+    }
+}

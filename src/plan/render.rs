@@ -1,0 +1,201 @@
+//! Rendering a plan for people (stable, diffable: the same plan gives the same bytes) and as
+//! JSON (the documented `--json` shape: the [`Plan`] struct itself).
+
+use super::{Change, MachinePlan, Plan, Step, StepClass};
+use std::fmt::Write;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RenderOptions {
+    /// ANSI colours (only on a terminal; the caller decides).
+    pub colour: bool,
+    /// Also list the machines that need nothing.
+    pub show_unchanged: bool,
+}
+
+const RED: &str = "\x1b[31m";
+const GREEN: &str = "\x1b[32m";
+const YELLOW: &str = "\x1b[33m";
+const CYAN: &str = "\x1b[36m";
+const BOLD: &str = "\x1b[1m";
+const RESET: &str = "\x1b[0m";
+
+fn paint(text: &str, colour: &str, options: RenderOptions) -> String {
+    if options.colour {
+        format!("{colour}{text}{RESET}")
+    } else {
+        text.to_string()
+    }
+}
+
+fn change_colour(change: Change) -> &'static str {
+    match change {
+        Change::Create => GREEN,
+        Change::Update | Change::Waiting => YELLOW,
+        Change::Destroy | Change::Replace | Change::Blocked => RED,
+        Change::Discovered | Change::None => CYAN,
+    }
+}
+
+/// The plan as a person reads it; ends with the summary line.
+pub fn render_human(plan: &Plan, options: RenderOptions) -> String {
+    let mut text = String::new();
+    let unchanged = plan
+        .machines
+        .iter()
+        .filter(|machine| machine.change == Change::None)
+        .count();
+    for machine in &plan.machines {
+        if machine.change == Change::None && !options.show_unchanged {
+            continue;
+        }
+        render_machine(machine, options, &mut text);
+    }
+    if unchanged > 0 && !options.show_unchanged {
+        let noun = if unchanged == 1 {
+            "machine needs"
+        } else {
+            "machines need"
+        };
+        let _ = writeln!(text, "{unchanged} {noun} no change.");
+    }
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    let summary = summary_line(plan);
+    text.push_str(&paint(&summary, BOLD, options));
+    text.push('\n');
+    text
+}
+
+fn render_machine(machine: &MachinePlan, options: RenderOptions, text: &mut String) {
+    let glyph = paint(
+        &format!("{:>3}", machine.change.glyph()),
+        change_colour(machine.change),
+        options,
+    );
+    let observed = machine
+        .observed
+        .as_ref()
+        .map(|state| state.status.as_str())
+        .unwrap_or("absent");
+    let heading = match machine.desired {
+        Some(desired) => format!("{observed} → {desired}"),
+        None => format!("{observed}, not declared"),
+    };
+    let _ = writeln!(
+        text,
+        "{glyph} {}  ({heading})",
+        paint(&machine.name, BOLD, options)
+    );
+    for (index, step) in machine.steps.iter().enumerate() {
+        render_step(index + 1, step, options, text);
+        if matches!(step.operation, super::Operation::Configure { .. }) {
+            render_attributes(machine, options, text);
+        }
+    }
+    if let Some(waiting) = &machine.waiting {
+        let _ = writeln!(text, "      waiting: {waiting}");
+    }
+    for reason in &machine.blocked {
+        let _ = writeln!(text, "      {}: {reason}", paint("held", RED, options));
+    }
+    if let Some(toml) = &machine.adopt_toml {
+        let _ = writeln!(text, "      discovered: to adopt it, declare");
+        for line in toml.lines() {
+            let _ = writeln!(text, "        {line}");
+        }
+    }
+}
+
+fn render_step(number: usize, step: &Step, options: RenderOptions, text: &mut String) {
+    let class = match step.class {
+        StepClass::Safe => String::new(),
+        StepClass::Disruptive => format!(" {}", paint("[disruptive]", YELLOW, options)),
+        StepClass::Destructive => format!(" {}", paint("[destructive]", RED, options)),
+    };
+    let _ = writeln!(
+        text,
+        "      {number}. {:<12} → {:<12} {}{class}",
+        step.verb(),
+        step.expect.as_str(),
+        step.reason
+    );
+}
+
+/// The attribute changes as a unified diff of `field = value` lines.
+fn render_attributes(machine: &MachinePlan, options: RenderOptions, text: &mut String) {
+    let line = |field: &str, value: &Option<String>| match value {
+        Some(value) => format!("{field} = {value}\n"),
+        None => String::new(),
+    };
+    let before: String = machine
+        .attributes
+        .iter()
+        .map(|change| line(&change.field, &change.from))
+        .collect();
+    let after: String = machine
+        .attributes
+        .iter()
+        .map(|change| line(&change.field, &change.to))
+        .collect();
+    let diff = similar::TextDiff::from_lines(&before, &after);
+    let unified = diff
+        .unified_diff()
+        .context_radius(1)
+        .header("store", "fleet files")
+        .to_string();
+    for line in unified.lines() {
+        let coloured = if line.starts_with('+') && !line.starts_with("+++") {
+            paint(line, GREEN, options)
+        } else if line.starts_with('-') && !line.starts_with("---") {
+            paint(line, RED, options)
+        } else {
+            line.to_string()
+        };
+        let _ = writeln!(text, "         {coloured}");
+    }
+}
+
+/// "Plan: 3 to commission, 2 to deploy, 1 to release (destructive)." and the machines that
+/// wait, are held or were discovered.
+pub fn summary_line(plan: &Plan) -> String {
+    let summary = &plan.summary;
+    let mut line = if summary.steps.is_empty() {
+        "No changes.".to_string()
+    } else {
+        let parts: Vec<String> = summary
+            .steps
+            .iter()
+            .map(|count| {
+                let destructive = if count.destructive {
+                    " (destructive)"
+                } else {
+                    ""
+                };
+                format!("{} to {}{destructive}", count.count, count.verb)
+            })
+            .collect();
+        format!("Plan: {}.", parts.join(", "))
+    };
+    let mut notes = Vec::new();
+    if summary.blocked > 0 {
+        notes.push(format!("{} held back", summary.blocked));
+    }
+    if summary.waiting > 0 {
+        notes.push(format!("{} waiting", summary.waiting));
+    }
+    if summary.discovered > 0 {
+        notes.push(format!("{} discovered", summary.discovered));
+    }
+    if !notes.is_empty() {
+        let _ = write!(line, " {}.", notes.join(", "));
+    }
+    line
+}
+
+/// The plan as pretty JSON (the `--json` and `--out` shape), newline-terminated.
+pub fn render_json(plan: &Plan) -> String {
+    let mut text = serde_json::to_string_pretty(plan).unwrap_or_else(|_| "{}".into());
+    text.push('\n');
+    text
+}
