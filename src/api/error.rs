@@ -20,7 +20,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), fields: serde_json::Map::new() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            fields: serde_json::Map::new(),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -55,7 +60,9 @@ impl From<StoreError> for ApiError {
             StoreError::DuplicateName(_) | StoreError::DuplicateMac { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", error.to_string())
             }
-            StoreError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "busy", error.to_string()),
+            StoreError::Conflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "busy", error.to_string())
+            }
             _ => {
                 tracing::error!("store error: {error}");
                 ApiError::new(
@@ -83,7 +90,12 @@ impl From<ActionError> for ApiError {
             .with("status", refusal.status)
             .with("action", refusal.action)
             .with("reason", refusal.reason),
-            ActionError::PowerFailed { machine, command, error, record } => {
+            ActionError::PowerFailed {
+                machine,
+                command,
+                error,
+                record,
+            } => {
                 let status = (*record).as_ref().map(|record| record.lifecycle.status);
                 ApiError::new(
                     StatusCode::BAD_GATEWAY,

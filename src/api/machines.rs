@@ -1,8 +1,8 @@
 //! Operator endpoints for machines and their history.
 
 use super::views::{
-    ActionBody, ActionView, AddMachine, AddedView, EventView, MachineDetail, MachineRow, MachineView,
-    ScriptResultView,
+    ActionBody, ActionView, AddMachine, AddedView, EventView, MachineDetail, MachineRow,
+    MachineView, ScriptResultView,
 };
 use super::{actor_of, ApiError, ApiState};
 use crate::controller::actions::{perform, ActionError};
@@ -22,18 +22,26 @@ pub async fn list(State(state): State<ApiState>) -> Result<Json<Vec<MachineRow>>
     Ok(Json(rows.into_iter().map(MachineRow::from).collect()))
 }
 
-pub async fn show(State(state): State<ApiState>, Path(name): Path<String>) -> Result<Json<MachineDetail>, ApiError> {
-    let record = state
-        .store
-        .machine(&name)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no machine named `{name}`")).with("machine", &name))?;
+pub async fn show(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<MachineDetail>, ApiError> {
+    let record = state.store.machine(&name).await?.ok_or_else(|| {
+        ApiError::not_found(format!("no machine named `{name}`")).with("machine", &name)
+    })?;
     let script_results = state.store.script_results(record.id).await?;
-    let filter = EventFilter { machine: Some(name), after_id: None, limit: Some(RECENT_EVENTS) };
+    let filter = EventFilter {
+        machine: Some(name),
+        after_id: None,
+        limit: Some(RECENT_EVENTS),
+    };
     let events = state.store.events(&filter).await?;
     Ok(Json(MachineDetail {
         machine: MachineView::from(&record),
-        script_results: script_results.into_iter().map(ScriptResultView::from).collect(),
+        script_results: script_results
+            .into_iter()
+            .map(ScriptResultView::from)
+            .collect(),
         recent_events: events.into_iter().map(EventView::from).collect(),
     }))
 }
@@ -49,14 +57,22 @@ pub async fn events(
     State(state): State<ApiState>,
     Query(query): Query<EventQuery>,
 ) -> Result<Json<Vec<EventView>>, ApiError> {
-    let filter = EventFilter { machine: query.machine, after_id: query.after, limit: query.limit };
+    let filter = EventFilter {
+        machine: query.machine,
+        after_id: query.after,
+        limit: query.limit,
+    };
     let events = state.store.events(&filter).await?;
     Ok(Json(events.into_iter().map(EventView::from).collect()))
 }
 
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(value)| value)
-        .map_err(|rejection| ApiError::bad_request(format!("the request body is not valid: {}", rejection.body_text())))
+    body.map(|Json(value)| value).map_err(|rejection| {
+        ApiError::bad_request(format!(
+            "the request body is not valid: {}",
+            rejection.body_text()
+        ))
+    })
 }
 
 pub async fn action(
@@ -67,14 +83,22 @@ pub async fn action(
 ) -> Result<Json<ActionView>, ApiError> {
     let action = Action::parse(&action_name).ok_or_else(|| {
         let known: Vec<&str> = Action::ALL.iter().map(|action| action.as_str()).collect();
-        ApiError::bad_request(format!("unknown action `{action_name}`; actions: {}", known.join(", ")))
+        ApiError::bad_request(format!(
+            "unknown action `{action_name}`; actions: {}",
+            known.join(", ")
+        ))
     })?;
     // An empty body is the same as `{}`.
     let body = match body {
         Err(JsonRejection::MissingJsonContentType(_)) => ActionBody::default(),
         other => json_body(other)?,
     };
-    let request = ActionRequest { action, actor: actor_of(&headers), comment: body.comment, options: body.options };
+    let request = ActionRequest {
+        action,
+        actor: actor_of(&headers),
+        comment: body.comment,
+        options: body.options,
+    };
     let done = perform(&state.store, &state.drivers, &name, &request).await?;
     Ok(Json(ActionView::from(done)))
 }
@@ -99,14 +123,27 @@ pub async fn add(
     } else {
         (None, None)
     };
-    let record = state.store.machine(record.name.as_str()).await?.unwrap_or(record);
-    Ok((StatusCode::CREATED, Json(AddedView { machine: MachineView::from(&record), commission, commission_refused })))
+    let record = state
+        .store
+        .machine(record.name.as_str())
+        .await?
+        .unwrap_or(record);
+    Ok((
+        StatusCode::CREATED,
+        Json(AddedView {
+            machine: MachineView::from(&record),
+            commission,
+            commission_refused,
+        }),
+    ))
 }
 
 /// Checks an add request and turns it into a store record; every problem at once.
 fn new_machine(body: &AddMachine, state: &ApiState) -> Result<NewMachine, ApiError> {
     let mut problems = Vec::new();
-    let name = MachineName::parse(&body.name).map_err(|error| problems.push(error.to_string())).ok();
+    let name = MachineName::parse(&body.name)
+        .map_err(|error| problems.push(error.to_string()))
+        .ok();
     let mut macs = Vec::new();
     for text in &body.macs {
         match MacAddr::parse(text) {
@@ -122,7 +159,11 @@ fn new_machine(body: &AddMachine, state: &ApiState) -> Result<NewMachine, ApiErr
     match name {
         Some(name) if problems.is_empty() => Ok(NewMachine {
             name,
-            status: if body.deployed { Status::Deployed } else { Status::New },
+            status: if body.deployed {
+                Status::Deployed
+            } else {
+                Status::New
+            },
             macs,
             arch: body.arch.clone(),
             power_type,
@@ -130,7 +171,9 @@ fn new_machine(body: &AddMachine, state: &ApiState) -> Result<NewMachine, ApiErr
             bmc_address: body.bmc_address.clone(),
             image: body.image.clone(),
             tags: body.tags.clone(),
-            deployed_os: body.deployed.then(|| body.deployed_os.clone().unwrap_or_else(|| "unknown".into())),
+            deployed_os: body
+                .deployed
+                .then(|| body.deployed_os.clone().unwrap_or_else(|| "unknown".into())),
         }),
         _ => Err(ApiError::bad_request(problems.join("; ")).with("problems", problems)),
     }
@@ -151,10 +194,17 @@ fn power_of(
         problems.push("power must be an object such as {\"type\": \"manual\"}".into());
         return ("unconfigured".to_string(), serde_json::json!({}));
     };
-    let power_type = object.get("type").and_then(|value| value.as_str()).unwrap_or("").to_string();
+    let power_type = object
+        .get("type")
+        .and_then(|value| value.as_str())
+        .unwrap_or("")
+        .to_string();
     let known = state.drivers.power_types();
     if !known.contains(&power_type.as_str()) {
-        problems.push(format!("unknown power type `{power_type}`; this controller has: {}", known.join(", ")));
+        problems.push(format!(
+            "unknown power type `{power_type}`; this controller has: {}",
+            known.join(", ")
+        ));
     }
     let mut params = object.clone();
     params.remove("type");
@@ -170,7 +220,11 @@ fn power_of(
 }
 
 fn is_secret_reference(value: &serde_json::Value) -> bool {
-    let Some(object) = value.as_object() else { return false };
+    let Some(object) = value.as_object() else {
+        return false;
+    };
     object.len() == 1
-        && object.iter().all(|(key, value)| (key == "env" || key == "file") && value.is_string())
+        && object
+            .iter()
+            .all(|(key, value)| (key == "env" || key == "file") && value.is_string())
 }

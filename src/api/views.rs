@@ -112,7 +112,11 @@ impl From<&MachineRecord> for MachineView {
             bmc_address: record.bmc_address.clone(),
             image: record.image.clone(),
             tags: record.tags.clone(),
-            macs: record.interfaces.iter().map(|interface| interface.mac).collect(),
+            macs: record
+                .interfaces
+                .iter()
+                .map(|interface| interface.mac)
+                .collect(),
             hardware: HardwareView {
                 cpus: record.hardware.cpus,
                 cpu_model: record.hardware.cpu_model.clone(),

@@ -37,7 +37,10 @@ struct ChildRun {
 
 fn run_child(args: &[&str], state_dir: Option<&Path>) -> anyhow::Result<ChildRun> {
     let mut command = Command::new(std::env::current_exe()?);
-    command.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    command
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     if let Some(state_dir) = state_dir {
         command.arg("--state-dir").arg(state_dir);
     }
@@ -47,7 +50,11 @@ fn run_child(args: &[&str], state_dir: Option<&Path>) -> anyhow::Result<ChildRun
     if !output.status.success() {
         eprintln!("{}", String::from_utf8_lossy(&output.stderr));
     }
-    Ok(ChildRun { elapsed, peak_rss_mib: children_peak_rss_mib(), success: output.status.success() })
+    Ok(ChildRun {
+        elapsed,
+        peak_rss_mib: children_peak_rss_mib(),
+        success: output.status.success(),
+    })
 }
 
 /// The largest peak RSS among waited-for children (getrusage RUSAGE_CHILDREN, in KiB on Linux).
@@ -71,7 +78,14 @@ fn bench_validate(machines: usize) -> anyhow::Result<ExitCode> {
     for _ in 0..3 {
         runs.push(run_child(&["validate", "-f", &path_text], None)?);
     }
-    report("validate", machines, &format!("{size_mib:.1} MiB of TOML"), &runs, 1.0, 500.0)
+    report(
+        "validate",
+        machines,
+        &format!("{size_mib:.1} MiB of TOML"),
+        &runs,
+        1.0,
+        500.0,
+    )
 }
 
 async fn bench_machines(machines: usize) -> anyhow::Result<ExitCode> {
@@ -99,7 +113,14 @@ async fn bench_machines(machines: usize) -> anyhow::Result<ExitCode> {
     }
     let _ = controller.kill();
     let _ = controller.wait();
-    report("machines --json", machines, "through the API on SQLite", &runs, 1.0, f64::INFINITY)
+    report(
+        "machines --json",
+        machines,
+        "through the API on SQLite",
+        &runs,
+        1.0,
+        f64::INFINITY,
+    )
 }
 
 fn synthetic_machine(index: usize) -> fleet::store::NewMachine {
@@ -141,5 +162,9 @@ fn report(
         if target_mib.is_finite() { format!(" and < {target_mib} MiB") } else { String::new() },
         if meets { "met" } else if all_ok { "NOT met" } else { "the command failed" }
     );
-    Ok(if meets { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if meets {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

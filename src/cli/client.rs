@@ -20,7 +20,6 @@ pub struct Client {
 /// An error the controller answered with.
 #[derive(Debug)]
 pub struct ApiFailure {
-    pub status: StatusCode,
     pub code: String,
     pub message: String,
 }
@@ -40,15 +39,26 @@ impl Client {
             .clone()
             .or_else(|| read_first_line(&connection.state_dir.join(API_URL_FILE)))
             .unwrap_or_else(|| DEFAULT_SERVER.to_string());
-        let token = connection.token.clone().or_else(|| read_token_file(&connection.state_dir));
+        let token = connection
+            .token
+            .clone()
+            .or_else(|| read_token_file(&connection.state_dir));
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(120))
             .build()
             .context("cannot build the HTTP client")?;
-        Ok(Client { http, server: server.trim_end_matches('/').to_string(), token, actor: actor_name() })
+        Ok(Client {
+            http,
+            server: server.trim_end_matches('/').to_string(),
+            token,
+            actor: actor_name(),
+        })
     }
 
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<Result<T, ApiFailure>> {
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<Result<T, ApiFailure>> {
         self.call(Method::GET, path, None::<&()>).await
     }
 
@@ -69,7 +79,10 @@ impl Client {
         body: Option<&B>,
     ) -> anyhow::Result<Result<T, ApiFailure>> {
         let url = format!("{}/api/v1{path}", self.server);
-        let mut request = self.http.request(method, &url).header("x-fleet-actor", &self.actor);
+        let mut request = self
+            .http
+            .request(method, &url)
+            .header("x-fleet-actor", &self.actor);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -84,10 +97,14 @@ impl Client {
             )
         })?;
         let status = response.status();
-        let text = response.text().await.with_context(|| format!("reading the answer of {url}"))?;
+        let text = response
+            .text()
+            .await
+            .with_context(|| format!("reading the answer of {url}"))?;
         if status.is_success() {
-            let value = serde_json::from_str(&text)
-                .with_context(|| format!("the controller's answer to {path} is not what this fleet expects"))?;
+            let value = serde_json::from_str(&text).with_context(|| {
+                format!("the controller's answer to {path} is not what this fleet expects")
+            })?;
             return Ok(Ok(value));
         }
         Ok(Err(failure_of(status, &text)))
@@ -97,11 +114,16 @@ impl Client {
 fn failure_of(status: StatusCode, text: &str) -> ApiFailure {
     let parsed: Option<serde_json::Value> = serde_json::from_str(text).ok();
     let error = parsed.as_ref().and_then(|value| value.get("error"));
-    let field = |key: &str| error.and_then(|error| error.get(key)).and_then(|v| v.as_str()).map(str::to_string);
+    let field = |key: &str| {
+        error
+            .and_then(|error| error.get(key))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
     ApiFailure {
-        status,
         code: field("code").unwrap_or_else(|| status.as_u16().to_string()),
-        message: field("message").unwrap_or_else(|| format!("the controller answered {status}: {text}")),
+        message: field("message")
+            .unwrap_or_else(|| format!("the controller answered {status}: {text}")),
     }
 }
 
@@ -115,13 +137,18 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 
 fn read_first_line(path: &std::path::Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
-    text.lines().next().map(|line| line.trim().to_string()).filter(|line| !line.is_empty())
+    text.lines()
+        .next()
+        .map(|line| line.trim().to_string())
+        .filter(|line| !line.is_empty())
 }
 
 /// Who is acting, for the history: `$USER@host`.
 fn actor_name() -> String {
     let user = std::env::var("USER").unwrap_or_else(|_| "operator".into());
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
     if host.is_empty() {
         user
     } else {

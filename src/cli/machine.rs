@@ -6,7 +6,9 @@ use super::Connection;
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use comfy_table::Cell;
-use fleet::api::views::{ActionBody, ActionView, AddMachine, AddedView, EventView, MachineDetail, MachineRow};
+use fleet::api::views::{
+    ActionBody, ActionView, AddMachine, AddedView, EventView, MachineDetail, MachineRow,
+};
 use fleet::model::{Action, ActionOptions, EraseMode, PowerOffMode};
 use std::process::ExitCode;
 
@@ -136,7 +138,9 @@ pub async fn machines(connection: &Connection, json: bool) -> anyhow::Result<Exi
         print_json(&rows)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table = new_table(&["NAME", "STATUS", "POWER", "LOCKED", "ARCH", "CPUS", "MEMORY", "STORAGE", "OWNER"]);
+    let mut table = new_table(&[
+        "NAME", "STATUS", "POWER", "LOCKED", "ARCH", "CPUS", "MEMORY", "STORAGE", "OWNER",
+    ]);
     for row in &rows {
         table.add_row(vec![
             Cell::new(&row.name),
@@ -150,8 +154,12 @@ pub async fn machines(connection: &Connection, json: bool) -> anyhow::Result<Exi
             Cell::new(or_dash(row.owner.as_ref())),
         ]);
     }
-    println!("{table}");
-    println!("{} machine{}", rows.len(), if rows.len() == 1 { "" } else { "s" });
+    println!("{}", table.trim_fmt());
+    println!(
+        "{} machine{}",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" }
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -226,7 +234,11 @@ async fn act(client: &Client, action: Action, args: &ActionArgs) -> anyhow::Resu
     if args.json {
         print_json(&results)?;
     }
-    Ok(if any_failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if any_failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn refused_word(code: &str) -> &'static str {
@@ -272,25 +284,74 @@ fn render_detail(detail: &MachineDetail) -> String {
     let mut out = String::new();
     let mut line = |key: &str, value: String| out.push_str(&format!("{key:<16}{value}\n"));
     line("name", machine.name.clone());
-    let reason = machine.status_reason.as_ref().map(|r| format!(" — {r}")).unwrap_or_default();
-    line("status", format!("{} ({}) since {}{reason}", machine.status, machine.status_label, machine.status_since));
-    line("power", format!("{} (type {})", machine.power, machine.power_type));
-    line("locked", if machine.locked { "yes".into() } else { "no".into() });
+    let reason = machine
+        .status_reason
+        .as_ref()
+        .map(|r| format!(" — {r}"))
+        .unwrap_or_default();
+    line(
+        "status",
+        format!(
+            "{} ({}) since {}{reason}",
+            machine.status, machine.status_label, machine.status_since
+        ),
+    );
+    line(
+        "power",
+        format!("{} (type {})", machine.power, machine.power_type),
+    );
+    line(
+        "locked",
+        if machine.locked {
+            "yes".into()
+        } else {
+            "no".into()
+        },
+    );
     line("owner", or_dash(machine.owner.as_ref()));
     line("arch", or_dash(machine.arch.as_ref()));
-    line("commissioned", if machine.commissioned { "yes".into() } else { "never".into() });
+    line(
+        "commissioned",
+        if machine.commissioned {
+            "yes".into()
+        } else {
+            "never".into()
+        },
+    );
     line("deployed os", or_dash(machine.deployed_os.as_ref()));
     line("image", or_dash(machine.image.as_ref()));
-    line("tags", if machine.tags.is_empty() { "-".into() } else { machine.tags.join(", ") });
+    line(
+        "tags",
+        if machine.tags.is_empty() {
+            "-".into()
+        } else {
+            machine.tags.join(", ")
+        },
+    );
     let macs: Vec<String> = machine.macs.iter().map(|mac| mac.to_string()).collect();
-    line("macs", if macs.is_empty() { "-".into() } else { macs.join(", ") });
+    line(
+        "macs",
+        if macs.is_empty() {
+            "-".into()
+        } else {
+            macs.join(", ")
+        },
+    );
     let hardware = &machine.hardware;
     line("cpus", or_dash(hardware.cpus));
-    line("memory", or_dash(hardware.memory_mib.map(|mib| bytes(mib * 1024 * 1024))));
+    line(
+        "memory",
+        or_dash(hardware.memory_mib.map(|mib| bytes(mib * 1024 * 1024))),
+    );
     line("storage", or_dash(hardware.storage_bytes.map(bytes)));
     line("power params", machine.power_params.to_string());
     for disk in &machine.disks {
-        out.push_str(&format!("disk            {} {} {}\n", disk.name, bytes(disk.size_bytes), or_dash(disk.model.as_ref())));
+        out.push_str(&format!(
+            "disk            {} {} {}\n",
+            disk.name,
+            bytes(disk.size_bytes),
+            or_dash(disk.model.as_ref())
+        ));
     }
     for result in &detail.script_results {
         out.push_str(&format!(

@@ -10,11 +10,16 @@ pub fn colour_enabled() -> bool {
 
 pub fn new_table(header: &[&str]) -> Table {
     let mut table = Table::new();
-    table.load_preset(presets::NOTHING).set_content_arrangement(ContentArrangement::Disabled);
+    table
+        .load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled);
     if !colour_enabled() {
         table.force_no_tty();
     }
     table.set_header(header.iter().map(|title| Cell::new(title)));
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
     table
 }
 
@@ -49,7 +54,9 @@ pub fn bytes(size: i64) -> String {
 }
 
 pub fn or_dash<T: ToString>(value: Option<T>) -> String {
-    value.map(|value| value.to_string()).unwrap_or_else(|| "-".into())
+    value
+        .map(|value| value.to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {

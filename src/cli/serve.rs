@@ -27,10 +27,14 @@ pub async fn serve(args: ServeArgs, connection: &Connection) -> anyhow::Result<E
         database: None,
         state_dir: connection.state_dir.clone(),
         boot_interfaces: Vec::new(),
+        fleet: None,
     };
     if !args.files.is_empty() {
         match fleet::config::load(&args.files) {
-            Ok(fleet) => super::validate::apply_controller_settings(&fleet, &mut options, connection)?,
+            Ok(fleet) => {
+                super::validate::apply_controller_settings(&fleet, &mut options, connection)?;
+                options.fleet = Some(fleet);
+            }
             Err(diagnostics) => {
                 eprint!("{}", diagnostics.render(super::output::colour_enabled()));
                 return Ok(ExitCode::FAILURE);
@@ -43,7 +47,9 @@ pub async fn serve(args: ServeArgs, connection: &Connection) -> anyhow::Result<E
     if args.database.is_some() {
         options.database = args.database;
     }
-    run_controller(options, shutdown_signal()).await.context("the controller stopped")?;
+    run_controller(options, shutdown_signal())
+        .await
+        .context("the controller stopped")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -52,13 +58,14 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = interrupt.await;
-                return;
-            }
-        };
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

@@ -35,7 +35,10 @@ pub fn validate(args: &ValidateArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn summary(fleet: &Fleet, files: &[PathBuf]) -> String {
-    let names: Vec<String> = files.iter().map(|file| file.display().to_string()).collect();
+    let names: Vec<String> = files
+        .iter()
+        .map(|file| file.display().to_string())
+        .collect();
     format!(
         "{}: valid — {} machines, {} subnets, {} images, {} profiles ({} files)",
         names.join(", "),
@@ -48,7 +51,10 @@ fn summary(fleet: &Fleet, files: &[PathBuf]) -> String {
 }
 
 pub fn schema() -> anyhow::Result<ExitCode> {
-    println!("{}", serde_json::to_string_pretty(&fleet::config::json_schema())?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&fleet::config::json_schema())?
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,7 +5,9 @@
 //! between the two leaves a machine in a status it could reach, with the power command still to
 //! do; the reconcile loop (plan/apply) notices that.
 
-use crate::model::{decide, settle, Action, ActionRequest, FollowUp, PowerCommand, Refusal, Settlement, Status};
+use crate::model::{
+    decide, settle, Action, ActionRequest, FollowUp, PowerCommand, Refusal, Settlement, Status,
+};
 use crate::power::{PowerDrivers, PowerError, PowerTarget};
 use crate::store::{Commit, MachineRecord, Store, StoreError};
 use serde::Serialize;
@@ -20,7 +22,12 @@ pub enum ActionError {
     #[error("machine `{machine}`: {refusal}")]
     Refused { machine: String, refusal: Refusal },
     #[error("machine `{machine}`: power {command} failed: {error}")]
-    PowerFailed { machine: String, command: String, error: PowerError, record: Box<Option<MachineRecord>> },
+    PowerFailed {
+        machine: String,
+        command: String,
+        error: PowerError,
+        record: Box<Option<MachineRecord>>,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -48,12 +55,20 @@ pub async fn perform(
 ) -> Result<ActionDone, ActionError> {
     let mut attempt = 0;
     let (record, outcome) = loop {
-        let record = store.machine(name).await?.ok_or_else(|| ActionError::UnknownMachine(name.to_string()))?;
+        let record = store
+            .machine(name)
+            .await?
+            .ok_or_else(|| ActionError::UnknownMachine(name.to_string()))?;
         let outcome = match decide(&record.lifecycle, request) {
             Ok(outcome) => outcome,
             Err(refusal) => {
-                store.record_refusal(name, request.action, &request.actor, &refusal.reason).await?;
-                return Err(ActionError::Refused { machine: name.to_string(), refusal });
+                store
+                    .record_refusal(name, request.action, &request.actor, &refusal.reason)
+                    .await?;
+                return Err(ActionError::Refused {
+                    machine: name.to_string(),
+                    refusal,
+                });
             }
         };
         let commit = Commit {
@@ -119,19 +134,26 @@ async fn run_power(
     let name = record.name.to_string();
     if record.power_type == "unconfigured" {
         // lifecycle.md: without a power type the machine must already be on and netbooting.
-        done.notes.push(format!("no power type: power {} it yourself", command_name(command)));
+        done.notes.push(format!(
+            "no power type: power {} it yourself",
+            command_name(command)
+        ));
         return Ok(());
     }
     match drivers.execute(&power_target(&record), command).await {
         Ok(report) => {
-            store.set_power(&name, report.state, actor, report.note.as_deref()).await?;
+            store
+                .set_power(&name, report.state, actor, report.note.as_deref())
+                .await?;
             done.notes.extend(report.note);
             done.record = store.machine(&name).await?;
             Ok(())
         }
         Err(error) => {
             let reason = format!("power {} failed: {error}", command_name(command));
-            store.set_power(&name, crate::model::PowerState::Error, actor, Some(&reason)).await?;
+            store
+                .set_power(&name, crate::model::PowerState::Error, actor, Some(&reason))
+                .await?;
             let record = fail_in_progress(store, &name, actor, &reason).await?;
             Err(ActionError::PowerFailed {
                 machine: name,
@@ -150,10 +172,23 @@ async fn fail_in_progress(
     actor: &str,
     reason: &str,
 ) -> Result<Option<MachineRecord>, ActionError> {
-    settle_machine(store, name, actor, &Settlement::Failed { reason: reason.to_string() }).await
+    settle_machine(
+        store,
+        name,
+        actor,
+        &Settlement::Failed {
+            reason: reason.to_string(),
+        },
+    )
+    .await
 }
 
-async fn complete_after_power(store: &Store, name: &str, actor: &str, done: &mut ActionDone) -> Result<(), ActionError> {
+async fn complete_after_power(
+    store: &Store,
+    name: &str,
+    actor: &str,
+    done: &mut ActionDone,
+) -> Result<(), ActionError> {
     let record = settle_machine(store, name, actor, &Settlement::Succeeded).await?;
     if let Some(record) = &record {
         if done.statuses.last() != Some(&record.lifecycle.status) {
@@ -172,7 +207,10 @@ pub async fn settle_machine(
     settlement: &Settlement,
 ) -> Result<Option<MachineRecord>, ActionError> {
     for _ in 0..=CONFLICT_RETRIES {
-        let record = store.machine(name).await?.ok_or_else(|| ActionError::UnknownMachine(name.to_string()))?;
+        let record = store
+            .machine(name)
+            .await?
+            .ok_or_else(|| ActionError::UnknownMachine(name.to_string()))?;
         if !record.lifecycle.status.is_in_progress() {
             return Ok(Some(record));
         }
@@ -180,7 +218,13 @@ pub async fn settle_machine(
             return Ok(Some(record));
         };
         let reason = settlement.reason();
-        let commit = Commit { actor, action: None, reason: reason.as_deref(), outcome: &outcome, image: None };
+        let commit = Commit {
+            actor,
+            action: None,
+            reason: reason.as_deref(),
+            outcome: &outcome,
+            image: None,
+        };
         match store.commit(&record, &commit).await {
             Ok(after) => return Ok(after),
             Err(StoreError::Conflict(_)) => continue,

@@ -167,7 +167,9 @@ impl Action {
         if wire == "rescue" {
             return Some(Action::EnterRescue);
         }
-        Action::ALL.into_iter().find(|action| action.as_str() == wire)
+        Action::ALL
+            .into_iter()
+            .find(|action| action.as_str() == wire)
     }
 
     /// The statuses that accept this action (before the lock rule and extra conditions).
@@ -185,7 +187,13 @@ impl Action {
             Action::Test => {
                 matches!(
                     status,
-                    New | Ready | Reserved | Allocated | Deployed | Broken | RescueMode | Missing
+                    New | Ready
+                        | Reserved
+                        | Allocated
+                        | Deployed
+                        | Broken
+                        | RescueMode
+                        | Missing
                         | Retired
                 ) || status.is_failed()
             }
@@ -236,7 +244,10 @@ impl Action {
             ),
             Action::ExitRescue => matches!(
                 status,
-                RescueMode | EnteringRescueMode | FailedEnteringRescueMode | FailedExitingRescueMode
+                RescueMode
+                    | EnteringRescueMode
+                    | FailedEnteringRescueMode
+                    | FailedExitingRescueMode
             ),
             Action::Lock => matches!(status, Deployed | Deploying),
             Action::Unlock | Action::Delete => true,
@@ -282,7 +293,9 @@ pub enum EraseMode {
 }
 
 /// How to power a machine off.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PowerOffMode {
     Soft,
@@ -317,7 +330,12 @@ pub struct ActionRequest {
 
 impl ActionRequest {
     pub fn new(action: Action, actor: &str) -> Self {
-        ActionRequest { action, actor: actor.to_string(), comment: None, options: ActionOptions::default() }
+        ActionRequest {
+            action,
+            actor: actor.to_string(),
+            comment: None,
+            options: ActionOptions::default(),
+        }
     }
 }
 
@@ -376,13 +394,20 @@ pub struct Refusal {
 /// Decides what `request` does to a machine in state `machine`, or why it is refused.
 pub fn decide(machine: &Lifecycle, request: &ActionRequest) -> Result<Outcome, Refusal> {
     let action = request.action;
-    let refuse = |reason: String| Refusal { action, status: machine.status, reason };
+    let refuse = |reason: String| Refusal {
+        action,
+        status: machine.status,
+        reason,
+    };
     if machine.locked && action != Action::Unlock {
         return Err(refuse("it is locked; unlock it first".into()));
     }
     if !action.accepts_status(machine.status) {
         let accepted: Vec<&str> = action.accepted_in().iter().map(|s| s.as_str()).collect();
-        return Err(refuse(format!("{action} is accepted only in: {}", accepted.join(", "))));
+        return Err(refuse(format!(
+            "{action} is accepted only in: {}",
+            accepted.join(", ")
+        )));
     }
     let mut plan = OutcomeBuilder::new(machine);
     decide_accepted(machine, request, &mut plan).map_err(refuse)?;
@@ -408,7 +433,11 @@ fn decide_accepted(
         Action::MarkBroken => mark_broken(machine, plan),
         Action::MarkFixed => mark_fixed(machine, plan),
         Action::OverrideFailedTesting => {
-            plan.change_to(if machine.deployed_os.is_some() { Deployed } else { Ready });
+            plan.change_to(if machine.deployed_os.is_some() {
+                Deployed
+            } else {
+                Ready
+            });
             Ok(())
         }
         Action::EnterRescue => enter_rescue(machine, plan),
@@ -425,7 +454,11 @@ fn decide_accepted(
 }
 
 fn owner_for(request: &ActionRequest) -> String {
-    request.options.owner.clone().unwrap_or_else(|| request.actor.clone())
+    request
+        .options
+        .owner
+        .clone()
+        .unwrap_or_else(|| request.actor.clone())
 }
 
 /// Power the machine so that it netboots: on if it is not on, else a reboot.
@@ -439,9 +472,11 @@ fn netboot_power(machine: &Lifecycle) -> PowerCommand {
 
 fn commission(machine: &Lifecycle, plan: &mut OutcomeBuilder) -> Result<(), String> {
     if !machine.power_configured && machine.power != PowerState::On {
-        return Err("unconfigured power type: give it a power type (manual if a person \
+        return Err(
+            "unconfigured power type: give it a power type (manual if a person \
                     powers it) or power it on so that it netboots"
-            .into());
+                .into(),
+        );
     }
     plan.remember_previous();
     plan.change_to(Commissioning);
@@ -449,11 +484,17 @@ fn commission(machine: &Lifecycle, plan: &mut OutcomeBuilder) -> Result<(), Stri
     Ok(())
 }
 
-fn test(machine: &Lifecycle, request: &ActionRequest, plan: &mut OutcomeBuilder) -> Result<(), String> {
+fn test(
+    machine: &Lifecycle,
+    request: &ActionRequest,
+    plan: &mut OutcomeBuilder,
+) -> Result<(), String> {
     if machine.status == New && !machine.commissioned {
-        return Err("a new machine can be tested only after it has been commissioned; \
+        return Err(
+            "a new machine can be tested only after it has been commissioned; \
                     commission it first"
-            .into());
+                .into(),
+        );
     }
     if machine.status == Deployed && request.options.destructive_tests {
         return Err("destructive tests are refused on a deployed machine; release it first".into());
@@ -491,7 +532,11 @@ pub fn testing_return_status(machine: &Lifecycle) -> Status {
     }
 }
 
-fn deploy(machine: &Lifecycle, request: &ActionRequest, plan: &mut OutcomeBuilder) -> Result<(), String> {
+fn deploy(
+    machine: &Lifecycle,
+    request: &ActionRequest,
+    plan: &mut OutcomeBuilder,
+) -> Result<(), String> {
     if machine.status == Ready {
         plan.change_to(Allocated);
         plan.after.owner = Some(owner_for(request));
@@ -560,11 +605,16 @@ fn mark_fixed(machine: &Lifecycle, plan: &mut OutcomeBuilder) -> Result<(), Stri
 
 fn enter_rescue(machine: &Lifecycle, plan: &mut OutcomeBuilder) -> Result<(), String> {
     if machine.status == FailedExitingRescueMode {
-        return Err("the whitelist has no failed_exiting_rescue_mode -> entering_rescue_mode; \
+        return Err(
+            "the whitelist has no failed_exiting_rescue_mode -> entering_rescue_mode; \
                     the machine is still in rescue: exit-rescue retries the exit"
-            .into());
+                .into(),
+        );
     }
-    if !matches!(machine.status, FailedEnteringRescueMode | FailedExitingRescueMode) {
+    if !matches!(
+        machine.status,
+        FailedEnteringRescueMode | FailedExitingRescueMode
+    ) {
         plan.remember_previous();
     }
     plan.change_to(EnteringRescueMode);
@@ -613,12 +663,20 @@ fn power_on(machine: &Lifecycle, action: Action, plan: &mut OutcomeBuilder) -> R
     if !machine.power_configured {
         return Err("unconfigured power type: give it a power type first".into());
     }
-    let command = if action == Action::PowerOn { PowerCommand::On } else { PowerCommand::Cycle };
+    let command = if action == Action::PowerOn {
+        PowerCommand::On
+    } else {
+        PowerCommand::Cycle
+    };
     plan.power(command);
     Ok(())
 }
 
-fn power_off(machine: &Lifecycle, request: &ActionRequest, plan: &mut OutcomeBuilder) -> Result<(), String> {
+fn power_off(
+    machine: &Lifecycle,
+    request: &ActionRequest,
+    plan: &mut OutcomeBuilder,
+) -> Result<(), String> {
     if machine.power == PowerState::Off {
         return Err("its power is already off".into());
     }
@@ -652,10 +710,12 @@ impl Settlement {
         match self {
             Settlement::Succeeded | Settlement::StartTesting => None,
             Settlement::Failed { reason } => Some(reason.clone()),
-            Settlement::TimedOut { operation, minutes } => {
-                Some(format!("operation {operation} timed out after {minutes} minutes"))
+            Settlement::TimedOut { operation, minutes } => Some(format!(
+                "operation {operation} timed out after {minutes} minutes"
+            )),
+            Settlement::NotHeardFrom { minutes } => {
+                Some(format!("not heard from for {minutes} minutes"))
             }
-            Settlement::NotHeardFrom { minutes } => Some(format!("not heard from for {minutes} minutes")),
         }
     }
 }
@@ -669,7 +729,10 @@ pub fn settle(machine: &Lifecycle, settlement: &Settlement) -> Result<Outcome, I
         if matches!(settlement, Settlement::Succeeded | Settlement::StartTesting)
             || !(status == New || status.is_failed())
         {
-            return Err(InvalidTransition { from: Some(status), to: status.failed_status().unwrap_or(status) });
+            return Err(InvalidTransition {
+                from: Some(status),
+                to: status.failed_status().unwrap_or(status),
+            });
         }
         return plan.finish();
     };
@@ -742,7 +805,10 @@ impl OutcomeBuilder {
     }
 
     fn change_to(&mut self, to: Status) {
-        self.changes.push(StatusChange { from: self.after.status, to });
+        self.changes.push(StatusChange {
+            from: self.after.status,
+            to,
+        });
         self.after.status = to;
     }
 

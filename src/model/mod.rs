@@ -7,8 +7,8 @@ pub mod names;
 pub mod status;
 
 pub use action::{
-    decide, settle, Action, ActionOptions, ActionRequest, EraseMode, FollowUp, Lifecycle, Outcome, PowerCommand,
-    PowerOffMode, PowerState, Refusal, Settlement, StatusChange,
+    decide, settle, Action, ActionOptions, ActionRequest, EraseMode, FollowUp, Lifecycle, Outcome,
+    PowerCommand, PowerOffMode, PowerState, Refusal, Settlement, StatusChange,
 };
 pub use names::{BadMac, BadName, MacAddr, MachineName};
 pub use status::{InvalidTransition, Status, StatusKind, UnknownStatus};

@@ -142,13 +142,22 @@ mod tests {
     #[test]
     fn mac_forms_are_accepted_and_normalised() {
         for text in ["52:54:00:AB:cd:01", "52-54-00-ab-cd-01", "5254.00ab.cd01"] {
-            assert_eq!(MacAddr::parse(text).unwrap().to_string(), "52:54:00:ab:cd:01");
+            assert_eq!(
+                MacAddr::parse(text).unwrap().to_string(),
+                "52:54:00:ab:cd:01"
+            );
         }
     }
 
     #[test]
     fn bad_macs_are_refused() {
-        for text in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:0g", "525400abcd01", "5:54:00:ab:cd:011"] {
+        for text in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:0g",
+            "525400abcd01",
+            "5:54:00:ab:cd:011",
+        ] {
             assert!(MacAddr::parse(text).is_err(), "{text}");
         }
     }

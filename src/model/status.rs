@@ -9,7 +9,17 @@ use std::str::FromStr;
 
 /// A machine's status. The discriminants are MAAS's numbers.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -189,13 +199,32 @@ impl Status {
     /// The statuses this one may change to (the whitelist).
     pub fn allowed_next(self) -> &'static [Status] {
         match self {
-            New => &[Commissioning, Testing, Missing, Ready, Retired, Broken, EnteringRescueMode],
-            Commissioning => {
-                &[FailedCommissioning, Ready, Retired, Missing, New, Broken, Testing]
-            }
-            FailedCommissioning => {
-                &[Commissioning, Missing, Retired, Broken, EnteringRescueMode, Testing]
-            }
+            New => &[
+                Commissioning,
+                Testing,
+                Missing,
+                Ready,
+                Retired,
+                Broken,
+                EnteringRescueMode,
+            ],
+            Commissioning => &[
+                FailedCommissioning,
+                Ready,
+                Retired,
+                Missing,
+                New,
+                Broken,
+                Testing,
+            ],
+            FailedCommissioning => &[
+                Commissioning,
+                Missing,
+                Retired,
+                Broken,
+                EnteringRescueMode,
+                Testing,
+            ],
             Ready => &[
                 EnteringRescueMode,
                 Commissioning,
@@ -270,7 +299,15 @@ impl Status {
                 EnteringRescueMode,
                 Testing,
             ],
-            Missing => &[New, Ready, Allocated, Commissioning, Broken, EnteringRescueMode, Testing],
+            Missing => &[
+                New,
+                Ready,
+                Allocated,
+                Commissioning,
+                Broken,
+                EnteringRescueMode,
+                Testing,
+            ],
             Retired => &[New, Ready, Missing, Broken, EnteringRescueMode, Testing],
             Broken => &[
                 Commissioning,
@@ -300,9 +337,7 @@ impl Status {
                 FailedEnteringRescueMode,
                 ExitingRescueMode,
             ],
-            FailedEnteringRescueMode => {
-                &[Broken, EnteringRescueMode, ExitingRescueMode, Testing]
-            }
+            FailedEnteringRescueMode => &[Broken, EnteringRescueMode, ExitingRescueMode, Testing],
             RescueMode => &[Broken, ExitingRescueMode, Testing],
             ExitingRescueMode => &[
                 New,
@@ -362,7 +397,10 @@ impl Status {
         if self.can_change_to(to) {
             Ok(())
         } else {
-            Err(InvalidTransition { from: Some(self), to })
+            Err(InvalidTransition {
+                from: Some(self),
+                to,
+            })
         }
     }
 
@@ -371,7 +409,10 @@ impl Status {
         if Self::INITIAL.contains(&status) {
             Ok(())
         } else {
-            Err(InvalidTransition { from: None, to: status })
+            Err(InvalidTransition {
+                from: None,
+                to: status,
+            })
         }
     }
 }

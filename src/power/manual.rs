@@ -11,7 +11,11 @@ impl PowerDriver for ManualDriver {
         "manual"
     }
 
-    fn execute<'a>(&'a self, target: &'a PowerTarget, command: PowerCommand) -> PowerFuture<'a, PowerReport> {
+    fn execute<'a>(
+        &'a self,
+        target: &'a PowerTarget,
+        command: PowerCommand,
+    ) -> PowerFuture<'a, PowerReport> {
         let instruction = match command {
             PowerCommand::On => "switch it on",
             PowerCommand::Off(PowerOffMode::Soft) => "shut it down",
@@ -19,10 +23,20 @@ impl PowerDriver for ManualDriver {
             PowerCommand::Cycle => "reset it (or switch it off and on)",
         };
         let note = format!("manual power: {instruction} now ({})", target.machine);
-        Box::pin(async move { Ok(PowerReport { state: PowerState::Unknown, note: Some(note) }) })
+        Box::pin(async move {
+            Ok(PowerReport {
+                state: PowerState::Unknown,
+                note: Some(note),
+            })
+        })
     }
 
     fn query<'a>(&'a self, _target: &'a PowerTarget) -> PowerFuture<'a, PowerReport> {
-        Box::pin(async { Ok(PowerReport { state: PowerState::Unknown, note: None }) })
+        Box::pin(async {
+            Ok(PowerReport {
+                state: PowerState::Unknown,
+                note: None,
+            })
+        })
     }
 }

@@ -39,9 +39,17 @@ pub enum PowerError {
     #[error("machine `{machine}`: no power driver for type `{power_type}` in this controller")]
     NoDriver { machine: String, power_type: String },
     #[error("{driver} {target}: {message}")]
-    Driver { driver: String, target: String, message: String },
+    Driver {
+        driver: String,
+        target: String,
+        message: String,
+    },
     #[error("{driver} {target}: no answer within {seconds} s")]
-    Timeout { driver: String, target: String, seconds: u64 },
+    Timeout {
+        driver: String,
+        target: String,
+        seconds: u64,
+    },
 }
 
 pub type PowerFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, PowerError>> + Send + 'a>>;
@@ -51,7 +59,11 @@ pub trait PowerDriver: Send + Sync {
     /// The power type it serves (`manual`, `ipmi` ...).
     fn power_type(&self) -> &'static str;
     /// Carries out a power command.
-    fn execute<'a>(&'a self, target: &'a PowerTarget, command: PowerCommand) -> PowerFuture<'a, PowerReport>;
+    fn execute<'a>(
+        &'a self,
+        target: &'a PowerTarget,
+        command: PowerCommand,
+    ) -> PowerFuture<'a, PowerReport>;
     /// Reads the power state.
     fn query<'a>(&'a self, target: &'a PowerTarget) -> PowerFuture<'a, PowerReport>;
 }
@@ -81,15 +93,24 @@ impl PowerDrivers {
 
     pub fn driver_for(&self, target: &PowerTarget) -> Result<Arc<dyn PowerDriver>, PowerError> {
         if target.power_type == "unconfigured" || target.power_type.is_empty() {
-            return Err(PowerError::Unconfigured { machine: target.machine.clone() });
+            return Err(PowerError::Unconfigured {
+                machine: target.machine.clone(),
+            });
         }
-        self.drivers.get(target.power_type.as_str()).cloned().ok_or_else(|| PowerError::NoDriver {
-            machine: target.machine.clone(),
-            power_type: target.power_type.clone(),
-        })
+        self.drivers
+            .get(target.power_type.as_str())
+            .cloned()
+            .ok_or_else(|| PowerError::NoDriver {
+                machine: target.machine.clone(),
+                power_type: target.power_type.clone(),
+            })
     }
 
-    pub async fn execute(&self, target: &PowerTarget, command: PowerCommand) -> Result<PowerReport, PowerError> {
+    pub async fn execute(
+        &self,
+        target: &PowerTarget,
+        command: PowerCommand,
+    ) -> Result<PowerReport, PowerError> {
         self.driver_for(target)?.execute(target, command).await
     }
 

@@ -26,7 +26,11 @@ fn ready() -> Lifecycle {
 }
 
 /// Each worker owns its machines and walks them round allocate → deploy → abort → release.
-async fn worker(api: crate::support::controller::Api, names: Vec<String>, acknowledged: Arc<Mutex<Vec<(String, String)>>>) {
+async fn worker(
+    api: crate::support::controller::Api,
+    names: Vec<String>,
+    acknowledged: Arc<Mutex<Vec<(String, String)>>>,
+) {
     let cycle = ["allocate", "deploy", "abort", "release"];
     for round in 0.. {
         for name in &names {
@@ -34,7 +38,10 @@ async fn worker(api: crate::support::controller::Api, names: Vec<String>, acknow
             let comment = format!("burst-{name}-{round}");
             let request = api
                 .client
-                .post(format!("{}/api/v1/machines/{name}/actions/{action}", api.url))
+                .post(format!(
+                    "{}/api/v1/machines/{name}/actions/{action}",
+                    api.url
+                ))
                 .bearer_auth(&api.token)
                 .json(&serde_json::json!({ "comment": comment }))
                 .send()
@@ -43,7 +50,10 @@ async fn worker(api: crate::support::controller::Api, names: Vec<String>, acknow
                 Ok(response) if response.status() == 200 => {
                     acknowledged.lock().unwrap().push((name.clone(), comment));
                 }
-                Ok(response) => panic!("{action} {name}: {}", response.text().await.unwrap_or_default()),
+                Ok(response) => panic!(
+                    "{action} {name}: {}",
+                    response.text().await.unwrap_or_default()
+                ),
                 Err(_) => return, // the controller is gone
             }
         }
@@ -57,14 +67,26 @@ fn check_history(name: &str, events: &[Event], final_status: Status) {
             "created" | "forced" => current = event.to_status.or(current),
             "status" => {
                 let (from, to) = (event.from_status.unwrap(), event.to_status.unwrap());
-                assert_eq!(Some(from), current, "{name}: event {} does not follow the one before", event.id);
-                assert!(from.can_change_to(to), "{name}: {from} -> {to} is not whitelisted");
+                assert_eq!(
+                    Some(from),
+                    current,
+                    "{name}: event {} does not follow the one before",
+                    event.id
+                );
+                assert!(
+                    from.can_change_to(to),
+                    "{name}: {from} -> {to} is not whitelisted"
+                );
                 current = Some(to);
             }
             _ => {}
         }
     }
-    assert_eq!(current, Some(final_status), "{name}: the history ends where the machine is");
+    assert_eq!(
+        current,
+        Some(final_status),
+        "{name}: the history ends where the machine is"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -73,10 +95,16 @@ async fn sigkill_during_a_burst_loses_no_committed_event() {
     let mut controller = TestController::start_in(directory.path(), &[]);
     let api = controller.http();
     let store = controller.store().await;
-    let names: Vec<String> = (0..MACHINES).map(|index| format!("crash-{index:02}")).collect();
+    let names: Vec<String> = (0..MACHINES)
+        .map(|index| format!("crash-{index:02}"))
+        .collect();
     for (index, name) in names.iter().enumerate() {
-        api.add_idle_machine(name, &format!("52:54:00:cc:00:{index:02x}")).await;
-        store.write_lifecycle(name, &ready(), "test", "fixture").await.unwrap();
+        api.add_idle_machine(name, &format!("52:54:00:cc:00:{index:02x}"))
+            .await;
+        store
+            .write_lifecycle(name, &ready(), "test", "fixture")
+            .await
+            .unwrap();
     }
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let workers: Vec<_> = names
@@ -89,7 +117,11 @@ async fn sigkill_during_a_burst_loses_no_committed_event() {
         worker.await.unwrap();
     }
     let acknowledged = acknowledged.lock().unwrap().clone();
-    assert!(acknowledged.len() > 50, "the burst was a burst: {} actions", acknowledged.len());
+    assert!(
+        acknowledged.len() > 50,
+        "the burst was a burst: {} actions",
+        acknowledged.len()
+    );
 
     let controller = TestController::start_in(directory.path(), &[]);
     let store = controller.store().await;
@@ -100,7 +132,10 @@ async fn sigkill_during_a_burst_loses_no_committed_event() {
         .filter_map(|event| Some((event.machine.clone()?, event.reason.clone()?)))
         .collect();
     for pair in &acknowledged {
-        assert!(recorded.contains(pair), "acknowledged action {pair:?} lost its event");
+        assert!(
+            recorded.contains(pair),
+            "acknowledged action {pair:?} lost its event"
+        );
     }
     let mut by_machine: BTreeMap<String, Vec<Event>> = BTreeMap::new();
     for event in events {
@@ -109,7 +144,11 @@ async fn sigkill_during_a_burst_loses_no_committed_event() {
         }
     }
     for name in &names {
-        let record = store.machine(name).await.unwrap().expect("the machine is still there");
+        let record = store
+            .machine(name)
+            .await
+            .unwrap()
+            .expect("the machine is still there");
         check_history(name, &by_machine[name], record.lifecycle.status);
     }
     // The restarted controller answers and accepts actions on every machine.

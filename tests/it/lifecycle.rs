@@ -3,7 +3,8 @@
 //! and settlements ever changes status outside the whitelist.
 
 use fleet::model::{
-    decide, settle, Action, ActionOptions, ActionRequest, EraseMode, Lifecycle, PowerState, Settlement, Status,
+    decide, settle, Action, ActionOptions, ActionRequest, EraseMode, Lifecycle, PowerState,
+    Settlement, Status,
 };
 use proptest::prelude::*;
 use std::collections::BTreeSet;
@@ -18,7 +19,12 @@ fn table_rows(heading: &str) -> Vec<Vec<String>> {
         .skip_while(|line| !line.starts_with('|'))
         .take_while(|line| line.starts_with('|'))
         .skip(2) // header and separator
-        .map(|line| line.trim_matches('|').split('|').map(|cell| cell.trim().to_string()).collect())
+        .map(|line| {
+            line.trim_matches('|')
+                .split('|')
+                .map(|cell| cell.trim().to_string())
+                .collect()
+        })
         .collect()
 }
 
@@ -53,7 +59,10 @@ fn the_whitelist_is_lifecycle_md_row_by_row() {
         let mut expected = statuses_in(to);
         if let Some(except) = to.strip_prefix("any status except") {
             let excluded = statuses_in(except);
-            expected = Status::ALL.into_iter().filter(|status| !excluded.contains(status)).collect();
+            expected = Status::ALL
+                .into_iter()
+                .filter(|status| !excluded.contains(status))
+                .collect();
         }
         if from == "(created)" {
             let actual: BTreeSet<Status> = Status::INITIAL.into_iter().collect();
@@ -64,7 +73,11 @@ fn the_whitelist_is_lifecycle_md_row_by_row() {
         let actual: BTreeSet<Status> = from.allowed_next().iter().copied().collect();
         assert_eq!(actual, expected, "whitelist row {from}");
         for to in Status::ALL {
-            assert_eq!(from.check_change_to(to).is_ok(), expected.contains(&to), "{from} -> {to}");
+            assert_eq!(
+                from.check_change_to(to).is_ok(),
+                expected.contains(&to),
+                "{from} -> {to}"
+            );
         }
     }
 }
@@ -87,30 +100,46 @@ fn each_in_progress_status_fails_to_exactly_one_failed_status() {
         (Status::Testing, Status::FailedTesting),
     ];
     for status in Status::ALL {
-        let failed = expected.iter().find(|(from, _)| *from == status).map(|(_, to)| *to);
+        let failed = expected
+            .iter()
+            .find(|(from, _)| *from == status)
+            .map(|(_, to)| *to);
         assert_eq!(status.failed_status(), failed, "{status}");
         assert_eq!(status.is_in_progress(), failed.is_some(), "{status}");
     }
-    assert_eq!(Status::ALL.iter().filter(|status| status.is_failed()).count(), 7);
+    assert_eq!(
+        Status::ALL
+            .iter()
+            .filter(|status| status.is_failed())
+            .count(),
+        7
+    );
 }
 
 #[test]
-fn statuses_have_maas_numbers_names_and_labels() {
+fn statuses_have_maas_numbers_names_labels_and_kinds() {
     let rows = table_rows("## Statuses (23)");
-    // This copy of the tables starts at the whitelist; the status table is checked by its
-    // numbers and names here.
-    assert!(rows.is_empty() || rows.len() == 23);
-    for (number, status) in Status::ALL.into_iter().enumerate() {
+    assert_eq!(rows.len(), 23);
+    for row in rows {
+        let number: usize = row[0].parse().expect("a number");
+        let status = Status::ALL[number];
         assert_eq!(status.number() as usize, number);
+        assert_eq!(status.as_str(), row[1], "name of {number}");
         assert_eq!(status.as_str().parse::<Status>().unwrap(), status);
-        assert!(!status.label().is_empty());
+        assert_eq!(status.label(), row[2], "label of {status}");
+        let kind = match status.kind() {
+            fleet::model::StatusKind::Resting => "resting",
+            fleet::model::StatusKind::InProgress => "in progress",
+            fleet::model::StatusKind::Failed => "failed",
+        };
+        assert_eq!(kind, row[3], "kind of {status}");
     }
-    assert_eq!(Status::FailedReleasing.label(), "Releasing failed");
-    assert_eq!(Status::FailedEnteringRescueMode.label(), "Failed to enter rescue mode");
 }
 
 fn action_named(cell: &str) -> Vec<Action> {
-    cell.split('/').map(|name| Action::parse(name.trim()).expect("an action name")).collect()
+    cell.split('/')
+        .map(|name| Action::parse(name.trim()).expect("an action name"))
+        .collect()
 }
 
 /// The "accepted in" column, read per action.
@@ -122,8 +151,13 @@ fn accepted_in_table() -> Vec<(Action, BTreeSet<Status>)> {
             let statuses = match action {
                 Action::Lock => statuses_in(cell.split(';').next().unwrap()),
                 Action::Unlock | Action::Delete => Status::ALL.into_iter().collect(),
-                Action::PowerOn | Action::PowerCycle => statuses_in(cell.split(';').next().unwrap()),
-                Action::PowerOff => Status::ALL.into_iter().filter(|status| !status.is_in_progress()).collect(),
+                Action::PowerOn | Action::PowerCycle => {
+                    statuses_in(cell.split(';').next().unwrap())
+                }
+                Action::PowerOff => Status::ALL
+                    .into_iter()
+                    .filter(|status| !status.is_in_progress())
+                    .collect(),
                 _ => statuses_in(cell),
             };
             accepted.push((action, statuses));
@@ -163,12 +197,16 @@ fn an_able_machine_is_refused_only_outside_the_accepted_statuses() {
             let mut machine = able_machine(status);
             machine.locked = action == Action::Unlock;
             let result = decide(&machine, &ActionRequest::new(action, "alice"));
-            let documented_exception = action == Action::EnterRescue && status == Status::FailedExitingRescueMode;
+            let documented_exception =
+                action == Action::EnterRescue && status == Status::FailedExitingRescueMode;
             let expected = action.accepts_status(status) && !documented_exception;
             assert_eq!(result.is_ok(), expected, "{action} in {status}: {result:?}");
             if let Err(refusal) = result {
                 let message = refusal.to_string();
-                assert!(message.contains(status.as_str()) && message.contains(action.cli_name()), "{message}");
+                assert!(
+                    message.contains(status.as_str()) && message.contains(action.cli_name()),
+                    "{message}"
+                );
             }
         }
     }
@@ -208,12 +246,22 @@ fn the_extra_conditions_of_the_action_table_hold() {
     let mut locked = able_machine(Status::Deployed);
     locked.locked = true;
     for action in Action::ALL {
-        assert_eq!(decide(&locked, &request(action)).is_ok(), action == Action::Unlock, "{action}");
+        assert_eq!(
+            decide(&locked, &request(action)).is_ok(),
+            action == Action::Unlock,
+            "{action}"
+        );
     }
     // lock twice / unlock an unlocked machine.
-    assert!(decide(&locked, &request(Action::Lock)).unwrap_err().reason.contains("locked"));
+    assert!(decide(&locked, &request(Action::Lock))
+        .unwrap_err()
+        .reason
+        .contains("locked"));
     let unlocked = able_machine(Status::Deployed);
-    assert!(decide(&unlocked, &request(Action::Unlock)).unwrap_err().reason.contains("not locked"));
+    assert!(decide(&unlocked, &request(Action::Unlock))
+        .unwrap_err()
+        .reason
+        .contains("not locked"));
     // test a new machine only once commissioned.
     let mut fresh = able_machine(Status::New);
     fresh.commissioned = false;
@@ -221,12 +269,18 @@ fn the_extra_conditions_of_the_action_table_hold() {
     // destructive tests refused on a deployed machine.
     let mut destructive = request(Action::Test);
     destructive.options.destructive_tests = true;
-    assert!(decide(&able_machine(Status::Deployed), &destructive).unwrap_err().reason.contains("destructive"));
+    assert!(decide(&able_machine(Status::Deployed), &destructive)
+        .unwrap_err()
+        .reason
+        .contains("destructive"));
     // commission needs a power type unless the machine is on.
     let mut unpowered = able_machine(Status::New);
     unpowered.power_configured = false;
     unpowered.power = PowerState::Off;
-    assert!(decide(&unpowered, &request(Action::Commission)).unwrap_err().reason.contains("unconfigured power type"));
+    assert!(decide(&unpowered, &request(Action::Commission))
+        .unwrap_err()
+        .reason
+        .contains("unconfigured power type"));
     unpowered.power = PowerState::On;
     assert!(decide(&unpowered, &request(Action::Commission)).is_ok());
     // power on needs an owner (a broken machine may be powered on for repair).
@@ -236,46 +290,90 @@ fn the_extra_conditions_of_the_action_table_hold() {
     // power off refused when power is already off.
     let mut off = able_machine(Status::Ready);
     off.power = PowerState::Off;
-    assert!(decide(&off, &request(Action::PowerOff)).unwrap_err().reason.contains("already off"));
+    assert!(decide(&off, &request(Action::PowerOff))
+        .unwrap_err()
+        .reason
+        .contains("already off"));
     // mark fixed refused when commissioning never passed; to deployed when it had an OS.
     let mut never = able_machine(Status::Broken);
     never.commissioned = false;
     assert!(decide(&never, &request(Action::MarkFixed)).is_err());
     let mut was_deployed = able_machine(Status::Broken);
     was_deployed.deployed_os = Some("ubuntu-24.04".into());
-    assert_eq!(decide(&was_deployed, &request(Action::MarkFixed)).unwrap().after.status, Status::Deployed);
+    assert_eq!(
+        decide(&was_deployed, &request(Action::MarkFixed))
+            .unwrap()
+            .after
+            .status,
+        Status::Deployed
+    );
 }
 
 #[test]
 fn release_clears_the_owner_and_ends_ready_or_new() {
-    let outcome = decide(&able_machine(Status::Deployed), &ActionRequest::new(Action::Release, "alice")).unwrap();
+    let outcome = decide(
+        &able_machine(Status::Deployed),
+        &ActionRequest::new(Action::Release, "alice"),
+    )
+    .unwrap();
     assert_eq!(outcome.after.owner, None);
     let done = settle(&outcome.after, &Settlement::Succeeded).unwrap();
     assert_eq!(done.after.status, Status::Ready);
     let mut never = outcome.after.clone();
     never.commissioned = false;
-    assert_eq!(settle(&never, &Settlement::Succeeded).unwrap().after.status, Status::New);
+    assert_eq!(
+        settle(&never, &Settlement::Succeeded).unwrap().after.status,
+        Status::New
+    );
     let mut erase = ActionRequest::new(Action::Release, "alice");
     erase.options.erase = Some(EraseMode::Secure);
     let erasing = decide(&able_machine(Status::Deployed), &erase).unwrap();
     assert_eq!(erasing.after.status, Status::DiskErasing);
-    assert_eq!(settle(&erasing.after, &Settlement::Succeeded).unwrap().after.status, Status::Releasing);
+    assert_eq!(
+        settle(&erasing.after, &Settlement::Succeeded)
+            .unwrap()
+            .after
+            .status,
+        Status::Releasing
+    );
 }
 
 #[test]
 fn failures_and_timeouts_go_to_the_failed_status_with_the_reason() {
-    for status in Status::ALL.into_iter().filter(|status| status.is_in_progress()) {
-        let timed_out = Settlement::TimedOut { operation: status.as_str().into(), minutes: 30 };
+    for status in Status::ALL
+        .into_iter()
+        .filter(|status| status.is_in_progress())
+    {
+        let timed_out = Settlement::TimedOut {
+            operation: status.as_str().into(),
+            minutes: 30,
+        };
         let outcome = settle(&able_machine(status), &timed_out).unwrap();
         assert_eq!(Some(outcome.after.status), status.failed_status());
-        assert_eq!(outcome.notes, vec![format!("operation {status} timed out after 30 minutes")]);
+        assert_eq!(
+            outcome.notes,
+            vec![format!("operation {status} timed out after 30 minutes")]
+        );
     }
-    let silent = settle(&able_machine(Status::Commissioning), &Settlement::NotHeardFrom { minutes: 5 }).unwrap();
-    assert_eq!(silent.notes, vec!["not heard from for 5 minutes".to_string()]);
+    let silent = settle(
+        &able_machine(Status::Commissioning),
+        &Settlement::NotHeardFrom { minutes: 5 },
+    )
+    .unwrap();
+    assert_eq!(
+        silent.notes,
+        vec!["not heard from for 5 minutes".to_string()]
+    );
     // Marking a new or already-failed machine failed is a no-op; any other resting status is an error.
     let failed = Settlement::Failed { reason: "x".into() };
-    assert!(settle(&able_machine(Status::New), &failed).unwrap().changes.is_empty());
-    assert!(settle(&able_machine(Status::FailedTesting), &failed).unwrap().changes.is_empty());
+    assert!(settle(&able_machine(Status::New), &failed)
+        .unwrap()
+        .changes
+        .is_empty());
+    assert!(settle(&able_machine(Status::FailedTesting), &failed)
+        .unwrap()
+        .changes
+        .is_empty());
     assert!(settle(&able_machine(Status::Ready), &failed).is_err());
 }
 
@@ -287,12 +385,18 @@ enum Step {
 }
 
 fn step_strategy() -> impl Strategy<Value = Step> {
-    let action = (0..Action::ALL.len(), any::<bool>()).prop_map(|(index, erase)| Step::Act(Action::ALL[index], erase));
+    let action = (0..Action::ALL.len(), any::<bool>())
+        .prop_map(|(index, erase)| Step::Act(Action::ALL[index], erase));
     let settlement = prop_oneof![
         Just(Settlement::Succeeded),
         Just(Settlement::StartTesting),
-        Just(Settlement::Failed { reason: "script failed".into() }),
-        Just(Settlement::TimedOut { operation: "x".into(), minutes: 1 }),
+        Just(Settlement::Failed {
+            reason: "script failed".into()
+        }),
+        Just(Settlement::TimedOut {
+            operation: "x".into(),
+            minutes: 1
+        }),
         Just(Settlement::NotHeardFrom { minutes: 1 }),
     ]
     .prop_map(Step::Settle);

@@ -70,11 +70,17 @@ impl TestController {
 
     /// The controller's store, opened beside it (SQLite in WAL mode allows that).
     pub async fn store(&self) -> Store {
-        Store::open(&self.database).await.expect("the controller's store opens")
+        Store::open(&self.database)
+            .await
+            .expect("the controller's store opens")
     }
 
     pub fn http(&self) -> Api {
-        Api { client: reqwest::Client::new(), url: self.url.clone(), token: self.token.clone() }
+        Api {
+            client: reqwest::Client::new(),
+            url: self.url.clone(),
+            token: self.token.clone(),
+        }
     }
 
     /// Kills the controller at once (SIGKILL) and waits for it.
@@ -98,7 +104,11 @@ fn wait_for_file(path: &Path, limit: Duration) -> String {
                 return text.trim().to_string();
             }
         }
-        assert!(Instant::now() < deadline, "the controller did not write {} in time", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "the controller did not write {} in time",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
