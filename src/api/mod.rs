@@ -28,6 +28,8 @@ pub struct ApiState {
     pub store: Store,
     pub drivers: PowerDrivers,
     pub operator_token: Arc<String>,
+    /// The HTTP boot endpoints (`/boot/...`, no token), when the controller serves them.
+    pub boot: Option<crate::boot::http::BootState>,
 }
 
 /// The API's routes.
@@ -38,11 +40,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/machines/{name}/actions/{action}", post(machines::action))
         .route("/events", get(machines::events))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_operator));
-    Router::new()
-        .route("/api/v1/version", get(version))
-        .nest("/api/v1", operator)
-        .fallback(not_found)
-        .with_state(state)
+    let mut routes = Router::new().route("/api/v1/version", get(version)).nest("/api/v1", operator);
+    if let Some(boot) = state.boot.clone() {
+        routes = routes.merge(crate::boot::http::router(boot));
+    }
+    routes.fallback(not_found).with_state(state)
 }
 
 /// Serves the API on `listener` until `shutdown` completes.

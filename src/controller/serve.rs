@@ -22,6 +22,8 @@ pub struct ServeOptions {
     pub state_dir: PathBuf,
     /// Interfaces the boot services (DHCP) are asked to serve.
     pub boot_interfaces: Vec<String>,
+    /// The fleet file, when one was given: the boot services read theirs from it.
+    pub fleet: Option<crate::config::Fleet>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +64,17 @@ pub async fn serve(options: ServeOptions, shutdown: impl Future<Output = ()> + S
     eprintln!("  token   {}", token_path.display());
     report_boot_interfaces(&options.boot_interfaces);
     eprintln!("  api     listening on {api_url}");
-    let state = ApiState { store: store.clone(), drivers: PowerDrivers::standard(), operator_token: Arc::new(token) };
+    // TFTP runs until `stop_boot` is dropped, after the API stops.
+    let (stop_boot, boot_stopped) = tokio::sync::watch::channel(());
+    let boot = crate::boot::http::start_with_controller(options.fleet.as_ref(), &store, boot_stopped).await;
+    let state = ApiState {
+        store: store.clone(),
+        drivers: PowerDrivers::standard(),
+        operator_token: Arc::new(token),
+        boot: Some(boot),
+    };
     let result = api::serve(listener, state, shutdown).await.map_err(ServeError::Serve);
+    drop(stop_boot);
     store.close().await;
     eprintln!("fleet controller stopped");
     result

@@ -6,6 +6,7 @@ mod actions;
 mod config;
 mod crash;
 mod lifecycle;
+mod netboot;
 mod plan;
 mod store;
 mod tftp;

@@ -1,2 +1,3 @@
-pub mod db;
 pub mod controller;
+pub mod db;
+pub mod netns;

@@ -1,0 +1,243 @@
+//! iPXE boot scripts: what a netbooting machine does, decided from its status alone, rendered as
+//! text. Pure: no IO, no clock; `src/boot/http.rs` gathers the inputs and serves the result.
+
+use crate::model::{MacAddr, Status};
+
+/// Why a machine boots the ephemeral environment (the `fleet.role=` it gets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootRole {
+    /// An unknown MAC: find out what the machine is and register it.
+    Enlist,
+    Commissioning,
+    Testing,
+    Rescue,
+    DiskErasing,
+    Releasing,
+    Deploying,
+}
+
+impl BootRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootRole::Enlist => "enlist",
+            BootRole::Commissioning => "commissioning",
+            BootRole::Testing => "testing",
+            BootRole::Rescue => "rescue",
+            BootRole::DiskErasing => "disk_erasing",
+            BootRole::Releasing => "releasing",
+            BootRole::Deploying => "deploying",
+        }
+    }
+}
+
+/// What a machine in some status does when it netboots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootAction {
+    Ephemeral(BootRole),
+    LocalDisk,
+    PowerOff,
+}
+
+/// The rule book. `None`: the MAC belongs to no machine.
+///
+/// - Statuses with work to do in the ephemeral environment boot it with their role.
+/// - Machines at rest with an OS (or none yet, but nothing to do) boot from the local disk:
+///   ready, allocated, deployed, broken (so a person can look at it), reserved, and exiting
+///   rescue (back to the deployed OS).
+/// - New machines wait for a person, failed ones are kept for inspection, missing and retired
+///   ones should not be running: these are powered off.
+pub fn boot_action(status: Option<Status>) -> BootAction {
+    use Status::*;
+    let Some(status) = status else {
+        return BootAction::Ephemeral(BootRole::Enlist);
+    };
+    match status {
+        Commissioning => BootAction::Ephemeral(BootRole::Commissioning),
+        Testing => BootAction::Ephemeral(BootRole::Testing),
+        EnteringRescueMode | RescueMode => BootAction::Ephemeral(BootRole::Rescue),
+        DiskErasing => BootAction::Ephemeral(BootRole::DiskErasing),
+        Releasing => BootAction::Ephemeral(BootRole::Releasing),
+        Deploying => BootAction::Ephemeral(BootRole::Deploying),
+        Ready | Allocated | Deployed | Broken | Reserved | ExitingRescueMode => {
+            BootAction::LocalDisk
+        }
+        New
+        | Missing
+        | Retired
+        | FailedCommissioning
+        | FailedTesting
+        | FailedDeployment
+        | FailedReleasing
+        | FailedDiskErasing
+        | FailedEnteringRescueMode
+        | FailedExitingRescueMode => BootAction::PowerOff,
+    }
+}
+
+/// Everything an ephemeral boot script needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EphemeralBoot<'a> {
+    pub role: BootRole,
+    pub mac: MacAddr,
+    /// The machine's name, when it is known.
+    pub machine: Option<&'a str>,
+    /// The machine's API token (never for enlistment: an unknown machine has none).
+    pub token: Option<&'a str>,
+    /// How the machine reaches the controller, e.g. `http://10.0.0.1:5240` (no trailing `/`).
+    pub base_url: &'a str,
+    /// The image whose kernel and initrd are booted.
+    pub image: &'a str,
+}
+
+/// The file name iPXE gives the initrd (the last segment of its URL). The kernel command line
+/// must carry `initrd=<that name>`: under UEFI this iPXE hands the kernel the initrd only by name.
+pub const INITRD_NAME: &str = "initrd";
+
+/// The URL of one file of an image, with the machine's MAC so the transfer is recorded on it.
+/// The MAC is a path segment, not a query: iPXE names an image after its URL's last segment,
+/// and that name must stay `initrd` (see [`INITRD_NAME`]).
+pub fn image_file_url(base_url: &str, image: &str, file: &str, mac: MacAddr) -> String {
+    format!(
+        "{base_url}/boot/by-mac/{}/{image}/{file}",
+        mac.to_string().replace(':', "-")
+    )
+}
+
+/// The kernel command line of the ephemeral environment.
+pub fn kernel_command_line(boot: &EphemeralBoot<'_>) -> String {
+    let mut words = vec![
+        format!("initrd={INITRD_NAME}"),
+        // A kernel that cannot go on must stop the machine, never hang it (QEMU runs -no-reboot).
+        "panic=-1".to_string(),
+        "console=tty0".to_string(),
+        "console=ttyS0,115200".to_string(),
+        format!("fleet.url={}", boot.base_url),
+        format!("fleet.role={}", boot.role.as_str()),
+        format!("fleet.mac={}", boot.mac),
+        // The pxelinux convention, which many initramfs tools read to pick the boot interface.
+        format!("BOOTIF=01-{}", boot.mac.to_string().replace(':', "-")),
+    ];
+    if let Some(machine) = boot.machine {
+        words.push(format!("fleet.machine={machine}"));
+    }
+    if let Some(token) = boot.token {
+        words.push(format!("fleet.token={token}"));
+    }
+    words.join(" ")
+}
+
+/// Boots the image's kernel and initrd over HTTP.
+pub fn render_ephemeral(boot: &EphemeralBoot<'_>) -> String {
+    let kernel = image_file_url(boot.base_url, boot.image, "kernel", boot.mac);
+    let initrd = image_file_url(boot.base_url, boot.image, INITRD_NAME, boot.mac);
+    let who = boot.machine.unwrap_or("an unknown machine");
+    format!(
+        "#!ipxe\n\
+         echo fleet: {role} for {who} ({mac}), image {image}\n\
+         kernel {kernel} {command_line} || goto failed\n\
+         initrd {initrd} || goto failed\n\
+         boot || goto failed\n\
+         :failed\n\
+         echo fleet: the ephemeral environment did not boot, retrying in 10 seconds\n\
+         sleep 10\n\
+         reboot\n",
+        role = boot.role.as_str(),
+        mac = boot.mac,
+        image = boot.image,
+        command_line = kernel_command_line(boot),
+    )
+}
+
+/// Boots the first local disk. `sanboot --drive 0x80` is the BIOS way; under UEFI (and when the
+/// BIOS disk does not boot) `exit` hands control back to the firmware's next boot entry.
+pub fn render_local_disk(machine: &str, status: Status) -> String {
+    format!(
+        "#!ipxe\n\
+         echo fleet: {machine} is {status}: booting from the local disk\n\
+         iseq ${{platform}} efi && exit ||\n\
+         sanboot --no-describe --drive 0x80 || exit\n",
+        status = status.as_str(),
+    )
+}
+
+/// Powers the machine off (or, where iPXE cannot, leaves the network boot).
+pub fn render_power_off(machine: &str, status: Status) -> String {
+    format!(
+        "#!ipxe\n\
+         echo fleet: {machine} is {status}: nothing to boot, powering off\n\
+         poweroff || exit\n",
+        status = status.as_str(),
+    )
+}
+
+/// When the controller has no ephemeral image to give: say so on the console, try again later.
+pub fn render_unavailable(reason: &str) -> String {
+    let reason: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    format!(
+        "#!ipxe\n\
+         echo fleet: cannot boot: {reason}\n\
+         sleep 60\n\
+         reboot\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
+
+    fn boot(
+        role: BootRole,
+        machine: Option<&'static str>,
+        token: Option<&'static str>,
+    ) -> EphemeralBoot<'static> {
+        EphemeralBoot {
+            role,
+            mac: MAC,
+            machine,
+            token,
+            base_url: "http://10.99.0.1:5240",
+            image: "ephemeral",
+        }
+    }
+
+    #[test]
+    fn every_status_has_a_boot_action() {
+        let table: Vec<String> = Status::ALL
+            .iter()
+            .map(|status| format!("{:<30} {:?}", status.as_str(), boot_action(Some(*status))))
+            .chain(std::iter::once(format!(
+                "{:<30} {:?}",
+                "(unknown MAC)",
+                boot_action(None)
+            )))
+            .collect();
+        insta::assert_snapshot!(table.join("\n"));
+    }
+
+    #[test]
+    fn enlistment_script() {
+        insta::assert_snapshot!(render_ephemeral(&boot(BootRole::Enlist, None, None)));
+    }
+
+    #[test]
+    fn commissioning_script_carries_role_and_token() {
+        let script = render_ephemeral(&boot(
+            BootRole::Commissioning,
+            Some("node-1"),
+            Some("s3cr3t"),
+        ));
+        insta::assert_snapshot!(script);
+    }
+
+    #[test]
+    fn local_disk_and_power_off_scripts() {
+        insta::assert_snapshot!(render_local_disk("node-1", Status::Deployed));
+        insta::assert_snapshot!(render_power_off("node-1", Status::New));
+        insta::assert_snapshot!(render_unavailable("no ephemeral image\nis configured"));
+    }
+}
