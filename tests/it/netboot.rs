@@ -699,7 +699,12 @@ fn tail(text: &str, lines: usize) -> String {
 async fn netboot(firmware: Firmware, mac: &str, known_as: Option<(&str, Status)>) -> f64 {
     let _one = ONE_VM_AT_A_TIME.lock().await;
     let kernel = require_file(&format!("{CACHE}/vmlinuz"));
-    let directory = tempfile::tempdir().expect("a directory");
+    let mut directory = tempfile::tempdir().expect("a directory");
+    // FLEET_NETBOOT_KEEP=1 keeps the console, controller and dnsmasq logs for a look afterwards.
+    if std::env::var_os("FLEET_NETBOOT_KEEP").is_some() {
+        directory.disable_cleanup(true);
+        eprintln!("netboot files kept in {}", directory.path().display());
+    }
     let initrd = build_initramfs(directory.path());
     let boot_url = format!("http://{CONTROLLER_IP}:{API_PORT}");
     let file = fleet_file(
