@@ -4,6 +4,7 @@
 //! `cli`). See ARCHITECTURE.md for the code map and each part's invariants.
 
 pub mod api;
+pub mod apply;
 pub mod boot;
 pub mod config;
 pub mod controller;

@@ -6,6 +6,7 @@
 
 mod error;
 mod machines;
+mod plans;
 pub mod views;
 
 pub use error::ApiError;
@@ -39,6 +40,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/machines/{name}", get(machines::show))
         .route("/machines/{name}/actions/{action}", post(machines::action))
         .route("/events", get(machines::events))
+        .route("/observed", get(plans::observed))
+        .route("/applies", post(plans::start))
+        .route("/applies/{id}", get(plans::show))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_operator));
     let mut routes = Router::new().route("/api/v1/version", get(version)).nest("/api/v1", operator);
     if let Some(boot) = state.boot.clone() {

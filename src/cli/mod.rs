@@ -1,10 +1,13 @@
 //! The command line: argument parsing (clap) and one module per group of commands. Every
 //! command except `validate`, `schema`, `bench` and `serve` is a client of the controller's API.
 
+mod adopt;
+mod apply;
 mod bench;
 mod client;
 mod machine;
 mod output;
+mod plan;
 mod serve;
 mod validate;
 
@@ -54,6 +57,12 @@ pub enum Command {
     Machine(machine::MachineCommand),
     /// The history: status changes, actions, power, boots
     Events(machine::EventsArgs),
+    /// The steps that take the machines from what the controller observes to the fleet files
+    Plan(plan::PlanArgs),
+    /// Apply a saved plan (or a fresh one) and follow it to the end
+    Apply(apply::ApplyArgs),
+    /// Write fleet TOML for what the controller observes (the next plan is then empty)
+    Adopt(adopt::AdoptArgs),
     /// Measure fleet's speed targets and print the figures
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -93,6 +102,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Machines { json } => machine::machines(&cli.connection, json).await,
         Command::Machine(command) => machine::machine(&cli.connection, command).await,
         Command::Events(args) => machine::events(&cli.connection, &args).await,
+        Command::Plan(args) => plan::run(&cli.connection, &args).await,
+        Command::Apply(args) => apply::run(&cli.connection, &args).await,
+        Command::Adopt(args) => adopt::run(&cli.connection, &args).await,
         Command::Bench(command) => bench::bench(command).await,
     }
 }

@@ -67,9 +67,11 @@ pub async fn serve(options: ServeOptions, shutdown: impl Future<Output = ()> + S
     // TFTP runs until `stop_boot` is dropped, after the API stops.
     let (stop_boot, boot_stopped) = tokio::sync::watch::channel(());
     let boot = crate::boot::http::start_with_controller(options.fleet.as_ref(), &store, boot_stopped).await;
+    let drivers = PowerDrivers::standard();
+    start_executor(&store, &drivers).await;
     let state = ApiState {
         store: store.clone(),
-        drivers: PowerDrivers::standard(),
+        drivers,
         operator_token: Arc::new(token),
         boot: Some(boot),
     };
@@ -78,6 +80,16 @@ pub async fn serve(options: ServeOptions, shutdown: impl Future<Output = ()> + S
     store.close().await;
     eprintln!("fleet controller stopped");
     result
+}
+
+/// Resumes the applies a killed controller left running (each step either followed to its end
+/// or failed with a reason; none runs twice).
+async fn start_executor(store: &Store, drivers: &PowerDrivers) {
+    match crate::apply::resume_unfinished(store, drivers).await {
+        Ok(0) => {}
+        Ok(count) => eprintln!("  apply   resumed {count} unfinished apply"),
+        Err(error) => eprintln!("  apply   cannot resume unfinished applies: {error}"),
+    }
 }
 
 fn backend_name(store: &Store) -> &'static str {

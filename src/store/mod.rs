@@ -16,6 +16,7 @@ use crate::model::{
 };
 use serde::{Deserialize, Serialize};
 
+mod apply;
 mod codec;
 mod db;
 mod events;
@@ -26,6 +27,7 @@ mod plans;
 mod scripts;
 mod settings;
 
+pub use apply::ApplyStepRow;
 pub use db::{now_ms, Store};
 
 /// Which database is behind the store.

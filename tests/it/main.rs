@@ -3,6 +3,7 @@
 mod support;
 
 mod actions;
+mod apply;
 mod config;
 mod crash;
 mod lifecycle;

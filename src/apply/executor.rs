@@ -1,0 +1,358 @@
+//! Running an apply: each machine's steps in order, machines side by side (bounded), every step's
+//! progress persisted before and after it runs so that a restarted controller resumes.
+
+use super::{
+    record_event, ApplyError, ApplyRecord, APPLY_LOCK, FINISHED, LOCK_REFRESH_MS, RUNNING,
+    STALE_LOCK_MS,
+};
+use crate::controller::actions::{perform, settle_machine, ActionError};
+use crate::model::{ActionRequest, Settlement, Status};
+use crate::plan::{MachinePlan, Operation, Step};
+use crate::power::PowerDrivers;
+use crate::store::{now_ms, ApplyStepRow, MachineRecord, Store, StoreError};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// How often a machine in an in-progress status is looked at.
+const POLL: Duration = Duration::from_millis(100);
+
+/// What one machine's run needs, shared by its task.
+struct MachineRun {
+    store: Store,
+    drivers: PowerDrivers,
+    apply_id: String,
+    record: Arc<ApplyRecord>,
+    planned: MachinePlan,
+    rows: Vec<ApplyStepRow>,
+}
+
+/// Carries out (or resumes) the apply `id` to its end, then releases the lock.
+pub async fn run_apply(store: &Store, drivers: &PowerDrivers, id: &str) -> Result<(), ApplyError> {
+    let stored = store
+        .plan(id)
+        .await?
+        .ok_or_else(|| ApplyError::Unknown(id.to_string()))?;
+    let record: Arc<ApplyRecord> = Arc::new(
+        serde_json::from_value(stored.body).map_err(|e| ApplyError::BadPlan(e.to_string()))?,
+    );
+    let refresher = keep_lock(store.clone(), record.holder.clone());
+    let rows = store.apply_steps(id).await?;
+    let permits = Arc::new(Semaphore::new(
+        record.plan.policy.parallelism.max(1) as usize
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    for planned in &record.plan.machines {
+        let machine_rows: Vec<ApplyStepRow> = rows
+            .iter()
+            .filter(|row| row.machine == planned.name)
+            .cloned()
+            .collect();
+        if machine_rows.is_empty() || machine_rows.iter().any(|row| row.state == "refused") {
+            continue;
+        }
+        let run = MachineRun {
+            store: store.clone(),
+            drivers: drivers.clone(),
+            apply_id: id.to_string(),
+            record: record.clone(),
+            planned: planned.clone(),
+            rows: machine_rows,
+        };
+        let permits = permits.clone();
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let name = run.planned.name.clone();
+            if let Err(error) = run_machine(&run).await {
+                tracing::error!(machine = %name, "apply of the machine stopped: {error}");
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    store.set_plan_status(id, FINISHED).await?;
+    refresher.abort();
+    store.unlock(APPLY_LOCK, &record.holder).await?;
+    Ok(())
+}
+
+/// Refreshes the apply lock until aborted.
+fn keep_lock(store: Store, holder: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(LOCK_REFRESH_MS)).await;
+            match store.refresh_lock(APPLY_LOCK, &holder).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(holder, "the apply lock was taken over");
+                    return;
+                }
+                Err(error) => tracing::warn!("cannot refresh the apply lock: {error}"),
+            }
+        }
+    })
+}
+
+/// One machine's steps in order; stops at the first failure (the rest are skipped).
+async fn run_machine(run: &MachineRun) -> Result<(), StoreError> {
+    let name = run.planned.name.as_str();
+    for (index, step) in run.planned.steps.iter().enumerate() {
+        let Some(row) = run.rows.iter().find(|row| row.step == index as i64) else {
+            continue;
+        };
+        let outcome = match row.state.as_str() {
+            "done" => continue,
+            "failed" | "skipped" | "refused" => return Ok(()),
+            "started" => resume_step(run, index, step, row).await?,
+            _ => start_step(run, index, step).await?,
+        };
+        let actor = run.record.holder.as_str();
+        match outcome {
+            Ok(()) => {
+                mark(run, index, "done", None).await?;
+                record_event(
+                    &run.store,
+                    name,
+                    actor,
+                    &format!("{} done", step.verb()),
+                    &step.reason,
+                    &run.apply_id,
+                )
+                .await?;
+            }
+            Err(reason) => {
+                mark(run, index, "failed", Some(&reason)).await?;
+                record_event(
+                    &run.store,
+                    name,
+                    actor,
+                    &format!("{} failed", step.verb()),
+                    &reason,
+                    &run.apply_id,
+                )
+                .await?;
+                for later in index + 1..run.planned.steps.len() {
+                    mark(run, later, "skipped", Some("an earlier step failed")).await?;
+                }
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn mark(
+    run: &MachineRun,
+    index: usize,
+    state: &str,
+    reason: Option<&str>,
+) -> Result<(), StoreError> {
+    run.store
+        .set_apply_step(
+            &run.apply_id,
+            &run.planned.name,
+            index as i64,
+            state,
+            None,
+            reason,
+        )
+        .await
+}
+
+type StepOutcome = Result<(), String>;
+
+/// Marks the step started (with the generation it saw), runs it, and follows it to its end.
+async fn start_step(
+    run: &MachineRun,
+    index: usize,
+    step: &Step,
+) -> Result<StepOutcome, StoreError> {
+    let name = run.planned.name.as_str();
+    let current = run.store.machine(name).await?;
+    let generation = current
+        .as_ref()
+        .map(|record| record.generation)
+        .unwrap_or(0);
+    run.store
+        .set_apply_step(
+            &run.apply_id,
+            name,
+            index as i64,
+            "started",
+            Some(generation),
+            None,
+        )
+        .await?;
+    record_event(
+        &run.store,
+        name,
+        &run.record.holder,
+        &format!("{} started", step.verb()),
+        &step.reason,
+        &run.apply_id,
+    )
+    .await?;
+    if let Err(reason) = execute(run, step).await? {
+        return Ok(Err(reason));
+    }
+    follow(run, step).await
+}
+
+/// A step found `started` after a restart: run it only if its action never committed (the
+/// machine's generation has not moved), else follow it to its end.
+async fn resume_step(
+    run: &MachineRun,
+    index: usize,
+    step: &Step,
+    row: &ApplyStepRow,
+) -> Result<StepOutcome, StoreError> {
+    let current = run.store.machine(&run.planned.name).await?;
+    let ran = match (&step.operation, &current) {
+        (Operation::Add { .. }, current) => current.is_some(),
+        (_, Some(record)) => Some(record.generation) != row.generation,
+        (_, None) => return Ok(Err("the machine vanished during the apply".into())),
+    };
+    if ran {
+        record_event(
+            &run.store,
+            &run.planned.name,
+            &run.record.holder,
+            &format!("{} resumed", step.verb()),
+            "the controller restarted during this step; following it to its end",
+            &run.apply_id,
+        )
+        .await?;
+        return follow(run, step).await;
+    }
+    let _ = index;
+    if let Err(reason) = execute(run, step).await? {
+        return Ok(Err(reason));
+    }
+    follow(run, step).await
+}
+
+/// Carries out the step's operation once.
+async fn execute(run: &MachineRun, step: &Step) -> Result<StepOutcome, StoreError> {
+    let name = run.planned.name.as_str();
+    let actor = run.record.holder.as_str();
+    match &step.operation {
+        Operation::Add { machine } => match run.store.create_machine(machine, actor).await {
+            Ok(_) => Ok(Ok(())),
+            Err(
+                error @ (StoreError::DuplicateName(_)
+                | StoreError::DuplicateMac { .. }
+                | StoreError::InvalidInitialStatus { .. }),
+            ) => Ok(Err(error.to_string())),
+            Err(error) => Err(error),
+        },
+        Operation::Configure {
+            power_type,
+            power_params,
+            tags,
+            image,
+        } => match run
+            .store
+            .update_config(name, power_type, power_params, tags, image.as_deref())
+            .await
+        {
+            Ok(()) => Ok(Ok(())),
+            Err(StoreError::UnknownMachine(_)) => {
+                Ok(Err("the machine is no longer in the store".into()))
+            }
+            Err(error) => Err(error),
+        },
+        Operation::Act { action, options } => {
+            let request = ActionRequest {
+                action: *action,
+                actor: actor.to_string(),
+                comment: Some(step.reason.clone()),
+                options: options.clone(),
+            };
+            match perform(&run.store, &run.drivers, name, &request).await {
+                Ok(_) => Ok(Ok(())),
+                Err(ActionError::Store(error)) => Err(error),
+                Err(other) => Ok(Err(other.to_string())),
+            }
+        }
+    }
+}
+
+/// Waits until the machine rests, failing an in-progress status that runs past the policy's
+/// limit; the step succeeded if it rests in the status the plan expected.
+async fn follow(run: &MachineRun, step: &Step) -> Result<StepOutcome, StoreError> {
+    let name = run.planned.name.as_str();
+    loop {
+        let Some(record) = run.store.machine(name).await? else {
+            return Ok(Err("the machine is no longer in the store".into()));
+        };
+        let status = record.lifecycle.status;
+        if !status.is_in_progress() {
+            return Ok(ended(&record, step.expect));
+        }
+        if let Some(minutes) = overdue(run, &record) {
+            let settlement = Settlement::TimedOut {
+                operation: status.as_str().to_string(),
+                minutes,
+            };
+            match settle_machine(&run.store, name, &run.record.holder, &settlement).await {
+                Ok(_) | Err(ActionError::Refused { .. }) => continue,
+                Err(ActionError::Store(error)) => return Err(error),
+                Err(other) => return Ok(Err(other.to_string())),
+            }
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The limit in minutes, if the machine's in-progress status has run past it.
+fn overdue(run: &MachineRun, record: &MachineRecord) -> Option<u64> {
+    let minutes = *run
+        .record
+        .plan
+        .policy
+        .timeout_minutes
+        .get(&record.lifecycle.status)?;
+    let elapsed = now_ms().saturating_sub(record.status_since);
+    (elapsed > i64::from(minutes) * 60_000).then_some(u64::from(minutes))
+}
+
+fn ended(record: &MachineRecord, expect: Status) -> StepOutcome {
+    let status = record.lifecycle.status;
+    if status == expect {
+        return Ok(());
+    }
+    let why = record
+        .status_reason
+        .as_deref()
+        .map(|reason| format!(": {reason}"))
+        .unwrap_or_default();
+    Err(format!("ended {status}{why} (the plan expected {expect})"))
+}
+
+/// Resumes every apply a previous run of this controller (or a dead one) left running.
+pub async fn resume_unfinished(store: &Store, drivers: &PowerDrivers) -> Result<usize, ApplyError> {
+    let mut resumed = 0;
+    for stored in store.plans_with_status(RUNNING).await? {
+        let Ok(record) = serde_json::from_value::<ApplyRecord>(stored.body.clone()) else {
+            tracing::warn!(apply = %stored.id, "cannot read a running apply; leaving it");
+            continue;
+        };
+        match store
+            .try_lock(APPLY_LOCK, &record.holder, STALE_LOCK_MS)
+            .await?
+        {
+            Ok(_) => {
+                resumed += 1;
+                let (store, drivers, id) = (store.clone(), drivers.clone(), stored.id.clone());
+                tokio::spawn(async move {
+                    if let Err(error) = run_apply(&store, &drivers, &id).await {
+                        tracing::error!(apply = %id, "resumed apply failed: {error}");
+                    }
+                });
+            }
+            Err(holder) => {
+                tracing::info!(apply = %stored.id, holder = %holder.holder, "an apply runs elsewhere; not resuming it here");
+            }
+        }
+    }
+    Ok(resumed)
+}

@@ -1,0 +1,298 @@
+//! The executor: carries an approved [`Plan`] out through the life-cycle's actions, in the
+//! controller.
+//!
+//! Invariants:
+//! - One apply at a time per store: the `apply` lock, refreshed while the apply runs; a lock whose
+//!   holder stopped refreshing for [`STALE_LOCK_MS`] is taken over.
+//! - Only machines whose fingerprint still matches what the plan saw are carried out; the others
+//!   are refused with what changed. Destructive steps need `allow_destroy` and stay under the
+//!   policy's cap.
+//! - Each machine is independent: one failing does not stop the others. At most
+//!   `policy.parallelism` machines are worked on at once.
+//! - No step runs twice: a step is marked `started` with the machine's generation before its
+//!   action runs; after a crash, a started step whose machine's generation has moved is not run
+//!   again but followed to its end (or failed with a reason).
+//! - Every step is recorded as events (`apply` events beside the life-cycle's own).
+
+mod executor;
+mod verify;
+pub mod watch;
+
+pub use executor::{resume_unfinished, run_apply};
+pub use verify::{check_plan, Refusal};
+
+use crate::plan::Plan;
+use crate::power::PowerDrivers;
+use crate::store::{ApplyStepRow, LockHolder, Store, StoreError, StoredPlan};
+use serde::{Deserialize, Serialize};
+
+/// The lock every apply takes.
+pub const APPLY_LOCK: &str = "apply";
+/// A lock holder silent for this long is presumed dead.
+pub const STALE_LOCK_MS: i64 = 30_000;
+/// How often a running apply refreshes its lock.
+pub const LOCK_REFRESH_MS: u64 = 5_000;
+/// `plans.status` of an apply that is running (or was, when its controller died).
+pub const RUNNING: &str = "applying";
+pub const FINISHED: &str = "applied";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("another apply is running: `{}` holds the apply lock since {} (Unix ms {}); wait for it to finish", .0.holder, crate::api::views::rfc3339(.0.since), .0.since)]
+    Busy(LockHolder),
+    #[error("the plan is not one this controller can apply: {0}")]
+    BadPlan(String),
+    #[error("no apply with id `{0}`")]
+    Unknown(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What `fleet apply` asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    pub plan: Plan,
+    /// Destructive steps may run.
+    #[serde(default)]
+    pub allow_destroy: bool,
+    /// Refuse every machine if any one's fingerprint changed.
+    #[serde(default)]
+    pub strict: bool,
+}
+
+/// What is stored as the body of an apply's `plans` row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyRecord {
+    pub plan: Plan,
+    pub actor: String,
+    pub holder: String,
+    pub allow_destroy: bool,
+}
+
+/// The answer to starting an apply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApplyStarted {
+    pub id: String,
+    /// Machines whose steps will run.
+    pub accepted: Vec<String>,
+    pub refused: Vec<Refusal>,
+}
+
+/// One machine's progress (`GET /applies/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineProgress {
+    pub name: String,
+    /// `pending`, `running`, `done`, `failed`, `refused`.
+    pub state: String,
+    /// Steps done so far and in all.
+    pub steps_done: usize,
+    pub steps: usize,
+    /// The step running (or last run), e.g. `commission`.
+    pub current: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// An apply's progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyProgress {
+    pub id: String,
+    /// `applying` or `applied`.
+    pub status: String,
+    pub machines: Vec<MachineProgress>,
+}
+
+impl ApplyProgress {
+    pub fn finished(&self) -> bool {
+        self.status == FINISHED
+    }
+}
+
+/// A new apply id: time and randomness, so that two controllers never pick the same.
+fn new_apply_id() -> String {
+    format!(
+        "apply-{}-{:08x}",
+        crate::store::now_ms(),
+        rand::random::<u32>()
+    )
+}
+
+/// Checks `request` against the store, takes the apply lock, records the apply and its steps,
+/// and starts it in the background. Refused machines are recorded too, with their reason.
+pub async fn start_apply(
+    store: &Store,
+    drivers: &PowerDrivers,
+    request: ApplyRequest,
+    actor: &str,
+) -> Result<ApplyStarted, ApplyError> {
+    if request.plan.format_version != crate::plan::PLAN_FORMAT_VERSION {
+        return Err(ApplyError::BadPlan(format!(
+            "format_version {} (this controller reads {})",
+            request.plan.format_version,
+            crate::plan::PLAN_FORMAT_VERSION
+        )));
+    }
+    let id = new_apply_id();
+    let holder = format!("{actor} ({id})");
+    match store.try_lock(APPLY_LOCK, &holder, STALE_LOCK_MS).await? {
+        Ok(_) => {}
+        Err(current) => return Err(ApplyError::Busy(current)),
+    }
+    let started = record_apply(store, &request, &id, &holder, actor).await;
+    let started = match started {
+        Ok(started) => started,
+        Err(error) => {
+            let _ = store.unlock(APPLY_LOCK, &holder).await;
+            return Err(error);
+        }
+    };
+    let (store, drivers) = (store.clone(), drivers.clone());
+    let apply_id = id.clone();
+    tokio::spawn(async move {
+        if let Err(error) = run_apply(&store, &drivers, &apply_id).await {
+            tracing::error!(apply = %apply_id, "apply failed: {error}");
+        }
+    });
+    Ok(started)
+}
+
+async fn record_apply(
+    store: &Store,
+    request: &ApplyRequest,
+    id: &str,
+    holder: &str,
+    actor: &str,
+) -> Result<ApplyStarted, ApplyError> {
+    let records = store.planning_records().await?;
+    let checked = check_plan(request, &records);
+    let now = crate::store::now_ms();
+    let mut rows = Vec::new();
+    for machine in &request.plan.machines {
+        if machine.steps.is_empty() {
+            continue;
+        }
+        let refusal = checked.refused.iter().find(|r| r.machine == machine.name);
+        for step in 0..machine.steps.len() {
+            rows.push(ApplyStepRow {
+                machine: machine.name.clone(),
+                step: step as i64,
+                state: if refusal.is_some() {
+                    "refused"
+                } else {
+                    "pending"
+                }
+                .into(),
+                generation: None,
+                reason: refusal.map(|refusal| refusal.reason.clone()),
+                updated_at: now,
+            });
+        }
+    }
+    let body = ApplyRecord {
+        plan: request.plan.clone(),
+        actor: actor.to_string(),
+        holder: holder.to_string(),
+        allow_destroy: request.allow_destroy,
+    };
+    store
+        .save_plan(&StoredPlan {
+            id: id.to_string(),
+            created_at: now,
+            status: RUNNING.into(),
+            body: serde_json::to_value(&body).unwrap_or_default(),
+        })
+        .await?;
+    store.create_apply_steps(id, &rows).await?;
+    for refusal in &checked.refused {
+        record_event(
+            store,
+            &refusal.machine,
+            actor,
+            "apply refused",
+            &refusal.reason,
+            id,
+        )
+        .await?;
+    }
+    Ok(ApplyStarted {
+        id: id.to_string(),
+        accepted: checked.accepted,
+        refused: checked.refused,
+    })
+}
+
+/// An `apply` event in the machine's history.
+async fn record_event(
+    store: &Store,
+    machine: &str,
+    actor: &str,
+    what: &str,
+    reason: &str,
+    apply_id: &str,
+) -> Result<(), StoreError> {
+    store
+        .append_event(&crate::store::NewEvent {
+            machine: Some(machine.to_string()),
+            kind: "apply".into(),
+            actor: actor.to_string(),
+            action: Some(what.to_string()),
+            from_status: None,
+            to_status: None,
+            reason: Some(reason.to_string()),
+            detail: serde_json::json!({ "apply": apply_id }),
+        })
+        .await?;
+    Ok(())
+}
+
+/// An apply's progress, per machine.
+pub async fn progress(store: &Store, id: &str) -> Result<ApplyProgress, ApplyError> {
+    let stored = store
+        .plan(id)
+        .await?
+        .ok_or_else(|| ApplyError::Unknown(id.to_string()))?;
+    let rows = store.apply_steps(id).await?;
+    let record: ApplyRecord = serde_json::from_value(stored.body)
+        .map_err(|error| ApplyError::BadPlan(error.to_string()))?;
+    let mut machines = Vec::new();
+    for planned in record.plan.machines.iter().filter(|m| !m.steps.is_empty()) {
+        let steps: Vec<&ApplyStepRow> = rows.iter().filter(|r| r.machine == planned.name).collect();
+        machines.push(machine_progress(planned, &steps));
+    }
+    Ok(ApplyProgress {
+        id: id.to_string(),
+        status: stored.status,
+        machines,
+    })
+}
+
+fn machine_progress(planned: &crate::plan::MachinePlan, rows: &[&ApplyStepRow]) -> MachineProgress {
+    let done = rows.iter().filter(|row| row.state == "done").count();
+    let last = rows
+        .iter()
+        .rev()
+        .find(|row| row.state != "pending" && row.state != "skipped");
+    let state = if rows.iter().any(|row| row.state == "refused") {
+        "refused"
+    } else if rows.iter().any(|row| row.state == "failed") {
+        "failed"
+    } else if done == rows.len() && !rows.is_empty() {
+        "done"
+    } else if rows.iter().any(|row| row.state == "started") {
+        "running"
+    } else {
+        "pending"
+    };
+    MachineProgress {
+        name: planned.name.clone(),
+        state: state.into(),
+        steps_done: done,
+        steps: planned.steps.len(),
+        current: last.and_then(|row| {
+            planned
+                .steps
+                .get(row.step as usize)
+                .map(|step| step.verb().to_string())
+        }),
+        reason: last.and_then(|row| row.reason.clone()),
+    }
+}

@@ -1,0 +1,1 @@
+//! `fleet serve --watch`: the reconcile loop (filled in below).

@@ -1,0 +1,220 @@
+//! What the executor (src/apply) keeps in the store: the machines read in bulk for planning, and
+//! the progress of each step of an apply (`apply_steps`, migration 0002).
+
+use super::codec::{
+    get, get_bool, get_json, get_mac, get_name, get_opt_parsed, get_power, get_status,
+};
+use super::{Disk, Hardware, Interface, MachineRecord, Store, StoreError, StoredPlan};
+use crate::model::Lifecycle;
+use crate::store::now_ms;
+use std::collections::HashMap;
+
+/// One step's progress in an apply.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ApplyStepRow {
+    pub machine: String,
+    pub step: i64,
+    /// `pending`, `started`, `done`, `failed`, `refused`, `skipped`.
+    pub state: String,
+    /// The machine's generation read just before the step's action ran.
+    pub generation: Option<i64>,
+    pub reason: Option<String>,
+    pub updated_at: i64,
+}
+
+impl Store {
+    /// Every machine with its MACs and disks, sorted by name, in three queries whatever the
+    /// fleet's size. Hardware `facts` are left empty: planning does not read them.
+    pub async fn planning_records(&self) -> Result<Vec<MachineRecord>, StoreError> {
+        let mut transaction = self.begin_read().await?;
+        let rows = sqlx::query(
+            "SELECT id, name, status, previous_status, locked, power, owner, commissioned, deployed_os, \
+                 generation, status_reason, status_since, last_heard, arch, power_type, power_params, \
+                 bmc_address, image, tags, cpus, cpu_speed_mhz, memory_mib, created_at, updated_at \
+             FROM machines",
+        )
+        .fetch_all(&mut *transaction)
+        .await?;
+        let mut records = rows
+            .iter()
+            .map(record_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let at: HashMap<i64, usize> = records
+            .iter()
+            .enumerate()
+            .map(|(index, record)| (record.id, index))
+            .collect();
+        let interfaces = sqlx::query("SELECT machine_id, name, mac FROM interfaces ORDER BY id")
+            .fetch_all(&mut *transaction)
+            .await?;
+        for row in &interfaces {
+            if let Some(index) = at.get(&get::<i64>(row, "machine_id")?) {
+                records[*index].interfaces.push(Interface {
+                    name: get(row, "name")?,
+                    mac: get_mac(row, "mac")?,
+                    link_up: None,
+                    speed_mbps: None,
+                    driver: None,
+                });
+            }
+        }
+        let disks = sqlx::query("SELECT machine_id, name, size_bytes FROM disks ORDER BY id")
+            .fetch_all(&mut *transaction)
+            .await?;
+        for row in &disks {
+            if let Some(index) = at.get(&get::<i64>(row, "machine_id")?) {
+                records[*index].disks.push(Disk {
+                    name: get(row, "name")?,
+                    model: None,
+                    serial: None,
+                    id_path: None,
+                    size_bytes: get(row, "size_bytes")?,
+                    block_size: None,
+                    rotational: None,
+                });
+            }
+        }
+        transaction.commit().await?;
+        records.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(records)
+    }
+
+    /// Records an apply's steps (all or none), each with its initial state and reason.
+    pub async fn create_apply_steps(
+        &self,
+        apply_id: &str,
+        steps: &[ApplyStepRow],
+    ) -> Result<(), StoreError> {
+        let mut transaction = self.begin_write().await?;
+        for step in steps {
+            sqlx::query(
+                "INSERT INTO apply_steps (apply_id, machine, step, state, generation, reason, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(apply_id)
+            .bind(step.machine.as_str())
+            .bind(step.step)
+            .bind(step.state.as_str())
+            .bind(step.generation)
+            .bind(step.reason.as_deref())
+            .bind(step.updated_at)
+            .execute(&mut *transaction)
+            .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Every step of an apply, by machine then step.
+    pub async fn apply_steps(&self, apply_id: &str) -> Result<Vec<ApplyStepRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT machine, step, state, generation, reason, updated_at FROM apply_steps \
+             WHERE apply_id = $1",
+        )
+        .bind(apply_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut steps = rows
+            .iter()
+            .map(|row| {
+                Ok(ApplyStepRow {
+                    machine: get(row, "machine")?,
+                    step: get(row, "step")?,
+                    state: get(row, "state")?,
+                    generation: get(row, "generation")?,
+                    reason: get(row, "reason")?,
+                    updated_at: get(row, "updated_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        steps.sort_by(|a, b| (a.machine.as_str(), a.step).cmp(&(b.machine.as_str(), b.step)));
+        Ok(steps)
+    }
+
+    /// Moves one step to `state`.
+    pub async fn set_apply_step(
+        &self,
+        apply_id: &str,
+        machine: &str,
+        step: i64,
+        state: &str,
+        generation: Option<i64>,
+        reason: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE apply_steps SET state = $1, generation = COALESCE($2, generation), reason = $3, \
+                 updated_at = $4 \
+             WHERE apply_id = $5 AND machine = $6 AND step = $7",
+        )
+        .bind(state)
+        .bind(generation)
+        .bind(reason)
+        .bind(now_ms())
+        .bind(apply_id)
+        .bind(machine)
+        .bind(step)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The saved plans (applies) in `status`, oldest first: for resuming after a restart.
+    pub async fn plans_with_status(&self, status: &str) -> Result<Vec<StoredPlan>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, created_at, status, body FROM plans WHERE status = $1 ORDER BY created_at, id",
+        )
+        .bind(status)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredPlan {
+                    id: get(row, "id")?,
+                    created_at: get(row, "created_at")?,
+                    status: get(row, "status")?,
+                    body: get_json(row, "body")?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn record_from_row(row: &sqlx::any::AnyRow) -> Result<MachineRecord, StoreError> {
+    let power_type: String = get(row, "power_type")?;
+    let lifecycle = Lifecycle {
+        status: get_status(row, "status")?,
+        previous_status: get_opt_parsed(row, "previous_status")?,
+        locked: get_bool(row, "locked")?,
+        power: get_power(row, "power")?,
+        owner: get(row, "owner")?,
+        commissioned: get_bool(row, "commissioned")?,
+        deployed_os: get(row, "deployed_os")?,
+        power_configured: power_type != "unconfigured",
+    };
+    Ok(MachineRecord {
+        id: get(row, "id")?,
+        name: get_name(row, "name")?,
+        lifecycle,
+        generation: get(row, "generation")?,
+        status_reason: get(row, "status_reason")?,
+        status_since: get(row, "status_since")?,
+        last_heard: get(row, "last_heard")?,
+        arch: get(row, "arch")?,
+        power_type,
+        power_params: get_json(row, "power_params")?,
+        bmc_address: get(row, "bmc_address")?,
+        image: get(row, "image")?,
+        tags: get_json(row, "tags")?,
+        hardware: Hardware {
+            cpus: get(row, "cpus")?,
+            cpu_model: None,
+            cpu_speed_mhz: get(row, "cpu_speed_mhz")?,
+            memory_mib: get(row, "memory_mib")?,
+            facts: serde_json::Value::Null,
+        },
+        interfaces: Vec::new(),
+        disks: Vec::new(),
+        created_at: get(row, "created_at")?,
+        updated_at: get(row, "updated_at")?,
+    })
+}
