@@ -17,6 +17,7 @@ use super::sections::{
 use super::syntax::Span;
 use crate::model::{MacAddr, MachineName};
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -77,19 +78,18 @@ pub fn build_fleet(
     check_network_references(&catalog, problems);
     check_profile_references(&catalog, problems);
     let machines = unique_machines(declarations.machines, problems);
-    check_machines(&machines, &catalog, problems);
+    let names = check_machines(&machines, &catalog, problems);
     if let Some(policy) = &policy {
-        check_protected(policy, &machines, problems);
+        check_protected(policy, &machines, &names, problems);
     }
+    drop(names);
     let mut machines: Vec<MachineSpec> = machines
-        .iter()
+        .into_iter()
         .map(|machine| resolve_machine(machine, &catalog))
         .collect();
     machines.sort_by(|left, right| left.name.cmp(&right.name));
     Fleet {
-        controller: controller
-            .map(|decl| settings_with_image(decl))
-            .unwrap_or_default(),
+        controller: controller.map(settings_with_image).unwrap_or_default(),
         subnets: catalog
             .subnets
             .into_values()
@@ -116,9 +116,7 @@ pub fn build_fleet(
             .map(|(name, decl)| (name, decl.profile))
             .collect::<BTreeMap<String, Profile>>(),
         machines,
-        policy: policy
-            .map(|decl| policy_with_image(decl))
-            .unwrap_or_default(),
+        policy: policy.map(policy_with_image).unwrap_or_default(),
         sources,
         digest,
     }
@@ -136,6 +134,67 @@ fn policy_with_image(decl: PolicyDecl) -> Policy {
         default_image: decl.default_image.map(|image| image.value),
         ..decl.policy
     }
+}
+
+/// The Fx hash (as in rustc): several times faster than SipHash on short keys. Flooding is no
+/// concern here: the keys come from the operator's own files.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, value: u8) {
+        self.add(value as u64);
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        self.add(value as u64);
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.add(value);
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.add(value as u64);
+    }
+
+    /// The multiply leaves its entropy in the high bits, and hashbrown picks buckets by the low
+    /// ones: rotate them down (as rustc-hash 2 does), or keys differing only in high input bits
+    /// (IPs of one subnet) all collide.
+    fn finish(&self) -> u64 {
+        self.0.rotate_left(26)
+    }
+}
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+fn fast_map<K, V>(capacity: usize) -> FastMap<K, V> {
+    FastMap::with_capacity_and_hasher(capacity, Default::default())
+}
+
+/// Machine name → position in the list of (unique) machines, built once for every check.
+type NameIndex<'m> = FastMap<&'m str, usize>;
+
+fn name_index(machines: &[MachineDecl]) -> NameIndex<'_> {
+    let mut index = fast_map(machines.len());
+    for (at, machine) in machines.iter().enumerate() {
+        index.insert(machine.name.value.as_str(), at);
+    }
+    index
 }
 
 // ---- one of a kind ----
@@ -192,21 +251,31 @@ fn unique<T>(
 }
 
 fn unique_machines(machines: Vec<MachineDecl>, problems: &mut Problems) -> Vec<MachineDecl> {
-    let mut first: HashMap<MachineName, Span> = HashMap::with_capacity(machines.len());
-    let mut kept = Vec::with_capacity(machines.len());
-    for machine in machines {
-        if let Some(earlier) = first.get(&machine.name.value) {
-            let problem = Problem::new(
-                machine.name.span,
-                format!("machine `{}` is declared twice", machine.name.value),
-            );
-            problems.push(problem.related(*earlier, "first declared"));
-            continue;
+    let mut first: FastMap<&str, Span> = fast_map(machines.len());
+    let mut duplicate = vec![false; machines.len()];
+    for (at, machine) in machines.iter().enumerate() {
+        let name = &machine.name;
+        match first.get(name.value.as_str()) {
+            Some(earlier) => {
+                let problem = Problem::new(
+                    name.span,
+                    format!("machine `{}` is declared twice", name.value),
+                );
+                problems.push(problem.related(*earlier, "first declared"));
+                duplicate[at] = true;
+            }
+            None => {
+                first.insert(name.value.as_str(), name.span);
+            }
         }
-        first.insert(machine.name.value.clone(), machine.name.span);
-        kept.push(machine);
     }
-    kept
+    drop(first);
+    machines
+        .into_iter()
+        .zip(duplicate)
+        .filter(|(_, duplicate)| !duplicate)
+        .map(|(machine, _)| machine)
+        .collect()
 }
 
 // ---- references ----
@@ -337,7 +406,11 @@ fn check_subnet_overlaps(subnets: &BTreeMap<String, SubnetDecl>, problems: &mut 
 
 // ---- machines ----
 
-fn check_machines(machines: &[MachineDecl], catalog: &Catalog, problems: &mut Problems) {
+fn check_machines<'m>(
+    machines: &'m [MachineDecl],
+    catalog: &Catalog,
+    problems: &mut Problems,
+) -> NameIndex<'m> {
     let mut identities = Identities::default();
     for machine in machines {
         check_machine_references(machine, catalog, problems);
@@ -350,8 +423,10 @@ fn check_machines(machines: &[MachineDecl], catalog: &Catalog, problems: &mut Pr
         }
         check_interfaces_in_template(machine, catalog, problems);
     }
-    check_clone_sources(machines, problems);
-    check_clone_cycles(machines, problems);
+    let names = name_index(machines);
+    check_clone_sources(machines, &names, problems);
+    check_clone_cycles(machines, &names, problems);
+    names
 }
 
 fn check_machine_references(machine: &MachineDecl, catalog: &Catalog, problems: &mut Problems) {
@@ -412,9 +487,9 @@ fn check_identity(machine: &MachineDecl, problems: &mut Problems) {
 /// MACs, BMC addresses and static IPs each belong to one machine.
 #[derive(Default)]
 struct Identities<'m> {
-    macs: HashMap<MacAddr, (&'m MachineName, Span)>,
-    bmcs: HashMap<&'m str, (&'m MachineName, Span)>,
-    addresses: HashMap<IpAddr, (&'m MachineName, Span)>,
+    macs: FastMap<MacAddr, (&'m MachineName, Span)>,
+    bmcs: FastMap<&'m str, (&'m MachineName, Span)>,
+    addresses: FastMap<IpAddr, (&'m MachineName, Span)>,
 }
 
 impl<'m> Identities<'m> {
@@ -426,7 +501,7 @@ impl<'m> Identities<'m> {
                 mac.value,
                 name,
                 mac.span,
-                &format!("MAC {}", mac.value),
+                || format!("MAC {}", mac.value),
                 problems,
             );
         }
@@ -439,7 +514,7 @@ impl<'m> Identities<'m> {
                 address,
                 name,
                 span,
-                &format!("BMC address {address}"),
+                || format!("BMC address {address}"),
                 problems,
             );
         }
@@ -450,7 +525,7 @@ impl<'m> Identities<'m> {
                     ip,
                     name,
                     span,
-                    &format!("address {ip}"),
+                    || format!("address {ip}"),
                     problems,
                 );
             }
@@ -459,23 +534,25 @@ impl<'m> Identities<'m> {
 }
 
 fn claim<'m, K: std::hash::Hash + Eq>(
-    owners: &mut HashMap<K, (&'m MachineName, Span)>,
+    owners: &mut FastMap<K, (&'m MachineName, Span)>,
     key: K,
     machine: &'m MachineName,
     span: Span,
-    what: &str,
+    what: impl Fn() -> String,
     problems: &mut Problems,
 ) {
     match owners.get(&key) {
         Some((owner, first)) if *owner == machine => {
             problems.push(
-                Problem::new(span, format!("{what} is listed twice for this machine"))
+                Problem::new(span, format!("{} is listed twice for this machine", what()))
                     .related(*first, "first listed"),
             );
         }
         Some((owner, first)) => {
-            let problem =
-                Problem::new(span, format!("{what} is already used by machine `{owner}`"));
+            let problem = Problem::new(
+                span,
+                format!("{} is already used by machine `{owner}`", what()),
+            );
             problems.push(problem.related(*first, format!("used by machine `{owner}`")));
         }
         None => {
@@ -487,8 +564,9 @@ fn claim<'m, K: std::hash::Hash + Eq>(
 /// A static address must be in its subnet, and not where the controller hands out or keeps
 /// addresses (the dynamic range, reserved ranges, the gateway, network and broadcast).
 fn check_static_address(interface: &InterfaceDecl, catalog: &Catalog, problems: &mut Problems) {
-    let reference = Spanned::new(interface.interface.subnet.clone(), interface.subnet_span);
-    let Some(subnet) = lookup(&reference, &catalog.subnets, "subnet", problems) else {
+    let Some(subnet) = catalog.subnets.get(&interface.interface.subnet) else {
+        let reference = Spanned::new(interface.interface.subnet.clone(), interface.subnet_span);
+        lookup(&reference, &catalog.subnets, "subnet", problems);
         return;
     };
     let (Some(ip), Some(span)) = (interface.interface.ip, interface.ip_span) else {
@@ -553,14 +631,16 @@ fn check_interfaces_in_template(machine: &MachineDecl, catalog: &Catalog, proble
     let Some(template) = catalog.network_templates.get(template_name) else {
         return;
     };
-    let names: Vec<&str> = template
-        .template
-        .interfaces
-        .iter()
-        .map(|interface| interface.name.as_str())
-        .collect();
+    let interfaces = &template.template.interfaces;
     for interface in &machine.interfaces {
-        if !names.contains(&interface.interface.name.as_str()) {
+        if !interfaces
+            .iter()
+            .any(|declared| declared.name == interface.interface.name)
+        {
+            let names: Vec<&str> = interfaces
+                .iter()
+                .map(|declared| declared.name.as_str())
+                .collect();
             let message = format!(
                 "network template `{template_name}` has no interface `{}`",
                 interface.interface.name
@@ -787,16 +867,12 @@ fn check_clone_basics(machine: &MachineDecl, problems: &mut Problems) {
     }
 }
 
-fn check_clone_sources(machines: &[MachineDecl], problems: &mut Problems) {
-    let names: HashMap<&MachineName, ()> = machines
-        .iter()
-        .map(|machine| (&machine.name.value, ()))
-        .collect();
+fn check_clone_sources(machines: &[MachineDecl], names: &NameIndex<'_>, problems: &mut Problems) {
     for clone in machines
         .iter()
         .filter_map(|machine| machine.clone_from.as_ref())
     {
-        if !names.contains_key(&clone.spec.source) {
+        if !names.contains_key(clone.spec.source.as_str()) {
             let problem = Problem::new(
                 clone.source_span,
                 format!("no machine is named `{}`", clone.spec.source),
@@ -813,16 +889,11 @@ fn check_clone_sources(machines: &[MachineDecl], problems: &mut Problems) {
 
 /// Each machine clones from at most one source, so the clone graph is a set of chains; a chain
 /// that comes back on itself is a cycle, reported once, naming every machine on it.
-fn check_clone_cycles(machines: &[MachineDecl], problems: &mut Problems) {
-    let index: HashMap<&MachineName, usize> = machines
-        .iter()
-        .enumerate()
-        .map(|(at, machine)| (&machine.name.value, at))
-        .collect();
+fn check_clone_cycles(machines: &[MachineDecl], index: &NameIndex<'_>, problems: &mut Problems) {
     let next = |at: usize| {
         let clone = machines[at].clone_from.as_ref()?;
         index
-            .get(&clone.spec.source)
+            .get(clone.spec.source.as_str())
             .copied()
             .filter(|source| *source != at)
     };
@@ -867,13 +938,14 @@ fn report_cycle(machines: &[MachineDecl], cycle: &[usize], problems: &mut Proble
 // ---- policy ----
 
 /// A typo in the protection list would silently leave a machine unprotected.
-fn check_protected(policy: &PolicyDecl, machines: &[MachineDecl], problems: &mut Problems) {
-    let names: HashMap<&MachineName, ()> = machines
-        .iter()
-        .map(|machine| (&machine.name.value, ()))
-        .collect();
+fn check_protected(
+    policy: &PolicyDecl,
+    machines: &[MachineDecl],
+    names: &NameIndex<'_>,
+    problems: &mut Problems,
+) {
     for protected in &policy.protected_machines {
-        if !names.contains_key(&protected.value) {
+        if !names.contains_key(protected.value.as_str()) {
             let problem = Problem::new(
                 protected.span,
                 format!("protected machine `{}` is not declared", protected.value),
@@ -891,39 +963,39 @@ fn check_protected(policy: &PolicyDecl, machines: &[MachineDecl], problems: &mut
 
 // ---- the resolved machine ----
 
-fn resolve_machine(machine: &MachineDecl, catalog: &Catalog) -> MachineSpec {
-    let profile = profile_of(machine, catalog).map(|decl| &decl.profile);
+/// Moves the declaration into the resolved machine (no copies of its strings), filling in what
+/// the profile and the policy give.
+fn resolve_machine(machine: MachineDecl, catalog: &Catalog) -> MachineSpec {
+    let profile = profile_of(&machine, catalog).map(|decl| &decl.profile);
+    let image = image_name(&machine, catalog).map(str::to_string);
+    let (arch, state) = (machine_arch(&machine, catalog), state_of(&machine));
     let mut tags: Vec<String> = profile
         .map(|profile| profile.tags.clone())
         .unwrap_or_default();
-    tags.extend(machine.tags.iter().cloned());
+    tags.extend(machine.tags);
     tags.sort();
     tags.dedup();
-    let own =
-        |reference: &Option<Reference>| reference.as_ref().map(|reference| reference.value.clone());
+    let own = |reference: Option<Reference>| reference.map(|reference| reference.value);
+    let pxe_mac = machine
+        .pxe_mac
+        .map(|mac| mac.value)
+        .or(machine.macs.first().map(|mac| mac.value));
     MachineSpec {
-        name: machine.name.value.clone(),
-        macs: machine.macs.iter().map(|mac| mac.value).collect(),
-        pxe_mac: machine
-            .pxe_mac
-            .as_ref()
-            .map(|mac| mac.value)
-            .or(machine.macs.first().map(|mac| mac.value)),
-        arch: machine_arch(machine, catalog),
-        power: machine
-            .power
-            .clone()
-            .unwrap_or(super::model::PowerSpec::Manual),
-        profile: own(&machine.profile),
-        storage: own(&machine.storage)
+        name: machine.name.value,
+        macs: machine.macs.into_iter().map(|mac| mac.value).collect(),
+        pxe_mac,
+        arch,
+        power: machine.power.unwrap_or(super::model::PowerSpec::Manual),
+        profile: own(machine.profile),
+        storage: own(machine.storage)
             .or_else(|| profile.and_then(|profile| profile.storage.clone())),
-        network: own(&machine.network)
+        network: own(machine.network)
             .or_else(|| profile.and_then(|profile| profile.network.clone())),
-        image: image_name(machine, catalog).map(str::to_string),
-        state: state_of(machine),
+        image,
+        state,
         locked: flag(&machine.locked, false),
-        owner: machine.owner.clone(),
-        clone_from: machine.clone_from.as_ref().map(|clone| clone.spec.clone()),
+        owner: machine.owner,
+        clone_from: machine.clone_from.map(|clone| clone.spec),
         commission: flag(&machine.commission, true),
         live: flag(&machine.live, false),
         tags,
@@ -932,9 +1004,9 @@ fn resolve_machine(machine: &MachineDecl, catalog: &Catalog) -> MachineSpec {
             .or(profile.map(|profile| profile.expect).unwrap_or_default()),
         interfaces: machine
             .interfaces
-            .iter()
-            .map(|interface| interface.interface.clone())
+            .into_iter()
+            .map(|interface| interface.interface)
             .collect(),
-        comment: machine.comment.clone(),
+        comment: machine.comment,
     }
 }

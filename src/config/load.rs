@@ -5,8 +5,8 @@
 
 use super::diagnostics::{Diagnostics, Problem, Problems, SourceFile};
 use super::read::{expect_string, Spanned};
-use super::sections::{read_document, Declarations};
-use super::syntax::{self, Span, Table, Value};
+use super::sections::{read_document, read_machine, Declarations};
+use super::syntax::{self, Item, Span, Table, Value};
 use super::{check, Fleet};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -129,7 +129,13 @@ impl Loader {
     /// Parses and reads one source; returns the files it includes, in order.
     fn read_source(&mut self, file_index: u32, base_dir: &Path) -> Vec<(PathBuf, Span)> {
         let text = &self.sources[file_index as usize].text;
-        let root = match syntax::parse(text, file_index) {
+        let (machines, problems) = (&mut self.declarations.machines, &mut self.problems);
+        let mut read_element = |key: &str, element: Item<'_>| {
+            if key == "machine" {
+                read_machine(&element, base_dir, machines, problems);
+            }
+        };
+        let root = match syntax::parse_streaming(text, file_index, Some(&mut read_element)) {
             Ok(root) => root,
             Err(errors) => {
                 self.has_syntax_errors = true;

@@ -25,7 +25,10 @@ impl<T> Spanned<T> {
 pub struct TableReader<'t, 'a> {
     pub table: &'t Table<'a>,
     pub span: Span,
-    pub context: &'t str,
+    context: &'t str,
+    /// Appended to the context as "context `name`", only when a message needs it (formatting
+    /// it for each of 100,000 machines up front would cost more than reading them).
+    name: Option<&'t str>,
 }
 
 impl<'t, 'a> TableReader<'t, 'a> {
@@ -34,6 +37,23 @@ impl<'t, 'a> TableReader<'t, 'a> {
             table,
             span,
             context,
+            name: None,
+        }
+    }
+
+    pub fn named(self, kind: &'t str, name: &'t str) -> Self {
+        TableReader {
+            context: kind,
+            name: Some(name),
+            ..self
+        }
+    }
+
+    /// What to call this table in a message: "[policy]", "machine `n1`".
+    pub fn context(&self) -> String {
+        match self.name {
+            Some(name) => format!("{} `{name}`", self.context),
+            None => self.context.to_string(),
         }
     }
 
@@ -69,7 +89,12 @@ impl<'t, 'a> TableReader<'t, 'a> {
     pub fn check_keys(&self, known: &[&str], problems: &mut Problems) {
         for entry in &self.table.entries {
             if !known.contains(&entry.key.as_ref()) {
-                problems.push(unknown_key(&entry.key, entry.key_span, self.context, known));
+                problems.push(unknown_key(
+                    &entry.key,
+                    entry.key_span,
+                    &self.context(),
+                    known,
+                ));
             }
         }
     }
@@ -77,7 +102,7 @@ impl<'t, 'a> TableReader<'t, 'a> {
     pub fn required(&self, key: &str, problems: &mut Problems) -> Option<&'t Item<'a>> {
         let item = self.item(key);
         if item.is_none() {
-            problems.error(self.span, format!("{} has no `{key}`", self.context));
+            problems.error(self.span, format!("{} has no `{key}`", self.context()));
         }
         item
     }

@@ -207,7 +207,7 @@ enum InterfaceType {
 
 #[derive(JsonSchema)]
 #[serde(rename_all = "snake_case")]
-enum Link {
+enum LinkMode {
     Auto,
     Dhcp,
     Static,
@@ -249,7 +249,7 @@ struct Interface {
     /// At least 552.
     mtu: Option<u32>,
     /// Default "auto" with a subnet, else "link_up".
-    link: Option<Link>,
+    link: Option<LinkMode>,
     subnet: Option<String>,
     /// bond and bridge.
     members: Option<Vec<String>>,

@@ -58,7 +58,7 @@ fn check_complete(reader: &TableReader<'_, '_>, image: &Image, problems: &mut Pr
             span,
             format!(
                 "{} has neither `kernel` and `initrd` nor `root`",
-                reader.context
+                reader.context()
             ),
         );
         problems.push(
@@ -132,7 +132,7 @@ fn location_and_digest(
         (None, None) => {
             problems.error(
                 table.span,
-                format!("{} needs a `url` or a `path`", table.context),
+                format!("{} needs a `url` or a `path`", table.context()),
             );
             return None;
         }

@@ -10,7 +10,7 @@ use crate::config::model::{
     Arch, CloneSpec, DesiredState, Expectations, MachineInterface, PowerSpec,
 };
 use crate::config::read::{parse_spanned, Spanned, TableReader};
-use crate::config::syntax::{Span, Value};
+use crate::config::syntax::{Item, Span, Value};
 use crate::model::{MacAddr, MachineName, Status};
 use std::net::IpAddr;
 use std::path::Path;
@@ -93,11 +93,20 @@ pub fn read_all(
         problems.push(problem.help("write each machine under its own [[machine]] header"));
         return;
     };
-    machines.reserve(array.items.len());
     for item in &array.items {
-        if let Some(table) = TableReader::from_item(item, "a machine", problems) {
-            machines.extend(read(&table, base_dir, problems));
-        }
+        read_element(item, base_dir, machines, problems);
+    }
+}
+
+/// One `[[machine]]` table, as the parser hands it over.
+pub fn read_element(
+    item: &Item<'_>,
+    base_dir: &Path,
+    machines: &mut Vec<MachineDecl>,
+    problems: &mut Problems,
+) {
+    if let Some(table) = TableReader::from_item(item, "a machine", problems) {
+        machines.extend(read(&table, base_dir, problems));
     }
 }
 
@@ -109,11 +118,10 @@ fn read(
     let name: Option<Spanned<MachineName>> = generic
         .required_string("name", problems)
         .and_then(|name| parse_spanned(name, problems));
-    let context = match &name {
-        Some(name) => format!("machine `{}`", name.value),
-        None => "this machine".to_string(),
+    let reader = match &name {
+        Some(name) => generic.named("machine", name.value.as_str()),
+        None => TableReader::new(generic.table, generic.span, "this machine"),
     };
-    let reader = TableReader::new(generic.table, generic.span, &context);
     reader.check_keys(KEYS, problems);
     let power_span = reader.item("power").map(|item| item.span);
     let machine = MachineDecl {
@@ -230,10 +238,7 @@ fn interfaces(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Vec<Inte
         .collect()
 }
 
-fn interface(
-    item: &crate::config::syntax::Item<'_>,
-    problems: &mut Problems,
-) -> Option<InterfaceDecl> {
+fn interface(item: &Item<'_>, problems: &mut Problems) -> Option<InterfaceDecl> {
     let table = TableReader::from_item(item, "an interface", problems)?;
     table.check_keys(INTERFACE_KEYS, problems);
     let ip: Option<Spanned<IpAddr>> = table

@@ -12,7 +12,7 @@ mod storage;
 mod subnets;
 
 pub use controller::ControllerDecl;
-pub use machines::{InterfaceDecl, MachineDecl};
+pub use machines::{read_element as read_machine, InterfaceDecl, MachineDecl};
 pub use network::NetworkDecl;
 pub use policy::PolicyDecl;
 pub use profiles::ProfileDecl;

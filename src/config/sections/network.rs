@@ -74,7 +74,7 @@ pub fn read(
     if reader.item("interfaces").is_none() {
         problems.error(
             reader.span,
-            format!("{} has no `interfaces`", reader.context),
+            format!("{} has no `interfaces`", reader.context()),
         );
     }
     check_unique_names(&names, problems);

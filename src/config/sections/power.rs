@@ -134,7 +134,7 @@ fn redfish(
         user: table.owned_string("user", problems),
         password: secret(table, "password", base_dir, problems),
         system_id: table.owned_string("system_id", problems),
-        verify_tls: table.boolean("verify_tls", problems).is_none_or_true(),
+        verify_tls: table.boolean("verify_tls", problems).or_true(),
         address: bmc_address(table, problems)?,
     })
 }
@@ -163,7 +163,7 @@ fn webhook(
         );
     }
     let token = secret(table, "token", base_dir, problems);
-    let verify_tls = table.boolean("verify_tls", problems).is_none_or_true();
+    let verify_tls = table.boolean("verify_tls", problems).or_true();
     let on_url = table
         .required("on_url", problems)
         .and(url("on_url", problems));
@@ -269,11 +269,11 @@ fn is_env_name(name: &str) -> bool {
 }
 
 trait DefaultTrue {
-    fn is_none_or_true(self) -> bool;
+    fn or_true(self) -> bool;
 }
 
 impl DefaultTrue for Option<crate::config::read::Spanned<bool>> {
-    fn is_none_or_true(self) -> bool {
+    fn or_true(self) -> bool {
         self.map_or(true, |flag| flag.value)
     }
 }
