@@ -2,6 +2,7 @@
 //! endpoints (iPXE scripts, kernels, initrds, images). Each server takes an already-bound socket
 //! and a shutdown future, so tests bind port 0 (or bind inside a network namespace).
 
+pub mod dhcp;
 pub mod http;
 pub mod ipxe;
 pub mod tftp;

@@ -6,6 +6,7 @@ mod actions;
 mod apply;
 mod config;
 mod crash;
+mod dhcp;
 mod lifecycle;
 mod netboot;
 mod plan;

@@ -1,0 +1,337 @@
+//! What the DHCP server answers with, built from the fleet file: the subnets it serves, the fixed
+//! addresses of declared machines, the MACs it ignores and the network-boot settings.
+
+use crate::config::{Fleet, Subnet};
+use crate::model::MacAddr;
+use ipnet::{IpNet, Ipv4Net};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+
+/// How long an offered address stays set aside for the client that was offered it.
+pub const DEFAULT_OFFER_HOLD_SECONDS: u32 = 30;
+/// How long an address a client declined (found in use) is kept out of the pool.
+pub const DEFAULT_DECLINE_HOLD_SECONDS: u32 = 600;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DhcpConfigError {
+    #[error("subnet `{subnet}`: DHCP serves IPv4 only, and {cidr} is not IPv4")]
+    NotIpv4 { subnet: String, cidr: String },
+    #[error("subnet `{subnet}`: the dynamic range {start}-{end} is not IPv4 or not inside {cidr}")]
+    BadRange {
+        subnet: String,
+        start: IpAddr,
+        end: IpAddr,
+        cidr: Ipv4Net,
+    },
+}
+
+/// The whole DHCP configuration, for every subnet; [`DhcpConfig::on_interface`] says which
+/// interface (and so which directly attached subnets) one server socket answers for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DhcpConfig {
+    pub subnets: Vec<DhcpSubnet>,
+    /// Declared machines' fixed addresses, by MAC.
+    pub fixed: HashMap<MacAddr, FixedAddress>,
+    /// Every fixed address, so that the dynamic pool never hands one out.
+    pub fixed_ips: HashSet<Ipv4Addr>,
+    /// The MACs of declared machines, for lease events on the machine.
+    pub known_machines: HashMap<MacAddr, String>,
+    /// Never answered.
+    pub ignored_macs: HashSet<MacAddr>,
+    pub boot: BootSettings,
+    /// The interface the socket serves; `None` answers relayed requests only.
+    pub interface: Option<ServedInterface>,
+    pub offer_hold_seconds: u32,
+    pub decline_hold_seconds: u32,
+}
+
+/// One subnet as DHCP sees it (IPv4 only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhcpSubnet {
+    pub name: String,
+    pub network: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    /// Served on this interface (else: on the interface whose address lies in `network`).
+    pub interface: Option<String>,
+    /// The dynamic range, inclusive; `None`: fixed addresses only.
+    pub pool: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// Inclusive ranges never handed out.
+    pub reserved: Vec<(Ipv4Addr, Ipv4Addr)>,
+    pub lease_seconds: u32,
+    /// Boot options only; another DHCP server gives the addresses.
+    pub proxy: bool,
+}
+
+impl DhcpSubnet {
+    /// A subnet with defaults, for tests and the benchmark server.
+    pub fn new(name: &str, network: Ipv4Net) -> DhcpSubnet {
+        DhcpSubnet {
+            name: name.to_string(),
+            network,
+            gateway: None,
+            dns: Vec::new(),
+            domain: None,
+            interface: None,
+            pool: None,
+            reserved: Vec::new(),
+            lease_seconds: 3600,
+            proxy: false,
+        }
+    }
+
+    pub fn is_reserved(&self, ip: Ipv4Addr) -> bool {
+        self.reserved
+            .iter()
+            .any(|(start, end)| *start <= ip && ip <= *end)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixedAddress {
+    pub ip: Ipv4Addr,
+    /// Index into [`DhcpConfig::subnets`].
+    pub subnet: usize,
+    pub machine: String,
+}
+
+/// The interface a server socket is bound to, and the server's address on it (the server
+/// identifier and the default next-server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedInterface {
+    pub name: String,
+    pub address: Ipv4Addr,
+}
+
+/// What network-booting clients are told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootSettings {
+    /// `http://host:port` of the boot HTTP server; `None`: `http://<server address>:<http_port>`.
+    pub http_base_url: Option<String>,
+    pub http_port: u16,
+    /// The TFTP server (siaddr, option 66); `None`: the server's own address.
+    pub next_server: Option<Ipv4Addr>,
+    /// Option 93 = 0 (BIOS x86).
+    pub bios_loader: String,
+    /// Option 93 = 7 or 9 (UEFI x64).
+    pub uefi_x64_loader: String,
+    /// Option 93 = 11 (UEFI arm64).
+    pub uefi_arm64_loader: String,
+    /// Where UEFI HTTP boot clients (option 93 = 16/19) fetch the EFI loaders, under the base URL.
+    pub http_loader_path: String,
+}
+
+impl Default for BootSettings {
+    fn default() -> Self {
+        BootSettings {
+            http_base_url: None,
+            http_port: 5240,
+            next_server: None,
+            bios_loader: "undionly.kpxe".to_string(),
+            uefi_x64_loader: "ipxe.efi".to_string(),
+            uefi_arm64_loader: "ipxe-arm64.efi".to_string(),
+            http_loader_path: "/boot/loaders".to_string(),
+        }
+    }
+}
+
+impl BootSettings {
+    /// The boot HTTP server as a client on `server_address` reaches it, without a trailing `/`.
+    pub fn http_base(&self, server_address: Ipv4Addr) -> String {
+        match &self.http_base_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{server_address}:{}", self.http_port),
+        }
+    }
+}
+
+impl DhcpConfig {
+    /// An empty configuration (no subnet: answers nothing) to build on.
+    pub fn new(boot: BootSettings) -> DhcpConfig {
+        DhcpConfig {
+            subnets: Vec::new(),
+            fixed: HashMap::new(),
+            fixed_ips: HashSet::new(),
+            known_machines: HashMap::new(),
+            ignored_macs: HashSet::new(),
+            boot,
+            interface: None,
+            offer_hold_seconds: DEFAULT_OFFER_HOLD_SECONDS,
+            decline_hold_seconds: DEFAULT_DECLINE_HOLD_SECONDS,
+        }
+    }
+
+    /// The fleet file's subnets (IPv4 ones; an IPv6 subnet is an error only if it has a range),
+    /// its machines' fixed addresses, and boot settings from `[controller]`.
+    pub fn from_fleet(fleet: &Fleet) -> Result<DhcpConfig, DhcpConfigError> {
+        let boot = BootSettings {
+            http_base_url: fleet.controller.http_boot_url.clone(),
+            http_port: fleet.controller.listen.port(),
+            ..BootSettings::default()
+        };
+        let mut config = DhcpConfig::new(boot);
+        for subnet in &fleet.subnets {
+            if let Some(dhcp_subnet) = dhcp_subnet(subnet)? {
+                config.subnets.push(dhcp_subnet);
+            }
+        }
+        for machine in &fleet.machines {
+            for mac in machine.macs.iter().chain(machine.pxe_mac.iter()) {
+                config.known_machines.insert(*mac, machine.name.to_string());
+            }
+            add_fixed_addresses(&mut config, machine);
+        }
+        Ok(config)
+    }
+
+    /// The same configuration for a socket bound to `interface`, whose address is `address`.
+    pub fn on_interface(&self, interface: &str, address: Ipv4Addr) -> DhcpConfig {
+        DhcpConfig {
+            interface: Some(ServedInterface {
+                name: interface.to_string(),
+                address,
+            }),
+            ..self.clone()
+        }
+    }
+
+    pub fn with_ignored_macs(mut self, macs: impl IntoIterator<Item = MacAddr>) -> DhcpConfig {
+        self.ignored_macs.extend(macs);
+        self
+    }
+
+    /// Adds a fixed address (the subnet must already be in the configuration).
+    pub fn add_fixed(&mut self, mac: MacAddr, ip: Ipv4Addr, machine: &str) -> bool {
+        let Some(subnet) = self.subnet_containing(ip) else {
+            return false;
+        };
+        self.fixed.insert(
+            mac,
+            FixedAddress {
+                ip,
+                subnet,
+                machine: machine.to_string(),
+            },
+        );
+        self.fixed_ips.insert(ip);
+        self.known_machines.insert(mac, machine.to_string());
+        true
+    }
+
+    /// The first subnet whose network holds `ip`.
+    pub fn subnet_containing(&self, ip: Ipv4Addr) -> Option<usize> {
+        self.subnets
+            .iter()
+            .position(|subnet| subnet.network.contains(&ip))
+    }
+
+    /// The subnet a request belongs to: by the relay's address, else the interface's subnet.
+    pub fn subnet_for(&self, relay: Option<Ipv4Addr>) -> Option<usize> {
+        if let Some(relay) = relay {
+            return self.subnet_containing(relay);
+        }
+        let interface = self.interface.as_ref()?;
+        self.subnets
+            .iter()
+            .position(|subnet| match &subnet.interface {
+                Some(name) => *name == interface.name,
+                None => subnet.network.contains(&interface.address),
+            })
+    }
+
+    /// The server identifier: our address on the served interface.
+    pub fn server_address(&self) -> Ipv4Addr {
+        self.interface
+            .as_ref()
+            .map_or(Ipv4Addr::UNSPECIFIED, |interface| interface.address)
+    }
+}
+
+fn dhcp_subnet(subnet: &Subnet) -> Result<Option<DhcpSubnet>, DhcpConfigError> {
+    let network = match subnet.cidr {
+        IpNet::V4(network) => network,
+        IpNet::V6(_) if subnet.dynamic_range.is_none() => return Ok(None),
+        IpNet::V6(cidr) => {
+            return Err(DhcpConfigError::NotIpv4 {
+                subnet: subnet.name.clone(),
+                cidr: cidr.to_string(),
+            })
+        }
+    };
+    let pool = match subnet.dynamic_range {
+        None => None,
+        Some(range) => match (range.start, range.end) {
+            (IpAddr::V4(start), IpAddr::V4(end))
+                if network.contains(&start) && network.contains(&end) && start <= end =>
+            {
+                Some((start, end))
+            }
+            _ => {
+                return Err(DhcpConfigError::BadRange {
+                    subnet: subnet.name.clone(),
+                    start: range.start,
+                    end: range.end,
+                    cidr: network,
+                })
+            }
+        },
+    };
+    let reserved = subnet
+        .reserved
+        .iter()
+        .filter_map(
+            |reserved| match (reserved.range.start, reserved.range.end) {
+                (IpAddr::V4(start), IpAddr::V4(end)) => Some((start, end)),
+                _ => None,
+            },
+        )
+        .collect();
+    Ok(Some(DhcpSubnet {
+        name: subnet.name.clone(),
+        network,
+        gateway: ipv4(subnet.gateway),
+        dns: subnet
+            .dns
+            .iter()
+            .filter_map(|dns| ipv4(Some(*dns)))
+            .collect(),
+        domain: subnet.domain.clone(),
+        interface: subnet.interface.clone(),
+        pool,
+        reserved,
+        lease_seconds: subnet.lease_seconds,
+        proxy: subnet.proxy_dhcp,
+    }))
+}
+
+fn ipv4(address: Option<IpAddr>) -> Option<Ipv4Addr> {
+    match address {
+        Some(IpAddr::V4(address)) => Some(address),
+        _ => None,
+    }
+}
+
+/// A static interface gives its MAC a fixed address: the interface's own `mac`, else (for the
+/// machine's first addressed interface only) the MAC the machine netboots from.
+fn add_fixed_addresses(config: &mut DhcpConfig, machine: &crate::config::MachineSpec) {
+    let mut netboot_mac_used = false;
+    for interface in &machine.interfaces {
+        let Some(IpAddr::V4(ip)) = interface.ip else {
+            continue;
+        };
+        let mac = match interface.mac {
+            Some(mac) => Some(mac),
+            None if !netboot_mac_used => {
+                netboot_mac_used = true;
+                machine.pxe_mac.or_else(|| machine.macs.first().copied())
+            }
+            None => None,
+        };
+        if let Some(mac) = mac {
+            if !config.fixed.contains_key(&mac) {
+                config.add_fixed(mac, ip, machine.name.as_str());
+            }
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Writing lease changes and lease events behind the server: the server loop only queues them
+//! (coalesced per MAC), and a writer task commits whole batches, many leases per transaction, so
+//! that no packet waits for the database and a flood costs a few transactions a second.
+//!
+//! The batch SQL lives here rather than in `store::leases` because the store has no batch write
+//! yet; it keeps the store's lease invariants (one row per MAC, an IP leased at most once).
+
+use super::handler::StoreChange;
+use super::DhcpError;
+use crate::model::MacAddr;
+use crate::store::{Backend, Lease, NewEvent, Store};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How long the writer waits after the first queued change, to gather a batch.
+const BATCH_WINDOW: Duration = Duration::from_millis(50);
+/// After a failed write, wait this long before trying again.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+/// Rows per statement (6 bound values each, well under SQLite's and PostgreSQL's limits).
+const ROWS_PER_STATEMENT: usize = 200;
+/// Events waiting beyond this are dropped (and counted), so a stuck store cannot eat memory.
+const MAXIMUM_PENDING_EVENTS: usize = 10_000;
+
+#[derive(Default)]
+struct Pending {
+    /// The newest change per MAC, with the order it was queued in.
+    leases: HashMap<MacAddr, (u64, StoreChange)>,
+    next_sequence: u64,
+    events: Vec<NewEvent>,
+    dropped_events: u64,
+}
+
+/// The queue and the writer's side of it. Shared by the servers and the writer task.
+pub struct WriteBehind {
+    store: Option<Store>,
+    pending: Mutex<Pending>,
+    wake: Notify,
+    /// Held while a batch is written, so that `flush` and the writer task never interleave.
+    writing: tokio::sync::Mutex<()>,
+    closed: AtomicBool,
+}
+
+impl WriteBehind {
+    /// Without a store, changes are dropped (an in-memory server, for the benchmark).
+    pub fn new(store: Option<Store>) -> Arc<WriteBehind> {
+        Arc::new(WriteBehind {
+            store,
+            pending: Mutex::new(Pending::default()),
+            wake: Notify::new(),
+            writing: tokio::sync::Mutex::new(()),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Starts the writer task (on the current tokio runtime).
+    pub fn spawn_writer(self: &Arc<Self>) {
+        if self.store.is_none() {
+            return;
+        }
+        let behind = Arc::clone(self);
+        tokio::spawn(async move { behind.run().await });
+    }
+
+    pub fn queue_change(&self, change: StoreChange) {
+        if self.store.is_none() {
+            return;
+        }
+        let was_idle = {
+            let mut pending = lock(&self.pending);
+            let was_idle = pending.leases.is_empty() && pending.events.is_empty();
+            let sequence = pending.next_sequence;
+            pending.next_sequence += 1;
+            pending.leases.insert(change.mac(), (sequence, change));
+            was_idle
+        };
+        if was_idle {
+            self.wake.notify_one();
+        }
+    }
+
+    pub fn queue_event(&self, event: NewEvent) {
+        if self.store.is_none() {
+            return;
+        }
+        {
+            let mut pending = lock(&self.pending);
+            if pending.events.len() >= MAXIMUM_PENDING_EVENTS {
+                pending.dropped_events += 1;
+                return;
+            }
+            pending.events.push(event);
+        }
+        self.wake.notify_one();
+    }
+
+    /// Writes everything queued so far; returns when it is committed.
+    pub async fn flush(&self) -> Result<(), DhcpError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let _writing = self.writing.lock().await;
+        let (changes, events, dropped_events) = {
+            let mut pending = lock(&self.pending);
+            let dropped = std::mem::take(&mut pending.dropped_events);
+            (
+                std::mem::take(&mut pending.leases),
+                std::mem::take(&mut pending.events),
+                dropped,
+            )
+        };
+        if dropped_events > 0 {
+            tracing::warn!(
+                dropped_events,
+                "DHCP lease events dropped: the store is not keeping up"
+            );
+        }
+        let ordered = in_queue_order(changes);
+        if let Err(error) = write_changes(store, &ordered).await {
+            self.requeue(ordered);
+            return Err(error);
+        }
+        for event in &events {
+            if let Err(error) = store.append_event(event).await {
+                tracing::warn!(%error, "cannot record a DHCP lease event");
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the writer task after a last flush.
+    pub async fn close(&self) -> Result<(), DhcpError> {
+        self.closed.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+        self.flush().await
+    }
+
+    /// Puts back the changes of a failed batch, unless a newer change for the MAC came meanwhile.
+    fn requeue(&self, changes: Vec<(u64, StoreChange)>) {
+        let mut pending = lock(&self.pending);
+        for (sequence, change) in changes {
+            pending
+                .leases
+                .entry(change.mac())
+                .or_insert((sequence, change));
+        }
+    }
+
+    async fn run(self: Arc<Self>) {
+        while !self.closed.load(Ordering::SeqCst) {
+            self.wake.notified().await;
+            tokio::time::sleep(BATCH_WINDOW).await;
+            if let Err(error) = self.flush().await {
+                tracing::warn!(%error, "cannot write DHCP leases to the store; retrying");
+                tokio::time::sleep(RETRY_DELAY).await;
+                self.wake.notify_one();
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain data behind: keep using it.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The changes in the order they were made. When two queued leases name one IP (a MAC whose
+/// expired address went to another MAC before the first write), only the newer one is kept and
+/// the older MAC's row is deleted, so the batch never breaks "an IP leased at most once".
+fn in_queue_order(changes: HashMap<MacAddr, (u64, StoreChange)>) -> Vec<(u64, StoreChange)> {
+    let mut ordered: Vec<(u64, StoreChange)> = changes.into_values().collect();
+    ordered.sort_by_key(|(sequence, _)| std::cmp::Reverse(*sequence));
+    let mut seen_ips = std::collections::HashSet::new();
+    for (_, change) in ordered.iter_mut() {
+        if let StoreChange::Upsert(lease) = change {
+            if !seen_ips.insert(lease.ip) {
+                *change = StoreChange::Delete(lease.mac);
+            }
+        }
+    }
+    ordered.reverse();
+    ordered
+}
+
+/// One transaction for the whole batch: per chunk, delete the rows of the MACs and IPs being
+/// written, then insert the new leases in one statement.
+async fn write_changes(store: &Store, changes: &[(u64, StoreChange)]) -> Result<(), DhcpError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let pool = store.pool();
+    let mut transaction = match store.backend() {
+        // Take the write lock at once, as the store's own writers do.
+        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
+        Backend::Postgres => pool.begin().await?,
+    };
+    for chunk in changes.chunks(ROWS_PER_STATEMENT) {
+        let leases: Vec<&Lease> = chunk
+            .iter()
+            .filter_map(|(_, change)| match change {
+                StoreChange::Upsert(lease) => Some(lease),
+                StoreChange::Delete(_) => None,
+            })
+            .collect();
+        delete_rows(&mut transaction, chunk, &leases).await?;
+        insert_rows(&mut transaction, &leases).await?;
+    }
+    transaction.commit().await?;
+    Ok(())
+}
+
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|index| format!("${index}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn delete_rows(
+    transaction: &mut sqlx::Transaction<'static, sqlx::Any>,
+    chunk: &[(u64, StoreChange)],
+    leases: &[&Lease],
+) -> Result<(), DhcpError> {
+    let mut sql = format!(
+        "DELETE FROM leases WHERE mac IN ({})",
+        placeholders(1, chunk.len())
+    );
+    if !leases.is_empty() {
+        sql.push_str(&format!(
+            " OR ip IN ({})",
+            placeholders(chunk.len() + 1, leases.len())
+        ));
+    }
+    let mut query = sqlx::query(&sql);
+    for (_, change) in chunk {
+        query = query.bind(change.mac().to_string());
+    }
+    for lease in leases {
+        query = query.bind(lease.ip.to_string());
+    }
+    query.execute(&mut **transaction).await?;
+    Ok(())
+}
+
+async fn insert_rows(
+    transaction: &mut sqlx::Transaction<'static, sqlx::Any>,
+    leases: &[&Lease],
+) -> Result<(), DhcpError> {
+    if leases.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<String> = (0..leases.len())
+        .map(|row| format!("({})", placeholders(row * 6 + 1, 6)))
+        .collect();
+    let sql = format!(
+        "INSERT INTO leases (mac, ip, subnet, hostname, machine, expires_at) VALUES {}",
+        rows.join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for lease in leases {
+        query = query
+            .bind(lease.mac.to_string())
+            .bind(lease.ip.to_string())
+            .bind(lease.subnet.clone())
+            .bind(lease.hostname.clone())
+            .bind(lease.machine.clone())
+            .bind(lease.expires_at);
+    }
+    query.execute(&mut **transaction).await?;
+    Ok(())
+}

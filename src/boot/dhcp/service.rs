@@ -1,0 +1,190 @@
+//! The lease state shared by every DHCP socket of a controller: the in-memory table (the truth
+//! while running), loaded from the store at start and written behind to it, and the lease events
+//! recorded on machines, rate-limited.
+//!
+//! Events: only for MACs of declared machines (plus pool exhaustion, which names the machine when
+//! it is known), at most one per MAC and kind per [`EVENT_INTERVAL_MS`] (a renewing machine does
+//! not write one event per renewal), and one exhaustion event per subnet per interval carrying how
+//! many requests went unanswered since the last one. Unknown MACs (a benchmark's thousands of
+//! simulated clients) cost no event at all. Events are written by the writer task, in batches.
+
+use super::config::DhcpConfig;
+use super::handler::{handle, Context, LeaseEvent, LeaseEventKind, Outcome};
+use super::leases::LeaseTable;
+use super::persist::WriteBehind;
+use super::DhcpError;
+use crate::model::MacAddr;
+use crate::store::{NewEvent, Store};
+use dhcproto::v4::Message;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// At most one event per MAC and kind, and one exhaustion event per subnet, in this time.
+pub const EVENT_INTERVAL_MS: i64 = 60_000;
+const ACTOR: &str = "dhcp";
+
+#[derive(Default)]
+struct EventLimiter {
+    last_machine_event: HashMap<(MacAddr, LeaseEventKind), i64>,
+    /// Per subnet: when the last exhaustion event was written, and requests unanswered since.
+    exhaustion: HashMap<String, (i64, u64)>,
+}
+
+/// The lease state of a controller's DHCP service.
+pub struct DhcpLeases {
+    table: Mutex<LeaseTable>,
+    limiter: Mutex<EventLimiter>,
+    behind: Arc<WriteBehind>,
+}
+
+impl DhcpLeases {
+    /// Loads the leases kept in `store` and starts the writer task (needs a tokio runtime).
+    pub async fn load(store: Store, config: &DhcpConfig) -> Result<Arc<DhcpLeases>, DhcpError> {
+        let stored = store.leases().await?;
+        let mut table = LeaseTable::new();
+        let restored = table.restore(&stored, config);
+        tracing::info!(restored, "DHCP leases loaded from the store");
+        let behind = WriteBehind::new(Some(store));
+        behind.spawn_writer();
+        Ok(DhcpLeases::with(table, behind))
+    }
+
+    /// Leases kept in memory only (nothing written anywhere): for tests and benchmarks.
+    pub fn in_memory() -> Arc<DhcpLeases> {
+        DhcpLeases::with(LeaseTable::new(), WriteBehind::new(None))
+    }
+
+    fn with(table: LeaseTable, behind: Arc<WriteBehind>) -> Arc<DhcpLeases> {
+        Arc::new(DhcpLeases {
+            table: Mutex::new(table),
+            limiter: Mutex::new(EventLimiter::default()),
+            behind,
+        })
+    }
+
+    /// Answers one decoded request and queues what it changed for the store.
+    pub fn answer(&self, request: &Message, config: &DhcpConfig, now_ms: i64) -> Outcome {
+        let context = Context { config, now_ms };
+        let mut outcome = {
+            let mut table = lock(&self.table);
+            handle(request, &context, &mut table)
+        };
+        if let Some(change) = outcome.store_change.take() {
+            self.behind.queue_change(change);
+        }
+        if let Some(event) = outcome.event.take() {
+            self.record_event(event, now_ms);
+        }
+        outcome
+    }
+
+    /// Reads the table (tests, diagnostics).
+    pub fn with_table<T>(&self, read: impl FnOnce(&LeaseTable) -> T) -> T {
+        read(&lock(&self.table))
+    }
+
+    /// Writes everything queued so far to the store.
+    pub async fn flush(&self) -> Result<(), DhcpError> {
+        self.behind.flush().await
+    }
+
+    /// Writes what is queued and stops the writer task.
+    pub async fn close(&self) -> Result<(), DhcpError> {
+        self.behind.close().await
+    }
+
+    fn record_event(&self, event: LeaseEvent, now_ms: i64) {
+        let new_event = {
+            let mut limiter = lock(&self.limiter);
+            if event.kind == LeaseEventKind::Exhausted {
+                exhaustion_event(&mut limiter, &event, now_ms)
+            } else {
+                machine_event(&mut limiter, &event, now_ms)
+            }
+        };
+        if let Some(new_event) = new_event {
+            self.behind.queue_event(new_event);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn machine_event(limiter: &mut EventLimiter, event: &LeaseEvent, now_ms: i64) -> Option<NewEvent> {
+    let machine = event.machine.as_ref()?;
+    let last = limiter
+        .last_machine_event
+        .entry((event.mac, event.kind))
+        .or_insert(i64::MIN);
+    if now_ms.saturating_sub(*last) < EVENT_INTERVAL_MS {
+        return None;
+    }
+    *last = now_ms;
+    Some(NewEvent {
+        machine: Some(machine.clone()),
+        kind: "lease".to_string(),
+        actor: ACTOR.to_string(),
+        action: Some(event.kind.as_str().to_string()),
+        from_status: None,
+        to_status: None,
+        reason: Some(describe(event)),
+        detail: serde_json::json!({
+            "mac": event.mac.to_string(),
+            "ip": event.ip.map(|ip| ip.to_string()),
+            "subnet": event.subnet,
+        }),
+    })
+}
+
+fn exhaustion_event(
+    limiter: &mut EventLimiter,
+    event: &LeaseEvent,
+    now_ms: i64,
+) -> Option<NewEvent> {
+    let (last, unanswered) = limiter
+        .exhaustion
+        .entry(event.subnet.clone())
+        .or_insert((i64::MIN, 0));
+    *unanswered += 1;
+    if now_ms.saturating_sub(*last) < EVENT_INTERVAL_MS {
+        return None;
+    }
+    let count = std::mem::take(unanswered);
+    *last = now_ms;
+    tracing::warn!(subnet = %event.subnet, mac = %event.mac, unanswered = count,
+        "DHCP pool exhausted: no address to offer");
+    Some(NewEvent {
+        machine: event.machine.clone(),
+        kind: "lease".to_string(),
+        actor: ACTOR.to_string(),
+        action: Some(event.kind.as_str().to_string()),
+        from_status: None,
+        to_status: None,
+        reason: Some(describe(event)),
+        detail: serde_json::json!({
+            "mac": event.mac.to_string(),
+            "subnet": event.subnet,
+            "unanswered": count,
+        }),
+    })
+}
+
+fn describe(event: &LeaseEvent) -> String {
+    let ip = event.ip.map(|ip| ip.to_string()).unwrap_or_default();
+    match event.kind {
+        LeaseEventKind::Offer => format!("DHCP offered {ip} to {}", event.mac),
+        LeaseEventKind::Ack => format!("DHCP leased {ip} to {}", event.mac),
+        LeaseEventKind::Renew => format!("DHCP renewed {ip} for {}", event.mac),
+        LeaseEventKind::Release => format!("{} released {ip}", event.mac),
+        LeaseEventKind::Decline => format!("{} declined {ip} (in use on the network)", event.mac),
+        LeaseEventKind::Nak => format!("DHCP refused {ip} to {}", event.mac),
+        LeaseEventKind::Exhausted => format!(
+            "no free address in subnet {} for {}: the dynamic range is exhausted",
+            event.subnet, event.mac
+        ),
+    }
+}
