@@ -14,6 +14,12 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100_000)]
         machines: usize,
     },
+    /// `fleet plan` of a synthetic fleet against a synthetic observed snapshot: parse, validate,
+    /// diff, render (target: 100,000 machines under 1 s and 500 MB)
+    Plan {
+        #[arg(long, default_value_t = 100_000)]
+        machines: usize,
+    },
     /// `fleet machines --json` through the API (target: 10,000 machines under 1 s)
     Machines {
         #[arg(long, default_value_t = 10_000)]
@@ -25,6 +31,7 @@ pub async fn bench(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Validate { machines } => bench_validate(machines),
         BenchCommand::Machines { machines } => bench_machines(machines).await,
+        BenchCommand::Plan { machines } => bench_plan(machines),
     }
 }
 
@@ -86,6 +93,74 @@ fn bench_validate(machines: usize) -> anyhow::Result<ExitCode> {
         1.0,
         500.0,
     )
+}
+
+fn bench_plan(machines: usize) -> anyhow::Result<ExitCode> {
+    let directory = tempfile::tempdir()?;
+    let fleet_path = directory.path().join("fleet.toml");
+    let text = fleet::config::synthetic_fleet_toml(machines);
+    std::fs::write(&fleet_path, &text)?;
+    let loaded = fleet::config::load_str("fleet.toml", &text)
+        .map_err(|diagnostics| anyhow::anyhow!("{}", diagnostics.render(false)))?;
+    let observed = synthetic_observed(&loaded);
+    let observed_path = directory.path().join("observed.json");
+    std::fs::write(&observed_path, serde_json::to_string(&observed)?)?;
+    let (fleet_text, observed_text) = (
+        fleet_path.display().to_string(),
+        observed_path.display().to_string(),
+    );
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let args = ["plan", "-f", &fleet_text, "--observed", &observed_text];
+        runs.push(run_child(&args, None)?);
+    }
+    report(
+        "plan",
+        machines,
+        "every 7th machine absent, the rest ready; human rendering",
+        &runs,
+        1.0,
+        500.0,
+    )
+}
+
+/// What a store might hold for the synthetic fleet: every seventh machine not yet added, the
+/// others commissioned and ready with the fleet file's power and tags (so most get steps).
+fn synthetic_observed(fleet: &fleet::config::Fleet) -> fleet::plan::Observed {
+    let machines = fleet
+        .machines
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| index % 7 != 0)
+        .map(|(_, spec)| {
+            let (power_type, power_params) = fleet::plan::desired_power(&spec.power);
+            fleet::plan::ObservedMachine {
+                name: spec.name.clone(),
+                status: fleet::model::Status::Ready,
+                previous_status: None,
+                status_reason: None,
+                power: fleet::model::PowerState::Off,
+                locked: false,
+                owner: None,
+                commissioned: true,
+                deployed_os: None,
+                power_type,
+                power_params,
+                image: spec.image.clone(),
+                tags: spec.tags.clone(),
+                arch: Some(spec.arch.as_str().to_string()),
+                macs: spec.macs.clone(),
+                hardware: fleet::plan::ObservedHardware {
+                    cpus: Some(32),
+                    memory_mib: Some(262_144),
+                    disk_sizes: vec![960_000_000_000, 960_000_000_000],
+                },
+                generation: 4,
+                heard_from: true,
+            }
+        })
+        .collect();
+    fleet::plan::Observed { machines }
 }
 
 async fn bench_machines(machines: usize) -> anyhow::Result<ExitCode> {
