@@ -48,6 +48,8 @@ fn table_config() -> DhcpConfig {
     relayed.pool = Some((ip("10.88.0.100"), ip("10.88.0.109")));
     let mut config = DhcpConfig::new(Default::default());
     config.subnets = vec![local, relayed];
+    // mac(1) is a declared machine's (lease events are recorded for those only).
+    config.known_machines.insert(mac(1), "node-1".into());
     config.on_interface("test0", SERVER)
 }
 
@@ -292,6 +294,7 @@ fn a_full_exchange_offers_acknowledges_renews_and_releases() {
         &client_message(mac(2), MessageType::Discover),
         NOW,
     );
+    assert_eq!(other.event, None, "no event for a MAC no machine has");
     assert_eq!(other.reply.unwrap().message.yiaddr(), ip("10.77.0.101"));
 
     let mut request = client_message(client, MessageType::Request);

@@ -226,11 +226,17 @@ impl Exchange<'_> {
         self.config().known_machines.get(&self.mac).cloned()
     }
 
+    /// An event for a declared machine, or for pool exhaustion; `None` for anything else, so
+    /// that the thousands of unknown clients of a flood cost no allocation here.
     fn event(&self, kind: LeaseEventKind, ip: Option<Ipv4Addr>) -> Option<LeaseEvent> {
+        let machine = self.machine();
+        if machine.is_none() && kind != LeaseEventKind::Exhausted {
+            return None;
+        }
         Some(LeaseEvent {
             kind,
             mac: self.mac,
-            machine: self.machine(),
+            machine,
             ip,
             subnet: self.subnet.name.clone(),
         })
