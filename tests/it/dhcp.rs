@@ -692,9 +692,13 @@ fn acknowledged(leases: &DhcpLeases, config: &DhcpConfig, client: MacAddr, now: 
     offered
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leases_are_written_behind_in_batches_and_loaded_back_at_start() {
-    let (store, _directory) = sqlite_store().await;
+// On both backends: the batch SQL differs (placeholders).
+crate::both_backends!(
+    leases_are_written_behind_in_batches_and_loaded_back_at_start,
+    |store| { written_behind_and_loaded_back(store) }
+);
+
+async fn written_behind_and_loaded_back(store: Store) {
     let mut config = table_config();
     config.subnets[0].pool = Some((ip("10.77.0.10"), ip("10.77.0.250")));
     let leases = DhcpLeases::load(store.clone(), &config).await.unwrap();
