@@ -214,9 +214,14 @@ pub async fn settle_machine(
         if !record.lifecycle.status.is_in_progress() {
             return Ok(Some(record));
         }
-        let Ok(outcome) = settle(&record.lifecycle, settlement) else {
+        let Ok(mut outcome) = settle(&record.lifecycle, settlement) else {
             return Ok(Some(record));
         };
+        if record.lifecycle.status == Status::Deploying && outcome.after.status == Status::Deployed {
+            if let Some(image) = &record.image {
+                outcome.after.deployed_os = Some(image.clone());
+            }
+        }
         let reason = settlement.reason();
         let commit = Commit {
             actor,

@@ -758,7 +758,14 @@ fn succeed(machine: &Lifecycle, plan: &mut OutcomeBuilder) {
             plan.change_to(Ready);
         }
         Testing => plan.change_to(testing_return_status(machine)),
-        Deploying => plan.change_to(Deployed),
+        Deploying => {
+            // The controller records the image it deployed; the rule book only needs to know
+            // that the disk now holds an OS (mark-fixed and override-failed-testing read it).
+            if plan.after.deployed_os.is_none() {
+                plan.after.deployed_os = Some("unknown".into());
+            }
+            plan.change_to(Deployed);
+        }
         DiskErasing => {
             plan.change_to(Releasing);
             plan.power(PowerCommand::Off(PowerOffMode::Hard));
