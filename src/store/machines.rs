@@ -7,10 +7,10 @@ use super::codec::{
 };
 use super::events::insert_event;
 use super::{
-    Commit, Disk, Hardware, Interface, MachineRecord, MachineSummary, NewEvent, NewMachine, Store,
-    StoreError,
+    Backend, Commit, Disk, Hardware, Interface, MachineRecord, MachineSummary, NewEvent,
+    NewMachine, Store, StoreError,
 };
-use crate::model::{Action, Lifecycle, MacAddr, PowerState, Status};
+use crate::model::{Action, Lifecycle, MacAddr, MachineName, PowerState, Status};
 use crate::store::now_ms;
 use serde_json::json;
 use sqlx::any::AnyRow;
@@ -20,6 +20,16 @@ use std::collections::HashSet;
 const MACHINE_COLUMNS: &str = "id, name, status, previous_status, locked, power, owner, commissioned, \
      deployed_os, generation, status_reason, status_since, last_heard, arch, power_type, power_params, \
      bmc_address, image, tags, cpus, cpu_model, cpu_speed_mhz, memory_mib, facts, created_at, updated_at";
+
+/// The columns of a summary, in [`PackedSummary`]'s order.
+const SUMMARY_COLUMNS: &str =
+    "m.name, m.status, m.power, m.locked, m.arch, m.cpus, m.memory_mib, m.owner, d.storage_bytes";
+
+/// Disk sizes are summed per machine in a derived table rather than by grouping the machines.
+/// CAST: PostgreSQL's SUM(BIGINT) is NUMERIC, which `Any` lacks.
+const SUMMARY_FROM: &str = "FROM machines m \
+     LEFT JOIN (SELECT machine_id, CAST(SUM(size_bytes) AS BIGINT) AS storage_bytes \
+                FROM disks GROUP BY machine_id) d ON d.machine_id = m.id";
 
 /// The power type of a machine nobody has said how to power.
 const UNCONFIGURED: &str = "unconfigured";
@@ -81,24 +91,35 @@ impl Store {
 
     /// Every machine, one row each, sorted by name.
     pub async fn machine_summaries(&self) -> Result<Vec<MachineSummary>, StoreError> {
-        // One query; the disk sizes are summed per machine in a derived table rather than by
-        // grouping the machines. CAST: PostgreSQL's SUM(BIGINT) is NUMERIC, which `Any` lacks.
-        let rows = sqlx::query(
-            "SELECT m.name, m.status, m.power, m.locked, m.arch, m.cpus, m.memory_mib, m.owner, \
-                    d.storage_bytes \
-             FROM machines m \
-             LEFT JOIN (SELECT machine_id, CAST(SUM(size_bytes) AS BIGINT) AS storage_bytes \
-                        FROM disks GROUP BY machine_id) d ON d.machine_id = m.id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let mut summaries = rows
-            .iter()
-            .map(summary_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut summaries = match self.backend() {
+            Backend::Sqlite => self.summaries_packed().await?,
+            Backend::Postgres => self.summaries_by_rows().await?,
+        };
         // Sorted here, not in SQL: PostgreSQL's collation may not be byte order, SQLite's is.
         summaries.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
         Ok(summaries)
+    }
+
+    /// One row per machine, through `Any`: what PostgreSQL sends fastest.
+    async fn summaries_by_rows(&self) -> Result<Vec<MachineSummary>, StoreError> {
+        let sql = format!("SELECT {SUMMARY_COLUMNS} {SUMMARY_FROM}");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(summary_from_row).collect()
+    }
+
+    /// The whole list as one JSON text. On SQLite every row costs a hop from sqlx's worker
+    /// thread and an `Any` conversion; for 10,000 machines that is ~35 ms against ~7 ms for one
+    /// json_group_array (release build). On PostgreSQL json_agg is no faster than rows.
+    async fn summaries_packed(&self) -> Result<Vec<MachineSummary>, StoreError> {
+        let sql = format!(
+            "SELECT json_group_array(json_array({SUMMARY_COLUMNS})) AS packed {SUMMARY_FROM}"
+        );
+        let row = sqlx::query(&sql).fetch_one(&self.pool).await?;
+        let packed: Vec<PackedSummary> = get_json(&row, "packed")?;
+        Ok(packed
+            .into_iter()
+            .map(PackedSummary::into_summary)
+            .collect())
     }
 
     /// Carries out an accepted action's outcome (or a settlement) on `machine` as it was read:
@@ -643,6 +664,47 @@ fn summary_from_row(row: &AnyRow) -> Result<MachineSummary, StoreError> {
         storage_bytes: get(row, "storage_bytes")?,
         owner: get(row, "owner")?,
     })
+}
+
+/// One machine of the packed summary list: a JSON array in [`SUMMARY_COLUMNS`]' order.
+#[derive(serde::Deserialize)]
+struct PackedSummary(
+    MachineName,
+    Status,
+    PowerState,
+    i64,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+);
+
+impl PackedSummary {
+    fn into_summary(self) -> MachineSummary {
+        let PackedSummary(
+            name,
+            status,
+            power,
+            locked,
+            arch,
+            cpus,
+            memory_mib,
+            owner,
+            storage_bytes,
+        ) = self;
+        MachineSummary {
+            name,
+            status,
+            power,
+            locked: locked != 0,
+            arch,
+            cpus,
+            memory_mib,
+            storage_bytes,
+            owner,
+        }
+    }
 }
 
 /// The life-cycle columns to write, with the status bookkeeping already worked out.

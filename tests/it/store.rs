@@ -962,6 +962,19 @@ both_backends!(
             (Status::New, PowerState::On, false)
         );
         assert_eq!(summaries[0].storage_bytes, None);
+
+        // Text that needs escaping, flags and NULLs come back as they went in.
+        let mut lifecycle = store.machine("a-1").await.unwrap().unwrap().lifecycle;
+        lifecycle.owner = Some("o'brien \"ops\" \\ zoë 🚀".into());
+        lifecycle.locked = true;
+        store
+            .write_lifecycle("a-1", &lifecycle, "test", "set up")
+            .await
+            .unwrap();
+        let a_1 = &store.machine_summaries().await.unwrap()[0];
+        assert_eq!(a_1.owner, lifecycle.owner);
+        assert!(a_1.locked);
+        assert_eq!((a_1.cpus, a_1.memory_mib), (None, None));
     }
 );
 
