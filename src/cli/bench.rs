@@ -38,6 +38,8 @@ pub async fn bench(command: BenchCommand) -> anyhow::Result<ExitCode> {
 /// Wall time and peak resident memory of one child run.
 struct ChildRun {
     elapsed: Duration,
+    /// User + system CPU time of the child: what the run costs, whatever else the machine does.
+    cpu_seconds: f64,
     peak_rss_mib: f64,
     success: bool,
 }
@@ -51,28 +53,33 @@ fn run_child(args: &[&str], state_dir: Option<&Path>) -> anyhow::Result<ChildRun
     if let Some(state_dir) = state_dir {
         command.arg("--state-dir").arg(state_dir);
     }
+    let cpu_before = children_usage().1;
     let started = Instant::now();
     let output = command.output()?;
     let elapsed = started.elapsed();
+    let (peak_rss_mib, cpu_after) = children_usage();
     if !output.status.success() {
         eprintln!("{}", String::from_utf8_lossy(&output.stderr));
     }
     Ok(ChildRun {
         elapsed,
-        peak_rss_mib: children_peak_rss_mib(),
+        cpu_seconds: cpu_after - cpu_before,
+        peak_rss_mib,
         success: output.status.success(),
     })
 }
 
-/// The largest peak RSS among waited-for children (getrusage RUSAGE_CHILDREN, in KiB on Linux).
-fn children_peak_rss_mib() -> f64 {
+/// The largest peak RSS among waited-for children (MiB) and their total CPU time (seconds),
+/// from getrusage(RUSAGE_CHILDREN).
+fn children_usage() -> (f64, f64) {
     // SAFETY: getrusage only writes into the struct we pass.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let result = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
     if result != 0 {
-        return f64::NAN;
+        return (f64::NAN, f64::NAN);
     }
-    usage.ru_maxrss as f64 / 1024.0
+    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    (usage.ru_maxrss as f64 / 1024.0, seconds(usage.ru_utime) + seconds(usage.ru_stime))
 }
 
 fn bench_validate(machines: usize) -> anyhow::Result<ExitCode> {
@@ -226,11 +233,16 @@ fn report(
     let mut seconds: Vec<f64> = runs.iter().map(|run| run.elapsed.as_secs_f64()).collect();
     seconds.sort_by(f64::total_cmp);
     let median = seconds[seconds.len() / 2];
+    let mut cpu: Vec<f64> = runs.iter().map(|run| run.cpu_seconds).collect();
+    cpu.sort_by(f64::total_cmp);
+    let median_cpu = cpu[cpu.len() / 2];
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split_whitespace().next().unwrap_or("?").to_string();
     let peak = runs.iter().map(|run| run.peak_rss_mib).fold(0.0, f64::max);
     let all_ok = runs.iter().all(|run| run.success);
     let meets = all_ok && median < target_seconds && peak < target_mib;
     println!(
-        "bench {what}: {machines} machines ({detail}): median {median:.3} s of {} runs (min {:.3}, max {:.3}), peak RSS {peak:.0} MiB; target < {target_seconds} s{} — {}",
+        "bench {what}: {machines} machines ({detail}): median {median:.3} s of {} runs (min {:.3}, max {:.3}), CPU {median_cpu:.3} s, peak RSS {peak:.0} MiB, load {load}; target < {target_seconds} s{} — {}",
         runs.len(),
         seconds[0],
         seconds[seconds.len() - 1],

@@ -16,7 +16,7 @@ pub fn new_table(header: &[&str]) -> Table {
     if !colour_enabled() {
         table.force_no_tty();
     }
-    table.set_header(header.iter().map(|title| Cell::new(title)));
+    table.set_header(header.iter().map(Cell::new));
     for column in table.column_iter_mut() {
         column.set_padding((0, 2));
     }

@@ -68,7 +68,7 @@ pub fn apply_controller_settings(
     options.listen = settings.listen;
     options.database = settings.database.clone();
     // An explicit --state-dir / FLEET_STATE_DIR wins over the file.
-    if connection.state_dir == PathBuf::from(".fleet") {
+    if connection.state_dir.as_path() == std::path::Path::new(".fleet") {
         options.state_dir = settings.state_dir.clone();
     }
     options.boot_interfaces = settings.dhcp_interfaces.clone();
