@@ -217,7 +217,8 @@ pub async fn settle_machine(
         let Ok(mut outcome) = settle(&record.lifecycle, settlement) else {
             return Ok(Some(record));
         };
-        if record.lifecycle.status == Status::Deploying && outcome.after.status == Status::Deployed {
+        if record.lifecycle.status == Status::Deploying && outcome.after.status == Status::Deployed
+        {
             if let Some(image) = &record.image {
                 outcome.after.deployed_os = Some(image.clone());
             }

@@ -13,7 +13,7 @@ type Expected = (usize, usize, &'static str);
 /// position, and that the rendering points at each with a caret.
 fn check(fixture: &str, expected: &[Expected]) {
     let path = Path::new(BROKEN).join(fixture);
-    let diagnostics = match config::load(&[path.clone()]) {
+    let diagnostics = match config::load(std::slice::from_ref(&path)) {
         Ok(_) => panic!("{fixture} should not validate"),
         Err(diagnostics) => diagnostics,
     };

@@ -458,11 +458,17 @@ proptest! {
 fn a_deployed_machine_marked_broken_and_fixed_is_deployed_again() {
     let mut machine = able_machine(Status::Allocated);
     machine.deployed_os = None;
-    let deploying = decide(&machine, &ActionRequest::new(Action::Deploy, "alice")).unwrap().after;
+    let deploying = decide(&machine, &ActionRequest::new(Action::Deploy, "alice"))
+        .unwrap()
+        .after;
     let deployed = settle(&deploying, &Settlement::Succeeded).unwrap().after;
     assert_eq!(deployed.status, Status::Deployed);
     assert!(deployed.deployed_os.is_some());
-    let broken = decide(&deployed, &ActionRequest::new(Action::MarkBroken, "alice")).unwrap().after;
-    let fixed = decide(&broken, &ActionRequest::new(Action::MarkFixed, "alice")).unwrap().after;
+    let broken = decide(&deployed, &ActionRequest::new(Action::MarkBroken, "alice"))
+        .unwrap()
+        .after;
+    let fixed = decide(&broken, &ActionRequest::new(Action::MarkFixed, "alice"))
+        .unwrap()
+        .after;
     assert_eq!(fixed.status, Status::Deployed);
 }
