@@ -10,5 +10,6 @@ mod dhcp;
 mod lifecycle;
 mod netboot;
 mod plan;
+mod serve;
 mod store;
 mod tftp;
