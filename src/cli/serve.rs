@@ -19,6 +19,13 @@ pub struct ServeArgs {
     /// The API's address [default: the fleet file's, else 127.0.0.1:5240]
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Watch the fleet files: re-plan on every save and on a timer, and apply the steps that
+    /// are not destructive (destructive ones wait for `fleet apply --allow-destroy`)
+    #[arg(long, requires = "files")]
+    pub watch: bool,
+    /// With --watch: seconds between reconciles when no file changes
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconcile_seconds: u64,
 }
 
 pub async fn serve(args: ServeArgs, connection: &Connection) -> anyhow::Result<ExitCode> {
@@ -28,6 +35,11 @@ pub async fn serve(args: ServeArgs, connection: &Connection) -> anyhow::Result<E
         state_dir: connection.state_dir.clone(),
         boot_interfaces: Vec::new(),
         fleet: None,
+        watch: args.watch.then(|| fleet::apply::watch::WatchOptions {
+            files: args.files.clone(),
+            state_dir: connection.state_dir.clone(),
+            interval: std::time::Duration::from_secs(args.reconcile_seconds),
+        }),
     };
     if !args.files.is_empty() {
         match fleet::config::load(&args.files) {

@@ -24,16 +24,24 @@ pub struct ServeOptions {
     pub boot_interfaces: Vec<String>,
     /// The fleet file, when one was given: the boot services read theirs from it.
     pub fleet: Option<crate::config::Fleet>,
+    /// `--watch`: the reconcile loop over the fleet files (needs `fleet`).
+    pub watch: Option<crate::apply::watch::WatchOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot create the state directory {path}: {source}")]
-    StateDir { path: PathBuf, source: std::io::Error },
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {address}: {source} (is another controller running? use --listen)")]
-    Bind { address: SocketAddr, source: std::io::Error },
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("the API server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -45,37 +53,63 @@ pub fn default_database(state_dir: &Path) -> String {
 
 /// Runs the controller until `shutdown` completes. Start-up progress goes to stderr, one line
 /// per part, so a person sees what runs and what does not.
-pub async fn serve(options: ServeOptions, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-    std::fs::create_dir_all(&options.state_dir)
-        .map_err(|source| ServeError::StateDir { path: options.state_dir.clone(), source })?;
-    let database = options.database.clone().unwrap_or_else(|| default_database(&options.state_dir));
+pub async fn serve(
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    std::fs::create_dir_all(&options.state_dir).map_err(|source| ServeError::StateDir {
+        path: options.state_dir.clone(),
+        source,
+    })?;
+    let database = options
+        .database
+        .clone()
+        .unwrap_or_else(|| default_database(&options.state_dir));
     let store = Store::open(&database).await?;
     let token = operator_token(&store).await?;
-    let token_path = write_token_file(&options.state_dir, &token)
-        .map_err(|source| ServeError::StateDir { path: options.state_dir.clone(), source })?;
+    let token_path =
+        write_token_file(&options.state_dir, &token).map_err(|source| ServeError::StateDir {
+            path: options.state_dir.clone(),
+            source,
+        })?;
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
-        .map_err(|source| ServeError::Bind { address: options.listen, source })?;
+        .map_err(|source| ServeError::Bind {
+            address: options.listen,
+            source,
+        })?;
     let address = listener.local_addr().map_err(ServeError::Serve)?;
     let api_url = format!("http://{address}");
     let _ = std::fs::write(options.state_dir.join(API_URL_FILE), format!("{api_url}\n"));
     eprintln!("fleet controller {}", env!("CARGO_PKG_VERSION"));
-    eprintln!("  store   {} ({})", redact_url(&database), backend_name(&store));
+    eprintln!(
+        "  store   {} ({})",
+        redact_url(&database),
+        backend_name(&store)
+    );
     eprintln!("  token   {}", token_path.display());
     report_boot_interfaces(&options.boot_interfaces);
     eprintln!("  api     listening on {api_url}");
     // TFTP runs until `stop_boot` is dropped, after the API stops.
     let (stop_boot, boot_stopped) = tokio::sync::watch::channel(());
-    let boot = crate::boot::http::start_with_controller(options.fleet.as_ref(), &store, boot_stopped).await;
+    let boot =
+        crate::boot::http::start_with_controller(options.fleet.as_ref(), &store, boot_stopped)
+            .await;
     let drivers = PowerDrivers::standard();
     start_executor(&store, &drivers).await;
+    let watch = start_watch(&options, &store, &drivers);
     let state = ApiState {
         store: store.clone(),
         drivers,
         operator_token: Arc::new(token),
         boot: Some(boot),
     };
-    let result = api::serve(listener, state, shutdown).await.map_err(ServeError::Serve);
+    let result = api::serve(listener, state, shutdown)
+        .await
+        .map_err(ServeError::Serve);
+    if let Some(watch) = watch {
+        watch.abort();
+    }
     drop(stop_boot);
     store.close().await;
     eprintln!("fleet controller stopped");
@@ -92,6 +126,29 @@ async fn start_executor(store: &Store, drivers: &PowerDrivers) {
     }
 }
 
+/// Starts the reconcile loop of `--watch`; a watcher that cannot start is reported and the
+/// controller runs without it.
+fn start_watch(
+    options: &ServeOptions,
+    store: &Store,
+    drivers: &PowerDrivers,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let (mut watch, fleet) = (options.watch.clone()?, options.fleet.clone()?);
+    // The fleet file's [controller] may have moved the state directory after --watch was read.
+    watch.state_dir = options.state_dir.clone();
+    let (files, interval) = (watch.files.len(), watch.interval.as_secs());
+    match crate::apply::watch::start_watch(store, drivers, watch, fleet) {
+        Ok(handle) => {
+            eprintln!("  watch   {files} fleet file argument(s); reconciles on each save and every {interval} s");
+            Some(handle)
+        }
+        Err(error) => {
+            eprintln!("  watch   {error}; the controller runs without --watch");
+            None
+        }
+    }
+}
+
 fn backend_name(store: &Store) -> &'static str {
     match store.backend() {
         crate::store::Backend::Sqlite => "SQLite",
@@ -105,7 +162,9 @@ pub fn redact_url(url: &str) -> String {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let credentials = &url[scheme_end + 3..at];
             match credentials.split_once(':') {
-                Some((user, _password)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                Some((user, _password)) => {
+                    format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+                }
                 None => url.to_string(),
             }
         }
@@ -135,8 +194,17 @@ mod tests {
 
     #[test]
     fn passwords_in_database_urls_are_hidden() {
-        assert_eq!(redact_url("postgres://fleet:s3cret@db:5432/fleet"), "postgres://fleet:***@db:5432/fleet");
-        assert_eq!(redact_url("postgres://fleet@db/fleet"), "postgres://fleet@db/fleet");
-        assert_eq!(redact_url("sqlite://.fleet/fleet.db"), "sqlite://.fleet/fleet.db");
+        assert_eq!(
+            redact_url("postgres://fleet:s3cret@db:5432/fleet"),
+            "postgres://fleet:***@db:5432/fleet"
+        );
+        assert_eq!(
+            redact_url("postgres://fleet@db/fleet"),
+            "postgres://fleet@db/fleet"
+        );
+        assert_eq!(
+            redact_url("sqlite://.fleet/fleet.db"),
+            "sqlite://.fleet/fleet.db"
+        );
     }
 }

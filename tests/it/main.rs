@@ -13,3 +13,4 @@ mod plan;
 mod serve;
 mod store;
 mod tftp;
+mod watch;
