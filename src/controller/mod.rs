@@ -2,6 +2,7 @@
 //! services and the reconcile loop.
 
 pub mod actions;
+mod dhcp;
 mod serve;
 pub mod token;
 

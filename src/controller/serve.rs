@@ -88,10 +88,16 @@ pub async fn serve(
         backend_name(&store)
     );
     eprintln!("  token   {}", token_path.display());
-    report_boot_interfaces(&options.boot_interfaces);
     eprintln!("  api     listening on {api_url}");
     // TFTP runs until `stop_boot` is dropped, after the API stops.
     let (stop_boot, boot_stopped) = tokio::sync::watch::channel(());
+    let dhcp = super::dhcp::start_dhcp(
+        options.fleet.as_ref(),
+        &options.boot_interfaces,
+        &store,
+        boot_stopped.clone(),
+    )
+    .await;
     let boot =
         crate::boot::http::start_with_controller(options.fleet.as_ref(), &store, boot_stopped)
             .await;
@@ -111,6 +117,11 @@ pub async fn serve(
         watch.abort();
     }
     drop(stop_boot);
+    if let Some(leases) = dhcp {
+        if let Err(error) = leases.close().await {
+            eprintln!("  dhcp    could not write the last leases: {error}");
+        }
+    }
     store.close().await;
     eprintln!("fleet controller stopped");
     result
@@ -170,22 +181,6 @@ pub fn redact_url(url: &str) -> String {
         }
         _ => url.to_string(),
     }
-}
-
-/// Says, per boot interface, whether it is present. An absent interface stops only the boot
-/// service on it, never the controller.
-fn report_boot_interfaces(interfaces: &[String]) {
-    for interface in interfaces {
-        if interface_exists(interface) {
-            eprintln!("  boot    {interface}: present (DHCP/TFTP serve it once the boot services are built)");
-        } else {
-            eprintln!("  boot    {interface}: interface absent on this host; no boot service on it (the rest runs)");
-        }
-    }
-}
-
-fn interface_exists(name: &str) -> bool {
-    !name.contains('/') && Path::new("/sys/class/net").join(name).exists()
 }
 
 #[cfg(test)]

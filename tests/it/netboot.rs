@@ -4,7 +4,7 @@
 //! iPXE script over HTTP → kernel and initrd over HTTP (UEFI: first `ipxe.efi` over fleet's
 //! TFTP), and the initramfs calls the controller back.
 //!
-//! DHCP: dnsmasq in DHCP-only mode (`--port=0`, no TFTP) until fleet's own DHCP server lands;
+//! DHCP: fleet's own server, started by `fleet serve` on the bridge (dhcp_interfaces);
 //! TFTP and HTTP are always fleet's. Everything .ci/setup-netboot installs; the kernel is
 //! Debian's cloud kernel from its cache.
 
@@ -63,6 +63,12 @@ fn fleet_file(
 tftp_listen = "{tftp_listen}"
 {boot_url}loader_dir = "/usr/lib/ipxe"
 ephemeral_image = "ephemeral"
+dhcp_interfaces = ["br0"]
+
+[subnets.boot]
+cidr = "10.99.0.0/24"
+interface = "br0"
+dynamic_range = {{ start = "10.99.0.100", end = "10.99.0.199" }}
 
 [images.ephemeral]
 kernel = {{ path = "{kernel}", sha256 = "{kernel_sha}" }}
@@ -548,44 +554,6 @@ fn read(path: &Path) -> String {
     String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).to_string()
 }
 
-/// dnsmasq as the DHCP server only (`--port=0`: no DNS; no TFTP): iPXE (user class "iPXE") gets
-/// the HTTP URL of its script, UEFI firmware (client arch 7/9) `ipxe.efi` and BIOS PXE
-/// `undionly.kpxe`, both from fleet's TFTP on the controller's address.
-fn start_dnsmasq(network: &BootNetwork, directory: &Path, mac: &str) -> Child {
-    let script_url = format!("http://{CONTROLLER_IP}:{API_PORT}/boot/{mac}.ipxe");
-    network
-        .namespace
-        .command("dnsmasq")
-        .args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--port=0",
-            "--bind-interfaces",
-            &format!("--interface={}", network.bridge),
-            "--dhcp-range=10.99.0.100,10.99.0.199,255.255.255.0,1h",
-            &format!(
-                "--dhcp-leasefile={}",
-                directory.join("dnsmasq.leases").display()
-            ),
-            &format!("--pid-file={}", directory.join("dnsmasq.pid").display()),
-            &format!("--log-facility={}", directory.join("dnsmasq.log").display()),
-            "--log-dhcp",
-            "--dhcp-userclass=set:ipxe,iPXE",
-            "--dhcp-match=set:efi64,option:client-arch,7",
-            "--dhcp-match=set:efi64,option:client-arch,9",
-            &format!("--dhcp-boot=tag:ipxe,{script_url}"),
-            &format!("--dhcp-boot=tag:!ipxe,tag:efi64,ipxe.efi,,{CONTROLLER_IP}"),
-            &format!("--dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe,,{CONTROLLER_IP}"),
-            // iPXE's no-pxedhcp (175.176 = 1): no 3 s wait for proxy-DHCP offers (pitfall 2).
-            "--dhcp-option=tag:ipxe,175,b0:01:01",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dnsmasq starts (.ci/setup-netboot installs dnsmasq-base)")
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Firmware {
     /// SeaBIOS with QEMU's iPXE ROM for virtio-net.
@@ -700,7 +668,7 @@ async fn netboot(firmware: Firmware, mac: &str, known_as: Option<(&str, Status)>
     let _one = ONE_VM_AT_A_TIME.lock().await;
     let kernel = require_file(&format!("{CACHE}/vmlinuz"));
     let mut directory = tempfile::tempdir().expect("a directory");
-    // FLEET_NETBOOT_KEEP=1 keeps the console, controller and dnsmasq logs for a look afterwards.
+    // FLEET_NETBOOT_KEEP=1 keeps the console, and controller logs for a look afterwards.
     if std::env::var_os("FLEET_NETBOOT_KEEP").is_some() {
         directory.disable_cleanup(true);
         eprintln!("netboot files kept in {}", directory.path().display());
@@ -725,7 +693,6 @@ async fn netboot(firmware: Firmware, mac: &str, known_as: Option<(&str, Status)>
     if let Some((name, status)) = known_as {
         add_machine(&store, name, mac, status).await;
     }
-    let mut dhcp = start_dnsmasq(&network, directory.path(), mac);
     // Idle 2 cores: ~8 s (BIOS) and ~20 s (UEFI); generous bounds for a CI machine that runs
     // other tests beside these (measured 30 s and 55 s under a load of 7).
     let limit = match firmware {
@@ -733,14 +700,11 @@ async fn netboot(firmware: Firmware, mac: &str, known_as: Option<(&str, Status)>
         Firmware::UefiNativePxe => Duration::from_secs(150),
     };
     let (console, seconds) = run_vm(&network, directory.path(), mac, firmware, limit);
-    let _ = dhcp.kill();
-    let _ = dhcp.wait();
     assert!(
         console.contains("FLEET-CALLBACK-OK"),
-        "no call-back; console:\n{}\ncontroller:\n{}\ndnsmasq:\n{}",
+        "no call-back; console:\n{}\ncontroller:\n{}",
         tail(&console, 60),
-        read(&controller.log),
-        tail(&read(&directory.path().join("dnsmasq.log")), 30)
+        read(&controller.log)
     );
     let filter = EventFilter::default();
     let events = store.events(&filter).await.expect("events");

@@ -69,7 +69,7 @@ fn the_example_serves_on_a_loopback_only_host() {
     assert!(output.status.success(), "{report}");
     assert!(
         report
-            .contains("eth1: interface absent on this host; no boot service on it (the rest runs)"),
+            .contains("eth1: interface absent or without an IPv4 address on this host; no DHCP on it (the rest runs)"),
         "{report}"
     );
     assert!(
@@ -77,4 +77,121 @@ fn the_example_serves_on_a_loopback_only_host() {
         "{report}"
     );
     assert!(report.contains("fleet controller stopped"), "{report}");
+}
+
+/// `fleet serve` starts DHCP on the fleet file's boot interface; busybox udhcpc on the other end
+/// of a veth pair gets an address from the dynamic range, and the lease reaches the store.
+#[test]
+fn fleet_serve_answers_dhcp_on_its_boot_interface() {
+    use crate::support::netns::link;
+    let (server, client) = (NetNs::new("fd"), NetNs::new("fc"));
+    let (server_end, client_end) = link(&server, "10.78.0.1/24", &client, "");
+    let state = tempfile::tempdir().unwrap();
+    let fleet_file = state.path().join("fleet.toml");
+    std::fs::write(
+        &fleet_file,
+        format!(
+            r#"[controller]
+listen = "10.78.0.1:5240"
+tftp_listen = "10.78.0.1:69"
+dhcp_interfaces = ["{server_end}"]
+
+[subnets.lab]
+cidr = "10.78.0.0/24"
+gateway = "10.78.0.1"
+dns = ["10.78.0.1"]
+interface = "{server_end}"
+dynamic_range = {{ start = "10.78.0.100", end = "10.78.0.150" }}
+"#
+        ),
+    )
+    .unwrap();
+    let controller = server
+        .command(FLEET)
+        .args(["serve", "-f"])
+        .arg(&fleet_file)
+        .arg("--state-dir")
+        .arg(state.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let api_url = state.path().join("api-url");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !api_url.exists() {
+        assert!(Instant::now() < deadline, "the controller did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let bound = state.path().join("bound.env");
+    let script = state.path().join("udhcpc.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = bound ] && env > {}\nexit 0\n",
+            bound.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&script)
+        .status()
+        .unwrap();
+    let lease = client
+        .command("busybox")
+        .args([
+            "udhcpc",
+            "-f",
+            "-q",
+            "-n",
+            "-t",
+            "10",
+            "-T",
+            "1",
+            "-A",
+            "1",
+            "-i",
+            &client_end,
+            "-s",
+        ])
+        .arg(&script)
+        .output()
+        .expect("busybox runs (.ci/setup-dhcp installs busybox-static)");
+    let environment = std::fs::read_to_string(&bound).unwrap_or_default();
+    std::process::Command::new("kill")
+        .args(["-TERM", &controller.id().to_string()])
+        .status()
+        .unwrap();
+    let output = controller.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        lease.status.success(),
+        "udhcpc: {}\n{report}",
+        String::from_utf8_lossy(&lease.stderr)
+    );
+    assert!(
+        environment.contains("ip=10.78.0.1"),
+        "an address from the dynamic range: {environment}"
+    );
+    assert!(environment.contains("router=10.78.0.1"), "{environment}");
+    assert!(
+        report.contains(&format!("dhcp    {server_end} (10.78.0.1): serving")),
+        "{report}"
+    );
+    // The lease was written to the store before the controller stopped.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let leases = runtime.block_on(async {
+        let store = fleet::store::Store::open(&format!(
+            "sqlite://{}",
+            state.path().join("fleet.db").display()
+        ))
+        .await
+        .unwrap();
+        store.leases().await.unwrap()
+    });
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert!(
+        leases[0].ip.to_string().starts_with("10.78.0.1"),
+        "{leases:?}"
+    );
 }
