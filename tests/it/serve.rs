@@ -26,12 +26,7 @@ fn the_example_serves_on_a_loopback_only_host() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let api_url = state.path().join("api-url");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !api_url.exists() {
-        assert!(Instant::now() < deadline, "the controller did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_serving(state.path());
     let client = |args: &[&str]| {
         namespace
             .command(FLEET)
@@ -116,12 +111,7 @@ dynamic_range = {{ start = "10.78.0.100", end = "10.78.0.150" }}
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let api_url = state.path().join("api-url");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !api_url.exists() {
-        assert!(Instant::now() < deadline, "the controller did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_serving(state.path());
     let bound = state.path().join("bound.env");
     let script = state.path().join("udhcpc.sh");
     std::fs::write(
@@ -194,4 +184,14 @@ dynamic_range = {{ start = "10.78.0.100", end = "10.78.0.150" }}
         leases[0].ip.to_string().starts_with("10.78.0.1"),
         "{leases:?}"
     );
+}
+
+/// Waits until the controller has written the API's address into its state directory.
+fn wait_until_serving(state_dir: &std::path::Path) {
+    let api_url = state_dir.join("api-url");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !api_url.exists() {
+        assert!(Instant::now() < deadline, "the controller did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
