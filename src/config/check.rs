@@ -81,6 +81,7 @@ pub fn build_fleet(
     let names = check_machines(&machines, &catalog, problems);
     if let Some(policy) = &policy {
         check_protected(policy, &machines, &names, problems);
+        check_ignored_macs(policy, &machines, problems);
     }
     drop(names);
     let mut machines: Vec<MachineSpec> = machines
@@ -956,6 +957,45 @@ fn check_protected(
                     Some(best) => problem.help(format!("did you mean `{best}`?")),
                     None => problem.help("a protection that names no machine protects nothing"),
                 },
+            );
+        }
+    }
+}
+
+/// A MAC both ignored and declared by a machine is an error, not a choice between the two: the
+/// DHCP server would never answer it, so the machine could never netboot (nor get the fixed
+/// address of an interface with that `mac`). Reported at the ignored entry, with the machine's
+/// own declaration of the MAC as the related position.
+fn check_ignored_macs(policy: &PolicyDecl, machines: &[MachineDecl], problems: &mut Problems) {
+    if policy.ignore_macs.is_empty() {
+        return;
+    }
+    let mut declared: FastMap<MacAddr, (&MachineName, Span)> = FastMap::default();
+    for machine in machines {
+        let interface_macs = machine.interfaces.iter().filter_map(|interface| {
+            let mac = interface.interface.mac?;
+            Some((mac, interface.span))
+        });
+        let macs = machine.macs.iter().map(|mac| (mac.value, mac.span));
+        for (mac, span) in macs.chain(interface_macs) {
+            declared.entry(mac).or_insert((&machine.name.value, span));
+        }
+    }
+    for ignored in &policy.ignore_macs {
+        if let Some((machine, span)) = declared.get(&ignored.value) {
+            let problem = Problem::new(
+                ignored.span,
+                format!(
+                    "MAC {} is ignored by the policy but belongs to machine `{machine}`",
+                    ignored.value
+                ),
+            );
+            let help = "DHCP would never answer it, so the machine could never netboot; \
+                        remove it from `ignore_macs` or from the machine";
+            problems.push(
+                problem
+                    .related(*span, format!("declared by machine `{machine}`"))
+                    .help(help),
             );
         }
     }

@@ -703,6 +703,9 @@ pub struct Policy {
     pub max_destructive_per_apply: Option<u32>,
     pub default_image: Option<String>,
     pub power_poll_seconds: u32,
+    /// MACs the DHCP server never answers (another system's machines on a shared segment).
+    /// Sorted, without duplicates; none of them is a declared machine's.
+    pub ignore_macs: Vec<MacAddr>,
 }
 
 impl Default for Policy {
@@ -715,6 +718,7 @@ impl Default for Policy {
             max_destructive_per_apply: None,
             default_image: None,
             power_poll_seconds: 60,
+            ignore_macs: Vec::new(),
         }
     }
 }

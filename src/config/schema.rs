@@ -447,6 +447,8 @@ struct Policy {
     default_image: Option<String>,
     /// Default 60.
     power_poll_seconds: Option<u32>,
+    /// MACs the DHCP server never answers; none may be a declared machine's.
+    ignore_macs: Option<Vec<String>>,
 }
 
 #[cfg(test)]

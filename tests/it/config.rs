@@ -352,6 +352,67 @@ fn policy_values() {
     );
 }
 
+/// `[policy] ignore_macs`: a bad MAC, a machine's own MAC (it could never netboot: an error, with
+/// the machine's declaration as the related position) and a non-string are reported; a MAC listed
+/// twice is not.
+#[test]
+fn ignore_macs_must_be_macs_no_machine_declares() {
+    check(
+        "ignore_macs.toml",
+        &[
+            (16, 37, "`52:54:00:zz:00:02` is not a MAC address"),
+            (
+                16,
+                58,
+                "MAC 52:54:00:00:00:02 is ignored by the policy but belongs to machine `n1`",
+            ),
+            (
+                17,
+                16,
+                "MAC 52:54:00:00:00:09 is ignored by the policy but belongs to machine `n2`",
+            ),
+            (17, 58, "`ignore_macs` must hold strings, found"),
+        ],
+    );
+    let diagnostics = config::load(&[Path::new(BROKEN).join("ignore_macs.toml")]).unwrap_err();
+    let related: Vec<_> = diagnostics
+        .iter()
+        .filter_map(|d| d.related.as_ref())
+        .map(|r| (r.line, r.column, r.note.as_str()))
+        .collect();
+    assert_eq!(
+        related,
+        [
+            (3, 30, "declared by machine `n1`"),
+            (9, 15, "declared by machine `n2`"),
+        ]
+    );
+}
+
+#[test]
+fn ignore_macs_are_parsed_sorted_and_deduplicated() {
+    let text = r#"
+[[machine]]
+name = "n1"
+macs = ["52:54:00:00:00:01"]
+
+[policy]
+ignore_macs = ["52:54:00:ff:00:02", "52:54:00:FF:00:01", "52:54:00:ff:00:02"]
+"#;
+    let fleet = config::load_str("ignore.toml", text)
+        .map_err(|d| d.render(false))
+        .unwrap();
+    let macs: Vec<String> = fleet
+        .policy
+        .ignore_macs
+        .iter()
+        .map(|mac| mac.to_string())
+        .collect();
+    assert_eq!(macs, ["52:54:00:ff:00:01", "52:54:00:ff:00:02"]);
+    let without = config::load_str("plain.toml", "[policy]\nparallelism = 2\n").unwrap();
+    assert!(without.policy.ignore_macs.is_empty());
+}
+
 #[test]
 fn images_need_digests_and_complete_boot_files() {
     check(
@@ -516,6 +577,10 @@ fn the_example_fleet_file_is_valid_and_shows_every_feature() {
     ));
     assert_eq!(fleet.policy.timeouts.deploying, 60);
     assert_eq!(fleet.policy.max_destructive_per_apply, Some(5));
+    assert_eq!(
+        fleet.policy.ignore_macs,
+        [fleet::model::MacAddr::parse("52:54:00:ee:00:01").unwrap()]
+    );
     assert!(fleet
         .policy
         .protected

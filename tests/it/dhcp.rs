@@ -671,6 +671,43 @@ fn the_fleet_file_gives_subnets_fixed_addresses_and_boot_url() {
     assert_eq!(config.boot.http_port, 5240);
 }
 
+/// `[policy] ignore_macs` reaches the handler through `DhcpConfig::from_fleet`: a PXE DISCOVER
+/// from an ignored MAC gets no reply and no lease, while the same DISCOVER from another MAC is
+/// offered an address.
+#[test]
+fn a_mac_the_fleet_files_policy_ignores_gets_no_reply() {
+    let ignored = mac(66);
+    let text = format!(
+        "{}\n[policy]\nignore_macs = [\"{ignored}\"]\n",
+        fleet_toml("")
+    );
+    let fleet = fleet::config::load_str("dhcp.toml", &text).expect("a valid fleet file");
+    let config = DhcpConfig::from_fleet(&fleet)
+        .unwrap()
+        .on_interface("test0", SERVER);
+    assert!(config.ignored_macs.contains(&ignored));
+    let mut leases = LeaseTable::new();
+    let silent = answer(
+        &config,
+        &mut leases,
+        &pxe_discover(ignored, Some("PXEClient"), Some(0), None, false),
+        NOW,
+    );
+    assert_eq!(silent, Outcome::default());
+    assert!(leases.is_empty());
+    let offered = answer(
+        &config,
+        &mut leases,
+        &pxe_discover(mac(67), Some("PXEClient"), Some(0), None, false),
+        NOW,
+    );
+    let offer = offered
+        .reply
+        .expect("an offer for a MAC not ignored")
+        .message;
+    assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+}
+
 // ---------------------------------------------------------------------------------------------
 // The lease state behind the server: written behind to the store, loaded back at start.
 

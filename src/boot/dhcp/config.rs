@@ -163,7 +163,8 @@ impl DhcpConfig {
     }
 
     /// The fleet file's subnets (IPv4 ones; an IPv6 subnet is an error only if it has a range),
-    /// its machines' fixed addresses, and boot settings from `[controller]`.
+    /// its machines' fixed addresses, boot settings from `[controller]` and the MACs
+    /// `[policy] ignore_macs` says never to answer.
     pub fn from_fleet(fleet: &Fleet) -> Result<DhcpConfig, DhcpConfigError> {
         let boot = BootSettings {
             http_base_url: fleet.controller.http_boot_url.clone(),
@@ -182,7 +183,7 @@ impl DhcpConfig {
             }
             add_fixed_addresses(&mut config, machine);
         }
-        Ok(config)
+        Ok(config.with_ignored_macs(fleet.policy.ignore_macs.iter().copied()))
     }
 
     /// The same configuration for a socket bound to `interface`, whose address is `address`.

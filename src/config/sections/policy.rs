@@ -5,7 +5,7 @@ use crate::config::diagnostics::{Problem, Problems};
 use crate::config::model::{EnlistedPolicy, Policy, Timeouts};
 use crate::config::read::{Spanned, TableReader};
 use crate::config::syntax::{Span, Value};
-use crate::model::MachineName;
+use crate::model::{MacAddr, MachineName};
 
 pub const KEYS: &[&str] = &[
     "timeouts",
@@ -15,6 +15,7 @@ pub const KEYS: &[&str] = &[
     "max_destructive_per_apply",
     "default_image",
     "power_poll_seconds",
+    "ignore_macs",
 ];
 pub const PROTECTED_KEYS: &[&str] = &["machines", "tags"];
 
@@ -25,12 +26,15 @@ pub struct PolicyDecl {
     pub default_image: Option<Reference>,
     /// Protected machine names, checked against the declared machines.
     pub protected_machines: Vec<Spanned<MachineName>>,
+    /// `ignore_macs` as written (duplicates kept), checked against the machines' MACs.
+    pub ignore_macs: Vec<Spanned<MacAddr>>,
 }
 
 pub fn read(reader: TableReader<'_, '_>, problems: &mut Problems) -> PolicyDecl {
     reader.check_keys(KEYS, problems);
     let defaults = Policy::default();
     let protected_machines = protected_machines(&reader, problems);
+    let ignore_macs = ignore_macs(&reader, problems);
     let mut policy = Policy {
         timeouts: timeouts(&reader, problems),
         parallelism: count(&reader, "parallelism", 1, problems).unwrap_or(defaults.parallelism),
@@ -40,17 +44,22 @@ pub fn read(reader: TableReader<'_, '_>, problems: &mut Problems) -> PolicyDecl 
         default_image: None,
         power_poll_seconds: count(&reader, "power_poll_seconds", 1, problems)
             .unwrap_or(defaults.power_poll_seconds),
+        ignore_macs: Vec::new(),
     };
     policy.protected.machines = protected_machines
         .iter()
         .map(|name| name.value.clone())
         .collect();
     policy.protected.tags = protected_tags(&reader, problems);
+    policy.ignore_macs = ignore_macs.iter().map(|mac| mac.value).collect();
+    policy.ignore_macs.sort_unstable();
+    policy.ignore_macs.dedup();
     PolicyDecl {
         span: reader.span,
         policy,
         default_image: reference(&reader, "default_image", problems),
         protected_machines,
+        ignore_macs,
     }
 }
 
@@ -110,6 +119,15 @@ fn enlisted(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Option<Enl
     } else {
         EnlistedPolicy::Leave
     })
+}
+
+/// `ignore_macs = ["52:54:00:..", ...]`: MACs the DHCP server stays silent to. A MAC listed twice
+/// is harmless and kept once.
+fn ignore_macs(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Vec<Spanned<MacAddr>> {
+    let list = reader.string_list("ignore_macs", problems);
+    list.into_iter()
+        .filter_map(|mac| crate::config::read::parse_spanned(mac, problems))
+        .collect()
 }
 
 fn protected_machines(
