@@ -1,7 +1,9 @@
 //! `plan(fleet, observed)`: merges the declared machines with the observed ones (both sorted by
 //! name) and plans each machine on its own.
 
-use super::desired::{canonical_json, desired_power, new_machine, normalized_params};
+use super::desired::{
+    canonical_json, desired_power, new_machine, normalized_params, params_equal_normalized,
+};
 use super::route::{next_move, Move, RouteContext};
 use super::simulate::apply_step;
 use super::{
@@ -11,6 +13,7 @@ use super::{
 };
 use crate::config::{EnlistedPolicy, Expectations, Fleet, MachineSpec, Policy};
 use crate::model::{Action, ActionOptions, Status};
+use std::borrow::Cow;
 use std::cmp::Ordering;
 
 /// The actor the simulation acts as (owners it assigns are never compared).
@@ -98,13 +101,14 @@ fn plan_declared(
 ) -> MachinePlan {
     let mut planned = empty_plan(spec.name.as_str(), true, observed);
     planned.desired = Some(spec.state.status());
-    let start = match observed {
+    // Borrowed when the store has the machine: the route copies it only once a step changes it.
+    let start: Cow<'_, ObservedMachine> = match observed {
         None => {
             let step = add_step(spec);
             let created = apply_step(None, &step, PLAN_ACTOR);
             planned.steps.push(step);
             match created {
-                Ok(created) => created,
+                Ok(created) => Cow::Owned(created),
                 Err(error) => {
                     planned.blocked.push(error.to_string());
                     return finish(planned);
@@ -121,7 +125,7 @@ fn plan_declared(
                 planned.blocked = drift;
                 return finish(planned);
             }
-            machine.clone()
+            Cow::Borrowed(machine)
         }
     };
     let (configure, configured) = power_and_tags(spec, &start);
@@ -132,7 +136,10 @@ fn plan_declared(
     let routed = route(&configured, &context);
     // The image to record is decided by where the route ends: a machine that ends deployed
     // has its image on disk (set by deploy), anything else just records what to deploy next.
-    let end = routed.as_ref().map(|(_, end)| end).unwrap_or(&configured);
+    let end = routed
+        .as_ref()
+        .map(|(_, end)| end.as_ref())
+        .unwrap_or(configured.as_ref());
     let configure = with_image(configure, spec, end);
     if let Some((step, changes)) = configure {
         planned.steps.push(step);
@@ -165,15 +172,22 @@ fn add_step(spec: &MachineSpec) -> Step {
     }
 }
 
-/// The configure step for power and tags, if they differ, and the machine after it.
-fn power_and_tags(
+/// The configure step for power and tags, if they differ, and the machine after it (borrowed
+/// when nothing changes).
+fn power_and_tags<'a>(
     spec: &MachineSpec,
-    machine: &ObservedMachine,
-) -> (Option<(Step, Vec<AttributeChange>)>, ObservedMachine) {
+    machine: &'a ObservedMachine,
+) -> (
+    Option<(Step, Vec<AttributeChange>)>,
+    Cow<'a, ObservedMachine>,
+) {
     let (power_type, power_params) = desired_power(&spec.power);
     let mut changes = Vec::new();
-    let observed_params = normalized_params(&machine.power_params);
-    if power_type != machine.power_type || power_params != observed_params {
+    // Compared without building the normalized copy: most machines match.
+    if power_type != machine.power_type
+        || !params_equal_normalized(&power_params, &machine.power_params)
+    {
+        let observed_params = normalized_params(&machine.power_params);
         changes.push(AttributeChange {
             field: "power".into(),
             from: Some(power_text(&machine.power_type, &observed_params)),
@@ -191,7 +205,7 @@ fn power_and_tags(
         });
     }
     if changes.is_empty() {
-        return (None, machine.clone());
+        return (None, Cow::Borrowed(machine));
     }
     let step = Step {
         operation: Operation::Configure {
@@ -204,7 +218,10 @@ fn power_and_tags(
         reason: String::new(),
         expect: machine.status,
     };
-    let after = apply_step(Some(machine), &step, PLAN_ACTOR).unwrap_or_else(|_| machine.clone());
+    let after = match apply_step(Some(machine), &step, PLAN_ACTOR) {
+        Ok(after) => Cow::Owned(after),
+        Err(_) => Cow::Borrowed(machine),
+    };
     (Some((step, changes)), after)
 }
 
@@ -263,12 +280,13 @@ fn power_text(power_type: &str, params: &serde_json::Value) -> String {
     canonical_json(&serde_json::Value::Object(object))
 }
 
-/// The life-cycle steps from `start` to the desired status, or why there are none.
-fn route(
-    start: &ObservedMachine,
+/// The life-cycle steps from `start` to the desired status, or why there are none. The machine
+/// at the end is `start` itself when no step was needed.
+fn route<'a>(
+    start: &'a ObservedMachine,
     context: &RouteContext<'_>,
-) -> Result<(Vec<Step>, ObservedMachine), String> {
-    let mut machine = start.clone();
+) -> Result<(Vec<Step>, Cow<'a, ObservedMachine>), String> {
+    let mut machine = Cow::Borrowed(start);
     let mut steps = Vec::new();
     for _ in 0..MAX_STEPS {
         let (action, options, class, reason) = match next_move(&machine, context) {
@@ -282,8 +300,10 @@ fn route(
             } => (action, options, class, reason),
         };
         let mut step = act_step(action, options, class, reason);
-        machine = apply_step(Some(&machine), &step, PLAN_ACTOR)
-            .map_err(|refusal| format!("the life-cycle refuses the next step: {refusal}"))?;
+        machine = Cow::Owned(
+            apply_step(Some(&machine), &step, PLAN_ACTOR)
+                .map_err(|refusal| format!("the life-cycle refuses the next step: {refusal}"))?,
+        );
         step.expect = machine.status;
         steps.push(step);
     }
