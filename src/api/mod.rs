@@ -43,8 +43,13 @@ pub fn router(state: ApiState) -> Router {
         .route("/observed", get(plans::observed))
         .route("/applies", post(plans::start))
         .route("/applies/{id}", get(plans::show))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_operator));
-    let mut routes = Router::new().route("/api/v1/version", get(version)).nest("/api/v1", operator);
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_operator,
+        ));
+    let mut routes = Router::new()
+        .route("/api/v1/version", get(version))
+        .nest("/api/v1", operator);
     if let Some(boot) = state.boot.clone() {
         routes = routes.merge(crate::boot::http::router(boot));
     }
@@ -57,7 +62,9 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn version(State(state): State<ApiState>) -> Json<serde_json::Value> {
@@ -70,7 +77,11 @@ async fn version(State(state): State<ApiState>) -> Json<serde_json::Value> {
 }
 
 async fn not_found(request: Request) -> ApiError {
-    ApiError::not_found(format!("no such endpoint: {} {}", request.method(), request.uri().path()))
+    ApiError::not_found(format!(
+        "no such endpoint: {} {}",
+        request.method(),
+        request.uri().path()
+    ))
 }
 
 /// The person acting, as the client names it (`X-Fleet-Actor`), else "operator".
@@ -78,12 +89,22 @@ pub fn actor_of(headers: &axum::http::HeaderMap) -> String {
     headers
         .get("x-fleet-actor")
         .and_then(|value| value.to_str().ok())
-        .map(|value| value.chars().filter(|c| !c.is_control()).take(64).collect::<String>())
+        .map(|value| {
+            value
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(64)
+                .collect::<String>()
+        })
         .filter(|value| !value.is_empty())
         .unwrap_or_else(|| "operator".to_string())
 }
 
-async fn require_operator(State(state): State<ApiState>, request: Request, next: Next) -> Result<Response, ApiError> {
+async fn require_operator(
+    State(state): State<ApiState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let given = request
         .headers()
         .get(header::AUTHORIZATION)

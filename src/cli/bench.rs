@@ -79,7 +79,10 @@ fn children_usage() -> (f64, f64) {
         return (f64::NAN, f64::NAN);
     }
     let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
-    (usage.ru_maxrss as f64 / 1024.0, seconds(usage.ru_utime) + seconds(usage.ru_stime))
+    (
+        usage.ru_maxrss as f64 / 1024.0,
+        seconds(usage.ru_utime) + seconds(usage.ru_stime),
+    )
 }
 
 fn bench_validate(machines: usize) -> anyhow::Result<ExitCode> {
