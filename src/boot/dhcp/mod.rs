@@ -13,18 +13,8 @@
 //! - `persist`: the write-behind writer (batched transactions).
 //! - `server`: [`serve`], the socket loop; `socket`: [`bind_dhcp_socket`].
 //!
-//! Starting DHCP for a fleet (what `fleet serve` does):
-//!
-//! ```ignore
-//! let config = DhcpConfig::from_fleet(&fleet)?;
-//! let leases = DhcpLeases::load(store.clone(), &config).await?;
-//! for interface in &fleet.controller.dhcp_interfaces {
-//!     let Some(address) = interface_ipv4(interface) else { continue }; // absent: skip
-//!     let socket = bind_dhcp_socket(Some(interface), SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 67))?;
-//!     let socket = tokio::net::UdpSocket::from_std(socket)?;
-//!     tokio::spawn(serve(socket, config.on_interface(interface, address), leases.clone(), shutdown()));
-//! }
-//! ```
+//! Starting DHCP for a fleet: see `controller::dhcp::start_dhcp` (one socket per boot interface
+//! that exists, bound with [`bind_dhcp_socket`], all sharing one [`DhcpLeases`]).
 
 pub mod config;
 pub mod handler;
