@@ -89,6 +89,25 @@ impl Store {
         Ok(record)
     }
 
+    /// Every MAC the store knows, with the name of its machine (for services that must name
+    /// the machine behind a MAC without a query per packet).
+    pub async fn machine_macs(&self) -> Result<Vec<(MacAddr, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT interfaces.mac AS mac, machines.name AS name \
+             FROM interfaces JOIN machines ON machines.id = interfaces.machine_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let mac: String = get(row, "mac")?;
+                let mac =
+                    MacAddr::parse(&mac).map_err(|error| StoreError::Corrupt(error.to_string()))?;
+                Ok((mac, get(row, "name")?))
+            })
+            .collect()
+    }
+
     /// Every machine, one row each, sorted by name.
     pub async fn machine_summaries(&self) -> Result<Vec<MachineSummary>, StoreError> {
         let mut summaries = match self.backend() {

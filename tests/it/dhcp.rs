@@ -105,6 +105,7 @@ fn answer(config: &DhcpConfig, table: &mut LeaseTable, request: &Message, now: i
         &Context {
             config,
             now_ms: now,
+            store_machines: None,
         },
         table,
     )
@@ -855,6 +856,7 @@ fn handle_bytes(bytes: &[u8], config: &DhcpConfig, leases: &mut LeaseTable) {
             &Context {
                 config,
                 now_ms: NOW,
+                store_machines: None,
             },
             leases,
         );

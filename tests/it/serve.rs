@@ -101,6 +101,27 @@ dynamic_range = {{ start = "10.78.0.100", end = "10.78.0.150" }}
         ),
     )
     .unwrap();
+    // A machine added by hand (in the store, not in the fleet file) gets its lease events too.
+    let client_mac = client_mac_of(&client, &client_end);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let database = format!("sqlite://{}", state.path().join("fleet.db").display());
+    runtime.block_on(async {
+        let store = fleet::store::Store::open(&database).await.unwrap();
+        let new = fleet::store::NewMachine {
+            name: fleet::model::MachineName::parse("lab-1").unwrap(),
+            status: fleet::model::Status::New,
+            macs: vec![client_mac],
+            arch: None,
+            power_type: "manual".into(),
+            power_params: serde_json::json!({}),
+            bmc_address: None,
+            image: None,
+            tags: vec![],
+            deployed_os: None,
+        };
+        store.create_machine(&new, "test").await.unwrap();
+        store.close().await;
+    });
     let controller = server
         .command(FLEET)
         .args(["serve", "-f"])
@@ -168,17 +189,26 @@ dynamic_range = {{ start = "10.78.0.100", end = "10.78.0.150" }}
         report.contains(&format!("dhcp    {server_end} (10.78.0.1): serving")),
         "{report}"
     );
-    // The lease was written to the store before the controller stopped.
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let leases = runtime.block_on(async {
-        let store = fleet::store::Store::open(&format!(
-            "sqlite://{}",
-            state.path().join("fleet.db").display()
-        ))
-        .await
-        .unwrap();
-        store.leases().await.unwrap()
+    // The lease was written to the store before the controller stopped, with events on lab-1.
+    let (leases, events) = runtime.block_on(async {
+        let store = fleet::store::Store::open(&database).await.unwrap();
+        let filter = fleet::store::EventFilter {
+            machine: Some("lab-1".into()),
+            ..Default::default()
+        };
+        (
+            store.leases().await.unwrap(),
+            store.events(&filter).await.unwrap(),
+        )
     });
+    let lease_events: Vec<_> = events
+        .iter()
+        .filter(|event| event.kind == "lease")
+        .collect();
+    assert!(
+        !lease_events.is_empty(),
+        "lease events on lab-1: {events:#?}"
+    );
     assert_eq!(leases.len(), 1, "{leases:?}");
     assert!(
         leases[0].ip.to_string().starts_with("10.78.0.1"),
@@ -194,4 +224,17 @@ fn wait_until_serving(state_dir: &std::path::Path) {
         assert!(Instant::now() < deadline, "the controller did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The MAC address of `interface` inside `namespace`.
+fn client_mac_of(namespace: &NetNs, interface: &str) -> fleet::model::MacAddr {
+    // /sys/class/net shows the reader's namespace: ask `ip` inside the namespace instead.
+    let output = namespace.ip(&["-o", "link", "show", interface]);
+    let line = String::from_utf8_lossy(&output.stdout).to_string();
+    let mac = line
+        .split_whitespace()
+        .skip_while(|word| *word != "link/ether")
+        .nth(1)
+        .expect("a link/ether address");
+    fleet::model::MacAddr::parse(mac).unwrap()
 }

@@ -9,6 +9,7 @@ use crate::model::MacAddr;
 use crate::store::Lease;
 use dhcproto::v4::{DhcpOption, HType, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 pub const SERVER_PORT: u16 = 67;
@@ -167,6 +168,8 @@ pub fn client_mac(request: &Message) -> Option<MacAddr> {
 pub struct Context<'a> {
     pub config: &'a DhcpConfig,
     pub now_ms: i64,
+    /// Machines the store knows by MAC (added by hand or enlisted), beside the fleet file's.
+    pub store_machines: Option<&'a HashMap<MacAddr, String>>,
 }
 
 /// Answers one request. The lease table is updated in place.
@@ -223,7 +226,13 @@ impl Exchange<'_> {
     }
 
     fn machine(&self) -> Option<String> {
-        self.config().known_machines.get(&self.mac).cloned()
+        let declared = self.config().known_machines.get(&self.mac);
+        let stored = || {
+            self.context
+                .store_machines
+                .and_then(|known| known.get(&self.mac))
+        };
+        declared.or_else(stored).cloned()
     }
 
     /// An event for a declared machine, or for pool exhaustion; `None` for anything else, so

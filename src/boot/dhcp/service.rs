@@ -2,7 +2,8 @@
 //! while running), loaded from the store at start and written behind to it, and the lease events
 //! recorded on machines, rate-limited.
 //!
-//! Events: only for MACs of declared machines (plus pool exhaustion, which names the machine when
+//! Events: only for MACs of known machines — declared in the fleet file, or in the store (added
+//! by hand, enlisted; read again every few seconds) — (plus pool exhaustion, which names the machine when
 //! it is known), at most one per MAC and kind per [`EVENT_INTERVAL_MS`] (a renewing machine does
 //! not write one event per renewal), and one exhaustion event per subnet per interval carrying how
 //! many requests went unanswered since the last one. Unknown MACs (a benchmark's thousands of
@@ -17,7 +18,7 @@ use crate::model::MacAddr;
 use crate::store::{NewEvent, Store};
 use dhcproto::v4::Message;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 
 /// At most one event per MAC and kind, and one exhaustion event per subnet, in this time.
 pub const EVENT_INTERVAL_MS: i64 = 60_000;
@@ -35,7 +36,13 @@ pub struct DhcpLeases {
     table: Mutex<LeaseTable>,
     limiter: Mutex<EventLimiter>,
     behind: Arc<WriteBehind>,
+    /// Machines the store knows by MAC, refreshed every [`KNOWN_MACHINES_REFRESH`], so that
+    /// machines added by hand or enlisted get lease events without a query per packet.
+    store_machines: RwLock<Arc<HashMap<MacAddr, String>>>,
 }
+
+/// How often the MACs the store knows are read again.
+pub const KNOWN_MACHINES_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl DhcpLeases {
     /// Loads the leases kept in `store` and starts the writer task (needs a tokio runtime).
@@ -44,9 +51,21 @@ impl DhcpLeases {
         let mut table = LeaseTable::new();
         let restored = table.restore(&stored, config);
         tracing::info!(restored, "DHCP leases loaded from the store");
-        let behind = WriteBehind::new(Some(store));
+        let known = store.machine_macs().await?;
+        let behind = WriteBehind::new(Some(store.clone()));
         behind.spawn_writer();
-        Ok(DhcpLeases::with(table, behind))
+        let leases = DhcpLeases::with(table, behind);
+        leases.set_store_machines(known);
+        tokio::spawn(refresh_store_machines(Arc::downgrade(&leases), store));
+        Ok(leases)
+    }
+
+    fn set_store_machines(&self, known: Vec<(MacAddr, String)>) {
+        let known: HashMap<MacAddr, String> = known.into_iter().collect();
+        *self
+            .store_machines
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(known);
     }
 
     /// Leases kept in memory only (nothing written anywhere): for tests and benchmarks.
@@ -59,12 +78,22 @@ impl DhcpLeases {
             table: Mutex::new(table),
             limiter: Mutex::new(EventLimiter::default()),
             behind,
+            store_machines: RwLock::new(Arc::new(HashMap::new())),
         })
     }
 
     /// Answers one decoded request and queues what it changed for the store.
     pub fn answer(&self, request: &Message, config: &DhcpConfig, now_ms: i64) -> Outcome {
-        let context = Context { config, now_ms };
+        let store_machines = self
+            .store_machines
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let context = Context {
+            config,
+            now_ms,
+            store_machines: Some(&store_machines),
+        };
         let mut outcome = {
             let mut table = lock(&self.table);
             handle(request, &context, &mut table)
@@ -186,5 +215,20 @@ fn describe(event: &LeaseEvent) -> String {
             "no free address in subnet {} for {}: the dynamic range is exhausted",
             event.subnet, event.mac
         ),
+    }
+}
+
+/// Reads the store's MACs again and again while the lease table lives; a failed read keeps the
+/// last good map (the next one retries).
+async fn refresh_store_machines(leases: Weak<DhcpLeases>, store: Store) {
+    loop {
+        tokio::time::sleep(KNOWN_MACHINES_REFRESH).await;
+        let Some(leases) = leases.upgrade() else {
+            return;
+        };
+        match store.machine_macs().await {
+            Ok(known) => leases.set_store_machines(known),
+            Err(error) => tracing::warn!("DHCP: cannot read the machines' MACs: {error}"),
+        }
     }
 }
