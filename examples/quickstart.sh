@@ -27,7 +27,7 @@ run() { step "fleet $*"; "$fleet" "$@" || true; }
 run machine add web-1 --mac 52:54:00:00:01:01 --power-type manual --tag web
 run machine add web-2 --mac 52:54:00:00:01:02 --power-type manual --no-commission
 run machine add db-1 --deployed --os debian-12 --power-type manual
-run machine deploy web-2
+run machine deploy web-2            # refused: a new machine must be commissioned first
 run machine abort web-1
 run machine lock db-1
 run machine release db-1
@@ -36,6 +36,7 @@ run machine mark-broken web-2 --comment "fan noise"
 run machines
 run machine show web-1
 run events --limit 12
+run plan -f fleet.toml.example      # what `fleet apply` would do to reach the example fleet
 
 if [ "${QUICKSTART_EXIT:-0}" = 1 ]; then exit 0; fi
 printf '\nThe controller is running at %s (state in %s).\n' "$(cat "$state/api-url")" "$state"
