@@ -378,13 +378,37 @@ pub fn describe_event(event: &EventView) -> String {
         text.push_str(&format!(" {action}"));
     }
     match (event.from, event.to) {
-        (Some(from), Some(to)) => text.push_str(&format!(" {from} → {to}")),
+        (Some(from), Some(to)) if from != to => text.push_str(&format!(" {from} → {to}")),
         (None, Some(to)) => text.push_str(&format!(" → {to}")),
         _ => {}
+    }
+    if event.kind == "power" {
+        text.push_str(&describe_power(&event.detail));
     }
     text.push_str(&format!(" by {}", event.actor));
     if let Some(reason) = &event.reason {
         text.push_str(&format!(": {reason}"));
+    }
+    text
+}
+
+/// ` cycle, power on → on`: the command sent and the power state before and after, as the
+/// store records them in a power event's detail.
+fn describe_power(detail: &serde_json::Value) -> String {
+    let mut text = String::new();
+    match detail.get("command") {
+        Some(serde_json::Value::String(command)) => text.push_str(&format!(" {command}")),
+        Some(serde_json::Value::Object(command)) => {
+            for (name, mode) in command {
+                text.push_str(&format!(" {name} ({})", mode.as_str().unwrap_or("?")));
+            }
+        }
+        _ => {}
+    }
+    let state = |key: &str| detail.get(key).and_then(|value| value.as_str());
+    if let (Some(from), Some(to)) = (state("from"), state("to")) {
+        let separator = if text.is_empty() { " " } else { ", " };
+        text.push_str(&format!("{separator}power {from} → {to}"));
     }
     text
 }
