@@ -4,8 +4,10 @@
 //! which machine, which driver and what went wrong, never a secret. Drivers do IO; the decision
 //! of *which* command to send is the life-cycle's (`model::decide`), not theirs.
 
+mod ipmi;
 mod manual;
 
+pub use ipmi::IpmiDriver;
 pub use manual::ManualDriver;
 
 use crate::model::{PowerCommand, PowerState};
@@ -79,6 +81,7 @@ impl PowerDrivers {
     pub fn standard() -> Self {
         let mut drivers = PowerDrivers::default();
         drivers.add(Arc::new(ManualDriver));
+        drivers.add(Arc::new(IpmiDriver::default()));
         drivers
     }
 

@@ -10,6 +10,7 @@ mod dhcp;
 mod lifecycle;
 mod netboot;
 mod plan;
+mod power;
 mod serve;
 mod store;
 mod tftp;
