@@ -516,4 +516,21 @@ mod tests {
         );
         assert!(bmc.netboot);
     }
+
+    #[tokio::test]
+    async fn a_hanging_ipmitool_is_killed_at_the_timeout() {
+        let directory = tempfile::tempdir().unwrap();
+        let program = directory.path().join("ipmitool");
+        std::fs::write(&program, "#!/bin/sh\nexec sleep 30\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let driver = IpmiDriver::with_program(&program, Duration::from_secs(1));
+        let started = std::time::Instant::now();
+        let error = driver
+            .query(&target(serde_json::json!({"address": "10.0.0.5"})))
+            .await
+            .unwrap_err();
+        assert_eq!(error.to_string(), "ipmi 10.0.0.5: no answer within 1 s");
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
 }

@@ -352,7 +352,50 @@ async fn ipmi_power_through_the_controller_and_the_cli() {
         assert_eq!(show_power(), json!(expected), "{action}");
     }
 
+    // A wrong password through the controller: the action fails with the driver's message,
+    // and the machine shows it, never the secret.
+    let wrong = bmc.password_file("wrong", "wrong-Password-7");
+    let output = controller.fleet(&[
+        "machine",
+        "add",
+        "bmc-2",
+        "--power-type",
+        "ipmi",
+        "--power-param",
+        &address,
+        "--power-param",
+        "user=admin",
+        "--power-param",
+        &format!("password=file:{}", wrong.display()),
+        "--no-commission",
+    ]);
+    assert!(output.status.success(), "add: {}", stderr(&output));
+    store
+        .write_lifecycle("bmc-2", &lifecycle, "test", "fixture")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let output = controller.fleet(&["machine", "power-on", "bmc-2"]);
+    assert!(!output.status.success());
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let text = format!("{}{}", stdout(&output), stderr(&output));
+    assert!(
+        text.contains(&format!(
+            "ipmi {}: authentication failed (wrong user or password)",
+            bmc.address()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("wrong-Password-7") && !text.contains(PASSWORD));
+    let output = controller.fleet(&["machine", "show", "bmc-2", "--json"]);
+    let detail: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(detail["machine"]["power"], "error", "{detail}");
+    assert!(!stdout(&output).contains("wrong-Password-7"));
+
     // The history has the power changes, never the password.
-    let events = controller.fleet(&["events", "bmc-1", "--json"]);
-    assert!(!stdout(&events).contains(PASSWORD));
+    for name in ["bmc-1", "bmc-2"] {
+        let events = controller.fleet(&["events", name, "--json"]);
+        let text = stdout(&events);
+        assert!(!text.contains(PASSWORD) && !text.contains("wrong-Password-7"));
+    }
 }
