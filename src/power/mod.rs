@@ -6,6 +6,7 @@
 
 mod ipmi;
 mod manual;
+mod redfish;
 
 pub use ipmi::IpmiDriver;
 pub use manual::ManualDriver;
@@ -82,6 +83,7 @@ impl PowerDrivers {
         let mut drivers = PowerDrivers::default();
         drivers.add(Arc::new(ManualDriver));
         drivers.add(Arc::new(IpmiDriver::default()));
+        drivers.add(Arc::new(redfish::RedfishDriver::default()));
         drivers
     }
 

@@ -11,6 +11,7 @@ mod lifecycle;
 mod netboot;
 mod plan;
 mod power;
+mod power_redfish;
 mod serve;
 mod store;
 mod tftp;

@@ -1,0 +1,293 @@
+//! The `redfish` power driver against sushy-tools' Redfish emulator (PyPI `sushy-tools` 2.2.0,
+//! installed by .ci/setup-redfish in /var/cache/fleet-redfish/venv) with its fake driver: one
+//! emulator per test on 127.0.0.1, a free port, a fresh state directory and basic auth from a
+//! bcrypt htpasswd file. tests/fixtures/redfish/sushy-nodelay.py starts it with the fake
+//! driver's random 1-11 s power delay removed, so a change shows on the next read.
+
+use fleet::model::{PowerCommand, PowerOffMode, PowerState};
+use fleet::power::{PowerDrivers, PowerTarget};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// The password in tests/fixtures/redfish/htpasswd (user `admin`).
+const PASSWORD: &str = "fleet-S3cret-4711";
+const VENV: &str = "/var/cache/fleet-redfish/venv";
+const NODE_1: &str = "27946b59-9e44-4fa7-8e91-f3527a1ef094";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/redfish")
+}
+
+fn free_tcp_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a TCP socket");
+    listener.local_addr().unwrap().port()
+}
+
+/// One sushy-emulator on 127.0.0.1, killed when dropped.
+struct Emulator {
+    child: Child,
+    port: u16,
+    directory: TempDir,
+}
+
+impl Emulator {
+    fn start() -> Emulator {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let dir = directory.path();
+        let state = dir.join("state");
+        std::fs::create_dir(&state).unwrap();
+        let port = free_tcp_port();
+        let config = std::fs::read_to_string(fixtures().join("emulator.conf"))
+            .unwrap()
+            .replace("@PORT@", &port.to_string())
+            .replace("@STATE@", &state.display().to_string())
+            .replace("@AUTH@", &fixtures().join("htpasswd").display().to_string());
+        std::fs::write(dir.join("emulator.conf"), config).unwrap();
+        std::fs::write(dir.join("password"), format!("{PASSWORD}\n")).unwrap();
+        std::fs::write(dir.join("wrong-password"), "not-the-password\n").unwrap();
+        let log = std::fs::File::create(dir.join("emulator.log")).unwrap();
+        let child = Command::new(format!("{VENV}/bin/python"))
+            .arg(fixtures().join("sushy-nodelay.py"))
+            .arg("--config")
+            .arg(dir.join("emulator.conf"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("the emulator's venv exists (run .ci/setup-redfish as root)");
+        let emulator = Emulator {
+            child,
+            port,
+            directory,
+        };
+        emulator.wait_ready();
+        emulator
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if Instant::now() > deadline {
+                let log =
+                    std::fs::read_to_string(self.directory.path().join("emulator.log")).unwrap();
+                panic!(
+                    "sushy-emulator did not listen on {} within 10 s:\n{log}",
+                    self.port
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn address(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn target(&self, system_id: Option<&str>, password_file: &str) -> PowerTarget {
+        let mut params = json!({
+            "address": self.address(),
+            "user": "admin",
+            "password": {"file": self.directory.path().join(password_file)},
+            "verify_tls": false,
+        });
+        if let Some(id) = system_id {
+            params["system_id"] = json!(id);
+        }
+        PowerTarget {
+            machine: "node-1".into(),
+            power_type: "redfish".into(),
+            params,
+        }
+    }
+
+    /// The system as the emulator has it, read without the driver.
+    async fn raw_system(&self, uuid: &str) -> Value {
+        reqwest::Client::new()
+            .get(format!("{}/redfish/v1/Systems/{uuid}", self.address()))
+            .basic_auth("admin", Some(PASSWORD))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn raw_patch(&self, uuid: &str, body: Value) {
+        reqwest::Client::new()
+            .patch(format!("{}/redfish/v1/Systems/{uuid}", self.address()))
+            .basic_auth("admin", Some(PASSWORD))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn redfish_power_commands_change_the_emulators_power_state() {
+    let emulator = Emulator::start();
+    let drivers = PowerDrivers::standard();
+    let target = emulator.target(Some("node-1"), "password");
+    let power = |system: &Value| system["PowerState"].as_str().unwrap().to_string();
+
+    let report = drivers.query(&target).await.unwrap();
+    assert_eq!(report.state, PowerState::Off);
+
+    // On: one-time network boot first, then On.
+    let report = drivers.execute(&target, PowerCommand::On).await.unwrap();
+    assert_eq!(report.state, PowerState::On);
+    let system = emulator.raw_system(NODE_1).await;
+    assert_eq!(power(&system), "On");
+    assert_eq!(system["Boot"]["BootSourceOverrideTarget"], "Pxe");
+    // The emulator reads "Once" back as "Continuous" (measured); anything but "Disabled" is set.
+    assert_ne!(system["Boot"]["BootSourceOverrideEnabled"], "Disabled");
+    assert_eq!(drivers.query(&target).await.unwrap().state, PowerState::On);
+
+    // Hard off.
+    let report = drivers
+        .execute(&target, PowerCommand::Off(PowerOffMode::Hard))
+        .await
+        .unwrap();
+    assert_eq!(report.state, PowerState::Off);
+    assert_eq!(power(&emulator.raw_system(NODE_1).await), "Off");
+    assert_eq!(drivers.query(&target).await.unwrap().state, PowerState::Off);
+
+    // Cycle sets the network boot again.
+    emulator
+        .raw_patch(
+            NODE_1,
+            json!({"Boot": {"BootSourceOverrideTarget": "Hdd", "BootSourceOverrideEnabled": "Continuous"}}),
+        )
+        .await;
+    assert_eq!(
+        emulator.raw_system(NODE_1).await["Boot"]["BootSourceOverrideTarget"],
+        "Hdd"
+    );
+    let report = drivers.execute(&target, PowerCommand::Cycle).await.unwrap();
+    assert_eq!(report.state, PowerState::On);
+    let system = emulator.raw_system(NODE_1).await;
+    assert_eq!(power(&system), "On");
+    assert_eq!(system["Boot"]["BootSourceOverrideTarget"], "Pxe");
+    assert_eq!(drivers.query(&target).await.unwrap().state, PowerState::On);
+
+    // Soft off (GracefulShutdown): the state is read back after the request.
+    let report = drivers
+        .execute(&target, PowerCommand::Off(PowerOffMode::Soft))
+        .await
+        .unwrap();
+    assert_eq!(report.state, PowerState::Off);
+    assert_eq!(report.note, None);
+    assert_eq!(power(&emulator.raw_system(NODE_1).await), "Off");
+
+    // The other system was never touched.
+    let other = emulator
+        .raw_system("4ad3c5f1-1b7e-4c5b-9d0e-7a6b2f1c9e30")
+        .await;
+    assert_eq!(power(&other), "Off");
+}
+
+#[tokio::test]
+async fn redfish_finds_systems_by_uuid_and_needs_a_system_id_when_there_are_several() {
+    let emulator = Emulator::start();
+    let drivers = PowerDrivers::standard();
+    let by_uuid = emulator.target(Some(NODE_1), "password");
+    drivers.execute(&by_uuid, PowerCommand::On).await.unwrap();
+    assert_eq!(emulator.raw_system(NODE_1).await["PowerState"], "On");
+
+    let error = drivers
+        .query(&emulator.target(None, "password"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with(&format!(
+            "redfish {}: several systems, set the power parameter `system_id`",
+            emulator.address()
+        )),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn redfish_wrong_password_says_authentication_failed_without_the_password() {
+    let emulator = Emulator::start();
+    let drivers = PowerDrivers::standard();
+    let target = emulator.target(Some("node-1"), "wrong-password");
+    for result in [
+        drivers.query(&target).await,
+        drivers.execute(&target, PowerCommand::On).await,
+    ] {
+        let error = result.unwrap_err().to_string();
+        assert_eq!(
+            error,
+            format!(
+                "redfish {}: authentication failed (wrong user or password)",
+                emulator.address()
+            )
+        );
+        assert!(!error.contains("not-the-password") && !error.contains(PASSWORD));
+    }
+    assert_eq!(emulator.raw_system(NODE_1).await["PowerState"], "Off");
+}
+
+#[tokio::test]
+async fn redfish_unknown_system_lists_the_systems_there_are() {
+    let emulator = Emulator::start();
+    let drivers = PowerDrivers::standard();
+    let error = drivers
+        .execute(
+            &emulator.target(Some("node-9"), "password"),
+            PowerCommand::On,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        error,
+        format!(
+            "redfish {}: no system `node-9` (systems: node-1 ({NODE_1}), node-2 (4ad3c5f1-1b7e-4c5b-9d0e-7a6b2f1c9e30))",
+            emulator.address()
+        )
+    );
+    assert!(!error.contains(PASSWORD));
+}
+
+#[tokio::test]
+async fn redfish_unreachable_bmc_cannot_connect_within_the_timeout() {
+    let directory = tempfile::tempdir().unwrap();
+    std::fs::write(directory.path().join("password"), PASSWORD).unwrap();
+    let address = format!("127.0.0.1:{}", free_tcp_port());
+    let target = PowerTarget {
+        machine: "node-1".into(),
+        power_type: "redfish".into(),
+        params: json!({
+            "address": address,
+            "user": "admin",
+            "password": {"file": directory.path().join("password")},
+            "verify_tls": false,
+        }),
+    };
+    let started = Instant::now();
+    let error = PowerDrivers::standard()
+        .query(&target)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(error, format!("redfish {address}: cannot connect"));
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
