@@ -7,6 +7,7 @@
 mod ipmi;
 mod manual;
 mod redfish;
+mod webhook;
 
 pub use ipmi::IpmiDriver;
 pub use manual::ManualDriver;
@@ -84,6 +85,7 @@ impl PowerDrivers {
         drivers.add(Arc::new(ManualDriver));
         drivers.add(Arc::new(IpmiDriver::default()));
         drivers.add(Arc::new(redfish::RedfishDriver::default()));
+        drivers.add(Arc::new(webhook::WebhookDriver::default()));
         drivers
     }
 

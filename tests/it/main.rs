@@ -12,6 +12,7 @@ mod netboot;
 mod plan;
 mod power;
 mod power_redfish;
+mod power_webhook;
 mod serve;
 mod store;
 mod tftp;

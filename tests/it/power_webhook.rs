@@ -1,0 +1,407 @@
+//! The `webhook` power driver against a small HTTP server in the test (axum on 127.0.0.1, on a
+//! free port, in its own thread and runtime) that records every call, checks the credentials
+//! and answers the query with `power: on` or `power: off`; through the driver and through a real
+//! controller and the CLI.
+
+use crate::support::controller::{stderr, stdout, TestController};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use fleet::model::{PowerCommand, PowerOffMode, PowerState};
+use fleet::power::{PowerDrivers, PowerError, PowerTarget};
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "hook-T0ken-5150";
+/// `admin:plug-Pass-9`, base64.
+const BASIC: &str = "Basic YWRtaW46cGx1Zy1QYXNzLTk=";
+const PASSWORD: &str = "plug-Pass-9";
+
+#[derive(Default)]
+struct Recorded {
+    /// `POST /off {"mode":"hard"}`, `GET /status` ...
+    calls: Vec<String>,
+    power: &'static str,
+}
+
+#[derive(Clone)]
+struct Shared {
+    recorded: Arc<Mutex<Recorded>>,
+    /// The Authorization header the server accepts.
+    authorization: String,
+}
+
+/// The plug: its own thread and runtime, so that blocking CLI runs in a test cannot stall it.
+struct Plug {
+    port: u16,
+    recorded: Arc<Mutex<Recorded>>,
+}
+
+impl Plug {
+    fn start(authorization: &str) -> Plug {
+        let recorded = Arc::new(Mutex::new(Recorded {
+            calls: Vec::new(),
+            power: "off",
+        }));
+        let shared = Shared {
+            recorded: recorded.clone(),
+            authorization: authorization.to_string(),
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let app = axum::Router::new().fallback(answer).with_state(shared);
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        Plug { port, recorded }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.recorded.lock().unwrap().calls.clone()
+    }
+
+    fn power(&self) -> &'static str {
+        self.recorded.lock().unwrap().power
+    }
+
+    fn params(&self, credentials: serde_json::Value) -> serde_json::Value {
+        let mut params = json!({
+            "on_url": self.url("/on"),
+            "off_url": self.url("/off"),
+            "query_url": self.url("/status"),
+            "on_regex": "power: on",
+            "off_regex": "power: off",
+        });
+        for (key, value) in credentials.as_object().unwrap() {
+            params[key] = value.clone();
+        }
+        params
+    }
+}
+
+async fn answer(
+    State(shared): State<Shared>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, String) {
+    let mut recorded = shared.recorded.lock().unwrap();
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let call = if body.is_empty() {
+        format!("{method} {}", uri.path())
+    } else {
+        format!("{method} {} {body}", uri.path())
+    };
+    recorded.calls.push(call);
+    let authorization = headers
+        .get("authorization")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    if authorization != shared.authorization {
+        // Echoes what it was given, as careless servers do: the driver must scrub it.
+        return (
+            StatusCode::UNAUTHORIZED,
+            format!("bad credentials: {authorization}\nsecond line"),
+        );
+    }
+    match (method.as_str(), uri.path()) {
+        ("POST", "/on") => {
+            recorded.power = "on";
+            (StatusCode::OK, "ok".into())
+        }
+        ("POST", "/off") => {
+            recorded.power = "off";
+            (StatusCode::OK, "ok".into())
+        }
+        ("POST", "/cycle") => {
+            recorded.power = "on";
+            (StatusCode::NO_CONTENT, String::new())
+        }
+        ("GET", "/status") => (StatusCode::OK, format!("power: {}\n", recorded.power)),
+        ("POST", "/broken") => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "relay board on fire\nstack trace follows".into(),
+        ),
+        _ => (StatusCode::NOT_FOUND, "no such thing".into()),
+    }
+}
+
+fn target(params: serde_json::Value) -> PowerTarget {
+    PowerTarget {
+        machine: "hook-1".into(),
+        power_type: "webhook".into(),
+        params,
+    }
+}
+
+#[tokio::test]
+async fn webhook_on_off_cycle_and_query_with_a_bearer_token() {
+    std::env::set_var("FLEET_TEST_WEBHOOK_TOKEN_DRIVER", TOKEN);
+    let plug = Plug::start(&format!("Bearer {TOKEN}"));
+    let drivers = PowerDrivers::standard();
+    assert!(drivers.power_types().contains(&"webhook"));
+    let machine = target(plug.params(json!({"token": {"env": "FLEET_TEST_WEBHOOK_TOKEN_DRIVER"}})));
+
+    let report = drivers.query(&machine).await.unwrap();
+    assert_eq!(report.state, PowerState::Off);
+    let report = drivers.execute(&machine, PowerCommand::On).await.unwrap();
+    assert_eq!(report.state, PowerState::On);
+    assert_eq!(plug.power(), "on");
+    assert_eq!(drivers.query(&machine).await.unwrap().state, PowerState::On);
+
+    // A soft off asks, then looks: the plug is off at once, so no note.
+    let report = drivers
+        .execute(&machine, PowerCommand::Off(PowerOffMode::Soft))
+        .await
+        .unwrap();
+    assert_eq!(report.state, PowerState::Off);
+    assert_eq!(report.note, None);
+    let report = drivers
+        .execute(&machine, PowerCommand::Off(PowerOffMode::Hard))
+        .await
+        .unwrap();
+    assert_eq!(report.state, PowerState::Off);
+
+    // Without a cycle URL, a cycle is a hard off then an on.
+    let report = drivers
+        .execute(&machine, PowerCommand::Cycle)
+        .await
+        .unwrap();
+    assert_eq!(report.state, PowerState::On);
+    assert_eq!(
+        plug.calls(),
+        [
+            "GET /status",
+            "POST /on",
+            "GET /status",
+            r#"POST /off {"mode":"soft"}"#,
+            "GET /status",
+            r#"POST /off {"mode":"hard"}"#,
+            r#"POST /off {"mode":"hard"}"#,
+            "POST /on",
+        ]
+    );
+
+    // With one, a single call.
+    let mut params = machine.params.clone();
+    params["cycle_url"] = json!(plug.url("/cycle"));
+    let before = plug.calls().len();
+    let report = drivers
+        .execute(&target(params), PowerCommand::Cycle)
+        .await
+        .unwrap();
+    assert_eq!(report.state, PowerState::On);
+    assert_eq!(plug.calls()[before..], ["POST /cycle"]);
+
+    // An answer neither regex matches is unknown; no query URL is unknown too.
+    let mut params = machine.params.clone();
+    params["on_regex"] = json!("^state=1$");
+    params["off_regex"] = json!("^state=0$");
+    let report = drivers.query(&target(params)).await.unwrap();
+    assert_eq!(report.state, PowerState::Unknown);
+    let mut params = machine.params.clone();
+    params.as_object_mut().unwrap().remove("query_url");
+    let report = drivers.query(&target(params)).await.unwrap();
+    assert_eq!(report.state, PowerState::Unknown);
+}
+
+#[tokio::test]
+async fn webhook_basic_authentication_and_a_wrong_token() {
+    std::env::set_var("FLEET_TEST_WEBHOOK_PASSWORD", PASSWORD);
+    std::env::set_var("FLEET_TEST_WEBHOOK_WRONG_TOKEN", "wrong-T0ken-0000");
+    let plug = Plug::start(BASIC);
+    let drivers = PowerDrivers::standard();
+    let machine = target(plug.params(json!({
+        "user": "admin",
+        "password": {"env": "FLEET_TEST_WEBHOOK_PASSWORD"},
+    })));
+    let report = drivers.execute(&machine, PowerCommand::On).await.unwrap();
+    assert_eq!(report.state, PowerState::On);
+    assert_eq!(drivers.query(&machine).await.unwrap().state, PowerState::On);
+
+    let wrong = target(plug.params(json!({"token": {"env": "FLEET_TEST_WEBHOOK_WRONG_TOKEN"}})));
+    let error = drivers
+        .execute(&wrong, PowerCommand::Off(PowerOffMode::Hard))
+        .await
+        .unwrap_err();
+    let text = error.to_string();
+    assert_eq!(
+        text,
+        format!(
+            "webhook 127.0.0.1:{}: POST /off answered 401: bad credentials: Bearer ********",
+            plug.port
+        )
+    );
+    assert!(!text.contains("wrong-T0ken-0000"), "{text}");
+    assert_eq!(plug.power(), "on");
+}
+
+#[tokio::test]
+async fn webhook_errors_name_the_host_and_the_status() {
+    let plug = Plug::start("");
+    let drivers = PowerDrivers::standard();
+    let mut params = plug.params(json!({}));
+    params["on_url"] = json!(plug.url("/broken"));
+    let error = drivers
+        .execute(&target(params), PowerCommand::On)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error,
+        PowerError::Driver {
+            driver: "webhook".into(),
+            target: format!("127.0.0.1:{}", plug.port),
+            message: "POST /broken answered 500: relay board on fire".into(),
+        }
+    );
+
+    // Credentials inside a URL never show.
+    let mut params = plug.params(json!({}));
+    params["on_url"] = json!(format!(
+        "http://admin:url-S3cret@127.0.0.1:{}/broken?key=url-K3y",
+        plug.port
+    ));
+    let text = drivers
+        .execute(&target(params), PowerCommand::On)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.starts_with(&format!(
+            "webhook 127.0.0.1:{}: POST /broken answered",
+            plug.port
+        )),
+        "{text}"
+    );
+    assert!(
+        !text.contains("url-S3cret") && !text.contains("url-K3y"),
+        "{text}"
+    );
+
+    // Nothing listening: a quick, distinct message.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let nobody = target(json!({
+        "on_url": format!("http://127.0.0.1:{port}/on"),
+        "off_url": format!("http://127.0.0.1:{port}/off"),
+    }));
+    let started = Instant::now();
+    let text = drivers
+        .execute(&nobody, PowerCommand::On)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        text.starts_with(&format!("webhook 127.0.0.1:{port}: cannot connect: ")),
+        "{text}"
+    );
+    assert!(!text.contains("http://"), "{text}");
+
+    // A missing URL names the machine and the parameter.
+    let text = drivers
+        .execute(
+            &target(json!({"off_url": plug.url("/off")})),
+            PowerCommand::On,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        text,
+        "webhook hook-1: no `on_url`: set the power parameter `on_url`"
+    );
+}
+
+#[tokio::test]
+async fn webhook_power_through_the_controller_and_the_cli() {
+    // `fleet serve` inherits the test's environment, and with it the token.
+    std::env::set_var("FLEET_TEST_WEBHOOK_TOKEN", TOKEN);
+    let plug = Plug::start(&format!("Bearer {TOKEN}"));
+    let controller = TestController::start();
+    let on_url = format!("on_url={}", plug.url("/on"));
+    let off_url = format!("off_url={}", plug.url("/off"));
+    let query_url = format!("query_url={}", plug.url("/status"));
+    let output = controller.fleet(&[
+        "machine",
+        "add",
+        "hook-1",
+        "--power-type",
+        "webhook",
+        "--power-param",
+        &on_url,
+        "--power-param",
+        &off_url,
+        "--power-param",
+        &query_url,
+        "--power-param",
+        "on_regex=power: on",
+        "--power-param",
+        "off_regex=power: off",
+        "--power-param",
+        "token=env:FLEET_TEST_WEBHOOK_TOKEN",
+        "--no-commission",
+    ]);
+    assert!(output.status.success(), "add: {}", stderr(&output));
+    let store = controller.store().await;
+    let record = store.machine("hook-1").await.unwrap().unwrap();
+    let mut lifecycle = record.lifecycle.clone();
+    lifecycle.status = fleet::model::Status::Deployed;
+    lifecycle.previous_status = Some(fleet::model::Status::Ready);
+    lifecycle.owner = Some("alice".into());
+    lifecycle.commissioned = true;
+    lifecycle.deployed_os = Some("ubuntu-24.04".into());
+    store
+        .write_lifecycle("hook-1", &lifecycle, "test", "fixture")
+        .await
+        .unwrap();
+
+    let show_power = || {
+        let output = controller.fleet(&["machine", "show", "hook-1", "--json"]);
+        assert!(output.status.success(), "show: {}", stderr(&output));
+        assert!(!stdout(&output).contains(TOKEN));
+        let detail: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        detail["machine"]["power"].clone()
+    };
+
+    for (action, call, power) in [
+        ("power-on", "POST /on", "on"),
+        ("power-off", r#"POST /off {"mode":"hard"}"#, "off"),
+        ("power-on", "POST /on", "on"),
+    ] {
+        let before = plug.calls().len();
+        let output = controller.fleet(&["machine", action, "hook-1"]);
+        assert!(
+            output.status.success(),
+            "{action}: {}{}",
+            stdout(&output),
+            stderr(&output)
+        );
+        assert!(!stdout(&output).contains(TOKEN) && !stderr(&output).contains(TOKEN));
+        let calls = plug.calls();
+        assert!(
+            calls[before..].contains(&call.to_string()),
+            "{action}: {calls:?}"
+        );
+        assert_eq!(plug.power(), power, "{action}");
+        assert_eq!(show_power(), json!(power), "{action}");
+    }
+    let events = controller.fleet(&["events", "hook-1", "--json"]);
+    assert!(!stdout(&events).contains(TOKEN));
+}
