@@ -31,20 +31,34 @@ struct Emulator {
     child: Child,
     port: u16,
     directory: TempDir,
+    tls: bool,
 }
 
 impl Emulator {
     fn start() -> Emulator {
+        Emulator::start_with(false)
+    }
+
+    /// With `tls`, HTTPS with the self-signed certificate in tests/fixtures/redfish.
+    fn start_with(tls: bool) -> Emulator {
         let directory = tempfile::tempdir().expect("a temporary directory");
         let dir = directory.path();
         let state = dir.join("state");
         std::fs::create_dir(&state).unwrap();
         let port = free_tcp_port();
-        let config = std::fs::read_to_string(fixtures().join("emulator.conf"))
+        let mut config = std::fs::read_to_string(fixtures().join("emulator.conf"))
             .unwrap()
             .replace("@PORT@", &port.to_string())
             .replace("@STATE@", &state.display().to_string())
             .replace("@AUTH@", &fixtures().join("htpasswd").display().to_string());
+        if tls {
+            let fixture = |name: &str| fixtures().join(name).display().to_string();
+            config.push_str(&format!(
+                "SUSHY_EMULATOR_SSL_CERT = '{}'\nSUSHY_EMULATOR_SSL_KEY = '{}'\n",
+                fixture("self-signed.crt"),
+                fixture("self-signed.key")
+            ));
+        }
         std::fs::write(dir.join("emulator.conf"), config).unwrap();
         std::fs::write(dir.join("password"), format!("{PASSWORD}\n")).unwrap();
         std::fs::write(dir.join("wrong-password"), "not-the-password\n").unwrap();
@@ -62,6 +76,7 @@ impl Emulator {
             child,
             port,
             directory,
+            tls,
         };
         emulator.wait_ready();
         emulator
@@ -83,7 +98,8 @@ impl Emulator {
     }
 
     fn address(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn target(&self, system_id: Option<&str>, password_file: &str) -> PowerTarget {
@@ -290,4 +306,21 @@ async fn redfish_unreachable_bmc_cannot_connect_within_the_timeout() {
         .to_string();
     assert_eq!(error, format!("redfish {address}: cannot connect"));
     assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn redfish_self_signed_certificate_only_with_verify_tls_false() {
+    let emulator = Emulator::start_with(true);
+    let drivers = PowerDrivers::standard();
+    let mut target = emulator.target(Some("node-1"), "password");
+    assert_eq!(drivers.query(&target).await.unwrap().state, PowerState::Off);
+
+    target.params["verify_tls"] = json!(true);
+    let error = drivers.query(&target).await.unwrap_err().to_string();
+    assert!(
+        error.starts_with(&format!("redfish {}: TLS failed (", emulator.address()))
+            && error.ends_with("set verify_tls = false for a self-signed certificate"),
+        "{error}"
+    );
+    assert!(!error.contains(PASSWORD));
 }
