@@ -220,11 +220,5 @@ fn power_of(
 }
 
 fn is_secret_reference(value: &serde_json::Value) -> bool {
-    let Some(object) = value.as_object() else {
-        return false;
-    };
-    object.len() == 1
-        && object
-            .iter()
-            .all(|(key, value)| (key == "env" || key == "file") && value.is_string())
+    crate::config::SecretRef::from_json(value).is_some()
 }

@@ -656,6 +656,22 @@ pub enum SecretError {
 }
 
 impl SecretRef {
+    /// Reads a reference as the API and the store carry it: `{"env": "NAME"}` or
+    /// `{"file": "PATH"}`, nothing else (an inline value is not a reference).
+    pub fn from_json(value: &serde_json::Value) -> Option<SecretRef> {
+        let object = value.as_object()?;
+        if object.len() != 1 {
+            return None;
+        }
+        match (object.get("env"), object.get("file")) {
+            (Some(serde_json::Value::String(name)), None) => Some(SecretRef::Env(name.clone())),
+            (None, Some(serde_json::Value::String(path))) => {
+                Some(SecretRef::File(PathBuf::from(path)))
+            }
+            _ => None,
+        }
+    }
+
     /// Reads the secret now. A file's trailing newline is not part of the secret. Errors name
     /// the reference, never the value.
     pub fn resolve(&self) -> Result<String, SecretError> {

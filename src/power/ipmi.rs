@@ -395,15 +395,7 @@ impl Bmc {
 }
 
 fn secret_reference(value: &Value) -> Option<SecretRef> {
-    let object = value.as_object()?;
-    if object.len() != 1 {
-        return None;
-    }
-    match (object.get("env"), object.get("file")) {
-        (Some(Value::String(name)), None) => Some(SecretRef::Env(name.clone())),
-        (None, Some(Value::String(path))) => Some(SecretRef::File(PathBuf::from(path))),
-        _ => None,
-    }
+    SecretRef::from_json(value)
 }
 
 fn text(params: &Value, key: &str) -> Option<String> {

@@ -18,7 +18,6 @@ use crate::config::SecretRef;
 use crate::model::{PowerCommand, PowerOffMode, PowerState};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// How long one request may take.
@@ -382,15 +381,7 @@ fn first_line(text: &str) -> String {
 }
 
 fn secret_reference(value: &Value) -> Option<SecretRef> {
-    let object = value.as_object()?;
-    if object.len() != 1 {
-        return None;
-    }
-    match (object.get("env"), object.get("file")) {
-        (Some(Value::String(name)), None) => Some(SecretRef::Env(name.clone())),
-        (None, Some(Value::String(path))) => Some(SecretRef::File(PathBuf::from(path))),
-        _ => None,
-    }
+    SecretRef::from_json(value)
 }
 
 #[cfg(test)]

@@ -22,7 +22,6 @@ use crate::config::SecretRef;
 use crate::model::{PowerCommand, PowerOffMode, PowerState};
 use reqwest::{Method, Url};
 use serde_json::Value;
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// How long one HTTP call may take.
@@ -416,15 +415,7 @@ fn regex_param(params: &Value, key: &str, default: &str) -> Result<regex::Regex,
 }
 
 fn secret_reference(value: &Value) -> Option<SecretRef> {
-    let object = value.as_object()?;
-    if object.len() != 1 {
-        return None;
-    }
-    match (object.get("env"), object.get("file")) {
-        (Some(Value::String(name)), None) => Some(SecretRef::Env(name.clone())),
-        (None, Some(Value::String(path))) => Some(SecretRef::File(PathBuf::from(path))),
-        _ => None,
-    }
+    SecretRef::from_json(value)
 }
 
 #[cfg(test)]
