@@ -613,7 +613,9 @@ impl PowerSpec {
 #[serde(rename_all = "snake_case")]
 pub enum IpmiDriver {
     Lan,
+    /// Spelled as the fleet file spells it, so that `fleet adopt` writes what `validate` reads.
     #[default]
+    #[serde(rename = "lan_2_0")]
     Lan20,
 }
 

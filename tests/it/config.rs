@@ -678,3 +678,11 @@ fn the_json_schema_describes_the_sections() {
         );
     }
 }
+
+/// Regression: the IPMI driver serialised as `lan20` while the fleet file spells it `lan_2_0`, so
+/// TOML written by `fleet adopt` did not validate.
+#[test]
+fn the_ipmi_driver_is_written_as_the_fleet_file_spells_it() {
+    let written = serde_json::to_value(config::IpmiDriver::Lan20).unwrap();
+    assert_eq!(written, serde_json::json!("lan_2_0"));
+}
