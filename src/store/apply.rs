@@ -1,11 +1,9 @@
 //! What the executor (src/apply) keeps in the store: the machines read in bulk for planning, and
 //! the progress of each step of an apply (`apply_steps`, migration 0002).
 
-use super::codec::{
-    get, get_bool, get_json, get_mac, get_name, get_opt_parsed, get_power, get_status,
-};
-use super::{Disk, Hardware, Interface, MachineRecord, Store, StoreError, StoredPlan};
-use crate::model::Lifecycle;
+use super::codec::{get, get_json, get_mac};
+use super::machines::{machine_from_columns, HardwareDetail};
+use super::{Disk, Interface, MachineRecord, Store, StoreError, StoredPlan};
 use crate::store::now_ms;
 use std::collections::HashMap;
 
@@ -37,7 +35,7 @@ impl Store {
         .await?;
         let mut records = rows
             .iter()
-            .map(record_from_row)
+            .map(|row| machine_from_columns(row, HardwareDetail::Lean))
             .collect::<Result<Vec<_>, _>>()?;
         let at: HashMap<i64, usize> = records
             .iter()
@@ -177,44 +175,4 @@ impl Store {
             })
             .collect()
     }
-}
-
-fn record_from_row(row: &sqlx::any::AnyRow) -> Result<MachineRecord, StoreError> {
-    let power_type: String = get(row, "power_type")?;
-    let lifecycle = Lifecycle {
-        status: get_status(row, "status")?,
-        previous_status: get_opt_parsed(row, "previous_status")?,
-        locked: get_bool(row, "locked")?,
-        power: get_power(row, "power")?,
-        owner: get(row, "owner")?,
-        commissioned: get_bool(row, "commissioned")?,
-        deployed_os: get(row, "deployed_os")?,
-        power_configured: power_type != "unconfigured",
-    };
-    Ok(MachineRecord {
-        id: get(row, "id")?,
-        name: get_name(row, "name")?,
-        lifecycle,
-        generation: get(row, "generation")?,
-        status_reason: get(row, "status_reason")?,
-        status_since: get(row, "status_since")?,
-        last_heard: get(row, "last_heard")?,
-        arch: get(row, "arch")?,
-        power_type,
-        power_params: get_json(row, "power_params")?,
-        bmc_address: get(row, "bmc_address")?,
-        image: get(row, "image")?,
-        tags: get_json(row, "tags")?,
-        hardware: Hardware {
-            cpus: get(row, "cpus")?,
-            cpu_model: None,
-            cpu_speed_mhz: get(row, "cpu_speed_mhz")?,
-            memory_mib: get(row, "memory_mib")?,
-            facts: serde_json::Value::Null,
-        },
-        interfaces: Vec::new(),
-        disks: Vec::new(),
-        created_at: get(row, "created_at")?,
-        updated_at: get(row, "updated_at")?,
-    })
 }

@@ -610,6 +610,23 @@ async fn load_machine_by_id(
 }
 
 fn machine_from_row(row: &AnyRow) -> Result<MachineRecord, StoreError> {
+    machine_from_columns(row, HardwareDetail::Full)
+}
+
+/// How much of the hardware a query selected.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum HardwareDetail {
+    /// Every machine column.
+    Full,
+    /// No `cpu_model` and `facts` (planning never reads them; parsing 100k facts costs time).
+    Lean,
+}
+
+pub(super) fn machine_from_columns(
+    row: &AnyRow,
+    detail: HardwareDetail,
+) -> Result<MachineRecord, StoreError> {
+    let full = detail == HardwareDetail::Full;
     let power_type: String = get(row, "power_type")?;
     let lifecycle = Lifecycle {
         status: get_status(row, "status")?,
@@ -637,10 +654,14 @@ fn machine_from_row(row: &AnyRow) -> Result<MachineRecord, StoreError> {
         tags: get_json(row, "tags")?,
         hardware: Hardware {
             cpus: get(row, "cpus")?,
-            cpu_model: get(row, "cpu_model")?,
+            cpu_model: if full { get(row, "cpu_model")? } else { None },
             cpu_speed_mhz: get(row, "cpu_speed_mhz")?,
             memory_mib: get(row, "memory_mib")?,
-            facts: get_json(row, "facts")?,
+            facts: if full {
+                get_json(row, "facts")?
+            } else {
+                serde_json::Value::Null
+            },
         },
         interfaces: Vec::new(),
         disks: Vec::new(),
