@@ -307,17 +307,7 @@ async fn ipmi_power_through_the_controller_and_the_cli() {
     ]);
     assert!(output.status.success(), "add: {}", stderr(&output));
     let store = controller.store().await;
-    let record = store.machine("bmc-1").await.unwrap().unwrap();
-    let mut lifecycle = record.lifecycle.clone();
-    lifecycle.status = fleet::model::Status::Deployed;
-    lifecycle.previous_status = Some(fleet::model::Status::Ready);
-    lifecycle.owner = Some("alice".into());
-    lifecycle.commissioned = true;
-    lifecycle.deployed_os = Some("ubuntu-24.04".into());
-    store
-        .write_lifecycle("bmc-1", &lifecycle, "test", "fixture")
-        .await
-        .unwrap();
+    controller.make_deployed(&store, "bmc-1").await;
 
     let show_power = || {
         let output = controller.fleet(&["machine", "show", "bmc-1", "--json"]);
@@ -370,10 +360,7 @@ async fn ipmi_power_through_the_controller_and_the_cli() {
         "--no-commission",
     ]);
     assert!(output.status.success(), "add: {}", stderr(&output));
-    store
-        .write_lifecycle("bmc-2", &lifecycle, "test", "fixture")
-        .await
-        .unwrap();
+    controller.make_deployed(&store, "bmc-2").await;
     let started = Instant::now();
     let output = controller.fleet(&["machine", "power-on", "bmc-2"]);
     assert!(!output.status.success());

@@ -360,17 +360,7 @@ async fn webhook_power_through_the_controller_and_the_cli() {
     ]);
     assert!(output.status.success(), "add: {}", stderr(&output));
     let store = controller.store().await;
-    let record = store.machine("hook-1").await.unwrap().unwrap();
-    let mut lifecycle = record.lifecycle.clone();
-    lifecycle.status = fleet::model::Status::Deployed;
-    lifecycle.previous_status = Some(fleet::model::Status::Ready);
-    lifecycle.owner = Some("alice".into());
-    lifecycle.commissioned = true;
-    lifecycle.deployed_os = Some("ubuntu-24.04".into());
-    store
-        .write_lifecycle("hook-1", &lifecycle, "test", "fixture")
-        .await
-        .unwrap();
+    controller.make_deployed(&store, "hook-1").await;
 
     let show_power = || {
         let output = controller.fleet(&["machine", "show", "hook-1", "--json"]);

@@ -75,6 +75,22 @@ impl TestController {
             .expect("the controller's store opens")
     }
 
+    /// Puts `name` in deployed, owned by alice, as if fleet had deployed it (for actions, such as
+    /// power-on, that a deployed machine accepts).
+    pub async fn make_deployed(&self, store: &Store, name: &str) {
+        let record = store.machine(name).await.unwrap().unwrap();
+        let mut lifecycle = record.lifecycle.clone();
+        lifecycle.status = fleet::model::Status::Deployed;
+        lifecycle.previous_status = Some(fleet::model::Status::Ready);
+        lifecycle.owner = Some("alice".into());
+        lifecycle.commissioned = true;
+        lifecycle.deployed_os = Some("ubuntu-24.04".into());
+        store
+            .write_lifecycle(name, &lifecycle, "test", "fixture")
+            .await
+            .unwrap();
+    }
+
     pub fn http(&self) -> Api {
         Api {
             client: reqwest::Client::new(),
