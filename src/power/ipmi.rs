@@ -280,20 +280,8 @@ impl Bmc {
         };
         let fail = |message: String| invalid(&address, message);
         let (host, port) = split_address(&address).map_err(fail)?;
-        let user = match params.get("user") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(user)) => Some(user.clone()),
-            Some(_) => return Err(fail("`user` must be a string".into())),
-        };
-        let password = match params.get("password") {
-            None | Some(Value::Null) => None,
-            Some(value) => Some(secret_reference(value).ok_or_else(|| {
-                fail(
-                    "the password must be a reference, {\"env\": \"NAME\"} or {\"file\": \"PATH\"}, not a value"
-                        .into(),
-                )
-            })?),
-        };
+        let user = super::optional_string(params, "user").map_err(fail)?;
+        let password = super::optional_secret(params, "password").map_err(fail)?;
         let lanplus = match text(params, "driver").as_deref() {
             None | Some("lan20") | Some("lan_2_0") | Some("lanplus") => true,
             Some("lan") => false,
@@ -392,10 +380,6 @@ impl Bmc {
             message,
         }
     }
-}
-
-fn secret_reference(value: &Value) -> Option<SecretRef> {
-    SecretRef::from_json(value)
 }
 
 fn text(params: &Value, key: &str) -> Option<String> {

@@ -125,3 +125,31 @@ impl PowerDrivers {
         self.driver_for(target)?.query(target).await
     }
 }
+
+/// An optional string parameter; anything but a string is an error for the driver to report.
+pub(crate) fn optional_string(
+    params: &serde_json::Value,
+    key: &str,
+) -> Result<Option<String>, String> {
+    match params.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(text)) => Ok(Some(text.clone())),
+        Some(_) => Err(format!("`{key}` must be a string")),
+    }
+}
+
+/// An optional secret parameter: only a reference (`{"env": ..}` / `{"file": ..}`), never a
+/// value, and the error never repeats what was given.
+pub(crate) fn optional_secret(
+    params: &serde_json::Value,
+    key: &str,
+) -> Result<Option<crate::config::SecretRef>, String> {
+    match params.get(key) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(value) => crate::config::SecretRef::from_json(value).map(Some).ok_or_else(|| {
+            format!(
+                "the {key} must be a reference, {{\"env\": \"NAME\"}} or {{\"file\": \"PATH\"}}, not a value"
+            )
+        }),
+    }
+}

@@ -151,20 +151,8 @@ impl Bmc {
             }
             _ => return Err(fail(format!("`{address}` is not a host or URL"))),
         };
-        let user = match params.get("user") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(user)) => Some(user.clone()),
-            Some(_) => return Err(fail("`user` must be a string".into())),
-        };
-        let password = match params.get("password") {
-            None | Some(Value::Null) => None,
-            Some(value) => Some(secret_reference(value).ok_or_else(|| {
-                fail(
-                    "the password must be a reference, {\"env\": \"NAME\"} or {\"file\": \"PATH\"}, not a value"
-                        .into(),
-                )
-            })?),
-        };
+        let user = super::optional_string(params, "user").map_err(fail)?;
+        let password = super::optional_secret(params, "password").map_err(fail)?;
         let system_id = match params.get("system_id") {
             None | Some(Value::Null) => None,
             Some(Value::String(id)) if id.trim().is_empty() => None,
@@ -378,10 +366,6 @@ fn first_line(text: &str) -> String {
         Some(line) => format!(": {}", line.chars().take(200).collect::<String>()),
         None => String::new(),
     }
-}
-
-fn secret_reference(value: &Value) -> Option<SecretRef> {
-    SecretRef::from_json(value)
 }
 
 #[cfg(test)]

@@ -303,23 +303,9 @@ impl Hook {
         let query_url = optional_url(params, "query_url").map_err(fail)?;
         let on_regex = regex_param(params, "on_regex", DEFAULT_ON_REGEX).map_err(fail)?;
         let off_regex = regex_param(params, "off_regex", DEFAULT_OFF_REGEX).map_err(fail)?;
-        let reference = |key: &str| -> Result<Option<SecretRef>, PowerError> {
-            match params.get(key) {
-                None | Some(Value::Null) => Ok(None),
-                Some(value) => secret_reference(value).map(Some).ok_or_else(|| {
-                    fail(format!(
-                        "the {key} must be a reference, {{\"env\": \"NAME\"}} or {{\"file\": \"PATH\"}}, not a value"
-                    ))
-                }),
-            }
-        };
-        let token = reference("token")?;
-        let password = reference("password")?;
-        let user = match params.get("user") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(user)) => Some(user.clone()),
-            Some(_) => return Err(fail("`user` must be a string".into())),
-        };
+        let token = super::optional_secret(params, "token").map_err(fail)?;
+        let password = super::optional_secret(params, "password").map_err(fail)?;
+        let user = super::optional_string(params, "user").map_err(fail)?;
         let auth = match (token, user, password) {
             (None, None, None) => Auth::None,
             (Some(token), None, None) => Auth::Bearer(token),
@@ -412,10 +398,6 @@ fn regex_param(params: &Value, key: &str, default: &str) -> Result<regex::Regex,
         Some(_) => return Err(format!("`{key}` must be a regular expression")),
     };
     regex::Regex::new(text).map_err(|error| format!("`{key}` is not a valid regex: {error}"))
-}
-
-fn secret_reference(value: &Value) -> Option<SecretRef> {
-    SecretRef::from_json(value)
 }
 
 #[cfg(test)]
