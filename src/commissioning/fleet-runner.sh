@@ -3,7 +3,8 @@
 # /scripts/fleet-runner.sh). Run by the ephemeral environment's /init, and by register-live.sh on
 # a live host. POSIX sh: busybox sh, dash or bash, with curl, or else wget (busybox or GNU).
 #
-# Environment: FLEET_URL (required), FLEET_ROLE (enlist | commissioning | ... | register-live),
+# Environment: FLEET_URL (required), FLEET_ROLE (enlist | commissioning | ... | register-live:
+# then the instructions are asked for with `?live=1`),
 # FLEET_MAC, FLEET_MACHINE, FLEET_TOKEN, FLEET_AFTER_OVERRIDE (poweroff | reboot | wait | exit:
 # replaces the controller's `after`).
 #
@@ -272,14 +273,17 @@ valid_name "$MACHINE" || give_up "bad machine name: $MACHINE"
 [ -n "$TOKEN" ] || give_up "no token (FLEET_TOKEN) for $MACHINE"
 
 # --- 2. instructions and heartbeats -------------------------------------------------------------
-api "$WORK/instructions" GET "$(machine_path instructions)" \
+# A live host says so (`live=1`): the controller then lists only non-destructive scripts.
+instructions=$(machine_path instructions)
+[ "$ROLE" = register-live ] && instructions="$instructions?live=1"
+api "$WORK/instructions" GET "$instructions" \
   || give_up "instructions: $(http_problem "$WORK/instructions")"
 RUN_ROLE=$(value_of role "$WORK/instructions")
 RUN=$(value_of run "$WORK/instructions")
 HEARTBEAT=$(value_of heartbeat "$WORK/instructions")
 AFTER=$(value_of after "$WORK/instructions")
 case "$HEARTBEAT" in ''|*[!0-9]*|0) HEARTBEAT=30 ;; esac
-case "$AFTER" in poweroff|reboot|wait) ;; *) AFTER=poweroff ;; esac
+case "$AFTER" in poweroff|reboot|wait|exit) ;; *) AFTER=poweroff ;; esac
 grep '^script[ 	]' "$WORK/instructions" > "$WORK/scripts" || : > "$WORK/scripts"
 log "instructions: role ${RUN_ROLE:-?} run ${RUN:--} heartbeat ${HEARTBEAT}s scripts $(awk '{printf "%s ", $2}' "$WORK/scripts")after $AFTER"
 if [ "$RUN_ROLE" = none ] || [ -z "$RUN_ROLE" ]; then
@@ -293,10 +297,16 @@ SCRIPT_ROLE=$RUN_ROLE
 
 echo starting > "$WORK/stage"
 heartbeat_loop() {
-  trap - EXIT TERM INT HUP
+  trap - EXIT INT HUP
+  sleeper=""
+  # Stopped by the main loop: quietly, at once (a trap waits for a foreground sleep, not for wait).
+  trap '[ -n "$sleeper" ] && kill "$sleeper" 2>/dev/null; exit 0' TERM
   beats=0
   while :; do
-    sleep "$HEARTBEAT" >/dev/null 2>&1
+    sleep "$HEARTBEAT" >/dev/null 2>&1 &
+    sleeper=$!
+    wait "$sleeper"
+    sleeper=""
     printf '{"stage":"%s"}' "$(json_escape "$(cat "$WORK/stage" 2>/dev/null)")" > "$WORK/heartbeat.json"
     http "$WORK/heartbeat.out" POST "$(machine_path heartbeat)" "$WORK/heartbeat.json"
     case "$HTTP_CODE" in
@@ -356,12 +366,14 @@ while read -r _ name kind timeout _ <&3; do
   results="$dir/results.json"
   started=$(now_ms)
   if head -c 2 "$dir/script" | grep -q '^#!'; then set -- "$dir/script"; else set -- sh "$dir/script"; fi
+  # (The subshell's 2>/dev/null takes the shell's own "Terminated" when the timeout kills it.)
   (
     cd "$dir/cwd" || exit 126
     FLEET_URL=$URL FLEET_MACHINE=$MACHINE FLEET_ROLE=$SCRIPT_ROLE FLEET_RUN=$RUN \
       FLEET_SCRIPT=$name FLEET_RESULTS=$results \
-      exec timeout -k 5 "$timeout" "$@"
-  ) </dev/null >"$dir/stdout" 2>"$dir/stderr"
+      timeout -k 5 "$timeout" "$@" </dev/null >"$dir/stdout" 2>"$dir/stderr"
+    exit $?
+  ) 2>/dev/null
   code=$?
   runtime=$(($(now_ms) - started))
   if [ $code = 0 ]; then
@@ -416,7 +428,7 @@ api "$WORK/signalled" POST "$(machine_path signal)" "$WORK/signal.json"
 case $? in
   0)
     answer=$(value_of after "$WORK/signalled")
-    case "$answer" in poweroff|reboot|wait) AFTER=$answer ;; esac
+    case "$answer" in poweroff|reboot|wait|exit) AFTER=$answer ;; esac
     log "signalled $(sed -n 's/.*"result":"\([a-z]*\)".*/\1/p' "$WORK/signal.json"): after $AFTER"
     ;;
   *)
