@@ -6,6 +6,7 @@
 pub mod api;
 pub mod apply;
 pub mod boot;
+pub mod commissioning;
 pub mod config;
 pub mod controller;
 pub mod model;

@@ -1,0 +1,68 @@
+#!/bin/sh
+# fleet built-in commissioning script 40-fleet-interfaces: every physical network interface: name, MAC, link, speed, driver.
+# Runs under busybox sh and reads /proc and /sys only. Prints fact lines on stdout
+# (`KIND key=value key="quoted value"`, the format is documented in src/commissioning/mod.rs).
+# FLEET_SYSFS and FLEET_PROCFS point it at another tree (the tests use fake ones).
+sys=${FLEET_SYSFS:-/sys}
+proc=${FLEET_PROCFS:-/proc}
+line=
+
+# --- fact helpers (the same in every fleet fact script; a test keeps the copies equal) ---
+# fact_value TEXT sets $fact to TEXT as one fact value: control characters become spaces, the
+# ends are trimmed, and it is double-quoted (with \ and " escaped) when empty or when it holds
+# a space, " or \.
+fact_value() {
+  fact=$1
+  case $fact in *[![:print:]]*) fact=$(printf '%s' "$fact" | tr '\001-\037\177' ' ') ;; esac
+  fact=${fact#"${fact%%[! ]*}"}
+  fact=${fact%"${fact##*[! ]}"}
+  case $fact in
+    '' | *[\ \"\\]*)
+      case $fact in *[\"\\]*) fact=$(printf '%s' "$fact" | sed 's/[\\"]/\\&/g') ;; esac
+      fact="\"$fact\"" ;;
+  esac
+}
+# add KEY VALUE appends ` KEY=VALUE` to $line; add_known does so only when VALUE is not blank.
+add() { fact_value "$2"; line="$line $1=$fact"; }
+add_known() { fact_value "$2"; if [ "$fact" != '""' ]; then line="$line $1=$fact"; fi; }
+# read_attr FILE sets $attr to FILE's first line, or to nothing when FILE cannot be read
+# (sysfs attributes often lack the final newline, or fail to read with EINVAL).
+read_attr() { attr=; { read -r attr <"$1"; } 2>/dev/null; }
+# emit KIND prints the fact line built in $line and starts the next one.
+emit() { printf '%s%s\n' "$1" "$line"; line=; }
+# --- end of fact helpers ---
+
+for path in "$sys"/class/net/*; do
+  [ -e "$path" ] || continue
+  name=${path##*/}
+  [ "$name" != lo ] || continue
+  # Bridges, bonds, VLANs, tunnels and the like have no device behind them.
+  [ -e "$path/device" ] || continue
+  # Ethernet only (ARPHRD_ETHER): other link types (InfiniBand ...) have no 6-byte MAC.
+  read_attr "$path/type"
+  [ "$attr" = 1 ] || continue
+  read_attr "$path/address"; mac=$attr
+  [ -n "$mac" ] || continue
+  # operstate is `unknown` for drivers that do not report it; the carrier then tells.
+  read_attr "$path/operstate"; operstate=$attr
+  case $operstate in
+    up) link=up ;;
+    unknown | dormant | testing | '')
+      read_attr "$path/carrier"
+      if [ "$attr" = 1 ]; then link=up; else link=down; fi ;;
+    *) link=down ;;
+  esac
+  # speed reads -1 (or fails) while there is no link or the driver cannot tell.
+  read_attr "$path/speed"; speed=$attr
+  case $speed in '' | *[!0-9]* | 0 | 4294967295) speed= ;; esac
+  driver=
+  if [ -L "$path/device/driver" ]; then
+    driver=$(readlink "$path/device/driver"); driver=${driver##*/}
+  fi
+  add name "$name"
+  add mac "$mac"
+  add link "$link"
+  add_known speed "$speed"
+  add_known driver "$driver"
+  emit interface
+done
