@@ -583,8 +583,12 @@ pub enum PowerSpec {
         token: Option<SecretRef>,
         verify_tls: bool,
     },
-    /// A local QEMU virtual machine, driven through its QMP socket.
-    Qemu { qmp_socket: PathBuf },
+    /// A local QEMU virtual machine, driven through its QMP socket; `command` (an argv) starts
+    /// it when nothing listens on the socket.
+    Qemu {
+        qmp_socket: PathBuf,
+        command: Option<Vec<String>>,
+    },
 }
 
 impl PowerSpec {

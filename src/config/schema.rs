@@ -338,6 +338,9 @@ enum Power {
     },
     Qemu {
         qmp_socket: String,
+        /// The argv that starts the VM when nothing listens on the socket (fleet adds `-qmp`
+        /// and `-no-shutdown` when missing).
+        command: Option<Vec<String>>,
     },
 }
 

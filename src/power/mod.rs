@@ -6,11 +6,13 @@
 
 mod ipmi;
 mod manual;
+mod qemu;
 mod redfish;
 mod webhook;
 
 pub use ipmi::IpmiDriver;
 pub use manual::ManualDriver;
+pub use qemu::QemuDriver;
 
 use crate::model::{PowerCommand, PowerState};
 use std::collections::BTreeMap;
@@ -86,6 +88,7 @@ impl PowerDrivers {
         drivers.add(Arc::new(IpmiDriver::default()));
         drivers.add(Arc::new(redfish::RedfishDriver::default()));
         drivers.add(Arc::new(webhook::WebhookDriver::default()));
+        drivers.add(Arc::new(QemuDriver::default()));
         drivers
     }
 

@@ -38,7 +38,7 @@ pub const WEBHOOK_KEYS: &[&str] = &[
     "token",
     "verify_tls",
 ];
-pub const QEMU_KEYS: &[&str] = &["type", "qmp_socket"];
+pub const QEMU_KEYS: &[&str] = &["type", "qmp_socket", "command"];
 pub const SECRET_KEYS: &[&str] = &["env", "file"];
 
 pub fn read(
@@ -59,9 +59,11 @@ pub fn read(
         "webhook" => webhook(&table, base_dir, problems),
         "qemu" => {
             table.check_keys(QEMU_KEYS, problems);
+            let command = qemu_command(&table, problems);
             let socket = table.required_string("qmp_socket", problems)?;
             Some(PowerSpec::Qemu {
                 qmp_socket: resolve_path(base_dir, socket.value),
+                command,
             })
         }
         _ => {
@@ -179,6 +181,34 @@ fn webhook(
         token,
         verify_tls,
     })
+}
+
+/// `command = ["qemu-system-x86_64", ...]`: the argv that starts the VM, a non-empty list.
+fn qemu_command(table: &TableReader<'_, '_>, problems: &mut Problems) -> Option<Vec<String>> {
+    let item = table.item("command")?;
+    if !matches!(item.value, Value::Array(_)) {
+        problems.error(
+            item.span,
+            format!(
+                "`command` must be a list of strings (the argv that starts the VM), found {}",
+                item.value.type_name()
+            ),
+        );
+        return None;
+    }
+    let argv: Vec<String> = table
+        .string_list("command", problems)
+        .into_iter()
+        .map(|arg| arg.value.to_string())
+        .collect();
+    if argv.is_empty() {
+        problems.error(
+            item.span,
+            "`command` is empty: give the argv that starts the VM, e.g. [\"qemu-system-x86_64\", \"-m\", \"512\"]",
+        );
+        return None;
+    }
+    Some(argv)
 }
 
 fn bmc_address(table: &TableReader<'_, '_>, problems: &mut Problems) -> Option<String> {
