@@ -3,6 +3,7 @@
 
 pub mod actions;
 mod dhcp;
+pub mod power_poll;
 mod serve;
 pub mod token;
 

@@ -104,6 +104,11 @@ pub async fn serve(
     let drivers = PowerDrivers::standard();
     start_executor(&store, &drivers).await;
     let watch = start_watch(&options, &store, &drivers);
+    let poll_seconds = options.fleet.as_ref().map_or_else(
+        || crate::config::Policy::default().power_poll_seconds,
+        |fleet| fleet.policy.power_poll_seconds,
+    );
+    let power_poll = super::power_poll::start(&store, &drivers, poll_seconds);
     let state = ApiState {
         store: store.clone(),
         drivers,
@@ -115,6 +120,9 @@ pub async fn serve(
         .map_err(ServeError::Serve);
     if let Some(watch) = watch {
         watch.abort();
+    }
+    if let Some(power_poll) = power_poll {
+        power_poll.abort();
     }
     drop(stop_boot);
     if let Some(leases) = dhcp {

@@ -262,6 +262,53 @@ impl Store {
         Ok(true)
     }
 
+    /// Records a power state found by the power poller, with a `power` event, only if it
+    /// differs from `record`'s and the machine is still as `record` was read (same generation
+    /// and power): a poll never overwrites what an action wrote meanwhile, and a poll that
+    /// finds nothing new writes nothing (no generation bump, no event). `true` if it wrote.
+    pub async fn record_found_power(
+        &self,
+        record: &MachineRecord,
+        found: PowerState,
+        actor: &str,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let before = record.lifecycle.power;
+        if before == found {
+            return Ok(false);
+        }
+        let name = record.name.as_str();
+        let mut transaction = self.begin_write().await?;
+        let now = now_ms();
+        let result = sqlx::query(
+            "UPDATE machines SET power = $1, generation = generation + 1, updated_at = $2 \
+             WHERE name = $3 AND generation = $4 AND power = $5",
+        )
+        .bind(found.as_str())
+        .bind(now)
+        .bind(name)
+        .bind(record.generation)
+        .bind(before.as_str())
+        .execute(&mut *transaction)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let event = NewEvent {
+            machine: Some(name.to_string()),
+            kind: "power".into(),
+            actor: actor.into(),
+            action: None,
+            from_status: None,
+            to_status: None,
+            reason: Some(reason.to_string()),
+            detail: json!({ "from": before, "to": found }),
+        };
+        insert_event(&mut transaction, &event, now).await?;
+        transaction.commit().await?;
+        Ok(true)
+    }
+
     /// The machine itself was heard from. Does not bump the generation: heartbeats are frequent
     /// and change nothing a decision rests on, so they must not make commits conflict.
     pub async fn heard_from(&self, name: &str) -> Result<(), StoreError> {

@@ -11,6 +11,7 @@ mod lifecycle;
 mod netboot;
 mod plan;
 mod power;
+mod power_qemu;
 mod power_redfish;
 mod power_webhook;
 mod serve;
