@@ -6,6 +6,7 @@
 
 mod error;
 mod machines;
+mod metadata;
 mod plans;
 pub mod views;
 
@@ -31,6 +32,8 @@ pub struct ApiState {
     pub operator_token: Arc<String>,
     /// The HTTP boot endpoints (`/boot/...`, no token), when the controller serves them.
     pub boot: Option<crate::boot::http::BootState>,
+    /// What booted machines are told to run (`/metadata/v1/...`).
+    pub machine_api: crate::controller::machine_api::MachineApiSettings,
 }
 
 /// The API's routes.
@@ -49,7 +52,8 @@ pub fn router(state: ApiState) -> Router {
         ));
     let mut routes = Router::new()
         .route("/api/v1/version", get(version))
-        .nest("/api/v1", operator);
+        .nest("/api/v1", operator)
+        .merge(metadata::router());
     if let Some(boot) = state.boot.clone() {
         routes = routes.merge(crate::boot::http::router(boot));
     }

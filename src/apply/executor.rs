@@ -291,7 +291,7 @@ async fn follow(run: &MachineRun, step: &Step) -> Result<StepOutcome, StoreError
         if let Some(minutes) = overdue(run, &record) {
             let settlement = Settlement::TimedOut {
                 operation: status.as_str().to_string(),
-                minutes,
+                seconds: minutes * 60,
             };
             match settle_machine(&run.store, name, &run.record.holder, &settlement).await {
                 Ok(_) | Err(ActionError::Refused { .. }) => continue,

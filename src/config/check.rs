@@ -118,6 +118,15 @@ pub fn build_fleet(
             .collect::<BTreeMap<String, Profile>>(),
         machines,
         policy: policy.map(policy_with_image).unwrap_or_default(),
+        scripts: unique(
+            declarations.scripts,
+            |script| &script.name,
+            "script",
+            problems,
+        )
+        .into_iter()
+        .map(|(name, script)| (name, script.value))
+        .collect(),
         sources,
         digest,
     }

@@ -13,6 +13,7 @@
 
 mod check;
 mod diagnostics;
+mod duration;
 mod load;
 mod model;
 mod read;
@@ -23,6 +24,7 @@ mod syntax;
 mod synthetic;
 
 pub use diagnostics::{Diagnostic, Diagnostics, RelatedLocation};
+pub use duration::{describe_seconds, parse_duration_seconds, DurationError};
 pub use load::{load, load_str};
 pub use model::*;
 pub use schema::json_schema;

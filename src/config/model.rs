@@ -23,6 +23,8 @@ pub struct Fleet {
     /// Sorted by name.
     pub machines: Vec<MachineSpec>,
     pub policy: Policy,
+    /// The operator's own commissioning and test scripts, by name.
+    pub scripts: BTreeMap<String, Script>,
     /// Every file read, in load order.
     pub sources: Vec<PathBuf>,
     /// SHA-256 (hex) over every source text in load order, each preceded by its length as a
@@ -745,7 +747,38 @@ impl Default for Policy {
     }
 }
 
-/// In minutes. Defaults from the life-cycle reference; `disk_erasing` and `heartbeat` are ours.
+/// An operator's own commissioning or test script (`[scripts.NAME]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Script {
+    pub kind: ScriptKind,
+    pub timeout_seconds: u32,
+    /// Touches the disks: never run on a deployed machine.
+    pub destructive: bool,
+    pub path: PathBuf,
+    /// The file's text, read when the fleet file was loaded.
+    #[serde(skip)]
+    pub text: String,
+}
+
+/// When a script runs: while commissioning (its findings are stored), or as a test after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScriptKind {
+    Commissioning,
+    Testing,
+}
+
+impl ScriptKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScriptKind::Commissioning => "commissioning",
+            ScriptKind::Testing => "testing",
+        }
+    }
+}
+
+/// In seconds (the fleet file gives whole minutes, or a duration such as `"90s"`). Defaults from
+/// the life-cycle reference; `disk_erasing` and `heartbeat` are ours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Timeouts {
     pub commissioning: u32,
@@ -762,15 +795,16 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
+        const MINUTE: u32 = 60;
         Timeouts {
-            commissioning: 30,
-            testing: 30,
-            rescue: 30,
-            deploying: 60,
-            releasing: 5,
-            exiting_rescue: 5,
-            disk_erasing: 240,
-            heartbeat: 10,
+            commissioning: 30 * MINUTE,
+            testing: 30 * MINUTE,
+            rescue: 30 * MINUTE,
+            deploying: 60 * MINUTE,
+            releasing: 5 * MINUTE,
+            exiting_rescue: 5 * MINUTE,
+            disk_erasing: 240 * MINUTE,
+            heartbeat: 10 * MINUTE,
         }
     }
 }
@@ -787,8 +821,8 @@ impl Timeouts {
         "heartbeat",
     ];
 
-    /// The limit for an in-progress status, in minutes.
-    pub fn for_status(&self, status: Status) -> Option<u32> {
+    /// The limit for an in-progress status, in seconds.
+    pub fn limit_seconds(&self, status: Status) -> Option<u32> {
         match status {
             Status::Commissioning => Some(self.commissioning),
             Status::Testing => Some(self.testing),
@@ -799,6 +833,13 @@ impl Timeouts {
             Status::DiskErasing => Some(self.disk_erasing),
             _ => None,
         }
+    }
+
+    /// The limit for an in-progress status in whole minutes, rounded up (what saved plans
+    /// record as `timeout_minutes`).
+    pub fn for_status(&self, status: Status) -> Option<u32> {
+        self.limit_seconds(status)
+            .map(|seconds| seconds.div_ceil(60))
     }
 
     pub fn field_mut(&mut self, key: &str) -> Option<&mut u32> {

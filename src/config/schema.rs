@@ -29,6 +29,28 @@ struct FleetFile {
     /// One `[[machine]]` table per machine.
     machine: Option<Vec<Machine>>,
     policy: Option<Policy>,
+    /// The operator's own commissioning and test scripts, by name.
+    scripts: Option<BTreeMap<String, Script>>,
+}
+
+/// A commissioning or test script of the operator's, run after the built-in ones.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Script {
+    /// The script (POSIX sh, runs under busybox), relative to this file.
+    file: String,
+    kind: ScriptKind,
+    /// Default 10 minutes.
+    timeout: Option<Duration>,
+    /// Touches the disks (never run on a deployed machine).
+    destructive: Option<bool>,
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum ScriptKind {
+    Commissioning,
+    Testing,
 }
 
 #[derive(JsonSchema)]
@@ -410,18 +432,26 @@ struct Machine {
     comment: Option<String>,
 }
 
-/// Minutes, each at least 1.
+/// Each whole minutes, or a duration such as "90s", "5m", "1h30m"; at least 1 second.
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Timeouts {
-    commissioning: Option<u32>,
-    testing: Option<u32>,
-    rescue: Option<u32>,
-    deploying: Option<u32>,
-    releasing: Option<u32>,
-    exiting_rescue: Option<u32>,
-    disk_erasing: Option<u32>,
-    heartbeat: Option<u32>,
+    commissioning: Option<Duration>,
+    testing: Option<Duration>,
+    rescue: Option<Duration>,
+    deploying: Option<Duration>,
+    releasing: Option<Duration>,
+    exiting_rescue: Option<Duration>,
+    disk_erasing: Option<Duration>,
+    heartbeat: Option<Duration>,
+}
+
+/// Whole minutes, or a string with units s, m and h.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+enum Duration {
+    Minutes(u32),
+    Text(String),
 }
 
 #[derive(JsonSchema)]

@@ -84,6 +84,10 @@ pub async fn perform(
             Err(error) => return Err(error.into()),
         }
     };
+    if let (Action::Abort, Some(after)) = (request.action, &record) {
+        // Scripts the machine was running are over: its run is told to stop on its next call.
+        store.abort_running_scripts(after.id).await?;
+    }
     let mut done = ActionDone {
         machine: name.to_string(),
         action: request.action,
@@ -163,6 +167,42 @@ async fn run_power(
             })
         }
     }
+}
+
+/// Powers a machine off after its in-progress status failed (a script failed, it timed out, it
+/// went silent): a machine left running in the ephemeral environment helps nobody. Best effort:
+/// a machine without a power driver is left as it is, and a power failure is recorded, not
+/// returned (the failure it follows is what matters).
+pub async fn power_off_after_failure(
+    store: &Store,
+    drivers: &PowerDrivers,
+    record: &MachineRecord,
+) -> Result<(), ActionError> {
+    let power_type = record.power_type.as_str();
+    if matches!(power_type, "unconfigured" | "manual") || power_type.is_empty() {
+        return Ok(());
+    }
+    let name = record.name.as_str();
+    let command = PowerCommand::Off(crate::model::PowerOffMode::Hard);
+    match drivers.execute(&power_target(record), command).await {
+        Ok(report) => {
+            store
+                .set_power(name, report.state, "controller", report.note.as_deref())
+                .await?
+        }
+        Err(error) => {
+            let reason = format!("power off after the failure did not work: {error}");
+            store
+                .set_power(
+                    name,
+                    crate::model::PowerState::Error,
+                    "controller",
+                    Some(&reason),
+                )
+                .await?
+        }
+    }
+    Ok(())
 }
 
 /// Fails the machine's in-progress status (if it is in one) with `reason`.

@@ -3,6 +3,8 @@
 
 pub mod actions;
 mod dhcp;
+pub mod machine_api;
+pub mod monitor;
 pub mod power_poll;
 mod serve;
 pub mod token;

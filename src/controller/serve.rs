@@ -109,7 +109,24 @@ pub async fn serve(
         |fleet| fleet.policy.power_poll_seconds,
     );
     let power_poll = super::power_poll::start(&store, &drivers, poll_seconds);
+    let timeouts = options
+        .fleet
+        .as_ref()
+        .map(|fleet| fleet.policy.timeouts)
+        .unwrap_or_default();
+    let monitor = super::monitor::start_monitor(store.clone(), drivers.clone(), timeouts);
+    let machine_api = super::machine_api::MachineApiSettings::new(options.fleet.as_ref());
+    eprintln!(
+        "  scripts {} for machines to run ({} of the fleet file's)",
+        machine_api.scripts.len(),
+        machine_api
+            .scripts
+            .iter()
+            .filter(|script| !script.builtin)
+            .count()
+    );
     let state = ApiState {
+        machine_api,
         store: store.clone(),
         drivers,
         operator_token: Arc::new(token),
@@ -121,6 +138,7 @@ pub async fn serve(
     if let Some(watch) = watch {
         watch.abort();
     }
+    monitor.abort();
     if let Some(power_poll) = power_poll {
         power_poll.abort();
     }

@@ -698,10 +698,10 @@ pub enum Settlement {
     StartTesting,
     /// It failed, with the reason.
     Failed { reason: String },
-    /// It ran past its limit.
-    TimedOut { operation: String, minutes: u64 },
-    /// The machine stopped sending heartbeats.
-    NotHeardFrom { minutes: u64 },
+    /// It ran past its limit (in seconds).
+    TimedOut { operation: String, seconds: u64 },
+    /// The machine sent no heartbeat for this many seconds.
+    NotHeardFrom { seconds: u64 },
 }
 
 impl Settlement {
@@ -710,12 +710,14 @@ impl Settlement {
         match self {
             Settlement::Succeeded | Settlement::StartTesting => None,
             Settlement::Failed { reason } => Some(reason.clone()),
-            Settlement::TimedOut { operation, minutes } => Some(format!(
-                "operation {operation} timed out after {minutes} minutes"
+            Settlement::TimedOut { operation, seconds } => Some(format!(
+                "operation {operation} timed out after {}",
+                crate::config::describe_seconds(*seconds)
             )),
-            Settlement::NotHeardFrom { minutes } => {
-                Some(format!("not heard from for {minutes} minutes"))
-            }
+            Settlement::NotHeardFrom { seconds } => Some(format!(
+                "not heard from for {}",
+                crate::config::describe_seconds(*seconds)
+            )),
         }
     }
 }

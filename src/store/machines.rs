@@ -620,7 +620,7 @@ pub(crate) async fn machine_id(
     row.map(|row| get(&row, "id")).transpose()
 }
 
-async fn load_machine_by_id(
+pub(crate) async fn load_machine_by_id(
     connection: &mut AnyConnection,
     id: i64,
 ) -> Result<MachineRecord, StoreError> {

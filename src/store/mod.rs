@@ -23,12 +23,14 @@ mod events;
 mod leases;
 mod locks;
 mod machines;
+mod monitor;
 mod plans;
 mod scripts;
 mod settings;
 
 pub use apply::ApplyStepRow;
 pub use db::{now_ms, Store};
+pub use monitor::InProgress;
 
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

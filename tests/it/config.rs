@@ -340,14 +340,10 @@ fn policy_values() {
             (
                 17,
                 17,
-                "the `commissioning` timeout must be at least 1 minute",
+                "the `commissioning` timeout must be at least 1 second",
             ),
-            (18, 13, "the `deploying` timeout must be at least 1 minute"),
-            (
-                19,
-                13,
-                "the `heartbeat` timeout must be a whole number of minutes",
-            ),
+            (18, 13, "the `deploying` timeout must be at least 1 second"),
+            (19, 13, "the `heartbeat` timeout: `ten` is not a duration"),
         ],
     );
 }
@@ -575,7 +571,7 @@ fn the_example_fleet_file_is_valid_and_shows_every_feature() {
             ..
         }
     ));
-    assert_eq!(fleet.policy.timeouts.deploying, 60);
+    assert_eq!(fleet.policy.timeouts.deploying, 60 * 60);
     assert_eq!(fleet.policy.max_destructive_per_apply, Some(5));
     assert_eq!(
         fleet.policy.ignore_macs,

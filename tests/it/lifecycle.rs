@@ -346,7 +346,7 @@ fn failures_and_timeouts_go_to_the_failed_status_with_the_reason() {
     {
         let timed_out = Settlement::TimedOut {
             operation: status.as_str().into(),
-            minutes: 30,
+            seconds: 30 * 60,
         };
         let outcome = settle(&able_machine(status), &timed_out).unwrap();
         assert_eq!(Some(outcome.after.status), status.failed_status());
@@ -357,7 +357,7 @@ fn failures_and_timeouts_go_to_the_failed_status_with_the_reason() {
     }
     let silent = settle(
         &able_machine(Status::Commissioning),
-        &Settlement::NotHeardFrom { minutes: 5 },
+        &Settlement::NotHeardFrom { seconds: 5 * 60 },
     )
     .unwrap();
     assert_eq!(
@@ -395,9 +395,9 @@ fn step_strategy() -> impl Strategy<Value = Step> {
         }),
         Just(Settlement::TimedOut {
             operation: "x".into(),
-            minutes: 1
+            seconds: 60
         }),
-        Just(Settlement::NotHeardFrom { minutes: 1 }),
+        Just(Settlement::NotHeardFrom { seconds: 20 }),
     ]
     .prop_map(Step::Settle);
     prop_oneof![3 => action, 2 => settlement]

@@ -8,6 +8,7 @@ mod config;
 mod crash;
 mod dhcp;
 mod lifecycle;
+mod machine_api;
 mod netboot;
 mod plan;
 mod power;

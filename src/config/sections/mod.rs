@@ -8,6 +8,7 @@ mod network;
 mod policy;
 mod power;
 mod profiles;
+mod scripts;
 mod storage;
 mod subnets;
 
@@ -19,7 +20,7 @@ pub use profiles::ProfileDecl;
 pub use subnets::SubnetDecl;
 
 use super::diagnostics::{Problem, Problems};
-use super::model::{Expectations, Image, StorageTemplate};
+use super::model::{Expectations, Image, Script, StorageTemplate};
 use super::read::{Spanned, TableReader};
 use super::size::{SizeSpec, MIB};
 use super::syntax::{Item, Span, Table, Value};
@@ -37,6 +38,7 @@ pub struct Declarations {
     pub network_templates: Vec<NetworkDecl>,
     pub profiles: Vec<ProfileDecl>,
     pub machines: Vec<MachineDecl>,
+    pub scripts: Vec<Named<Script>>,
 }
 
 /// A declaration under `[section.NAME]`, with where its name was written.
@@ -59,6 +61,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "profiles",
     "machine",
     "policy",
+    "scripts",
 ];
 
 pub fn read_document(
@@ -130,6 +133,17 @@ pub fn read_document(
             declarations
                 .profiles
                 .push(profiles::read(name, table, problems));
+        },
+    );
+    for_each_named(
+        &reader,
+        "scripts",
+        "script",
+        problems,
+        |name, table, problems| {
+            declarations
+                .scripts
+                .extend(scripts::read(name, table, base_dir, problems));
         },
     );
     machines::read_all(&reader, base_dir, &mut declarations.machines, problems);
@@ -314,4 +328,5 @@ pub const KEY_LISTS: &[(&str, &[&str])] = &[
     ("StaticAddress", machines::INTERFACE_KEYS),
     ("Policy", policy::KEYS),
     ("Protected", policy::PROTECTED_KEYS),
+    ("Script", scripts::KEYS),
 ];

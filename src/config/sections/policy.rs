@@ -74,7 +74,8 @@ fn count(
         .map(|value| value.value as u32)
 }
 
-/// `[policy.timeouts]`, in minutes; 0 would fail every operation at once, so the minimum is 1.
+/// `[policy.timeouts]`: whole minutes (`30`) or a duration (`"90s"`), stored in seconds; 0 would
+/// fail every operation at once, so the minimum is 1 second.
 fn timeouts(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Timeouts {
     let mut timeouts = Timeouts::default();
     let Some(table) = reader.table("timeouts", "[policy.timeouts]", problems) else {
@@ -85,31 +86,60 @@ fn timeouts(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Timeouts {
         let Some(item) = table.item(key) else {
             continue;
         };
-        match item.value {
-            Value::Integer(minutes) if minutes >= 1 && minutes <= u32::MAX as i64 => {
-                if let Some(field) = timeouts.field_mut(key) {
-                    *field = minutes as u32;
-                }
-            }
-            Value::Integer(_) => {
-                let problem = Problem::new(
-                    item.span,
-                    format!("the `{key}` timeout must be at least 1 minute"),
-                );
-                problems.push(
-                    problem.help("a timeout of 0 would fail the operation as soon as it starts"),
-                );
-            }
-            ref other => problems.error(
-                item.span,
-                format!(
-                    "the `{key}` timeout must be a whole number of minutes, found {}",
-                    other.type_name()
-                ),
-            ),
+        let Some(seconds) = duration_seconds(key, &item.value, item.span, problems) else {
+            continue;
+        };
+        if let Some(field) = timeouts.field_mut(key) {
+            *field = seconds;
         }
     }
     timeouts
+}
+
+/// A duration value in seconds: an integer is minutes, a string has units. Reports and returns
+/// `None` for anything else, for 0, and for more than `u32::MAX` seconds.
+pub fn duration_seconds(
+    key: &str,
+    value: &Value<'_>,
+    span: Span,
+    problems: &mut Problems,
+) -> Option<u32> {
+    let seconds = match value {
+        Value::Integer(minutes) => u64::try_from(*minutes).unwrap_or(0).checked_mul(60),
+        Value::String(text) => match crate::config::parse_duration_seconds(text) {
+            Ok(seconds) => Some(seconds),
+            Err(error) => {
+                problems.error(span, format!("the `{key}` timeout: {error}"));
+                return None;
+            }
+        },
+        other => {
+            problems.error(
+                span,
+                format!(
+                    "the `{key}` timeout must be whole minutes or a duration such as \"90s\", found {}",
+                    other.type_name()
+                ),
+            );
+            return None;
+        }
+    };
+    match seconds.and_then(|seconds| u32::try_from(seconds).ok()) {
+        Some(0) => {
+            let problem = Problem::new(
+                span,
+                format!("the `{key}` timeout must be at least 1 second"),
+            );
+            problems
+                .push(problem.help("a timeout of 0 would fail the operation as soon as it starts"));
+            None
+        }
+        Some(seconds) => Some(seconds),
+        None => {
+            problems.error(span, format!("the `{key}` timeout is too long"));
+            None
+        }
+    }
 }
 
 fn enlisted(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Option<EnlistedPolicy> {

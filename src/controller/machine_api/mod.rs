@@ -1,0 +1,418 @@
+//! What booted machines ask of the controller (MAAS's metadata service): enlist, "what do I run
+//! now", script results, heartbeats and the final signal. The HTTP side is
+//! `src/api/metadata.rs`; the rules are pure, in `rules.rs`; enlistment matching is `enlist.rs`.
+//!
+//! A run is one boot's work: the controller names it when it hands out instructions and keeps
+//! `RUN ROLE` in the setting `machine-run/NAME`; results and the signal must name the current
+//! run, so a machine that was aborted (or a stale boot) is told to stop and changes nothing.
+
+pub mod enlist;
+pub mod rules;
+
+use crate::controller::actions::{settle_machine, ActionError};
+use crate::model::Settlement;
+use crate::power::PowerDrivers;
+use crate::store::{now_ms, MachineRecord, NewEvent, ScriptResult, Store, StoreError};
+use rules::{RunRole, ScriptEntry, ScriptReport, ScriptStatus};
+use std::sync::Arc;
+
+/// What the machine API serves, fixed when the controller starts.
+#[derive(Debug, Clone)]
+pub struct MachineApiSettings {
+    /// Seconds between a machine's heartbeats.
+    pub heartbeat_seconds: u32,
+    /// Built-in scripts and the operator's, every kind.
+    pub scripts: Arc<Vec<ScriptEntry>>,
+}
+
+impl Default for MachineApiSettings {
+    fn default() -> Self {
+        MachineApiSettings::new(None)
+    }
+}
+
+impl MachineApiSettings {
+    /// The built-in scripts plus the fleet file's; heartbeats often enough that two may be lost
+    /// before the policy's heartbeat limit.
+    pub fn new(fleet: Option<&crate::config::Fleet>) -> Self {
+        let heartbeat_limit = fleet
+            .map(|fleet| fleet.policy.timeouts.heartbeat)
+            .unwrap_or(crate::config::Timeouts::default().heartbeat);
+        let mut scripts = builtin_scripts();
+        if let Some(fleet) = fleet {
+            scripts.extend(fleet.scripts.iter().map(|(name, script)| ScriptEntry {
+                name: name.clone(),
+                kind: script.kind,
+                timeout_seconds: script.timeout_seconds,
+                destructive: script.destructive,
+                safe_on_live_host: false,
+                builtin: false,
+                text: script.text.clone(),
+            }));
+        }
+        MachineApiSettings {
+            heartbeat_seconds: (heartbeat_limit / 3).clamp(1, 30),
+            scripts: Arc::new(scripts),
+        }
+    }
+
+    pub fn script(&self, name: &str) -> Option<&ScriptEntry> {
+        self.scripts.iter().find(|script| script.name == name)
+    }
+}
+
+/// The built-in commissioning scripts and tests.
+fn builtin_scripts() -> Vec<ScriptEntry> {
+    crate::commissioning::builtin_scripts()
+        .iter()
+        .map(|script| ScriptEntry {
+            name: script.name.to_string(),
+            kind: match script.kind {
+                crate::commissioning::ScriptKind::Commissioning => {
+                    crate::config::ScriptKind::Commissioning
+                }
+                crate::commissioning::ScriptKind::Testing => crate::config::ScriptKind::Testing,
+            },
+            timeout_seconds: script.timeout_seconds,
+            destructive: script.destructive,
+            safe_on_live_host: script.safe_on_live_host,
+            builtin: true,
+            text: script.text.to_string(),
+        })
+        .collect()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MachineApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    /// The machine is not doing the run the call belongs to (aborted, finished, a stale boot).
+    #[error("{0}")]
+    Stop(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Action(#[from] ActionError),
+}
+
+/// The answer to a result upload or a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Continue,
+    Stop(String),
+}
+
+impl Verdict {
+    pub fn as_line(&self) -> String {
+        match self {
+            Verdict::Continue => "continue\n".to_string(),
+            Verdict::Stop(reason) => format!("stop {}\n", one_line(reason)),
+        }
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+fn run_key(machine: &str) -> String {
+    format!("machine-run/{machine}")
+}
+
+/// The run the machine is doing, if any: (run id, role).
+pub async fn current_run(
+    store: &Store,
+    machine: &str,
+) -> Result<Option<(String, RunRole)>, StoreError> {
+    let Some(value) = store.setting(&run_key(machine)).await? else {
+        return Ok(None);
+    };
+    let mut words = value.split_whitespace();
+    let (Some(run), Some(role)) = (words.next(), words.next().and_then(RunRole::parse)) else {
+        return Ok(None);
+    };
+    Ok(Some((run.to_string(), role)))
+}
+
+/// Starts a run for the machine and renders its instructions.
+pub async fn instructions(
+    store: &Store,
+    settings: &MachineApiSettings,
+    record: &MachineRecord,
+    live: bool,
+) -> Result<String, StoreError> {
+    let name = record.name.as_str();
+    let role = RunRole::for_status(record.lifecycle.status, live);
+    let run = format!("{}-{}", role.as_str(), now_ms());
+    store
+        .put_setting(&run_key(name), &format!("{run} {}", role.as_str()))
+        .await?;
+    store.heard_from(name).await?;
+    let scripts = rules::scripts_for(role, &settings.scripts);
+    let names: Vec<&str> = scripts.iter().map(|script| script.name.as_str()).collect();
+    record_event(
+        store,
+        name,
+        "run",
+        format!(
+            "{} run {run} started: {} scripts",
+            role.as_str(),
+            names.len()
+        ),
+        serde_json::json!({ "run": run, "role": role.as_str(), "scripts": names }),
+    )
+    .await;
+    Ok(rules::render_instructions(
+        name,
+        role,
+        &run,
+        settings.heartbeat_seconds,
+        &scripts,
+    ))
+}
+
+/// Checks that `run` is the machine's current run and that the machine is still doing it.
+async fn check_run(
+    store: &Store,
+    record: &MachineRecord,
+    run: &str,
+) -> Result<RunRole, MachineApiError> {
+    let name = record.name.as_str();
+    let status = record.lifecycle.status;
+    match current_run(store, name).await? {
+        Some((current, role)) if current == run && role.still_running_in(status) => Ok(role),
+        Some((current, _)) if current != run => Err(MachineApiError::Stop(format!(
+            "run {run} is over: machine {name} is on run {current}"
+        ))),
+        _ => Err(MachineApiError::Stop(format!(
+            "machine {name} is {status}: run {run} is over"
+        ))),
+    }
+}
+
+/// Stores a script report, then applies what it means: inventory from a built-in
+/// commissioning script, testing starting, a failure ending the run.
+pub async fn report_script(
+    store: &Store,
+    drivers: &PowerDrivers,
+    settings: &MachineApiSettings,
+    record: &MachineRecord,
+    report: &ScriptReport,
+) -> Result<Verdict, MachineApiError> {
+    let name = record.name.as_str();
+    check_run(store, record, &report.run).await?;
+    store.heard_from(name).await?;
+    store
+        .put_script_result(&ScriptResult {
+            id: 0,
+            machine_id: record.id,
+            run_id: report.run.clone(),
+            name: report.name.clone(),
+            kind: report.kind.as_str().to_string(),
+            status: report.status.as_str().to_string(),
+            exit_code: report.exit_code,
+            runtime_ms: report.runtime_ms,
+            stdout: report.stdout.clone(),
+            stderr: report.stderr.clone(),
+            results: report.results.clone(),
+            at: now_ms(),
+        })
+        .await?;
+    if report.status != ScriptStatus::Running {
+        record_script_event(store, name, report).await;
+    }
+    let builtin = settings.script(&report.name).is_some_and(|s| s.builtin);
+    if builtin
+        && report.kind == crate::config::ScriptKind::Commissioning
+        && report.status == ScriptStatus::Passed
+    {
+        store_inventory(store, record, &report.run).await?;
+    }
+    match rules::settlement_for_report(record.lifecycle.status, report) {
+        Some(settlement @ Settlement::Failed { .. }) => {
+            let reason = settlement.reason().unwrap_or_default();
+            fail_and_power_off(store, drivers, name, &settlement).await?;
+            Ok(Verdict::Stop(reason))
+        }
+        Some(settlement) => {
+            settle_machine(store, name, "machine", &settlement).await?;
+            Ok(Verdict::Continue)
+        }
+        None => Ok(Verdict::Continue),
+    }
+}
+
+async fn record_script_event(store: &Store, name: &str, report: &ScriptReport) {
+    let exit = report
+        .exit_code
+        .map(|code| format!(", exit {code}"))
+        .unwrap_or_default();
+    record_event(
+        store,
+        name,
+        "script",
+        format!(
+            "{} script {} {}{exit}",
+            report.kind.as_str(),
+            report.name,
+            report.status.as_str()
+        ),
+        serde_json::json!({
+            "run": report.run,
+            "script": report.name,
+            "kind": report.kind.as_str(),
+            "status": report.status.as_str(),
+            "exit_code": report.exit_code,
+            "runtime_ms": report.runtime_ms,
+        }),
+    )
+    .await;
+}
+
+/// Rebuilds the inventory from the run's passed built-in commissioning scripts and stores it.
+/// Parts no script has reported yet (disks before the disk script ran) are kept as they were.
+async fn store_inventory(
+    store: &Store,
+    record: &MachineRecord,
+    run: &str,
+) -> Result<(), StoreError> {
+    let results = store.run_results(record.id, run).await?;
+    let passed: Vec<(&str, &str)> = results
+        .iter()
+        .filter(|result| result.status == "passed" && result.kind == "commissioning")
+        .map(|result| (result.name.as_str(), result.stdout.as_str()))
+        .collect();
+    let (inventory, problems) =
+        crate::commissioning::Inventory::from_results(passed.iter().copied());
+    if !problems.is_empty() {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        record_event(
+            store,
+            record.name.as_str(),
+            "inventory",
+            format!(
+                "{} fact lines could not be read: {}",
+                lines.len(),
+                lines.join("; ")
+            ),
+            serde_json::json!({ "run": run }),
+        )
+        .await;
+    }
+    let reported = |script: &str| passed.iter().any(|(name, _)| *name == script);
+    let merged = enlist::merge_inventory(record, inventory, reported);
+    let name = record.name.as_str();
+    if let Err(error) = store
+        .replace_hardware(
+            name,
+            merged.arch.as_deref(),
+            &merged.hardware,
+            &merged.interfaces,
+            &merged.disks,
+        )
+        .await
+    {
+        // Another machine's MAC, say: keep the run going, but say so where people look.
+        record_event(
+            store,
+            name,
+            "inventory",
+            format!("the inventory could not be stored: {error}"),
+            serde_json::json!({ "run": run }),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// Fails the machine's in-progress status, then powers it off (best effort: the failure
+/// stands even when the power command does not work).
+pub async fn fail_and_power_off(
+    store: &Store,
+    drivers: &PowerDrivers,
+    name: &str,
+    settlement: &Settlement,
+) -> Result<(), ActionError> {
+    let Some(record) = settle_machine(store, name, "controller", settlement).await? else {
+        return Ok(());
+    };
+    store.abort_running_scripts(record.id).await?;
+    crate::controller::actions::power_off_after_failure(store, drivers, &record).await
+}
+
+/// The final signal of a run: `failure` is `None` when the machine says it went well.
+pub async fn signal(
+    store: &Store,
+    drivers: &PowerDrivers,
+    record: &MachineRecord,
+    run: &str,
+    failure: Option<&str>,
+) -> Result<&'static str, MachineApiError> {
+    let role = check_run(store, record, run).await?;
+    let name = record.name.as_str();
+    store.heard_from(name).await?;
+    let status = record.lifecycle.status;
+    let outcome = failure.map_or("ok".to_string(), |reason| format!("failed: {reason}"));
+    record_event(
+        store,
+        name,
+        "run",
+        format!("{} run {run} ended: {outcome}", role.as_str()),
+        serde_json::json!({ "run": run, "role": role.as_str(), "failure": failure }),
+    )
+    .await;
+    match rules::settlement_for_signal(role, status, failure) {
+        Some(settlement @ Settlement::Failed { .. }) => {
+            fail_and_power_off(store, drivers, name, &settlement).await?;
+        }
+        Some(settlement) => {
+            settle_machine(store, name, "machine", &settlement).await?;
+        }
+        None => {}
+    }
+    Ok(role.after())
+}
+
+/// A heartbeat: the machine is alive; it is told to stop if its run is over.
+pub async fn heartbeat(
+    store: &Store,
+    record: &MachineRecord,
+    stage: Option<&str>,
+) -> Result<Verdict, StoreError> {
+    let name = record.name.as_str();
+    store.heard_from(name).await?;
+    let status = record.lifecycle.status;
+    let verdict = match current_run(store, name).await? {
+        Some((_, role)) if role.still_running_in(status) => Verdict::Continue,
+        Some((run, _)) => Verdict::Stop(format!("machine {name} is {status}: run {run} is over")),
+        None => Verdict::Stop(format!("machine {name} has no run")),
+    };
+    if let Some(stage) = stage {
+        tracing::debug!("heartbeat from {name}: {stage}");
+    }
+    Ok(verdict)
+}
+
+pub(crate) async fn record_event(
+    store: &Store,
+    machine: &str,
+    kind: &str,
+    reason: String,
+    detail: serde_json::Value,
+) {
+    let event = NewEvent {
+        machine: Some(machine.to_string()),
+        kind: kind.to_string(),
+        actor: "machine".to_string(),
+        action: None,
+        from_status: None,
+        to_status: None,
+        reason: Some(reason),
+        detail,
+    };
+    if let Err(error) = store.append_event(&event).await {
+        tracing::warn!("cannot record a {kind} event for {machine}: {error}");
+    }
+}

@@ -1,0 +1,416 @@
+//! The machine API's rule book (pure): what a machine in some status is told to run, what a
+//! script result or a final signal does to its life-cycle, and the text answers the busybox
+//! runner reads. No IO, no clock.
+
+use crate::config::ScriptKind;
+use crate::model::{Settlement, Status};
+
+/// Why a machine runs scripts now; recorded with the run so that later calls can be checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunRole {
+    /// An unknown machine registered itself and reports what it is.
+    Enlist,
+    Commissioning,
+    Testing,
+    Rescue,
+    /// `register-live.sh` on a machine that already runs a workload.
+    RegisterLive,
+    /// Nothing to do in the ephemeral environment (yet).
+    None,
+}
+
+impl RunRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunRole::Enlist => "enlist",
+            RunRole::Commissioning => "commissioning",
+            RunRole::Testing => "testing",
+            RunRole::Rescue => "rescue",
+            RunRole::RegisterLive => "register-live",
+            RunRole::None => "none",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RunRole> {
+        [
+            RunRole::Enlist,
+            RunRole::Commissioning,
+            RunRole::Testing,
+            RunRole::Rescue,
+            RunRole::RegisterLive,
+            RunRole::None,
+        ]
+        .into_iter()
+        .find(|role| role.as_str() == text)
+    }
+
+    /// The role of a machine in `status` that asks what to run (`live`: register-live.sh).
+    pub fn for_status(status: Status, live: bool) -> RunRole {
+        if live {
+            return RunRole::RegisterLive;
+        }
+        match status {
+            Status::New => RunRole::Enlist,
+            Status::Commissioning => RunRole::Commissioning,
+            Status::Testing => RunRole::Testing,
+            Status::EnteringRescueMode | Status::RescueMode => RunRole::Rescue,
+            _ => RunRole::None,
+        }
+    }
+
+    /// Whether a machine in `status` is still doing this run (else it is told to stop).
+    pub fn still_running_in(self, status: Status) -> bool {
+        match self {
+            RunRole::Enlist => status == Status::New,
+            // Commissioning turns into testing in the same boot when the tests start.
+            RunRole::Commissioning => matches!(status, Status::Commissioning | Status::Testing),
+            RunRole::Testing => status == Status::Testing,
+            RunRole::Rescue => matches!(status, Status::EnteringRescueMode | Status::RescueMode),
+            RunRole::RegisterLive => true,
+            RunRole::None => false,
+        }
+    }
+
+    /// What the machine does once its scripts are done.
+    pub fn after(self) -> &'static str {
+        match self {
+            RunRole::Rescue => "wait",
+            RunRole::RegisterLive => "exit",
+            _ => "poweroff",
+        }
+    }
+}
+
+/// A script a machine may be told to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptEntry {
+    pub name: String,
+    pub kind: ScriptKind,
+    pub timeout_seconds: u32,
+    pub destructive: bool,
+    /// Reads only, so it may run on a machine that carries a workload.
+    pub safe_on_live_host: bool,
+    pub builtin: bool,
+    pub text: String,
+}
+
+/// The scripts of a run, in order: commissioning ones (built-in first, then the operator's,
+/// each group by name), then the tests.
+pub fn scripts_for(role: RunRole, all: &[ScriptEntry]) -> Vec<&ScriptEntry> {
+    let wanted = |script: &&ScriptEntry| match role {
+        RunRole::Enlist => script.kind == ScriptKind::Commissioning && script.builtin,
+        RunRole::Commissioning => true,
+        RunRole::Testing => script.kind == ScriptKind::Testing,
+        RunRole::RegisterLive => {
+            script.kind == ScriptKind::Commissioning
+                && script.safe_on_live_host
+                && !script.destructive
+        }
+        RunRole::Rescue | RunRole::None => false,
+    };
+    let mut chosen: Vec<&ScriptEntry> = all.iter().filter(wanted).collect();
+    chosen.sort_by(|a, b| {
+        (a.kind, !a.builtin, a.name.as_str()).cmp(&(b.kind, !b.builtin, b.name.as_str()))
+    });
+    chosen
+}
+
+/// The instructions, as the runner reads them: one `key value...` line each.
+pub fn render_instructions(
+    machine: &str,
+    role: RunRole,
+    run: &str,
+    heartbeat_seconds: u32,
+    scripts: &[&ScriptEntry],
+) -> String {
+    let mut text = format!(
+        "machine {machine}\nrole {}\nrun {run}\nheartbeat {heartbeat_seconds}\n",
+        role.as_str()
+    );
+    for script in scripts {
+        text.push_str(&format!(
+            "script {} {} {}\n",
+            script.name,
+            script.kind.as_str(),
+            script.timeout_seconds
+        ));
+    }
+    text.push_str(&format!("after {}\n", role.after()));
+    text
+}
+
+/// How a script ended (or that it started), as a machine reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScriptStatus {
+    Running,
+    Passed,
+    Failed,
+    TimedOut,
+    Skipped,
+    Degraded,
+}
+
+impl ScriptStatus {
+    pub fn parse(text: &str) -> Option<ScriptStatus> {
+        Some(match text {
+            "running" => ScriptStatus::Running,
+            "passed" => ScriptStatus::Passed,
+            "failed" => ScriptStatus::Failed,
+            "timed_out" => ScriptStatus::TimedOut,
+            "skipped" => ScriptStatus::Skipped,
+            "degraded" => ScriptStatus::Degraded,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScriptStatus::Running => "running",
+            ScriptStatus::Passed => "passed",
+            ScriptStatus::Failed => "failed",
+            ScriptStatus::TimedOut => "timed_out",
+            ScriptStatus::Skipped => "skipped",
+            ScriptStatus::Degraded => "degraded",
+        }
+    }
+
+    fn is_failure(self) -> bool {
+        matches!(self, ScriptStatus::Failed | ScriptStatus::TimedOut)
+    }
+}
+
+/// One script's report, decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScriptReport {
+    pub run: String,
+    pub name: String,
+    pub kind: ScriptKind,
+    pub status: ScriptStatus,
+    pub exit_code: Option<i64>,
+    pub runtime_ms: Option<i64>,
+    pub stdout: String,
+    pub stderr: String,
+    pub results: serde_json::Value,
+}
+
+/// What a script report does to the machine's life-cycle.
+pub fn settlement_for_report(status: Status, report: &ScriptReport) -> Option<Settlement> {
+    let failed = report.status.is_failure();
+    match (status, report.kind) {
+        (Status::Commissioning, ScriptKind::Commissioning) if failed => Some(Settlement::Failed {
+            reason: failure_reason("commissioning script", report),
+        }),
+        // The first test to start moves a commissioning machine to testing (same boot).
+        (Status::Commissioning, ScriptKind::Testing) if report.status == ScriptStatus::Running => {
+            Some(Settlement::StartTesting)
+        }
+        (Status::Commissioning, ScriptKind::Testing) if failed => Some(Settlement::Failed {
+            reason: failure_reason("test", report),
+        }),
+        (Status::Testing, ScriptKind::Testing) if failed => Some(Settlement::Failed {
+            reason: failure_reason("test", report),
+        }),
+        _ => None,
+    }
+}
+
+/// "commissioning script 50-check failed (exit 3): no RAID controller" — the name, how it
+/// ended, and the last line it wrote to stderr (else stdout).
+pub fn failure_reason(what: &str, report: &ScriptReport) -> String {
+    let ending = match (report.status, report.exit_code) {
+        (ScriptStatus::TimedOut, _) => "timed out".to_string(),
+        (_, Some(code)) => format!("failed (exit {code})"),
+        (_, None) => "failed".to_string(),
+    };
+    let last_line = [&report.stderr, &report.stdout]
+        .into_iter()
+        .find_map(|text| text.lines().rev().find(|line| !line.trim().is_empty()))
+        .map(|line| {
+            let line: String = line.trim().chars().take(200).collect();
+            format!(": {line}")
+        })
+        .unwrap_or_default();
+    format!("{what} {} {ending}{last_line}", report.name)
+}
+
+/// What the final signal does: `Ok` ends the run's in-progress status well, a failure fails it.
+pub fn settlement_for_signal(
+    role: RunRole,
+    status: Status,
+    failure: Option<&str>,
+) -> Option<Settlement> {
+    if let Some(reason) = failure {
+        return status.is_in_progress().then(|| Settlement::Failed {
+            reason: format!("the ephemeral environment reported a failure: {reason}"),
+        });
+    }
+    let ends_well = match role {
+        RunRole::Commissioning => matches!(status, Status::Commissioning | Status::Testing),
+        RunRole::Testing => status == Status::Testing,
+        RunRole::Rescue => status == Status::EnteringRescueMode,
+        RunRole::Enlist | RunRole::RegisterLive | RunRole::None => false,
+    };
+    ends_well.then_some(Settlement::Succeeded)
+}
+
+/// Names of machines, scripts and runs travel in URLs and in the runner's lines.
+pub fn is_plain_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 128
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn script(name: &str, kind: ScriptKind, builtin: bool, live: bool) -> ScriptEntry {
+        ScriptEntry {
+            name: name.into(),
+            kind,
+            timeout_seconds: 60,
+            destructive: false,
+            safe_on_live_host: live,
+            builtin,
+            text: "true".into(),
+        }
+    }
+
+    fn report(kind: ScriptKind, status: ScriptStatus) -> ScriptReport {
+        ScriptReport {
+            run: "r1".into(),
+            name: "50-check".into(),
+            kind,
+            status,
+            exit_code: Some(3),
+            runtime_ms: Some(10),
+            stdout: "checking\n".into(),
+            stderr: "warming up\nno RAID controller\n\n".into(),
+            results: serde_json::json!({}),
+        }
+    }
+
+    #[test]
+    fn each_role_runs_its_scripts_builtin_first() {
+        let all = vec![
+            script("zz-operator", ScriptKind::Commissioning, false, false),
+            script("fleet-memtest", ScriptKind::Testing, true, false),
+            script("10-fleet-cpu", ScriptKind::Commissioning, true, true),
+            script("30-fleet-disks", ScriptKind::Commissioning, true, false),
+            script("aa-burn", ScriptKind::Testing, false, false),
+        ];
+        let names = |role| {
+            scripts_for(role, &all)
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(RunRole::Commissioning),
+            [
+                "10-fleet-cpu",
+                "30-fleet-disks",
+                "zz-operator",
+                "fleet-memtest",
+                "aa-burn"
+            ]
+        );
+        assert_eq!(names(RunRole::Enlist), ["10-fleet-cpu", "30-fleet-disks"]);
+        assert_eq!(names(RunRole::Testing), ["fleet-memtest", "aa-burn"]);
+        assert_eq!(names(RunRole::RegisterLive), ["10-fleet-cpu"]);
+        assert!(names(RunRole::Rescue).is_empty());
+    }
+
+    #[test]
+    fn instructions_are_lines_the_runner_reads() {
+        let all = [script(
+            "10-fleet-cpu",
+            ScriptKind::Commissioning,
+            true,
+            true,
+        )];
+        let chosen: Vec<&ScriptEntry> = all.iter().collect();
+        assert_eq!(
+            render_instructions("node-1", RunRole::Commissioning, "c-1", 5, &chosen),
+            "machine node-1\nrole commissioning\nrun c-1\nheartbeat 5\n\
+             script 10-fleet-cpu commissioning 60\nafter poweroff\n"
+        );
+    }
+
+    #[test]
+    fn reports_move_the_life_cycle_as_lifecycle_md_says() {
+        use ScriptKind::{Commissioning as C, Testing as T};
+        use ScriptStatus::*;
+        let failed_reason = |settlement: Option<Settlement>| match settlement {
+            Some(Settlement::Failed { reason }) => reason,
+            other => panic!("expected a failure, got {other:?}"),
+        };
+        assert_eq!(
+            failed_reason(settlement_for_report(
+                Status::Commissioning,
+                &report(C, Failed)
+            )),
+            "commissioning script 50-check failed (exit 3): no RAID controller"
+        );
+        assert_eq!(
+            failed_reason(settlement_for_report(
+                Status::Commissioning,
+                &report(C, TimedOut)
+            )),
+            "commissioning script 50-check timed out: no RAID controller"
+        );
+        assert_eq!(
+            settlement_for_report(Status::Commissioning, &report(T, Running)),
+            Some(Settlement::StartTesting)
+        );
+        assert!(
+            failed_reason(settlement_for_report(Status::Testing, &report(T, Failed)))
+                .starts_with("test 50-check failed (exit 3)")
+        );
+        for quiet in [
+            (Status::Commissioning, report(C, Passed)),
+            (Status::Commissioning, report(C, Running)),
+            (Status::Testing, report(T, Degraded)),
+            (Status::New, report(C, Failed)),
+            (Status::Deployed, report(C, Failed)),
+        ] {
+            assert_eq!(settlement_for_report(quiet.0, &quiet.1), None, "{quiet:?}");
+        }
+    }
+
+    #[test]
+    fn the_final_signal_ends_only_the_run_it_belongs_to() {
+        use RunRole::{Commissioning, Enlist, RegisterLive, Rescue};
+        let ok = |role, status| settlement_for_signal(role, status, None);
+        assert_eq!(
+            ok(Commissioning, Status::Commissioning),
+            Some(Settlement::Succeeded)
+        );
+        assert_eq!(
+            ok(Commissioning, Status::Testing),
+            Some(Settlement::Succeeded)
+        );
+        assert_eq!(
+            ok(Rescue, Status::EnteringRescueMode),
+            Some(Settlement::Succeeded)
+        );
+        assert_eq!(ok(Enlist, Status::New), None);
+        assert_eq!(ok(Commissioning, Status::New), None);
+        assert_eq!(ok(RegisterLive, Status::Deployed), None);
+        assert!(matches!(
+            settlement_for_signal(Commissioning, Status::Commissioning, Some("no disk")),
+            Some(Settlement::Failed { .. })
+        ));
+        assert_eq!(settlement_for_signal(Enlist, Status::New, Some("x")), None);
+    }
+
+    #[test]
+    fn runs_stop_when_the_machine_moved_on() {
+        assert!(RunRole::Commissioning.still_running_in(Status::Testing));
+        assert!(!RunRole::Commissioning.still_running_in(Status::New));
+        assert!(!RunRole::Enlist.still_running_in(Status::Commissioning));
+        assert!(RunRole::RegisterLive.still_running_in(Status::Deployed));
+    }
+}

@@ -1,0 +1,67 @@
+//! Reads for the controller's watch over machines at work: which are in progress and since
+//! when they were heard from, and which machine owns a BMC address (enlistment matching).
+
+use super::codec::{get, get_status};
+use super::machines::load_machine_by_id;
+use super::{MachineRecord, Store, StoreError};
+use crate::model::Status;
+
+/// A machine in an in-progress status, as the timeout and heartbeat watch needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InProgress {
+    pub name: String,
+    pub status: Status,
+    /// Unix ms.
+    pub status_since: i64,
+    /// Unix ms.
+    pub last_heard: Option<i64>,
+}
+
+impl Store {
+    /// Every machine whose status is in progress.
+    pub async fn in_progress_machines(&self) -> Result<Vec<InProgress>, StoreError> {
+        let statuses: Vec<&str> = Status::ALL
+            .iter()
+            .filter(|status| status.is_in_progress())
+            .map(|status| status.as_str())
+            .collect();
+        let placeholders: Vec<String> = (1..=statuses.len()).map(|n| format!("${n}")).collect();
+        let sql = format!(
+            "SELECT name, status, status_since, last_heard FROM machines WHERE status IN ({}) ORDER BY name",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for status in &statuses {
+            query = query.bind(*status);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(InProgress {
+                    name: get(row, "name")?,
+                    status: get_status(row, "status")?,
+                    status_since: get(row, "status_since")?,
+                    last_heard: get(row, "last_heard")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The machines whose BMC has this address.
+    pub async fn machines_by_bmc_address(
+        &self,
+        address: &str,
+    ) -> Result<Vec<MachineRecord>, StoreError> {
+        let mut transaction = self.begin_read().await?;
+        let rows = sqlx::query("SELECT id FROM machines WHERE bmc_address = $1 ORDER BY id")
+            .bind(address)
+            .fetch_all(&mut *transaction)
+            .await?;
+        let mut records = Vec::with_capacity(rows.len());
+        for row in &rows {
+            records.push(load_machine_by_id(&mut transaction, get(row, "id")?).await?);
+        }
+        transaction.commit().await?;
+        Ok(records)
+    }
+}

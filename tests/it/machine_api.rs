@@ -1,0 +1,522 @@
+//! The machine API (`/metadata/v1`) through a real controller, driven over HTTP the way the
+//! ephemeral environment's runner drives it: enlistment, instructions, script results, the final
+//! signal, heartbeats, and what each does to the life-cycle; bad input, foreign tokens, huge
+//! uploads; the timeout watch. The real virtual machine doing the same is `tests/it/enlist.rs`.
+
+use crate::support::controller::TestController;
+use base64::Engine;
+use fleet::model::Status;
+use fleet::store::Store;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A fleet file with one operator script of each kind and short limits.
+fn fleet_file(directory: &Path, heartbeat: &str) -> std::path::PathBuf {
+    std::fs::write(
+        directory.join("check-raid.sh"),
+        "#!/bin/sh\necho looking for a RAID controller\necho 'no RAID controller found' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::write(directory.join("burn.sh"), "#!/bin/sh\necho burning\n").unwrap();
+    let path = directory.join("fleet.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"[policy.timeouts]
+heartbeat = "{heartbeat}"
+commissioning = "10m"
+
+[scripts.check-raid]
+file = "check-raid.sh"
+kind = "commissioning"
+timeout = "30s"
+
+[scripts.burn]
+file = "burn.sh"
+kind = "testing"
+"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn start(heartbeat: &str) -> (TestController, tempfile::TempDir) {
+    let directory = tempfile::tempdir().unwrap();
+    let fleet = fleet_file(directory.path(), heartbeat);
+    let state = directory.path().join("state");
+    let controller = TestController::start_in(&state, &["-f", fleet.to_str().unwrap()]);
+    (controller, directory)
+}
+
+/// A machine's side of the API: text answers.
+struct Machine {
+    client: reqwest::Client,
+    url: String,
+    name: String,
+    token: String,
+}
+
+async fn text(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+async fn post_anonymous(url: &str, path: &str, body: String) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    text(response).await
+}
+
+fn line<'a>(answer: &'a str, key: &str) -> &'a str {
+    answer
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(key)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .unwrap_or_else(|| panic!("no `{key}` line in:\n{answer}"))
+}
+
+fn b64(text: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+impl Machine {
+    async fn enlist(url: &str, mac: &str) -> Machine {
+        // A second NIC, its MAC derived from the first so that machines do not share it.
+        let second = format!("02{}", &mac[2..]);
+        let body = serde_json::json!({
+            "architecture": "amd64", "boot_mac": mac, "macs": [mac, second],
+        });
+        let (status, answer) = post_anonymous(url, "/metadata/v1/enlist", body.to_string()).await;
+        assert_eq!(status, 201, "{answer}");
+        assert_eq!(line(&answer, "status"), "new");
+        Machine {
+            client: reqwest::Client::new(),
+            url: url.to_string(),
+            name: line(&answer, "machine").to_string(),
+            token: line(&answer, "token").to_string(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let response = self
+            .client
+            .get(format!(
+                "{}/metadata/v1/machines/{}/{path}",
+                self.url, self.name
+            ))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        text(response).await
+    }
+
+    async fn post(&self, path: &str, body: serde_json::Value) -> (u16, String) {
+        let response = self
+            .client
+            .post(format!(
+                "{}/metadata/v1/machines/{}/{path}",
+                self.url, self.name
+            ))
+            .bearer_auth(&self.token)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        text(response).await
+    }
+
+    /// Instructions: (run id, script lines).
+    async fn instructions(&self, expected_role: &str) -> (String, Vec<String>) {
+        let (status, answer) = self.get("instructions").await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(line(&answer, "role"), expected_role, "{answer}");
+        let scripts = answer
+            .lines()
+            .filter_map(|line| line.strip_prefix("script "))
+            .map(str::to_string)
+            .collect();
+        (line(&answer, "run").to_string(), scripts)
+    }
+
+    async fn result(
+        &self,
+        run: &str,
+        name: &str,
+        kind: &str,
+        status: &str,
+        stderr: &str,
+    ) -> (u16, String) {
+        self.post(
+            "results",
+            serde_json::json!({
+                "run": run, "name": name, "kind": kind, "status": status,
+                "exit_code": if status == "passed" { 0 } else { 3 }, "runtime_ms": 12,
+                "stdout_b64": b64("some output\n"), "stderr_b64": b64(stderr),
+            }),
+        )
+        .await
+    }
+}
+
+async fn status_of(store: &Store, name: &str) -> (Status, Option<String>) {
+    let record = store.machine(name).await.unwrap().unwrap();
+    (record.lifecycle.status, record.status_reason)
+}
+
+/// Gives an enlisted machine manual power (as adopting it in the fleet file would).
+async fn give_manual_power(store: &Store, name: &str) {
+    store
+        .update_config(name, "manual", &serde_json::json!({}), &[], None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn enlist_commission_fail_on_an_operator_script() {
+    let (controller, _directory) = start("10m");
+    let store = controller.store().await;
+    let machine = Machine::enlist(&controller.url, "52:54:00:aa:bb:01").await;
+    assert_eq!(machine.name, "enlisted-525400aabb01");
+    // Known now, by any of its MACs.
+    let known = reqwest::get(format!(
+        "{}/metadata/v1/known?mac=02:54:00:aa:bb:01",
+        controller.url
+    ))
+    .await
+    .unwrap();
+    assert_eq!(known.text().await.unwrap(), "known enlisted-525400aabb01\n");
+    // Enlistment runs the built-in commissioning scripts only, and the machine stays new.
+    let (run, scripts) = machine.instructions("enlist").await;
+    assert!(
+        scripts.iter().all(|line| line.contains(" commissioning ")),
+        "{scripts:?}"
+    );
+    assert!(
+        !scripts.iter().any(|line| line.starts_with("check-raid")),
+        "{scripts:?}"
+    );
+    let (status, answer) = machine
+        .post("signal", serde_json::json!({"run": run, "result": "ok"}))
+        .await;
+    assert_eq!((status, answer.as_str()), (200, "after poweroff\n"));
+    assert_eq!(status_of(&store, &machine.name).await.0, Status::New);
+
+    give_manual_power(&store, &machine.name).await;
+    let (code, answer) = controller
+        .http()
+        .post(
+            &format!("/machines/{}/actions/commission", machine.name),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    let (run, scripts) = machine.instructions("commissioning").await;
+    let names: Vec<&str> = scripts
+        .iter()
+        .map(|line| line.split(' ').next().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"check-raid") && names.contains(&"burn"),
+        "{scripts:?}"
+    );
+    assert_eq!(
+        scripts
+            .iter()
+            .find(|l| l.starts_with("check-raid"))
+            .unwrap(),
+        "check-raid commissioning 30"
+    );
+    // The operator's commissioning script fails: failed_commissioning, naming it and its stderr.
+    let (status, answer) = machine
+        .result(&run, "check-raid", "commissioning", "running", "")
+        .await;
+    assert_eq!((status, answer.as_str()), (200, "continue\n"));
+    let (status, answer) = machine
+        .result(
+            &run,
+            "check-raid",
+            "commissioning",
+            "failed",
+            "probing\nno RAID controller found\n",
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(answer.starts_with("stop "), "{answer}");
+    let (status, reason) = status_of(&store, &machine.name).await;
+    assert_eq!(status, Status::FailedCommissioning);
+    assert_eq!(
+        reason.as_deref(),
+        Some("commissioning script check-raid failed (exit 3): no RAID controller found")
+    );
+    // The run is over: later calls are told to stop and change nothing.
+    let (status, answer) = machine.result(&run, "burn", "testing", "running", "").await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer.starts_with("stop "), "{answer}");
+    // The result is stored once (running, then failed) and shown by `machine show`.
+    let record = store.machine(&machine.name).await.unwrap().unwrap();
+    let results = store.script_results(record.id).await.unwrap();
+    let raid: Vec<_> = results.iter().filter(|r| r.name == "check-raid").collect();
+    assert_eq!(raid.len(), 1);
+    assert_eq!(
+        (raid[0].status.as_str(), raid[0].exit_code),
+        ("failed", Some(3))
+    );
+    assert_eq!(raid[0].stderr, "probing\nno RAID controller found\n");
+    let shown = controller.fleet(&["machine", "show", &machine.name]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("check-raid"), "{shown}");
+}
+
+#[tokio::test]
+async fn commissioning_goes_through_testing_to_ready() {
+    let (controller, _directory) = start("10m");
+    let store = controller.store().await;
+    let machine = Machine::enlist(&controller.url, "52:54:00:aa:cc:01").await;
+    give_manual_power(&store, &machine.name).await;
+    controller
+        .http()
+        .post(
+            &format!("/machines/{}/actions/commission", machine.name),
+            serde_json::json!({}),
+        )
+        .await;
+    let (run, scripts) = machine.instructions("commissioning").await;
+    assert!(
+        scripts
+            .iter()
+            .any(|line| line.starts_with("10-fleet-cpu commissioning ")),
+        "{scripts:?}"
+    );
+    for script in &scripts {
+        let mut words = script.split(' ');
+        let (name, kind) = (words.next().unwrap(), words.next().unwrap());
+        let (_, answer) = machine.result(&run, name, kind, "running", "").await;
+        assert_eq!(answer, "continue\n");
+        if let Some(facts) = facts_of(name) {
+            // What a built-in script found is stored as the machine's inventory.
+            let (_, answer) = machine
+                .post(
+                    "results",
+                    serde_json::json!({
+                        "run": run, "name": name, "kind": kind, "status": "passed", "exit_code": 0,
+                        "stdout_b64": b64(facts),
+                    }),
+                )
+                .await;
+            assert_eq!(answer, "continue\n");
+            continue;
+        }
+        if kind == "testing" {
+            // The first test moves the machine to testing, in the same boot.
+            assert_eq!(status_of(&store, &machine.name).await.0, Status::Testing);
+        }
+        let (_, answer) = machine.result(&run, name, kind, "passed", "").await;
+        assert_eq!(answer, "continue\n", "{name}");
+    }
+    let (_, answer) = machine
+        .post("signal", serde_json::json!({"run": run, "result": "ok"}))
+        .await;
+    assert_eq!(answer, "after poweroff\n");
+    let record = store.machine(&machine.name).await.unwrap().unwrap();
+    assert_eq!(record.lifecycle.status, Status::Ready);
+    assert!(record.lifecycle.commissioned);
+    assert_eq!(record.hardware.cpus, Some(4));
+    assert_eq!(record.hardware.memory_mib, Some(2048));
+    assert_eq!(record.disks.len(), 1);
+    assert_eq!(
+        (record.disks[0].name.as_str(), record.disks[0].size_bytes),
+        ("vda", 10 << 30)
+    );
+    // The interfaces script's names replace the placeholders; the MACs stay the machine's.
+    let eth0 = record
+        .interfaces
+        .iter()
+        .find(|i| i.name == "eth0")
+        .expect("eth0");
+    assert_eq!(eth0.mac.to_string(), "52:54:00:aa:cc:01");
+    assert_eq!(eth0.driver.as_deref(), Some("virtio_net"));
+}
+
+/// Fact lines as the built-in commissioning scripts print them for a small VM.
+fn facts_of(script: &str) -> Option<&'static str> {
+    Some(match script {
+        "10-fleet-cpu" => "cpu count=4 model=\"QEMU Virtual CPU version 2.5+\" mhz=2400\n",
+        "20-fleet-memory" => "memory kib=2097152\n",
+        "30-fleet-disks" => {
+            "disk name=vda size=10737418240 bus=virtio serial=disk-1 rotational=1 block_size=512\n"
+        }
+        "40-fleet-interfaces" => {
+            "interface name=eth0 mac=52:54:00:aa:cc:01 link=up driver=virtio_net\n"
+        }
+        _ => return None,
+    })
+}
+
+#[tokio::test]
+async fn abort_mid_way_stops_the_run_and_marks_its_scripts_aborted() {
+    let (controller, _directory) = start("10m");
+    let store = controller.store().await;
+    let machine = Machine::enlist(&controller.url, "52:54:00:aa:dd:01").await;
+    give_manual_power(&store, &machine.name).await;
+    let api = controller.http();
+    api.post(
+        &format!("/machines/{}/actions/commission", machine.name),
+        serde_json::json!({}),
+    )
+    .await;
+    let (run, _) = machine.instructions("commissioning").await;
+    machine
+        .result(&run, "check-raid", "commissioning", "running", "")
+        .await;
+    let (code, answer) = api
+        .post(
+            &format!("/machines/{}/actions/abort", machine.name),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(status_of(&store, &machine.name).await.0, Status::New);
+    let (status, answer) = machine.post("heartbeat", serde_json::json!({})).await;
+    assert_eq!(status, 200);
+    assert!(answer.starts_with("stop "), "{answer}");
+    let (status, _) = machine
+        .result(&run, "check-raid", "commissioning", "passed", "")
+        .await;
+    assert_eq!(status, 409);
+    let record = store.machine(&machine.name).await.unwrap().unwrap();
+    let results = store.script_results(record.id).await.unwrap();
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].status, "aborted");
+}
+
+#[tokio::test]
+async fn a_silent_machine_fails_by_heartbeat_timeout() {
+    let (controller, _directory) = start("2s");
+    let store = controller.store().await;
+    let machine = Machine::enlist(&controller.url, "52:54:00:aa:ee:01").await;
+    give_manual_power(&store, &machine.name).await;
+    controller
+        .http()
+        .post(
+            &format!("/machines/{}/actions/commission", machine.name),
+            serde_json::json!({}),
+        )
+        .await;
+    let (_run, _) = machine.instructions("commissioning").await;
+    // Heartbeats keep it alive...
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let (_, answer) = machine
+            .post("heartbeat", serde_json::json!({"stage": "running"}))
+            .await;
+        assert_eq!(answer, "continue\n");
+    }
+    assert_eq!(
+        status_of(&store, &machine.name).await.0,
+        Status::Commissioning
+    );
+    // ...and silence fails it.
+    let started = Instant::now();
+    loop {
+        let (status, reason) = status_of(&store, &machine.name).await;
+        if status == Status::FailedCommissioning {
+            assert_eq!(reason.as_deref(), Some("not heard from for 2 seconds"));
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+}
+
+#[tokio::test]
+async fn bad_enlistments_foreign_tokens_and_huge_uploads_are_refused() {
+    let (controller, _directory) = start("10m");
+    let url = controller.url.as_str();
+    for (body, reason) in [
+        ("not json".to_string(), "not valid JSON"),
+        (
+            serde_json::json!({"boot_mac": "52:54:00:00:00:01", "macs": []}).to_string(),
+            "`architecture` is missing",
+        ),
+        (
+            serde_json::json!({"architecture": "amd64", "boot_mac": "nope", "macs": []})
+                .to_string(),
+            "`boot_mac`",
+        ),
+    ] {
+        let (status, answer) = post_anonymous(url, "/metadata/v1/enlist", body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(
+            answer.starts_with("error ") && answer.contains(reason),
+            "{answer}"
+        );
+    }
+    let (_, machines) = controller.http().get("/machines").await;
+    assert_eq!(
+        machines,
+        serde_json::json!([]),
+        "nothing stored for bad enlistments"
+    );
+
+    let first = Machine::enlist(url, "52:54:00:bb:00:01").await;
+    let second = Machine::enlist(url, "52:54:00:bb:00:03").await;
+    let (run, _) = first.instructions("enlist").await;
+    let thief = Machine {
+        token: second.token.clone(),
+        ..Machine {
+            client: reqwest::Client::new(),
+            url: url.to_string(),
+            name: first.name.clone(),
+            token: String::new(),
+        }
+    };
+    let (status, answer) = thief
+        .result(&run, "10-fleet-cpu", "commissioning", "passed", "")
+        .await;
+    assert_eq!(status, 403, "{answer}");
+    let (status, _) = thief.get("instructions").await;
+    assert_eq!(status, 403);
+    // Over the documented limit (4 MiB): refused, nothing stored. curl, because it stops
+    // sending when the answer comes early (as busybox wget's uploads are cut short too).
+    let huge = serde_json::json!({"run": run, "name": "big", "kind": "commissioning", "status": "passed", "stdout": "x".repeat(5 * 1024 * 1024)});
+    let upload = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(upload.path(), huge.to_string()).unwrap();
+    let output = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", upload.path().display()))
+        .args(["-H", &format!("Authorization: Bearer {}", first.token)])
+        .arg(format!("{url}/metadata/v1/machines/{}/results", first.name))
+        .output()
+        .expect("curl runs (installed by .ci/setup-netboot)");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "413");
+    let (status, answer) = first
+        .post(
+            "results",
+            serde_json::json!({"run": run, "name": "x", "kind": "weird", "status": "passed"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(answer.contains("`kind`"), "{answer}");
+    let store = controller.store().await;
+    let record = store.machine(&first.name).await.unwrap().unwrap();
+    assert!(store.script_results(record.id).await.unwrap().is_empty());
+}
