@@ -260,8 +260,12 @@ if [ "$ROLE" = enlist ] && [ -z "$TOKEN" ]; then
     printf ']}'
   } > "$WORK/enlist.json"
   log "enlisting: boot mac $MAC, macs $macs"
-  api "$WORK/enlisted" POST /metadata/v1/enlist "$WORK/enlist.json" \
-    || give_up "enlist: $(http_problem "$WORK/enlisted")"
+  api "$WORK/enlisted" POST /metadata/v1/enlist "$WORK/enlist.json"
+  case $? in
+    0) ;;
+    2) log "enlist: $(head -n 1 "$WORK/enlisted")"; finish poweroff ;;
+    *) give_up "enlist: $(http_problem "$WORK/enlisted")" ;;
+  esac
   MACHINE=$(value_of machine "$WORK/enlisted")
   TOKEN=$(value_of token "$WORK/enlisted")
   if [ -z "$MACHINE" ] || [ -z "$TOKEN" ]; then give_up "enlist: no machine or token in the reply"; fi
@@ -290,7 +294,7 @@ if [ "$RUN_ROLE" = none ] || [ -z "$RUN_ROLE" ]; then
   log "nothing to do"
   finish "$AFTER"
 fi
-case "$RUN" in ''|*[!A-Za-z0-9-]*) give_up "bad run id in the instructions: '$RUN'" ;; esac
+valid_name "$RUN" || give_up "bad run id in the instructions: '$RUN'"
 # The scripts see the role they run for; on a live host, register-live.
 SCRIPT_ROLE=$RUN_ROLE
 [ "$ROLE" = register-live ] && SCRIPT_ROLE=register-live
@@ -312,7 +316,6 @@ heartbeat_loop() {
     case "$HTTP_CODE" in
       2??|409)
         beats=$((beats + 1))
-        [ $beats = 1 ] && log "heartbeat: $(head -n 1 "$WORK/heartbeat.out")"
         if [ "$HTTP_CODE" = 409 ] || grep -q '^stop' "$WORK/heartbeat.out"; then
           log "heartbeat: stop $(stop_reason "$WORK/heartbeat.out")"
           if [ "$CAN_POWER" = 1 ] && [ "$AFTER_OVERRIDE" != exit ]; then
@@ -323,6 +326,7 @@ heartbeat_loop() {
           kill -TERM "$MAIN_PID" 2>/dev/null
           exit 0
         fi
+        [ $beats = 1 ] && log "heartbeat: $(head -n 1 "$WORK/heartbeat.out") (every ${HEARTBEAT}s)"
         ;;
       *) log "heartbeat failed: $(http_problem "$WORK/heartbeat.out")" ;;
     esac
@@ -335,9 +339,16 @@ HB_PID=$!
 STOPPED=""       # the reason of a stop reply
 BROKEN=""        # what broke in the environment itself
 
-post_result() {   # post_result BODY_FILE NAME
+post_result() {   # post_result BODY_FILE NAME [BODY_FILE_WITHOUT_RESULTS]
   api "$WORK/reply" POST "$(machine_path results)" "$1"
-  case $? in
+  answer=$?
+  if [ $answer = 1 ] && [ "$HTTP_CODE" = 400 ] && [ -n "${3:-}" ]; then
+    # The results file is not what the controller takes (not a JSON object): send the rest.
+    log "script $2: the controller refused its results file ($(http_problem "$WORK/reply")); sending the result without it"
+    api "$WORK/reply" POST "$(machine_path results)" "$3"
+    answer=$?
+  fi
+  case $answer in
     0) if reason=$(stop_reason "$WORK/reply"); then STOPPED=${reason:-stop}; fi ;;
     2) STOPPED=$(stop_reason "$WORK/reply"); STOPPED=${STOPPED:-stop} ;;
     *) BROKEN="posting the result of $2 failed: $(http_problem "$WORK/reply")" ;;
@@ -395,18 +406,21 @@ while read -r _ name kind timeout _ <&3; do
     printf ',"stdout_b64":"'; b64 < "$dir/stdout"
     printf '","stderr_b64":"'; b64 < "$dir/stderr"
     printf '"'
-    if [ -s "$results" ]; then
-      if [ "$(wc -c < "$results")" -le $MAX_RESULTS ]; then
-        printf ',"results_b64":"'; b64 < "$results"; printf '"'
-      else
-        log "script $name: its results file is over $MAX_RESULTS bytes; not sent"
-      fi
-    fi
-    printf '}'
   } > "$dir/result.json"
+  without=""
+  if [ -s "$results" ]; then
+    if [ "$(wc -c < "$results")" -le $MAX_RESULTS ]; then
+      without="$dir/result-without-results.json"
+      { cat "$dir/result.json"; printf '}'; } > "$without"
+      { printf ',"results_b64":"'; b64 < "$results"; printf '"'; } >> "$dir/result.json"
+    else
+      log "script $name: its results file is over $MAX_RESULTS bytes; not sent"
+    fi
+  fi
+  printf '}' >> "$dir/result.json"
   log "script $name: $status (exit $code, ${runtime} ms)"
   [ "$status" = passed ] || STATUS=1
-  post_result "$dir/result.json" "$name"
+  post_result "$dir/result.json" "$name" "$without"
 done
 exec 3<&-
 
