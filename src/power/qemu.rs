@@ -12,8 +12,10 @@
 //! "the machine"; whether it is on is its run status:
 //! - query: `query-status`; `running` (and `suspended`, a guest in ACPI S3) is on, every other
 //!   status (`prelaunch` of `-S`, `paused`, `shutdown`, `inmigrate`, `guest-panicked` ...) off;
-//! - on: nothing when it runs already (as a BMC does); else `system_reset` then `cont`, a fresh
-//!   boot from the VM's boot order (which netboots when it says so);
+//! - on: `system_reset` then `cont`, always a fresh boot from the VM's boot order (which
+//!   netboots when it says so), also when the VM runs already. A BMC ignores power-on of a
+//!   running machine; this driver is for test and demo VMs, and rebooting means a commission or
+//!   deploy netboots even when the power state fleet had stored was stale;
 //! - off (hard): `stop` then `system_reset`: the vCPUs stop at once and the VM is left reset,
 //!   in status `prelaunch` (off), ready for a fresh boot by `on` (`system_reset` from a stopped
 //!   VM moves it to `prelaunch`; from `shutdown` it is what QEMU requires before running again);
@@ -90,14 +92,7 @@ impl PowerDriver for QemuDriver {
                 return self.when_nobody_listens(&vm, command).await;
             };
             let state = match command {
-                PowerCommand::On => {
-                    if qmp.state(self).await? != PowerState::On {
-                        qmp.execute(self, "system_reset").await?;
-                        qmp.execute(self, "cont").await?;
-                    }
-                    qmp.state(self).await?
-                }
-                PowerCommand::Cycle => {
+                PowerCommand::On | PowerCommand::Cycle => {
                     qmp.execute(self, "system_reset").await?;
                     qmp.execute(self, "cont").await?;
                     qmp.state(self).await?
@@ -626,9 +621,9 @@ mod tests {
         let socket = directory.path().join("qmp");
         let server = fake_qmp(&socket, |command| match command {
             "qmp_capabilities" => vec![r#"{"return": {}, "id": $ID}"#.into()],
-            "query-status" => vec![
+            "stop" => vec![
                 r#"{"event": "STOP", "timestamp": {}}"#.into(),
-                r#"{"return": {"status": "paused", "running": false}, "id": $ID}"#.into(),
+                r#"{"return": {}, "id": $ID}"#.into(),
             ],
             "system_reset" => vec![
                 r#"{"error": {"class": "GenericError", "desc": "reset refused"}, "id": $ID}"#
@@ -639,7 +634,7 @@ mod tests {
         .await;
         let machine = target(json!({"qmp_socket": socket}));
         let error = QemuDriver::default()
-            .execute(&machine, PowerCommand::On)
+            .execute(&machine, PowerCommand::Off(PowerOffMode::Hard))
             .await
             .unwrap_err();
         assert_eq!(
@@ -648,7 +643,7 @@ mod tests {
         );
         assert_eq!(
             server.await.unwrap(),
-            ["qmp_capabilities", "query-status", "system_reset"]
+            ["qmp_capabilities", "stop", "system_reset"]
         );
     }
 

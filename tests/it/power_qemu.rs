@@ -216,7 +216,7 @@ async fn qemu_on_off_cycle_and_query_a_real_vm() {
     assert_eq!(report.note, None);
     assert_eq!(vm.status(), "running");
     assert_eq!(drivers.query(&machine).await.unwrap().state, PowerState::On);
-    // On when on changes nothing (as a BMC does): no reset of a running machine.
+    // On when on is a fresh boot too (unlike a BMC): the VM runs on.
     let report = drivers.execute(&machine, PowerCommand::On).await.unwrap();
     assert_eq!(report.state, PowerState::On);
 
