@@ -7,8 +7,9 @@
 //! A query that fails stores power `error`, with the driver's message in the event, once: a
 //! machine whose BMC stays unreachable does not add an event per poll. A driver that cannot
 //! tell (`unknown`, e.g. a webhook without a query URL) changes nothing. A poll that finds
-//! nothing new writes nothing. Writes are guarded by the generation read before the query, so
-//! a poll never overwrites what an action stored meanwhile.
+//! nothing new writes nothing. Writes are guarded by the generation read before the query and
+//! wait a moment (an action in flight stores its own result first), so a poll never overwrites
+//! what an action stored meanwhile nor records fleet's own change as made outside it.
 
 use crate::model::PowerState;
 use crate::power::{PowerDrivers, PowerTarget};
@@ -21,6 +22,12 @@ pub const ACTOR: &str = "power-poll";
 
 /// Machines queried at once.
 const CONCURRENCY: usize = 4;
+
+/// How long a change found waits before it is stored. An action stores the power it set only
+/// after its command returns; a poll that queried meanwhile would otherwise record fleet's own
+/// change as made outside fleet. The action's write bumps the machine's generation, and the
+/// poll's guarded write then does nothing.
+const CONFIRM_DELAY: Duration = Duration::from_secs(2);
 
 /// A query that takes longer than this (drivers have their own, shorter, timeouts) is an error.
 const QUERY_LIMIT: Duration = Duration::from_secs(60);
@@ -118,6 +125,7 @@ async fn poll_machine(store: &Store, drivers: &PowerDrivers, record: &MachineRec
     if found == before {
         return false;
     }
+    tokio::time::sleep(CONFIRM_DELAY).await;
     match store
         .record_found_power(record, found, ACTOR, &reason)
         .await

@@ -515,6 +515,20 @@ async fn power_poll_notices_a_vm_stopped_behind_fleets_back() {
     assert!(output.status.success(), "power-on: {}", stderr(&output));
     assert_eq!(shown_power(&controller, "vm-1"), json!("on"));
 
+    // fleet's own power actions, polled meanwhile, are not taken for changes made outside it.
+    for action in [
+        "power-off",
+        "power-on",
+        "power-cycle",
+        "power-off",
+        "power-on",
+    ] {
+        let output = controller.fleet(&["machine", action, "vm-1"]);
+        assert!(output.status.success(), "{action}: {}", stderr(&output));
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    assert_eq!(shown_power(&controller, "vm-1"), json!("on"));
+
     // A poll that finds what the store says writes nothing.
     let generation = store.machine("vm-1").await.unwrap().unwrap().generation;
     std::thread::sleep(Duration::from_millis(2500));
@@ -522,6 +536,12 @@ async fn power_poll_notices_a_vm_stopped_behind_fleets_back() {
         store.machine("vm-1").await.unwrap().unwrap().generation,
         generation
     );
+
+    let outside: Vec<String> = power_reasons(&controller, "vm-1")
+        .into_iter()
+        .filter(|reason| reason.contains("outside fleet"))
+        .collect();
+    assert!(outside.is_empty(), "{outside:?}");
 
     // Stopped behind fleet's back: within a few seconds fleet says off, and why.
     let stopped = Instant::now();
