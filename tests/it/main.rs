@@ -15,6 +15,7 @@ mod power;
 mod power_qemu;
 mod power_redfish;
 mod power_webhook;
+mod secrets;
 mod serve;
 mod store;
 mod tftp;
