@@ -219,9 +219,14 @@ fn real_disks_of_this_host() -> Vec<(String, i64)> {
         let entry = entry.unwrap();
         let name = entry.file_name().to_string_lossy().into_owned();
         let real = fs::canonicalize(entry.path()).unwrap();
+        let real = real.to_string_lossy();
+        let hidden =
+            fs::read_to_string(entry.path().join("hidden")).is_ok_and(|text| text.trim() == "1");
         let eliminated = not_disks.iter().any(|prefix| name.starts_with(prefix))
             || (name.starts_with("mmcblk") && (name.contains("boot") || name.ends_with("rpmb")))
-            || real.to_string_lossy().contains("/devices/virtual/");
+            || (real.contains("/devices/virtual/")
+                && !real.contains("/devices/virtual/nvme-subsystem/"))
+            || hidden;
         let sectors: i64 = fs::read_to_string(entry.path().join("size"))
             .unwrap()
             .trim()
@@ -357,21 +362,33 @@ fn qemu_disks(tree: &FakeTree) {
     tree.link("sys/block/sr0", &sr0)
         .files(&sr0, &[("size", "2097151\n")]);
 
-    let nvme = format!("{PCI}/0000:00:06.0/nvme/nvme0");
-    tree.link("sys/block/nvme0n1", &format!("{nvme}/nvme0n1"))
+    // NVMe as Debian's kernel shows it (multipath on, as captured under QEMU): the path
+    // nvme0c0n1 is a hidden disk of the controller, the disk nvme0n1 sits under the virtual
+    // subsystem, and both the controller and the subsystem carry the model and serial.
+    let identity = [
+        ("model", "QEMU NVMe Ctrl                          \n"),
+        ("serial", "fleetnvme0          \n"),
+    ];
+    let controller = format!("{PCI}/0000:00:06.0/nvme/nvme0");
+    let path = format!("{controller}/nvme0c0n1");
+    tree.link("sys/block/nvme0c0n1", &path)
+        .files(&path, &[("size", "20971520\n"), ("hidden", "1\n")])
+        .link(&format!("{path}/device"), &controller)
+        .files(&controller, &identity);
+    let subsystem = "sys/devices/virtual/nvme-subsystem/nvme-subsys0";
+    let nvme0n1 = format!("{subsystem}/nvme0n1");
+    tree.link("sys/block/nvme0n1", &nvme0n1)
         .files(
-            &format!("{nvme}/nvme0n1"),
-            &[("size", "20971520\n"), ("dev", "259:0\n")],
-        )
-        .link(&format!("{nvme}/nvme0n1/device"), &nvme)
-        .files(
-            &nvme,
+            &nvme0n1,
             &[
-                ("model", "QEMU NVMe Ctrl                          \n"),
-                ("serial", "fleetnvme0          \n"),
+                ("size", "20971520\n"),
+                ("hidden", "0\n"),
+                ("dev", "259:1\n"),
             ],
-        );
-    queue(&format!("{nvme}/nvme0n1"), "0\n", "512\n");
+        )
+        .link(&format!("{nvme0n1}/device"), subsystem)
+        .files(subsystem, &identity);
+    queue(&nvme0n1, "0\n", "512\n");
 
     tree.link("sys/block/loop0", "sys/devices/virtual/block/loop0")
         .files("sys/devices/virtual/block/loop0", &[("size", "204800\n")])
@@ -629,6 +646,72 @@ fn the_qemu_fixture_parses_into_the_inventory() {
     assert_eq!(facts["dmi"]["product"], "Standard PC (i440FX + PIIX, 1996)");
     assert_eq!(facts["dmi"]["serial"], "");
     assert_eq!(facts["cpu"]["count"], "2");
+}
+
+/// Captured for real: the commissioning scripts in the ephemeral environment's initrd (Debian
+/// 6.1 kernel, busybox 1.35) under QEMU 10 (q35, TCG, 512 MiB): a virtio disk with a serial, a
+/// SATA disk on AHCI, an NVMe disk, an e1000 NIC with link and a virtio NIC without.
+const QEMU_CAPTURED_FACTS: &str = include_str!("fixtures/qemu-q35-captured.facts");
+
+#[test]
+fn facts_captured_under_qemu_parse_into_the_inventory() {
+    let inventory = parse_clean(QEMU_CAPTURED_FACTS);
+    assert_eq!(inventory.arch.as_deref(), Some("amd64"));
+    let hardware = &inventory.hardware;
+    assert_eq!(
+        (hardware.cpus, hardware.cpu_speed_mhz, hardware.memory_mib),
+        (Some(2), Some(2599), Some(455))
+    );
+    let disks: Vec<(&str, i64, Option<&str>)> = inventory
+        .disks
+        .iter()
+        .map(|disk| (disk.name.as_str(), disk.size_bytes, disk.id_path.as_deref()))
+        .collect();
+    assert_eq!(
+        disks,
+        vec![
+            (
+                "nvme0n1",
+                128 << 20,
+                Some("/dev/disk/by-id/nvme-QEMU_NVMe_Ctrl_fleetnvme0")
+            ),
+            (
+                "sda",
+                128 << 20,
+                Some("/dev/disk/by-id/ata-QEMU_HARDDISK_QM00001")
+            ),
+            (
+                "vda",
+                256 << 20,
+                Some("/dev/disk/by-id/virtio-fleet-disk-0")
+            ),
+        ]
+    );
+    assert_eq!(
+        inventory.interfaces,
+        vec![
+            Interface {
+                name: "eth0".into(),
+                mac: mac("52:54:00:ab:cd:ef"),
+                link_up: Some(false),
+                speed_mbps: None,
+                driver: Some("virtio_net".into())
+            },
+            Interface {
+                name: "eth1".into(),
+                mac: mac("52:54:00:12:34:56"),
+                link_up: Some(true),
+                speed_mbps: Some(1000),
+                driver: Some("e1000".into())
+            },
+        ]
+    );
+    assert_eq!(hardware.facts["pci"].as_array().unwrap().len(), 10);
+    assert_eq!(
+        hardware.facts["dmi"]["product"],
+        "Standard PC (Q35 + ICH9, 2009)"
+    );
+    assert_eq!(hardware.facts["arch"]["firmware"], "bios");
 }
 
 fn qemu_disks_expected() -> Vec<Disk> {

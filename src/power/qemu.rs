@@ -7,7 +7,8 @@
 //!   whitespace). Fleet adds `-qmp unix:PATH,server=on,wait=off` and `-no-shutdown` when the
 //!   argv lacks them.
 //!
-//! The VM is expected to run with `-no-shutdown`, so that a guest's power-off leaves QEMU alive
+//! The VM is expected to run with `-no-shutdown` and without `-no-reboot` (which turns every
+//! reset, also QMP's `system_reset`, into a shutdown), so that a guest's power-off leaves QEMU alive
 //! in status `shutdown` and a later power-on can boot it again. A QEMU process that is alive is
 //! "the machine"; whether it is on is its run status:
 //! - query: `query-status`; `running` (and `suspended`, a guest in ACPI S3) is on, every other
@@ -94,6 +95,7 @@ impl PowerDriver for QemuDriver {
             let state = match command {
                 PowerCommand::On | PowerCommand::Cycle => {
                     qmp.execute(self, "system_reset").await?;
+                    qmp.leave_shutdown(self).await?;
                     qmp.execute(self, "cont").await?;
                     qmp.state(self).await?
                 }
@@ -362,6 +364,25 @@ impl Qmp {
         driver
             .within(&vm, &format!("`{command}`"), self.exchange(command))
             .await
+    }
+
+    /// Waits until a `system_reset` requested of a VM in status `shutdown` (a guest that
+    /// powered itself off under `-no-shutdown`) has been carried out: QEMU resets
+    /// asynchronously, and `cont` before that fails with "Resetting the Virtual Machine is
+    /// required".
+    async fn leave_shutdown(&mut self, driver: &QemuDriver) -> Result<(), PowerError> {
+        for _ in 0..100 {
+            let answer = self.execute(driver, "query-status").await?;
+            if answer.get("status").and_then(Value::as_str) != Some("shutdown") {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(self.vm.error(
+            "the VM stayed shut down after `system_reset` (2 s): was it started with \
+             -no-reboot? QEMU then turns every reset into a shutdown; start it without"
+                .to_string(),
+        ))
     }
 
     /// The VM's power state from `query-status`.

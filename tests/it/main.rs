@@ -7,6 +7,7 @@ mod apply;
 mod config;
 mod crash;
 mod dhcp;
+mod enlist;
 mod lifecycle;
 mod machine_api;
 mod netboot;

@@ -8,22 +8,19 @@
 //! TFTP and HTTP are always fleet's. Everything .ci/setup-netboot installs; the kernel is
 //! Debian's cloud kernel from its cache.
 
-use crate::support::controller::{TestController, FLEET};
-use crate::support::netns::NetNs;
+use crate::support::bootnet::{
+    kill_by_pidfile, read, tail, BootNetwork, NamespacedController, API_PORT, CONTROLLER_IP,
+    ONE_VM_AT_A_TIME,
+};
+use crate::support::controller::TestController;
 use fleet::model::{Lifecycle, MacAddr, MachineName, Status};
 use fleet::store::{EventFilter, NewMachine, Store};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const CACHE: &str = "/var/cache/fleet-netboot";
-/// The boot network inside the test namespace.
-const CONTROLLER_IP: &str = "10.99.0.1";
-const API_PORT: u16 = 5240;
-
-/// One virtual machine at a time: two cores, and TCG is slow.
-static ONE_VM_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn require_file(path: &str) -> PathBuf {
     let path = PathBuf::from(path);
@@ -371,189 +368,6 @@ impl CpioWriter {
     }
 }
 
-/// A namespace with a bridge (the boot network, with the controller's address) and a tap
-/// device on it for QEMU; router advertisements sent on the bridge so that iPXE's IPv6
-/// configuration ends at once instead of waiting ~16 s (netboot-here.md, pitfall 1).
-struct BootNetwork {
-    namespace: NetNs,
-    tap: String,
-    bridge: String,
-    stop_advertising: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl BootNetwork {
-    fn new() -> BootNetwork {
-        let namespace = NetNs::new("nb");
-        let bridge = "br0".to_string();
-        let tap = "tap0".to_string();
-        namespace.ip(&["link", "add", &bridge, "type", "bridge"]);
-        namespace.ip(&[
-            "addr",
-            "add",
-            &format!("{CONTROLLER_IP}/24"),
-            "dev",
-            &bridge,
-        ]);
-        namespace.ip(&["tuntap", "add", "dev", &tap, "mode", "tap"]);
-        namespace.ip(&["link", "set", &tap, "master", &bridge]);
-        namespace.ip(&["link", "set", &tap, "up"]);
-        namespace.ip(&["link", "set", &bridge, "up"]);
-        let stop_advertising = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let network = BootNetwork {
-            namespace,
-            tap,
-            bridge,
-            stop_advertising,
-        };
-        network.advertise_no_ipv6_router();
-        network
-    }
-
-    /// Every 500 ms, an ICMPv6 router advertisement on the bridge saying "no managed or other
-    /// configuration, no default router": iPXE then finishes its IPv6 set-up at once.
-    fn advertise_no_ipv6_router(&self) {
-        let bridge = self.bridge.clone();
-        let socket = self.namespace.run_in(move || ipv6_raw_socket(&bridge));
-        let Some(socket) = socket else { return };
-        let stop = self.stop_advertising.clone();
-        std::thread::spawn(move || {
-            // type 134, code 0, checksum (the kernel fills it), hop limit 64, flags 0, router
-            // lifetime 0, reachable 0, retransmit 0.
-            let advertisement: [u8; 16] = [134, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-            let mut destination: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-            destination.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            destination.sin6_addr.s6_addr = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                // SAFETY: a valid socket, buffer and address of the right length.
-                unsafe {
-                    libc::sendto(
-                        socket,
-                        advertisement.as_ptr().cast(),
-                        advertisement.len(),
-                        0,
-                        (&destination as *const libc::sockaddr_in6).cast(),
-                        std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            // SAFETY: the socket is ours and used no more.
-            unsafe { libc::close(socket) };
-        });
-    }
-}
-
-impl Drop for BootNetwork {
-    fn drop(&mut self) {
-        self.stop_advertising
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// A raw ICMPv6 socket sending to the bridge only, hop limit 255 (RFC 4861 requires it).
-fn ipv6_raw_socket(interface: &str) -> Option<i32> {
-    let name = std::ffi::CString::new(interface).ok()?;
-    // SAFETY: plain socket calls with valid arguments; failures are checked.
-    unsafe {
-        let socket = libc::socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6);
-        if socket < 0 {
-            return None;
-        }
-        let index = libc::if_nametoindex(name.as_ptr()) as i32;
-        let hops: i32 = 255;
-        let size = std::mem::size_of::<i32>() as libc::socklen_t;
-        libc::setsockopt(
-            socket,
-            libc::IPPROTO_IPV6,
-            libc::IPV6_MULTICAST_IF,
-            (&index as *const i32).cast(),
-            size,
-        );
-        libc::setsockopt(
-            socket,
-            libc::IPPROTO_IPV6,
-            libc::IPV6_MULTICAST_HOPS,
-            (&hops as *const i32).cast(),
-            size,
-        );
-        Some(socket)
-    }
-}
-
-/// `fleet serve` inside the namespace (its TFTP on 10.99.0.1:69, HTTP on 10.99.0.1:5240).
-struct NamespacedController {
-    child: Child,
-    state_dir: PathBuf,
-    log: PathBuf,
-}
-
-impl NamespacedController {
-    fn start(network: &BootNetwork, directory: &Path, fleet_file: &Path) -> NamespacedController {
-        let state_dir = directory.join("state");
-        let log = directory.join("controller.log");
-        let child = network
-            .namespace
-            .command(FLEET)
-            .args([
-                "serve",
-                "--listen",
-                &format!("{CONTROLLER_IP}:{API_PORT}"),
-                "--state-dir",
-            ])
-            .arg(&state_dir)
-            .arg("-f")
-            .arg(fleet_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("a log file"))
-            .spawn()
-            .expect("fleet serve starts");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !std::fs::read_to_string(state_dir.join("api-url"))
-            .map(|t| t.ends_with('\n'))
-            .unwrap_or(false)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the controller did not start: {}",
-                read(&log)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        // TFTP comes up just after the API's address is written.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !read(&log).contains("  tftp ") {
-            assert!(Instant::now() < deadline, "no TFTP line: {}", read(&log));
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        NamespacedController {
-            child,
-            state_dir,
-            log,
-        }
-    }
-
-    async fn store(&self) -> Store {
-        Store::open(&format!(
-            "sqlite://{}",
-            self.state_dir.join("fleet.db").display()
-        ))
-        .await
-        .expect("the store")
-    }
-}
-
-impl Drop for NamespacedController {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn read(path: &Path) -> String {
-    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).to_string()
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Firmware {
     /// SeaBIOS with QEMU's iPXE ROM for virtio-net.
@@ -646,21 +460,6 @@ fn run_vm(
         tail(&text, 60)
     );
     (text, seconds)
-}
-
-fn kill_by_pidfile(pidfile: &Path) {
-    if let Some(pid) = std::fs::read_to_string(pidfile)
-        .ok()
-        .and_then(|text| text.trim().parse::<i32>().ok())
-    {
-        // SAFETY: a signal to the QEMU this test started.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-    }
-}
-
-fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Boots one VM through fleet's services and checks the call-back and the events.

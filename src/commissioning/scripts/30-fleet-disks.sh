@@ -98,8 +98,15 @@ for path in "$sys"/block/*; do
   case $name in
     loop* | ram* | zram* | dm-* | md* | sr* | fd* | nbd* | mmcblk*boot* | mmcblk*rpmb) continue ;;
   esac
+  # With NVMe multipath (Debian's default) each path is a hidden disk of its own (nvme0c0n1)
+  # and the disk to use (nvme0n1) sits under the virtual nvme-subsystem.
+  read_attr "$path/hidden"
+  [ "$attr" != 1 ] || continue
   real=$(readlink -f "$path")
-  case $real in */devices/virtual/*) continue ;; esac
+  case $real in
+    */devices/virtual/nvme-subsystem/*) ;;
+    */devices/virtual/*) continue ;;
+  esac
   read_attr "$path/size"
   case $attr in '' | *[!0-9]*) continue ;; esac
   # A reader without a card or a drive without media shows size 0: nothing to use.

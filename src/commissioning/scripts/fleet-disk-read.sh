@@ -18,7 +18,12 @@ disk_sectors() {
   case ${1##*/} in
     loop* | ram* | zram* | dm-* | md* | sr* | fd* | nbd* | mmcblk*boot* | mmcblk*rpmb) return ;;
   esac
-  case $(readlink -f "$1") in */devices/virtual/*) return ;; esac
+  hidden=; { read -r hidden <"$1/hidden"; } 2>/dev/null
+  [ "$hidden" != 1 ] || return
+  case $(readlink -f "$1") in
+    */devices/virtual/nvme-subsystem/*) ;;
+    */devices/virtual/*) return ;;
+  esac
   sectors=; { read -r sectors <"$1/size"; } 2>/dev/null
   case $sectors in '' | *[!0-9]* | 0) return ;; esac
   echo "$sectors"
@@ -60,7 +65,7 @@ for path in "$sys"/block/*; do
   size_mib=$((sectors / 2048))
   wanted=$mib
   [ "$size_mib" -ge "$wanted" ] || wanted=$size_mib
-  status=passed
+  status=passed smart="not checked"
   node=$(device_node "$name")
   if [ -z "$node" ]; then
     echo "disk $name: no device node in $dev and none could be made"

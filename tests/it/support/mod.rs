@@ -1,3 +1,4 @@
+pub mod bootnet;
 pub mod controller;
 pub mod db;
 pub mod netns;

@@ -1,0 +1,422 @@
+//! End to end with a real virtual machine: QEMU (BIOS, QEMU's iPXE ROM, virtio-net, TCG) with a
+//! blank disk, on a tap device in a namespace where only the controller serves DHCP, TFTP and
+//! HTTP, booting the ephemeral environment that `.ci/setup-ephemeral` built from Debian's
+//! kernel and busybox (`examples/ephemeral/build.sh`):
+//! 1. it netboots with an unknown MAC, enlists, and appears as new with its MAC;
+//! 2. the fleet file adopts it with the `qemu` power type; `fleet apply` commissions it: the
+//!    driver powers it on through QMP, it netboots again, runs the built-in scripts and tests,
+//!    and rests in ready with the inventory QEMU was started with (CPUs, memory, disk, MAC);
+//! 3. an operator's failing commissioning script → failed_commissioning with its name and stderr;
+//! 4. killed mid-commissioning → failed_commissioning by the heartbeat limit.
+
+use crate::support::bootnet::{
+    kill_by_pidfile, read, tail, BootNetwork, NamespacedController, API_PORT, CONTROLLER_IP,
+    ONE_VM_AT_A_TIME,
+};
+use crate::support::controller::FLEET;
+use fleet::model::Status;
+use fleet::store::Store;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const EPHEMERAL: &str = "/var/cache/fleet-ephemeral";
+const MAC: &str = "52:54:00:5e:00:01";
+const NAME: &str = "enlisted-5254005e0001";
+/// What the VM is started with, to compare with what commissioning finds.
+const CPUS: i64 = 2;
+const MEMORY_MIB: i64 = 1024;
+const DISK_BYTES: u64 = 2 << 30;
+/// The heartbeat limit of the test's fleet file.
+const HEARTBEAT: &str = "20s";
+
+fn ephemeral_file(name: &str) -> PathBuf {
+    let path = Path::new(EPHEMERAL).join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run .ci/setup-ephemeral",
+        path.display()
+    );
+    path
+}
+
+/// The controller's fleet file: boot services on the bridge, the ephemeral image, short limits,
+/// `scripts` (extra TOML), and `machines` (extra TOML: the adopted machine).
+fn write_fleet_file(directory: &Path, scripts: &str, machines: &str) -> PathBuf {
+    let text = format!(
+        r#"[controller]
+tftp_listen = "{CONTROLLER_IP}:69"
+http_boot_url = "http://{CONTROLLER_IP}:{API_PORT}"
+loader_dir = "/usr/lib/ipxe"
+ephemeral_image = "ephemeral"
+dhcp_interfaces = ["br0"]
+
+[subnets.boot]
+cidr = "10.99.0.0/24"
+interface = "br0"
+dynamic_range = {{ start = "10.99.0.100", end = "10.99.0.199" }}
+
+[images.ephemeral]
+kernel = {{ path = "{kernel}" }}
+initrd = {{ path = "{initrd}" }}
+
+[policy.timeouts]
+heartbeat = "{HEARTBEAT}"
+commissioning = "10m"
+testing = "10m"
+{scripts}
+{machines}"#,
+        kernel = ephemeral_file("kernel").display(),
+        initrd = ephemeral_file("initrd").display(),
+    );
+    let path = directory.join("fleet.toml");
+    std::fs::write(&path, text).expect("the fleet file");
+    path
+}
+
+/// The VM: started once, kept alive across power-offs (`-no-shutdown`), powered through QMP.
+struct Vm {
+    child: Child,
+    killed: bool,
+    pidfile: PathBuf,
+    qmp: PathBuf,
+    console: PathBuf,
+}
+
+impl Vm {
+    fn start(network: &BootNetwork, directory: &Path) -> Vm {
+        let disk = directory.join("disk.img");
+        std::fs::File::create(&disk)
+            .and_then(|file| file.set_len(DISK_BYTES))
+            .expect("a blank disk");
+        let (pidfile, qmp, console) = (
+            directory.join("qemu.pid"),
+            directory.join("qmp.sock"),
+            directory.join("console.log"),
+        );
+        let mut command = network.namespace.command("qemu-system-x86_64");
+        command
+            .args(["-accel", "tcg", "-display", "none", "-no-shutdown"])
+            .args([
+                "-m",
+                &MEMORY_MIB.to_string(),
+                "-smp",
+                &CPUS.to_string(),
+                "-boot",
+                "n",
+            ])
+            .args([
+                "-netdev",
+                &format!("tap,id=n0,ifname={},script=no,downscript=no", network.tap),
+            ])
+            .args([
+                "-device",
+                &format!("virtio-net-pci,netdev=n0,mac={MAC},bootindex=1"),
+            ])
+            .args([
+                "-drive",
+                &format!("file={},if=none,id=d0,format=raw", disk.display()),
+            ])
+            .args(["-device", "virtio-blk-pci,drive=d0,serial=fleet-e2e-disk"])
+            .args([
+                "-qmp",
+                &format!("unix:{},server=on,wait=off", qmp.display()),
+            ])
+            .args(["-serial", &format!("file:{}", console.display())])
+            .arg("-pidfile")
+            .arg(&pidfile)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let child = command
+            .spawn()
+            .expect("qemu-system-x86_64 starts (.ci/setup-netboot installs it)");
+        Vm {
+            child,
+            killed: false,
+            pidfile,
+            qmp,
+            console,
+        }
+    }
+
+    fn console(&self) -> String {
+        read(&self.console)
+    }
+
+    /// Kills QEMU at once: the machine vanishes mid-work.
+    fn kill(&mut self) {
+        self.killed = true;
+        kill_by_pidfile(&self.pidfile);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until `done` says the machine got where it should, or fails with what was seen.
+async fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    vm: &mut Vm,
+    controller: &NamespacedController,
+    mut done: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        if !vm.killed {
+            if let Ok(Some(exit)) = vm.child.try_wait() {
+                panic!(
+                    "{what}: QEMU exited ({exit})\nconsole:\n{}\ncontroller:\n{}",
+                    tail(&vm.console(), 40),
+                    tail(&read(&controller.log), 40)
+                );
+            }
+        }
+        if let Some(value) = done().await {
+            eprintln!("e2e: {what} after {:.1} s", started.elapsed().as_secs_f64());
+            return value;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what}: not within {limit:?}\nconsole:\n{}\ncontroller:\n{}",
+            tail(&vm.console(), 40),
+            tail(&read(&controller.log), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn status_of(store: &Store) -> Option<(Status, Option<String>)> {
+    let record = store.machine(NAME).await.ok()??;
+    Some((record.lifecycle.status, record.status_reason))
+}
+
+/// `fleet ARGS` inside the namespace, against the controller (its state directory gives the
+/// address and the operator token).
+fn fleet_cli(network: &BootNetwork, controller: &NamespacedController, args: &[&str]) -> Output {
+    network
+        .namespace
+        .command(FLEET)
+        .arg("--state-dir")
+        .arg(&controller.state_dir)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("fleet runs")
+}
+
+fn adopted_machine(qmp: &Path) -> String {
+    format!(
+        r#"
+[[machine]]
+name = "{NAME}"
+macs = ["{MAC}"]
+state = "ready"
+
+[machine.power]
+type = "qemu"
+qmp_socket = "{}"
+"#,
+        qmp.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_machine_enlists_commissions_and_fails_as_lifecycle_md_says() {
+    let _one = ONE_VM_AT_A_TIME.lock().await;
+    let mut directory = tempfile::tempdir().expect("a directory");
+    if std::env::var_os("FLEET_NETBOOT_KEEP").is_some() {
+        directory.disable_cleanup(true);
+        eprintln!("e2e files kept in {}", directory.path().display());
+    }
+    let dir = directory.path();
+    let network = BootNetwork::new();
+    let fleet_file = write_fleet_file(dir, "", "");
+    let controller = NamespacedController::start(&network, dir, &fleet_file);
+    let store = controller.store().await;
+    let mut vm = Vm::start(&network, dir);
+
+    // 1. Unknown MAC: it enlists and appears as new, with its MAC; then powers itself off.
+    let record = wait_for(
+        "enlisted",
+        Duration::from_secs(180),
+        &mut vm,
+        &controller,
+        async || {
+            let record = store.machine(NAME).await.ok()??;
+            let events = store.events(&Default::default()).await.ok()?;
+            let ended = events.iter().any(|event| {
+                event.machine.as_deref() == Some(NAME)
+                    && event
+                        .reason
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with("enlist run") && r.ends_with("ended: ok"))
+            });
+            ended.then_some(record)
+        },
+    )
+    .await;
+    assert_eq!(record.lifecycle.status, Status::New);
+    assert!(
+        record.interfaces.iter().any(|i| i.mac.to_string() == MAC),
+        "{:?}",
+        record.interfaces
+    );
+    assert_eq!(
+        record.hardware.cpus,
+        Some(CPUS),
+        "enlistment runs the built-in scripts"
+    );
+
+    // 2. Adopted with the qemu power type; `fleet apply` commissions it to ready.
+    let fleet_file = write_fleet_file(dir, "", &adopted_machine(&vm.qmp));
+    let started = Instant::now();
+    let output = fleet_cli(
+        &network,
+        &controller,
+        &["apply", "-f", fleet_file.to_str().unwrap(), "--yes"],
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(
+        output.status.success(),
+        "apply failed:\n{stdout}\n{stderr}\nconsole:\n{}\ncontroller:\n{}",
+        tail(&vm.console(), 40),
+        tail(&read(&controller.log), 40)
+    );
+    eprintln!(
+        "e2e: commissioned by apply in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let record = store.machine(NAME).await.unwrap().unwrap();
+    assert_eq!(record.lifecycle.status, Status::Ready, "{stdout}");
+    assert!(record.lifecycle.commissioned);
+    assert_eq!(record.power_type, "qemu");
+    assert_eq!(record.hardware.cpus, Some(CPUS));
+    let memory = record.hardware.memory_mib.expect("memory found");
+    assert!(
+        (memory - MEMORY_MIB).abs() * 100 <= MEMORY_MIB * 7,
+        "memory {memory} MiB vs -m {MEMORY_MIB}"
+    );
+    let disk = record
+        .disks
+        .iter()
+        .find(|disk| disk.name == "vda")
+        .expect("the disk vda");
+    assert_eq!(disk.size_bytes as u64, DISK_BYTES);
+    assert_eq!(disk.serial.as_deref(), Some("fleet-e2e-disk"));
+    assert!(
+        record
+            .interfaces
+            .iter()
+            .any(|i| i.mac.to_string() == MAC && i.driver.as_deref() == Some("virtio_net")),
+        "{:?}",
+        record.interfaces
+    );
+    let results = store.script_results(record.id).await.unwrap();
+    for test in ["fleet-memtest", "fleet-disk-read", "fleet-network"] {
+        assert!(
+            results
+                .iter()
+                .any(|r| r.name == test && r.status == "passed"),
+            "{test} did not pass: {results:#?}"
+        );
+    }
+    let shown = fleet_cli(&network, &controller, &["machine", "show", NAME]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("fleet-memtest") && shown.contains("ready"),
+        "{shown}"
+    );
+
+    // 3. An operator's commissioning script that fails: failed_commissioning, naming it.
+    drop(controller);
+    std::fs::write(
+        dir.join("raid.sh"),
+        "#!/bin/sh\necho checking\necho 'no RAID controller on this machine' >&2\nexit 4\n",
+    )
+    .unwrap();
+    let scripts =
+        "[scripts.check-raid]\nfile = \"raid.sh\"\nkind = \"commissioning\"\ntimeout = \"1m\"\n";
+    let fleet_file = write_fleet_file(dir, scripts, &adopted_machine(&vm.qmp));
+    let controller = NamespacedController::start(&network, dir, &fleet_file);
+    let output = fleet_cli(&network, &controller, &["machine", "commission", NAME]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (_, reason) = wait_for(
+        "failed by its script",
+        Duration::from_secs(240),
+        &mut vm,
+        &controller,
+        async || {
+            status_of(&store)
+                .await
+                .filter(|(status, _)| *status == Status::FailedCommissioning)
+        },
+    )
+    .await;
+    assert_eq!(
+        reason.as_deref(),
+        Some("commissioning script check-raid failed (exit 4): no RAID controller on this machine")
+    );
+
+    // 4. Killed mid-commissioning: failed by the heartbeat limit.
+    let before = store.events(&Default::default()).await.unwrap();
+    let last_seen = before.last().map(|event| event.id);
+    let output = fleet_cli(&network, &controller, &["machine", "commission", NAME]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let since_commission = fleet::store::EventFilter {
+        machine: Some(NAME.to_string()),
+        after_id: last_seen,
+        limit: None,
+    };
+    wait_for(
+        "running its scripts",
+        Duration::from_secs(180),
+        &mut vm,
+        &controller,
+        async || {
+            let events = store.events(&since_commission).await.ok()?;
+            events
+                .iter()
+                .any(|event| event.kind == "script")
+                .then_some(())
+        },
+    )
+    .await;
+    vm.kill();
+    let killed = Instant::now();
+    let (_, reason) = wait_for(
+        "failed by silence",
+        Duration::from_secs(90),
+        &mut vm,
+        &controller,
+        async || {
+            status_of(&store)
+                .await
+                .filter(|(status, _)| *status == Status::FailedCommissioning)
+        },
+    )
+    .await;
+    assert_eq!(reason.as_deref(), Some("not heard from for 20 seconds"));
+    assert!(
+        killed.elapsed() >= Duration::from_secs(10),
+        "failed too soon: {:?}",
+        killed.elapsed()
+    );
+}
