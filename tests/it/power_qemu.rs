@@ -52,11 +52,15 @@ struct Vm {
 impl Vm {
     /// A stopped VM (`-S`: status prelaunch) listening on its QMP socket.
     fn start() -> Vm {
-        let directory = tempfile::tempdir().expect("a directory");
+        Vm::start_with(tempfile::tempdir().expect("a directory"), base_args())
+    }
+
+    /// A VM with `args` (and its QMP socket and pid file in `directory`).
+    fn start_with(directory: TempDir, args: Vec<String>) -> Vm {
         let socket = directory.path().join("qmp.sock");
         let pidfile = directory.path().join("qemu.pid");
         let child = Command::new(QEMU)
-            .args(base_args())
+            .args(args)
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", socket.display()))
             .arg("-pidfile")
@@ -282,6 +286,122 @@ async fn qemu_on_off_cycle_and_query_a_real_vm() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// The Debian cloud kernel .ci/setup-netboot unpacks.
+const KERNEL: &str = "/var/cache/fleet-netboot/vmlinuz";
+
+/// A VM with a real guest: the cloud kernel and an initramfs whose /init prints a line on the
+/// serial port and powers the machine off (`poweroff -f`, ACPI S5), at every boot.
+fn start_guest_that_powers_off() -> (Vm, PathBuf) {
+    assert!(
+        Path::new(KERNEL).exists(),
+        "{KERNEL} is missing: run .ci/setup-netboot as root"
+    );
+    let directory = tempfile::tempdir().expect("a directory");
+    let root = directory.path().join("initramfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("a static busybox (busybox-static)");
+    std::fs::write(
+        root.join("init"),
+        "#!/bin/busybox sh\n/bin/busybox echo fleet-guest-up\n/bin/busybox poweroff -f\n",
+    )
+    .unwrap();
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("chmod 755 init && find . | busybox cpio -o -H newc > ../initramfs.cpio 2>/dev/null")
+        .current_dir(&root)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the initramfs was not made");
+    let serial = directory.path().join("serial.log");
+    let mut args = base_args();
+    // 64 MB is too little for the kernel; its console goes to a file.
+    let at = |args: &[String], option: &str| args.iter().position(|arg| arg == option).unwrap() + 1;
+    let memory = at(&args, "-m");
+    args[memory] = "256".into();
+    let port = at(&args, "-serial");
+    args[port] = format!("file:{}", serial.display());
+    args.extend([
+        "-kernel".to_string(),
+        KERNEL.to_string(),
+        "-initrd".to_string(),
+        directory
+            .path()
+            .join("initramfs.cpio")
+            .display()
+            .to_string(),
+        "-append".to_string(),
+        "console=ttyS0 panic=-1 rdinit=/init".to_string(),
+    ]);
+    (Vm::start_with(directory, args), serial)
+}
+
+fn wait_for_status(vm: &Vm, status: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let now = vm.status();
+        if now == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the VM is still {now} after {limit:?}, expected {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test]
+async fn qemu_guest_poweroff_is_off_and_on_boots_it_again() {
+    let (vm, serial) = start_guest_that_powers_off();
+    let drivers = PowerDrivers::standard();
+    let machine = target(vm.params());
+    let boots = || {
+        std::fs::read_to_string(&serial)
+            .unwrap_or_default()
+            .matches("fleet-guest-up")
+            .count()
+    };
+    assert_eq!(
+        drivers.query(&machine).await.unwrap().state,
+        PowerState::Off
+    );
+
+    // On: the guest boots and powers itself off; -no-shutdown keeps QEMU, in status shutdown.
+    let started = Instant::now();
+    let report = drivers.execute(&machine, PowerCommand::On).await.unwrap();
+    assert_eq!(report.state, PowerState::On);
+    wait_for_status(&vm, "shutdown", Duration::from_secs(90));
+    eprintln!("guest up and off in {:?}", started.elapsed());
+    assert_eq!(boots(), 1);
+    assert_eq!(
+        drivers.query(&machine).await.unwrap().state,
+        PowerState::Off
+    );
+
+    // On again is a fresh boot (QEMU wants a reset after a shutdown: the driver resets first).
+    let report = drivers.execute(&machine, PowerCommand::On).await.unwrap();
+    assert_eq!(report.state, PowerState::On);
+    wait_for_status(&vm, "shutdown", Duration::from_secs(90));
+    assert_eq!(boots(), 2);
+
+    // Hard off of a VM that is already shut down leaves it reset, in prelaunch.
+    let report = drivers
+        .execute(&machine, PowerCommand::Off(PowerOffMode::Hard))
+        .await
+        .unwrap();
+    assert_eq!(report.state, PowerState::Off);
+    assert_eq!(vm.status(), "prelaunch");
+    // And a cycle from there boots it too.
+    let report = drivers
+        .execute(&machine, PowerCommand::Cycle)
+        .await
+        .unwrap();
+    assert_eq!(report.state, PowerState::On);
+    wait_for_status(&vm, "shutdown", Duration::from_secs(90));
+    assert_eq!(boots(), 3);
 }
 
 #[tokio::test]
