@@ -1,8 +1,9 @@
 //! The `qemu` power driver against real QEMU virtual machines: `qemu-system-x86_64 -accel tcg
 //! -no-shutdown -S` with no disk and no network device (`-nic none`: not a packet leaves), 64 MB,
 //! a QMP socket in a temporary directory; started by the test and killed when dropped (also on a
-//! panic). Through the driver, through a real controller and the CLI, and the controller's power
-//! poll noticing a VM stopped behind fleet's back.
+//! panic). One VM boots a real guest (Debian's cloud kernel and a busybox initramfs that powers
+//! off). Through the driver, through a real controller and the CLI, and the controller's power
+//! poll noticing a VM stopped behind fleet's back; the poll's store writes on both backends.
 
 use crate::support::controller::{stderr, stdout, TestController};
 use fleet::model::{PowerCommand, PowerOffMode, PowerState};
@@ -697,3 +698,131 @@ async fn power_poll_notices_a_vm_stopped_behind_fleets_back() {
         "{failures:?}"
     );
 }
+
+fn new_machine(name: &str, power_type: &str, params: Value) -> fleet::store::NewMachine {
+    fleet::store::NewMachine {
+        name: fleet::model::MachineName::parse(name).unwrap(),
+        status: fleet::model::Status::New,
+        macs: Vec::new(),
+        arch: None,
+        power_type: power_type.into(),
+        power_params: params,
+        bmc_address: None,
+        image: None,
+        tags: Vec::new(),
+        deployed_os: None,
+    }
+}
+
+async fn power_events(store: &fleet::store::Store, name: &str) -> Vec<fleet::store::Event> {
+    let filter = fleet::store::EventFilter {
+        machine: Some(name.into()),
+        ..Default::default()
+    };
+    let events = store.events(&filter).await.unwrap();
+    events
+        .into_iter()
+        .filter(|event| event.kind == "power")
+        .collect()
+}
+
+crate::both_backends!(
+    a_poll_stores_only_what_is_new_and_only_on_the_record_it_read,
+    |store| async move {
+        use fleet::controller::power_poll::{poll_once, PollSummary, ACTOR};
+        let socket = "/nonexistent/fleet-test/qmp.sock";
+        store
+            .create_machine(
+                &new_machine("vm-1", "qemu", json!({ "qmp_socket": socket })),
+                "test",
+            )
+            .await
+            .unwrap();
+        store
+            .create_machine(&new_machine("plain", "manual", json!({})), "test")
+            .await
+            .unwrap();
+        let record = store.machine("vm-1").await.unwrap().unwrap();
+        assert_eq!(record.lifecycle.power, PowerState::Unknown);
+
+        // What the store says already: nothing written, no generation bump.
+        let written = store
+            .record_found_power(&record, PowerState::Unknown, ACTOR, "same")
+            .await
+            .unwrap();
+        assert!(!written);
+        let written = store
+            .record_found_power(
+                &record,
+                PowerState::Off,
+                ACTOR,
+                "power found off (was unknown)",
+            )
+            .await
+            .unwrap();
+        assert!(written);
+        let after = store.machine("vm-1").await.unwrap().unwrap();
+        assert_eq!(after.lifecycle.power, PowerState::Off);
+        assert_eq!(after.generation, record.generation + 1);
+        let events = power_events(&store, "vm-1").await;
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].actor, ACTOR);
+        assert_eq!(
+            events[0].reason.as_deref(),
+            Some("power found off (was unknown)")
+        );
+        assert_eq!(events[0].detail, json!({ "from": "unknown", "to": "off" }));
+        // A record read before another write is stale: the poll writes nothing.
+        let written = store
+            .record_found_power(&record, PowerState::On, ACTOR, "stale")
+            .await
+            .unwrap();
+        assert!(!written);
+        assert_eq!(
+            store
+                .machine("vm-1")
+                .await
+                .unwrap()
+                .unwrap()
+                .lifecycle
+                .power,
+            PowerState::Off
+        );
+
+        // A poll: the qemu machine's query fails (nobody listens), the manual one is not asked.
+        let drivers = PowerDrivers::standard();
+        let summary = poll_once(&store, &drivers).await.unwrap();
+        assert_eq!(
+            summary,
+            PollSummary {
+                queried: 1,
+                changed: 1
+            }
+        );
+        let after = store.machine("vm-1").await.unwrap().unwrap();
+        assert_eq!(after.lifecycle.power, PowerState::Error);
+        let events = power_events(&store, "vm-1").await;
+        assert_eq!(events.len(), 2);
+        assert_eq!(
+            events[1].reason.as_deref(),
+            Some(
+                "power query failed: qemu vm-1: no QEMU listening on \
+                 /nonexistent/fleet-test/qmp.sock (is the VM started?)"
+            )
+        );
+        // The same failure again: nothing new, no event storm.
+        let summary = poll_once(&store, &drivers).await.unwrap();
+        assert_eq!(
+            summary,
+            PollSummary {
+                queried: 1,
+                changed: 0
+            }
+        );
+        assert_eq!(power_events(&store, "vm-1").await.len(), 2);
+        assert_eq!(
+            store.machine("vm-1").await.unwrap().unwrap().generation,
+            after.generation
+        );
+    }
+);
