@@ -160,9 +160,7 @@ fn add_device(
     if !devices.is_array() {
         *devices = Value::Array(Vec::new());
     }
-    let Value::Array(devices) = devices else {
-        unreachable!("made an array just above")
-    };
+    let devices = devices.as_array_mut().expect("made an array just above");
     devices.retain(|device| device.get(identity) != Some(&id));
     devices.push(fields.to_json());
     Ok(())
@@ -178,14 +176,14 @@ fn facts_object(hardware: &mut Hardware) -> &mut Map<String, Value> {
     if !hardware.facts.is_object() {
         hardware.facts = Value::Object(Map::new());
     }
-    match &mut hardware.facts {
-        Value::Object(map) => map,
-        _ => unreachable!("made an object just above"),
-    }
+    hardware
+        .facts
+        .as_object_mut()
+        .expect("made an object just above")
 }
 
 /// The `key=value` pairs of one line, in order.
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 struct Fields(Vec<(String, String)>);
 
 impl Fields {

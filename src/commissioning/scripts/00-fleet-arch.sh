@@ -1,5 +1,6 @@
 #!/bin/sh
-# fleet built-in commissioning script 00-fleet-arch: the architecture (Debian's name for it) and the firmware (uefi or bios).
+# fleet built-in commissioning script 00-fleet-arch:
+# The architecture (Debian's name for it) and the firmware (uefi or bios).
 # Runs under busybox sh and reads /proc and /sys only. Prints fact lines on stdout
 # (`KIND key=value key="quoted value"`, the format is documented in src/commissioning/mod.rs).
 # FLEET_SYSFS and FLEET_PROCFS point it at another tree (the tests use fake ones).

@@ -1,5 +1,6 @@
 #!/bin/sh
-# fleet built-in commissioning script 10-fleet-cpu: the number of CPUs online, their model and speed in MHz, and the sockets.
+# fleet built-in commissioning script 10-fleet-cpu:
+# The number of CPUs online, their model and speed in MHz, and the sockets.
 # Runs under busybox sh and reads /proc and /sys only. Prints fact lines on stdout
 # (`KIND key=value key="quoted value"`, the format is documented in src/commissioning/mod.rs).
 # FLEET_SYSFS and FLEET_PROCFS point it at another tree (the tests use fake ones).

@@ -1,5 +1,6 @@
 #!/bin/sh
-# fleet built-in commissioning script 20-fleet-memory: the memory the kernel sees (MemTotal, in KiB).
+# fleet built-in commissioning script 20-fleet-memory:
+# The memory the kernel sees (MemTotal, in KiB).
 # Runs under busybox sh and reads /proc and /sys only. Prints fact lines on stdout
 # (`KIND key=value key="quoted value"`, the format is documented in src/commissioning/mod.rs).
 # FLEET_SYSFS and FLEET_PROCFS point it at another tree (the tests use fake ones).

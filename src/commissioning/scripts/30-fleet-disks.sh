@@ -1,5 +1,6 @@
 #!/bin/sh
-# fleet built-in commissioning script 30-fleet-disks: every disk: name, size in bytes, model, serial, by-id path, rotational, block size.
+# fleet built-in commissioning script 30-fleet-disks:
+# Every disk: name, size in bytes, model, serial, by-id path, rotational, block size.
 # Runs under busybox sh and reads /proc and /sys only. Prints fact lines on stdout
 # (`KIND key=value key="quoted value"`, the format is documented in src/commissioning/mod.rs).
 # FLEET_SYSFS and FLEET_PROCFS point it at another tree (the tests use fake ones).

@@ -1,5 +1,6 @@
 #!/bin/sh
-# fleet built-in commissioning script 40-fleet-interfaces: every physical network interface: name, MAC, link, speed, driver.
+# fleet built-in commissioning script 40-fleet-interfaces:
+# Every physical network interface: name, MAC, link, speed, driver.
 # Runs under busybox sh and reads /proc and /sys only. Prints fact lines on stdout
 # (`KIND key=value key="quoted value"`, the format is documented in src/commissioning/mod.rs).
 # FLEET_SYSFS and FLEET_PROCFS point it at another tree (the tests use fake ones).

@@ -1,5 +1,6 @@
 #!/bin/sh
-# fleet built-in commissioning script 50-fleet-pci: every PCI device: slot, vendor, device, class, subsystem ids, driver.
+# fleet built-in commissioning script 50-fleet-pci:
+# Every PCI device: slot, vendor, device, class, subsystem ids, driver.
 # Runs under busybox sh and reads /proc and /sys only. Prints fact lines on stdout
 # (`KIND key=value key="quoted value"`, the format is documented in src/commissioning/mod.rs).
 # FLEET_SYSFS and FLEET_PROCFS point it at another tree (the tests use fake ones).

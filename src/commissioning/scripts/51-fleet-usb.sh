@@ -1,5 +1,6 @@
 #!/bin/sh
-# fleet built-in commissioning script 51-fleet-usb: every USB device (hubs included): path, vendor, product, class, names, speed, driver.
+# fleet built-in commissioning script 51-fleet-usb:
+# Every USB device (hubs included): path, vendor, product, class, names, speed, driver.
 # Runs under busybox sh and reads /proc and /sys only. Prints fact lines on stdout
 # (`KIND key=value key="quoted value"`, the format is documented in src/commissioning/mod.rs).
 # FLEET_SYSFS and FLEET_PROCFS point it at another tree (the tests use fake ones).

@@ -1,5 +1,6 @@
 #!/bin/sh
-# fleet built-in commissioning script 60-fleet-dmi: the DMI (SMBIOS) identity; a field that cannot be read is empty.
+# fleet built-in commissioning script 60-fleet-dmi:
+# The DMI (SMBIOS) identity; a field that cannot be read is empty.
 # Runs under busybox sh and reads /proc and /sys only. Prints fact lines on stdout
 # (`KIND key=value key="quoted value"`, the format is documented in src/commissioning/mod.rs).
 # FLEET_SYSFS and FLEET_PROCFS point it at another tree (the tests use fake ones).
