@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use comfy_table::Cell;
 use fleet::api::views::{
     ActionBody, ActionView, AddMachine, AddedView, EventView, MachineDetail, MachineRow,
+    ScriptResultView,
 };
 use fleet::model::{Action, ActionOptions, EraseMode, PowerOffMode};
 use std::process::ExitCode;
@@ -345,26 +346,85 @@ fn render_detail(detail: &MachineDetail) -> String {
     );
     line("storage", or_dash(hardware.storage_bytes.map(bytes)));
     line("power params", machine.power_params.to_string());
-    for disk in &machine.disks {
+    for interface in &machine.interfaces {
+        let link = match interface.link_up {
+            Some(true) => "up",
+            Some(false) => "down",
+            None => "-",
+        };
         out.push_str(&format!(
-            "disk            {} {} {}\n",
-            disk.name,
-            bytes(disk.size_bytes),
-            or_dash(disk.model.as_ref())
+            "interface       {} {} link {link} {} {}\n",
+            interface.name,
+            interface.mac,
+            or_dash(interface.speed_mbps.map(|speed| format!("{speed} Mb/s"))),
+            or_dash(interface.driver.as_ref())
         ));
     }
-    for result in &detail.script_results {
+    for disk in &machine.disks {
         out.push_str(&format!(
-            "script          {} [{}] {} exit {}\n",
+            "disk            {} {} {} serial {}\n",
+            disk.name,
+            bytes(disk.size_bytes),
+            or_dash(disk.model.as_ref()),
+            or_dash(disk.serial.as_ref())
+        ));
+    }
+    out.push_str(&render_script_results(&detail.script_results));
+    out.push_str("recent events\n");
+    for event in &detail.recent_events {
+        out.push_str(&format!("  {}\n", describe_event(event)));
+    }
+    out
+}
+
+/// The latest run's scripts one per line (a failure with the last line it wrote), and one
+/// summary line per earlier run.
+fn render_script_results(results: &[ScriptResultView]) -> String {
+    let mut runs: Vec<&str> = Vec::new();
+    for result in results {
+        if !runs.contains(&result.run_id.as_str()) {
+            runs.push(&result.run_id);
+        }
+    }
+    let Some((latest, earlier)) = runs.split_last() else {
+        return String::new();
+    };
+    let mut out = format!("scripts         run {latest}\n");
+    for result in results.iter().filter(|result| result.run_id == *latest) {
+        let runtime = result
+            .runtime_ms
+            .map(|ms| format!(" {:.1} s", ms as f64 / 1000.0))
+            .unwrap_or_default();
+        let last_line = if matches!(result.status.as_str(), "failed" | "timed_out") {
+            [&result.stderr, &result.stdout]
+                .into_iter()
+                .find_map(|text| text.lines().rev().find(|line| !line.trim().is_empty()))
+                .map(|line| format!(" — {}", line.trim()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "  {:<24}{:<15}{:<10}exit {}{runtime}{last_line}\n",
             result.name,
             result.kind,
             result.status,
             or_dash(result.exit_code)
         ));
     }
-    out.push_str("recent events\n");
-    for event in &detail.recent_events {
-        out.push_str(&format!("  {}\n", describe_event(event)));
+    for run in earlier.iter().rev() {
+        let of_run: Vec<&ScriptResultView> = results
+            .iter()
+            .filter(|result| result.run_id == *run)
+            .collect();
+        let passed = of_run
+            .iter()
+            .filter(|result| result.status == "passed")
+            .count();
+        out.push_str(&format!(
+            "earlier run     {run}: {passed} of {} passed\n",
+            of_run.len()
+        ));
     }
     out
 }

@@ -13,11 +13,10 @@ use crate::support::bootnet::{
     kill_by_pidfile, read, tail, BootNetwork, NamespacedController, API_PORT, CONTROLLER_IP,
     ONE_VM_AT_A_TIME,
 };
-use crate::support::controller::FLEET;
 use fleet::model::Status;
 use fleet::store::Store;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 const EPHEMERAL: &str = "/var/cache/fleet-ephemeral";
@@ -196,21 +195,6 @@ async fn status_of(store: &Store) -> Option<(Status, Option<String>)> {
     Some((record.lifecycle.status, record.status_reason))
 }
 
-/// `fleet ARGS` inside the namespace, against the controller (its state directory gives the
-/// address and the operator token).
-fn fleet_cli(network: &BootNetwork, controller: &NamespacedController, args: &[&str]) -> Output {
-    network
-        .namespace
-        .command(FLEET)
-        .arg("--state-dir")
-        .arg(&controller.state_dir)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .output()
-        .expect("fleet runs")
-}
-
 fn adopted_machine(qmp: &Path) -> String {
     format!(
         r#"
@@ -277,11 +261,7 @@ async fn a_virtual_machine_enlists_commissions_and_fails_as_lifecycle_md_says() 
     // 2. Adopted with the qemu power type; `fleet apply` commissions it to ready.
     let fleet_file = write_fleet_file(dir, "", &adopted_machine(&vm.qmp));
     let started = Instant::now();
-    let output = fleet_cli(
-        &network,
-        &controller,
-        &["apply", "-f", fleet_file.to_str().unwrap(), "--yes"],
-    );
+    let output = controller.cli(&["apply", "-f", fleet_file.to_str().unwrap(), "--yes"]);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr),
@@ -330,7 +310,7 @@ async fn a_virtual_machine_enlists_commissions_and_fails_as_lifecycle_md_says() 
             "{test} did not pass: {results:#?}"
         );
     }
-    let shown = fleet_cli(&network, &controller, &["machine", "show", NAME]);
+    let shown = controller.cli(&["machine", "show", NAME]);
     let shown = String::from_utf8_lossy(&shown.stdout);
     assert!(
         shown.contains("fleet-memtest") && shown.contains("ready"),
@@ -348,7 +328,7 @@ async fn a_virtual_machine_enlists_commissions_and_fails_as_lifecycle_md_says() 
         "[scripts.check-raid]\nfile = \"raid.sh\"\nkind = \"commissioning\"\ntimeout = \"1m\"\n";
     let fleet_file = write_fleet_file(dir, scripts, &adopted_machine(&vm.qmp));
     let controller = NamespacedController::start(&network, dir, &fleet_file);
-    let output = fleet_cli(&network, &controller, &["machine", "commission", NAME]);
+    let output = controller.cli(&["machine", "commission", NAME]);
     assert!(
         output.status.success(),
         "{}",
@@ -374,7 +354,7 @@ async fn a_virtual_machine_enlists_commissions_and_fails_as_lifecycle_md_says() 
     // 4. Killed mid-commissioning: failed by the heartbeat limit.
     let before = store.events(&Default::default()).await.unwrap();
     let last_seen = before.last().map(|event| event.id);
-    let output = fleet_cli(&network, &controller, &["machine", "commission", NAME]);
+    let output = controller.cli(&["machine", "commission", NAME]);
     assert!(
         output.status.success(),
         "{}",

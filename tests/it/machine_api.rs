@@ -520,3 +520,99 @@ async fn bad_enlistments_foreign_tokens_and_huge_uploads_are_refused() {
     let record = store.machine(&first.name).await.unwrap().unwrap();
     assert!(store.script_results(record.id).await.unwrap().is_empty());
 }
+
+/// A live machine (added deployed, never netbooted) registers its hardware with the script the
+/// controller serves, run by an operator on it: here a namespace on this host is the live
+/// machine, linked to the controller's namespace by a veth pair; curl fetches the script.
+#[tokio::test]
+async fn a_live_machine_registers_its_inventory_with_the_served_script() {
+    use crate::support::bootnet::NamespacedController;
+    use crate::support::netns::{link, NetNs};
+    let directory = tempfile::tempdir().unwrap();
+    let (controller_ns, live_ns) = (NetNs::new("rc"), NetNs::new("rl"));
+    link(&controller_ns, "10.97.0.1/24", &live_ns, "10.97.0.2/24");
+    let fleet = directory.path().join("fleet.toml");
+    std::fs::write(&fleet, "[controller]\ntftp_listen = \"10.97.0.1:6969\"\n").unwrap();
+    let controller =
+        NamespacedController::start_in(&controller_ns, "10.97.0.1:5240", directory.path(), &fleet);
+    let added = controller.cli(&[
+        "machine",
+        "add",
+        "web-1",
+        "--mac",
+        "52:54:00:1e:00:01",
+        "--deployed",
+        "--os",
+        "debian-12",
+    ]);
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+
+    let url = "http://10.97.0.1:5240";
+    let token = controller.operator_token();
+    let script = format!(
+        "curl -fsS {url}/scripts/register-live.sh | sh -s -- --url {url} --machine web-1 --token {token}"
+    );
+    let output = live_ns
+        .command("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "register-live failed:\n{log}");
+
+    let store = controller.store().await;
+    let record = store.machine("web-1").await.unwrap().unwrap();
+    assert_eq!(
+        record.lifecycle.status,
+        Status::Deployed,
+        "never netbooted, still deployed"
+    );
+    let cpus = std::thread::available_parallelism().unwrap().get() as i64;
+    assert_eq!(record.hardware.cpus, Some(cpus), "{log}");
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let total_kib: i64 = meminfo
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(record.hardware.memory_mib, Some(total_kib / 1024));
+    // The namespace's only NIC is a veth, which the interfaces script skips as virtual (no
+    // device behind it); the MAC the machine was added with stays its own.
+    let macs: Vec<String> = record
+        .interfaces
+        .iter()
+        .map(|i| i.mac.to_string())
+        .collect();
+    assert_eq!(macs, ["52:54:00:1e:00:01"]);
+    // The host's disks, as /sys shows them.
+    let real_disks = std::fs::read_dir("/sys/block")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().join("device").exists())
+        .count();
+    assert_eq!(record.disks.len(), real_disks, "{:?}", record.disks);
+    // Only the scripts that are safe on a host with a workload ran.
+    let results = store.script_results(record.id).await.unwrap();
+    assert!(
+        results
+            .iter()
+            .any(|r| r.name == "10-fleet-cpu" && r.status == "passed"),
+        "{results:#?}"
+    );
+    assert!(
+        results.iter().all(|r| r.kind == "commissioning"),
+        "{results:#?}"
+    );
+}

@@ -126,30 +126,39 @@ fn ipv6_raw_socket(interface: &str) -> Option<i32> {
     }
 }
 
-/// `fleet serve` inside the namespace (its TFTP on 10.99.0.1:69, HTTP on 10.99.0.1:5240).
+/// `fleet serve` inside a namespace (on the boot network: TFTP on 10.99.0.1:69, HTTP on
+/// 10.99.0.1:5240).
 pub struct NamespacedController {
     pub child: Child,
     pub state_dir: PathBuf,
     pub log: PathBuf,
+    /// The namespace it runs in, for CLI commands that must reach it.
+    pub namespace: String,
 }
 
 impl NamespacedController {
+    /// On the boot network.
     pub fn start(
         network: &BootNetwork,
         directory: &Path,
         fleet_file: &Path,
     ) -> NamespacedController {
+        let listen = format!("{CONTROLLER_IP}:{API_PORT}");
+        Self::start_in(&network.namespace, &listen, directory, fleet_file)
+    }
+
+    /// In `namespace`, its API on `listen`; the state directory is `directory/state`.
+    pub fn start_in(
+        namespace: &NetNs,
+        listen: &str,
+        directory: &Path,
+        fleet_file: &Path,
+    ) -> NamespacedController {
         let state_dir = directory.join("state");
         let log = directory.join("controller.log");
-        let child = network
-            .namespace
+        let child = namespace
             .command(FLEET)
-            .args([
-                "serve",
-                "--listen",
-                &format!("{CONTROLLER_IP}:{API_PORT}"),
-                "--state-dir",
-            ])
+            .args(["serve", "--listen", listen, "--state-dir"])
             .arg(&state_dir)
             .arg("-f")
             .arg(fleet_file)
@@ -170,7 +179,7 @@ impl NamespacedController {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        // TFTP comes up just after the API's address is written.
+        // TFTP comes up (or says why not) just after the API's address is written.
         let deadline = Instant::now() + Duration::from_secs(10);
         while !read(&log).contains("  tftp ") {
             assert!(Instant::now() < deadline, "no TFTP line: {}", read(&log));
@@ -180,7 +189,29 @@ impl NamespacedController {
             child,
             state_dir,
             log,
+            namespace: namespace.name.clone(),
         }
+    }
+
+    /// `fleet ARGS` in the controller's namespace, against it (the state directory gives the
+    /// address and the operator token).
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &self.namespace, FLEET])
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("fleet runs")
+    }
+
+    /// The operator token the controller wrote.
+    pub fn operator_token(&self) -> String {
+        read(&self.state_dir.join("operator-token"))
+            .trim()
+            .to_string()
     }
 
     pub async fn store(&self) -> Store {
