@@ -19,6 +19,10 @@ pub enum BenchCommand {
     Plan {
         #[arg(long, default_value_t = 100_000)]
         machines: usize,
+        /// Write the fleet file and the observed snapshot into this directory and keep them
+        /// (to profile `fleet plan -f DIR/fleet.toml --observed DIR/observed.json` directly)
+        #[arg(long, value_name = "DIR")]
+        keep: Option<std::path::PathBuf>,
     },
     /// `fleet machines --json` through the API (target: 10,000 machines under 1 s)
     Machines {
@@ -31,7 +35,7 @@ pub async fn bench(command: BenchCommand) -> anyhow::Result<ExitCode> {
     match command {
         BenchCommand::Validate { machines } => bench_validate(machines),
         BenchCommand::Machines { machines } => bench_machines(machines).await,
-        BenchCommand::Plan { machines } => bench_plan(machines),
+        BenchCommand::Plan { machines, keep } => bench_plan(machines, keep.as_deref()),
     }
 }
 
@@ -42,6 +46,8 @@ struct ChildRun {
     cpu_seconds: f64,
     peak_rss_mib: f64,
     success: bool,
+    /// `phase NAME SECONDS` lines the child wrote (`fleet plan` writes them for the bench).
+    phases: Vec<(String, f64)>,
 }
 
 fn run_child(args: &[&str], state_dir: Option<&Path>) -> anyhow::Result<ChildRun> {
@@ -53,15 +59,26 @@ fn run_child(args: &[&str], state_dir: Option<&Path>) -> anyhow::Result<ChildRun
     if let Some(state_dir) = state_dir {
         command.arg("--state-dir").arg(state_dir);
     }
+    command.env(super::plan::PHASE_TIMES_VARIABLE, "1");
     let cpu_before = children_usage().1;
     let started = Instant::now();
     let output = command.output()?;
     let elapsed = started.elapsed();
     let (peak_rss_mib, cpu_after) = children_usage();
+    let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {
-        eprintln!("{}", String::from_utf8_lossy(&output.stderr));
+        eprintln!("{stderr}");
     }
+    let phases = stderr
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.strip_prefix("phase ")?.split(' ');
+            let name = words.next()?.to_string();
+            Some((name, words.next()?.parse().ok()?))
+        })
+        .collect();
     Ok(ChildRun {
+        phases,
         elapsed,
         cpu_seconds: cpu_after - cpu_before,
         peak_rss_mib,
@@ -105,15 +122,22 @@ fn bench_validate(machines: usize) -> anyhow::Result<ExitCode> {
     )
 }
 
-fn bench_plan(machines: usize) -> anyhow::Result<ExitCode> {
-    let directory = tempfile::tempdir()?;
-    let fleet_path = directory.path().join("fleet.toml");
+fn bench_plan(machines: usize, keep: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let temporary = tempfile::tempdir()?;
+    let directory = match keep {
+        Some(keep) => {
+            std::fs::create_dir_all(keep)?;
+            keep
+        }
+        None => temporary.path(),
+    };
+    let fleet_path = directory.join("fleet.toml");
     let text = fleet::config::synthetic_fleet_toml(machines);
     std::fs::write(&fleet_path, &text)?;
     let loaded = fleet::config::load_str("fleet.toml", &text)
         .map_err(|diagnostics| anyhow::anyhow!("{}", diagnostics.render(false)))?;
     let observed = synthetic_observed(&loaded);
-    let observed_path = directory.path().join("observed.json");
+    let observed_path = directory.join("observed.json");
     std::fs::write(&observed_path, serde_json::to_string(&observed)?)?;
     let (fleet_text, observed_text) = (
         fleet_path.display().to_string(),
@@ -252,6 +276,28 @@ fn report(
         if target_mib.is_finite() { format!(" and < {target_mib} MiB") } else { String::new() },
         if meets { "met" } else if all_ok { "NOT met" } else { "the command failed" }
     );
+    let mut names: Vec<&str> = Vec::new();
+    for (name, _) in runs.iter().flat_map(|run| &run.phases) {
+        if !names.contains(&name.as_str()) {
+            names.push(name);
+        }
+    }
+    if !names.is_empty() {
+        let parts: Vec<String> = names
+            .iter()
+            .map(|name| {
+                let mut times: Vec<f64> = runs
+                    .iter()
+                    .flat_map(|run| &run.phases)
+                    .filter(|(phase, _)| phase == name)
+                    .map(|(_, seconds)| *seconds)
+                    .collect();
+                times.sort_by(f64::total_cmp);
+                format!("{name} {:.3}", times[times.len() / 2])
+            })
+            .collect();
+        println!("  phases (median wall seconds): {}", parts.join(", "));
+    }
     Ok(if meets {
         ExitCode::SUCCESS
     } else {
