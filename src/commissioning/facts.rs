@@ -95,7 +95,11 @@ fn apply_cpu(fields: &Fields, inventory: &mut Inventory) -> Result<(), String> {
 
 fn apply_memory(fields: &Fields, inventory: &mut Inventory) -> Result<(), String> {
     let kib = fields.required_number("kib")?;
-    inventory.hardware.memory_mib = Some(kib / 1024);
+    // Installed memory when the script could read it (never less than what the kernel sees).
+    let installed = fields
+        .number("installed_kib")?
+        .filter(|installed| *installed >= kib);
+    inventory.hardware.memory_mib = Some(installed.unwrap_or(kib) / 1024);
     facts_object(&mut inventory.hardware).insert("memory".into(), fields.to_json());
     Ok(())
 }

@@ -26,7 +26,8 @@
 //! The kinds and their keys (`*` required):
 //! - `arch name*=amd64 machine=x86_64 firmware=uefi|bios` (name: Debian's architecture name)
 //! - `cpu count*=8 model="..." mhz=2400 sockets=1` (count: CPUs online)
-//! - `memory kib*=16318412` (MemTotal; `memory_mib` is kib / 1024)
+//! - `memory kib*=16318412 installed_kib=16777216` (MemTotal, and the online memory blocks of
+//!   sysfs; `memory_mib` is installed_kib / 1024 when given, else kib / 1024)
 //! - `disk name*=vda size*=BYTES bus=virtio|nvme|ata|scsi|usb|mmc|other model="..." serial=...
 //!   id_path=/dev/disk/by-id/... rotational=0|1 block_size=512` (one per disk; `id_path` is
 //!   derived the way udev names the link, absent when that cannot be known for certain)

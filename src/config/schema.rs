@@ -478,7 +478,7 @@ struct Policy {
     protected: Option<Protected>,
     max_destructive_per_apply: Option<u32>,
     default_image: Option<String>,
-    /// Default 60.
+    /// Seconds between power queries; default 60, 0 never.
     power_poll_seconds: Option<u32>,
     /// MACs the DHCP server never answers; none may be a declared machine's.
     ignore_macs: Option<Vec<String>>,

@@ -283,7 +283,7 @@ async fn a_virtual_machine_enlists_commissions_and_fails_as_lifecycle_md_says() 
     assert_eq!(record.hardware.cpus, Some(CPUS));
     let memory = record.hardware.memory_mib.expect("memory found");
     assert!(
-        (memory - MEMORY_MIB).abs() * 100 <= MEMORY_MIB * 7,
+        (memory - MEMORY_MIB).abs() * 100 <= MEMORY_MIB * 2,
         "memory {memory} MiB vs -m {MEMORY_MIB}"
     );
     let disk = record

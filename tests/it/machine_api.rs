@@ -577,17 +577,13 @@ async fn a_live_machine_registers_its_inventory_with_the_served_script() {
     );
     let cpus = std::thread::available_parallelism().unwrap().get() as i64;
     assert_eq!(record.hardware.cpus, Some(cpus), "{log}");
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let total_kib: i64 = meminfo
-        .lines()
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(record.hardware.memory_mib, Some(total_kib / 1024));
+    // Installed memory: the online memory blocks sysfs shows (MemTotal where there are none).
+    let installed_mib = installed_memory_mib().unwrap_or_else(|| {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let kib: i64 = meminfo.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib / 1024
+    });
+    assert_eq!(record.hardware.memory_mib, Some(installed_mib));
     // The namespace's only NIC is a veth, which the interfaces script skips as virtual (no
     // device behind it); the MAC the machine was added with stays its own.
     let macs: Vec<String> = record
@@ -615,4 +611,19 @@ async fn a_live_machine_registers_its_inventory_with_the_served_script() {
         results.iter().all(|r| r.kind == "commissioning"),
         "{results:#?}"
     );
+}
+
+/// Online memory blocks × their size, from sysfs.
+fn installed_memory_mib() -> Option<i64> {
+    let directory = Path::new("/sys/devices/system/memory");
+    let block = std::fs::read_to_string(directory.join("block_size_bytes")).ok()?;
+    let block = i64::from_str_radix(block.trim(), 16).ok()?;
+    let online = std::fs::read_dir(directory)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            std::fs::read_to_string(entry.path().join("online")).is_ok_and(|t| t.trim() == "1")
+        })
+        .count() as i64;
+    (online > 0).then_some(online * block / (1024 * 1024))
 }

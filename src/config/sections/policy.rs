@@ -42,7 +42,7 @@ pub fn read(reader: TableReader<'_, '_>, problems: &mut Problems) -> PolicyDecl 
         protected: Default::default(),
         max_destructive_per_apply: count(&reader, "max_destructive_per_apply", 0, problems),
         default_image: None,
-        power_poll_seconds: count(&reader, "power_poll_seconds", 1, problems)
+        power_poll_seconds: count(&reader, "power_poll_seconds", 0, problems)
             .unwrap_or(defaults.power_poll_seconds),
         ignore_macs: Vec::new(),
     };
