@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// A fleet file with one operator script of each kind and short limits.
-fn fleet_file(directory: &Path, heartbeat: &str) -> std::path::PathBuf {
+fn fleet_file(directory: &Path, heartbeat: &str, commissioning: &str) -> std::path::PathBuf {
     std::fs::write(
         directory.join("check-raid.sh"),
         "#!/bin/sh\necho looking for a RAID controller\necho 'no RAID controller found' >&2\nexit 3\n",
@@ -24,7 +24,7 @@ fn fleet_file(directory: &Path, heartbeat: &str) -> std::path::PathBuf {
         format!(
             r#"[policy.timeouts]
 heartbeat = "{heartbeat}"
-commissioning = "10m"
+commissioning = "{commissioning}"
 
 [scripts.check-raid]
 file = "check-raid.sh"
@@ -42,8 +42,12 @@ kind = "testing"
 }
 
 fn start(heartbeat: &str) -> (TestController, tempfile::TempDir) {
+    start_with_limits(heartbeat, "10m")
+}
+
+fn start_with_limits(heartbeat: &str, commissioning: &str) -> (TestController, tempfile::TempDir) {
     let directory = tempfile::tempdir().unwrap();
-    let fleet = fleet_file(directory.path(), heartbeat);
+    let fleet = fleet_file(directory.path(), heartbeat, commissioning);
     let state = directory.path().join("state");
     let controller = TestController::start_in(&state, &["-f", fleet.to_str().unwrap()]);
     (controller, directory)
@@ -438,6 +442,43 @@ async fn a_silent_machine_fails_by_heartbeat_timeout() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(started.elapsed() >= Duration::from_millis(1500));
+}
+
+#[tokio::test]
+async fn a_machine_past_its_limit_times_out_however_chatty() {
+    let (controller, _directory) = start_with_limits("10m", "3s");
+    let store = controller.store().await;
+    let machine = Machine::enlist(&controller.url, "52:54:00:aa:ef:01").await;
+    give_manual_power(&store, &machine.name).await;
+    controller
+        .http()
+        .post(
+            &format!("/machines/{}/actions/commission", machine.name),
+            serde_json::json!({}),
+        )
+        .await;
+    machine.instructions("commissioning").await;
+    let started = Instant::now();
+    loop {
+        let (_, answer) = machine.post("heartbeat", serde_json::json!({})).await;
+        let (status, reason) = status_of(&store, &machine.name).await;
+        if status == Status::FailedCommissioning {
+            assert_eq!(
+                reason.as_deref(),
+                Some("operation commissioning timed out after 3 seconds")
+            );
+            // The machine hears it at its next call.
+            let (_, answer) = machine.post("heartbeat", serde_json::json!({})).await;
+            assert!(answer.starts_with("stop "), "{answer}");
+            break;
+        }
+        assert_eq!(answer, "continue\n");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[tokio::test]
