@@ -2,6 +2,11 @@
 
 mod cli;
 
+/// mimalloc: large plans allocate and free millions of small records, and glibc's allocator
+/// spent about a third of `fleet plan`'s time on them at 100,000 machines.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     cli::main()
 }
