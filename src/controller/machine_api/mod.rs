@@ -146,6 +146,8 @@ pub async fn instructions(
     let name = record.name.as_str();
     let role = RunRole::for_status(record.lifecycle.status, live);
     let run = format!("{}-{}", role.as_str(), now_ms());
+    // A machine that asks again was rebooted mid-run: what that run had running is over.
+    store.abort_running_scripts(record.id).await?;
     store
         .put_setting(&run_key(name), &format!("{run} {}", role.as_str()))
         .await?;
