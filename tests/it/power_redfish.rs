@@ -2,8 +2,10 @@
 //! installed by .ci/setup-redfish in /var/cache/fleet-redfish/venv) with its fake driver: one
 //! emulator per test on 127.0.0.1, a free port, a fresh state directory and basic auth from a
 //! bcrypt htpasswd file. tests/fixtures/redfish/sushy-nodelay.py starts it with the fake
-//! driver's random 1-11 s power delay removed, so a change shows on the next read.
+//! driver's random 1-11 s power delay removed, so a change shows on the next read. Through the
+//! driver and through a real controller and the CLI.
 
+use crate::support::controller::{stderr, stdout, TestController};
 use fleet::model::{PowerCommand, PowerOffMode, PowerState};
 use fleet::power::{PowerDrivers, PowerTarget};
 use serde_json::{json, Value};
@@ -13,9 +15,9 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 /// The password in tests/fixtures/redfish/htpasswd (user `admin`).
-const PASSWORD: &str = "fleet-S3cret-4711";
+pub(crate) const PASSWORD: &str = "fleet-S3cret-4711";
 const VENV: &str = "/var/cache/fleet-redfish/venv";
-const NODE_1: &str = "27946b59-9e44-4fa7-8e91-f3527a1ef094";
+pub(crate) const NODE_1: &str = "27946b59-9e44-4fa7-8e91-f3527a1ef094";
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/redfish")
@@ -26,8 +28,8 @@ fn free_tcp_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-/// One sushy-emulator on 127.0.0.1, killed when dropped.
-struct Emulator {
+/// One sushy-emulator on 127.0.0.1, killed when dropped (also used by tests/it/power_apply.rs).
+pub(crate) struct Emulator {
     child: Child,
     port: u16,
     directory: TempDir,
@@ -35,7 +37,7 @@ struct Emulator {
 }
 
 impl Emulator {
-    fn start() -> Emulator {
+    pub(crate) fn start() -> Emulator {
         Emulator::start_with(false)
     }
 
@@ -97,7 +99,7 @@ impl Emulator {
         }
     }
 
-    fn address(&self) -> String {
+    pub(crate) fn address(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
@@ -120,7 +122,7 @@ impl Emulator {
     }
 
     /// The system as the emulator has it, read without the driver.
-    async fn raw_system(&self, uuid: &str) -> Value {
+    pub(crate) async fn raw_system(&self, uuid: &str) -> Value {
         reqwest::Client::new()
             .get(format!("{}/redfish/v1/Systems/{uuid}", self.address()))
             .basic_auth("admin", Some(PASSWORD))
@@ -323,4 +325,157 @@ async fn redfish_self_signed_certificate_only_with_verify_tls_false() {
         "{error}"
     );
     assert!(!error.contains(PASSWORD));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redfish_power_through_the_controller_and_the_cli() {
+    // `fleet serve` inherits the test's environment, and with it both passwords.
+    const WRONG: &str = "wrong-Redfish-Pass-3";
+    std::env::set_var("FLEET_TEST_REDFISH_PASSWORD", PASSWORD);
+    std::env::set_var("FLEET_TEST_REDFISH_WRONG_PASSWORD", WRONG);
+    let emulator = Emulator::start();
+    let controller = TestController::start();
+    let started = Instant::now();
+    let address = format!("address={}", emulator.address());
+    let add = |name: &str, password: &str| {
+        let output = controller.fleet(&[
+            "machine",
+            "add",
+            name,
+            "--power-type",
+            "redfish",
+            "--power-param",
+            &address,
+            "--power-param",
+            "user=admin",
+            "--power-param",
+            password,
+            "--power-param",
+            "system_id=node-1",
+            "--no-commission",
+        ]);
+        assert!(output.status.success(), "add {name}: {}", stderr(&output));
+    };
+    // Every output of the run, searched for the secrets at the end.
+    let mut outputs = String::new();
+    add("rf-1", "password=env:FLEET_TEST_REDFISH_PASSWORD");
+    let store = controller.store().await;
+    controller.make_deployed(&store, "rf-1").await;
+
+    let show = |name: &str| {
+        let output = controller.fleet(&["machine", "show", name, "--json"]);
+        assert!(output.status.success(), "show: {}", stderr(&output));
+        let detail: Value = serde_json::from_slice(&output.stdout).unwrap();
+        (detail, stdout(&output))
+    };
+    let emulator_power = || async { emulator.raw_system(NODE_1).await["PowerState"].clone() };
+    assert_eq!(emulator_power().await, "Off");
+
+    for (action, power) in [
+        ("power-on", "On"),
+        ("power-cycle", "On"),
+        ("power-off", "Off"),
+    ] {
+        if action == "power-cycle" {
+            // A cycle sets the one-time network boot again: take it away first to see that.
+            emulator
+                .raw_patch(
+                    NODE_1,
+                    json!({"Boot": {"BootSourceOverrideTarget": "Hdd", "BootSourceOverrideEnabled": "Continuous"}}),
+                )
+                .await;
+        }
+        let output = controller.fleet(&["machine", action, "rf-1"]);
+        let text = format!("{}{}", stdout(&output), stderr(&output));
+        assert!(output.status.success(), "{action}: {text}");
+        assert!(text.starts_with(&format!("rf-1: {action}")), "{text}");
+        outputs.push_str(&text);
+        let system = emulator.raw_system(NODE_1).await;
+        assert_eq!(system["PowerState"], power, "{action}: {system}");
+        if action != "power-off" {
+            assert_eq!(
+                system["Boot"]["BootSourceOverrideTarget"], "Pxe",
+                "{action}: {system}"
+            );
+        }
+        let (detail, text) = show("rf-1");
+        outputs.push_str(&text);
+        assert_eq!(
+            detail["machine"]["power"],
+            json!(power.to_ascii_lowercase()),
+            "{action}"
+        );
+        assert_eq!(detail["machine"]["status"], "deployed", "{action}");
+    }
+    // The other system on the BMC was never touched.
+    assert_eq!(
+        emulator
+            .raw_system("4ad3c5f1-1b7e-4c5b-9d0e-7a6b2f1c9e30")
+            .await["PowerState"],
+        "Off"
+    );
+
+    // A wrong password: the driver's own message on stderr, exit 1, the machine's power is
+    // `error` with the message in its history, and the emulator's system is left as it was.
+    add("rf-2", "password=env:FLEET_TEST_REDFISH_WRONG_PASSWORD");
+    controller.make_deployed(&store, "rf-2").await;
+    let message = format!(
+        "redfish {}: authentication failed (wrong user or password)",
+        emulator.address()
+    );
+    let output = controller.fleet(&["machine", "power-on", "rf-2"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    assert!(stdout(&output).is_empty(), "{}", stdout(&output));
+    let error = stderr(&output);
+    assert_eq!(
+        error.trim_end(),
+        format!("failed: machine `rf-2`: power on failed: {message}")
+    );
+    outputs.push_str(&error);
+    assert_eq!(emulator_power().await, "Off");
+    let (detail, text) = show("rf-2");
+    outputs.push_str(&text);
+    assert_eq!(detail["machine"]["power"], "error", "{detail}");
+    assert_eq!(detail["machine"]["status"], "deployed", "{detail}");
+    let power_events: Vec<&Value> = detail["recent_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|event| event["kind"] == "power")
+        .collect();
+    assert!(
+        power_events
+            .iter()
+            .any(|event| event.to_string().contains(&message)),
+        "{power_events:?}"
+    );
+    let human = controller.fleet(&["machine", "show", "rf-2"]);
+    let text = stdout(&human);
+    assert!(
+        text.contains("power           error (type redfish)"),
+        "{text}"
+    );
+    outputs.push_str(&text);
+    let events = controller.fleet(&["events", "rf-2"]);
+    let text = stdout(&events);
+    assert!(text.contains(&message), "{text}");
+    outputs.push_str(&text);
+
+    // The secrets show nowhere: not in any output, nor in the history as JSON.
+    for name in ["rf-1", "rf-2"] {
+        let events = controller.fleet(&["events", name, "--json"]);
+        assert!(events.status.success());
+        outputs.push_str(&stdout(&events));
+        outputs.push_str(&stderr(&events));
+    }
+    let list = controller.fleet(&["machines", "--json"]);
+    outputs.push_str(&stdout(&list));
+    for secret in [PASSWORD, WRONG] {
+        assert!(!outputs.contains(secret), "`{secret}` in:\n{outputs}");
+    }
+    assert!(
+        outputs.contains("FLEET_TEST_REDFISH_WRONG_PASSWORD"),
+        "the reference shows, not the value"
+    );
+    eprintln!("redfish through the CLI: {:?}", started.elapsed());
 }
