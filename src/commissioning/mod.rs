@@ -103,6 +103,16 @@ pub struct BuiltinScript {
     pub text: &'static str,
 }
 
+/// A built-in commissioning script's text: the shared fact helpers, then the script.
+macro_rules! with_fact_helpers {
+    ($path:literal) => {
+        concat!(
+            include_str!("scripts/fact-helpers.inc"),
+            include_str!($path)
+        )
+    };
+}
+
 /// A read-only fact-finding script.
 const fn commissioning(name: &'static str, text: &'static str) -> BuiltinScript {
     BuiltinScript {
@@ -133,20 +143,38 @@ const fn test(
 
 /// In name order, which is the order they run in.
 static BUILTIN_SCRIPTS: [BuiltinScript; 11] = [
-    commissioning("00-fleet-arch", include_str!("scripts/00-fleet-arch.sh")),
-    commissioning("10-fleet-cpu", include_str!("scripts/10-fleet-cpu.sh")),
+    commissioning(
+        "00-fleet-arch",
+        with_fact_helpers!("scripts/00-fleet-arch.sh"),
+    ),
+    commissioning(
+        "10-fleet-cpu",
+        with_fact_helpers!("scripts/10-fleet-cpu.sh"),
+    ),
     commissioning(
         "20-fleet-memory",
-        include_str!("scripts/20-fleet-memory.sh"),
+        with_fact_helpers!("scripts/20-fleet-memory.sh"),
     ),
-    commissioning("30-fleet-disks", include_str!("scripts/30-fleet-disks.sh")),
+    commissioning(
+        "30-fleet-disks",
+        with_fact_helpers!("scripts/30-fleet-disks.sh"),
+    ),
     commissioning(
         "40-fleet-interfaces",
-        include_str!("scripts/40-fleet-interfaces.sh"),
+        with_fact_helpers!("scripts/40-fleet-interfaces.sh"),
     ),
-    commissioning("50-fleet-pci", include_str!("scripts/50-fleet-pci.sh")),
-    commissioning("51-fleet-usb", include_str!("scripts/51-fleet-usb.sh")),
-    commissioning("60-fleet-dmi", include_str!("scripts/60-fleet-dmi.sh")),
+    commissioning(
+        "50-fleet-pci",
+        with_fact_helpers!("scripts/50-fleet-pci.sh"),
+    ),
+    commissioning(
+        "51-fleet-usb",
+        with_fact_helpers!("scripts/51-fleet-usb.sh"),
+    ),
+    commissioning(
+        "60-fleet-dmi",
+        with_fact_helpers!("scripts/60-fleet-dmi.sh"),
+    ),
     // Reads the first 64 MiB of every disk: a minute per disk is plenty even for a slow one.
     test(
         "fleet-disk-read",

@@ -143,20 +143,19 @@ fn every_script_is_valid_busybox_sh() {
     }
 }
 
-/// The fact helpers are pasted into every commissioning script (each is downloaded alone);
-/// the copies must not drift apart.
+/// Every commissioning script is served with the fact helpers in front (each is downloaded
+/// alone), and no script file carries a copy of its own.
 #[test]
-fn fact_helpers_are_the_same_in_every_commissioning_script() {
-    let helpers = |text: &'static str| {
-        let start = text.find("# --- fact helpers").expect("fact helpers");
-        let end = text
-            .find("# --- end of fact helpers ---")
-            .expect("end of fact helpers");
-        &text[start..end]
-    };
-    let first = helpers(builtin_scripts()[0].text);
+fn every_commissioning_script_is_served_with_the_fact_helpers() {
+    let helpers = include_str!("scripts/fact-helpers.inc");
     for name in commissioning_script_names() {
-        assert_eq!(helpers(builtin_script(name).unwrap().text), first, "{name}");
+        let text = builtin_script(name).unwrap().text;
+        assert!(text.starts_with(helpers), "{name}");
+        assert_eq!(
+            text.matches("# --- end of fact helpers ---").count(),
+            1,
+            "{name}"
+        );
     }
 }
 
