@@ -136,6 +136,19 @@ fn single_line(text: &str) -> String {
 
 type Answer = Result<Response, MachineApiResponse>;
 
+/// A JSON body, or a 400 that says what `what` should have looked like.
+fn json_body<T: serde::de::DeserializeOwned>(
+    what: &str,
+    body: &[u8],
+) -> Result<T, MachineApiResponse> {
+    serde_json::from_slice(body).map_err(|error| {
+        MachineApiResponse::error(
+            StatusCode::BAD_REQUEST,
+            format!("the {what} is not valid JSON of the expected shape: {error}"),
+        )
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Anonymous
 
@@ -403,12 +416,7 @@ async fn heartbeat(
     let beat: HeartbeatBody = if body.iter().all(u8::is_ascii_whitespace) {
         HeartbeatBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|error| {
-            MachineApiResponse::error(
-                StatusCode::BAD_REQUEST,
-                format!("the heartbeat is not valid JSON: {error}"),
-            )
-        })?
+        json_body("heartbeat", &body)?
     };
     let verdict = machine_api::heartbeat(&state.store, &record, beat.stage.as_deref()).await?;
     Ok(text(StatusCode::OK, verdict.as_line()))
@@ -429,12 +437,7 @@ async fn signal(
     body: Bytes,
 ) -> Answer {
     let record = authorize(&state, &name, &headers).await?;
-    let signal: SignalBody = serde_json::from_slice(&body).map_err(|error| {
-        MachineApiResponse::error(
-            StatusCode::BAD_REQUEST,
-            format!("the signal is not valid JSON of the expected shape: {error}"),
-        )
-    })?;
+    let signal: SignalBody = json_body("signal", &body)?;
     let failure = match signal.result.as_str() {
         "ok" => None,
         "failed" => Some(signal.reason.unwrap_or_else(|| "no reason given".into())),

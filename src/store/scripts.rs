@@ -12,18 +12,7 @@ const INSERT_RESULT: &str =
 impl Store {
     /// Stores a result (its `id` is ignored) and returns the id given to it.
     pub async fn add_script_result(&self, result: &ScriptResult) -> Result<i64, StoreError> {
-        let row = sqlx::query(INSERT_RESULT)
-            .bind(result.machine_id)
-            .bind(result.run_id.as_str())
-            .bind(result.name.as_str())
-            .bind(result.kind.as_str())
-            .bind(result.status.as_str())
-            .bind(result.exit_code)
-            .bind(result.runtime_ms)
-            .bind(result.stdout.as_str())
-            .bind(result.stderr.as_str())
-            .bind(json_text(&result.results))
-            .bind(result.at)
+        let row = bind_result(sqlx::query(INSERT_RESULT), result)
             .fetch_one(&self.pool)
             .await?;
         get(&row, "id")
@@ -41,18 +30,7 @@ impl Store {
         .bind(result.name.as_str())
         .execute(&mut *transaction)
         .await?;
-        let row = sqlx::query(INSERT_RESULT)
-            .bind(result.machine_id)
-            .bind(result.run_id.as_str())
-            .bind(result.name.as_str())
-            .bind(result.kind.as_str())
-            .bind(result.status.as_str())
-            .bind(result.exit_code)
-            .bind(result.runtime_ms)
-            .bind(result.stdout.as_str())
-            .bind(result.stderr.as_str())
-            .bind(json_text(&result.results))
-            .bind(result.at)
+        let row = bind_result(sqlx::query(INSERT_RESULT), result)
             .fetch_one(&mut *transaction)
             .await?;
         transaction.commit().await?;
@@ -100,6 +78,25 @@ impl Store {
         .await?;
         rows.iter().map(script_result_from_row).collect()
     }
+}
+
+/// Binds a result to [`INSERT_RESULT`]'s parameters.
+fn bind_result<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    result: &'q ScriptResult,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    query
+        .bind(result.machine_id)
+        .bind(result.run_id.as_str())
+        .bind(result.name.as_str())
+        .bind(result.kind.as_str())
+        .bind(result.status.as_str())
+        .bind(result.exit_code)
+        .bind(result.runtime_ms)
+        .bind(result.stdout.as_str())
+        .bind(result.stderr.as_str())
+        .bind(json_text(&result.results))
+        .bind(result.at)
 }
 
 fn script_result_from_row(row: &AnyRow) -> Result<ScriptResult, StoreError> {

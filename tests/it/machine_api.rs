@@ -175,6 +175,13 @@ async fn status_of(store: &Store, name: &str) -> (Status, Option<String>) {
     (record.lifecycle.status, record.status_reason)
 }
 
+/// The operator commissions the machine through the API.
+async fn commission(controller: &TestController, machine: &Machine) {
+    let path = format!("/machines/{}/actions/commission", machine.name);
+    let (code, answer) = controller.http().post(&path, serde_json::json!({})).await;
+    assert_eq!(code, 200, "{answer}");
+}
+
 /// Gives an enlisted machine manual power (as adopting it in the fleet file would).
 async fn give_manual_power(store: &Store, name: &str) {
     store
@@ -285,13 +292,7 @@ async fn commissioning_goes_through_testing_to_ready() {
     let store = controller.store().await;
     let machine = Machine::enlist(&controller.url, "52:54:00:aa:cc:01").await;
     give_manual_power(&store, &machine.name).await;
-    controller
-        .http()
-        .post(
-            &format!("/machines/{}/actions/commission", machine.name),
-            serde_json::json!({}),
-        )
-        .await;
+    commission(&controller, &machine).await;
     let (run, scripts) = machine.instructions("commissioning").await;
     assert!(
         scripts
@@ -407,13 +408,7 @@ async fn a_silent_machine_fails_by_heartbeat_timeout() {
     let store = controller.store().await;
     let machine = Machine::enlist(&controller.url, "52:54:00:aa:ee:01").await;
     give_manual_power(&store, &machine.name).await;
-    controller
-        .http()
-        .post(
-            &format!("/machines/{}/actions/commission", machine.name),
-            serde_json::json!({}),
-        )
-        .await;
+    commission(&controller, &machine).await;
     let (_run, _) = machine.instructions("commissioning").await;
     // Heartbeats keep it alive...
     for _ in 0..4 {
@@ -450,13 +445,7 @@ async fn a_machine_past_its_limit_times_out_however_chatty() {
     let store = controller.store().await;
     let machine = Machine::enlist(&controller.url, "52:54:00:aa:ef:01").await;
     give_manual_power(&store, &machine.name).await;
-    controller
-        .http()
-        .post(
-            &format!("/machines/{}/actions/commission", machine.name),
-            serde_json::json!({}),
-        )
-        .await;
+    commission(&controller, &machine).await;
     machine.instructions("commissioning").await;
     let started = Instant::now();
     loop {
