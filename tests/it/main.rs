@@ -13,6 +13,7 @@ mod machine_api;
 mod netboot;
 mod plan;
 mod power;
+mod power_apply;
 mod power_qemu;
 mod power_redfish;
 mod power_webhook;
