@@ -11,8 +11,7 @@ use axum::Json;
 
 /// `GET /api/v1/observed`: every machine as the planner reads it.
 pub async fn observed(State(state): State<ApiState>) -> Result<Json<Observed>, ApiError> {
-    let records = state.store.planning_records().await?;
-    Ok(Json(Observed::from_records(&records)))
+    Ok(Json(crate::apply::observe(&state.store).await?))
 }
 
 /// `POST /api/v1/applies`: checks the plan's fingerprints, takes the apply lock, starts it.

@@ -21,10 +21,41 @@ pub mod watch;
 pub use executor::{resume_unfinished, run_apply};
 pub use verify::{check_plan, Refusal};
 
-use crate::plan::Plan;
+use crate::model::PowerState;
+use crate::plan::{Observed, Plan};
 use crate::power::PowerDrivers;
-use crate::store::{ApplyStepRow, LockHolder, Store, StoreError, StoredPlan};
+use crate::store::{ApplyStepRow, EventFilter, LockHolder, Store, StoreError, StoredPlan};
 use serde::{Deserialize, Serialize};
+
+/// What the store observes, as the planner reads it (`GET /api/v1/observed`, watch mode): the
+/// records, and for each machine whose power is in error the driver's message, taken from the
+/// newest power event that stored the error (the record itself keeps only the state).
+pub async fn observe(store: &Store) -> Result<Observed, StoreError> {
+    let records = store.planning_records().await?;
+    let mut observed = Observed::from_records(&records);
+    for machine in &mut observed.machines {
+        if machine.power == PowerState::Error {
+            machine.power_error = power_error_message(store, machine.name.as_str()).await?;
+        }
+    }
+    Ok(observed)
+}
+
+/// The reason of the newest `power` event that set the power to `error`, among the machine's
+/// latest events.
+async fn power_error_message(store: &Store, machine: &str) -> Result<Option<String>, StoreError> {
+    let filter = EventFilter {
+        machine: Some(machine.to_string()),
+        after_id: None,
+        limit: Some(50),
+    };
+    let events = store.events(&filter).await?;
+    Ok(events
+        .into_iter()
+        .rev()
+        .find(|event| event.kind == "power" && event.detail["to"] == "error")
+        .and_then(|event| event.reason))
+}
 
 /// The lock every apply takes.
 pub const APPLY_LOCK: &str = "apply";

@@ -20,7 +20,7 @@
 
 use super::{start_apply, ApplyError, ApplyRequest};
 use crate::config::{Diagnostics, Fleet};
-use crate::plan::{plan, summary_line, Observed, Plan, StepClass};
+use crate::plan::{plan, summary_line, Plan, StepClass};
 use crate::power::PowerDrivers;
 use crate::store::Store;
 use notify::event::{AccessKind, AccessMode};
@@ -287,17 +287,15 @@ struct Reconciler {
 impl Reconciler {
     async fn reconcile(&mut self) {
         self.reload().await;
-        let records = match self.store.planning_records().await {
-            Ok(records) => records,
+        let observed = match super::observe(&self.store).await {
+            Ok(observed) => observed,
             Err(error) => {
                 eprintln!("  watch   cannot read the store to plan: {error}");
                 return;
             }
         };
         let fleet = self.fleet.clone();
-        let planned =
-            tokio::task::spawn_blocking(move || plan(&fleet, &Observed::from_records(&records)))
-                .await;
+        let planned = tokio::task::spawn_blocking(move || plan(&fleet, &observed)).await;
         let Ok(planned) = planned else {
             eprintln!("  watch   the planner stopped unexpectedly");
             return;

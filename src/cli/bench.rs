@@ -174,6 +174,7 @@ fn synthetic_observed(fleet: &fleet::config::Fleet) -> fleet::plan::Observed {
                 previous_status: None,
                 status_reason: None,
                 power: fleet::model::PowerState::Off,
+                power_error: None,
                 locked: false,
                 owner: None,
                 commissioned: true,

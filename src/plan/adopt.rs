@@ -99,6 +99,13 @@ pub fn adopt_machine_toml(machine: &ObservedMachine) -> String {
     if let Some(note) = note {
         let _ = writeln!(text, "# {note}");
     }
+    if super::route::powered_off(machine) {
+        let _ = writeln!(
+            text,
+            "# found powered off: a fleet file cannot ask a deployed machine to stay off, so \
+             planning this file powers it on"
+        );
+    }
     let _ = writeln!(text, "[[machine]]");
     let _ = writeln!(text, "name = {}", toml_string(machine.name.as_str()));
     if !machine.macs.is_empty() {
@@ -152,7 +159,8 @@ pub fn adopt_machine_toml(machine: &ObservedMachine) -> String {
 pub fn adopt_toml(observed: &Observed) -> String {
     let mut text = String::from(
         "# Written by `fleet adopt` from what the controller observes: planning this file\n\
-         # against the same controller gives no steps. Fill in the images' locations.\n\n",
+         # against the same controller gives no steps (but power-on for a deployed machine\n\
+         # found powered off, which says so). Fill in the images' locations.\n\n",
     );
     let images: BTreeSet<&str> = observed
         .machines

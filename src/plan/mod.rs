@@ -68,6 +68,10 @@ pub struct ObservedMachine {
     /// Why it is in its status (the failure a retry names).
     pub status_reason: Option<String>,
     pub power: PowerState,
+    /// The power driver's message when `power` is `error` (from the power event that stored
+    /// it); absent otherwise, and in snapshots saved before it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_error: Option<String>,
     pub locked: bool,
     pub owner: Option<String>,
     pub commissioned: bool,
@@ -114,6 +118,9 @@ impl ObservedMachine {
             previous_status: life.previous_status,
             status_reason: record.status_reason.clone(),
             power: life.power,
+            // The store keeps the message in the power event, not in the record:
+            // `crate::apply::observe` fills it in.
+            power_error: None,
             locked: life.locked,
             owner: life.owner.clone(),
             commissioned: life.commissioned,

@@ -4,7 +4,7 @@
 use super::desired::{
     canonical_json, desired_power, new_machine, normalized_params, params_equal_normalized,
 };
-use super::route::{next_move, Move, RouteContext};
+use super::route::{next_move, powered_off, Move, RouteContext, POWERED_OFF};
 use super::simulate::apply_step;
 use super::{
     adopt_machine_toml, fingerprint, AttributeChange, Change, MachinePlan, Observed,
@@ -12,7 +12,7 @@ use super::{
     SummaryCount, PLAN_FORMAT_VERSION,
 };
 use crate::config::{EnlistedPolicy, Expectations, Fleet, MachineSpec, Policy};
-use crate::model::{Action, ActionOptions, Status};
+use crate::model::{Action, ActionOptions, PowerState, Status};
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
@@ -129,6 +129,15 @@ fn plan_declared(
         }
     };
     let (configure, configured) = power_and_tags(spec, &start);
+    if start.power == PowerState::Error {
+        // The configure step stays: new power parameters may be the fix.
+        if let Some((step, changes)) = with_image(configure, spec, &configured) {
+            planned.steps.push(step);
+            planned.attributes = changes;
+        }
+        planned.blocked.push(power_error_hold(&start));
+        return finish(planned);
+    }
     let context = RouteContext {
         spec,
         was_deployed: start.status == Status::Deployed,
@@ -144,6 +153,9 @@ fn plan_declared(
     if let Some((step, changes)) = configure {
         planned.steps.push(step);
         planned.attributes = changes;
+    }
+    if let Ok((_, end)) = &routed {
+        planned.blocked.extend(power_drift_left(end));
     }
     match routed {
         Ok((steps, _)) => match destructive_hold(spec, &start, policy, &steps) {
@@ -351,6 +363,43 @@ fn destructive_hold(
         ));
     }
     None
+}
+
+/// Why a machine whose power is in error gets no life-cycle step, naming the driver's message.
+fn power_error_hold(machine: &ObservedMachine) -> String {
+    let message = machine
+        .power_error
+        .as_deref()
+        .unwrap_or("the last power command or query failed (fleet events has the message)");
+    format!(
+        "power error: {message}; no life-cycle step until the power driver answers again \
+         (check the BMC and the machine's power parameters)"
+    )
+}
+
+/// A deployed machine still off where the route ends: power-on is not possible (locked, no
+/// owner, unconfigured power), so the plan says why instead of planning a refused step.
+fn power_drift_left(end: &ObservedMachine) -> Option<String> {
+    if !powered_off(end) {
+        return None;
+    }
+    let power_on = act_step(
+        Action::PowerOn,
+        ActionOptions::default(),
+        StepClass::Disruptive,
+        String::new(),
+    );
+    if end.locked {
+        return Some(format!(
+            "{POWERED_OFF}; locked (and the fleet file keeps it locked), so the plan does not \
+             power it on: power it on by hand, or set locked = false"
+        ));
+    }
+    let why = match apply_step(Some(end), &power_on, PLAN_ACTOR) {
+        Err(refusal) => refusal.to_string(),
+        Ok(_) => "the plan has no route to power it on".to_string(),
+    };
+    Some(format!("{POWERED_OFF}; the plan cannot power it on: {why}"))
 }
 
 /// Hardware below the machine's expectations: each shortfall blocks its steps.

@@ -4,7 +4,7 @@
 
 use super::{ObservedMachine, StepClass};
 use crate::config::MachineSpec;
-use crate::model::{Action, ActionOptions, EraseMode, Status};
+use crate::model::{Action, ActionOptions, EraseMode, PowerState, Status};
 
 /// What to do next.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,7 +65,7 @@ pub fn next_move(machine: &ObservedMachine, context: &RouteContext<'_>) -> Move 
         return locked_move(machine, spec, desired);
     }
     if machine.status == desired {
-        return arrived_move(machine, spec);
+        return arrived_move(machine, context);
     }
     if desired == Status::Broken {
         return broken_move(machine);
@@ -115,7 +115,8 @@ fn locked_move(machine: &ObservedMachine, spec: &MachineSpec, desired: Status) -
     ))
 }
 
-fn arrived_move(machine: &ObservedMachine, spec: &MachineSpec) -> Move {
+fn arrived_move(machine: &ObservedMachine, context: &RouteContext<'_>) -> Move {
+    let spec = context.spec;
     if machine.status == Status::Deployed {
         if let Some((from, to)) = image_change(machine, spec) {
             let options = ActionOptions {
@@ -129,11 +130,45 @@ fn arrived_move(machine: &ObservedMachine, spec: &MachineSpec) -> Move {
                 format!("image changed {from} → {to}: release and erase before redeploying"),
             );
         }
+        if powered_off(machine) && can_power_on(machine) {
+            // Before locking: a locked machine refuses every action but unlock.
+            return act(
+                Action::PowerOn,
+                StepClass::Disruptive,
+                power_on_reason(context),
+            );
+        }
         if spec.locked {
             return act(Action::Lock, StepClass::Safe, "the fleet file locks it");
         }
     }
     Move::Done
+}
+
+/// The reason of the power-on step when a deployed machine was found off.
+pub const POWERED_OFF: &str = "powered off outside fleet";
+
+/// Power drift: a deployed machine runs its workload, so it should be on. Only a power state
+/// the controller has read counts: `unknown` (manual power, never queried) is not drift, and
+/// `error` blocks the machine instead (see the planner).
+pub fn powered_off(machine: &ObservedMachine) -> bool {
+    machine.status == Status::Deployed && machine.power == PowerState::Off
+}
+
+/// What `decide` asks of power-on beyond the status (it is still the judge: the step is
+/// simulated); when these fail the planner says why the drift stays instead of planning a step
+/// the life-cycle refuses.
+fn can_power_on(machine: &ObservedMachine) -> bool {
+    machine.owner.is_some() && machine.power_type != "unconfigured"
+}
+
+fn power_on_reason(context: &RouteContext<'_>) -> String {
+    if context.was_deployed {
+        POWERED_OFF.to_string()
+    } else {
+        // Deployed again along the route (mark-fixed) with the power left off.
+        "a deployed machine runs its workload: power it on".to_string()
+    }
 }
 
 fn broken_move(machine: &ObservedMachine) -> Move {

@@ -3,7 +3,7 @@
 //! planner finds its steps this way, and tests use it as a simulated store.
 
 use super::{ObservedHardware, ObservedMachine, Operation, Step};
-use crate::model::{decide, settle, ActionRequest, Lifecycle, Settlement};
+use crate::model::{decide, settle, ActionRequest, Lifecycle, PowerState, Settlement};
 use crate::store::NewMachine;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,6 +94,9 @@ fn set_lifecycle(machine: &mut ObservedMachine, lifecycle: &Lifecycle) {
     machine.previous_status = lifecycle.previous_status;
     machine.locked = lifecycle.locked;
     machine.power = lifecycle.power;
+    if lifecycle.power != PowerState::Error {
+        machine.power_error = None;
+    }
     machine.owner = lifecycle.owner.clone();
     machine.commissioned = lifecycle.commissioned;
     machine.deployed_os = lifecycle.deployed_os.clone();
@@ -111,6 +114,7 @@ fn created(new: &NewMachine) -> Result<ObservedMachine, SimulationError> {
         previous_status: None,
         status_reason: None,
         power: lifecycle.power,
+        power_error: None,
         locked: false,
         owner: None,
         commissioned: false,

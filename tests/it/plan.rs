@@ -26,6 +26,7 @@ pub fn machine(name: &str, index: u8, status: Status) -> ObservedMachine {
         previous_status: None,
         status_reason: None,
         power: PowerState::Off,
+        power_error: None,
         locked: false,
         owner: None,
         commissioned: true,
@@ -79,7 +80,32 @@ pub fn fixture_observed() -> Observed {
     stray.power_type = "unconfigured".into();
     stray.commissioned = false;
     stray.tags.clear();
+    // Power drift: the fleet file's IPMI parameters as the store holds them.
+    let fleet = load_fixture();
+    let with_ipmi = |mut machine: ObservedMachine| {
+        let spec = fleet
+            .machine(machine.name.as_str())
+            .expect("in the fixture");
+        let (power_type, power_params) = fleet::plan::desired_power(&spec.power);
+        machine.power_type = power_type;
+        machine.power_params = power_params;
+        machine
+    };
+    let mut off = with_ipmi(deployed("off-1", 13, "noble"));
+    off.power = PowerState::Off;
+    let mut off_locked = with_ipmi(deployed("off-locked-1", 14, "noble"));
+    off_locked.power = PowerState::Off;
+    off_locked.locked = true;
+    let mut power_error = with_ipmi(deployed("power-err-1", 15, "noble"));
+    power_error.power = PowerState::Error;
+    power_error.power_error = Some(
+        "power query failed: ipmi 10.20.0.15: authentication failed (wrong user or password)"
+            .into(),
+    );
     let records = vec![
+        off,
+        off_locked,
+        power_error,
         busy,
         cfg,
         deployed("db-1", 3, "jammy"),
@@ -259,8 +285,8 @@ fn the_summary_line_counts_steps_per_verb() {
     assert_eq!(
         fleet::plan::summary_line(&plan),
         "Plan: 1 to add, 1 to configure, 2 to commission, 1 to allocate, 1 to deploy, \
-         1 to deploy (destructive), 2 to release (destructive), 1 to rescue. \
-         2 held back, 1 waiting, 1 discovered."
+         1 to deploy (destructive), 2 to release (destructive), 1 to rescue, 1 to power-on. \
+         4 held back, 1 waiting, 1 discovered."
     );
 }
 
@@ -273,12 +299,135 @@ fn every_step_has_a_fingerprint_to_check_against() {
     assert!(matches!(ready.steps[0].operation, Operation::Act { .. }));
 }
 
+#[test]
+fn a_deployed_machine_found_off_gets_a_disruptive_power_on() {
+    let plan = fixture_plan();
+    let off = plan.machine("off-1").unwrap();
+    assert_eq!(verbs(&plan, "off-1"), ["power-on"]);
+    assert_eq!(off.steps[0].class, StepClass::Disruptive);
+    assert_eq!(off.steps[0].reason, "powered off outside fleet");
+    assert_eq!(off.steps[0].expect, Status::Deployed);
+    assert_eq!(off.change, Change::Update);
+    assert!(off.blocked.is_empty(), "{:?}", off.blocked);
+}
+
+#[test]
+fn a_locked_machine_found_off_is_held_and_the_plan_says_why() {
+    let plan = fixture_plan();
+    let off = plan.machine("off-locked-1").unwrap();
+    assert!(off.steps.is_empty());
+    assert_eq!(off.change, Change::Blocked);
+    assert!(
+        off.blocked[0].starts_with("powered off outside fleet; locked")
+            && off.blocked[0].contains("set locked = false"),
+        "{:?}",
+        off.blocked
+    );
+}
+
+#[test]
+fn a_power_error_blocks_the_machine_and_names_the_drivers_message() {
+    let plan = fixture_plan();
+    let failing = plan.machine("power-err-1").unwrap();
+    assert!(failing.steps.is_empty());
+    assert_eq!(failing.change, Change::Blocked);
+    assert_eq!(failing.blocked.len(), 1);
+    assert!(
+        failing.blocked[0].starts_with(
+            "power error: power query failed: ipmi 10.20.0.15: authentication failed \
+             (wrong user or password)"
+        ),
+        "{:?}",
+        failing.blocked
+    );
+}
+
+#[test]
+fn a_power_error_keeps_the_configure_step_that_may_fix_it() {
+    let fleet = load_fixture();
+    let mut observed = fixture_observed();
+    let failing = observed
+        .machines
+        .iter_mut()
+        .find(|machine| machine.name.as_str() == "power-err-1")
+        .unwrap();
+    failing.power_params = serde_json::json!({"address": "10.20.0.15", "user": "root"});
+    let plan = plan(&fleet, &observed);
+    let planned = plan.machine("power-err-1").unwrap();
+    assert_eq!(verbs(&plan, "power-err-1"), ["configure"]);
+    assert!(
+        planned.blocked[0].starts_with("power error: "),
+        "{:?}",
+        planned.blocked
+    );
+}
+
+#[test]
+fn adopting_a_deployed_machine_found_off_says_the_plan_powers_it_on() {
+    let observed = fixture_observed();
+    let off = observed.machine("off-1").unwrap();
+    let toml = fleet::plan::adopt_machine_toml(off);
+    assert!(toml.starts_with("# found powered off"), "{toml}");
+}
+
+/// The store keeps a power error's message in the power event, not in the record: the observed
+/// snapshot (`GET /api/v1/observed`, watch mode) takes it from there, so the plan can name it.
+#[tokio::test]
+async fn the_observed_snapshot_carries_the_power_drivers_message() {
+    use fleet::store::NewMachine;
+    let (store, _directory) = crate::support::db::sqlite_store().await;
+    let new = |name: &str, last: u8| NewMachine {
+        name: MachineName::parse(name).unwrap(),
+        status: Status::New,
+        macs: vec![MacAddr([0x52, 0x54, 0, 0, 2, last])],
+        arch: Some("amd64".into()),
+        power_type: "ipmi".into(),
+        power_params: serde_json::json!({ "address": "10.0.0.5" }),
+        bmc_address: Some("10.0.0.5".into()),
+        image: None,
+        tags: Vec::new(),
+        deployed_os: None,
+    };
+    store
+        .create_machines(&[new("err-1", 1), new("fine-1", 2)], "test")
+        .await
+        .unwrap();
+    let message = "power query failed: ipmi 10.0.0.5: no answer from the BMC (unreachable)";
+    store
+        .set_power("err-1", PowerState::On, "test", Some("power found on"))
+        .await
+        .unwrap();
+    store
+        .set_power("err-1", PowerState::Error, "controller", Some(message))
+        .await
+        .unwrap();
+    store
+        .set_power("fine-1", PowerState::Off, "test", None)
+        .await
+        .unwrap();
+    let observed = fleet::apply::observe(&store).await.unwrap();
+    let failing = observed.machine("err-1").unwrap();
+    assert_eq!(failing.power, PowerState::Error);
+    assert_eq!(failing.power_error.as_deref(), Some(message));
+    assert_eq!(observed.machine("fine-1").unwrap().power_error, None);
+    // The snapshot's JSON reads back, and one without the field still reads.
+    let text = serde_json::to_string(&observed).unwrap();
+    assert_eq!(serde_json::from_str::<Observed>(&text).unwrap(), observed);
+    let old = text.replace(
+        &format!(",\"power_error\":{}", serde_json::json!(message)),
+        "",
+    );
+    assert!(!old.contains("power_error"), "{old}");
+    let read: Observed = serde_json::from_str(&old).unwrap();
+    assert_eq!(read.machine("err-1").unwrap().power_error, None);
+}
+
 mod convergence {
     //! Random fleets and observed states: applying the plan to a simulated store and planning
     //! again gives no steps; declaring what is observed (adopt) gives no steps.
 
     use super::machine;
-    use fleet::model::{decide, settle, ActionRequest, Lifecycle, Settlement, Status};
+    use fleet::model::{decide, settle, ActionRequest, Lifecycle, PowerState, Settlement, Status};
     use fleet::plan::{adopt_toml, plan, Observed, ObservedMachine, Operation, Plan, Step};
     use proptest::prelude::*;
     use std::collections::BTreeMap;
@@ -293,6 +442,14 @@ mod convergence {
         "retired",
     ];
     const IMAGES: [&str; 2] = ["jammy", "noble"];
+    /// Off twice: the state the life-cycle leaves most machines in.
+    const POWER_STATES: [PowerState; 5] = [
+        PowerState::Off,
+        PowerState::Off,
+        PowerState::On,
+        PowerState::Unknown,
+        PowerState::Error,
+    ];
 
     fn header() -> String {
         let mut text = String::new();
@@ -371,10 +528,15 @@ mod convergence {
             prop::option::of(0..IMAGES.len()),
             any::<bool>(),
             prop::bool::weighted(0.1),
+            prop::sample::select(&POWER_STATES[..]),
         )
             .prop_map(
-                move |(status, commissioned, locked, image, tagged, unconfigured)| {
+                move |(status, commissioned, locked, image, tagged, unconfigured, power)| {
                     let mut machine = machine(&format!("m{index}"), index, status);
+                    machine.power = power;
+                    if power == PowerState::Error {
+                        machine.power_error = Some("ipmi 10.0.0.1: no answer from the BMC".into());
+                    }
                     machine.commissioned = commissioned || status != Status::New;
                     machine.locked =
                         locked && matches!(status, Status::Deployed | Status::Deploying);
@@ -482,6 +644,9 @@ mod convergence {
         machine.previous_status = life.previous_status;
         machine.locked = life.locked;
         machine.power = life.power;
+        if life.power != PowerState::Error {
+            machine.power_error = None;
+        }
         machine.owner = life.owner;
         machine.commissioned = life.commissioned;
         machine.deployed_os = life.deployed_os;
@@ -562,7 +727,22 @@ mod convergence {
             let observed = observed_of(machines);
             let text = adopt_toml(&observed);
             let planned = plan(&load(&text), &observed);
-            prop_assert!(planned.is_empty(), "steps: {:?}\n{text}", steps_left(&planned));
+            // A fleet file cannot ask a deployed machine to stay off: those (and only those)
+            // are powered on, and the adopted file says so.
+            let expected: Vec<String> = observed
+                .machines
+                .iter()
+                .filter(|machine| {
+                    machine.status == Status::Deployed
+                        && machine.power == PowerState::Off
+                        && !machine.locked
+                })
+                .map(|machine| format!("{}: power-on", machine.name))
+                .collect();
+            prop_assert_eq!(steps_left(&planned), expected, "{}", text);
+            let after = apply_plan(&observed, &planned);
+            let again = plan(&load(&text), &after);
+            prop_assert!(again.is_empty(), "steps: {:?}\n{text}", steps_left(&again));
         }
     }
 }
