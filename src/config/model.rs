@@ -576,12 +576,17 @@ pub enum PowerSpec {
         system_id: Option<String>,
         verify_tls: bool,
     },
+    /// HTTP calls; credentials are a bearer `token` or `user` with `password`, never both.
     Webhook {
         on_url: String,
         off_url: String,
+        /// Without it, a power cycle is a hard off, then an on.
+        cycle_url: Option<String>,
         query_url: Option<String>,
         on_regex: Option<String>,
         off_regex: Option<String>,
+        user: Option<String>,
+        password: Option<SecretRef>,
         token: Option<SecretRef>,
         verify_tls: bool,
     },

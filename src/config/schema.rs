@@ -349,12 +349,20 @@ enum Power {
         /// Default true.
         verify_tls: Option<bool>,
     },
+    /// Credentials: a bearer `token`, or `user` with `password` (HTTP basic authentication),
+    /// not both.
     Webhook {
         on_url: String,
         off_url: String,
+        /// POSTed to power cycle; without it a cycle is a hard off, then an on.
+        cycle_url: Option<String>,
         query_url: Option<String>,
         on_regex: Option<String>,
         off_regex: Option<String>,
+        /// HTTP basic authentication, with `password`.
+        user: Option<String>,
+        password: Option<Secret>,
+        /// A bearer token.
         token: Option<Secret>,
         verify_tls: Option<bool>,
     },

@@ -682,3 +682,126 @@ fn the_ipmi_driver_is_written_as_the_fleet_file_spells_it() {
     let written = serde_json::to_value(config::IpmiDriver::Lan20).unwrap();
     assert_eq!(written, serde_json::json!("lan_2_0"));
 }
+
+#[test]
+fn webhook_credentials_are_a_token_or_user_and_password_never_both() {
+    check(
+        "webhook.toml",
+        &[
+            (
+                4,
+                134,
+                "give either `token` or `user` and `password`, not both",
+            ),
+            (9, 85, "`user` is set but `password` is not"),
+            (14, 85, "`password` is set but `user` is not"),
+            (19, 97, "`cycle_url` must be an http:// or https:// URL"),
+            (
+                19,
+                137,
+                "`password` is written inline; secrets must be references",
+            ),
+            (
+                30,
+                1,
+                "give either `token` or `user` and `password`, not both",
+            ),
+        ],
+    );
+    let rendered = config::load(&[Path::new(BROKEN).join("webhook.toml")])
+        .unwrap_err()
+        .render(false);
+    let messages_and_help: String = rendered
+        .lines()
+        .filter(|line| !line.contains(" | "))
+        .collect();
+    assert!(
+        !messages_and_help.contains("hunter2"),
+        "a secret is echoed outside the source line:\n{rendered}"
+    );
+}
+
+#[test]
+fn webhook_cycle_url_and_basic_authentication_reach_the_power_parameters() {
+    let text = r#"
+[[machine]]
+name = "plug-basic"
+macs = ["52:54:00:00:00:01"]
+power = { type = "webhook", on_url = "https://pdu/on", off_url = "https://pdu/off", cycle_url = "https://pdu/cycle", query_url = "https://pdu/state", user = "admin", password = { env = "PDU_PASS" } }
+
+[[machine]]
+name = "plug-file"
+macs = ["52:54:00:00:00:02"]
+
+[machine.power]
+type = "webhook"
+on_url = "https://pdu/on"
+off_url = "https://pdu/off"
+user = "admin"
+password = { file = "secrets/pdu" }
+verify_tls = false
+
+[[machine]]
+name = "plug-token"
+macs = ["52:54:00:00:00:03"]
+power = { type = "webhook", on_url = "https://pdu/on", off_url = "https://pdu/off", token = { env = "PDU_TOKEN" } }
+"#;
+    let fleet = config::load_str("/etc/fleet/fleet.toml", text)
+        .map_err(|d| d.render(false))
+        .unwrap();
+    let cases = [
+        (
+            "plug-basic",
+            serde_json::json!({
+                "on_url": "https://pdu/on", "off_url": "https://pdu/off",
+                "cycle_url": "https://pdu/cycle", "query_url": "https://pdu/state",
+                "user": "admin", "password": {"env": "PDU_PASS"}, "verify_tls": true
+            }),
+        ),
+        (
+            "plug-file",
+            serde_json::json!({
+                "on_url": "https://pdu/on", "off_url": "https://pdu/off",
+                "user": "admin", "password": {"file": "/etc/fleet/secrets/pdu"},
+                "verify_tls": false
+            }),
+        ),
+        (
+            "plug-token",
+            serde_json::json!({
+                "on_url": "https://pdu/on", "off_url": "https://pdu/off",
+                "token": {"env": "PDU_TOKEN"}, "verify_tls": true
+            }),
+        ),
+    ];
+    for (name, params) in cases {
+        let power = &fleet.machine(name).unwrap().power;
+        assert!(matches!(power, PowerSpec::Webhook { .. }), "{power:?}");
+        // What the plan stores as the machine's power parameters, and the driver reads.
+        assert_eq!(
+            fleet::plan::desired_power(power),
+            ("webhook".to_string(), params),
+            "{name}"
+        );
+    }
+    let PowerSpec::Webhook {
+        cycle_url,
+        user,
+        password,
+        token,
+        ..
+    } = &fleet.machine("plug-basic").unwrap().power
+    else {
+        unreachable!()
+    };
+    assert_eq!(cycle_url.as_deref(), Some("https://pdu/cycle"));
+    assert_eq!(user.as_deref(), Some("admin"));
+    assert_eq!(password, &Some(SecretRef::Env("PDU_PASS".into())));
+    assert_eq!(token, &None);
+
+    // The schema for editors knows the keys.
+    let schema = config::json_schema().to_string();
+    for key in ["cycle_url", "on_regex", "token"] {
+        assert!(schema.contains(&format!("\"{key}\"")), "{key}");
+    }
+}

@@ -32,9 +32,12 @@ pub const WEBHOOK_KEYS: &[&str] = &[
     "type",
     "on_url",
     "off_url",
+    "cycle_url",
     "query_url",
     "on_regex",
     "off_regex",
+    "user",
+    "password",
     "token",
     "verify_tls",
 ];
@@ -164,7 +167,11 @@ fn webhook(
             "the regexes read the answer of `query_url`, which is missing",
         );
     }
+    let cycle_url = url("cycle_url", problems);
+    let user = table.owned_string("user", problems);
+    let password = secret(table, "password", base_dir, problems);
     let token = secret(table, "token", base_dir, problems);
+    webhook_credentials(table, problems);
     let verify_tls = table.boolean("verify_tls", problems).or_true();
     let on_url = table
         .required("on_url", problems)
@@ -175,12 +182,49 @@ fn webhook(
     Some(PowerSpec::Webhook {
         on_url: on_url?,
         off_url: off_url?,
+        cycle_url,
         query_url,
         on_regex,
         off_regex,
+        user,
+        password,
         token,
         verify_tls,
     })
+}
+
+/// A webhook authenticates with a bearer `token` or with `user` and `password` (HTTP basic
+/// authentication), not both; `user` and `password` go together.
+fn webhook_credentials(table: &TableReader<'_, '_>, problems: &mut Problems) {
+    let basic = "HTTP basic authentication needs both";
+    match (
+        table.key_span("token"),
+        table.key_span("user"),
+        table.key_span("password"),
+    ) {
+        (Some(token), user, password) if user.is_some() || password.is_some() => {
+            problems.push(
+                Problem::new(
+                    token,
+                    "give either `token` or `user` and `password`, not both",
+                )
+                .help("a bearer token: token = { env = \"NAME\" }; basic authentication: user = \"NAME\" and password = { env = \"NAME\" }"),
+            );
+        }
+        (None, Some(user), None) => {
+            problems.error(
+                user,
+                format!("`user` is set but `password` is not; {basic}"),
+            );
+        }
+        (None, None, Some(password)) => {
+            problems.error(
+                password,
+                format!("`password` is set but `user` is not; {basic}"),
+            );
+        }
+        _ => {}
+    }
 }
 
 /// `command = ["qemu-system-x86_64", ...]`: the argv that starts the VM, a non-empty list.
