@@ -395,3 +395,96 @@ async fn webhook_power_through_the_controller_and_the_cli() {
     let events = controller.fleet(&["events", "hook-1", "--json"]);
     assert!(!stdout(&events).contains(TOKEN));
 }
+
+/// The fleet file's webhook keys reach the driver: a machine declared with `cycle_url` and
+/// basic authentication (`user`, `password = { env = ... }`), added by `fleet apply`, is power
+/// cycled through its cycle URL with the password from the controller's environment.
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_from_a_fleet_file_cycles_through_its_cycle_url_with_basic_authentication() {
+    std::env::set_var("FLEET_TEST_WEBHOOK_FILE_PASSWORD", PASSWORD);
+    let plug = Plug::start(BASIC);
+    let controller = TestController::start();
+    let directory = tempfile::tempdir().unwrap();
+    let file = directory.path().join("fleet.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"[[machine]]
+name = "hook-file"
+macs = ["52:54:00:cc:00:01"]
+commission = false
+state = "new"
+
+[machine.power]
+type = "webhook"
+on_url = "{on}"
+off_url = "{off}"
+cycle_url = "{cycle}"
+query_url = "{status}"
+on_regex = "power: on"
+off_regex = "power: off"
+user = "admin"
+password = {{ env = "FLEET_TEST_WEBHOOK_FILE_PASSWORD" }}
+"#,
+            on = plug.url("/on"),
+            off = plug.url("/off"),
+            cycle = plug.url("/cycle"),
+            status = plug.url("/status"),
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let mut outputs = String::new();
+    let validated = controller.fleet(&["validate", "-f", file]);
+    assert!(validated.status.success(), "{}", stderr(&validated));
+    let applied = controller.fleet(&["apply", "-f", file, "--yes"]);
+    let text = format!("{}{}", stdout(&applied), stderr(&applied));
+    assert!(applied.status.success(), "{text}");
+    outputs.push_str(&text);
+
+    let shown = controller.fleet(&["machine", "show", "hook-file", "--json"]);
+    outputs.push_str(&stdout(&shown));
+    let detail: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let params = &detail["machine"]["power_params"];
+    assert_eq!(params["cycle_url"], json!(plug.url("/cycle")), "{params}");
+    assert_eq!(params["user"], "admin", "{params}");
+    assert_eq!(
+        params["password"],
+        json!({"env": "FLEET_TEST_WEBHOOK_FILE_PASSWORD"}),
+        "{params}"
+    );
+
+    let store = controller.store().await;
+    controller.make_deployed(&store, "hook-file").await;
+    for (action, calls, power) in [
+        ("power-cycle", vec!["POST /cycle"], "on"),
+        ("power-off", vec![r#"POST /off {"mode":"hard"}"#], "off"),
+        ("power-on", vec!["POST /on"], "on"),
+    ] {
+        let before = plug.calls().len();
+        let output = controller.fleet(&["machine", action, "hook-file"]);
+        let text = format!("{}{}", stdout(&output), stderr(&output));
+        assert!(output.status.success(), "{action}: {text}");
+        outputs.push_str(&text);
+        // Basic authentication was accepted (the plug answers 401 to anything else), and a
+        // cycle is the one call to the cycle URL, not an off and an on.
+        let made: Vec<String> = plug.calls()[before..]
+            .iter()
+            .filter(|call| !call.starts_with("GET "))
+            .cloned()
+            .collect();
+        assert_eq!(made, calls, "{action}");
+        assert_eq!(plug.power(), power, "{action}");
+        let shown = controller.fleet(&["machine", "show", "hook-file", "--json"]);
+        outputs.push_str(&stdout(&shown));
+        let detail: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+        assert_eq!(detail["machine"]["power"], json!(power), "{action}");
+    }
+    let events = controller.fleet(&["events", "hook-file", "--json"]);
+    outputs.push_str(&stdout(&events));
+    let planned = controller.fleet(&["plan", "-f", file]);
+    outputs.push_str(&stdout(&planned));
+    outputs.push_str(&stderr(&planned));
+    assert!(!outputs.contains(PASSWORD), "{outputs}");
+    assert!(!outputs.contains(&BASIC[6..]), "{outputs}");
+}
