@@ -136,6 +136,22 @@ impl Emulator {
             .unwrap()
     }
 
+    /// Resets the system behind the driver's back (`On`, `ForceOff` ...).
+    async fn raw_reset(&self, uuid: &str, reset: &str) {
+        reqwest::Client::new()
+            .post(format!(
+                "{}/redfish/v1/Systems/{uuid}/Actions/ComputerSystem.Reset",
+                self.address()
+            ))
+            .basic_auth("admin", Some(PASSWORD))
+            .json(&json!({ "ResetType": reset }))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+    }
+
     async fn raw_patch(&self, uuid: &str, body: Value) {
         reqwest::Client::new()
             .patch(format!("{}/redfish/v1/Systems/{uuid}", self.address()))
@@ -478,4 +494,125 @@ async fn redfish_power_through_the_controller_and_the_cli() {
         "the reference shows, not the value"
     );
     eprintln!("redfish through the CLI: {:?}", started.elapsed());
+}
+
+/// `machine show`'s power once it is `power`, within `limit`.
+fn wait_for_shown_power(controller: &TestController, name: &str, power: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let output = controller.fleet(&["machine", "show", name, "--json"]);
+        assert!(output.status.success(), "show: {}", stderr(&output));
+        let detail: Value = serde_json::from_slice(&output.stdout).unwrap();
+        if detail["machine"]["power"] == power {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "power still {} after {limit:?}, expected {power}",
+            detail["machine"]["power"]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The reasons of the machine's `power` events, oldest first.
+fn power_reasons(controller: &TestController, name: &str) -> Vec<String> {
+    let output = controller.fleet(&["events", name, "--json"]);
+    assert!(output.status.success(), "events: {}", stderr(&output));
+    let events: Value = serde_json::from_slice(&output.stdout).unwrap();
+    events
+        .as_array()
+        .expect("a list of events")
+        .iter()
+        .filter(|event| event["kind"] == "power")
+        .filter_map(|event| event["reason"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Status queries through the controller: its power poll reads the emulator's PowerState, so
+/// a system switched behind fleet's back shows in `machine show`; a password that stops working
+/// shows as power error with the driver's message, and one that works again clears it.
+#[tokio::test(flavor = "multi_thread")]
+async fn redfish_power_poll_reads_the_emulators_state() {
+    let emulator = Emulator::start();
+    let directory = tempfile::tempdir().unwrap();
+    let file = directory.path().join("fleet.toml");
+    std::fs::write(
+        &file,
+        "[controller]\ntftp_listen = \"127.0.0.1:0\"\n\n[policy]\npower_poll_seconds = 1\n",
+    )
+    .unwrap();
+    let password = directory.path().join("bmc-password");
+    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
+    let state = directory.path().join("state");
+    let controller = TestController::start_in(&state, &["-f", &file.to_string_lossy()]);
+    let address = format!("address={}", emulator.address());
+    let password_param = format!("password=file:{}", password.display());
+    let output = controller.fleet(&[
+        "machine",
+        "add",
+        "rf-poll",
+        "--power-type",
+        "redfish",
+        "--power-param",
+        &address,
+        "--power-param",
+        "user=admin",
+        "--power-param",
+        &password_param,
+        "--power-param",
+        "system_id=node-1",
+        "--no-commission",
+    ]);
+    assert!(output.status.success(), "add: {}", stderr(&output));
+    let store = controller.store().await;
+    controller.make_deployed(&store, "rf-poll").await;
+    let limit = Duration::from_secs(10);
+    wait_for_shown_power(&controller, "rf-poll", "off", limit);
+
+    // Switched on and off behind fleet's back.
+    emulator.raw_reset(NODE_1, "On").await;
+    wait_for_shown_power(&controller, "rf-poll", "on", limit);
+    emulator.raw_reset(NODE_1, "ForceOff").await;
+    wait_for_shown_power(&controller, "rf-poll", "off", limit);
+    let reasons = power_reasons(&controller, "rf-poll");
+    for expected in [
+        "power found on (was off), changed outside fleet",
+        "power found off (was on), changed outside fleet",
+    ] {
+        assert!(reasons.iter().any(|r| r == expected), "{reasons:?}");
+    }
+
+    // The secret file now holds a wrong password: read at the next query, refused.
+    std::fs::write(&password, "not-the-Password-8\n").unwrap();
+    wait_for_shown_power(&controller, "rf-poll", "error", limit);
+    let message = format!(
+        "redfish {}: authentication failed (wrong user or password)",
+        emulator.address()
+    );
+    let reasons = power_reasons(&controller, "rf-poll");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("power query failed") && r.contains(&message)),
+        "{reasons:?}"
+    );
+    // The right one again: the poll reads the state again.
+    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
+    wait_for_shown_power(&controller, "rf-poll", "off", limit);
+
+    let mut outputs = String::new();
+    for args in [
+        &["events", "rf-poll", "--json"][..],
+        &["machine", "show", "rf-poll", "--json"],
+        &["machine", "show", "rf-poll"],
+    ] {
+        let output = controller.fleet(args);
+        outputs.push_str(&stdout(&output));
+        outputs.push_str(&stderr(&output));
+    }
+    assert!(
+        !outputs.contains(PASSWORD) && !outputs.contains("not-the-Password-8"),
+        "{outputs}"
+    );
 }
