@@ -719,6 +719,10 @@ fn webhook_credentials_are_a_token_or_user_and_password_never_both() {
         !messages_and_help.contains("hunter2"),
         "a secret is echoed outside the source line:\n{rendered}"
     );
+    assert!(
+        rendered.contains("password = { env = \"WEBHOOK_PASSWORD\" }"),
+        "a webhook's example, not a BMC's:\n{rendered}"
+    );
 }
 
 #[test]

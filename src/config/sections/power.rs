@@ -284,8 +284,13 @@ pub fn secret(
                 item.span,
                 format!("`{key}` is written inline; secrets must be references"),
             );
-            let (example, example_file) = match key {
-                "token" => ("WEBHOOK_TOKEN", "webhook-token"),
+            let webhook = matches!(
+                table.item("type").map(|item| &item.value),
+                Some(Value::String(kind)) if kind == "webhook"
+            );
+            let (example, example_file) = match (key, webhook) {
+                ("token", _) => ("WEBHOOK_TOKEN", "webhook-token"),
+                (_, true) => ("WEBHOOK_PASSWORD", "webhook-password"),
                 _ => ("BMC_PASSWORD", "bmc-password"),
             };
             problems.push(problem.help(format!(
