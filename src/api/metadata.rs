@@ -5,7 +5,7 @@
 //! that is over), with 400 / 403 / 404 / 409 / 413.
 
 use super::ApiState;
-use crate::controller::machine_api::enlist::{enlist, EnlistBody, Enlisted};
+use crate::controller::machine_api::enlist::{enlist, EnlistBody, Enlisted, PasswordKept};
 use crate::controller::machine_api::rules::{is_plain_name, ScriptReport, ScriptStatus};
 use crate::controller::machine_api::{self, MachineApiError, Verdict};
 use crate::controller::token::tokens_match;
@@ -184,7 +184,9 @@ async fn enlist_machine(State(state): State<ApiState>, body: Bytes) -> Answer {
         .map_err(|error| format!("the enlistment is not valid JSON of the expected shape: {error}"))
         .and_then(EnlistBody::check)
         .map_err(|reason| MachineApiResponse::error(StatusCode::BAD_REQUEST, reason))?;
-    let (record, status) = match enlist(&state.store, &request).await? {
+    let secrets_dir = state.machine_api.secrets_dir();
+    let (enlisted, password) = enlist(&state.store, &request, secrets_dir.as_deref()).await?;
+    let (record, status) = match enlisted {
         Enlisted::Created(record) => (record, StatusCode::CREATED),
         Enlisted::Matched(record) => (record, StatusCode::OK),
         Enlisted::Known(record) => {
@@ -196,13 +198,34 @@ async fn enlist_machine(State(state): State<ApiState>, body: Bytes) -> Answer {
     };
     let name = record.name.as_str();
     let token = crate::boot::http::machine_token(&state.store, name).await?;
-    let bmc_note = match &request.bmc {
-        Some(bmc) if bmc.password_given => format!(
-            "; BMC {} {} (its password is not stored: give it in the fleet file)",
-            bmc.kind, bmc.address
+    // The password itself is never in an event or a log line: only where it is kept.
+    let user = |bmc: &crate::controller::machine_api::enlist::Bmc| {
+        bmc.user
+            .as_ref()
+            .map(|user| format!(" user {user}"))
+            .unwrap_or_default()
+    };
+    let bmc_note = match (&request.bmc, &password) {
+        (Some(bmc), PasswordKept::Kept(path)) => format!(
+            "; BMC {} {}{} (its password kept in {})",
+            bmc.kind,
+            bmc.address,
+            user(bmc),
+            path.display()
         ),
-        Some(bmc) => format!("; BMC {} {}", bmc.kind, bmc.address),
-        None => String::new(),
+        (Some(bmc), PasswordKept::NotKept(why)) => {
+            eprintln!("  enlist {name}: the BMC password it reported is not kept: {why}");
+            format!(
+                "; BMC {} {}{} (its password is not kept: {why})",
+                bmc.kind,
+                bmc.address,
+                user(bmc)
+            )
+        }
+        (Some(bmc), PasswordKept::NotGiven) => {
+            format!("; BMC {} {}{}", bmc.kind, bmc.address, user(bmc))
+        }
+        (None, _) => String::new(),
     };
     machine_api::record_event(
         &state.store,
@@ -210,7 +233,11 @@ async fn enlist_machine(State(state): State<ApiState>, body: Bytes) -> Answer {
         "enlist",
         format!(
             "{} by {} ({} MACs){bmc_note}",
-            if status == StatusCode::CREATED { "enlisted" } else { "enlistment matched" },
+            if status == StatusCode::CREATED {
+                "enlisted"
+            } else {
+                "enlistment matched"
+            },
             request.boot_mac,
             request.macs.len()
         ),
@@ -218,7 +245,15 @@ async fn enlist_machine(State(state): State<ApiState>, body: Bytes) -> Answer {
             "boot_mac": request.boot_mac.to_string(),
             "macs": request.macs.iter().map(|mac| mac.to_string()).collect::<Vec<_>>(),
             "architecture": request.architecture,
-            "bmc": request.bmc.as_ref().map(|bmc| serde_json::json!({"type": bmc.kind, "address": bmc.address})),
+            "bmc": request.bmc.as_ref().map(|bmc| serde_json::json!({
+                "type": bmc.kind,
+                "address": bmc.address,
+                "user": bmc.user,
+                "password_file": match &password {
+                    PasswordKept::Kept(path) => Some(path.display().to_string()),
+                    _ => None,
+                },
+            })),
         }),
     )
     .await;

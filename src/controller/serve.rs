@@ -115,7 +115,8 @@ pub async fn serve(
         .map(|fleet| fleet.policy.timeouts)
         .unwrap_or_default();
     let monitor = super::monitor::start_monitor(store.clone(), drivers.clone(), timeouts);
-    let machine_api = super::machine_api::MachineApiSettings::new(options.fleet.as_ref());
+    let mut machine_api = super::machine_api::MachineApiSettings::new(options.fleet.as_ref());
+    machine_api.state_dir = Some(options.state_dir.clone());
     eprintln!(
         "  scripts {} for machines to run ({} of the fleet file's)",
         machine_api.scripts.len(),

@@ -1,11 +1,18 @@
 //! Enlistment: an unknown machine registers itself (anonymous). Matching follows
 //! lifecycle.md: by BMC address when it reports a BMC and a machine with that address is new or
 //! commissioning; else by any of its MACs; else a new record, in status new.
+//!
+//! A BMC password the machine reports (the runner made a user `fleet` on its BMC) is kept as
+//! fleet keeps every secret, by reference: the controller writes it to
+//! `<state_dir>/secrets/<machine>.bmc-password` (mode 0600, atomically) and the power parameters
+//! say `password = {"file": "<that path>"}`. It never goes into the store, an event or a log.
 
 use crate::commissioning::Inventory;
-use crate::model::{MacAddr, MachineName, Status};
+use crate::config::{IpmiBootType, IpmiDriver, IpmiPrivilege, PowerSpec, SecretRef};
+use crate::model::{MacAddr, MachineName, PowerOffMode, Status};
 use crate::store::{Interface, MachineRecord, NewMachine, Store, StoreError};
 use serde::Deserialize;
+use std::path::{Path, PathBuf};
 
 /// The built-in scripts whose findings replace the stored interfaces and disks.
 const INTERFACES_SCRIPT: &str = "40-fleet-interfaces";
@@ -47,9 +54,35 @@ pub struct Bmc {
     pub kind: String,
     pub address: String,
     pub user: Option<String>,
-    /// Reported by the machine; never stored (see [`power_params`]).
-    pub password_given: bool,
+    /// Reported by the machine; kept only in a file of the controller's (see [`enlist`]).
+    pub password: Option<BmcPassword>,
 }
+
+impl Bmc {
+    pub fn password_given(&self) -> bool {
+        self.password.is_some()
+    }
+}
+
+/// A BMC password as received. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BmcPassword(String);
+
+impl BmcPassword {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for BmcPassword {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("BmcPassword(..)")
+    }
+}
+
+/// IPMI v2.0 passwords are at most 20 bytes; Redfish ones have no such limit, but a sane one.
+const IPMI_PASSWORD_MAX: usize = 20;
+const PASSWORD_MAX: usize = 255;
 
 impl EnlistBody {
     /// Every problem is a reason for a 400; nothing is stored for a bad request.
@@ -104,11 +137,40 @@ fn check_bmc(bmc: BmcBody) -> Result<Bmc, String> {
             "`bmc.address` {address:?} is not a host name or address"
         ));
     }
+    // Errors about the password never repeat it.
+    let password = match bmc.password.filter(|password| !password.is_empty()) {
+        None => None,
+        Some(password) => {
+            let limit = if kind == "ipmi" {
+                IPMI_PASSWORD_MAX
+            } else {
+                PASSWORD_MAX
+            };
+            if password.len() > limit {
+                return Err(format!(
+                    "`bmc.password` is {} bytes; a {kind} password is at most {limit}",
+                    password.len()
+                ));
+            }
+            if password.chars().any(char::is_control) {
+                return Err("`bmc.password` holds control characters".to_string());
+            }
+            Some(BmcPassword(password))
+        }
+    };
+    if let Some(user) = &bmc.user {
+        let plain = !user.is_empty() && user.len() <= 64 && !user.chars().any(char::is_control);
+        if !plain {
+            return Err(
+                "`bmc.user` is empty, longer than 64 bytes or holds control characters".into(),
+            );
+        }
+    }
     Ok(Bmc {
         kind,
         address,
         user: bmc.user,
-        password_given: bmc.password.is_some_and(|password| !password.is_empty()),
+        password,
     })
 }
 
@@ -121,38 +183,156 @@ pub enum Enlisted {
     Known(MachineRecord),
 }
 
-/// Finds the machine's record, or creates one in status new.
-pub async fn enlist(store: &Store, request: &EnlistRequest) -> Result<Enlisted, StoreError> {
+/// What became of the BMC password the machine reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordKept {
+    /// None was reported.
+    NotGiven,
+    /// Written to this file, which the power parameters name.
+    Kept(PathBuf),
+    /// Not kept, and why (no secret in it).
+    NotKept(String),
+}
+
+/// `<secrets_dir>/<machine>.bmc-password`.
+pub fn bmc_password_path(secrets_dir: &Path, machine: &str) -> PathBuf {
+    secrets_dir.join(format!("{machine}.bmc-password"))
+}
+
+/// Finds the machine's record, or creates one in status new. `secrets_dir` is where a reported
+/// BMC password is kept (`<state_dir>/secrets`); without one it is not kept.
+pub async fn enlist(
+    store: &Store,
+    request: &EnlistRequest,
+    secrets_dir: Option<&Path>,
+) -> Result<(Enlisted, PasswordKept), StoreError> {
     if let Some(bmc) = &request.bmc {
         let candidates = store.machines_by_bmc_address(&bmc.address).await?;
         if let Some(record) = candidates
             .into_iter()
             .find(|record| matches!(record.lifecycle.status, Status::New | Status::Commissioning))
         {
-            return Ok(Enlisted::Matched(record));
+            let kept = refresh_password(request, &record, secrets_dir);
+            return Ok((Enlisted::Matched(record), kept));
         }
     }
     for mac in &request.macs {
         if let Some(record) = store.machine_by_mac(*mac).await? {
-            return Ok(
-                if matches!(record.lifecycle.status, Status::New | Status::Commissioning) {
-                    Enlisted::Matched(record)
-                } else {
-                    Enlisted::Known(record)
-                },
-            );
+            if matches!(record.lifecycle.status, Status::New | Status::Commissioning) {
+                let kept = refresh_password(request, &record, secrets_dir);
+                return Ok((Enlisted::Matched(record), kept));
+            }
+            return Ok((Enlisted::Known(record), PasswordKept::NotGiven));
         }
     }
-    let new = new_machine(request);
+    let name = enlisted_name(request.boot_mac);
+    let kept = keep_password(request, name.as_str(), secrets_dir);
+    let file = match &kept {
+        PasswordKept::Kept(path) => Some(path.as_path()),
+        _ => None,
+    };
+    let new = new_machine(request, file);
     match store.create_machine(&new, "enlistment").await {
-        Ok(record) => Ok(Enlisted::Created(record)),
+        Ok(record) => Ok((Enlisted::Created(record), kept)),
         // Two boots of one machine racing: the other one created it.
         Err(StoreError::DuplicateName(_)) => match store.machine(new.name.as_str()).await? {
-            Some(record) => Ok(Enlisted::Matched(record)),
+            Some(record) => {
+                let kept = refresh_password(request, &record, secrets_dir);
+                Ok((Enlisted::Matched(record), kept))
+            }
             None => Err(StoreError::Conflict(new.name.to_string())),
         },
         Err(error) => Err(error),
     }
+}
+
+/// Writes the reported password to the machine's file.
+fn keep_password(
+    request: &EnlistRequest,
+    machine: &str,
+    secrets_dir: Option<&Path>,
+) -> PasswordKept {
+    let Some(password) = request.bmc.as_ref().and_then(|bmc| bmc.password.as_ref()) else {
+        return PasswordKept::NotGiven;
+    };
+    let Some(secrets_dir) = secrets_dir else {
+        return PasswordKept::NotKept("this controller has no state directory for secrets".into());
+    };
+    let path = bmc_password_path(secrets_dir, machine);
+    match write_secret_file(&path, password.expose()) {
+        Ok(()) => PasswordKept::Kept(path),
+        // The error is about the file, never its content.
+        Err(error) => PasswordKept::NotKept(format!("writing {}: {error}", path.display())),
+    }
+}
+
+/// A matched record: the runner has just given its BMC user a new password, so a record whose
+/// power parameters already point at the machine's password file gets the new one there. A
+/// record with power parameters of its own (an operator's) is left alone.
+fn refresh_password(
+    request: &EnlistRequest,
+    record: &MachineRecord,
+    secrets_dir: Option<&Path>,
+) -> PasswordKept {
+    let Some(bmc) = &request.bmc else {
+        return PasswordKept::NotGiven;
+    };
+    if bmc.password.is_none() {
+        return PasswordKept::NotGiven;
+    }
+    let ours = secrets_dir.map(|dir| bmc_password_path(dir, record.name.as_str()));
+    let referenced = record
+        .power_params
+        .get("password")
+        .and_then(SecretRef::from_json);
+    match (ours, referenced) {
+        (Some(ours), Some(SecretRef::File(file))) if file == ours => {
+            keep_password(request, record.name.as_str(), secrets_dir)
+        }
+        _ => PasswordKept::NotKept(format!(
+            "the record {} has power parameters of its own",
+            record.name
+        )),
+    }
+}
+
+/// Writes `secret` (and a newline) to `path` with mode 0600, atomically: a temporary file in
+/// the same directory (made 0700 if new), synced, then renamed over `path`.
+pub fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let directory = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("the path has no directory"))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(directory)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the path has no file name"))?;
+    let serial = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temporary = directory.join(format!(
+        ".{}.{}.{serial}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temporary)?;
+        file.write_all(secret.as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
 }
 
 /// `enlisted-525400123456`: stable for the machine, so a second boot finds its record.
@@ -165,11 +345,11 @@ pub fn enlisted_name(boot_mac: MacAddr) -> MachineName {
     MachineName::parse(&format!("enlisted-{hex}")).expect("a valid machine name")
 }
 
-fn new_machine(request: &EnlistRequest) -> NewMachine {
+fn new_machine(request: &EnlistRequest, password_file: Option<&Path>) -> NewMachine {
     let (power_type, power_params, bmc_address) = match &request.bmc {
         Some(bmc) => (
             bmc.kind.clone(),
-            power_params(bmc),
+            power_params(bmc, password_file),
             Some(bmc.address.clone()),
         ),
         None => ("unconfigured".to_string(), serde_json::json!({}), None),
@@ -188,15 +368,33 @@ fn new_machine(request: &EnlistRequest) -> NewMachine {
     }
 }
 
-/// The BMC as a power driver's parameters. The password a machine reports is not kept: fleet
-/// stores secrets only as references, so the operator gives it in the fleet file
-/// (`password = { env = "..." }`) when adopting the machine.
-fn power_params(bmc: &Bmc) -> serde_json::Value {
-    let mut params = serde_json::json!({ "address": bmc.address });
-    if let Some(user) = &bmc.user {
-        params["user"] = serde_json::Value::String(user.clone());
-    }
-    params
+/// The BMC as a power driver's parameters, spelled as a fleet file's `[machine.power]` is
+/// stored (so that adopting the machine writes what the fleet file reads): for IPMI, LAN 2.0,
+/// cipher suite 3, ADMINISTRATOR, hard power-off, automatic boot type, as MAAS enlists. The
+/// password only as a reference to the file the controller wrote.
+fn power_params(bmc: &Bmc, password_file: Option<&Path>) -> serde_json::Value {
+    let password = password_file.map(|path| SecretRef::File(path.to_path_buf()));
+    let spec = if bmc.kind == "ipmi" {
+        PowerSpec::Ipmi {
+            address: bmc.address.clone(),
+            user: bmc.user.clone(),
+            password,
+            driver: IpmiDriver::Lan20,
+            cipher_suite: Some(3),
+            privilege: IpmiPrivilege::Admin,
+            power_off_mode: PowerOffMode::Hard,
+            boot_type: IpmiBootType::Auto,
+        }
+    } else {
+        PowerSpec::Redfish {
+            address: bmc.address.clone(),
+            user: bmc.user.clone(),
+            password,
+            system_id: None,
+            verify_tls: true,
+        }
+    };
+    crate::plan::desired_power(&spec).1
 }
 
 /// The inventory to store: what the run's scripts found, and what the record already had
@@ -264,11 +462,61 @@ mod tests {
         assert_eq!(request.macs.len(), 2);
         assert_eq!(request.macs[0].to_string(), "52:54:00:00:00:02");
         let bmc = request.bmc.unwrap();
-        assert!(bmc.password_given);
+        assert!(bmc.password_given());
         assert_eq!(
-            power_params(&bmc),
-            serde_json::json!({"address": "10.0.0.5", "user": "admin"})
+            power_params(&bmc, Some(Path::new("/state/secrets/m.bmc-password"))),
+            serde_json::json!({
+                "address": "10.0.0.5",
+                "user": "admin",
+                "password": {"file": "/state/secrets/m.bmc-password"},
+                "driver": "lan_2_0",
+                "cipher_suite": 3,
+                "privilege": "admin",
+                "power_off_mode": "hard",
+                "boot_type": "auto",
+            })
         );
+        assert!(!format!("{bmc:?}").contains("pw\""), "{bmc:?}");
+    }
+
+    #[test]
+    fn a_password_is_written_0600_and_atomically_replaced() {
+        use std::os::unix::fs::PermissionsExt;
+        let directory = tempfile::tempdir().unwrap();
+        let path = bmc_password_path(&directory.path().join("secrets"), "m-1");
+        write_secret_file(&path, "first").unwrap();
+        write_secret_file(&path, "second").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "second\n");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file left");
+        assert_eq!(
+            SecretRef::File(path).resolve().unwrap(),
+            "second",
+            "the ipmi driver reads it back"
+        );
+    }
+
+    #[test]
+    fn bad_passwords_are_refused_without_being_repeated() {
+        for (password, expected) in [
+            ("abcdefghijklmnopqrstu", "at most 20"),
+            ("line\nbreak", "control characters"),
+        ] {
+            let error = body(serde_json::json!({
+                "architecture": "amd64", "boot_mac": "52:54:00:00:00:01", "macs": [],
+                "bmc": {"type": "ipmi", "address": "10.0.0.5", "user": "fleet", "password": password}
+            }))
+            .unwrap_err();
+            assert!(error.contains(expected), "{error}");
+            assert!(!error.contains(password), "{error}");
+        }
     }
 
     #[test]

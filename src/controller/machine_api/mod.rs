@@ -23,6 +23,9 @@ pub struct MachineApiSettings {
     pub heartbeat_seconds: u32,
     /// Built-in scripts and the operator's, every kind.
     pub scripts: Arc<Vec<ScriptEntry>>,
+    /// The controller's state directory: BMC passwords that enlisting machines report are kept
+    /// in its `secrets/` (none kept without one).
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for MachineApiSettings {
@@ -53,7 +56,13 @@ impl MachineApiSettings {
         MachineApiSettings {
             heartbeat_seconds: (heartbeat_limit / 3).clamp(1, 30),
             scripts: Arc::new(scripts),
+            state_dir: None,
         }
+    }
+
+    /// Where reported BMC passwords are kept: `<state_dir>/secrets`.
+    pub fn secrets_dir(&self) -> Option<std::path::PathBuf> {
+        self.state_dir.as_ref().map(|dir| dir.join("secrets"))
     }
 
     pub fn script(&self, name: &str) -> Option<&ScriptEntry> {
