@@ -357,7 +357,12 @@ impl ResultBody {
         let kind = match self.kind.as_str() {
             "commissioning" => crate::config::ScriptKind::Commissioning,
             "testing" => crate::config::ScriptKind::Testing,
-            other => return Err(format!("`kind` {other:?} is not commissioning or testing")),
+            "erase" => crate::config::ScriptKind::Erase,
+            other => {
+                return Err(format!(
+                    "`kind` {other:?} is not commissioning, testing or erase"
+                ))
+            }
         };
         let status = ScriptStatus::parse(&self.status).ok_or_else(|| {
             format!(

@@ -8,7 +8,8 @@
 # FLEET_MAC, FLEET_MACHINE, FLEET_TOKEN, FLEET_AFTER_OVERRIDE (poweroff | reboot | wait | exit:
 # replaces the controller's `after`).
 #
-# 1. role enlist without a token: `known?mac=..` (known: log it and power off), else enlist.
+# 1. role enlist without a token: `known?mac=..` (known: log it and power off), else enlist;
+#    inside the ephemeral environment it first looks for a BMC (find_bmc) and reports it.
 # 2. GET instructions; a heartbeat loop in the background (`stop` powers off at once).
 # 3. Each script: download, post `running`, run it under `timeout` with FLEET_URL FLEET_MACHINE
 #    FLEET_ROLE FLEET_RUN FLEET_SCRIPT FLEET_RESULTS, post the result (stdout, stderr and the
@@ -221,6 +222,97 @@ valid_name() {
 
 machine_path() { echo "/metadata/v1/machines/$MACHINE/$1"; }
 
+# --- the BMC -----------------------------------------------------------------------------------
+# find_bmc: while enlisting inside the ephemeral environment, as MAAS does: load the IPMI driver;
+# when /dev/ipmi0 appears, read the BMC's LAN address (channel 1, else the first LAN channel) and
+# create or reset the user `fleet` (a free slot, ADMINISTRATOR on that channel, a new random
+# password) so that the controller can power the machine. Sets BMC_JSON (the enlistment's `bmc`
+# member). Whatever the BMC refuses is logged, and the machine enlists without a BMC.
+BMC_JSON=""
+BMC_USER=fleet
+
+ipmi() { timeout 30 ipmitool -I open "$@" </dev/null 2>"$WORK/ipmi.err"; }
+ipmi_problem() { grep -v 'IANA PEN' "$WORK/ipmi.err" | head -c 200 | tr '\n' ' '; }
+
+find_bmc() {
+  [ "$CAN_POWER" = 1 ] || return 1   # never on a live host
+  if ! command -v ipmitool >/dev/null 2>&1; then
+    log "bmc: no ipmitool in this environment: enlisting without a BMC"
+    return 1
+  fi
+  if [ ! -e /dev/ipmi0 ]; then
+    modprobe -a -q ipmi_msghandler ipmi_devintf ipmi_si 2>/dev/null
+    _tries=0
+    while [ ! -e /dev/ipmi0 ] && [ $_tries -lt 10 ]; do sleep 0.5; _tries=$((_tries + 1)); done
+  fi
+  if [ ! -e /dev/ipmi0 ]; then
+    log "bmc: none found (no /dev/ipmi0 after loading ipmi_si)"
+    return 1
+  fi
+  # The LAN channel: 1, else the first channel `lan print` takes.
+  channel="" address=""
+  for candidate in 1 2 3 4 5 6 7 8 9 10 11; do
+    if ipmi lan print "$candidate" > "$WORK/lan"; then
+      channel=$candidate
+      break
+    fi
+  done
+  if [ -z "$channel" ]; then
+    log "bmc: /dev/ipmi0 is there but no LAN channel answered: $(ipmi_problem)"
+    return 1
+  fi
+  address=$(sed -n 's/^IP Address[ \t]*: *\([0-9.]*\).*/\1/p' "$WORK/lan" | head -n 1)
+  case "$address" in
+    ''|0.0.0.0)
+      log "bmc: LAN channel $channel has no IP address: enlisting without a BMC"
+      return 1
+      ;;
+  esac
+  # The user slot: the one named fleet, else the first free one (1 is the anonymous user).
+  if ! ipmi -c user list "$channel" > "$WORK/users"; then
+    log "bmc: $address: listing its users failed: $(ipmi_problem)"
+    return 1
+  fi
+  slot=$(awk -F, -v user="$BMC_USER" '$2 == user { print $1; exit }' "$WORK/users")
+  new_user=""
+  if [ -z "$slot" ]; then
+    slot=$(awk -F, '$1 ~ /^[0-9]+$/ && $1 > 1 && $2 == "" { print $1; exit }' "$WORK/users")
+    new_user=1
+  fi
+  if [ -z "$slot" ]; then
+    log "bmc: $address: no free user slot for $BMC_USER: enlisting without a BMC"
+    return 1
+  fi
+  # 16 random letters and digits: IPMI v2 takes at most 20 bytes, and a 16-byte password is
+  # also kept by BMCs (and ipmi_sim) that store IPMI 1.5 passwords.
+  password=""
+  while [ ${#password} -lt 16 ]; do
+    password=$password$(head -c 64 /dev/urandom | tr -dc 'A-Za-z0-9')
+  done
+  password=$(printf '%s' "$password" | head -c 16)
+  if [ -n "$new_user" ] && ! ipmi user set name "$slot" "$BMC_USER"; then
+    log "bmc: $address: naming user $slot $BMC_USER was refused: $(ipmi_problem)"
+    return 1
+  fi
+  if ! ipmi user set password "$slot" "$password" 16 >/dev/null \
+     && ! ipmi user set password "$slot" "$password" 20 >/dev/null; then
+    log "bmc: $address: setting the password of user $slot was refused: $(ipmi_problem)"
+    return 1
+  fi
+  if ! ipmi channel setaccess "$channel" "$slot" callin=on ipmi=on link=on privilege=4 >/dev/null; then
+    log "bmc: $address: giving user $slot ADMINISTRATOR on channel $channel was refused: $(ipmi_problem)"
+    return 1
+  fi
+  if ! ipmi user enable "$slot" >/dev/null; then
+    log "bmc: $address: enabling user $slot was refused: $(ipmi_problem)"
+    return 1
+  fi
+  log "bmc: ipmi $address (channel $channel): user $BMC_USER in slot $slot $([ -n "$new_user" ] && echo created || echo reset)"
+  BMC_JSON=$(printf '"bmc":{"type":"ipmi","address":"%s","user":"%s","password":"%s"}' \
+    "$address" "$BMC_USER" "$password")
+  return 0
+}
+
 log "runner: url=$URL role=${ROLE:--} machine=${MACHINE:--} client=$CLIENT"
 
 # --- 1. enlist ----------------------------------------------------------------------------------
@@ -253,13 +345,16 @@ if [ "$ROLE" = enlist ] && [ -z "$TOKEN" ]; then
     aarch64) arch=arm64 ;;
     *) arch=$(uname -m) ;;
   esac
+  find_bmc || BMC_JSON=""
   {
     printf '{"architecture":"%s","boot_mac":"%s","macs":[' "$arch" "$MAC"
     separator=""
     for address in $macs; do printf '%s"%s"' "$separator" "$address"; separator=,; done
-    printf ']}'
+    printf ']'
+    [ -n "$BMC_JSON" ] && printf ',%s' "$BMC_JSON"
+    printf '}'
   } > "$WORK/enlist.json"
-  log "enlisting: boot mac $MAC, macs $macs"
+  log "enlisting: boot mac $MAC, macs $macs$([ -n "$BMC_JSON" ] && echo ", with its BMC")"
   api "$WORK/enlisted" POST /metadata/v1/enlist "$WORK/enlist.json"
   case $? in
     0) ;;
@@ -360,7 +455,7 @@ exec 3< "$WORK/scripts"
 while read -r _ name kind timeout _ <&3; do
   if [ -n "$STOPPED" ] || [ -n "$BROKEN" ]; then break; fi
   if ! valid_name "$name"; then BROKEN="bad script name in the instructions: '$name'"; break; fi
-  case "$kind" in commissioning|testing) ;; *) BROKEN="bad kind '$kind' for $name"; break ;; esac
+  case "$kind" in commissioning|testing|erase) ;; *) BROKEN="bad kind '$kind' for $name"; break ;; esac
   case "$timeout" in ''|*[!0-9]*) BROKEN="bad timeout '$timeout' for $name"; break ;; esac
   dir="$WORK/run/$name"
   mkdir -p "$dir/cwd"

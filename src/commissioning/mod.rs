@@ -62,6 +62,8 @@ use std::fmt;
 pub enum ScriptKind {
     Commissioning,
     Testing,
+    /// Erases the disks while a machine is released with an erase (destructive).
+    Erase,
 }
 
 impl ScriptKind {
@@ -70,6 +72,7 @@ impl ScriptKind {
         match self {
             ScriptKind::Commissioning => "commissioning",
             ScriptKind::Testing => "testing",
+            ScriptKind::Erase => "erase",
         }
     }
 
@@ -77,6 +80,7 @@ impl ScriptKind {
         match text {
             "commissioning" => Some(ScriptKind::Commissioning),
             "testing" => Some(ScriptKind::Testing),
+            "erase" => Some(ScriptKind::Erase),
             _ => None,
         }
     }
@@ -113,6 +117,30 @@ macro_rules! with_fact_helpers {
     };
 }
 
+/// A script that works on every disk: the shared disk helpers, `prefix` (shell assignments),
+/// then the script.
+macro_rules! with_disk_helpers {
+    ($prefix:literal, $path:literal) => {
+        concat!(
+            include_str!("scripts/disk-helpers.inc"),
+            $prefix,
+            include_str!($path)
+        )
+    };
+}
+
+/// A disk erase for one mode (destructive, never on a live host).
+const fn erase(name: &'static str, timeout_seconds: u32, text: &'static str) -> BuiltinScript {
+    BuiltinScript {
+        name,
+        kind: ScriptKind::Erase,
+        timeout_seconds,
+        destructive: true,
+        safe_on_live_host: false,
+        text,
+    }
+}
+
 /// A read-only fact-finding script.
 const fn commissioning(name: &'static str, text: &'static str) -> BuiltinScript {
     BuiltinScript {
@@ -142,7 +170,7 @@ const fn test(
 }
 
 /// In name order, which is the order they run in.
-static BUILTIN_SCRIPTS: [BuiltinScript; 11] = [
+static BUILTIN_SCRIPTS: [BuiltinScript; 14] = [
     commissioning(
         "00-fleet-arch",
         with_fact_helpers!("scripts/00-fleet-arch.sh"),
@@ -180,7 +208,24 @@ static BUILTIN_SCRIPTS: [BuiltinScript; 11] = [
         "fleet-disk-read",
         600,
         true,
-        include_str!("scripts/fleet-disk-read.sh"),
+        with_disk_helpers!("", "scripts/fleet-disk-read.sh"),
+    ),
+    // A quick erase writes 8 MiB a disk; secure and full ones may take hours on large disks
+    // (the status's own limit, `timeouts.disk_erasing`, bounds the whole erase).
+    erase(
+        "fleet-erase-full",
+        12 * 3600,
+        with_disk_helpers!("mode=full\n", "scripts/fleet-erase.sh"),
+    ),
+    erase(
+        "fleet-erase-quick",
+        600,
+        with_disk_helpers!("mode=quick\n", "scripts/fleet-erase.sh"),
+    ),
+    erase(
+        "fleet-erase-secure",
+        12 * 3600,
+        with_disk_helpers!("mode=secure\n", "scripts/fleet-erase.sh"),
     ),
     // Fills up to half of the free memory: not on a host that is running workloads.
     test(

@@ -118,7 +118,18 @@ fn builtin_scripts_are_in_name_order_with_safe_names() {
     for script in builtin_scripts() {
         assert!(script.name.chars().all(name_character), "{}", script.name);
         assert!(script.text.starts_with("#!/bin/sh\n"), "{}", script.name);
-        assert!(!script.destructive, "{}", script.name);
+        // Only the disk erases destroy data, and never on a host with a workload.
+        assert_eq!(
+            script.destructive,
+            script.kind == ScriptKind::Erase,
+            "{}",
+            script.name
+        );
+        assert!(
+            !(script.destructive && script.safe_on_live_host),
+            "{}",
+            script.name
+        );
         assert_eq!(builtin_script(script.name), Some(script));
     }
     assert_eq!(builtin_script("no-such-script"), None);
@@ -909,6 +920,96 @@ fn disk_read_fails_on_a_read_error() {
         run.stdout
     );
     assert_eq!(run.results.unwrap()["disks"][0]["status"], "failed");
+}
+
+/// Runs a disk erase on a fake machine whose 20 MiB disk holds 0x5a everywhere; returns the run
+/// and the disk's bytes afterwards.
+fn erase_fake_disk(mode: &str) -> (ScriptRun, Vec<u8>) {
+    let sandbox = Sandbox::new();
+    let tree = FakeTree::new();
+    let vda = format!("{PCI}/0000:00:04.0/virtio1/block/vda");
+    // 20 MiB and 3 sectors: full must also zero the sectors after the last whole MiB.
+    tree.link("sys/block/vda", &vda)
+        .files(&vda, &[("size", "40963\n"), ("dev", "252:0\n")]);
+    tree.file("dev/vda", vec![0x5a; 40963 * 512]);
+    let sysfs = format!("{}/sys", tree.root());
+    let devfs = format!("{}/dev", tree.root());
+    let run = sandbox.run(
+        &format!("fleet-erase-{mode}"),
+        &[("FLEET_SYSFS", &sysfs), ("FLEET_DEVFS", &devfs)],
+    );
+    let disk = fs::read(tree.directory.path().join("dev/vda")).unwrap();
+    (run, disk)
+}
+
+#[test]
+fn quick_erase_zeroes_both_ends_of_every_disk() {
+    let (run, disk) = erase_fake_disk("quick");
+    assert_eq!(run.exit_code, Some(0), "{}{}", run.stdout, run.stderr);
+    let mib = 1 << 20;
+    let last_whole_mib = (40963 * 512 / mib) * mib;
+    assert!(disk[..4 * mib].iter().all(|byte| *byte == 0), "start");
+    assert!(
+        disk[last_whole_mib - 4 * mib..last_whole_mib]
+            .iter()
+            .all(|byte| *byte == 0),
+        "end"
+    );
+    assert!(
+        disk[8 * mib..9 * mib].iter().all(|byte| *byte == 0x5a),
+        "the middle is kept"
+    );
+    assert_eq!(disk.len(), 40963 * 512, "the disk keeps its size");
+    assert_eq!(
+        run.results.unwrap(),
+        json!({"mode": "quick", "disks": [{"name": "vda", "erased": true, "how": "ends zeroed"}]})
+    );
+}
+
+#[test]
+fn full_and_secure_erases_leave_no_byte() {
+    for mode in ["full", "secure"] {
+        let (run, disk) = erase_fake_disk(mode);
+        assert_eq!(
+            run.exit_code,
+            Some(0),
+            "{mode}: {}{}",
+            run.stdout,
+            run.stderr
+        );
+        assert_eq!(disk.len(), 40963 * 512, "{mode}");
+        assert!(
+            disk.iter().all(|byte| *byte == 0),
+            "{mode}: a byte survived"
+        );
+    }
+    // A file cannot be discarded securely: the secure erase says it overwrote instead.
+    let (run, _) = erase_fake_disk("secure");
+    assert!(run.stdout.contains("no secure discard"), "{}", run.stdout);
+    assert_eq!(
+        run.results.unwrap()["disks"][0]["how"],
+        "overwritten with zeros (no secure discard)"
+    );
+}
+
+#[test]
+fn an_erase_that_cannot_write_fails() {
+    let sandbox = Sandbox::new();
+    let tree = machine_with_one_disk();
+    fs::create_dir_all(tree.directory.path().join("dev/vda")).unwrap();
+    let sysfs = format!("{}/sys", tree.root());
+    let devfs = format!("{}/dev", tree.root());
+    let run = sandbox.run(
+        "fleet-erase-quick",
+        &[("FLEET_SYSFS", &sysfs), ("FLEET_DEVFS", &devfs)],
+    );
+    assert_eq!(run.exit_code, Some(1), "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains("disk vda: ERASE FAILED"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.results.unwrap()["disks"][0]["erased"], false);
 }
 
 /// Answers one HTTP request with `body`; the URL to reach it.

@@ -771,6 +771,8 @@ pub struct Script {
 pub enum ScriptKind {
     Commissioning,
     Testing,
+    /// Erases disks on release (built in only: fleet files cannot declare one).
+    Erase,
 }
 
 impl ScriptKind {
@@ -778,6 +780,7 @@ impl ScriptKind {
         match self {
             ScriptKind::Commissioning => "commissioning",
             ScriptKind::Testing => "testing",
+            ScriptKind::Erase => "erase",
         }
     }
 }

@@ -84,6 +84,17 @@ pub async fn perform(
             Err(error) => return Err(error.into()),
         }
     };
+    if let (Action::Release, Some(mode)) = (request.action, request.options.erase) {
+        // The ephemeral environment is told which erase to run when it boots.
+        let mode = serde_json::to_value(mode).ok();
+        let mode = mode
+            .as_ref()
+            .and_then(|mode| mode.as_str())
+            .unwrap_or("quick");
+        store
+            .put_setting(&format!("machine-erase/{name}"), mode)
+            .await?;
+    }
     if let (Action::Abort, Some(after)) = (request.action, &record) {
         // Scripts the machine was running are over: its run is told to stop on its next call.
         store.abort_running_scripts(after.id).await?;
@@ -246,16 +257,59 @@ pub async fn settle_machine(
     actor: &str,
     settlement: &Settlement,
 ) -> Result<Option<MachineRecord>, ActionError> {
+    Ok(settle_committed(store, name, actor, settlement).await?.0)
+}
+
+/// Ends the in-progress status, then carries out the power command the end asks for and its
+/// follow-up: a disk erase that succeeds goes on to releasing, which powers the machine off and
+/// completes once it is off (the way `perform` carries out an action).
+pub async fn settle_and_carry_out(
+    store: &Store,
+    drivers: &PowerDrivers,
+    name: &str,
+    actor: &str,
+    settlement: &Settlement,
+) -> Result<Option<MachineRecord>, ActionError> {
+    let (record, outcome) = settle_committed(store, name, actor, settlement).await?;
+    let (Some(outcome), Some(record)) = (outcome, record) else {
+        return Ok(None);
+    };
+    let Some(command) = outcome.power else {
+        return Ok(Some(record));
+    };
+    let mut done = ActionDone {
+        machine: name.to_string(),
+        action: Action::Release,
+        statuses: vec![record.lifecycle.status],
+        power_command: Some(command),
+        notes: Vec::new(),
+        record: Some(record.clone()),
+    };
+    run_power(store, drivers, record, command, actor, &mut done).await?;
+    if outcome.follow_up == FollowUp::CompleteAfterPower {
+        complete_after_power(store, name, actor, &mut done).await?;
+    }
+    Ok(done.record)
+}
+
+/// The settlement committed: the record afterwards and the outcome (`None` when the machine
+/// was not in progress, or the settlement did not apply to its status).
+async fn settle_committed(
+    store: &Store,
+    name: &str,
+    actor: &str,
+    settlement: &Settlement,
+) -> Result<(Option<MachineRecord>, Option<crate::model::Outcome>), ActionError> {
     for _ in 0..=CONFLICT_RETRIES {
         let record = store
             .machine(name)
             .await?
             .ok_or_else(|| ActionError::UnknownMachine(name.to_string()))?;
         if !record.lifecycle.status.is_in_progress() {
-            return Ok(Some(record));
+            return Ok((Some(record), None));
         }
         let Ok(mut outcome) = settle(&record.lifecycle, settlement) else {
-            return Ok(Some(record));
+            return Ok((Some(record), None));
         };
         if record.lifecycle.status == Status::Deploying && outcome.after.status == Status::Deployed
         {
@@ -272,7 +326,7 @@ pub async fn settle_machine(
             image: None,
         };
         match store.commit(&record, &commit).await {
-            Ok(after) => return Ok(after),
+            Ok(after) => return Ok((after, Some(outcome))),
             Err(StoreError::Conflict(_)) => continue,
             Err(error) => return Err(error.into()),
         }

@@ -6,6 +6,7 @@
 //! 2. the fleet file adopts it with the `qemu` power type; `fleet apply` commissions it: the
 //!    driver powers it on through QMP, it netboots again, runs the built-in scripts and tests,
 //!    and rests in ready with the inventory QEMU was started with (CPUs, memory, disk, MAC);
+//!    then released with a quick erase: it boots to erase the ends of its disk, then is ready;
 //! 3. an operator's failing commissioning script → failed_commissioning with its name and stderr;
 //! 4. killed mid-commissioning → failed_commissioning by the heartbeat limit.
 
@@ -195,6 +196,23 @@ async fn status_of(store: &Store) -> Option<(Status, Option<String>)> {
     Some((record.lifecycle.status, record.status_reason))
 }
 
+fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.write_all_at(bytes, offset).unwrap();
+    file.sync_all().unwrap();
+}
+
+fn read_at(path: &Path, offset: u64, length: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = vec![0; length];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut bytes, offset)
+        .unwrap();
+    bytes
+}
+
 fn adopted_machine(qmp: &Path) -> String {
     format!(
         r#"
@@ -315,6 +333,59 @@ async fn a_virtual_machine_enlists_commissions_and_fails_as_lifecycle_md_says() 
     assert!(
         shown.contains("fleet-memtest") && shown.contains("ready"),
         "{shown}"
+    );
+
+    // 2b. Released with a quick erase: the VM boots to erase its disk, then is released to
+    // ready. What was written at both ends of the disk is gone; the middle is kept.
+    let disk = dir.join("disk.img");
+    let marker = [0x5au8; 4096];
+    for offset in [0, DISK_BYTES / 2, DISK_BYTES - 4096] {
+        write_at(&disk, offset, &marker);
+    }
+    for action in [
+        &["machine", "allocate", NAME][..],
+        &["machine", "release", NAME, "--erase", "quick"],
+    ] {
+        let output = controller.cli(action);
+        assert!(
+            output.status.success(),
+            "{action:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    wait_for(
+        "erased and released",
+        Duration::from_secs(180),
+        &mut vm,
+        &controller,
+        async || {
+            status_of(&store)
+                .await
+                .filter(|(status, _)| *status == Status::Ready)
+        },
+    )
+    .await;
+    assert_eq!(
+        read_at(&disk, 0, 4096),
+        vec![0; 4096],
+        "the start was not erased"
+    );
+    assert_eq!(
+        read_at(&disk, DISK_BYTES - 4096, 4096),
+        vec![0; 4096],
+        "the end was not erased"
+    );
+    assert_eq!(
+        read_at(&disk, DISK_BYTES / 2, 4096),
+        marker.to_vec(),
+        "a quick erase keeps the middle"
+    );
+    let results = store.script_results(record.id).await.unwrap();
+    assert!(
+        results
+            .iter()
+            .any(|r| r.name == "fleet-erase-quick" && r.status == "passed"),
+        "{results:#?}"
     );
 
     // 3. An operator's commissioning script that fails: failed_commissioning, naming it.

@@ -440,6 +440,70 @@ async fn a_silent_machine_fails_by_heartbeat_timeout() {
 }
 
 #[tokio::test]
+async fn release_with_erase_runs_the_erase_then_the_release_completes() {
+    let (controller, _directory) = start("10m");
+    let store = controller.store().await;
+    let machine = Machine::enlist(&controller.url, "52:54:00:aa:fa:01").await;
+    give_manual_power(&store, &machine.name).await;
+    controller.make_deployed(&store, &machine.name).await;
+    let path = format!("/machines/{}/actions/release", machine.name);
+    let body = serde_json::json!({"options": {"erase": "full"}});
+    let (code, answer) = controller.http().post(&path, body).await;
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(
+        status_of(&store, &machine.name).await.0,
+        Status::DiskErasing
+    );
+    let (run, scripts) = machine.instructions("disk_erasing").await;
+    assert_eq!(scripts, ["fleet-erase-full erase 43200"]);
+    let (_, answer) = machine
+        .result(&run, "fleet-erase-full", "erase", "running", "")
+        .await;
+    assert_eq!(answer, "continue\n");
+    let (_, answer) = machine
+        .result(&run, "fleet-erase-full", "erase", "passed", "")
+        .await;
+    assert_eq!(answer, "continue\n");
+    let (_, answer) = machine
+        .post("signal", serde_json::json!({"run": run, "result": "ok"}))
+        .await;
+    assert_eq!(answer, "after poweroff\n");
+    // Erased, then released: powered off and back to ready, owner cleared.
+    let record = store.machine(&machine.name).await.unwrap().unwrap();
+    assert_eq!(record.lifecycle.status, Status::Ready);
+    assert_eq!(record.lifecycle.owner, None);
+}
+
+#[tokio::test]
+async fn a_failed_erase_fails_the_release_naming_the_script() {
+    let (controller, _directory) = start("10m");
+    let store = controller.store().await;
+    let machine = Machine::enlist(&controller.url, "52:54:00:aa:fb:01").await;
+    give_manual_power(&store, &machine.name).await;
+    controller.make_deployed(&store, &machine.name).await;
+    let path = format!("/machines/{}/actions/release", machine.name);
+    let body = serde_json::json!({"options": {"erase": "quick"}});
+    controller.http().post(&path, body).await;
+    let (run, _) = machine.instructions("disk_erasing").await;
+    let (_, answer) = machine
+        .result(
+            &run,
+            "fleet-erase-quick",
+            "erase",
+            "failed",
+            "disk vda: ERASE FAILED: I/O error\n",
+        )
+        .await;
+    assert!(answer.starts_with("stop "), "{answer}");
+    let (status, reason) = status_of(&store, &machine.name).await;
+    assert_eq!(status, Status::FailedDiskErasing);
+    assert_eq!(
+        reason.as_deref(),
+        Some("disk erase fleet-erase-quick failed (exit 3): disk vda: ERASE FAILED: I/O error")
+    );
+}
+
+#[tokio::test]
 async fn a_machine_past_its_limit_times_out_however_chatty() {
     let (controller, _directory) = start_with_limits("10m", "3s");
     let store = controller.store().await;

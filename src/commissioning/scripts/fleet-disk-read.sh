@@ -1,4 +1,5 @@
 #!/bin/sh
+# (served with disk-helpers.inc in front: run `cat disk-helpers.inc THIS | sh` by hand)
 # fleet built-in test fleet-disk-read: reads the first FLEET_DISK_READ_MIB (default 64) MiB of
 # every disk and fails on a read error; asks SMART for the health verdict when smartctl is
 # there (a failing verdict fails the test; a disk without SMART, or no smartctl, does not).
@@ -11,31 +12,6 @@ mib=${FLEET_DISK_READ_MIB:-64}
 case $mib in '' | *[!0-9]* | 0) echo "fleet-disk-read: FLEET_DISK_READ_MIB must be a whole number of MiB above 0, not '$mib'" >&2; exit 2 ;; esac
 work=$(mktemp -d) || exit 2
 trap 'rm -rf "$work"' EXIT
-
-# disk_sectors PATH prints the disk's size in 512-byte sectors, or nothing when PATH is not a
-# disk worth reading (same rules as 30-fleet-disks).
-disk_sectors() {
-  case ${1##*/} in
-    loop* | ram* | zram* | dm-* | md* | sr* | fd* | nbd* | mmcblk*boot* | mmcblk*rpmb) return ;;
-  esac
-  hidden=; { read -r hidden <"$1/hidden"; } 2>/dev/null
-  [ "$hidden" != 1 ] || return
-  case $(readlink -f "$1") in
-    */devices/virtual/nvme-subsystem/*) ;;
-    */devices/virtual/*) return ;;
-  esac
-  sectors=; { read -r sectors <"$1/size"; } 2>/dev/null
-  case $sectors in '' | *[!0-9]* | 0) return ;; esac
-  echo "$sectors"
-}
-
-# device_node NAME prints a path to read the disk from: $dev/NAME, or a node made from
-# /sys/block/NAME/dev when the environment's /dev lacks it.
-device_node() {
-  if [ -e "$dev/$1" ]; then echo "$dev/$1"; return; fi
-  numbers=; { read -r numbers <"$sys/block/$1/dev"; } 2>/dev/null
-  mknod "$work/$1" b "${numbers%:*}" "${numbers#*:}" 2>/dev/null && echo "$work/$1"
-}
 
 # read_start NODE reads the first $mib MiB, bypassing the page cache when the device allows
 # it (O_DIRECT), so the data really comes from the disk.

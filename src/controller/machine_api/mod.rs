@@ -9,7 +9,7 @@
 pub mod enlist;
 pub mod rules;
 
-use crate::controller::actions::{settle_machine, ActionError};
+use crate::controller::actions::{settle_and_carry_out, settle_machine, ActionError};
 use crate::model::Settlement;
 use crate::power::PowerDrivers;
 use crate::store::{now_ms, MachineRecord, NewEvent, ScriptResult, Store, StoreError};
@@ -81,6 +81,7 @@ fn builtin_scripts() -> Vec<ScriptEntry> {
                     crate::config::ScriptKind::Commissioning
                 }
                 crate::commissioning::ScriptKind::Testing => crate::config::ScriptKind::Testing,
+                crate::commissioning::ScriptKind::Erase => crate::config::ScriptKind::Erase,
             },
             timeout_seconds: script.timeout_seconds,
             destructive: script.destructive,
@@ -161,7 +162,11 @@ pub async fn instructions(
         .put_setting(&run_key(name), &format!("{run} {}", role.as_str()))
         .await?;
     store.heard_from(name).await?;
-    let scripts = rules::scripts_for(role, &settings.scripts);
+    let erase_mode = store
+        .setting(&format!("machine-erase/{name}"))
+        .await?
+        .unwrap_or_else(|| "quick".to_string());
+    let scripts = rules::scripts_for(role, &settings.scripts, &erase_mode);
     let names: Vec<&str> = scripts.iter().map(|script| script.name.as_str()).collect();
     record_event(
         store,
@@ -379,7 +384,7 @@ pub async fn signal(
             fail_and_power_off(store, drivers, name, &settlement).await?;
         }
         Some(settlement) => {
-            settle_machine(store, name, "machine", &settlement).await?;
+            settle_and_carry_out(store, drivers, name, "machine", &settlement).await?;
         }
         None => {}
     }

@@ -13,6 +13,8 @@ pub enum RunRole {
     Commissioning,
     Testing,
     Rescue,
+    /// Released with an erase: the disks are erased, then the release goes on.
+    DiskErasing,
     /// `register-live.sh` on a machine that already runs a workload.
     RegisterLive,
     /// Nothing to do in the ephemeral environment (yet).
@@ -26,6 +28,7 @@ impl RunRole {
             RunRole::Commissioning => "commissioning",
             RunRole::Testing => "testing",
             RunRole::Rescue => "rescue",
+            RunRole::DiskErasing => "disk_erasing",
             RunRole::RegisterLive => "register-live",
             RunRole::None => "none",
         }
@@ -37,6 +40,7 @@ impl RunRole {
             RunRole::Commissioning,
             RunRole::Testing,
             RunRole::Rescue,
+            RunRole::DiskErasing,
             RunRole::RegisterLive,
             RunRole::None,
         ]
@@ -54,6 +58,7 @@ impl RunRole {
             Status::Commissioning => RunRole::Commissioning,
             Status::Testing => RunRole::Testing,
             Status::EnteringRescueMode | Status::RescueMode => RunRole::Rescue,
+            Status::DiskErasing => RunRole::DiskErasing,
             _ => RunRole::None,
         }
     }
@@ -66,6 +71,7 @@ impl RunRole {
             RunRole::Commissioning => matches!(status, Status::Commissioning | Status::Testing),
             RunRole::Testing => status == Status::Testing,
             RunRole::Rescue => matches!(status, Status::EnteringRescueMode | Status::RescueMode),
+            RunRole::DiskErasing => status == Status::DiskErasing,
             RunRole::RegisterLive => true,
             RunRole::None => false,
         }
@@ -94,13 +100,24 @@ pub struct ScriptEntry {
     pub text: String,
 }
 
+/// The built-in script that erases disks in `mode` (quick, secure, full).
+pub fn erase_script_name(mode: &str) -> String {
+    format!("fleet-erase-{mode}")
+}
+
 /// The scripts of a run, in order: commissioning ones (built-in first, then the operator's,
-/// each group by name), then the tests.
-pub fn scripts_for(role: RunRole, all: &[ScriptEntry]) -> Vec<&ScriptEntry> {
+/// each group by name), then the tests; for an erase, the erase of `erase_mode` alone.
+pub fn scripts_for<'a>(
+    role: RunRole,
+    all: &'a [ScriptEntry],
+    erase_mode: &str,
+) -> Vec<&'a ScriptEntry> {
+    let erase = erase_script_name(erase_mode);
     let wanted = |script: &&ScriptEntry| match role {
         RunRole::Enlist => script.kind == ScriptKind::Commissioning && script.builtin,
-        RunRole::Commissioning => true,
+        RunRole::Commissioning => script.kind != ScriptKind::Erase,
         RunRole::Testing => script.kind == ScriptKind::Testing,
+        RunRole::DiskErasing => script.kind == ScriptKind::Erase && script.name == erase,
         RunRole::RegisterLive => {
             script.kind == ScriptKind::Commissioning
                 && script.safe_on_live_host
@@ -210,6 +227,9 @@ pub fn settlement_for_report(status: Status, report: &ScriptReport) -> Option<Se
         (Status::Testing, ScriptKind::Testing) if failed => Some(Settlement::Failed {
             reason: failure_reason("test", report),
         }),
+        (Status::DiskErasing, ScriptKind::Erase) if failed => Some(Settlement::Failed {
+            reason: failure_reason("disk erase", report),
+        }),
         _ => None,
     }
 }
@@ -248,6 +268,7 @@ pub fn settlement_for_signal(
         RunRole::Commissioning => matches!(status, Status::Commissioning | Status::Testing),
         RunRole::Testing => status == Status::Testing,
         RunRole::Rescue => status == Status::EnteringRescueMode,
+        RunRole::DiskErasing => status == Status::DiskErasing,
         RunRole::Enlist | RunRole::RegisterLive | RunRole::None => false,
     };
     ends_well.then_some(Settlement::Succeeded)
@@ -300,9 +321,11 @@ mod tests {
             script("10-fleet-cpu", ScriptKind::Commissioning, true, true),
             script("30-fleet-disks", ScriptKind::Commissioning, true, false),
             script("aa-burn", ScriptKind::Testing, false, false),
+            script("fleet-erase-quick", ScriptKind::Erase, true, false),
+            script("fleet-erase-full", ScriptKind::Erase, true, false),
         ];
         let names = |role| {
-            scripts_for(role, &all)
+            scripts_for(role, &all, "quick")
                 .iter()
                 .map(|s| s.name.as_str())
                 .collect::<Vec<_>>()
@@ -321,6 +344,7 @@ mod tests {
         assert_eq!(names(RunRole::Testing), ["fleet-memtest", "aa-burn"]);
         assert_eq!(names(RunRole::RegisterLive), ["10-fleet-cpu"]);
         assert!(names(RunRole::Rescue).is_empty());
+        assert_eq!(names(RunRole::DiskErasing), ["fleet-erase-quick"]);
     }
 
     #[test]
