@@ -10,6 +10,10 @@
 # - The initramfs holds the busybox-static binary (/bin/busybox), the kernel modules below with
 #   everything they depend on (from modules.dep, made by `busybox depmod`; there is no kmod on the
 #   machine), their own modules.dep/alias for busybox modprobe, and /init (init, next to this file).
+# - For finding the BMC while enlisting: the IPMI modules (loaded by the runner, not by init) and
+#   Debian's ipmitool (package ipmitool, from the build host: .ci/setup-ephemeral installs it)
+#   with the shared libraries and the loader it needs (found with ldd, copied to their paths).
+#   They are most of the initramfs: ~5.7 MB of its ~7.8 MB (libcrypto, libfreeipmi, libgcrypt).
 # - Writes DIR/kernel, DIR/initrd (cpio newc, gzip) and DIR/manifest (kernel version, sha256 of
 #   both). Safe to run again: the outputs are replaced atomically.
 #
@@ -20,6 +24,9 @@ set -euo pipefail
 # The drivers the environment loads: NICs and disk controllers QEMU and common servers have.
 # The inventory reads /proc and /sys only (DMI, block devices, PCI), which need no module.
 MODULES="virtio_pci virtio_net virtio_blk virtio_scsi e1000 e1000e ahci nvme sd_mod"
+# Carried but loaded only by the runner while enlisting (it looks for a BMC: /dev/ipmi0).
+IPMI_MODULES="ipmi_msghandler ipmi_devintf ipmi_si"
+IPMITOOL=/usr/bin/ipmitool
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 out=""
@@ -56,7 +63,8 @@ BUSYBOX=/bin/busybox
 if command -v ldd >/dev/null 2>&1 && ldd "$BUSYBOX" >/dev/null 2>&1; then
   die "$BUSYBOX is dynamically linked: the initramfs needs busybox-static (apt-get install busybox-static)"
 fi
-for tool in dpkg-deb gzip sha256sum find sort; do
+[ -x "$IPMITOOL" ] || die "$IPMITOOL is missing: apt-get install ipmitool"
+for tool in dpkg-deb gzip sha256sum find sort ldd; do
   command -v "$tool" >/dev/null 2>&1 || die "$tool is missing"
 done
 [ -f "$here/init" ] || die "$here/init is missing"
@@ -114,9 +122,10 @@ fi
 "$BUSYBOX" depmod -b "$work/kernel" "$kver"
 moddir="$work/kernel/lib/modules/$kver"
 read -r -a wanted <<< "$MODULES $extra_modules"
-# The files of the wanted modules and of everything they depend on. Module names treat - and _
-# alike (nvme-core.ko is nvme_core).
-paths=$(awk -v wanted="${wanted[*]}" '
+read -r -a carried <<< "$IPMI_MODULES"
+# The files of the wanted (and carried) modules and of everything they depend on. Module names
+# treat - and _ alike (nvme-core.ko is nvme_core).
+paths=$(awk -v wanted="${wanted[*]} ${carried[*]}" '
   function name(path) { sub(/.*\//, "", path); sub(/\.ko$/, "", path); gsub(/-/, "_", path); return path }
   BEGIN { n = split(wanted, list, /[ \t]+/); for (i = 1; i <= n; i++) if (list[i] != "") want[list[i]] = 1 }
   {
@@ -154,6 +163,17 @@ done
 cp "$moddir/modules.builtin" "$moddir/modules.order" "$root/lib/modules/$kver/"
 "$BUSYBOX" depmod -b "$root" "$kver"
 printf '%s\n' "${wanted[@]}" > "$root/etc/fleet/modules"
+# ipmitool and what the loader needs to run it: every library ldd names, at the path it names,
+# and the loader itself (the rest of the initramfs is static).
+libraries=$(ldd "$IPMITOOL" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u)
+[ -n "$libraries" ] || die "ldd found no libraries for $IPMITOOL"
+install -D -m 0755 "$IPMITOOL" "$root/usr/bin/ipmitool"
+for library in $libraries; do
+  [ -e "$library" ] || die "$IPMITOOL needs $library, which is missing"
+  mkdir -p "$root$(dirname "$library")"
+  cp -L "$library" "$root$library"
+done
+ipmitool_version=$(dpkg-query -W -f='${Version}' ipmitool 2>/dev/null || echo unknown)
 # The runner powers a machine off only where this file exists (never on a live host).
 printf 'kernel %s\npackage %s %s\n' "$kver" "$package_name" "$package_version" > "$root/etc/fleet/ephemeral"
 if [ "$(id -u)" = 0 ]; then
@@ -178,6 +198,8 @@ initrd_sha=$(sha256sum "$work/initrd" | cut -d' ' -f1)
   printf 'initrd_bytes %s\n' "$(wc -c < "$work/initrd")"
   printf 'busybox %s\n' "$("$BUSYBOX" 2>&1 | head -n 1 | awk '{print $2}')"
   printf 'modules %s\n' "${wanted[*]}"
+  printf 'carried_modules %s\n' "${carried[*]}"
+  printf 'ipmitool %s (%s libraries)\n' "$ipmitool_version" "$(printf '%s\n' "$libraries" | wc -l)"
   printf 'cmdline console=ttyS0 panic=-1 fleet.url=URL fleet.role=ROLE fleet.mac=MAC [fleet.machine=NAME fleet.token=TOKEN]\n'
 } > "$work/manifest"
 

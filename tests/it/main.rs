@@ -8,6 +8,7 @@ mod config;
 mod crash;
 mod dhcp;
 mod enlist;
+mod enlist_bmc;
 mod lifecycle;
 mod machine_api;
 mod netboot;

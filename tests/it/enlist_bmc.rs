@@ -1,0 +1,523 @@
+//! End to end: an enlisting machine finds its BMC and reports it, as MAAS does. A QEMU VM with
+//! an IPMI BMC (`ipmi-bmc-extern` + `isa-ipmi-kcs`) backed by OpenIPMI's `ipmi_sim`, all inside
+//! the test's network namespace: the guest's ipmitool talks to the simulator over KCS, the
+//! controller's over LAN (10.99.0.2:623 on the boot network's bridge).
+//! 1. the VM netboots the ephemeral environment, loads ipmi_si, reads the BMC's LAN address,
+//!    creates the user `fleet` (ADMINISTRATOR, a random password) and enlists with it;
+//! 2. the stored machine: power type ipmi, `bmc_address` the simulator's address, user fleet,
+//!    the password only as a reference to a 0600 file in the controller's state directory; the
+//!    password is in no event, no log line, no console line and no API output;
+//! 3. `fleet machine power-off` / `power-on` through the controller switch the simulator's
+//!    chassis with that user and password.
+
+use crate::support::bootnet::{
+    kill_by_pidfile, read, tail, BootNetwork, NamespacedController, API_PORT, CONTROLLER_IP,
+    ONE_VM_AT_A_TIME,
+};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+const EPHEMERAL: &str = "/var/cache/fleet-ephemeral";
+const MAC: &str = "52:54:00:5e:00:02";
+const NAME: &str = "enlisted-5254005e0002";
+/// The BMC's LAN address on the boot network, and the port of its KCS face on loopback.
+const BMC_IP: &str = "10.99.0.2";
+const SERIAL_PORT: u16 = 9002;
+const ADMIN_PASSWORD: &str = "test-admin-Pw-1";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/power")
+}
+
+fn ephemeral_file(name: &str) -> PathBuf {
+    let path = Path::new(EPHEMERAL).join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run .ci/setup-ephemeral",
+        path.display()
+    );
+    path
+}
+
+fn write_fleet_file(directory: &Path) -> PathBuf {
+    let text = format!(
+        r#"[controller]
+tftp_listen = "{CONTROLLER_IP}:69"
+http_boot_url = "http://{CONTROLLER_IP}:{API_PORT}"
+loader_dir = "/usr/lib/ipxe"
+ephemeral_image = "ephemeral"
+dhcp_interfaces = ["br0"]
+
+[subnets.boot]
+cidr = "10.99.0.0/24"
+interface = "br0"
+dynamic_range = {{ start = "10.99.0.100", end = "10.99.0.199" }}
+
+[images.ephemeral]
+kernel = {{ path = "{kernel}" }}
+initrd = {{ path = "{initrd}" }}
+"#,
+        kernel = ephemeral_file("kernel").display(),
+        initrd = ephemeral_file("initrd").display(),
+    );
+    let path = directory.join("fleet.toml");
+    std::fs::write(&path, text).expect("the fleet file");
+    path
+}
+
+/// `ipmi_sim` inside the namespace: LAN on BMC_IP:623, KCS for QEMU on 127.0.0.1:SERIAL_PORT.
+struct Simulator {
+    child: Child,
+    namespace: String,
+    chassis: PathBuf,
+    log: PathBuf,
+}
+
+impl Simulator {
+    fn start(network: &BootNetwork, directory: &Path) -> Simulator {
+        let dir = directory.join("bmc");
+        let chassis = dir.join("chassis");
+        std::fs::create_dir_all(&chassis).unwrap();
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        let program = fixtures().join("chassis-control.sh");
+        let lan = std::fs::read_to_string(fixtures().join("lan-kcs.conf"))
+            .unwrap()
+            .replace("@ADDR@", BMC_IP)
+            .replace("@SERIAL_PORT@", &SERIAL_PORT.to_string())
+            .replace("@PASSWORD@", ADMIN_PASSWORD)
+            .replace(
+                "@CHASSIS@",
+                &format!("{} {}", program.display(), chassis.display()),
+            );
+        std::fs::write(dir.join("lan.conf"), lan).unwrap();
+        std::fs::copy(fixtures().join("bmc.emu"), dir.join("bmc.emu")).unwrap();
+        let log = dir.join("ipmi_sim.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = network
+            .namespace
+            .command("ipmi_sim")
+            .arg("-c")
+            .arg(dir.join("lan.conf"))
+            .arg("-f")
+            .arg(dir.join("bmc.emu"))
+            .arg("-s")
+            .arg(dir.join("state"))
+            .arg("-n")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("ipmi_sim runs (Debian package openipmi; .ci/setup-power installs it)");
+        let simulator = Simulator {
+            child,
+            namespace: network.namespace.name.clone(),
+            chassis,
+            log,
+        };
+        // Ready when it answers; then it gets the LAN address it reports (a real BMC has one).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !simulator.admin(&["chassis", "power", "status"]).0 {
+            assert!(
+                Instant::now() < deadline,
+                "ipmi_sim did not answer: {}",
+                read(&simulator.log)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for args in [
+            &["lan", "set", "1", "ipsrc", "static"][..],
+            &["lan", "set", "1", "ipaddr", BMC_IP][..],
+        ] {
+            let (ok, output) = simulator.admin(args);
+            assert!(ok, "ipmitool {args:?}: {output}");
+        }
+        simulator
+    }
+
+    /// ipmitool over LAN as `user`, in the namespace: (success, stdout + stderr).
+    fn ipmitool(&self, user: &str, password: &str, args: &[&str]) -> (bool, String) {
+        let output = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.namespace, "ipmitool"])
+            .args(["-I", "lanplus", "-C", "3", "-H", BMC_IP, "-U", user, "-E"])
+            .args(["-N", "1", "-R", "1"])
+            .args(args)
+            .env("IPMITOOL_PASSWORD", password)
+            .stdin(Stdio::null())
+            .output()
+            .expect("ipmitool runs (.ci/setup-power installs it)");
+        (
+            output.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+        )
+    }
+
+    fn admin(&self, args: &[&str]) -> (bool, String) {
+        self.ipmitool("admin", ADMIN_PASSWORD, args)
+    }
+
+    /// The chassis' power as the simulator keeps it: "1" on, "0" off.
+    fn power(&self) -> String {
+        read(&self.chassis.join("power")).trim().to_string()
+    }
+
+    fn commands(&self) -> String {
+        read(&self.chassis.join("commands"))
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The VM with its BMC: QEMU's external BMC on ipmi_sim's VM-codec socket, a KCS interface.
+struct Vm {
+    child: Child,
+    pidfile: PathBuf,
+    console: PathBuf,
+}
+
+impl Vm {
+    fn start(network: &BootNetwork, directory: &Path) -> Vm {
+        let (pidfile, console) = (directory.join("qemu.pid"), directory.join("console.log"));
+        let child = network
+            .namespace
+            .command("qemu-system-x86_64")
+            .args(["-accel", "tcg", "-display", "none", "-no-shutdown"])
+            .args(["-m", "512", "-smp", "1", "-boot", "n"])
+            .args([
+                "-netdev",
+                &format!("tap,id=n0,ifname={},script=no,downscript=no", network.tap),
+            ])
+            .args([
+                "-device",
+                &format!("virtio-net-pci,netdev=n0,mac={MAC},bootindex=1"),
+            ])
+            .args([
+                "-chardev",
+                &format!("socket,id=ipmi0,host=127.0.0.1,port={SERIAL_PORT},reconnect=10"),
+            ])
+            .args(["-device", "ipmi-bmc-extern,chardev=ipmi0,id=bmc0"])
+            .args(["-device", "isa-ipmi-kcs,bmc=bmc0"])
+            .args(["-serial", &format!("file:{}", console.display())])
+            .arg("-pidfile")
+            .arg(&pidfile)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(directory.join("qemu.log")).unwrap())
+            .spawn()
+            .expect("qemu-system-x86_64 starts (.ci/setup-netboot installs it)");
+        Vm {
+            child,
+            pidfile,
+            console,
+        }
+    }
+
+    fn console(&self) -> String {
+        read(&self.console)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        kill_by_pidfile(&self.pidfile);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enlisting_machine_reports_its_bmc_and_the_controller_powers_it_with_that_user() {
+    let _one = ONE_VM_AT_A_TIME.lock().await;
+    let mut directory = tempfile::tempdir().expect("a directory");
+    if std::env::var_os("FLEET_NETBOOT_KEEP").is_some() {
+        directory.disable_cleanup(true);
+        eprintln!("e2e files kept in {}", directory.path().display());
+    }
+    let dir = directory.path();
+    let network = BootNetwork::new();
+    network
+        .namespace
+        .ip(&["addr", "add", &format!("{BMC_IP}/24"), "dev", "br0"]);
+    let simulator = Simulator::start(&network, dir);
+    let fleet_file = write_fleet_file(dir);
+    let controller = NamespacedController::start(&network, dir, &fleet_file);
+    let store = controller.store().await;
+    let mut vm = Vm::start(&network, dir);
+    let started = Instant::now();
+
+    // 1. It enlists (and powers itself off), with its BMC.
+    let record = loop {
+        if let Ok(Some(exit)) = vm.child.try_wait() {
+            panic!(
+                "QEMU exited ({exit}): {}\nconsole:\n{}",
+                read(&dir.join("qemu.log")),
+                tail(&vm.console(), 40)
+            );
+        }
+        let events = store.events(&Default::default()).await.unwrap();
+        let ended = events.iter().any(|event| {
+            event.machine.as_deref() == Some(NAME)
+                && event
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("enlist run") && r.ends_with("ended: ok"))
+        });
+        if ended {
+            break store.machine(NAME).await.unwrap().unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "not enlisted within 240 s\nconsole:\n{}\ncontroller:\n{}\nipmi_sim:\n{}",
+            tail(&vm.console(), 50),
+            tail(&read(&controller.log), 30),
+            tail(&read(&simulator.log), 20)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!(
+        "e2e: enlisted with its BMC after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let console = vm.console();
+    assert!(
+        console.contains(&format!(
+            "fleet: bmc: ipmi {BMC_IP} (channel 1): user fleet in slot 3 created"
+        )),
+        "console:\n{}",
+        tail(&console, 40)
+    );
+
+    // 2. The stored machine.
+    assert_eq!(record.power_type, "ipmi", "{:?}", record.power_params);
+    assert_eq!(record.bmc_address.as_deref(), Some(BMC_IP));
+    let params = &record.power_params;
+    assert_eq!(params["address"], BMC_IP);
+    assert_eq!(params["user"], "fleet");
+    assert_eq!(params["driver"], "lan_2_0");
+    assert_eq!(params["privilege"], "admin");
+    assert_eq!(params["cipher_suite"], 3);
+    let file = PathBuf::from(
+        params["password"]["file"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a file reference: {params}")),
+    );
+    assert_eq!(params["password"].as_object().unwrap().len(), 1, "{params}");
+    assert_eq!(
+        file,
+        controller
+            .state_dir
+            .join("secrets")
+            .join(format!("{NAME}.bmc-password"))
+    );
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", file.display());
+    let password = read(&file).trim().to_string();
+    assert!(
+        !password.is_empty() && password.len() <= 20,
+        "{} bytes",
+        password.len()
+    );
+    // The simulator has the user, as ADMINISTRATOR on channel 1; the password logs in.
+    let (_, users) = simulator.admin(&["user", "list", "1"]);
+    assert!(
+        users
+            .lines()
+            .any(|line| line.contains(" fleet ") && line.contains("ADMINISTRATOR")),
+        "{users}"
+    );
+    let (ok, status) = simulator.ipmitool("fleet", &password, &["chassis", "power", "status"]);
+    assert!(ok, "the reported password logs in: {status}");
+
+    // The password is nowhere but in its file.
+    let events = store.events(&Default::default()).await.unwrap();
+    let enlist_event = events
+        .iter()
+        .find(|event| event.kind == "enlist" && event.machine.as_deref() == Some(NAME))
+        .expect("an enlist event");
+    assert!(
+        enlist_event
+            .reason
+            .as_deref()
+            .is_some_and(|reason| reason.contains(&file.display().to_string())),
+        "{enlist_event:?}"
+    );
+    let shown = controller.cli(&["machine", "show", NAME, "--json"]);
+    assert!(shown.status.success(), "{}", output_text(&shown));
+    let shown = output_text(&shown);
+    assert!(shown.contains("bmc-password"), "{shown}");
+    let listed = output_text(&controller.cli(&["machine", "list", "--json"]));
+    let events_shown = output_text(&controller.cli(&["events", "--json"]));
+    for (what, text) in [
+        ("events", format!("{events:?}")),
+        ("machine show", shown),
+        ("machine list", listed),
+        ("events --json", events_shown),
+        ("the controller's log", read(&controller.log)),
+        ("the console", console),
+        ("the stored parameters", params.to_string()),
+    ] {
+        assert!(!text.contains(&password), "the BMC password is in {what}");
+    }
+
+    // 3. Power through the controller, with that user: off, then on (a new machine may be
+    // powered off; power-on wants an owner or a broken machine: marked broken first).
+    let output = controller.cli(&["machine", "power-off", NAME]);
+    assert!(output.status.success(), "{}", output_text(&output));
+    assert_eq!(simulator.power(), "0", "{}", simulator.commands());
+    let output = controller.cli(&["machine", "mark-broken", NAME, "--comment", "bmc test"]);
+    assert!(output.status.success(), "{}", output_text(&output));
+    let output = controller.cli(&["machine", "power-on", NAME]);
+    assert!(output.status.success(), "{}", output_text(&output));
+    assert_eq!(simulator.power(), "1", "{}", simulator.commands());
+    let (_, status) = simulator.admin(&["chassis", "power", "status"]);
+    assert!(status.contains("Chassis Power is on"), "{status}");
+    let output = controller.cli(&["machine", "power-off", NAME]);
+    assert!(output.status.success(), "{}", output_text(&output));
+    assert_eq!(simulator.power(), "0", "{}", simulator.commands());
+    let shown = output_text(&controller.cli(&["machine", "show", NAME]));
+    assert!(!shown.contains(&password), "{shown}");
+    assert!(
+        !read(&controller.log).contains(&password),
+        "the BMC password is in the controller's log"
+    );
+    eprintln!(
+        "e2e: powered off/on/off through ipmi_sim after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The same code paths at the HTTP level, without a VM: an enlistment with a BMC password; the
+/// file, the reference, a second boot (matched by the BMC address) replacing the password in
+/// the file; a password IPMI cannot hold refused without being repeated; the secrets in no
+/// API answer, CLI output, event, log line or database file.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reported_bmc_password_is_kept_in_a_0600_file_and_referenced() {
+    use crate::support::controller::TestController;
+    let mut controller = TestController::start();
+    let (first, second, too_long) = (
+        "Enl1st-pw-FIRST-77",
+        "Enl1st-pw-SECOND-88",
+        "Enl1st-pw-far-too-long-for-ipmi",
+    );
+    let enlist = async |mac: &str, password: &str| {
+        let body = serde_json::json!({
+            "architecture": "amd64", "boot_mac": mac, "macs": [mac],
+            "bmc": {"type": "ipmi", "address": "10.0.0.9", "user": "fleet", "password": password},
+        });
+        let response = reqwest::Client::new()
+            .post(format!("{}/metadata/v1/enlist", controller.url))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    let (status, answer) = enlist("52:54:00:77:00:01", first).await;
+    assert_eq!(status, 201, "{answer}");
+    assert!(
+        answer.starts_with("machine enlisted-525400770001\n"),
+        "{answer}"
+    );
+    let store = controller.store().await;
+    let record = store
+        .machine("enlisted-525400770001")
+        .await
+        .unwrap()
+        .unwrap();
+    let file = controller
+        .state_dir
+        .join("secrets/enlisted-525400770001.bmc-password");
+    assert_eq!(record.power_type, "ipmi");
+    assert_eq!(record.bmc_address.as_deref(), Some("10.0.0.9"));
+    assert_eq!(
+        record.power_params,
+        serde_json::json!({
+            "address": "10.0.0.9", "user": "fleet",
+            "password": {"file": file.display().to_string()},
+            "driver": "lan_2_0", "cipher_suite": 3, "privilege": "admin",
+            "power_off_mode": "hard", "boot_type": "auto",
+        })
+    );
+    assert_eq!(read(&file), format!("{first}\n"));
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // A second boot (another MAC, the same BMC): matched by the BMC address; the runner reset
+    // the password, so the file has the new one and the reference is unchanged.
+    let (status, answer) = enlist("52:54:00:77:00:02", second).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer.starts_with("machine enlisted-525400770001\n"),
+        "{answer}"
+    );
+    assert_eq!(read(&file), format!("{second}\n"));
+    let again = store
+        .machine("enlisted-525400770001")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.power_params, record.power_params);
+
+    let (status, answer) = enlist("52:54:00:77:00:03", too_long).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("at most 20"), "{answer}");
+
+    let api = controller.http();
+    let (_, events) = api.get("/events?limit=1000").await;
+    let (_, machine) = api.get("/machines/enlisted-525400770001").await;
+    let (_, machines) = api.get("/machines").await;
+    let shown = controller.fleet(&["machine", "show", "enlisted-525400770001", "--json"]);
+    let shown_human = controller.fleet(&["machine", "show", "enlisted-525400770001"]);
+    let history = controller.fleet(&["events", "--json"]);
+    assert!(
+        events.to_string().contains("its password kept in"),
+        "{events}"
+    );
+    let mut outputs = vec![
+        ("answers", answer.clone()),
+        ("events", events.to_string()),
+        ("machine", machine.to_string()),
+        ("machines", machines.to_string()),
+        ("machine show --json", output_text(&shown)),
+        ("machine show", output_text(&shown_human)),
+        ("events --json", output_text(&history)),
+    ];
+    let stderr = controller.child.stderr.take();
+    controller.kill();
+    let mut log = String::new();
+    if let Some(mut stderr) = stderr {
+        use std::io::Read;
+        let _ = stderr.read_to_string(&mut log);
+    }
+    outputs.push(("the controller's log", log));
+    for entry in std::fs::read_dir(&controller.state_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            outputs.push(("a state file", String::from_utf8_lossy(&bytes).to_string()));
+        }
+    }
+    for (what, text) in outputs {
+        for secret in [first, second, too_long] {
+            assert!(!text.contains(secret), "a BMC password is in {what}");
+        }
+    }
+}
