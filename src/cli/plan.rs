@@ -61,7 +61,7 @@ pub async fn observed(connection: &Connection, file: Option<&Path>) -> anyhow::R
 fn observed_file(file: &Path) -> anyhow::Result<Observed> {
     let text = std::fs::read(file)
         .with_context(|| format!("cannot read the observed snapshot {}", file.display()))?;
-    serde_json::from_slice(&text)
+    Observed::from_json(&text)
         .with_context(|| format!("{} is not an observed snapshot", file.display()))
 }
 

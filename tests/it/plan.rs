@@ -370,6 +370,32 @@ fn adopting_a_deployed_machine_found_off_says_the_plan_powers_it_on() {
     assert!(toml.starts_with("# found powered off"), "{toml}");
 }
 
+/// `Observed::from_json` (the vector reserved up front) reads what the derived reading reads.
+#[test]
+fn the_snapshot_reader_agrees_with_serde() {
+    let observed = fixture_observed();
+    let text = serde_json::to_vec_pretty(&observed).unwrap();
+    assert_eq!(Observed::from_json(&text).unwrap(), observed);
+    let with_more = br#"{"taken_at": 1, "machines": [], "more": {"a": [1]}}"#;
+    assert_eq!(
+        Observed::from_json(with_more).unwrap(),
+        serde_json::from_slice::<Observed>(with_more).unwrap()
+    );
+    for bad in [
+        &b"{}"[..],
+        b"{\"machines\": []} x",
+        b"[]",
+        b"{\"machines\": [], \"machines\": []}",
+    ] {
+        assert!(
+            Observed::from_json(bad).is_err(),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+        assert!(serde_json::from_slice::<Observed>(bad).is_err());
+    }
+}
+
 /// The store keeps a power error's message in the power event, not in the record: the observed
 /// snapshot (`GET /api/v1/observed`, watch mode) takes it from there, so the plan can name it.
 #[tokio::test]
