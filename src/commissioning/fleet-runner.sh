@@ -243,7 +243,11 @@ find_bmc() {
   if [ ! -e /dev/ipmi0 ]; then
     modprobe -a -q ipmi_msghandler ipmi_devintf ipmi_si 2>/dev/null
     _tries=0
-    while [ ! -e /dev/ipmi0 ] && [ $_tries -lt 10 ]; do sleep 0.5; _tries=$((_tries + 1)); done
+    # ipmi_si refuses to load where it finds no system interface: no need to wait then.
+    while [ ! -e /dev/ipmi0 ] && [ -d /sys/module/ipmi_si ] && [ $_tries -lt 10 ]; do
+      sleep 0.5
+      _tries=$((_tries + 1))
+    done
   fi
   if [ ! -e /dev/ipmi0 ]; then
     log "bmc: none found (no /dev/ipmi0 after loading ipmi_si)"

@@ -76,7 +76,8 @@ struct Simulator {
 }
 
 impl Simulator {
-    fn start(network: &BootNetwork, directory: &Path) -> Simulator {
+    /// `lan_address`: whether the BMC reports BMC_IP as its LAN address (else 0.0.0.0).
+    fn start(network: &BootNetwork, directory: &Path, lan_address: bool) -> Simulator {
         let dir = directory.join("bmc");
         let chassis = dir.join("chassis");
         std::fs::create_dir_all(&chassis).unwrap();
@@ -126,12 +127,14 @@ impl Simulator {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        for args in [
-            &["lan", "set", "1", "ipsrc", "static"][..],
-            &["lan", "set", "1", "ipaddr", BMC_IP][..],
-        ] {
-            let (ok, output) = simulator.admin(args);
-            assert!(ok, "ipmitool {args:?}: {output}");
+        if lan_address {
+            for args in [
+                &["lan", "set", "1", "ipsrc", "static"][..],
+                &["lan", "set", "1", "ipaddr", BMC_IP][..],
+            ] {
+                let (ok, output) = simulator.admin(args);
+                assert!(ok, "ipmitool {args:?}: {output}");
+            }
         }
         simulator
     }
@@ -186,7 +189,7 @@ struct Vm {
 }
 
 impl Vm {
-    fn start(network: &BootNetwork, directory: &Path) -> Vm {
+    fn start(network: &BootNetwork, directory: &Path, mac: &str) -> Vm {
         let (pidfile, console) = (directory.join("qemu.pid"), directory.join("console.log"));
         let child = network
             .namespace
@@ -199,7 +202,7 @@ impl Vm {
             ])
             .args([
                 "-device",
-                &format!("virtio-net-pci,netdev=n0,mac={MAC},bootindex=1"),
+                &format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1"),
             ])
             .args([
                 "-chardev",
@@ -235,6 +238,46 @@ impl Drop for Vm {
     }
 }
 
+/// Waits until `name` has enlisted and its enlistment run ended ok (it then powers off).
+async fn wait_enlisted(
+    name: &str,
+    vm: &mut Vm,
+    controller: &NamespacedController,
+    simulator: &Simulator,
+    dir: &Path,
+) -> fleet::store::MachineRecord {
+    let store = controller.store().await;
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(exit)) = vm.child.try_wait() {
+            panic!(
+                "QEMU exited ({exit}): {}\nconsole:\n{}",
+                read(&dir.join("qemu.log")),
+                tail(&vm.console(), 40)
+            );
+        }
+        let events = store.events(&Default::default()).await.unwrap();
+        let ended = events.iter().any(|event| {
+            event.machine.as_deref() == Some(name)
+                && event
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("enlist run") && r.ends_with("ended: ok"))
+        });
+        if ended {
+            return store.machine(name).await.unwrap().unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "not enlisted within 240 s\nconsole:\n{}\ncontroller:\n{}\nipmi_sim:\n{}",
+            tail(&vm.console(), 50),
+            tail(&read(&controller.log), 30),
+            tail(&read(&simulator.log), 20)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 fn output_text(output: &std::process::Output) -> String {
     format!(
         "{}{}",
@@ -256,42 +299,15 @@ async fn an_enlisting_machine_reports_its_bmc_and_the_controller_powers_it_with_
     network
         .namespace
         .ip(&["addr", "add", &format!("{BMC_IP}/24"), "dev", "br0"]);
-    let simulator = Simulator::start(&network, dir);
+    let simulator = Simulator::start(&network, dir, true);
     let fleet_file = write_fleet_file(dir);
     let controller = NamespacedController::start(&network, dir, &fleet_file);
     let store = controller.store().await;
-    let mut vm = Vm::start(&network, dir);
+    let mut vm = Vm::start(&network, dir, MAC);
     let started = Instant::now();
 
     // 1. It enlists (and powers itself off), with its BMC.
-    let record = loop {
-        if let Ok(Some(exit)) = vm.child.try_wait() {
-            panic!(
-                "QEMU exited ({exit}): {}\nconsole:\n{}",
-                read(&dir.join("qemu.log")),
-                tail(&vm.console(), 40)
-            );
-        }
-        let events = store.events(&Default::default()).await.unwrap();
-        let ended = events.iter().any(|event| {
-            event.machine.as_deref() == Some(NAME)
-                && event
-                    .reason
-                    .as_deref()
-                    .is_some_and(|r| r.starts_with("enlist run") && r.ends_with("ended: ok"))
-        });
-        if ended {
-            break store.machine(NAME).await.unwrap().unwrap();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(240),
-            "not enlisted within 240 s\nconsole:\n{}\ncontroller:\n{}\nipmi_sim:\n{}",
-            tail(&vm.console(), 50),
-            tail(&read(&controller.log), 30),
-            tail(&read(&simulator.log), 20)
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let record = wait_enlisted(NAME, &mut vm, &controller, &simulator, dir).await;
     eprintln!(
         "e2e: enlisted with its BMC after {:.1} s",
         started.elapsed().as_secs_f64()
@@ -402,6 +418,46 @@ async fn an_enlisting_machine_reports_its_bmc_and_the_controller_powers_it_with_
         "e2e: powered off/on/off through ipmi_sim after {:.1} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// A BMC the runner cannot use (its LAN channel has no address): the console says why, and
+/// the machine enlists without a BMC (no power type, no password file, no user made).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bmc_without_a_lan_address_is_logged_and_the_machine_enlists_without_it() {
+    const MAC: &str = "52:54:00:5e:00:03";
+    const NAME: &str = "enlisted-5254005e0003";
+    let _one = ONE_VM_AT_A_TIME.lock().await;
+    let mut directory = tempfile::tempdir().expect("a directory");
+    if std::env::var_os("FLEET_NETBOOT_KEEP").is_some() {
+        directory.disable_cleanup(true);
+        eprintln!("e2e files kept in {}", directory.path().display());
+    }
+    let dir = directory.path();
+    let network = BootNetwork::new();
+    network
+        .namespace
+        .ip(&["addr", "add", &format!("{BMC_IP}/24"), "dev", "br0"]);
+    let simulator = Simulator::start(&network, dir, false);
+    let fleet_file = write_fleet_file(dir);
+    let controller = NamespacedController::start(&network, dir, &fleet_file);
+    let mut vm = Vm::start(&network, dir, MAC);
+    let started = Instant::now();
+    let record = wait_enlisted(NAME, &mut vm, &controller, &simulator, dir).await;
+    eprintln!(
+        "e2e: enlisted without its BMC after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let console = vm.console();
+    assert!(
+        console.contains("fleet: bmc: LAN channel 1 has no IP address: enlisting without a BMC"),
+        "console:\n{}",
+        tail(&console, 40)
+    );
+    assert_eq!(record.power_type, "unconfigured");
+    assert_eq!(record.bmc_address, None);
+    assert!(!controller.state_dir.join("secrets").exists());
+    let (_, users) = simulator.admin(&["user", "list", "1"]);
+    assert!(!users.contains("fleet"), "{users}");
 }
 
 /// The same code paths at the HTTP level, without a VM: an enlistment with a BMC password; the
