@@ -466,6 +466,13 @@ fn describe_power(detail: &serde_json::Value) -> String {
         _ => {}
     }
     let state = |key: &str| detail.get(key).and_then(|value| value.as_str());
+    if detail.get("requested").is_some() {
+        text.push_str(&format!(
+            " requested (power was {})",
+            state("from").unwrap_or("?")
+        ));
+        return text;
+    }
     if let (Some(from), Some(to)) = (state("from"), state("to")) {
         let separator = if text.is_empty() { " " } else { ", " };
         text.push_str(&format!("{separator}power {from} → {to}"));

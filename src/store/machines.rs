@@ -923,8 +923,10 @@ fn commit_events(machine: &MachineRecord, commit: &Commit<'_>) -> Vec<NewEvent> 
         });
     }
     if let Some(command) = outcome.power {
+        // The command is only asked for here: the state it leads to is recorded by its own
+        // power event once the driver has answered (or failed).
         events.push(NewEvent {
-            detail: json!({ "command": command, "from": machine.lifecycle.power, "to": outcome.after.power }),
+            detail: json!({ "command": command, "from": machine.lifecycle.power, "requested": true }),
             ..event("power")
         });
     }

@@ -374,7 +374,9 @@ both_backends!(
         assert_eq!(events[1].action.as_deref(), Some("commission"));
         assert_eq!(events[2].from_status, Some(Status::New));
         assert_eq!(events[2].to_status, Some(Status::Commissioning));
-        assert_eq!(events[3].detail["to"], json!("on"));
+        // The command is recorded as asked for; its result comes with the driver's answer.
+        assert_eq!(events[3].detail["requested"], json!(true));
+        assert_eq!(events[3].detail["from"], json!("unknown"));
         assert!(events.windows(2).all(|pair| pair[0].id < pair[1].id));
 
         // Deploy from ready allocates first: two status changes, in order; owner and image recorded.

@@ -193,10 +193,16 @@ async fn an_invalid_save_keeps_the_last_good_fleet_and_a_valid_save_recovers() {
         recovered.plan.machine("v-1").unwrap().desired,
         Some(Status::Ready)
     );
-    assert!(stderr
+    // The controller says so on stderr, which a reader thread collects: allow it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !stderr
         .lock()
         .unwrap()
-        .contains("the fleet files validate again"));
+        .contains("the fleet files validate again")
+    {
+        assert!(Instant::now() < deadline, "{}", stderr.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
