@@ -27,6 +27,14 @@ run() { step "fleet $*"; "$fleet" "$@" || true; }
 run machine add web-1 --mac 52:54:00:00:01:01 --power-type manual --tag web
 run machine add web-2 --mac 52:54:00:00:01:02 --power-type manual --no-commission
 run machine add db-1 --deployed --os debian-12 --power-type manual
+url=$(cat "$state/api-url")
+step "curl $url/scripts/register-live.sh | sh -s -- --url $url --machine db-1 --token ...   (db-1 is this host)"
+curl -fsS "$url/scripts/register-live.sh" |
+  sh -s -- --url "$url" --machine db-1 --token "$(cat "$state/operator-token")" 2>&1 | tail -n 4 || true
+step "curl -X POST $url/metadata/v1/enlist   (what a machine that netboots with an unknown MAC sends)"
+curl -fsS -X POST "$url/metadata/v1/enlist" -H 'Content-Type: application/json' \
+  -d '{"architecture": "amd64", "boot_mac": "52:54:00:00:09:01", "macs": ["52:54:00:00:09:01"]}' |
+  sed 's/^token .*/token (the machine'"'"'s own, for its later calls)/'
 run machine deploy web-2            # refused: a new machine must be commissioned first
 run machine abort web-1
 run machine lock db-1
@@ -34,7 +42,7 @@ run machine release db-1
 run machine unlock db-1
 run machine mark-broken web-2 --comment "fan noise"
 run machines
-run machine show web-1
+run machine show db-1              # its hardware, as register-live.sh found it
 run events --limit 12
 run plan -f fleet.toml.example      # what `fleet apply` would do to reach the example fleet
 
