@@ -100,7 +100,23 @@ pub async fn action(
         options: body.options,
     };
     let done = perform(&state.store, &state.drivers, &name, &request).await?;
+    if action == Action::Delete && done.record.is_none() {
+        forget_bmc_password(&state, &name);
+    }
     Ok(Json(ActionView::from(done)))
+}
+
+/// A deleted machine's BMC password (reported at enlistment) goes with it.
+fn forget_bmc_password(state: &ApiState, name: &str) {
+    let Some(directory) = state.machine_api.secrets_dir() else {
+        return;
+    };
+    let path = directory.join(format!("{name}.bmc-password"));
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => tracing::warn!("cannot remove {}: {error}", path.display()),
+    }
 }
 
 pub async fn add(

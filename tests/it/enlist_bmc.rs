@@ -556,6 +556,10 @@ async fn a_reported_bmc_password_is_kept_in_a_0600_file_and_referenced() {
         ("machine show", output_text(&shown_human)),
         ("events --json", output_text(&history)),
     ];
+    // Deleting the machine deletes its password file.
+    let deleted = controller.fleet(&["machine", "delete", "enlisted-525400770001"]);
+    assert!(deleted.status.success(), "{}", output_text(&deleted));
+    assert!(!file.exists(), "{} outlived its machine", file.display());
     let stderr = controller.child.stderr.take();
     controller.kill();
     let mut log = String::new();
