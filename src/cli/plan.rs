@@ -89,9 +89,18 @@ impl Phases {
         self.last = now;
     }
 
+    /// `phase NAME SECONDS RSS_MIB`: the resident memory when the phase ended.
     fn report(&self, phase: &str, elapsed: Duration) {
         if self.enabled {
-            eprintln!("phase {phase} {:.4}", elapsed.as_secs_f64());
+            let resident_pages = std::fs::read_to_string("/proc/self/statm")
+                .ok()
+                .and_then(|statm| statm.split(' ').nth(1)?.parse::<u64>().ok())
+                .unwrap_or(0);
+            eprintln!(
+                "phase {phase} {:.4} {}",
+                elapsed.as_secs_f64(),
+                resident_pages * 4096 / 1048576
+            );
         }
     }
 }

@@ -23,13 +23,14 @@ const MAX_STEPS: usize = 12;
 /// Written instead of a fingerprint for a machine the store does not have.
 pub const ABSENT: &str = "absent";
 
-/// Plans every declared machine and lists the discovered ones. Pure and deterministic.
+/// Plans every declared machine and lists the discovered ones. Pure and deterministic: large
+/// fleets are planned on several threads, each machine on its own, in the same order.
 pub fn plan(fleet: &Fleet, observed: &Observed) -> Plan {
     let mut declared = fleet.machines.iter().collect::<Vec<_>>();
     declared.sort_by(|a, b| a.name.cmp(&b.name));
     let mut seen = observed.machines.iter().collect::<Vec<_>>();
     seen.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut machines = Vec::with_capacity(declared.len().max(seen.len()));
+    let mut jobs = Vec::with_capacity(declared.len().max(seen.len()));
     let (mut left, mut right) = (declared.into_iter().peekable(), seen.into_iter().peekable());
     loop {
         let order = match (left.peek(), right.peek()) {
@@ -38,16 +39,15 @@ pub fn plan(fleet: &Fleet, observed: &Observed) -> Plan {
             (None, Some(_)) => Ordering::Greater,
             (Some(spec), Some(machine)) => spec.name.cmp(&machine.name),
         };
-        let planned = match order {
-            Ordering::Less => plan_declared(left.next().expect("peeked"), None, &fleet.policy),
-            Ordering::Greater => plan_discovered(right.next().expect("peeked"), &fleet.policy),
-            Ordering::Equal => {
-                let spec = left.next().expect("peeked");
-                plan_declared(spec, right.next(), &fleet.policy)
-            }
-        };
-        machines.push(planned);
+        jobs.push(match order {
+            Ordering::Less => Job::Declared(left.next().expect("peeked"), None),
+            Ordering::Greater => Job::Discovered(right.next().expect("peeked")),
+            Ordering::Equal => Job::Declared(left.next().expect("peeked"), right.next()),
+        });
     }
+    let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
+    let threads = cores.min(jobs.len() / MACHINES_PER_THREAD).max(1);
+    let machines = plan_jobs(&jobs, &fleet.policy, threads);
     Plan {
         format_version: PLAN_FORMAT_VERSION,
         fleet_digest: fleet.digest.clone(),
@@ -55,6 +55,44 @@ pub fn plan(fleet: &Fleet, observed: &Observed) -> Plan {
         summary: summarize(&machines),
         machines,
     }
+}
+
+/// One machine to plan: declared (and observed, if the store has it), or only observed.
+enum Job<'a> {
+    Declared(&'a MachineSpec, Option<&'a ObservedMachine>),
+    Discovered(&'a ObservedMachine),
+}
+
+/// Below this many machines one thread plans them all (a thread costs more than it saves).
+const MACHINES_PER_THREAD: usize = 5_000;
+
+/// Plans the machines in order: in equal runs on up to as many threads as there are cores.
+fn plan_jobs(jobs: &[Job<'_>], policy: &Policy, threads: usize) -> Vec<MachinePlan> {
+    let plan_one = |job: &Job<'_>| match *job {
+        Job::Declared(spec, observed) => plan_declared(spec, observed, policy),
+        Job::Discovered(machine) => plan_discovered(machine, policy),
+    };
+    if threads <= 1 || jobs.is_empty() {
+        return jobs.iter().map(plan_one).collect();
+    }
+    // Each thread fills its own run of one vector, so no second copy of the plans is made
+    // (the `Option`s are turned into plans in place).
+    let mut planned: Vec<Option<MachinePlan>> = Vec::new();
+    planned.resize_with(jobs.len(), || None);
+    let run = jobs.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        for (chunk, slots) in jobs.chunks(run).zip(planned.chunks_mut(run)) {
+            scope.spawn(move || {
+                for (job, slot) in chunk.iter().zip(slots) {
+                    *slot = Some(plan_one(job));
+                }
+            });
+        }
+    });
+    planned
+        .into_iter()
+        .map(|machine| machine.expect("every machine planned"))
+        .collect()
 }
 
 fn plan_policy(policy: &Policy) -> PlanPolicy {
@@ -565,5 +603,34 @@ fn summarize(machines: &[MachinePlan]) -> Summary {
         blocked: machines.iter().filter(|m| !m.blocked.is_empty()).count(),
         waiting: machines.iter().filter(|m| m.waiting.is_some()).count(),
         discovered: machines.iter().filter(|m| !m.declared).count(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Planned on several threads, the machines come out as one thread plans them.
+    #[test]
+    fn threads_plan_what_one_thread_plans() {
+        let text = crate::config::synthetic_fleet_toml(301);
+        let fleet = match crate::config::load_str("synthetic.toml", &text) {
+            Ok(fleet) => fleet,
+            Err(diagnostics) => panic!("{}", diagnostics.render(false)),
+        };
+        let jobs: Vec<Job<'_>> = fleet
+            .machines
+            .iter()
+            .map(|spec| Job::Declared(spec, None))
+            .collect();
+        let one = plan_jobs(&jobs, &fleet.policy, 1);
+        assert_eq!(one.len(), 301);
+        for threads in [2, 3, 4, 300] {
+            assert_eq!(
+                plan_jobs(&jobs, &fleet.policy, threads),
+                one,
+                "{threads} threads"
+            );
+        }
     }
 }
