@@ -180,7 +180,7 @@ fn synthetic_observed(fleet: &fleet::config::Fleet) -> fleet::plan::Observed {
                 commissioned: true,
                 deployed_os: None,
                 power_type,
-                power_params,
+                power_params: power_params.into(),
                 image: spec.image.clone(),
                 tags: spec.tags.clone(),
                 arch: Some(spec.arch.as_str().to_string()),

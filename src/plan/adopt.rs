@@ -84,7 +84,7 @@ fn power_table(machine: &ObservedMachine) -> Option<String> {
     }
     let mut power = serde_json::Map::new();
     power.insert("type".into(), Value::String(machine.power_type.clone()));
-    if let Value::Object(params) = &machine.power_params {
+    if let Value::Object(params) = &machine.power_params.to_value() {
         for (key, value) in params {
             power.insert(key.clone(), value.clone());
         }

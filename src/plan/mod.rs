@@ -16,6 +16,7 @@
 mod adopt;
 mod desired;
 mod fingerprint;
+mod params;
 mod planner;
 mod render;
 mod route;
@@ -24,6 +25,7 @@ mod simulate;
 pub use adopt::{adopt_machine_toml, adopt_toml};
 pub use desired::{desired_power, normalized_params};
 pub use fingerprint::{fingerprint, hardware_digest};
+pub use params::PowerParams;
 pub use planner::plan;
 pub use render::{render_human, render_json, summary_line, RenderOptions};
 pub use simulate::{apply_step, settle_to_rest, SimulationError};
@@ -177,7 +179,7 @@ pub struct ObservedMachine {
     pub commissioned: bool,
     pub deployed_os: Option<String>,
     pub power_type: String,
-    pub power_params: serde_json::Value,
+    pub power_params: PowerParams,
     pub image: Option<String>,
     pub tags: Vec<String>,
     pub arch: Option<String>,
@@ -226,7 +228,7 @@ impl ObservedMachine {
             commissioned: life.commissioned,
             deployed_os: life.deployed_os.clone(),
             power_type: record.power_type.clone(),
-            power_params: record.power_params.clone(),
+            power_params: PowerParams::from_value(&record.power_params),
             image: record.image.clone(),
             tags,
             arch: record.arch.clone(),

@@ -1,9 +1,7 @@
 //! `plan(fleet, observed)`: merges the declared machines with the observed ones (both sorted by
 //! name) and plans each machine on its own.
 
-use super::desired::{
-    canonical_json, desired_power, new_machine, normalized_params, params_equal_normalized,
-};
+use super::desired::{canonical_json, desired_power, new_machine, normalized_params};
 use super::route::{next_move, powered_off, Move, RouteContext, POWERED_OFF};
 use super::simulate::apply_step;
 use super::{
@@ -233,11 +231,14 @@ fn power_and_tags<'a>(
 ) {
     let (power_type, power_params) = desired_power(&spec.power);
     let mut changes = Vec::new();
-    // Compared without building the normalized copy: most machines match.
+    // Compared as text first: the store holds what a configure step wrote, so most match.
+    let power_text_wanted = serde_json::to_string(&power_params).unwrap_or_default();
     if power_type != machine.power_type
-        || !params_equal_normalized(&power_params, &machine.power_params)
+        || !machine
+            .power_params
+            .equal_normalized(&power_params, &power_text_wanted)
     {
-        let observed_params = normalized_params(&machine.power_params);
+        let observed_params = normalized_params(&machine.power_params.to_value());
         changes.push(AttributeChange {
             field: "power".into(),
             from: Some(power_text(&machine.power_type, &observed_params)),
@@ -294,7 +295,7 @@ fn with_image(
             let step = Step {
                 operation: Operation::Configure {
                     power_type: end.power_type.clone(),
-                    power_params: normalized_params(&end.power_params),
+                    power_params: normalized_params(&end.power_params.to_value()),
                     tags: end.tags.clone(),
                     image: None,
                 },

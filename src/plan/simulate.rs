@@ -2,7 +2,7 @@
 //! action, then `settle` with success for every in-progress status it passes through. The
 //! planner finds its steps this way, and tests use it as a simulated store.
 
-use super::{ObservedHardware, ObservedMachine, Operation, Step};
+use super::{ObservedHardware, ObservedMachine, Operation, PowerParams, Step};
 use crate::model::{decide, settle, ActionRequest, Lifecycle, PowerState, Settlement};
 use crate::store::NewMachine;
 
@@ -40,7 +40,7 @@ pub fn apply_step(
         ) => {
             let mut after = machine.clone();
             after.power_type = power_type.clone();
-            after.power_params = power_params.clone();
+            after.power_params = PowerParams::from_value(power_params);
             after.tags = tags.clone();
             if image.is_some() {
                 after.image = image.clone();
@@ -120,7 +120,7 @@ fn created(new: &NewMachine) -> Result<ObservedMachine, SimulationError> {
         commissioned: false,
         deployed_os: None,
         power_type: new.power_type.clone(),
-        power_params: new.power_params.clone(),
+        power_params: PowerParams::from_value(&new.power_params),
         image: new.image.clone(),
         tags,
         arch: new.arch.clone(),

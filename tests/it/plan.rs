@@ -5,7 +5,7 @@ use fleet::config::Fleet;
 use fleet::model::{MacAddr, MachineName, PowerState, Status};
 use fleet::plan::{
     plan, render_human, render_json, Change, Observed, ObservedHardware, ObservedMachine,
-    Operation, Plan, RenderOptions, StepClass,
+    Operation, Plan, PowerParams, RenderOptions, StepClass,
 };
 
 const FIXTURE: &str = "tests/fixtures/plan/fleet.toml";
@@ -32,7 +32,7 @@ pub fn machine(name: &str, index: u8, status: Status) -> ObservedMachine {
         commissioned: true,
         deployed_os: None,
         power_type: "manual".into(),
-        power_params: serde_json::json!({}),
+        power_params: PowerParams::default(),
         image: None,
         tags: vec!["compute".into()],
         arch: Some("amd64".into()),
@@ -88,7 +88,7 @@ pub fn fixture_observed() -> Observed {
             .expect("in the fixture");
         let (power_type, power_params) = fleet::plan::desired_power(&spec.power);
         machine.power_type = power_type;
-        machine.power_params = power_params;
+        machine.power_params = power_params.into();
         machine
     };
     let mut off = with_ipmi(deployed("off-1", 13, "noble"));
@@ -351,7 +351,7 @@ fn a_power_error_keeps_the_configure_step_that_may_fix_it() {
         .iter_mut()
         .find(|machine| machine.name.as_str() == "power-err-1")
         .unwrap();
-    failing.power_params = serde_json::json!({"address": "10.20.0.15", "user": "root"});
+    failing.power_params = serde_json::json!({"address": "10.20.0.15", "user": "root"}).into();
     let plan = plan(&fleet, &observed);
     let planned = plan.machine("power-err-1").unwrap();
     assert_eq!(verbs(&plan, "power-err-1"), ["configure"]);
@@ -614,7 +614,7 @@ mod convergence {
                 machine.power = fleet::model::PowerState::Unknown;
                 machine.hardware = Default::default();
                 machine.power_type = new.power_type.clone();
-                machine.power_params = new.power_params.clone();
+                machine.power_params = new.power_params.clone().into();
                 machine.image = new.image.clone();
                 machine.tags = new.tags.clone();
                 machine.deployed_os = new.deployed_os.clone();
@@ -630,7 +630,7 @@ mod convergence {
                 Some(mut machine),
             ) => {
                 machine.power_type = power_type.clone();
-                machine.power_params = power_params.clone();
+                machine.power_params = power_params.clone().into();
                 machine.tags = tags.clone();
                 if let Some(image) = image {
                     machine.image = Some(image.clone());
