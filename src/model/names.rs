@@ -80,6 +80,11 @@ pub struct BadMac(pub String);
 impl MacAddr {
     /// Accepts `aa:bb:cc:dd:ee:ff`, `aa-bb-cc-dd-ee-ff` and `aabb.ccdd.eeff`, any case.
     pub fn parse(text: &str) -> Result<Self, BadMac> {
+        // The usual form, read without allocating (fleet files and snapshots hold one or two
+        // per machine); anything else takes the general path, which accepts the same.
+        if let Some(mac) = Self::parse_colons(text.as_bytes()) {
+            return Ok(mac);
+        }
         let bad = || BadMac(text.to_string());
         let hex: String = if text.contains(':') || text.contains('-') {
             let parts: Vec<&str> = text.split([':', '-']).collect();
@@ -103,6 +108,23 @@ impl MacAddr {
         Ok(MacAddr(bytes))
     }
 
+    /// `aa:bb:cc:dd:ee:ff` (or with `-`), hex digits only.
+    fn parse_colons(text: &[u8]) -> Option<Self> {
+        if text.len() != 17 {
+            return None;
+        }
+        let digit = |byte: u8| (byte as char).to_digit(16).map(|value| value as u8);
+        let mut bytes = [0u8; 6];
+        for (index, byte) in bytes.iter_mut().enumerate() {
+            let at = index * 3;
+            if index > 0 && !matches!(text[at - 1], b':' | b'-') {
+                return None;
+            }
+            *byte = digit(text[at])? << 4 | digit(text[at + 1])?;
+        }
+        Some(MacAddr(bytes))
+    }
+
     pub fn octets(self) -> [u8; 6] {
         self.0
     }
@@ -110,8 +132,15 @@ impl MacAddr {
 
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+        // What `{:02x}` separated by `:` gives, without the formatting machinery.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut text = [b':'; 17];
+        for (index, byte) in self.0.iter().enumerate() {
+            text[index * 3] = HEX[usize::from(byte >> 4)];
+            text[index * 3 + 1] = HEX[usize::from(byte & 0xf)];
+        }
+        // `write_str`, not `pad`: as before, a width given to a MAC is not applied.
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -146,6 +175,51 @@ mod tests {
                 MacAddr::parse(text).unwrap().to_string(),
                 "52:54:00:ab:cd:01"
             );
+        }
+    }
+
+    /// The allocation-free reading and writing agree with the general ones.
+    #[test]
+    fn the_fast_mac_paths_agree_with_the_general_ones() {
+        let general = |text: &str| -> Option<[u8; 6]> {
+            let parts: Vec<&str> = text.split([':', '-']).collect();
+            if parts.len() != 6 || parts.iter().any(|part| part.len() != 2) {
+                return None;
+            }
+            let mut bytes = [0u8; 6];
+            for (byte, part) in bytes.iter_mut().zip(&parts) {
+                *byte = u8::from_str_radix(part, 16).ok()?;
+            }
+            Some(bytes)
+        };
+        let pieces = [
+            "52", "54", "0a", "FF", "fF", "g1", "+f", "-1", "1", "123", ":", "-", "::",
+        ];
+        let mut seed = 7u64;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            let count = (seed % 9) as usize + 3;
+            for _ in 0..count {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                text.push_str(pieces[(seed >> 33) as usize % pieces.len()]);
+            }
+            let parsed = MacAddr::parse(&text).ok().map(|mac| mac.0);
+            if text.contains(':') || text.contains('-') {
+                assert_eq!(parsed, general(&text), "{text}");
+            }
+            if let Some(fast) = MacAddr::parse_colons(text.as_bytes()) {
+                assert_eq!(Some(fast.0), general(&text), "{text}");
+            }
+        }
+        for bytes in [[0u8; 6], [0x52, 0x54, 0, 0xab, 0xcd, 0xef], [255; 6]] {
+            let [a, b, c, d, e, g] = bytes;
+            assert_eq!(
+                MacAddr(bytes).to_string(),
+                format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+            );
+            assert_eq!(format!("{:>19}|", MacAddr(bytes)).len(), 18);
         }
     }
 
