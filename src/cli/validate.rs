@@ -40,12 +40,13 @@ fn summary(fleet: &Fleet, files: &[PathBuf]) -> String {
         .map(|file| file.display().to_string())
         .collect();
     format!(
-        "{}: valid — {} machines, {} subnets, {} images, {} profiles ({} files)",
+        "{}: valid — {} machines, {} subnets, {} images, {} profiles, {} scripts ({} files)",
         names.join(", "),
         fleet.machines.len(),
         fleet.subnets.len(),
         fleet.images.len(),
         fleet.profiles.len(),
+        fleet.scripts.len(),
         fleet.sources.len()
     )
 }
