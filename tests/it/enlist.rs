@@ -83,8 +83,21 @@ struct Vm {
     console: PathBuf,
 }
 
+/// The machine QEMU emulates.
+#[derive(Clone, Copy)]
+enum Hardware {
+    /// SeaBIOS, virtio-net and a virtio disk (the fastest under TCG).
+    BiosVirtio,
+    /// OVMF on q35, an e1000e NIC with QEMU's iPXE ROM and an NVMe disk.
+    UefiE1000eNvme,
+}
+
 impl Vm {
     fn start(network: &BootNetwork, directory: &Path) -> Vm {
+        Self::start_with(network, directory, MAC, Hardware::BiosVirtio)
+    }
+
+    fn start_with(network: &BootNetwork, directory: &Path, mac: &str, hardware: Hardware) -> Vm {
         let disk = directory.join("disk.img");
         std::fs::File::create(&disk)
             .and_then(|file| file.set_len(DISK_BYTES))
@@ -110,14 +123,37 @@ impl Vm {
                 &format!("tap,id=n0,ifname={},script=no,downscript=no", network.tap),
             ])
             .args([
-                "-device",
-                &format!("virtio-net-pci,netdev=n0,mac={MAC},bootindex=1"),
-            ])
-            .args([
                 "-drive",
                 &format!("file={},if=none,id=d0,format=raw", disk.display()),
-            ])
-            .args(["-device", "virtio-blk-pci,drive=d0,serial=fleet-e2e-disk"])
+            ]);
+        match hardware {
+            Hardware::BiosVirtio => {
+                command
+                    .args([
+                        "-device",
+                        &format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1"),
+                    ])
+                    .args(["-device", "virtio-blk-pci,drive=d0,serial=fleet-e2e-disk"]);
+            }
+            Hardware::UefiE1000eNvme => {
+                let vars = directory.join("OVMF_VARS.fd");
+                std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+                    .expect("OVMF (.ci/setup-netboot installs it)");
+                command
+                    .args(["-machine", "q35"])
+                    .args([
+                        "-drive",
+                        "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+                    ])
+                    .args([
+                        "-drive",
+                        &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+                    ])
+                    .args(["-device", &format!("e1000e,netdev=n0,mac={mac},bootindex=1")])
+                    .args(["-device", "nvme,drive=d0,serial=fleet-e2e-nvme"]);
+            }
+        }
+        command
             .args([
                 "-qmp",
                 &format!("unix:{},server=on,wait=off", qmp.display()),
@@ -470,4 +506,56 @@ async fn a_virtual_machine_enlists_commissions_and_fails_as_lifecycle_md_says() 
         "failed too soon: {:?}",
         killed.elapsed()
     );
+}
+
+/// The same enlistment on other hardware: UEFI (OVMF, q35), an Intel e1000e NIC and an NVMe
+/// disk; the built-in scripts find them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uefi_machine_with_e1000e_and_nvme_enlists_with_that_hardware() {
+    const UEFI_MAC: &str = "52:54:00:5e:00:02";
+    let _one = ONE_VM_AT_A_TIME.lock().await;
+    let directory = tempfile::tempdir().expect("a directory");
+    let dir = directory.path();
+    let network = BootNetwork::new();
+    let controller = NamespacedController::start(&network, dir, &write_fleet_file(dir, "", ""));
+    let store = controller.store().await;
+    let mut vm = Vm::start_with(&network, dir, UEFI_MAC, Hardware::UefiE1000eNvme);
+    let name = "enlisted-5254005e0002";
+    let record = wait_for(
+        "enlisted under UEFI",
+        Duration::from_secs(240),
+        &mut vm,
+        &controller,
+        async || {
+            let record = store.machine(name).await.ok()??;
+            (record.hardware.cpus.is_some() && !record.disks.is_empty()).then_some(record)
+        },
+    )
+    .await;
+    assert_eq!(record.lifecycle.status, Status::New);
+    assert_eq!(record.arch.as_deref(), Some("amd64"));
+    assert_eq!(
+        record.hardware.facts["arch"]["firmware"], "uefi",
+        "{:#?}",
+        record.hardware.facts
+    );
+    let nic = record
+        .interfaces
+        .iter()
+        .find(|i| i.mac.to_string() == UEFI_MAC)
+        .expect("the NIC");
+    assert_eq!(
+        nic.driver.as_deref(),
+        Some("e1000e"),
+        "{:?}",
+        record.interfaces
+    );
+    let disk = &record.disks[0];
+    assert_eq!(
+        (disk.name.as_str(), disk.size_bytes as u64),
+        ("nvme0n1", DISK_BYTES),
+        "{:?}",
+        record.disks
+    );
+    assert_eq!(disk.serial.as_deref(), Some("fleet-e2e-nvme"));
 }
