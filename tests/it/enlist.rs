@@ -11,7 +11,7 @@
 //! 4. killed mid-commissioning → failed_commissioning by the heartbeat limit.
 
 use crate::support::bootnet::{
-    kill_by_pidfile, read, tail, BootNetwork, NamespacedController, API_PORT, CONTROLLER_IP,
+    ephemeral_fleet_file, kill_by_pidfile, read, tail, BootNetwork, NamespacedController,
     ONE_VM_AT_A_TIME,
 };
 use fleet::model::Status;
@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-const EPHEMERAL: &str = "/var/cache/fleet-ephemeral";
 const MAC: &str = "52:54:00:5e:00:01";
 const NAME: &str = "enlisted-5254005e0001";
 /// What the VM is started with, to compare with what commissioning finds.
@@ -30,48 +29,13 @@ const DISK_BYTES: u64 = 2 << 30;
 /// The heartbeat limit of the test's fleet file.
 const HEARTBEAT: &str = "20s";
 
-fn ephemeral_file(name: &str) -> PathBuf {
-    let path = Path::new(EPHEMERAL).join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run .ci/setup-ephemeral",
-        path.display()
-    );
-    path
-}
-
 /// The controller's fleet file: boot services on the bridge, the ephemeral image, short limits,
 /// `scripts` (extra TOML), and `machines` (extra TOML: the adopted machine).
 fn write_fleet_file(directory: &Path, scripts: &str, machines: &str) -> PathBuf {
-    let text = format!(
-        r#"[controller]
-tftp_listen = "{CONTROLLER_IP}:69"
-http_boot_url = "http://{CONTROLLER_IP}:{API_PORT}"
-loader_dir = "/usr/lib/ipxe"
-ephemeral_image = "ephemeral"
-dhcp_interfaces = ["br0"]
-
-[subnets.boot]
-cidr = "10.99.0.0/24"
-interface = "br0"
-dynamic_range = {{ start = "10.99.0.100", end = "10.99.0.199" }}
-
-[images.ephemeral]
-kernel = {{ path = "{kernel}" }}
-initrd = {{ path = "{initrd}" }}
-
-[policy.timeouts]
-heartbeat = "{HEARTBEAT}"
-commissioning = "10m"
-testing = "10m"
-{scripts}
-{machines}"#,
-        kernel = ephemeral_file("kernel").display(),
-        initrd = ephemeral_file("initrd").display(),
+    let limits = format!(
+        "[policy.timeouts]\nheartbeat = \"{HEARTBEAT}\"\ncommissioning = \"10m\"\ntesting = \"10m\"\n"
     );
-    let path = directory.join("fleet.toml");
-    std::fs::write(&path, text).expect("the fleet file");
-    path
+    ephemeral_fleet_file(directory, &format!("{limits}{scripts}\n{machines}"))
 }
 
 /// The VM: started once, kept alive across power-offs (`-no-shutdown`), powered through QMP.

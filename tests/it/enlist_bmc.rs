@@ -11,61 +11,21 @@
 //!    chassis with that user and password.
 
 use crate::support::bootnet::{
-    kill_by_pidfile, read, tail, BootNetwork, NamespacedController, API_PORT, CONTROLLER_IP,
+    ephemeral_fleet_file, kill_by_pidfile, read, tail, BootNetwork, NamespacedController,
     ONE_VM_AT_A_TIME,
 };
+use crate::support::ipmi_sim::{self, chassis_control, fixtures};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-const EPHEMERAL: &str = "/var/cache/fleet-ephemeral";
 const MAC: &str = "52:54:00:5e:00:02";
 const NAME: &str = "enlisted-5254005e0002";
 /// The BMC's LAN address on the boot network, and the port of its KCS face on loopback.
 const BMC_IP: &str = "10.99.0.2";
 const SERIAL_PORT: u16 = 9002;
 const ADMIN_PASSWORD: &str = "test-admin-Pw-1";
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/power")
-}
-
-fn ephemeral_file(name: &str) -> PathBuf {
-    let path = Path::new(EPHEMERAL).join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run .ci/setup-ephemeral",
-        path.display()
-    );
-    path
-}
-
-fn write_fleet_file(directory: &Path) -> PathBuf {
-    let text = format!(
-        r#"[controller]
-tftp_listen = "{CONTROLLER_IP}:69"
-http_boot_url = "http://{CONTROLLER_IP}:{API_PORT}"
-loader_dir = "/usr/lib/ipxe"
-ephemeral_image = "ephemeral"
-dhcp_interfaces = ["br0"]
-
-[subnets.boot]
-cidr = "10.99.0.0/24"
-interface = "br0"
-dynamic_range = {{ start = "10.99.0.100", end = "10.99.0.199" }}
-
-[images.ephemeral]
-kernel = {{ path = "{kernel}" }}
-initrd = {{ path = "{initrd}" }}
-"#,
-        kernel = ephemeral_file("kernel").display(),
-        initrd = ephemeral_file("initrd").display(),
-    );
-    let path = directory.join("fleet.toml");
-    std::fs::write(&path, text).expect("the fleet file");
-    path
-}
 
 /// `ipmi_sim` inside the namespace: LAN on BMC_IP:623, KCS for QEMU on 127.0.0.1:SERIAL_PORT.
 struct Simulator {
@@ -79,38 +39,15 @@ impl Simulator {
     /// `lan_address`: whether the BMC reports BMC_IP as its LAN address (else 0.0.0.0).
     fn start(network: &BootNetwork, directory: &Path, lan_address: bool) -> Simulator {
         let dir = directory.join("bmc");
-        let chassis = dir.join("chassis");
-        std::fs::create_dir_all(&chassis).unwrap();
-        std::fs::create_dir_all(dir.join("state")).unwrap();
-        let program = fixtures().join("chassis-control.sh");
+        std::fs::create_dir_all(&dir).unwrap();
         let lan = std::fs::read_to_string(fixtures().join("lan-kcs.conf"))
             .unwrap()
             .replace("@ADDR@", BMC_IP)
             .replace("@SERIAL_PORT@", &SERIAL_PORT.to_string())
             .replace("@PASSWORD@", ADMIN_PASSWORD)
-            .replace(
-                "@CHASSIS@",
-                &format!("{} {}", program.display(), chassis.display()),
-            );
-        std::fs::write(dir.join("lan.conf"), lan).unwrap();
-        std::fs::copy(fixtures().join("bmc.emu"), dir.join("bmc.emu")).unwrap();
-        let log = dir.join("ipmi_sim.log");
-        let file = std::fs::File::create(&log).unwrap();
-        let child = network
-            .namespace
-            .command("ipmi_sim")
-            .arg("-c")
-            .arg(dir.join("lan.conf"))
-            .arg("-f")
-            .arg(dir.join("bmc.emu"))
-            .arg("-s")
-            .arg(dir.join("state"))
-            .arg("-n")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("ipmi_sim runs (Debian package openipmi; .ci/setup-power installs it)");
+            .replace("@CHASSIS@", &chassis_control(&dir));
+        let child = ipmi_sim::spawn(network.namespace.command("ipmi_sim"), &dir, &lan);
+        let (chassis, log) = (dir.join("chassis"), dir.join("ipmi_sim.log"));
         let simulator = Simulator {
             child,
             namespace: network.namespace.name.clone(),
@@ -300,7 +237,7 @@ async fn an_enlisting_machine_reports_its_bmc_and_the_controller_powers_it_with_
         .namespace
         .ip(&["addr", "add", &format!("{BMC_IP}/24"), "dev", "br0"]);
     let simulator = Simulator::start(&network, dir, true);
-    let fleet_file = write_fleet_file(dir);
+    let fleet_file = ephemeral_fleet_file(dir, "");
     let controller = NamespacedController::start(&network, dir, &fleet_file);
     let store = controller.store().await;
     let mut vm = Vm::start(&network, dir, MAC);
@@ -438,7 +375,7 @@ async fn a_bmc_without_a_lan_address_is_logged_and_the_machine_enlists_without_i
         .namespace
         .ip(&["addr", "add", &format!("{BMC_IP}/24"), "dev", "br0"]);
     let simulator = Simulator::start(&network, dir, false);
-    let fleet_file = write_fleet_file(dir);
+    let fleet_file = ephemeral_fleet_file(dir, "");
     let controller = NamespacedController::start(&network, dir, &fleet_file);
     let mut vm = Vm::start(&network, dir, MAC);
     let started = Instant::now();

@@ -4,138 +4,13 @@
 //! which keeps the power state in files and logs every command it is given.
 
 use crate::support::controller::{stderr, stdout, TestController};
+use crate::support::ipmi_sim::{free_udp_port, Bmc};
 use fleet::model::{PowerCommand, PowerOffMode, PowerState};
 use fleet::power::{PowerDrivers, PowerError, PowerTarget};
 use serde_json::json;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tempfile::TempDir;
 
 const PASSWORD: &str = "fleet-S3cret-4711";
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/power")
-}
-
-/// A UDP port nobody uses right now.
-fn free_udp_port() -> u16 {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
-    socket.local_addr().unwrap().port()
-}
-
-/// One `ipmi_sim` on 127.0.0.1, killed when dropped.
-struct Bmc {
-    child: Child,
-    port: u16,
-    directory: TempDir,
-}
-
-impl Bmc {
-    fn start() -> Bmc {
-        let directory = tempfile::tempdir().expect("a temporary directory");
-        let dir = directory.path();
-        let chassis = dir.join("chassis");
-        std::fs::create_dir(&chassis).unwrap();
-        std::fs::create_dir(dir.join("state")).unwrap();
-        let port = free_udp_port();
-        let program = fixtures().join("chassis-control.sh");
-        let lan = std::fs::read_to_string(fixtures().join("lan.conf"))
-            .unwrap()
-            .replace("@PORT@", &port.to_string())
-            .replace("@PASSWORD@", PASSWORD)
-            .replace(
-                "@CHASSIS@",
-                &format!("{} {}", program.display(), chassis.display()),
-            );
-        std::fs::write(dir.join("lan.conf"), lan).unwrap();
-        std::fs::copy(fixtures().join("bmc.emu"), dir.join("bmc.emu")).unwrap();
-        let log = std::fs::File::create(dir.join("ipmi_sim.log")).unwrap();
-        let child = Command::new("ipmi_sim")
-            .arg("-c")
-            .arg(dir.join("lan.conf"))
-            .arg("-f")
-            .arg(dir.join("bmc.emu"))
-            .arg("-s")
-            .arg(dir.join("state"))
-            .arg("-n")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("ipmi_sim runs (Debian package openipmi; .ci/setup-power installs it)");
-        let bmc = Bmc {
-            child,
-            port,
-            directory,
-        };
-        bmc.wait_ready();
-        bmc
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Waits until the simulator answers a status query (it starts in ~0.1 s).
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let status = Command::new("ipmitool")
-                .args(["-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p"])
-                .arg(self.port.to_string())
-                .args(["-U", "admin", "-E", "-N", "1", "-R", "1"])
-                .args(["chassis", "power", "status"])
-                .env("IPMITOOL_PASSWORD", PASSWORD)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("ipmitool runs (.ci/setup-power installs it)");
-            if status.success() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ipmi_sim did not answer; its log: {}",
-                std::fs::read_to_string(self.directory.path().join("ipmi_sim.log"))
-                    .unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The chassis' power as the simulator keeps it: "1" on, "0" off.
-    fn power(&self) -> String {
-        std::fs::read_to_string(self.directory.path().join("chassis/power"))
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    }
-
-    /// Every `set ...` command the chassis was given, in order.
-    fn commands(&self) -> Vec<String> {
-        std::fs::read_to_string(self.directory.path().join("chassis/commands"))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// A password file holding `password`, in this BMC's directory.
-    fn password_file(&self, name: &str, password: &str) -> PathBuf {
-        let path = self.directory.path().join(name);
-        std::fs::write(&path, format!("{password}\n")).unwrap();
-        path
-    }
-}
-
-impl Drop for Bmc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn target(params: serde_json::Value) -> PowerTarget {
     PowerTarget {
@@ -147,7 +22,7 @@ fn target(params: serde_json::Value) -> PowerTarget {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ipmi_driver_queries_and_switches_the_simulator() {
-    let bmc = Bmc::start();
+    let bmc = Bmc::start(PASSWORD);
     let drivers = PowerDrivers::standard();
     assert!(drivers.power_types().contains(&"ipmi"));
     let password = bmc.password_file("password", PASSWORD);
@@ -217,7 +92,7 @@ async fn ipmi_driver_queries_and_switches_the_simulator() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ipmi_wrong_password_and_unreachable_bmc_say_so_without_the_secret() {
-    let bmc = Bmc::start();
+    let bmc = Bmc::start(PASSWORD);
     let drivers = PowerDrivers::standard();
     let wrong = "not-the-Password-9";
     let file = bmc.password_file("wrong", wrong);
@@ -288,7 +163,7 @@ async fn ipmi_wrong_password_and_unreachable_bmc_say_so_without_the_secret() {
 async fn ipmi_power_through_the_controller_and_the_cli() {
     // `fleet serve` inherits the test's environment, and with it the password.
     std::env::set_var("FLEET_TEST_BMC_PASSWORD", PASSWORD);
-    let bmc = Bmc::start();
+    let bmc = Bmc::start(PASSWORD);
     let controller = TestController::start();
     let address = format!("address={}", bmc.address());
     let output = controller.fleet(&[

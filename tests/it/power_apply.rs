@@ -5,12 +5,11 @@
 
 use crate::power_redfish::Emulator;
 use crate::support::controller::{stderr, stdout, TestController};
+use crate::support::ipmi_sim::Bmc;
 use serde_json::Value;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tempfile::TempDir;
 
 /// The password the simulated IPMI BMC accepts (never the one the fleet file points at).
 const IPMI_PASSWORD: &str = "apply-Ipmi-R1ght-77";
@@ -18,102 +17,7 @@ const IPMI_PASSWORD: &str = "apply-Ipmi-R1ght-77";
 const WRONG_IPMI: &str = "apply-Ipmi-Wr0ng-12";
 const WRONG_REDFISH: &str = "apply-Redfish-Wr0ng-34";
 
-/// One `ipmi_sim` on 127.0.0.1 with tests/fixtures/power's configuration, killed when dropped.
-struct IpmiSim {
-    child: Child,
-    port: u16,
-    directory: TempDir,
-}
-
-impl IpmiSim {
-    fn start() -> IpmiSim {
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/power");
-        let directory = tempfile::tempdir().unwrap();
-        let dir = directory.path();
-        std::fs::create_dir(dir.join("chassis")).unwrap();
-        std::fs::create_dir(dir.join("state")).unwrap();
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let chassis = format!(
-            "{} {}",
-            fixtures.join("chassis-control.sh").display(),
-            dir.join("chassis").display()
-        );
-        let lan = std::fs::read_to_string(fixtures.join("lan.conf"))
-            .unwrap()
-            .replace("@PORT@", &port.to_string())
-            .replace("@PASSWORD@", IPMI_PASSWORD)
-            .replace("@CHASSIS@", &chassis);
-        std::fs::write(dir.join("lan.conf"), lan).unwrap();
-        std::fs::copy(fixtures.join("bmc.emu"), dir.join("bmc.emu")).unwrap();
-        let log = std::fs::File::create(dir.join("ipmi_sim.log")).unwrap();
-        let child = Command::new("ipmi_sim")
-            .arg("-c")
-            .arg(dir.join("lan.conf"))
-            .arg("-f")
-            .arg(dir.join("bmc.emu"))
-            .arg("-s")
-            .arg(dir.join("state"))
-            .arg("-n")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("ipmi_sim runs (Debian package openipmi)");
-        let sim = IpmiSim {
-            child,
-            port,
-            directory,
-        };
-        sim.wait_ready();
-        sim
-    }
-
-    /// Waits until the simulator answers a status query with the right password.
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let answered = Command::new("ipmitool")
-                .args(["-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p"])
-                .arg(self.port.to_string())
-                .args(["-U", "admin", "-E", "-N", "1", "-R", "1"])
-                .args(["chassis", "power", "status"])
-                .env("IPMITOOL_PASSWORD", IPMI_PASSWORD)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("ipmitool runs")
-                .success();
-            if answered {
-                return;
-            }
-            assert!(Instant::now() < deadline, "ipmi_sim did not answer");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Every `set ...` command the chassis was given.
-    fn commands(&self) -> String {
-        std::fs::read_to_string(self.directory.path().join("chassis/commands")).unwrap_or_default()
-    }
-}
-
-impl Drop for IpmiSim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn fleet_file(directory: &Path, ipmi: &IpmiSim, redfish: &Emulator) -> PathBuf {
+fn fleet_file(directory: &Path, ipmi: &Bmc, redfish: &Emulator) -> PathBuf {
     let password_file = directory.join("redfish-password");
     std::fs::write(&password_file, format!("{WRONG_REDFISH}\n")).unwrap();
     let path = directory.join("fleet.toml");
@@ -148,7 +52,7 @@ power = {{ type = "redfish", address = "{redfish}", user = "admin", password = {
 async fn a_power_failure_fails_the_apply_step_with_the_drivers_message() {
     // `fleet serve` inherits the test's environment, and with it the (wrong) IPMI password.
     std::env::set_var("FLEET_TEST_APPLY_IPMI_PASSWORD", WRONG_IPMI);
-    let ipmi = IpmiSim::start();
+    let ipmi = Bmc::start(IPMI_PASSWORD);
     let redfish = Emulator::start();
     let directory = tempfile::tempdir().unwrap();
     let file = fleet_file(directory.path(), &ipmi, &redfish);
@@ -246,7 +150,7 @@ async fn a_power_failure_fails_the_apply_step_with_the_drivers_message() {
         let events = controller.fleet(&["events", name, "--json"]);
         outputs.push_str(&stdout(&events));
     }
-    assert_eq!(ipmi.commands(), "", "nothing reached the chassis");
+    assert!(ipmi.commands().is_empty(), "nothing reached the chassis");
     assert_eq!(
         redfish.raw_system(crate::power_redfish::NODE_1).await["PowerState"],
         "Off"

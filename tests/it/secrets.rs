@@ -6,6 +6,7 @@
 //! `fleet events`, `fleet plan`, `fleet adopt`, `fleet validate`, the raw API, the controller's
 //! log (at debug level) and the bytes of the SQLite files (database, WAL and shared memory).
 
+use crate::support::ipmi_sim::Bmc;
 use fleet::model::{Lifecycle, PowerState, Status};
 use fleet::store::Store;
 use std::path::{Path, PathBuf};
@@ -50,59 +51,6 @@ impl Drop for Process {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// `ipmi_sim` with user admin / IPMI_SECRET; its address.
-fn start_ipmi_sim(dir: &Path) -> (Process, String) {
-    let chassis = dir.join("chassis");
-    std::fs::create_dir_all(&chassis).unwrap();
-    std::fs::create_dir_all(dir.join("state")).unwrap();
-    let port = free_port(true);
-    let program = fixtures("power").join("chassis-control.sh");
-    let lan = std::fs::read_to_string(fixtures("power").join("lan.conf"))
-        .unwrap()
-        .replace("@PORT@", &port.to_string())
-        .replace("@PASSWORD@", IPMI_SECRET)
-        .replace(
-            "@CHASSIS@",
-            &format!("{} {}", program.display(), chassis.display()),
-        );
-    std::fs::write(dir.join("lan.conf"), lan).unwrap();
-    std::fs::copy(fixtures("power").join("bmc.emu"), dir.join("bmc.emu")).unwrap();
-    let child = Command::new("ipmi_sim")
-        .arg("-c")
-        .arg(dir.join("lan.conf"))
-        .arg("-f")
-        .arg(dir.join("bmc.emu"))
-        .arg("-s")
-        .arg(dir.join("state"))
-        .arg("-n")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ipmi_sim runs (.ci/setup-power installs it)");
-    let process = Process(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = Command::new("ipmitool")
-            .args(["-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p"])
-            .arg(port.to_string())
-            .args(["-U", "admin", "-E", "-N", "1", "-R", "1"])
-            .args(["chassis", "power", "status"])
-            .env("IPMITOOL_PASSWORD", IPMI_SECRET)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("ipmitool runs");
-        if status.success() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "ipmi_sim did not answer");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (process, format!("127.0.0.1:{port}"))
 }
 
 /// sushy-tools' emulator (no power delay) with basic auth admin / REDFISH_SECRET; its URL.
@@ -316,8 +264,9 @@ async fn no_secret_in_any_output() {
     }
     // A fleet file gives each BMC address to one machine: two simulators, and the emulator by
     // two names.
-    let (_bmc, bmc_address) = start_ipmi_sim(&dir.join("ipmi"));
-    let (_bmc_2, bmc_2_address) = start_ipmi_sim(&dir.join("ipmi-2"));
+    let bmc = Bmc::start(IPMI_SECRET);
+    let bmc_2 = Bmc::start(IPMI_SECRET);
+    let (bmc_address, bmc_2_address) = (bmc.address(), bmc_2.address());
     let (_emulator, redfish_url) = start_redfish(&dir.join("redfish"));
     let redfish_2_url = redfish_url.replace("127.0.0.1", "localhost");
     let plug = start_plug();

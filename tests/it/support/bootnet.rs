@@ -14,6 +14,48 @@ use std::time::{Duration, Instant};
 pub const CONTROLLER_IP: &str = "10.99.0.1";
 pub const API_PORT: u16 = 5240;
 
+/// Where `.ci/setup-ephemeral` builds the ephemeral environment (kernel + initrd).
+pub const EPHEMERAL: &str = "/var/cache/fleet-ephemeral";
+
+/// A file of the ephemeral environment, which must have been built.
+pub fn ephemeral_file(name: &str) -> PathBuf {
+    let path = Path::new(EPHEMERAL).join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run .ci/setup-ephemeral",
+        path.display()
+    );
+    path
+}
+
+/// The controller's fleet file for the boot network: DHCP, TFTP and HTTP boot on the bridge,
+/// the ephemeral environment as the image machines boot; `extra` (TOML) appended.
+pub fn ephemeral_fleet_file(directory: &Path, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"[controller]
+tftp_listen = "{CONTROLLER_IP}:69"
+http_boot_url = "http://{CONTROLLER_IP}:{API_PORT}"
+loader_dir = "/usr/lib/ipxe"
+ephemeral_image = "ephemeral"
+dhcp_interfaces = ["br0"]
+
+[subnets.boot]
+cidr = "10.99.0.0/24"
+interface = "br0"
+dynamic_range = {{ start = "10.99.0.100", end = "10.99.0.199" }}
+
+[images.ephemeral]
+kernel = {{ path = "{kernel}" }}
+initrd = {{ path = "{initrd}" }}
+{extra}"#,
+        kernel = ephemeral_file("kernel").display(),
+        initrd = ephemeral_file("initrd").display(),
+    );
+    let path = directory.join("fleet.toml");
+    std::fs::write(&path, text).expect("the fleet file");
+    path
+}
+
 /// One virtual machine at a time: two cores, and TCG is slow.
 pub static ONE_VM_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
