@@ -305,6 +305,18 @@ impl FakeTree {
         self
     }
 
+    /// Runs `script` with this tree as its /sys and /dev (plus `extra` variables).
+    fn run_with_disks(&self, sandbox: &Sandbox, script: &str, extra: &[(&str, &str)]) -> ScriptRun {
+        let sysfs = format!("{}/sys", self.root());
+        let devfs = format!("{}/dev", self.root());
+        let mut environment = vec![
+            ("FLEET_SYSFS", sysfs.as_str()),
+            ("FLEET_DEVFS", devfs.as_str()),
+        ];
+        environment.extend_from_slice(extra);
+        sandbox.run(script, &environment)
+    }
+
     fn environment(&self) -> [(&str, String); 2] {
         [
             ("FLEET_SYSFS", format!("{}/sys", self.root())),
@@ -878,16 +890,7 @@ fn disk_read_reads_every_disk() {
     let sandbox = Sandbox::new();
     let tree = machine_with_one_disk();
     tree.file("dev/vda", vec![0x5a; 4 << 20]);
-    let sysfs = format!("{}/sys", tree.root());
-    let devfs = format!("{}/dev", tree.root());
-    let run = sandbox.run(
-        "fleet-disk-read",
-        &[
-            ("FLEET_SYSFS", &sysfs),
-            ("FLEET_DEVFS", &devfs),
-            ("FLEET_DISK_READ_MIB", "2"),
-        ],
-    );
+    let run = tree.run_with_disks(&sandbox, "fleet-disk-read", &[("FLEET_DISK_READ_MIB", "2")]);
     assert_eq!(run.exit_code, Some(0), "{}{}", run.stdout, run.stderr);
     assert!(
         run.stdout.contains("disk vda: read 2 MiB"),
@@ -907,12 +910,7 @@ fn disk_read_fails_on_a_read_error() {
     let tree = machine_with_one_disk();
     // Reading a directory fails the way a bad sector does: dd's read returns an error.
     fs::create_dir_all(tree.directory.path().join("dev/vda")).unwrap();
-    let sysfs = format!("{}/sys", tree.root());
-    let devfs = format!("{}/dev", tree.root());
-    let run = sandbox.run(
-        "fleet-disk-read",
-        &[("FLEET_SYSFS", &sysfs), ("FLEET_DEVFS", &devfs)],
-    );
+    let run = tree.run_with_disks(&sandbox, "fleet-disk-read", &[]);
     assert_eq!(run.exit_code, Some(1), "{}{}", run.stdout, run.stderr);
     assert!(
         run.stdout.contains("disk vda: READ ERROR"),
@@ -932,12 +930,7 @@ fn erase_fake_disk(mode: &str) -> (ScriptRun, Vec<u8>) {
     tree.link("sys/block/vda", &vda)
         .files(&vda, &[("size", "40963\n"), ("dev", "252:0\n")]);
     tree.file("dev/vda", vec![0x5a; 40963 * 512]);
-    let sysfs = format!("{}/sys", tree.root());
-    let devfs = format!("{}/dev", tree.root());
-    let run = sandbox.run(
-        &format!("fleet-erase-{mode}"),
-        &[("FLEET_SYSFS", &sysfs), ("FLEET_DEVFS", &devfs)],
-    );
+    let run = tree.run_with_disks(&sandbox, &format!("fleet-erase-{mode}"), &[]);
     let disk = fs::read(tree.directory.path().join("dev/vda")).unwrap();
     (run, disk)
 }
@@ -997,12 +990,7 @@ fn an_erase_that_cannot_write_fails() {
     let sandbox = Sandbox::new();
     let tree = machine_with_one_disk();
     fs::create_dir_all(tree.directory.path().join("dev/vda")).unwrap();
-    let sysfs = format!("{}/sys", tree.root());
-    let devfs = format!("{}/dev", tree.root());
-    let run = sandbox.run(
-        "fleet-erase-quick",
-        &[("FLEET_SYSFS", &sysfs), ("FLEET_DEVFS", &devfs)],
-    );
+    let run = tree.run_with_disks(&sandbox, "fleet-erase-quick", &[]);
     assert_eq!(run.exit_code, Some(1), "{}{}", run.stdout, run.stderr);
     assert!(
         run.stderr.contains("disk vda: ERASE FAILED"),

@@ -439,17 +439,28 @@ async fn a_silent_machine_fails_by_heartbeat_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(1500));
 }
 
+/// An enlisted machine with manual power, put in deployed, then released with an erase.
+async fn deployed_then_released(
+    controller: &TestController,
+    store: &Store,
+    mac: &str,
+    erase: &str,
+) -> Machine {
+    let machine = Machine::enlist(&controller.url, mac).await;
+    give_manual_power(store, &machine.name).await;
+    controller.make_deployed(store, &machine.name).await;
+    let path = format!("/machines/{}/actions/release", machine.name);
+    let body = serde_json::json!({"options": {"erase": erase}});
+    let (code, answer) = controller.http().post(&path, body).await;
+    assert_eq!(code, 200, "{answer}");
+    machine
+}
+
 #[tokio::test]
 async fn release_with_erase_runs_the_erase_then_the_release_completes() {
     let (controller, _directory) = start("10m");
     let store = controller.store().await;
-    let machine = Machine::enlist(&controller.url, "52:54:00:aa:fa:01").await;
-    give_manual_power(&store, &machine.name).await;
-    controller.make_deployed(&store, &machine.name).await;
-    let path = format!("/machines/{}/actions/release", machine.name);
-    let body = serde_json::json!({"options": {"erase": "full"}});
-    let (code, answer) = controller.http().post(&path, body).await;
-    assert_eq!(code, 200, "{answer}");
+    let machine = deployed_then_released(&controller, &store, "52:54:00:aa:fa:01", "full").await;
     assert_eq!(
         status_of(&store, &machine.name).await.0,
         Status::DiskErasing
@@ -478,12 +489,7 @@ async fn release_with_erase_runs_the_erase_then_the_release_completes() {
 async fn a_failed_erase_fails_the_release_naming_the_script() {
     let (controller, _directory) = start("10m");
     let store = controller.store().await;
-    let machine = Machine::enlist(&controller.url, "52:54:00:aa:fb:01").await;
-    give_manual_power(&store, &machine.name).await;
-    controller.make_deployed(&store, &machine.name).await;
-    let path = format!("/machines/{}/actions/release", machine.name);
-    let body = serde_json::json!({"options": {"erase": "quick"}});
-    controller.http().post(&path, body).await;
+    let machine = deployed_then_released(&controller, &store, "52:54:00:aa:fb:01", "quick").await;
     let (run, _) = machine.instructions("disk_erasing").await;
     let (_, answer) = machine
         .result(
