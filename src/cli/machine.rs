@@ -20,6 +20,9 @@ pub enum MachineCommand {
         name: String,
         #[arg(long)]
         json: bool,
+        /// Print this script's output (stdout, then stderr) from its latest run instead
+        #[arg(long, value_name = "SCRIPT")]
+        script: Option<String>,
     },
     /// Add a machine by hand (commissioned at once unless --no-commission or --deployed)
     Add(AddArgs),
@@ -167,7 +170,9 @@ pub async fn machines(connection: &Connection, json: bool) -> anyhow::Result<Exi
 pub async fn machine(connection: &Connection, command: MachineCommand) -> anyhow::Result<ExitCode> {
     let client = Client::new(connection)?;
     let (action, args) = match command {
-        MachineCommand::Show { name, json } => return show(&client, &name, json).await,
+        MachineCommand::Show { name, json, script } => {
+            return show(&client, &name, json, script.as_deref()).await
+        }
         MachineCommand::Add(args) => return add(&client, &args).await,
         MachineCommand::Commission(args) => (Action::Commission, args),
         MachineCommand::Test(args) => (Action::Test, args),
@@ -264,7 +269,12 @@ fn describe_done(done: &ActionView) -> String {
     line
 }
 
-async fn show(client: &Client, name: &str, json: bool) -> anyhow::Result<ExitCode> {
+async fn show(
+    client: &Client,
+    name: &str,
+    json: bool,
+    script: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let detail: MachineDetail = match client.get(&format!("/machines/{name}")).await? {
         Ok(detail) => detail,
         Err(failure) => {
@@ -272,11 +282,54 @@ async fn show(client: &Client, name: &str, json: bool) -> anyhow::Result<ExitCod
             return Ok(ExitCode::FAILURE);
         }
     };
+    if let Some(script) = script {
+        return print_script_output(&detail, script);
+    }
     if json {
         print_json(&detail)?;
         return Ok(ExitCode::SUCCESS);
     }
     print!("{}", render_detail(&detail));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The latest result of `script`: its outcome on stderr's first line, then its stdout and
+/// stderr as the machine sent them (for reading a failure in full).
+fn print_script_output(detail: &MachineDetail, script: &str) -> anyhow::Result<ExitCode> {
+    let Some(result) = detail
+        .script_results
+        .iter()
+        .rev()
+        .find(|result| result.name == script)
+    else {
+        let mut names: Vec<&str> = detail
+            .script_results
+            .iter()
+            .map(|result| result.name.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        eprintln!(
+            "error: machine {} has no result of a script named `{script}`; it has: {}",
+            detail.machine.name,
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    eprintln!(
+        "{} run {}: {} {}, exit {}",
+        detail.machine.name,
+        result.run_id,
+        result.name,
+        result.status,
+        or_dash(result.exit_code)
+    );
+    print!("{}", result.stdout);
+    eprint!("{}", result.stderr);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -297,6 +350,7 @@ fn render_detail(detail: &MachineDetail) -> String {
             machine.status, machine.status_label, machine.status_since
         ),
     );
+    line("last heard", or_dash(machine.last_heard.as_ref()));
     line(
         "power",
         format!("{} (type {})", machine.power, machine.power_type),

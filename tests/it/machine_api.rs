@@ -284,6 +284,23 @@ async fn enlist_commission_fail_on_an_operator_script() {
     let shown = controller.fleet(&["machine", "show", &machine.name]);
     let shown = String::from_utf8_lossy(&shown.stdout);
     assert!(shown.contains("check-raid"), "{shown}");
+    // The failing script's whole output, for a person to read.
+    let output = controller.fleet(&["machine", "show", &machine.name, "--script", "check-raid"]);
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "some output\n");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("check-raid failed, exit 3"), "{stderr}");
+    assert!(
+        stderr.ends_with("probing\nno RAID controller found\n"),
+        "{stderr}"
+    );
+    let output = controller.fleet(&["machine", "show", &machine.name, "--script", "nope"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no result of a script named `nope`; it has: check-raid"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
