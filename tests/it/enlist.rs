@@ -196,6 +196,26 @@ async fn status_of(store: &Store) -> Option<(Status, Option<String>)> {
     Some((record.lifecycle.status, record.status_reason))
 }
 
+/// The machine, once its enlistment run has ended well (every built-in script reported).
+async fn enlist_run_ended(store: &Store, name: &str) -> Option<fleet::store::MachineRecord> {
+    let filter = fleet::store::EventFilter {
+        machine: Some(name.to_string()),
+        ..Default::default()
+    };
+    let events = store.events(&filter).await.ok()?;
+    let ended = events.iter().any(|event| {
+        event
+            .reason
+            .as_deref()
+            .is_some_and(|reason| reason.starts_with("enlist run") && reason.ends_with("ended: ok"))
+    });
+    // Read after the event: the inventory was stored before the run ended.
+    if !ended {
+        return None;
+    }
+    store.machine(name).await.ok()?
+}
+
 fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
     use std::os::unix::fs::FileExt;
     let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
@@ -250,18 +270,7 @@ async fn a_virtual_machine_enlists_commissions_and_fails_as_lifecycle_md_says() 
         Duration::from_secs(180),
         &mut vm,
         &controller,
-        async || {
-            let record = store.machine(NAME).await.ok()??;
-            let events = store.events(&Default::default()).await.ok()?;
-            let ended = events.iter().any(|event| {
-                event.machine.as_deref() == Some(NAME)
-                    && event
-                        .reason
-                        .as_deref()
-                        .is_some_and(|r| r.starts_with("enlist run") && r.ends_with("ended: ok"))
-            });
-            ended.then_some(record)
-        },
+        async || enlist_run_ended(&store, NAME).await,
     )
     .await;
     assert_eq!(record.lifecycle.status, Status::New);
@@ -490,10 +499,7 @@ async fn a_uefi_machine_with_e1000e_and_nvme_enlists_with_that_hardware() {
         Duration::from_secs(240),
         &mut vm,
         &controller,
-        async || {
-            let record = store.machine(name).await.ok()??;
-            (record.hardware.cpus.is_some() && !record.disks.is_empty()).then_some(record)
-        },
+        async || enlist_run_ended(&store, name).await,
     )
     .await;
     assert_eq!(record.lifecycle.status, Status::New);
