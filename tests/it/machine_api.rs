@@ -421,15 +421,15 @@ async fn abort_mid_way_stops_the_run_and_marks_its_scripts_aborted() {
 
 #[tokio::test]
 async fn a_silent_machine_fails_by_heartbeat_timeout() {
-    let (controller, _directory) = start("2s");
+    let (controller, _directory) = start("4s");
     let store = controller.store().await;
     let machine = Machine::enlist(&controller.url, "52:54:00:aa:ee:01").await;
     give_manual_power(&store, &machine.name).await;
     commission(&controller, &machine).await;
     let (_run, _) = machine.instructions("commissioning").await;
-    // Heartbeats keep it alive...
-    for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+    // Heartbeats keep it alive past the limit (6 s of them against 4 s)…
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let (_, answer) = machine
             .post("heartbeat", serde_json::json!({"stage": "running"}))
             .await;
@@ -444,16 +444,16 @@ async fn a_silent_machine_fails_by_heartbeat_timeout() {
     loop {
         let (status, reason) = status_of(&store, &machine.name).await;
         if status == Status::FailedCommissioning {
-            assert_eq!(reason.as_deref(), Some("not heard from for 2 seconds"));
+            assert_eq!(reason.as_deref(), Some("not heard from for 4 seconds"));
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(10),
+            started.elapsed() < Duration::from_secs(20),
             "still {status}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(started.elapsed() >= Duration::from_millis(1500));
+    assert!(started.elapsed() >= Duration::from_millis(3500));
 }
 
 /// An enlisted machine with manual power, put in deployed, then released with an erase.
