@@ -216,6 +216,34 @@ async fn enlist_run_ended(store: &Store, name: &str) -> Option<fleet::store::Mac
     store.machine(name).await.ok()?
 }
 
+/// `fleet ARGS` against the controller, which must succeed.
+fn cli_ok(controller: &NamespacedController, args: &[&str]) {
+    let output = controller.cli(args);
+    assert!(
+        output.status.success(),
+        "fleet {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Waits until the machine rests in `wanted`; its status reason then.
+async fn wait_for_status(
+    what: &str,
+    limit: Duration,
+    wanted: Status,
+    vm: &mut Vm,
+    controller: &NamespacedController,
+    store: &Store,
+) -> Option<String> {
+    wait_for(what, limit, vm, controller, async || {
+        status_of(store)
+            .await
+            .filter(|(status, _)| *status == wanted)
+    })
+    .await
+    .1
+}
+
 fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
     use std::os::unix::fs::FileExt;
     let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
@@ -355,23 +383,15 @@ async fn a_virtual_machine_enlists_commissions_and_fails_as_lifecycle_md_says() 
         &["machine", "allocate", NAME][..],
         &["machine", "release", NAME, "--erase", "quick"],
     ] {
-        let output = controller.cli(action);
-        assert!(
-            output.status.success(),
-            "{action:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        cli_ok(&controller, action);
     }
-    wait_for(
+    wait_for_status(
         "erased and released",
         Duration::from_secs(180),
+        Status::Ready,
         &mut vm,
         &controller,
-        async || {
-            status_of(&store)
-                .await
-                .filter(|(status, _)| *status == Status::Ready)
-        },
+        &store,
     )
     .await;
     assert_eq!(
@@ -408,22 +428,14 @@ async fn a_virtual_machine_enlists_commissions_and_fails_as_lifecycle_md_says() 
         "[scripts.check-raid]\nfile = \"raid.sh\"\nkind = \"commissioning\"\ntimeout = \"1m\"\n";
     let fleet_file = write_fleet_file(dir, scripts, &adopted_machine(&vm.qmp));
     let controller = NamespacedController::start(&network, dir, &fleet_file);
-    let output = controller.cli(&["machine", "commission", NAME]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let (_, reason) = wait_for(
+    cli_ok(&controller, &["machine", "commission", NAME]);
+    let reason = wait_for_status(
         "failed by its script",
         Duration::from_secs(240),
+        Status::FailedCommissioning,
         &mut vm,
         &controller,
-        async || {
-            status_of(&store)
-                .await
-                .filter(|(status, _)| *status == Status::FailedCommissioning)
-        },
+        &store,
     )
     .await;
     assert_eq!(
@@ -434,12 +446,7 @@ async fn a_virtual_machine_enlists_commissions_and_fails_as_lifecycle_md_says() 
     // 4. Killed mid-commissioning: failed by the heartbeat limit.
     let before = store.events(&Default::default()).await.unwrap();
     let last_seen = before.last().map(|event| event.id);
-    let output = controller.cli(&["machine", "commission", NAME]);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    cli_ok(&controller, &["machine", "commission", NAME]);
     let since_commission = fleet::store::EventFilter {
         machine: Some(NAME.to_string()),
         after_id: last_seen,
@@ -461,16 +468,13 @@ async fn a_virtual_machine_enlists_commissions_and_fails_as_lifecycle_md_says() 
     .await;
     vm.kill();
     let killed = Instant::now();
-    let (_, reason) = wait_for(
+    let reason = wait_for_status(
         "failed by silence",
         Duration::from_secs(90),
+        Status::FailedCommissioning,
         &mut vm,
         &controller,
-        async || {
-            status_of(&store)
-                .await
-                .filter(|(status, _)| *status == Status::FailedCommissioning)
-        },
+        &store,
     )
     .await;
     assert_eq!(reason.as_deref(), Some("not heard from for 20 seconds"));
