@@ -11,8 +11,8 @@
 //! 4. killed mid-commissioning → failed_commissioning by the heartbeat limit.
 
 use crate::support::bootnet::{
-    ephemeral_fleet_file, kill_by_pidfile, read, tail, BootNetwork, NamespacedController,
-    ONE_VM_AT_A_TIME,
+    ephemeral_fleet_file, kill_by_pidfile, read, tail, vm_test_directory, BootNetwork,
+    NamespacedController, ONE_VM_AT_A_TIME,
 };
 use fleet::model::Status;
 use fleet::store::Store;
@@ -280,11 +280,8 @@ qmp_socket = "{}"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_virtual_machine_enlists_commissions_and_fails_as_lifecycle_md_says() {
     let _one = ONE_VM_AT_A_TIME.lock().await;
-    let mut directory = tempfile::tempdir().expect("a directory");
-    if std::env::var_os("FLEET_NETBOOT_KEEP").is_some() {
-        directory.disable_cleanup(true);
-        eprintln!("e2e files kept in {}", directory.path().display());
-    }
+    // FLEET_NETBOOT_KEEP=1 keeps the files for a look afterwards.
+    let directory = vm_test_directory();
     let dir = directory.path();
     let network = BootNetwork::new();
     let fleet_file = write_fleet_file(dir, "", "");

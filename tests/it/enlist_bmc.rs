@@ -11,8 +11,8 @@
 //!    chassis with that user and password.
 
 use crate::support::bootnet::{
-    ephemeral_fleet_file, kill_by_pidfile, read, tail, BootNetwork, NamespacedController,
-    ONE_VM_AT_A_TIME,
+    ephemeral_fleet_file, kill_by_pidfile, read, tail, vm_test_directory, BootNetwork,
+    NamespacedController, ONE_VM_AT_A_TIME,
 };
 use crate::support::ipmi_sim::{self, chassis_control, fixtures};
 use std::os::unix::fs::PermissionsExt;
@@ -226,11 +226,8 @@ fn output_text(output: &std::process::Output) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enlisting_machine_reports_its_bmc_and_the_controller_powers_it_with_that_user() {
     let _one = ONE_VM_AT_A_TIME.lock().await;
-    let mut directory = tempfile::tempdir().expect("a directory");
-    if std::env::var_os("FLEET_NETBOOT_KEEP").is_some() {
-        directory.disable_cleanup(true);
-        eprintln!("e2e files kept in {}", directory.path().display());
-    }
+    // FLEET_NETBOOT_KEEP=1 keeps the files for a look afterwards.
+    let directory = vm_test_directory();
     let dir = directory.path();
     let network = BootNetwork::new();
     network
@@ -364,11 +361,8 @@ async fn a_bmc_without_a_lan_address_is_logged_and_the_machine_enlists_without_i
     const MAC: &str = "52:54:00:5e:00:03";
     const NAME: &str = "enlisted-5254005e0003";
     let _one = ONE_VM_AT_A_TIME.lock().await;
-    let mut directory = tempfile::tempdir().expect("a directory");
-    if std::env::var_os("FLEET_NETBOOT_KEEP").is_some() {
-        directory.disable_cleanup(true);
-        eprintln!("e2e files kept in {}", directory.path().display());
-    }
+    // FLEET_NETBOOT_KEEP=1 keeps the files for a look afterwards.
+    let directory = vm_test_directory();
     let dir = directory.path();
     let network = BootNetwork::new();
     network

@@ -9,8 +9,8 @@
 //! Debian's cloud kernel from its cache.
 
 use crate::support::bootnet::{
-    kill_by_pidfile, read, tail, BootNetwork, NamespacedController, API_PORT, CONTROLLER_IP,
-    ONE_VM_AT_A_TIME,
+    kill_by_pidfile, read, tail, vm_test_directory, BootNetwork, NamespacedController, API_PORT,
+    CONTROLLER_IP, ONE_VM_AT_A_TIME,
 };
 use crate::support::controller::TestController;
 use fleet::model::{Lifecycle, MacAddr, MachineName, Status};
@@ -466,12 +466,8 @@ fn run_vm(
 async fn netboot(firmware: Firmware, mac: &str, known_as: Option<(&str, Status)>) -> f64 {
     let _one = ONE_VM_AT_A_TIME.lock().await;
     let kernel = require_file(&format!("{CACHE}/vmlinuz"));
-    let mut directory = tempfile::tempdir().expect("a directory");
-    // FLEET_NETBOOT_KEEP=1 keeps the console, and controller logs for a look afterwards.
-    if std::env::var_os("FLEET_NETBOOT_KEEP").is_some() {
-        directory.disable_cleanup(true);
-        eprintln!("netboot files kept in {}", directory.path().display());
-    }
+    // FLEET_NETBOOT_KEEP=1 keeps the files for a look afterwards.
+    let directory = vm_test_directory();
     let initrd = build_initramfs(directory.path());
     let boot_url = format!("http://{CONTROLLER_IP}:{API_PORT}");
     let file = fleet_file(

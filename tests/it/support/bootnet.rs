@@ -14,6 +14,17 @@ use std::time::{Duration, Instant};
 pub const CONTROLLER_IP: &str = "10.99.0.1";
 pub const API_PORT: u16 = 5240;
 
+/// A directory for one VM test's files (console, controller log, store, disk), kept for a look
+/// afterwards when `FLEET_NETBOOT_KEEP` is set.
+pub fn vm_test_directory() -> tempfile::TempDir {
+    let mut directory = tempfile::tempdir().expect("a directory");
+    if std::env::var_os("FLEET_NETBOOT_KEEP").is_some() {
+        directory.disable_cleanup(true);
+        eprintln!("VM test files kept in {}", directory.path().display());
+    }
+    directory
+}
+
 /// Where `.ci/setup-ephemeral` builds the ephemeral environment (kernel + initrd).
 pub const EPHEMERAL: &str = "/var/cache/fleet-ephemeral";
 
