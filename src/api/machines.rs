@@ -232,6 +232,9 @@ fn power_of(
             ));
         }
     }
+    if let Err(problem) = crate::config::PowerSpec::canonical_params(&power_type, &mut params) {
+        problems.push(problem);
+    }
     (power_type, serde_json::Value::Object(params))
 }
 

@@ -611,6 +611,51 @@ impl PowerSpec {
         }
     }
 
+    /// Power parameters given as loose key/value pairs (the API, `fleet machine add
+    /// --power-param KEY=VALUE`) in the form a fleet file's power table is stored in: the
+    /// flags and numbers it types as such, and the optional parameters it leaves out given the
+    /// values they mean then. So the plan and `fleet adopt` see what the fleet file would say.
+    pub fn canonical_params(
+        power_type: &str,
+        params: &mut serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), String> {
+        use serde_json::Value;
+        for key in ["verify_tls"] {
+            if let Some(Value::String(text)) = params.get(key) {
+                let flag = match text.as_str() {
+                    "true" | "yes" => true,
+                    "false" | "no" => false,
+                    other => {
+                        return Err(format!(
+                            "power parameter `{key}` must be true or false, not `{other}`"
+                        ))
+                    }
+                };
+                params.insert(key.to_string(), Value::Bool(flag));
+            }
+        }
+        if let Some(Value::String(text)) = params.get("cipher_suite") {
+            let suite: u8 = text.parse().map_err(|_| {
+                format!("power parameter `cipher_suite` must be a whole number from 0 to 255, not `{text}`")
+            })?;
+            params.insert("cipher_suite".to_string(), Value::from(suite));
+        }
+        let defaults: Vec<(&str, Value)> = match power_type {
+            "ipmi" => vec![
+                ("driver", serde_json::json!(IpmiDriver::default())),
+                ("privilege", serde_json::json!(IpmiPrivilege::default())),
+                ("power_off_mode", serde_json::json!(PowerOffMode::default())),
+                ("boot_type", serde_json::json!(IpmiBootType::default())),
+            ],
+            "redfish" | "webhook" => vec![("verify_tls", Value::Bool(true))],
+            _ => Vec::new(),
+        };
+        for (key, value) in defaults {
+            params.entry(key.to_string()).or_insert(value);
+        }
+        Ok(())
+    }
+
     /// The BMC address, which identifies a machine until it first boots.
     pub fn bmc_address(&self) -> Option<&str> {
         match self {

@@ -260,6 +260,59 @@ async fn adopting_what_the_controller_observes_gives_an_empty_plan() {
         .http()
         .add_idle_machine("o-2", "52:54:00:aa:00:02")
         .await;
+    // Machines added with the CLI's KEY=VALUE power parameters, the optional ones left out
+    // or given as text: adopting them must not read as a change of power.
+    for (name, mac, power) in [
+        (
+            "o-3",
+            "52:54:00:aa:00:03",
+            &[
+                "--power-type",
+                "ipmi",
+                "--power-param",
+                "address=10.0.0.5",
+                "--power-param",
+                "user=admin",
+                "--power-param",
+                "password=env:O3_PASSWORD",
+                "--power-param",
+                "cipher_suite=17",
+            ][..],
+        ),
+        (
+            "o-4",
+            "52:54:00:aa:00:04",
+            &[
+                "--power-type",
+                "redfish",
+                "--power-param",
+                "address=https://10.0.0.6",
+                "--power-param",
+                "user=root",
+                "--power-param",
+                "password=file:/etc/o4.pw",
+                "--power-param",
+                "verify_tls=false",
+            ],
+        ),
+        (
+            "o-5",
+            "52:54:00:aa:00:05",
+            &[
+                "--power-type",
+                "webhook",
+                "--power-param",
+                "on_url=http://pdu/on",
+                "--power-param",
+                "off_url=http://pdu/off",
+            ],
+        ),
+    ] {
+        let mut args = vec!["machine", "add", name, "--mac", mac, "--no-commission"];
+        args.extend_from_slice(power);
+        let added = controller.fleet(&args);
+        assert_eq!(exit_code(&added), 0, "{}", stderr(&added));
+    }
     let directory = tempfile::tempdir().unwrap();
     let adopted = directory.path().join("adopted.toml");
     let output = controller.fleet(&["adopt", "--out", adopted.to_str().unwrap()]);
