@@ -266,10 +266,12 @@ fn secrets_must_be_references_and_are_never_echoed() {
         .lines()
         .filter(|line| !line.contains(" | "))
         .collect();
-    assert!(
-        !messages_and_help.contains("hunter2"),
-        "a secret is echoed outside the source line:\n{rendered}"
-    );
+    for secret in ["hunter2", "s3cret"] {
+        assert!(
+            !messages_and_help.contains(secret),
+            "a secret is echoed outside the source line:\n{rendered}"
+        );
+    }
 }
 
 #[test]
@@ -706,6 +708,11 @@ fn webhook_credentials_are_a_token_or_user_and_password_never_both() {
                 1,
                 "give either `token` or `user` and `password`, not both",
             ),
+            (
+                37,
+                38,
+                "`on_url` carries credentials (user@ or user:password@ before the host)",
+            ),
         ],
     );
     let rendered = config::load(&[Path::new(BROKEN).join("webhook.toml")])
@@ -715,10 +722,12 @@ fn webhook_credentials_are_a_token_or_user_and_password_never_both() {
         .lines()
         .filter(|line| !line.contains(" | "))
         .collect();
-    assert!(
-        !messages_and_help.contains("hunter2"),
-        "a secret is echoed outside the source line:\n{rendered}"
-    );
+    for secret in ["hunter2", "s3cret"] {
+        assert!(
+            !messages_and_help.contains(secret),
+            "a secret is echoed outside the source line:\n{rendered}"
+        );
+    }
     assert!(
         rendered.contains("password = { env = \"WEBHOOK_PASSWORD\" }"),
         "a webhook's example, not a BMC's:\n{rendered}"

@@ -113,6 +113,18 @@ pub fn checked_http_url(url: &Spanned<&str>, key: &str, problems: &mut Problems)
         .value
         .strip_prefix("http://")
         .or_else(|| url.value.strip_prefix("https://"));
+    let authority = rest.map(|rest| rest.split('/').next().unwrap_or(rest));
+    if authority.is_some_and(|authority| authority.contains('@')) {
+        // Not repeated in the message: the part before `@` is a user and often a password.
+        let problem = Problem::new(
+            url.span,
+            format!("`{key}` carries credentials (user@ or user:password@ before the host)"),
+        );
+        problems.push(problem.help(
+            "secrets must be references: give `user = \"...\"` and `password = { env = \"WEBHOOK_PASSWORD\" }` (or a `token`) beside the URL",
+        ));
+        return false;
+    }
     if rest.is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace)) {
         return true;
     }
