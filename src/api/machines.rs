@@ -108,7 +108,7 @@ pub async fn action(
 
 /// A deleted machine's BMC password (reported at enlistment) goes with it.
 fn forget_bmc_password(state: &ApiState, name: &str) {
-    let Some(directory) = state.machine_api.secrets_dir() else {
+    let Some(directory) = state.machine_api.current().secrets_dir() else {
         return;
     };
     let path = directory.join(format!("{name}.bmc-password"));

@@ -184,7 +184,7 @@ async fn enlist_machine(State(state): State<ApiState>, body: Bytes) -> Answer {
         .map_err(|error| format!("the enlistment is not valid JSON of the expected shape: {error}"))
         .and_then(EnlistBody::check)
         .map_err(|reason| MachineApiResponse::error(StatusCode::BAD_REQUEST, reason))?;
-    let secrets_dir = state.machine_api.secrets_dir();
+    let secrets_dir = state.machine_api.current().secrets_dir();
     let (enlisted, password) = enlist(&state.store, &request, secrets_dir.as_deref()).await?;
     let (record, status) = match enlisted {
         Enlisted::Created(record) => (record, StatusCode::CREATED),
@@ -318,7 +318,8 @@ async fn instructions(
 ) -> Answer {
     let record = authorize(&state, &name, &headers).await?;
     let live = query.is_some_and(|query| query.split('&').any(|pair| pair == "live=1"));
-    let body = machine_api::instructions(&state.store, &state.machine_api, &record, live).await?;
+    let settings = state.machine_api.current();
+    let body = machine_api::instructions(&state.store, &settings, &record, live).await?;
     Ok(text(StatusCode::OK, body))
 }
 
@@ -328,7 +329,8 @@ async fn script(
     headers: HeaderMap,
 ) -> Answer {
     authorize(&state, &name, &headers).await?;
-    let entry = state.machine_api.script(&script).ok_or_else(|| {
+    let settings = state.machine_api.current();
+    let entry = settings.script(&script).ok_or_else(|| {
         MachineApiResponse::error(StatusCode::NOT_FOUND, format!("no script named {script}"))
     })?;
     Ok(text(StatusCode::OK, entry.text.clone()))
@@ -433,7 +435,7 @@ async fn results(
     let verdict = machine_api::report_script(
         &state.store,
         &state.drivers,
-        &state.machine_api,
+        &state.machine_api.current(),
         &record,
         &report,
     )

@@ -33,7 +33,7 @@ pub struct ApiState {
     /// The HTTP boot endpoints (`/boot/...`, no token), when the controller serves them.
     pub boot: Option<crate::boot::http::BootState>,
     /// What booted machines are told to run (`/metadata/v1/...`).
-    pub machine_api: crate::controller::machine_api::MachineApiSettings,
+    pub machine_api: crate::controller::machine_api::SharedSettings,
 }
 
 /// The API's routes.

@@ -99,11 +99,15 @@ pub struct AutoApply {
 
 /// Starts the reconcile loop in the background: a first reconcile at once, then one after every
 /// settled edit of the fleet files and one on every tick of the timer.
+/// Told of every new fleet that validated (the controller's other parts follow it).
+pub type OnNewFleet = Arc<dyn Fn(&Fleet) + Send + Sync>;
+
 pub fn start_watch(
     store: &Store,
     drivers: &PowerDrivers,
     options: WatchOptions,
     fleet: Fleet,
+    on_new_fleet: Option<OnNewFleet>,
 ) -> Result<tokio::task::JoinHandle<()>, WatchError> {
     let (sender, receiver) = unbounded_channel();
     let mut watched = WatchedPaths::new(&options.files, forward_changes(sender)?);
@@ -113,6 +117,7 @@ pub fn start_watch(
         drivers: drivers.clone(),
         options,
         fleet: Arc::new(fleet),
+        on_new_fleet,
         sequence: 0,
         rejected: None,
         last_report: String::new(),
@@ -278,6 +283,7 @@ struct Reconciler {
     options: WatchOptions,
     /// The last fleet that validated.
     fleet: Arc<Fleet>,
+    on_new_fleet: Option<OnNewFleet>,
     sequence: u64,
     rejected: Option<RejectedEdit>,
     /// The last line printed about the plan, so that an unchanged plan is not printed again.
@@ -316,6 +322,9 @@ impl Reconciler {
                     eprintln!("  watch   the fleet files validate again");
                 }
                 if fleet.digest != self.fleet.digest {
+                    if let Some(follow) = &self.on_new_fleet {
+                        follow(&fleet);
+                    }
                     self.fleet = Arc::new(fleet);
                 }
             }

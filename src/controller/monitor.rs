@@ -3,7 +3,7 @@
 //! has been silent for the heartbeat limit fails with "not heard from for N minutes". Either
 //! way the machine is then powered off.
 
-use super::machine_api::fail_and_power_off;
+use super::machine_api::{fail_and_power_off, SharedSettings};
 use crate::config::Timeouts;
 use crate::model::{Settlement, Status};
 use crate::power::PowerDrivers;
@@ -53,17 +53,24 @@ fn tick(timeouts: &Timeouts) -> Duration {
     Duration::from_millis((u64::from(shortest) * 1000 / 20).clamp(250, 10_000))
 }
 
-/// Runs the watch until the task is dropped or aborted.
+/// Runs the watch until the task is dropped or aborted, with the limits in force at each look.
 pub fn start_monitor(
     store: Store,
     drivers: PowerDrivers,
-    timeouts: Timeouts,
+    settings: SharedSettings,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut interval = tokio::time::interval(tick(&timeouts));
+        let mut period = tick(&settings.current().timeouts);
+        let mut interval = tokio::time::interval(period);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
+            let timeouts = settings.current().timeouts;
+            if tick(&timeouts) != period {
+                period = tick(&timeouts);
+                interval = tokio::time::interval(period);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
             if let Err(error) = check_once(&store, &drivers, &timeouts).await {
                 tracing::warn!("the timeout watch could not check the machines: {error}");
             }

@@ -103,28 +103,22 @@ pub async fn serve(
             .await;
     let drivers = PowerDrivers::standard();
     start_executor(&store, &drivers).await;
-    let watch = start_watch(&options, &store, &drivers);
+    let mut settings = super::machine_api::MachineApiSettings::new(options.fleet.as_ref());
+    settings.state_dir = Some(options.state_dir.clone());
+    let machine_api = super::machine_api::SharedSettings::new(settings);
+    let watch = start_watch(&options, &store, &drivers, &machine_api);
     let poll_seconds = options.fleet.as_ref().map_or_else(
         || crate::config::Policy::default().power_poll_seconds,
         |fleet| fleet.policy.power_poll_seconds,
     );
     let power_poll = super::power_poll::start(&store, &drivers, poll_seconds);
-    let timeouts = options
-        .fleet
-        .as_ref()
-        .map(|fleet| fleet.policy.timeouts)
-        .unwrap_or_default();
-    let monitor = super::monitor::start_monitor(store.clone(), drivers.clone(), timeouts);
-    let mut machine_api = super::machine_api::MachineApiSettings::new(options.fleet.as_ref());
-    machine_api.state_dir = Some(options.state_dir.clone());
+    let monitor =
+        super::monitor::start_monitor(store.clone(), drivers.clone(), machine_api.clone());
+    let scripts = machine_api.current().scripts.clone();
     eprintln!(
         "  scripts {} for machines to run ({} of the fleet file's)",
-        machine_api.scripts.len(),
-        machine_api
-            .scripts
-            .iter()
-            .filter(|script| !script.builtin)
-            .count()
+        scripts.len(),
+        scripts.iter().filter(|script| !script.builtin).count()
     );
     let state = ApiState {
         machine_api,
@@ -170,12 +164,16 @@ fn start_watch(
     options: &ServeOptions,
     store: &Store,
     drivers: &PowerDrivers,
+    machine_api: &super::machine_api::SharedSettings,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let (mut watch, fleet) = (options.watch.clone()?, options.fleet.clone()?);
     // The fleet file's [controller] may have moved the state directory after --watch was read.
     watch.state_dir = options.state_dir.clone();
     let (files, interval) = (watch.files.len(), watch.interval.as_secs());
-    match crate::apply::watch::start_watch(store, drivers, watch, fleet) {
+    // The machine API's scripts and the timeout watch's limits follow each new fleet.
+    let shared = machine_api.clone();
+    let follow: crate::apply::watch::OnNewFleet = Arc::new(move |fleet| shared.follow(fleet));
+    match crate::apply::watch::start_watch(store, drivers, watch, fleet, Some(follow)) {
         Ok(handle) => {
             eprintln!("  watch   {files} fleet file argument(s); reconciles on each save and every {interval} s");
             Some(handle)

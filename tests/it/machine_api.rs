@@ -526,6 +526,37 @@ async fn a_failed_erase_fails_the_release_naming_the_script() {
     );
 }
 
+/// `fleet serve --watch`: a script added to the fleet file is given to the next run without a
+/// restart.
+#[tokio::test]
+async fn a_script_added_to_the_fleet_file_reaches_the_next_run_under_watch() {
+    let directory = tempfile::tempdir().unwrap();
+    let fleet = fleet_file(directory.path(), "10m", "10m");
+    let state = directory.path().join("state");
+    let controller = TestController::start_in(&state, &["-f", fleet.to_str().unwrap(), "--watch"]);
+    let store = controller.store().await;
+    let machine = Machine::enlist(&controller.url, "52:54:00:aa:fc:01").await;
+    give_manual_power(&store, &machine.name).await;
+    commission(&controller, &machine).await;
+    let (_, scripts) = machine.instructions("commissioning").await;
+    assert!(!scripts.iter().any(|line| line.starts_with("late-check ")));
+    std::fs::write(directory.path().join("late.sh"), "#!/bin/sh\necho late\n").unwrap();
+    let mut text = std::fs::read_to_string(&fleet).unwrap();
+    text.push_str(
+        "\n[scripts.late-check]\nfile = \"late.sh\"\nkind = \"testing\"\ntimeout = \"45s\"\n",
+    );
+    std::fs::write(&fleet, text).unwrap();
+    let started = Instant::now();
+    loop {
+        let (_, scripts) = machine.instructions("commissioning").await;
+        if scripts.iter().any(|line| line == "late-check testing 45") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "{scripts:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_machine_past_its_limit_times_out_however_chatty() {
     let (controller, _directory) = start_with_limits("10m", "3s");

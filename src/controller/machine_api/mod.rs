@@ -16,11 +16,14 @@ use crate::store::{now_ms, MachineRecord, NewEvent, ScriptResult, Store, StoreEr
 use rules::{RunRole, ScriptEntry, ScriptReport, ScriptStatus};
 use std::sync::Arc;
 
-/// What the machine API serves, fixed when the controller starts.
+/// What the machine API serves and the timeout watch enforces: from the fleet file in force
+/// (replaced when `fleet serve --watch` loads an edited one, see [`SharedSettings`]).
 #[derive(Debug, Clone)]
 pub struct MachineApiSettings {
     /// Seconds between a machine's heartbeats.
     pub heartbeat_seconds: u32,
+    /// The policy's limits (the timeout and heartbeat watch reads them).
+    pub timeouts: crate::config::Timeouts,
     /// Built-in scripts and the operator's, every kind.
     pub scripts: Arc<Vec<ScriptEntry>>,
     /// The controller's state directory: BMC passwords that enlisting machines report are kept
@@ -38,9 +41,7 @@ impl MachineApiSettings {
     /// The built-in scripts plus the fleet file's; heartbeats often enough that two may be lost
     /// before the policy's heartbeat limit.
     pub fn new(fleet: Option<&crate::config::Fleet>) -> Self {
-        let heartbeat_limit = fleet
-            .map(|fleet| fleet.policy.timeouts.heartbeat)
-            .unwrap_or(crate::config::Timeouts::default().heartbeat);
+        let timeouts = fleet.map(|fleet| fleet.policy.timeouts).unwrap_or_default();
         let mut scripts = builtin_scripts();
         if let Some(fleet) = fleet {
             scripts.extend(fleet.scripts.iter().map(|(name, script)| ScriptEntry {
@@ -54,7 +55,8 @@ impl MachineApiSettings {
             }));
         }
         MachineApiSettings {
-            heartbeat_seconds: (heartbeat_limit / 3).clamp(1, 30),
+            heartbeat_seconds: (timeouts.heartbeat / 3).clamp(1, 30),
+            timeouts,
             scripts: Arc::new(scripts),
             state_dir: None,
         }
@@ -67,6 +69,41 @@ impl MachineApiSettings {
 
     pub fn script(&self, name: &str) -> Option<&ScriptEntry> {
         self.scripts.iter().find(|script| script.name == name)
+    }
+}
+
+/// The settings in force, shared by the API's handlers and the timeout watch; `--watch` puts
+/// in new ones when an edited fleet file validates, so an operator's new script or limit
+/// takes effect without a restart (runs already started keep the scripts they were given).
+#[derive(Debug, Clone)]
+pub struct SharedSettings(Arc<std::sync::RwLock<Arc<MachineApiSettings>>>);
+
+impl SharedSettings {
+    pub fn new(settings: MachineApiSettings) -> Self {
+        SharedSettings(Arc::new(std::sync::RwLock::new(Arc::new(settings))))
+    }
+
+    pub fn current(&self) -> Arc<MachineApiSettings> {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The settings of `fleet`, keeping the state directory.
+    pub fn follow(&self, fleet: &crate::config::Fleet) {
+        let mut next = MachineApiSettings::new(Some(fleet));
+        next.state_dir = self.current().state_dir.clone();
+        *self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(next);
+    }
+}
+
+impl Default for SharedSettings {
+    fn default() -> Self {
+        SharedSettings::new(MachineApiSettings::default())
     }
 }
 
