@@ -356,16 +356,12 @@ struct ResultBody {
 
 impl ResultBody {
     fn decode(self) -> Result<ScriptReport, String> {
-        let kind = match self.kind.as_str() {
-            "commissioning" => crate::config::ScriptKind::Commissioning,
-            "testing" => crate::config::ScriptKind::Testing,
-            "erase" => crate::config::ScriptKind::Erase,
-            other => {
-                return Err(format!(
-                    "`kind` {other:?} is not commissioning, testing or erase"
-                ))
-            }
-        };
+        let kind = crate::config::ScriptKind::parse(&self.kind).ok_or_else(|| {
+            format!(
+                "`kind` {:?} is not commissioning, testing or erase",
+                self.kind
+            )
+        })?;
         let status = ScriptStatus::parse(&self.status).ok_or_else(|| {
             format!(
                 "`status` {:?} is not running, passed, failed, timed_out, skipped or degraded",

@@ -53,44 +53,7 @@ mod tests;
 
 pub use facts::{parse_facts, FactProblem, Inventory};
 
-use serde::{Deserialize, Serialize};
-use std::fmt;
-
-/// When a script runs: while commissioning (fact-finding) or as a test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScriptKind {
-    Commissioning,
-    Testing,
-    /// Erases the disks while a machine is released with an erase (destructive).
-    Erase,
-}
-
-impl ScriptKind {
-    /// The word of the machine API's `script NAME KIND TIMEOUT` line.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ScriptKind::Commissioning => "commissioning",
-            ScriptKind::Testing => "testing",
-            ScriptKind::Erase => "erase",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<ScriptKind> {
-        match text {
-            "commissioning" => Some(ScriptKind::Commissioning),
-            "testing" => Some(ScriptKind::Testing),
-            "erase" => Some(ScriptKind::Erase),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for ScriptKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::config::ScriptKind;
 
 /// A script that comes with fleet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

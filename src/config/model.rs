@@ -810,13 +810,16 @@ pub struct Script {
     pub text: String,
 }
 
-/// When a script runs: while commissioning (its findings are stored), or as a test after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+/// When a script runs: while commissioning (its findings are stored), as a test after it, or
+/// to erase disks on release (built in only: fleet files cannot declare one). Spelled as the
+/// machine API's `script NAME KIND TIMEOUT` line spells it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ScriptKind {
     Commissioning,
     Testing,
-    /// Erases disks on release (built in only: fleet files cannot declare one).
     Erase,
 }
 
@@ -827,6 +830,22 @@ impl ScriptKind {
             ScriptKind::Testing => "testing",
             ScriptKind::Erase => "erase",
         }
+    }
+
+    pub fn parse(text: &str) -> Option<ScriptKind> {
+        [
+            ScriptKind::Commissioning,
+            ScriptKind::Testing,
+            ScriptKind::Erase,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for ScriptKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

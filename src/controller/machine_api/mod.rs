@@ -113,13 +113,7 @@ fn builtin_scripts() -> Vec<ScriptEntry> {
         .iter()
         .map(|script| ScriptEntry {
             name: script.name.to_string(),
-            kind: match script.kind {
-                crate::commissioning::ScriptKind::Commissioning => {
-                    crate::config::ScriptKind::Commissioning
-                }
-                crate::commissioning::ScriptKind::Testing => crate::config::ScriptKind::Testing,
-                crate::commissioning::ScriptKind::Erase => crate::config::ScriptKind::Erase,
-            },
+            kind: script.kind,
             timeout_seconds: script.timeout_seconds,
             destructive: script.destructive,
             safe_on_live_host: script.safe_on_live_host,
