@@ -233,31 +233,17 @@ impl Store {
         if before == power {
             return Ok(true);
         }
-        let now = now_ms();
-        let result = sqlx::query(
-            "UPDATE machines SET power = $1, generation = generation + 1, updated_at = $2 \
-             WHERE name = $3 AND power = $4",
-        )
-        .bind(power.as_str())
-        .bind(now)
-        .bind(name)
-        .bind(before.as_str())
-        .execute(&mut *transaction)
-        .await?;
-        if result.rows_affected() == 0 {
+        let change = PowerChange {
+            name,
+            before,
+            after: power,
+            generation: None,
+            actor,
+            reason,
+        };
+        if !write_power_change(&mut transaction, &change).await? {
             return Ok(false);
         }
-        let event = NewEvent {
-            machine: Some(name.to_string()),
-            kind: "power".into(),
-            actor: actor.into(),
-            action: None,
-            from_status: None,
-            to_status: None,
-            reason: reason.map(str::to_string),
-            detail: json!({ "from": before, "to": power }),
-        };
-        insert_event(&mut transaction, &event, now).await?;
         transaction.commit().await?;
         Ok(true)
     }
@@ -277,34 +263,18 @@ impl Store {
         if before == found {
             return Ok(false);
         }
-        let name = record.name.as_str();
         let mut transaction = self.begin_write().await?;
-        let now = now_ms();
-        let result = sqlx::query(
-            "UPDATE machines SET power = $1, generation = generation + 1, updated_at = $2 \
-             WHERE name = $3 AND generation = $4 AND power = $5",
-        )
-        .bind(found.as_str())
-        .bind(now)
-        .bind(name)
-        .bind(record.generation)
-        .bind(before.as_str())
-        .execute(&mut *transaction)
-        .await?;
-        if result.rows_affected() == 0 {
+        let change = PowerChange {
+            name: record.name.as_str(),
+            before,
+            after: found,
+            generation: Some(record.generation),
+            actor,
+            reason: Some(reason),
+        };
+        if !write_power_change(&mut transaction, &change).await? {
             return Ok(false);
         }
-        let event = NewEvent {
-            machine: Some(name.to_string()),
-            kind: "power".into(),
-            actor: actor.into(),
-            action: None,
-            from_status: None,
-            to_status: None,
-            reason: Some(reason.to_string()),
-            detail: json!({ "from": before, "to": found }),
-        };
-        insert_event(&mut transaction, &event, now).await?;
         transaction.commit().await?;
         Ok(true)
     }
@@ -443,6 +413,58 @@ impl Store {
         .await?;
         require_one_row(result.rows_affected(), name)
     }
+}
+
+/// A change of a machine's stored power.
+struct PowerChange<'a> {
+    name: &'a str,
+    before: PowerState,
+    after: PowerState,
+    /// Only if the machine is still at this generation (else only if its power is `before`).
+    generation: Option<i64>,
+    actor: &'a str,
+    reason: Option<&'a str>,
+}
+
+/// Writes the change and its `power` event; `false` (nothing written) if the machine changed
+/// since it was read.
+async fn write_power_change(
+    connection: &mut AnyConnection,
+    change: &PowerChange<'_>,
+) -> Result<bool, StoreError> {
+    let now = now_ms();
+    let guard = if change.generation.is_some() {
+        "AND generation = $5"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "UPDATE machines SET power = $1, generation = generation + 1, updated_at = $2 \
+         WHERE name = $3 AND power = $4 {guard}"
+    );
+    let mut query = sqlx::query(&sql)
+        .bind(change.after.as_str())
+        .bind(now)
+        .bind(change.name)
+        .bind(change.before.as_str());
+    if let Some(generation) = change.generation {
+        query = query.bind(generation);
+    }
+    if query.execute(&mut *connection).await?.rows_affected() == 0 {
+        return Ok(false);
+    }
+    let event = NewEvent {
+        machine: Some(change.name.to_string()),
+        kind: "power".into(),
+        actor: change.actor.into(),
+        action: None,
+        from_status: None,
+        to_status: None,
+        reason: change.reason.map(str::to_string),
+        detail: json!({ "from": change.before, "to": change.after }),
+    };
+    insert_event(connection, &event, now).await?;
+    Ok(true)
 }
 
 fn require_one_row(rows_affected: u64, name: &str) -> Result<(), StoreError> {
