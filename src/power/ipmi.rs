@@ -92,13 +92,7 @@ impl PowerDriver for IpmiDriver {
             }
             // A soft power-off asks the operating system to shut down: it may take a while.
             let state = self.status(&bmc).await?;
-            let note = (state == PowerState::On).then(|| {
-                format!(
-                    "ipmi {}: soft power-off requested; the machine shuts down by itself",
-                    bmc.address
-                )
-            });
-            Ok(PowerReport { state, note })
+            Ok(super::after_soft_off("ipmi", &bmc.address, state))
         })
     }
 

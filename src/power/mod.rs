@@ -156,3 +156,12 @@ pub(crate) fn optional_secret(
         }),
     }
 }
+
+/// What a soft power-off reports once the driver has asked for it: the state read back, and
+/// while the machine is still on, a note that its operating system shuts it down by itself.
+pub fn after_soft_off(driver: &str, address: &str, state: PowerState) -> PowerReport {
+    let note = (state == PowerState::On).then(|| {
+        format!("{driver} {address}: soft power-off requested; the machine shuts down by itself")
+    });
+    PowerReport { state, note }
+}

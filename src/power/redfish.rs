@@ -85,13 +85,7 @@ impl PowerDriver for RedfishDriver {
             }
             // A graceful shutdown asks the operating system to stop: it may take a while.
             let state = bmc.power_state(&system.path).await?;
-            let note = (state == PowerState::On).then(|| {
-                format!(
-                    "redfish {}: soft power-off requested; the machine shuts down by itself",
-                    bmc.address
-                )
-            });
-            Ok(PowerReport { state, note })
+            Ok(super::after_soft_off("redfish", &bmc.address, state))
         })
     }
 
