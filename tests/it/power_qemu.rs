@@ -525,13 +525,6 @@ async fn qemu_command_starts_the_vm() {
 }
 
 /// `fleet machine show NAME --json`'s power.
-fn shown_power(controller: &TestController, name: &str) -> Value {
-    let output = controller.fleet(&["machine", "show", name, "--json"]);
-    assert!(output.status.success(), "show: {}", stderr(&output));
-    let detail: Value = serde_json::from_slice(&output.stdout).unwrap();
-    detail["machine"]["power"].clone()
-}
-
 fn add_qemu_machine(controller: &TestController, name: &str, socket: &Path) {
     let socket = format!("qmp_socket={}", socket.display());
     let output = controller.fleet(&[
@@ -570,7 +563,7 @@ async fn qemu_power_through_the_controller_and_the_cli() {
             stdout(&output),
             stderr(&output)
         );
-        assert_eq!(shown_power(&controller, "vm-1"), json!(power), "{action}");
+        assert_eq!(controller.shown_power("vm-1"), json!(power), "{action}");
         assert_eq!(vm.status(), status, "{action}");
     }
 
@@ -583,38 +576,10 @@ async fn qemu_power_through_the_controller_and_the_cli() {
         text.contains("qemu vm-1: no QEMU listening on") && text.contains("(is the VM started?)"),
         "{text}"
     );
-    assert_eq!(shown_power(&controller, "vm-1"), json!("error"));
+    assert_eq!(controller.shown_power("vm-1"), json!("error"));
 }
 
 /// `fleet events NAME --json`: the power events' reasons.
-fn power_reasons(controller: &TestController, name: &str) -> Vec<String> {
-    let output = controller.fleet(&["events", name, "--json"]);
-    assert!(output.status.success(), "events: {}", stderr(&output));
-    let events: Value = serde_json::from_slice(&output.stdout).unwrap();
-    events
-        .as_array()
-        .expect("a list of events")
-        .iter()
-        .filter(|event| event["kind"] == "power")
-        .filter_map(|event| event["reason"].as_str().map(str::to_string))
-        .collect()
-}
-
-fn wait_for_power(controller: &TestController, name: &str, power: &str, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let shown = shown_power(controller, name);
-        if shown == json!(power) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "power still {shown} after {limit:?}, expected {power}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[tokio::test]
 async fn power_poll_notices_a_vm_stopped_behind_fleets_back() {
     let mut vm = Vm::start();
@@ -631,10 +596,10 @@ async fn power_poll_notices_a_vm_stopped_behind_fleets_back() {
     let store = controller.store().await;
     controller.make_deployed(&store, "vm-1").await;
     // The first polls find the VM off (prelaunch).
-    wait_for_power(&controller, "vm-1", "off", Duration::from_secs(10));
+    controller.wait_for_shown_power("vm-1", "off", Duration::from_secs(10));
     let output = controller.fleet(&["machine", "power-on", "vm-1"]);
     assert!(output.status.success(), "power-on: {}", stderr(&output));
-    assert_eq!(shown_power(&controller, "vm-1"), json!("on"));
+    assert_eq!(controller.shown_power("vm-1"), json!("on"));
 
     // fleet's own power actions, polled meanwhile, are not taken for changes made outside it.
     for action in [
@@ -648,7 +613,7 @@ async fn power_poll_notices_a_vm_stopped_behind_fleets_back() {
         assert!(output.status.success(), "{action}: {}", stderr(&output));
         std::thread::sleep(Duration::from_millis(700));
     }
-    assert_eq!(shown_power(&controller, "vm-1"), json!("on"));
+    assert_eq!(controller.shown_power("vm-1"), json!("on"));
 
     // A poll that finds what the store says writes nothing.
     let generation = store.machine("vm-1").await.unwrap().unwrap().generation;
@@ -658,7 +623,8 @@ async fn power_poll_notices_a_vm_stopped_behind_fleets_back() {
         generation
     );
 
-    let outside: Vec<String> = power_reasons(&controller, "vm-1")
+    let outside: Vec<String> = controller
+        .power_reasons("vm-1")
         .into_iter()
         .filter(|reason| reason.contains("outside fleet"))
         .collect();
@@ -667,9 +633,9 @@ async fn power_poll_notices_a_vm_stopped_behind_fleets_back() {
     // Stopped behind fleet's back: within a few seconds fleet says off, and why.
     let stopped = Instant::now();
     qmp(&vm.socket, "stop");
-    wait_for_power(&controller, "vm-1", "off", Duration::from_secs(10));
+    controller.wait_for_shown_power("vm-1", "off", Duration::from_secs(10));
     eprintln!("found off {:?} after the stop", stopped.elapsed());
-    let reasons = power_reasons(&controller, "vm-1");
+    let reasons = controller.power_reasons("vm-1");
     assert!(
         reasons
             .iter()
@@ -685,9 +651,10 @@ async fn power_poll_notices_a_vm_stopped_behind_fleets_back() {
 
     // The VM gone: power error with the driver's message, once, however many polls follow.
     vm.kill();
-    wait_for_power(&controller, "vm-1", "error", Duration::from_secs(10));
+    controller.wait_for_shown_power("vm-1", "error", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(3000));
-    let failures: Vec<String> = power_reasons(&controller, "vm-1")
+    let failures: Vec<String> = controller
+        .power_reasons("vm-1")
         .into_iter()
         .filter(|reason| reason.starts_with("power query failed"))
         .collect();

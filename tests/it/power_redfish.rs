@@ -497,38 +497,6 @@ async fn redfish_power_through_the_controller_and_the_cli() {
 }
 
 /// `machine show`'s power once it is `power`, within `limit`.
-fn wait_for_shown_power(controller: &TestController, name: &str, power: &str, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let output = controller.fleet(&["machine", "show", name, "--json"]);
-        assert!(output.status.success(), "show: {}", stderr(&output));
-        let detail: Value = serde_json::from_slice(&output.stdout).unwrap();
-        if detail["machine"]["power"] == power {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "power still {} after {limit:?}, expected {power}",
-            detail["machine"]["power"]
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// The reasons of the machine's `power` events, oldest first.
-fn power_reasons(controller: &TestController, name: &str) -> Vec<String> {
-    let output = controller.fleet(&["events", name, "--json"]);
-    assert!(output.status.success(), "events: {}", stderr(&output));
-    let events: Value = serde_json::from_slice(&output.stdout).unwrap();
-    events
-        .as_array()
-        .expect("a list of events")
-        .iter()
-        .filter(|event| event["kind"] == "power")
-        .filter_map(|event| event["reason"].as_str().map(str::to_string))
-        .collect()
-}
-
 /// Status queries through the controller: its power poll reads the emulator's PowerState, so
 /// a system switched behind fleet's back shows in `machine show`; a password that stops working
 /// shows as power error with the driver's message, and one that works again clears it.
@@ -568,14 +536,14 @@ async fn redfish_power_poll_reads_the_emulators_state() {
     let store = controller.store().await;
     controller.make_deployed(&store, "rf-poll").await;
     let limit = Duration::from_secs(10);
-    wait_for_shown_power(&controller, "rf-poll", "off", limit);
+    controller.wait_for_shown_power("rf-poll", "off", limit);
 
     // Switched on and off behind fleet's back.
     emulator.raw_reset(NODE_1, "On").await;
-    wait_for_shown_power(&controller, "rf-poll", "on", limit);
+    controller.wait_for_shown_power("rf-poll", "on", limit);
     emulator.raw_reset(NODE_1, "ForceOff").await;
-    wait_for_shown_power(&controller, "rf-poll", "off", limit);
-    let reasons = power_reasons(&controller, "rf-poll");
+    controller.wait_for_shown_power("rf-poll", "off", limit);
+    let reasons = controller.power_reasons("rf-poll");
     for expected in [
         "power found on (was off), changed outside fleet",
         "power found off (was on), changed outside fleet",
@@ -585,12 +553,12 @@ async fn redfish_power_poll_reads_the_emulators_state() {
 
     // The secret file now holds a wrong password: read at the next query, refused.
     std::fs::write(&password, "not-the-Password-8\n").unwrap();
-    wait_for_shown_power(&controller, "rf-poll", "error", limit);
+    controller.wait_for_shown_power("rf-poll", "error", limit);
     let message = format!(
         "redfish {}: authentication failed (wrong user or password)",
         emulator.address()
     );
-    let reasons = power_reasons(&controller, "rf-poll");
+    let reasons = controller.power_reasons("rf-poll");
     assert!(
         reasons
             .iter()
@@ -599,7 +567,7 @@ async fn redfish_power_poll_reads_the_emulators_state() {
     );
     // The right one again: the poll reads the state again.
     std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
-    wait_for_shown_power(&controller, "rf-poll", "off", limit);
+    controller.wait_for_shown_power("rf-poll", "off", limit);
 
     let mut outputs = String::new();
     for args in [

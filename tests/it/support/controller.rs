@@ -99,6 +99,44 @@ impl TestController {
         }
     }
 
+    /// `fleet machine show NAME --json`'s power (`"on"`, `"off"`, `"error"` ...).
+    pub fn shown_power(&self, name: &str) -> serde_json::Value {
+        let output = self.fleet(&["machine", "show", name, "--json"]);
+        assert!(output.status.success(), "show: {}", stderr(&output));
+        let detail: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        detail["machine"]["power"].clone()
+    }
+
+    /// Waits until `machine show` says the power is `power`, within `limit`.
+    pub fn wait_for_shown_power(&self, name: &str, power: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let shown = self.shown_power(name);
+            if shown == power {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "power still {shown} after {limit:?}, expected {power}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The reasons of the machine's `power` events, oldest first (`fleet events NAME --json`).
+    pub fn power_reasons(&self, name: &str) -> Vec<String> {
+        let output = self.fleet(&["events", name, "--json"]);
+        assert!(output.status.success(), "events: {}", stderr(&output));
+        let events: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        events
+            .as_array()
+            .expect("a list of events")
+            .iter()
+            .filter(|event| event["kind"] == "power")
+            .filter_map(|event| event["reason"].as_str().map(str::to_string))
+            .collect()
+    }
+
     /// Kills the controller at once (SIGKILL) and waits for it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
