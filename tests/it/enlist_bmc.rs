@@ -175,6 +175,17 @@ impl Drop for Vm {
     }
 }
 
+/// The boot network with the BMC's LAN address on its bridge, and the simulator behind it
+/// (`lan_address`: whether the BMC reports that address).
+fn network_with_bmc(dir: &Path, lan_address: bool) -> (BootNetwork, Simulator) {
+    let network = BootNetwork::new();
+    network
+        .namespace
+        .ip(&["addr", "add", &format!("{BMC_IP}/24"), "dev", "br0"]);
+    let simulator = Simulator::start(&network, dir, lan_address);
+    (network, simulator)
+}
+
 /// Waits until `name` has enlisted and its enlistment run ended ok (it then powers off).
 async fn wait_enlisted(
     name: &str,
@@ -229,11 +240,7 @@ async fn an_enlisting_machine_reports_its_bmc_and_the_controller_powers_it_with_
     // FLEET_NETBOOT_KEEP=1 keeps the files for a look afterwards.
     let directory = vm_test_directory();
     let dir = directory.path();
-    let network = BootNetwork::new();
-    network
-        .namespace
-        .ip(&["addr", "add", &format!("{BMC_IP}/24"), "dev", "br0"]);
-    let simulator = Simulator::start(&network, dir, true);
+    let (network, simulator) = network_with_bmc(dir, true);
     let fleet_file = ephemeral_fleet_file(dir, "");
     let controller = NamespacedController::start(&network, dir, &fleet_file);
     let store = controller.store().await;
@@ -364,11 +371,7 @@ async fn a_bmc_without_a_lan_address_is_logged_and_the_machine_enlists_without_i
     // FLEET_NETBOOT_KEEP=1 keeps the files for a look afterwards.
     let directory = vm_test_directory();
     let dir = directory.path();
-    let network = BootNetwork::new();
-    network
-        .namespace
-        .ip(&["addr", "add", &format!("{BMC_IP}/24"), "dev", "br0"]);
-    let simulator = Simulator::start(&network, dir, false);
+    let (network, simulator) = network_with_bmc(dir, false);
     let fleet_file = ephemeral_fleet_file(dir, "");
     let controller = NamespacedController::start(&network, dir, &fleet_file);
     let mut vm = Vm::start(&network, dir, MAC);

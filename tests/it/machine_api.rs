@@ -175,6 +175,14 @@ async fn status_of(store: &Store, name: &str) -> (Status, Option<String>) {
     (record.lifecycle.status, record.status_reason)
 }
 
+/// A machine that enlisted, was given manual power and is being commissioned.
+async fn commissioning_machine(controller: &TestController, store: &Store, mac: &str) -> Machine {
+    let machine = Machine::enlist(&controller.url, mac).await;
+    give_manual_power(store, &machine.name).await;
+    commission(controller, &machine).await;
+    machine
+}
+
 /// The operator commissions the machine through the API.
 async fn commission(controller: &TestController, machine: &Machine) {
     let path = format!("/machines/{}/actions/commission", machine.name);
@@ -307,9 +315,7 @@ async fn enlist_commission_fail_on_an_operator_script() {
 async fn commissioning_goes_through_testing_to_ready() {
     let (controller, _directory) = start("10m");
     let store = controller.store().await;
-    let machine = Machine::enlist(&controller.url, "52:54:00:aa:cc:01").await;
-    give_manual_power(&store, &machine.name).await;
-    commission(&controller, &machine).await;
+    let machine = commissioning_machine(&controller, &store, "52:54:00:aa:cc:01").await;
     let (run, scripts) = machine.instructions("commissioning").await;
     assert!(
         scripts
@@ -423,9 +429,7 @@ async fn abort_mid_way_stops_the_run_and_marks_its_scripts_aborted() {
 async fn a_silent_machine_fails_by_heartbeat_timeout() {
     let (controller, _directory) = start("4s");
     let store = controller.store().await;
-    let machine = Machine::enlist(&controller.url, "52:54:00:aa:ee:01").await;
-    give_manual_power(&store, &machine.name).await;
-    commission(&controller, &machine).await;
+    let machine = commissioning_machine(&controller, &store, "52:54:00:aa:ee:01").await;
     let (_run, _) = machine.instructions("commissioning").await;
     // Heartbeats keep it alive past the limit (6 s of them against 4 s)…
     for _ in 0..12 {
@@ -535,9 +539,7 @@ async fn a_script_added_to_the_fleet_file_reaches_the_next_run_under_watch() {
     let state = directory.path().join("state");
     let controller = TestController::start_in(&state, &["-f", fleet.to_str().unwrap(), "--watch"]);
     let store = controller.store().await;
-    let machine = Machine::enlist(&controller.url, "52:54:00:aa:fc:01").await;
-    give_manual_power(&store, &machine.name).await;
-    commission(&controller, &machine).await;
+    let machine = commissioning_machine(&controller, &store, "52:54:00:aa:fc:01").await;
     let (_, scripts) = machine.instructions("commissioning").await;
     assert!(!scripts.iter().any(|line| line.starts_with("late-check ")));
     std::fs::write(directory.path().join("late.sh"), "#!/bin/sh\necho late\n").unwrap();
@@ -561,9 +563,7 @@ async fn a_script_added_to_the_fleet_file_reaches_the_next_run_under_watch() {
 async fn a_machine_past_its_limit_times_out_however_chatty() {
     let (controller, _directory) = start_with_limits("10m", "3s");
     let store = controller.store().await;
-    let machine = Machine::enlist(&controller.url, "52:54:00:aa:ef:01").await;
-    give_manual_power(&store, &machine.name).await;
-    commission(&controller, &machine).await;
+    let machine = commissioning_machine(&controller, &store, "52:54:00:aa:ef:01").await;
     machine.instructions("commissioning").await;
     let started = Instant::now();
     loop {
