@@ -460,6 +460,12 @@ impl Exchange<'_> {
         let mut reply = self.reply_header(MessageType::Ack);
         add_subnet_options(&mut reply, self.subnet, false);
         self.add_boot(&mut reply);
+        self.reply_to_client_address(reply)
+    }
+
+    /// A reply to a client that may already have an address (INFORM, proxy DHCP on 4011): to
+    /// the relay if one forwarded the request, else to the client's address, else broadcast.
+    fn reply_to_client_address(&self, message: Message) -> Outcome {
         let ciaddr = self.request.ciaddr();
         let destination = match self.relay() {
             Some(relay) => SocketAddrV4::new(relay, SERVER_PORT),
@@ -468,7 +474,7 @@ impl Exchange<'_> {
         };
         Outcome {
             reply: Some(Reply {
-                message: reply,
+                message,
                 destination,
             }),
             ..Outcome::default()
@@ -489,20 +495,8 @@ impl Exchange<'_> {
         let mut reply = self.reply_header(message_type);
         reply.set_ciaddr(Ipv4Addr::UNSPECIFIED);
         self.add_boot(&mut reply);
-        let ciaddr = self.request.ciaddr();
-        let destination = match self.relay() {
-            Some(relay) => SocketAddrV4::new(relay, SERVER_PORT),
-            // A request to port 4011 comes from a client with an address: answer it there.
-            None if !ciaddr.is_unspecified() => SocketAddrV4::new(ciaddr, CLIENT_PORT),
-            None => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
-        };
-        Outcome {
-            reply: Some(Reply {
-                message: reply,
-                destination,
-            }),
-            ..Outcome::default()
-        }
+        // A request to port 4011 comes from a client with an address: answered there.
+        self.reply_to_client_address(reply)
     }
 
     fn relay(&self) -> Option<Ipv4Addr> {
