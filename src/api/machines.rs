@@ -1,7 +1,7 @@
 //! Operator endpoints for machines and their history.
 
 use super::views::{
-    ActionBody, ActionView, AddMachine, AddedView, EventView, MachineDetail, MachineRow,
+    ActionBody, ActionView, AddMachine, AddedView, ClockView, EventView, MachineDetail, MachineRow,
     MachineView, ScriptResultView,
 };
 use super::{actor_of, ApiError, ApiState};
@@ -36,8 +36,20 @@ pub async fn show(
         limit: Some(RECENT_EVENTS),
     };
     let events = state.store.events(&filter).await?;
+    let limits = state
+        .machine_api
+        .current()
+        .timeouts
+        .watch_limits(record.lifecycle.status);
+    let now = crate::store::now_ms();
     Ok(Json(MachineDetail {
         machine: MachineView::from(&record),
+        clocks: record
+            .watched()
+            .clocks(&limits)
+            .iter()
+            .map(|clock| ClockView::new(clock, now))
+            .collect(),
         script_results: script_results
             .into_iter()
             .map(ScriptResultView::from)

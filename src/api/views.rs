@@ -139,8 +139,37 @@ impl From<&MachineRecord> for MachineView {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct MachineDetail {
     pub machine: MachineView,
+    /// The clocks watching the machine now (in-progress statuses only): its status's limit and,
+    /// while the machine works, the boot clock until its first call, then the heartbeat clock.
+    #[serde(default)]
+    pub clocks: Vec<ClockView>,
     pub script_results: Vec<ScriptResultView>,
     pub recent_events: Vec<EventView>,
+}
+
+/// A clock that is running (`model::watch`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClockView {
+    /// `status`, `boot` or `heartbeat`.
+    pub kind: crate::model::ClockKind,
+    pub since: String,
+    pub limit_seconds: u32,
+    /// When the machine fails if nothing happens before.
+    pub runs_out_at: String,
+    /// Seconds on the clock when the controller answered.
+    pub elapsed_seconds: i64,
+}
+
+impl ClockView {
+    pub fn new(clock: &crate::model::RunningClock, now: i64) -> ClockView {
+        ClockView {
+            kind: clock.kind,
+            since: rfc3339(clock.since),
+            limit_seconds: clock.limit_seconds,
+            runs_out_at: rfc3339(clock.deadline()),
+            elapsed_seconds: (now - clock.since).max(0) / 1000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

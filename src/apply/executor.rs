@@ -5,7 +5,7 @@ use super::{
     record_event, ApplyError, ApplyRecord, APPLY_LOCK, FINISHED, LOCK_REFRESH_MS, RUNNING,
     STALE_LOCK_MS,
 };
-use crate::controller::actions::{perform, settle_machine, ActionError};
+use crate::controller::actions::{perform, settle_machine_at, ActionError, SettleAt};
 use crate::model::{ActionRequest, Settlement, Status};
 use crate::plan::{MachinePlan, Operation, Step};
 use crate::power::PowerDrivers;
@@ -293,7 +293,12 @@ async fn follow(run: &MachineRun, step: &Step) -> Result<StepOutcome, StoreError
                 operation: status.as_str().to_string(),
                 seconds: minutes * 60,
             };
-            match settle_machine(&run.store, name, &run.record.holder, &settlement).await {
+            // Only the machine as read: one that moved on meanwhile is followed again.
+            let at = SettleAt {
+                generation: Some(record.generation),
+                powers_off: false,
+            };
+            match settle_machine_at(&run.store, name, &run.record.holder, &settlement, at).await {
                 Ok(_) | Err(ActionError::Refused { .. }) => continue,
                 Err(ActionError::Store(error)) => return Err(error),
                 Err(other) => return Ok(Err(other.to_string())),

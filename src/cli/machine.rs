@@ -10,7 +10,7 @@ use fleet::api::views::{
     ActionBody, ActionView, AddMachine, AddedView, EventView, MachineDetail, MachineRow,
     ScriptResultView,
 };
-use fleet::model::{Action, ActionOptions, EraseMode, PowerOffMode};
+use fleet::model::{Action, ActionOptions, ClockKind, EraseMode, PowerOffMode};
 use std::process::ExitCode;
 
 #[derive(Debug, Subcommand)]
@@ -333,6 +333,15 @@ fn print_script_output(detail: &MachineDetail, script: &str) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
+/// `75` → `1m15s`.
+fn short_duration(seconds: i64) -> String {
+    match (seconds / 3600, seconds % 3600 / 60, seconds % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s:02}s"),
+        (h, m, s) => format!("{h}h{m:02}m{s:02}s"),
+    }
+}
+
 fn render_detail(detail: &MachineDetail) -> String {
     let machine = &detail.machine;
     let mut out = String::new();
@@ -351,6 +360,25 @@ fn render_detail(detail: &MachineDetail) -> String {
         ),
     );
     line("last heard", or_dash(machine.last_heard.as_ref()));
+    for clock in &detail.clocks {
+        let (label, what) = match clock.kind {
+            ClockKind::Status => ("status clock", "the status's own limit"),
+            ClockKind::Boot => (
+                "boot clock",
+                "from the power command to the machine's first call",
+            ),
+            ClockKind::Heartbeat => ("heartbeat clock", "silence since the machine's last call"),
+        };
+        line(
+            label,
+            format!(
+                "{} of {}: {what}; runs out at {}",
+                short_duration(clock.elapsed_seconds),
+                fleet::config::describe_seconds(u64::from(clock.limit_seconds)),
+                clock.runs_out_at
+            ),
+        );
+    }
     line(
         "power",
         format!("{} (type {})", machine.power, machine.power_type),

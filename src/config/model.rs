@@ -861,7 +861,11 @@ pub struct Timeouts {
     pub exiting_rescue: u32,
     /// A secure or full erase of large disks takes hours; quick erase far less.
     pub disk_erasing: u32,
-    /// An in-progress machine silent for this long fails with "not heard from for N minutes".
+    /// A machine powered on for a step that has not called the controller this long after the
+    /// power command fails with "did not boot within N minutes".
+    pub boot: u32,
+    /// A machine that has called and then falls silent this long fails with "not heard from
+    /// for N minutes".
     pub heartbeat: u32,
 }
 
@@ -876,6 +880,7 @@ impl Default for Timeouts {
             releasing: 5 * MINUTE,
             exiting_rescue: 5 * MINUTE,
             disk_erasing: 240 * MINUTE,
+            boot: 10 * MINUTE,
             heartbeat: 10 * MINUTE,
         }
     }
@@ -890,6 +895,7 @@ impl Timeouts {
         "releasing",
         "exiting_rescue",
         "disk_erasing",
+        "boot",
         "heartbeat",
     ];
 
@@ -904,6 +910,15 @@ impl Timeouts {
             Status::ExitingRescueMode => Some(self.exiting_rescue),
             Status::DiskErasing => Some(self.disk_erasing),
             _ => None,
+        }
+    }
+
+    /// The limits the watch applies to a machine in `status`.
+    pub fn watch_limits(&self, status: Status) -> crate::model::WatchLimits {
+        crate::model::WatchLimits {
+            status: self.limit_seconds(status),
+            boot: self.boot,
+            heartbeat: self.heartbeat,
         }
     }
 
@@ -923,6 +938,7 @@ impl Timeouts {
             "releasing" => &mut self.releasing,
             "exiting_rescue" => &mut self.exiting_rescue,
             "disk_erasing" => &mut self.disk_erasing,
+            "boot" => &mut self.boot,
             "heartbeat" => &mut self.heartbeat,
             _ => return None,
         };

@@ -451,6 +451,9 @@ struct Timeouts {
     releasing: Option<Duration>,
     exiting_rescue: Option<Duration>,
     disk_erasing: Option<Duration>,
+    /// From the power command to the machine's first call (default 10 minutes).
+    boot: Option<Duration>,
+    /// Silence after the machine's first call (default 10 minutes).
     heartbeat: Option<Duration>,
 }
 

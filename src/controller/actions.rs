@@ -77,6 +77,7 @@ pub async fn perform(
             reason: request.comment.as_deref(),
             outcome: &outcome,
             image: request.options.image.as_deref(),
+            decides_power: outcome.power.is_some(),
         };
         match store.commit(&record, &commit).await {
             Ok(after) => break (after, outcome),
@@ -136,8 +137,9 @@ fn command_name(command: PowerCommand) -> &'static str {
     }
 }
 
-/// Runs the power command; a failure fails the in-progress status it was for, with the
-/// driver's message as the reason.
+/// Runs the power command decided with `record` (the machine as the decision left it); a failure
+/// fails the in-progress status it was for, with the driver's message as the reason. A command
+/// overtaken by a newer decision is dropped (and recorded) instead.
 async fn run_power(
     store: &Store,
     drivers: &PowerDrivers,
@@ -155,20 +157,22 @@ async fn run_power(
         ));
         return Ok(());
     }
-    match drivers.execute(&power_target(&record), command).await {
-        Ok(report) => {
-            store
-                .set_power(&name, report.state, actor, report.note.as_deref())
-                .await?;
+    match carry_out_power(store, drivers, &name, command, record.generation, actor).await? {
+        PowerResult::Ran(report) => {
             done.notes.extend(report.note);
             done.record = store.machine(&name).await?;
             Ok(())
         }
-        Err(error) => {
-            let reason = format!("power {} failed: {error}", command_name(command));
-            store
-                .set_power(&name, crate::model::PowerState::Error, actor, Some(&reason))
-                .await?;
+        PowerResult::Dropped { decided } => {
+            done.notes.push(format!(
+                "power {} dropped: a newer decision (generation {decided}) asked for power since",
+                command_name(command)
+            ));
+            done.record = store.machine(&name).await?;
+            Ok(())
+        }
+        PowerResult::Failed(error) => {
+            let reason = failed_reason(command, &error);
             let record = fail_in_progress(store, &name, actor, &reason).await?;
             Err(ActionError::PowerFailed {
                 machine: name,
@@ -180,9 +184,79 @@ async fn run_power(
     }
 }
 
+fn failed_reason(command: PowerCommand, error: &PowerError) -> String {
+    format!("power {} failed: {error}", command_name(command))
+}
+
+/// What became of a power command.
+#[derive(Debug)]
+pub enum PowerResult {
+    /// The driver carried it out; its report is stored.
+    Ran(crate::power::PowerReport),
+    /// A newer decision (at generation `decided`) asked for power after this command was made:
+    /// it was not sent, and a `power` event says so.
+    Dropped { decided: i64 },
+    /// The driver failed; power `error` is stored with the message.
+    Failed(PowerError),
+}
+
+/// Carries out `command`, decided for machine `name` at generation `made_for`, in the machine's
+/// power queue: after every command that asked for its turn before, never beside one. Once its
+/// turn comes it is dropped if a newer decision asked for power since (the machine's
+/// `power_decided` passed `made_for`), so an old command never undoes a newer one. The result
+/// (state, error, or the drop) is stored before the next command's turn; a command that boots
+/// the machine (on, cycle) starts its boot clock.
+pub async fn carry_out_power(
+    store: &Store,
+    drivers: &PowerDrivers,
+    name: &str,
+    command: PowerCommand,
+    made_for: i64,
+    actor: &str,
+) -> Result<PowerResult, StoreError> {
+    let _turn = drivers.turn(name).await;
+    let record = store
+        .machine(name)
+        .await?
+        .ok_or_else(|| StoreError::UnknownMachine(name.to_string()))?;
+    if record.power_decided > made_for {
+        store
+            .record_power_dropped(name, command_name(command), made_for, record.power_decided)
+            .await?;
+        tracing::info!(
+            machine = name,
+            "power {} dropped: decided at generation {made_for}, overtaken at {}",
+            command_name(command),
+            record.power_decided
+        );
+        return Ok(PowerResult::Dropped {
+            decided: record.power_decided,
+        });
+    }
+    if matches!(command, PowerCommand::On | PowerCommand::Cycle) {
+        store.boot_clock_started(name).await?;
+    }
+    match drivers.execute(&power_target(&record), command).await {
+        Ok(report) => {
+            store
+                .set_power(name, report.state, actor, report.note.as_deref())
+                .await?;
+            Ok(PowerResult::Ran(report))
+        }
+        Err(error) => {
+            let reason = failed_reason(command, &error);
+            store
+                .set_power(name, crate::model::PowerState::Error, actor, Some(&reason))
+                .await?;
+            Ok(PowerResult::Failed(error))
+        }
+    }
+}
+
 /// Powers a machine off after its in-progress status failed (a script failed, it timed out, it
-/// went silent): a machine left running in the ephemeral environment helps nobody. Best effort:
-/// a machine without a power driver is left as it is, and a power failure is recorded, not
+/// went silent): a machine left running in the ephemeral environment helps nobody. `record` is
+/// the machine as the failure left it (the failure decided the power-off). Best effort: a
+/// machine without a power driver is left as it is, and a power failure is recorded, not
 /// returned (the failure it follows is what matters).
 pub async fn power_off_after_failure(
     store: &Store,
@@ -193,25 +267,22 @@ pub async fn power_off_after_failure(
     if matches!(power_type, "unconfigured" | "manual") || power_type.is_empty() {
         return Ok(());
     }
-    let name = record.name.as_str();
     let command = PowerCommand::Off(crate::model::PowerOffMode::Hard);
-    match drivers.execute(&power_target(record), command).await {
-        Ok(report) => {
-            store
-                .set_power(name, report.state, "controller", report.note.as_deref())
-                .await?
-        }
-        Err(error) => {
-            let reason = format!("power off after the failure did not work: {error}");
-            store
-                .set_power(
-                    name,
-                    crate::model::PowerState::Error,
-                    "controller",
-                    Some(&reason),
-                )
-                .await?
-        }
+    let name = record.name.as_str();
+    if let PowerResult::Failed(error) = carry_out_power(
+        store,
+        drivers,
+        name,
+        command,
+        record.generation,
+        "controller",
+    )
+    .await?
+    {
+        tracing::warn!(
+            machine = name,
+            "power off after the failure did not work: {error}"
+        );
     }
     Ok(())
 }
@@ -250,6 +321,16 @@ async fn complete_after_power(
     Ok(())
 }
 
+/// Which state of the machine a settlement is for, and what follows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SettleAt {
+    /// Settle only while the machine is still at this generation (the one a watcher read): a
+    /// machine that moved on meanwhile is left alone. `None`: the machine as it is now.
+    pub generation: Option<i64>,
+    /// The failure powers the machine off: the settlement is a power decision.
+    pub powers_off: bool,
+}
+
 /// Ends the machine's in-progress status as `settlement` says; does nothing if it is not in one.
 pub async fn settle_machine(
     store: &Store,
@@ -257,7 +338,43 @@ pub async fn settle_machine(
     actor: &str,
     settlement: &Settlement,
 ) -> Result<Option<MachineRecord>, ActionError> {
-    Ok(settle_committed(store, name, actor, settlement).await?.0)
+    settle_machine_at(store, name, actor, settlement, SettleAt::default()).await
+}
+
+/// [`settle_machine`] for the state `at` names.
+pub async fn settle_machine_at(
+    store: &Store,
+    name: &str,
+    actor: &str,
+    settlement: &Settlement,
+    at: SettleAt,
+) -> Result<Option<MachineRecord>, ActionError> {
+    Ok(settle_committed(store, name, actor, settlement, at)
+        .await?
+        .0)
+}
+
+/// Fails the machine's in-progress status with `settlement` (only at `generation`, when given),
+/// marks its running scripts aborted and powers it off. `true` if it failed the machine; `false`
+/// if the machine was not in progress or had moved on.
+pub async fn fail_and_power_off(
+    store: &Store,
+    drivers: &PowerDrivers,
+    name: &str,
+    settlement: &Settlement,
+    generation: Option<i64>,
+) -> Result<bool, ActionError> {
+    let at = SettleAt {
+        generation,
+        powers_off: true,
+    };
+    let (record, outcome) = settle_committed(store, name, "controller", settlement, at).await?;
+    let (Some(record), Some(_)) = (record, outcome) else {
+        return Ok(false);
+    };
+    store.abort_running_scripts(record.id).await?;
+    power_off_after_failure(store, drivers, &record).await?;
+    Ok(true)
 }
 
 /// Ends the in-progress status, then carries out the power command the end asks for and its
@@ -270,7 +387,8 @@ pub async fn settle_and_carry_out(
     actor: &str,
     settlement: &Settlement,
 ) -> Result<Option<MachineRecord>, ActionError> {
-    let (record, outcome) = settle_committed(store, name, actor, settlement).await?;
+    let (record, outcome) =
+        settle_committed(store, name, actor, settlement, SettleAt::default()).await?;
     let (Some(outcome), Some(record)) = (outcome, record) else {
         return Ok(None);
     };
@@ -293,19 +411,24 @@ pub async fn settle_and_carry_out(
 }
 
 /// The settlement committed: the record afterwards and the outcome (`None` when the machine
-/// was not in progress, or the settlement did not apply to its status).
+/// was not in progress, had moved on from `at.generation`, or the settlement did not apply to
+/// its status).
 async fn settle_committed(
     store: &Store,
     name: &str,
     actor: &str,
     settlement: &Settlement,
+    at: SettleAt,
 ) -> Result<(Option<MachineRecord>, Option<crate::model::Outcome>), ActionError> {
     for _ in 0..=CONFLICT_RETRIES {
         let record = store
             .machine(name)
             .await?
             .ok_or_else(|| ActionError::UnknownMachine(name.to_string()))?;
-        if !record.lifecycle.status.is_in_progress() {
+        let moved_on = at
+            .generation
+            .is_some_and(|generation| generation != record.generation);
+        if moved_on || !record.lifecycle.status.is_in_progress() {
             return Ok((Some(record), None));
         }
         let Ok(mut outcome) = settle(&record.lifecycle, settlement) else {
@@ -324,6 +447,7 @@ async fn settle_committed(
             reason: reason.as_deref(),
             outcome: &outcome,
             image: None,
+            decides_power: outcome.power.is_some() || at.powers_off,
         };
         match store.commit(&record, &commit).await {
             Ok(after) => return Ok((after, Some(outcome))),

@@ -1,45 +1,23 @@
-//! The watch over machines at work: an in-progress status that runs past the policy's limit
-//! fails with "operation X timed out after N minutes"; a machine that should be reporting and
-//! has been silent for the heartbeat limit fails with "not heard from for N minutes". Either
-//! way the machine is then powered off.
+//! The watch over machines at work, with the clocks of `model::watch`: an in-progress status that
+//! runs past the policy's limit fails with "operation X timed out after N minutes"; a machine
+//! powered on for a step that has not called within the boot limit fails with "did not boot
+//! within N minutes"; one that called and then fell silent for the heartbeat limit fails with
+//! "not heard from for N minutes". Either way the machine is then powered off. The watch acts on
+//! a machine only at the generation it read: one that moved on meanwhile is left alone.
 
-use super::machine_api::{fail_and_power_off, SharedSettings};
+use super::actions::fail_and_power_off;
+use super::machine_api::SharedSettings;
 use crate::config::Timeouts;
 use crate::model::{Settlement, Status};
 use crate::power::PowerDrivers;
 use crate::store::{now_ms, InProgress, Store};
 use std::time::Duration;
 
-/// Statuses in which the machine itself runs the ephemeral environment and sends heartbeats.
-/// (Releasing and exiting rescue end when the controller's power command has run.)
-pub fn expects_heartbeats(status: Status) -> bool {
-    matches!(
-        status,
-        Status::Commissioning
-            | Status::Testing
-            | Status::Deploying
-            | Status::DiskErasing
-            | Status::EnteringRescueMode
-    )
-}
-
 /// What the watch does to one machine at `now` (Unix ms). Pure.
 pub fn verdict(machine: &InProgress, timeouts: &Timeouts, now: i64) -> Option<Settlement> {
-    let limit = timeouts.limit_seconds(machine.status)?;
-    if now - machine.status_since > i64::from(limit) * 1000 {
-        return Some(Settlement::TimedOut {
-            operation: machine.status.as_str().to_string(),
-            seconds: u64::from(limit),
-        });
-    }
-    if !expects_heartbeats(machine.status) {
-        return None;
-    }
-    // A machine has the whole heartbeat limit to boot and call for the first time.
-    let silent_since = machine.last_heard.unwrap_or(0).max(machine.status_since);
-    (now - silent_since > i64::from(timeouts.heartbeat) * 1000).then(|| Settlement::NotHeardFrom {
-        seconds: u64::from(timeouts.heartbeat),
-    })
+    machine
+        .watched()
+        .verdict(&timeouts.watch_limits(machine.status), now)
 }
 
 /// How often the watch looks: often enough that a limit is noticed within a few percent of it.
@@ -47,7 +25,7 @@ fn tick(timeouts: &Timeouts) -> Duration {
     let shortest = Status::ALL
         .into_iter()
         .filter_map(|status| timeouts.limit_seconds(status))
-        .chain(std::iter::once(timeouts.heartbeat))
+        .chain([timeouts.boot, timeouts.heartbeat])
         .min()
         .unwrap_or(60);
     Duration::from_millis((u64::from(shortest) * 1000 / 20).clamp(250, 10_000))
@@ -89,8 +67,10 @@ pub async fn check_once(
         let Some(settlement) = verdict(&machine, timeouts, now) else {
             continue;
         };
-        match fail_and_power_off(store, drivers, &machine.name, &settlement).await {
-            Ok(()) => tracing::info!(
+        let generation = Some(machine.generation);
+        match fail_and_power_off(store, drivers, &machine.name, &settlement, generation).await {
+            Ok(false) => tracing::debug!("{}: moved on before the watch acted", machine.name),
+            Ok(true) => tracing::info!(
                 "{}: {}",
                 machine.name,
                 settlement.reason().unwrap_or_default()
@@ -112,33 +92,35 @@ mod tests {
             status,
             status_since: since,
             last_heard: heard,
+            boot_started: Some(since + 1_000),
+            generation: 7,
         }
     }
 
     #[test]
-    fn limits_and_silence_fail_machines_at_work() {
+    fn the_policys_limits_reach_the_clocks() {
         let timeouts = Timeouts {
             commissioning: 600,
+            boot: 60,
             heartbeat: 20,
             ..Timeouts::default()
         };
         let reason = |machine: InProgress, now| {
             verdict(&machine, &timeouts, now).and_then(|settlement| settlement.reason())
         };
-        // Within both limits.
+        // Booting: the boot limit, not the heartbeat limit.
         assert_eq!(
-            reason(machine(Status::Commissioning, 0, Some(15_000)), 30_000),
+            reason(machine(Status::Commissioning, 0, None), 40_000),
             None
         );
-        // Silent for longer than the heartbeat limit.
+        assert_eq!(
+            reason(machine(Status::Commissioning, 0, None), 61_001).as_deref(),
+            Some("did not boot within 1 minute")
+        );
+        // Called, then silent for longer than the heartbeat limit.
         assert_eq!(
             reason(machine(Status::Commissioning, 0, Some(5_000)), 26_000).as_deref(),
             Some("not heard from for 20 seconds")
-        );
-        // Never heard from: counted from when the status began.
-        assert_eq!(
-            reason(machine(Status::Commissioning, 10_000, None), 29_000),
-            None
         );
         // Past the status's limit, however chatty.
         assert_eq!(
@@ -146,7 +128,7 @@ mod tests {
             Some("operation commissioning timed out after 10 minutes")
         );
         // Releasing sends no heartbeats: only its limit applies.
-        assert_eq!(reason(machine(Status::Releasing, 0, None), 60_000), None);
+        assert_eq!(reason(machine(Status::Releasing, 0, None), 200_000), None);
         // Resting statuses are not watched.
         assert_eq!(reason(machine(Status::Ready, 0, None), 10_000_000), None);
     }

@@ -109,7 +109,14 @@ async fn poll_machine(store: &Store, drivers: &PowerDrivers, record: &MachineRec
         params: record.power_params.clone(),
     };
     let before = record.lifecycle.power;
-    let (found, reason) = match tokio::time::timeout(QUERY_LIMIT, drivers.query(&target)).await {
+    // A command in flight or waiting for this machine will store what it did: the poll does
+    // not query beside it (a QMP socket takes one client; a BMC may answer mid-change).
+    let Some(turn) = drivers.try_turn(&target.machine) else {
+        return false;
+    };
+    let answer = tokio::time::timeout(QUERY_LIMIT, drivers.query(&target)).await;
+    drop(turn);
+    let (found, reason) = match answer {
         Ok(Ok(report)) if report.state == PowerState::Unknown => return false,
         Ok(Ok(report)) => (report.state, found_reason(report.state, before)),
         Ok(Err(error)) => (PowerState::Error, format!("power query failed: {error}")),

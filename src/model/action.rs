@@ -702,6 +702,8 @@ pub enum Settlement {
     TimedOut { operation: String, seconds: u64 },
     /// The machine sent no heartbeat for this many seconds.
     NotHeardFrom { seconds: u64 },
+    /// The machine did not call the controller within this many seconds of being powered on.
+    DidNotBoot { seconds: u64 },
 }
 
 impl Settlement {
@@ -716,6 +718,10 @@ impl Settlement {
             )),
             Settlement::NotHeardFrom { seconds } => Some(format!(
                 "not heard from for {}",
+                crate::config::describe_seconds(*seconds)
+            )),
+            Settlement::DidNotBoot { seconds } => Some(format!(
+                "did not boot within {}",
                 crate::config::describe_seconds(*seconds)
             )),
         }

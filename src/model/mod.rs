@@ -5,6 +5,7 @@
 pub mod action;
 pub mod names;
 pub mod status;
+pub mod watch;
 
 pub use action::{
     decide, settle, Action, ActionOptions, ActionRequest, EraseMode, FollowUp, Lifecycle, Outcome,
@@ -12,3 +13,4 @@ pub use action::{
 };
 pub use names::{BadMac, BadName, MacAddr, MachineName};
 pub use status::{InvalidTransition, Status, StatusKind, UnknownStatus};
+pub use watch::{machine_works_in, ClockKind, RunningClock, WatchLimits, Watched};

@@ -7,12 +7,14 @@
 mod ipmi;
 mod manual;
 mod qemu;
+pub mod queue;
 mod redfish;
 mod webhook;
 
 pub use ipmi::IpmiDriver;
 pub use manual::ManualDriver;
 pub use qemu::QemuDriver;
+pub use queue::PowerTurn;
 
 use crate::model::{PowerCommand, PowerState};
 use std::collections::BTreeMap;
@@ -78,6 +80,8 @@ pub trait PowerDriver: Send + Sync {
 #[derive(Clone, Default)]
 pub struct PowerDrivers {
     drivers: BTreeMap<&'static str, Arc<dyn PowerDriver>>,
+    /// One queue per machine, shared by every clone (see [`queue`]).
+    queues: Arc<queue::MachineQueues>,
 }
 
 impl PowerDrivers {
@@ -126,6 +130,21 @@ impl PowerDrivers {
 
     pub async fn query(&self, target: &PowerTarget) -> Result<PowerReport, PowerError> {
         self.driver_for(target)?.query(target).await
+    }
+
+    /// Waits for `machine`'s turn in its power queue (after every turn asked for before).
+    pub async fn turn(&self, machine: &str) -> PowerTurn {
+        queue::turn(&self.queues, machine).await
+    }
+
+    /// `machine`'s turn if no command for it is in flight or waiting.
+    pub fn try_turn(&self, machine: &str) -> Option<PowerTurn> {
+        queue::try_turn(&self.queues, machine)
+    }
+
+    /// How many machines have a power command in flight or waiting.
+    pub fn busy_machines(&self) -> usize {
+        self.queues.busy_machines()
     }
 }
 

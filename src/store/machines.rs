@@ -18,8 +18,8 @@ use sqlx::AnyConnection;
 use std::collections::HashSet;
 
 const MACHINE_COLUMNS: &str = "id, name, status, previous_status, locked, power, owner, commissioned, \
-     deployed_os, generation, status_reason, status_since, last_heard, arch, power_type, power_params, \
-     bmc_address, image, tags, cpus, cpu_model, cpu_speed_mhz, memory_mib, facts, created_at, updated_at";
+     deployed_os, generation, status_reason, status_since, last_heard, boot_started, power_decided, arch, \
+     power_type, power_params, bmc_address, image, tags, cpus, cpu_model, cpu_speed_mhz, memory_mib, facts, created_at, updated_at";
 
 /// The columns of a summary, in [`PackedSummary`]'s order.
 const SUMMARY_COLUMNS: &str =
@@ -290,6 +290,43 @@ impl Store {
         require_one_row(result.rows_affected(), name)
     }
 
+    /// A power command that boots the machine (on, cycle) ran: its boot clock starts now. Does
+    /// not bump the generation (like a heartbeat, it changes nothing a decision rests on).
+    pub async fn boot_clock_started(&self, name: &str) -> Result<(), StoreError> {
+        let result = sqlx::query("UPDATE machines SET boot_started = $1 WHERE name = $2")
+            .bind(now_ms())
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        require_one_row(result.rows_affected(), name)
+    }
+
+    /// Records that a queued power command was dropped, and why, as a `power` event.
+    pub async fn record_power_dropped(
+        &self,
+        name: &str,
+        command: &str,
+        made_for: i64,
+        decided: i64,
+    ) -> Result<(), StoreError> {
+        let event = NewEvent {
+            machine: Some(name.to_string()),
+            kind: "power".into(),
+            actor: "controller".into(),
+            action: None,
+            from_status: None,
+            to_status: None,
+            reason: Some(format!(
+                "power {command} dropped: it was decided at generation {made_for}, and a newer \
+                 decision (generation {decided}) asked for power since"
+            )),
+            detail: json!({ "dropped": command, "made_for": made_for, "decided": decided }),
+        };
+        let mut connection = self.pool.acquire().await?;
+        insert_event(&mut connection, &event, now_ms()).await?;
+        Ok(())
+    }
+
     /// Overwrites the life-cycle fields, bypassing the rules: for tests and repair tools.
     /// Records a `forced` event. `power_configured` is not stored: it follows the power type
     /// (see [`Store::update_config`]).
@@ -320,6 +357,7 @@ impl Store {
                 before.status_reason.as_deref()
             },
             image: None,
+            decides_power: false,
         };
         write_lifecycle_row(&mut transaction, &before, &written, now).await?;
         let event = NewEvent {
@@ -715,6 +753,8 @@ pub(super) fn machine_from_columns(
         status_reason: get(row, "status_reason")?,
         status_since: get(row, "status_since")?,
         last_heard: get(row, "last_heard")?,
+        boot_started: get(row, "boot_started")?,
+        power_decided: get(row, "power_decided")?,
         arch: get(row, "arch")?,
         power_type,
         power_params: get_json(row, "power_params")?,
@@ -823,6 +863,8 @@ struct LifecycleWrite<'a> {
     status_reason: Option<&'a str>,
     /// `None` keeps the image recorded.
     image: Option<&'a str>,
+    /// A power command follows: the new generation becomes `power_decided`.
+    decides_power: bool,
 }
 
 async fn update_lifecycle_guarded(
@@ -848,6 +890,7 @@ async fn update_lifecycle_guarded(
             machine.status_reason.as_deref()
         },
         image: commit.image,
+        decides_power: commit.decides_power,
     };
     write_lifecycle_row(connection, machine, &written, now).await
 }
@@ -863,7 +906,8 @@ async fn write_lifecycle_row(
     let result = sqlx::query(
         "UPDATE machines SET status = $1, previous_status = $2, locked = $3, power = $4, owner = $5, \
              commissioned = $6, deployed_os = $7, status_since = $8, status_reason = $9, \
-             image = COALESCE($10, image), generation = generation + 1, updated_at = $11 \
+             image = COALESCE($10, image), generation = generation + 1, updated_at = $11, \
+             power_decided = CASE WHEN $14 = 1 THEN generation + 1 ELSE power_decided END \
          WHERE id = $12 AND generation = $13",
     )
     .bind(lifecycle.status.as_str())
@@ -879,6 +923,7 @@ async fn write_lifecycle_row(
     .bind(now)
     .bind(machine.id)
     .bind(machine.generation)
+    .bind(bool_int(written.decides_power))
     .execute(&mut *connection)
     .await?;
     if result.rows_affected() == 0 {

@@ -99,6 +99,12 @@ pub struct MachineRecord {
     pub status_since: i64,
     /// The last time the machine itself was heard from (Unix ms).
     pub last_heard: Option<i64>,
+    /// When the latest power command that boots the machine (on, cycle) ran (Unix ms): the boot
+    /// clock runs from it to the machine's first call.
+    pub boot_started: Option<i64>,
+    /// The generation of the latest decision that asked for a power command; a command made for
+    /// an older generation is stale (see `controller::power`).
+    pub power_decided: i64,
     pub arch: Option<String>,
     /// `unconfigured`, `manual`, `ipmi`, `redfish`, `webhook`, `qemu`.
     pub power_type: String,
@@ -113,6 +119,18 @@ pub struct MachineRecord {
     pub disks: Vec<Disk>,
     pub created_at: i64,
     pub updated_at: i64,
+}
+
+impl MachineRecord {
+    /// What the clocks of `model::watch` need.
+    pub fn watched(&self) -> crate::model::Watched {
+        crate::model::Watched {
+            status: self.lifecycle.status,
+            status_since: self.status_since,
+            boot_started: self.boot_started,
+            last_heard: self.last_heard,
+        }
+    }
 }
 
 /// Hardware facts found by commissioning (empty until then).
@@ -229,6 +247,9 @@ pub struct Commit<'a> {
     pub outcome: &'a Outcome,
     /// The image to record (deploy).
     pub image: Option<&'a str>,
+    /// A power command follows this change (the outcome's, or the power-off after a failure):
+    /// the change's generation becomes the machine's `power_decided`.
+    pub decides_power: bool,
 }
 
 /// A script result uploaded by a machine.

@@ -15,6 +15,22 @@ pub struct InProgress {
     pub status_since: i64,
     /// Unix ms.
     pub last_heard: Option<i64>,
+    /// Unix ms.
+    pub boot_started: Option<i64>,
+    /// The generation read: the watch acts on the machine only while it is still at it.
+    pub generation: i64,
+}
+
+impl InProgress {
+    /// What the clocks of `model::watch` need.
+    pub fn watched(&self) -> crate::model::Watched {
+        crate::model::Watched {
+            status: self.status,
+            status_since: self.status_since,
+            boot_started: self.boot_started,
+            last_heard: self.last_heard,
+        }
+    }
 }
 
 impl Store {
@@ -27,7 +43,8 @@ impl Store {
             .collect();
         let placeholders: Vec<String> = (1..=statuses.len()).map(|n| format!("${n}")).collect();
         let sql = format!(
-            "SELECT name, status, status_since, last_heard FROM machines WHERE status IN ({}) ORDER BY name",
+            "SELECT name, status, status_since, last_heard, boot_started, generation FROM machines \
+             WHERE status IN ({}) ORDER BY name",
             placeholders.join(", ")
         );
         let mut query = sqlx::query(&sql);
@@ -42,6 +59,8 @@ impl Store {
                     status: get_status(row, "status")?,
                     status_since: get(row, "status_since")?,
                     last_heard: get(row, "last_heard")?,
+                    boot_started: get(row, "boot_started")?,
+                    generation: get(row, "generation")?,
                 })
             })
             .collect()

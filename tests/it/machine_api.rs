@@ -3,15 +3,27 @@
 //! signal, heartbeats, and what each does to the life-cycle; bad input, foreign tokens, huge
 //! uploads; the timeout watch. The real virtual machine doing the same is `tests/it/enlist.rs`.
 
-use crate::support::controller::TestController;
+use crate::support::controller::{stderr, stdout, TestController};
 use base64::Engine;
 use fleet::model::Status;
 use fleet::store::Store;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// The watch's limits a test's controller runs with (durations as the fleet file writes them).
+struct Limits {
+    boot: &'static str,
+    heartbeat: &'static str,
+    commissioning: &'static str,
+}
+
 /// A fleet file with one operator script of each kind and short limits.
-fn fleet_file(directory: &Path, heartbeat: &str, commissioning: &str) -> std::path::PathBuf {
+fn fleet_file(directory: &Path, limits: &Limits) -> std::path::PathBuf {
+    let Limits {
+        boot,
+        heartbeat,
+        commissioning,
+    } = limits;
     std::fs::write(
         directory.join("check-raid.sh"),
         "#!/bin/sh\necho looking for a RAID controller\necho 'no RAID controller found' >&2\nexit 3\n",
@@ -23,6 +35,7 @@ fn fleet_file(directory: &Path, heartbeat: &str, commissioning: &str) -> std::pa
         &path,
         format!(
             r#"[policy.timeouts]
+boot = "{boot}"
 heartbeat = "{heartbeat}"
 commissioning = "{commissioning}"
 
@@ -41,13 +54,17 @@ kind = "testing"
     path
 }
 
-fn start(heartbeat: &str) -> (TestController, tempfile::TempDir) {
-    start_with_limits(heartbeat, "10m")
+fn start(heartbeat: &'static str) -> (TestController, tempfile::TempDir) {
+    start_with_limits(Limits {
+        boot: "10m",
+        heartbeat,
+        commissioning: "10m",
+    })
 }
 
-fn start_with_limits(heartbeat: &str, commissioning: &str) -> (TestController, tempfile::TempDir) {
+fn start_with_limits(limits: Limits) -> (TestController, tempfile::TempDir) {
     let directory = tempfile::tempdir().unwrap();
-    let fleet = fleet_file(directory.path(), heartbeat, commissioning);
+    let fleet = fleet_file(directory.path(), &limits);
     let state = directory.path().join("state");
     let controller = TestController::start_in(&state, &["-f", fleet.to_str().unwrap()]);
     (controller, directory)
@@ -460,6 +477,80 @@ async fn a_silent_machine_fails_by_heartbeat_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(3500));
 }
 
+/// Waits until the machine fails commissioning; its reason and how long it took.
+async fn failed_commissioning(store: &Store, name: &str, limit: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    loop {
+        let (status, reason) = status_of(store, name).await;
+        if status == Status::FailedCommissioning {
+            return (reason.unwrap_or_default(), started.elapsed());
+        }
+        assert!(started.elapsed() < limit, "{name} still {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `fleet machine show NAME`'s line for `clock` (`boot clock`, `heartbeat clock`), if shown.
+fn shown_clock(controller: &TestController, name: &str, clock: &str) -> Option<String> {
+    let output = controller.fleet(&["machine", "show", name]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    stdout(&output)
+        .lines()
+        .find(|line| line.starts_with(clock))
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn a_machine_that_never_calls_fails_by_the_boot_limit_one_that_falls_silent_by_heartbeat() {
+    // The boot limit is the longer one, as booting is slower than a heartbeat's interval.
+    let (controller, _directory) = start_with_limits(Limits {
+        boot: "5s",
+        heartbeat: "2s",
+        commissioning: "10m",
+    });
+    let store = controller.store().await;
+    let never = commissioning_machine(&controller, &store, "52:54:00:aa:b0:01").await;
+    let silent = commissioning_machine(&controller, &store, "52:54:00:aa:b0:02").await;
+    silent.instructions("commissioning").await;
+    // While they run, `machine show` names the clock each is on.
+    let boot = shown_clock(&controller, &never.name, "boot clock").expect("the boot clock shown");
+    assert!(
+        boot.contains("of 5 seconds: from the power command to the machine's first call"),
+        "{boot}"
+    );
+    assert_eq!(
+        shown_clock(&controller, &never.name, "heartbeat clock"),
+        None
+    );
+    let heartbeat = shown_clock(&controller, &silent.name, "heartbeat clock")
+        .expect("the heartbeat clock shown");
+    assert!(heartbeat.contains("of 2 seconds"), "{heartbeat}");
+    assert!(shown_clock(&controller, &silent.name, "status clock").is_some());
+
+    let (reason, after) = failed_commissioning(&store, &silent.name, Duration::from_secs(15)).await;
+    assert_eq!(reason, "not heard from for 2 seconds");
+    // The machine that never called is not held to the heartbeat limit...
+    assert_eq!(
+        status_of(&store, &never.name).await.0,
+        Status::Commissioning,
+        "failed by silence {after:?} in, before it could boot"
+    );
+    // ...but to the boot limit.
+    let (reason, _) = failed_commissioning(&store, &never.name, Duration::from_secs(15)).await;
+    assert_eq!(reason, "did not boot within 5 seconds");
+    // The clock ran from the power command (manual power: the note to switch it on).
+    let record = store.machine(&never.name).await.unwrap().unwrap();
+    let boot_started = record
+        .boot_started
+        .expect("the power command started the clock");
+    assert!(
+        record.status_since - boot_started >= 5_000,
+        "failed {} ms after the power command",
+        record.status_since - boot_started
+    );
+    assert_eq!(shown_clock(&controller, &never.name, "boot clock"), None);
+}
+
 /// An enlisted machine with manual power, put in deployed, then released with an erase.
 async fn deployed_then_released(
     controller: &TestController,
@@ -535,7 +626,12 @@ async fn a_failed_erase_fails_the_release_naming_the_script() {
 #[tokio::test]
 async fn a_script_added_to_the_fleet_file_reaches_the_next_run_under_watch() {
     let directory = tempfile::tempdir().unwrap();
-    let fleet = fleet_file(directory.path(), "10m", "10m");
+    let limits = Limits {
+        boot: "10m",
+        heartbeat: "10m",
+        commissioning: "10m",
+    };
+    let fleet = fleet_file(directory.path(), &limits);
     let state = directory.path().join("state");
     let controller = TestController::start_in(&state, &["-f", fleet.to_str().unwrap(), "--watch"]);
     let store = controller.store().await;
@@ -561,7 +657,11 @@ async fn a_script_added_to_the_fleet_file_reaches_the_next_run_under_watch() {
 
 #[tokio::test]
 async fn a_machine_past_its_limit_times_out_however_chatty() {
-    let (controller, _directory) = start_with_limits("10m", "3s");
+    let (controller, _directory) = start_with_limits(Limits {
+        boot: "10m",
+        heartbeat: "10m",
+        commissioning: "3s",
+    });
     let store = controller.store().await;
     let machine = commissioning_machine(&controller, &store, "52:54:00:aa:ef:01").await;
     machine.instructions("commissioning").await;

@@ -16,6 +16,7 @@ mod plan;
 mod power;
 mod power_apply;
 mod power_qemu;
+mod power_queue;
 mod power_redfish;
 mod power_webhook;
 mod secrets;

@@ -65,6 +65,7 @@ async fn act(
         reason: request.comment.as_deref(),
         outcome: &outcome,
         image: request.options.image.as_deref(),
+        decides_power: outcome.power.is_some(),
     };
     store.commit(machine, &commit).await.unwrap()
 }
@@ -459,6 +460,7 @@ both_backends!(
             reason: None,
             outcome: &outcome,
             image: None,
+            decides_power: true,
         };
         let error = store.commit(&machine, &commit).await.unwrap_err();
         assert!(
@@ -480,6 +482,7 @@ both_backends!(
             reason: None,
             outcome: &delete,
             image: None,
+            decides_power: false,
         };
         assert!(matches!(
             store.commit(&machine, &commit).await,

@@ -9,7 +9,9 @@
 pub mod enlist;
 pub mod rules;
 
-use crate::controller::actions::{settle_and_carry_out, settle_machine, ActionError};
+use crate::controller::actions::{
+    fail_and_power_off, settle_and_carry_out, settle_machine, ActionError,
+};
 use crate::model::Settlement;
 use crate::power::PowerDrivers;
 use crate::store::{now_ms, MachineRecord, NewEvent, ScriptResult, Store, StoreError};
@@ -280,7 +282,7 @@ pub async fn report_script(
     match rules::settlement_for_report(record.lifecycle.status, report) {
         Some(settlement @ Settlement::Failed { .. }) => {
             let reason = settlement.reason().unwrap_or_default();
-            fail_and_power_off(store, drivers, name, &settlement).await?;
+            fail_and_power_off(store, drivers, name, &settlement, None).await?;
             Ok(Verdict::Stop(reason))
         }
         Some(settlement) => {
@@ -374,21 +376,6 @@ async fn store_inventory(
     Ok(())
 }
 
-/// Fails the machine's in-progress status, then powers it off (best effort: the failure
-/// stands even when the power command does not work).
-pub async fn fail_and_power_off(
-    store: &Store,
-    drivers: &PowerDrivers,
-    name: &str,
-    settlement: &Settlement,
-) -> Result<(), ActionError> {
-    let Some(record) = settle_machine(store, name, "controller", settlement).await? else {
-        return Ok(());
-    };
-    store.abort_running_scripts(record.id).await?;
-    crate::controller::actions::power_off_after_failure(store, drivers, &record).await
-}
-
 /// The final signal of a run: `failure` is `None` when the machine says it went well.
 pub async fn signal(
     store: &Store,
@@ -412,7 +399,7 @@ pub async fn signal(
     .await;
     match rules::settlement_for_signal(role, status, failure) {
         Some(settlement @ Settlement::Failed { .. }) => {
-            fail_and_power_off(store, drivers, name, &settlement).await?;
+            fail_and_power_off(store, drivers, name, &settlement, None).await?;
         }
         Some(settlement) => {
             settle_and_carry_out(store, drivers, name, "machine", &settlement).await?;
