@@ -430,7 +430,9 @@ async fn qemu_with_nobody_listening_says_so() {
             let error = drivers.execute(&machine, command).await.unwrap_err();
             assert_eq!(error.to_string(), expected, "{command:?}");
         }
-        assert!(started.elapsed() < Duration::from_secs(1));
+        // At once: not one of the eight calls waited out the driver's 5 s call timeout (the
+        // margin is for a loaded host).
+        assert!(started.elapsed() < Duration::from_secs(4));
     }
     // No socket parameter.
     let error = drivers.query(&target(json!({}))).await.unwrap_err();
