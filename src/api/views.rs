@@ -6,18 +6,7 @@ use crate::model::{Action, MacAddr, PowerCommand, PowerState, Status};
 use crate::store::{Disk, Event, Interface, MachineRecord, MachineSummary, ScriptResult};
 use serde::{Deserialize, Serialize};
 
-/// Unix milliseconds as RFC 3339 (`2026-11-24T21:30:00.123Z`).
-pub fn rfc3339(unix_ms: i64) -> String {
-    let nanos = i128::from(unix_ms) * 1_000_000;
-    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
-        Ok(at) => at
-            .format(&time::macros::format_description!(
-                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-            ))
-            .unwrap_or_else(|_| unix_ms.to_string()),
-        Err(_) => unix_ms.to_string(),
-    }
-}
+pub use crate::model::rfc3339;
 
 /// One row of `fleet machines --json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

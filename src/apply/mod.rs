@@ -69,7 +69,7 @@ pub const FINISHED: &str = "applied";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("another apply is running: `{}` holds the apply lock since {} (Unix ms {}); wait for it to finish", .0.holder, crate::api::views::rfc3339(.0.since), .0.since)]
+    #[error("another apply is running: `{}` holds the apply lock since {} (Unix ms {}); wait for it to finish", .0.holder, crate::model::rfc3339(.0.since), .0.since)]
     Busy(LockHolder),
     #[error("the plan is not one this controller can apply: {0}")]
     BadPlan(String),

@@ -2,7 +2,7 @@
 //! [`Inventory`]. Pure: text in, values out. The format is documented in the parent module.
 
 use crate::model::names::MacAddr;
-use crate::store::{Disk, Hardware, Interface};
+use crate::model::records::{Disk, Hardware, Interface};
 use serde_json::{Map, Value};
 
 /// What commissioning found about one machine.

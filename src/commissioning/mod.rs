@@ -42,7 +42,7 @@
 //!   bios_date=` (every key printed, `""` when unreadable: serials and UUID need root)
 //!
 //! Where they go: `arch` → [`Inventory::arch`]; `cpu` and `memory` → the typed fields of
-//! [`Hardware`](crate::store::Hardware); `disk` and `interface` → the typed lists (a later
+//! [`Hardware`](crate::model::records::Hardware); `disk` and `interface` → the typed lists (a later
 //! line of the same name replaces an earlier one). `Hardware.facts` is a JSON object holding
 //! every pair as printed (strings): `arch`, `cpu`, `memory`, `dmi` as objects, `pci` and
 //! `usb` as arrays of objects (one per slot / path).

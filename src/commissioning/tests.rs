@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::model::names::MacAddr;
-use crate::store::{Disk, Interface};
+use crate::model::records::{Disk, Interface};
 use serde_json::{json, Value};
 use std::fs;
 use std::io::{Read, Write};

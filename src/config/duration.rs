@@ -47,21 +47,8 @@ pub fn parse_duration_seconds(text: &str) -> Result<u64, DurationError> {
     Ok(total)
 }
 
-/// "90 seconds", "1 minute", "5 minutes", "1h 30m" → as a person says it.
-pub fn describe_seconds(seconds: u64) -> String {
-    let plural = |count: u64, word: &str| {
-        if count == 1 {
-            format!("1 {word}")
-        } else {
-            format!("{count} {word}s")
-        }
-    };
-    if seconds % 60 != 0 {
-        plural(seconds, "second")
-    } else {
-        plural(seconds / 60, "minute")
-    }
-}
+/// Kept here too, where the durations are read.
+pub use crate::model::describe_seconds;
 
 #[cfg(test)]
 mod tests {

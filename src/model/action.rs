@@ -714,15 +714,15 @@ impl Settlement {
             Settlement::Failed { reason } => Some(reason.clone()),
             Settlement::TimedOut { operation, seconds } => Some(format!(
                 "operation {operation} timed out after {}",
-                crate::config::describe_seconds(*seconds)
+                super::describe_seconds(*seconds)
             )),
             Settlement::NotHeardFrom { seconds } => Some(format!(
                 "not heard from for {}",
-                crate::config::describe_seconds(*seconds)
+                super::describe_seconds(*seconds)
             )),
             Settlement::DidNotBoot { seconds } => Some(format!(
                 "did not boot within {}",
-                crate::config::describe_seconds(*seconds)
+                super::describe_seconds(*seconds)
             )),
         }
     }

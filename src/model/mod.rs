@@ -4,8 +4,10 @@
 
 pub mod action;
 pub mod names;
+pub mod records;
 pub mod status;
 pub mod watch;
+pub mod words;
 
 pub use action::{
     decide, settle, Action, ActionOptions, ActionRequest, EraseMode, FollowUp, Lifecycle, Outcome,
@@ -13,4 +15,5 @@ pub use action::{
 };
 pub use names::{BadMac, BadName, MacAddr, MachineName};
 pub use status::{InvalidTransition, Status, StatusKind, UnknownStatus};
+pub use words::{describe_seconds, rfc3339};
 pub use watch::{machine_works_in, ClockKind, RunningClock, WatchLimits, Watched};

@@ -3,7 +3,7 @@
 
 use crate::config::{MachineSpec, PowerSpec};
 use crate::model::Status;
-use crate::store::NewMachine;
+use crate::model::records::NewMachine;
 use serde_json::Value;
 
 /// The power type and parameters the store should hold for `power`. Secrets stay references.

@@ -4,7 +4,7 @@
 
 use super::{ObservedHardware, ObservedMachine, Operation, PowerParams, Step};
 use crate::model::{decide, settle, ActionRequest, Lifecycle, PowerState, Settlement};
-use crate::store::NewMachine;
+use crate::model::records::NewMachine;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SimulationError {

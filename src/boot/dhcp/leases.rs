@@ -7,7 +7,7 @@
 
 use super::config::{DhcpConfig, DhcpSubnet};
 use crate::model::MacAddr;
-use crate::store::Lease;
+use crate::model::records::Lease;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
