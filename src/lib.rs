@@ -12,4 +12,5 @@ pub mod controller;
 pub mod model;
 pub mod plan;
 pub mod power;
+pub mod services;
 pub mod store;

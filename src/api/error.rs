@@ -2,7 +2,7 @@
 //! what to do; the controller's log gets the internal detail (store errors are not shown whole
 //! to clients).
 
-use crate::controller::actions::ActionError;
+use crate::services::actions::ActionError;
 use crate::store::StoreError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -5,8 +5,8 @@ use super::views::{
     MachineView, ScriptResultView,
 };
 use super::{actor_of, ApiError, ApiState};
-use crate::controller::actions::{perform, ActionError};
 use crate::model::{Action, ActionRequest, MacAddr, MachineName, Status};
+use crate::services::actions::{perform, ActionError};
 use crate::store::{EventFilter, NewMachine};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};

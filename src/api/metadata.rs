@@ -1,15 +1,15 @@
 //! The machine API over HTTP (`/metadata/v1/...`), for booted machines: busybox shells, so the
 //! answers are plain text lines (`key value`), the bodies JSON with text in base64. The rules
-//! and the store work are in `controller::machine_api`; this is the HTTP edge: limits, tokens,
+//! and the store work are in `services::machine_api`; this is the HTTP edge: limits, tokens,
 //! decoding, status codes. Every error is one line `error REASON` (or `stop REASON` for a run
 //! that is over), with 400 / 403 / 404 / 409 / 413.
 
 use super::ApiState;
-use crate::controller::machine_api::enlist::{enlist, EnlistBody, Enlisted, PasswordKept};
-use crate::controller::machine_api::rules::{is_plain_name, ScriptReport, ScriptStatus};
-use crate::controller::machine_api::{self, MachineApiError, Verdict};
-use crate::controller::token::tokens_match;
 use crate::model::MacAddr;
+use crate::services::machine_api::enlist::{enlist, EnlistBody, Enlisted, PasswordKept};
+use crate::services::machine_api::rules::{is_plain_name, ScriptReport, ScriptStatus};
+use crate::services::machine_api::{self, MachineApiError, Verdict};
+use crate::services::token::tokens_match;
 use crate::store::MachineRecord;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
@@ -199,7 +199,7 @@ async fn enlist_machine(State(state): State<ApiState>, body: Bytes) -> Answer {
     let name = record.name.as_str();
     let token = crate::boot::http::machine_token(&state.store, name).await?;
     // The password itself is never in an event or a log line: only where it is kept.
-    let user = |bmc: &crate::controller::machine_api::enlist::Bmc| {
+    let user = |bmc: &crate::services::machine_api::enlist::Bmc| {
         bmc.user
             .as_ref()
             .map(|user| format!(" user {user}"))

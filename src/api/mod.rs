@@ -12,8 +12,8 @@ pub mod views;
 
 pub use error::ApiError;
 
-use crate::controller::token::tokens_match;
 use crate::power::PowerDrivers;
+use crate::services::token::tokens_match;
 use crate::store::Store;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -33,7 +33,7 @@ pub struct ApiState {
     /// The HTTP boot endpoints (`/boot/...`, no token), when the controller serves them.
     pub boot: Option<crate::boot::http::BootState>,
     /// What booted machines are told to run (`/metadata/v1/...`).
-    pub machine_api: crate::controller::machine_api::SharedSettings,
+    pub machine_api: crate::services::machine_api::SharedSettings,
 }
 
 /// The API's routes.

@@ -1,8 +1,8 @@
 //! The JSON the API returns. These shapes are the `--json` contract of the CLI: fields are
 //! added, never renamed or removed. Times are RFC 3339 in UTC.
 
-use crate::controller::actions::ActionDone;
 use crate::model::{Action, MacAddr, PowerCommand, PowerState, Status};
+use crate::services::actions::ActionDone;
 use crate::store::{Disk, Event, Interface, MachineRecord, MachineSummary, ScriptResult};
 use serde::{Deserialize, Serialize};
 

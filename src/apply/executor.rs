@@ -5,10 +5,10 @@ use super::{
     record_event, ApplyError, ApplyRecord, APPLY_LOCK, FINISHED, LOCK_REFRESH_MS, RUNNING,
     STALE_LOCK_MS,
 };
-use crate::controller::actions::{perform, settle_machine_at, ActionError, SettleAt};
 use crate::model::{ActionRequest, Settlement, Status};
 use crate::plan::{MachinePlan, Operation, Step};
 use crate::power::PowerDrivers;
+use crate::services::actions::{perform, settle_machine_at, ActionError, SettleAt};
 use crate::store::{now_ms, ApplyStepRow, MachineRecord, Store, StoreError};
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,8 +2,8 @@
 
 use super::Connection;
 use anyhow::{anyhow, Context};
-use fleet::controller::token::read_token_file;
 use fleet::controller::API_URL_FILE;
+use fleet::services::token::read_token_file;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -1,12 +1,8 @@
-//! The controller: `fleet serve`. It owns the store, runs the HTTP API and (later) the boot
-//! services and the reconcile loop.
+//! The controller: `fleet serve`, wiring only. It opens the store, binds the sockets and starts
+//! every service with its socket and a shutdown signal: the HTTP API and boot routes, TFTP,
+//! DHCP, the timeout watch and the power poll (`services`), and the reconcile loop.
 
-pub mod actions;
 mod dhcp;
-pub mod machine_api;
-pub mod monitor;
-pub mod power_poll;
 mod serve;
-pub mod token;
 
 pub use serve::{default_database, redact_url, serve, ServeError, ServeOptions, API_URL_FILE};

@@ -1,9 +1,9 @@
 //! Starting the controller: state directory, store, token, API listener; then serving until
 //! told to stop.
 
-use super::token::{operator_token, write_token_file};
 use crate::api::{self, ApiState};
 use crate::power::PowerDrivers;
+use crate::services::token::{operator_token, write_token_file};
 use crate::store::{Store, StoreError};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -103,17 +103,21 @@ pub async fn serve(
             .await;
     let drivers = PowerDrivers::standard();
     start_executor(&store, &drivers).await;
-    let mut settings = super::machine_api::MachineApiSettings::new(options.fleet.as_ref());
+    let mut settings =
+        crate::services::machine_api::MachineApiSettings::new(options.fleet.as_ref());
     settings.state_dir = Some(options.state_dir.clone());
-    let machine_api = super::machine_api::SharedSettings::new(settings);
+    let machine_api = crate::services::machine_api::SharedSettings::new(settings);
     let watch = start_watch(&options, &store, &drivers, &machine_api);
     let poll_seconds = options.fleet.as_ref().map_or_else(
         || crate::config::Policy::default().power_poll_seconds,
         |fleet| fleet.policy.power_poll_seconds,
     );
-    let power_poll = super::power_poll::start(&store, &drivers, poll_seconds);
-    let monitor =
-        super::monitor::start_monitor(store.clone(), drivers.clone(), machine_api.clone());
+    let power_poll = crate::services::power_poll::start(&store, &drivers, poll_seconds);
+    let monitor = crate::services::monitor::start_monitor(
+        store.clone(),
+        drivers.clone(),
+        machine_api.clone(),
+    );
     let scripts = machine_api.current().scripts.clone();
     eprintln!(
         "  scripts {} for machines to run ({} of the fleet file's)",
@@ -164,7 +168,7 @@ fn start_watch(
     options: &ServeOptions,
     store: &Store,
     drivers: &PowerDrivers,
-    machine_api: &super::machine_api::SharedSettings,
+    machine_api: &crate::services::machine_api::SharedSettings,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let (mut watch, fleet) = (options.watch.clone()?, options.fleet.clone()?);
     // The fleet file's [controller] may have moved the state directory after --watch was read.

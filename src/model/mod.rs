@@ -15,5 +15,5 @@ pub use action::{
 };
 pub use names::{BadMac, BadName, MacAddr, MachineName};
 pub use status::{InvalidTransition, Status, StatusKind, UnknownStatus};
-pub use words::{describe_seconds, rfc3339};
 pub use watch::{machine_works_in, ClockKind, RunningClock, WatchLimits, Watched};
+pub use words::{describe_seconds, rfc3339};

@@ -187,4 +187,3 @@ pub struct Lease {
     pub machine: Option<String>,
     pub expires_at: i64,
 }
-

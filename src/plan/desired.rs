@@ -2,8 +2,8 @@
 //! tags, image, and the record to create when the store does not have it yet.
 
 use crate::config::{MachineSpec, PowerSpec};
-use crate::model::Status;
 use crate::model::records::NewMachine;
+use crate::model::Status;
 use serde_json::Value;
 
 /// The power type and parameters the store should hold for `power`. Secrets stay references.

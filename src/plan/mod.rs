@@ -30,8 +30,8 @@ pub use planner::plan;
 pub use render::{render_human, render_json, summary_line, RenderOptions};
 pub use simulate::{apply_step, settle_to_rest, SimulationError};
 
-use crate::model::{Action, ActionOptions, Lifecycle, MacAddr, MachineName, PowerState, Status};
 use crate::model::records::{MachineRecord, NewMachine};
+use crate::model::{Action, ActionOptions, Lifecycle, MacAddr, MachineName, PowerState, Status};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

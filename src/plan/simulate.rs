@@ -3,8 +3,8 @@
 //! planner finds its steps this way, and tests use it as a simulated store.
 
 use super::{ObservedHardware, ObservedMachine, Operation, PowerParams, Step};
-use crate::model::{decide, settle, ActionRequest, Lifecycle, PowerState, Settlement};
 use crate::model::records::NewMachine;
+use crate::model::{decide, settle, ActionRequest, Lifecycle, PowerState, Settlement};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SimulationError {

@@ -11,9 +11,7 @@
 //!   milliseconds; JSON is stored as TEXT.
 //! - Events are never updated or deleted; deleting a machine keeps its history.
 
-use crate::model::{
-    Action, InvalidTransition, MacAddr, Outcome,
-};
+use crate::model::{Action, InvalidTransition, MacAddr, Outcome};
 use serde::{Deserialize, Serialize};
 
 mod apply;
@@ -29,8 +27,8 @@ mod scripts;
 mod settings;
 
 pub use crate::model::records::{
-    Disk, Event, EventFilter, Hardware, Interface, Lease, MachineRecord, MachineSummary,
-    NewEvent, NewMachine, ScriptResult,
+    Disk, Event, EventFilter, Hardware, Interface, Lease, MachineRecord, MachineSummary, NewEvent,
+    NewMachine, ScriptResult,
 };
 pub use apply::ApplyStepRow;
 pub use db::{now_ms, Store};

@@ -3,8 +3,8 @@
 //! adopt round trip, and a SIGKILL in the middle of an apply.
 
 use crate::support::controller::{stderr, stdout, TestController};
-use fleet::controller::actions::settle_machine;
 use fleet::model::{Settlement, Status};
+use fleet::services::actions::settle_machine;
 use fleet::store::{EventFilter, Store};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

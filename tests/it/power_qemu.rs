@@ -698,7 +698,7 @@ async fn power_events(store: &fleet::store::Store, name: &str) -> Vec<fleet::sto
 crate::both_backends!(
     a_poll_stores_only_what_is_new_and_only_on_the_record_it_read,
     |store| async move {
-        use fleet::controller::power_poll::{poll_once, PollSummary, ACTOR};
+        use fleet::services::power_poll::{poll_once, PollSummary, ACTOR};
         let socket = "/nonexistent/fleet-test/qmp.sock";
         store
             .create_machine(

@@ -1,15 +1,15 @@
 //! Power commands for one machine run one at a time, in the order they were decided; a command
 //! overtaken by a newer decision while it waited is dropped and recorded. Driven through
-//! `controller::actions::perform` (what the API, the executor and the watch use) on a real
+//! `services::actions::perform` (what the API, the executor and the watch use) on a real
 //! SQLite store, with a driver whose commands the test holds open: a fake is right here, the
 //! point is the order, not the wire (the real drivers are tested in power*.rs and the VM tests).
 
 use crate::support::db::sqlite_store;
-use fleet::controller::actions::{perform, ActionDone};
 use fleet::model::{
     Action, ActionRequest, Lifecycle, MachineName, PowerCommand, PowerOffMode, PowerState, Status,
 };
 use fleet::power::{PowerDriver, PowerDrivers, PowerFuture, PowerReport, PowerTarget};
+use fleet::services::actions::{perform, ActionDone};
 use fleet::store::{EventFilter, NewMachine, Store};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -5,8 +5,8 @@
 use super::config::{DhcpConfig, DhcpSubnet};
 use super::leases::{BindingState, LeaseTable};
 use super::options::{add_boot_options, add_subnet_options, boot_answer, classify, ClientKind};
-use crate::model::MacAddr;
 use crate::model::records::Lease;
+use crate::model::MacAddr;
 use dhcproto::v4::{DhcpOption, HType, Message, MessageType, Opcode, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use std::collections::HashMap;

@@ -6,8 +6,8 @@
 //! another client needs it, so a machine that comes back gets its old address.
 
 use super::config::{DhcpConfig, DhcpSubnet};
-use crate::model::MacAddr;
 use crate::model::records::Lease;
+use crate::model::MacAddr;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 

@@ -75,7 +75,7 @@ pub async fn check_once(
                 machine.name,
                 settlement.reason().unwrap_or_default()
             ),
-            Err(crate::controller::actions::ActionError::Store(error)) => return Err(error),
+            Err(crate::services::actions::ActionError::Store(error)) => return Err(error),
             Err(error) => tracing::warn!("{}: {error}", machine.name),
         }
     }

@@ -9,11 +9,11 @@
 pub mod enlist;
 pub mod rules;
 
-use crate::controller::actions::{
-    fail_and_power_off, settle_and_carry_out, settle_machine, ActionError,
-};
 use crate::model::Settlement;
 use crate::power::PowerDrivers;
+use crate::services::actions::{
+    fail_and_power_off, settle_and_carry_out, settle_machine, ActionError,
+};
 use crate::store::{now_ms, MachineRecord, NewEvent, ScriptResult, Store, StoreError};
 use rules::{RunRole, ScriptEntry, ScriptReport, ScriptStatus};
 use std::sync::Arc;
