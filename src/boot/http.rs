@@ -137,7 +137,7 @@ async fn boot_script(
 /// The ephemeral environment's script, or a script saying why it cannot boot.
 async fn ephemeral_script(
     state: &BootState,
-    role: ipxe::BootRole,
+    role: ipxe::Role,
     mac: MacAddr,
     machine: Option<&str>,
     base_url: &str,

@@ -3,37 +3,14 @@
 
 use crate::model::{MacAddr, Status};
 
-/// Why a machine boots the ephemeral environment (the `fleet.role=` it gets).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BootRole {
-    /// An unknown MAC: find out what the machine is and register it.
-    Enlist,
-    Commissioning,
-    Testing,
-    Rescue,
-    DiskErasing,
-    Releasing,
-    Deploying,
-}
-
-impl BootRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BootRole::Enlist => "enlist",
-            BootRole::Commissioning => "commissioning",
-            BootRole::Testing => "testing",
-            BootRole::Rescue => "rescue",
-            BootRole::DiskErasing => "disk_erasing",
-            BootRole::Releasing => "releasing",
-            BootRole::Deploying => "deploying",
-        }
-    }
-}
+/// Why a machine boots the ephemeral environment (the `fleet.role=` it gets): the one role the
+/// machine API knows too.
+pub use crate::model::Role;
 
 /// What a machine in some status does when it netboots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BootAction {
-    Ephemeral(BootRole),
+    Ephemeral(Role),
     LocalDisk,
     PowerOff,
 }
@@ -49,35 +26,23 @@ pub enum BootAction {
 pub fn boot_action(status: Option<Status>) -> BootAction {
     use Status::*;
     let Some(status) = status else {
-        return BootAction::Ephemeral(BootRole::Enlist);
+        return BootAction::Ephemeral(Role::Enlist);
     };
-    match status {
-        Commissioning => BootAction::Ephemeral(BootRole::Commissioning),
-        Testing => BootAction::Ephemeral(BootRole::Testing),
-        EnteringRescueMode | RescueMode => BootAction::Ephemeral(BootRole::Rescue),
-        DiskErasing => BootAction::Ephemeral(BootRole::DiskErasing),
-        Releasing => BootAction::Ephemeral(BootRole::Releasing),
-        Deploying => BootAction::Ephemeral(BootRole::Deploying),
-        Ready | Allocated | Deployed | Broken | Reserved | ExitingRescueMode => {
-            BootAction::LocalDisk
-        }
-        New
-        | Missing
-        | Retired
-        | FailedCommissioning
-        | FailedTesting
-        | FailedDeployment
-        | FailedReleasing
-        | FailedDiskErasing
-        | FailedEnteringRescueMode
-        | FailedExitingRescueMode => BootAction::PowerOff,
+    match Role::booted_for(status) {
+        Role::None => match status {
+            Ready | Allocated | Deployed | Broken | Reserved | ExitingRescueMode => {
+                BootAction::LocalDisk
+            }
+            _ => BootAction::PowerOff,
+        },
+        role => BootAction::Ephemeral(role),
     }
 }
 
 /// Everything an ephemeral boot script needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EphemeralBoot<'a> {
-    pub role: BootRole,
+    pub role: Role,
     pub mac: MacAddr,
     /// The machine's name, when it is known.
     pub machine: Option<&'a str>,
@@ -191,7 +156,7 @@ mod tests {
     const MAC: MacAddr = MacAddr([0x52, 0x54, 0x00, 0x12, 0x34, 0x56]);
 
     fn boot(
-        role: BootRole,
+        role: Role,
         machine: Option<&'static str>,
         token: Option<&'static str>,
     ) -> EphemeralBoot<'static> {
@@ -221,16 +186,12 @@ mod tests {
 
     #[test]
     fn enlistment_script() {
-        insta::assert_snapshot!(render_ephemeral(&boot(BootRole::Enlist, None, None)));
+        insta::assert_snapshot!(render_ephemeral(&boot(Role::Enlist, None, None)));
     }
 
     #[test]
     fn commissioning_script_carries_role_and_token() {
-        let script = render_ephemeral(&boot(
-            BootRole::Commissioning,
-            Some("node-1"),
-            Some("s3cr3t"),
-        ));
+        let script = render_ephemeral(&boot(Role::Commissioning, Some("node-1"), Some("s3cr3t")));
         insta::assert_snapshot!(script);
     }
 

@@ -5,6 +5,7 @@
 pub mod action;
 pub mod names;
 pub mod records;
+pub mod role;
 pub mod status;
 pub mod watch;
 pub mod words;
@@ -14,6 +15,7 @@ pub use action::{
     PowerCommand, PowerOffMode, PowerState, Refusal, Settlement, StatusChange,
 };
 pub use names::{BadMac, BadName, MacAddr, MachineName};
+pub use role::Role;
 pub use status::{InvalidTransition, Status, StatusKind, UnknownStatus};
 pub use watch::{machine_works_in, ClockKind, RunningClock, WatchLimits, Watched};
 pub use words::{describe_seconds, rfc3339};

@@ -15,7 +15,7 @@ use crate::services::actions::{
     fail_and_power_off, settle_and_carry_out, settle_machine, ActionError,
 };
 use crate::store::{now_ms, MachineRecord, NewEvent, ScriptResult, Store, StoreError};
-use rules::{RunRole, ScriptEntry, ScriptReport, ScriptStatus};
+use rules::{Role, ScriptEntry, ScriptReport, ScriptStatus};
 use std::sync::Arc;
 
 /// What the machine API serves and the timeout watch enforces: from the fleet file in force
@@ -168,12 +168,12 @@ fn run_key(machine: &str) -> String {
 pub async fn current_run(
     store: &Store,
     machine: &str,
-) -> Result<Option<(String, RunRole)>, StoreError> {
+) -> Result<Option<(String, Role)>, StoreError> {
     let Some(value) = store.setting(&run_key(machine)).await? else {
         return Ok(None);
     };
     let mut words = value.split_whitespace();
-    let (Some(run), Some(role)) = (words.next(), words.next().and_then(RunRole::parse)) else {
+    let (Some(run), Some(role)) = (words.next(), words.next().and_then(Role::parse)) else {
         return Ok(None);
     };
     Ok(Some((run.to_string(), role)))
@@ -187,7 +187,7 @@ pub async fn instructions(
     live: bool,
 ) -> Result<String, StoreError> {
     let name = record.name.as_str();
-    let role = RunRole::for_status(record.lifecycle.status, live);
+    let role = Role::for_run(record.lifecycle.status, live);
     let run = format!("{}-{}", role.as_str(), now_ms());
     // A machine that asks again was rebooted mid-run: what that run had running is over.
     store.abort_running_scripts(record.id).await?;
@@ -227,7 +227,7 @@ async fn check_run(
     store: &Store,
     record: &MachineRecord,
     run: &str,
-) -> Result<RunRole, MachineApiError> {
+) -> Result<Role, MachineApiError> {
     let name = record.name.as_str();
     let status = record.lifecycle.status;
     match current_run(store, name).await? {

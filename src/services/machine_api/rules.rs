@@ -5,87 +5,7 @@
 use crate::config::ScriptKind;
 use crate::model::{Settlement, Status};
 
-/// Why a machine runs scripts now; recorded with the run so that later calls can be checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunRole {
-    /// An unknown machine registered itself and reports what it is.
-    Enlist,
-    Commissioning,
-    Testing,
-    Rescue,
-    /// Released with an erase: the disks are erased, then the release goes on.
-    DiskErasing,
-    /// `register-live.sh` on a machine that already runs a workload.
-    RegisterLive,
-    /// Nothing to do in the ephemeral environment (yet).
-    None,
-}
-
-impl RunRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunRole::Enlist => "enlist",
-            RunRole::Commissioning => "commissioning",
-            RunRole::Testing => "testing",
-            RunRole::Rescue => "rescue",
-            RunRole::DiskErasing => "disk_erasing",
-            RunRole::RegisterLive => "register-live",
-            RunRole::None => "none",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<RunRole> {
-        [
-            RunRole::Enlist,
-            RunRole::Commissioning,
-            RunRole::Testing,
-            RunRole::Rescue,
-            RunRole::DiskErasing,
-            RunRole::RegisterLive,
-            RunRole::None,
-        ]
-        .into_iter()
-        .find(|role| role.as_str() == text)
-    }
-
-    /// The role of a machine in `status` that asks what to run (`live`: register-live.sh).
-    pub fn for_status(status: Status, live: bool) -> RunRole {
-        if live {
-            return RunRole::RegisterLive;
-        }
-        match status {
-            Status::New => RunRole::Enlist,
-            Status::Commissioning => RunRole::Commissioning,
-            Status::Testing => RunRole::Testing,
-            Status::EnteringRescueMode | Status::RescueMode => RunRole::Rescue,
-            Status::DiskErasing => RunRole::DiskErasing,
-            _ => RunRole::None,
-        }
-    }
-
-    /// Whether a machine in `status` is still doing this run (else it is told to stop).
-    pub fn still_running_in(self, status: Status) -> bool {
-        match self {
-            RunRole::Enlist => status == Status::New,
-            // Commissioning turns into testing in the same boot when the tests start.
-            RunRole::Commissioning => matches!(status, Status::Commissioning | Status::Testing),
-            RunRole::Testing => status == Status::Testing,
-            RunRole::Rescue => matches!(status, Status::EnteringRescueMode | Status::RescueMode),
-            RunRole::DiskErasing => status == Status::DiskErasing,
-            RunRole::RegisterLive => true,
-            RunRole::None => false,
-        }
-    }
-
-    /// What the machine does once its scripts are done.
-    pub fn after(self) -> &'static str {
-        match self {
-            RunRole::Rescue => "wait",
-            RunRole::RegisterLive => "exit",
-            _ => "poweroff",
-        }
-    }
-}
+pub use crate::model::Role;
 
 /// A script a machine may be told to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,22 +28,22 @@ pub fn erase_script_name(mode: &str) -> String {
 /// The scripts of a run, in order: commissioning ones (built-in first, then the operator's,
 /// each group by name), then the tests; for an erase, the erase of `erase_mode` alone.
 pub fn scripts_for<'a>(
-    role: RunRole,
+    role: Role,
     all: &'a [ScriptEntry],
     erase_mode: &str,
 ) -> Vec<&'a ScriptEntry> {
     let erase = erase_script_name(erase_mode);
     let wanted = |script: &&ScriptEntry| match role {
-        RunRole::Enlist => script.kind == ScriptKind::Commissioning && script.builtin,
-        RunRole::Commissioning => script.kind != ScriptKind::Erase,
-        RunRole::Testing => script.kind == ScriptKind::Testing,
-        RunRole::DiskErasing => script.kind == ScriptKind::Erase && script.name == erase,
-        RunRole::RegisterLive => {
+        Role::Enlist => script.kind == ScriptKind::Commissioning && script.builtin,
+        Role::Commissioning => script.kind != ScriptKind::Erase,
+        Role::Testing => script.kind == ScriptKind::Testing,
+        Role::DiskErasing => script.kind == ScriptKind::Erase && script.name == erase,
+        Role::RegisterLive => {
             script.kind == ScriptKind::Commissioning
                 && script.safe_on_live_host
                 && !script.destructive
         }
-        RunRole::Rescue | RunRole::None => false,
+        Role::Rescue | Role::Releasing | Role::Deploying | Role::None => false,
     };
     let mut chosen: Vec<&ScriptEntry> = all.iter().filter(wanted).collect();
     chosen.sort_by(|a, b| {
@@ -135,7 +55,7 @@ pub fn scripts_for<'a>(
 /// The instructions, as the runner reads them: one `key value...` line each.
 pub fn render_instructions(
     machine: &str,
-    role: RunRole,
+    role: Role,
     run: &str,
     heartbeat_seconds: u32,
     scripts: &[&ScriptEntry],
@@ -255,7 +175,7 @@ pub fn failure_reason(what: &str, report: &ScriptReport) -> String {
 
 /// What the final signal does: `Ok` ends the run's in-progress status well, a failure fails it.
 pub fn settlement_for_signal(
-    role: RunRole,
+    role: Role,
     status: Status,
     failure: Option<&str>,
 ) -> Option<Settlement> {
@@ -265,11 +185,11 @@ pub fn settlement_for_signal(
         });
     }
     let ends_well = match role {
-        RunRole::Commissioning => matches!(status, Status::Commissioning | Status::Testing),
-        RunRole::Testing => status == Status::Testing,
-        RunRole::Rescue => status == Status::EnteringRescueMode,
-        RunRole::DiskErasing => status == Status::DiskErasing,
-        RunRole::Enlist | RunRole::RegisterLive | RunRole::None => false,
+        Role::Commissioning => matches!(status, Status::Commissioning | Status::Testing),
+        Role::Testing => status == Status::Testing,
+        Role::Rescue => status == Status::EnteringRescueMode,
+        Role::DiskErasing => status == Status::DiskErasing,
+        Role::Enlist | Role::RegisterLive | Role::Releasing | Role::Deploying | Role::None => false,
     };
     ends_well.then_some(Settlement::Succeeded)
 }
@@ -331,7 +251,7 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(
-            names(RunRole::Commissioning),
+            names(Role::Commissioning),
             [
                 "10-fleet-cpu",
                 "30-fleet-disks",
@@ -340,11 +260,11 @@ mod tests {
                 "aa-burn"
             ]
         );
-        assert_eq!(names(RunRole::Enlist), ["10-fleet-cpu", "30-fleet-disks"]);
-        assert_eq!(names(RunRole::Testing), ["fleet-memtest", "aa-burn"]);
-        assert_eq!(names(RunRole::RegisterLive), ["10-fleet-cpu"]);
-        assert!(names(RunRole::Rescue).is_empty());
-        assert_eq!(names(RunRole::DiskErasing), ["fleet-erase-quick"]);
+        assert_eq!(names(Role::Enlist), ["10-fleet-cpu", "30-fleet-disks"]);
+        assert_eq!(names(Role::Testing), ["fleet-memtest", "aa-burn"]);
+        assert_eq!(names(Role::RegisterLive), ["10-fleet-cpu"]);
+        assert!(names(Role::Rescue).is_empty());
+        assert_eq!(names(Role::DiskErasing), ["fleet-erase-quick"]);
     }
 
     #[test]
@@ -357,7 +277,7 @@ mod tests {
         )];
         let chosen: Vec<&ScriptEntry> = all.iter().collect();
         assert_eq!(
-            render_instructions("node-1", RunRole::Commissioning, "c-1", 5, &chosen),
+            render_instructions("node-1", Role::Commissioning, "c-1", 5, &chosen),
             "machine node-1\nrole commissioning\nrun c-1\nheartbeat 5\n\
              script 10-fleet-cpu commissioning 60\nafter poweroff\n"
         );
@@ -406,7 +326,7 @@ mod tests {
 
     #[test]
     fn the_final_signal_ends_only_the_run_it_belongs_to() {
-        use RunRole::{Commissioning, Enlist, RegisterLive, Rescue};
+        use Role::{Commissioning, Enlist, RegisterLive, Rescue};
         let ok = |role, status| settlement_for_signal(role, status, None);
         assert_eq!(
             ok(Commissioning, Status::Commissioning),
@@ -432,9 +352,9 @@ mod tests {
 
     #[test]
     fn runs_stop_when_the_machine_moved_on() {
-        assert!(RunRole::Commissioning.still_running_in(Status::Testing));
-        assert!(!RunRole::Commissioning.still_running_in(Status::New));
-        assert!(!RunRole::Enlist.still_running_in(Status::Commissioning));
-        assert!(RunRole::RegisterLive.still_running_in(Status::Deployed));
+        assert!(Role::Commissioning.still_running_in(Status::Testing));
+        assert!(!Role::Commissioning.still_running_in(Status::New));
+        assert!(!Role::Enlist.still_running_in(Status::Commissioning));
+        assert!(Role::RegisterLive.still_running_in(Status::Deployed));
     }
 }
