@@ -297,7 +297,7 @@ async fn authorize(
     })?;
     let own = state
         .store
-        .setting(&format!("machine-token/{name}"))
+        .machine_token(name)
         .await?
         .is_some_and(|token| tokens_match(&token, given));
     if own || tokens_match(&state.operator_token, given) {

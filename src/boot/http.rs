@@ -168,13 +168,13 @@ async fn ephemeral_script(
     ))
 }
 
-/// The machine's own API token (a setting in the store, created on first use), which the
-/// ephemeral environment presents to the machine API.
+/// The machine's own API token (its `machine_state` in the store, created on first use and
+/// deleted with the machine), which the ephemeral environment presents to the machine API.
 pub async fn machine_token(store: &Store, machine: &str) -> Result<String, StoreError> {
     let mut random = [0u8; 32];
     rand::thread_rng().fill_bytes(&mut random);
     store
-        .setting_or_insert(&format!("machine-token/{machine}"), &hex::encode(random))
+        .machine_token_or_insert(machine, &hex::encode(random))
         .await
 }
 

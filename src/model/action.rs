@@ -292,6 +292,29 @@ pub enum EraseMode {
     Full,
 }
 
+impl EraseMode {
+    /// As fleet files, the API and the store spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EraseMode::Quick => "quick",
+            EraseMode::Secure => "secure",
+            EraseMode::Full => "full",
+        }
+    }
+}
+
+impl FromStr for EraseMode {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "quick" => Ok(EraseMode::Quick),
+            "secure" => Ok(EraseMode::Secure),
+            "full" => Ok(EraseMode::Full),
+            other => Err(format!("unknown erase mode `{other}`")),
+        }
+    }
+}
+
 /// How to power a machine off.
 #[derive(
     Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
@@ -556,7 +579,7 @@ fn release(request: &ActionRequest, plan: &mut OutcomeBuilder) -> Result<(), Str
     plan.notes.push("owner cleared".into());
     if let Some(mode) = request.options.erase {
         plan.change_to(DiskErasing);
-        plan.notes.push(format!("disk erase: {}", erase_name(mode)));
+        plan.notes.push(format!("disk erase: {}", mode.as_str()));
         plan.power(PowerCommand::Cycle);
     } else {
         plan.change_to(Releasing);
@@ -564,14 +587,6 @@ fn release(request: &ActionRequest, plan: &mut OutcomeBuilder) -> Result<(), Str
         plan.follow_up = FollowUp::CompleteAfterPower;
     }
     Ok(())
-}
-
-fn erase_name(mode: EraseMode) -> &'static str {
-    match mode {
-        EraseMode::Quick => "quick",
-        EraseMode::Secure => "secure",
-        EraseMode::Full => "full",
-    }
 }
 
 fn mark_broken(machine: &Lifecycle, plan: &mut OutcomeBuilder) -> Result<(), String> {

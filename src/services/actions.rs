@@ -87,14 +87,7 @@ pub async fn perform(
     };
     if let (Action::Release, Some(mode)) = (request.action, request.options.erase) {
         // The ephemeral environment is told which erase to run when it boots.
-        let mode = serde_json::to_value(mode).ok();
-        let mode = mode
-            .as_ref()
-            .and_then(|mode| mode.as_str())
-            .unwrap_or("quick");
-        store
-            .put_setting(&format!("machine-erase/{name}"), mode)
-            .await?;
+        store.set_erase_mode(name, mode).await?;
     }
     if let (Action::Abort, Some(after)) = (request.action, &record) {
         // Scripts the machine was running are over: its run is told to stop on its next call.

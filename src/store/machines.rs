@@ -932,8 +932,9 @@ async fn write_lifecycle_row(
     Ok(())
 }
 
-/// Deletes the machine if it is still at the generation read. Its interfaces, disks and script
-/// results go with it (ON DELETE CASCADE); its leases are removed; its events stay.
+/// Deletes the machine if it is still at the generation read. Its interfaces, disks, script
+/// results and `machine_state` (token, run, erase mode) go with it (ON DELETE CASCADE); its
+/// leases are removed; its events stay.
 async fn delete_machine_guarded(
     connection: &mut AnyConnection,
     machine: &MachineRecord,

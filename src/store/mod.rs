@@ -10,6 +10,8 @@
 //! - Columns are TEXT and BIGINT only (what `Any` carries on both backends); times are Unix
 //!   milliseconds; JSON is stored as TEXT.
 //! - Events are never updated or deleted; deleting a machine keeps its history.
+//! - What belongs to one machine (interfaces, disks, script results, its `machine_state`: token,
+//!   run, erase mode) is deleted with it, in the same transaction (ON DELETE CASCADE).
 
 use crate::model::{Action, InvalidTransition, MacAddr, Outcome};
 use serde::{Deserialize, Serialize};
@@ -20,6 +22,7 @@ mod db;
 mod events;
 mod leases;
 mod locks;
+mod machine_state;
 mod machines;
 mod monitor;
 mod plans;
@@ -32,6 +35,7 @@ pub use crate::model::records::{
 };
 pub use apply::ApplyStepRow;
 pub use db::{now_ms, Store};
+pub use machine_state::{MachineRun, MachineState};
 pub use monitor::InProgress;
 
 /// Which database is behind the store.

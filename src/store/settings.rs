@@ -1,4 +1,5 @@
-//! Settings: small key/value pairs the controllers share (the install secret, ...).
+//! Settings: small key/value pairs the controllers share (the install secret, ...). Nothing that
+//! belongs to one machine: that is `machine_state` (see `machine_state.rs`), deleted with it.
 
 use super::codec::get;
 use super::{Store, StoreError};

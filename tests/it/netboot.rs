@@ -179,7 +179,7 @@ async fn curl_fetches_boot_scripts_and_ranges_of_a_kernel() {
         "{commissioning}"
     );
     let token = store
-        .setting("machine-token/node-1")
+        .machine_token("node-1")
         .await
         .expect("read")
         .expect("a token was made");
@@ -542,7 +542,7 @@ async fn netboot(firmware: Firmware, mac: &str, known_as: Option<(&str, Status)>
             "boot events on {name}: {on_machine:#?}"
         );
         let token = store
-            .setting(&format!("machine-token/{name}"))
+            .machine_token(name)
             .await
             .expect("read")
             .expect("a token");

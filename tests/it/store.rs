@@ -2,12 +2,12 @@
 
 use crate::both_backends;
 use fleet::model::{
-    decide, Action, ActionOptions, ActionRequest, Lifecycle, MacAddr, MachineName, PowerState,
-    Status,
+    decide, Action, ActionOptions, ActionRequest, EraseMode, Lifecycle, MacAddr, MachineName,
+    PowerState, Status,
 };
 use fleet::store::{
     Backend, Commit, Disk, EventFilter, Hardware, Interface, Lease, LockHolder, MachineRecord,
-    NewEvent, NewMachine, ScriptResult, Store, StoreError, StoredPlan,
+    MachineRun, MachineState, NewEvent, NewMachine, ScriptResult, Store, StoreError, StoredPlan,
 };
 use serde_json::json;
 use std::net::Ipv4Addr;
@@ -660,6 +660,268 @@ both_backends!(settings_first_writer_wins, |store| async move {
     winners.dedup();
     assert_eq!(winners.len(), 1, "{winners:?}");
 });
+
+both_backends!(
+    machine_state_is_per_machine_and_deleted_with_it,
+    |store| async move {
+        let machine = created(&store, "node-1", &["52:54:00:00:00:01"]).await;
+        created(&store, "node-2", &["52:54:00:00:00:02"]).await;
+        assert_eq!(
+            store.machine_state("node-1").await.unwrap(),
+            Some(MachineState::default())
+        );
+        assert_eq!(store.machine_state("ghost").await.unwrap(), None);
+
+        // The first token stays.
+        assert_eq!(
+            store.machine_token_or_insert("node-1", "t1").await.unwrap(),
+            "t1"
+        );
+        assert_eq!(
+            store.machine_token_or_insert("node-1", "t2").await.unwrap(),
+            "t1"
+        );
+        let run = MachineRun {
+            id: "commissioning-1".into(),
+            role: "commissioning".into(),
+        };
+        store.set_machine_run("node-1", &run).await.unwrap();
+        store
+            .set_erase_mode("node-1", EraseMode::Secure)
+            .await
+            .unwrap();
+        // Writing one part keeps the others.
+        let later = MachineRun {
+            id: "testing-2".into(),
+            role: "testing".into(),
+        };
+        store.set_machine_run("node-1", &later).await.unwrap();
+        assert_eq!(
+            store.machine_state("node-1").await.unwrap(),
+            Some(MachineState {
+                token: Some("t1".into()),
+                run: Some(later.clone()),
+                erase_mode: Some(EraseMode::Secure),
+            })
+        );
+        assert_eq!(store.machine_run("node-1").await.unwrap(), Some(later));
+        assert_eq!(
+            store.erase_mode("node-1").await.unwrap(),
+            Some(EraseMode::Secure)
+        );
+        // Per machine.
+        assert_eq!(store.machine_token("node-2").await.unwrap(), None);
+        store.set_machine_run("node-2", &run).await.unwrap();
+        assert_eq!(store.machine_token("node-2").await.unwrap(), None);
+        // A machine that does not exist has no state and gets none.
+        for error in [
+            store
+                .machine_token_or_insert("ghost", "t")
+                .await
+                .unwrap_err(),
+            store.set_machine_run("ghost", &run).await.unwrap_err(),
+            store
+                .set_erase_mode("ghost", EraseMode::Quick)
+                .await
+                .unwrap_err(),
+        ] {
+            assert!(matches!(error, StoreError::UnknownMachine(_)), "{error}");
+        }
+
+        // Deleted with its machine: a machine re-added under the same name starts afresh.
+        let deleted = act(
+            &store,
+            &machine,
+            &ActionRequest::new(Action::Delete, "alice"),
+        )
+        .await;
+        assert_eq!(deleted, None);
+        assert_eq!(store.machine_state("node-1").await.unwrap(), None);
+        let rows = sqlx::query("SELECT machine_id FROM machine_state")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "only node-2's state is left");
+        created(&store, "node-1", &["52:54:00:00:00:01"]).await;
+        assert_eq!(
+            store.machine_state("node-1").await.unwrap(),
+            Some(MachineState::default())
+        );
+        assert_eq!(
+            store.machine_token_or_insert("node-1", "t3").await.unwrap(),
+            "t3",
+            "not the deleted machine's token"
+        );
+        assert_eq!(store.machine_run("node-2").await.unwrap(), Some(run));
+    }
+);
+
+both_backends!(machine_tokens_first_writer_wins, |store| async move {
+    created(&store, "node-1", &["52:54:00:00:00:01"]).await;
+    let racers: Vec<_> = (0..8)
+        .map(|index| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .machine_token_or_insert("node-1", &format!("token-{index}"))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for racer in racers {
+        winners.push(racer.await.unwrap());
+    }
+    winners.dedup();
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    assert_eq!(
+        store.machine_token("node-1").await.unwrap().as_ref(),
+        winners.first()
+    );
+});
+
+/// The migrations of fleet before `machine_state` (0001-0003), in a directory of their own.
+async fn migrations_before_machine_state(
+    backend: &str,
+) -> (sqlx::migrate::Migrator, tempfile::TempDir) {
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    let directory = tempfile::tempdir().unwrap();
+    let mut copied = 0;
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_string_lossy().to_string();
+        if ["0001_", "0002_", "0003_"]
+            .iter()
+            .any(|prefix| file.starts_with(prefix))
+        {
+            std::fs::copy(&path, directory.path().join(&file)).unwrap();
+            copied += 1;
+        }
+    }
+    assert_eq!(copied, 3, "migrations 0001-0003 in {}", source.display());
+    let migrator = sqlx::migrate::Migrator::new(directory.path())
+        .await
+        .unwrap();
+    (migrator, directory)
+}
+
+/// Writes, at `url`, a database as fleet wrote it before `machine_state`: its schema, two
+/// machines, their keys in `settings` (and those of a machine deleted since), another setting.
+async fn write_store_of_main(url: &str, backend: &str) {
+    sqlx::any::install_default_drivers();
+    let (migrator, _directory) = migrations_before_machine_state(backend).await;
+    let mut connection = <sqlx::AnyConnection as sqlx::Connection>::connect(url)
+        .await
+        .unwrap();
+    migrator.run(&mut connection).await.unwrap();
+    for machine in ["node-1", "node-2"] {
+        sqlx::query(
+            "INSERT INTO machines (name, status, status_since, created_at, updated_at) \
+             VALUES ($1, 'commissioning', 1, 1, 1)",
+        )
+        .bind(machine)
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    }
+    let settings = [
+        ("machine-token/node-1", "token-1"),
+        (
+            "machine-run/node-1",
+            "disk_erasing-1700000000000 disk_erasing",
+        ),
+        ("machine-erase/node-1", "full"),
+        ("machine-token/node-2", "token-2"),
+        ("machine-run/node-2", "unreadable"),
+        ("machine-token/gone", "token-of-a-deleted-machine"),
+        ("machine-run/gone", "commissioning-1 commissioning"),
+        ("machine-erase/gone", "quick"),
+        ("operator-token", "operator"),
+    ];
+    for (key, value) in settings {
+        sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2)")
+            .bind(key)
+            .bind(value)
+            .execute(&mut connection)
+            .await
+            .unwrap();
+    }
+    sqlx::Connection::close(connection).await.unwrap();
+}
+
+/// Opens (and so migrates) the store written by [`write_store_of_main`] and checks that the
+/// machines' keys moved to `machine_state` and left `settings`.
+async fn check_machine_state_moved(url: &str) -> Store {
+    let store = Store::open(url).await.unwrap();
+    assert_eq!(
+        store.machine_state("node-1").await.unwrap(),
+        Some(MachineState {
+            token: Some("token-1".into()),
+            run: Some(MachineRun {
+                id: "disk_erasing-1700000000000".into(),
+                role: "disk_erasing".into(),
+            }),
+            erase_mode: Some(EraseMode::Full),
+        })
+    );
+    assert_eq!(
+        store.machine_state("node-2").await.unwrap(),
+        Some(MachineState {
+            token: Some("token-2".into()),
+            ..MachineState::default()
+        }),
+        "an unreadable run is no run"
+    );
+    for key in [
+        "machine-token/node-1",
+        "machine-run/node-1",
+        "machine-erase/node-1",
+        "machine-token/node-2",
+        "machine-run/node-2",
+        "machine-token/gone",
+        "machine-run/gone",
+        "machine-erase/gone",
+    ] {
+        assert_eq!(store.setting(key).await.unwrap(), None, "{key}");
+    }
+    assert_eq!(
+        store.setting("operator-token").await.unwrap().as_deref(),
+        Some("operator")
+    );
+    let rows = sqlx::query("SELECT machine_id FROM machine_state")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2, "no state for the machine deleted before");
+    store
+}
+
+mod machine_state_moves_out_of_settings {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        let directory = tempfile::tempdir().unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            directory.path().join("fleet.db").display()
+        );
+        write_store_of_main(&url, "sqlite").await;
+        let store = check_machine_state_moved(&url).await;
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let url = crate::support::db::empty_postgres_database().await;
+        write_store_of_main(&url, "postgres").await;
+        let store = check_machine_state_moved(&url).await;
+        crate::support::db::drop_postgres_store(store).await;
+    }
+}
 
 both_backends!(leases_crud, |store| async move {
     let lease = |mac_text: &str, last_octet: u8| Lease {

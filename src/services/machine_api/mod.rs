@@ -3,18 +3,19 @@
 //! `src/api/metadata.rs`; the rules are pure, in `rules.rs`; enlistment matching is `enlist.rs`.
 //!
 //! A run is one boot's work: the controller names it when it hands out instructions and keeps
-//! `RUN ROLE` in the setting `machine-run/NAME`; results and the signal must name the current
-//! run, so a machine that was aborted (or a stale boot) is told to stop and changes nothing.
+//! it with its role in the machine's `machine_state` (`Store::set_machine_run`, deleted with the
+//! machine); results and the signal must name the current run, so a machine that was aborted
+//! (or a stale boot) is told to stop and changes nothing.
 
 pub mod enlist;
 pub mod rules;
 
-use crate::model::Settlement;
+use crate::model::{EraseMode, Settlement};
 use crate::power::PowerDrivers;
 use crate::services::actions::{
     fail_and_power_off, settle_and_carry_out, settle_machine, ActionError,
 };
-use crate::store::{now_ms, MachineRecord, NewEvent, ScriptResult, Store, StoreError};
+use crate::store::{now_ms, MachineRecord, MachineRun, NewEvent, ScriptResult, Store, StoreError};
 use rules::{Role, ScriptEntry, ScriptReport, ScriptStatus};
 use std::sync::Arc;
 
@@ -160,23 +161,16 @@ fn one_line(text: &str) -> String {
         .collect()
 }
 
-fn run_key(machine: &str) -> String {
-    format!("machine-run/{machine}")
-}
-
-/// The run the machine is doing, if any: (run id, role).
+/// The run the machine is doing, if any: (run id, role). A role this fleet does not know is
+/// no run.
 pub async fn current_run(
     store: &Store,
     machine: &str,
 ) -> Result<Option<(String, Role)>, StoreError> {
-    let Some(value) = store.setting(&run_key(machine)).await? else {
+    let Some(run) = store.machine_run(machine).await? else {
         return Ok(None);
     };
-    let mut words = value.split_whitespace();
-    let (Some(run), Some(role)) = (words.next(), words.next().and_then(Role::parse)) else {
-        return Ok(None);
-    };
-    Ok(Some((run.to_string(), role)))
+    Ok(Role::parse(&run.role).map(|role| (run.id, role)))
 }
 
 /// Starts a run for the machine and renders its instructions.
@@ -192,14 +186,17 @@ pub async fn instructions(
     // A machine that asks again was rebooted mid-run: what that run had running is over.
     store.abort_running_scripts(record.id).await?;
     store
-        .put_setting(&run_key(name), &format!("{run} {}", role.as_str()))
+        .set_machine_run(
+            name,
+            &MachineRun {
+                id: run.clone(),
+                role: role.as_str().to_string(),
+            },
+        )
         .await?;
     store.heard_from(name).await?;
-    let erase_mode = store
-        .setting(&format!("machine-erase/{name}"))
-        .await?
-        .unwrap_or_else(|| "quick".to_string());
-    let scripts = rules::scripts_for(role, &settings.scripts, &erase_mode);
+    let erase_mode = store.erase_mode(name).await?.unwrap_or(EraseMode::Quick);
+    let scripts = rules::scripts_for(role, &settings.scripts, erase_mode.as_str());
     let names: Vec<&str> = scripts.iter().map(|script| script.name.as_str()).collect();
     record_event(
         store,

@@ -45,6 +45,15 @@ pub fn test_postgres_url() -> String {
 /// A store on a new, empty PostgreSQL database. Fails (never skips) if the server is unreachable.
 /// Drop it with [`drop_postgres_store`]; databases a test leaves behind are swept by a later run.
 pub async fn postgres_store() -> Store {
+    let url = empty_postgres_database().await;
+    Store::open(&url)
+        .await
+        .unwrap_or_else(|error| panic!("open the PostgreSQL store {url}: {error}"))
+}
+
+/// The URL of a new PostgreSQL database without any table (for a store written by an older
+/// fleet: apply its migrations, then `Store::open`). Drop it with [`drop_postgres_store`].
+pub async fn empty_postgres_database() -> String {
     let admin_url = test_postgres_url();
     let mut admin = connect_admin(&admin_url).await;
     sweep_leftover_databases(&mut admin).await;
@@ -58,10 +67,7 @@ pub async fn postgres_store() -> Store {
         .await
         .unwrap_or_else(|error| panic!("create the test database {database}: {error}"));
     let _ = admin.close().await;
-    let url = with_database(&admin_url, &database);
-    Store::open(&url)
-        .await
-        .unwrap_or_else(|error| panic!("open the PostgreSQL store {url}: {error}"))
+    with_database(&admin_url, &database)
 }
 
 /// Closes the store and drops its database.
