@@ -9,4 +9,5 @@ pub mod power_poll;
 mod serve;
 pub mod token;
 
-pub use serve::{default_database, redact_url, serve, ServeError, ServeOptions, API_URL_FILE};
+pub use crate::store::redact_url;
+pub use serve::{default_database, serve, ServeError, ServeOptions, API_URL_FILE};

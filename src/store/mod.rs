@@ -29,7 +29,7 @@ mod scripts;
 mod settings;
 
 pub use apply::ApplyStepRow;
-pub use db::{now_ms, Store};
+pub use db::{now_ms, redact_url, Store};
 pub use monitor::InProgress;
 
 /// Which database is behind the store.
