@@ -89,16 +89,15 @@ fn run_child(args: &[&str], state_dir: Option<&Path>) -> anyhow::Result<ChildRun
 /// The largest peak RSS among waited-for children (MiB) and their total CPU time (seconds),
 /// from getrusage(RUSAGE_CHILDREN).
 fn children_usage() -> (f64, f64) {
-    // SAFETY: getrusage only writes into the struct we pass.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let result = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
-    if result != 0 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    use nix::sys::time::TimeValLike;
+    let Ok(usage) = getrusage(UsageWho::RUSAGE_CHILDREN) else {
         return (f64::NAN, f64::NAN);
-    }
-    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    };
+    let seconds = |time: nix::sys::time::TimeVal| time.num_microseconds() as f64 / 1e6;
     (
-        usage.ru_maxrss as f64 / 1024.0,
-        seconds(usage.ru_utime) + seconds(usage.ru_stime),
+        usage.max_rss() as f64 / 1024.0,
+        seconds(usage.user_time()) + seconds(usage.system_time()),
     )
 }
 

@@ -1,5 +1,7 @@
 //! Durations in fleet files: a whole number of minutes (`30`), or a string with units
 //! (`"90s"`, `"5m"`, `"1h30m"`), so that tests and labs can shorten a limit below a minute.
+//! humantime reads the strings; this module keeps fleet's rules on top (whole numbers, whole
+//! seconds, no `M` for months) and says in fleet's words what is wrong.
 
 /// Why a duration string was not understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -9,42 +11,39 @@ pub struct DurationError {
     pub why: &'static str,
 }
 
-/// Seconds in `text`: one or more `<number><unit>` parts, units `s`, `m`, `h`.
+/// Seconds in `text`: one or more `<number><unit>` parts (humantime's units, `s`, `m`, `h`, `d`,
+/// `w` and their long forms such as `min` or `hours`), in whole numbers and whole seconds.
 pub fn parse_duration_seconds(text: &str) -> Result<u64, DurationError> {
     let error = |why| DurationError {
         text: text.to_string(),
         why,
     };
-    let trimmed = text.trim();
-    if trimmed.is_empty() {
-        return Err(error("it is empty"));
+    // humantime reads "1.5m" and "5M" (months); a fleet file's numbers are whole, as its
+    // integer minutes are, and a capital M is far more likely a slip for minutes.
+    if text.contains('.') {
+        return Err(error("the numbers are whole numbers"));
     }
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for character in trimmed.chars() {
-        if character.is_ascii_digit() {
-            digits.push(character);
-            continue;
-        }
-        let unit = match character {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            _ => return Err(error("the units are s, m and h")),
-        };
-        let number: u64 = digits
-            .parse()
-            .map_err(|_| error("each unit needs a number before it"))?;
-        digits.clear();
-        total = number
-            .checked_mul(unit)
-            .and_then(|part| total.checked_add(part))
-            .ok_or_else(|| error("it is too long"))?;
+    if text.contains('M') {
+        return Err(error("minutes are a small `m`"));
     }
-    if !digits.is_empty() {
-        return Err(error("the last number has no unit"));
+    let duration = humantime::parse_duration(text).map_err(|problem| {
+        error(match problem {
+            humantime::DurationError::Empty => "it is empty",
+            humantime::DurationError::NumberExpected(_) => "each unit needs a number before it",
+            humantime::DurationError::UnknownUnit { unit, .. } if unit.is_empty() => {
+                "the last number has no unit"
+            }
+            humantime::DurationError::UnknownUnit { .. } => "the units are s, m, h, d and w",
+            humantime::DurationError::InvalidCharacter(_) => {
+                "it holds only numbers, units and spaces"
+            }
+            humantime::DurationError::NumberOverflow => "it is too long",
+        })
+    })?;
+    if duration.subsec_nanos() != 0 {
+        return Err(error("it is not a whole number of seconds"));
     }
-    Ok(total)
+    Ok(duration.as_secs())
 }
 
 /// Kept here too, where the durations are read.
@@ -62,11 +61,29 @@ mod tests {
             ("1h30m", 5400),
             ("2h", 7200),
             (" 7s ", 7),
+            ("1h 30m", 5400),
+            ("2 minutes", 120),
+            ("1d", 86400),
+            ("2000ms", 2),
         ] {
             assert_eq!(parse_duration_seconds(text), Ok(seconds), "{text}");
         }
-        for text in ["", "5", "m", "5x", "1.5m", "99999999999999999999h"] {
-            assert!(parse_duration_seconds(text).is_err(), "{text}");
+        for (text, why) in [
+            ("", "it is empty"),
+            ("5", "the last number has no unit"),
+            ("m", "each unit needs a number before it"),
+            ("5x", "the units are s, m, h, d and w"),
+            ("5m!", "it holds only numbers, units and spaces"),
+            ("1.5m", "the numbers are whole numbers"),
+            ("5M", "minutes are a small `m`"),
+            ("1500ms", "it is not a whole number of seconds"),
+            ("99999999999999999999h", "it is too long"),
+        ] {
+            assert_eq!(
+                parse_duration_seconds(text).map_err(|error| error.why),
+                Err(why),
+                "{text}"
+            );
         }
     }
 

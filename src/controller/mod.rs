@@ -5,4 +5,5 @@
 mod dhcp;
 mod serve;
 
-pub use serve::{default_database, redact_url, serve, ServeError, ServeOptions, API_URL_FILE};
+pub use crate::store::redact_url;
+pub use serve::{default_database, serve, ServeError, ServeOptions, API_URL_FILE};

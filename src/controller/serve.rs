@@ -84,7 +84,7 @@ pub async fn serve(
     eprintln!("fleet controller {}", env!("CARGO_PKG_VERSION"));
     eprintln!(
         "  store   {} ({})",
-        redact_url(&database),
+        crate::store::redact_url(&database),
         backend_name(&store)
     );
     eprintln!("  token   {}", token_path.display());
@@ -193,42 +193,5 @@ fn backend_name(store: &Store) -> &'static str {
     match store.backend() {
         crate::store::Backend::Sqlite => "SQLite",
         crate::store::Backend::Postgres => "PostgreSQL",
-    }
-}
-
-/// A database URL without its password, for logs.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _password)) => {
-                    format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
-                }
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn passwords_in_database_urls_are_hidden() {
-        assert_eq!(
-            redact_url("postgres://fleet:s3cret@db:5432/fleet"),
-            "postgres://fleet:***@db:5432/fleet"
-        );
-        assert_eq!(
-            redact_url("postgres://fleet@db/fleet"),
-            "postgres://fleet@db/fleet"
-        );
-        assert_eq!(
-            redact_url("sqlite://.fleet/fleet.db"),
-            "sqlite://.fleet/fleet.db"
-        );
     }
 }

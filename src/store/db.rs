@@ -54,7 +54,7 @@ fn parse_target(url: &str) -> Result<Target, StoreError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return Ok(Target::Postgres(url.to_string()));
     }
-    let unsupported = || StoreError::UnsupportedUrl(redact_password(url));
+    let unsupported = || StoreError::UnsupportedUrl(redact_url(url));
     let rest = match url.strip_prefix("sqlite:") {
         Some(rest) => rest.strip_prefix("//").unwrap_or(rest),
         // A plain path, unless it looks like some other scheme.
@@ -79,17 +79,25 @@ fn parse_target(url: &str) -> Result<Target, StoreError> {
     })
 }
 
-/// The URL with any password replaced by `***`, for error messages and logs.
-pub(crate) fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_string();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
+/// The URL with any password replaced by `***`, for error messages and logs. A URL without a
+/// password comes back as it was written; one that does not parse but has an `@` (where a
+/// password could hide) keeps only its scheme.
+pub fn redact_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut parsed) if parsed.password().is_some() => match parsed.set_password(Some("***")) {
+            Ok(()) => parsed.into(),
+            Err(()) => hidden(text),
+        },
+        Ok(_) => text.to_string(),
+        Err(_) if text.contains('@') => hidden(text),
+        Err(_) => text.to_string(),
+    }
+}
+
+fn hidden(text: &str) -> String {
+    match text.split_once("://") {
+        Some((scheme, _)) => format!("{scheme}://(the rest is not shown)"),
+        None => "(a URL that is not shown)".to_string(),
     }
 }
 
@@ -183,7 +191,7 @@ impl Store {
 
 async fn open_postgres(url: &str) -> Result<Store, StoreError> {
     let open_error = |source| StoreError::Open {
-        url: redact_password(url),
+        url: redact_url(url),
         source,
     };
     let options = AnyConnectOptions::from_str(url).map_err(open_error)?;
@@ -321,12 +329,26 @@ mod tests {
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(
-            redact_password("postgres://fleet:s3cret@db:5432/fleet"),
+            redact_url("postgres://fleet:s3cret@db:5432/fleet"),
             "postgres://fleet:***@db:5432/fleet"
         );
         assert_eq!(
-            redact_password("postgres://fleet@db/fleet"),
+            redact_url("postgres://fleet@db/fleet"),
             "postgres://fleet@db/fleet"
+        );
+        assert_eq!(
+            redact_url("sqlite://.fleet/fleet.db"),
+            "sqlite://.fleet/fleet.db"
+        );
+        assert_eq!(redact_url(".fleet/fleet.db"), ".fleet/fleet.db");
+        // The last `@` ends the user information.
+        assert_eq!(
+            redact_url("postgres://fleet:p@ss@db/fleet"),
+            "postgres://fleet:***@db/fleet"
+        );
+        assert_eq!(
+            redact_url("postgres://fleet:s3cret@db:99999/fleet"),
+            "postgres://(the rest is not shown)"
         );
     }
 }

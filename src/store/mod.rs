@@ -34,7 +34,7 @@ pub use crate::model::records::{
     NewMachine, ScriptResult,
 };
 pub use apply::ApplyStepRow;
-pub use db::{now_ms, Store};
+pub use db::{now_ms, redact_url, Store};
 pub use machine_state::{MachineRun, MachineState};
 pub use monitor::InProgress;
 

@@ -102,24 +102,8 @@ async fn connect_admin(url: &str) -> PgConnection {
              .ci/test does); or start one with\n  \
              docker run -d -p 5432:5432 -e POSTGRES_HOST_AUTH_METHOD=trust postgres:16\n\
              and point FLEET_TEST_POSTGRES at it (default {DEFAULT_TEST_POSTGRES}).",
-            redact_password(url)
+            fleet::store::redact_url(url)
         ),
-    }
-}
-
-fn redact_password(url: &str) -> String {
-    match (url.split_once("://"), url.rsplit_once('@')) {
-        (Some((scheme, rest)), Some((_, host))) => {
-            let user = rest
-                .split('@')
-                .next()
-                .unwrap_or("")
-                .split(':')
-                .next()
-                .unwrap_or("");
-            format!("{scheme}://{user}@{host}")
-        }
-        _ => url.to_string(),
     }
 }
 
