@@ -947,3 +947,136 @@ fn same_datetime(found: &str, expected: &str) -> bool {
     };
     fields(found).is_some() && fields(found) == fields(expected)
 }
+
+/// `fleet schema` accepts the example fleet file: the example (as the loader decodes it) is
+/// checked against the schema by a small JSON-Schema checker (the keywords schemars emits).
+#[test]
+fn the_json_schema_accepts_the_example() {
+    let schema = config::json_schema();
+    let tagged = config::decode_toml(Path::new("fleet.toml.example")).unwrap();
+    let mut errors = Vec::new();
+    check_schema(&schema, &schema, &untagged(&tagged), "", &mut errors);
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    // And the checker refuses what it should: an unknown key, a wrong type.
+    let mut broken = untagged(&tagged);
+    broken["machine"][0]["profle"] = "compute".into();
+    broken["policy"]["parallelism"] = "many".into();
+    let mut errors = Vec::new();
+    check_schema(&schema, &schema, &broken, "", &mut errors);
+    assert!(errors.len() >= 2, "{errors:?}");
+}
+
+/// toml-test's tagged JSON to plain JSON.
+fn untagged(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        // A scalar: its "type" is a string (a table's own `type` key would be tagged).
+        Value::Object(map) if map.get("type").is_some_and(Value::is_string) => {
+            let text = map["value"].as_str().unwrap_or_default();
+            match map["type"].as_str().unwrap_or_default() {
+                "integer" => text.parse::<i64>().map_or(Value::Null, Value::from),
+                "float" => text.parse::<f64>().map_or(Value::Null, Value::from),
+                "bool" => Value::Bool(text == "true"),
+                _ => Value::String(text.to_string()),
+            }
+        }
+        Value::Object(map) => map
+            .iter()
+            .map(|(key, value)| (key.clone(), untagged(value)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        Value::Array(items) => items.iter().map(untagged).collect(),
+        other => other.clone(),
+    }
+}
+
+fn check_schema(
+    root: &serde_json::Value,
+    schema: &serde_json::Value,
+    value: &serde_json::Value,
+    at: &str,
+    errors: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    let matches = |schema: &Value| {
+        let mut inner = Vec::new();
+        check_schema(root, schema, value, at, &mut inner);
+        inner.is_empty()
+    };
+    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+        let name = reference.rsplit('/').next().unwrap_or_default();
+        return check_schema(root, &root["definitions"][name], value, at, errors);
+    }
+    if let Some(types) = schema.get("type") {
+        let names: Vec<&str> = match types {
+            Value::Array(list) => list.iter().filter_map(Value::as_str).collect(),
+            other => other.as_str().into_iter().collect(),
+        };
+        let fits = names.iter().any(|name| match *name {
+            "string" => value.is_string(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            "array" => value.is_array(),
+            "object" => value.is_object(),
+            "null" => value.is_null(),
+            _ => false,
+        });
+        if !fits {
+            errors.push(format!("{at}: {value} is not {names:?}"));
+            return;
+        }
+    }
+    if let Some(choices) = schema.get("enum").and_then(Value::as_array) {
+        if !choices.contains(value) {
+            errors.push(format!("{at}: {value} is not one of {choices:?}"));
+        }
+    }
+    for keyword in ["anyOf", "oneOf"] {
+        if let Some(options) = schema.get(keyword).and_then(Value::as_array) {
+            if !options.iter().any(|option| matches(option)) {
+                errors.push(format!("{at}: {value} matches no {keyword} option"));
+            }
+        }
+    }
+    for part in schema
+        .get("allOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        check_schema(root, part, value, at, errors);
+    }
+    if let (Some(items), Value::Array(values)) = (schema.get("items"), value) {
+        for (index, item) in values.iter().enumerate() {
+            check_schema(root, items, item, &format!("{at}[{index}]"), errors);
+        }
+    }
+    if let Value::Object(map) = value {
+        let properties = schema.get("properties").and_then(Value::as_object);
+        for key in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if !map.contains_key(key.as_str().unwrap_or_default()) {
+                errors.push(format!("{at}: no required `{key}`"));
+            }
+        }
+        for (key, item) in map {
+            let place = format!("{at}.{key}");
+            match (
+                properties.and_then(|p| p.get(key)),
+                schema.get("additionalProperties"),
+            ) {
+                (Some(property), _) => check_schema(root, property, item, &place, errors),
+                (None, Some(Value::Bool(false))) => errors.push(format!("{place}: unknown key")),
+                (None, Some(extra)) if extra.is_object() => {
+                    check_schema(root, extra, item, &place, errors)
+                }
+                _ => {}
+            }
+        }
+    }
+}
