@@ -1034,7 +1034,7 @@ fn check_schema(
     }
     for keyword in ["anyOf", "oneOf"] {
         if let Some(options) = schema.get(keyword).and_then(Value::as_array) {
-            if !options.iter().any(|option| matches(option)) {
+            if !options.iter().any(&matches) {
                 errors.push(format!("{at}: {value} matches no {keyword} option"));
             }
         }

@@ -353,6 +353,6 @@ trait DefaultTrue {
 
 impl DefaultTrue for Option<crate::config::read::Spanned<bool>> {
     fn or_true(self) -> bool {
-        self.map_or(true, |flag| flag.value)
+        self.is_none_or(|flag| flag.value)
     }
 }
