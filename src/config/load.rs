@@ -5,8 +5,8 @@
 
 use super::diagnostics::{Diagnostics, Problem, Problems, SourceFile};
 use super::read::{expect_string, Spanned};
-use super::sections::{read_document, read_machine, Declarations};
-use super::syntax::{self, Item, Span, Table, Value};
+use super::sections::{read_document, Declarations};
+use super::syntax::{self, Span, Table, Value};
 use super::{check, Fleet};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -29,6 +29,9 @@ struct Loader {
     /// Canonical paths of the files being read, outermost first, for include cycles.
     stack: Vec<PathBuf>,
     has_syntax_errors: bool,
+    /// Set by [`decode_toml`]: keep each document as tagged JSON instead of reading it.
+    decode: bool,
+    decoded: Vec<serde_json::Value>,
 }
 
 /// Loads fleet files and directories (every `*.toml` in a directory, sorted by name).
@@ -38,6 +41,25 @@ pub fn load(paths: &[PathBuf]) -> Result<Fleet, Diagnostics> {
         loader.load_argument(path);
     }
     loader.finish()
+}
+
+/// One file read and parsed exactly as [`load`] reads and parses it (same reading, same UTF-8
+/// check, same parser, same syntax errors), returned as the document in toml-test's tagged JSON
+/// (`{"type": "integer", "value": "1"}`) instead of being read into declarations. For the test
+/// that runs the official TOML suite through the loader.
+pub fn decode_toml(path: &Path) -> Result<serde_json::Value, Diagnostics> {
+    let mut loader = Loader {
+        decode: true,
+        ..Loader::default()
+    };
+    loader.load_file(path, None);
+    match loader.decoded.pop() {
+        Some(document) if loader.problems.is_empty() => Ok(document),
+        _ => Err(Diagnostics::from_problems(
+            loader.problems,
+            Arc::new(loader.sources),
+        )),
+    }
 }
 
 /// Loads one fleet file from text; its includes are resolved relative to the directory part of
@@ -89,14 +111,30 @@ impl Loader {
         if !self.seen.insert(canonical.clone()) {
             return;
         }
-        match std::fs::read_to_string(path) {
-            Ok(text) => self.load_text(path.to_path_buf(), canonical, text),
+        match std::fs::read(path).map(String::from_utf8) {
+            Ok(Ok(text)) => self.load_text(path.to_path_buf(), canonical, text),
+            Ok(Err(error)) => self.not_utf8(path, error),
             Err(error) => self.file_error(
                 path,
                 included_at,
                 &format!("cannot read `{}`: {error}", path.display()),
             ),
         }
+    }
+
+    /// A file that is not UTF-8 (TOML must be): an error at the first bad byte.
+    fn not_utf8(&mut self, path: &Path, error: std::string::FromUtf8Error) {
+        let file_index = self.sources.len() as u32;
+        let at = error.utf8_error().valid_up_to();
+        let byte = error.as_bytes()[at];
+        // The lossy text keeps every byte offset up to the bad byte.
+        let text = String::from_utf8_lossy(error.as_bytes()).into_owned();
+        self.sources.push(SourceFile::new(path.to_path_buf(), text));
+        self.has_syntax_errors = true;
+        self.problems.error(
+            Span::new(file_index, at, at + '\u{fffd}'.len_utf8()),
+            format!("this file is not UTF-8: byte 0x{byte:02x} here is not a character"),
+        );
     }
 
     fn file_error(&mut self, path: &Path, included_at: Option<Span>, message: &str) {
@@ -135,28 +173,36 @@ impl Loader {
     /// Parses and reads one source; returns the files it includes, in order.
     fn read_source(&mut self, file_index: u32, base_dir: &Path) -> Vec<(PathBuf, Span)> {
         let text = &self.sources[file_index as usize].text;
-        let (machines, problems) = (&mut self.declarations.machines, &mut self.problems);
+        let (declarations, problems) = (&mut self.declarations, &mut self.problems);
         // Room for the machines up front: a declaration is large, and growing the vector by
         // doubling copied it over and over (an eighth of loading 100,000 machines). A machine
         // takes a few hundred bytes of TOML; room reserved beyond that is never touched.
-        machines.reserve(text.len() / MIN_MACHINE_BYTES);
-        let mut read_element = |key: &str, element: Item<'_>| {
-            if key == "machine" {
-                read_machine(&element, base_dir, machines, problems);
+        declarations
+            .machines
+            .reserve(text.len() / MIN_MACHINE_BYTES);
+        let (decode, decoded) = (self.decode, &mut self.decoded);
+        let read = |root: Table<'_, '_>| {
+            if decode {
+                decoded.push(syntax::tagged_json(root));
+                return Vec::new();
             }
+            read_document(root, base_dir, declarations, problems);
+            include_list(root, base_dir, problems)
         };
-        let root = match syntax::parse_streaming(text, file_index, Some(&mut read_element)) {
-            Ok(root) => root,
+        match syntax::parse(text, file_index, read) {
+            Ok(includes) => includes,
             Err(errors) => {
                 self.has_syntax_errors = true;
                 for error in errors {
-                    self.problems.push(Problem::new(error.span, error.message));
+                    let mut problem = Problem::new(error.span, error.message);
+                    if let Some((span, note)) = error.related {
+                        problem = problem.related(span, note);
+                    }
+                    self.problems.push(problem);
                 }
-                return Vec::new();
+                Vec::new()
             }
-        };
-        read_document(&root, base_dir, &mut self.declarations, &mut self.problems);
-        include_list(&root, base_dir, &mut self.problems)
+        }
     }
 
     fn finish(mut self) -> Result<Fleet, Diagnostics> {
@@ -217,7 +263,7 @@ fn digest(sources: &[SourceFile]) -> String {
 
 /// `include = "x.toml"` or `include = ["racks/*.toml", "more/"]`, expanded to files.
 fn include_list(
-    root: &Table<'_>,
+    root: Table<'_, '_>,
     base_dir: &Path,
     problems: &mut Problems,
 ) -> Vec<(PathBuf, Span)> {
@@ -226,9 +272,8 @@ fn include_list(
     };
     let patterns: Vec<Spanned<&str>> = match &entry.item.value {
         Value::Array(array) => array
-            .items
             .iter()
-            .filter_map(|item| expect_string(item, "include", problems))
+            .filter_map(|item| expect_string(&item, "include", problems))
             .collect(),
         _ => expect_string(&entry.item, "include", problems)
             .into_iter()

@@ -4,7 +4,7 @@
 //! and collect every error rather than stop at the first (as serde would).
 
 use super::diagnostics::{Problem, Problems};
-use super::syntax::{Item, Span, Table, Value};
+use super::syntax::{Array, Item, Span, Table, Value};
 use std::str::FromStr;
 
 /// A value with the place it was written.
@@ -23,7 +23,7 @@ impl<T> Spanned<T> {
 /// A table being read, with what to call it in messages ("machine `n1`") and where it starts.
 #[derive(Clone, Copy)]
 pub struct TableReader<'t, 'a> {
-    pub table: &'t Table<'a>,
+    pub table: Table<'t, 'a>,
     pub span: Span,
     context: &'t str,
     /// Appended to the context as "context `name`", only when a message needs it (formatting
@@ -32,7 +32,7 @@ pub struct TableReader<'t, 'a> {
 }
 
 impl<'t, 'a> TableReader<'t, 'a> {
-    pub fn new(table: &'t Table<'a>, span: Span, context: &'t str) -> Self {
+    pub fn new(table: Table<'t, 'a>, span: Span, context: &'t str) -> Self {
         TableReader {
             table,
             span,
@@ -58,12 +58,12 @@ impl<'t, 'a> TableReader<'t, 'a> {
     }
 
     pub fn from_item(
-        item: &'t Item<'a>,
+        item: &Item<'t, 'a>,
         context: &'t str,
         problems: &mut Problems,
     ) -> Option<Self> {
         match &item.value {
-            Value::Table(table) => Some(TableReader::new(table, item.span, context)),
+            Value::Table(table) => Some(TableReader::new(*table, item.span, context)),
             other => {
                 problems.error(
                     item.span,
@@ -77,8 +77,8 @@ impl<'t, 'a> TableReader<'t, 'a> {
         }
     }
 
-    pub fn item(&self, key: &str) -> Option<&'t Item<'a>> {
-        self.table.get(key).map(|entry| &entry.item)
+    pub fn item(&self, key: &str) -> Option<Item<'t, 'a>> {
+        self.table.get(key).map(|entry| entry.item)
     }
 
     pub fn key_span(&self, key: &str) -> Option<Span> {
@@ -87,10 +87,10 @@ impl<'t, 'a> TableReader<'t, 'a> {
 
     /// Reports every key not in `known`, with a did-you-mean when one is close.
     pub fn check_keys(&self, known: &[&str], problems: &mut Problems) {
-        for entry in &self.table.entries {
-            if !known.contains(&entry.key.as_ref()) {
+        for entry in self.table.entries() {
+            if !known.contains(&entry.key) {
                 problems.push(unknown_key(
-                    &entry.key,
+                    entry.key,
                     entry.key_span,
                     &self.context(),
                     known,
@@ -99,7 +99,7 @@ impl<'t, 'a> TableReader<'t, 'a> {
         }
     }
 
-    pub fn required(&self, key: &str, problems: &mut Problems) -> Option<&'t Item<'a>> {
+    pub fn required(&self, key: &str, problems: &mut Problems) -> Option<Item<'t, 'a>> {
         let item = self.item(key);
         if item.is_none() {
             problems.error(self.span, format!("{} has no `{key}`", self.context()));
@@ -109,12 +109,12 @@ impl<'t, 'a> TableReader<'t, 'a> {
 
     pub fn string(&self, key: &str, problems: &mut Problems) -> Option<Spanned<&'t str>> {
         self.item(key)
-            .and_then(|item| expect_string(item, key, problems))
+            .and_then(|item| expect_string(&item, key, problems))
     }
 
     pub fn required_string(&self, key: &str, problems: &mut Problems) -> Option<Spanned<&'t str>> {
         self.required(key, problems)
-            .and_then(|item| expect_string(item, key, problems))
+            .and_then(|item| expect_string(&item, key, problems))
     }
 
     pub fn owned_string(&self, key: &str, problems: &mut Problems) -> Option<String> {
@@ -190,10 +190,10 @@ impl<'t, 'a> TableReader<'t, 'a> {
         check_choice(key, &text, choices, problems).then_some(text)
     }
 
-    pub fn array(&self, key: &str, problems: &mut Problems) -> Option<&'t [Item<'a>]> {
+    pub fn array(&self, key: &str, problems: &mut Problems) -> Option<Array<'t, 'a>> {
         let item = self.item(key)?;
         match &item.value {
-            Value::Array(array) => Some(&array.items),
+            Value::Array(array) => Some(*array),
             other => {
                 problems.error(
                     item.span,
@@ -210,11 +210,10 @@ impl<'t, 'a> TableReader<'t, 'a> {
             return Vec::new();
         };
         match &item.value {
-            Value::String(text) => vec![Spanned::new(text.as_ref(), item.span)],
+            Value::String(text) => vec![Spanned::new(*text, item.span)],
             Value::Array(array) => array
-                .items
                 .iter()
-                .filter_map(|element| list_string(element, key, problems))
+                .filter_map(|element| list_string(&element, key, problems))
                 .collect(),
             other => {
                 problems.error(
@@ -237,17 +236,17 @@ impl<'t, 'a> TableReader<'t, 'a> {
         problems: &mut Problems,
     ) -> Option<TableReader<'t, 'a>> {
         self.item(key)
-            .and_then(|item| TableReader::from_item(item, context, problems))
+            .and_then(|item| TableReader::from_item(&item, context, problems))
     }
 }
 
 pub fn expect_string<'t>(
-    item: &'t Item<'_>,
+    item: &Item<'t, '_>,
     key: &str,
     problems: &mut Problems,
 ) -> Option<Spanned<&'t str>> {
-    match &item.value {
-        Value::String(text) => Some(Spanned::new(text.as_ref(), item.span)),
+    match item.value {
+        Value::String(text) => Some(Spanned::new(text, item.span)),
         other => {
             problems.error(
                 item.span,
@@ -259,12 +258,12 @@ pub fn expect_string<'t>(
 }
 
 fn list_string<'t>(
-    item: &'t Item<'_>,
+    item: &Item<'t, '_>,
     key: &str,
     problems: &mut Problems,
 ) -> Option<Spanned<&'t str>> {
-    match &item.value {
-        Value::String(text) => Some(Spanned::new(text.as_ref(), item.span)),
+    match item.value {
+        Value::String(text) => Some(Spanned::new(text, item.span)),
         other => {
             problems.error(
                 item.span,

@@ -153,7 +153,7 @@ pub fn human_bytes(bytes: u64) -> String {
         ("KB", 1000),
     ];
     for (unit, size) in BINARY.into_iter().chain(DECIMAL) {
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{unit}", bytes / size);
         }
     }

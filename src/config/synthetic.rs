@@ -61,12 +61,16 @@ fn write_machine(text: &mut String, index: usize) {
     let host = index % MACHINES_PER_SUBNET + FIRST_HOST;
     let (high, low) = (host / 256, host % 256);
     let octet = 100 + subnet;
-    let profile = if index % 10 == 0 {
+    let profile = if index.is_multiple_of(10) {
         "storage"
     } else {
         "compute"
     };
-    let state = if index % 3 == 0 { "deployed" } else { "ready" };
+    let state = if index.is_multiple_of(3) {
+        "deployed"
+    } else {
+        "ready"
+    };
     let [_, b, c, d] = (index as u32).to_be_bytes();
     let _ = write!(
         text,
@@ -74,7 +78,7 @@ fn write_machine(text: &mut String, index: usize) {
         index / 40
     );
     let _ = write!(text, "macs = [\"52:54:{b:02x}:{c:02x}:{d:02x}:01\"");
-    if index % 2 == 0 {
+    if index.is_multiple_of(2) {
         let _ = write!(text, ", \"52:54:{b:02x}:{c:02x}:{d:02x}:02\"");
     }
     let _ = write!(

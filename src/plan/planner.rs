@@ -465,7 +465,7 @@ fn hardware_drift(expect: &Expectations, machine: &ObservedMachine) -> Vec<Strin
     let large_enough = |size: &&i64| {
         expect
             .min_disk_size_bytes
-            .map_or(true, |minimum| **size >= minimum as i64)
+            .is_none_or(|minimum| **size >= minimum as i64)
     };
     let wanted_disks = expect
         .min_disks

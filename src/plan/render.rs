@@ -129,7 +129,7 @@ fn render_step(number: usize, step: &Step, options: RenderOptions, text: &mut St
 fn push_padded(text: &mut String, value: &str, width: usize) {
     text.push_str(value);
     let count = value.chars().count();
-    text.extend(std::iter::repeat(' ').take(width.saturating_sub(count)));
+    text.extend(std::iter::repeat_n(' ', width.saturating_sub(count)));
 }
 
 /// The attribute changes as a unified diff of `field = value` lines.

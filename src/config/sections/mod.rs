@@ -13,7 +13,7 @@ mod storage;
 mod subnets;
 
 pub use controller::ControllerDecl;
-pub use machines::{read_element as read_machine, InterfaceDecl, MachineDecl};
+pub use machines::{InterfaceDecl, MachineDecl};
 pub use network::NetworkDecl;
 pub use policy::PolicyDecl;
 pub use profiles::ProfileDecl;
@@ -65,7 +65,7 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
 ];
 
 pub fn read_document(
-    root: &Table<'_>,
+    root: Table<'_, '_>,
     base_dir: &Path,
     declarations: &mut Declarations,
     problems: &mut Problems,
@@ -167,7 +167,7 @@ fn for_each_named<'t, 'a>(
         );
         return;
     };
-    for entry in &table.entries {
+    for entry in table.entries() {
         let context = format!("{kind} `{}`", entry.key);
         let name = Spanned::new(entry.key.to_string(), entry.key_span);
         if let Some(reader) = TableReader::from_item(&entry.item, &context, problems) {
@@ -195,11 +195,11 @@ pub fn size(
     problems: &mut Problems,
 ) -> Option<Spanned<SizeSpec>> {
     let item = reader.item(key)?;
-    size_of_item(item, key, problems)
+    size_of_item(&item, key, problems)
 }
 
 pub fn size_of_item(
-    item: &Item<'_>,
+    item: &Item<'_, '_>,
     key: &str,
     problems: &mut Problems,
 ) -> Option<Spanned<SizeSpec>> {

@@ -60,8 +60,12 @@ pub fn read(
     let mut subnet_references = Vec::new();
     let mut names: Vec<Spanned<String>> = Vec::new();
     let mut links: Vec<(Spanned<String>, Span)> = Vec::new();
-    for item in reader.array("interfaces", problems).unwrap_or_default() {
-        let Some(table) = TableReader::from_item(item, "an interface", problems) else {
+    for item in reader
+        .array("interfaces", problems)
+        .unwrap_or_default()
+        .iter()
+    {
+        let Some(table) = TableReader::from_item(&item, "an interface", problems) else {
             continue;
         };
         let Some(interface) = read_interface(&table, &mut subnet_references, &mut links, problems)

@@ -100,7 +100,7 @@ fn timeouts(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Timeouts {
 /// `None` for anything else, for 0, and for more than `u32::MAX` seconds.
 pub fn duration_seconds(
     key: &str,
-    value: &Value<'_>,
+    value: &Value<'_, '_>,
     span: Span,
     problems: &mut Problems,
 ) -> Option<u32> {
@@ -182,6 +182,6 @@ fn protected_tags(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Vec<
     let Value::Table(table) = &item.value else {
         return Vec::new();
     };
-    let table = TableReader::new(table, item.span, "[policy.protected]");
+    let table = TableReader::new(*table, item.span, "[policy.protected]");
     super::tags(&table, problems)
 }

@@ -278,15 +278,15 @@ pub fn secret(
     let item = table.item(key)?;
     let context = format!("`{key}`");
     let reference = match &item.value {
-        Value::Table(_) => TableReader::from_item(item, &context, problems)?,
+        Value::Table(_) => TableReader::from_item(&item, &context, problems)?,
         Value::String(_) => {
             let problem = Problem::new(
                 item.span,
                 format!("`{key}` is written inline; secrets must be references"),
             );
             let webhook = matches!(
-                table.item("type").map(|item| &item.value),
-                Some(Value::String(kind)) if kind == "webhook"
+                table.item("type").map(|item| item.value),
+                Some(Value::String("webhook"))
             );
             let (example, example_file) = match (key, webhook) {
                 ("token", _) => ("WEBHOOK_TOKEN", "webhook-token"),
@@ -353,6 +353,6 @@ trait DefaultTrue {
 
 impl DefaultTrue for Option<crate::config::read::Spanned<bool>> {
     fn or_true(self) -> bool {
-        self.map_or(true, |flag| flag.value)
+        self.is_none_or(|flag| flag.value)
     }
 }

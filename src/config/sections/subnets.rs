@@ -47,7 +47,7 @@ pub fn read(
         .and_then(|text| cidr(text, problems))?;
     let dynamic = reader
         .item("dynamic_range")
-        .and_then(|item| range(item, "dynamic_range", RANGE_KEYS, &cidr, problems));
+        .and_then(|item| range(&item, "dynamic_range", RANGE_KEYS, &cidr, problems));
     let reserved: Vec<_> = reserved_ranges(&reader, &cidr, problems);
     check_range_overlaps(dynamic.as_ref(), &reserved, problems);
     let subnet = Subnet {
@@ -149,7 +149,7 @@ fn domain(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Option<Strin
 /// `{ start = "10.0.0.100", end = "10.0.0.199" }`, inside the subnet, start ≤ end.
 /// The second element is the comment, for reserved ranges.
 fn range(
-    item: &Item<'_>,
+    item: &Item<'_, '_>,
     key: &str,
     keys: &[&str],
     cidr: &Spanned<IpNet>,
@@ -202,7 +202,7 @@ fn reserved_ranges(
     };
     items
         .iter()
-        .filter_map(|item| range(item, "reserved", RESERVED_KEYS, cidr, problems))
+        .filter_map(|item| range(&item, "reserved", RESERVED_KEYS, cidr, problems))
         .map(|spanned| {
             Spanned::new(
                 ReservedRange {
