@@ -18,7 +18,7 @@ use sqlx::AnyConnection;
 use std::collections::HashSet;
 
 const MACHINE_COLUMNS: &str = "id, name, status, previous_status, locked, power, owner, commissioned, \
-     deployed_os, generation, status_reason, status_since, last_heard, boot_started, power_decided, arch, \
+     deployed_os, generation, status_reason, status_since, last_heard, boot_started, power_decided, boot_mac, arch, \
      power_type, power_params, bmc_address, image, tags, cpus, cpu_model, cpu_speed_mhz, memory_mib, facts, created_at, updated_at";
 
 /// The columns of a summary, in [`PackedSummary`]'s order.
@@ -535,8 +535,8 @@ async fn insert_new_machine(
     let row = sqlx::query(
         "INSERT INTO machines (name, status, previous_status, locked, power, owner, commissioned, deployed_os, \
              generation, status_since, arch, power_type, power_params, bmc_address, image, tags, facts, \
-             created_at, updated_at) \
-         VALUES ($1, $2, NULL, 0, $3, NULL, 0, $4, 1, $5, $6, $7, $8, $9, $10, $11, '{}', $5, $5) \
+             created_at, updated_at, boot_mac) \
+         VALUES ($1, $2, NULL, 0, $3, NULL, 0, $4, 1, $5, $6, $7, $8, $9, $10, $11, '{}', $5, $5, $12) \
          RETURNING id",
     )
     .bind(name)
@@ -550,6 +550,7 @@ async fn insert_new_machine(
     .bind(new.bmc_address.as_deref())
     .bind(new.image.as_deref())
     .bind(json_text(&new.tags))
+    .bind(new.macs.first().map(|mac| mac.to_string()))
     .fetch_one(&mut *connection)
     .await
     .map_err(|error| conflict_if_unique_violation(error, name))?;
@@ -755,6 +756,7 @@ pub(super) fn machine_from_columns(
         last_heard: get(row, "last_heard")?,
         boot_started: get(row, "boot_started")?,
         power_decided: get(row, "power_decided")?,
+        boot_mac: get_opt_parsed(row, "boot_mac")?,
         arch: get(row, "arch")?,
         power_type,
         power_params: get_json(row, "power_params")?,

@@ -105,6 +105,10 @@ pub struct MachineRecord {
     /// The generation of the latest decision that asked for a power command; a command made for
     /// an older generation is stale (see `controller::power`).
     pub power_decided: i64,
+    /// The MAC it netboots from, as recorded when it was created (an enlisting machine's boot
+    /// MAC, a fleet file's `pxe_mac`); `None` for records older than the column.
+    #[serde(default)]
+    pub boot_mac: Option<MacAddr>,
     pub arch: Option<String>,
     /// `unconfigured`, `manual`, `ipmi`, `redfish`, `webhook`, `qemu`.
     pub power_type: String,
@@ -185,6 +189,7 @@ pub struct NewMachine {
     pub name: MachineName,
     /// `new`, `missing`, `retired`, or `deployed` for a machine added live.
     pub status: Status,
+    /// The first is the MAC it netboots from (recorded as the record's `boot_mac`).
     pub macs: Vec<MacAddr>,
     pub arch: Option<String>,
     pub power_type: String,
