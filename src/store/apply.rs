@@ -67,6 +67,7 @@ impl Store {
                     model: None,
                     serial: None,
                     id_path: None,
+                    bus: None,
                     size_bytes: get(row, "size_bytes")?,
                     block_size: None,
                     rotational: None,

@@ -654,8 +654,8 @@ async fn insert_disk(
     disk: &Disk,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO disks (machine_id, name, model, serial, id_path, size_bytes, block_size, rotational) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO disks (machine_id, name, model, serial, id_path, size_bytes, block_size, rotational, bus) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(machine_id)
     .bind(disk.name.as_str())
@@ -665,6 +665,7 @@ async fn insert_disk(
     .bind(disk.size_bytes)
     .bind(disk.block_size)
     .bind(disk.rotational.map(bool_int))
+    .bind(disk.bus.as_deref())
     .execute(&mut *connection)
     .await?;
     Ok(())
@@ -704,7 +705,7 @@ pub(crate) async fn load_machine_by_id(
         .map(interface_from_row)
         .collect::<Result<_, _>>()?;
     let disk_rows = sqlx::query(
-        "SELECT name, model, serial, id_path, size_bytes, block_size, rotational FROM disks \
+        "SELECT name, model, serial, id_path, bus, size_bytes, block_size, rotational FROM disks \
          WHERE machine_id = $1 ORDER BY id",
     )
     .bind(id)
@@ -797,6 +798,7 @@ fn disk_from_row(row: &AnyRow) -> Result<Disk, StoreError> {
         model: get(row, "model")?,
         serial: get(row, "serial")?,
         id_path: get(row, "id_path")?,
+        bus: get(row, "bus")?,
         size_bytes: get(row, "size_bytes")?,
         block_size: get(row, "block_size")?,
         rotational: get_opt_bool(row, "rotational")?,

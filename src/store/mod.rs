@@ -163,6 +163,10 @@ pub struct Disk {
     pub model: Option<String>,
     pub serial: Option<String>,
     pub id_path: Option<String>,
+    /// The bus it sits on as the disk script reports it: `virtio`, `nvme`, `ata`, `scsi`
+    /// (virtio-scsi too), `usb`, `mmc`, `other`; `None` when not reported (older records).
+    #[serde(default)]
+    pub bus: Option<String>,
     pub size_bytes: i64,
     pub block_size: Option<i64>,
     pub rotational: Option<bool>,

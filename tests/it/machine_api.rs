@@ -380,6 +380,12 @@ async fn commissioning_goes_through_testing_to_ready() {
         (record.disks[0].name.as_str(), record.disks[0].size_bytes),
         ("vda", 10 << 30)
     );
+    // The bus the disk script reported is stored and in the JSON view.
+    assert_eq!(record.disks[0].bus.as_deref(), Some("virtio"));
+    let shown = controller.fleet(&["machine", "show", &machine.name, "--json"]);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["machine"]["disks"][0]["bus"], "virtio", "{shown}");
     // The interfaces script's names replace the placeholders; the MACs stay the machine's.
     let eth0 = record
         .interfaces

@@ -4,3 +4,7 @@
 -- boot NIC; this column keeps which one it is, so that `fleet adopt` writes it as `pxe_mac`.
 -- NULL for machines created before it: their first interface stands in.
 ALTER TABLE machines ADD COLUMN boot_mac TEXT;
+
+-- The bus a disk sits on, as the disk script reports it (virtio, nvme, ata, scsi, usb, mmc,
+-- other); NULL for disks stored before it.
+ALTER TABLE disks ADD COLUMN bus TEXT;
