@@ -109,6 +109,10 @@ pub struct MachineRecord {
     /// MAC, a fleet file's `pxe_mac`); `None` for records older than the column.
     #[serde(default)]
     pub boot_mac: Option<MacAddr>,
+    /// What fleet expects the power to become after its own doing, not confirmed yet by a
+    /// power query (see `controller::power_poll`).
+    #[serde(default)]
+    pub power_intent: Option<PowerIntent>,
     pub arch: Option<String>,
     /// `unconfigured`, `manual`, `ipmi`, `redfish`, `webhook`, `qemu`.
     pub power_type: String,
@@ -135,6 +139,15 @@ impl MachineRecord {
             last_heard: self.last_heard,
         }
     }
+}
+
+/// What fleet expects a machine's power to become: `target`, perhaps `passing` through another
+/// state on the way (a cycle: off, then on), because of `why` ("power cycle by fleet", ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerIntent {
+    pub target: PowerState,
+    pub passing: Option<PowerState>,
+    pub why: String,
 }
 
 /// Hardware facts found by commissioning (empty until then).

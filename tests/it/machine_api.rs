@@ -380,6 +380,12 @@ async fn commissioning_goes_through_testing_to_ready() {
         (record.disks[0].name.as_str(), record.disks[0].size_bytes),
         ("vda", 10 << 30)
     );
+    // Told `after poweroff`: fleet expects the machine to power itself off, so the power poll
+    // will not call that a change made outside fleet.
+    assert_eq!(
+        record.power_intent.map(|intent| intent.target),
+        Some(fleet::model::PowerState::Off)
+    );
     // The bus the disk script reported is stored and in the JSON view.
     assert_eq!(record.disks[0].bus.as_deref(), Some("virtio"));
     let shown = controller.fleet(&["machine", "show", &machine.name, "--json"]);
