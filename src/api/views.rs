@@ -60,6 +60,9 @@ pub struct MachineView {
     pub image: Option<String>,
     pub tags: Vec<String>,
     pub macs: Vec<MacAddr>,
+    /// The MAC it netboots from (recorded when it was created; absent for older records).
+    #[serde(default)]
+    pub boot_mac: Option<MacAddr>,
     pub hardware: HardwareView,
     pub interfaces: Vec<Interface>,
     pub disks: Vec<Disk>,
@@ -106,6 +109,7 @@ impl From<&MachineRecord> for MachineView {
                 .iter()
                 .map(|interface| interface.mac)
                 .collect(),
+            boot_mac: record.boot_mac,
             hardware: HardwareView {
                 cpus: record.hardware.cpus,
                 cpu_model: record.hardware.cpu_model.clone(),

@@ -110,6 +110,7 @@ fn apply_disk(fields: &Fields, inventory: &mut Inventory) -> Result<(), String> 
         model: fields.text("model").map(str::to_string),
         serial: fields.text("serial").map(str::to_string),
         id_path: fields.text("id_path").map(str::to_string),
+        bus: fields.text("bus").map(str::to_string),
         size_bytes: fields.required_number("size")?,
         block_size: fields.number("block_size")?,
         rotational: fields.flag("rotational")?,

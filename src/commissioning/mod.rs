@@ -30,7 +30,9 @@
 //!   sysfs; `memory_mib` is installed_kib / 1024 when given, else kib / 1024)
 //! - `disk name*=vda size*=BYTES bus=virtio|nvme|ata|scsi|usb|mmc|other model="..." serial=...
 //!   id_path=/dev/disk/by-id/... rotational=0|1 block_size=512` (one per disk; `id_path` is
-//!   derived the way udev names the link, absent when that cannot be known for certain)
+//!   derived the way udev names the link, absent when that cannot be known for certain; a SCSI
+//!   disk, virtio-scsi included, gets scsi_id's `scsi-...` from VPD page 0x83 when it has no
+//!   WWN; `bus` is stored with the disk)
 //! - `interface name*=eth0 mac*=52:54:00:12:34:56 link=up|down speed=1000 driver=e1000`
 //!   (Ethernet interfaces with a device behind them; speed in Mb/s, absent when unknown)
 //! - `pci slot*=0000:00:03.0 vendor=8086 device=100e class=020000 subsystem_vendor=...

@@ -756,11 +756,13 @@ fn qemu_disks_expected() -> Vec<Disk> {
                 model: Option<&str>,
                 serial: &str,
                 id_path: &str,
+                bus: &str,
                 rotational: bool| Disk {
         name: name.into(),
         model: model.map(str::to_string),
         serial: Some(serial.into()),
         id_path: Some(format!("/dev/disk/by-id/{id_path}")),
+        bus: Some(bus.into()),
         size_bytes,
         block_size: Some(512),
         rotational: Some(rotational),
@@ -772,6 +774,7 @@ fn qemu_disks_expected() -> Vec<Disk> {
             Some("QEMU NVMe Ctrl"),
             "fleetnvme0",
             "nvme-QEMU_NVMe_Ctrl_fleetnvme0",
+            "nvme",
             false,
         ),
         disk(
@@ -780,6 +783,7 @@ fn qemu_disks_expected() -> Vec<Disk> {
             Some("QEMU HARDDISK"),
             "QM00001",
             "ata-QEMU_HARDDISK_QM00001",
+            "ata",
             true,
         ),
         disk(
@@ -788,9 +792,104 @@ fn qemu_disks_expected() -> Vec<Disk> {
             None,
             "fleet-disk-0",
             "virtio-fleet-disk-0",
+            "virtio",
             true,
         ),
     ]
+}
+
+/// Disks on SCSI hosts that are neither ATA nor USB, as a Debian kernel shows them: QEMU's
+/// scsi-hd on virtio-scsi (VPD page 0x83 with one vendor-specific ASCII designator, no wwid),
+/// one given a WWN (the kernel's wwid), and a SAS disk whose page 0x83 has a target-port NAA
+/// before the LUN's NAA (binary). Each gets the by-id link udev's scsi_id would make, and the
+/// bus reaches the stored disk.
+#[test]
+fn disks_behind_virtio_scsi_and_sas_get_their_by_id_paths() {
+    let sandbox = Sandbox::new();
+    let tree = FakeTree::new();
+    let host = format!("{PCI}/0000:00:07.0/virtio3/host2");
+    let scsi_disk = |name: &str, lun: u32, files: &[(&str, &[u8])]| {
+        let device = format!("{host}/target2:0:{lun}/2:0:{lun}:0");
+        let block = format!("{device}/block/{name}");
+        tree.link(&format!("sys/block/{name}"), &block)
+            .files(
+                &block,
+                &[
+                    ("size", "2097152\n"),
+                    ("dev", "8:0\n"),
+                    ("queue/rotational", "1\n"),
+                    ("queue/logical_block_size", "512\n"),
+                ],
+            )
+            .link(&format!("{block}/device"), &device)
+            .files(
+                &device,
+                &[("vendor", "QEMU    \n"), ("model", "QEMU HARDDISK   \n")],
+            );
+        for (file, content) in files {
+            tree.file(&format!("{device}/{file}"), content);
+        }
+    };
+    // QEMU: `-device virtio-scsi-pci -device scsi-hd,serial=fleet-scsi-0`.
+    let mut page83 = vec![0x00, 0x83, 0x00, 4 + 12, 0x02, 0x00, 0x00, 12];
+    page83.extend_from_slice(b"fleet-scsi-0");
+    scsi_disk(
+        "sda",
+        0,
+        &[
+            ("vpd_pg80", b"\x00\x80\x00\x0cfleet-scsi-0"),
+            ("vpd_pg83", &page83),
+        ],
+    );
+    // `scsi-hd,serial=fleet-scsi-1,wwn=0x5000c50015ea71ac`: the kernel's wwid names it.
+    scsi_disk(
+        "sdb",
+        1,
+        &[
+            ("vpd_pg80", b"\x00\x80\x00\x0cfleet-scsi-1"),
+            ("wwid", b"naa.5000c50015ea71ac\n"),
+        ],
+    );
+    // A SAS disk: the target port's NAA (association 1) first, then the LUN's; no wwid file.
+    let sas: &[u8] = &[
+        0x00, 0x83, 0x00, 24, // header
+        0x61, 0x93, 0x00, 8, 0x50, 0x00, 0xc5, 0x00, 0x99, 0x99, 0x99, 0x99, // target port
+        0x01, 0x03, 0x00, 8, 0x50, 0x00, 0xc5, 0x00, 0x15, 0xea, 0x71, 0xad, // LUN
+    ];
+    scsi_disk("sdc", 2, &[("vpd_pg83", sas)]);
+    let environment = tree.environment();
+    let environment: Vec<(&str, &str)> = environment
+        .iter()
+        .map(|(key, value)| (*key, value.as_str()))
+        .collect();
+    let stdout = sandbox.run_passing("30-fleet-disks", &environment);
+    assert!(
+        stdout.starts_with(
+            "disk name=sda size=1073741824 bus=scsi model=\"QEMU HARDDISK\" serial=fleet-scsi-0 \
+             id_path=/dev/disk/by-id/scsi-0QEMU_QEMU_HARDDISK_fleet-scsi-0 rotational=1 block_size=512\n"
+        ),
+        "{stdout}"
+    );
+    let disks: Vec<(String, Option<String>, Option<String>)> = parse_clean(&stdout)
+        .disks
+        .into_iter()
+        .map(|disk| (disk.name, disk.bus, disk.id_path))
+        .collect();
+    let expected = |name: &str, link: &str| {
+        (
+            name.to_string(),
+            Some("scsi".to_string()),
+            Some(format!("/dev/disk/by-id/{link}")),
+        )
+    };
+    assert_eq!(
+        disks,
+        [
+            expected("sda", "scsi-0QEMU_QEMU_HARDDISK_fleet-scsi-0"),
+            expected("sdb", "wwn-0x5000c50015ea71ac"),
+            expected("sdc", "scsi-35000c50015ea71ad"),
+        ]
+    );
 }
 
 /// Awkward DMI strings go through the script's quoting and come back out of the parser.

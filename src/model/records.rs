@@ -26,6 +26,14 @@ pub struct MachineRecord {
     /// The generation of the latest decision that asked for a power command; a command made for
     /// an older generation is stale (see `controller::power`).
     pub power_decided: i64,
+    /// The MAC it netboots from, as recorded when it was created (an enlisting machine's boot
+    /// MAC, a fleet file's `pxe_mac`); `None` for records older than the column.
+    #[serde(default)]
+    pub boot_mac: Option<MacAddr>,
+    /// What fleet expects the power to become after its own doing, not confirmed yet by a
+    /// power query (see `services::power_poll`).
+    #[serde(default)]
+    pub power_intent: Option<PowerIntent>,
     pub arch: Option<String>,
     /// `unconfigured`, `manual`, `ipmi`, `redfish`, `webhook`, `qemu`.
     pub power_type: String,
@@ -54,6 +62,15 @@ impl MachineRecord {
     }
 }
 
+/// What fleet expects a machine's power to become: `target`, perhaps `passing` through another
+/// state on the way (a cycle: off, then on), because of `why` ("power cycle by fleet", ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerIntent {
+    pub target: PowerState,
+    pub passing: Option<PowerState>,
+    pub why: String,
+}
+
 /// Hardware facts found by commissioning (empty until then).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Hardware {
@@ -80,6 +97,10 @@ pub struct Disk {
     pub model: Option<String>,
     pub serial: Option<String>,
     pub id_path: Option<String>,
+    /// The bus it sits on as the disk script reports it: `virtio`, `nvme`, `ata`, `scsi`
+    /// (virtio-scsi too), `usb`, `mmc`, `other`; `None` when not reported (older records).
+    #[serde(default)]
+    pub bus: Option<String>,
     pub size_bytes: i64,
     pub block_size: Option<i64>,
     pub rotational: Option<bool>,
@@ -106,6 +127,7 @@ pub struct NewMachine {
     pub name: MachineName,
     /// `new`, `missing`, `retired`, or `deployed` for a machine added live.
     pub status: Status,
+    /// The first is the MAC it netboots from (recorded as the record's `boot_mac`).
     pub macs: Vec<MacAddr>,
     pub arch: Option<String>,
     pub power_type: String,

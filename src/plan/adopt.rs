@@ -115,6 +115,11 @@ pub fn adopt_machine_toml(machine: &ObservedMachine) -> String {
             .map(|mac| toml_string(&mac.to_string()))
             .collect();
         let _ = writeln!(text, "macs = [{}]", macs.join(", "));
+        // The observed MACs come boot MAC first, which is also the fleet file's default; said
+        // explicitly so that the DHCP server's fixed address goes to the NIC that netboots.
+        if machine.macs.len() > 1 {
+            let _ = writeln!(text, "pxe_mac = {}", macs[0]);
+        }
     }
     if let Some(arch) = machine
         .arch

@@ -3,7 +3,7 @@
 
 use crate::config::{MachineSpec, PowerSpec};
 use crate::model::records::NewMachine;
-use crate::model::Status;
+use crate::model::{MacAddr, Status};
 use serde_json::Value;
 
 /// The power type and parameters the store should hold for `power`. Secrets stay references.
@@ -136,6 +136,19 @@ fn write_canonical(value: &Value, text: &mut String) {
     }
 }
 
+/// The machine's MACs, the one it netboots from (`pxe_mac`, else the first) first: the store
+/// records the first as the machine's boot MAC.
+fn netboot_first(spec: &MachineSpec) -> Vec<MacAddr> {
+    let mut macs = spec.macs.clone();
+    if let Some(at) = spec
+        .pxe_mac
+        .and_then(|pxe| macs.iter().position(|mac| *mac == pxe))
+    {
+        macs[..=at].rotate_right(1);
+    }
+    macs
+}
+
 /// The record to create for a declared machine the store does not have.
 pub fn new_machine(spec: &MachineSpec) -> NewMachine {
     let (power_type, power_params) = desired_power(&spec.power);
@@ -143,7 +156,7 @@ pub fn new_machine(spec: &MachineSpec) -> NewMachine {
     NewMachine {
         name: spec.name.clone(),
         status: if live { Status::Deployed } else { Status::New },
-        macs: spec.macs.clone(),
+        macs: netboot_first(spec),
         arch: Some(spec.arch.as_str().to_string()),
         power_type,
         power_params,

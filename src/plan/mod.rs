@@ -183,6 +183,7 @@ pub struct ObservedMachine {
     pub image: Option<String>,
     pub tags: Vec<String>,
     pub arch: Option<String>,
+    /// The MAC it netboots from first (the recorded boot MAC), then the others.
     pub macs: Vec<MacAddr>,
     pub hardware: ObservedHardware,
     /// The store's generation number of the record.
@@ -205,6 +206,23 @@ impl ObservedHardware {
     pub fn is_known(&self) -> bool {
         self.cpus.is_some() || self.memory_mib.is_some() || !self.disk_sizes.is_empty()
     }
+}
+
+/// The record's MACs in its interfaces' order, but the one it netboots from (its recorded boot
+/// MAC) first: commissioning stores the interfaces in the order the machine lists them.
+fn boot_mac_first(record: &MachineRecord) -> Vec<MacAddr> {
+    let mut macs: Vec<MacAddr> = record
+        .interfaces
+        .iter()
+        .map(|interface| interface.mac)
+        .collect();
+    if let Some(at) = record
+        .boot_mac
+        .and_then(|boot| macs.iter().position(|mac| *mac == boot))
+    {
+        macs[..=at].rotate_right(1);
+    }
+    macs
 }
 
 impl ObservedMachine {
@@ -232,11 +250,7 @@ impl ObservedMachine {
             image: record.image.clone(),
             tags,
             arch: record.arch.clone(),
-            macs: record
-                .interfaces
-                .iter()
-                .map(|interface| interface.mac)
-                .collect(),
+            macs: boot_mac_first(record),
             hardware: ObservedHardware {
                 cpus: record.hardware.cpus,
                 memory_mib: record.hardware.memory_mib,

@@ -130,6 +130,22 @@ fn command_name(command: PowerCommand) -> &'static str {
     }
 }
 
+/// What fleet expects the power to become once `command` has run: the power poll judges what
+/// it finds against this (a cycle passes through off on its way to on).
+fn power_intent(command: PowerCommand) -> crate::store::PowerIntent {
+    use crate::model::PowerState;
+    let (target, passing) = match command {
+        PowerCommand::On => (PowerState::On, None),
+        PowerCommand::Off(_) => (PowerState::Off, None),
+        PowerCommand::Cycle => (PowerState::On, Some(PowerState::Off)),
+    };
+    crate::store::PowerIntent {
+        target,
+        passing,
+        why: format!("power {} by fleet", command_name(command)),
+    }
+}
+
 /// Runs the power command decided with `record` (the machine as the decision left it); a failure
 /// fails the in-progress status it was for, with the driver's message as the reason. A command
 /// overtaken by a newer decision is dropped (and recorded) instead.
@@ -229,6 +245,9 @@ pub async fn carry_out_power(
     if matches!(command, PowerCommand::On | PowerCommand::Cycle) {
         store.boot_clock_started(name).await?;
     }
+    store
+        .set_power_intent(name, Some(&power_intent(command)))
+        .await?;
     match drivers.execute(&power_target(&record), command).await {
         Ok(report) => {
             store
@@ -238,6 +257,7 @@ pub async fn carry_out_power(
         }
         Err(error) => {
             let reason = failed_reason(command, &error);
+            store.set_power_intent(name, None).await?;
             store
                 .set_power(name, crate::model::PowerState::Error, actor, Some(&reason))
                 .await?;

@@ -7,13 +7,21 @@
 //! A query that fails stores power `error`, with the driver's message in the event, once: a
 //! machine whose BMC stays unreachable does not add an event per poll. A driver that cannot
 //! tell (`unknown`, e.g. a webhook without a query URL) changes nothing. A poll that finds
-//! nothing new writes nothing. Writes are guarded by the generation read before the query and
-//! wait a moment (an action in flight stores its own result first), so a poll never overwrites
-//! what an action stored meanwhile nor records fleet's own change as made outside it.
+//! nothing new writes nothing. The query and the write happen in the machine's power turn (a
+//! machine whose queue is busy is skipped) and the write is guarded by the generation read
+//! before the query, so a poll never overwrites what an action stored meanwhile.
+//!
+//! What is found is judged against fleet's recorded power intent (`machines.power_intent`),
+//! not a quiet time: a command fleet ran, or a machine told to power itself off after its run,
+//! records what the power should become. Finding that is recorded as fleet's own doing ("power
+//! found off (was on), as fleet expected: ..."); finding the state a cycle passes through (off,
+//! on its way to on) is not recorded at all; anything else is a change made outside fleet,
+//! however soon after fleet's action it comes. The intent ends when a query confirms it or
+//! finds otherwise, or when the next command records its own.
 
 use crate::model::PowerState;
 use crate::power::{PowerDrivers, PowerTarget};
-use crate::store::{MachineRecord, Store};
+use crate::store::{MachineRecord, PowerIntent, Store};
 use std::time::Duration;
 use tokio::task::JoinSet;
 
@@ -22,12 +30,6 @@ pub const ACTOR: &str = "power-poll";
 
 /// Machines queried at once.
 const CONCURRENCY: usize = 4;
-
-/// How long a change found waits before it is stored. An action stores the power it set only
-/// after its command returns; a poll that queried meanwhile would otherwise record fleet's own
-/// change as made outside fleet. The action's write bumps the machine's generation, and the
-/// poll's guarded write then does nothing.
-const CONFIRM_DELAY: Duration = Duration::from_secs(2);
 
 /// A query that takes longer than this (drivers have their own, shorter, timeouts) is an error.
 const QUERY_LIMIT: Duration = Duration::from_secs(60);
@@ -115,10 +117,24 @@ async fn poll_machine(store: &Store, drivers: &PowerDrivers, record: &MachineRec
         return false;
     };
     let answer = tokio::time::timeout(QUERY_LIMIT, drivers.query(&target)).await;
-    drop(turn);
+    let intent = record.power_intent.as_ref();
     let (found, reason) = match answer {
         Ok(Ok(report)) if report.state == PowerState::Unknown => return false,
-        Ok(Ok(report)) => (report.state, found_reason(report.state, before)),
+        Ok(Ok(report)) => {
+            let found = report.state;
+            match intent {
+                // Fleet's intent confirmed while the store already says so: settled quietly.
+                Some(intent) if found == before && found == intent.target => {
+                    if let Err(error) = store.fulfil_power_intent(record).await {
+                        tracing::warn!(machine = %record.name, %error, "power poll: cannot settle the power intent");
+                    }
+                    return false;
+                }
+                // On its way (a cycle's off): nothing to record yet.
+                Some(intent) if intent.passing == Some(found) => return false,
+                _ => (found, found_reason(found, before, intent)),
+            }
+        }
         Ok(Err(error)) => (PowerState::Error, format!("power query failed: {error}")),
         Err(_) => (
             PowerState::Error,
@@ -132,11 +148,12 @@ async fn poll_machine(store: &Store, drivers: &PowerDrivers, record: &MachineRec
     if found == before {
         return false;
     }
-    tokio::time::sleep(CONFIRM_DELAY).await;
-    match store
+    // Still in the machine's turn: no command runs between the query and the write.
+    let written = store
         .record_found_power(record, found, ACTOR, &reason)
-        .await
-    {
+        .await;
+    drop(turn);
+    match written {
         Ok(changed) => {
             if changed {
                 tracing::info!(machine = %record.name, from = %before, to = %found, "{reason}");
@@ -150,14 +167,25 @@ async fn poll_machine(store: &Store, drivers: &PowerDrivers, record: &MachineRec
     }
 }
 
-/// "power found off (was on), changed outside fleet": fleet's own commands store what they did,
-/// so a change between two known states found by a poll was made by someone else.
-fn found_reason(found: PowerState, before: PowerState) -> String {
-    match before {
-        PowerState::On | PowerState::Off => {
-            format!("power found {found} (was {before}), changed outside fleet")
+/// "power found off (was on), changed outside fleet": a change between two known states that
+/// is not what fleet expects (`intent`) was made by someone else; "..., as fleet expected: WHY"
+/// when it is.
+fn found_reason(found: PowerState, before: PowerState, intent: Option<&PowerIntent>) -> String {
+    match intent {
+        Some(intent) if intent.target == found => {
+            format!(
+                "power found {found} (was {before}), as fleet expected: {}",
+                intent.why
+            )
         }
-        PowerState::Unknown | PowerState::Error => format!("power found {found} (was {before})"),
+        _ => match before {
+            PowerState::On | PowerState::Off => {
+                format!("power found {found} (was {before}), changed outside fleet")
+            }
+            PowerState::Unknown | PowerState::Error => {
+                format!("power found {found} (was {before})")
+            }
+        },
     }
 }
 
@@ -168,12 +196,26 @@ mod tests {
     #[test]
     fn reasons_say_what_changed() {
         assert_eq!(
-            found_reason(PowerState::Off, PowerState::On),
+            found_reason(PowerState::Off, PowerState::On, None),
             "power found off (was on), changed outside fleet"
         );
         assert_eq!(
-            found_reason(PowerState::On, PowerState::Error),
+            found_reason(PowerState::On, PowerState::Error, None),
             "power found on (was error)"
+        );
+        let off = PowerIntent {
+            target: PowerState::Off,
+            passing: None,
+            why: "the machine powered itself off at the end of its run".into(),
+        };
+        assert_eq!(
+            found_reason(PowerState::Off, PowerState::On, Some(&off)),
+            "power found off (was on), as fleet expected: the machine powered itself off at \
+             the end of its run"
+        );
+        assert_eq!(
+            found_reason(PowerState::On, PowerState::Off, Some(&off)),
+            "power found on (was off), changed outside fleet"
         );
         assert!(pollable("qemu") && pollable("ipmi"));
         assert!(!pollable("manual") && !pollable("unconfigured"));

@@ -27,7 +27,8 @@ impl Store {
         let mut transaction = self.begin_read().await?;
         let rows = sqlx::query(
             "SELECT id, name, status, previous_status, locked, power, owner, commissioned, deployed_os, \
-                 generation, status_reason, status_since, last_heard, boot_started, power_decided, arch, \
+                 generation, status_reason, status_since, last_heard, boot_started, power_decided, boot_mac, power_intent, power_intent_passing, \
+                 power_intent_why, arch, \
                  power_type, power_params, bmc_address, image, tags, cpus, cpu_speed_mhz, memory_mib, \
                  created_at, updated_at \
              FROM machines",
@@ -67,6 +68,7 @@ impl Store {
                     model: None,
                     serial: None,
                     id_path: None,
+                    bus: None,
                     size_bytes: get(row, "size_bytes")?,
                     block_size: None,
                     rotational: None,

@@ -8,7 +8,7 @@ use super::codec::{
 use super::events::insert_event;
 use super::{
     Backend, Commit, Disk, Hardware, Interface, MachineRecord, MachineSummary, NewEvent,
-    NewMachine, Store, StoreError,
+    NewMachine, PowerIntent, Store, StoreError,
 };
 use crate::model::{Action, Lifecycle, MacAddr, MachineName, PowerState, Status};
 use crate::store::now_ms;
@@ -18,7 +18,7 @@ use sqlx::AnyConnection;
 use std::collections::HashSet;
 
 const MACHINE_COLUMNS: &str = "id, name, status, previous_status, locked, power, owner, commissioned, \
-     deployed_os, generation, status_reason, status_since, last_heard, boot_started, power_decided, arch, \
+     deployed_os, generation, status_reason, status_since, last_heard, boot_started, power_decided, boot_mac, power_intent, power_intent_passing, power_intent_why, arch, \
      power_type, power_params, bmc_address, image, tags, cpus, cpu_model, cpu_speed_mhz, memory_mib, facts, created_at, updated_at";
 
 /// The columns of a summary, in [`PackedSummary`]'s order.
@@ -275,6 +275,14 @@ impl Store {
         if !write_power_change(&mut transaction, &change).await? {
             return Ok(false);
         }
+        // Found: whether it matched fleet's intent or not, the intent is settled.
+        sqlx::query(
+            "UPDATE machines SET power_intent = NULL, power_intent_passing = NULL, power_intent_why = NULL \
+             WHERE name = $1",
+        )
+        .bind(record.name.as_str())
+        .execute(&mut *transaction)
+        .await?;
         transaction.commit().await?;
         Ok(true)
     }
@@ -299,6 +307,40 @@ impl Store {
             .execute(&self.pool)
             .await?;
         require_one_row(result.rows_affected(), name)
+    }
+
+    /// Records what fleet expects the machine's power to become (`None`: nothing). Does not
+    /// bump the generation: it records fleet's expectation, not a change of the machine.
+    pub async fn set_power_intent(
+        &self,
+        name: &str,
+        intent: Option<&PowerIntent>,
+    ) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "UPDATE machines SET power_intent = $1, power_intent_passing = $2, power_intent_why = $3 \
+             WHERE name = $4",
+        )
+        .bind(intent.map(|intent| intent.target.as_str()))
+        .bind(intent.and_then(|intent| intent.passing.map(|passing| passing.as_str())))
+        .bind(intent.map(|intent| intent.why.as_str()))
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        require_one_row(result.rows_affected(), name)
+    }
+
+    /// The power poll saw the intent's target while the store already said so: the intent is
+    /// fulfilled and dropped, if the machine is still at the generation read (no bump).
+    pub async fn fulfil_power_intent(&self, record: &MachineRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE machines SET power_intent = NULL, power_intent_passing = NULL, power_intent_why = NULL \
+             WHERE name = $1 AND generation = $2",
+        )
+        .bind(record.name.as_str())
+        .bind(record.generation)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Records that a queued power command was dropped, and why, as a `power` event.
@@ -535,8 +577,8 @@ async fn insert_new_machine(
     let row = sqlx::query(
         "INSERT INTO machines (name, status, previous_status, locked, power, owner, commissioned, deployed_os, \
              generation, status_since, arch, power_type, power_params, bmc_address, image, tags, facts, \
-             created_at, updated_at) \
-         VALUES ($1, $2, NULL, 0, $3, NULL, 0, $4, 1, $5, $6, $7, $8, $9, $10, $11, '{}', $5, $5) \
+             created_at, updated_at, boot_mac) \
+         VALUES ($1, $2, NULL, 0, $3, NULL, 0, $4, 1, $5, $6, $7, $8, $9, $10, $11, '{}', $5, $5, $12) \
          RETURNING id",
     )
     .bind(name)
@@ -550,6 +592,7 @@ async fn insert_new_machine(
     .bind(new.bmc_address.as_deref())
     .bind(new.image.as_deref())
     .bind(json_text(&new.tags))
+    .bind(new.macs.first().map(|mac| mac.to_string()))
     .fetch_one(&mut *connection)
     .await
     .map_err(|error| conflict_if_unique_violation(error, name))?;
@@ -653,8 +696,8 @@ async fn insert_disk(
     disk: &Disk,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO disks (machine_id, name, model, serial, id_path, size_bytes, block_size, rotational) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO disks (machine_id, name, model, serial, id_path, size_bytes, block_size, rotational, bus) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(machine_id)
     .bind(disk.name.as_str())
@@ -664,6 +707,7 @@ async fn insert_disk(
     .bind(disk.size_bytes)
     .bind(disk.block_size)
     .bind(disk.rotational.map(bool_int))
+    .bind(disk.bus.as_deref())
     .execute(&mut *connection)
     .await?;
     Ok(())
@@ -703,7 +747,7 @@ pub(crate) async fn load_machine_by_id(
         .map(interface_from_row)
         .collect::<Result<_, _>>()?;
     let disk_rows = sqlx::query(
-        "SELECT name, model, serial, id_path, size_bytes, block_size, rotational FROM disks \
+        "SELECT name, model, serial, id_path, bus, size_bytes, block_size, rotational FROM disks \
          WHERE machine_id = $1 ORDER BY id",
     )
     .bind(id)
@@ -755,6 +799,15 @@ pub(super) fn machine_from_columns(
         last_heard: get(row, "last_heard")?,
         boot_started: get(row, "boot_started")?,
         power_decided: get(row, "power_decided")?,
+        boot_mac: get_opt_parsed(row, "boot_mac")?,
+        power_intent: match get_opt_parsed::<PowerState>(row, "power_intent")? {
+            Some(target) => Some(PowerIntent {
+                target,
+                passing: get_opt_parsed(row, "power_intent_passing")?,
+                why: get::<Option<String>>(row, "power_intent_why")?.unwrap_or_default(),
+            }),
+            None => None,
+        },
         arch: get(row, "arch")?,
         power_type,
         power_params: get_json(row, "power_params")?,
@@ -795,6 +848,7 @@ fn disk_from_row(row: &AnyRow) -> Result<Disk, StoreError> {
         model: get(row, "model")?,
         serial: get(row, "serial")?,
         id_path: get(row, "id_path")?,
+        bus: get(row, "bus")?,
         size_bytes: get(row, "size_bytes")?,
         block_size: get(row, "block_size")?,
         rotational: get_opt_bool(row, "rotational")?,

@@ -31,7 +31,7 @@ mod settings;
 
 pub use crate::model::records::{
     Disk, Event, EventFilter, Hardware, Interface, Lease, MachineRecord, MachineSummary, NewEvent,
-    NewMachine, ScriptResult,
+    NewMachine, PowerIntent, ScriptResult,
 };
 pub use apply::ApplyStepRow;
 pub use db::{now_ms, redact_url, Store};

@@ -380,6 +380,18 @@ async fn commissioning_goes_through_testing_to_ready() {
         (record.disks[0].name.as_str(), record.disks[0].size_bytes),
         ("vda", 10 << 30)
     );
+    // Told `after poweroff`: fleet expects the machine to power itself off, so the power poll
+    // will not call that a change made outside fleet.
+    assert_eq!(
+        record.power_intent.map(|intent| intent.target),
+        Some(fleet::model::PowerState::Off)
+    );
+    // The bus the disk script reported is stored and in the JSON view.
+    assert_eq!(record.disks[0].bus.as_deref(), Some("virtio"));
+    let shown = controller.fleet(&["machine", "show", &machine.name, "--json"]);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["machine"]["disks"][0]["bus"], "virtio", "{shown}");
     // The interfaces script's names replace the placeholders; the MACs stay the machine's.
     let eth0 = record
         .interfaces
@@ -388,6 +400,83 @@ async fn commissioning_goes_through_testing_to_ready() {
         .expect("eth0");
     assert_eq!(eth0.mac.to_string(), "52:54:00:aa:cc:01");
     assert_eq!(eth0.driver.as_deref(), Some("virtio_net"));
+}
+
+/// A machine with two NICs whose boot NIC is the second one it lists (eth1): after
+/// commissioning stores the interfaces in the machine's order, `fleet adopt` still names the
+/// boot MAC as the one it netboots from (the DHCP server's fixed address goes to it), and the
+/// adopted file plans no steps.
+#[tokio::test]
+async fn adopting_a_commissioned_two_nic_machine_keeps_its_boot_mac() {
+    let (controller, directory) = start("10m");
+    let store = controller.store().await;
+    let boot = "52:54:00:aa:c2:01";
+    let other = "02:54:00:aa:c2:01";
+    let machine = commissioning_machine(&controller, &store, boot).await;
+    let (run, scripts) = machine.instructions("commissioning").await;
+    for script in &scripts {
+        let mut words = script.split(' ');
+        let (name, kind) = (words.next().unwrap(), words.next().unwrap());
+        let facts = match name {
+            "40-fleet-interfaces" => format!(
+                "interface name=eth0 mac={other} link=up driver=e1000e\n\
+                 interface name=eth1 mac={boot} link=up driver=virtio_net\n"
+            ),
+            _ => facts_of(name).unwrap_or("").to_string(),
+        };
+        let (_, answer) = machine
+            .post(
+                "results",
+                serde_json::json!({
+                    "run": run, "name": name, "kind": kind, "status": "passed", "exit_code": 0,
+                    "stdout_b64": b64(&facts),
+                }),
+            )
+            .await;
+        assert_eq!(answer, "continue\n", "{name}");
+    }
+    let (_, answer) = machine
+        .post("signal", serde_json::json!({"run": run, "result": "ok"}))
+        .await;
+    assert_eq!(answer, "after poweroff\n");
+    let record = store.machine(&machine.name).await.unwrap().unwrap();
+    assert_eq!(record.lifecycle.status, Status::Ready);
+    let names: Vec<(String, String)> = record
+        .interfaces
+        .iter()
+        .map(|i| (i.name.clone(), i.mac.to_string()))
+        .collect();
+    assert_eq!(
+        names,
+        [("eth0".into(), other.into()), ("eth1".into(), boot.into())]
+    );
+
+    let adopted = directory.path().join("adopted.toml");
+    let output = controller.fleet(&["adopt", "--out", adopted.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = std::fs::read_to_string(&adopted).unwrap();
+    let fleet = fleet::config::load_str("adopted.toml", &text)
+        .unwrap_or_else(|diagnostics| panic!("{}\n{text}", diagnostics.render(false)));
+    let spec = fleet
+        .machines
+        .iter()
+        .find(|spec| spec.name.as_str() == machine.name)
+        .unwrap();
+    let netboots = spec.pxe_mac.or_else(|| spec.macs.first().copied()).unwrap();
+    assert_eq!(netboots.to_string(), boot, "{text}");
+    let planned = controller.fleet(&[
+        "plan",
+        "-f",
+        adopted.to_str().unwrap(),
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(
+        planned.status.code(),
+        Some(0),
+        "{}\n{}\n{text}",
+        stdout(&planned),
+        stderr(&planned)
+    );
 }
 
 /// Fact lines as the built-in commissioning scripts print them for a small VM.

@@ -261,3 +261,129 @@ async fn ipmi_power_through_the_controller_and_the_cli() {
         assert!(!text.contains(PASSWORD) && !text.contains("wrong-Password-7"));
     }
 }
+
+/// The power poll judges what it finds against fleet's power intent, not a quiet time: fleet's
+/// own power-off and its cycle of a machine that was off (the simulator goes off, then on about
+/// a second later) are never "changed outside fleet", while a power-off behind fleet's back at
+/// once after them is, and a machine told to power itself off after its run is found off "as
+/// fleet expected".
+#[tokio::test(flavor = "multi_thread")]
+async fn the_power_poll_tells_fleets_own_changes_from_outside_ones() {
+    use fleet::services::actions::carry_out_power;
+    use fleet::services::power_poll::poll_once;
+    let bmc = Bmc::start(PASSWORD);
+    let password = bmc.password_file("poll-password", PASSWORD);
+    let params = json!({
+        "address": bmc.address(), "user": "admin", "password": {"file": password},
+    });
+    let (store, _directory) = crate::support::db::sqlite_store().await;
+    let new = fleet::store::NewMachine {
+        name: fleet::model::MachineName::parse("bmc-poll").unwrap(),
+        status: fleet::model::Status::New,
+        macs: Vec::new(),
+        arch: None,
+        power_type: "ipmi".into(),
+        power_params: params.clone(),
+        bmc_address: None,
+        image: None,
+        tags: Vec::new(),
+        deployed_os: None,
+    };
+    store.create_machine(&new, "test").await.unwrap();
+    let drivers = PowerDrivers::standard();
+    let decided = store
+        .machine("bmc-poll")
+        .await
+        .unwrap()
+        .unwrap()
+        .power_decided;
+    let reasons = || async {
+        let filter = fleet::store::EventFilter {
+            machine: Some("bmc-poll".into()),
+            ..Default::default()
+        };
+        let mut events = store.events(&filter).await.unwrap();
+        events.sort_by_key(|event| event.id);
+        events
+            .into_iter()
+            .filter(|event| event.kind == "power")
+            .filter_map(|event| event.reason)
+            .collect::<Vec<String>>()
+    };
+    let wait_for = |power: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while bmc.power() != power && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(bmc.power(), power);
+    };
+
+    let run = |command| carry_out_power(&store, &drivers, "bmc-poll", command, decided, "test");
+    run(PowerCommand::Off(PowerOffMode::Hard)).await.unwrap();
+    poll_once(&store, &drivers).await.unwrap();
+    // Cycled while off: polled in the middle of the cycle and after it.
+    run(PowerCommand::Cycle).await.unwrap();
+    poll_once(&store, &drivers).await.unwrap();
+    wait_for("1");
+    poll_once(&store, &drivers).await.unwrap();
+    let power = |record: Option<fleet::store::MachineRecord>| record.unwrap().lifecycle.power;
+    assert_eq!(
+        power(store.machine("bmc-poll").await.unwrap()),
+        PowerState::On
+    );
+    let own = reasons().await;
+    assert!(
+        !own.iter().any(|reason| reason.contains("outside fleet")),
+        "{own:?}"
+    );
+
+    // Switched off behind fleet's back right after fleet's cycle: drift.
+    drivers
+        .execute(
+            &target(params.clone()),
+            PowerCommand::Off(PowerOffMode::Hard),
+        )
+        .await
+        .unwrap();
+    poll_once(&store, &drivers).await.unwrap();
+    let after = reasons().await;
+    assert_eq!(
+        after[own.len()..],
+        ["power found off (was on), changed outside fleet"]
+    );
+    assert_eq!(
+        power(store.machine("bmc-poll").await.unwrap()),
+        PowerState::Off
+    );
+
+    // The machine is told to power itself off at the end of its run (as the runner's signal
+    // answers `after poweroff`): still on at the next poll, then off.
+    run(PowerCommand::On).await.unwrap();
+    wait_for("1");
+    store
+        .set_power_intent(
+            "bmc-poll",
+            Some(&fleet::store::PowerIntent {
+                target: PowerState::Off,
+                passing: None,
+                why: "the machine powered itself off at the end of its run".into(),
+            }),
+        )
+        .await
+        .unwrap();
+    poll_once(&store, &drivers).await.unwrap();
+    drivers
+        .execute(&target(params), PowerCommand::Off(PowerOffMode::Hard))
+        .await
+        .unwrap();
+    poll_once(&store, &drivers).await.unwrap();
+    let last = reasons().await;
+    assert_eq!(
+        last.last().map(String::as_str),
+        Some(
+            "power found off (was on), as fleet expected: the machine powered itself off at \
+             the end of its run"
+        ),
+        "{last:?}"
+    );
+}

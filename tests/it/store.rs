@@ -86,6 +86,7 @@ fn disk(name: &str, size_bytes: i64) -> Disk {
         model: Some("SAMSUNG MZ7L3".into()),
         serial: Some(format!("S{name}")),
         id_path: Some(format!("/dev/disk/by-id/wwn-{name}")),
+        bus: Some("scsi".into()),
         size_bytes,
         block_size: Some(4096),
         rotational: Some(false),

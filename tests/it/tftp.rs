@@ -302,6 +302,74 @@ fn debian_loader_links_are_served_when_published() {
     assert_eq!(sha256_of(&target), sha256_of(&loader("ipxe.efi")));
 }
 
+/// Some firmware asks for `/undionly.kpxe`: served from the root, as tftpd-hpa and dnsmasq do
+/// (curl sends the URL's path after its first slash, so `//undionly.kpxe` asks for
+/// `/undionly.kpxe`).
+#[test]
+fn a_leading_slash_names_the_root() {
+    require("curl");
+    let server = TestTftp::start();
+    let out = tempfile::tempdir().expect("a directory");
+    let target = out.path().join("undionly.kpxe");
+    let url = format!("tftp://{}//undionly.kpxe", server.address);
+    let output = run_client(
+        "curl",
+        &[
+            "--silent",
+            "--show-error",
+            "-o",
+            &target.to_string_lossy(),
+            &url,
+        ],
+    );
+    assert!(output.status.success(), "curl: {}", text_of(&output));
+    assert_eq!(sha256_of(&target), sha256_of(&loader("undionly.kpxe")));
+    let target = out.path().join("by-tftp-hpa.kpxe");
+    let output = tftp_hpa(&server, &format!("get /undionly.kpxe {}", target.display()));
+    assert!(output.status.success(), "tftp-hpa: {}", text_of(&output));
+    assert_eq!(sha256_of(&target), sha256_of(&loader("undionly.kpxe")));
+    let reports = server.wait_for_reports(2);
+    for report in &reports {
+        assert_eq!(report.path, "/undionly.kpxe");
+        assert_eq!(report.outcome, TransferOutcome::Completed);
+    }
+}
+
+/// Netascii (RFC 1350): LF goes out as CR LF and CR as CR NUL, so that tftp-hpa in ascii mode
+/// turns the text back into the file's own bytes.
+#[test]
+fn netascii_mode_converts_line_ends() {
+    require("tftp");
+    let server = TestTftp::start();
+    let text = b"#!ipxe\nchain http://x/boot.ipxe\r\nbare\rcarriage return\n".repeat(100);
+    std::fs::write(server.root.path().join("boot.txt"), &text).expect("written");
+    let out = tempfile::tempdir().expect("a directory");
+    let target = out.path().join("boot.txt");
+    let (host, port) = (server.host(), server.port());
+    let output = run_client(
+        "tftp",
+        &[
+            "-m",
+            "ascii",
+            host.as_str(),
+            port.as_str(),
+            "-c",
+            "get",
+            "boot.txt",
+            &target.to_string_lossy(),
+        ],
+    );
+    assert!(output.status.success(), "tftp-hpa: {}", text_of(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&std::fs::read(&target).expect("fetched")),
+        String::from_utf8_lossy(&text)
+    );
+    let reports = server.wait_for_reports(1);
+    assert_eq!(reports[0].outcome, TransferOutcome::Completed);
+    // Per 54-byte line: 3 LFs become CR LF, 2 CRs become CR NUL.
+    assert_eq!(reports[0].counters.bytes, 100 * (54 + 5));
+}
+
 #[test]
 fn paths_that_escape_the_root_are_refused() {
     let server = TestTftp::start();
@@ -309,8 +377,12 @@ fn paths_that_escape_the_root_are_refused() {
     let cases = [
         ("../etc/hostname", "Error code 2"),
         ("undionly.kpxe/../../etc/hostname", "Error code 2"),
-        ("/etc/hostname", "Error code 2"),
+        // A leading slash names the root (as tftpd-hpa --secure and dnsmasq take it): there is
+        // no etc/hostname under it, and climbing out from it is refused.
+        ("/etc/hostname", "Error code 1"),
+        ("/../etc/hostname", "Error code 2"),
         ("escape", "Error code 2"),
+        ("/escape", "Error code 2"),
         ("missing.bin", "Error code 1"),
     ];
     for (index, (path, expected)) in cases.iter().enumerate() {

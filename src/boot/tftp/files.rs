@@ -92,13 +92,13 @@ impl Source {
     }
 }
 
-/// Checks the requested name's shape: relative, no `..`, no NUL. Backslashes (some firmware
-/// sends DOS paths) count as separators, so `..\x` is caught too.
+/// Checks the requested name's shape: no `..`, no NUL. Backslashes (some firmware sends DOS
+/// paths) count as separators, so `..\x` is caught too. A leading `/` (which some firmware
+/// sends, e.g. `/undionly.kpxe`) names the root, as tftpd-hpa's `--secure` and dnsmasq take
+/// it: the rest is looked up under the root like any relative name.
 pub fn relative_path(requested: &str) -> Result<PathBuf, RefusedPath> {
     let normalised = requested.replace('\\', "/");
-    if normalised.starts_with('/') {
-        return Err(RefusedPath::Absolute);
-    }
+    let normalised = normalised.trim_start_matches('/');
     if normalised.contains('\0') {
         return Err(RefusedPath::NotFound);
     }
@@ -173,8 +173,25 @@ mod tests {
             relative_path("./efi/ipxe.efi"),
             Ok(PathBuf::from("efi/ipxe.efi"))
         );
-        assert_eq!(relative_path("/etc/passwd"), Err(RefusedPath::Absolute));
-        assert_eq!(relative_path("\\etc\\passwd"), Err(RefusedPath::Absolute));
+        // A leading slash names the root, not the server's /.
+        assert_eq!(
+            relative_path("/undionly.kpxe"),
+            Ok(PathBuf::from("undionly.kpxe"))
+        );
+        assert_eq!(
+            relative_path("//efi/ipxe.efi"),
+            Ok(PathBuf::from("efi/ipxe.efi"))
+        );
+        assert_eq!(
+            relative_path("/etc/passwd"),
+            Ok(PathBuf::from("etc/passwd"))
+        );
+        assert_eq!(
+            relative_path("\\etc\\passwd"),
+            Ok(PathBuf::from("etc/passwd"))
+        );
+        assert_eq!(relative_path("/../etc/passwd"), Err(RefusedPath::Climbs));
+        assert_eq!(relative_path("/"), Err(RefusedPath::NotFound));
         assert_eq!(relative_path("../etc/passwd"), Err(RefusedPath::Climbs));
         assert_eq!(relative_path("a/../../b"), Err(RefusedPath::Climbs));
         assert_eq!(relative_path("..\\b"), Err(RefusedPath::Climbs));

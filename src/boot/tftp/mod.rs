@@ -249,13 +249,23 @@ async fn serve_request(
         }
     };
     let size = source.size();
-    let negotiated = options::negotiate(&request.options, size, &config.limits);
+    // Netascii (RFC 1350) sends the file converted, whose length is not known before reading
+    // it: tsize is left unanswered then, as tftpd-hpa does.
+    let netascii = request.mode == "netascii";
+    let requested: Vec<(String, String)> = request
+        .options
+        .iter()
+        .filter(|(name, _)| !(netascii && name == "tsize"))
+        .cloned()
+        .collect();
+    let negotiated = options::negotiate(&requested, size, &config.limits);
     report.size = Some(size);
     report.block_size = negotiated.block_size;
     report.window_size = negotiated.window_size;
     let plan = transfer::TransferPlan {
         negotiated,
         max_retries: config.max_retries,
+        netascii,
     };
     report.outcome = transfer::send_file(&socket, source, &plan, &mut report.counters).await;
     report.elapsed = started.elapsed();

@@ -7,8 +7,10 @@ use super::options::Negotiated;
 use super::packet::{self, ClientPacket};
 use std::collections::VecDeque;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader, ReadBuf};
 use tokio::net::UdpSocket;
 
 /// How a transfer ended.
@@ -39,6 +41,8 @@ pub struct TransferCounters {
 pub struct TransferPlan {
     pub negotiated: Negotiated,
     pub max_retries: u32,
+    /// Netascii mode: LF goes out as CR LF, CR as CR NUL (RFC 1350, as tftpd-hpa sends it).
+    pub netascii: bool,
 }
 
 /// Sends `source` to the peer `socket` is connected to.
@@ -49,6 +53,7 @@ pub async fn send_file(
     counters: &mut TransferCounters,
 ) -> TransferOutcome {
     let reader = match open(source, &plan.negotiated).await {
+        Ok(reader) if plan.netascii => Box::new(NetAscii::new(reader)) as Reader,
         Ok(reader) => reader,
         Err(error) => {
             let _ = socket
@@ -289,4 +294,80 @@ async fn read_block(
     }
     data.truncate(start + filled);
     Ok(filled)
+}
+
+/// A reader giving `inner`'s bytes in netascii: LF as CR LF, CR as CR NUL (RFC 1350; a Unix
+/// file's lines, as tftpd-hpa converts them and a client in ascii mode converts them back).
+struct NetAscii {
+    inner: Reader,
+    /// Converted bytes not handed out yet, from `taken` on.
+    converted: Vec<u8>,
+    taken: usize,
+    raw: Vec<u8>,
+}
+
+impl NetAscii {
+    fn new(inner: Reader) -> Self {
+        NetAscii {
+            inner,
+            converted: Vec::new(),
+            taken: 0,
+            raw: vec![0; 8192],
+        }
+    }
+}
+
+/// Appends `raw` converted to netascii to `out`.
+fn to_netascii(raw: &[u8], out: &mut Vec<u8>) {
+    for &byte in raw {
+        match byte {
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            b'\r' => out.extend_from_slice(b"\r\0"),
+            other => out.push(other),
+        }
+    }
+}
+
+impl AsyncRead for NetAscii {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.taken == this.converted.len() {
+            let mut raw = ReadBuf::new(&mut this.raw);
+            match Pin::new(&mut this.inner).poll_read(context, &mut raw) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Ready(Ok(())) => {}
+            }
+            this.converted.clear();
+            this.taken = 0;
+            // Nothing read is the end of the file, and is passed on as such.
+            to_netascii(raw.filled(), &mut this.converted);
+        }
+        let count = buffer.remaining().min(this.converted.len() - this.taken);
+        buffer.put_slice(&this.converted[this.taken..this.taken + count]);
+        this.taken += count;
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn netascii_sends_lf_as_cr_lf_and_cr_as_cr_nul() {
+        let text = b"one\ntwo\r\nthree\rfour".repeat(1000);
+        let mut reader = NetAscii::new(Box::new(std::io::Cursor::new(text.clone())));
+        let mut sent = Vec::new();
+        reader.read_to_end(&mut sent).await.expect("read");
+        let mut expected = Vec::new();
+        for _ in 0..1000 {
+            expected.extend_from_slice(b"one\r\ntwo\r\0\r\nthree\r\0four");
+        }
+        assert_eq!(sent, expected);
+    }
 }

@@ -2,7 +2,7 @@
 # (served with fact-helpers.inc in front: run `cat fact-helpers.inc THIS | sh` by hand)
 # fleet built-in commissioning script 30-fleet-disks:
 # Every disk: name, size in bytes, model, serial, by-id path, rotational, block size.
-# Runs under busybox sh and reads /proc and /sys only. Prints fact lines on stdout
+# Runs under busybox sh (with its od) and reads /proc and /sys only. Prints fact lines on stdout
 # (`KIND key=value key="quoted value"`, the format is documented in src/commissioning/mod.rs).
 # FLEET_SYSFS and FLEET_PROCFS point it at another tree (the tests use fake ones).
 sys=${FLEET_SYSFS:-/sys}
@@ -21,6 +21,70 @@ vpd_serial() {
   serial=
   if [ -r "$1/vpd_pg80" ]; then
     serial=$(dd if="$1/vpd_pg80" bs=1 skip=4 2>/dev/null | tr -d '\000')
+  fi
+}
+
+# scsi_designators FILE prints the identification descriptors of a VPD page 0x83 (FILE is
+# sysfs's vpd_pg83: a 4-byte header, then the descriptors), one a line: code set, association,
+# designator type, then the designator's bytes in decimal. Nothing for a SCSI-2 style reply
+# (byte 6 not zero), which udev's scsi_id reads another way.
+scsi_designators() {
+  # shellcheck disable=SC2046
+  set -- $(od -An -v -tu1 "$1" 2>/dev/null)
+  [ $# -ge 8 ] && [ "$7" = 0 ] || return 0
+  shift 4
+  while [ $# -ge 4 ]; do
+    code_set=$(($1 & 15)) association=$((($2 >> 4) & 3)) type=$(($2 & 15)) length=$4
+    shift 4
+    [ $# -ge "$length" ] || return 0
+    bytes=
+    while [ "$length" -gt 0 ]; do bytes="$bytes $1"; shift; length=$((length - 1)); done
+    echo "$code_set $association $type$bytes"
+  done
+}
+
+# scsi_serial DEVICE_DIR sets $scsi_serial to the ID_SERIAL udev's scsi_id gives the disk (the
+# by-id link is scsi-ID_SERIAL): the first LUN descriptor of VPD page 0x83 in scsi_id's order
+# (NAA IEEE registered extended, registered, any NAA, EUI-64, T10 vendor id, vendor specific;
+# binary before ASCII), its type as one hex digit, then the designator (binary in lower-case
+# hex); a vendor-specific one (QEMU's scsi-hd on virtio-scsi) with the vendor and model before
+# it. Without page 0x83, page 0x80: `S`, vendor, model, serial. Empty when neither serves.
+scsi_serial() {
+  scsi_serial=
+  read_attr "$1/vendor"; vendor=$attr
+  read_attr "$1/model"; scsi_model=$attr
+  designators=
+  if [ -r "$1/vpd_pg83" ]; then designators=$(scsi_designators "$1/vpd_pg83"); fi
+  for wanted in 3:6:1 3:6:2 3:5:1 3:5:2 3:any:1 3:any:2 2:any:1 2:any:2 1:any:1 1:any:2 \
+    0:any:1 0:any:2; do
+    want_type=${wanted%%:*} want_naa=${wanted#*:} want_code=${wanted##*:}
+    want_naa=${want_naa%:*}
+    found=$(echo "$designators" | while read -r code_set association type first rest; do
+      [ -n "$first" ] && [ "$association" = 0 ] && [ "$type" = "$want_type" ] || continue
+      [ "$code_set" = "$want_code" ] || continue
+      [ "$want_naa" = any ] || [ $((first >> 4)) = "$want_naa" ] || continue
+      echo "$first $rest"
+      break
+    done)
+    [ -n "$found" ] || continue
+    text=
+    for byte in $found; do
+      if [ "$want_code" = 2 ]; then
+        # shellcheck disable=SC2059
+        text="$text$(printf "\\$(printf %03o "$byte")")"
+      else
+        text="$text$(printf %02x "$byte")"
+      fi
+    done
+    case $want_type in
+      0) scsi_serial=0$(printf '%-8.8s%-16.16s' "$vendor" "$scsi_model")$text ;;
+      *) scsi_serial=$want_type$text ;;
+    esac
+    return
+  done
+  vpd_serial "$1"
+  if [ -n "$serial" ]; then
+    scsi_serial=S$(printf '%-8.8s%-16.16s' "$vendor" "$scsi_model")$serial
   fi
 }
 
@@ -62,6 +126,12 @@ disk_identity() {
       if [ -z "$id_path" ]; then
         read_attr "$2/device/wwid"
         case $attr in naa.*) id_path=wwn-0x${attr#naa.} ;; esac
+      fi
+      # SAS, iSCSI, virtio-scsi (which has no wwid unless the disk is given a WWN): the link
+      # udev makes from scsi_id's serial.
+      if [ -z "$id_path" ] && [ "$bus" = scsi ]; then
+        scsi_serial "$2/device"
+        if [ -n "$scsi_serial" ]; then by_id_part "$scsi_serial"; id_path=scsi-$part; fi
       fi ;;
   esac
   if [ -n "$id_path" ]; then id_path=/dev/disk/by-id/$id_path; fi

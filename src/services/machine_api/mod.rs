@@ -403,7 +403,18 @@ pub async fn signal(
         }
         None => {}
     }
-    Ok(role.after())
+    let after = role.after();
+    if after == "poweroff" {
+        // The machine is told to power itself off: the power poll finding it off is fleet's
+        // plan, not a change made outside fleet.
+        let intent = crate::store::PowerIntent {
+            target: crate::model::PowerState::Off,
+            passing: None,
+            why: "the machine powered itself off at the end of its run".into(),
+        };
+        store.set_power_intent(name, Some(&intent)).await?;
+    }
+    Ok(after)
 }
 
 /// A heartbeat: the machine is alive; it is told to stop if its run is over.
