@@ -10,7 +10,7 @@ pub fn describe_seconds(seconds: u64) -> String {
             format!("{count} {word}s")
         }
     };
-    if seconds % 60 != 0 {
+    if !seconds.is_multiple_of(60) {
         plural(seconds, "second")
     } else {
         plural(seconds / 60, "minute")
