@@ -101,21 +101,21 @@ fn strip_comment(line: &str) -> String {
 /// which resolves `super::`.
 fn reaches(code: &str, module_path: &[String]) -> Vec<Reach> {
     let mut found = Vec::new();
-    for (number, line) in code.lines().enumerate() {
-        let mut rest = line;
-        while let Some(at) = rest.find("crate::") {
-            let before = rest[..at].chars().last();
-            rest = &rest[at + "crate::".len()..];
-            if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$') {
-                continue;
-            }
-            for target in first_segments(rest) {
-                found.push(Reach {
-                    line: number + 1,
-                    target,
-                });
-            }
+    // Across lines: rustfmt breaks `use crate::{` groups over several.
+    let mut searched = 0;
+    while let Some(at) = code[searched..].find("crate::") {
+        let start = searched + at;
+        searched = start + "crate::".len();
+        let before = code[..start].chars().last();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$') {
+            continue;
         }
+        let line = code[..start].matches('\n').count() + 1;
+        for target in first_segments(&code[searched..]) {
+            found.push(Reach { line, target });
+        }
+    }
+    for (number, line) in code.lines().enumerate() {
         for target in climbs_to_the_root(line, module_path) {
             found.push(Reach {
                 line: number + 1,
@@ -123,6 +123,7 @@ fn reaches(code: &str, module_path: &[String]) -> Vec<Reach> {
             });
         }
     }
+    found.sort_by_key(|reach| reach.line);
     found
 }
 
@@ -318,6 +319,10 @@ fn the_reader_finds_use_lines_groups_inline_paths_attributes_and_climbs() {
     let source = r#"
 use crate::model::Status;
 use crate::{config::Fleet, store::Store};
+use crate::{
+    boot::Something,
+    apply::{self, Other},
+};
 // use crate::api::ignored_in_a_comment;
 #[error("since {}", crate::api::views::rfc3339(.0))]
 fn inline() { let _ = crate::power::PowerDrivers::default(); let url = "http://x//crate::apply"; }
@@ -337,9 +342,11 @@ mod tests {
         (2, "model"),
         (3, "config"),
         (3, "store"),
-        (5, "api"),
-        (6, "power"),
-        (7, "controller"),
+        (4, "boot"),
+        (4, "apply"),
+        (9, "api"),
+        (10, "power"),
+        (11, "controller"),
     ]
     .into_iter()
     .map(|(line, target)| (line, target.to_string()))
