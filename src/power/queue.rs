@@ -74,20 +74,16 @@ impl PowerTurn {
 
 impl Drop for PowerTurn {
     fn drop(&mut self) {
+        // Let the next waiter in first, then tidy: a machine whose lock only the map still
+        // holds has nobody running or waiting (this also takes the entry a waiter left behind
+        // when it was cancelled before its turn came).
+        self.guard.take();
         let mut machines = self
             .queues
             .machines
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        // The map's reference, and ours (held by the guard, or ours alone if we never got the
-        // lock): no one else waits for this machine, so its entry goes.
-        let ours = usize::from(self.guard.is_some());
-        if let Some(lock) = machines.get(&self.machine) {
-            if Arc::strong_count(lock) == 1 + ours {
-                machines.remove(&self.machine);
-            }
-        }
-        self.guard.take();
+        machines.retain(|_, lock| Arc::strong_count(lock) > 1);
     }
 }
 
@@ -120,5 +116,24 @@ mod tests {
         }
         assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3, 4]);
         assert_eq!(queues.busy_machines(), 0, "the map keeps no idle machine");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_cancelled_before_its_turn_leaves_nothing_behind() {
+        let queues = Arc::new(MachineQueues::default());
+        let held = turn(&queues, "node-1").await;
+        let waiter = {
+            let queues = queues.clone();
+            tokio::spawn(async move { turn(&queues, "node-1").await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The holder leaves while the waiter waits; the waiter is cancelled before it runs
+        // again (one thread: it has not been polled since), so no turn of its own tidies up.
+        drop(held);
+        waiter.abort();
+        let _ = waiter.await;
+        // The next turn that ends, for any machine, takes the entry left behind.
+        drop(turn(&queues, "node-2").await);
+        assert_eq!(queues.busy_machines(), 0);
     }
 }

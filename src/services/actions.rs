@@ -93,7 +93,7 @@ pub async fn perform(
         // Scripts the machine was running are over: its run is told to stop on its next call.
         store.abort_running_scripts(after.id).await?;
     }
-    let mut done = ActionDone {
+    let done = ActionDone {
         machine: name.to_string(),
         action: request.action,
         statuses: std::iter::once(outcome.changes.first().map(|c| c.from))
@@ -104,13 +104,67 @@ pub async fn perform(
         notes: outcome.notes.clone(),
         record,
     };
-    if let (Some(command), Some(record)) = (outcome.power, done.record.clone()) {
-        run_power(store, drivers, record, command, &request.actor, &mut done).await?;
-        if outcome.follow_up == FollowUp::CompleteAfterPower {
-            complete_after_power(store, name, &request.actor, &mut done).await?;
+    let Some((command, record)) = outcome.power.zip(done.record.clone()) else {
+        return Ok(done);
+    };
+    let power = PowerStep {
+        record,
+        command,
+        follow_up: outcome.follow_up,
+        actor: request.actor.clone(),
+    };
+    power.run_to_the_end(store, drivers, done).await
+}
+
+/// The power command a committed decision asked for, and what follows it.
+struct PowerStep {
+    /// The machine as the decision left it.
+    record: MachineRecord,
+    command: PowerCommand,
+    follow_up: FollowUp,
+    actor: String,
+}
+
+impl PowerStep {
+    /// Runs the command and its follow-up in a task of their own, so that a caller that goes
+    /// away (an HTTP client that gives up) cannot cut them off after the decision committed.
+    async fn run_to_the_end(
+        self,
+        store: &Store,
+        drivers: &PowerDrivers,
+        done: ActionDone,
+    ) -> Result<ActionDone, ActionError> {
+        let (store, drivers) = (store.clone(), drivers.clone());
+        let task = tokio::spawn(async move { self.run(&store, &drivers, done).await });
+        match task.await {
+            Ok(result) => result,
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Err(error) => panic!("the power task was cancelled: {error}"),
         }
     }
-    Ok(done)
+
+    async fn run(
+        self,
+        store: &Store,
+        drivers: &PowerDrivers,
+        mut done: ActionDone,
+    ) -> Result<ActionDone, ActionError> {
+        let name = self.record.name.to_string();
+        let ran = run_power(
+            store,
+            drivers,
+            self.record,
+            self.command,
+            &self.actor,
+            &mut done,
+        )
+        .await?;
+        // A dropped command's follow-up belongs to the newer decision that overtook it.
+        if ran && self.follow_up == FollowUp::CompleteAfterPower {
+            complete_after_power(store, &name, &self.actor, &mut done).await?;
+        }
+        Ok(done)
+    }
 }
 
 fn power_target(record: &MachineRecord) -> PowerTarget {
@@ -148,7 +202,7 @@ fn power_intent(command: PowerCommand) -> crate::store::PowerIntent {
 
 /// Runs the power command decided with `record` (the machine as the decision left it); a failure
 /// fails the in-progress status it was for, with the driver's message as the reason. A command
-/// overtaken by a newer decision is dropped (and recorded) instead.
+/// overtaken by a newer decision is dropped (and recorded) instead. `true` unless dropped.
 async fn run_power(
     store: &Store,
     drivers: &PowerDrivers,
@@ -156,7 +210,7 @@ async fn run_power(
     command: PowerCommand,
     actor: &str,
     done: &mut ActionDone,
-) -> Result<(), ActionError> {
+) -> Result<bool, ActionError> {
     let name = record.name.to_string();
     if record.power_type == "unconfigured" {
         // lifecycle.md: without a power type the machine must already be on and netbooting.
@@ -164,21 +218,20 @@ async fn run_power(
             "no power type: power {} it yourself",
             command_name(command)
         ));
-        return Ok(());
+        return Ok(true);
     }
-    match carry_out_power(store, drivers, &name, command, record.generation, actor).await? {
+    let made_for = MadeFor::decision(&record);
+    match carry_out_power(store, drivers, &name, command, made_for, actor).await? {
         PowerResult::Ran(report) => {
             done.notes.extend(report.note);
             done.record = store.machine(&name).await?;
-            Ok(())
+            Ok(true)
         }
-        PowerResult::Dropped { decided } => {
-            done.notes.push(format!(
-                "power {} dropped: a newer decision (generation {decided}) asked for power since",
-                command_name(command)
-            ));
+        PowerResult::Dropped { why } => {
+            done.notes
+                .push(format!("power {} dropped: {why}", command_name(command)));
             done.record = store.machine(&name).await?;
-            Ok(())
+            Ok(false)
         }
         PowerResult::Failed(error) => {
             let reason = failed_reason(command, &error);
@@ -202,14 +255,49 @@ fn failed_reason(command: PowerCommand, error: &PowerError) -> String {
 pub enum PowerResult {
     /// The driver carried it out; its report is stored.
     Ran(crate::power::PowerReport),
-    /// A newer decision (at generation `decided`) asked for power after this command was made:
-    /// it was not sent, and a `power` event says so.
-    Dropped { decided: i64 },
+    /// A newer decision asked for power after this command was made (or the machine it was made
+    /// for is gone): it was not sent, and a `power` event says why.
+    Dropped { why: String },
     /// The driver failed; power `error` is stored with the message.
     Failed(PowerError),
 }
 
-/// Carries out `command`, decided for machine `name` at generation `made_for`, in the machine's
+/// Which decision a power command was made for: the machine (its id: a machine deleted and added
+/// again under its name is another) and the generation the decision left it at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MadeFor {
+    pub machine_id: i64,
+    pub generation: i64,
+}
+
+impl MadeFor {
+    /// The decision that left the machine as `record` is.
+    pub fn decision(record: &MachineRecord) -> MadeFor {
+        MadeFor {
+            machine_id: record.id,
+            generation: record.generation,
+        }
+    }
+
+    /// Why a command made for this decision must not run on the machine as `now` is, if so.
+    fn overtaken_by(&self, now: &MachineRecord) -> Option<String> {
+        if now.id != self.machine_id {
+            return Some(format!(
+                "it was decided for an earlier machine of this name (id {}, now {})",
+                self.machine_id, now.id
+            ));
+        }
+        (now.power_decided > self.generation).then(|| {
+            format!(
+                "it was decided at generation {}, and a newer decision (generation {}) asked for \
+                 power since",
+                self.generation, now.power_decided
+            )
+        })
+    }
+}
+
+/// Carries out `command`, decided for machine `name` as `made_for` says, in the machine's
 /// power queue: after every command that asked for its turn before, never beside one. Once its
 /// turn comes it is dropped if a newer decision asked for power since (the machine's
 /// `power_decided` passed `made_for`), so an old command never undoes a newer one. The result
@@ -220,7 +308,7 @@ pub async fn carry_out_power(
     drivers: &PowerDrivers,
     name: &str,
     command: PowerCommand,
-    made_for: i64,
+    made_for: MadeFor,
     actor: &str,
 ) -> Result<PowerResult, StoreError> {
     let _turn = drivers.turn(name).await;
@@ -228,28 +316,27 @@ pub async fn carry_out_power(
         .machine(name)
         .await?
         .ok_or_else(|| StoreError::UnknownMachine(name.to_string()))?;
-    if record.power_decided > made_for {
+    if let Some(why) = made_for.overtaken_by(&record) {
         store
-            .record_power_dropped(name, command_name(command), made_for, record.power_decided)
+            .record_power_dropped(name, command_name(command), &why, made_for.generation)
             .await?;
         tracing::info!(
             machine = name,
-            "power {} dropped: decided at generation {made_for}, overtaken at {}",
-            command_name(command),
-            record.power_decided
+            "power {} dropped: {why}",
+            command_name(command)
         );
-        return Ok(PowerResult::Dropped {
-            decided: record.power_decided,
-        });
-    }
-    if matches!(command, PowerCommand::On | PowerCommand::Cycle) {
-        store.boot_clock_started(name).await?;
+        return Ok(PowerResult::Dropped { why });
     }
     store
         .set_power_intent(name, Some(&power_intent(command)))
         .await?;
     match drivers.execute(&power_target(&record), command).await {
         Ok(report) => {
+            if matches!(command, PowerCommand::On | PowerCommand::Cycle) {
+                // From now on the machine boots: a call before this (its previous boot's last
+                // heartbeat, sent while the command ran) does not count as its first.
+                store.boot_clock_started(name).await?;
+            }
             store
                 .set_power(name, report.state, actor, report.note.as_deref())
                 .await?;
@@ -282,15 +369,9 @@ pub async fn power_off_after_failure(
     }
     let command = PowerCommand::Off(crate::model::PowerOffMode::Hard);
     let name = record.name.as_str();
-    if let PowerResult::Failed(error) = carry_out_power(
-        store,
-        drivers,
-        name,
-        command,
-        record.generation,
-        "controller",
-    )
-    .await?
+    let made_for = MadeFor::decision(record);
+    if let PowerResult::Failed(error) =
+        carry_out_power(store, drivers, name, command, made_for, "controller").await?
     {
         tracing::warn!(
             machine = name,
@@ -408,7 +489,7 @@ pub async fn settle_and_carry_out(
     let Some(command) = outcome.power else {
         return Ok(Some(record));
     };
-    let mut done = ActionDone {
+    let done = ActionDone {
         machine: name.to_string(),
         action: Action::Release,
         statuses: vec![record.lifecycle.status],
@@ -416,11 +497,13 @@ pub async fn settle_and_carry_out(
         notes: Vec::new(),
         record: Some(record.clone()),
     };
-    run_power(store, drivers, record, command, actor, &mut done).await?;
-    if outcome.follow_up == FollowUp::CompleteAfterPower {
-        complete_after_power(store, name, actor, &mut done).await?;
-    }
-    Ok(done.record)
+    let power = PowerStep {
+        record,
+        command,
+        follow_up: outcome.follow_up,
+        actor: actor.to_string(),
+    };
+    Ok(power.run_to_the_end(store, drivers, done).await?.record)
 }
 
 /// The settlement committed: the record afterwards and the outcome (`None` when the machine

@@ -56,30 +56,42 @@ pub fn start_monitor(
     })
 }
 
-/// One look at every machine in progress.
+/// One look at every machine in progress. The machines it fails are failed and powered off side
+/// by side: one machine's slow or silent BMC does not hold up the others'.
 pub async fn check_once(
     store: &Store,
     drivers: &PowerDrivers,
     timeouts: &Timeouts,
 ) -> Result<(), crate::store::StoreError> {
     let now = now_ms();
+    let mut failing = tokio::task::JoinSet::new();
     for machine in store.in_progress_machines().await? {
         let Some(settlement) = verdict(&machine, timeouts, now) else {
             continue;
         };
-        let generation = Some(machine.generation);
-        match fail_and_power_off(store, drivers, &machine.name, &settlement, generation).await {
-            Ok(false) => tracing::debug!("{}: moved on before the watch acted", machine.name),
-            Ok(true) => tracing::info!(
-                "{}: {}",
-                machine.name,
-                settlement.reason().unwrap_or_default()
-            ),
-            Err(crate::services::actions::ActionError::Store(error)) => return Err(error),
-            Err(error) => tracing::warn!("{}: {error}", machine.name),
+        let (store, drivers) = (store.clone(), drivers.clone());
+        failing.spawn(async move {
+            let generation = Some(machine.generation);
+            let result =
+                fail_and_power_off(&store, &drivers, &machine.name, &settlement, generation).await;
+            (machine.name, settlement, result)
+        });
+    }
+    let mut first_store_error = None;
+    while let Some(joined) = failing.join_next().await {
+        let Ok((name, settlement, result)) = joined else {
+            continue;
+        };
+        match result {
+            Ok(false) => tracing::debug!("{name}: moved on before the watch acted"),
+            Ok(true) => tracing::info!("{name}: {}", settlement.reason().unwrap_or_default()),
+            Err(crate::services::actions::ActionError::Store(error)) => {
+                first_store_error.get_or_insert(error);
+            }
+            Err(error) => tracing::warn!("{name}: {error}"),
         }
     }
-    Ok(())
+    first_store_error.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

@@ -104,18 +104,29 @@ fn pollable(power_type: &str) -> bool {
 }
 
 /// Queries one machine; `true` if its stored power changed.
-async fn poll_machine(store: &Store, drivers: &PowerDrivers, record: &MachineRecord) -> bool {
+async fn poll_machine(store: &Store, drivers: &PowerDrivers, listed: &MachineRecord) -> bool {
+    // A command in flight or waiting for this machine will store what it did: the poll does
+    // not query beside it (a QMP socket takes one client; a BMC may answer mid-change).
+    let Some(turn) = drivers.try_turn(listed.name.as_str()) else {
+        return false;
+    };
+    // Judged against the machine as it is in our turn, not as the poll's list read it: a
+    // command that ended since then has stored its state and its intent.
+    let record = match store.machine(listed.name.as_str()).await {
+        Ok(Some(record)) => record,
+        Ok(None) => return false,
+        Err(error) => {
+            tracing::warn!(machine = %listed.name, %error, "power poll: cannot read the machine");
+            return false;
+        }
+    };
+    let record = &record;
     let target = PowerTarget {
         machine: record.name.to_string(),
         power_type: record.power_type.clone(),
         params: record.power_params.clone(),
     };
     let before = record.lifecycle.power;
-    // A command in flight or waiting for this machine will store what it did: the poll does
-    // not query beside it (a QMP socket takes one client; a BMC may answer mid-change).
-    let Some(turn) = drivers.try_turn(&target.machine) else {
-        return false;
-    };
     let answer = tokio::time::timeout(QUERY_LIMIT, drivers.query(&target)).await;
     let intent = record.power_intent.as_ref();
     let (found, reason) = match answer {

@@ -348,8 +348,8 @@ impl Store {
         &self,
         name: &str,
         command: &str,
-        made_for: i64,
-        decided: i64,
+        why: &str,
+        made_for_generation: i64,
     ) -> Result<(), StoreError> {
         let event = NewEvent {
             machine: Some(name.to_string()),
@@ -358,11 +358,8 @@ impl Store {
             action: None,
             from_status: None,
             to_status: None,
-            reason: Some(format!(
-                "power {command} dropped: it was decided at generation {made_for}, and a newer \
-                 decision (generation {decided}) asked for power since"
-            )),
-            detail: json!({ "dropped": command, "made_for": made_for, "decided": decided }),
+            reason: Some(format!("power {command} dropped: {why}")),
+            detail: json!({ "dropped": command, "made_for": made_for_generation }),
         };
         let mut connection = self.pool.acquire().await?;
         insert_event(&mut connection, &event, now_ms()).await?;

@@ -291,12 +291,9 @@ async fn the_power_poll_tells_fleets_own_changes_from_outside_ones() {
     };
     store.create_machine(&new, "test").await.unwrap();
     let drivers = PowerDrivers::standard();
-    let decided = store
-        .machine("bmc-poll")
-        .await
-        .unwrap()
-        .unwrap()
-        .power_decided;
+    let decided = fleet::services::actions::MadeFor::decision(
+        &store.machine("bmc-poll").await.unwrap().unwrap(),
+    );
     let reasons = || async {
         let filter = fleet::store::EventFilter {
             machine: Some("bmc-poll".into()),

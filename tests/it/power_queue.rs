@@ -201,8 +201,10 @@ async fn on_off_on_from_three_tasks_ends_on_and_the_overtaken_off_is_dropped() {
     // The off was overtaken while it waited: never sent, recorded, and its caller told.
     assert_eq!(driver.sent(), [PowerCommand::On, PowerCommand::On]);
     assert_eq!(driver.most_at_once.load(Ordering::SeqCst), 1);
-    let note =
-        format!("power off dropped: a newer decision (generation {third}) asked for power since");
+    let note = format!(
+        "power off dropped: it was decided at generation {second}, and a newer decision \
+         (generation {third}) asked for power since"
+    );
     assert!(off.notes.contains(&note), "{:?}", off.notes);
     assert!(first_on.notes.is_empty() && second_on.notes.is_empty());
     let record = store.machine(MACHINE).await.unwrap().unwrap();
@@ -252,5 +254,37 @@ async fn a_slow_off_is_never_overtaken_by_the_on_decided_after_it() {
             .iter()
             .any(|reason| reason.contains("dropped")),
         "nothing was overtaken"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_command_queued_for_a_deleted_machine_never_reaches_the_one_added_under_its_name() {
+    let driver = Arc::new(HeldDriver::default());
+    let (store, drivers, _directory) = setup(&driver).await;
+    driver.hold(PowerCommand::On);
+    let (on, first) = decided(&store, &drivers, Action::PowerOn, 0).await;
+    while driver.sent().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (off, _) = decided(&store, &drivers, Action::PowerOff, first).await;
+    // While the off waits, the machine is deleted and another is added under its name.
+    perform(&store, &drivers, MACHINE, &request(Action::Delete))
+        .await
+        .unwrap();
+    deployed_machine(&store).await;
+    driver.release.add_permits(1);
+    on.await.unwrap();
+    let off = off.await.unwrap();
+    assert_eq!(
+        driver.sent(),
+        [PowerCommand::On],
+        "the off reached the new machine"
+    );
+    assert!(
+        off.notes.iter().any(
+            |note| note.starts_with("power off dropped: it was decided for an earlier machine")
+        ),
+        "{:?}",
+        off.notes
     );
 }
