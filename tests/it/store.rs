@@ -643,23 +643,16 @@ both_backends!(settings_first_writer_wins, |store| async move {
     );
 
     // Racing writers all see the same winner.
-    let racers: Vec<_> = (0..8)
-        .map(|index| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .setting_or_insert("race", &format!("value-{index}"))
-                    .await
-                    .unwrap()
-            })
-        })
-        .collect();
-    let mut winners = Vec::new();
-    for racer in racers {
-        winners.push(racer.await.unwrap());
-    }
-    winners.dedup();
-    assert_eq!(winners.len(), 1, "{winners:?}");
+    one_winner(|index| {
+        let store = store.clone();
+        async move {
+            store
+                .setting_or_insert("race", &format!("value-{index}"))
+                .await
+                .unwrap()
+        }
+    })
+    .await;
 });
 
 both_backends!(
@@ -759,27 +752,17 @@ both_backends!(
 
 both_backends!(machine_tokens_first_writer_wins, |store| async move {
     created(&store, "node-1", &["52:54:00:00:00:01"]).await;
-    let racers: Vec<_> = (0..8)
-        .map(|index| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .machine_token_or_insert("node-1", &format!("token-{index}"))
-                    .await
-                    .unwrap()
-            })
-        })
-        .collect();
-    let mut winners = Vec::new();
-    for racer in racers {
-        winners.push(racer.await.unwrap());
-    }
-    winners.dedup();
-    assert_eq!(winners.len(), 1, "{winners:?}");
-    assert_eq!(
-        store.machine_token("node-1").await.unwrap().as_ref(),
-        winners.first()
-    );
+    let winner = one_winner(|index| {
+        let store = store.clone();
+        async move {
+            store
+                .machine_token_or_insert("node-1", &format!("token-{index}"))
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    assert_eq!(store.machine_token("node-1").await.unwrap(), Some(winner));
 });
 
 /// The migrations of fleet before `machine_state` (0001-0003), in a directory of their own.
@@ -1302,4 +1285,21 @@ async fn unsupported_urls_are_refused() {
         .unwrap_err();
     assert!(matches!(error, StoreError::UnsupportedUrl(_)));
     assert!(!error.to_string().contains("hunter2"), "{error}");
+}
+
+/// Eight writers race to write a value only the first may set; they must all read back one
+/// winner, which is returned.
+async fn one_winner<Write, Written>(write: Write) -> String
+where
+    Write: Fn(usize) -> Written,
+    Written: std::future::Future<Output = String> + Send + 'static,
+{
+    let racers: Vec<_> = (0..8).map(|index| tokio::spawn(write(index))).collect();
+    let mut winners = Vec::new();
+    for racer in racers {
+        winners.push(racer.await.unwrap());
+    }
+    winners.dedup();
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    winners.remove(0)
 }
