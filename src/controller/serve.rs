@@ -57,10 +57,14 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    std::fs::create_dir_all(&options.state_dir).map_err(|source| ServeError::StateDir {
-        path: options.state_dir.clone(),
-        source,
-    })?;
+    // The state directory holds the operator token and (by default) the store: ours alone.
+    let state_dir = &options.state_dir;
+    crate::store::private::create_private_directory(state_dir)
+        .and_then(|()| crate::store::private::restrict_directory(state_dir))
+        .map_err(|source| ServeError::StateDir {
+            path: state_dir.clone(),
+            source,
+        })?;
     let database = options
         .database
         .clone()

@@ -25,21 +25,20 @@ pub async fn operator_token(store: &Store) -> Result<String, StoreError> {
 pub fn write_token_file(state_dir: &Path, token: &str) -> std::io::Result<PathBuf> {
     let path = state_dir.join(TOKEN_FILE);
     let temporary = state_dir.join(format!("{TOKEN_FILE}.tmp"));
-    std::fs::write(&temporary, format!("{token}\n"))?;
-    set_owner_only(&temporary)?;
+    // Created 0600 from the start: never readable by others, not even for a moment.
+    let _ = std::fs::remove_file(&temporary);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(&temporary)?;
+    std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())?;
+    file.sync_all()?;
     std::fs::rename(&temporary, &path)?;
     Ok(path)
-}
-
-#[cfg(unix)]
-fn set_owner_only(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-}
-
-#[cfg(not(unix))]
-fn set_owner_only(_path: &Path) -> std::io::Result<()> {
-    Ok(())
 }
 
 /// Reads the token a controller left in `state_dir`, if any.

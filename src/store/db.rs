@@ -214,8 +214,16 @@ async fn open_sqlite(path: &Path, params: Option<&str>) -> Result<Store, StoreEr
         .parent()
         .filter(|parent| !parent.as_os_str().is_empty())
     {
-        std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
-            path: parent.to_path_buf(),
+        super::private::create_private_directory(parent).map_err(|source| {
+            StoreError::CreateDir {
+                path: parent.to_path_buf(),
+                source,
+            }
+        })?;
+    }
+    if !params.is_some_and(|params| params.contains("mode=ro") || params.contains("mode=memory")) {
+        super::private::prepare_database_file(&path).map_err(|source| StoreError::Private {
+            path: path.clone(),
             source,
         })?;
     }

@@ -26,6 +26,7 @@ mod machine_state;
 mod machines;
 mod monitor;
 mod plans;
+pub mod private;
 mod scripts;
 mod settings;
 
@@ -54,6 +55,11 @@ pub enum StoreError {
     Open { url: String, source: sqlx::Error },
     #[error("cannot create the directory {path} for the SQLite database: {source}")]
     CreateDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot make the SQLite database {path} private to this user (mode 0600): {source}")]
+    Private {
         path: std::path::PathBuf,
         source: std::io::Error,
     },

@@ -20,6 +20,7 @@ mod power_qemu;
 mod power_queue;
 mod power_redfish;
 mod power_webhook;
+mod private_store;
 mod secrets;
 mod serve;
 mod store;
