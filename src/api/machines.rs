@@ -65,14 +65,31 @@ pub struct EventQuery {
     limit: Option<i64>,
 }
 
+/// Events one listing returns when it names no limit (the newest ones).
+pub const EVENTS_DEFAULT_LIMIT: i64 = 100;
+/// The most one listing returns: a store of millions of events is never read whole into the
+/// controller's memory (the newest come first; `after=ID` narrows to those after an event).
+pub const EVENTS_MAX_LIMIT: i64 = 10_000;
+
 pub async fn events(
     State(state): State<ApiState>,
     Query(query): Query<EventQuery>,
 ) -> Result<Json<Vec<EventView>>, ApiError> {
+    let limit = query.limit.unwrap_or(EVENTS_DEFAULT_LIMIT);
+    if !(1..=EVENTS_MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit must be a whole number from 1 to {EVENTS_MAX_LIMIT} (got {limit})"
+        )));
+    }
+    if let Some(after) = query.after.filter(|after| *after < 0) {
+        return Err(ApiError::bad_request(format!(
+            "after must be an event id, 0 or more (got {after})"
+        )));
+    }
     let filter = EventFilter {
         machine: query.machine,
         after_id: query.after,
-        limit: query.limit,
+        limit: Some(limit),
     };
     let events = state.store.events(&filter).await?;
     Ok(Json(events.into_iter().map(EventView::from).collect()))

@@ -128,8 +128,8 @@ pub struct AddArgs {
 pub struct EventsArgs {
     /// Only this machine's history
     pub name: Option<String>,
-    /// At most this many (the newest)
-    #[arg(long, default_value_t = 100)]
+    /// At most this many (the newest), from 1 to 10000
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
     pub limit: i64,
     #[arg(long)]
     pub json: bool,

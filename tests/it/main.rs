@@ -9,6 +9,7 @@ mod crash;
 mod dhcp;
 mod enlist;
 mod enlist_bmc;
+mod events_api;
 mod layers;
 mod lifecycle;
 mod machine_api;
