@@ -640,6 +640,36 @@ async fn a_machine_that_never_calls_fails_by_the_boot_limit_one_that_falls_silen
     assert_eq!(shown_clock(&controller, &never.name, "boot clock"), None);
 }
 
+#[tokio::test]
+async fn anonymous_boot_reports_do_not_keep_a_silent_machine_alive() {
+    let (controller, _directory) = start_with_limits(Limits {
+        boot: "3s",
+        heartbeat: "2s",
+        commissioning: "10m",
+    });
+    let store = controller.store().await;
+    let mac = "52:54:00:aa:b0:03";
+    let machine = commissioning_machine(&controller, &store, mac).await;
+    // Someone without the machine's token reports boot stages for its MAC, again and again.
+    let reporter = {
+        let url = format!("{}/boot/booted?mac={mac}&stage=initramfs", controller.url);
+        tokio::spawn(async move {
+            loop {
+                let _ = reqwest::get(&url).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let (reason, _) = failed_commissioning(&store, &machine.name, Duration::from_secs(15)).await;
+    reporter.abort();
+    assert_eq!(reason, "did not boot within 3 seconds");
+    let record = store.machine(&machine.name).await.unwrap().unwrap();
+    assert_eq!(
+        record.last_heard, None,
+        "an anonymous report is not the machine"
+    );
+}
+
 /// An enlisted machine with manual power, put in deployed, then released with an erase.
 async fn deployed_then_released(
     controller: &TestController,
