@@ -110,8 +110,21 @@ async fn poll_machine(store: &Store, drivers: &PowerDrivers, listed: &MachineRec
     let Some(turn) = drivers.try_turn(listed.name.as_str()) else {
         return false;
     };
-    // Judged against the machine as it is in our turn, not as the poll's list read it: a
-    // command that ended since then has stored its state and its intent.
+    let target = PowerTarget {
+        machine: listed.name.to_string(),
+        power_type: listed.power_type.clone(),
+        params: listed.power_params.clone(),
+    };
+    let answer = tokio::time::timeout(QUERY_LIMIT, drivers.query(&target)).await;
+    // The steady case, most machines on most polls: found as listed, nothing expected. No
+    // second read (a fresh intent that this answer fulfils waits for the next poll).
+    if let Ok(Ok(report)) = &answer {
+        if report.state == listed.lifecycle.power && listed.power_intent.is_none() {
+            return false;
+        }
+    }
+    // Otherwise judged against the machine as it is in our turn, not as the poll's list read
+    // it: a command that ended since then has stored its state and its intent.
     let record = match store.machine(listed.name.as_str()).await {
         Ok(Some(record)) => record,
         Ok(None) => return false,
@@ -121,13 +134,7 @@ async fn poll_machine(store: &Store, drivers: &PowerDrivers, listed: &MachineRec
         }
     };
     let record = &record;
-    let target = PowerTarget {
-        machine: record.name.to_string(),
-        power_type: record.power_type.clone(),
-        params: record.power_params.clone(),
-    };
     let before = record.lifecycle.power;
-    let answer = tokio::time::timeout(QUERY_LIMIT, drivers.query(&target)).await;
     let intent = record.power_intent.as_ref();
     let (found, reason) = match answer {
         Ok(Ok(report)) if report.state == PowerState::Unknown => return false,
