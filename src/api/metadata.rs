@@ -1,22 +1,29 @@
 //! The machine API over HTTP (`/metadata/v1/...`), for booted machines: busybox shells, so the
 //! answers are plain text lines (`key value`), the bodies JSON with text in base64. The rules
 //! and the store work are in `services::machine_api`; this is the HTTP edge: limits, tokens,
-//! decoding, status codes. Every error is one line `error REASON` (or `stop REASON` for a run
-//! that is over), with 400 / 403 / 404 / 409 / 413.
+//! decoding, status codes. Every error is one line `error REASON` (or `stop REASON`, 409, when
+//! there is nothing more to do), with 400 / 401 / 403 / 404 / 409 / 413.
+//!
+//! Credentials (`services::machine_api::credentials`): a machine's calls carry the token of its
+//! current run (`Authorization: Bearer`), which it got once from `POST .../exchange` (a boot
+//! secret from its iPXE script, or a registration secret for a live host) or, for a record it
+//! just created, from its enlistment. No token: 401; another machine's: 403; the token of a run
+//! that ended (or was replaced): 401 `token expired: run R of NAME ended`. The operator token
+//! opens nothing here: a machine-API call is the machine's word.
 
 use super::ApiState;
 use crate::model::MacAddr;
+use crate::services::machine_api::credentials::{self, Authorized, CredentialError, Exchanged};
 use crate::services::machine_api::enlist::{enlist, EnlistBody, Enlisted, PasswordKept};
 use crate::services::machine_api::rules::{is_plain_name, ScriptReport, ScriptStatus};
 use crate::services::machine_api::{self, MachineApiError, Verdict};
-use crate::services::token::tokens_match;
 use crate::store::MachineRecord;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Json, Router};
 use base64::Engine;
 use serde::Deserialize;
 
@@ -39,6 +46,10 @@ pub fn router() -> Router<ApiState> {
         .route(
             "/metadata/v1/enlist",
             post(enlist_machine).layer(DefaultBodyLimit::max(ENLIST_LIMIT_BYTES)),
+        )
+        .route(
+            "/metadata/v1/machines/{name}/exchange",
+            post(exchange).layer(DefaultBodyLimit::max(SMALL_LIMIT_BYTES)),
         )
         .route(
             "/metadata/v1/machines/{name}/instructions",
@@ -152,7 +163,8 @@ fn json_body<T: serde::de::DeserializeOwned>(
 // ---------------------------------------------------------------------------------------------
 // Anonymous
 
-/// `?mac=A&mac=B`: `known NAME` for the first MAC the store knows, else `unknown`.
+/// `?mac=A&mac=B`: `known` if the store knows one of the MACs, else `unknown` (never the
+/// machine's name: anyone may ask).
 async fn known(State(state): State<ApiState>, RawQuery(query): RawQuery) -> Answer {
     let query = query.unwrap_or_default();
     let macs: Vec<MacAddr> = query
@@ -172,75 +184,172 @@ async fn known(State(state): State<ApiState>, RawQuery(query): RawQuery) -> Answ
         ));
     }
     for mac in macs {
-        if let Some(record) = state.store.machine_by_mac(mac).await? {
-            return Ok(text(StatusCode::OK, format!("known {}\n", record.name)));
+        if state.store.machine_by_mac(mac).await?.is_some() {
+            return Ok(text(StatusCode::OK, "known\n"));
         }
     }
     Ok(text(StatusCode::OK, "unknown\n"))
 }
 
-async fn enlist_machine(State(state): State<ApiState>, body: Bytes) -> Answer {
+/// The caller's address, as the listener saw it ("an unknown address" where it is not known).
+fn source(connection: &Option<Extension<ConnectInfo<std::net::SocketAddr>>>) -> String {
+    connection
+        .as_ref()
+        .map(|Extension(ConnectInfo(address))| address.ip().to_string())
+        .unwrap_or_else(|| "an unknown address".to_string())
+}
+
+/// Anonymous. A record it creates is the caller's own: 201 with the first run's token. Any other
+/// outcome gives no credential: 200 `known` and what to do `after` (see [`matched_by_bmc`]).
+async fn enlist_machine(
+    State(state): State<ApiState>,
+    connection: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
+    body: Bytes,
+) -> Answer {
     let request = serde_json::from_slice::<EnlistBody>(&body)
         .map_err(|error| format!("the enlistment is not valid JSON of the expected shape: {error}"))
         .and_then(EnlistBody::check)
         .map_err(|reason| MachineApiResponse::error(StatusCode::BAD_REQUEST, reason))?;
-    let secrets_dir = state.machine_api.current().secrets_dir();
+    let settings = state.machine_api.current();
+    let secrets_dir = settings.secrets_dir();
     let (enlisted, password) = enlist(&state.store, &request, secrets_dir.as_deref()).await?;
-    let (record, status) = match enlisted {
-        Enlisted::Created(record) => (record, StatusCode::CREATED),
-        Enlisted::Matched(record) => (record, StatusCode::OK),
-        Enlisted::Known(record) => {
-            return Err(MachineApiResponse::stop(&format!(
-                "this machine is already known as {} ({}): it does not enlist again",
-                record.name, record.lifecycle.status
-            )))
+    let from = source(&connection);
+    let record = match enlisted {
+        Enlisted::Created(record) => record,
+        Enlisted::MatchedByBmc { record, filled } => {
+            return matched_by_bmc(&state, &request, &record, &filled, &password, &from).await
         }
+        Enlisted::Known(_) => return Ok(text(StatusCode::OK, "known\nafter poweroff\n")),
     };
     let name = record.name.as_str();
-    let token = crate::boot::http::machine_token(&state.store, name).await?;
-    // The password itself is never in an event or a log line: only where it is kept.
-    let user = |bmc: &crate::services::machine_api::enlist::Bmc| {
-        bmc.user
-            .as_ref()
-            .map(|user| format!(" user {user}"))
-            .unwrap_or_default()
+    let how = format!("enlistment from {from}");
+    let started = credentials::start_run(
+        &state.store,
+        &settings,
+        &record,
+        machine_api::rules::Role::Enlist,
+        &how,
+    )
+    .await?;
+    let bmc_note = bmc_note(name, &request, &password);
+    record_enlist_event(&state, &record, &request, &password, format!(
+        "enlisted by {} ({} MACs){bmc_note}",
+        request.boot_mac,
+        request.macs.len()
+    ))
+    .await;
+    Ok(text(
+        StatusCode::CREATED,
+        format!(
+            "machine {name}\ntoken {}\nrun {}\nstatus {}\n",
+            started.token, started.run, record.lifecycle.status
+        ),
+    ))
+}
+
+/// A machine added by hand found by its BMC address: it gets no token (an anonymous caller
+/// never gets an existing machine's credentials). It is told it is known; a commissioning one
+/// boots again, now as a known MAC with a one-shot boot secret in its script: the controller
+/// power-cycles it through its BMC where it has a power driver (the machine waits), else the
+/// machine reboots itself. A new one powers off and waits for a person.
+async fn matched_by_bmc(
+    state: &ApiState,
+    request: &crate::services::machine_api::enlist::EnlistRequest,
+    record: &MachineRecord,
+    filled: &[&'static str],
+    password: &PasswordKept,
+    from: &str,
+) -> Answer {
+    let name = record.name.as_str();
+    let commissioning = record.lifecycle.status == crate::model::Status::Commissioning;
+    let powered = !matches!(
+        record.power_type.as_str(),
+        "" | "unconfigured" | "manual"
+    );
+    let after = match (commissioning, powered) {
+        (true, true) => "wait",
+        (true, false) => "reboot",
+        (false, _) => "poweroff",
     };
-    let bmc_note = match (&request.bmc, &password) {
-        (Some(bmc), PasswordKept::Kept(path)) => format!(
-            "; BMC {} {}{} (its password kept in {})",
+    let filled_note = if filled.is_empty() {
+        "nothing filled".to_string()
+    } else {
+        format!("filled {}", filled.join(", "))
+    };
+    let bmc_note = bmc_note(name, request, password);
+    record_enlist_event(
+        state,
+        record,
+        request,
+        password,
+        format!(
+            "enlistment from {from} by {} matched {name} by its BMC address ({filled_note}){bmc_note}; \
+             no token given: the machine boots again as a known MAC (after {after})",
+            request.boot_mac
+        ),
+    )
+    .await;
+    if commissioning && powered {
+        use crate::services::actions::{carry_out_power, MadeFor};
+        let (store, drivers) = (state.store.clone(), state.drivers.clone());
+        let (name, made_for) = (name.to_string(), MadeFor::decision(record));
+        tokio::spawn(async move {
+            let command = crate::model::PowerCommand::Cycle;
+            if let Err(error) =
+                carry_out_power(&store, &drivers, &name, command, made_for, "controller").await
+            {
+                tracing::warn!("power cycle of {name} after its enlistment: {error}");
+            }
+        });
+    }
+    Ok(text(StatusCode::OK, format!("known\nafter {after}\n")))
+}
+
+/// What the enlistment said of its BMC, for the event (the password itself never: only where
+/// it is kept).
+fn bmc_note(
+    name: &str,
+    request: &crate::services::machine_api::enlist::EnlistRequest,
+    password: &PasswordKept,
+) -> String {
+    let Some(bmc) = &request.bmc else {
+        return String::new();
+    };
+    let user = bmc
+        .user
+        .as_ref()
+        .map(|user| format!(" user {user}"))
+        .unwrap_or_default();
+    match password {
+        PasswordKept::Kept(path) => format!(
+            "; BMC {} {}{user} (its password kept in {})",
             bmc.kind,
             bmc.address,
-            user(bmc),
             path.display()
         ),
-        (Some(bmc), PasswordKept::NotKept(why)) => {
+        PasswordKept::NotKept(why) => {
             eprintln!("  enlist {name}: the BMC password it reported is not kept: {why}");
             format!(
-                "; BMC {} {}{} (its password is not kept: {why})",
-                bmc.kind,
-                bmc.address,
-                user(bmc)
+                "; BMC {} {}{user} (its password is not kept: {why})",
+                bmc.kind, bmc.address
             )
         }
-        (Some(bmc), PasswordKept::NotGiven) => {
-            format!("; BMC {} {}{}", bmc.kind, bmc.address, user(bmc))
-        }
-        (None, _) => String::new(),
-    };
+        PasswordKept::NotGiven => format!("; BMC {} {}{user}", bmc.kind, bmc.address),
+    }
+}
+
+async fn record_enlist_event(
+    state: &ApiState,
+    record: &MachineRecord,
+    request: &crate::services::machine_api::enlist::EnlistRequest,
+    password: &PasswordKept,
+    reason: String,
+) {
     machine_api::record_event(
         &state.store,
-        name,
+        record.name.as_str(),
         "enlist",
-        format!(
-            "{} by {} ({} MACs){bmc_note}",
-            if status == StatusCode::CREATED {
-                "enlisted"
-            } else {
-                "enlistment matched"
-            },
-            request.boot_mac,
-            request.macs.len()
-        ),
+        reason,
         serde_json::json!({
             "boot_mac": request.boot_mac.to_string(),
             "macs": request.macs.iter().map(|mac| mac.to_string()).collect::<Vec<_>>(),
@@ -249,7 +358,7 @@ async fn enlist_machine(State(state): State<ApiState>, body: Bytes) -> Answer {
                 "type": bmc.kind,
                 "address": bmc.address,
                 "user": bmc.user,
-                "password_file": match &password {
+                "password_file": match password {
                     PasswordKept::Kept(path) => Some(path.display().to_string()),
                     _ => None,
                 },
@@ -257,30 +366,145 @@ async fn enlist_machine(State(state): State<ApiState>, body: Bytes) -> Answer {
         }),
     )
     .await;
-    Ok(text(
-        status,
-        format!(
-            "machine {name}\ntoken {token}\nstatus {}\n",
-            record.lifecycle.status
+}
+
+impl From<CredentialError> for MachineApiResponse {
+    fn from(error: CredentialError) -> Self {
+        match error {
+            CredentialError::Unauthorized(reason) => {
+                MachineApiResponse::error(StatusCode::UNAUTHORIZED, reason)
+            }
+            CredentialError::Forbidden(reason) => {
+                MachineApiResponse::error(StatusCode::FORBIDDEN, reason)
+            }
+            CredentialError::NotFound(reason) => {
+                MachineApiResponse::error(StatusCode::NOT_FOUND, reason)
+            }
+            CredentialError::Conflict(reason) => MachineApiResponse::stop(&reason),
+            CredentialError::Store(error) => error.into(),
+            CredentialError::Action(error) => MachineApiError::Action(error).into(),
+        }
+    }
+}
+
+/// What the runner trades: `{"boot": SECRET}` (from `fleet.boot=`) or `{"registration": SECRET}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExchangeBody {
+    boot: Option<String>,
+    registration: Option<String>,
+}
+
+/// Anonymous but for the secret: trades a one-shot secret for the token of a new run.
+async fn exchange(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    connection: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
+    body: Bytes,
+) -> Answer {
+    check_name(&name)?;
+    let exchange: ExchangeBody = json_body("exchange", &body)?;
+    let from = source(&connection);
+    let settings = state.machine_api.current();
+    let exchanged = match (exchange.boot, exchange.registration) {
+        (Some(secret), None) => {
+            credentials::exchange_boot_secret(
+                &state.store,
+                &state.drivers,
+                &settings,
+                &name,
+                secret.trim(),
+                &from,
+            )
+            .await?
+        }
+        (None, Some(secret)) => Exchanged::Run(
+            credentials::exchange_registration(
+                &state.store,
+                &settings,
+                &name,
+                secret.trim(),
+                &from,
+            )
+            .await?,
         ),
-    ))
+        _ => {
+            return Err(MachineApiResponse::error(
+                StatusCode::BAD_REQUEST,
+                "give one secret: {\"boot\": SECRET} (fleet.boot= on the kernel command line) or \
+                 {\"registration\": SECRET} (fleet machine registration NAME)",
+            ))
+        }
+    };
+    let answer = match exchanged {
+        Exchanged::Run(run) => format!(
+            "machine {name}\nrole {}\nrun {}\ntoken {}\n",
+            run.role.as_str(),
+            run.run,
+            run.token
+        ),
+        Exchanged::Nothing { status } => {
+            format!("machine {name}\nrole none\nstatus {status}\nafter poweroff\n")
+        }
+    };
+    Ok(text(StatusCode::OK, answer))
+}
+
+/// `POST /api/v1/machines/{name}/registration` (operator API): a one-shot registration secret
+/// for a machine added live, valid an hour, for `register-live.sh`.
+pub(super) async fn make_registration(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, super::ApiError> {
+    let actor = super::actor_of(&headers);
+    match credentials::make_registration(&state.store, &name, &actor).await {
+        Ok((secret, expires_at)) => Ok(Json(serde_json::json!({
+            "machine": name,
+            "registration": secret,
+            "expires_at": crate::model::words::rfc3339(expires_at),
+            "expires_in_seconds": credentials::REGISTRATION_LIFETIME_MS / 1000,
+        }))),
+        Err(CredentialError::NotFound(message)) => Err(super::ApiError::not_found(message)),
+        Err(CredentialError::Conflict(message)) => Err(super::ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            message,
+        )
+        .with("machine", &name)),
+        Err(error) => {
+            tracing::warn!("registration secret for {name}: {error}");
+            Err(super::ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the registration secret for {name} could not be made"),
+            ))
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // One machine's calls
 
-/// The machine, if the bearer token is its own (or the operator's).
+fn check_name(name: &str) -> Result<(), MachineApiResponse> {
+    if is_plain_name(name) {
+        Ok(())
+    } else {
+        Err(MachineApiResponse::error(
+            StatusCode::BAD_REQUEST,
+            format!("`{name}` is not a machine name"),
+        ))
+    }
+}
+
+/// The machine and the run its bearer token opens: the token of the machine's current run,
+/// while that run is not over. Never the operator token.
 async fn authorize(
     state: &ApiState,
     name: &str,
     headers: &HeaderMap,
-) -> Result<MachineRecord, MachineApiResponse> {
-    if !is_plain_name(name) {
-        return Err(MachineApiResponse::error(
-            StatusCode::BAD_REQUEST,
-            format!("`{name}` is not a machine name"),
-        ));
-    }
+) -> Result<Authorized, MachineApiResponse> {
+    check_name(name)?;
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -289,25 +513,11 @@ async fn authorize(
         .ok_or_else(|| {
             MachineApiResponse::error(
                 StatusCode::UNAUTHORIZED,
-                "no token: send `Authorization: Bearer TOKEN` (fleet.token on the kernel command line)",
+                "no token: send `Authorization: Bearer TOKEN`, the token of the machine's run \
+                 (from POST /metadata/v1/machines/NAME/exchange)",
             )
         })?;
-    let record = state.store.machine(name).await?.ok_or_else(|| {
-        MachineApiResponse::error(StatusCode::NOT_FOUND, format!("no machine named {name}"))
-    })?;
-    let own = state
-        .store
-        .machine_token(name)
-        .await?
-        .is_some_and(|token| tokens_match(&token, given));
-    if own || tokens_match(&state.operator_token, given) {
-        Ok(record)
-    } else {
-        Err(MachineApiResponse::error(
-            StatusCode::FORBIDDEN,
-            format!("this token is not machine {name}'s"),
-        ))
-    }
+    Ok(credentials::authorize(&state.store, name, given).await?)
 }
 
 async fn instructions(
@@ -316,10 +526,12 @@ async fn instructions(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Answer {
-    let record = authorize(&state, &name, &headers).await?;
-    let live = query.is_some_and(|query| query.split('&').any(|pair| pair == "live=1"));
+    // `?live=1` (older runners on a live host) changes nothing: the run's role was decided
+    // when its token was handed out.
+    let _ = query;
+    let run = authorize(&state, &name, &headers).await?;
     let settings = state.machine_api.current();
-    let body = machine_api::instructions(&state.store, &settings, &record, live).await?;
+    let body = machine_api::instructions(&state.store, &settings, &run).await?;
     Ok(text(StatusCode::OK, body))
 }
 
@@ -423,7 +635,7 @@ async fn results(
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    let record = authorize(&state, &name, &headers).await?;
+    let run = authorize(&state, &name, &headers).await?;
     let report = serde_json::from_slice::<ResultBody>(&body)
         .map_err(|error| format!("the result is not valid JSON of the expected shape: {error}"))
         .and_then(ResultBody::decode)
@@ -432,7 +644,7 @@ async fn results(
         &state.store,
         &state.drivers,
         &state.machine_api.current(),
-        &record,
+        &run,
         &report,
     )
     .await?;
@@ -450,13 +662,13 @@ async fn heartbeat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    let record = authorize(&state, &name, &headers).await?;
+    let run = authorize(&state, &name, &headers).await?;
     let beat: HeartbeatBody = if body.iter().all(u8::is_ascii_whitespace) {
         HeartbeatBody::default()
     } else {
         json_body("heartbeat", &body)?
     };
-    let verdict = machine_api::heartbeat(&state.store, &record, beat.stage.as_deref()).await?;
+    let verdict = machine_api::heartbeat(&state.store, &run, beat.stage.as_deref()).await?;
     Ok(text(StatusCode::OK, verdict.as_line()))
 }
 
@@ -474,7 +686,7 @@ async fn signal(
     headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
-    let record = authorize(&state, &name, &headers).await?;
+    let run = authorize(&state, &name, &headers).await?;
     let signal: SignalBody = json_body("signal", &body)?;
     let failure = match signal.result.as_str() {
         "ok" => None,
@@ -489,7 +701,7 @@ async fn signal(
     let after = machine_api::signal(
         &state.store,
         &state.drivers,
-        &record,
+        &run,
         &signal.run,
         failure.as_deref(),
     )

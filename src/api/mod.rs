@@ -42,6 +42,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/machines", get(machines::list).post(machines::add))
         .route("/machines/{name}", get(machines::show))
         .route("/machines/{name}/actions/{action}", post(machines::action))
+        .route(
+            "/machines/{name}/registration",
+            post(metadata::make_registration),
+        )
         .route("/events", get(machines::events))
         .route("/observed", get(plans::observed))
         .route("/applies", post(plans::start))
@@ -66,7 +70,10 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    // The caller's address reaches the handlers: the machine API records where each exchange
+    // of a one-shot secret came from.
+    let service = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)
         .await
 }

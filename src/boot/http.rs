@@ -2,12 +2,13 @@
 //! (booting machines have none):
 //!
 //! - `GET /boot/{mac}.ipxe`: the iPXE script for that MAC, as its machine's status demands
-//!   ([`crate::boot::ipxe`]); every script served is a `boot` event.
+//!   ([`crate::boot::ipxe`]); every script served is a `boot` event. A known machine's
+//!   ephemeral script carries a fresh one-shot boot secret (`fleet.boot=`), never a token.
 //! - `GET /boot/files/{image}/{kernel|initrd|root}` and `GET /boot/by-mac/{mac}/{image}/{file}`:
 //!   an image's files, streamed from disk with Range requests; each request is a `transfer`
 //!   event (on the machine of `mac` for the second form, which the boot scripts use).
 //! - `GET /boot/booted?mac=MAC[&stage=TEXT]`: the ephemeral environment says it is up; a `boot`
-//!   event, and the machine counts as heard from.
+//!   event only (it carries no credential, so the machine does not count as heard from).
 //!
 //! Image files are verified against the fleet file's SHA-256 when the controller loads them
 //! ([`BootImages::load`]); only verified files are ever served.
@@ -21,7 +22,6 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -100,7 +100,7 @@ async fn boot_script(
     let action = ipxe::boot_action(status);
     let (script, summary) = match (action, &name, status) {
         (BootAction::Ephemeral(role), _, _) => {
-            ephemeral_script(&state, role, mac, name.as_deref(), &base_url).await?
+            ephemeral_script(&state, role, mac, machine.as_ref(), &base_url).await?
         }
         (BootAction::LocalDisk, Some(name), Some(status)) => (
             ipxe::render_local_disk(name, status),
@@ -139,7 +139,7 @@ async fn ephemeral_script(
     state: &BootState,
     role: ipxe::Role,
     mac: MacAddr,
-    machine: Option<&str>,
+    machine: Option<&crate::store::MachineRecord>,
     base_url: &str,
 ) -> Result<(String, String), BootHttpError> {
     let Some(image) = state.ephemeral_image.as_deref() else {
@@ -150,15 +150,15 @@ async fn ephemeral_script(
         let reason = format!("the ephemeral image `{image}` has no verified kernel and initrd");
         return Ok((ipxe::render_unavailable(&reason), reason));
     }
-    let token = match machine {
-        Some(name) => Some(machine_token(&state.store, name).await?),
+    let secret = match machine {
+        Some(record) => Some(boot_secret(&state.store, record).await?),
         None => None,
     };
     let boot = EphemeralBoot {
         role,
         mac,
-        machine,
-        token: token.as_deref(),
+        machine: machine.map(|record| record.name.as_str()),
+        boot_secret: secret.as_deref(),
         base_url,
         image,
     };
@@ -168,14 +168,18 @@ async fn ephemeral_script(
     ))
 }
 
-/// The machine's own API token (its `machine_state` in the store, created on first use and
-/// deleted with the machine), which the ephemeral environment presents to the machine API.
-pub async fn machine_token(store: &Store, machine: &str) -> Result<String, StoreError> {
-    let mut random = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut random);
+/// A one-shot boot secret for this script: useless but for one exchange for a run token
+/// (`services::machine_api::credentials`); only its SHA-256 is kept, never the secret.
+async fn boot_secret(
+    store: &Store,
+    record: &crate::store::MachineRecord,
+) -> Result<String, StoreError> {
+    use crate::services::machine_api::credentials::{new_secret, secret_hash};
+    let secret = new_secret();
     store
-        .machine_token_or_insert(machine, &hex::encode(random))
-        .await
+        .add_boot_secret(record.name.as_str(), &secret_hash(&secret), record.boot_started)
+        .await?;
+    Ok(secret)
 }
 
 fn base_url(state: &BootState, headers: &HeaderMap) -> String {

@@ -46,8 +46,9 @@ pub struct EphemeralBoot<'a> {
     pub mac: MacAddr,
     /// The machine's name, when it is known.
     pub machine: Option<&'a str>,
-    /// The machine's API token (never for enlistment: an unknown machine has none).
-    pub token: Option<&'a str>,
+    /// The one-shot boot secret the machine trades for its run's token (never for enlistment:
+    /// an unknown machine has no record to get a secret for).
+    pub boot_secret: Option<&'a str>,
     /// How the machine reaches the controller, e.g. `http://10.0.0.1:5240` (no trailing `/`).
     pub base_url: &'a str,
     /// The image whose kernel and initrd are booted.
@@ -85,8 +86,8 @@ pub fn kernel_command_line(boot: &EphemeralBoot<'_>) -> String {
     if let Some(machine) = boot.machine {
         words.push(format!("fleet.machine={machine}"));
     }
-    if let Some(token) = boot.token {
-        words.push(format!("fleet.token={token}"));
+    if let Some(secret) = boot.boot_secret {
+        words.push(format!("fleet.boot={secret}"));
     }
     words.join(" ")
 }
@@ -158,13 +159,13 @@ mod tests {
     fn boot(
         role: Role,
         machine: Option<&'static str>,
-        token: Option<&'static str>,
+        boot_secret: Option<&'static str>,
     ) -> EphemeralBoot<'static> {
         EphemeralBoot {
             role,
             mac: MAC,
             machine,
-            token,
+            boot_secret,
             base_url: "http://10.99.0.1:5240",
             image: "ephemeral",
         }
@@ -190,7 +191,7 @@ mod tests {
     }
 
     #[test]
-    fn commissioning_script_carries_role_and_token() {
+    fn commissioning_script_carries_role_and_boot_secret() {
         let script = render_ephemeral(&boot(Role::Commissioning, Some("node-1"), Some("s3cr3t")));
         insta::assert_snapshot!(script);
     }

@@ -57,6 +57,13 @@ pub enum MachineCommand {
     PowerCycle(ActionArgs),
     /// Remove the machine (its history stays)
     Delete(ActionArgs),
+    /// Print a one-shot registration secret (valid an hour) for register-live.sh on a machine
+    /// added live (--deployed); on stdout alone, so it can go straight to a file
+    Registration {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -174,6 +181,9 @@ pub async fn machine(connection: &Connection, command: MachineCommand) -> anyhow
             return show(&client, &name, json, script.as_deref()).await
         }
         MachineCommand::Add(args) => return add(&client, &args).await,
+        MachineCommand::Registration { name, json } => {
+            return registration(&client, &name, json).await
+        }
         MachineCommand::Commission(args) => (Action::Commission, args),
         MachineCommand::Test(args) => (Action::Test, args),
         MachineCommand::Abort(args) => (Action::Abort, args),
@@ -577,6 +587,38 @@ pub async fn events(connection: &Connection, args: &EventsArgs) -> anyhow::Resul
         println!("{}", describe_event(event));
     }
     let _ = colour_enabled();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `fleet machine registration NAME`: the secret on stdout, how to use it on stderr (the secret
+/// never goes on a command line: register-live.sh reads it from a file or the environment).
+async fn registration(
+    client: &Client,
+    name: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let path = format!("/machines/{name}/registration");
+    let made: serde_json::Value = match client.post(&path, &serde_json::json!({})).await? {
+        Ok(made) => made,
+        Err(failure) => {
+            eprintln!("error: no registration secret for {name}: {}", failure.message);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if json {
+        print_json(&made)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let secret = made["registration"].as_str().unwrap_or_default();
+    println!("{secret}");
+    eprintln!(
+        "one-shot registration secret for {name}, valid until {} (used once, then refused).\n\
+         On {name}, as root, with the secret in a file (or in FLEET_REGISTRATION), URL being \
+         where machines reach the controller (its boot HTTP address):\n  \
+         curl -fsS URL/scripts/register-live.sh | sh -s -- --url URL --machine {name} \
+         --registration-file FILE",
+        made["expires_at"].as_str().unwrap_or("?")
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -3,14 +3,18 @@
 # /scripts/fleet-runner.sh). Run by the ephemeral environment's /init, and by register-live.sh on
 # a live host. POSIX sh: busybox sh, dash or bash, with curl, or else wget (busybox or GNU).
 #
-# Environment: FLEET_URL (required), FLEET_ROLE (enlist | commissioning | ... | register-live:
-# then the instructions are asked for with `?live=1`),
-# FLEET_MAC, FLEET_MACHINE, FLEET_TOKEN, FLEET_AFTER_OVERRIDE (poweroff | reboot | wait | exit:
-# replaces the controller's `after`).
+# Environment: FLEET_URL (required), FLEET_ROLE (enlist | commissioning | ... | register-live),
+# FLEET_MAC, FLEET_MACHINE, FLEET_BOOT_SECRET (the one-shot `fleet.boot=` of the iPXE script),
+# FLEET_REGISTRATION (register-live: the one-shot registration secret), FLEET_AFTER_OVERRIDE
+# (poweroff | reboot | wait | exit: replaces the controller's `after`).
 #
-# 1. role enlist without a token: `known?mac=..` (known: log it and power off), else enlist;
-#    inside the ephemeral environment it first looks for a BMC (find_bmc) and reports it.
-# 2. GET instructions; a heartbeat loop in the background (`stop` powers off at once).
+# 1. role enlist without a machine: `known?mac=..` (known: log it and power off), else enlist;
+#    inside the ephemeral environment it first looks for a BMC (find_bmc) and reports it. A new
+#    record's enlistment answers with its run's token; a machine the controller already knows
+#    (by its BMC address) gets none and is told what to do `after` (it boots again as known).
+#    With a machine and a secret: the secret is exchanged, once, for the token of a run.
+# 2. GET instructions; a heartbeat loop in the background (`stop`, or 401 when the run's token
+#    expired, powers off at once).
 # 3. Each script: download, post `running`, run it under `timeout` with FLEET_URL FLEET_MACHINE
 #    FLEET_ROLE FLEET_RUN FLEET_SCRIPT FLEET_RESULTS, post the result (stdout, stderr and the
 #    results file base64-encoded). A `stop` reply (200, or 409) ends the run: no signal.
@@ -24,9 +28,11 @@ URL=${FLEET_URL:-}
 ROLE=${FLEET_ROLE:-}
 MAC=${FLEET_MAC:-}
 MACHINE=${FLEET_MACHINE:-}
-TOKEN=${FLEET_TOKEN:-}
+BOOT_SECRET=${FLEET_BOOT_SECRET:-}
+REGISTRATION=${FLEET_REGISTRATION:-}
+TOKEN=""
 AFTER_OVERRIDE=${FLEET_AFTER_OVERRIDE:-}
-unset FLEET_TOKEN   # the scripts do not get the token
+unset FLEET_BOOT_SECRET FLEET_REGISTRATION FLEET_TOKEN   # the scripts get no secret
 URL=${URL%/}
 HTTP_TIMEOUT=60
 MAX_OUTPUT=1048576   # bytes of stdout and of stderr sent per script (the tail is kept)
@@ -170,7 +176,8 @@ http_problem() {
 }
 
 # api OUT METHOD PATH [BODY_FILE]: http with retries when no response or a 5xx came.
-# Returns 0 for 2xx, 2 for 409 (OUT then says `stop REASON`), 1 for anything else.
+# Returns 0 for 2xx, 2 for 409 or 401 (OUT then says `stop REASON`: the run is over, its token
+# expired), 1 for anything else.
 api() {
   _try=1
   while :; do
@@ -180,6 +187,13 @@ api() {
         409)
           grep -q '^stop' "$1" || echo "stop the controller answered 409" > "$1"
           return 2
+          ;;
+        401)
+          if [ -n "$TOKEN" ]; then
+            printf 'stop %s\n' "$(sed -n 's/^error *//p' "$1" | head -n 1)" > "$1"
+            return 2
+          fi
+          return 1
           ;;
         5??) ;;
         *) return 1 ;;
@@ -320,7 +334,7 @@ find_bmc() {
 log "runner: url=$URL role=${ROLE:--} machine=${MACHINE:--} client=$CLIENT"
 
 # --- 1. enlist ----------------------------------------------------------------------------------
-if [ "$ROLE" = enlist ] && [ -z "$TOKEN" ]; then
+if [ "$ROLE" = enlist ] && [ -z "$MACHINE" ]; then
   macs=""
   for device in /sys/class/net/*; do
     name=${device##*/}
@@ -339,9 +353,8 @@ if [ "$ROLE" = enlist ] && [ -z "$TOKEN" ]; then
   [ -n "$query" ] || query="&mac=$MAC"
   api "$WORK/known" GET "/metadata/v1/known?${query#&}" \
     || give_up "known?mac: $(http_problem "$WORK/known")"
-  known=$(value_of known "$WORK/known")
-  if [ -n "$known" ]; then
-    log "this machine is already known as $known: nothing to enlist"
+  if grep -q '^known' "$WORK/known"; then
+    log "this machine is already known: nothing to enlist"
     finish poweroff
   fi
   case "$(uname -m)" in
@@ -365,20 +378,52 @@ if [ "$ROLE" = enlist ] && [ -z "$TOKEN" ]; then
     2) log "enlist: $(head -n 1 "$WORK/enlisted")"; finish poweroff ;;
     *) give_up "enlist: $(http_problem "$WORK/enlisted")" ;;
   esac
+  if grep -q '^known' "$WORK/enlisted"; then
+    # Known already (by its BMC address, say): no token for an anonymous caller. It boots
+    # again as a known machine, with a boot secret of its own.
+    after=$(value_of after "$WORK/enlisted")
+    log "enlist: the controller knows this machine already: after ${after:-poweroff}"
+    finish "${after:-poweroff}"
+  fi
   MACHINE=$(value_of machine "$WORK/enlisted")
   TOKEN=$(value_of token "$WORK/enlisted")
   if [ -z "$MACHINE" ] || [ -z "$TOKEN" ]; then give_up "enlist: no machine or token in the reply"; fi
   log "enlisted as $MACHINE (status $(value_of status "$WORK/enlisted"))"
 fi
 
+# --- 1b. a one-shot secret for the run's token ------------------------------------------------
+if [ -z "$TOKEN" ] && [ -n "$MACHINE" ] && { [ -n "$BOOT_SECRET" ] || [ -n "$REGISTRATION" ]; }; then
+  valid_name "$MACHINE" || give_up "bad machine name: $MACHINE"
+  if [ -n "$REGISTRATION" ]; then
+    printf '{"registration":"%s"}' "$(json_escape "$REGISTRATION")" > "$WORK/exchange.json"
+  else
+    printf '{"boot":"%s"}' "$(json_escape "$BOOT_SECRET")" > "$WORK/exchange.json"
+  fi
+  BOOT_SECRET="" REGISTRATION=""
+  api "$WORK/exchanged" POST "$(machine_path exchange)" "$WORK/exchange.json"
+  answer=$?
+  rm -f "$WORK/exchange.json"
+  case $answer in
+    0) ;;
+    2) log "exchange: $(head -n 1 "$WORK/exchanged")"; STATUS=1; finish poweroff ;;
+    *) give_up "exchange of the one-shot secret refused: $(http_problem "$WORK/exchanged")" ;;
+  esac
+  if [ "$(value_of role "$WORK/exchanged")" = none ]; then
+    log "nothing to do ($(value_of status "$WORK/exchanged"))"
+    finish "$(value_of after "$WORK/exchanged")"
+  fi
+  TOKEN=$(value_of token "$WORK/exchanged")
+  log "secret exchanged: run $(value_of run "$WORK/exchanged") ($(value_of role "$WORK/exchanged"))"
+fi
+
 [ -n "$MACHINE" ] || give_up "no machine name (FLEET_MACHINE) and not enlisting"
 valid_name "$MACHINE" || give_up "bad machine name: $MACHINE"
-[ -n "$TOKEN" ] || give_up "no token (FLEET_TOKEN) for $MACHINE"
+[ -n "$TOKEN" ] || give_up "no token for $MACHINE: no boot secret (fleet.boot) or registration secret to exchange"
 
 # --- 2. instructions and heartbeats -------------------------------------------------------------
-# A live host says so (`live=1`): the controller then lists only non-destructive scripts.
+# The run's role (on a live host register-live: non-destructive scripts only) was decided when
+# its token was handed out.
 instructions=$(machine_path instructions)
-[ "$ROLE" = register-live ] && instructions="$instructions?live=1"
 api "$WORK/instructions" GET "$instructions" \
   || give_up "instructions: $(http_problem "$WORK/instructions")"
 RUN_ROLE=$(value_of role "$WORK/instructions")
@@ -413,10 +458,10 @@ heartbeat_loop() {
     printf '{"stage":"%s"}' "$(json_escape "$(cat "$WORK/stage" 2>/dev/null)")" > "$WORK/heartbeat.json"
     http "$WORK/heartbeat.out" POST "$(machine_path heartbeat)" "$WORK/heartbeat.json"
     case "$HTTP_CODE" in
-      2??|409)
+      2??|409|401)
         beats=$((beats + 1))
-        if [ "$HTTP_CODE" = 409 ] || grep -q '^stop' "$WORK/heartbeat.out"; then
-          log "heartbeat: stop $(stop_reason "$WORK/heartbeat.out")"
+        if [ "$HTTP_CODE" != 200 ] || grep -q '^stop' "$WORK/heartbeat.out"; then
+          log "heartbeat: stop $(stop_reason "$WORK/heartbeat.out" || head -n 1 "$WORK/heartbeat.out")"
           if [ "$CAN_POWER" = 1 ] && [ "$AFTER_OVERRIDE" != exit ]; then
             log "powering off"
             sync

@@ -1,17 +1,26 @@
-//! What the machine API keeps per machine: its own API token, its current run, the erase mode
-//! its latest release asked for. One row of `machine_state` per machine (made on first write),
-//! keyed by the machine's id: it is deleted with its machine (ON DELETE CASCADE), so a machine
-//! re-added under the same name gets a new token and no run of the old one.
+//! What the machine API keeps per machine: its current run and the hash of that run's token,
+//! the hashes of the one-shot boot secrets of its current boot, a one-shot registration secret
+//! (machines added live), the erase mode its latest release asked for. One row of
+//! `machine_state` per machine (made on first write), keyed by the machine's id: it is deleted
+//! with its machine (ON DELETE CASCADE), so a machine re-added under the same name starts afresh.
 //!
-//! Callers name the machine; a write for a machine that does not exist is
-//! [`StoreError::UnknownMachine`] and writes nothing.
+//! Secrets and tokens reach the store only as their SHA-256 (hex, made by the caller): never
+//! the values themselves. Callers name the machine; a write for a machine that does not exist
+//! is [`StoreError::UnknownMachine`] and writes nothing.
 
 use super::codec::{get, get_opt_parsed};
-use super::{Store, StoreError};
+use super::{now_ms, Store, StoreError};
 use crate::model::EraseMode;
 
-/// A run of the machine API: the id handed out with the instructions and its role
-/// (`commissioning`, `testing`, ... as `model::Role` spells it).
+/// The most boot secrets one boot keeps: iPXE fetches its script once or twice per boot, so
+/// more than this means someone else is fetching it (see [`Store::add_boot_secret`]).
+pub const BOOT_SECRETS_PER_BOOT: usize = 16;
+
+/// What `boot_exchanged_from` says when more boot scripts were served than one boot fetches.
+pub const BOOT_OVERFLOW: &str = "overflow";
+
+/// A run of the machine API: its id and its role (`commissioning`, `testing`, ... as
+/// `model::Role` spells it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineRun {
     pub id: String,
@@ -21,21 +30,54 @@ pub struct MachineRun {
 /// A machine's state, as [`Store::machine_state`] reads it. Everything is `None` until written.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MachineState {
-    /// The machine's own API token.
-    pub token: Option<String>,
-    /// The run it is doing (the latest one handed out).
+    /// The run it is doing (the latest one started).
     pub run: Option<MachineRun>,
+    /// The SHA-256 of the current run's token.
+    pub run_token_hash: Option<String>,
+    /// When the current run ended (its final signal), Unix ms.
+    pub run_ended_at: Option<i64>,
+    /// The SHA-256s of the boot secrets handed out for the current boot, oldest first.
+    pub boot_secrets: Vec<String>,
+    /// Where the current boot's one exchange came from ([`BOOT_OVERFLOW`]: too many scripts).
+    pub boot_exchanged_from: Option<String>,
+    /// The registration secret of a machine added live, if one was made.
+    pub registration: Option<Registration>,
     /// The disk erase its latest release with erase asked for.
     pub erase_mode: Option<EraseMode>,
 }
 
+/// A one-shot registration secret (its SHA-256) for `register-live.sh`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    pub hash: String,
+    pub expires_at: i64,
+    pub used_from: Option<String>,
+}
+
+/// How an exchange of a one-shot secret went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretUse {
+    /// This exchange is the one: the secret is spent.
+    Won,
+    /// The secret was good, but its one exchange had already happened, from this address.
+    AlreadyUsed { first_from: String },
+    /// A registration secret past its expiry (Unix ms).
+    Expired { at: i64 },
+    /// Not a secret of this machine (or of its current boot).
+    Unknown,
+}
+
+const STATE_COLUMNS: &str = "s.run, s.run_role, s.run_token_hash, s.run_ended_at, \
+     s.boot_secrets, s.boot_exchanged_from, s.registration_hash, s.registration_expires, \
+     s.registration_used_from, s.erase_mode";
+
 impl Store {
     /// The state of the machine named `name`, or `None` if there is no such machine.
     pub async fn machine_state(&self, name: &str) -> Result<Option<MachineState>, StoreError> {
-        let row = sqlx::query(
-            "SELECT s.token, s.run, s.run_role, s.erase_mode FROM machines m \
-             LEFT JOIN machine_state s ON s.machine_id = m.id WHERE m.name = $1",
-        )
+        let row = sqlx::query(&format!(
+            "SELECT {STATE_COLUMNS} FROM machines m \
+             LEFT JOIN machine_state s ON s.machine_id = m.id WHERE m.name = $1"
+        ))
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
@@ -44,46 +86,27 @@ impl Store {
         };
         let run: Option<String> = get(&row, "run")?;
         let role: Option<String> = get(&row, "run_role")?;
+        let secrets: Option<String> = get(&row, "boot_secrets")?;
+        let registration_hash: Option<String> = get(&row, "registration_hash")?;
+        let registration_expires: Option<i64> = get(&row, "registration_expires")?;
+        let registration_used_from: Option<String> = get(&row, "registration_used_from")?;
         Ok(Some(MachineState {
-            token: get(&row, "token")?,
             run: run.zip(role).map(|(id, role)| MachineRun { id, role }),
+            run_token_hash: get(&row, "run_token_hash")?,
+            run_ended_at: get(&row, "run_ended_at")?,
+            boot_secrets: secrets
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect(),
+            boot_exchanged_from: get(&row, "boot_exchanged_from")?,
+            registration: registration_hash.map(|hash| Registration {
+                hash,
+                expires_at: registration_expires.unwrap_or(0),
+                used_from: registration_used_from,
+            }),
             erase_mode: get_opt_parsed(&row, "erase_mode")?,
         }))
-    }
-
-    /// The machine's API token, if it has one (and exists).
-    pub async fn machine_token(&self, name: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .machine_state(name)
-            .await?
-            .and_then(|state| state.token))
-    }
-
-    /// The machine's API token, `candidate` becoming it if it has none. The first writer wins,
-    /// also between controllers racing on PostgreSQL (the upsert keeps a token already there).
-    pub async fn machine_token_or_insert(
-        &self,
-        name: &str,
-        candidate: &str,
-    ) -> Result<String, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO machine_state (machine_id, token) \
-             SELECT id, $2 FROM machines WHERE name = $1 \
-             ON CONFLICT (machine_id) DO UPDATE \
-             SET token = COALESCE(machine_state.token, excluded.token) \
-             RETURNING token",
-        )
-        .bind(name)
-        .bind(candidate)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| StoreError::UnknownMachine(name.to_string()))?;
-        let token: Option<String> = get(&row, "token")?;
-        token.ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "machine `{name}`'s token is empty right after it was written"
-            ))
-        })
     }
 
     /// The run the machine is doing, if any.
@@ -91,20 +114,195 @@ impl Store {
         Ok(self.machine_state(name).await?.and_then(|state| state.run))
     }
 
-    /// Makes `run` the machine's current run (whatever it was doing before is over).
-    pub async fn set_machine_run(&self, name: &str, run: &MachineRun) -> Result<(), StoreError> {
+    /// Makes `run` the machine's current run, with the token whose SHA-256 is `token_hash`:
+    /// whatever it was doing before is over, and the former run's token is no longer kept.
+    pub async fn start_machine_run(
+        &self,
+        name: &str,
+        run: &MachineRun,
+        token_hash: &str,
+    ) -> Result<(), StoreError> {
         let result = sqlx::query(
-            "INSERT INTO machine_state (machine_id, run, run_role) \
-             SELECT id, $2, $3 FROM machines WHERE name = $1 \
+            "INSERT INTO machine_state (machine_id, run, run_role, run_token_hash) \
+             SELECT id, $2, $3, $4 FROM machines WHERE name = $1 \
              ON CONFLICT (machine_id) DO UPDATE \
-             SET run = excluded.run, run_role = excluded.run_role",
+             SET run = excluded.run, run_role = excluded.run_role, \
+                 run_token_hash = excluded.run_token_hash, run_ended_at = NULL",
         )
         .bind(name)
         .bind(run.id.as_str())
         .bind(run.role.as_str())
+        .bind(token_hash)
         .execute(&self.pool)
         .await?;
         require_machine(result.rows_affected(), name)
+    }
+
+    /// The run `run` ended (its final signal): its token opens nothing any more. Nothing
+    /// happens if the machine is on another run by now.
+    pub async fn end_machine_run(&self, name: &str, run: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE machine_state SET run_ended_at = $3 \
+             WHERE machine_id = (SELECT id FROM machines WHERE name = $1) AND run = $2",
+        )
+        .bind(name)
+        .bind(run)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The machine whose current run's token has this SHA-256, if any.
+    pub async fn machine_of_run_token(&self, hash: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT m.name FROM machine_state s JOIN machines m ON m.id = s.machine_id \
+             WHERE s.run_token_hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| get(&row, "name")).transpose()
+    }
+
+    /// Keeps the SHA-256 of a boot secret just put in the machine's iPXE script. One boot may
+    /// fetch its script more than once, so every secret of the boot is kept and any one of them
+    /// may make the boot's one exchange. A new boot starts when the current one was exchanged
+    /// and the machine's `boot_started` (its latest power command) moved on since: then the
+    /// secrets of the old boot are dropped. More than [`BOOT_SECRETS_PER_BOOT`] scripts for one
+    /// boot: the hash is not kept and the boot counts as exchanged ([`BOOT_OVERFLOW`]), so any
+    /// later exchange of one of its secrets is refused as a second one. One statement, so two
+    /// fetches at once both keep their secret.
+    pub async fn add_boot_secret(
+        &self,
+        name: &str,
+        hash: &str,
+        boot_started: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let new_boot = "(machine_state.boot_exchanged_from IS NOT NULL \
+             AND COALESCE(machine_state.boot_epoch, -1) <> $3) \
+             OR machine_state.boot_secrets IS NULL";
+        let full = "length(machine_state.boot_secrets) >= $4";
+        let sql = format!(
+            "INSERT INTO machine_state (machine_id, boot_secrets) \
+             SELECT id, $2 FROM machines WHERE name = $1 \
+             ON CONFLICT (machine_id) DO UPDATE SET \
+             boot_secrets = CASE WHEN {new_boot} THEN excluded.boot_secrets \
+                 WHEN {full} THEN machine_state.boot_secrets \
+                 ELSE machine_state.boot_secrets || ' ' || excluded.boot_secrets END, \
+             boot_exchanged_from = CASE WHEN {new_boot} THEN NULL \
+                 WHEN {full} THEN COALESCE(machine_state.boot_exchanged_from, '{BOOT_OVERFLOW}') \
+                 ELSE machine_state.boot_exchanged_from END, \
+             boot_epoch = CASE WHEN {new_boot} THEN NULL \
+                 WHEN {full} AND machine_state.boot_exchanged_from IS NULL THEN $3 \
+                 ELSE machine_state.boot_epoch END"
+        );
+        let full_length = (BOOT_SECRETS_PER_BOOT * (hash.len() + 1) - 1) as i64;
+        let result = sqlx::query(&sql)
+            .bind(name)
+            .bind(hash)
+            .bind(boot_started.unwrap_or(0))
+            .bind(full_length)
+            .execute(&self.pool)
+            .await?;
+        require_machine(result.rows_affected(), name)
+    }
+
+    /// Spends a boot secret (its SHA-256): the first exchange of the machine's current boot
+    /// wins, whichever of the boot's secrets it presents; `from` is where it came from and
+    /// `boot_started` the machine's boot clock, which a later power command moves on.
+    pub async fn use_boot_secret(
+        &self,
+        name: &str,
+        hash: &str,
+        from: &str,
+        boot_started: Option<i64>,
+    ) -> Result<SecretUse, StoreError> {
+        let result = sqlx::query(
+            "UPDATE machine_state SET boot_exchanged_from = $3, boot_epoch = $4 \
+             WHERE machine_id = (SELECT id FROM machines WHERE name = $1) \
+             AND boot_exchanged_from IS NULL \
+             AND (' ' || boot_secrets || ' ') LIKE ('% ' || $2 || ' %')",
+        )
+        .bind(name)
+        .bind(hash)
+        .bind(from)
+        .bind(boot_started.unwrap_or(0))
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 1 {
+            return Ok(SecretUse::Won);
+        }
+        let state = self.machine_state(name).await?.unwrap_or_default();
+        Ok(
+            match (state.boot_secrets.iter().any(|kept| kept == hash), state.boot_exchanged_from) {
+                (true, Some(first_from)) => SecretUse::AlreadyUsed { first_from },
+                _ => SecretUse::Unknown,
+            },
+        )
+    }
+
+    /// Keeps a new registration secret (its SHA-256) for the machine, replacing any earlier one.
+    pub async fn set_registration(
+        &self,
+        name: &str,
+        hash: &str,
+        expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO machine_state (machine_id, registration_hash, registration_expires) \
+             SELECT id, $2, $3 FROM machines WHERE name = $1 \
+             ON CONFLICT (machine_id) DO UPDATE \
+             SET registration_hash = excluded.registration_hash, \
+                 registration_expires = excluded.registration_expires, \
+                 registration_used_from = NULL",
+        )
+        .bind(name)
+        .bind(hash)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        require_machine(result.rows_affected(), name)
+    }
+
+    /// Spends the machine's registration secret (its SHA-256), once, before it expires.
+    pub async fn use_registration(
+        &self,
+        name: &str,
+        hash: &str,
+        from: &str,
+    ) -> Result<SecretUse, StoreError> {
+        let now = now_ms();
+        let result = sqlx::query(
+            "UPDATE machine_state SET registration_used_from = $3 \
+             WHERE machine_id = (SELECT id FROM machines WHERE name = $1) \
+             AND registration_hash = $2 AND registration_used_from IS NULL \
+             AND registration_expires > $4",
+        )
+        .bind(name)
+        .bind(hash)
+        .bind(from)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 1 {
+            return Ok(SecretUse::Won);
+        }
+        let registration = self
+            .machine_state(name)
+            .await?
+            .and_then(|state| state.registration)
+            .filter(|registration| registration.hash == hash);
+        Ok(match registration {
+            Some(Registration {
+                used_from: Some(first_from),
+                ..
+            }) => SecretUse::AlreadyUsed { first_from },
+            Some(registration) if registration.expires_at <= now => SecretUse::Expired {
+                at: registration.expires_at,
+            },
+            _ => SecretUse::Unknown,
+        })
     }
 
     /// The disk erase the machine's latest release with erase asked for, if any.

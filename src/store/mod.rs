@@ -10,8 +10,8 @@
 //! - Columns are TEXT and BIGINT only (what `Any` carries on both backends); times are Unix
 //!   milliseconds; JSON is stored as TEXT.
 //! - Events are never updated or deleted; deleting a machine keeps its history.
-//! - What belongs to one machine (interfaces, disks, script results, its `machine_state`: token,
-//!   run, erase mode) is deleted with it, in the same transaction (ON DELETE CASCADE).
+//! - What belongs to one machine (interfaces, disks, script results, its `machine_state`: run,
+//!   token and secret hashes, erase mode) is deleted with it, in the same transaction (ON DELETE CASCADE).
 
 use crate::model::{Action, InvalidTransition, MacAddr, Outcome};
 use serde::{Deserialize, Serialize};
@@ -36,7 +36,9 @@ pub use crate::model::records::{
 };
 pub use apply::ApplyStepRow;
 pub use db::{now_ms, redact_url, Store};
-pub use machine_state::{MachineRun, MachineState};
+pub use machine_state::{
+    MachineRun, MachineState, Registration, SecretUse, BOOT_OVERFLOW, BOOT_SECRETS_PER_BOOT,
+};
 pub use monitor::InProgress;
 
 /// Which database is behind the store.

@@ -30,11 +30,26 @@ fn fleet_file(directory: &Path, limits: &Limits) -> std::path::PathBuf {
     )
     .unwrap();
     std::fs::write(directory.join("burn.sh"), "#!/bin/sh\necho burning\n").unwrap();
+    // An ephemeral image, so that boot scripts carry their one-shot boot secret.
+    let (kernel, initrd) = (directory.join("vmlinuz"), directory.join("initrd"));
+    std::fs::write(&kernel, b"not really a kernel").unwrap();
+    std::fs::write(&initrd, b"not really an initrd").unwrap();
+    let kernel_sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&kernel).unwrap()))
+    };
     let path = directory.join("fleet.toml");
     std::fs::write(
         &path,
         format!(
-            r#"[policy.timeouts]
+            r#"[controller]
+ephemeral_image = "ephemeral"
+
+[images.ephemeral]
+kernel = {{ path = "{kernel}", sha256 = "{kernel_sha}" }}
+initrd = {{ path = "{initrd}" }}
+
+[policy.timeouts]
 boot = "{boot}"
 heartbeat = "{heartbeat}"
 commissioning = "{commissioning}"
@@ -47,7 +62,9 @@ timeout = "30s"
 [scripts.burn]
 file = "burn.sh"
 kind = "testing"
-"#
+"#,
+            kernel = kernel.display(),
+            initrd = initrd.display(),
         ),
     )
     .unwrap();
@@ -75,6 +92,7 @@ struct Machine {
     client: reqwest::Client,
     url: String,
     name: String,
+    mac: String,
     token: String,
 }
 
@@ -103,6 +121,36 @@ fn line<'a>(answer: &'a str, key: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no `{key}` line in:\n{answer}"))
 }
 
+/// The boot secret (`fleet.boot=`) of the iPXE script anyone may fetch for `mac`.
+async fn boot_secret(url: &str, mac: &str) -> String {
+    let script = reqwest::get(format!("{url}/boot/{mac}.ipxe"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!script.contains("fleet.token="), "{script}");
+    let start = script
+        .find("fleet.boot=")
+        .unwrap_or_else(|| panic!("no boot secret in:\n{script}"))
+        + "fleet.boot=".len();
+    script[start..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect()
+}
+
+/// `POST .../exchange` with `{kind: secret}` (`boot` or `registration`).
+async fn exchange(url: &str, name: &str, kind: &str, secret: &str) -> (u16, String) {
+    let body = serde_json::json!({ kind: secret });
+    post_anonymous(
+        url,
+        &format!("/metadata/v1/machines/{name}/exchange"),
+        body.to_string(),
+    )
+    .await
+}
+
 fn b64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
 }
@@ -121,8 +169,18 @@ impl Machine {
             client: reqwest::Client::new(),
             url: url.to_string(),
             name: line(&answer, "machine").to_string(),
+            mac: mac.to_string(),
             token: line(&answer, "token").to_string(),
         }
+    }
+
+    /// Netboots as iPXE does: fetches the boot script, and exchanges the one-shot boot secret
+    /// on its kernel command line for the token of a new run.
+    async fn boot(&mut self) {
+        let secret = boot_secret(&self.url, &self.mac).await;
+        let (status, answer) = exchange(&self.url, &self.name, "boot", &secret).await;
+        assert_eq!(status, 200, "{answer}");
+        self.token = line(&answer, "token").to_string();
     }
 
     async fn get(&self, path: &str) -> (u16, String) {
@@ -187,12 +245,20 @@ impl Machine {
     }
 }
 
+async fn events_of(store: &Store, machine: &str) -> Vec<fleet::store::Event> {
+    let filter = fleet::store::EventFilter {
+        machine: Some(machine.to_string()),
+        ..fleet::store::EventFilter::default()
+    };
+    store.events(&filter).await.expect("events")
+}
+
 async fn status_of(store: &Store, name: &str) -> (Status, Option<String>) {
     let record = store.machine(name).await.unwrap().unwrap();
     (record.lifecycle.status, record.status_reason)
 }
 
-/// A machine that enlisted, was given manual power and is being commissioned.
+/// A machine that enlisted, was given manual power and is being commissioned (not booted yet).
 async fn commissioning_machine(controller: &TestController, store: &Store, mac: &str) -> Machine {
     let machine = Machine::enlist(&controller.url, mac).await;
     give_manual_power(store, &machine.name).await;
@@ -219,7 +285,7 @@ async fn give_manual_power(store: &Store, name: &str) {
 async fn enlist_commission_fail_on_an_operator_script() {
     let (controller, _directory) = start("10m");
     let store = controller.store().await;
-    let machine = Machine::enlist(&controller.url, "52:54:00:aa:bb:01").await;
+    let mut machine = Machine::enlist(&controller.url, "52:54:00:aa:bb:01").await;
     assert_eq!(machine.name, "enlisted-525400aabb01");
     // Known now, by any of its MACs.
     let known = reqwest::get(format!(
@@ -228,7 +294,7 @@ async fn enlist_commission_fail_on_an_operator_script() {
     ))
     .await
     .unwrap();
-    assert_eq!(known.text().await.unwrap(), "known enlisted-525400aabb01\n");
+    assert_eq!(known.text().await.unwrap(), "known\n", "never the name");
     // Enlistment runs the built-in commissioning scripts only, and the machine stays new.
     let (run, scripts) = machine.instructions("enlist").await;
     assert!(
@@ -254,6 +320,7 @@ async fn enlist_commission_fail_on_an_operator_script() {
         )
         .await;
     assert_eq!(code, 200, "{answer}");
+    machine.boot().await;
     let (run, scripts) = machine.instructions("commissioning").await;
     let names: Vec<&str> = scripts
         .iter()
@@ -292,10 +359,13 @@ async fn enlist_commission_fail_on_an_operator_script() {
         reason.as_deref(),
         Some("commissioning script check-raid failed (exit 3): no RAID controller found")
     );
-    // The run is over: later calls are told to stop and change nothing.
+    // The run is over: its token expired, later calls change nothing.
     let (status, answer) = machine.result(&run, "burn", "testing", "running", "").await;
-    assert_eq!(status, 409, "{answer}");
-    assert!(answer.starts_with("stop "), "{answer}");
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(
+        answer,
+        format!("error token expired: run {run} of {} ended\n", machine.name)
+    );
     // The result is stored once (running, then failed) and shown by `machine show`.
     let record = store.machine(&machine.name).await.unwrap().unwrap();
     let results = store.script_results(record.id).await.unwrap();
@@ -332,7 +402,8 @@ async fn enlist_commission_fail_on_an_operator_script() {
 async fn commissioning_goes_through_testing_to_ready() {
     let (controller, _directory) = start("10m");
     let store = controller.store().await;
-    let machine = commissioning_machine(&controller, &store, "52:54:00:aa:cc:01").await;
+    let mut machine = commissioning_machine(&controller, &store, "52:54:00:aa:cc:01").await;
+    machine.boot().await;
     let (run, scripts) = machine.instructions("commissioning").await;
     assert!(
         scripts
@@ -412,7 +483,8 @@ async fn adopting_a_commissioned_two_nic_machine_keeps_its_boot_mac() {
     let store = controller.store().await;
     let boot = "52:54:00:aa:c2:01";
     let other = "02:54:00:aa:c2:01";
-    let machine = commissioning_machine(&controller, &store, boot).await;
+    let mut machine = commissioning_machine(&controller, &store, boot).await;
+    machine.boot().await;
     let (run, scripts) = machine.instructions("commissioning").await;
     for script in &scripts {
         let mut words = script.split(' ');
@@ -498,7 +570,7 @@ fn facts_of(script: &str) -> Option<&'static str> {
 async fn abort_mid_way_stops_the_run_and_marks_its_scripts_aborted() {
     let (controller, _directory) = start("10m");
     let store = controller.store().await;
-    let machine = Machine::enlist(&controller.url, "52:54:00:aa:dd:01").await;
+    let mut machine = Machine::enlist(&controller.url, "52:54:00:aa:dd:01").await;
     give_manual_power(&store, &machine.name).await;
     let api = controller.http();
     api.post(
@@ -506,6 +578,7 @@ async fn abort_mid_way_stops_the_run_and_marks_its_scripts_aborted() {
         serde_json::json!({}),
     )
     .await;
+    machine.boot().await;
     let (run, _) = machine.instructions("commissioning").await;
     machine
         .result(&run, "check-raid", "commissioning", "running", "")
@@ -518,13 +591,14 @@ async fn abort_mid_way_stops_the_run_and_marks_its_scripts_aborted() {
         .await;
     assert_eq!(code, 200, "{answer}");
     assert_eq!(status_of(&store, &machine.name).await.0, Status::New);
+    // The run is over: its token expired (the runner stops on a 401 as on a `stop`).
     let (status, answer) = machine.post("heartbeat", serde_json::json!({})).await;
-    assert_eq!(status, 200);
-    assert!(answer.starts_with("stop "), "{answer}");
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer.starts_with("error token expired: run "), "{answer}");
     let (status, _) = machine
         .result(&run, "check-raid", "commissioning", "passed", "")
         .await;
-    assert_eq!(status, 409);
+    assert_eq!(status, 401);
     let record = store.machine(&machine.name).await.unwrap().unwrap();
     let results = store.script_results(record.id).await.unwrap();
     assert_eq!(results.len(), 1);
@@ -535,7 +609,8 @@ async fn abort_mid_way_stops_the_run_and_marks_its_scripts_aborted() {
 async fn a_silent_machine_fails_by_heartbeat_timeout() {
     let (controller, _directory) = start("4s");
     let store = controller.store().await;
-    let machine = commissioning_machine(&controller, &store, "52:54:00:aa:ee:01").await;
+    let mut machine = commissioning_machine(&controller, &store, "52:54:00:aa:ee:01").await;
+    machine.boot().await;
     let (_run, _) = machine.instructions("commissioning").await;
     // Heartbeats keep it alive past the limit (6 s of them against 4 s)…
     for _ in 0..12 {
@@ -599,7 +674,8 @@ async fn a_machine_that_never_calls_fails_by_the_boot_limit_one_that_falls_silen
     });
     let store = controller.store().await;
     let never = commissioning_machine(&controller, &store, "52:54:00:aa:b0:01").await;
-    let silent = commissioning_machine(&controller, &store, "52:54:00:aa:b0:02").await;
+    let mut silent = commissioning_machine(&controller, &store, "52:54:00:aa:b0:02").await;
+    silent.boot().await;
     silent.instructions("commissioning").await;
     // While they run, `machine show` names the clock each is on.
     let boot = shown_clock(&controller, &never.name, "boot clock").expect("the boot clock shown");
@@ -684,6 +760,8 @@ async fn deployed_then_released(
     let body = serde_json::json!({"options": {"erase": erase}});
     let (code, answer) = controller.http().post(&path, body).await;
     assert_eq!(code, 200, "{answer}");
+    let mut machine = machine;
+    machine.boot().await;
     machine
 }
 
@@ -754,7 +832,8 @@ async fn a_script_added_to_the_fleet_file_reaches_the_next_run_under_watch() {
     let state = directory.path().join("state");
     let controller = TestController::start_in(&state, &["-f", fleet.to_str().unwrap(), "--watch"]);
     let store = controller.store().await;
-    let machine = commissioning_machine(&controller, &store, "52:54:00:aa:fc:01").await;
+    let mut machine = commissioning_machine(&controller, &store, "52:54:00:aa:fc:01").await;
+    machine.boot().await;
     let (_, scripts) = machine.instructions("commissioning").await;
     assert!(!scripts.iter().any(|line| line.starts_with("late-check ")));
     std::fs::write(directory.path().join("late.sh"), "#!/bin/sh\necho late\n").unwrap();
@@ -782,7 +861,8 @@ async fn a_machine_past_its_limit_times_out_however_chatty() {
         commissioning: "3s",
     });
     let store = controller.store().await;
-    let machine = commissioning_machine(&controller, &store, "52:54:00:aa:ef:01").await;
+    let mut machine = commissioning_machine(&controller, &store, "52:54:00:aa:ef:01").await;
+    machine.boot().await;
     machine.instructions("commissioning").await;
     let started = Instant::now();
     loop {
@@ -793,9 +873,10 @@ async fn a_machine_past_its_limit_times_out_however_chatty() {
                 reason.as_deref(),
                 Some("operation commissioning timed out after 3 seconds")
             );
-            // The machine hears it at its next call.
-            let (_, answer) = machine.post("heartbeat", serde_json::json!({})).await;
-            assert!(answer.starts_with("stop "), "{answer}");
+            // The machine hears it at its next call: its run's token expired.
+            let (status, answer) = machine.post("heartbeat", serde_json::json!({})).await;
+            assert_eq!(status, 401, "{answer}");
+            assert!(answer.starts_with("error token expired: run "), "{answer}");
             break;
         }
         assert_eq!(answer, "continue\n");
@@ -846,6 +927,7 @@ async fn bad_enlistments_foreign_tokens_and_huge_uploads_are_refused() {
             client: reqwest::Client::new(),
             url: url.to_string(),
             name: first.name.clone(),
+            mac: String::new(),
             token: String::new(),
         }
     };
@@ -919,9 +1001,17 @@ async fn a_live_machine_registers_its_inventory_with_the_served_script() {
     );
 
     let url = "http://10.97.0.1:5240";
-    let token = controller.operator_token();
+    // A one-shot registration secret, handed over in a file (never on a command line).
+    let made = controller.cli(&["machine", "registration", "web-1"]);
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let secret = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    assert_eq!(secret.len(), 64, "{secret}");
+    let file = directory.path().join("registration");
+    std::fs::write(&file, format!("{secret}\n")).unwrap();
     let script = format!(
-        "curl -fsS {url}/scripts/register-live.sh | sh -s -- --url {url} --machine web-1 --token {token}"
+        "curl -fsS {url}/scripts/register-live.sh | sh -s -- --url {url} --machine web-1 \
+         --registration-file {}",
+        file.display()
     );
     let output = live_ns
         .command("sh")
@@ -934,6 +1024,24 @@ async fn a_live_machine_registers_its_inventory_with_the_served_script() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(output.status.success(), "register-live failed:\n{log}");
+    // One shot: the same secret again is refused (the runner says why), and the script takes
+    // no token at all (the operator's would have done before).
+    let again = live_ns.command("sh").args(["-c", &script]).output().unwrap();
+    let again_log = String::from_utf8_lossy(&again.stderr).to_string();
+    assert!(!again.status.success(), "{again_log}");
+    assert!(again_log.contains("already used"), "{again_log}");
+    let token = controller.operator_token();
+    let with_token = format!(
+        "curl -fsS {url}/scripts/register-live.sh | FLEET_TOKEN={token} sh -s -- --url {url} \
+         --machine web-1 --token {token}"
+    );
+    let refused = live_ns.command("sh").args(["-c", &with_token]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("not a token"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 
     let store = controller.store().await;
     let record = store.machine("web-1").await.unwrap().unwrap();
@@ -993,4 +1101,316 @@ fn installed_memory_mib() -> Option<i64> {
         })
         .count() as i64;
     (online > 0).then_some(online * block / (1024 * 1024))
+}
+
+/// The attack of issue 12: someone reads a commissioning machine's boot script (anyone may
+/// fetch it) and uses its secret to forge the inventory. Whoever exchanges second, the boot's
+/// secret has been used twice: refused, recorded with both addresses, and the commissioning
+/// fails naming the possible impersonation, so the forged run never reaches ready.
+#[tokio::test]
+async fn a_boot_secret_read_from_the_boot_script_cannot_forge_a_run() {
+    let (controller, _directory) = start("10m");
+    let store = controller.store().await;
+
+    // The machine exchanges first; the attacker's exchange, with its own script's secret or
+    // with the machine's very secret, is refused.
+    let mut machine = commissioning_machine(&controller, &store, "52:54:00:ac:00:01").await;
+    let seen_by_attacker = boot_secret(&controller.url, &machine.mac).await;
+    let own = boot_secret(&controller.url, &machine.mac).await;
+    let (status, answer) = exchange(&controller.url, &machine.name, "boot", &own).await;
+    assert_eq!(status, 200, "{answer}");
+    machine.token = line(&answer, "token").to_string();
+    assert!(answer.contains("role commissioning\n"), "{answer}");
+    for secret in [&seen_by_attacker, &own] {
+        let (status, answer) = exchange(&controller.url, &machine.name, "boot", secret).await;
+        assert_eq!(status, 403, "{answer}");
+        assert!(answer.contains("used twice"), "{answer}");
+    }
+    let (status, reason) = status_of(&store, &machine.name).await;
+    assert_eq!(status, Status::FailedCommissioning);
+    let reason = reason.unwrap();
+    assert!(
+        reason.contains("was used twice (first from 127.0.0.1, again from 127.0.0.1)")
+            && reason.ends_with("possible impersonation"),
+        "{reason}"
+    );
+    let events = events_of(&store, &machine.name).await;
+    let security: Vec<_> = events.iter().filter(|e| e.kind == "security").collect();
+    assert!(!security.is_empty(), "{events:#?}");
+    assert_eq!(security[0].detail["first_from"], "127.0.0.1");
+    assert_eq!(security[0].detail["again_from"], "127.0.0.1");
+    let (status, _) = machine.get("instructions").await;
+    assert_eq!(status, 401, "the failed run's token expired");
+
+    // The attacker exchanges first and forges the inventory; the machine's own exchange then
+    // fails the commissioning, and the forged run can never signal its way to ready.
+    let victim = commissioning_machine(&controller, &store, "52:54:00:ac:00:02").await;
+    let attacker_secret = boot_secret(&controller.url, &victim.mac).await;
+    let victim_secret = boot_secret(&controller.url, &victim.mac).await;
+    let (status, answer) =
+        exchange(&controller.url, &victim.name, "boot", &attacker_secret).await;
+    assert_eq!(status, 200, "{answer}");
+    let attacker = Machine {
+        client: reqwest::Client::new(),
+        url: controller.url.clone(),
+        name: victim.name.clone(),
+        mac: victim.mac.clone(),
+        token: line(&answer, "token").to_string(),
+    };
+    let (run, _) = attacker.instructions("commissioning").await;
+    let (_, answer) = attacker
+        .post(
+            "results",
+            serde_json::json!({
+                "run": run, "name": "10-fleet-cpu", "kind": "commissioning",
+                "status": "passed", "exit_code": 0,
+                "stdout_b64": b64("cpu count=4096 model=\"forged\" mhz=9999\n"),
+            }),
+        )
+        .await;
+    assert_eq!(answer, "continue\n");
+    let (status, answer) = exchange(&controller.url, &victim.name, "boot", &victim_secret).await;
+    assert_eq!(status, 403, "{answer}");
+    let (status, reason) = status_of(&store, &victim.name).await;
+    assert_eq!(status, Status::FailedCommissioning);
+    assert!(reason.unwrap().ends_with("possible impersonation"));
+    let (status, answer) = attacker
+        .post("signal", serde_json::json!({"run": run, "result": "ok"}))
+        .await;
+    assert_eq!(status, 401, "{answer}");
+    assert_ne!(status_of(&store, &victim.name).await.0, Status::Ready);
+    // A secret that was never handed out opens nothing and changes nothing.
+    let (status, _) = exchange(&controller.url, "no-such-machine", "boot", "00").await;
+    assert_eq!(status, 404);
+}
+
+/// Tokens are bound to a run of one machine: none, the operator's, another machine's and an
+/// ended run's are refused on every machine route.
+#[tokio::test]
+async fn machine_routes_take_only_the_token_of_the_machines_current_run() {
+    let (controller, _directory) = start("10m");
+    let url = controller.url.as_str();
+    let first = Machine::enlist(url, "52:54:00:ad:00:01").await;
+    let second = Machine::enlist(url, "52:54:00:ad:00:03").await;
+    let (run, _) = first.instructions("enlist").await;
+    let with_token = |token: Option<&str>| {
+        let client = reqwest::Client::new();
+        let request = client.post(format!(
+            "{url}/metadata/v1/machines/{}/heartbeat",
+            first.name
+        ));
+        match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    };
+    let operator = controller.token.clone();
+    for (token, expected_status, expected) in [
+        (None, 401, "error no token"),
+        (Some(operator.as_str()), 401, "error unknown token"),
+        (Some(second.token.as_str()), 403, "error this token is not machine"),
+        (Some("0123"), 401, "error unknown token"),
+    ] {
+        let (status, answer) = text(with_token(token).send().await.unwrap()).await;
+        assert_eq!(status, expected_status, "{token:?}: {answer}");
+        assert!(answer.starts_with(expected), "{token:?}: {answer}");
+    }
+    // The operator token is no key to the machine API (it was before).
+    let (status, _) = Machine {
+        client: reqwest::Client::new(),
+        url: url.to_string(),
+        name: first.name.clone(),
+        mac: first.mac.clone(),
+        token: operator.clone(),
+    }
+    .get("instructions")
+    .await;
+    assert_eq!(status, 401);
+    // Its own token works until its run ends, then it has expired.
+    let (status, answer) = text(with_token(Some(&first.token)).send().await.unwrap()).await;
+    assert_eq!((status, answer.as_str()), (200, "continue\n"));
+    let (_, answer) = first
+        .post("signal", serde_json::json!({"run": run, "result": "ok"}))
+        .await;
+    assert_eq!(answer, "after poweroff\n");
+    let (status, answer) = text(with_token(Some(&first.token)).send().await.unwrap()).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        answer,
+        format!("error token expired: run {run} of {} ended\n", first.name)
+    );
+    // Nothing is kept in plain text: the store holds the token's SHA-256 only.
+    let store = controller.store().await;
+    let state = store.machine_state(&first.name).await.unwrap().unwrap();
+    assert_eq!(
+        state.run_token_hash.as_deref(),
+        Some(fleet::services::machine_api::credentials::secret_hash(&first.token).as_str())
+    );
+}
+
+/// An anonymous enlistment never gets an existing machine's credentials: a known MAC, or a
+/// machine added by hand found by its BMC address, gets `known` and no token, and a stored BMC
+/// password (or address) is never replaced; only empty fields are filled.
+#[tokio::test]
+async fn anonymous_enlistment_returns_no_credentials_and_overwrites_no_bmc_password() {
+    let (controller, _directory) = start("10m");
+    let url = controller.url.as_str();
+    let store = controller.store().await;
+    let machine = Machine::enlist(url, "52:54:00:ae:00:01").await;
+    let body = serde_json::json!({
+        "architecture": "amd64", "boot_mac": "52:54:00:ae:00:01", "macs": ["52:54:00:ae:00:01"],
+    });
+    let (status, answer) = post_anonymous(url, "/metadata/v1/enlist", body.to_string()).await;
+    assert_eq!((status, answer.as_str()), (200, "known\nafter poweroff\n"));
+    let known = reqwest::get(format!("{url}/metadata/v1/known?mac=52:54:00:ae:00:01"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(known, "known\n");
+    assert!(!known.contains(&machine.name));
+
+    // Added by hand with its BMC and a password of the operator's, not commissioned.
+    let added = controller.fleet(&[
+        "machine", "add", "rack-7", "--no-commission", "--power-type", "ipmi",
+        "--power-param", "address=10.0.0.7", "--power-param", "user=admin",
+        "--power-param", "password=env:RACK7_BMC_PASSWORD",
+    ]);
+    assert!(added.status.success(), "{}", stderr(&added));
+    let before = store.machine("rack-7").await.unwrap().unwrap();
+    let forged = serde_json::json!({
+        "architecture": "amd64", "boot_mac": "52:54:00:ae:00:07", "macs": ["52:54:00:ae:00:07"],
+        "bmc": {"type": "ipmi", "address": "10.0.0.7", "user": "fleet", "password": "Att4cker-pw"},
+    });
+    let (status, answer) = post_anonymous(url, "/metadata/v1/enlist", forged.to_string()).await;
+    assert_eq!((status, answer.as_str()), (200, "known\nafter poweroff\n"));
+    let after = store.machine("rack-7").await.unwrap().unwrap();
+    assert_eq!(after.power_params, before.power_params, "the BMC password stays");
+    assert_eq!(after.bmc_address.as_deref(), Some("10.0.0.7"));
+    // Only its empty fields were filled: the MACs, so it boots next as a known machine.
+    let macs: Vec<String> = after.interfaces.iter().map(|i| i.mac.to_string()).collect();
+    assert_eq!(macs, ["52:54:00:ae:00:07"]);
+    assert!(!controller
+        .state_dir
+        .join("secrets/rack-7.bmc-password")
+        .exists());
+
+    // Added with only its BMC address (lifecycle.md: its identity until its first boot), and
+    // commissioning: the enlistment fills the user and password, gets no token, and the
+    // machine is told to wait while the controller power-cycles it through its BMC.
+    let added = controller.fleet(&[
+        "machine", "add", "rack-8", "--no-commission", "--power-type", "ipmi",
+        "--power-param", "address=10.0.0.8",
+    ]);
+    assert!(added.status.success(), "{}", stderr(&added));
+    let record = store.machine("rack-8").await.unwrap().unwrap();
+    let mut lifecycle = record.lifecycle.clone();
+    lifecycle.status = Status::Commissioning;
+    store
+        .write_lifecycle("rack-8", &lifecycle, "test", "fixture")
+        .await
+        .unwrap();
+    let first_boot = serde_json::json!({
+        "architecture": "amd64", "boot_mac": "52:54:00:ae:00:08", "macs": ["52:54:00:ae:00:08"],
+        "bmc": {"type": "ipmi", "address": "10.0.0.8", "user": "fleet", "password": "F1rst-pw"},
+    });
+    let (status, answer) = post_anonymous(url, "/metadata/v1/enlist", first_boot.to_string()).await;
+    assert_eq!((status, answer.as_str()), (200, "known\nafter wait\n"));
+    let filled = store.machine("rack-8").await.unwrap().unwrap();
+    let file = controller.state_dir.join("secrets/rack-8.bmc-password");
+    assert_eq!(filled.power_params["user"], "fleet");
+    assert_eq!(
+        filled.power_params["password"],
+        serde_json::json!({"file": file.display().to_string()})
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "F1rst-pw\n");
+    // A second enlistment naming that BMC replaces nothing.
+    let second = serde_json::json!({
+        "architecture": "amd64", "boot_mac": "52:54:00:ae:00:09", "macs": ["52:54:00:ae:00:09"],
+        "bmc": {"type": "ipmi", "address": "10.0.0.8", "user": "evil", "password": "Sec0nd-pw"},
+    });
+    let (status, answer) = post_anonymous(url, "/metadata/v1/enlist", second.to_string()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(!answer.contains("token"), "{answer}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "F1rst-pw\n");
+    let again = store.machine("rack-8").await.unwrap().unwrap();
+    assert_eq!(again.power_params, filled.power_params);
+    assert_eq!(again.interfaces.len(), 1);
+    // The controller power-cycles it (the command is recorded, whatever the BMC answers).
+    let started = Instant::now();
+    loop {
+        let events = events_of(&store, "rack-8").await;
+        if events.iter().any(|e| e.kind == "power") {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{events:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// register-live's one-shot registration secret, at the HTTP level: made by an operator for a
+/// machine added live only, exchanged once for a register-live run; used again, expired, or
+/// replaced by the operator token: refused.
+#[tokio::test]
+async fn registration_secrets_are_one_shot_short_lived_and_for_live_machines() {
+    let (controller, _directory) = start("10m");
+    let url = controller.url.as_str();
+    let store = controller.store().await;
+    let added = controller.fleet(&[
+        "machine", "add", "web-2", "--mac", "52:54:00:af:00:01", "--deployed", "--os", "debian-12",
+    ]);
+    assert!(added.status.success(), "{}", stderr(&added));
+    let api = controller.http();
+    // The operator token is no registration secret.
+    let (status, answer) = exchange(url, "web-2", "registration", &controller.token).await;
+    assert_eq!(status, 403, "{answer}");
+    let made = controller.fleet(&["machine", "registration", "web-2"]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let secret = stdout(&made).trim().to_string();
+    assert!(stderr(&made).contains("--registration-file"), "{}", stderr(&made));
+    let (status, answer) = exchange(url, "web-2", "registration", &secret).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("role register-live\n"), "{answer}");
+    let live = Machine {
+        client: reqwest::Client::new(),
+        url: url.to_string(),
+        name: "web-2".into(),
+        mac: String::new(),
+        token: line(&answer, "token").to_string(),
+    };
+    live.instructions("register-live").await;
+    let (status, answer) = exchange(url, "web-2", "registration", &secret).await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("already used"), "{answer}");
+    // Expired: refused with a 401 that says so.
+    let (code, made) = api
+        .post("/machines/web-2/registration", serde_json::json!({}))
+        .await;
+    assert_eq!(code, 200, "{made}");
+    let late = made["registration"].as_str().unwrap().to_string();
+    store
+        .set_registration(
+            "web-2",
+            &fleet::services::machine_api::credentials::secret_hash(&late),
+            fleet::store::now_ms() - 1,
+        )
+        .await
+        .unwrap();
+    let (status, answer) = exchange(url, "web-2", "registration", &late).await;
+    assert_eq!(status, 401, "{answer}");
+    assert!(answer.contains("expired"), "{answer}");
+    // Only for a machine running a workload.
+    let enlisted = Machine::enlist(url, "52:54:00:af:00:02").await;
+    let (code, answer) = api
+        .post(
+            &format!("/machines/{}/registration", enlisted.name),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(code, 409, "{answer}");
+    // The secret is in no event.
+    let (_, events) = api.get("/events?limit=1000").await;
+    assert!(!events.to_string().contains(&secret));
+    assert!(events.to_string().contains("registration secret"), "{events}");
 }

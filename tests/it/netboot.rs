@@ -43,6 +43,15 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
+/// The one-shot boot secret (`fleet.boot=`) in a boot script or on a console.
+fn boot_secret_of(text: &str) -> String {
+    let start = text.find("fleet.boot=").expect("a fleet.boot= secret") + "fleet.boot=".len();
+    text[start..]
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect()
+}
+
 /// A fleet file for the boot tests.
 fn fleet_file(
     directory: &Path,
@@ -152,7 +161,7 @@ async fn curl_fetches_boot_scripts_and_ranges_of_a_kernel() {
     let unknown = String::from_utf8_lossy(&unknown.stdout);
     assert!(unknown.starts_with("#!ipxe\n"), "{unknown}");
     assert!(
-        unknown.contains("fleet.role=enlist") && !unknown.contains("fleet.token="),
+        unknown.contains("fleet.role=enlist") && !unknown.contains("fleet.boot="),
         "{unknown}"
     );
     assert!(
@@ -178,15 +187,16 @@ async fn curl_fetches_boot_scripts_and_ranges_of_a_kernel() {
         commissioning.contains("fleet.machine=node-1"),
         "{commissioning}"
     );
-    let token = store
-        .machine_token("node-1")
-        .await
-        .expect("read")
-        .expect("a token was made");
-    assert!(
-        commissioning.contains(&format!("fleet.token={token}")),
-        "{commissioning}"
-    );
+    // A one-shot boot secret, kept only as its SHA-256; a second fetch gets another one.
+    let secret = boot_secret_of(&commissioning);
+    let state = store.machine_state("node-1").await.expect("read").expect("node-1");
+    assert_eq!(state.boot_secrets, [sha256_hex(secret.as_bytes())]);
+    let again = run_curl(&[&format!("{}/boot/52-54-00-00-00-01.ipxe", controller.url)]);
+    let again = boot_secret_of(&String::from_utf8_lossy(&again.stdout));
+    assert_ne!(again, secret);
+    let state = store.machine_state("node-1").await.expect("read").expect("node-1");
+    assert_eq!(state.boot_secrets.len(), 2);
+    assert!(!commissioning.contains("fleet.token="), "{commissioning}");
 
     // A Range of the kernel: 206, Content-Range, and exactly those bytes.
     let url = format!(
@@ -541,15 +551,13 @@ async fn netboot(firmware: Firmware, mac: &str, known_as: Option<(&str, Status)>
             on_machine.iter().any(|event| event.kind == "boot"),
             "boot events on {name}: {on_machine:#?}"
         );
-        let token = store
-            .machine_token(name)
-            .await
-            .expect("read")
-            .expect("a token");
+        let state = store.machine_state(name).await.expect("read").expect("the machine");
+        let secret = boot_secret_of(&console);
         assert!(
-            console.contains(&format!("fleet.token={token}")),
-            "the token is not on the kernel command line"
+            state.boot_secrets.contains(&sha256_hex(secret.as_bytes())),
+            "the boot secret on the kernel command line is not the machine's"
         );
+        assert!(!console.contains("fleet.token="), "a token on the kernel command line");
     }
     eprintln!(
         "netboot {}: {seconds:.1} s from QEMU start to power-off",

@@ -666,54 +666,58 @@ both_backends!(
         );
         assert_eq!(store.machine_state("ghost").await.unwrap(), None);
 
-        // The first token stays.
-        assert_eq!(
-            store.machine_token_or_insert("node-1", "t1").await.unwrap(),
-            "t1"
-        );
-        assert_eq!(
-            store.machine_token_or_insert("node-1", "t2").await.unwrap(),
-            "t1"
-        );
         let run = MachineRun {
             id: "commissioning-1".into(),
             role: "commissioning".into(),
         };
-        store.set_machine_run("node-1", &run).await.unwrap();
+        store
+            .start_machine_run("node-1", &run, "hash-1")
+            .await
+            .unwrap();
         store
             .set_erase_mode("node-1", EraseMode::Secure)
             .await
             .unwrap();
-        // Writing one part keeps the others.
+        store.end_machine_run("node-1", "commissioning-1").await.unwrap();
+        // Writing one part keeps the others; a new run replaces the token and is not ended.
         let later = MachineRun {
             id: "testing-2".into(),
             role: "testing".into(),
         };
-        store.set_machine_run("node-1", &later).await.unwrap();
+        store
+            .start_machine_run("node-1", &later, "hash-2")
+            .await
+            .unwrap();
+        store.end_machine_run("node-1", "commissioning-1").await.unwrap();
         assert_eq!(
             store.machine_state("node-1").await.unwrap(),
             Some(MachineState {
-                token: Some("t1".into()),
                 run: Some(later.clone()),
+                run_token_hash: Some("hash-2".into()),
                 erase_mode: Some(EraseMode::Secure),
+                ..MachineState::default()
             })
         );
         assert_eq!(store.machine_run("node-1").await.unwrap(), Some(later));
         assert_eq!(
-            store.erase_mode("node-1").await.unwrap(),
-            Some(EraseMode::Secure)
+            store.machine_of_run_token("hash-2").await.unwrap().as_deref(),
+            Some("node-1")
         );
+        assert_eq!(store.machine_of_run_token("hash-1").await.unwrap(), None);
         // Per machine.
-        assert_eq!(store.machine_token("node-2").await.unwrap(), None);
-        store.set_machine_run("node-2", &run).await.unwrap();
-        assert_eq!(store.machine_token("node-2").await.unwrap(), None);
+        store.start_machine_run("node-2", &run, "hash-3").await.unwrap();
+        assert_eq!(
+            store.machine_of_run_token("hash-3").await.unwrap().as_deref(),
+            Some("node-2")
+        );
         // A machine that does not exist has no state and gets none.
         for error in [
             store
-                .machine_token_or_insert("ghost", "t")
+                .start_machine_run("ghost", &run, "h")
                 .await
                 .unwrap_err(),
-            store.set_machine_run("ghost", &run).await.unwrap_err(),
+            store.add_boot_secret("ghost", "h", None).await.unwrap_err(),
+            store.set_registration("ghost", "h", 1).await.unwrap_err(),
             store
                 .set_erase_mode("ghost", EraseMode::Quick)
                 .await
@@ -741,29 +745,118 @@ both_backends!(
             store.machine_state("node-1").await.unwrap(),
             Some(MachineState::default())
         );
-        assert_eq!(
-            store.machine_token_or_insert("node-1", "t3").await.unwrap(),
-            "t3",
-            "not the deleted machine's token"
-        );
+        assert_eq!(store.machine_of_run_token("hash-2").await.unwrap(), None);
         assert_eq!(store.machine_run("node-2").await.unwrap(), Some(run));
     }
 );
 
-both_backends!(machine_tokens_first_writer_wins, |store| async move {
+/// One boot: every secret handed out may make the one exchange, the first wins; the next
+/// exchange of any of them is refused naming the first address; a new power command (a new
+/// boot_started) after the exchange starts a new boot; a full boot counts as exchanged.
+both_backends!(boot_secrets_allow_one_exchange_per_boot, |store| async move {
+    use fleet::store::{SecretUse, BOOT_OVERFLOW, BOOT_SECRETS_PER_BOOT};
     created(&store, "node-1", &["52:54:00:00:00:01"]).await;
-    let winner = one_winner(|index| {
+    let hash = |n: usize| format!("{n:064x}");
+    store.add_boot_secret("node-1", &hash(1), Some(10)).await.unwrap();
+    store.add_boot_secret("node-1", &hash(2), Some(10)).await.unwrap();
+    assert_eq!(
+        store.use_boot_secret("node-1", &hash(9), "10.0.0.9", Some(10)).await.unwrap(),
+        SecretUse::Unknown
+    );
+    assert_eq!(
+        store.use_boot_secret("node-1", &hash(1), "10.0.0.5", Some(10)).await.unwrap(),
+        SecretUse::Won
+    );
+    for again in [1, 2] {
+        assert_eq!(
+            store.use_boot_secret("node-1", &hash(again), "10.0.0.6", Some(10)).await.unwrap(),
+            SecretUse::AlreadyUsed {
+                first_from: "10.0.0.5".into()
+            }
+        );
+    }
+    // Another script in the same boot: still the same boot (exchanged).
+    store.add_boot_secret("node-1", &hash(3), Some(10)).await.unwrap();
+    assert!(matches!(
+        store.use_boot_secret("node-1", &hash(3), "10.0.0.6", Some(10)).await.unwrap(),
+        SecretUse::AlreadyUsed { .. }
+    ));
+    // A power command later: a new boot, the old secrets gone.
+    store.add_boot_secret("node-1", &hash(4), Some(20)).await.unwrap();
+    let state = store.machine_state("node-1").await.unwrap().unwrap();
+    assert_eq!(state.boot_secrets, [hash(4)]);
+    assert_eq!(state.boot_exchanged_from, None);
+    assert_eq!(
+        store.use_boot_secret("node-1", &hash(1), "10.0.0.6", Some(20)).await.unwrap(),
+        SecretUse::Unknown
+    );
+    // Racing exchanges of one boot: one wins.
+    let winners = one_winner_count(|index| {
         let store = store.clone();
+        let secret = hash(4);
         async move {
             store
-                .machine_token_or_insert("node-1", &format!("token-{index}"))
+                .use_boot_secret("node-1", &secret, &format!("10.0.1.{index}"), Some(20))
                 .await
                 .unwrap()
+                == SecretUse::Won
         }
     })
     .await;
-    assert_eq!(store.machine_token("node-1").await.unwrap(), Some(winner));
+    assert_eq!(winners, 1);
+    // More scripts than a boot fetches: the boot counts as exchanged.
+    store.add_boot_secret("node-1", &hash(100), Some(30)).await.unwrap();
+    for n in 101..100 + BOOT_SECRETS_PER_BOOT + 3 {
+        store.add_boot_secret("node-1", &hash(n), Some(30)).await.unwrap();
+    }
+    let state = store.machine_state("node-1").await.unwrap().unwrap();
+    assert_eq!(state.boot_secrets.len(), BOOT_SECRETS_PER_BOOT);
+    assert_eq!(state.boot_exchanged_from.as_deref(), Some(BOOT_OVERFLOW));
+    assert!(matches!(
+        store.use_boot_secret("node-1", &hash(100), "10.0.0.5", Some(30)).await.unwrap(),
+        SecretUse::AlreadyUsed { .. }
+    ));
 });
+
+both_backends!(registration_secrets_are_one_shot_and_expire, |store| async move {
+    use fleet::store::SecretUse;
+    created(&store, "node-1", &["52:54:00:00:00:01"]).await;
+    let future = fleet::store::now_ms() + 60_000;
+    store.set_registration("node-1", "r1", future).await.unwrap();
+    assert_eq!(
+        store.use_registration("node-1", "r2", "10.0.0.5").await.unwrap(),
+        SecretUse::Unknown
+    );
+    assert_eq!(
+        store.use_registration("node-1", "r1", "10.0.0.5").await.unwrap(),
+        SecretUse::Won
+    );
+    assert_eq!(
+        store.use_registration("node-1", "r1", "10.0.0.6").await.unwrap(),
+        SecretUse::AlreadyUsed {
+            first_from: "10.0.0.5".into()
+        }
+    );
+    store.set_registration("node-1", "r3", 1000).await.unwrap();
+    assert_eq!(
+        store.use_registration("node-1", "r3", "10.0.0.5").await.unwrap(),
+        SecretUse::Expired { at: 1000 }
+    );
+});
+
+/// How many of 8 racers report winning.
+async fn one_winner_count<Race, Raced>(race: Race) -> usize
+where
+    Race: Fn(usize) -> Raced,
+    Raced: std::future::Future<Output = bool> + Send + 'static,
+{
+    let racers: Vec<_> = (0..8).map(|index| tokio::spawn(race(index))).collect();
+    let mut won = 0;
+    for racer in racers {
+        won += usize::from(racer.await.unwrap());
+    }
+    won
+}
 
 /// The migrations of fleet before `machine_state` (0001-0003), in a directory of their own.
 async fn migrations_before_machine_state(
@@ -843,20 +936,18 @@ async fn check_machine_state_moved(url: &str) -> Store {
     assert_eq!(
         store.machine_state("node-1").await.unwrap(),
         Some(MachineState {
-            token: Some("token-1".into()),
             run: Some(MachineRun {
                 id: "disk_erasing-1700000000000".into(),
                 role: "disk_erasing".into(),
             }),
             erase_mode: Some(EraseMode::Full),
-        })
+            ..MachineState::default()
+        }),
+        "the plain token is not kept (0006)"
     );
     assert_eq!(
         store.machine_state("node-2").await.unwrap(),
-        Some(MachineState {
-            token: Some("token-2".into()),
-            ..MachineState::default()
-        }),
+        Some(MachineState::default()),
         "an unreadable run is no run"
     );
     for key in [

@@ -1,6 +1,7 @@
 //! Enlistment: an unknown machine registers itself (anonymous). Matching follows
 //! lifecycle.md: by BMC address when it reports a BMC and a machine with that address is new or
-//! commissioning; else by any of its MACs; else a new record, in status new.
+//! commissioning (then it only fills that record's empty fields); else by any of its MACs (known:
+//! nothing changes); else a new record, in status new.
 //!
 //! A BMC password the machine reports (the runner made a user `fleet` on its BMC) is kept as
 //! fleet keeps every secret, by reference: the controller writes it to
@@ -174,12 +175,18 @@ fn check_bmc(bmc: BmcBody) -> Result<Bmc, String> {
     })
 }
 
-/// How an enlistment ended.
+/// How an enlistment ended. Only a record the enlistment created is the caller's own: it alone
+/// gets a run token (an anonymous caller never gets an existing machine's credentials).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Enlisted {
     Created(MachineRecord),
-    Matched(MachineRecord),
-    /// The machine is known and past enlistment: it must not take over the record.
+    /// A machine added by hand, found by its BMC address while new or commissioning: the
+    /// enlistment filled the fields it left empty (named here), nothing else.
+    MatchedByBmc {
+        record: MachineRecord,
+        filled: Vec<&'static str>,
+    },
+    /// The machine is known by one of its MACs: it does not enlist again.
     Known(MachineRecord),
 }
 
@@ -212,16 +219,11 @@ pub async fn enlist(
             .into_iter()
             .find(|record| matches!(record.lifecycle.status, Status::New | Status::Commissioning))
         {
-            let kept = refresh_password(request, &record, secrets_dir);
-            return Ok((Enlisted::Matched(record), kept));
+            return fill_empty_fields(store, request, bmc, record, secrets_dir).await;
         }
     }
     for mac in &request.macs {
         if let Some(record) = store.machine_by_mac(*mac).await? {
-            if matches!(record.lifecycle.status, Status::New | Status::Commissioning) {
-                let kept = refresh_password(request, &record, secrets_dir);
-                return Ok((Enlisted::Matched(record), kept));
-            }
             return Ok((Enlisted::Known(record), PasswordKept::NotGiven));
         }
     }
@@ -234,16 +236,88 @@ pub async fn enlist(
     let new = new_machine(request, file);
     match store.create_machine(&new, "enlistment").await {
         Ok(record) => Ok((Enlisted::Created(record), kept)),
-        // Two boots of one machine racing: the other one created it.
+        // Two boots of one machine racing: the other one created it (and has its token).
         Err(StoreError::DuplicateName(_)) => match store.machine(new.name.as_str()).await? {
-            Some(record) => {
-                let kept = refresh_password(request, &record, secrets_dir);
-                Ok((Enlisted::Matched(record), kept))
-            }
+            Some(record) => Ok((Enlisted::Known(record), PasswordKept::NotGiven)),
             None => Err(StoreError::Conflict(new.name.to_string())),
         },
         Err(error) => Err(error),
     }
+}
+
+/// A machine added by hand with its BMC only (lifecycle.md: the BMC address is its identity
+/// until it first boots): the enlistment fills what the record leaves empty — its MACs and
+/// architecture when it has none, the BMC user and password when none is stored and the
+/// power type is the BMC's — and never replaces what is there (an anonymous caller could
+/// otherwise point the controller at a password or a BMC of its choosing).
+async fn fill_empty_fields(
+    store: &Store,
+    request: &EnlistRequest,
+    bmc: &Bmc,
+    record: MachineRecord,
+    secrets_dir: Option<&Path>,
+) -> Result<(Enlisted, PasswordKept), StoreError> {
+    let name = record.name.as_str();
+    let mut filled = Vec::new();
+    if record.interfaces.is_empty() {
+        let interfaces: Vec<Interface> = request
+            .macs
+            .iter()
+            .enumerate()
+            .map(|(index, mac)| Interface {
+                name: format!("eth{index}"),
+                mac: *mac,
+                link_up: None,
+                speed_mbps: None,
+                driver: None,
+            })
+            .collect();
+        let arch = record
+            .arch
+            .is_none()
+            .then_some(request.architecture.as_str());
+        store
+            .replace_hardware(name, arch, &record.hardware, &interfaces, &record.disks)
+            .await?;
+        filled.push("macs");
+        if arch.is_some() {
+            filled.push("architecture");
+        }
+    }
+    let mut kept = PasswordKept::NotGiven;
+    let mut params = record.power_params.clone();
+    if record.power_type == bmc.kind {
+        if let Some(params) = params.as_object_mut() {
+            if let (false, Some(user)) = (params.contains_key("user"), &bmc.user) {
+                params.insert("user".into(), user.clone().into());
+                filled.push("bmc user");
+            }
+            if bmc.password_given() && !params.contains_key("password") {
+                kept = keep_password(request, name, secrets_dir);
+                if let PasswordKept::Kept(path) = &kept {
+                    params.insert("password".into(), serde_json::json!({ "file": path.display().to_string() }));
+                    filled.push("bmc password");
+                }
+            }
+        }
+    }
+    if bmc.password_given() && !filled.contains(&"bmc password") && kept == PasswordKept::NotGiven
+    {
+        kept = PasswordKept::NotKept(format!(
+            "the record {name} has a BMC password or power parameters of its own, which an \
+             enlistment never replaces"
+        ));
+    }
+    if params != record.power_params {
+        store
+            .update_config(name, &record.power_type, &params, &record.tags, None)
+            .await?;
+    }
+    let record = store
+        .machine(name)
+        .await?
+        .ok_or_else(|| StoreError::UnknownMachine(name.to_string()))?;
+    Ok((Enlisted::MatchedByBmc { record, filled }, kept))
 }
 
 /// Writes the reported password to the machine's file.
@@ -263,36 +337,6 @@ fn keep_password(
         Ok(()) => PasswordKept::Kept(path),
         // The error is about the file, never its content.
         Err(error) => PasswordKept::NotKept(format!("writing {}: {error}", path.display())),
-    }
-}
-
-/// A matched record: the runner has just given its BMC user a new password, so a record whose
-/// power parameters already point at the machine's password file gets the new one there. A
-/// record with power parameters of its own (an operator's) is left alone.
-fn refresh_password(
-    request: &EnlistRequest,
-    record: &MachineRecord,
-    secrets_dir: Option<&Path>,
-) -> PasswordKept {
-    let Some(bmc) = &request.bmc else {
-        return PasswordKept::NotGiven;
-    };
-    if bmc.password.is_none() {
-        return PasswordKept::NotGiven;
-    }
-    let ours = secrets_dir.map(|dir| bmc_password_path(dir, record.name.as_str()));
-    let referenced = record
-        .power_params
-        .get("password")
-        .and_then(SecretRef::from_json);
-    match (ours, referenced) {
-        (Some(ours), Some(SecretRef::File(file))) if file == ours => {
-            keep_password(request, record.name.as_str(), secrets_dir)
-        }
-        _ => PasswordKept::NotKept(format!(
-            "the record {} has power parameters of its own",
-            record.name
-        )),
     }
 }
 

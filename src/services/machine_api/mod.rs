@@ -2,11 +2,13 @@
 //! now", script results, heartbeats and the final signal. The HTTP side is
 //! `src/api/metadata.rs`; the rules are pure, in `rules.rs`; enlistment matching is `enlist.rs`.
 //!
-//! A run is one boot's work: the controller names it when it hands out instructions and keeps
-//! it with its role in the machine's `machine_state` (`Store::set_machine_run`, deleted with the
-//! machine); results and the signal must name the current run, so a machine that was aborted
-//! (or a stale boot) is told to stop and changes nothing.
+//! A run is one boot's work: it starts when its token is handed out (the exchange of a boot or
+//! registration secret, or the enlistment that created the machine, `credentials.rs`) and is
+//! kept with its role and the token's hash in the machine's `machine_state` (deleted with the
+//! machine). Every call carries the run's token, which opens only that machine's current run
+//! while it is not over; results and the signal must name that run.
 
+pub mod credentials;
 pub mod enlist;
 pub mod rules;
 
@@ -15,7 +17,8 @@ use crate::power::PowerDrivers;
 use crate::services::actions::{
     fail_and_power_off, settle_and_carry_out, settle_machine, ActionError,
 };
-use crate::store::{now_ms, MachineRecord, MachineRun, NewEvent, ScriptResult, Store, StoreError};
+use crate::store::{now_ms, MachineRecord, NewEvent, ScriptResult, Store, StoreError};
+use credentials::Authorized;
 use rules::{Role, ScriptEntry, ScriptReport, ScriptStatus};
 use std::sync::Arc;
 
@@ -161,80 +164,50 @@ fn one_line(text: &str) -> String {
         .collect()
 }
 
-/// The run the machine is doing, if any: (run id, role). A role this fleet does not know is
-/// no run.
-pub async fn current_run(
+/// The scripts a run of `role` is given (for a disk erase: the erase its release asked for).
+pub(crate) async fn scripts_of_run(
     store: &Store,
-    machine: &str,
-) -> Result<Option<(String, Role)>, StoreError> {
-    let Some(run) = store.machine_run(machine).await? else {
-        return Ok(None);
-    };
-    Ok(Role::parse(&run.role).map(|role| (run.id, role)))
+    settings: &MachineApiSettings,
+    name: &str,
+    role: Role,
+) -> Result<Vec<ScriptEntry>, StoreError> {
+    let erase_mode = store.erase_mode(name).await?.unwrap_or(EraseMode::Quick);
+    Ok(
+        rules::scripts_for(role, &settings.scripts, erase_mode.as_str())
+            .into_iter()
+            .cloned()
+            .collect(),
+    )
 }
 
-/// Starts a run for the machine and renders its instructions.
+/// The instructions of the run a token opened (a run starts when its token is handed out).
 pub async fn instructions(
     store: &Store,
     settings: &MachineApiSettings,
-    record: &MachineRecord,
-    live: bool,
+    run: &Authorized,
 ) -> Result<String, StoreError> {
-    let name = record.name.as_str();
-    let role = Role::for_run(record.lifecycle.status, live);
-    let run = format!("{}-{}", role.as_str(), now_ms());
-    // A machine that asks again was rebooted mid-run: what that run had running is over.
-    store.abort_running_scripts(record.id).await?;
-    store
-        .set_machine_run(
-            name,
-            &MachineRun {
-                id: run.clone(),
-                role: role.as_str().to_string(),
-            },
-        )
-        .await?;
+    let name = run.record.name.as_str();
     store.heard_from(name).await?;
-    let erase_mode = store.erase_mode(name).await?.unwrap_or(EraseMode::Quick);
-    let scripts = rules::scripts_for(role, &settings.scripts, erase_mode.as_str());
-    let names: Vec<&str> = scripts.iter().map(|script| script.name.as_str()).collect();
-    record_event(
-        store,
-        name,
-        "run",
-        format!(
-            "{} run {run} started: {} scripts",
-            role.as_str(),
-            names.len()
-        ),
-        serde_json::json!({ "run": run, "role": role.as_str(), "scripts": names }),
-    )
-    .await;
+    let scripts = scripts_of_run(store, settings, name, run.role).await?;
+    let scripts: Vec<&ScriptEntry> = scripts.iter().collect();
     Ok(rules::render_instructions(
         name,
-        role,
-        &run,
+        run.role,
+        &run.run,
         settings.heartbeat_seconds,
         &scripts,
     ))
 }
 
-/// Checks that `run` is the machine's current run and that the machine is still doing it.
-async fn check_run(
-    store: &Store,
-    record: &MachineRecord,
-    run: &str,
-) -> Result<Role, MachineApiError> {
-    let name = record.name.as_str();
-    let status = record.lifecycle.status;
-    match current_run(store, name).await? {
-        Some((current, role)) if current == run && role.still_running_in(status) => Ok(role),
-        Some((current, _)) if current != run => Err(MachineApiError::Stop(format!(
-            "run {run} is over: machine {name} is on run {current}"
-        ))),
-        _ => Err(MachineApiError::Stop(format!(
-            "machine {name} is {status}: run {run} is over"
-        ))),
+/// Checks that a body's `run` is the run the token opened.
+fn check_run(authorized: &Authorized, run: &str) -> Result<(), MachineApiError> {
+    if run == authorized.run {
+        Ok(())
+    } else {
+        Err(MachineApiError::Stop(format!(
+            "run {run} is over: machine {} is on run {}",
+            authorized.record.name, authorized.run
+        )))
     }
 }
 
@@ -244,11 +217,12 @@ pub async fn report_script(
     store: &Store,
     drivers: &PowerDrivers,
     settings: &MachineApiSettings,
-    record: &MachineRecord,
+    authorized: &Authorized,
     report: &ScriptReport,
 ) -> Result<Verdict, MachineApiError> {
+    let record = &authorized.record;
     let name = record.name.as_str();
-    check_run(store, record, &report.run).await?;
+    check_run(authorized, &report.run)?;
     store.heard_from(name).await?;
     store
         .put_script_result(&ScriptResult {
@@ -377,11 +351,12 @@ async fn store_inventory(
 pub async fn signal(
     store: &Store,
     drivers: &PowerDrivers,
-    record: &MachineRecord,
+    authorized: &Authorized,
     run: &str,
     failure: Option<&str>,
 ) -> Result<&'static str, MachineApiError> {
-    let role = check_run(store, record, run).await?;
+    check_run(authorized, run)?;
+    let (record, role) = (&authorized.record, authorized.role);
     let name = record.name.as_str();
     store.heard_from(name).await?;
     let status = record.lifecycle.status;
@@ -404,6 +379,11 @@ pub async fn signal(
         None => {}
     }
     let after = role.after();
+    if after != "wait" {
+        // The run is done: its token opens nothing more. (A rescue run goes on: its machine
+        // waits in rescue mode and keeps sending heartbeats.)
+        store.end_machine_run(name, run).await?;
+    }
     if after == "poweroff" {
         // The machine is told to power itself off: the power poll finding it off is fleet's
         // plan, not a change made outside fleet.
@@ -417,24 +397,18 @@ pub async fn signal(
     Ok(after)
 }
 
-/// A heartbeat: the machine is alive; it is told to stop if its run is over.
+/// A heartbeat: the machine is alive (the token opened a run that is not over).
 pub async fn heartbeat(
     store: &Store,
-    record: &MachineRecord,
+    authorized: &Authorized,
     stage: Option<&str>,
 ) -> Result<Verdict, StoreError> {
-    let name = record.name.as_str();
+    let name = authorized.record.name.as_str();
     store.heard_from(name).await?;
-    let status = record.lifecycle.status;
-    let verdict = match current_run(store, name).await? {
-        Some((_, role)) if role.still_running_in(status) => Verdict::Continue,
-        Some((run, _)) => Verdict::Stop(format!("machine {name} is {status}: run {run} is over")),
-        None => Verdict::Stop(format!("machine {name} has no run")),
-    };
     if let Some(stage) = stage {
         tracing::debug!("heartbeat from {name}: {stage}");
     }
-    Ok(verdict)
+    Ok(Verdict::Continue)
 }
 
 pub(crate) async fn record_event(
