@@ -232,11 +232,17 @@ async fn enlist_machine(
     )
     .await?;
     let bmc_note = bmc_note(name, &request, &password);
-    record_enlist_event(&state, &record, &request, &password, format!(
-        "enlisted by {} ({} MACs){bmc_note}",
-        request.boot_mac,
-        request.macs.len()
-    ))
+    record_enlist_event(
+        &state,
+        &record,
+        &request,
+        &password,
+        format!(
+            "enlisted by {} ({} MACs){bmc_note}",
+            request.boot_mac,
+            request.macs.len()
+        ),
+    )
     .await;
     Ok(text(
         StatusCode::CREATED,
@@ -262,10 +268,7 @@ async fn matched_by_bmc(
 ) -> Answer {
     let name = record.name.as_str();
     let commissioning = record.lifecycle.status == crate::model::Status::Commissioning;
-    let powered = !matches!(
-        record.power_type.as_str(),
-        "" | "unconfigured" | "manual"
-    );
+    let powered = !matches!(record.power_type.as_str(), "" | "unconfigured" | "manual");
     let after = match (commissioning, powered) {
         (true, true) => "wait",
         (true, false) => "reboot",
@@ -406,36 +409,35 @@ async fn exchange(
     let exchange: ExchangeBody = json_body("exchange", &body)?;
     let from = source(&connection);
     let settings = state.machine_api.current();
-    let exchanged = match (exchange.boot, exchange.registration) {
-        (Some(secret), None) => {
-            credentials::exchange_boot_secret(
-                &state.store,
-                &state.drivers,
-                &settings,
-                &name,
-                secret.trim(),
-                &from,
-            )
-            .await?
-        }
-        (None, Some(secret)) => Exchanged::Run(
-            credentials::exchange_registration(
-                &state.store,
-                &settings,
-                &name,
-                secret.trim(),
-                &from,
-            )
-            .await?,
-        ),
-        _ => {
-            return Err(MachineApiResponse::error(
+    let exchanged =
+        match (exchange.boot, exchange.registration) {
+            (Some(secret), None) => {
+                credentials::exchange_boot_secret(
+                    &state.store,
+                    &state.drivers,
+                    &settings,
+                    &name,
+                    secret.trim(),
+                    &from,
+                )
+                .await?
+            }
+            (None, Some(secret)) => Exchanged::Run(
+                credentials::exchange_registration(
+                    &state.store,
+                    &settings,
+                    &name,
+                    secret.trim(),
+                    &from,
+                )
+                .await?,
+            ),
+            _ => return Err(MachineApiResponse::error(
                 StatusCode::BAD_REQUEST,
                 "give one secret: {\"boot\": SECRET} (fleet.boot= on the kernel command line) or \
                  {\"registration\": SECRET} (fleet machine registration NAME)",
-            ))
-        }
-    };
+            )),
+        };
     let answer = match exchanged {
         Exchanged::Run(run) => format!(
             "machine {name}\nrole {}\nrun {}\ntoken {}\n",
@@ -466,12 +468,12 @@ pub(super) async fn make_registration(
             "expires_in_seconds": credentials::REGISTRATION_LIFETIME_MS / 1000,
         }))),
         Err(CredentialError::NotFound(message)) => Err(super::ApiError::not_found(message)),
-        Err(CredentialError::Conflict(message)) => Err(super::ApiError::new(
-            StatusCode::CONFLICT,
-            "conflict",
-            message,
-        )
-        .with("machine", &name)),
+        Err(CredentialError::Conflict(message)) => {
+            Err(
+                super::ApiError::new(StatusCode::CONFLICT, "conflict", message)
+                    .with("machine", &name),
+            )
+        }
         Err(error) => {
             tracing::warn!("registration secret for {name}: {error}");
             Err(super::ApiError::new(

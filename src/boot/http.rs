@@ -169,15 +169,19 @@ async fn ephemeral_script(
 }
 
 /// A one-shot boot secret for this script: useless but for one exchange for a run token
-/// (`services::machine_api::credentials`); only its SHA-256 is kept, never the secret.
+/// (the machine API's exchange); only its SHA-256 is kept, never the secret.
 async fn boot_secret(
     store: &Store,
     record: &crate::store::MachineRecord,
 ) -> Result<String, StoreError> {
-    use crate::services::machine_api::credentials::{new_secret, secret_hash};
+    use crate::store::{new_secret, secret_hash};
     let secret = new_secret();
     store
-        .add_boot_secret(record.name.as_str(), &secret_hash(&secret), record.boot_started)
+        .add_boot_secret(
+            record.name.as_str(),
+            &secret_hash(&secret),
+            record.boot_started,
+        )
         .await?;
     Ok(secret)
 }

@@ -592,16 +592,15 @@ pub async fn events(connection: &Connection, args: &EventsArgs) -> anyhow::Resul
 
 /// `fleet machine registration NAME`: the secret on stdout, how to use it on stderr (the secret
 /// never goes on a command line: register-live.sh reads it from a file or the environment).
-async fn registration(
-    client: &Client,
-    name: &str,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
+async fn registration(client: &Client, name: &str, json: bool) -> anyhow::Result<ExitCode> {
     let path = format!("/machines/{name}/registration");
     let made: serde_json::Value = match client.post(&path, &serde_json::json!({})).await? {
         Ok(made) => made,
         Err(failure) => {
-            eprintln!("error: no registration secret for {name}: {}", failure.message);
+            eprintln!(
+                "error: no registration secret for {name}: {}",
+                failure.message
+            );
             return Ok(ExitCode::FAILURE);
         }
     };

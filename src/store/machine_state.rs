@@ -19,6 +19,20 @@ pub const BOOT_SECRETS_PER_BOOT: usize = 16;
 /// What `boot_exchanged_from` says when more boot scripts were served than one boot fetches.
 pub const BOOT_OVERFLOW: &str = "overflow";
 
+/// 32 random bytes, hex: a boot secret, a registration secret or a run token.
+pub fn new_secret() -> String {
+    use rand::RngCore;
+    let mut random = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut random);
+    hex::encode(random)
+}
+
+/// What the store keeps of a secret or token: its SHA-256, hex.
+pub fn secret_hash(secret: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(secret.as_bytes()))
+}
+
 /// A run of the machine API: its id and its role (`commissioning`, `testing`, ... as
 /// `model::Role` spells it).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,7 +249,10 @@ impl Store {
         }
         let state = self.machine_state(name).await?.unwrap_or_default();
         Ok(
-            match (state.boot_secrets.iter().any(|kept| kept == hash), state.boot_exchanged_from) {
+            match (
+                state.boot_secrets.iter().any(|kept| kept == hash),
+                state.boot_exchanged_from,
+            ) {
                 (true, Some(first_from)) => SecretUse::AlreadyUsed { first_from },
                 _ => SecretUse::Unknown,
             },

@@ -37,7 +37,8 @@ pub use crate::model::records::{
 pub use apply::ApplyStepRow;
 pub use db::{now_ms, redact_url, Store};
 pub use machine_state::{
-    MachineRun, MachineState, Registration, SecretUse, BOOT_OVERFLOW, BOOT_SECRETS_PER_BOOT,
+    new_secret, secret_hash, MachineRun, MachineState, Registration, SecretUse, BOOT_OVERFLOW,
+    BOOT_SECRETS_PER_BOOT,
 };
 pub use monitor::InProgress;
 

@@ -395,9 +395,9 @@ async fn a_bmc_without_a_lan_address_is_logged_and_the_machine_enlists_without_i
 }
 
 /// The same code paths at the HTTP level, without a VM: an enlistment with a BMC password; the
-/// file, the reference, a second boot (matched by the BMC address) replacing the password in
-/// the file; a password IPMI cannot hold refused without being repeated; the secrets in no
-/// API answer, CLI output, event, log line or database file.
+/// file, the reference, a second enlistment (matched by the BMC address) replacing nothing; a
+/// password IPMI cannot hold refused without being repeated; the secrets in no API answer, CLI
+/// output, event, log line or database file.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reported_bmc_password_is_kept_in_a_0600_file_and_referenced() {
     use crate::support::controller::TestController;
@@ -450,15 +450,12 @@ async fn a_reported_bmc_password_is_kept_in_a_0600_file_and_referenced() {
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
 
-    // A second boot (another MAC, the same BMC): matched by the BMC address; the runner reset
-    // the password, so the file has the new one and the reference is unchanged.
+    // A second enlistment (another MAC, the same BMC): matched by the BMC address, it gets no
+    // token and replaces nothing: the stored password is never overwritten by an anonymous
+    // caller (issue 12).
     let (status, answer) = enlist("52:54:00:77:00:02", second).await;
-    assert_eq!(status, 200, "{answer}");
-    assert!(
-        answer.starts_with("machine enlisted-525400770001\n"),
-        "{answer}"
-    );
-    assert_eq!(read(&file), format!("{second}\n"));
+    assert_eq!((status, answer.as_str()), (200, "known\nafter poweroff\n"));
+    assert_eq!(read(&file), format!("{first}\n"));
     let again = store
         .machine("enlisted-525400770001")
         .await

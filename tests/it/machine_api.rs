@@ -1003,7 +1003,11 @@ async fn a_live_machine_registers_its_inventory_with_the_served_script() {
     let url = "http://10.97.0.1:5240";
     // A one-shot registration secret, handed over in a file (never on a command line).
     let made = controller.cli(&["machine", "registration", "web-1"]);
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let secret = String::from_utf8_lossy(&made.stdout).trim().to_string();
     assert_eq!(secret.len(), 64, "{secret}");
     let file = directory.path().join("registration");
@@ -1026,7 +1030,11 @@ async fn a_live_machine_registers_its_inventory_with_the_served_script() {
     assert!(output.status.success(), "register-live failed:\n{log}");
     // One shot: the same secret again is refused (the runner says why), and the script takes
     // no token at all (the operator's would have done before).
-    let again = live_ns.command("sh").args(["-c", &script]).output().unwrap();
+    let again = live_ns
+        .command("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
     let again_log = String::from_utf8_lossy(&again.stderr).to_string();
     assert!(!again.status.success(), "{again_log}");
     assert!(again_log.contains("already used"), "{again_log}");
@@ -1035,7 +1043,11 @@ async fn a_live_machine_registers_its_inventory_with_the_served_script() {
         "curl -fsS {url}/scripts/register-live.sh | FLEET_TOKEN={token} sh -s -- --url {url} \
          --machine web-1 --token {token}"
     );
-    let refused = live_ns.command("sh").args(["-c", &with_token]).output().unwrap();
+    let refused = live_ns
+        .command("sh")
+        .args(["-c", &with_token])
+        .output()
+        .unwrap();
     assert_eq!(refused.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("not a token"),
@@ -1147,8 +1159,7 @@ async fn a_boot_secret_read_from_the_boot_script_cannot_forge_a_run() {
     let victim = commissioning_machine(&controller, &store, "52:54:00:ac:00:02").await;
     let attacker_secret = boot_secret(&controller.url, &victim.mac).await;
     let victim_secret = boot_secret(&controller.url, &victim.mac).await;
-    let (status, answer) =
-        exchange(&controller.url, &victim.name, "boot", &attacker_secret).await;
+    let (status, answer) = exchange(&controller.url, &victim.name, "boot", &attacker_secret).await;
     assert_eq!(status, 200, "{answer}");
     let attacker = Machine {
         client: reqwest::Client::new(),
@@ -1208,7 +1219,11 @@ async fn machine_routes_take_only_the_token_of_the_machines_current_run() {
     for (token, expected_status, expected) in [
         (None, 401, "error no token"),
         (Some(operator.as_str()), 401, "error unknown token"),
-        (Some(second.token.as_str()), 403, "error this token is not machine"),
+        (
+            Some(second.token.as_str()),
+            403,
+            "error this token is not machine",
+        ),
         (Some("0123"), 401, "error unknown token"),
     ] {
         let (status, answer) = text(with_token(token).send().await.unwrap()).await;
@@ -1272,12 +1287,24 @@ async fn anonymous_enlistment_returns_no_credentials_and_overwrites_no_bmc_passw
     assert!(!known.contains(&machine.name));
 
     // Added by hand with its BMC and a password of the operator's, not commissioned.
-    let added = controller.fleet(&[
-        "machine", "add", "rack-7", "--no-commission", "--power-type", "ipmi",
-        "--power-param", "address=10.0.0.7", "--power-param", "user=admin",
-        "--power-param", "password=env:RACK7_BMC_PASSWORD",
-    ]);
-    assert!(added.status.success(), "{}", stderr(&added));
+    let api = controller.http();
+    let add = |name: &str, address: &str, power: serde_json::Value| {
+        let body = serde_json::json!({
+            "name": name, "bmc_address": address, "power": power, "commission": false,
+        });
+        let api = &api;
+        async move {
+            let (code, answer) = api.post("/machines", body).await;
+            assert_eq!(code, 201, "{answer}");
+        }
+    };
+    add(
+        "rack-7",
+        "10.0.0.7",
+        serde_json::json!({"type": "ipmi", "address": "10.0.0.7", "user": "admin",
+                           "password": {"env": "RACK7_BMC_PASSWORD"}}),
+    )
+    .await;
     let before = store.machine("rack-7").await.unwrap().unwrap();
     let forged = serde_json::json!({
         "architecture": "amd64", "boot_mac": "52:54:00:ae:00:07", "macs": ["52:54:00:ae:00:07"],
@@ -1286,7 +1313,10 @@ async fn anonymous_enlistment_returns_no_credentials_and_overwrites_no_bmc_passw
     let (status, answer) = post_anonymous(url, "/metadata/v1/enlist", forged.to_string()).await;
     assert_eq!((status, answer.as_str()), (200, "known\nafter poweroff\n"));
     let after = store.machine("rack-7").await.unwrap().unwrap();
-    assert_eq!(after.power_params, before.power_params, "the BMC password stays");
+    assert_eq!(
+        after.power_params, before.power_params,
+        "the BMC password stays"
+    );
     assert_eq!(after.bmc_address.as_deref(), Some("10.0.0.7"));
     // Only its empty fields were filled: the MACs, so it boots next as a known machine.
     let macs: Vec<String> = after.interfaces.iter().map(|i| i.mac.to_string()).collect();
@@ -1299,11 +1329,12 @@ async fn anonymous_enlistment_returns_no_credentials_and_overwrites_no_bmc_passw
     // Added with only its BMC address (lifecycle.md: its identity until its first boot), and
     // commissioning: the enlistment fills the user and password, gets no token, and the
     // machine is told to wait while the controller power-cycles it through its BMC.
-    let added = controller.fleet(&[
-        "machine", "add", "rack-8", "--no-commission", "--power-type", "ipmi",
-        "--power-param", "address=10.0.0.8",
-    ]);
-    assert!(added.status.success(), "{}", stderr(&added));
+    add(
+        "rack-8",
+        "10.0.0.8",
+        serde_json::json!({"type": "ipmi", "address": "10.0.0.8"}),
+    )
+    .await;
     let record = store.machine("rack-8").await.unwrap().unwrap();
     let mut lifecycle = record.lifecycle.clone();
     lifecycle.status = Status::Commissioning;
@@ -1358,7 +1389,14 @@ async fn registration_secrets_are_one_shot_short_lived_and_for_live_machines() {
     let url = controller.url.as_str();
     let store = controller.store().await;
     let added = controller.fleet(&[
-        "machine", "add", "web-2", "--mac", "52:54:00:af:00:01", "--deployed", "--os", "debian-12",
+        "machine",
+        "add",
+        "web-2",
+        "--mac",
+        "52:54:00:af:00:01",
+        "--deployed",
+        "--os",
+        "debian-12",
     ]);
     assert!(added.status.success(), "{}", stderr(&added));
     let api = controller.http();
@@ -1368,7 +1406,11 @@ async fn registration_secrets_are_one_shot_short_lived_and_for_live_machines() {
     let made = controller.fleet(&["machine", "registration", "web-2"]);
     assert!(made.status.success(), "{}", stderr(&made));
     let secret = stdout(&made).trim().to_string();
-    assert!(stderr(&made).contains("--registration-file"), "{}", stderr(&made));
+    assert!(
+        stderr(&made).contains("--registration-file"),
+        "{}",
+        stderr(&made)
+    );
     let (status, answer) = exchange(url, "web-2", "registration", &secret).await;
     assert_eq!(status, 200, "{answer}");
     assert!(answer.contains("role register-live\n"), "{answer}");
@@ -1412,5 +1454,8 @@ async fn registration_secrets_are_one_shot_short_lived_and_for_live_machines() {
     // The secret is in no event.
     let (_, events) = api.get("/events?limit=1000").await;
     assert!(!events.to_string().contains(&secret));
-    assert!(events.to_string().contains("registration secret"), "{events}");
+    assert!(
+        events.to_string().contains("registration secret"),
+        "{events}"
+    );
 }

@@ -189,12 +189,20 @@ async fn curl_fetches_boot_scripts_and_ranges_of_a_kernel() {
     );
     // A one-shot boot secret, kept only as its SHA-256; a second fetch gets another one.
     let secret = boot_secret_of(&commissioning);
-    let state = store.machine_state("node-1").await.expect("read").expect("node-1");
+    let state = store
+        .machine_state("node-1")
+        .await
+        .expect("read")
+        .expect("node-1");
     assert_eq!(state.boot_secrets, [sha256_hex(secret.as_bytes())]);
     let again = run_curl(&[&format!("{}/boot/52-54-00-00-00-01.ipxe", controller.url)]);
     let again = boot_secret_of(&String::from_utf8_lossy(&again.stdout));
     assert_ne!(again, secret);
-    let state = store.machine_state("node-1").await.expect("read").expect("node-1");
+    let state = store
+        .machine_state("node-1")
+        .await
+        .expect("read")
+        .expect("node-1");
     assert_eq!(state.boot_secrets.len(), 2);
     assert!(!commissioning.contains("fleet.token="), "{commissioning}");
 
@@ -551,13 +559,20 @@ async fn netboot(firmware: Firmware, mac: &str, known_as: Option<(&str, Status)>
             on_machine.iter().any(|event| event.kind == "boot"),
             "boot events on {name}: {on_machine:#?}"
         );
-        let state = store.machine_state(name).await.expect("read").expect("the machine");
+        let state = store
+            .machine_state(name)
+            .await
+            .expect("read")
+            .expect("the machine");
         let secret = boot_secret_of(&console);
         assert!(
             state.boot_secrets.contains(&sha256_hex(secret.as_bytes())),
             "the boot secret on the kernel command line is not the machine's"
         );
-        assert!(!console.contains("fleet.token="), "a token on the kernel command line");
+        assert!(
+            !console.contains("fleet.token="),
+            "a token on the kernel command line"
+        );
     }
     eprintln!(
         "netboot {}: {seconds:.1} s from QEMU start to power-off",

@@ -678,7 +678,10 @@ both_backends!(
             .set_erase_mode("node-1", EraseMode::Secure)
             .await
             .unwrap();
-        store.end_machine_run("node-1", "commissioning-1").await.unwrap();
+        store
+            .end_machine_run("node-1", "commissioning-1")
+            .await
+            .unwrap();
         // Writing one part keeps the others; a new run replaces the token and is not ended.
         let later = MachineRun {
             id: "testing-2".into(),
@@ -688,7 +691,10 @@ both_backends!(
             .start_machine_run("node-1", &later, "hash-2")
             .await
             .unwrap();
-        store.end_machine_run("node-1", "commissioning-1").await.unwrap();
+        store
+            .end_machine_run("node-1", "commissioning-1")
+            .await
+            .unwrap();
         assert_eq!(
             store.machine_state("node-1").await.unwrap(),
             Some(MachineState {
@@ -700,14 +706,25 @@ both_backends!(
         );
         assert_eq!(store.machine_run("node-1").await.unwrap(), Some(later));
         assert_eq!(
-            store.machine_of_run_token("hash-2").await.unwrap().as_deref(),
+            store
+                .machine_of_run_token("hash-2")
+                .await
+                .unwrap()
+                .as_deref(),
             Some("node-1")
         );
         assert_eq!(store.machine_of_run_token("hash-1").await.unwrap(), None);
         // Per machine.
-        store.start_machine_run("node-2", &run, "hash-3").await.unwrap();
+        store
+            .start_machine_run("node-2", &run, "hash-3")
+            .await
+            .unwrap();
         assert_eq!(
-            store.machine_of_run_token("hash-3").await.unwrap().as_deref(),
+            store
+                .machine_of_run_token("hash-3")
+                .await
+                .unwrap()
+                .as_deref(),
             Some("node-2")
         );
         // A machine that does not exist has no state and gets none.
@@ -750,99 +767,156 @@ both_backends!(
     }
 );
 
-/// One boot: every secret handed out may make the one exchange, the first wins; the next
-/// exchange of any of them is refused naming the first address; a new power command (a new
-/// boot_started) after the exchange starts a new boot; a full boot counts as exchanged.
-both_backends!(boot_secrets_allow_one_exchange_per_boot, |store| async move {
-    use fleet::store::{SecretUse, BOOT_OVERFLOW, BOOT_SECRETS_PER_BOOT};
-    created(&store, "node-1", &["52:54:00:00:00:01"]).await;
-    let hash = |n: usize| format!("{n:064x}");
-    store.add_boot_secret("node-1", &hash(1), Some(10)).await.unwrap();
-    store.add_boot_secret("node-1", &hash(2), Some(10)).await.unwrap();
-    assert_eq!(
-        store.use_boot_secret("node-1", &hash(9), "10.0.0.9", Some(10)).await.unwrap(),
-        SecretUse::Unknown
-    );
-    assert_eq!(
-        store.use_boot_secret("node-1", &hash(1), "10.0.0.5", Some(10)).await.unwrap(),
-        SecretUse::Won
-    );
-    for again in [1, 2] {
+// One boot: every secret handed out may make the one exchange, the first wins; the next
+// exchange of any of them is refused naming the first address; a new power command (a new
+// boot_started) after the exchange starts a new boot; a full boot counts as exchanged.
+both_backends!(
+    boot_secrets_allow_one_exchange_per_boot,
+    |store| async move {
+        use fleet::store::{SecretUse, BOOT_OVERFLOW, BOOT_SECRETS_PER_BOOT};
+        created(&store, "node-1", &["52:54:00:00:00:01"]).await;
+        let hash = |n: usize| format!("{n:064x}");
+        store
+            .add_boot_secret("node-1", &hash(1), Some(10))
+            .await
+            .unwrap();
+        store
+            .add_boot_secret("node-1", &hash(2), Some(10))
+            .await
+            .unwrap();
         assert_eq!(
-            store.use_boot_secret("node-1", &hash(again), "10.0.0.6", Some(10)).await.unwrap(),
+            store
+                .use_boot_secret("node-1", &hash(9), "10.0.0.9", Some(10))
+                .await
+                .unwrap(),
+            SecretUse::Unknown
+        );
+        assert_eq!(
+            store
+                .use_boot_secret("node-1", &hash(1), "10.0.0.5", Some(10))
+                .await
+                .unwrap(),
+            SecretUse::Won
+        );
+        for again in [1, 2] {
+            assert_eq!(
+                store
+                    .use_boot_secret("node-1", &hash(again), "10.0.0.6", Some(10))
+                    .await
+                    .unwrap(),
+                SecretUse::AlreadyUsed {
+                    first_from: "10.0.0.5".into()
+                }
+            );
+        }
+        // Another script in the same boot: still the same boot (exchanged).
+        store
+            .add_boot_secret("node-1", &hash(3), Some(10))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store
+                .use_boot_secret("node-1", &hash(3), "10.0.0.6", Some(10))
+                .await
+                .unwrap(),
+            SecretUse::AlreadyUsed { .. }
+        ));
+        // A power command later: a new boot, the old secrets gone.
+        store
+            .add_boot_secret("node-1", &hash(4), Some(20))
+            .await
+            .unwrap();
+        let state = store.machine_state("node-1").await.unwrap().unwrap();
+        assert_eq!(state.boot_secrets, [hash(4)]);
+        assert_eq!(state.boot_exchanged_from, None);
+        assert_eq!(
+            store
+                .use_boot_secret("node-1", &hash(1), "10.0.0.6", Some(20))
+                .await
+                .unwrap(),
+            SecretUse::Unknown
+        );
+        // Racing exchanges of one boot: one wins.
+        let winners = one_winner_count(|index| {
+            let store = store.clone();
+            let secret = hash(4);
+            async move {
+                store
+                    .use_boot_secret("node-1", &secret, &format!("10.0.1.{index}"), Some(20))
+                    .await
+                    .unwrap()
+                    == SecretUse::Won
+            }
+        })
+        .await;
+        assert_eq!(winners, 1);
+        // More scripts than a boot fetches: the boot counts as exchanged.
+        store
+            .add_boot_secret("node-1", &hash(100), Some(30))
+            .await
+            .unwrap();
+        for n in 101..100 + BOOT_SECRETS_PER_BOOT + 3 {
+            store
+                .add_boot_secret("node-1", &hash(n), Some(30))
+                .await
+                .unwrap();
+        }
+        let state = store.machine_state("node-1").await.unwrap().unwrap();
+        assert_eq!(state.boot_secrets.len(), BOOT_SECRETS_PER_BOOT);
+        assert_eq!(state.boot_exchanged_from.as_deref(), Some(BOOT_OVERFLOW));
+        assert!(matches!(
+            store
+                .use_boot_secret("node-1", &hash(100), "10.0.0.5", Some(30))
+                .await
+                .unwrap(),
+            SecretUse::AlreadyUsed { .. }
+        ));
+    }
+);
+
+both_backends!(
+    registration_secrets_are_one_shot_and_expire,
+    |store| async move {
+        use fleet::store::SecretUse;
+        created(&store, "node-1", &["52:54:00:00:00:01"]).await;
+        let future = fleet::store::now_ms() + 60_000;
+        store
+            .set_registration("node-1", "r1", future)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .use_registration("node-1", "r2", "10.0.0.5")
+                .await
+                .unwrap(),
+            SecretUse::Unknown
+        );
+        assert_eq!(
+            store
+                .use_registration("node-1", "r1", "10.0.0.5")
+                .await
+                .unwrap(),
+            SecretUse::Won
+        );
+        assert_eq!(
+            store
+                .use_registration("node-1", "r1", "10.0.0.6")
+                .await
+                .unwrap(),
             SecretUse::AlreadyUsed {
                 first_from: "10.0.0.5".into()
             }
         );
-    }
-    // Another script in the same boot: still the same boot (exchanged).
-    store.add_boot_secret("node-1", &hash(3), Some(10)).await.unwrap();
-    assert!(matches!(
-        store.use_boot_secret("node-1", &hash(3), "10.0.0.6", Some(10)).await.unwrap(),
-        SecretUse::AlreadyUsed { .. }
-    ));
-    // A power command later: a new boot, the old secrets gone.
-    store.add_boot_secret("node-1", &hash(4), Some(20)).await.unwrap();
-    let state = store.machine_state("node-1").await.unwrap().unwrap();
-    assert_eq!(state.boot_secrets, [hash(4)]);
-    assert_eq!(state.boot_exchanged_from, None);
-    assert_eq!(
-        store.use_boot_secret("node-1", &hash(1), "10.0.0.6", Some(20)).await.unwrap(),
-        SecretUse::Unknown
-    );
-    // Racing exchanges of one boot: one wins.
-    let winners = one_winner_count(|index| {
-        let store = store.clone();
-        let secret = hash(4);
-        async move {
+        store.set_registration("node-1", "r3", 1000).await.unwrap();
+        assert_eq!(
             store
-                .use_boot_secret("node-1", &secret, &format!("10.0.1.{index}"), Some(20))
+                .use_registration("node-1", "r3", "10.0.0.5")
                 .await
-                .unwrap()
-                == SecretUse::Won
-        }
-    })
-    .await;
-    assert_eq!(winners, 1);
-    // More scripts than a boot fetches: the boot counts as exchanged.
-    store.add_boot_secret("node-1", &hash(100), Some(30)).await.unwrap();
-    for n in 101..100 + BOOT_SECRETS_PER_BOOT + 3 {
-        store.add_boot_secret("node-1", &hash(n), Some(30)).await.unwrap();
+                .unwrap(),
+            SecretUse::Expired { at: 1000 }
+        );
     }
-    let state = store.machine_state("node-1").await.unwrap().unwrap();
-    assert_eq!(state.boot_secrets.len(), BOOT_SECRETS_PER_BOOT);
-    assert_eq!(state.boot_exchanged_from.as_deref(), Some(BOOT_OVERFLOW));
-    assert!(matches!(
-        store.use_boot_secret("node-1", &hash(100), "10.0.0.5", Some(30)).await.unwrap(),
-        SecretUse::AlreadyUsed { .. }
-    ));
-});
-
-both_backends!(registration_secrets_are_one_shot_and_expire, |store| async move {
-    use fleet::store::SecretUse;
-    created(&store, "node-1", &["52:54:00:00:00:01"]).await;
-    let future = fleet::store::now_ms() + 60_000;
-    store.set_registration("node-1", "r1", future).await.unwrap();
-    assert_eq!(
-        store.use_registration("node-1", "r2", "10.0.0.5").await.unwrap(),
-        SecretUse::Unknown
-    );
-    assert_eq!(
-        store.use_registration("node-1", "r1", "10.0.0.5").await.unwrap(),
-        SecretUse::Won
-    );
-    assert_eq!(
-        store.use_registration("node-1", "r1", "10.0.0.6").await.unwrap(),
-        SecretUse::AlreadyUsed {
-            first_from: "10.0.0.5".into()
-        }
-    );
-    store.set_registration("node-1", "r3", 1000).await.unwrap();
-    assert_eq!(
-        store.use_registration("node-1", "r3", "10.0.0.5").await.unwrap(),
-        SecretUse::Expired { at: 1000 }
-    );
-});
+);
 
 /// How many of 8 racers report winning.
 async fn one_winner_count<Race, Raced>(race: Race) -> usize

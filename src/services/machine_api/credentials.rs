@@ -16,24 +16,13 @@ use super::{record_event, MachineApiSettings};
 use crate::model::{Settlement, Status};
 use crate::power::PowerDrivers;
 use crate::services::actions::{fail_and_power_off, ActionError};
-use crate::store::{now_ms, MachineRecord, MachineRun, SecretUse, Store, StoreError, BOOT_OVERFLOW};
-use rand::RngCore;
-use sha2::{Digest, Sha256};
+pub use crate::store::{new_secret, secret_hash};
+use crate::store::{
+    now_ms, MachineRecord, MachineRun, SecretUse, Store, StoreError, BOOT_OVERFLOW,
+};
 
 /// How long a registration secret lasts.
 pub const REGISTRATION_LIFETIME_MS: i64 = 60 * 60 * 1000;
-
-/// 32 random bytes, hex: a boot secret, a registration secret or a run token.
-pub fn new_secret() -> String {
-    let mut random = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut random);
-    hex::encode(random)
-}
-
-/// What the store keeps of a secret or token: its SHA-256, hex.
-pub fn secret_hash(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
@@ -129,7 +118,6 @@ pub async fn start_run(
     store
         .start_machine_run(name, &machine_run, &secret_hash(&token))
         .await?;
-    store.heard_from(name).await?;
     let scripts = super::scripts_of_run(store, settings, name, role).await?;
     let names: Vec<&str> = scripts.iter().map(|script| script.name.as_str()).collect();
     record_event(
@@ -189,6 +177,8 @@ pub async fn exchange_boot_secret(
             "machine {name} is {status}: it has nothing to run in the ephemeral environment"
         )));
     }
+    // The machine's first call of this boot (an enlistment, anonymous, is not one).
+    store.heard_from(name).await?;
     match Role::for_run(status, false) {
         Role::None => Ok(Exchanged::Nothing { status }),
         role => {
@@ -323,6 +313,7 @@ pub async fn exchange_registration(
             )))
         }
     }
+    store.heard_from(name).await?;
     let how = format!("registration secret exchanged from {from}");
     Ok(start_run(store, settings, &record, Role::RegisterLive, &how).await?)
 }

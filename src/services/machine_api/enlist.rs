@@ -295,14 +295,16 @@ async fn fill_empty_fields(
             if bmc.password_given() && !params.contains_key("password") {
                 kept = keep_password(request, name, secrets_dir);
                 if let PasswordKept::Kept(path) = &kept {
-                    params.insert("password".into(), serde_json::json!({ "file": path.display().to_string() }));
+                    params.insert(
+                        "password".into(),
+                        serde_json::json!({ "file": path.display().to_string() }),
+                    );
                     filled.push("bmc password");
                 }
             }
         }
     }
-    if bmc.password_given() && !filled.contains(&"bmc password") && kept == PasswordKept::NotGiven
-    {
+    if bmc.password_given() && !filled.contains(&"bmc password") && kept == PasswordKept::NotGiven {
         kept = PasswordKept::NotKept(format!(
             "the record {name} has a BMC password or power parameters of its own, which an \
              enlistment never replaces"

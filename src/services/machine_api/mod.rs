@@ -199,15 +199,15 @@ pub async fn instructions(
     ))
 }
 
-/// Checks that a body's `run` is the run the token opened.
-fn check_run(authorized: &Authorized, run: &str) -> Result<(), MachineApiError> {
+/// Checks that a body's `run` is the run the token opened (else why to stop).
+fn check_run(authorized: &Authorized, run: &str) -> Result<(), String> {
     if run == authorized.run {
         Ok(())
     } else {
-        Err(MachineApiError::Stop(format!(
+        Err(format!(
             "run {run} is over: machine {} is on run {}",
             authorized.record.name, authorized.run
-        )))
+        ))
     }
 }
 
@@ -222,7 +222,7 @@ pub async fn report_script(
 ) -> Result<Verdict, MachineApiError> {
     let record = &authorized.record;
     let name = record.name.as_str();
-    check_run(authorized, &report.run)?;
+    check_run(authorized, &report.run).map_err(MachineApiError::Stop)?;
     store.heard_from(name).await?;
     store
         .put_script_result(&ScriptResult {
@@ -355,7 +355,7 @@ pub async fn signal(
     run: &str,
     failure: Option<&str>,
 ) -> Result<&'static str, MachineApiError> {
-    check_run(authorized, run)?;
+    check_run(authorized, run).map_err(MachineApiError::Stop)?;
     let (record, role) = (&authorized.record, authorized.role);
     let name = record.name.as_str();
     store.heard_from(name).await?;
