@@ -1193,6 +1193,18 @@ async fn a_boot_secret_read_from_the_boot_script_cannot_forge_a_run() {
     // A secret that was never handed out opens nothing and changes nothing.
     let (status, _) = exchange(&controller.url, "no-such-machine", "boot", "00").await;
     assert_eq!(status, 404);
+    // No secret and no token is in an event.
+    let (_, events) = controller.http().get("/events?limit=1000").await;
+    let events = events.to_string();
+    for secret in [
+        &seen_by_attacker,
+        &own,
+        &attacker_secret,
+        &victim_secret,
+        &attacker.token,
+    ] {
+        assert!(!events.contains(secret.as_str()), "a secret in the events");
+    }
 }
 
 /// Tokens are bound to a run of one machine: none, the operator's, another machine's and an
