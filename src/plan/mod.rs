@@ -13,6 +13,7 @@
 //! - A plan records its parent: the fleet files' digest and, per machine, a fingerprint of what
 //!   was observed. Only machines whose fingerprint still matches may be applied.
 
+mod addresses;
 mod adopt;
 mod desired;
 mod fingerprint;
@@ -22,6 +23,10 @@ mod render;
 mod route;
 mod simulate;
 
+pub use addresses::{
+    allocate, duplicates, excluded, AddressOrigin, AddressProblem, Addresses, Allocation,
+    HeldAddress,
+};
 pub use adopt::{adopt_machine_toml, adopt_toml};
 pub use desired::{desired_power, normalized_params};
 pub use fingerprint::{fingerprint, hardware_digest};

@@ -1,0 +1,435 @@
+//! Static addresses: which address each machine interface gets (pure, deterministic).
+//!
+//! A machine interface asks for an address when its network template says `link = "auto"` or
+//! `"static"` on a subnet, or when the machine lists it in `interfaces = [{ name, subnet, ip }]`.
+//! - `static` (an explicit `ip`): checked — inside the subnet, outside its dynamic and reserved
+//!   ranges, not its gateway, network or broadcast address, and not held by another machine.
+//! - `auto`: an address the machine already holds on that subnet for that interface keeps it
+//!   (once applied, an address sticks to its machine and never moves); otherwise the lowest free
+//!   address of the subnet, outside the dynamic and reserved ranges and the gateway, among the
+//!   addresses nobody holds or asks for — handed out in machine-name order, then interface order,
+//!   so the same fleet and the same held addresses always give the same answer.
+//!
+//! "Held" addresses are what the store recorded when earlier plans were applied: they stay taken
+//! whatever is later added to or removed from the fleet file, until the machine holding them is
+//! deleted. A subnet with no free address left is a problem for the machine that asked, not a
+//! panic and not a silent skip.
+
+use crate::config::{Fleet, LinkMode, MachineSpec, Subnet};
+use crate::model::MachineName;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+/// An address the store says a machine holds (from an applied plan).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeldAddress {
+    pub machine: String,
+    pub interface: String,
+    pub subnet: String,
+    pub ip: IpAddr,
+}
+
+/// Where an allocated address came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AddressOrigin {
+    /// Written in the fleet file (`ip = ...`).
+    Static,
+    /// Held from an earlier apply: it does not move.
+    Held,
+    /// Newly chosen by this plan: the lowest free address.
+    Allocated,
+}
+
+/// One interface's address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Allocation {
+    pub machine: MachineName,
+    pub interface: String,
+    pub subnet: String,
+    pub ip: IpAddr,
+    pub origin: AddressOrigin,
+}
+
+/// Why a machine interface got no address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AddressProblem {
+    pub machine: MachineName,
+    pub interface: String,
+    pub subnet: String,
+    pub message: String,
+}
+
+/// Every allocation of a fleet, in machine-name then interface order, and every problem.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Addresses {
+    pub allocations: Vec<Allocation>,
+    pub problems: Vec<AddressProblem>,
+}
+
+impl Addresses {
+    /// The addresses of one machine.
+    pub fn of_machine<'a>(&'a self, machine: &'a str) -> impl Iterator<Item = &'a Allocation> {
+        self.allocations
+            .iter()
+            .filter(move |allocation| allocation.machine.as_str() == machine)
+    }
+}
+
+/// What one machine interface asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Request<'f> {
+    machine: &'f MachineName,
+    interface: &'f str,
+    subnet: &'f str,
+    wanted: Wanted,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    Auto,
+    Static(IpAddr),
+    /// The template says `link = "static"` and the machine gives no `ip` for it.
+    StaticWithoutAddress,
+}
+
+/// The addresses of every machine interface that asks for one.
+pub fn allocate(fleet: &Fleet, held: &[HeldAddress]) -> Addresses {
+    let subnets: BTreeMap<&str, &Subnet> = fleet
+        .subnets
+        .iter()
+        .map(|subnet| (subnet.name.as_str(), subnet))
+        .collect();
+    let mut requests: Vec<Request> = fleet
+        .machines
+        .iter()
+        .flat_map(|machine| requests_of(fleet, machine))
+        .collect();
+    requests.sort_by(|a, b| (a.machine, a.interface).cmp(&(b.machine, b.interface)));
+    Allocator::new(held).run(&requests, &subnets)
+}
+
+/// A machine's interfaces that need an address: its template's `auto`/`static` interfaces with
+/// a subnet, with the machine's own `interfaces` entries taking precedence by name.
+fn requests_of<'f>(fleet: &'f Fleet, machine: &'f MachineSpec) -> Vec<Request<'f>> {
+    let mut by_name: BTreeMap<&str, Request> = BTreeMap::new();
+    let template = machine
+        .network
+        .as_deref()
+        .and_then(|name| fleet.network_templates.get(name));
+    for interface in template.map(|t| t.interfaces.as_slice()).unwrap_or(&[]) {
+        let (Some(subnet), wanted) = (&interface.subnet, interface.link) else {
+            continue;
+        };
+        let wanted = match wanted {
+            LinkMode::Auto => Wanted::Auto,
+            LinkMode::Static => Wanted::StaticWithoutAddress,
+            LinkMode::Dhcp | LinkMode::LinkUp => continue,
+        };
+        by_name.insert(
+            &interface.name,
+            Request {
+                machine: &machine.name,
+                interface: &interface.name,
+                subnet,
+                wanted,
+            },
+        );
+    }
+    for interface in &machine.interfaces {
+        let wanted = interface.ip.map_or(Wanted::Auto, Wanted::Static);
+        by_name.insert(
+            &interface.name,
+            Request {
+                machine: &machine.name,
+                interface: &interface.name,
+                subnet: &interface.subnet,
+                wanted,
+            },
+        );
+    }
+    by_name.into_values().collect()
+}
+
+/// The allocation pass: who holds what, and the lowest free address per subnet so far.
+struct Allocator<'h> {
+    /// What each (machine, interface, subnet) holds: looked up once per auto interface, so a
+    /// map, not a scan (100,000 machines).
+    held: BTreeMap<(&'h str, &'h str, &'h str), IpAddr>,
+    /// Every address taken on a subnet: held, static, or allocated in this pass.
+    taken: BTreeMap<String, BTreeMap<IpAddr, Holder>>,
+    /// Where to resume looking on a subnet: every address below it is taken or excluded. The
+    /// taken set only grows during a pass, so the lowest free address never goes down.
+    cursor: BTreeMap<String, u128>,
+}
+
+impl<'h> Allocator<'h> {
+    fn new(held: &'h [HeldAddress]) -> Self {
+        let mut taken: BTreeMap<String, BTreeMap<IpAddr, Holder>> = BTreeMap::new();
+        for address in held {
+            taken.entry(address.subnet.clone()).or_default().insert(
+                address.ip,
+                Holder {
+                    machine: address.machine.clone(),
+                    interface: address.interface.clone(),
+                },
+            );
+        }
+        Allocator {
+            held: held
+                .iter()
+                .map(|address| {
+                    let key = (
+                        address.machine.as_str(),
+                        address.interface.as_str(),
+                        address.subnet.as_str(),
+                    );
+                    (key, address.ip)
+                })
+                .collect(),
+            taken,
+            cursor: BTreeMap::new(),
+        }
+    }
+
+    fn run(mut self, requests: &[Request], subnets: &BTreeMap<&str, &Subnet>) -> Addresses {
+        let mut addresses = Addresses::default();
+        let mut auto = Vec::new();
+        // Static addresses first: they are the operator's word and auto must not take them.
+        for request in requests {
+            let Some(subnet) = subnets.get(request.subnet) else {
+                addresses.problems.push(problem(request, "no such subnet"));
+                continue;
+            };
+            match request.wanted {
+                Wanted::Static(ip) => match self.claim_static(request, subnet, ip) {
+                    Ok(()) => {
+                        addresses
+                            .allocations
+                            .push(allocation(request, ip, AddressOrigin::Static))
+                    }
+                    Err(message) => addresses.problems.push(problem(request, &message)),
+                },
+                Wanted::Auto => auto.push((request, *subnet)),
+                Wanted::StaticWithoutAddress => addresses.problems.push(problem(
+                    request,
+                    "its network template says `link = \"static\"` but the machine gives no `ip` \
+                     for it in `interfaces`: give one, or use `link = \"auto\"`",
+                )),
+            }
+        }
+        // Then what machines already hold, so a newcomer never takes a held address.
+        let mut fresh = Vec::new();
+        for (request, subnet) in auto {
+            match self.held_by(request) {
+                Some(ip) => {
+                    addresses
+                        .allocations
+                        .push(allocation(request, ip, AddressOrigin::Held))
+                }
+                None => fresh.push((request, subnet)),
+            }
+        }
+        for (request, subnet) in fresh {
+            match self.lowest_free(request, subnet) {
+                Some(ip) => addresses.allocations.push(allocation(request, ip, AddressOrigin::Allocated)),
+                None => addresses.problems.push(problem(
+                    request,
+                    &format!(
+                        "subnet `{}` ({}) has no free address left outside its dynamic and reserved ranges",
+                        subnet.name, subnet.cidr
+                    ),
+                )),
+            }
+        }
+        addresses
+            .allocations
+            .sort_by(|a, b| (&a.machine, &a.interface).cmp(&(&b.machine, &b.interface)));
+        addresses
+    }
+
+    fn claim_static(
+        &mut self,
+        request: &Request,
+        subnet: &Subnet,
+        ip: IpAddr,
+    ) -> Result<(), String> {
+        if let Some(why) = excluded(subnet, ip) {
+            return Err(format!("address {ip} {why}"));
+        }
+        let taken = self.taken.entry(subnet.name.clone()).or_default();
+        let claimant = Holder::of(request);
+        match taken.get(&ip) {
+            Some(holder) if *holder != claimant => Err(format!(
+                "address {ip} is already held by machine {} (interface {})",
+                holder.machine, holder.interface
+            )),
+            _ => {
+                taken.insert(ip, claimant);
+                Ok(())
+            }
+        }
+    }
+
+    fn held_by(&self, request: &Request) -> Option<IpAddr> {
+        self.held
+            .get(&(request.machine.as_str(), request.interface, request.subnet))
+            .copied()
+    }
+
+    fn lowest_free(&mut self, request: &Request, subnet: &Subnet) -> Option<IpAddr> {
+        let (first, last) = usable_span(subnet);
+        let start = self
+            .cursor
+            .get(&subnet.name)
+            .copied()
+            .unwrap_or(first)
+            .max(first);
+        let taken = self.taken.entry(subnet.name.clone()).or_default();
+        let mut candidate = start;
+        while candidate <= last {
+            let ip = from_number(subnet, candidate);
+            if !taken.contains_key(&ip) && excluded(subnet, ip).is_none() {
+                taken.insert(ip, Holder::of(request));
+                self.cursor.insert(subnet.name.clone(), candidate + 1);
+                return Some(ip);
+            }
+            candidate = skip_past_range(subnet, ip).map_or(candidate + 1, |end| end + 1);
+        }
+        self.cursor.insert(subnet.name.clone(), candidate);
+        None
+    }
+}
+
+/// Who holds an address: one interface of one machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Holder {
+    machine: String,
+    interface: String,
+}
+
+impl Holder {
+    fn of(request: &Request) -> Holder {
+        Holder {
+            machine: request.machine.to_string(),
+            interface: request.interface.to_string(),
+        }
+    }
+}
+
+/// Why an address can never be a machine's static address on `subnet`, if it cannot.
+pub fn excluded(subnet: &Subnet, ip: IpAddr) -> Option<String> {
+    if !subnet.cidr.contains(&ip) {
+        return Some(format!(
+            "is outside subnet `{}` ({})",
+            subnet.name, subnet.cidr
+        ));
+    }
+    let (first, last) = usable_span(subnet);
+    let number = to_number(ip);
+    if number < first || number > last {
+        return Some(format!(
+            "is the network or broadcast address of subnet `{}`",
+            subnet.name
+        ));
+    }
+    if subnet.gateway == Some(ip) {
+        return Some(format!("is the gateway of subnet `{}`", subnet.name));
+    }
+    if subnet.dynamic_range.is_some_and(|range| range.contains(ip)) {
+        return Some(format!(
+            "is inside the dynamic range of subnet `{}`",
+            subnet.name
+        ));
+    }
+    if subnet
+        .reserved
+        .iter()
+        .any(|reserved| reserved.range.contains(ip))
+    {
+        return Some(format!(
+            "is inside a reserved range of subnet `{}`",
+            subnet.name
+        ));
+    }
+    None
+}
+
+/// The end of the dynamic or reserved range `ip` starts or sits in, so a scan jumps over a
+/// whole range at once instead of visiting each of its addresses.
+fn skip_past_range(subnet: &Subnet, ip: IpAddr) -> Option<u128> {
+    subnet
+        .dynamic_range
+        .iter()
+        .chain(subnet.reserved.iter().map(|reserved| &reserved.range))
+        .filter(|range| range.contains(ip))
+        .map(|range| to_number(range.end))
+        .max()
+}
+
+/// The first and last address a host may have: IPv4 leaves out the network and broadcast
+/// addresses (except on /31 and /32); IPv6 leaves out the subnet-router anycast address.
+fn usable_span(subnet: &Subnet) -> (u128, u128) {
+    let network = to_number(subnet.cidr.network());
+    let last = to_number(subnet.cidr.broadcast());
+    match subnet.cidr {
+        ipnet::IpNet::V4(net) if net.prefix_len() >= 31 => (network, last),
+        ipnet::IpNet::V4(_) => (network + 1, last - 1),
+        ipnet::IpNet::V6(net) if net.prefix_len() == 128 => (network, last),
+        ipnet::IpNet::V6(_) => (network + 1, last),
+    }
+}
+
+fn to_number(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+fn from_number(subnet: &Subnet, number: u128) -> IpAddr {
+    match subnet.cidr {
+        // The number came from this IPv4 subnet's span, so it fits in 32 bits.
+        ipnet::IpNet::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from(number as u32)),
+        ipnet::IpNet::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(number)),
+    }
+}
+
+fn allocation(request: &Request, ip: IpAddr, origin: AddressOrigin) -> Allocation {
+    Allocation {
+        machine: request.machine.clone(),
+        interface: request.interface.to_string(),
+        subnet: request.subnet.to_string(),
+        ip,
+        origin,
+    }
+}
+
+fn problem(request: &Request, message: &str) -> AddressProblem {
+    AddressProblem {
+        machine: request.machine.clone(),
+        interface: request.interface.to_string(),
+        subnet: request.subnet.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Two allocations never share an address on a subnet (used by tests and by apply's check).
+pub fn duplicates(addresses: &Addresses) -> Vec<(IpAddr, Vec<String>)> {
+    let mut owners: BTreeMap<(&str, IpAddr), BTreeSet<String>> = BTreeMap::new();
+    for allocation in &addresses.allocations {
+        owners
+            .entry((allocation.subnet.as_str(), allocation.ip))
+            .or_default()
+            .insert(format!("{}/{}", allocation.machine, allocation.interface));
+    }
+    owners
+        .into_iter()
+        .filter(|(_, holders)| holders.len() > 1)
+        .map(|((_, ip), holders)| (ip, holders.into_iter().collect()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
