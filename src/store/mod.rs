@@ -25,6 +25,7 @@ mod locks;
 mod machine_state;
 mod machines;
 mod monitor;
+mod operator_tokens;
 mod plans;
 pub mod private;
 mod scripts;
@@ -38,6 +39,7 @@ pub use apply::ApplyStepRow;
 pub use db::{now_ms, redact_url, Store};
 pub use machine_state::{MachineRun, MachineState};
 pub use monitor::InProgress;
+pub use operator_tokens::{NewOperatorToken, OperatorRole, OperatorToken};
 
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -91,6 +93,16 @@ pub enum StoreError {
     LockChurn(String),
     #[error("no plan with id `{0}`")]
     UnknownPlan(String),
+    #[error("an operator token named `{0}` exists already (names of revoked tokens stay taken): choose another name")]
+    DuplicateToken(String),
+    #[error("no operator token named `{0}` (`fleet token list` shows them)")]
+    UnknownToken(String),
+    #[error("operator token `{0}` is revoked")]
+    TokenRevoked(String),
+    #[error("operator token `{0}` has expired: create a new one")]
+    TokenExpired(String),
+    #[error("operator token `{0}` is the last valid admin token: create another admin token first (`fleet token create NAME --role admin`), then revoke this one")]
+    LastAdminToken(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
