@@ -113,7 +113,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
             .get::<Operator>()
             .map(|operator| Actor(operator.name.clone()))
             .ok_or_else(|| {
-                tracing::error!("{} has no operator: the route is outside require_operator", parts.uri.path());
+                tracing::error!(
+                    "{} has no operator: the route is outside require_operator",
+                    parts.uri.path()
+                );
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
@@ -171,7 +174,11 @@ async fn require_operator(
     if operator.role == OperatorRole::ReadOnly && !reads {
         return Err(forbidden(
             &operator,
-            format!("{} {} needs an admin token", request.method(), request.uri().path()),
+            format!(
+                "{} {} needs an admin token",
+                request.method(),
+                request.uri().path()
+            ),
         ));
     }
     request.extensions_mut().insert(operator);
@@ -182,7 +189,10 @@ async fn require_operator(
 async fn require_admin(request: Request, next: Next) -> Result<Response, ApiError> {
     match request.extensions().get::<Operator>() {
         Some(operator) if operator.role == OperatorRole::Admin => Ok(next.run(request).await),
-        Some(operator) => Err(forbidden(operator, "managing tokens needs an admin token".into())),
+        Some(operator) => Err(forbidden(
+            operator,
+            "managing tokens needs an admin token".into(),
+        )),
         None => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",

@@ -52,10 +52,13 @@ impl From<RoleArg> for OperatorRole {
 
 /// A lifetime such as `30d`, in whole seconds (humantime).
 fn parse_lifetime(text: &str) -> Result<u64, String> {
-    let duration = humantime::parse_duration(text)
-        .map_err(|error| format!("`{text}` is not a duration such as 30d, 12h or 90min: {error}"))?;
+    let duration = humantime::parse_duration(text).map_err(|error| {
+        format!("`{text}` is not a duration such as 30d, 12h or 90min: {error}")
+    })?;
     match duration.as_secs() {
-        0 => Err(format!("`{text}` is less than a second: give a longer lifetime")),
+        0 => Err(format!(
+            "`{text}` is less than a second: give a longer lifetime"
+        )),
         seconds => Ok(seconds),
     }
 }
@@ -94,8 +97,9 @@ pub async fn token(connection: &Connection, command: TokenCommand) -> anyhow::Re
             Ok(ExitCode::SUCCESS)
         }
         TokenCommand::Rotate { name } => {
-            let issued: IssuedTokenView =
-                client.post(&format!("/tokens/{name}/rotate"), &()).await??;
+            let issued: IssuedTokenView = client
+                .post(&format!("/tokens/{name}/rotate"), &())
+                .await??;
             print_secret(&issued, "rotated")
         }
     }
@@ -106,10 +110,10 @@ pub async fn token(connection: &Connection, command: TokenCommand) -> anyhow::Re
 fn print_secret(issued: &IssuedTokenView, done: &str) -> anyhow::Result<ExitCode> {
     use std::io::Write;
     let token = &issued.token;
-    let expiry = token
-        .expires_at
-        .as_deref()
-        .map_or_else(|| "does not expire".to_string(), |at| format!("expires {at}"));
+    let expiry = token.expires_at.as_deref().map_or_else(
+        || "does not expire".to_string(),
+        |at| format!("expires {at}"),
+    );
     eprintln!("{done} {} token `{}` ({expiry})", token.role, token.name);
     eprintln!("its secret follows; it is shown only now (the controller keeps only its hash):");
     println!("{}", issued.secret);

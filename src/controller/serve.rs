@@ -155,12 +155,11 @@ fn describe_start_tokens(state_dir: &Path, tokens: StartTokens) -> Result<String
     let file = state_dir.join(TOKEN_FILE);
     Ok(match tokens {
         StartTokens::Made { name, secret } => {
-            let path = write_token_file(state_dir, &secret).map_err(|source| {
-                ServeError::StateDir {
+            let path =
+                write_token_file(state_dir, &secret).map_err(|source| ServeError::StateDir {
                     path: state_dir.to_path_buf(),
                     source,
-                }
-            })?;
+                })?;
             format!("{} (admin token `{name}`, made now)", path.display())
         }
         StartTokens::Moved { name } => format!(

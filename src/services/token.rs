@@ -35,9 +35,15 @@ pub struct Operator {
 pub enum Identified {
     Operator(Operator),
     /// A token that expired at `at` (Unix ms).
-    Expired { name: String, at: i64 },
+    Expired {
+        name: String,
+        at: i64,
+    },
     /// A token revoked at `at` (Unix ms).
-    Revoked { name: String, at: i64 },
+    Revoked {
+        name: String,
+        at: i64,
+    },
     /// No token has this secret.
     Unknown,
 }
@@ -100,7 +106,10 @@ pub async fn identify(store: &Store, secret: &str) -> Result<Identified, StoreEr
 pub async fn is_admin_secret(store: &Store, secret: &str) -> Result<bool, StoreError> {
     Ok(matches!(
         identify(store, secret).await?,
-        Identified::Operator(Operator { role: OperatorRole::Admin, .. })
+        Identified::Operator(Operator {
+            role: OperatorRole::Admin,
+            ..
+        })
     ))
 }
 
@@ -108,7 +117,10 @@ pub async fn is_admin_secret(store: &Store, secret: &str) -> Result<bool, StoreE
 /// digit (it is a path segment of the API and every event's actor).
 pub fn check_token_name(name: &str) -> Result<(), String> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@');
-    let starts_well = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let starts_well = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
     if name.len() > MAX_NAME_LENGTH || !starts_well || !name.chars().all(allowed) {
         return Err(format!(
             "`{name}` is not a token name: 1 to {MAX_NAME_LENGTH} letters, digits, `.`, `_`, `-` or `@`, starting with a letter or digit"
@@ -147,7 +159,11 @@ pub async fn create_token(
 }
 
 /// Gives a token a new secret; the former one stops working at once.
-pub async fn rotate_token(store: &Store, name: &str, actor: &str) -> Result<IssuedToken, StoreError> {
+pub async fn rotate_token(
+    store: &Store,
+    name: &str,
+    actor: &str,
+) -> Result<IssuedToken, StoreError> {
     let secret = random_secret();
     let token = store
         .rotate_operator_token(name, &secret_hash(&secret), actor, crate::store::now_ms())

@@ -10,6 +10,8 @@
 //! - Columns are TEXT and BIGINT only (what `Any` carries on both backends); times are Unix
 //!   milliseconds; JSON is stored as TEXT.
 //! - Events are never updated or deleted; deleting a machine keeps its history.
+//! - Operator tokens are kept as the hash of their secret, never the secret; a revoked token
+//!   keeps its row and its name (`operator_tokens.rs`).
 //! - What belongs to one machine (interfaces, disks, script results, its `machine_state`: token,
 //!   run, erase mode) is deleted with it, in the same transaction (ON DELETE CASCADE).
 
@@ -97,9 +99,9 @@ pub enum StoreError {
     DuplicateToken(String),
     #[error("no operator token named `{0}` (`fleet token list` shows them)")]
     UnknownToken(String),
-    #[error("operator token `{0}` is revoked")]
+    #[error("operator token `{0}` is revoked: it stays so; create a token with another name")]
     TokenRevoked(String),
-    #[error("operator token `{0}` has expired: create a new one")]
+    #[error("operator token `{0}` has expired: create a token with another name")]
     TokenExpired(String),
     #[error("operator token `{0}` is the last valid admin token: create another admin token first (`fleet token create NAME --role admin`), then revoke this one")]
     LastAdminToken(String),

@@ -114,7 +114,11 @@ impl Store {
         if !insert_token(&mut transaction, token, now).await? {
             return Err(StoreError::DuplicateToken(token.name.to_string()));
         }
-        let reason = format!("token `{}` created ({})", token.name, token.role);
+        let expiry = token
+            .expires_at
+            .map(|at| format!(", expires {}", crate::model::rfc3339(at)))
+            .unwrap_or_default();
+        let reason = format!("`{}` ({}{expiry})", token.name, token.role);
         record(&mut transaction, token.name, "created", reason, actor, now).await?;
         let created = read_token(&mut transaction, token.name).await?;
         transaction.commit().await?;
@@ -146,7 +150,7 @@ impl Store {
         if inserted == 0 {
             return Ok(None);
         }
-        let reason = format!("token `{name}` created (admin) at the controller's start: there was no valid admin token");
+        let reason = format!("`{name}` (admin): no valid admin token at the controller's start");
         record(&mut transaction, name, "created", reason, "controller", now).await?;
         let created = read_token(&mut transaction, name).await?;
         transaction.commit().await?;
@@ -179,9 +183,8 @@ impl Store {
         if deleted == 0 || !insert_token(&mut transaction, &token, now).await? {
             return Ok(false);
         }
-        let reason = format!(
-            "token `{name}` created (admin) from the plain operator token of an older fleet; only its hash is kept"
-        );
+        let reason =
+            format!("`{name}` (admin): the plain token of an older fleet, now kept as a hash");
         record(&mut transaction, name, "created", reason, "controller", now).await?;
         transaction.commit().await?;
         Ok(true)
@@ -203,7 +206,7 @@ impl Store {
             .bind(secret_hash)
             .execute(&mut *transaction)
             .await?;
-        let reason = format!("token `{name}` rotated: its former secret no longer works");
+        let reason = format!("`{name}`: its former secret no longer works");
         record(&mut transaction, name, "rotated", reason, actor, now).await?;
         transaction.commit().await?;
         Ok(OperatorToken {
@@ -251,7 +254,7 @@ impl Store {
             .bind(now)
             .execute(&mut *transaction)
             .await?;
-        let reason = format!("token `{name}` revoked");
+        let reason = format!("`{name}`: it no longer works");
         record(&mut transaction, name, "revoked", reason, actor, now).await?;
         transaction.commit().await?;
         Ok(OperatorToken {

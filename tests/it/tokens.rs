@@ -54,7 +54,11 @@ async fn a_read_only_token_reads_but_every_change_is_refused_naming_its_role() {
         assert_eq!(status, 200, "GET {path}: {answer}");
     }
     let refused = [
-        (Method::POST, "/machines", json!({"name": "node-2", "macs": []})),
+        (
+            Method::POST,
+            "/machines",
+            json!({"name": "node-2", "macs": []}),
+        ),
         (Method::POST, "/machines/node-1/actions/delete", json!({})),
         (Method::POST, "/applies", json!({})),
         (Method::POST, "/tokens", json!({"name": "mine"})),
@@ -74,7 +78,8 @@ async fn a_read_only_token_reads_but_every_change_is_refused_naming_its_role() {
         assert_eq!(answer["error"]["code"], "forbidden", "{answer}");
         assert_eq!(answer["error"]["role"], "read-only", "{answer}");
         assert!(
-            message(&answer).contains("`viewer` is read-only") && message(&answer).contains("admin"),
+            message(&answer).contains("`viewer` is read-only")
+                && message(&answer).contains("admin"),
             "{method} {path}: {answer}"
         );
     }
@@ -106,7 +111,10 @@ async fn revoked_and_expired_tokens_are_refused_saying_so() {
     // A revoked name stays taken, and is not revoked twice.
     let (status, answer) = admin.post("/tokens", json!({"name": "ci"})).await;
     assert_eq!(status, 409, "{answer}");
-    assert!(message(&answer).contains("revoked tokens stay taken"), "{answer}");
+    assert!(
+        message(&answer).contains("revoked tokens stay taken"),
+        "{answer}"
+    );
     assert_eq!(admin.delete("/tokens/ci").await.0, 409);
 
     let expiring = create_with_api(
@@ -123,22 +131,28 @@ async fn revoked_and_expired_tokens_are_refused_saying_so() {
     // Bad lifetimes and names are refused before anything is made.
     let output = controller.fleet(&["token", "create", "x", "--expires", "soon"]);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
-    assert_eq!(
-        admin
-            .post("/tokens", json!({"name": "a/b"}))
-            .await
-            .0,
-        400
-    );
+    assert_eq!(admin.post("/tokens", json!({"name": "a/b"})).await.0, 400);
 
     // The list shows every token, revoked and expired ones included, and no secret.
     let output = controller.fleet(&["token", "list"]);
     assert!(output.status.success(), "{}", stderr(&output));
     let listed = stdout(&output);
-    for expected in ["NAME", "LAST USED", "operator", "admin", "ci", "short", "read-only", "3 tokens"] {
+    for expected in [
+        "NAME",
+        "LAST USED",
+        "operator",
+        "admin",
+        "ci",
+        "short",
+        "read-only",
+        "3 tokens",
+    ] {
         assert!(listed.contains(expected), "{expected}: {listed}");
     }
-    assert!(!listed.contains(&revoked) && !listed.contains(&expiring), "{listed}");
+    assert!(
+        !listed.contains(&revoked) && !listed.contains(&expiring),
+        "{listed}"
+    );
     let output = controller.fleet(&["token", "list", "--json"]);
     let tokens: Value = serde_json::from_slice(&output.stdout).unwrap();
     let ci = tokens
@@ -149,7 +163,10 @@ async fn revoked_and_expired_tokens_are_refused_saying_so() {
         .unwrap();
     assert!(ci["revoked_at"].is_string(), "{ci}");
     assert!(ci["last_used_at"].is_string(), "{ci}");
-    assert!(ci.get("secret").is_none() && ci.get("secret_hash").is_none(), "{ci}");
+    assert!(
+        ci.get("secret").is_none() && ci.get("secret_hash").is_none(),
+        "{ci}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -216,7 +233,11 @@ async fn the_store_holds_hashes_of_tokens_and_never_a_secret() {
         .unwrap();
     for row in &settings {
         let value: String = row.get("value");
-        assert!(!secrets.contains(&value), "setting {}", row.get::<String, _>("key"));
+        assert!(
+            !secrets.contains(&value),
+            "setting {}",
+            row.get::<String, _>("key")
+        );
     }
     store.close().await;
     // Not in the SQLite file or its write-ahead log either, not even a former secret.
