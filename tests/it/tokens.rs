@@ -2,9 +2,11 @@
 //! rotation; the store keeps only hashes; every event's actor is the token's name; an older
 //! store's plain token is moved and keeps working; the last admin token stays.
 
+use crate::both_backends;
 use crate::support::controller::{stderr, stdout, Api, TestController};
 use crate::support::db::{drop_postgres_store, empty_postgres_database};
-use fleet::store::Store;
+use fleet::services::token::{prepare_at_start, StartTokens};
+use fleet::store::{NewOperatorToken, OperatorRole, Store, StoreError};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -381,3 +383,111 @@ async fn controllers_on_one_database_accept_and_refuse_the_same_tokens() {
     drop((first, second));
     drop_postgres_store(Store::open(&url).await.unwrap()).await;
 }
+
+// Controllers starting together on an older store: one moves its plain token, none makes
+// another admin token, and the setting is gone.
+both_backends!(
+    racing_controllers_move_the_plain_token_once,
+    |store| async move {
+        store.put_setting("operator_token", "plain").await.unwrap();
+        let racers: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { prepare_at_start(&store).await.unwrap() })
+            })
+            .collect();
+        let mut moved = 0;
+        for racer in racers {
+            match racer.await.unwrap() {
+                StartTokens::Moved { name } => {
+                    assert_eq!(name, "operator");
+                    moved += 1;
+                }
+                StartTokens::Present => {}
+                made @ StartTokens::Made { .. } => panic!("{made:?}"),
+            }
+        }
+        assert_eq!(moved, 1);
+        assert_eq!(store.setting("operator_token").await.unwrap(), None);
+        let tokens = store.operator_tokens().await.unwrap();
+        assert_eq!(tokens.len(), 1, "{tokens:?}");
+        assert_eq!(tokens[0].secret_hash, hash("plain"));
+    }
+);
+
+// Controllers starting together on a new store make one admin token between them.
+both_backends!(
+    racing_controllers_make_one_admin_token,
+    |store| async move {
+        let racers: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { prepare_at_start(&store).await.unwrap() })
+            })
+            .collect();
+        let mut made = Vec::new();
+        for racer in racers {
+            if let StartTokens::Made { name, secret } = racer.await.unwrap() {
+                made.push((name, secret));
+            }
+        }
+        assert_eq!(made.len(), 1, "{made:?}");
+        let tokens = store.operator_tokens().await.unwrap();
+        assert_eq!(tokens.len(), 1, "{tokens:?}");
+        assert_eq!(tokens[0].secret_hash, hash(&made[0].1));
+    }
+);
+
+// Two admins revoking each other's token at once: one revocation wins, the other is refused,
+// so an admin token always remains.
+both_backends!(
+    admins_revoking_each_other_at_once_leave_one,
+    |store| async move {
+        for round in 0..5 {
+            let names = [format!("a{round}"), format!("b{round}")];
+            for name in &names {
+                let hash = hash(name);
+                let token = NewOperatorToken {
+                    name,
+                    role: OperatorRole::Admin,
+                    secret_hash: &hash,
+                    expires_at: None,
+                };
+                store
+                    .create_operator_token(&token, "test", 0)
+                    .await
+                    .unwrap();
+            }
+            // The previous round's survivor goes, so the pair are the only admins.
+            for token in store.operator_tokens().await.unwrap() {
+                if token.revoked_at.is_none() && !names.contains(&token.name) {
+                    let now = fleet::store::now_ms();
+                    store
+                        .revoke_operator_token(&token.name, "test", now)
+                        .await
+                        .unwrap();
+                }
+            }
+            let racers: Vec<_> = names
+                .iter()
+                .map(|name| {
+                    let (store, name) = (store.clone(), name.clone());
+                    tokio::spawn(async move {
+                        store
+                            .revoke_operator_token(&name, "test", fleet::store::now_ms())
+                            .await
+                    })
+                })
+                .collect();
+            let mut refused = 0;
+            for racer in racers {
+                match racer.await.unwrap() {
+                    Ok(_) => {}
+                    Err(StoreError::LastAdminToken(_)) => refused += 1,
+                    Err(other) => panic!("{other}"),
+                }
+            }
+            assert_eq!(refused, 1, "round {round}");
+        }
+    }
+);
