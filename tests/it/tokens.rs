@@ -491,3 +491,30 @@ both_backends!(
         }
     }
 );
+
+// A store whose only admin token has expired gets a new one at the next start, under a name of
+// its own (`operator` stays the expired token's).
+both_backends!(
+    an_expired_last_admin_gets_a_successor_at_start,
+    |store| async move {
+        let hash = hash("old");
+        let expired = NewOperatorToken {
+            name: "operator",
+            role: OperatorRole::Admin,
+            secret_hash: &hash,
+            expires_at: Some(1),
+        };
+        store
+            .create_operator_token(&expired, "test", 0)
+            .await
+            .unwrap();
+        match prepare_at_start(&store).await.unwrap() {
+            StartTokens::Made { name, .. } => assert_eq!(name, "operator-2"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            prepare_at_start(&store).await.unwrap(),
+            StartTokens::Present
+        );
+    }
+);
