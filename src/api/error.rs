@@ -53,6 +53,9 @@ impl IntoResponse for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
+        if let Some(refusal) = super::tokens::token_error(&error) {
+            return refusal;
+        }
         match &error {
             StoreError::UnknownMachine(name) => {
                 ApiError::not_found(error.to_string()).with("machine", name)

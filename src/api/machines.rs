@@ -4,13 +4,13 @@ use super::views::{
     ActionBody, ActionView, AddMachine, AddedView, ClockView, EventView, MachineDetail, MachineRow,
     MachineView, ScriptResultView,
 };
-use super::{actor_of, ApiError, ApiState};
+use super::{Actor, ApiError, ApiState};
 use crate::model::{Action, ActionRequest, MacAddr, MachineName, Status};
 use crate::services::actions::{perform, ActionError};
 use crate::store::{EventFilter, NewMachine};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 
@@ -106,7 +106,7 @@ fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
 
 pub async fn action(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    Actor(actor): Actor,
     Path((name, action_name)): Path<(String, String)>,
     body: Result<Json<ActionBody>, JsonRejection>,
 ) -> Result<Json<ActionView>, ApiError> {
@@ -124,7 +124,7 @@ pub async fn action(
     };
     let request = ActionRequest {
         action,
-        actor: actor_of(&headers),
+        actor,
         comment: body.comment,
         options: body.options,
     };
@@ -150,11 +150,10 @@ fn forget_bmc_password(state: &ApiState, name: &str) {
 
 pub async fn add(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    Actor(actor): Actor,
     body: Result<Json<AddMachine>, JsonRejection>,
 ) -> Result<(StatusCode, Json<AddedView>), ApiError> {
     let body = json_body(body)?;
-    let actor = actor_of(&headers);
     let new = new_machine(&body, &state)?;
     let record = state.store.create_machine(&new, &actor).await?;
     let wants_commission = body.commission.unwrap_or(true) && !body.deployed;

@@ -457,9 +457,8 @@ async fn exchange(
 pub(super) async fn make_registration(
     State(state): State<ApiState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    super::Actor(actor): super::Actor,
 ) -> Result<Json<serde_json::Value>, super::ApiError> {
-    let actor = super::actor_of(&headers);
     match credentials::make_registration(&state.store, &name, &actor).await {
         Ok((secret, expires_at)) => Ok(Json(serde_json::json!({
             "machine": name,

@@ -1,6 +1,7 @@
-//! The controller's HTTP API (axum). Operator endpoints under `/api/v1`, authenticated by the
-//! operator token (`Authorization: Bearer TOKEN`); JSON in and out; errors as
-//! `{"error": {"code", "message", ...}}`.
+//! The controller's HTTP API (axum). Operator endpoints under `/api/v1`, authenticated by an
+//! operator token (`Authorization: Bearer TOKEN`): its name is the actor of what the call does,
+//! a read-only token may only read, and only admin tokens manage tokens. JSON in and out;
+//! errors as `{"error": {"code", "message", ...}}`.
 //!
 //! The server takes an already-bound listener and a shutdown future, so tests bind port 0.
 
@@ -8,28 +9,29 @@ mod error;
 mod machines;
 mod metadata;
 mod plans;
+mod tokens;
 pub mod views;
 
 pub use error::ApiError;
 
+use crate::model::rfc3339;
 use crate::power::PowerDrivers;
-use crate::services::token::tokens_match;
-use crate::store::Store;
-use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use crate::services::token::{identify, Identified, Operator};
+use crate::store::{OperatorRole, Store};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use std::future::Future;
-use std::sync::Arc;
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Store,
     pub drivers: PowerDrivers,
-    pub operator_token: Arc<String>,
     /// The HTTP boot endpoints (`/boot/...`, no token), when the controller serves them.
     pub boot: Option<crate::boot::http::BootState>,
     /// What booted machines are told to run (`/metadata/v1/...`).
@@ -50,6 +52,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/observed", get(plans::observed))
         .route("/applies", post(plans::start))
         .route("/applies/{id}", get(plans::show))
+        .merge(tokens_router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_operator,
@@ -62,6 +65,15 @@ pub fn router(state: ApiState) -> Router {
         routes = routes.merge(crate::boot::http::router(boot));
     }
     routes.fallback(not_found).with_state(state)
+}
+
+/// `/tokens`: admin tokens only.
+fn tokens_router() -> Router<ApiState> {
+    Router::new()
+        .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens/{name}", delete(tokens::revoke))
+        .route("/tokens/{name}/rotate", post(tokens::rotate))
+        .route_layer(middleware::from_fn(require_admin))
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
@@ -95,44 +107,116 @@ async fn not_found(request: Request) -> ApiError {
     ))
 }
 
-/// The person acting, as the client names it (`X-Fleet-Actor`), else "operator".
-pub fn actor_of(headers: &axum::http::HeaderMap) -> String {
-    headers
-        .get("x-fleet-actor")
-        .and_then(|value| value.to_str().ok())
-        .map(|value| {
-            value
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(64)
-                .collect::<String>()
-        })
-        .filter(|value| !value.is_empty())
-        .unwrap_or_else(|| "operator".to_string())
+/// The name of the token a call came with: the actor of every event the call causes. Only
+/// the token decides it; nothing the client sends besides the token does.
+pub struct Actor(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Actor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<Operator>()
+            .map(|operator| Actor(operator.name.clone()))
+            .ok_or_else(|| {
+                tracing::error!(
+                    "{} has no operator: the route is outside require_operator",
+                    parts.uri.path()
+                );
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "this endpoint cannot tell who calls it; the controller's log has the detail",
+                )
+            })
+    }
 }
 
-async fn require_operator(
-    State(state): State<ApiState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let given = request
-        .headers()
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match given {
-        Some(token) if tokens_match(&state.operator_token, token.trim()) => Ok(next.run(request).await),
-        Some(_) => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the operator token is wrong: use the one in the controller's state directory (operator-token)",
-        )),
-        None => Err(ApiError::new(
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Resolves the bearer token to its name and role (`Operator`, a request extension for the
+/// handlers); a read-only token may only read.
+async fn require_operator(
+    State(state): State<ApiState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(secret) = bearer_token(request.headers()) else {
+        return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "no operator token: send `Authorization: Bearer TOKEN` (FLEET_TOKEN, or the controller's \
              state directory file operator-token)",
+        ));
+    };
+    let operator = match identify(&state.store, secret).await? {
+        Identified::Operator(operator) => operator,
+        Identified::Unknown => return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the operator token is wrong: use the one in the controller's state directory (operator-token), \
+             or one an admin made with `fleet token create`",
+        )),
+        Identified::Expired { name, at } => return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_expired",
+            format!("operator token `{name}` expired at {}: ask an admin for a new one (`fleet token create`)", rfc3339(at)),
+        )
+        .with("token", name)),
+        Identified::Revoked { name, at } => return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_revoked",
+            format!("operator token `{name}` was revoked at {}: ask an admin for a new one (`fleet token create`)", rfc3339(at)),
+        )
+        .with("token", name)),
+    };
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    if operator.role == OperatorRole::ReadOnly && !reads {
+        return Err(forbidden(
+            &operator,
+            format!(
+                "{} {} needs an admin token",
+                request.method(),
+                request.uri().path()
+            ),
+        ));
+    }
+    request.extensions_mut().insert(operator);
+    Ok(next.run(request).await)
+}
+
+/// Admin tokens only, whatever the method (managing tokens). Runs inside `require_operator`.
+async fn require_admin(request: Request, next: Next) -> Result<Response, ApiError> {
+    match request.extensions().get::<Operator>() {
+        Some(operator) if operator.role == OperatorRole::Admin => Ok(next.run(request).await),
+        Some(operator) => Err(forbidden(
+            operator,
+            "managing tokens needs an admin token".into(),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "this endpoint cannot tell who calls it",
         )),
     }
+}
+
+fn forbidden(operator: &Operator, what: String) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "operator token `{}` is {}: it may only read (GET); {what}",
+            operator.name, operator.role
+        ),
+    )
+    .with("token", &operator.name)
+    .with("role", operator.role)
 }

@@ -1,12 +1,12 @@
 //! Plan and apply endpoints: the observed snapshot the CLI plans against, and applies
 //! (start one, follow its progress).
 
-use super::{actor_of, ApiError, ApiState};
+use super::{Actor, ApiError, ApiState};
 use crate::apply::{progress, start_apply, ApplyError, ApplyProgress, ApplyRequest, ApplyStarted};
 use crate::plan::Observed;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 
 /// `GET /api/v1/observed`: every machine as the planner reads it.
@@ -17,13 +17,12 @@ pub async fn observed(State(state): State<ApiState>) -> Result<Json<Observed>, A
 /// `POST /api/v1/applies`: checks the plan's fingerprints, takes the apply lock, starts it.
 pub async fn start(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    Actor(actor): Actor,
     body: Result<Json<ApplyRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ApplyStarted>), ApiError> {
     let Json(request) = body.map_err(|rejection| {
         ApiError::bad_request(format!("the plan is not valid: {}", rejection.body_text()))
     })?;
-    let actor = actor_of(&headers);
     let started = start_apply(&state.store, &state.drivers, request, &actor).await?;
     Ok((StatusCode::ACCEPTED, Json(started)))
 }

@@ -303,3 +303,47 @@ pub struct ActionBody {
     #[serde(default)]
     pub options: crate::model::ActionOptions,
 }
+
+/// One row of `fleet token list --json`: a token without its secret (fleet does not have it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenView {
+    pub name: String,
+    pub role: crate::store::OperatorRole,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+    pub expires_at: Option<String>,
+    pub revoked_at: Option<String>,
+}
+
+impl From<&crate::store::OperatorToken> for TokenView {
+    fn from(token: &crate::store::OperatorToken) -> Self {
+        TokenView {
+            name: token.name.clone(),
+            role: token.role,
+            created_at: rfc3339(token.created_at),
+            last_used_at: token.last_used_at.map(rfc3339),
+            expires_at: token.expires_at.map(rfc3339),
+            revoked_at: token.revoked_at.map(rfc3339),
+        }
+    }
+}
+
+/// `POST /api/v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    pub name: String,
+    /// Default: admin.
+    #[serde(default)]
+    pub role: Option<crate::store::OperatorRole>,
+    /// The token expires this many seconds after its creation; none: it does not expire.
+    #[serde(default)]
+    pub expires_in_seconds: Option<u64>,
+}
+
+/// A token just created or rotated, with its secret: the only time anyone sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct IssuedTokenView {
+    pub token: TokenView,
+    pub secret: String,
+}

@@ -14,7 +14,6 @@ pub struct Client {
     http: reqwest::Client,
     server: String,
     token: Option<String>,
-    actor: String,
 }
 
 /// An error the controller answered with.
@@ -51,7 +50,6 @@ impl Client {
             http,
             server: server.trim_end_matches('/').to_string(),
             token,
-            actor: actor_name(),
         })
     }
 
@@ -70,6 +68,13 @@ impl Client {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    pub async fn delete<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<Result<T, ApiFailure>> {
+        self.call(Method::DELETE, path, None::<&()>).await
+    }
+
     /// Calls the API. The outer error is "could not talk to the controller"; the inner one is
     /// the controller's answer.
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -79,10 +84,8 @@ impl Client {
         body: Option<&B>,
     ) -> anyhow::Result<Result<T, ApiFailure>> {
         let url = format!("{}/api/v1{path}", self.server);
-        let mut request = self
-            .http
-            .request(method, &url)
-            .header("x-fleet-actor", &self.actor);
+        // Who acts is the token's name, as the controller knows it: nothing else is sent.
+        let mut request = self.http.request(method, &url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
@@ -141,17 +144,4 @@ fn read_first_line(path: &std::path::Path) -> Option<String> {
         .next()
         .map(|line| line.trim().to_string())
         .filter(|line| !line.is_empty())
-}
-
-/// Who is acting, for the history: `$USER@host`.
-fn actor_name() -> String {
-    let user = std::env::var("USER").unwrap_or_else(|_| "operator".into());
-    let host = std::fs::read_to_string("/etc/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
-    if host.is_empty() {
-        user
-    } else {
-        format!("{user}@{host}")
-    }
 }

@@ -9,6 +9,7 @@ mod machine;
 mod output;
 mod plan;
 mod serve;
+mod token;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -35,7 +36,7 @@ pub struct Connection {
     /// The controller's API [default: the api-url its state directory names, else http://127.0.0.1:5240]
     #[arg(long, env = "FLEET_SERVER", global = true)]
     pub server: Option<String>,
-    /// The operator token [default: the controller's state directory file operator-token]
+    /// An operator token's secret [default: the controller's state directory file operator-token]
     #[arg(long, env = "FLEET_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
     /// The controller's state directory (token, api-url, SQLite file)
@@ -68,6 +69,9 @@ pub enum Command {
     Apply(apply::ApplyArgs),
     /// Write fleet TOML for what the controller observes (the next plan is then empty)
     Adopt(adopt::AdoptArgs),
+    /// Operator tokens: create (read-only or admin), list, revoke, rotate
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Measure fleet's speed targets and print the figures
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -116,6 +120,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan(args) => plan::run(&cli.connection, &args).await,
         Command::Apply(args) => apply::run(&cli.connection, &args).await,
         Command::Adopt(args) => adopt::run(&cli.connection, &args).await,
+        Command::Token(command) => token::token(&cli.connection, command).await,
         Command::Bench(command) => bench::bench(command).await,
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::api::{self, ApiState};
 use crate::power::PowerDrivers;
-use crate::services::token::{operator_token, write_token_file};
+use crate::services::token::{prepare_at_start, write_token_file, StartTokens, TOKEN_FILE};
 use crate::store::{Store, StoreError};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -70,12 +70,7 @@ pub async fn serve(
         .clone()
         .unwrap_or_else(|| default_database(&options.state_dir));
     let store = Store::open(&database).await?;
-    let token = operator_token(&store).await?;
-    let token_path =
-        write_token_file(&options.state_dir, &token).map_err(|source| ServeError::StateDir {
-            path: options.state_dir.clone(),
-            source,
-        })?;
+    let tokens = describe_start_tokens(&options.state_dir, prepare_at_start(&store).await?)?;
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -91,7 +86,7 @@ pub async fn serve(
         crate::store::redact_url(&database),
         backend_name(&store)
     );
-    eprintln!("  token   {}", token_path.display());
+    eprintln!("  token   {tokens}");
     eprintln!("  api     listening on {api_url}");
     // TFTP runs until `stop_boot` is dropped, after the API stops.
     let (stop_boot, boot_stopped) = tokio::sync::watch::channel(());
@@ -132,7 +127,6 @@ pub async fn serve(
         machine_api,
         store: store.clone(),
         drivers,
-        operator_token: Arc::new(token),
         boot: Some(boot),
     };
     let result = api::serve(listener, state, shutdown)
@@ -154,6 +148,30 @@ pub async fn serve(
     store.close().await;
     eprintln!("fleet controller stopped");
     result
+}
+
+/// Writes the token file when the controller made an admin token, and says what there is.
+fn describe_start_tokens(state_dir: &Path, tokens: StartTokens) -> Result<String, ServeError> {
+    let file = state_dir.join(TOKEN_FILE);
+    Ok(match tokens {
+        StartTokens::Made { name, secret } => {
+            let path =
+                write_token_file(state_dir, &secret).map_err(|source| ServeError::StateDir {
+                    path: state_dir.to_path_buf(),
+                    source,
+                })?;
+            format!("{} (admin token `{name}`, made now)", path.display())
+        }
+        StartTokens::Moved { name } => format!(
+            "{} (the former plain token, now admin token `{name}`, kept hashed)",
+            file.display()
+        ),
+        StartTokens::Present if file.exists() => format!("{}", file.display()),
+        // Another controller on this database made the tokens: its host has the file.
+        StartTokens::Present => "none in this state directory: use a token an admin made \
+             (`fleet token create NAME`, then FLEET_TOKEN)"
+            .to_string(),
+    })
 }
 
 /// Resumes the applies a killed controller left running (each step either followed to its end

@@ -10,6 +10,8 @@
 //! - Columns are TEXT and BIGINT only (what `Any` carries on both backends); times are Unix
 //!   milliseconds; JSON is stored as TEXT.
 //! - Events are never updated or deleted; deleting a machine keeps its history.
+//! - Operator tokens are kept as the hash of their secret, never the secret; a revoked token
+//!   keeps its row and its name (`operator_tokens.rs`).
 //! - What belongs to one machine (interfaces, disks, script results, its `machine_state`: run,
 //!   token and secret hashes, erase mode) is deleted with it, in the same transaction (ON DELETE CASCADE).
 
@@ -25,6 +27,7 @@ mod locks;
 mod machine_state;
 mod machines;
 mod monitor;
+mod operator_tokens;
 mod plans;
 pub mod private;
 mod scripts;
@@ -41,6 +44,7 @@ pub use machine_state::{
     BOOT_SECRETS_PER_BOOT,
 };
 pub use monitor::InProgress;
+pub use operator_tokens::{NewOperatorToken, OperatorRole, OperatorToken};
 
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -94,6 +98,16 @@ pub enum StoreError {
     LockChurn(String),
     #[error("no plan with id `{0}`")]
     UnknownPlan(String),
+    #[error("an operator token named `{0}` exists already (names of revoked tokens stay taken): choose another name")]
+    DuplicateToken(String),
+    #[error("no operator token named `{0}` (`fleet token list` shows them)")]
+    UnknownToken(String),
+    #[error("operator token `{0}` is revoked: it stays so; create a token with another name")]
+    TokenRevoked(String),
+    #[error("operator token `{0}` has expired: create a token with another name")]
+    TokenExpired(String),
+    #[error("operator token `{0}` is the last valid admin token: create another admin token first (`fleet token create NAME --role admin`), then revoke this one")]
+    LastAdminToken(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
