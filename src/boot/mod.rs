@@ -6,5 +6,5 @@ pub mod dhcp;
 pub mod http;
 pub mod ipxe;
 pub mod summary;
-pub mod throttle;
 pub mod tftp;
+pub mod throttle;

@@ -247,9 +247,10 @@ fn summary_event(key: &Key, window: &Window, interval: Duration) -> NewEvent {
     }
 }
 
-/// "minute", "10 seconds", "5 minutes".
+/// "second", "minute", "10 seconds", "5 minutes".
 fn interval_words(interval: Duration) -> String {
     match interval.as_secs() {
+        0 | 1 => "second".to_string(),
         60 => "minute".to_string(),
         seconds => crate::model::describe_seconds(seconds.max(1)),
     }
@@ -328,11 +329,11 @@ mod tests {
         assert_eq!(due[0].detail["count"], 1234);
         // The next interval: counted again, nothing written at once; a quiet one forgets the key.
         let later = start + Duration::from_secs(61);
-        assert!(summaries
-            .note_at(occurrence(None, 1, "x"), later)
-            .is_none());
+        assert!(summaries.note_at(occurrence(None, 1, "x"), later).is_none());
         assert_eq!(summaries.due_at(start + Duration::from_secs(120)).len(), 1);
-        assert!(summaries.due_at(start + Duration::from_secs(180)).is_empty());
+        assert!(summaries
+            .due_at(start + Duration::from_secs(180))
+            .is_empty());
         assert!(summaries
             .note_at(occurrence(None, 1, "y"), start + Duration::from_secs(181))
             .is_some());
@@ -342,9 +343,15 @@ mod tests {
     fn each_known_machine_has_its_own_key() {
         let summaries = EventSummaries::new(Duration::from_secs(60));
         let now = Instant::now();
-        assert!(summaries.note_at(occurrence(Some("a"), 1, "a"), now).is_some());
-        assert!(summaries.note_at(occurrence(Some("b"), 1, "b"), now).is_some());
-        assert!(summaries.note_at(occurrence(Some("a"), 1, "a"), now).is_none());
+        assert!(summaries
+            .note_at(occurrence(Some("a"), 1, "a"), now)
+            .is_some());
+        assert!(summaries
+            .note_at(occurrence(Some("b"), 1, "b"), now)
+            .is_some());
+        assert!(summaries
+            .note_at(occurrence(Some("a"), 1, "a"), now)
+            .is_none());
         assert!(summaries.note_at(occurrence(None, 1, "c"), now).is_some());
     }
 

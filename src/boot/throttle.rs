@@ -314,7 +314,8 @@ pub async fn throttle(
                 format!("{line} throttled: {why}"),
             )
             .await;
-        let mut response = (StatusCode::TOO_MANY_REQUESTS, format!("error {why}\n")).into_response();
+        let mut response =
+            (StatusCode::TOO_MANY_REQUESTS, format!("error {why}\n")).into_response();
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
@@ -363,7 +364,11 @@ mod tests {
             "/api/v1/version",
             "/nothing-here",
         ] {
-            assert_eq!(bucket_for(anonymous), Some(Bucket::Anonymous), "{anonymous}");
+            assert_eq!(
+                bucket_for(anonymous),
+                Some(Bucket::Anonymous),
+                "{anonymous}"
+            );
         }
         for credentialed in ["/api/v1/machines", "/metadata/v1/machines/n1/heartbeat"] {
             assert_eq!(bucket_for(credentialed), None, "{credentialed}");
@@ -378,7 +383,10 @@ mod tests {
             assert_eq!(limiter.check(address), Ok(()));
         }
         let wait = limiter.check(address).expect_err("the sixth is refused");
-        assert!(wait <= Duration::from_secs(1) && wait > Duration::ZERO, "{wait:?}");
+        assert!(
+            wait <= Duration::from_secs(1) && wait > Duration::ZERO,
+            "{wait:?}"
+        );
         // Another address has its own bucket.
         assert_eq!(limiter.check(IpAddr::from([10, 0, 0, 2])), Ok(()));
     }

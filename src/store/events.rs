@@ -28,7 +28,11 @@ fn current_run_clause() -> String {
 impl Store {
     /// Deletes at most `batch` events older than `at_ms` (Unix ms), oldest first, except those of
     /// a machine's current run; returns how many. The `events_at` index finds them.
-    pub async fn delete_events_older_than(&self, at_ms: i64, batch: u32) -> Result<u64, StoreError> {
+    pub async fn delete_events_older_than(
+        &self,
+        at_ms: i64,
+        batch: u32,
+    ) -> Result<u64, StoreError> {
         let sql = format!(
             "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < $1 AND {} \
              ORDER BY at, id LIMIT $2)",

@@ -76,9 +76,7 @@ pub async fn start(
     tokio::spawn(async move {
         while let Some(report) = received.recv().await {
             let machine = machine_at(&store, report.peer.ip()).await;
-            summaries
-                .record(&store, occurrence(&report, machine))
-                .await;
+            summaries.record(&store, occurrence(&report, machine)).await;
         }
     });
     Ok((address, published))
