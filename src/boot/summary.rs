@@ -17,8 +17,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Addresses counted per window; beyond, the summary says "at least".
+/// Addresses counted per window of the unknown's keys, and of one machine's (there are as many
+/// of those as machines); beyond, the summary says "at least".
 const ADDRESSES_COUNTED: usize = 10_000;
+const ADDRESSES_COUNTED_PER_MACHINE: usize = 64;
 /// Examples kept per window for the summary.
 const SAMPLES_KEPT: usize = 3;
 /// The longest example, in characters (paths and stages come from the client).
@@ -94,7 +96,7 @@ impl EventSummaries {
             Some(window) => {
                 window.count += 1;
                 if let Some(source) = occurrence.source {
-                    if window.addresses.len() < ADDRESSES_COUNTED {
+                    if window.addresses.len() < addresses_counted(&key) {
                         window.addresses.insert(source);
                     }
                 }
@@ -195,7 +197,9 @@ fn summary_event(key: &Key, window: &Window, interval: Duration) -> NewEvent {
     let from = match addresses {
         0 => String::new(),
         1 => " from 1 address".to_string(),
-        ADDRESSES_COUNTED => format!(" from at least {} addresses", thousands(addresses as u64)),
+        _ if addresses >= addresses_counted(key) => {
+            format!(" from at least {} addresses", thousands(addresses as u64))
+        }
         _ => format!(" from {} addresses", thousands(addresses as u64)),
     };
     let about = match (&key.machine, &key.variant) {
@@ -244,6 +248,14 @@ fn summary_event(key: &Key, window: &Window, interval: Duration) -> NewEvent {
             "examples": window.samples,
             "interval_seconds": interval.as_secs(),
         }),
+    }
+}
+
+fn addresses_counted(key: &Key) -> usize {
+    if key.machine.is_some() {
+        ADDRESSES_COUNTED_PER_MACHINE
+    } else {
+        ADDRESSES_COUNTED
     }
 }
 
