@@ -154,6 +154,11 @@ async fn a_flood_of_anonymous_boot_scripts_is_throttled_and_leaves_a_few_events(
         }
     };
     let new_events = events.len() - before;
+    eprintln!(
+        "boot-script flood: {flood} requests in {} ms from one address: {served} served, \
+         {throttled} throttled (429), {new_events} events",
+        started.elapsed().as_millis()
+    );
     let bound = 2 * (2 + seconds as usize + 3);
     assert!(
         new_events <= bound,
@@ -201,6 +206,7 @@ async fn two_hundred_machines_enlist_at_once_while_a_flood_from_one_address_is_t
         (status, retry_after, response.text().await.unwrap())
     };
     // The rack: 200 machines, each from its own address, all at once.
+    let started = Instant::now();
     let mut rack = tokio::task::JoinSet::new();
     for index in 0..200u32 {
         let address = Ipv4Addr::new(127, 0, 1 + (index / 200) as u8, 2 + (index % 200) as u8);
@@ -236,6 +242,7 @@ async fn two_hundred_machines_enlist_at_once_while_a_flood_from_one_address_is_t
         rack_names.insert(name.to_string());
     }
     assert_eq!(rack_names.len(), 200, "200 machines, 200 records");
+    let rack_ms = started.elapsed().as_millis();
     // The flood: most throttled, each with Retry-After; the ones that went through are bounded
     // by the enlistment bucket (10 at once, then 10 a minute).
     assert_eq!(flood_answers.len() as u32, flood_size);
@@ -274,6 +281,11 @@ async fn two_hundred_machines_enlist_at_once_while_a_flood_from_one_address_is_t
     // count every one of them.
     let throttled = flood_size as u64 - flood_created as u64;
     let events = wait_for_summaries(&store, "requests throttled", throttled - 1).await;
+    eprintln!(
+        "enlistment: 200 machines from 200 addresses enlisted in {rack_ms} ms; a flood of \
+         {flood_size} from one address: {flood_created} enlisted, {throttled} throttled; {} events",
+        events.len()
+    );
     let enlist_events = events.iter().filter(|event| event.kind == "enlist").count();
     assert_eq!(enlist_events, machines.len());
     let request_events = events
@@ -357,6 +369,11 @@ async fn a_flood_of_refused_tftp_requests_leaves_a_bounded_number_of_events() {
         refused_events.len()
     );
     assert!(events.len() - before <= seconds + 3);
+    eprintln!(
+        "TFTP flood: {sent} write requests in {seconds} s: {} counted, {} events",
+        counted + 1,
+        events.len() - before
+    );
     let first = refused_events
         .iter()
         .find(|event| event.action.is_none())
