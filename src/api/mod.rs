@@ -61,10 +61,20 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/version", get(version))
         .nest("/api/v1", operator)
         .merge(metadata::router());
+    let guard = state.boot.as_ref().map(|boot| boot.guard.clone());
     if let Some(boot) = state.boot.clone() {
         routes = routes.merge(crate::boot::http::router(boot));
     }
-    routes.fallback(not_found).with_state(state)
+    let routes = routes.fallback(not_found).with_state(state);
+    // Requests without a credential are rate-limited per source address, anything not found
+    // included (`crate::boot::throttle`).
+    match guard {
+        Some(guard) => routes.layer(middleware::from_fn_with_state(
+            guard,
+            crate::boot::throttle::throttle,
+        )),
+        None => routes,
+    }
 }
 
 /// `/tokens`: admin tokens only.
@@ -82,8 +92,8 @@ pub async fn serve(
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The caller's address reaches the handlers: the machine API records where each exchange
-    // of a one-shot secret came from.
+    // The caller's address reaches the handlers (`ConnectInfo`): the rate limits are per address,
+    // and the machine API records where each exchange of a one-shot secret came from.
     let service = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)

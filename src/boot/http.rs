@@ -2,18 +2,25 @@
 //! (booting machines have none):
 //!
 //! - `GET /boot/{mac}.ipxe`: the iPXE script for that MAC, as its machine's status demands
-//!   ([`crate::boot::ipxe`]); every script served is a `boot` event. A known machine's
-//!   ephemeral script carries a fresh one-shot boot secret (`fleet.boot=`), never a token.
+//!   ([`crate::boot::ipxe`]); a `boot` event. A known machine's ephemeral script carries a
+//!   fresh one-shot boot secret (`fleet.boot=`), never a token.
 //! - `GET /boot/files/{image}/{kernel|initrd|root}` and `GET /boot/by-mac/{mac}/{image}/{file}`:
-//!   an image's files, streamed from disk with Range requests; each request is a `transfer`
-//!   event (on the machine of `mac` for the second form, which the boot scripts use).
+//!   an image's files, streamed from disk with Range requests; a `transfer` event (on the
+//!   machine of `mac` for the second form, which the boot scripts use).
 //! - `GET /boot/booted?mac=MAC[&stage=TEXT]`: the ephemeral environment says it is up; a `boot`
-//!   event only (it carries no credential, so the machine does not count as heard from).
+//!   event only (no credential: it does not count as the machine being heard from).
+//!
+//! None of them carries a credential, so none writes an event per request: each goes through
+//! the event summaries ([`crate::boot::summary`]): the first of its kind (per known machine, or
+//! for unknown MACs) in an interval is written at once, the rest are counted into one summary.
+//! The routes are rate-limited per source address ([`crate::boot::throttle`]).
 //!
 //! Image files are verified against the fleet file's SHA-256 when the controller loads them
 //! ([`BootImages::load`]); only verified files are ever served.
 
 use crate::boot::ipxe::{self, BootAction, EphemeralBoot};
+use crate::boot::summary::{EventSummaries, Occurrence};
+use crate::boot::throttle::{RequestGuard, SourceAddress};
 use crate::config::{ArtifactLocation, Image};
 use crate::model::MacAddr;
 use crate::store::{NewEvent, Store, StoreError};
@@ -42,6 +49,10 @@ pub struct BootState {
     pub base_url: Option<String>,
     /// The image booted for enlistment, commissioning, testing, rescue...
     pub ephemeral_image: Option<String>,
+    /// Where the boot requests' events are counted ([`crate::boot::summary`]).
+    pub summaries: EventSummaries,
+    /// The rate limits of requests without a credential, for the API's middleware.
+    pub guard: Arc<RequestGuard>,
 }
 
 /// The boot endpoints' routes, ready to merge into the API's router.
@@ -84,6 +95,7 @@ impl IntoResponse for BootHttpError {
 async fn boot_script(
     State(state): State<Arc<BootState>>,
     UrlPath(script): UrlPath<String>,
+    SourceAddress(source): SourceAddress,
     headers: HeaderMap,
 ) -> Result<Response, BootHttpError> {
     let mac_text = script.strip_suffix(".ipxe").ok_or_else(|| {
@@ -126,7 +138,19 @@ async fn boot_script(
         reason: Some(format!("iPXE script served: {summary}")),
         detail: serde_json::json!({ "mac": mac.to_string(), "status": status.map(|s| s.as_str()), "script": summary }),
     };
-    record(&state.store, &event).await;
+    let (what, sample) = match &name {
+        Some(_) => ("boot scripts served", summary),
+        None => ("boot-script requests for unknown MACs", mac.to_string()),
+    };
+    let occurrence = Occurrence {
+        what,
+        machine: name,
+        variant: None,
+        source,
+        sample: Some(sample),
+        event,
+    };
+    state.summaries.record(&state.store, occurrence).await;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         script,
@@ -214,18 +238,20 @@ struct BootedQuery {
 async fn image_file(
     State(state): State<Arc<BootState>>,
     UrlPath((image, file)): UrlPath<(String, String)>,
+    SourceAddress(source): SourceAddress,
     request: Request,
 ) -> Result<Response, BootHttpError> {
-    serve_image_file(&state, None, &image, &file, request).await
+    serve_image_file(&state, None, &image, &file, source, request).await
 }
 
 async fn image_file_for_machine(
     State(state): State<Arc<BootState>>,
     UrlPath((mac, image, file)): UrlPath<(String, String, String)>,
+    SourceAddress(source): SourceAddress,
     request: Request,
 ) -> Result<Response, BootHttpError> {
     let mac = MacAddr::parse(&mac).map_err(|error| BootHttpError::BadRequest(error.to_string()))?;
-    serve_image_file(&state, Some(mac), &image, &file, request).await
+    serve_image_file(&state, Some(mac), &image, &file, source, request).await
 }
 
 async fn serve_image_file(
@@ -233,6 +259,7 @@ async fn serve_image_file(
     mac: Option<MacAddr>,
     image: &str,
     file: &str,
+    source: Option<std::net::IpAddr>,
     request: Request,
 ) -> Result<Response, BootHttpError> {
     let verified = state
@@ -263,7 +290,7 @@ async fn serve_image_file(
         None => None,
     };
     let event = NewEvent {
-        machine,
+        machine: machine.clone(),
         kind: "transfer".to_string(),
         actor: "boot".to_string(),
         action: None,
@@ -275,12 +302,27 @@ async fn serve_image_file(
             "range": range, "status": response.status().as_u16(), "mac": mac.map(|mac| mac.to_string()),
         }),
     };
-    record(&state.store, &event).await;
+    // The image and file are ones the fleet file declares (others were refused above).
+    let what = if machine.is_some() {
+        "boot files sent"
+    } else {
+        "boot files sent to no known machine"
+    };
+    let occurrence = Occurrence {
+        what,
+        machine,
+        variant: Some(format!("{image} {file}")),
+        source,
+        sample: mac.map(|mac| mac.to_string()),
+        event,
+    };
+    state.summaries.record(&state.store, occurrence).await;
     Ok(response)
 }
 
 async fn booted(
     State(state): State<Arc<BootState>>,
+    SourceAddress(source): SourceAddress,
     Query(query): Query<BootedQuery>,
 ) -> Result<Response, BootHttpError> {
     let mac_text = query
@@ -304,7 +346,7 @@ async fn booted(
         .take(64)
         .collect();
     let event = NewEvent {
-        machine,
+        machine: machine.clone(),
         kind: "boot".to_string(),
         actor: "machine".to_string(),
         action: None,
@@ -313,15 +355,20 @@ async fn booted(
         reason: Some(format!("the ephemeral environment called back: {stage}")),
         detail: serde_json::json!({ "mac": mac.to_string(), "stage": stage }),
     };
-    record(&state.store, &event).await;
+    let (what, sample) = match &machine {
+        Some(_) => ("boot call-backs", stage),
+        None => ("boot call-backs for unknown MACs", mac.to_string()),
+    };
+    let occurrence = Occurrence {
+        what,
+        machine,
+        variant: None,
+        source,
+        sample: Some(sample),
+        event,
+    };
+    state.summaries.record(&state.store, occurrence).await;
     Ok((StatusCode::OK, "ok\n").into_response())
-}
-
-/// Events are the record, but a boot must not fail because one could not be written.
-async fn record(store: &Store, event: &NewEvent) {
-    if let Err(error) = store.append_event(event).await {
-        tracing::warn!("cannot record a {} event: {error}", event.kind);
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -489,22 +536,44 @@ pub fn sha256_of_file(path: &Path) -> std::io::Result<(String, u64)> {
 // Start-up inside `fleet serve`
 
 /// Starts the boot services that live beside the API: TFTP on the fleet file's `tftp_listen`
-/// (only with a fleet file; a failure to bind is reported and the rest runs), and the state of
-/// the HTTP boot endpoints, with the images verified. TFTP stops when `stop` is dropped or
-/// changes. Progress goes to stderr, one line per part, like the rest of `fleet serve`.
+/// (only with a fleet file; a failure to bind is reported and the rest runs), the writer of the
+/// event summaries, and the state of the HTTP boot endpoints, with the images verified and the
+/// policy's rate limits. TFTP and the summaries stop when `stop` is dropped or changes. Progress
+/// goes to stderr, one line per part, like the rest of `fleet serve`.
 pub async fn start_with_controller(
     fleet: Option<&crate::config::Fleet>,
     store: &Store,
     stop: tokio::sync::watch::Receiver<()>,
 ) -> BootState {
+    let policy = fleet.map(|fleet| fleet.policy.clone()).unwrap_or_default();
+    let interval = std::time::Duration::from_secs(u64::from(policy.events.summary_seconds));
+    let summaries = EventSummaries::new(interval);
+    summaries.spawn_writer(store.clone(), stop.clone());
+    let guard = Arc::new(RequestGuard::new(
+        &policy.rate_limits,
+        summaries.clone(),
+        store.clone(),
+    ));
+    let limits = &policy.rate_limits;
+    eprintln!(
+        "  limits  per address: {} requests without a credential at once, then {} a minute; \
+         {} enlistments at once, then {} a minute",
+        limits.anonymous_burst,
+        limits.anonymous_per_minute,
+        limits.enlist_burst,
+        limits.enlist_per_minute
+    );
+    let mut state = BootState {
+        store: store.clone(),
+        images: Arc::default(),
+        base_url: None,
+        ephemeral_image: None,
+        summaries,
+        guard,
+    };
     let Some(fleet) = fleet else {
         eprintln!("  boot    no fleet file: HTTP boot scripts only (no TFTP, no images)");
-        return BootState {
-            store: store.clone(),
-            images: Arc::default(),
-            base_url: None,
-            ephemeral_image: None,
-        };
+        return state;
     };
     let settings = &fleet.controller;
     let mut stop = stop;
@@ -515,6 +584,7 @@ pub async fn start_with_controller(
         settings.tftp_listen,
         settings.loader_dir.clone(),
         store.clone(),
+        state.summaries.clone(),
         shutdown,
     )
     .await
@@ -532,12 +602,10 @@ pub async fn start_with_controller(
         eprintln!("  images  error: {error}");
     }
     eprintln!("  images  {} files verified", images.files.len());
-    BootState {
-        store: store.clone(),
-        images: Arc::new(images),
-        base_url: settings.http_boot_url.clone(),
-        ephemeral_image: settings.ephemeral_image.clone(),
-    }
+    state.images = Arc::new(images);
+    state.base_url = settings.http_boot_url.clone();
+    state.ephemeral_image = settings.ephemeral_image.clone();
+    state
 }
 
 #[cfg(test)]

@@ -5,4 +5,6 @@
 pub mod dhcp;
 pub mod http;
 pub mod ipxe;
+pub mod summary;
 pub mod tftp;
+pub mod throttle;

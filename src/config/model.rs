@@ -780,6 +780,11 @@ pub struct Policy {
     /// MACs the DHCP server never answers (another system's machines on a shared segment).
     /// Sorted, without duplicates; none of them is a declared machine's.
     pub ignore_macs: Vec<MacAddr>,
+    /// `[policy.rate_limits]`: requests without a credential, per source address.
+    pub rate_limits: RateLimits,
+    /// `[policy.events]`: how long the history is kept, and how often anonymous traffic is
+    /// summarised.
+    pub events: EventPolicy,
 }
 
 impl Default for Policy {
@@ -793,8 +798,85 @@ impl Default for Policy {
             default_image: None,
             power_poll_seconds: 60,
             ignore_macs: Vec::new(),
+            rate_limits: RateLimits::default(),
+            events: EventPolicy::default(),
         }
     }
+}
+
+/// `[policy.rate_limits]`: token buckets per source address for the requests that carry no
+/// credential (boot scripts and files, `/metadata/v1/known`, the runner scripts...), and a
+/// stricter one for `/metadata/v1/enlist`. A bucket holds `*_burst` requests and refills at
+/// `*_per_minute`; an address with an empty bucket is answered 429 with `Retry-After`.
+/// The defaults let a whole rack boot and enlist at once (each machine is its own address and
+/// makes about ten anonymous requests per boot, one of them an enlistment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RateLimits {
+    pub anonymous_burst: u32,
+    pub anonymous_per_minute: u32,
+    pub enlist_burst: u32,
+    pub enlist_per_minute: u32,
+    /// Addresses remembered at once; beyond, new addresses share one bucket (so a flood from
+    /// many addresses cannot grow the controller's memory).
+    pub tracked_addresses: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            anonymous_burst: 200,
+            anonymous_per_minute: 1200,
+            enlist_burst: 10,
+            enlist_per_minute: 10,
+            tracked_addresses: 65_536,
+        }
+    }
+}
+
+impl RateLimits {
+    pub const KEYS: &'static [&'static str] = &[
+        "anonymous_burst",
+        "anonymous_per_minute",
+        "enlist_burst",
+        "enlist_per_minute",
+        "tracked_addresses",
+    ];
+}
+
+/// `[policy.events]`: the retention of the event history and the summaries of anonymous
+/// traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct EventPolicy {
+    /// Events older than this many days are deleted (oldest first).
+    pub max_age_days: u32,
+    /// Beyond this many events the oldest are deleted.
+    pub max_count: u64,
+    /// How often the controller prunes (it also prunes at start).
+    pub prune_every_seconds: u32,
+    /// Anonymous requests (boot scripts for unknown MACs, refused and throttled requests,
+    /// TFTP) and a known machine's boot fetches write at most one event per kind (and machine)
+    /// in this time: the first at once, the rest as one summary at the end.
+    pub summary_seconds: u32,
+}
+
+impl Default for EventPolicy {
+    fn default() -> Self {
+        EventPolicy {
+            max_age_days: 90,
+            max_count: 1_000_000,
+            prune_every_seconds: 600,
+            summary_seconds: 60,
+        }
+    }
+}
+
+impl EventPolicy {
+    pub const KEYS: &'static [&'static str] = &[
+        "max_age_days",
+        "max_count",
+        "prune_every_seconds",
+        "summary_seconds",
+    ];
 }
 
 /// An operator's own commissioning or test script (`[scripts.NAME]`).

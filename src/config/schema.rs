@@ -493,6 +493,39 @@ struct Policy {
     power_poll_seconds: Option<u32>,
     /// MACs the DHCP server never answers; none may be a declared machine's.
     ignore_macs: Option<Vec<String>>,
+    rate_limits: Option<RateLimits>,
+    events: Option<EventPolicy>,
+}
+
+/// Requests without a credential, per source address: a bucket of `*_burst` requests refilled
+/// at `*_per_minute`; 429 with Retry-After when empty. Each at least 1.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RateLimits {
+    /// Default 200.
+    anonymous_burst: Option<u32>,
+    /// Default 1200.
+    anonymous_per_minute: Option<u32>,
+    /// Default 10.
+    enlist_burst: Option<u32>,
+    /// Default 10.
+    enlist_per_minute: Option<u32>,
+    /// Addresses remembered at once (default 65536); beyond, new ones share one bucket.
+    tracked_addresses: Option<u32>,
+}
+
+/// The event history's retention (oldest deleted first) and the summaries of anonymous traffic.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct EventPolicy {
+    /// Default 90.
+    max_age_days: Option<u32>,
+    /// Default 1000000.
+    max_count: Option<u64>,
+    /// Default 600.
+    prune_every_seconds: Option<u32>,
+    /// At most one event per kind (and machine) in this time; default 60.
+    summary_seconds: Option<u32>,
 }
 
 #[cfg(test)]

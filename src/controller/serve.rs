@@ -112,6 +112,11 @@ pub async fn serve(
         |fleet| fleet.policy.power_poll_seconds,
     );
     let power_poll = crate::services::power_poll::start(&store, &drivers, poll_seconds);
+    let event_policy = options
+        .fleet
+        .as_ref()
+        .map_or_else(Default::default, |fleet| fleet.policy.events);
+    let retention = crate::services::event_retention::start(&store, event_policy);
     let monitor = crate::services::monitor::start_monitor(
         store.clone(),
         drivers.clone(),
@@ -136,6 +141,7 @@ pub async fn serve(
         watch.abort();
     }
     monitor.abort();
+    retention.abort();
     if let Some(power_poll) = power_poll {
         power_poll.abort();
     }

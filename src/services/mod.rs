@@ -8,10 +8,12 @@
 //!   signal); its `rules` are pure.
 //! - `monitor`: the watch's clocks over machines at work; `power_poll`: power states read back.
 //! - `token`: the operator token.
+//! - `event_retention`: the event history pruned by age and count (`[policy.events]`).
 //!
 //! Nothing here starts a server or binds a socket: `controller` wires these services up.
 
 pub mod actions;
+pub mod event_retention;
 pub mod machine_api;
 pub mod monitor;
 pub mod power_poll;

@@ -1,5 +1,7 @@
 //! The append-only history. Events are inserted (alone or inside a change's transaction) and
-//! read; never updated or deleted.
+//! read; never updated. Retention deletes the oldest ([`Store::delete_events_older_than`],
+//! [`Store::delete_events_up_to`]), in bounded batches, never an event of a machine's current
+//! run: a machine in an in-progress status keeps every event since its status began.
 
 use super::codec::{get, get_json, get_opt_parsed, json_text, status_text};
 use super::{Event, EventFilter, NewEvent, Store, StoreError};
@@ -7,7 +9,96 @@ use crate::store::now_ms;
 use sqlx::any::AnyRow;
 use sqlx::AnyConnection;
 
+/// Events that retention may never delete: those of a machine in an in-progress status
+/// (commissioning, testing, deploying...) written since that status began, the record of the
+/// run the machine is in. Correlated with the outer `events` row.
+fn current_run_clause() -> String {
+    let statuses: Vec<String> = crate::model::Status::ALL
+        .iter()
+        .filter(|status| status.is_in_progress())
+        .map(|status| format!("'{}'", status.as_str()))
+        .collect();
+    format!(
+        "NOT EXISTS (SELECT 1 FROM machines m WHERE m.name = events.machine \
+         AND m.status IN ({}) AND events.at >= m.status_since)",
+        statuses.join(", ")
+    )
+}
+
 impl Store {
+    /// Deletes at most `batch` events older than `at_ms` (Unix ms), oldest first, except those of
+    /// a machine's current run; returns how many. The `events_at` index finds them.
+    pub async fn delete_events_older_than(
+        &self,
+        at_ms: i64,
+        batch: u32,
+    ) -> Result<u64, StoreError> {
+        let sql = format!(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < $1 AND {} \
+             ORDER BY at, id LIMIT $2)",
+            current_run_clause()
+        );
+        let done = sqlx::query(&sql)
+            .bind(at_ms)
+            .bind(i64::from(batch))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Deletes at most `batch` events with an id up to `last_id`, oldest first, except those of a
+    /// machine's current run; returns how many.
+    pub async fn delete_events_up_to(&self, last_id: i64, batch: u32) -> Result<u64, StoreError> {
+        let sql = format!(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id <= $1 AND {} \
+             ORDER BY id LIMIT $2)",
+            current_run_clause()
+        );
+        let done = sqlx::query(&sql)
+            .bind(last_id)
+            .bind(i64::from(batch))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// The id of the newest event beyond the newest `keep` (every event with this id or lower is
+    /// beyond the count), or `None` when there are no more than `keep`. Reads two ends of the
+    /// primary key, and walks it only when the ids span more than `keep`.
+    pub async fn events_beyond_count(&self, keep: u64) -> Result<Option<i64>, StoreError> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let row = sqlx::query("SELECT MIN(id) AS low, MAX(id) AS high FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        let (low, high): (Option<i64>, Option<i64>) = (get(&row, "low")?, get(&row, "high")?);
+        let (Some(low), Some(high)) = (low, high) else {
+            return Ok(None);
+        };
+        // Ids are unique: a span of at most `keep` ids holds at most `keep` events.
+        if high.saturating_sub(low) < keep {
+            return Ok(None);
+        }
+        let row = sqlx::query("SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET $1")
+            .bind(keep)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| get(&row, "id")).transpose()
+    }
+
+    /// How many events the store holds (a full count: for tests and tools).
+    pub async fn count_events(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS count FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        get(&row, "count")
+    }
+
+    /// Appends one event with its time given (Unix ms): for tests and imports.
+    pub async fn append_event_at(&self, event: &NewEvent, at_ms: i64) -> Result<i64, StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        insert_event(&mut connection, event, at_ms).await
+    }
+
     /// Appends one event on its own; returns its id.
     pub async fn append_event(&self, event: &NewEvent) -> Result<i64, StoreError> {
         let mut connection = self.pool.acquire().await?;

@@ -9,7 +9,8 @@
 //!   updates only if the row is still at N, else it gets [`StoreError::Conflict`].
 //! - Columns are TEXT and BIGINT only (what `Any` carries on both backends); times are Unix
 //!   milliseconds; JSON is stored as TEXT.
-//! - Events are never updated or deleted; deleting a machine keeps its history.
+//! - Events are never updated; deleting a machine keeps its history. Only retention deletes
+//!   events ([`Store::prune_events`]: the oldest first, never those of a machine's current run).
 //! - Operator tokens are kept as the hash of their secret, never the secret; a revoked token
 //!   keeps its row and its name (`operator_tokens.rs`).
 //! - What belongs to one machine (interfaces, disks, script results, its `machine_state`: run,

@@ -4,6 +4,7 @@ mod support;
 
 mod actions;
 mod apply;
+mod bounded_growth;
 mod config;
 mod crash;
 mod dhcp;

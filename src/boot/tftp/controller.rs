@@ -1,11 +1,16 @@
 //! TFTP inside `fleet serve`: bound on the fleet file's `tftp_listen`, serving the loader
-//! directory, every request recorded as a `transfer` event on the machine that holds the
-//! client's address (found through the DHCP leases).
+//! directory. Requests are `transfer` events on the machine that holds the client's address
+//! (found through the DHCP leases), through the event summaries: anyone can send a TFTP
+//! request, so at most one event per kind (sent, refused) and machine (or unknown client) is
+//! written per interval, the rest counted into one summary ([`crate::boot::summary`]). The
+//! reports wait for the writer in a bounded queue; when it is full (a flood faster than the
+//! store), a report is counted as an unknown client's without looking its machine up.
 
 use super::{
     publish_loader_directory, serve_with, TftpConfig, TransferObserver, TransferOutcome,
     TransferReport,
 };
+use crate::boot::summary::{append, EventSummaries, Occurrence};
 use crate::store::{NewEvent, Store};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +39,7 @@ pub async fn start(
     listen: SocketAddr,
     loader_dir: PathBuf,
     store: Store,
+    summaries: EventSummaries,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, usize), TftpStartError> {
     let config = TftpConfig::new(loader_dir.clone());
@@ -50,9 +56,16 @@ pub async fn start(
             source,
         })?;
     let address = socket.local_addr().unwrap_or(listen);
-    let (reports, mut received) = tokio::sync::mpsc::unbounded_channel::<TransferReport>();
+    let (reports, mut received) = tokio::sync::mpsc::channel::<TransferReport>(REPORTS_QUEUED);
+    let overflow = (summaries.clone(), store.clone());
     let observer: TransferObserver = Arc::new(move |report| {
-        let _ = reports.send(report);
+        if let Err(full) = reports.try_send(report) {
+            let report = full.into_inner();
+            let (summaries, store) = overflow.clone();
+            if let Some(event) = summaries.note(occurrence(&report, None)) {
+                tokio::spawn(async move { append(&store, &event).await });
+            }
+        }
     });
     tokio::spawn(async move {
         if let Err(error) = serve_with(socket, config, Some(observer), shutdown).await {
@@ -62,14 +75,20 @@ pub async fn start(
     // Events are written off the transfer path, in order.
     tokio::spawn(async move {
         while let Some(report) = received.recv().await {
-            record_transfer(&store, &report).await;
+            let machine = machine_at(&store, report.peer.ip()).await;
+            summaries.record(&store, occurrence(&report, machine)).await;
         }
     });
     Ok((address, published))
 }
 
-async fn record_transfer(store: &Store, report: &TransferReport) {
-    let machine = machine_at(store, report.peer.ip()).await;
+/// Reports waiting for the event writer; beyond, they are counted without a store lookup.
+const REPORTS_QUEUED: usize = 1024;
+
+/// A request's report as an occurrence for the summaries: its own event if it is the first of
+/// its kind for `machine` (or for unknown clients) in the interval.
+fn occurrence(report: &TransferReport, machine: Option<String>) -> Occurrence {
+    let completed = report.outcome == TransferOutcome::Completed;
     let (reason, outcome) = match &report.outcome {
         TransferOutcome::Completed => (
             format!("TFTP sent {}", report.path),
@@ -80,8 +99,14 @@ async fn record_transfer(store: &Store, report: &TransferReport) {
             format!("{other:?}"),
         ),
     };
+    let what = match (completed, machine.is_some()) {
+        (true, true) => "TFTP files sent",
+        (true, false) => "TFTP files sent to unknown clients",
+        (false, true) => "TFTP requests refused or failed",
+        (false, false) => "TFTP requests from unknown clients refused or failed",
+    };
     let event = NewEvent {
-        machine,
+        machine: machine.clone(),
         kind: "transfer".to_string(),
         actor: "boot".to_string(),
         action: None,
@@ -101,8 +126,13 @@ async fn record_transfer(store: &Store, report: &TransferReport) {
             "milliseconds": report.elapsed.as_millis() as u64,
         }),
     };
-    if let Err(error) = store.append_event(&event).await {
-        tracing::warn!("cannot record a TFTP transfer event: {error}");
+    Occurrence {
+        what,
+        machine,
+        variant: None,
+        source: Some(report.peer.ip().to_canonical()),
+        sample: Some(report.path.clone()),
+        event,
     }
 }
 

@@ -328,5 +328,7 @@ pub const KEY_LISTS: &[(&str, &[&str])] = &[
     ("StaticAddress", machines::INTERFACE_KEYS),
     ("Policy", policy::KEYS),
     ("Protected", policy::PROTECTED_KEYS),
+    ("RateLimits", crate::config::model::RateLimits::KEYS),
+    ("EventPolicy", crate::config::model::EventPolicy::KEYS),
     ("Script", scripts::KEYS),
 ];

@@ -2,7 +2,7 @@
 
 use super::{reference, Reference};
 use crate::config::diagnostics::{Problem, Problems};
-use crate::config::model::{EnlistedPolicy, Policy, Timeouts};
+use crate::config::model::{EnlistedPolicy, EventPolicy, Policy, RateLimits, Timeouts};
 use crate::config::read::{Spanned, TableReader};
 use crate::config::syntax::{Span, Value};
 use crate::model::{MacAddr, MachineName};
@@ -16,6 +16,8 @@ pub const KEYS: &[&str] = &[
     "default_image",
     "power_poll_seconds",
     "ignore_macs",
+    "rate_limits",
+    "events",
 ];
 pub const PROTECTED_KEYS: &[&str] = &["machines", "tags"];
 
@@ -45,6 +47,8 @@ pub fn read(reader: TableReader<'_, '_>, problems: &mut Problems) -> PolicyDecl 
         power_poll_seconds: count(&reader, "power_poll_seconds", 0, problems)
             .unwrap_or(defaults.power_poll_seconds),
         ignore_macs: Vec::new(),
+        rate_limits: rate_limits(&reader, problems),
+        events: events(&reader, problems),
     };
     policy.protected.machines = protected_machines
         .iter()
@@ -140,6 +144,60 @@ pub fn duration_seconds(
             None
         }
     }
+}
+
+/// `[policy.rate_limits]`: every value at least 1 (a bucket of 0 would refuse every machine);
+/// a key left out keeps its default.
+fn rate_limits(reader: &TableReader<'_, '_>, problems: &mut Problems) -> RateLimits {
+    let mut limits = RateLimits::default();
+    let Some(table) = reader.table("rate_limits", "[policy.rate_limits]", problems) else {
+        return limits;
+    };
+    table.check_keys(RateLimits::KEYS, problems);
+    let per_second_at_most = 1_000_000 * 60;
+    let read = |key: &str, minimum: i64, maximum: i64, problems: &mut Problems| {
+        table
+            .integer(key, minimum, maximum, problems)
+            .map(|value| value.value as u32)
+    };
+    if let Some(value) = read("anonymous_burst", 1, 1_000_000, problems) {
+        limits.anonymous_burst = value;
+    }
+    if let Some(value) = read("anonymous_per_minute", 1, per_second_at_most, problems) {
+        limits.anonymous_per_minute = value;
+    }
+    if let Some(value) = read("enlist_burst", 1, 1_000_000, problems) {
+        limits.enlist_burst = value;
+    }
+    if let Some(value) = read("enlist_per_minute", 1, per_second_at_most, problems) {
+        limits.enlist_per_minute = value;
+    }
+    if let Some(value) = read("tracked_addresses", 16, 10_000_000, problems) {
+        limits.tracked_addresses = value;
+    }
+    limits
+}
+
+/// `[policy.events]`: retention by age and count, how often it runs, and the summary interval.
+fn events(reader: &TableReader<'_, '_>, problems: &mut Problems) -> EventPolicy {
+    let mut events = EventPolicy::default();
+    let Some(table) = reader.table("events", "[policy.events]", problems) else {
+        return events;
+    };
+    table.check_keys(EventPolicy::KEYS, problems);
+    if let Some(days) = table.integer("max_age_days", 1, 36_500, problems) {
+        events.max_age_days = days.value as u32;
+    }
+    if let Some(count) = table.integer("max_count", 1, i64::MAX, problems) {
+        events.max_count = count.value as u64;
+    }
+    if let Some(seconds) = table.integer("prune_every_seconds", 1, 86_400, problems) {
+        events.prune_every_seconds = seconds.value as u32;
+    }
+    if let Some(seconds) = table.integer("summary_seconds", 1, 3_600, problems) {
+        events.summary_seconds = seconds.value as u32;
+    }
+    events
 }
 
 fn enlisted(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Option<EnlistedPolicy> {
