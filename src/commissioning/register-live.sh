@@ -1,7 +1,7 @@
 #!/bin/sh
 # register-live.sh: commissions a live (already deployed) machine without touching its disks.
-#   curl -fsS http://CONTROLLER:5240/scripts/register-live.sh \
-#     | sh -s -- --url http://CONTROLLER:5240 --machine NAME --token OPERATOR_TOKEN
+#   curl -fsS http://CONTROLLER:5248/scripts/register-live.sh \
+#     | sh -s -- --url http://CONTROLLER:5248 --machine NAME --token OPERATOR_TOKEN
 # (or FLEET_URL, FLEET_MACHINE, FLEET_TOKEN in the environment). Downloads the controller's
 # fleet-runner.sh and runs it with FLEET_ROLE=register-live: the controller lists only the
 # non-destructive commissioning scripts for a deployed machine, and the runner never powers the

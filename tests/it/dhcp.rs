@@ -669,7 +669,8 @@ fn the_fleet_file_gives_subnets_fixed_addresses_and_boot_url() {
         (fixed.ip, fixed.machine.as_str()),
         (ip("10.77.0.50"), "node-1")
     );
-    assert_eq!(config.boot.http_port, 5240);
+    // No http_boot_url: booting machines are sent to the boot listener's port.
+    assert_eq!(config.boot.http_port, 5248);
 }
 
 /// `[policy] ignore_macs` reaches the handler through `DhcpConfig::from_fleet`: a PXE DISCOVER

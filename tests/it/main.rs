@@ -26,4 +26,5 @@ mod secrets;
 mod serve;
 mod store;
 mod tftp;
+mod tls;
 mod watch;
