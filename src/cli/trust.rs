@@ -50,19 +50,35 @@ impl Pin {
             let fingerprint = normalise_fingerprint(given).with_context(|| {
                 format!("--tls-fingerprint / FLEET_TLS_FINGERPRINT `{given}` is not a certificate fingerprint")
             })?;
-            return Ok(Pin { host_port, fingerprint: Some(fingerprint), source: PinSource::Given });
+            return Ok(Pin {
+                host_port,
+                fingerprint: Some(fingerprint),
+                source: PinSource::Given,
+            });
         }
         let same_controller = state_dir_url.is_none_or(|url| same_url(url, server));
         let state_file = state_dir.join(fleet::controller::API_FINGERPRINT_FILE);
         if same_controller {
-            if let Some(fingerprint) = first_line(&state_file).and_then(|line| normalise_fingerprint(&line).ok()) {
+            if let Some(fingerprint) =
+                first_line(&state_file).and_then(|line| normalise_fingerprint(&line).ok())
+            {
                 let source = PinSource::StateDir(state_file);
-                return Ok(Pin { host_port, fingerprint: Some(fingerprint), source });
+                return Ok(Pin {
+                    host_port,
+                    fingerprint: Some(fingerprint),
+                    source,
+                });
             }
         }
         let file = known_controllers_file();
-        let fingerprint = file.as_deref().and_then(|file| known_fingerprint(file, &host_port));
-        Ok(Pin { host_port, fingerprint, source: PinSource::Known(file) })
+        let fingerprint = file
+            .as_deref()
+            .and_then(|file| known_fingerprint(file, &host_port));
+        Ok(Pin {
+            host_port,
+            fingerprint,
+            source: PinSource::Known(file),
+        })
     }
 
     /// After the first successful call to a controller trusted on first use: tells the person
@@ -133,12 +149,19 @@ pub struct PinnedVerifier {
 
 impl PinnedVerifier {
     pub fn new(pin: &Pin, provider: Arc<CryptoProvider>) -> PinnedVerifier {
-        PinnedVerifier { expected: pin.fingerprint.clone(), presented: Mutex::new(None), provider }
+        PinnedVerifier {
+            expected: pin.fingerprint.clone(),
+            presented: Mutex::new(None),
+            provider,
+        }
     }
 
     /// The fingerprint of the last certificate the controller presented.
     pub fn presented(&self) -> Option<String> {
-        self.presented.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.presented
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 }
 
@@ -152,7 +175,10 @@ impl ServerCertVerifier for PinnedVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let fingerprint = certificate_fingerprint(end_entity);
-        *self.presented.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(fingerprint.clone());
+        *self
+            .presented
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(fingerprint.clone());
         match &self.expected {
             Some(expected) if *expected != fingerprint => Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
@@ -167,7 +193,12 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -176,16 +207,26 @@ impl ServerCertVerifier for PinnedVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
 /// The rustls client configuration that accepts what `verifier` accepts (ring, HTTP/1.1).
-pub fn client_config(verifier: Arc<PinnedVerifier>, provider: Arc<CryptoProvider>) -> anyhow::Result<rustls::ClientConfig> {
+pub fn client_config(
+    verifier: Arc<PinnedVerifier>,
+    provider: Arc<CryptoProvider>,
+) -> anyhow::Result<rustls::ClientConfig> {
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .context("the TLS client's protocol versions")?
@@ -203,7 +244,11 @@ pub fn normalise_fingerprint(text: &str) -> anyhow::Result<String> {
         Some(prefix) if prefix.eq_ignore_ascii_case("sha256:") => &text[7..],
         _ => text,
     };
-    let hex: String = digits.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+    let hex: String = digits
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
     if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         bail!("expected SHA256: and 64 hex digits (as `fleet serve` prints at start)");
     }
@@ -212,7 +257,8 @@ pub fn normalise_fingerprint(text: &str) -> anyhow::Result<String> {
 
 /// `HOST:PORT` of an `https://` URL (IPv6 hosts in brackets).
 pub fn host_port(server: &str) -> anyhow::Result<String> {
-    let url = url::Url::parse(server).with_context(|| format!("--server `{server}` is not a URL"))?;
+    let url =
+        url::Url::parse(server).with_context(|| format!("--server `{server}` is not a URL"))?;
     if url.scheme() == "http" {
         bail!(
             "--server `{server}`: the operator API is served over TLS only: use https://{}",
@@ -222,7 +268,9 @@ pub fn host_port(server: &str) -> anyhow::Result<String> {
     if url.scheme() != "https" {
         bail!("--server `{server}` must be an https:// URL");
     }
-    let host = url.host_str().with_context(|| format!("--server `{server}` names no host"))?;
+    let host = url
+        .host_str()
+        .with_context(|| format!("--server `{server}` names no host"))?;
     Ok(format!("{host}:{}", url.port().unwrap_or(443)))
 }
 
@@ -232,15 +280,21 @@ fn same_url(left: &str, right: &str) -> bool {
 
 fn first_line(path: &Path) -> Option<String> {
     let text = std::fs::read_to_string(path).ok()?;
-    text.lines().next().map(|line| line.trim().to_string()).filter(|line| !line.is_empty())
+    text.lines()
+        .next()
+        .map(|line| line.trim().to_string())
+        .filter(|line| !line.is_empty())
 }
 
 /// `$XDG_CONFIG_HOME/fleet/known_controllers`, else `$HOME/.config/fleet/known_controllers`.
 fn known_controllers_file() -> Option<PathBuf> {
     let absolute = |variable: &str| {
-        std::env::var_os(variable).map(PathBuf::from).filter(|path| path.is_absolute())
+        std::env::var_os(variable)
+            .map(PathBuf::from)
+            .filter(|path| path.is_absolute())
     };
-    let config = absolute("XDG_CONFIG_HOME").or_else(|| absolute("HOME").map(|home| home.join(".config")))?;
+    let config = absolute("XDG_CONFIG_HOME")
+        .or_else(|| absolute("HOME").map(|home| home.join(".config")))?;
     Some(config.join("fleet").join("known_controllers"))
 }
 
@@ -262,9 +316,14 @@ fn remember(file: &Path, host_port: &str, fingerprint: &str) -> anyhow::Result<(
     }
     let mut options = std::fs::OpenOptions::new();
     options.create(true).append(true);
-    let mut known = options.open(file).with_context(|| format!("opening {}", file.display()))?;
-    std::io::Write::write_all(&mut known, format!("{host_port} {fingerprint}\n").as_bytes())
-        .with_context(|| format!("writing {}", file.display()))
+    let mut known = options
+        .open(file)
+        .with_context(|| format!("opening {}", file.display()))?;
+    std::io::Write::write_all(
+        &mut known,
+        format!("{host_port} {fingerprint}\n").as_bytes(),
+    )
+    .with_context(|| format!("writing {}", file.display()))
 }
 
 #[cfg(test)]
@@ -277,9 +336,19 @@ mod tests {
     fn fingerprints_are_read_in_the_usual_spellings() {
         let expected = format!("SHA256:{HEX}");
         assert_eq!(normalise_fingerprint(&expected).unwrap(), expected);
-        assert_eq!(normalise_fingerprint(&HEX.to_uppercase()).unwrap(), expected);
-        let colons: Vec<String> = HEX.as_bytes().chunks(2).map(|pair| String::from_utf8_lossy(pair).to_uppercase()).collect();
-        assert_eq!(normalise_fingerprint(&format!("sha256:{}", colons.join(":"))).unwrap(), expected);
+        assert_eq!(
+            normalise_fingerprint(&HEX.to_uppercase()).unwrap(),
+            expected
+        );
+        let colons: Vec<String> = HEX
+            .as_bytes()
+            .chunks(2)
+            .map(|pair| String::from_utf8_lossy(pair).to_uppercase())
+            .collect();
+        assert_eq!(
+            normalise_fingerprint(&format!("sha256:{}", colons.join(":"))).unwrap(),
+            expected
+        );
         assert!(normalise_fingerprint("SHA256:abc").is_err());
     }
 
@@ -296,7 +365,10 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let file = directory.path().join("fleet").join("known_controllers");
         remember(&file, "10.0.0.2:5240", &format!("SHA256:{HEX}")).unwrap();
-        assert_eq!(known_fingerprint(&file, "10.0.0.2:5240"), Some(format!("SHA256:{HEX}")));
+        assert_eq!(
+            known_fingerprint(&file, "10.0.0.2:5240"),
+            Some(format!("SHA256:{HEX}"))
+        );
         assert_eq!(known_fingerprint(&file, "10.0.0.2:5241"), None);
     }
 }

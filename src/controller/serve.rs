@@ -207,13 +207,17 @@ async fn serve_both(
     let until_stopped = |mut stopped: tokio::sync::watch::Receiver<()>| async move {
         let _ = stopped.changed().await;
     };
-    let api = api::serve_api(api_listener, tls, state.clone(), until_stopped(stopped.clone()));
+    let api = api::serve_api(
+        api_listener,
+        tls,
+        state.clone(),
+        until_stopped(stopped.clone()),
+    );
     let boot = api::serve_boot(boot_listener, state, until_stopped(stopped));
     let failed = |what: &'static str| move |source| ServeError::Serve { what, source };
-    tokio::try_join!(
-        async { api.await.map_err(failed("operator API")) },
-        async { boot.await.map_err(failed("boot HTTP")) },
-    )?;
+    tokio::try_join!(async { api.await.map_err(failed("operator API")) }, async {
+        boot.await.map_err(failed("boot HTTP"))
+    },)?;
     Ok(())
 }
 
@@ -233,16 +237,21 @@ async fn bind(
 }
 
 fn local_address(listener: &tokio::net::TcpListener) -> Result<SocketAddr, ServeError> {
-    listener
-        .local_addr()
-        .map_err(|source| ServeError::Serve { what: "controller", source })
+    listener.local_addr().map_err(|source| ServeError::Serve {
+        what: "controller",
+        source,
+    })
 }
 
 /// The address a client on this host dials: loopback for an unspecified (all-interfaces) one.
 fn dialable(address: SocketAddr) -> SocketAddr {
     match address.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), address.port()),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), address.port()),
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), address.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), address.port())
+        }
         _ => address,
     }
 }

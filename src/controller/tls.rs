@@ -55,10 +55,7 @@ pub enum TlsError {
     #[error("cannot make the API's self-signed certificate: {0}")]
     Make(#[from] rcgen::Error),
     #[error("the API's certificate and key do not make a TLS configuration ({cert}): {source}; is tls_key the key of tls_cert?")]
-    Config {
-        cert: String,
-        source: rustls::Error,
-    },
+    Config { cert: String, source: rustls::Error },
 }
 
 /// `SHA256:` and the lowercase hex SHA-256 of a certificate's DER bytes.
@@ -74,7 +71,11 @@ pub fn api_certificate(
     listen: SocketAddr,
 ) -> Result<ApiCertificate, TlsError> {
     if let Some(operator) = operator {
-        return load(&operator.cert, &operator.key, CertificateOrigin::Operator(operator.cert.clone()));
+        return load(
+            &operator.cert,
+            &operator.key,
+            CertificateOrigin::Operator(operator.cert.clone()),
+        );
     }
     let directory = state_dir.join(TLS_DIR);
     let (cert, key) = (directory.join(CERT_FILE), directory.join(KEY_FILE));
@@ -153,7 +154,8 @@ fn make_self_signed(directory: &Path, listen: SocketAddr) -> Result<(), TlsError
     let certificate = params.self_signed(&key)?;
     // The key first: a certificate without its key would be taken for a complete pair.
     let key_path = directory.join(KEY_FILE);
-    write_private_file(&key_path, key.serialize_pem().as_bytes()).map_err(write_error(&key_path))?;
+    write_private_file(&key_path, key.serialize_pem().as_bytes())
+        .map_err(write_error(&key_path))?;
     let cert_path = directory.join(CERT_FILE);
     write_private_file(&cert_path, certificate.pem().as_bytes())
         .map_err(write_error(&cert_path))?;
@@ -242,9 +244,13 @@ mod tests {
             cert: directory.path().join("missing.pem"),
             key: directory.path().join("missing.key"),
         };
-        let error = api_certificate(Some(&operator), directory.path(), "127.0.0.1:0".parse().unwrap())
-            .unwrap_err()
-            .to_string();
+        let error = api_certificate(
+            Some(&operator),
+            directory.path(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("missing.pem"), "{error}");
     }
 }

@@ -142,7 +142,13 @@ impl Controller {
         std::fs::create_dir_all(state_dir).unwrap();
         let log = state_dir.with_extension("log");
         let child = Command::new(FLEET)
-            .args(["serve", "--listen", "127.0.0.1:0", "--boot-listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--boot-listen",
+                "127.0.0.1:0",
+            ])
             .arg("--state-dir")
             .arg(state_dir)
             .arg("-f")

@@ -41,8 +41,16 @@ fn mode(path: &Path) -> u32 {
 #[tokio::test(flavor = "multi_thread")]
 async fn fleet_machines_works_over_tls_with_the_state_directorys_certificate() {
     let mut controller = TestController::start();
-    assert!(controller.api_url.starts_with("https://127.0.0.1:"), "{}", controller.api_url);
-    assert!(controller.url.starts_with("http://127.0.0.1:"), "{}", controller.url);
+    assert!(
+        controller.api_url.starts_with("https://127.0.0.1:"),
+        "{}",
+        controller.api_url
+    );
+    assert!(
+        controller.url.starts_with("http://127.0.0.1:"),
+        "{}",
+        controller.url
+    );
     controller
         .http()
         .add_idle_machine("tls-1", "52:54:00:7c:00:01")
@@ -62,9 +70,16 @@ async fn fleet_machines_works_over_tls_with_the_state_directorys_certificate() {
     assert_eq!(controller.fingerprint(), fingerprint);
     controller.kill();
     let mut report = String::new();
-    let mut pipe = controller.child.stderr.take().expect("the controller's stderr");
+    let mut pipe = controller
+        .child
+        .stderr
+        .take()
+        .expect("the controller's stderr");
     pipe.read_to_string(&mut report).unwrap();
-    assert!(report.contains(&format!("cert    {fingerprint}")), "{report}");
+    assert!(
+        report.contains(&format!("cert    {fingerprint}")),
+        "{report}"
+    );
 
     // Restarted on the same state directory: the same certificate, still pinned.
     let restarted = TestController::start_in(&controller.state_dir, &[]);
@@ -81,7 +96,13 @@ async fn a_controller_is_trusted_on_first_use_and_another_certificate_later_is_r
     let config = tempfile::tempdir().unwrap();
     let host_port = first.api_url.trim_start_matches("https://").to_string();
     let call = |controller: &TestController, env: &[(&str, &str)]| {
-        let args = ["machines", "--server", &controller.api_url, "--token", &controller.token];
+        let args = [
+            "machines",
+            "--server",
+            &controller.api_url,
+            "--token",
+            &controller.token,
+        ];
         fleet_elsewhere(config.path(), &args, env)
     };
 
@@ -118,16 +139,27 @@ async fn a_controller_is_trusted_on_first_use_and_another_certificate_later_is_r
         &format!("delete the line `{host_port} {first_fingerprint}`"),
         &format!("FLEET_TLS_FINGERPRINT={second_fingerprint}"),
     ] {
-        assert!(message.contains(part.as_str()), "{part:?} missing from: {message}");
+        assert!(
+            message.contains(part.as_str()),
+            "{part:?} missing from: {message}"
+        );
     }
-    assert_eq!(std::fs::read_to_string(&known).unwrap(), remembered, "nothing learnt");
+    assert_eq!(
+        std::fs::read_to_string(&known).unwrap(),
+        remembered,
+        "nothing learnt"
+    );
 
     // Accepting it on purpose: by its fingerprint; a wrong one given is refused too.
     let output = call(&second, &[("FLEET_TLS_FINGERPRINT", &second_fingerprint)]);
     assert!(output.status.success(), "{}", stderr(&output));
     let output = call(&second, &[("FLEET_TLS_FINGERPRINT", &first_fingerprint)]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("by --tls-fingerprint"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("by --tls-fingerprint"),
+        "{}",
+        stderr(&output)
+    );
 
     // The first controller's state directory names this address but the first certificate.
     let output = Command::new(FLEET)
@@ -143,7 +175,9 @@ async fn a_controller_is_trusted_on_first_use_and_another_certificate_later_is_r
     let message = stderr(&output);
     assert!(
         message.contains(&format!("presented the certificate {second_fingerprint}"))
-            && message.contains(&format!("{first_fingerprint} is pinned by the state directory's")),
+            && message.contains(&format!(
+                "{first_fingerprint} is pinned by the state directory's"
+            )),
         "{message}"
     );
 }
@@ -155,14 +189,23 @@ async fn each_route_answers_on_its_own_listener_only() {
     let pinned = controller.pinned_client();
     let status = async |client: &reqwest::Client, url: String| {
         let request = client.get(&url).bearer_auth(&controller.token);
-        let response = request.send().await.unwrap_or_else(|error| panic!("{url}: {error}"));
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("{url}: {error}"));
         response.status().as_u16()
     };
     // The boot listener: the machine API and boot scripts, no operator route (not even with
     // the operator's token).
     let boot = &controller.url;
-    assert_eq!(status(&plain, format!("{boot}/scripts/fleet-runner.sh")).await, 200);
-    assert_eq!(status(&plain, format!("{boot}/boot/52:54:00:7c:00:02.ipxe")).await, 200);
+    assert_eq!(
+        status(&plain, format!("{boot}/scripts/fleet-runner.sh")).await,
+        200
+    );
+    assert_eq!(
+        status(&plain, format!("{boot}/boot/52:54:00:7c:00:02.ipxe")).await,
+        200
+    );
     for path in ["/api/v1/version", "/api/v1/machines", "/api/v1/events"] {
         assert_eq!(status(&plain, format!("{boot}{path}")).await, 404, "{path}");
     }
@@ -178,7 +221,10 @@ async fn each_route_answers_on_its_own_listener_only() {
     }
     // Plain HTTP to the API listener gets no answer; the CLI refuses an http:// server.
     let plain_api = api.replace("https://", "http://");
-    let answer = plain.get(format!("{plain_api}/api/v1/version")).send().await;
+    let answer = plain
+        .get(format!("{plain_api}/api/v1/version"))
+        .send()
+        .await;
     assert!(answer.is_err(), "plain HTTP answered: {answer:?}");
     let config = tempfile::tempdir().unwrap();
     let output = fleet_elsewhere(config.path(), &["machines", "--server", &plain_api], &[]);
@@ -196,17 +242,28 @@ async fn the_operators_own_certificate_is_served_and_pinned() {
     let key = rcgen::KeyPair::generate().unwrap();
     let params = rcgen::CertificateParams::new(vec!["ctl.example".to_string()]).unwrap();
     let certificate = params.self_signed(&key).unwrap();
-    let (cert_path, key_path) = (directory.path().join("api.pem"), directory.path().join("api.key"));
+    let (cert_path, key_path) = (
+        directory.path().join("api.pem"),
+        directory.path().join("api.key"),
+    );
     std::fs::write(&cert_path, certificate.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
     let state = directory.path().join("state");
     let controller = TestController::start_in(
         &state,
-        &["--tls-cert", &cert_path.to_string_lossy(), "--tls-key", &key_path.to_string_lossy()],
+        &[
+            "--tls-cert",
+            &cert_path.to_string_lossy(),
+            "--tls-key",
+            &key_path.to_string_lossy(),
+        ],
     );
     let expected = fleet::controller::tls::certificate_fingerprint(certificate.der());
     assert_eq!(controller.fingerprint(), expected);
-    assert!(!state.join("tls").exists(), "no certificate made when one is given");
+    assert!(
+        !state.join("tls").exists(),
+        "no certificate made when one is given"
+    );
     let output = controller.fleet(&["machines"]);
     assert!(output.status.success(), "{}", stderr(&output));
 }

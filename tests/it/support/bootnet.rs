@@ -215,7 +215,13 @@ impl NamespacedController {
         let log = directory.join("controller.log");
         let child = namespace
             .command(FLEET)
-            .args(["serve", "--listen", API_LISTEN, "--boot-listen", boot_listen])
+            .args([
+                "serve",
+                "--listen",
+                API_LISTEN,
+                "--boot-listen",
+                boot_listen,
+            ])
             .arg("--state-dir")
             .arg(&state_dir)
             .arg("-f")
