@@ -396,20 +396,22 @@ async fn the_api_wants_the_operator_token() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_controller_is_named_with_what_to_do() {
+    let config = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(crate::support::controller::FLEET)
         .args([
             "machines",
             "--server",
-            "http://127.0.0.1:1",
+            "https://127.0.0.1:1",
             "--state-dir",
             "/nonexistent",
         ])
+        .env("XDG_CONFIG_HOME", config.path())
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let text = stderr(&output);
     assert!(
-        text.contains("cannot reach the controller at http://127.0.0.1:1"),
+        text.contains("cannot reach the controller at https://127.0.0.1:1"),
         "{text}"
     );
     assert!(text.contains("fleet serve"), "{text}");
