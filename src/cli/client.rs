@@ -135,10 +135,10 @@ impl Client {
     /// Why the call failed before any answer: a certificate other than the pinned one, or no
     /// controller there.
     fn unreachable(&self, error: &reqwest::Error) -> anyhow::Error {
-        let presented = self.verifier.presented();
-        if let (Some(presented), Some(pinned)) = (&presented, &self.pin.fingerprint) {
+        if let (Some(presented), Some(pinned)) = (self.verifier.presented(), self.verifier.pinned())
+        {
             if presented != pinned {
-                return anyhow!(self.pin.refusal(presented));
+                return anyhow!(self.pin.refusal(&presented, &pinned));
             }
         }
         anyhow!(
@@ -153,8 +153,8 @@ impl Client {
         if self.pin.fingerprint.is_some() || self.trusted.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        match self.verifier.presented() {
-            Some(presented) => self.pin.trust_first_use(&presented),
+        match self.verifier.pinned() {
+            Some(accepted) => self.pin.trust_first_use(&accepted),
             None => Ok(()),
         }
     }

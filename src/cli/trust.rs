@@ -103,9 +103,9 @@ impl Pin {
         Ok(())
     }
 
-    /// Why a controller presenting `presented` is refused, and how to accept it on purpose.
-    pub fn refusal(&self, presented: &str) -> String {
-        let pinned = self.fingerprint.as_deref().unwrap_or("?");
+    /// Why a controller presenting `presented` where `pinned` was expected is refused, and how
+    /// to accept it on purpose.
+    pub fn refusal(&self, presented: &str, pinned: &str) -> String {
         let (whence, accept) = match &self.source {
             PinSource::Given => (
                 "by --tls-fingerprint / FLEET_TLS_FINGERPRINT".to_string(),
@@ -138,11 +138,12 @@ impl Pin {
     }
 }
 
-/// The certificate verifier for reqwest: accepts the pinned certificate only (or, on first use,
-/// any), and remembers what the controller presented.
+/// The certificate verifier for reqwest: accepts the pinned certificate only (on first use, the
+/// first one presented, and then only that one for the rest of the run), and remembers what the
+/// controller presented.
 #[derive(Debug)]
 pub struct PinnedVerifier {
-    expected: Option<String>,
+    pinned: Mutex<Option<String>>,
     presented: Mutex<Option<String>>,
     provider: Arc<CryptoProvider>,
 }
@@ -150,7 +151,7 @@ pub struct PinnedVerifier {
 impl PinnedVerifier {
     pub fn new(pin: &Pin, provider: Arc<CryptoProvider>) -> PinnedVerifier {
         PinnedVerifier {
-            expected: pin.fingerprint.clone(),
+            pinned: Mutex::new(pin.fingerprint.clone()),
             presented: Mutex::new(None),
             provider,
         }
@@ -158,11 +159,19 @@ impl PinnedVerifier {
 
     /// The fingerprint of the last certificate the controller presented.
     pub fn presented(&self) -> Option<String> {
-        self.presented
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
+        lock(&self.presented).clone()
     }
+
+    /// The fingerprint accepted: the pin, or the one trusted on first use in this run.
+    pub fn pinned(&self) -> Option<String> {
+        lock(&self.pinned).clone()
+    }
+}
+
+fn lock(value: &Mutex<Option<String>>) -> std::sync::MutexGuard<'_, Option<String>> {
+    value
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl ServerCertVerifier for PinnedVerifier {
@@ -175,15 +184,17 @@ impl ServerCertVerifier for PinnedVerifier {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let fingerprint = certificate_fingerprint(end_entity);
-        *self
-            .presented
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(fingerprint.clone());
-        match &self.expected {
-            Some(expected) if *expected != fingerprint => Err(rustls::Error::InvalidCertificate(
+        *lock(&self.presented) = Some(fingerprint.clone());
+        let mut pinned = lock(&self.pinned);
+        match pinned.as_deref() {
+            Some(expected) if expected != fingerprint => Err(rustls::Error::InvalidCertificate(
                 CertificateError::ApplicationVerificationFailure,
             )),
-            _ => Ok(ServerCertVerified::assertion()),
+            Some(_) => Ok(ServerCertVerified::assertion()),
+            None => {
+                *pinned = Some(fingerprint);
+                Ok(ServerCertVerified::assertion())
+            }
         }
     }
 
