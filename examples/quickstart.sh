@@ -9,15 +9,15 @@ cd "$(dirname "$0")/.."
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 
 cargo build --quiet --bin fleet
-fleet=$PWD/target/debug/fleet
+fleet=${CARGO_TARGET_DIR:-$PWD/target}/debug/fleet
 state=${QUICKSTART_STATE:-$(mktemp -d -t fleet-quickstart.XXXXXX)}
 export FLEET_STATE_DIR=$state
 
 step "fleet validate fleet.toml.example"
 "$fleet" validate fleet.toml.example
 
-step "fleet serve -f fleet.toml.example --listen 127.0.0.1:0 &   (state in $state)"
-"$fleet" serve -f fleet.toml.example --listen 127.0.0.1:0 &
+step "fleet serve -f fleet.toml.example --listen 127.0.0.1:0 --boot-listen 127.0.0.1:0 &   (state in $state)"
+"$fleet" serve -f fleet.toml.example --listen 127.0.0.1:0 --boot-listen 127.0.0.1:0 &
 controller=$!
 trap 'kill $controller 2>/dev/null; wait $controller 2>/dev/null' EXIT
 for _ in $(seq 100); do [ -s "$state/api-url" ] && break; sleep 0.1; done
@@ -27,7 +27,9 @@ run() { step "fleet $*"; "$fleet" "$@" || true; }
 run machine add web-1 --mac 52:54:00:00:01:01 --power-type manual --tag web
 run machine add web-2 --mac 52:54:00:00:01:02 --power-type manual --no-commission
 run machine add db-1 --deployed --os debian-12 --power-type manual
-url=$(cat "$state/api-url")
+# The operator API is HTTPS (api-url; the CLI pins the certificate named in api-fingerprint);
+# what machines fetch is plain HTTP on the boot listener (boot-url).
+url=$(cat "$state/boot-url")
 step "curl $url/scripts/register-live.sh | sh -s -- --url $url --machine db-1 --token ...   (db-1 is this host)"
 curl -fsS "$url/scripts/register-live.sh" |
   sh -s -- --url "$url" --machine db-1 --token "$(cat "$state/operator-token")" 2>&1 | tail -n 4 || true
@@ -47,6 +49,7 @@ run events --limit 12
 run plan -f fleet.toml.example      # what `fleet apply` would do to reach the example fleet
 
 if [ "${QUICKSTART_EXIT:-0}" = 1 ]; then exit 0; fi
-printf '\nThe controller is running at %s (state in %s).\n' "$(cat "$state/api-url")" "$state"
+printf '\nThe controller is running: API at %s (certificate %s), boot HTTP at %s (state in %s).\n' \
+  "$(cat "$state/api-url")" "$(cat "$state/api-fingerprint")" "$(cat "$state/boot-url")" "$state"
 printf 'In another terminal: FLEET_STATE_DIR=%s %s machines\nCtrl-C stops it.\n' "$state" "$fleet"
 wait $controller

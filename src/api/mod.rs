@@ -1,9 +1,13 @@
-//! The controller's HTTP API (axum). Operator endpoints under `/api/v1`, authenticated by an
-//! operator token (`Authorization: Bearer TOKEN`): its name is the actor of what the call does,
-//! a read-only token may only read, and only admin tokens manage tokens. JSON in and out;
-//! errors as `{"error": {"code", "message", ...}}`.
+//! The controller's HTTP servers (axum), two listeners:
+//! - the operator API over TLS ([`serve_api`]): endpoints under `/api/v1`, authenticated by an
+//!   operator token (`Authorization: Bearer TOKEN`): its name is the actor of what the call does,
+//!   a read-only token may only read, and only admin tokens manage tokens. JSON in and out;
+//!   errors as `{"error": {"code", "message", ...}}`;
+//! - the boot listener over plain HTTP ([`serve_boot`]): iPXE scripts, kernels and images, the
+//!   machine API (`/metadata/v1/...`, `/scripts/...`), rate-limited per source address.
 //!
-//! The server takes an already-bound listener and a shutdown future, so tests bind port 0.
+//! Each route is on one listener only; the other answers 404. Each server takes an already-bound
+//! listener and a shutdown future, so tests bind port 0.
 
 mod error;
 mod machines;
@@ -26,6 +30,9 @@ use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -38,8 +45,9 @@ pub struct ApiState {
     pub machine_api: crate::services::machine_api::SharedSettings,
 }
 
-/// The API's routes.
-pub fn router(state: ApiState) -> Router {
+/// The operator API's routes (`/api/v1/...`), for the TLS listener. Everything else, the boot
+/// routes included, is a 404 here.
+pub fn api_router(state: ApiState) -> Router {
     let operator = Router::new()
         .route("/machines", get(machines::list).post(machines::add))
         .route("/machines/{name}", get(machines::show))
@@ -57,10 +65,18 @@ pub fn router(state: ApiState) -> Router {
             state.clone(),
             require_operator,
         ));
-    let mut routes = Router::new()
+    Router::new()
         .route("/api/v1/version", get(version))
         .nest("/api/v1", operator)
-        .merge(metadata::router());
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// The boot listener's routes: the machine API (`/metadata/v1/...`, `/scripts/...`) and the
+/// HTTP boot endpoints (`/boot/...`). The operator API is a 404 here: this listener is plain
+/// HTTP on the boot network.
+pub fn boot_router(state: ApiState) -> Router {
+    let mut routes = metadata::router();
     let guard = state.boot.as_ref().map(|boot| boot.guard.clone());
     if let Some(boot) = state.boot.clone() {
         routes = routes.merge(crate::boot::http::router(boot));
@@ -86,18 +102,43 @@ fn tokens_router() -> Router<ApiState> {
         .route_layer(middleware::from_fn(require_admin))
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
-pub async fn serve(
+/// How long a connection may take to finish its request once the controller is told to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves the operator API over TLS on `listener` until `shutdown` completes. Handlers see the
+/// peer's address (`ConnectInfo<SocketAddr>`).
+pub async fn serve_api(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let handle = axum_server::Handle::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        stopper.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    });
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
+    axum_server::tls_rustls::from_tcp_rustls(listener.into_std()?, config)?
+        .handle(handle)
+        .serve(api_router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .await
+}
+
+/// Serves the boot routes over plain HTTP on `listener` until `shutdown` completes (firmware
+/// cannot do TLS). Handlers see the peer's address (`ConnectInfo<SocketAddr>`).
+pub async fn serve_boot(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // The caller's address reaches the handlers (`ConnectInfo`): the rate limits are per address,
-    // and the machine API records where each exchange of a one-shot secret came from.
-    let service = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, service)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        boot_router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 async fn version(State(state): State<ApiState>) -> Json<serde_json::Value> {

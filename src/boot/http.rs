@@ -1,5 +1,5 @@
-//! The HTTP boot endpoints, mounted on the controller's API listener without the operator token
-//! (booting machines have none):
+//! The HTTP boot endpoints, mounted on the controller's boot listener (plain HTTP) without the
+//! operator token (booting machines have none):
 //!
 //! - `GET /boot/{mac}.ipxe`: the iPXE script for that MAC, as its machine's status demands
 //!   ([`crate::boot::ipxe`]); a `boot` event. A known machine's ephemeral script carries a
@@ -222,7 +222,7 @@ fn base_url(state: &BootState, headers: &HeaderMap) -> String {
             host.chars()
                 .all(|c| c.is_ascii_alphanumeric() || ".:-[]".contains(c))
         })
-        .unwrap_or("127.0.0.1:5240");
+        .unwrap_or("127.0.0.1:5248");
     format!("http://{host}")
 }
 

@@ -206,7 +206,14 @@ async fn bench_machines(machines: usize) -> anyhow::Result<ExitCode> {
     store.create_machines(&new, "bench").await?;
     store.close().await;
     let mut controller = Command::new(std::env::current_exe()?)
-        .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--boot-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--state-dir")
         .arg(&state_dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

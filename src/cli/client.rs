@@ -1,5 +1,7 @@
-//! The HTTP client every controller command uses.
+//! The HTTP client every controller command uses: HTTPS to the operator API, the controller's
+//! certificate pinned (`trust.rs`).
 
+use super::trust::{client_config, Pin, PinnedVerifier};
 use super::Connection;
 use anyhow::{anyhow, Context};
 use fleet::controller::API_URL_FILE;
@@ -7,13 +9,19 @@ use fleet::services::token::read_token_file;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-const DEFAULT_SERVER: &str = "http://127.0.0.1:5240";
+const DEFAULT_SERVER: &str = "https://127.0.0.1:5240";
 
 pub struct Client {
     http: reqwest::Client,
     server: String,
     token: Option<String>,
+    pin: Pin,
+    verifier: Arc<PinnedVerifier>,
+    /// Whether a first-use certificate has been remembered (once per run).
+    trusted: AtomicBool,
 }
 
 /// An error the controller answered with.
@@ -33,23 +41,37 @@ impl std::error::Error for ApiFailure {}
 
 impl Client {
     pub fn new(connection: &Connection) -> anyhow::Result<Client> {
+        let state_dir_url = read_first_line(&connection.state_dir.join(API_URL_FILE));
         let server = connection
             .server
             .clone()
-            .or_else(|| read_first_line(&connection.state_dir.join(API_URL_FILE)))
+            .or_else(|| state_dir_url.clone())
             .unwrap_or_else(|| DEFAULT_SERVER.to_string());
+        let server = server.trim_end_matches('/').to_string();
         let token = connection
             .token
             .clone()
             .or_else(|| read_token_file(&connection.state_dir));
+        let pin = Pin::find(
+            &server,
+            connection.tls_fingerprint.as_deref(),
+            &connection.state_dir,
+            state_dir_url.as_deref(),
+        )?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = Arc::new(PinnedVerifier::new(&pin, provider.clone()));
         let http = reqwest::Client::builder()
             .timeout(std::time::Duration::from_secs(120))
+            .use_preconfigured_tls(client_config(verifier.clone(), provider)?)
             .build()
             .context("cannot build the HTTP client")?;
         Ok(Client {
             http,
-            server: server.trim_end_matches('/').to_string(),
+            server,
             token,
+            pin,
+            verifier,
+            trusted: AtomicBool::new(false),
         })
     }
 
@@ -92,13 +114,11 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|error| {
-            anyhow!(
-                "cannot reach the controller at {}: {}; is `fleet serve` running? (--server or FLEET_SERVER)",
-                self.server,
-                root_cause(&error)
-            )
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.unreachable(&error))?;
+        self.trust_on_first_use()?;
         let status = response.status();
         let text = response
             .text()
@@ -111,6 +131,35 @@ impl Client {
             return Ok(Ok(value));
         }
         Ok(Err(failure_of(status, &text)))
+    }
+}
+
+impl Client {
+    /// Why the call failed before any answer: a certificate other than the pinned one, or no
+    /// controller there.
+    fn unreachable(&self, error: &reqwest::Error) -> anyhow::Error {
+        if let (Some(presented), Some(pinned)) = (self.verifier.presented(), self.verifier.pinned())
+        {
+            if presented != pinned {
+                return anyhow!(self.pin.refusal(&presented, &pinned));
+            }
+        }
+        anyhow!(
+            "cannot reach the controller at {}: {}; is `fleet serve` running? (--server or FLEET_SERVER)",
+            self.server,
+            root_cause(error)
+        )
+    }
+
+    /// The controller answered over TLS: if it was not known yet, its certificate is now.
+    fn trust_on_first_use(&self) -> anyhow::Result<()> {
+        if self.pin.fingerprint.is_some() || self.trusted.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        match self.verifier.pinned() {
+            Some(accepted) => self.pin.trust_first_use(&accepted),
+            None => Ok(()),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ mod output;
 mod plan;
 mod serve;
 mod token;
+mod trust;
 mod validate;
 
 use clap::{Parser, Subcommand};
@@ -33,13 +34,19 @@ pub struct Cli {
 /// How a client command reaches the controller.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {
-    /// The controller's API [default: the api-url its state directory names, else http://127.0.0.1:5240]
+    /// The controller's operator API, https://HOST:PORT [default: the api-url its state
+    /// directory names, else https://127.0.0.1:5240]
     #[arg(long, env = "FLEET_SERVER", global = true)]
     pub server: Option<String>,
+    /// Accept only the controller certificate of this SHA-256 fingerprint (as `fleet serve`
+    /// prints it) [default: the state directory's api-fingerprint, else the one trusted on first
+    /// use in ~/.config/fleet/known_controllers]
+    #[arg(long, env = "FLEET_TLS_FINGERPRINT", global = true)]
+    pub tls_fingerprint: Option<String>,
     /// An operator token's secret [default: the controller's state directory file operator-token]
     #[arg(long, env = "FLEET_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
-    /// The controller's state directory (token, api-url, SQLite file)
+    /// The controller's state directory (token, api-url, api-fingerprint, SQLite file)
     #[arg(long, env = "FLEET_STATE_DIR", global = true, default_value = ".fleet")]
     pub state_dir: PathBuf,
 }

@@ -16,9 +16,20 @@ pub struct ServeArgs {
     /// sqlite://PATH or postgres://USER@HOST/DB [default: sqlite file in the state directory]
     #[arg(long, env = "FLEET_DATABASE")]
     pub database: Option<String>,
-    /// The API's address [default: the fleet file's, else 127.0.0.1:5240]
+    /// The operator API's address, HTTPS [default: the fleet file's, else 127.0.0.1:5240]
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// The boot listener's address, plain HTTP: iPXE scripts, kernels, images, the machine API
+    /// [default: the fleet file's, else 0.0.0.0:5248]
+    #[arg(long)]
+    pub boot_listen: Option<SocketAddr>,
+    /// The API's certificate chain, PEM (with --tls-key) [default: the fleet file's tls_cert,
+    /// else a self-signed one made in the state directory on first start]
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert, PEM
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Watch the fleet files: re-plan on every save and on a timer, and apply the steps that
     /// are not destructive (destructive ones wait for `fleet apply --allow-destroy`)
     #[arg(long, requires = "files")]
@@ -29,8 +40,11 @@ pub struct ServeArgs {
 }
 
 pub async fn serve(args: ServeArgs, connection: &Connection) -> anyhow::Result<ExitCode> {
+    let defaults = fleet::config::ControllerSettings::default();
     let mut options = ServeOptions {
-        listen: "127.0.0.1:5240".parse().expect("a valid default address"),
+        listen: defaults.listen,
+        boot_listen: defaults.boot_listen,
+        tls: None,
         database: None,
         state_dir: connection.state_dir.clone(),
         boot_interfaces: Vec::new(),
@@ -55,6 +69,12 @@ pub async fn serve(args: ServeArgs, connection: &Connection) -> anyhow::Result<E
     }
     if let Some(listen) = args.listen {
         options.listen = listen;
+    }
+    if let Some(boot_listen) = args.boot_listen {
+        options.boot_listen = boot_listen;
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        options.tls = Some(fleet::config::OperatorCertificate { cert, key });
     }
     if args.database.is_some() {
         options.database = args.database;

@@ -67,6 +67,8 @@ pub fn apply_controller_settings(
 ) -> anyhow::Result<()> {
     let settings = &fleet.controller;
     options.listen = settings.listen;
+    options.boot_listen = settings.boot_listen;
+    options.tls = settings.tls.clone();
     options.database = settings.database.clone();
     // An explicit --state-dir / FLEET_STATE_DIR wins over the file.
     if connection.state_dir.as_path() == std::path::Path::new(".fleet") {

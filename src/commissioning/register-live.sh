@@ -3,8 +3,8 @@
 # It takes a one-shot registration secret (never the operator token), which an operator makes
 # with `fleet machine registration NAME` (valid an hour, used once) and hands over in a file or
 # the environment, never on a command line:
-#   curl -fsS http://CONTROLLER:5240/scripts/register-live.sh \
-#     | sh -s -- --url http://CONTROLLER:5240 --machine NAME --registration-file FILE
+#   curl -fsS http://CONTROLLER:5248/scripts/register-live.sh \
+#     | sh -s -- --url http://CONTROLLER:5248 --machine NAME --registration-file FILE
 # (or FLEET_URL, FLEET_MACHINE, FLEET_REGISTRATION / FLEET_REGISTRATION_FILE in the environment).
 # Downloads the controller's fleet-runner.sh and runs it with FLEET_ROLE=register-live: the
 # runner trades the secret for the token of a register-live run, for which the controller lists

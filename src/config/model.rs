@@ -51,13 +51,18 @@ impl Fleet {
 /// `[controller]`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ControllerSettings {
-    /// The HTTP API and boot HTTP server.
+    /// The operator API (HTTPS).
     pub listen: SocketAddr,
+    /// The boot HTTP server: iPXE scripts, kernels, images and the machine API (plain HTTP:
+    /// firmware cannot do TLS).
+    pub boot_listen: SocketAddr,
+    /// The operator's certificate for the API; `None`: one the controller makes on first start.
+    pub tls: Option<OperatorCertificate>,
     /// `sqlite://...` or `postgres://...`; `None` means a SQLite file in `state_dir`.
     pub database: Option<String>,
     pub state_dir: PathBuf,
     pub tftp_listen: SocketAddr,
-    /// The URL booting machines use to reach this controller; `None`: derived from `listen`.
+    /// The URL booting machines use to reach this controller; `None`: derived from `boot_listen`.
     pub http_boot_url: Option<String>,
     /// Where the iPXE first-stage loaders (undionly.kpxe, ipxe.efi...) are.
     pub loader_dir: PathBuf,
@@ -67,10 +72,19 @@ pub struct ControllerSettings {
     pub ephemeral_image: Option<String>,
 }
 
+/// `[controller] tls_cert` and `tls_key`: PEM files (the certificate chain, then its key).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OperatorCertificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 impl Default for ControllerSettings {
     fn default() -> Self {
         ControllerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 5240)),
+            boot_listen: SocketAddr::from(([0, 0, 0, 0], 5248)),
+            tls: None,
             database: None,
             state_dir: PathBuf::from(".fleet"),
             tftp_listen: SocketAddr::from(([0, 0, 0, 0], 69)),

@@ -71,8 +71,16 @@ enum Size {
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Controller {
-    /// Address and port of the HTTP API (default "127.0.0.1:5240").
+    /// Address and port of the operator API, served over HTTPS (default "127.0.0.1:5240").
     listen: Option<String>,
+    /// Address and port of the boot HTTP server: iPXE scripts, kernels, the machine API; plain
+    /// HTTP (default "0.0.0.0:5248").
+    boot_listen: Option<String>,
+    /// PEM file with the API's certificate chain (with tls_key); default: a self-signed
+    /// certificate the controller makes in state_dir/tls on first start.
+    tls_cert: Option<String>,
+    /// PEM file with the private key of tls_cert.
+    tls_key: Option<String>,
     /// sqlite://PATH or postgres://...; default: a SQLite file in state_dir.
     database: Option<String>,
     /// Default ".fleet".

@@ -1,4 +1,5 @@
-//! Starting the controller: state directory, store, token, API listener; then serving until
+//! Starting the controller: state directory, store, token, the API's certificate, the two
+//! listeners (the operator API over TLS, the boot routes over plain HTTP); then serving until
 //! told to stop.
 
 use crate::api::{self, ApiState};
@@ -6,17 +7,28 @@ use crate::power::PowerDrivers;
 use crate::services::token::{prepare_at_start, write_token_file, StartTokens, TOKEN_FILE};
 use crate::store::{Store, StoreError};
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The file in the state directory that names the API's address, for commands on this host.
+/// Written last at start, so a reader that finds it finds the other two as well.
 pub const API_URL_FILE: &str = "api-url";
+/// The file in the state directory with the API certificate's fingerprint (`SHA256:hex`): the
+/// CLI on this host pins it.
+pub const API_FINGERPRINT_FILE: &str = "api-fingerprint";
+/// The file in the state directory that names the boot listener's address (`http://...`).
+pub const BOOT_URL_FILE: &str = "boot-url";
 
 /// Everything `fleet serve` needs, already merged from the command line and the fleet file.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// The operator API (HTTPS).
     pub listen: SocketAddr,
+    /// The boot routes (plain HTTP): iPXE scripts, kernels, images, the machine API.
+    pub boot_listen: SocketAddr,
+    /// The operator's certificate for the API; `None`: the one in `<state_dir>/tls/`.
+    pub tls: Option<crate::config::OperatorCertificate>,
     /// `sqlite://...` or `postgres://...`; default: `sqlite://<state_dir>/fleet.db`.
     pub database: Option<String>,
     pub state_dir: PathBuf,
@@ -37,13 +49,20 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot listen on {address}: {source} (is another controller running? use --listen)")]
+    #[error("cannot listen on {address} for the {what}: {source} (is another controller running? use {option})")]
     Bind {
+        what: &'static str,
+        option: &'static str,
         address: SocketAddr,
         source: std::io::Error,
     },
-    #[error("the API server failed: {0}")]
-    Serve(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
+    #[error("the {what} server failed: {source}")]
+    Serve {
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// The SQLite file used when no database is given.
@@ -54,15 +73,16 @@ pub fn default_database(state_dir: &Path) -> String {
 /// Runs the controller until `shutdown` completes. Start-up progress goes to stderr, one line
 /// per part, so a person sees what runs and what does not.
 pub async fn serve(
-    options: ServeOptions,
+    mut options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     // The state directory holds the operator token and (by default) the store: ours alone.
-    let state_dir = &options.state_dir;
+    let state_dir = options.state_dir.clone();
+    let state_dir = &state_dir;
     crate::store::private::create_private_directory(state_dir)
         .and_then(|()| crate::store::private::restrict_directory(state_dir))
         .map_err(|source| ServeError::StateDir {
-            path: state_dir.clone(),
+            path: state_dir.to_path_buf(),
             source,
         })?;
     let database = options
@@ -71,15 +91,25 @@ pub async fn serve(
         .unwrap_or_else(|| default_database(&options.state_dir));
     let store = Store::open(&database).await?;
     let tokens = describe_start_tokens(&options.state_dir, prepare_at_start(&store).await?)?;
-    let listener = tokio::net::TcpListener::bind(options.listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            address: options.listen,
-            source,
-        })?;
-    let address = listener.local_addr().map_err(ServeError::Serve)?;
-    let api_url = format!("http://{address}");
-    let _ = std::fs::write(options.state_dir.join(API_URL_FILE), format!("{api_url}\n"));
+    let certificate = super::tls::api_certificate(options.tls.as_ref(), state_dir, options.listen)?;
+    let tls = super::tls::server_config(&certificate)?;
+    let api_listener = bind(options.listen, "operator API", "--listen").await?;
+    let boot_listener = bind(options.boot_listen, "boot HTTP", "--boot-listen").await?;
+    let api_url = format!("https://{}", dialable(local_address(&api_listener)?));
+    let boot_address = local_address(&boot_listener)?;
+    let boot_url = format!("http://{}", dialable(boot_address));
+    // DHCP tells machines the boot listener's port when no http_boot_url is given.
+    if let Some(fleet) = options.fleet.as_mut() {
+        fleet.controller.boot_listen = boot_address;
+    }
+    write_state_files(
+        state_dir,
+        &[
+            (BOOT_URL_FILE, &boot_url),
+            (API_FINGERPRINT_FILE, &certificate.fingerprint),
+            (API_URL_FILE, &api_url),
+        ],
+    )?;
     eprintln!("fleet controller {}", env!("CARGO_PKG_VERSION"));
     eprintln!(
         "  store   {} ({})",
@@ -87,7 +117,13 @@ pub async fn serve(
         backend_name(&store)
     );
     eprintln!("  token   {tokens}");
-    eprintln!("  api     listening on {api_url}");
+    eprintln!("  api     listening on {api_url} (TLS)");
+    eprintln!(
+        "  cert    {} ({})",
+        certificate.fingerprint,
+        origin_text(&certificate.origin)
+    );
+    eprintln!("  boot    listening on {boot_url} (HTTP: iPXE scripts, images, the machine API)");
     // TFTP runs until `stop_boot` is dropped, after the API stops.
     let (stop_boot, boot_stopped) = tokio::sync::watch::channel(());
     let dhcp = super::dhcp::start_dhcp(
@@ -134,9 +170,7 @@ pub async fn serve(
         drivers,
         boot: Some(boot),
     };
-    let result = api::serve(listener, state, shutdown)
-        .await
-        .map_err(ServeError::Serve);
+    let result = serve_both(api_listener, boot_listener, tls, state, shutdown).await;
     if let Some(watch) = watch {
         watch.abort();
     }
@@ -178,6 +212,94 @@ fn describe_start_tokens(state_dir: &Path, tokens: StartTokens) -> Result<String
              (`fleet token create NAME`, then FLEET_TOKEN)"
             .to_string(),
     })
+}
+
+/// Serves the operator API and the boot routes until `shutdown` completes; the first that
+/// fails stops both.
+async fn serve_both(
+    api_listener: tokio::net::TcpListener,
+    boot_listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: ApiState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(());
+    });
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<()>| async move {
+        let _ = stopped.changed().await;
+    };
+    let api = api::serve_api(
+        api_listener,
+        tls,
+        state.clone(),
+        until_stopped(stopped.clone()),
+    );
+    let boot = api::serve_boot(boot_listener, state, until_stopped(stopped));
+    let failed = |what: &'static str| move |source| ServeError::Serve { what, source };
+    tokio::try_join!(async { api.await.map_err(failed("operator API")) }, async {
+        boot.await.map_err(failed("boot HTTP"))
+    },)?;
+    Ok(())
+}
+
+async fn bind(
+    address: SocketAddr,
+    what: &'static str,
+    option: &'static str,
+) -> Result<tokio::net::TcpListener, ServeError> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what,
+            option,
+            address,
+            source,
+        })
+}
+
+fn local_address(listener: &tokio::net::TcpListener) -> Result<SocketAddr, ServeError> {
+    listener.local_addr().map_err(|source| ServeError::Serve {
+        what: "controller",
+        source,
+    })
+}
+
+/// The address a client on this host dials: loopback for an unspecified (all-interfaces) one.
+fn dialable(address: SocketAddr) -> SocketAddr {
+    match address.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), address.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), address.port())
+        }
+        _ => address,
+    }
+}
+
+/// Writes each `(file, line)` into the state directory whole (a temporary file renamed), in
+/// order: readers wait for the last one.
+fn write_state_files(state_dir: &Path, files: &[(&str, &str)]) -> Result<(), ServeError> {
+    for (name, line) in files {
+        let path = state_dir.join(name);
+        let temporary = state_dir.join(format!("{name}.tmp"));
+        std::fs::write(&temporary, format!("{line}\n"))
+            .and_then(|()| std::fs::rename(&temporary, &path))
+            .map_err(|source| ServeError::StateDir { path, source })?;
+    }
+    Ok(())
+}
+
+fn origin_text(origin: &super::tls::CertificateOrigin) -> String {
+    use super::tls::CertificateOrigin;
+    match origin {
+        CertificateOrigin::Made(path) => format!("made now: {}", path.display()),
+        CertificateOrigin::Kept(path) => format!("made on the first start: {}", path.display()),
+        CertificateOrigin::Operator(path) => format!("tls_cert {}", path.display()),
+    }
 }
 
 /// Resumes the applies a killed controller left running (each step either followed to its end

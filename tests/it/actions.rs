@@ -346,9 +346,9 @@ async fn bad_machines_are_refused_whole_with_every_reason() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_api_wants_the_operator_token() {
     let controller = TestController::start();
-    let client = reqwest::Client::new();
+    let client = controller.pinned_client();
     let response = client
-        .get(format!("{}/api/v1/machines", controller.url))
+        .get(format!("{}/api/v1/machines", controller.api_url))
         .send()
         .await
         .unwrap();
@@ -356,7 +356,7 @@ async fn the_api_wants_the_operator_token() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "unauthorized");
     let response = client
-        .get(format!("{}/api/v1/machines", controller.url))
+        .get(format!("{}/api/v1/machines", controller.api_url))
         .bearer_auth("wrong")
         .send()
         .await
@@ -364,7 +364,7 @@ async fn the_api_wants_the_operator_token() {
     assert_eq!(response.status(), 401);
     // The version needs no token; the CLI finds the token in the state directory.
     let response = client
-        .get(format!("{}/api/v1/version", controller.url))
+        .get(format!("{}/api/v1/version", controller.api_url))
         .send()
         .await
         .unwrap();
@@ -376,7 +376,9 @@ async fn the_api_wants_the_operator_token() {
         .args([
             "machines",
             "--server",
-            &controller.url,
+            &controller.api_url,
+            "--tls-fingerprint",
+            &controller.fingerprint(),
             "--token",
             "wrong",
             "--state-dir",
@@ -394,20 +396,22 @@ async fn the_api_wants_the_operator_token() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_controller_is_named_with_what_to_do() {
+    let config = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(crate::support::controller::FLEET)
         .args([
             "machines",
             "--server",
-            "http://127.0.0.1:1",
+            "https://127.0.0.1:1",
             "--state-dir",
             "/nonexistent",
         ])
+        .env("XDG_CONFIG_HOME", config.path())
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let text = stderr(&output);
     assert!(
-        text.contains("cannot reach the controller at http://127.0.0.1:1"),
+        text.contains("cannot reach the controller at https://127.0.0.1:1"),
         "{text}"
     );
     assert!(text.contains("fleet serve"), "{text}");

@@ -504,6 +504,7 @@ fn the_example_fleet_file_is_valid_and_shows_every_feature() {
         "the example includes examples/rack2.toml"
     );
     assert_eq!(fleet.controller.listen.to_string(), "0.0.0.0:5240");
+    assert_eq!(fleet.controller.boot_listen.to_string(), "0.0.0.0:5248");
     assert_eq!(
         fleet.controller.ephemeral_image.as_deref(),
         Some("ephemeral")

@@ -148,7 +148,7 @@ type BootRow<'a> = (
 
 #[test]
 fn boot_answers_follow_option_60_93_77_and_175() {
-    let script = "http://10.77.0.1:5240/boot/52:54:00:77:00:01.ipxe";
+    let script = "http://10.77.0.1:5248/boot/52:54:00:77:00:01.ipxe";
     #[rustfmt::skip]
     let table: &[BootRow] = &[
         (None, None, None, false, None, Ipv4Addr::UNSPECIFIED, None, false),
@@ -158,7 +158,7 @@ fn boot_answers_follow_option_60_93_77_and_175() {
         (Some("PXEClient:Arch:00009:UNDI:003016"), Some(9), None, false, Some("ipxe.efi"), SERVER, Some("PXEClient"), false),
         (Some("PXEClient:Arch:00011:UNDI:003016"), Some(11), None, false, Some("ipxe-arm64.efi"), SERVER, Some("PXEClient"), false),
         (Some("PXEClient:Arch:00006:UNDI:003016"), Some(6), None, false, None, Ipv4Addr::UNSPECIFIED, None, false),
-        (Some("HTTPClient:Arch:00016:UNDI:003001"), Some(16), None, false, Some("http://10.77.0.1:5240/boot/loaders/ipxe.efi"), Ipv4Addr::UNSPECIFIED, Some("HTTPClient"), false),
+        (Some("HTTPClient:Arch:00016:UNDI:003001"), Some(16), None, false, Some("http://10.77.0.1:5248/boot/loaders/ipxe.efi"), Ipv4Addr::UNSPECIFIED, Some("HTTPClient"), false),
         (Some("PXEClient:Arch:00000:UNDI:002001"), Some(0), Some("iPXE"), true, Some(script), Ipv4Addr::UNSPECIFIED, None, true),
         (Some("PXEClient:Arch:00007:UNDI:003016"), Some(7), Some("iPXE"), false, Some(script), Ipv4Addr::UNSPECIFIED, None, true),
         (None, None, None, true, Some(script), Ipv4Addr::UNSPECIFIED, None, true),
@@ -669,7 +669,8 @@ fn the_fleet_file_gives_subnets_fixed_addresses_and_boot_url() {
         (fixed.ip, fixed.machine.as_str()),
         (ip("10.77.0.50"), "node-1")
     );
-    assert_eq!(config.boot.http_port, 5240);
+    // No http_boot_url: booting machines are sent to the boot listener's port.
+    assert_eq!(config.boot.http_port, 5248);
 }
 
 /// `[policy] ignore_macs` reaches the handler through `DhcpConfig::from_fleet`: a PXE DISCOVER

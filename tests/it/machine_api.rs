@@ -983,7 +983,7 @@ async fn a_live_machine_registers_its_inventory_with_the_served_script() {
     let fleet = directory.path().join("fleet.toml");
     std::fs::write(&fleet, "[controller]\ntftp_listen = \"10.97.0.1:6969\"\n").unwrap();
     let controller =
-        NamespacedController::start_in(&controller_ns, "10.97.0.1:5240", directory.path(), &fleet);
+        NamespacedController::start_in(&controller_ns, "10.97.0.1:5248", directory.path(), &fleet);
     let added = controller.cli(&[
         "machine",
         "add",
@@ -1000,7 +1000,7 @@ async fn a_live_machine_registers_its_inventory_with_the_served_script() {
         String::from_utf8_lossy(&added.stderr)
     );
 
-    let url = "http://10.97.0.1:5240";
+    let url = "http://10.97.0.1:5248";
     // A one-shot registration secret, handed over in a file (never on a command line).
     let made = controller.cli(&["machine", "registration", "web-1"]);
     assert!(

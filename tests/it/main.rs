@@ -28,4 +28,5 @@ mod serve;
 mod store;
 mod tftp;
 mod tokens;
+mod tls;
 mod watch;

@@ -9,7 +9,7 @@
 //! Debian's cloud kernel from its cache.
 
 use crate::support::bootnet::{
-    kill_by_pidfile, read, tail, vm_test_directory, BootNetwork, NamespacedController, API_PORT,
+    kill_by_pidfile, read, tail, vm_test_directory, BootNetwork, NamespacedController, BOOT_PORT,
     CONTROLLER_IP, ONE_VM_AT_A_TIME,
 };
 use crate::support::controller::TestController;
@@ -487,7 +487,7 @@ async fn netboot(firmware: Firmware, mac: &str, known_as: Option<(&str, Status)>
     // FLEET_NETBOOT_KEEP=1 keeps the files for a look afterwards.
     let directory = vm_test_directory();
     let initrd = build_initramfs(directory.path());
-    let boot_url = format!("http://{CONTROLLER_IP}:{API_PORT}");
+    let boot_url = format!("http://{CONTROLLER_IP}:{BOOT_PORT}");
     let file = fleet_file(
         directory.path(),
         &format!("{CONTROLLER_IP}:69"),

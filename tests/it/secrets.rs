@@ -142,7 +142,14 @@ impl Controller {
         std::fs::create_dir_all(state_dir).unwrap();
         let log = state_dir.with_extension("log");
         let child = Command::new(FLEET)
-            .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--boot-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--state-dir")
             .arg(state_dir)
             .arg("-f")
             .arg(file)
@@ -527,7 +534,7 @@ async fn no_secret_in_any_output() {
     );
 
     // The raw API.
-    let client = reqwest::Client::new();
+    let client = crate::support::controller::pinned_client(&controller.state_dir);
     for path in ["/machines", "/observed", "/events?limit=1000"] {
         let body = client
             .get(format!("{}/api/v1{path}", controller.url()))

@@ -68,7 +68,12 @@ fn the_example_serves_on_a_loopback_only_host() {
         "{report}"
     );
     assert!(
-        report.contains("api     listening on http://127.0.0.1:"),
+        report.contains("api     listening on https://127.0.0.1:"),
+        "{report}"
+    );
+    // The example's boot listener: all interfaces, dialled through loopback here.
+    assert!(
+        report.contains("boot    listening on http://127.0.0.1:5248"),
         "{report}"
     );
     assert!(report.contains("fleet controller stopped"), "{report}");

@@ -126,7 +126,7 @@ impl Default for BootSettings {
     fn default() -> Self {
         BootSettings {
             http_base_url: None,
-            http_port: 5240,
+            http_port: 5248,
             next_server: None,
             bios_loader: "undionly.kpxe".to_string(),
             uefi_x64_loader: "ipxe.efi".to_string(),
@@ -168,7 +168,7 @@ impl DhcpConfig {
     pub fn from_fleet(fleet: &Fleet) -> Result<DhcpConfig, DhcpConfigError> {
         let boot = BootSettings {
             http_base_url: fleet.controller.http_boot_url.clone(),
-            http_port: fleet.controller.listen.port(),
+            http_port: fleet.controller.boot_listen.port(),
             ..BootSettings::default()
         };
         let mut config = DhcpConfig::new(boot);

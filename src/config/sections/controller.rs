@@ -2,7 +2,7 @@
 
 use super::{reference, resolve_path, Reference};
 use crate::config::diagnostics::{Problem, Problems};
-use crate::config::model::ControllerSettings;
+use crate::config::model::{ControllerSettings, OperatorCertificate};
 use crate::config::read::{Spanned, TableReader};
 use crate::config::syntax::Span;
 use std::net::SocketAddr;
@@ -10,6 +10,9 @@ use std::path::Path;
 
 pub const KEYS: &[&str] = &[
     "listen",
+    "boot_listen",
+    "tls_cert",
+    "tls_key",
     "database",
     "state_dir",
     "tftp_listen",
@@ -35,6 +38,9 @@ pub fn read(
     let defaults = ControllerSettings::default();
     let settings = ControllerSettings {
         listen: socket_address(&reader, "listen", problems).unwrap_or(defaults.listen),
+        boot_listen: socket_address(&reader, "boot_listen", problems)
+            .unwrap_or(defaults.boot_listen),
+        tls: operator_certificate(&reader, base_dir, problems),
         database: database(&reader, problems),
         state_dir: reader
             .string("state_dir", problems)
@@ -56,6 +62,33 @@ pub fn read(
         span: reader.span,
         settings,
         ephemeral_image: reference(&reader, "ephemeral_image", problems),
+    }
+}
+
+/// `tls_cert` and `tls_key`: the operator's own certificate for the API, both or neither.
+fn operator_certificate(
+    reader: &TableReader<'_, '_>,
+    base_dir: &Path,
+    problems: &mut Problems,
+) -> Option<OperatorCertificate> {
+    let cert = reader.string("tls_cert", problems);
+    let key = reader.string("tls_key", problems);
+    match (cert, key) {
+        (Some(cert), Some(key)) => Some(OperatorCertificate {
+            cert: resolve_path(base_dir, cert.value),
+            key: resolve_path(base_dir, key.value),
+        }),
+        (None, None) => None,
+        (Some(given), None) | (None, Some(given)) => {
+            let problem = Problem::new(
+                given.span,
+                "`tls_cert` and `tls_key` go together: the certificate (PEM, the chain) and its private key (PEM)",
+            );
+            problems.push(problem.help(
+                "give both, or neither and the controller makes a self-signed certificate in its state directory",
+            ));
+            None
+        }
     }
 }
 

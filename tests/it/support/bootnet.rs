@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 /// The controller's address on the boot network inside the test namespace.
 pub const CONTROLLER_IP: &str = "10.99.0.1";
-pub const API_PORT: u16 = 5240;
+/// The boot listener's port (plain HTTP: scripts, images, the machine API) on that address.
+pub const BOOT_PORT: u16 = 5248;
+/// The operator API, on the namespace's loopback (the VMs never see it).
+pub const API_LISTEN: &str = "127.0.0.1:5240";
 
 /// A directory for one VM test's files (console, controller log, store, disk), kept for a look
 /// afterwards when `FLEET_NETBOOT_KEEP` is set.
@@ -45,7 +48,7 @@ pub fn ephemeral_fleet_file(directory: &Path, extra: &str) -> PathBuf {
     let text = format!(
         r#"[controller]
 tftp_listen = "{CONTROLLER_IP}:69"
-http_boot_url = "http://{CONTROLLER_IP}:{API_PORT}"
+http_boot_url = "http://{CONTROLLER_IP}:{BOOT_PORT}"
 loader_dir = "/usr/lib/ipxe"
 ephemeral_image = "ephemeral"
 dhcp_interfaces = ["br0"]
@@ -179,8 +182,8 @@ fn ipv6_raw_socket(interface: &str) -> Option<i32> {
     }
 }
 
-/// `fleet serve` inside a namespace (on the boot network: TFTP on 10.99.0.1:69, HTTP on
-/// 10.99.0.1:5240).
+/// `fleet serve` inside a namespace (on the boot network: TFTP on 10.99.0.1:69, boot HTTP on
+/// 10.99.0.1:5248; the operator API on the namespace's 127.0.0.1:5240).
 pub struct NamespacedController {
     pub child: Child,
     pub state_dir: PathBuf,
@@ -196,14 +199,15 @@ impl NamespacedController {
         directory: &Path,
         fleet_file: &Path,
     ) -> NamespacedController {
-        let listen = format!("{CONTROLLER_IP}:{API_PORT}");
-        Self::start_in(&network.namespace, &listen, directory, fleet_file)
+        let boot_listen = format!("{CONTROLLER_IP}:{BOOT_PORT}");
+        Self::start_in(&network.namespace, &boot_listen, directory, fleet_file)
     }
 
-    /// In `namespace`, its API on `listen`; the state directory is `directory/state`.
+    /// In `namespace`, its boot listener on `boot_listen` (its API on the namespace's
+    /// loopback); the state directory is `directory/state`.
     pub fn start_in(
         namespace: &NetNs,
-        listen: &str,
+        boot_listen: &str,
         directory: &Path,
         fleet_file: &Path,
     ) -> NamespacedController {
@@ -211,7 +215,14 @@ impl NamespacedController {
         let log = directory.join("controller.log");
         let child = namespace
             .command(FLEET)
-            .args(["serve", "--listen", listen, "--state-dir"])
+            .args([
+                "serve",
+                "--listen",
+                API_LISTEN,
+                "--boot-listen",
+                boot_listen,
+            ])
+            .arg("--state-dir")
             .arg(&state_dir)
             .arg("-f")
             .arg(fleet_file)
@@ -247,7 +258,7 @@ impl NamespacedController {
     }
 
     /// `fleet ARGS` in the controller's namespace, against it (the state directory gives the
-    /// address and the operator token).
+    /// address, the certificate's fingerprint and the operator token).
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         std::process::Command::new("ip")
             .args(["netns", "exec", &self.namespace, FLEET])

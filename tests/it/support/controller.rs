@@ -1,5 +1,5 @@
-//! A real controller for tests: the `fleet` binary started with `serve` on port 0 and its own
-//! state directory, killed when dropped; and a way to run the CLI against it.
+//! A real controller for tests: the `fleet` binary started with `serve` with both listeners on
+//! port 0 and its own state directory, killed when dropped; and a way to run the CLI against it.
 
 use fleet::store::Store;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,10 @@ pub const FLEET: &str = env!("CARGO_BIN_EXE_fleet");
 
 pub struct TestController {
     pub child: Child,
+    /// The boot listener (plain HTTP): iPXE scripts, images, the machine API.
     pub url: String,
+    /// The operator API (HTTPS, the certificate in `state_dir/tls/cert.pem`).
+    pub api_url: String,
     pub token: String,
     pub state_dir: PathBuf,
     pub database: String,
@@ -31,10 +34,16 @@ impl TestController {
 
     /// A controller on `state_dir` (kept by the caller), with extra `serve` arguments.
     pub fn start_in(state_dir: &Path, extra: &[&str]) -> TestController {
+        Self::start_listening(state_dir, "127.0.0.1:0", extra)
+    }
+
+    /// A controller on `state_dir` with its operator API on `listen`.
+    pub fn start_listening(state_dir: &Path, listen: &str, extra: &[&str]) -> TestController {
         let url_file = state_dir.join("api-url");
         let _ = std::fs::remove_file(&url_file);
         let child = Command::new(FLEET)
-            .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+            .args(["serve", "--listen", listen, "--boot-listen", "127.0.0.1:0"])
+            .arg("--state-dir")
             .arg(state_dir)
             .args(extra)
             .stdin(Stdio::null())
@@ -42,12 +51,15 @@ impl TestController {
             .stderr(Stdio::piped())
             .spawn()
             .expect("fleet serve starts");
-        let url = wait_for_file(&url_file, Duration::from_secs(30));
+        let api_url = wait_for_file(&url_file, Duration::from_secs(30));
+        // Written before api-url.
+        let url = wait_for_file(&state_dir.join("boot-url"), Duration::from_secs(1));
         // A controller joining a database another one made tokens in writes no token file.
         let token = std::fs::read_to_string(state_dir.join("operator-token")).unwrap_or_default();
         TestController {
             child,
             url,
+            api_url,
             token: token.trim().to_string(),
             state_dir: state_dir.to_path_buf(),
             database: format!("sqlite://{}", state_dir.join("fleet.db").display()),
@@ -55,14 +67,19 @@ impl TestController {
         }
     }
 
-    /// Runs `fleet ARGS` against this controller.
+    /// Runs `fleet ARGS` against this controller (its state directory pins its certificate).
     pub fn fleet(&self, args: &[&str]) -> Output {
         Command::new(FLEET)
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .arg("--server")
+            .arg(&self.api_url)
             .args(args)
             .env_remove("FLEET_SERVER")
             .env_remove("FLEET_TOKEN")
+            .env_remove("FLEET_TLS_FINGERPRINT")
+            // Never the real ~/.config/fleet/known_controllers.
+            .env("XDG_CONFIG_HOME", self.state_dir.join("client-config"))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .output()
@@ -92,12 +109,26 @@ impl TestController {
             .unwrap();
     }
 
+    /// A client of the operator API that trusts this controller's certificate only.
     pub fn http(&self) -> Api {
         Api {
-            client: reqwest::Client::new(),
-            url: self.url.clone(),
+            client: self.pinned_client(),
+            url: self.api_url.clone(),
             token: self.token.clone(),
         }
+    }
+
+    /// A reqwest client whose only authority is the certificate the controller made.
+    pub fn pinned_client(&self) -> reqwest::Client {
+        pinned_client(&self.state_dir)
+    }
+
+    /// The API certificate's fingerprint as the controller wrote it (`SHA256:...`).
+    pub fn fingerprint(&self) -> String {
+        std::fs::read_to_string(self.state_dir.join("api-fingerprint"))
+            .expect("the controller wrote its fingerprint")
+            .trim()
+            .to_string()
     }
 
     /// `fleet machine show NAME --json`'s power (`"on"`, `"off"`, `"error"` ...).
@@ -151,6 +182,19 @@ impl Drop for TestController {
     }
 }
 
+/// A reqwest client whose only authority is the certificate the controller of `state_dir` made
+/// (self-signed, for 127.0.0.1 among others).
+pub fn pinned_client(state_dir: &Path) -> reqwest::Client {
+    let pem = std::fs::read(state_dir.join("tls").join("cert.pem"))
+        .expect("the controller's certificate");
+    let certificate = reqwest::Certificate::from_pem(&pem).expect("a PEM certificate");
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(certificate)
+        .build()
+        .expect("a client")
+}
+
 fn wait_for_file(path: &Path, limit: Duration) -> String {
     let deadline = Instant::now() + limit;
     loop {
@@ -168,7 +212,7 @@ fn wait_for_file(path: &Path, limit: Duration) -> String {
     }
 }
 
-/// A small JSON client for the operator API.
+/// A small JSON client for the operator API (`url` is its https:// address).
 #[derive(Clone)]
 pub struct Api {
     pub client: reqwest::Client,
