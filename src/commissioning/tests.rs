@@ -1127,14 +1127,14 @@ fn one_answer_server(body: &'static str) -> (String, std::thread::JoinHandle<Str
 
 #[test]
 fn network_test_passes_when_the_controller_answers() {
-    let (url, server) = one_answer_server("{\"version\":\"0.1.0\"}");
+    let (url, server) = one_answer_server("#!/bin/sh\n");
     let run = Sandbox::new().run("fleet-network", &[("FLEET_URL", &url)]);
     let request = server.join().unwrap();
-    assert!(request.starts_with("GET /api/v1/version "), "{request}");
+    assert!(request.starts_with("GET /scripts/fleet-runner.sh "), "{request}");
     assert_eq!(run.exit_code, Some(0), "{}{}", run.stdout, run.stderr);
     let results = run.results.unwrap();
     assert_eq!(results["answered"], true);
-    assert_eq!(results["answer"], "{\"version\":\"0.1.0\"}");
+    assert_eq!(results["answer"], "10 bytes of fleet-runner.sh");
     assert_eq!(results["interface"], "lo");
     assert_eq!(results["address"], "127.0.0.1");
 }

@@ -1,7 +1,8 @@
 #!/bin/sh
 # fleet built-in test fleet-network: the controller answers over the network. Fetches
-# $FLEET_URL/api/v1/version (wget, else curl; at most 20 s) and reports the interface and
-# address that reach the controller.
+# $FLEET_URL/scripts/fleet-runner.sh from the boot listener, as every ephemeral boot does (wget,
+# else curl; at most 20 s), and reports the interface and address that reach the controller.
+# (The operator API, /api/v1, is on another listener, over TLS: machines never reach it.)
 # Writes {"url", "answered", "interface", "address", "answer"} to $FLEET_RESULTS.
 url=${FLEET_URL:-}
 if [ -z "$url" ]; then
@@ -45,9 +46,9 @@ echo "controller $host is reached through ${interface:-an unknown interface} fro
 
 answered=false
 answer=
-if fetch "$url/api/v1/version" "$work/answer"; then
+if fetch "$url/scripts/fleet-runner.sh" "$work/answer"; then
   answered=true
-  answer=$(head -c 400 "$work/answer")
+  answer="$(wc -c <"$work/answer" | tr -d ' ') bytes of fleet-runner.sh"
   echo "controller answered: $answer"
 else
   echo "controller at $url does NOT answer: $(tail -n 1 "$work/error")"
