@@ -6,7 +6,9 @@
 
 use super::ApiState;
 use crate::model::MacAddr;
-use crate::services::machine_api::enlist::{enlist, EnlistBody, Enlisted, PasswordKept};
+use crate::services::machine_api::enlist::{
+    enlist, EnlistBody, EnlistRequest, Enlisted, PasswordKept,
+};
 use crate::services::machine_api::rules::{is_plain_name, ScriptReport, ScriptStatus};
 use crate::services::machine_api::{self, MachineApiError, Verdict};
 use crate::services::token::tokens_match;
@@ -136,17 +138,10 @@ fn single_line(text: &str) -> String {
 
 type Answer = Result<Response, MachineApiResponse>;
 
-/// A JSON body, or a 400 that says what `what` should have looked like.
-fn json_body<T: serde::de::DeserializeOwned>(
-    what: &str,
-    body: &[u8],
-) -> Result<T, MachineApiResponse> {
-    serde_json::from_slice(body).map_err(|error| {
-        MachineApiResponse::error(
-            StatusCode::BAD_REQUEST,
-            format!("the {what} is not valid JSON of the expected shape: {error}"),
-        )
-    })
+/// A JSON body, or the reason for a 400 that says what `what` should have looked like.
+fn json_body<T: serde::de::DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body)
+        .map_err(|error| format!("the {what} is not valid JSON of the expected shape: {error}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -179,10 +174,16 @@ async fn known(State(state): State<ApiState>, RawQuery(query): RawQuery) -> Answ
     Ok(text(StatusCode::OK, "unknown\n"))
 }
 
-async fn enlist_machine(State(state): State<ApiState>, body: Bytes) -> Answer {
-    let request = serde_json::from_slice::<EnlistBody>(&body)
+/// An enlistment body as the handler reads it, or the reason for its 400 (public for the fuzz
+/// tests).
+pub fn decode_enlist(body: &[u8]) -> Result<EnlistRequest, String> {
+    serde_json::from_slice::<EnlistBody>(body)
         .map_err(|error| format!("the enlistment is not valid JSON of the expected shape: {error}"))
         .and_then(EnlistBody::check)
+}
+
+async fn enlist_machine(State(state): State<ApiState>, body: Bytes) -> Answer {
+    let request = decode_enlist(&body)
         .map_err(|reason| MachineApiResponse::error(StatusCode::BAD_REQUEST, reason))?;
     let secrets_dir = state.machine_api.current().secrets_dir();
     let (enlisted, password) = enlist(&state.store, &request, secrets_dir.as_deref()).await?;
@@ -417,6 +418,13 @@ fn decode_b64(field: &str, text: &str) -> Result<Vec<u8>, String> {
         .map_err(|error| format!("`{field}` is not base64: {error}"))
 }
 
+/// A result body as the handler reads it, or the reason for its 400 (public for the fuzz tests).
+pub fn decode_result(body: &[u8]) -> Result<ScriptReport, String> {
+    serde_json::from_slice::<ResultBody>(body)
+        .map_err(|error| format!("the result is not valid JSON of the expected shape: {error}"))
+        .and_then(ResultBody::decode)
+}
+
 async fn results(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -424,9 +432,7 @@ async fn results(
     body: Bytes,
 ) -> Answer {
     let record = authorize(&state, &name, &headers).await?;
-    let report = serde_json::from_slice::<ResultBody>(&body)
-        .map_err(|error| format!("the result is not valid JSON of the expected shape: {error}"))
-        .and_then(ResultBody::decode)
+    let report = decode_result(&body)
         .map_err(|reason| MachineApiResponse::error(StatusCode::BAD_REQUEST, reason))?;
     let verdict = machine_api::report_script(
         &state.store,
@@ -444,6 +450,16 @@ struct HeartbeatBody {
     stage: Option<String>,
 }
 
+/// A heartbeat body (empty, or JSON with an optional `stage`) as the handler reads it: the
+/// stage, or the reason for its 400 (public for the fuzz tests).
+pub fn decode_heartbeat(body: &[u8]) -> Result<Option<String>, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let beat: HeartbeatBody = json_body("heartbeat", body)?;
+    Ok(beat.stage)
+}
+
 async fn heartbeat(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -451,12 +467,9 @@ async fn heartbeat(
     body: Bytes,
 ) -> Answer {
     let record = authorize(&state, &name, &headers).await?;
-    let beat: HeartbeatBody = if body.iter().all(u8::is_ascii_whitespace) {
-        HeartbeatBody::default()
-    } else {
-        json_body("heartbeat", &body)?
-    };
-    let verdict = machine_api::heartbeat(&state.store, &record, beat.stage.as_deref()).await?;
+    let stage = decode_heartbeat(&body)
+        .map_err(|reason| MachineApiResponse::error(StatusCode::BAD_REQUEST, reason))?;
+    let verdict = machine_api::heartbeat(&state.store, &record, stage.as_deref()).await?;
     Ok(text(StatusCode::OK, verdict.as_line()))
 }
 
@@ -468,6 +481,18 @@ struct SignalBody {
     reason: Option<String>,
 }
 
+/// A signal body as the handler reads it: the run and, for `failed`, the reason; or the reason
+/// for its 400 (public for the fuzz tests).
+pub fn decode_signal(body: &[u8]) -> Result<(String, Option<String>), String> {
+    let signal: SignalBody = json_body("signal", body)?;
+    let failure = match signal.result.as_str() {
+        "ok" => None,
+        "failed" => Some(signal.reason.unwrap_or_else(|| "no reason given".into())),
+        other => return Err(format!("`result` {other:?} is not ok or failed")),
+    };
+    Ok((signal.run, failure))
+}
+
 async fn signal(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -475,22 +500,13 @@ async fn signal(
     body: Bytes,
 ) -> Answer {
     let record = authorize(&state, &name, &headers).await?;
-    let signal: SignalBody = json_body("signal", &body)?;
-    let failure = match signal.result.as_str() {
-        "ok" => None,
-        "failed" => Some(signal.reason.unwrap_or_else(|| "no reason given".into())),
-        other => {
-            return Err(MachineApiResponse::error(
-                StatusCode::BAD_REQUEST,
-                format!("`result` {other:?} is not ok or failed"),
-            ))
-        }
-    };
+    let (run, failure) = decode_signal(&body)
+        .map_err(|reason| MachineApiResponse::error(StatusCode::BAD_REQUEST, reason))?;
     let after = machine_api::signal(
         &state.store,
         &state.drivers,
         &record,
-        &signal.run,
+        &run,
         failure.as_deref(),
     )
     .await?;

@@ -11,6 +11,8 @@ mod plans;
 pub mod views;
 
 pub use error::ApiError;
+/// The machine API's body decoders, for the fuzz tests (`tests/it/fuzz.rs`).
+pub use metadata::{decode_enlist, decode_heartbeat, decode_result, decode_signal};
 
 use crate::power::PowerDrivers;
 use crate::services::token::tokens_match;

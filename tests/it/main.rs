@@ -10,6 +10,7 @@ mod dhcp;
 mod enlist;
 mod enlist_bmc;
 mod events_api;
+mod fuzz;
 mod layers;
 mod lifecycle;
 mod machine_api;
