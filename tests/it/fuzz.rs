@@ -116,12 +116,18 @@ impl Watchdog {
         }
     }
 
-    fn case(&self, input: Box<dyn Debug + Send>) {
+    /// Watches one case until the guard is dropped (also when the case panics).
+    fn case(&self, input: Box<dyn Debug + Send>) -> CaseGuard<'_> {
         *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), input));
+        CaseGuard(&self.running)
     }
+}
 
-    fn done(&self) {
-        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = None;
+struct CaseGuard<'a>(&'a Running);
+
+impl Drop for CaseGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 
@@ -163,11 +169,11 @@ fn fuzz<S>(
     let started = Instant::now();
     let result = runner.run(&strategy, |input| {
         executed.fetch_add(1, Ordering::Relaxed);
-        watchdog.case(Box::new(input.clone()));
+        let watched = watchdog.case(Box::new(input.clone()));
         let cpu_before = thread_cpu_time();
         let outcome = check(&input);
         let cpu = thread_cpu_time().saturating_sub(cpu_before);
-        watchdog.done();
+        drop(watched);
         outcome?;
         let mut slowest = slowest.lock().unwrap_or_else(|p| p.into_inner());
         *slowest = (*slowest).max(cpu);
