@@ -14,7 +14,9 @@
 use super::ApiState;
 use crate::model::MacAddr;
 use crate::services::machine_api::credentials::{self, Authorized, CredentialError, Exchanged};
-use crate::services::machine_api::enlist::{enlist, EnlistBody, Enlisted, PasswordKept};
+use crate::services::machine_api::enlist::{
+    enlist, EnlistBody, EnlistRequest, Enlisted, PasswordKept,
+};
 use crate::services::machine_api::rules::{is_plain_name, ScriptReport, ScriptStatus};
 use crate::services::machine_api::{self, MachineApiError, Verdict};
 use crate::store::MachineRecord;
@@ -147,17 +149,10 @@ fn single_line(text: &str) -> String {
 
 type Answer = Result<Response, MachineApiResponse>;
 
-/// A JSON body, or a 400 that says what `what` should have looked like.
-fn json_body<T: serde::de::DeserializeOwned>(
-    what: &str,
-    body: &[u8],
-) -> Result<T, MachineApiResponse> {
-    serde_json::from_slice(body).map_err(|error| {
-        MachineApiResponse::error(
-            StatusCode::BAD_REQUEST,
-            format!("the {what} is not valid JSON of the expected shape: {error}"),
-        )
-    })
+/// A JSON body, or the reason for a 400 that says what `what` should have looked like.
+fn json_body<T: serde::de::DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body)
+        .map_err(|error| format!("the {what} is not valid JSON of the expected shape: {error}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -199,6 +194,14 @@ fn source(connection: &Option<Extension<ConnectInfo<std::net::SocketAddr>>>) -> 
         .unwrap_or_else(|| "an unknown address".to_string())
 }
 
+/// An enlistment body as the handler reads it, or the reason for its 400 (public for the fuzz
+/// tests).
+pub fn decode_enlist(body: &[u8]) -> Result<EnlistRequest, String> {
+    serde_json::from_slice::<EnlistBody>(body)
+        .map_err(|error| format!("the enlistment is not valid JSON of the expected shape: {error}"))
+        .and_then(EnlistBody::check)
+}
+
 /// Anonymous. A record it creates is the caller's own: 201 with the first run's token. Any other
 /// outcome gives no credential: 200 `known` and what to do `after` (see [`matched_by_bmc`]).
 async fn enlist_machine(
@@ -206,9 +209,7 @@ async fn enlist_machine(
     connection: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
     body: Bytes,
 ) -> Answer {
-    let request = serde_json::from_slice::<EnlistBody>(&body)
-        .map_err(|error| format!("the enlistment is not valid JSON of the expected shape: {error}"))
-        .and_then(EnlistBody::check)
+    let request = decode_enlist(&body)
         .map_err(|reason| MachineApiResponse::error(StatusCode::BAD_REQUEST, reason))?;
     let settings = state.machine_api.current();
     let secrets_dir = settings.secrets_dir();
@@ -406,7 +407,8 @@ async fn exchange(
     body: Bytes,
 ) -> Answer {
     check_name(&name)?;
-    let exchange: ExchangeBody = json_body("exchange", &body)?;
+    let exchange: ExchangeBody = json_body("exchange", &body)
+        .map_err(|reason| MachineApiResponse::error(StatusCode::BAD_REQUEST, reason))?;
     let from = source(&connection);
     let settings = state.machine_api.current();
     let exchanged =
@@ -630,6 +632,13 @@ fn decode_b64(field: &str, text: &str) -> Result<Vec<u8>, String> {
         .map_err(|error| format!("`{field}` is not base64: {error}"))
 }
 
+/// A result body as the handler reads it, or the reason for its 400 (public for the fuzz tests).
+pub fn decode_result(body: &[u8]) -> Result<ScriptReport, String> {
+    serde_json::from_slice::<ResultBody>(body)
+        .map_err(|error| format!("the result is not valid JSON of the expected shape: {error}"))
+        .and_then(ResultBody::decode)
+}
+
 async fn results(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -637,9 +646,7 @@ async fn results(
     body: Bytes,
 ) -> Answer {
     let run = authorize(&state, &name, &headers).await?;
-    let report = serde_json::from_slice::<ResultBody>(&body)
-        .map_err(|error| format!("the result is not valid JSON of the expected shape: {error}"))
-        .and_then(ResultBody::decode)
+    let report = decode_result(&body)
         .map_err(|reason| MachineApiResponse::error(StatusCode::BAD_REQUEST, reason))?;
     let verdict = machine_api::report_script(
         &state.store,
@@ -657,6 +664,16 @@ struct HeartbeatBody {
     stage: Option<String>,
 }
 
+/// A heartbeat body (empty, or JSON with an optional `stage`) as the handler reads it: the
+/// stage, or the reason for its 400 (public for the fuzz tests).
+pub fn decode_heartbeat(body: &[u8]) -> Result<Option<String>, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let beat: HeartbeatBody = json_body("heartbeat", body)?;
+    Ok(beat.stage)
+}
+
 async fn heartbeat(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -664,12 +681,9 @@ async fn heartbeat(
     body: Bytes,
 ) -> Answer {
     let run = authorize(&state, &name, &headers).await?;
-    let beat: HeartbeatBody = if body.iter().all(u8::is_ascii_whitespace) {
-        HeartbeatBody::default()
-    } else {
-        json_body("heartbeat", &body)?
-    };
-    let verdict = machine_api::heartbeat(&state.store, &run, beat.stage.as_deref()).await?;
+    let stage = decode_heartbeat(&body)
+        .map_err(|reason| MachineApiResponse::error(StatusCode::BAD_REQUEST, reason))?;
+    let verdict = machine_api::heartbeat(&state.store, &run, stage.as_deref()).await?;
     Ok(text(StatusCode::OK, verdict.as_line()))
 }
 
@@ -681,6 +695,18 @@ struct SignalBody {
     reason: Option<String>,
 }
 
+/// A signal body as the handler reads it: the run and, for `failed`, the reason; or the reason
+/// for its 400 (public for the fuzz tests).
+pub fn decode_signal(body: &[u8]) -> Result<(String, Option<String>), String> {
+    let signal: SignalBody = json_body("signal", body)?;
+    let failure = match signal.result.as_str() {
+        "ok" => None,
+        "failed" => Some(signal.reason.unwrap_or_else(|| "no reason given".into())),
+        other => return Err(format!("`result` {other:?} is not ok or failed")),
+    };
+    Ok((signal.run, failure))
+}
+
 async fn signal(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -688,22 +714,13 @@ async fn signal(
     body: Bytes,
 ) -> Answer {
     let run = authorize(&state, &name, &headers).await?;
-    let signal: SignalBody = json_body("signal", &body)?;
-    let failure = match signal.result.as_str() {
-        "ok" => None,
-        "failed" => Some(signal.reason.unwrap_or_else(|| "no reason given".into())),
-        other => {
-            return Err(MachineApiResponse::error(
-                StatusCode::BAD_REQUEST,
-                format!("`result` {other:?} is not ok or failed"),
-            ))
-        }
-    };
+    let (signalled_run, failure) = decode_signal(&body)
+        .map_err(|reason| MachineApiResponse::error(StatusCode::BAD_REQUEST, reason))?;
     let after = machine_api::signal(
         &state.store,
         &state.drivers,
         &run,
-        &signal.run,
+        &signalled_run,
         failure.as_deref(),
     )
     .await?;

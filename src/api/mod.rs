@@ -17,6 +17,8 @@ mod tokens;
 pub mod views;
 
 pub use error::ApiError;
+/// The machine API's body decoders, for the fuzz tests (`tests/it/fuzz.rs`).
+pub use metadata::{decode_enlist, decode_heartbeat, decode_result, decode_signal};
 
 use crate::model::rfc3339;
 use crate::power::PowerDrivers;

@@ -1130,7 +1130,10 @@ fn network_test_passes_when_the_controller_answers() {
     let (url, server) = one_answer_server("#!/bin/sh\n");
     let run = Sandbox::new().run("fleet-network", &[("FLEET_URL", &url)]);
     let request = server.join().unwrap();
-    assert!(request.starts_with("GET /scripts/fleet-runner.sh "), "{request}");
+    assert!(
+        request.starts_with("GET /scripts/fleet-runner.sh "),
+        "{request}"
+    );
     assert_eq!(run.exit_code, Some(0), "{}{}", run.stdout, run.stderr);
     let results = run.results.unwrap();
     assert_eq!(results["answered"], true);

@@ -59,6 +59,21 @@ impl SourceFile {
         (line + 1, column + 1)
     }
 
+    /// `start..end` inside the text and widened to whole characters: a parser may point at the
+    /// first byte of a character that takes several (found by the fuzz tests, `tests/it/fuzz.rs`).
+    fn whole_characters(&self, start: usize, end: usize) -> std::ops::Range<usize> {
+        let text = &self.text;
+        let mut start = start.min(text.len());
+        let mut end = end.clamp(start, text.len());
+        while !text.is_char_boundary(start) {
+            start -= 1;
+        }
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        start..end
+    }
+
     /// Byte offset just past the end of a line (after its newline), or the end of the text.
     fn line_end(&self, line: usize) -> usize {
         self.line_starts()
@@ -264,16 +279,18 @@ fn unplaced_diagnostic((file, message): (PathBuf, String)) -> Diagnostic {
 fn place(problem: Problem, sources: &[SourceFile]) -> Diagnostic {
     let index = problem.span.file as usize;
     let file = &sources[index];
-    let (line, column) = file.line_column(problem.span.start as usize);
+    let span = file.whole_characters(problem.span.start as usize, problem.span.end as usize);
+    let (line, column) = file.line_column(span.start);
     let related = problem.related.map(|(span, note)| {
         let other = &sources[span.file as usize];
-        let (line, column) = other.line_column(span.start as usize);
+        let span = other.whole_characters(span.start as usize, span.end as usize);
+        let (line, column) = other.line_column(span.start);
         RelatedLocation {
             file: other.path.clone(),
             line,
             column,
             note,
-            span: span.start as usize..span.end as usize,
+            span,
         }
     });
     Diagnostic {
@@ -283,7 +300,7 @@ fn place(problem: Problem, sources: &[SourceFile]) -> Diagnostic {
         message: problem.message,
         help: problem.help,
         related,
-        span: problem.span.start as usize..problem.span.end as usize,
+        span,
         source: Some(index),
     }
 }

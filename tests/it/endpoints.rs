@@ -54,8 +54,6 @@ const fn endpoint(
 use Listener::{Api, Boot};
 use Who::{Admin, Anonymous, Machine, OneShotSecret, Reader};
 
-const RATE_LIMITED: &str = "rate-limited per source address; at most one event per kind a minute";
-
 /// Every endpoint of the controller.
 const ENDPOINTS: &[Endpoint] = &[
     endpoint(Api, "GET", "/api/v1/version", Anonymous("name, version, store kind and power types only")),

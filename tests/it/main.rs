@@ -12,6 +12,7 @@ mod endpoints;
 mod enlist;
 mod enlist_bmc;
 mod events_api;
+mod fuzz;
 mod layers;
 mod lifecycle;
 mod machine_api;

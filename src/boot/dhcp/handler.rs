@@ -111,27 +111,49 @@ pub fn decode_request(datagram: &[u8]) -> Option<Message> {
 
 /// Walks the options (code, length, value) with bounds checks, and refuses the lengths that
 /// dhcproto 0.14 asserts on rather than reporting (rapid commit, client FQDN, client network
-/// interface, bulk leasequery).
-fn options_are_sane(mut options: &[u8]) -> bool {
+/// interface, bulk leasequery). dhcproto first joins consecutive options of one code into one
+/// (RFC 3396 long options), so the length checked is the whole run's: two option-94s of 3 bytes
+/// each are read as one of 6, which it asserted on until this counted runs (found by
+/// tests/it/fuzz.rs). Public so that the fuzz tests can check that dhcproto never panics on
+/// options that pass it (the `catch_unwind` above is the second line, not the first).
+pub fn options_are_sane(mut options: &[u8]) -> bool {
     const PAD: u8 = 0;
     const END: u8 = 255;
+    let run_is_sane =
+        |run: Option<(u8, usize)>| run.is_none_or(|(code, length)| length_is_sane(code, length));
+    // The run being read: its code and the total length of its values.
+    let mut run: Option<(u8, usize)> = None;
     while let Some((&code, rest)) = options.split_first() {
         match code {
-            PAD => options = rest,
-            END => return true,
+            PAD => {
+                if !run_is_sane(run.take()) {
+                    return false;
+                }
+                options = rest;
+            }
+            END => break,
             _ => {
                 let Some((&length, rest)) = rest.split_first() else {
                     return false;
                 };
                 let length = usize::from(length);
-                if rest.len() < length || !length_is_sane(code, length) {
+                if rest.len() < length {
                     return false;
                 }
+                run = match run {
+                    Some((same, total)) if same == code => Some((code, total + length)),
+                    finished => {
+                        if !run_is_sane(finished) {
+                            return false;
+                        }
+                        Some((code, length))
+                    }
+                };
                 options = &rest[length..];
             }
         }
     }
-    true
+    run_is_sane(run)
 }
 
 fn length_is_sane(code: u8, length: usize) -> bool {

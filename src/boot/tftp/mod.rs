@@ -15,11 +15,11 @@
 pub mod controller;
 mod files;
 mod options;
-mod packet;
+pub mod packet;
 mod transfer;
 
 pub use files::{publish_loader_directory, relative_path, GeneratedFiles, RefusedPath};
-pub use options::{Limits, DEFAULT_BLOCK_SIZE, LARGEST_BLOCK_SIZE};
+pub use options::{negotiate, Limits, Negotiated, DEFAULT_BLOCK_SIZE, LARGEST_BLOCK_SIZE};
 pub use transfer::{TransferCounters, TransferOutcome};
 
 use packet::ErrorCode;

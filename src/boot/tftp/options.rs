@@ -39,6 +39,8 @@ pub struct Negotiated {
     pub accepted: Vec<(&'static str, String)>,
 }
 
+const KNOWN_OPTIONS: [&str; 4] = ["blksize", "tsize", "timeout", "windowsize"];
+
 /// Decides the transfer's parameters from the client's options and the file's size.
 pub fn negotiate(requested: &[(String, String)], file_size: u64, limits: &Limits) -> Negotiated {
     let mut negotiated = Negotiated {
@@ -47,7 +49,18 @@ pub fn negotiate(requested: &[(String, String)], file_size: u64, limits: &Limits
         timeout: limits.default_timeout,
         accepted: Vec::new(),
     };
+    let mut seen: Vec<&str> = Vec::with_capacity(KNOWN_OPTIONS.len());
     for (name, value) in requested {
+        // A repeated option counts once, the first time: confirming it twice in the OACK, with
+        // the transfer using the last value, left the client guessing (found by
+        // tests/it/fuzz.rs). Only the few known names are remembered, so a request packed with
+        // thousands of options costs no more than reading it.
+        if KNOWN_OPTIONS.contains(&name.as_str()) {
+            if seen.contains(&name.as_str()) {
+                continue;
+            }
+            seen.push(name);
+        }
         let Ok(number) = value.trim().parse::<u64>() else {
             continue;
         };
@@ -107,6 +120,26 @@ mod tests {
                 ("tsize", "1048576".to_string()),
                 ("blksize", "1468".to_string()),
                 ("windowsize", "4".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_repeated_option_is_confirmed_once_with_the_value_used() {
+        let requested = options(&[
+            ("timeout", "1"),
+            ("blksize", "1468"),
+            ("timeout", "8"),
+            ("blksize", "512"),
+        ]);
+        let negotiated = negotiate(&requested, 0, &Limits::default());
+        assert_eq!(negotiated.timeout, Duration::from_secs(1));
+        assert_eq!(negotiated.block_size, 1468);
+        assert_eq!(
+            negotiated.accepted,
+            vec![
+                ("timeout", "1".to_string()),
+                ("blksize", "1468".to_string())
             ]
         );
     }
