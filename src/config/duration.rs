@@ -3,6 +3,10 @@
 //! humantime reads the strings; this module keeps fleet's rules on top (whole numbers, whole
 //! seconds, no `M` for months) and says in fleet's words what is wrong.
 
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde_json::Value;
+use std::borrow::Cow;
+
 /// Why a duration string was not understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{text}` is not a duration: {why} (write e.g. \"90s\", \"5m\", \"1h30m\", or a whole number of minutes)")]
@@ -44,6 +48,45 @@ pub fn parse_duration_seconds(text: &str) -> Result<u64, DurationError> {
         return Err(error("it is not a whole number of seconds"));
     }
     Ok(duration.as_secs())
+}
+
+/// How a duration that is kept in seconds is written, for the schema of such fields
+/// (`#[schemars(with = "WrittenDuration")]`): whole minutes, or a string with units.
+pub struct WrittenDuration;
+
+impl JsonSchema for WrittenDuration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "Whole minutes, or a duration such as \"90s\", \"5m\", \"1h30m\" (units s, m, h, d, w, in whole numbers); at least 1 second.",
+            "anyOf": [
+                { "type": "integer", "minimum": 1 },
+                { "type": "string", "pattern": r"^\s*([0-9]+\s*[a-z]+\s*)+$" }
+            ]
+        })
+    }
+}
+
+/// For `#[schemars(transform = ...)]` on a type that keeps durations in seconds: their schema
+/// defaults (from the type's `Default`, in seconds) written as the file gives them, whole
+/// minutes when they are, else `"Ns"`.
+pub fn defaults_as_written(schema: &mut Schema) {
+    let properties = schema.get_mut("properties").and_then(Value::as_object_mut);
+    for property in properties.into_iter().flat_map(|map| map.values_mut()) {
+        let is_duration = property["$ref"]
+            .as_str()
+            .is_some_and(|reference| reference.ends_with("/Duration"));
+        let Some(seconds) = property["default"].as_u64().filter(|_| is_duration) else {
+            continue;
+        };
+        property["default"] = match seconds % 60 {
+            0 => Value::from(seconds / 60),
+            _ => Value::from(format!("{seconds}s")),
+        };
+    }
 }
 
 /// Kept here too, where the durations are read.

@@ -1,10 +1,17 @@
 //! The validated fleet: every value typed, every reference checked, defaults filled in.
 //!
 //! Nothing here holds a secret: power credentials are [`SecretRef`]s, resolved only at use time.
+//!
+//! The same types give `fleet schema` (`JsonSchema`): where a value is kept in another shape
+//! than it is written (sizes in bytes, durations in seconds, defaults filled in), a
+//! `#[schemars(...)]` attribute on the field says how it is written; doc comments become the
+//! descriptions, so write them for the operator.
 
-use super::size::SizeSpec;
+use super::duration::{defaults_as_written, WrittenDuration};
+use super::size::{AbsoluteSize, SizeSpec};
 use crate::model::{MacAddr, MachineName, PowerOffMode, Status};
 use ipnet::IpNet;
+use schemars::{JsonSchema, Schema};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -48,21 +55,26 @@ impl Fleet {
     }
 }
 
-/// `[controller]`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// `[controller]`: where the controller listens, keeps its state, and serves boot files.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[schemars(default, deny_unknown_fields)]
 pub struct ControllerSettings {
-    /// The operator API (HTTPS).
+    /// Address and port of the operator API (HTTPS).
     pub listen: SocketAddr,
-    /// The boot HTTP server: iPXE scripts, kernels, images and the machine API (plain HTTP:
-    /// firmware cannot do TLS).
+    /// Address and port of the boot HTTP server: iPXE scripts, kernels, images and the machine
+    /// API (plain HTTP: firmware cannot do TLS).
     pub boot_listen: SocketAddr,
-    /// The operator's certificate for the API; `None`: one the controller makes on first start.
+    /// The operator's certificate for the API (`tls_cert` and `tls_key`, both or neither);
+    /// without them, one the controller makes on its first start.
+    #[schemars(flatten)]
     pub tls: Option<OperatorCertificate>,
-    /// `sqlite://...` or `postgres://...`; `None` means a SQLite file in `state_dir`.
+    /// `sqlite://PATH` or `postgres://USER@HOST/DB`; without it, a SQLite file in `state_dir`.
     pub database: Option<String>,
+    /// Relative to the file that declares it.
     pub state_dir: PathBuf,
     pub tftp_listen: SocketAddr,
-    /// The URL booting machines use to reach this controller; `None`: derived from `boot_listen`.
+    /// The http:// URL booting machines reach this controller at; without it, derived from
+    /// `boot_listen`.
     pub http_boot_url: Option<String>,
     /// Where the iPXE first-stage loaders (undionly.kpxe, ipxe.efi...) are.
     pub loader_dir: PathBuf,
@@ -73,9 +85,13 @@ pub struct ControllerSettings {
 }
 
 /// `[controller] tls_cert` and `tls_key`: PEM files (the certificate chain, then its key).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 pub struct OperatorCertificate {
+    /// The API's certificate chain (PEM), relative to the file that declares it.
+    #[schemars(rename = "tls_cert")]
     pub cert: PathBuf,
+    /// Its private key (PEM).
+    #[schemars(rename = "tls_key")]
     pub key: PathBuf,
 }
 
@@ -109,12 +125,19 @@ impl ControllerSettings {
     }
 }
 
-/// `[subnets.NAME]`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// `[subnets.NAME]`: a network machines boot on and take static addresses from.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Subnet {
+    /// The table's name.
+    #[schemars(skip)]
     pub name: String,
+    /// The network address and prefix length, such as "10.0.0.0/24" (no host bits).
+    #[schemars(schema_with = "Subnet::cidr_schema")]
     pub cidr: IpNet,
+    /// Inside the subnet.
     pub gateway: Option<IpAddr>,
+    #[schemars(default)]
     pub dns: Vec<IpAddr>,
     pub domain: Option<String>,
     /// The controller interface this subnet is served on, when it cannot be inferred.
@@ -122,14 +145,35 @@ pub struct Subnet {
     /// Addresses handed to booting (enlisting, commissioning) machines.
     pub dynamic_range: Option<IpRange>,
     /// Never handed out by the controller.
+    #[schemars(default)]
     pub reserved: Vec<ReservedRange>,
+    /// The DHCP lease, in seconds.
+    #[schemars(default = "Subnet::default_lease_seconds", range(min = 60))]
     pub lease_seconds: u32,
     /// Answer PXE only, leaving address assignment to another DHCP server.
+    #[schemars(default)]
     pub proxy_dhcp: bool,
 }
 
-/// An inclusive range of addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+impl Subnet {
+    /// One hour, long enough for a commissioning run.
+    pub fn default_lease_seconds() -> u32 {
+        3600
+    }
+
+    /// A CIDR as written. Not ipnet's own schema (feature `schemars1`): its IPv6 pattern also
+    /// matches IPv4 networks, so its `oneOf` of the two refuses every IPv4 CIDR.
+    fn cidr_schema(_: &mut schemars::SchemaGenerator) -> Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": r"^[0-9A-Fa-f:.]+/[0-9]{1,3}$"
+        })
+    }
+}
+
+/// An inclusive range of addresses, inside the subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct IpRange {
     pub start: IpAddr,
     pub end: IpAddr,
@@ -145,14 +189,17 @@ impl IpRange {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct ReservedRange {
     #[serde(flatten)]
     pub range: IpRange,
     pub comment: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Arch {
     #[default]
@@ -180,9 +227,13 @@ impl Arch {
 }
 
 /// `[images.NAME]`: a boot kernel and initrd and/or an OS image to write to disk.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Image {
+    /// The table's name.
+    #[schemars(skip)]
     pub name: String,
+    #[schemars(default)]
     pub arch: Arch,
     pub os: Option<String>,
     pub release: Option<String>,
@@ -204,29 +255,40 @@ impl Image {
     }
 }
 
-/// Where a file comes from. Relative paths are resolved against the declaring file's directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Where a file comes from: written as `url` or `path`, one of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ArtifactLocation {
+    /// An http:// or https:// URL, downloaded and checked against `sha256`.
     Url(String),
+    /// A local file, relative to the file that declares it.
     Path(PathBuf),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A kernel or an initrd: `url` (with `sha256`) or `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Artifact {
+    #[schemars(flatten)]
     pub location: ArtifactLocation,
-    /// Lowercase hex; required for URLs (downloads are verified), optional for local paths.
+    /// 64 hex digits (kept lowercase); required with `url` (downloads are verified).
+    #[schemars(pattern(r"^[0-9A-Fa-f]{64}$"))]
     pub sha256: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The OS image written to disk on deployment: `url` (with `sha256`) or `path`, and `format`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct RootImage {
+    #[schemars(flatten)]
     pub location: ArtifactLocation,
+    /// 64 hex digits (kept lowercase); required with `url` (downloads are verified).
+    #[schemars(pattern(r"^[0-9A-Fa-f]{64}$"))]
     pub sha256: Option<String>,
     pub format: ImageFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ImageFormat {
     Tgz,
@@ -260,97 +322,152 @@ impl ImageFormat {
     }
 }
 
-/// `[storage_templates.NAME]`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// `[storage_templates.NAME]`: how the disks of a deployed machine are laid out.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct StorageTemplate {
+    /// The table's name.
+    #[schemars(skip)]
     pub name: String,
     #[serde(flatten)]
     pub layout: StorageLayout,
-    /// Bytes; at least 512 MiB.
+    /// At least 512 MiB (kept in bytes).
+    #[schemars(with = "Option<AbsoluteSize>")]
     pub efi_size: Option<u64>,
-    /// Bytes; at least 512 MiB.
+    /// At least 512 MiB (kept in bytes).
+    #[schemars(with = "Option<AbsoluteSize>")]
     pub boot_size: Option<u64>,
-    /// At least 3 GiB when absolute.
+    /// A percentage of the disk, or at least 3 GiB.
     pub root_size: Option<SizeSpec>,
-    /// e.g. `sda`, `/dev/disk/by-id/...`; `None`: the machine's boot disk.
+    /// e.g. `sda`, `/dev/disk/by-id/...`; without it, the machine's boot disk.
     pub root_device: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(tag = "layout", rename_all = "snake_case")]
 pub enum StorageLayout {
     Flat,
     Lvm {
+        #[schemars(default = "StorageLayout::default_vg_name")]
         vg_name: String,
+        #[schemars(default = "StorageLayout::default_lv_name")]
         lv_name: String,
+        /// The root logical volume: a share of the volume group, or at least 3 GiB.
         lv_size: Option<SizeSpec>,
     },
     Bcache {
+        /// The fast disk that caches the root disk, such as `nvme0n1`.
         cache_device: Option<String>,
+        #[schemars(default)]
         cache_mode: BcacheMode,
     },
+    /// The disks are left empty.
     Blank,
     /// A layout file the ephemeral environment applies as it is.
     Custom {
+        /// Relative to the file that declares it.
         file: PathBuf,
     },
 }
 
 impl StorageLayout {
     pub const NAMES: &'static [&'static str] = &["flat", "lvm", "bcache", "blank", "custom"];
+
+    pub fn default_vg_name() -> String {
+        "vgroot".to_string()
+    }
+
+    pub fn default_lv_name() -> String {
+        "lvroot".to_string()
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BcacheMode {
     Writeback,
+    #[default]
     Writethrough,
     Writearound,
 }
 
-/// `[network_templates.NAME]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// `[network_templates.NAME]`: a machine's interfaces and how each links.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct NetworkTemplate {
+    /// The table's name.
+    #[schemars(skip)]
     pub name: String,
     pub interfaces: Vec<InterfaceSpec>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// One interface of a network template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct InterfaceSpec {
     pub name: String,
     #[serde(flatten)]
     pub kind: InterfaceKind,
-    /// At least 552.
+    #[schemars(range(min = 552, max = 65535))]
     pub mtu: Option<u32>,
+    /// Default "auto" with a subnet, else "link_up".
+    #[schemars(with = "Option<LinkMode>")]
     pub link: LinkMode,
+    /// The subnet `auto` and `static` take the address from.
     pub subnet: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Written as `type` with the keys of that type; `type` may be left out for "physical".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[schemars(transform = InterfaceKind::physical_is_the_default)]
 pub enum InterfaceKind {
     Physical,
     Bond {
         members: Vec<String>,
+        #[schemars(default)]
         bond_mode: BondMode,
         miimon: Option<u32>,
+        /// 802.3ad only.
         lacp_rate: Option<LacpRate>,
+        #[schemars(extend("enum" = InterfaceKind::XMIT_HASH_POLICIES))]
         xmit_hash_policy: Option<String>,
     },
     Bridge {
         members: Vec<String>,
+        #[schemars(default)]
         stp: bool,
     },
     Vlan {
+        /// The interface it rides on.
         parent: String,
+        #[schemars(range(min = 1, max = 4094))]
         id: u16,
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+impl InterfaceKind {
+    pub const XMIT_HASH_POLICIES: &'static [&'static str] =
+        &["layer2", "layer2+3", "layer3+4", "encap2+3", "encap3+4"];
+
+    /// The schema's physical variant without `type` required (the reader's default).
+    fn physical_is_the_default(schema: &mut Schema) {
+        let variants = schema.get_mut("oneOf").and_then(|v| v.as_array_mut());
+        for variant in variants.into_iter().flatten() {
+            if variant["properties"]["type"]["const"] == "physical" {
+                if let Some(object) = variant.as_object_mut() {
+                    object.remove("required");
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, JsonSchema)]
 pub enum BondMode {
     #[serde(rename = "balance-rr")]
     BalanceRr,
+    #[default]
     #[serde(rename = "active-backup")]
     ActiveBackup,
     #[serde(rename = "balance-xor")]
@@ -393,14 +510,14 @@ impl BondMode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LacpRate {
     Fast,
     Slow,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkMode {
     /// A static address allocated by the controller from the subnet.
@@ -425,23 +542,36 @@ impl LinkMode {
 }
 
 /// `[profiles.NAME]`: what machines of one kind share.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Profile {
+    /// The table's name.
+    #[schemars(skip)]
     pub name: String,
+    /// A storage template.
     pub storage: Option<String>,
+    /// A network template.
     pub network: Option<String>,
     pub image: Option<String>,
     pub arch: Option<Arch>,
+    /// Lowercase letters, digits, `-`, `_` and `.`.
+    #[schemars(default, inner(pattern(r"^[a-z0-9._-]+$")))]
     pub tags: Vec<String>,
+    #[schemars(default)]
     pub expect: Expectations,
 }
 
 /// The hardware a machine must show when commissioned; less fails commissioning.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct Expectations {
+    #[schemars(range(min = 1))]
     pub min_cpus: Option<u32>,
+    #[schemars(rename = "min_memory", with = "Option<AbsoluteSize>")]
     pub min_memory_mib: Option<u64>,
+    #[schemars(range(min = 1))]
     pub min_disks: Option<u32>,
+    #[schemars(rename = "min_disk_size", with = "Option<AbsoluteSize>")]
     pub min_disk_size_bytes: Option<u64>,
 }
 
@@ -458,13 +588,19 @@ impl Expectations {
 }
 
 /// One `[[machine]]`, with its profile applied.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct MachineSpec {
     pub name: MachineName,
+    #[schemars(default)]
     pub macs: Vec<MacAddr>,
     /// The MAC it netboots from: `pxe_mac`, else the first of `macs`.
     pub pxe_mac: Option<MacAddr>,
+    /// The machine's, else its profile's, else amd64.
+    #[schemars(with = "Option<Arch>")]
     pub arch: Arch,
+    /// How to reach the machine's power; default manual.
+    #[schemars(with = "Option<PowerSpec>")]
     pub power: PowerSpec,
     pub profile: Option<String>,
     /// Storage template: the machine's own, else its profile's.
@@ -473,24 +609,41 @@ pub struct MachineSpec {
     pub network: Option<String>,
     /// Image: the machine's, else its profile's, else the policy's `default_image`.
     pub image: Option<String>,
+    /// Default ready (new with `commission = false`, deployed when added live).
+    #[schemars(with = "Option<DesiredState>")]
     pub state: DesiredState,
     /// Locked against every action but unlock (only with `state = "deployed"`).
+    #[schemars(default)]
     pub locked: bool,
     pub owner: Option<String>,
     pub clone_from: Option<CloneSpec>,
-    /// Commission on add (default true).
+    /// Commission on add.
+    #[schemars(default = "yes")]
     pub commission: bool,
     /// Added live: already running a workload; created straight in deployed, never netbooted.
+    #[schemars(rename = "deployed", default)]
     pub live: bool,
-    /// The profile's tags and the machine's own, sorted, without duplicates.
+    /// The profile's tags and the machine's own, sorted, without duplicates. Lowercase
+    /// letters, digits, `-`, `_` and `.`.
+    #[schemars(default, inner(pattern(r"^[a-z0-9._-]+$")))]
     pub tags: Vec<String>,
+    /// Each given key replaces the profile's.
+    #[schemars(default)]
     pub expect: Expectations,
+    /// Static addresses, one per interface.
+    #[schemars(default)]
     pub interfaces: Vec<MachineInterface>,
     pub comment: Option<String>,
 }
 
+/// For `#[schemars(default = "yes")]`: a flag that is on unless the file says otherwise.
+fn yes() -> bool {
+    true
+}
+
 /// A static address for one interface of one machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
 pub struct MachineInterface {
     pub name: String,
     pub subnet: String,
@@ -499,7 +652,7 @@ pub struct MachineInterface {
 }
 
 /// The status the fleet file asks a machine to be in: only resting statuses a plan can reach.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DesiredState {
     New,
@@ -567,47 +720,92 @@ pub struct CloneSpec {
     pub interfaces: bool,
 }
 
+/// Written as a machine name alone (both storage and interfaces) or as a table that chooses.
+impl JsonSchema for CloneSpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "CloneSpec".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> Schema {
+        let name = generator.subschema_for::<MachineName>();
+        schemars::json_schema!({
+            "description": "Copy another machine's storage and/or interfaces: its name alone copies both.",
+            "anyOf": [
+                name,
+                {
+                    "type": "object",
+                    "properties": {
+                        "source": name,
+                        "storage": { "type": "boolean", "default": false },
+                        "interfaces": { "type": "boolean", "default": false }
+                    },
+                    "required": ["source"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
+}
+
 /// How to reach a machine's power. Secrets are references.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[schemars(deny_unknown_fields)]
 pub enum PowerSpec {
     /// No control: the operator is asked to act.
     Manual,
     Ipmi {
+        /// The BMC's host name or address.
         address: String,
         user: Option<String>,
         password: Option<SecretRef>,
+        #[schemars(default)]
         driver: IpmiDriver,
+        /// IPMI 2.0 cipher suites are 0 to 17.
+        #[schemars(range(max = 17))]
         cipher_suite: Option<u8>,
+        #[schemars(default)]
         privilege: IpmiPrivilege,
+        #[schemars(default)]
         power_off_mode: PowerOffMode,
+        #[schemars(default)]
         boot_type: IpmiBootType,
     },
     Redfish {
+        /// The BMC's host name or address.
         address: String,
         user: Option<String>,
         password: Option<SecretRef>,
         system_id: Option<String>,
+        #[schemars(default = "yes")]
         verify_tls: bool,
     },
     /// HTTP calls; credentials are a bearer `token` or `user` with `password`, never both.
     Webhook {
+        /// POSTed to power on.
         on_url: String,
+        /// POSTed to power off.
         off_url: String,
-        /// Without it, a power cycle is a hard off, then an on.
+        /// POSTed to power cycle; without it, a power cycle is a hard off, then an on.
         cycle_url: Option<String>,
+        /// Read for the power state, matched by `on_regex` and `off_regex`.
         query_url: Option<String>,
         on_regex: Option<String>,
         off_regex: Option<String>,
+        /// HTTP basic authentication, with `password`.
         user: Option<String>,
         password: Option<SecretRef>,
+        /// A bearer token.
         token: Option<SecretRef>,
+        #[schemars(default = "yes")]
         verify_tls: bool,
     },
     /// A local QEMU virtual machine, driven through its QMP socket; `command` (an argv) starts
     /// it when nothing listens on the socket.
     Qemu {
         qmp_socket: PathBuf,
+        /// The argv that starts the VM (fleet adds `-qmp` and `-no-shutdown` when missing).
+        #[schemars(length(min = 1))]
         command: Option<Vec<String>>,
     },
 }
@@ -679,7 +877,7 @@ impl PowerSpec {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum IpmiDriver {
     Lan,
@@ -689,7 +887,7 @@ pub enum IpmiDriver {
     Lan20,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum IpmiPrivilege {
     User,
@@ -698,7 +896,7 @@ pub enum IpmiPrivilege {
     Admin,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum IpmiBootType {
     #[default]
@@ -707,11 +905,14 @@ pub enum IpmiBootType {
     Efi,
 }
 
-/// Where a secret is kept. Serialized as the reference (`{"env":"BMC_PASS"}`), never the value.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+/// Where a secret is kept: `{ env = "NAME" }` or `{ file = "PATH" }`, never the secret itself.
+/// Serialized as the reference (`{"env":"BMC_PASS"}`), never the value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SecretRef {
-    Env(String),
+    /// An environment variable of the controller.
+    Env(#[schemars(pattern(r"^[A-Za-z_][A-Za-z0-9_]*$"))] String),
+    /// A file the controller reads (a trailing newline is dropped), relative to the fleet file.
     File(PathBuf),
 }
 
@@ -780,16 +981,20 @@ impl std::fmt::Display for SecretRef {
 }
 
 /// `[policy]`: how the plan and the executor behave.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(default, deny_unknown_fields)]
 pub struct Policy {
     pub timeouts: Timeouts,
     /// Machines worked on at once by one apply.
+    #[schemars(range(min = 1))]
     pub parallelism: u32,
     pub enlisted: EnlistedPolicy,
     pub protected: Protected,
-    /// `None`: no limit. `Some(0)`: no destructive step at all.
+    /// Without it, no limit; 0: no destructive step at all.
     pub max_destructive_per_apply: Option<u32>,
+    /// The image of machines that name none, nor their profile.
     pub default_image: Option<String>,
+    /// Seconds between power queries; 0 never.
     pub power_poll_seconds: u32,
     /// MACs the DHCP server never answers (another system's machines on a shared segment).
     /// Sorted, without duplicates; none of them is a declared machine's.
@@ -824,14 +1029,20 @@ impl Default for Policy {
 /// `*_per_minute`; an address with an empty bucket is answered 429 with `Retry-After`.
 /// The defaults let a whole rack boot and enlist at once (each machine is its own address and
 /// makes about ten anonymous requests per boot, one of them an enlistment).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(default, deny_unknown_fields)]
 pub struct RateLimits {
+    #[schemars(range(min = 1))]
     pub anonymous_burst: u32,
+    #[schemars(range(min = 1))]
     pub anonymous_per_minute: u32,
+    #[schemars(range(min = 1))]
     pub enlist_burst: u32,
+    #[schemars(range(min = 1))]
     pub enlist_per_minute: u32,
     /// Addresses remembered at once; beyond, new addresses share one bucket (so a flood from
     /// many addresses cannot grow the controller's memory).
+    #[schemars(range(min = 16))]
     pub tracked_addresses: u32,
 }
 
@@ -859,7 +1070,8 @@ impl RateLimits {
 
 /// `[policy.events]`: the retention of the event history and the summaries of anonymous
 /// traffic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(default, deny_unknown_fields)]
 pub struct EventPolicy {
     /// Events older than this many days are deleted (oldest first).
     pub max_age_days: u32,
@@ -893,29 +1105,57 @@ impl EventPolicy {
     ];
 }
 
-/// An operator's own commissioning or test script (`[scripts.NAME]`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// An operator's own commissioning or test script (`[scripts.NAME]`), run after the built-in
+/// ones.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields, transform = defaults_as_written)]
 pub struct Script {
     pub kind: ScriptKind,
+    #[schemars(
+        rename = "timeout",
+        with = "WrittenDuration",
+        default = "Script::default_timeout_seconds"
+    )]
     pub timeout_seconds: u32,
     /// Touches the disks: never run on a deployed machine.
+    #[schemars(default)]
     pub destructive: bool,
+    /// The script (POSIX sh, run under busybox), relative to this file.
+    #[schemars(rename = "file")]
     pub path: PathBuf,
     /// The file's text, read when the fleet file was loaded.
     #[serde(skip)]
     pub text: String,
 }
 
+impl Script {
+    /// A script's limit when the file gives none: 10 minutes.
+    pub fn default_timeout_seconds() -> u32 {
+        10 * 60
+    }
+}
+
 /// When a script runs: while commissioning (its findings are stored), as a test after it, or
 /// to erase disks on release (built in only: fleet files cannot declare one). Spelled as the
 /// machine API's `script NAME KIND TIMEOUT` line spells it.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    serde::Deserialize,
+    JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum ScriptKind {
     Commissioning,
     Testing,
+    #[schemars(skip)]
     Erase,
 }
 
@@ -947,21 +1187,35 @@ impl std::fmt::Display for ScriptKind {
 
 /// In seconds (the fleet file gives whole minutes, or a duration such as `"90s"`). Defaults from
 /// the life-cycle reference; `disk_erasing` and `heartbeat` are ours.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(default, deny_unknown_fields, transform = defaults_as_written)]
+#[schemars(
+    description = "`[policy.timeouts]`: how long each in-progress status may last, and \
+    how long a machine at work may be silent, before it fails."
+)]
 pub struct Timeouts {
+    #[schemars(with = "WrittenDuration")]
     pub commissioning: u32,
+    #[schemars(with = "WrittenDuration")]
     pub testing: u32,
+    #[schemars(with = "WrittenDuration")]
     pub rescue: u32,
+    #[schemars(with = "WrittenDuration")]
     pub deploying: u32,
+    #[schemars(with = "WrittenDuration")]
     pub releasing: u32,
+    #[schemars(with = "WrittenDuration")]
     pub exiting_rescue: u32,
     /// A secure or full erase of large disks takes hours; quick erase far less.
+    #[schemars(with = "WrittenDuration")]
     pub disk_erasing: u32,
     /// A machine powered on for a step that has not called the controller this long after the
     /// power command fails with "did not boot within N minutes".
+    #[schemars(with = "WrittenDuration")]
     pub boot: u32,
     /// A machine that has called and then falls silent this long fails with "not heard from
     /// for N minutes".
+    #[schemars(with = "WrittenDuration")]
     pub heartbeat: u32,
 }
 
@@ -1043,7 +1297,7 @@ impl Timeouts {
 }
 
 /// What happens to machines that enlisted on their own.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EnlistedPolicy {
     /// They stay new until a person or the fleet file says otherwise (MAAS's behaviour).
@@ -1053,9 +1307,11 @@ pub enum EnlistedPolicy {
 }
 
 /// Machines never given a destructive step (erase, deploy over, release with erase...).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(default, deny_unknown_fields)]
 pub struct Protected {
     pub machines: Vec<MachineName>,
+    /// Every machine with one of these tags.
     pub tags: Vec<String>,
 }
 

@@ -4,7 +4,9 @@
 //! are powers of 1000, as disk vendors and MAAS count. Units are case-insensitive except that
 //! `b` alone means bytes.
 
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Serialize, Serializer};
+use std::borrow::Cow;
 use std::fmt;
 
 pub const KIB: u64 = 1024;
@@ -65,6 +67,48 @@ impl Serialize for SizeSpec {
             SizeSpec::Bytes(bytes) => serializer.serialize_u64(*bytes),
             SizeSpec::Percent(_) => serializer.collect_str(self),
         }
+    }
+}
+
+/// The number, then an optional unit (the units [`parse_bytes`] knows), spaces allowed around.
+const BYTES_PATTERN: &str = r"^\s*[0-9][0-9_]*(\.[0-9]+)?\s*([KkMmGgTtPp]([Ii]?[Bb])?|[Bb])?\s*$";
+const PERCENT_PATTERN: &str = r"^\s*[0-9]{1,3}\s*%\s*$";
+
+/// Written as a string with a unit or a percentage (`"512MiB"`, `"20%"`), or a number of bytes.
+impl JsonSchema for SizeSpec {
+    fn schema_name() -> Cow<'static, str> {
+        "Size".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A size: \"512MiB\", \"3GiB\", \"1.5TB\" (KiB, MiB... are powers of 1024; KB, MB... of 1000), a percentage of the disk from \"1%\" to \"100%\", or a number of bytes.",
+            "anyOf": [
+                { "type": "string", "pattern": BYTES_PATTERN },
+                { "type": "string", "pattern": PERCENT_PATTERN },
+                { "type": "integer", "minimum": 0 }
+            ]
+        })
+    }
+}
+
+/// How a size that is kept in bytes (no percentage) is written, for the schema of such fields
+/// (`#[schemars(with = "Option<AbsoluteSize>")]`): `"512MiB"` or a number of bytes.
+pub struct AbsoluteSize;
+
+impl JsonSchema for AbsoluteSize {
+    fn schema_name() -> Cow<'static, str> {
+        "AbsoluteSize".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A size: \"512MiB\", \"3GiB\", \"1.5TB\" (KiB, MiB... are powers of 1024; KB, MB... of 1000), or a number of bytes.",
+            "anyOf": [
+                { "type": "string", "pattern": BYTES_PATTERN },
+                { "type": "integer", "minimum": 0 }
+            ]
+        })
     }
 }
 

@@ -1,6 +1,8 @@
 //! Names and addresses that carry their own rules: a machine name, a MAC address.
 
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -66,6 +68,25 @@ impl<'de> Deserialize<'de> for MachineName {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         MachineName::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Written as a string; the pattern is [`MachineName::parse`]'s rule.
+impl JsonSchema for MachineName {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        "MachineName".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "A DNS label: 1 to 63 lowercase letters, digits and `-`, not starting or ending with `-`.",
+            "pattern": "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+        })
     }
 }
 
@@ -161,6 +182,25 @@ impl<'de> Deserialize<'de> for MacAddr {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
         MacAddr::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Written as a string in any of the forms [`MacAddr::parse`] accepts.
+impl JsonSchema for MacAddr {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        "MacAddr".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "description": "A MAC address: 52:54:00:12:34:56, 52-54-00-12-34-56 or 5254.0012.3456, any case.",
+            "pattern": "^([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}$|^[0-9A-Fa-f]{4}\\.[0-9A-Fa-f]{4}\\.[0-9A-Fa-f]{4}$"
+        })
     }
 }
 

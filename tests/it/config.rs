@@ -949,22 +949,109 @@ fn same_datetime(found: &str, expected: &str) -> bool {
     fields(found).is_some() && fields(found) == fields(expected)
 }
 
-/// `fleet schema` accepts the example fleet file: the example (as the loader decodes it) is
-/// checked against the schema by a small JSON-Schema checker (the keywords schemars emits).
+/// The fleet files that are valid as files (an include fixture may break the fleet it makes, as
+/// duplicates across files, and still be a valid file).
+const VALID_FILES: &[&str] = &[
+    "fleet.toml.example",
+    "examples/rack2.toml",
+    "tests/fixtures/plan/fleet.toml",
+    "tests/fixtures/config/includes/main.toml",
+    "tests/fixtures/config/includes/cycle.toml",
+    "tests/fixtures/config/includes/racks/a.toml",
+    "tests/fixtures/config/includes/racks/b.toml",
+];
+
+fn schema_validator() -> jsonschema::Validator {
+    jsonschema::validator_for(&config::json_schema()).expect("the schema is a valid JSON Schema")
+}
+
+/// A fleet file as JSON, as the loader decodes it.
+fn fleet_file_as_json(path: &str) -> serde_json::Value {
+    untagged(&config::decode_toml(Path::new(path)).unwrap())
+}
+
+fn schema_errors(validator: &jsonschema::Validator, document: &serde_json::Value) -> Vec<String> {
+    validator
+        .iter_errors(document)
+        .map(|error| format!("{}: {error}", error.instance_path()))
+        .collect()
+}
+
+/// What `fleet schema` gives editors accepts every valid fleet file of the repository.
 #[test]
-fn the_json_schema_accepts_the_example() {
-    let schema = config::json_schema();
-    let tagged = config::decode_toml(Path::new("fleet.toml.example")).unwrap();
-    let mut errors = Vec::new();
-    check_schema(&schema, &schema, &untagged(&tagged), "", &mut errors);
-    assert!(errors.is_empty(), "{}", errors.join("\n"));
-    // And the checker refuses what it should: an unknown key, a wrong type.
-    let mut broken = untagged(&tagged);
-    broken["machine"][0]["profle"] = "compute".into();
-    broken["policy"]["parallelism"] = "many".into();
-    let mut errors = Vec::new();
-    check_schema(&schema, &schema, &broken, "", &mut errors);
-    assert!(errors.len() >= 2, "{errors:?}");
+fn the_json_schema_accepts_the_valid_fleet_files() {
+    let validator = schema_validator();
+    for file in VALID_FILES {
+        let errors = schema_errors(&validator, &fleet_file_as_json(file));
+        assert!(errors.is_empty(), "{file}:\n{}", errors.join("\n"));
+    }
+}
+
+/// ... and refuses, each alone, an unknown key or a value of the wrong type or form, as the
+/// readers do; and the fixtures of unknown keys and wrong types.
+#[test]
+fn the_json_schema_refuses_unknown_keys_and_wrong_types() {
+    use serde_json::json;
+    let validator = schema_validator();
+    let example = fleet_file_as_json("fleet.toml.example");
+    let changes = [
+        ("", "controler", json!({})),
+        ("/machine/0", "profle", json!("compute")),
+        ("/machine/0/power", "adress", json!("10.0.0.1")),
+        ("/machine/0/power", "password", json!("hunter2")),
+        ("/machine/0", "macs", json!("52:54:00:00:00:01")),
+        ("/machine/0", "state", json!("deploying")),
+        ("/machine/0", "name", json!("Node_1")),
+        ("/machine/0", "power", json!({ "address": "10.0.0.1" })),
+        ("/policy", "parallelism", json!("many")),
+        ("/policy/timeouts", "comissioning", json!(30)),
+        ("/policy/timeouts", "boot", json!(1.5)),
+        ("/subnets/rack1", "cidr", json!(10)),
+        ("/storage_templates/flat-default", "efi_size", json!("20%")),
+        (
+            "/storage_templates/flat-default",
+            "root_size",
+            json!("12 parsecs"),
+        ),
+        ("/storage_templates/flat-default", "layout", json!("zfs")),
+        (
+            "/network_templates/single/interfaces/0",
+            "type",
+            json!("wifi"),
+        ),
+        ("/images/noble/root", "format", json!("zip")),
+    ];
+    for (table, key, value) in changes {
+        let mut document = example.clone();
+        let target = document.pointer_mut(table).and_then(|t| t.as_object_mut());
+        target
+            .unwrap_or_else(|| panic!("no {table} in the example"))
+            .insert(key.to_string(), value.clone());
+        assert!(
+            !validator.is_valid(&document),
+            "the schema accepts {table}/{key} = {value}"
+        );
+    }
+    for fixture in ["unknown_keys.toml", "wrong_types.toml"] {
+        let path = format!("{BROKEN}/{fixture}");
+        let errors = schema_errors(&validator, &fleet_file_as_json(&path));
+        assert!(errors.len() >= 3, "{fixture}: {errors:?}");
+    }
+}
+
+/// What `fleet schema` prints, so that any change to it shows in review.
+#[test]
+fn the_json_schema_snapshot() {
+    let output = std::process::Command::new(crate::support::controller::FLEET)
+        .arg("schema")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let printed = String::from_utf8(output.stdout).unwrap();
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path("../snapshots");
+    settings.set_prepend_module_to_snapshot(false);
+    settings.bind(|| insta::assert_snapshot!("fleet_schema", printed));
 }
 
 /// toml-test's tagged JSON to plain JSON.
@@ -988,96 +1075,5 @@ fn untagged(value: &serde_json::Value) -> serde_json::Value {
             .into(),
         Value::Array(items) => items.iter().map(untagged).collect(),
         other => other.clone(),
-    }
-}
-
-fn check_schema(
-    root: &serde_json::Value,
-    schema: &serde_json::Value,
-    value: &serde_json::Value,
-    at: &str,
-    errors: &mut Vec<String>,
-) {
-    use serde_json::Value;
-    let matches = |schema: &Value| {
-        let mut inner = Vec::new();
-        check_schema(root, schema, value, at, &mut inner);
-        inner.is_empty()
-    };
-    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
-        let name = reference.rsplit('/').next().unwrap_or_default();
-        return check_schema(root, &root["definitions"][name], value, at, errors);
-    }
-    if let Some(types) = schema.get("type") {
-        let names: Vec<&str> = match types {
-            Value::Array(list) => list.iter().filter_map(Value::as_str).collect(),
-            other => other.as_str().into_iter().collect(),
-        };
-        let fits = names.iter().any(|name| match *name {
-            "string" => value.is_string(),
-            "integer" => value.is_i64() || value.is_u64(),
-            "number" => value.is_number(),
-            "boolean" => value.is_boolean(),
-            "array" => value.is_array(),
-            "object" => value.is_object(),
-            "null" => value.is_null(),
-            _ => false,
-        });
-        if !fits {
-            errors.push(format!("{at}: {value} is not {names:?}"));
-            return;
-        }
-    }
-    if let Some(choices) = schema.get("enum").and_then(Value::as_array) {
-        if !choices.contains(value) {
-            errors.push(format!("{at}: {value} is not one of {choices:?}"));
-        }
-    }
-    for keyword in ["anyOf", "oneOf"] {
-        if let Some(options) = schema.get(keyword).and_then(Value::as_array) {
-            if !options.iter().any(&matches) {
-                errors.push(format!("{at}: {value} matches no {keyword} option"));
-            }
-        }
-    }
-    for part in schema
-        .get("allOf")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        check_schema(root, part, value, at, errors);
-    }
-    if let (Some(items), Value::Array(values)) = (schema.get("items"), value) {
-        for (index, item) in values.iter().enumerate() {
-            check_schema(root, items, item, &format!("{at}[{index}]"), errors);
-        }
-    }
-    if let Value::Object(map) = value {
-        let properties = schema.get("properties").and_then(Value::as_object);
-        for key in schema
-            .get("required")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if !map.contains_key(key.as_str().unwrap_or_default()) {
-                errors.push(format!("{at}: no required `{key}`"));
-            }
-        }
-        for (key, item) in map {
-            let place = format!("{at}.{key}");
-            match (
-                properties.and_then(|p| p.get(key)),
-                schema.get("additionalProperties"),
-            ) {
-                (Some(property), _) => check_schema(root, property, item, &place, errors),
-                (None, Some(Value::Bool(false))) => errors.push(format!("{place}: unknown key")),
-                (None, Some(extra)) if extra.is_object() => {
-                    check_schema(root, extra, item, &place, errors)
-                }
-                _ => {}
-            }
-        }
     }
 }

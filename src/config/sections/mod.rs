@@ -20,10 +20,16 @@ pub use profiles::ProfileDecl;
 pub use subnets::SubnetDecl;
 
 use super::diagnostics::{Problem, Problems};
-use super::model::{Expectations, Image, Script, StorageTemplate};
+use super::model::{
+    ControllerSettings, Expectations, Image, MachineSpec, NetworkTemplate, Policy, Profile, Script,
+    StorageTemplate, Subnet,
+};
 use super::read::{Spanned, TableReader};
 use super::size::{SizeSpec, MIB};
 use super::syntax::{Item, Span, Table, Value};
+use schemars::{JsonSchema, Schema};
+use serde_json::Value as Json;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Everything declared so far, across files.
@@ -63,6 +69,90 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "policy",
     "scripts",
 ];
+
+/// The top level of one fleet file, for `fleet schema` only: a fleet is assembled from several
+/// files, so no reader fills this. Each section is the type its reader produces, and the test
+/// below keeps these fields equal to [`TOP_LEVEL_KEYS`].
+#[derive(JsonSchema)]
+#[schemars(
+    title = "fleet file",
+    description = "A fleet file. Several files make one fleet (see `include`).",
+    deny_unknown_fields
+)]
+#[allow(dead_code)]
+struct FleetFile {
+    /// Files, directories (every *.toml, sorted) or `*` patterns, relative to this file.
+    include: Option<Include>,
+    controller: Option<ControllerSettings>,
+    subnets: Option<BTreeMap<String, Subnet>>,
+    images: Option<BTreeMap<String, Image>>,
+    storage_templates: Option<BTreeMap<String, StorageTemplate>>,
+    network_templates: Option<BTreeMap<String, NetworkTemplate>>,
+    profiles: Option<BTreeMap<String, Profile>>,
+    /// One `[[machine]]` table per machine.
+    machine: Option<Vec<MachineSpec>>,
+    policy: Option<Policy>,
+    /// The operator's own commissioning and test scripts, by name.
+    scripts: Option<BTreeMap<String, Script>>,
+}
+
+/// `include = "x.toml"` or `include = ["racks/*.toml", "more/"]` (read by `load`).
+#[derive(JsonSchema)]
+#[schemars(untagged)]
+#[allow(dead_code)]
+enum Include {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The JSON Schema of a fleet file (`fleet schema`), for editors (taplo, Even Better TOML):
+/// draft 07, which they all read.
+pub fn json_schema() -> serde_json::Value {
+    let mut settings = schemars::generate::SchemaSettings::draft07();
+    // First, so that draft 07's own transforms see what it leaves.
+    settings.transforms.insert(0, Box::new(toml_has_no_null));
+    let schema = settings
+        .into_generator()
+        .into_root_schema_for::<FleetFile>();
+    schema.to_value()
+}
+
+/// TOML has no null: a key is given or left out. Takes out the `null` that schemars allows for
+/// an `Option` and the `None` defaults, and the defaults of whole tables (each key inside gives
+/// its own, in the form the file writes it, where the table's would be in memory's form).
+fn toml_has_no_null(schema: &mut Schema) {
+    schemars::transform::transform_subschemas(&mut toml_has_no_null, schema);
+    let Some(object) = schema.as_object_mut() else {
+        return;
+    };
+    if object
+        .get("default")
+        .is_some_and(|default| default.is_null() || default.is_object())
+    {
+        object.remove("default");
+    }
+    if let Some(Json::Array(types)) = object.get_mut("type") {
+        types.retain(|kind| kind != "null");
+        if types.len() == 1 {
+            let only = types.remove(0);
+            object.insert("type".into(), only);
+        }
+    }
+    if let Some(Json::Array(choices)) = object.get_mut("enum") {
+        choices.retain(|choice| !choice.is_null());
+    }
+    if let Some(Json::Array(options)) = object.get_mut("anyOf") {
+        options.retain(|option| option.get("type").is_none_or(|kind| kind != "null"));
+        // One schema left (an `Option`'s): that schema, beside the field's description.
+        if let [Json::Object(only)] = options.as_mut_slice() {
+            let only = std::mem::take(only);
+            object.remove("anyOf");
+            for (key, value) in only {
+                object.entry(key).or_insert(value);
+            }
+        }
+    }
+}
 
 pub fn read_document(
     root: Table<'_, '_>,
@@ -309,26 +399,97 @@ pub fn tags(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Vec<String
     tags
 }
 
-/// The keys each reader accepts, by the name of its schema definition (kept in step by a test).
 #[cfg(test)]
-pub const KEY_LISTS: &[(&str, &[&str])] = &[
-    ("Controller", controller::KEYS),
-    ("Subnet", subnets::KEYS),
-    ("Range", subnets::RANGE_KEYS),
-    ("ReservedRange", subnets::RESERVED_KEYS),
-    ("Image", images::KEYS),
-    ("Artifact", images::ARTIFACT_KEYS),
-    ("RootImage", images::ROOT_KEYS),
-    ("StorageTemplate", storage::KEYS),
-    ("Interface", network::INTERFACE_KEYS),
-    ("Profile", profiles::KEYS),
-    ("Expect", EXPECT_KEYS),
-    ("Machine", machines::KEYS),
-    ("CloneFrom", machines::CLONE_KEYS),
-    ("StaticAddress", machines::INTERFACE_KEYS),
-    ("Policy", policy::KEYS),
-    ("Protected", policy::PROTECTED_KEYS),
-    ("RateLimits", crate::config::model::RateLimits::KEYS),
-    ("EventPolicy", crate::config::model::EventPolicy::KEYS),
-    ("Script", scripts::KEYS),
-];
+mod tests {
+    use super::*;
+    use crate::config::model::{PowerSpec, Timeouts};
+    use std::collections::BTreeSet;
+
+    /// The keys each reader accepts, by the name of the type whose schema describes them.
+    const KEY_LISTS: &[(&str, &[&str])] = &[
+        ("ControllerSettings", controller::KEYS),
+        ("Subnet", subnets::KEYS),
+        ("IpRange", subnets::RANGE_KEYS),
+        ("ReservedRange", subnets::RESERVED_KEYS),
+        ("Image", images::KEYS),
+        ("Artifact", images::ARTIFACT_KEYS),
+        ("RootImage", images::ROOT_KEYS),
+        ("StorageTemplate", storage::KEYS),
+        ("NetworkTemplate", network::KEYS),
+        ("InterfaceSpec", network::INTERFACE_KEYS),
+        ("Profile", profiles::KEYS),
+        ("Expectations", EXPECT_KEYS),
+        ("MachineSpec", machines::KEYS),
+        ("CloneSpec", machines::CLONE_KEYS),
+        ("MachineInterface", machines::INTERFACE_KEYS),
+        ("Policy", policy::KEYS),
+        ("Protected", policy::PROTECTED_KEYS),
+        ("Timeouts", Timeouts::KEYS),
+        ("RateLimits", crate::config::model::RateLimits::KEYS),
+        ("EventPolicy", crate::config::model::EventPolicy::KEYS),
+        ("Script", scripts::KEYS),
+        ("SecretRef", power::SECRET_KEYS),
+    ];
+
+    /// The keys of the power table, by its `type`.
+    const POWER_KEYS: &[(&str, &[&str])] = &[
+        ("manual", &["type"]),
+        ("ipmi", power::IPMI_KEYS),
+        ("redfish", power::REDFISH_KEYS),
+        ("webhook", power::WEBHOOK_KEYS),
+        ("qemu", power::QEMU_KEYS),
+    ];
+
+    /// The property names of a schema and of its `anyOf`/`oneOf`/`allOf` parts (a flattened
+    /// enum's variants, the table form of a value that may also be a string).
+    fn keys_of(schema: &Json) -> BTreeSet<String> {
+        let own = schema["properties"].as_object().into_iter().flatten();
+        let mut keys: BTreeSet<String> = own.map(|(key, _)| key.clone()).collect();
+        for combinator in ["anyOf", "oneOf", "allOf"] {
+            for part in schema[combinator].as_array().into_iter().flatten() {
+                keys.extend(keys_of(part));
+            }
+        }
+        keys
+    }
+
+    fn sorted(keys: &[&str]) -> BTreeSet<String> {
+        keys.iter().map(|key| key.to_string()).collect()
+    }
+
+    /// Every key a reader accepts is in the schema, and the schema has no key a reader
+    /// refuses: it names the same keys, and refuses others (`additionalProperties: false`).
+    #[test]
+    fn the_schema_has_the_keys_the_readers_accept() {
+        let schema = json_schema();
+        assert_eq!(keys_of(&schema), sorted(TOP_LEVEL_KEYS));
+        assert_eq!(schema["additionalProperties"], false);
+        let definitions = &schema["definitions"];
+        for (definition, keys) in KEY_LISTS {
+            let found = &definitions[definition];
+            assert_eq!(keys_of(found), sorted(keys), "{definition}");
+            // Closed: the table itself, or each table form of a value that may be a string.
+            let closed = |part: &Json| part["additionalProperties"] == false;
+            let forms = ["anyOf", "oneOf"].map(|combinator| found[combinator].as_array());
+            let tables: Vec<&Json> = (forms.into_iter().flatten().flatten())
+                .filter(|form| form["properties"].is_object())
+                .collect();
+            assert!(
+                closed(found) || (!tables.is_empty() && tables.into_iter().all(closed)),
+                "{definition} takes unknown keys: {found}"
+            );
+        }
+        let power = &definitions["PowerSpec"]["oneOf"];
+        for (kind, keys) in POWER_KEYS {
+            let variant = power
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|variant| variant["properties"]["type"]["const"] == *kind);
+            let variant = variant.unwrap_or_else(|| panic!("no power type {kind} in {power}"));
+            assert_eq!(keys_of(variant), sorted(keys), "power type {kind}");
+            assert_eq!(variant["additionalProperties"], false, "power type {kind}");
+        }
+        assert_eq!(power.as_array().map(Vec::len), Some(PowerSpec::TYPES.len()));
+    }
+}

@@ -9,6 +9,7 @@ use crate::config::read::{check_choice, with_suggestion, Spanned, TableReader};
 use crate::config::syntax::Span;
 use std::collections::HashMap;
 
+pub const KEYS: &[&str] = &["interfaces"];
 pub const INTERFACE_KEYS: &[&str] = &[
     "name",
     "type",
@@ -25,7 +26,6 @@ pub const INTERFACE_KEYS: &[&str] = &[
     "id",
 ];
 pub const INTERFACE_TYPES: &[&str] = &["physical", "bond", "bridge", "vlan"];
-pub const XMIT_HASH_POLICIES: &[&str] = &["layer2", "layer2+3", "layer3+4", "encap2+3", "encap3+4"];
 /// The smallest MTU IPv4 allows a link to carry (RFC 791 reassembly minimum plus headers).
 pub const MINIMUM_MTU: i64 = 552;
 
@@ -52,7 +52,7 @@ pub fn read(
     reader: TableReader<'_, '_>,
     problems: &mut Problems,
 ) -> NetworkDecl {
-    reader.check_keys(&["interfaces"], problems);
+    reader.check_keys(KEYS, problems);
     let mut template = NetworkTemplate {
         name: name.value.clone(),
         interfaces: Vec::new(),
@@ -204,7 +204,11 @@ fn interface_kind(
                 .map(|ms| ms.value as u32),
             lacp_rate: lacp_rate(table, problems),
             xmit_hash_policy: table
-                .choice("xmit_hash_policy", XMIT_HASH_POLICIES, problems)
+                .choice(
+                    "xmit_hash_policy",
+                    InterfaceKind::XMIT_HASH_POLICIES,
+                    problems,
+                )
                 .map(|p| p.value.to_string()),
         },
         "bridge" => InterfaceKind::Bridge {
@@ -225,7 +229,7 @@ fn interface_kind(
 
 fn bond_mode(table: &TableReader<'_, '_>, problems: &mut Problems) -> Option<BondMode> {
     let Some(mode) = table.string("bond_mode", problems) else {
-        return Some(BondMode::ActiveBackup);
+        return Some(BondMode::default());
     };
     check_choice("bond_mode", &mode, BondMode::NAMES, problems)
         .then(|| BondMode::parse(mode.value))

@@ -9,9 +9,6 @@ use std::path::Path;
 
 pub const KEYS: &[&str] = &["file", "kind", "timeout", "destructive"];
 
-/// A script's limit when the file gives none.
-const DEFAULT_TIMEOUT_SECONDS: u32 = 10 * 60;
-
 pub fn read(
     name: Spanned<String>,
     reader: TableReader<'_, '_>,
@@ -38,7 +35,7 @@ pub fn read(
     };
     let timeout_seconds = match reader.item("timeout") {
         Some(item) => super::policy::duration_seconds("timeout", &item.value, item.span, problems)?,
-        None => DEFAULT_TIMEOUT_SECONDS,
+        None => Script::default_timeout_seconds(),
     };
     let destructive = reader
         .boolean("destructive", problems)

@@ -111,15 +111,15 @@ fn layout(
         "lvm" => StorageLayout::Lvm {
             vg_name: reader
                 .owned_string("vg_name", problems)
-                .unwrap_or_else(|| "vgroot".to_string()),
+                .unwrap_or_else(StorageLayout::default_vg_name),
             lv_name: reader
                 .owned_string("lv_name", problems)
-                .unwrap_or_else(|| "lvroot".to_string()),
+                .unwrap_or_else(StorageLayout::default_lv_name),
             lv_size: root_size(reader, "lv_size", problems),
         },
         "bcache" => StorageLayout::Bcache {
             cache_device: reader.owned_string("cache_device", problems),
-            cache_mode: cache_mode(reader, problems).unwrap_or(BcacheMode::Writethrough),
+            cache_mode: cache_mode(reader, problems).unwrap_or_default(),
         },
         _ => {
             let file = reader.required_string("file", problems)?;

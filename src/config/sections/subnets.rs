@@ -24,9 +24,6 @@ pub const KEYS: &[&str] = &[
 pub const RANGE_KEYS: &[&str] = &["start", "end"];
 pub const RESERVED_KEYS: &[&str] = &["start", "end", "comment"];
 
-/// Default DHCP lease: one hour, long enough for a commissioning run.
-const DEFAULT_LEASE_SECONDS: u32 = 3600;
-
 #[derive(Debug)]
 pub struct SubnetDecl {
     pub name: Spanned<String>,
@@ -61,7 +58,7 @@ pub fn read(
         reserved: reserved.iter().map(|range| range.value.clone()).collect(),
         lease_seconds: reader
             .integer("lease_seconds", 60, u32::MAX as i64, problems)
-            .map_or(DEFAULT_LEASE_SECONDS, |s| s.value as u32),
+            .map_or_else(Subnet::default_lease_seconds, |s| s.value as u32),
         proxy_dhcp: reader
             .boolean("proxy_dhcp", problems)
             .is_some_and(|flag| flag.value),
