@@ -30,9 +30,13 @@ run machine add db-1 --deployed --os debian-12 --power-type manual
 # The operator API is HTTPS (api-url; the CLI pins the certificate named in api-fingerprint);
 # what machines fetch is plain HTTP on the boot listener (boot-url).
 url=$(cat "$state/boot-url")
-step "curl $url/scripts/register-live.sh | sh -s -- --url $url --machine db-1 --token ...   (db-1 is this host)"
+# register-live takes a one-shot registration secret (valid an hour), never the operator token,
+# and reads it from a file or the environment, never from its command line.
+step "fleet machine registration db-1 > $state/db-1.registration"
+"$fleet" machine registration db-1 >"$state/db-1.registration"
+step "curl $url/scripts/register-live.sh | sh -s -- --url $url --machine db-1 --registration-file $state/db-1.registration   (db-1 is this host)"
 curl -fsS "$url/scripts/register-live.sh" |
-  sh -s -- --url "$url" --machine db-1 --token "$(cat "$state/operator-token")" 2>&1 | tail -n 4 || true
+  sh -s -- --url "$url" --machine db-1 --registration-file "$state/db-1.registration" 2>&1 | tail -n 4 || true
 step "curl -X POST $url/metadata/v1/enlist   (what a machine that netboots with an unknown MAC sends)"
 curl -fsS -X POST "$url/metadata/v1/enlist" -H 'Content-Type: application/json' \
   -d '{"architecture": "amd64", "boot_mac": "52:54:00:00:09:01", "macs": ["52:54:00:00:09:01"]}' |

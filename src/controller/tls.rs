@@ -4,6 +4,7 @@
 //! certificate by its SHA-256 fingerprint ([`certificate_fingerprint`]).
 
 use crate::config::OperatorCertificate;
+use crate::store::private::write_private_file;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
@@ -181,25 +182,6 @@ fn subject_names(listen: SocketAddr) -> Vec<String> {
         .filter(|name| !name.is_empty() && name != "localhost");
     names.extend(host);
     names
-}
-
-/// Creates `path` 0600 from the start (through a temporary file renamed over it).
-fn write_private_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
-    let _ = std::fs::remove_file(&temporary);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(&temporary)?;
-    std::io::Write::write_all(&mut file, bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
 }
 
 #[cfg(test)]

@@ -232,20 +232,8 @@ fn free_name(tokens: &[OperatorToken], base: &str) -> String {
 /// Writes the token to `<state_dir>/operator-token`, readable by its owner only.
 pub fn write_token_file(state_dir: &Path, token: &str) -> std::io::Result<PathBuf> {
     let path = state_dir.join(TOKEN_FILE);
-    let temporary = state_dir.join(format!("{TOKEN_FILE}.tmp"));
     // Created 0600 from the start: never readable by others, not even for a moment.
-    let _ = std::fs::remove_file(&temporary);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(&temporary)?;
-    std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, &path)?;
+    crate::store::private::write_private_file(&path, format!("{token}\n").as_bytes())?;
     Ok(path)
 }
 
