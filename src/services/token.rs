@@ -12,7 +12,6 @@ use crate::store::{NewOperatorToken, OperatorRole, OperatorToken, Store, StoreEr
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use subtle::ConstantTimeEq;
 
 /// Where fleet before named tokens kept the one operator token, in plain text.
 const PLAIN_SETTING_KEY: &str = "operator_token";
@@ -61,23 +60,10 @@ pub fn secret_hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-/// Compares without leaking where the first difference is.
-pub fn tokens_match(expected: &str, given: &str) -> bool {
-    expected.as_bytes().ct_eq(given.as_bytes()).into()
-}
-
 /// Which token `secret` is, as the store has it now (so a revocation on one controller holds
-/// on all at once). Every stored hash is compared, in constant time, with no early exit.
+/// on all at once): one indexed read by the secret's hash.
 pub async fn identify(store: &Store, secret: &str) -> Result<Identified, StoreError> {
-    let given = secret_hash(secret);
-    let tokens = store.operator_tokens().await?;
-    let mut found = None;
-    for token in &tokens {
-        if tokens_match(&token.secret_hash, &given) {
-            found = Some(token);
-        }
-    }
-    let Some(token) = found else {
+    let Some(token) = store.operator_token_by_hash(&secret_hash(secret)).await? else {
         return Ok(Identified::Unknown);
     };
     let now = crate::store::now_ms();
@@ -100,17 +86,6 @@ pub async fn identify(store: &Store, secret: &str) -> Result<Identified, StoreEr
         name: token.name.clone(),
         role: token.role,
     }))
-}
-
-/// Whether `secret` is a valid admin token's.
-pub async fn is_admin_secret(store: &Store, secret: &str) -> Result<bool, StoreError> {
-    Ok(matches!(
-        identify(store, secret).await?,
-        Identified::Operator(Operator {
-            role: OperatorRole::Admin,
-            ..
-        })
-    ))
 }
 
 /// Checks a token name: 1 to 64 letters, digits, `.`, `_`, `-`, `@`, starting with a letter or
@@ -285,12 +260,5 @@ mod tests {
         assert_eq!(free_name(&[], "operator"), "operator");
         let taken = [token("operator"), token("operator-2")];
         assert_eq!(free_name(&taken, "operator"), "operator-3");
-    }
-
-    #[test]
-    fn matching_is_exact() {
-        assert!(tokens_match("abc", "abc"));
-        assert!(!tokens_match("abc", "abd"));
-        assert!(!tokens_match("abc", "abcd"));
     }
 }

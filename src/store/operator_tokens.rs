@@ -102,6 +102,23 @@ impl Store {
         rows.iter().map(token_from_row).collect()
     }
 
+    /// The token whose secret hashes to `secret_hash`, if any: one indexed read (the column is
+    /// unique), so checking a request does not read every token. Looking up by the hash leaks
+    /// nothing useful: knowing part of a stored SHA-256 gives no secret that hashes to it.
+    pub async fn operator_token_by_hash(
+        &self,
+        secret_hash: &str,
+    ) -> Result<Option<OperatorToken>, StoreError> {
+        let row = sqlx::query(
+            "SELECT name, role, secret_hash, created_at, last_used_at, expires_at, revoked_at \
+             FROM operator_tokens WHERE secret_hash = $1",
+        )
+        .bind(secret_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(token_from_row).transpose()
+    }
+
     /// Creates a token and records it (actor `actor`). A name already taken, even by a revoked
     /// token, is [`StoreError::DuplicateToken`].
     pub async fn create_operator_token(
