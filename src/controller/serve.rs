@@ -285,9 +285,7 @@ fn dialable(address: SocketAddr) -> SocketAddr {
 fn write_state_files(state_dir: &Path, files: &[(&str, &str)]) -> Result<(), ServeError> {
     for (name, line) in files {
         let path = state_dir.join(name);
-        let temporary = state_dir.join(format!("{name}.tmp"));
-        std::fs::write(&temporary, format!("{line}\n"))
-            .and_then(|()| std::fs::rename(&temporary, &path))
+        crate::store::private::write_private_file(&path, format!("{line}\n").as_bytes())
             .map_err(|source| ServeError::StateDir { path, source })?;
     }
     Ok(())

@@ -151,10 +151,7 @@ pub async fn exchange_boot_secret(
     secret: &str,
     from: &str,
 ) -> Result<Exchanged, CredentialError> {
-    let record = store
-        .machine(name)
-        .await?
-        .ok_or_else(|| CredentialError::NotFound(format!("no machine named {name}")))?;
+    let record = machine_named(store, name).await?;
     let hash = secret_hash(secret);
     match store
         .use_boot_secret(name, &hash, from, record.boot_started)
@@ -233,10 +230,7 @@ pub async fn make_registration(
     name: &str,
     actor: &str,
 ) -> Result<(String, i64), CredentialError> {
-    let record = store
-        .machine(name)
-        .await?
-        .ok_or_else(|| CredentialError::NotFound(format!("no machine named {name}")))?;
+    let record = machine_named(store, name).await?;
     let status = record.lifecycle.status;
     if status != Status::Deployed {
         return Err(CredentialError::Conflict(format!(
@@ -276,10 +270,7 @@ pub async fn exchange_registration(
     secret: &str,
     from: &str,
 ) -> Result<StartedRun, CredentialError> {
-    let record = store
-        .machine(name)
-        .await?
-        .ok_or_else(|| CredentialError::NotFound(format!("no machine named {name}")))?;
+    let record = machine_named(store, name).await?;
     let again = "make a new one with `fleet machine registration NAME`";
     match store
         .use_registration(name, &secret_hash(secret), from)
@@ -316,4 +307,12 @@ pub async fn exchange_registration(
     store.heard_from(name).await?;
     let how = format!("registration secret exchanged from {from}");
     Ok(start_run(store, settings, &record, Role::RegisterLive, &how).await?)
+}
+
+/// The machine called `name`, or `NotFound` saying so.
+async fn machine_named(store: &Store, name: &str) -> Result<MachineRecord, CredentialError> {
+    store
+        .machine(name)
+        .await?
+        .ok_or_else(|| CredentialError::NotFound(format!("no machine named {name}")))
 }
