@@ -188,13 +188,18 @@ fn synthetic_observed(fleet: &fleet::config::Fleet) -> fleet::plan::Observed {
                     cpus: Some(32),
                     memory_mib: Some(262_144),
                     disk_sizes: vec![960_000_000_000, 960_000_000_000],
+                    ..Default::default()
                 },
                 generation: 4,
                 heard_from: true,
+                cloned_from: None,
             }
         })
         .collect();
-    fleet::plan::Observed { machines }
+    fleet::plan::Observed {
+        machines,
+        addresses: Vec::new(),
+    }
 }
 
 async fn bench_machines(machines: usize) -> anyhow::Result<ExitCode> {

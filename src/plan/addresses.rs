@@ -17,12 +17,12 @@
 
 use crate::config::{Fleet, LinkMode, MachineSpec, Subnet};
 use crate::model::MachineName;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 /// An address the store says a machine holds (from an applied plan).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeldAddress {
     pub machine: String,
     pub interface: String,
@@ -31,7 +31,7 @@ pub struct HeldAddress {
 }
 
 /// Where an allocated address came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AddressOrigin {
     /// Written in the fleet file (`ip = ...`).
@@ -43,7 +43,7 @@ pub enum AddressOrigin {
 }
 
 /// One interface's address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Allocation {
     pub machine: MachineName,
     pub interface: String,

@@ -101,6 +101,7 @@ mod tests {
             cpus: Some(8),
             memory_mib: None,
             disk_sizes: vec![2, 10],
+            ..Default::default()
         };
         let macs = [
             MacAddr([0x52, 0x54, 0, 0xaa, 0, 2]),
@@ -152,6 +153,7 @@ mod tests {
                 cpus,
                 memory_mib,
                 disk_sizes,
+                ..Default::default()
             };
             let macs: Vec<MacAddr> = macs.into_iter().map(MacAddr).collect();
             assert_eq!(

@@ -15,8 +15,11 @@
 
 mod addresses;
 mod adopt;
+pub mod clone;
 mod desired;
 mod fingerprint;
+pub mod layout;
+pub mod network;
 mod params;
 mod planner;
 mod render;
@@ -47,6 +50,10 @@ pub const PLAN_FORMAT_VERSION: u32 = 1;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Observed {
     pub machines: Vec<ObservedMachine>,
+    /// Every static address the store says a machine holds (from applied plans): they stay
+    /// taken whatever the fleet file says later, until the machine is deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<HeldAddress>,
 }
 
 impl Observed {
@@ -55,7 +62,10 @@ impl Observed {
         let mut machines: Vec<ObservedMachine> =
             records.iter().map(ObservedMachine::from_record).collect();
         machines.sort_by(|a, b| a.name.cmp(&b.name));
-        Observed { machines }
+        Observed {
+            machines,
+            addresses: Vec::new(),
+        }
     }
 
     pub fn machine(&self, name: &str) -> Option<&ObservedMachine> {
@@ -112,10 +122,12 @@ impl<'de> serde::de::Visitor<'de> for ObservedSeed {
         #[serde(field_identifier, rename_all = "snake_case")]
         enum Field {
             Machines,
+            Addresses,
             #[serde(other)]
             Other,
         }
         let mut machines = None;
+        let mut addresses = Vec::new();
         while let Some(field) = map.next_key::<Field>()? {
             match field {
                 Field::Machines if machines.is_some() => {
@@ -124,13 +136,17 @@ impl<'de> serde::de::Visitor<'de> for ObservedSeed {
                 Field::Machines => {
                     machines = Some(map.next_value_seed(MachinesSeed(self.capacity))?);
                 }
+                Field::Addresses => addresses = map.next_value()?,
                 Field::Other => {
                     map.next_value::<serde::de::IgnoredAny>()?;
                 }
             }
         }
         let machines = machines.ok_or_else(|| serde::de::Error::missing_field("machines"))?;
-        Ok(Observed { machines })
+        Ok(Observed {
+            machines,
+            addresses,
+        })
     }
 }
 
@@ -195,15 +211,116 @@ pub struct ObservedMachine {
     pub generation: i64,
     /// The machine itself has reported in at least once.
     pub heard_from: bool,
+    /// A clone `fleet clone` recorded onto this machine (it keeps the source's storage and/or
+    /// interfaces until the fleet file says otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloned_from: Option<clone::CloneRecord>,
 }
 
-/// What commissioning found, as far as expectations need it.
+/// What commissioning found, as far as expectations, layouts, network configurations and
+/// cloning need it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObservedHardware {
     pub cpus: Option<i64>,
     pub memory_mib: Option<i64>,
     /// Every disk's size in bytes, largest first.
     pub disk_sizes: Vec<i64>,
+    /// Every disk as commissioning reported it, in the order the machine listed them
+    /// (layouts resolve against these; empty in snapshots saved before they were added).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<ObservedDisk>,
+    /// Every interface commissioning found, in the machine's order (network configurations
+    /// match the installed OS's NICs by these MACs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub interfaces: Vec<ObservedInterface>,
+    /// How the machine booted the commissioning environment (`None`: not reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<Firmware>,
+}
+
+/// One disk of a commissioned machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedDisk {
+    /// The kernel's name in the commissioning environment (`sda`, `nvme0n1`): it may change
+    /// between boots, serials and by-id paths do not.
+    pub name: String,
+    pub size_bytes: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// `/dev/disk/by-id/...`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// `virtio`, `nvme`, `ata`, `scsi`, `usb`, `mmc`, `other`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bus: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotational: Option<bool>,
+}
+
+impl ObservedDisk {
+    pub fn from_record(disk: &crate::model::records::Disk) -> ObservedDisk {
+        ObservedDisk {
+            name: disk.name.clone(),
+            size_bytes: disk.size_bytes,
+            serial: disk.serial.clone(),
+            id_path: disk.id_path.clone(),
+            model: disk.model.clone(),
+            bus: disk.bus.clone(),
+            rotational: disk.rotational,
+        }
+    }
+
+    /// MAAS's automatic disk tags: `ssd` or `rotary` (from `rotational`), and the bus
+    /// (`nvme`, `virtio`...) when known. Sorted.
+    pub fn tags(&self) -> Vec<String> {
+        let mut tags = Vec::new();
+        match self.rotational {
+            Some(true) => tags.push("rotary".to_string()),
+            Some(false) => tags.push("ssd".to_string()),
+            None => {}
+        }
+        if let Some(bus) = &self.bus {
+            tags.push(bus.clone());
+        }
+        tags.sort();
+        tags
+    }
+}
+
+/// One network interface of a commissioned machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedInterface {
+    /// The name in the commissioning environment (the installed OS may name it otherwise).
+    pub name: String,
+    pub mac: MacAddr,
+}
+
+/// The firmware a machine boots with: decides GPT + EFI partition or MBR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
+
+impl Firmware {
+    /// From commissioning's `arch ... firmware=uefi|bios` fact.
+    pub fn from_facts(facts: &serde_json::Value) -> Option<Firmware> {
+        match facts.get("arch")?.get("firmware")?.as_str()? {
+            "uefi" => Some(Firmware::Uefi),
+            "bios" => Some(Firmware::Bios),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
 }
 
 impl ObservedHardware {
@@ -260,9 +377,21 @@ impl ObservedMachine {
                 cpus: record.hardware.cpus,
                 memory_mib: record.hardware.memory_mib,
                 disk_sizes,
+                disks: record.disks.iter().map(ObservedDisk::from_record).collect(),
+                interfaces: record
+                    .interfaces
+                    .iter()
+                    .map(|interface| ObservedInterface {
+                        name: interface.name.clone(),
+                        mac: interface.mac,
+                    })
+                    .collect(),
+                firmware: Firmware::from_facts(&record.hardware.facts),
             },
             generation: record.generation,
             heard_from: record.last_heard.is_some(),
+            // The store keeps clones in their own table: `crate::apply::observe` fills it in.
+            cloned_from: None,
         }
     }
 
@@ -448,6 +577,10 @@ pub struct MachinePlan {
     pub blocked: Vec<String>,
     /// Fleet TOML that declares a discovered machine as it is.
     pub adopt_toml: Option<String>,
+    /// The machine's static addresses as this plan decided them (static, held or newly
+    /// allocated): apply commits the new ones under the store's unique (subnet, address).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<Allocation>,
 }
 
 /// One step: an operation, why, and how dangerous it is.

@@ -127,6 +127,7 @@ fn empty_plan(name: &str, declared: bool, observed: Option<&ObservedMachine>) ->
         waiting: None,
         blocked: Vec::new(),
         adopt_toml: None,
+        addresses: Vec::new(),
     }
 }
 

@@ -128,6 +128,7 @@ fn created(new: &NewMachine) -> Result<ObservedMachine, SimulationError> {
         hardware: ObservedHardware::default(),
         generation: 1,
         heard_from: false,
+        cloned_from: None,
     };
     set_lifecycle(&mut machine, &lifecycle);
     Ok(machine)

@@ -41,9 +41,11 @@ pub fn machine(name: &str, index: u8, status: Status) -> ObservedMachine {
             cpus: Some(16),
             memory_mib: Some(65536),
             disk_sizes: vec![1_000_000_000_000],
+            ..Default::default()
         },
         generation: 3,
         heard_from: true,
+        cloned_from: None,
     }
 }
 
@@ -118,7 +120,10 @@ pub fn fixture_observed() -> Observed {
         rescue,
         stray,
     ];
-    let mut observed = Observed { machines: records };
+    let mut observed = Observed {
+        machines: records,
+        addresses: Vec::new(),
+    };
     observed.machines.sort_by(|a, b| a.name.cmp(&b.name));
     observed
 }
@@ -603,6 +608,7 @@ mod convergence {
         }
         Observed {
             machines: machines.into_values().collect(),
+            addresses: Vec::new(),
         }
     }
 
@@ -697,7 +703,10 @@ mod convergence {
     }
 
     fn observed_of(machines: Vec<ObservedMachine>) -> Observed {
-        let mut observed = Observed { machines };
+        let mut observed = Observed {
+            machines,
+            addresses: Vec::new(),
+        };
         observed.machines.sort_by(|a, b| a.name.cmp(&b.name));
         observed
     }
