@@ -1,12 +1,13 @@
 //! Operator endpoints for machines and their history.
 
 use super::views::{
-    ActionBody, ActionView, AddMachine, AddedView, ClockView, EventView, MachineDetail, MachineRow,
-    MachineView, ScriptResultView,
+    ActionBody, ActionView, AddMachine, AddedView, ClockView, CloneBody, CloneView, EventView,
+    MachineDetail, MachineRow, MachineView, ScriptResultView,
 };
 use super::{Actor, ApiError, ApiState};
 use crate::model::{Action, ActionRequest, MacAddr, MachineName, Status};
 use crate::services::actions::{perform, ActionError};
+use crate::services::clone::{clone_machines, CloneError, CloneRequest};
 use crate::store::{EventFilter, NewMachine};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
@@ -133,6 +134,43 @@ pub async fn action(
         forget_bmc_password(&state, &name);
     }
     Ok(Json(ActionView::from(done)))
+}
+
+/// Clones the source's storage and/or interfaces onto each destination: one result each,
+/// cloned or refused with every reason (a 200 either way; a request that names no
+/// destination, chooses neither part or names an unknown source is refused whole).
+pub async fn clone(
+    State(state): State<ApiState>,
+    Actor(actor): Actor,
+    Path(source): Path<String>,
+    body: Result<Json<CloneBody>, JsonRejection>,
+) -> Result<Json<CloneView>, ApiError> {
+    let body = json_body(body)?;
+    let request = CloneRequest {
+        source: source.clone(),
+        destinations: body.destinations,
+        storage: body.storage,
+        interfaces: body.interfaces,
+        dry_run: body.dry_run,
+    };
+    let results = clone_machines(&state.store, &request, &actor)
+        .await
+        .map_err(|error| match error {
+            CloneError::UnknownSource(ref name) => {
+                ApiError::not_found(error.to_string()).with("machine", name)
+            }
+            CloneError::Store(error) => error.into(),
+            CloneError::NothingChosen | CloneError::NoDestinations => {
+                ApiError::bad_request(error.to_string())
+            }
+        })?;
+    Ok(Json(CloneView {
+        source,
+        storage: request.storage,
+        interfaces: request.interfaces,
+        dry_run: request.dry_run,
+        results: results.into_iter().map(Into::into).collect(),
+    }))
 }
 
 /// A deleted machine's BMC password (reported at enlistment) goes with it.

@@ -54,6 +54,7 @@ pub fn api_router(state: ApiState) -> Router {
         .route("/machines", get(machines::list).post(machines::add))
         .route("/machines/{name}", get(machines::show))
         .route("/machines/{name}/actions/{action}", post(machines::action))
+        .route("/machines/{name}/clone", post(machines::clone))
         .route(
             "/machines/{name}/registration",
             post(metadata::make_registration),

@@ -347,3 +347,69 @@ pub struct IssuedTokenView {
     pub token: TokenView,
     pub secret: String,
 }
+
+/// `POST /api/v1/machines/{source}/clone`: copy the source's storage and/or interfaces onto
+/// the destinations. Neither storage nor interfaces is assumed: at least one must be true.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CloneBody {
+    #[serde(default)]
+    pub destinations: Vec<String>,
+    #[serde(default)]
+    pub storage: bool,
+    #[serde(default)]
+    pub interfaces: bool,
+    /// Check every destination and change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// The answer to a clone request: one result per destination, in the order asked.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CloneView {
+    pub source: String,
+    pub storage: bool,
+    pub interfaces: bool,
+    pub dry_run: bool,
+    pub results: Vec<CloneResultView>,
+}
+
+/// What became of one destination.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CloneResultView {
+    pub destination: String,
+    /// `cloned`, `would_clone` (a dry run) or `refused`.
+    pub outcome: CloneOutcome,
+    /// Why it was refused: every reason, each a sentence (empty unless refused).
+    pub reasons: Vec<String>,
+    /// Source disk → destination disk, when storage is cloned (or would be).
+    pub disks: Option<std::collections::BTreeMap<String, String>>,
+    /// Source interface → destination interface, when interfaces are cloned (or would be).
+    pub interfaces: Option<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CloneOutcome {
+    Cloned,
+    WouldClone,
+    Refused,
+}
+
+impl From<crate::services::clone::CloneResult> for CloneResultView {
+    fn from(result: crate::services::clone::CloneResult) -> Self {
+        use crate::store::CloneVerdict;
+        let (outcome, reasons, mapping) = match result.verdict {
+            CloneVerdict::Cloned(mapping) => (CloneOutcome::Cloned, Vec::new(), mapping),
+            CloneVerdict::WouldClone(mapping) => (CloneOutcome::WouldClone, Vec::new(), mapping),
+            CloneVerdict::Refused(reasons) => (CloneOutcome::Refused, reasons, Default::default()),
+        };
+        CloneResultView {
+            destination: result.destination,
+            outcome,
+            reasons,
+            disks: mapping.disks,
+            interfaces: mapping.interfaces,
+        }
+    }
+}

@@ -38,6 +38,12 @@ pub async fn observe(store: &Store) -> Result<Observed, StoreError> {
             machine.power_error = power_error_message(store, machine.name.as_str()).await?;
         }
     }
+    // Clones live in their own table (`machine_clones`): one read for all of them.
+    let mut clones: std::collections::HashMap<_, _> =
+        store.clone_records().await?.into_iter().collect();
+    for machine in &mut observed.machines {
+        machine.cloned_from = clones.remove(&machine.name);
+    }
     Ok(observed)
 }
 

@@ -5,6 +5,7 @@ mod adopt;
 mod apply;
 mod bench;
 mod client;
+mod clone;
 mod machine;
 mod output;
 mod plan;
@@ -74,6 +75,8 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Apply a saved plan (or a fresh one) and follow it to the end
     Apply(apply::ApplyArgs),
+    /// Copy a machine's storage and/or interfaces onto ready machines (neither is assumed)
+    Clone(clone::CloneArgs),
     /// Write fleet TOML for what the controller observes (the next plan is then empty)
     Adopt(adopt::AdoptArgs),
     /// Operator tokens: create (read-only or admin), list, revoke, rotate
@@ -127,6 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan(args) => plan::run(&cli.connection, &args).await,
         Command::Apply(args) => apply::run(&cli.connection, &args).await,
         Command::Adopt(args) => adopt::run(&cli.connection, &args).await,
+        Command::Clone(args) => clone::run(&cli.connection, &args).await,
         Command::Token(command) => token::token(&cli.connection, command).await,
         Command::Bench(command) => bench::bench(command).await,
     }

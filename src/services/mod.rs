@@ -8,11 +8,13 @@
 //!   signal); its `rules` are pure.
 //! - `monitor`: the watch's clocks over machines at work; `power_poll`: power states read back.
 //! - `token`: the operator token.
+//! - `clone`: a machine's storage and/or interfaces cloned onto others (`fleet clone`).
 //! - `event_retention`: the event history pruned by age and count (`[policy.events]`).
 //!
 //! Nothing here starts a server or binds a socket: `controller` wires these services up.
 
 pub mod actions;
+pub mod clone;
 pub mod event_retention;
 pub mod machine_api;
 pub mod monitor;

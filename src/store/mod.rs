@@ -14,12 +14,13 @@
 //! - Operator tokens are kept as the hash of their secret, never the secret; a revoked token
 //!   keeps its row and its name (`operator_tokens.rs`).
 //! - What belongs to one machine (interfaces, disks, script results, its `machine_state`: run,
-//!   token and secret hashes, erase mode) is deleted with it, in the same transaction (ON DELETE CASCADE).
+//!   token and secret hashes, erase mode; the clone recorded onto it) is deleted with it, in the same transaction (ON DELETE CASCADE).
 
 use crate::model::{Action, InvalidTransition, MacAddr, Outcome};
 use serde::{Deserialize, Serialize};
 
 mod apply;
+mod clones;
 mod codec;
 mod db;
 mod events;
@@ -39,6 +40,7 @@ pub use crate::model::records::{
     NewMachine, PowerIntent, ScriptResult,
 };
 pub use apply::ApplyStepRow;
+pub use clones::{cloned_parts, CloneOrder, ClonePair, CloneVerdict};
 pub use db::{now_ms, redact_url, Store};
 pub use machine_state::{
     new_secret, secret_hash, MachineRun, MachineState, Registration, SecretUse, BOOT_OVERFLOW,
