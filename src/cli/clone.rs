@@ -11,10 +11,12 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 #[derive(Debug, Clone, Args)]
-#[command(after_help = "Neither --storage nor --interfaces is assumed: give one or both. \
+#[command(
+    after_help = "Neither --storage nor --interfaces is assumed: give one or both. \
     Destinations must be ready or failed_testing. Each destination gets one line, cloned or \
     refused with every reason; the valid ones are cloned even when others are refused, and the \
-    exit code is 1 if any was refused.")]
+    exit code is 1 if any was refused."
+)]
 pub struct CloneArgs {
     /// The machine whose storage and/or interfaces are copied (any status)
     pub source: String,
@@ -103,6 +105,9 @@ fn describe(view: &CloneView, result: &CloneResultView) -> String {
 }
 
 fn pairs(map: &BTreeMap<String, String>) -> String {
-    let pairs: Vec<String> = map.iter().map(|(from, to)| format!("{from}→{to}")).collect();
+    let pairs: Vec<String> = map
+        .iter()
+        .map(|(from, to)| format!("{from}→{to}"))
+        .collect();
     pairs.join(", ")
 }

@@ -108,9 +108,7 @@ pub fn check_clone_in(
         return Err(reasons);
     }
     match (observed.machine(source), observed.machine(destination)) {
-        (Some(source), Some(destination)) => {
-            check_clone(source, destination, storage, interfaces)
-        }
+        (Some(source), Some(destination)) => check_clone(source, destination, storage, interfaces),
         (found_source, found_destination) => {
             let mut reasons = Vec::new();
             if !storage && !interfaces {
@@ -400,7 +398,11 @@ mod tests {
     }
 
     fn source() -> ObservedMachine {
-        machine("src", Status::Deployed, vec![ssd("sda", 32), hdd("sdb", 500)])
+        machine(
+            "src",
+            Status::Deployed,
+            vec![ssd("sda", 32), hdd("sdb", 500)],
+        )
     }
 
     fn ready(disks: Vec<ObservedDisk>) -> ObservedMachine {
@@ -418,10 +420,7 @@ mod tests {
     fn a_matching_destination_maps_disks_and_interfaces() {
         let destination = ready(vec![ssd("vda", 32), hdd("vdb", 500)]);
         let mapping = check_clone(&source(), &destination, true, true).unwrap();
-        assert_eq!(
-            mapping.disks,
-            Some(map(&[("sda", "vda"), ("sdb", "vdb")]))
-        );
+        assert_eq!(mapping.disks, Some(map(&[("sda", "vda"), ("sdb", "vdb")])));
         assert_eq!(
             mapping.interfaces,
             Some(map(&[("eth0", "eth0"), ("eth1", "eth1")]))
@@ -580,7 +579,12 @@ mod tests {
     #[test]
     fn other_disks_are_matched_in_three_passes() {
         let boot = || ssd("sda", 32);
-        let cases: Vec<(&str, Vec<ObservedDisk>, Vec<ObservedDisk>, Vec<(&str, &str)>)> = vec![
+        let cases: Vec<(
+            &str,
+            Vec<ObservedDisk>,
+            Vec<ObservedDisk>,
+            Vec<(&str, &str)>,
+        )> = vec![
             (
                 // Pass 1 (same size and tags) wins over the larger same-tag disk listed first.
                 "same size and tags",
@@ -599,7 +603,11 @@ mod tests {
                 // Pass 3: only other tags are left; the smallest one large enough.
                 "larger with any tags",
                 vec![boot(), hdd("sdb", 500)],
-                vec![boot(), ssd("vdb", 2000), disk("nvme0n1", 600, false, "nvme")],
+                vec![
+                    boot(),
+                    ssd("vdb", 2000),
+                    disk("nvme0n1", 600, false, "nvme"),
+                ],
                 vec![("sda", "sda"), ("sdb", "nvme0n1")],
             ),
             (
@@ -628,10 +636,7 @@ mod tests {
     #[test]
     fn existence_is_checked_by_name() {
         let observed = Observed {
-            machines: vec![
-                ready(vec![ssd("vda", 32), hdd("vdb", 500)]),
-                source(),
-            ],
+            machines: vec![ready(vec![ssd("vda", 32), hdd("vdb", 500)]), source()],
             addresses: Vec::new(),
         };
         assert!(check_clone_in(&observed, "src", "dst", true, true).is_ok());
@@ -655,7 +660,10 @@ mod tests {
         assert_eq!(size_text(512 << 20), "512 MiB");
         assert_eq!(
             sizes_apart(32 * GB - 4096, 32 * GB),
-            ("34359734272 bytes".to_string(), "34359738368 bytes".to_string())
+            (
+                "34359734272 bytes".to_string(),
+                "34359738368 bytes".to_string()
+            )
         );
     }
 }

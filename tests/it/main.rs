@@ -5,6 +5,7 @@ mod support;
 mod actions;
 mod apply;
 mod bounded_growth;
+mod clone;
 mod config;
 mod crash;
 mod dhcp;
