@@ -575,16 +575,19 @@ mod tests {
         assert!(check_clone(&source(), &destination, true, true).is_ok());
     }
 
+    /// A case name, the source's disks, the destination's, and the expected map.
+    type PassCase = (
+        &'static str,
+        Vec<ObservedDisk>,
+        Vec<ObservedDisk>,
+        Vec<(&'static str, &'static str)>,
+    );
+
     /// Each of MAAS's passes, and that an earlier pass keeps a disk from a later one.
     #[test]
     fn other_disks_are_matched_in_three_passes() {
         let boot = || ssd("sda", 32);
-        let cases: Vec<(
-            &str,
-            Vec<ObservedDisk>,
-            Vec<ObservedDisk>,
-            Vec<(&str, &str)>,
-        )> = vec![
+        let cases: Vec<PassCase> = vec![
             (
                 // Pass 1 (same size and tags) wins over the larger same-tag disk listed first.
                 "same size and tags",
