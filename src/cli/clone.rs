@@ -32,6 +32,7 @@ pub struct CloneArgs {
     /// Check every destination and change nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Machine-readable output: the source, the parts chosen and one result per destination
     #[arg(long)]
     pub json: bool,
 }
