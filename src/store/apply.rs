@@ -28,7 +28,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT id, name, status, previous_status, locked, power, owner, commissioned, deployed_os, \
                  generation, status_reason, status_since, last_heard, boot_started, power_decided, boot_mac, power_intent, power_intent_passing, \
-                 power_intent_why, arch, \
+                 power_intent_why, arch, firmware, \
                  power_type, power_params, bmc_address, image, tags, cpus, cpu_speed_mhz, memory_mib, \
                  created_at, updated_at \
              FROM machines",
@@ -58,20 +58,25 @@ impl Store {
                 });
             }
         }
-        let disks = sqlx::query("SELECT machine_id, name, size_bytes FROM disks ORDER BY id")
-            .fetch_all(&mut *transaction)
-            .await?;
+        // Everything layouts and clone checks read of a disk: root_device chooses by name,
+        // serial, by-id path, size or rotational; clone passes compare tags (ssd/rotary, bus).
+        let disks = sqlx::query(
+            "SELECT machine_id, name, model, serial, id_path, bus, size_bytes, rotational \
+             FROM disks ORDER BY id",
+        )
+        .fetch_all(&mut *transaction)
+        .await?;
         for row in &disks {
             if let Some(index) = at.get(&get::<i64>(row, "machine_id")?) {
                 records[*index].disks.push(Disk {
                     name: get(row, "name")?,
-                    model: None,
-                    serial: None,
-                    id_path: None,
-                    bus: None,
+                    model: get(row, "model")?,
+                    serial: get(row, "serial")?,
+                    id_path: get(row, "id_path")?,
+                    bus: get(row, "bus")?,
                     size_bytes: get(row, "size_bytes")?,
                     block_size: None,
-                    rotational: None,
+                    rotational: get::<Option<i64>>(row, "rotational")?.map(|flag| flag != 0),
                 });
             }
         }

@@ -11,6 +11,7 @@ use super::{
     NewMachine, PowerIntent, Store, StoreError,
 };
 use crate::model::{Action, Lifecycle, MacAddr, MachineName, PowerState, Status};
+use crate::plan::Firmware;
 use crate::store::now_ms;
 use serde_json::json;
 use sqlx::any::AnyRow;
@@ -433,8 +434,8 @@ impl Store {
         check_macs_free(&mut transaction, name, Some(id), &macs).await?;
         sqlx::query(
             "UPDATE machines SET arch = COALESCE($1, arch), cpus = $2, cpu_model = $3, cpu_speed_mhz = $4, \
-                 memory_mib = $5, facts = $6, generation = generation + 1, updated_at = $7 \
-             WHERE id = $8",
+                 memory_mib = $5, facts = $6, firmware = $7, generation = generation + 1, updated_at = $8 \
+             WHERE id = $9",
         )
         .bind(arch)
         .bind(hardware.cpus)
@@ -442,6 +443,7 @@ impl Store {
         .bind(hardware.cpu_speed_mhz)
         .bind(hardware.memory_mib)
         .bind(json_text(&hardware.facts))
+        .bind(Firmware::from_facts(&hardware.facts).map(Firmware::as_str))
         .bind(now_ms())
         .bind(id)
         .execute(&mut *transaction)
@@ -757,6 +759,15 @@ pub(crate) async fn load_machine_by_id(
     Ok(record)
 }
 
+/// The facts planning reads, from the `firmware` column: `{"arch": {"firmware": "uefi"}}`, or
+/// null when commissioning did not report it.
+fn lean_facts(firmware: Option<String>) -> serde_json::Value {
+    match firmware {
+        Some(firmware) => serde_json::json!({ "arch": { "firmware": firmware } }),
+        None => serde_json::Value::Null,
+    }
+}
+
 fn machine_from_row(row: &AnyRow) -> Result<MachineRecord, StoreError> {
     machine_from_columns(row, HardwareDetail::Full)
 }
@@ -766,7 +777,8 @@ fn machine_from_row(row: &AnyRow) -> Result<MachineRecord, StoreError> {
 pub(super) enum HardwareDetail {
     /// Every machine column.
     Full,
-    /// No `cpu_model` and `facts` (planning never reads them; parsing 100k facts costs time).
+    /// No `cpu_model` and `facts` (parsing 100k facts costs time): the facts are reduced to
+    /// the `firmware` column (`{"arch": {"firmware": ...}}`), all that planning reads of them.
     Lean,
 }
 
@@ -819,7 +831,7 @@ pub(super) fn machine_from_columns(
             facts: if full {
                 get_json(row, "facts")?
             } else {
-                serde_json::Value::Null
+                lean_facts(get(row, "firmware")?)
             },
         },
         interfaces: Vec::new(),

@@ -1468,3 +1468,53 @@ where
     assert_eq!(winners.len(), 1, "{winners:?}");
     winners.remove(0)
 }
+
+both_backends!(
+    the_planning_snapshot_carries_disk_identities_and_the_firmware,
+    |store| async move {
+        store
+            .create_machine(&new_machine("node-1", &["52:54:00:00:09:01"]), "test")
+            .await
+            .unwrap();
+        let hardware = Hardware {
+            cpus: Some(4),
+            cpu_model: Some("EPYC".into()),
+            cpu_speed_mhz: None,
+            memory_mib: Some(8192),
+            facts: json!({ "arch": { "name": "amd64", "firmware": "uefi" }, "pci": [] }),
+        };
+        let interfaces = [Interface {
+            name: "eth0".into(),
+            mac: mac("52:54:00:00:09:01"),
+            link_up: Some(true),
+            speed_mbps: None,
+            driver: None,
+        }];
+        let disks = [Disk {
+            name: "nvme0n1".into(),
+            model: Some("QEMU NVMe Ctrl".into()),
+            serial: Some("SN-0001".into()),
+            id_path: Some("/dev/disk/by-id/nvme-QEMU_SN-0001".into()),
+            bus: Some("nvme".into()),
+            size_bytes: 64 << 30,
+            block_size: Some(512),
+            rotational: Some(false),
+        }];
+        store
+            .replace_hardware("node-1", Some("amd64"), &hardware, &interfaces, &disks)
+            .await
+            .unwrap();
+        let observed = fleet::apply::observe(&store).await.unwrap();
+        let machine = observed.machine("node-1").unwrap();
+        assert_eq!(machine.hardware.firmware, Some(fleet::plan::Firmware::Uefi));
+        let disk = &machine.hardware.disks[0];
+        assert_eq!(disk.serial.as_deref(), Some("SN-0001"));
+        assert_eq!(
+            disk.id_path.as_deref(),
+            Some("/dev/disk/by-id/nvme-QEMU_SN-0001")
+        );
+        assert_eq!(disk.rotational, Some(false));
+        assert_eq!(disk.tags(), vec!["nvme".to_string(), "ssd".to_string()]);
+        assert_eq!(machine.hardware.interfaces[0].name, "eth0");
+    }
+);

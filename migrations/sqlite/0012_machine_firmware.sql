@@ -1,0 +1,7 @@
+-- The firmware a machine booted commissioning with (bios or uefi), copied out of the facts
+-- JSON when commissioning stores it: planning reads every machine's firmware (layouts are GPT +
+-- EFI or MBR, cloning needs the same boot method) without parsing every machine's facts.
+-- Keep in step with ../postgres/0012.
+ALTER TABLE machines ADD COLUMN firmware TEXT;
+UPDATE machines SET firmware = json_extract(facts, '$.arch.firmware')
+ WHERE json_valid(facts) AND json_extract(facts, '$.arch.firmware') IN ('bios', 'uefi');
