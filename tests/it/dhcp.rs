@@ -106,6 +106,7 @@ fn answer(config: &DhcpConfig, table: &mut LeaseTable, request: &Message, now: i
             config,
             now_ms: now,
             store_machines: None,
+            held: None,
         },
         table,
     )
@@ -858,6 +859,7 @@ fn handle_bytes(bytes: &[u8], config: &DhcpConfig, leases: &mut LeaseTable) {
                 config,
                 now_ms: NOW,
                 store_machines: None,
+                held: None,
             },
             leases,
         );
