@@ -1,8 +1,8 @@
 //! Operator endpoints for machines and their history.
 
 use super::views::{
-    ActionBody, ActionView, AddMachine, AddedView, ClockView, EventView, AddressView, MachineDetail, MachineRow,
-    MachineView, ScriptResultView,
+    ActionBody, ActionView, AddMachine, AddedView, AddressView, ClockView, EventView,
+    MachineDetail, MachineRow, MachineView, ScriptResultView,
 };
 use super::{Actor, ApiError, ApiState};
 use crate::model::{Action, ActionRequest, MacAddr, MachineName, Status};

@@ -179,13 +179,7 @@ async fn run_machine(run: &MachineRun) -> Result<(), StoreError> {
 /// Commits the plan's addresses of the machine that it does not hold yet; `Err(reason)` when
 /// another machine holds one of them now.
 async fn commit_planned_addresses(run: &MachineRun) -> Result<StepOutcome, StoreError> {
-    commit_addresses_of(
-        &run.store,
-        &run.apply_id,
-        &run.record.holder,
-        &run.planned,
-    )
-    .await
+    commit_addresses_of(&run.store, &run.apply_id, &run.record.holder, &run.planned).await
 }
 
 async fn commit_addresses_of(
@@ -221,7 +215,15 @@ async fn commit_without_steps(
     planned: &MachinePlan,
 ) -> Result<(), StoreError> {
     if let Err(reason) = commit_addresses_of(store, apply_id, actor, planned).await? {
-        record_event(store, &planned.name, actor, "apply refused", &reason, apply_id).await?;
+        record_event(
+            store,
+            &planned.name,
+            actor,
+            "apply refused",
+            &reason,
+            apply_id,
+        )
+        .await?;
     }
     Ok(())
 }

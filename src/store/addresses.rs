@@ -129,7 +129,10 @@ impl Store {
         apply: Option<&str>,
     ) -> Result<Vec<CommittedAddress>, StoreError> {
         let held = self.machine_addresses(machine).await?;
-        if allocations.iter().all(|allocation| holds(&held, allocation)) {
+        if allocations
+            .iter()
+            .all(|allocation| holds(&held, allocation))
+        {
             return Ok(Vec::new());
         }
         let mut transaction = self.begin_write().await?;
@@ -195,12 +198,11 @@ async fn held_by_interface(
     connection: &mut AnyConnection,
     id: i64,
 ) -> Result<BTreeMap<(String, String), IpAddr>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT interface, subnet, address FROM held_addresses WHERE machine_id = $1",
-    )
-    .bind(id)
-    .fetch_all(&mut *connection)
-    .await?;
+    let rows =
+        sqlx::query("SELECT interface, subnet, address FROM held_addresses WHERE machine_id = $1")
+            .bind(id)
+            .fetch_all(&mut *connection)
+            .await?;
     rows.iter()
         .map(|row| {
             let key = (get(row, "interface")?, get(row, "subnet")?);

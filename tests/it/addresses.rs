@@ -50,11 +50,23 @@ async fn held(store: &Store) -> Vec<(String, String, String, IpAddr)> {
         .await
         .unwrap()
         .into_iter()
-        .map(|address| (address.machine, address.interface, address.subnet, address.ip))
+        .map(|address| {
+            (
+                address.machine,
+                address.interface,
+                address.subnet,
+                address.ip,
+            )
+        })
         .collect()
 }
 
-fn row(machine: &str, interface: &str, subnet: &str, address: &str) -> (String, String, String, IpAddr) {
+fn row(
+    machine: &str,
+    interface: &str,
+    subnet: &str,
+    address: &str,
+) -> (String, String, String, IpAddr) {
     (machine.into(), interface.into(), subnet.into(), ip(address))
 }
 
@@ -69,13 +81,22 @@ async fn address_events(store: &Store, machine: &str) -> Vec<(String, String)> {
         .unwrap()
         .into_iter()
         .filter(|event| event.kind == "address")
-        .map(|event| (event.action.unwrap_or_default(), event.reason.unwrap_or_default()))
+        .map(|event| {
+            (
+                event.action.unwrap_or_default(),
+                event.reason.unwrap_or_default(),
+            )
+        })
         .collect()
 }
 
 async fn delete(store: &Store, name: &str) {
     let record = store.machine(name).await.unwrap().unwrap();
-    let outcome = decide(&record.lifecycle, &ActionRequest::new(Action::Delete, "alice")).unwrap();
+    let outcome = decide(
+        &record.lifecycle,
+        &ActionRequest::new(Action::Delete, "alice"),
+    )
+    .unwrap();
     let commit = Commit {
         actor: "alice",
         action: Some(Action::Delete),
@@ -90,8 +111,14 @@ async fn delete(store: &Store, name: &str) {
 both_backends!(
     an_address_is_held_by_one_machine_until_it_is_deleted,
     |store| async move {
-        store.create_machine(&machine("m1", 1), "alice").await.unwrap();
-        store.create_machine(&machine("m5", 5), "alice").await.unwrap();
+        store
+            .create_machine(&machine("m1", 1), "alice")
+            .await
+            .unwrap();
+        store
+            .create_machine(&machine("m5", 5), "alice")
+            .await
+            .unwrap();
         let first = [allocation("m1", "eth0", "net0", "10.0.0.7")];
         let committed = store
             .commit_addresses("m1", &first, "alice", Some("apply-1"))
@@ -144,7 +171,12 @@ both_backends!(
         assert!(store.machine_addresses("m5").await.unwrap().is_empty());
         // The same address on another subnet is another address.
         store
-            .commit_addresses("m5", &[allocation("m5", "eth1", "net1", "10.0.0.7")], "alice", None)
+            .commit_addresses(
+                "m5",
+                &[allocation("m5", "eth1", "net1", "10.0.0.7")],
+                "alice",
+                None,
+            )
             .await
             .unwrap();
 
@@ -191,7 +223,12 @@ both_backends!(
         assert_eq!(events.last().unwrap().0, "released");
         assert!(events.last().unwrap().1.contains("10.0.0.9 on subnet net0"));
         store
-            .commit_addresses("m5", &[allocation("m5", "eth0", "net0", "10.0.0.9")], "alice", None)
+            .commit_addresses(
+                "m5",
+                &[allocation("m5", "eth0", "net0", "10.0.0.9")],
+                "alice",
+                None,
+            )
             .await
             .unwrap();
     }
@@ -202,8 +239,14 @@ both_backends!(
     |store| async move {
         for round in 0..5u8 {
             let (a, b) = (format!("a-{round}"), format!("b-{round}"));
-            store.create_machine(&machine(&a, 20 + 2 * round), "t").await.unwrap();
-            store.create_machine(&machine(&b, 21 + 2 * round), "t").await.unwrap();
+            store
+                .create_machine(&machine(&a, 20 + 2 * round), "t")
+                .await
+                .unwrap();
+            store
+                .create_machine(&machine(&b, 21 + 2 * round), "t")
+                .await
+                .unwrap();
             let address = format!("10.1.0.{}", 10 + round);
             let (first, second) = (store.clone(), store.clone());
             let (one, two) = tokio::join!(
@@ -220,7 +263,11 @@ both_backends!(
                 .iter()
                 .filter(|result| matches!(result, Err(StoreError::AddressTaken { .. })))
                 .count();
-            assert_eq!((one.is_ok() as u8 + two.is_ok() as u8, taken), (1, 1), "{one:?} {two:?}");
+            assert_eq!(
+                (one.is_ok() as u8 + two.is_ok() as u8, taken),
+                (1, 1),
+                "{one:?} {two:?}"
+            );
         }
     }
 );
@@ -290,7 +337,10 @@ async fn apply(store: &Store, plan: Plan) -> Vec<(String, String, Option<String>
                 .map(|machine| (machine.name, machine.state, machine.reason))
                 .collect();
         }
-        assert!(Instant::now() < deadline, "the apply did not finish: {now:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the apply did not finish: {now:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -298,27 +348,46 @@ async fn apply(store: &Store, plan: Plan) -> Vec<(String, String, Option<String>
 both_backends!(
     apply_commits_a_plans_address_and_refuses_a_machine_whose_address_was_taken_since,
     |store| async move {
-        store.create_machine(&machine("m1", 1), "alice").await.unwrap();
-        store.create_machine(&machine("m5", 5), "alice").await.unwrap();
+        store
+            .create_machine(&machine("m1", 1), "alice")
+            .await
+            .unwrap();
+        store
+            .create_machine(&machine("m5", 5), "alice")
+            .await
+            .unwrap();
         // Two plans made before either is applied, both giving 10.0.0.7 away (say, from two
         // versions of the fleet file): each machine has a step (the `rack-1` tag).
         let plan = fresh_plan(&store).await;
         for name in ["m1", "m5"] {
             assert!(!plan.machine(name).unwrap().steps.is_empty(), "{plan:#?}");
         }
-        let for_m1 = only(plan.clone(), "m1", vec![allocation("m1", "eth0", "net0", "10.0.0.7")]);
-        let for_m5 = only(plan, "m5", vec![allocation("m5", "eth0", "net0", "10.0.0.7")]);
+        let for_m1 = only(
+            plan.clone(),
+            "m1",
+            vec![allocation("m1", "eth0", "net0", "10.0.0.7")],
+        );
+        let for_m5 = only(
+            plan,
+            "m5",
+            vec![allocation("m5", "eth0", "net0", "10.0.0.7")],
+        );
 
         let done = apply(&store, for_m1).await;
         assert_eq!(done, [("m1".to_string(), "done".to_string(), None)]);
         assert_eq!(held(&store).await, [row("m1", "eth0", "net0", "10.0.0.7")]);
         assert_eq!(address_events(&store, "m1").await.len(), 1);
 
-        let message = "address 10.0.0.7 on subnet net0 was taken by m1 after this plan was made: plan again";
+        let message =
+            "address 10.0.0.7 on subnet net0 was taken by m1 after this plan was made: plan again";
         let refused = apply(&store, for_m5).await;
         assert_eq!(
             refused,
-            [("m5".to_string(), "refused".to_string(), Some(message.to_string()))]
+            [(
+                "m5".to_string(),
+                "refused".to_string(),
+                Some(message.to_string())
+            )]
         );
         // m1 keeps it; m5 holds nothing and its step never ran.
         assert_eq!(held(&store).await, [row("m1", "eth0", "net0", "10.0.0.7")]);
@@ -375,9 +444,17 @@ both_backends!(
 async fn machine_show_lists_the_addresses_a_machine_holds() {
     let controller = TestController::start();
     let store = controller.store().await;
-    store.create_machine(&machine("m1", 1), "alice").await.unwrap();
     store
-        .commit_addresses("m1", &[allocation("m1", "eth0", "net0", "10.0.0.7")], "alice", None)
+        .create_machine(&machine("m1", 1), "alice")
+        .await
+        .unwrap();
+    store
+        .commit_addresses(
+            "m1",
+            &[allocation("m1", "eth0", "net0", "10.0.0.7")],
+            "alice",
+            None,
+        )
         .await
         .unwrap();
     let output = controller.fleet(&["machine", "show", "m1"]);
@@ -385,7 +462,8 @@ async fn machine_show_lists_the_addresses_a_machine_holds() {
     let text = stdout(&output);
     assert!(
         text.lines()
-            .any(|line| line.starts_with("address") && line.contains("10.0.0.7 on eth0 (subnet net0)")),
+            .any(|line| line.starts_with("address")
+                && line.contains("10.0.0.7 on eth0 (subnet net0)")),
         "{text}"
     );
     let output = controller.fleet(&["machine", "show", "m1", "--json"]);

@@ -644,13 +644,27 @@ fn held_addresses_go_to_their_interfaces_macs() {
         .insert(("m3".into(), "eth0".into()), mac(30));
     let held = config.held_fixed(&[
         // The commissioned interface of that name.
-        held_address("m1", "eth0", "local", "10.77.0.50", Some(mac(10)), Some(mac(11))),
+        held_address(
+            "m1",
+            "eth0",
+            "local",
+            "10.77.0.50",
+            Some(mac(10)),
+            Some(mac(11)),
+        ),
         // No interface of that name: the boot MAC, once per subnet; the other is still taken.
         held_address("m2", "eth0", "local", "10.77.0.60", None, Some(mac(20))),
         held_address("m2", "eth1", "local", "10.77.0.61", None, Some(mac(20))),
         held_address("m2", "eth0", "relayed", "10.88.0.60", None, Some(mac(20))),
         // The fleet file's `mac` for the interface wins over the record's.
-        held_address("m3", "eth0", "local", "10.77.0.70", Some(mac(31)), Some(mac(31))),
+        held_address(
+            "m3",
+            "eth0",
+            "local",
+            "10.77.0.70",
+            Some(mac(31)),
+            Some(mac(31)),
+        ),
         // Not served: IPv6, an unknown subnet, an address outside its subnet.
         held_address("m4", "eth0", "local", "fd00::5", Some(mac(40)), None),
         held_address("m4", "eth1", "elsewhere", "10.99.0.5", Some(mac(41)), None),
@@ -1345,7 +1359,10 @@ async fn udhcpc_gets_the_address_its_machine_holds_committed_while_the_server_ru
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while lab.leases.held().address(mac, 0).is_none() {
-        assert!(Instant::now() < deadline, "the server never read the held address");
+        assert!(
+            Instant::now() < deadline,
+            "the server never read the held address"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let script = lab.write_script("udhcpc.sh", UDHCPC_SCRIPT);

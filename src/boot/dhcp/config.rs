@@ -310,7 +310,12 @@ impl DhcpConfig {
                 continue;
             };
             let key = (address.machine.clone(), address.interface.clone());
-            match self.interface_macs.get(&key).copied().or(address.interface_mac) {
+            match self
+                .interface_macs
+                .get(&key)
+                .copied()
+                .or(address.interface_mac)
+            {
                 Some(mac) => fixed.insert(mac, subnet, ip, &address.machine),
                 None => by_boot_mac.push((address, subnet, ip)),
             }

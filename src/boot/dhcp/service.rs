@@ -60,7 +60,10 @@ impl DhcpLeases {
         tracing::info!(restored, "DHCP leases loaded from the store");
         let known = store.machine_macs().await?;
         let held = config.held_fixed(&store.held_address_macs().await?);
-        tracing::info!(held = held.len(), "addresses held by machines loaded from the store");
+        tracing::info!(
+            held = held.len(),
+            "addresses held by machines loaded from the store"
+        );
         let behind = WriteBehind::new(Some(store.clone()));
         behind.spawn_writer();
         let leases = DhcpLeases::with(table, behind);
