@@ -472,3 +472,30 @@ async fn machine_show_lists_the_addresses_a_machine_holds() {
     assert_eq!(detail["addresses"][0]["interface"], "eth0");
     assert_eq!(detail["addresses"][0]["subnet"], "net0");
 }
+
+both_backends!(
+    a_machine_the_apply_adds_holds_its_address_once_it_exists,
+    |store| async move {
+        // Nothing in the store: the plan adds both machines, and their addresses are committed
+        // once `add` has created them.
+        let mut plan = fresh_plan(&store).await;
+        for planned in &mut plan.machines {
+            assert_eq!(planned.steps[0].verb(), "add", "{planned:#?}");
+            let address = if planned.name == "m1" {
+                "10.0.0.7"
+            } else {
+                "10.0.0.8"
+            };
+            planned.addresses = vec![allocation(&planned.name, "eth0", "net0", address)];
+        }
+        let done = apply(&store, plan).await;
+        assert!(done.iter().all(|(_, state, _)| state == "done"), "{done:?}");
+        assert_eq!(
+            held(&store).await,
+            [
+                row("m1", "eth0", "net0", "10.0.0.7"),
+                row("m5", "eth0", "net0", "10.0.0.8")
+            ]
+        );
+    }
+);
