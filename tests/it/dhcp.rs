@@ -711,6 +711,16 @@ fn held_addresses_are_offered_to_their_mac_and_never_from_the_pool() {
     }
     assert_eq!(given.len(), 9, "{given:?}");
     assert!(!given.contains(&ip("10.77.0.104")), "{given:?}");
+    // A client that had it from the pool before it was held is not renewed on it.
+    let mut renew = client_message(mac(3), MessageType::Request);
+    renew.set_ciaddr(ip("10.77.0.104"));
+    let mut before = LeaseTable::new();
+    before.bind(0, mac(3), ip("10.77.0.104"), NOW + 600_000, None);
+    let refused = answer_holding(&config, Some(&held), &mut before, &renew, NOW);
+    assert_eq!(
+        refused.reply.unwrap().message.opts().msg_type(),
+        Some(MessageType::Nak)
+    );
     let holder = answer_holding(
         &config,
         Some(&held),

@@ -343,7 +343,9 @@ impl Exchange<'_> {
         }
         if let Some(binding) = leases.binding(self.mac) {
             if binding.ip == ip && binding.subnet == self.subnet_index {
-                return leases.is_available(ip, self.mac, self.now());
+                // A dynamic lease on an address a machine has come to hold is not renewed.
+                let held_now = self.context.held.is_some_and(|held| held.holds(ip));
+                return !held_now && leases.is_available(ip, self.mac, self.now());
             }
         }
         // No record (a lost binding): grant it if the pool would.
