@@ -1,8 +1,8 @@
 //! Operator endpoints for machines and their history.
 
 use super::views::{
-    ActionBody, ActionView, AddMachine, AddedView, ClockView, CloneBody, CloneView, EventView,
-    MachineDetail, MachineRow, MachineView, ScriptResultView,
+    ActionBody, ActionView, AddMachine, AddedView, AddressView, ClockView, CloneBody, CloneView,
+    EventView, MachineDetail, MachineRow, MachineView, ScriptResultView,
 };
 use super::{Actor, ApiError, ApiState};
 use crate::model::{Action, ActionRequest, MacAddr, MachineName, Status};
@@ -31,6 +31,7 @@ pub async fn show(
         ApiError::not_found(format!("no machine named `{name}`")).with("machine", &name)
     })?;
     let script_results = state.store.script_results(record.id).await?;
+    let addresses = state.store.machine_addresses(record.name.as_str()).await?;
     let filter = EventFilter {
         machine: Some(name),
         after_id: None,
@@ -56,6 +57,7 @@ pub async fn show(
             .map(ScriptResultView::from)
             .collect(),
         recent_events: events.into_iter().map(EventView::from).collect(),
+        addresses: addresses.into_iter().map(AddressView::from).collect(),
     }))
 }
 

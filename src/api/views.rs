@@ -138,6 +138,30 @@ pub struct MachineDetail {
     pub clocks: Vec<ClockView>,
     pub script_results: Vec<ScriptResultView>,
     pub recent_events: Vec<EventView>,
+    /// The static addresses the machine holds (from applied plans), by interface.
+    #[serde(default)]
+    pub addresses: Vec<AddressView>,
+}
+
+/// A static address a machine holds: it stays the machine's until the machine is deleted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AddressView {
+    pub interface: String,
+    pub subnet: String,
+    pub ip: std::net::IpAddr,
+    /// When an apply committed it.
+    pub since: String,
+}
+
+impl From<crate::store::StoredAddress> for AddressView {
+    fn from(address: crate::store::StoredAddress) -> Self {
+        AddressView {
+            interface: address.interface,
+            subnet: address.subnet,
+            ip: address.ip,
+            since: rfc3339(address.created_at),
+        }
+    }
 }
 
 /// A clock that is running (`model::watch`).

@@ -48,7 +48,15 @@ pub async fn run_apply(store: &Store, drivers: &PowerDrivers, id: &str) -> Resul
             .filter(|row| row.machine == planned.name)
             .cloned()
             .collect();
-        if machine_rows.is_empty() || machine_rows.iter().any(|row| row.state == "refused") {
+        if machine_rows.is_empty() {
+            // No step, but the plan may still give it addresses (a template now asking for
+            // one): they stick from this apply on, like any other.
+            if let Err(error) = commit_without_steps(store, id, &record.holder, planned).await {
+                tracing::error!(machine = %planned.name, "cannot commit the machine's addresses: {error}");
+            }
+            continue;
+        }
+        if machine_rows.iter().any(|row| row.state == "refused") {
             continue;
         }
         let run = MachineRun {
@@ -92,16 +100,30 @@ fn keep_lock(store: Store, holder: String) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// One machine's steps in order; stops at the first failure (the rest are skipped).
+/// One machine's steps in order; stops at the first failure (the rest are skipped). The plan's
+/// addresses are committed before the first step that needs the machine in the store (after
+/// `add`, which creates it): a machine whose address another machine took since the plan was
+/// made is refused, its remaining steps with it.
 async fn run_machine(run: &MachineRun) -> Result<(), StoreError> {
     let name = run.planned.name.as_str();
+    let mut addresses_committed = false;
     for (index, step) in run.planned.steps.iter().enumerate() {
         let Some(row) = run.rows.iter().find(|row| row.step == index as i64) else {
             continue;
         };
+        if matches!(row.state.as_str(), "failed" | "skipped" | "refused") {
+            return Ok(());
+        }
+        if row.state == "done" {
+            continue;
+        }
+        if !addresses_committed && !matches!(step.operation, Operation::Add { .. }) {
+            addresses_committed = true;
+            if let Err(reason) = commit_planned_addresses(run).await? {
+                return refuse_from(run, index, &reason).await;
+            }
+        }
         let outcome = match row.state.as_str() {
-            "done" => continue,
-            "failed" | "skipped" | "refused" => return Ok(()),
             "started" => resume_step(run, index, step, row).await?,
             _ => start_step(run, index, step).await?,
         };
@@ -137,7 +159,89 @@ async fn run_machine(run: &MachineRun) -> Result<(), StoreError> {
             }
         }
     }
+    if !addresses_committed {
+        // Only `add` ran (or every step was done before a restart): the machine exists now.
+        if let Err(reason) = commit_planned_addresses(run).await? {
+            record_event(
+                &run.store,
+                name,
+                &run.record.holder,
+                "apply refused",
+                &reason,
+                &run.apply_id,
+            )
+            .await?;
+        }
+    }
     Ok(())
+}
+
+/// Commits the plan's addresses of the machine that it does not hold yet; `Err(reason)` when
+/// another machine holds one of them now.
+async fn commit_planned_addresses(run: &MachineRun) -> Result<StepOutcome, StoreError> {
+    commit_addresses_of(&run.store, &run.apply_id, &run.record.holder, &run.planned).await
+}
+
+async fn commit_addresses_of(
+    store: &Store,
+    apply_id: &str,
+    actor: &str,
+    planned: &MachinePlan,
+) -> Result<StepOutcome, StoreError> {
+    if planned.addresses.is_empty() {
+        return Ok(Ok(()));
+    }
+    let committed = store
+        .commit_addresses(&planned.name, &planned.addresses, actor, Some(apply_id))
+        .await;
+    match committed {
+        Ok(_) => Ok(Ok(())),
+        Err(StoreError::AddressTaken {
+            ip, subnet, holder, ..
+        }) => Ok(Err(format!(
+            "address {ip} on subnet {subnet} was taken by {holder} after this plan was made: plan again"
+        ))),
+        // Not in the store (yet, or any more): its step says so; nothing to hold.
+        Err(StoreError::UnknownMachine(_)) => Ok(Ok(())),
+        Err(error) => Err(error),
+    }
+}
+
+/// A machine without steps: its addresses are committed all the same, or the refusal recorded.
+async fn commit_without_steps(
+    store: &Store,
+    apply_id: &str,
+    actor: &str,
+    planned: &MachinePlan,
+) -> Result<(), StoreError> {
+    if let Err(reason) = commit_addresses_of(store, apply_id, actor, planned).await? {
+        record_event(
+            store,
+            &planned.name,
+            actor,
+            "apply refused",
+            &reason,
+            apply_id,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Refuses the machine's steps from `index` on (none of them has run), with an `apply` event.
+async fn refuse_from(run: &MachineRun, index: usize, reason: &str) -> Result<(), StoreError> {
+    for step in index..run.planned.steps.len() {
+        mark(run, step, "refused", Some(reason)).await?;
+    }
+    record_event(
+        &run.store,
+        &run.planned.name,
+        &run.record.holder,
+        "apply refused",
+        reason,
+        &run.apply_id,
+    )
+    .await
 }
 
 async fn mark(

@@ -28,11 +28,13 @@ use crate::store::{ApplyStepRow, EventFilter, LockHolder, Store, StoreError, Sto
 use serde::{Deserialize, Serialize};
 
 /// What the store observes, as the planner reads it (`GET /api/v1/observed`, watch mode): the
-/// records, and for each machine whose power is in error the driver's message, taken from the
-/// newest power event that stored the error (the record itself keeps only the state).
+/// records, the addresses machines hold, and for each machine whose power is in error the
+/// driver's message, taken from the newest power event that stored the error (the record itself
+/// keeps only the state).
 pub async fn observe(store: &Store) -> Result<Observed, StoreError> {
     let records = store.planning_records().await?;
     let mut observed = Observed::from_records(&records);
+    observed.addresses = store.held_addresses().await?;
     for machine in &mut observed.machines {
         if machine.power == PowerState::Error {
             machine.power_error = power_error_message(store, machine.name.as_str()).await?;

@@ -452,6 +452,12 @@ fn render_detail(detail: &MachineDetail) -> String {
             or_dash(interface.driver.as_ref())
         ));
     }
+    for address in &detail.addresses {
+        out.push_str(&format!(
+            "address         {} on {} (subnet {}) since {}\n",
+            address.ip, address.interface, address.subnet, address.since
+        ));
+    }
     for disk in &machine.disks {
         out.push_str(&format!(
             "disk            {} {} {} serial {}\n",

@@ -154,12 +154,17 @@ impl Store {
         let mut transaction = self.begin_write().await?;
         let now = now_ms();
         let name = machine.name.as_str();
+        // Read before the delete takes the held addresses with it; recorded after `deleted`.
+        let mut released = Vec::new();
         if commit.outcome.delete {
+            released =
+                super::addresses::release_events(&mut transaction, machine.id, name, commit.actor)
+                    .await?;
             delete_machine_guarded(&mut transaction, machine).await?;
         } else {
             update_lifecycle_guarded(&mut transaction, machine, commit, now).await?;
         }
-        for event in commit_events(machine, commit) {
+        for event in commit_events(machine, commit).into_iter().chain(released) {
             insert_event(&mut transaction, &event, now).await?;
         }
         let record = if commit.outcome.delete {

@@ -14,11 +14,15 @@
 //! - Operator tokens are kept as the hash of their secret, never the secret; a revoked token
 //!   keeps its row and its name (`operator_tokens.rs`).
 //! - What belongs to one machine (interfaces, disks, script results, its `machine_state`: run,
-//!   token and secret hashes, erase mode; the clone recorded onto it) is deleted with it, in the same transaction (ON DELETE CASCADE).
+//!   token and secret hashes, erase mode, held addresses, the clone recorded onto it) is deleted
+//!   with it, in the same transaction (ON DELETE CASCADE).
+//! - Two machines never hold one address on a subnet (UNIQUE (subnet, address)); a held
+//!   address never moves to another machine (`addresses.rs`).
 
 use crate::model::{Action, InvalidTransition, MacAddr, Outcome};
 use serde::{Deserialize, Serialize};
 
+mod addresses;
 mod apply;
 mod clones;
 mod codec;
@@ -39,6 +43,7 @@ pub use crate::model::records::{
     Disk, Event, EventFilter, Hardware, Interface, Lease, MachineRecord, MachineSummary, NewEvent,
     NewMachine, PowerIntent, ScriptResult,
 };
+pub use addresses::{CommittedAddress, HeldAddressMacs, StoredAddress};
 pub use apply::ApplyStepRow;
 pub use clones::{cloned_parts, CloneOrder, ClonePair, CloneVerdict};
 pub use db::{now_ms, redact_url, Store};
@@ -96,6 +101,13 @@ pub enum StoreError {
     DuplicateIp {
         ip: std::net::Ipv4Addr,
         holder: MacAddr,
+    },
+    #[error("address {ip} on subnet {subnet} is held by machine {holder} (interface {interface})")]
+    AddressTaken {
+        ip: std::net::IpAddr,
+        subnet: String,
+        holder: String,
+        interface: String,
     },
     #[error("lock `{0}` kept changing hands while we tried to take it; retry")]
     LockChurn(String),

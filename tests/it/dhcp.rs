@@ -11,11 +11,11 @@ use dhcproto::{Encodable, Encoder};
 use fleet::boot::dhcp::handler::{decode_request, encode_reply, handle, Context};
 use fleet::boot::dhcp::leases::LeaseTable;
 use fleet::boot::dhcp::{
-    bind_dhcp_socket, serve, DhcpConfig, DhcpLeases, DhcpSubnet, LeaseEventKind, Outcome,
-    StoreChange,
+    bind_dhcp_socket, serve, DhcpConfig, DhcpLeases, DhcpSubnet, HeldFixed, LeaseEventKind,
+    Outcome, StoreChange,
 };
 use fleet::model::MacAddr;
-use fleet::store::{EventFilter, Store};
+use fleet::store::{EventFilter, HeldAddressMacs, Store};
 use proptest::prelude::*;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -96,6 +96,17 @@ fn pxe_discover(
 }
 
 fn answer(config: &DhcpConfig, table: &mut LeaseTable, request: &Message, now: i64) -> Outcome {
+    answer_holding(config, None, table, request, now)
+}
+
+/// [`answer`] with the addresses machines hold in the store.
+fn answer_holding(
+    config: &DhcpConfig,
+    held: Option<&HeldFixed>,
+    table: &mut LeaseTable,
+    request: &Message,
+    now: i64,
+) -> Outcome {
     // Every request goes through the wire format, as the server sees it.
     let mut bytes = Vec::new();
     request.encode(&mut Encoder::new(&mut bytes)).unwrap();
@@ -106,6 +117,7 @@ fn answer(config: &DhcpConfig, table: &mut LeaseTable, request: &Message, now: i
             config,
             now_ms: now,
             store_machines: None,
+            held,
         },
         table,
     )
@@ -606,6 +618,131 @@ fn fixed_addresses_win_over_the_pool_and_are_never_handed_to_others() {
     assert_eq!(refused.message.opts().msg_type(), Some(MessageType::Nak));
 }
 
+fn held_address(
+    machine: &str,
+    interface: &str,
+    subnet: &str,
+    address: &str,
+    interface_mac: Option<MacAddr>,
+    boot_mac: Option<MacAddr>,
+) -> HeldAddressMacs {
+    HeldAddressMacs {
+        machine: machine.into(),
+        interface: interface.into(),
+        subnet: subnet.into(),
+        ip: address.parse().unwrap(),
+        interface_mac,
+        boot_mac,
+    }
+}
+
+#[test]
+fn held_addresses_go_to_their_interfaces_macs() {
+    let mut config = table_config();
+    config
+        .interface_macs
+        .insert(("m3".into(), "eth0".into()), mac(30));
+    let held = config.held_fixed(&[
+        // The commissioned interface of that name.
+        held_address(
+            "m1",
+            "eth0",
+            "local",
+            "10.77.0.50",
+            Some(mac(10)),
+            Some(mac(11)),
+        ),
+        // No interface of that name: the boot MAC, once per subnet; the other is still taken.
+        held_address("m2", "eth0", "local", "10.77.0.60", None, Some(mac(20))),
+        held_address("m2", "eth1", "local", "10.77.0.61", None, Some(mac(20))),
+        held_address("m2", "eth0", "relayed", "10.88.0.60", None, Some(mac(20))),
+        // The fleet file's `mac` for the interface wins over the record's.
+        held_address(
+            "m3",
+            "eth0",
+            "local",
+            "10.77.0.70",
+            Some(mac(31)),
+            Some(mac(31)),
+        ),
+        // Not served: IPv6, an unknown subnet, an address outside its subnet.
+        held_address("m4", "eth0", "local", "fd00::5", Some(mac(40)), None),
+        held_address("m4", "eth1", "elsewhere", "10.99.0.5", Some(mac(41)), None),
+        held_address("m4", "eth2", "local", "10.88.0.9", Some(mac(42)), None),
+    ]);
+    assert_eq!(held.address(mac(10), 0), Some(ip("10.77.0.50")));
+    assert_eq!(held.address(mac(11), 0), None);
+    assert_eq!(held.address(mac(20), 0), Some(ip("10.77.0.60")));
+    assert_eq!(held.address(mac(20), 1), Some(ip("10.88.0.60")));
+    assert!(held.holds(ip("10.77.0.61")));
+    assert_eq!(held.address(mac(30), 0), Some(ip("10.77.0.70")));
+    assert_eq!(held.address(mac(31), 0), None);
+    for last in 40..=42 {
+        assert_eq!(held.address(mac(last), 0), None);
+    }
+    assert_eq!(held.len(), 4);
+}
+
+#[test]
+fn held_addresses_are_offered_to_their_mac_and_never_from_the_pool() {
+    let config = table_config();
+    // 10.77.0.104 lies in the pool (.100-.109): a dynamic range moved after it was allocated.
+    let held = config.held_fixed(&[held_address(
+        "m1",
+        "eth0",
+        "local",
+        "10.77.0.104",
+        Some(mac(10)),
+        None,
+    )]);
+    let mut leases = LeaseTable::new();
+    let mut given = Vec::new();
+    for last in 50..60 {
+        let offer = answer_holding(
+            &config,
+            Some(&held),
+            &mut leases,
+            &client_message(mac(last), MessageType::Discover),
+            NOW,
+        );
+        if let Some(reply) = offer.reply {
+            given.push(reply.message.yiaddr());
+        }
+    }
+    assert_eq!(given.len(), 9, "{given:?}");
+    assert!(!given.contains(&ip("10.77.0.104")), "{given:?}");
+    // A client that had it from the pool before it was held is not renewed on it.
+    let mut renew = client_message(mac(3), MessageType::Request);
+    renew.set_ciaddr(ip("10.77.0.104"));
+    let mut before = LeaseTable::new();
+    before.bind(0, mac(3), ip("10.77.0.104"), NOW + 600_000, None);
+    let refused = answer_holding(&config, Some(&held), &mut before, &renew, NOW);
+    assert_eq!(
+        refused.reply.unwrap().message.opts().msg_type(),
+        Some(MessageType::Nak)
+    );
+    let holder = answer_holding(
+        &config,
+        Some(&held),
+        &mut leases,
+        &client_message(mac(10), MessageType::Discover),
+        NOW,
+    );
+    let offer = holder.reply.expect("an offer for the holder").message;
+    assert_eq!(offer.yiaddr(), ip("10.77.0.104"));
+    assert_eq!(holder.event.unwrap().machine.as_deref(), Some("m1"));
+    // Another client asking for it by name is refused.
+    let mut wants_held = client_message(mac(2), MessageType::Request);
+    wants_held
+        .opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(ip("10.77.0.104")));
+    let refused = answer_holding(&config, Some(&held), &mut leases, &wants_held, NOW);
+    assert_eq!(
+        refused.reply.unwrap().message.opts().msg_type(),
+        Some(MessageType::Nak)
+    );
+}
+
 #[test]
 fn proxy_dhcp_gives_boot_options_only_and_ignores_plain_clients() {
     let mut config = table_config();
@@ -858,6 +995,7 @@ fn handle_bytes(bytes: &[u8], config: &DhcpConfig, leases: &mut LeaseTable) {
                 config,
                 now_ms: NOW,
                 store_machines: None,
+                held: None,
             },
             leases,
         );
@@ -1196,6 +1334,58 @@ async fn udhcpc_with_a_declared_machines_mac_gets_its_fixed_address_and_events()
         .collect();
     assert_eq!(actions, [("lease", Some("offer")), ("lease", Some("ack"))]);
     assert!(events[1].reason.as_deref().unwrap().contains("10.77.0.50"));
+}
+
+const HOLDING_MAC: &str = "52:54:00:aa:00:07";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udhcpc_gets_the_address_its_machine_holds_committed_while_the_server_runs() {
+    let lab = Lab::start(600, Some(HOLDING_MAC)).await;
+    let mac = MacAddr::parse(HOLDING_MAC).unwrap();
+    // After the server started, as an apply would: the server learns it without a restart.
+    let machine = fleet::store::NewMachine {
+        name: fleet::model::MachineName::parse("node-7").unwrap(),
+        status: fleet::model::Status::New,
+        macs: vec![mac],
+        arch: Some("amd64".into()),
+        power_type: "manual".into(),
+        power_params: serde_json::json!({}),
+        bmc_address: None,
+        image: None,
+        tags: Vec::new(),
+        deployed_os: None,
+    };
+    lab.store.create_machine(&machine, "test").await.unwrap();
+    let allocation = fleet::plan::Allocation {
+        machine: machine.name.clone(),
+        interface: "eth0".into(),
+        subnet: "lab".into(),
+        ip: "10.77.0.60".parse().unwrap(),
+        origin: fleet::plan::AddressOrigin::Allocated,
+    };
+    lab.store
+        .commit_addresses("node-7", &[allocation], "test", None)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.leases.held().address(mac, 0).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the server never read the held address"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let script = lab.write_script("udhcpc.sh", UDHCPC_SCRIPT);
+    let mut client = udhcpc(&lab, &script);
+    let bound = wait_for_env(&lab.path("bound.env"), &mut client.0).await;
+    assert_eq!(bound["ip"], "10.77.0.60");
+    assert_eq!(bound["router"], "10.77.0.254");
+    let lease = lab
+        .wait_for_store_lease(mac, |lease| lease.is_some())
+        .await
+        .unwrap();
+    assert_eq!(lease.ip, ip("10.77.0.60"));
+    assert_eq!(lease.machine.as_deref(), Some("node-7"));
 }
 
 const DHCLIENT_SCRIPT: &str = r#"env > "$DIR/$reason.env.tmp"; echo END >> "$DIR/$reason.env.tmp"

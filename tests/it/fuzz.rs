@@ -499,6 +499,7 @@ fn check_dhcp_datagram(
         config,
         now_ms: NOW,
         store_machines: None,
+        held: None,
     };
     let outcome = handle(&request, &context, leases);
     check_lease_table(leases)?;

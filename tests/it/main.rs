@@ -3,6 +3,7 @@
 mod support;
 
 mod actions;
+mod addresses;
 mod apply;
 mod bounded_growth;
 mod clone;

@@ -1,8 +1,11 @@
 //! What the DHCP server answers with, built from the fleet file: the subnets it serves, the fixed
-//! addresses of declared machines, the MACs it ignores and the network-boot settings.
+//! addresses of declared machines, the MACs it ignores and the network-boot settings; and
+//! [`HeldFixed`], the addresses machines hold in the store (applied plans) as fixed addresses,
+//! read again while the server runs.
 
 use crate::config::{Fleet, Subnet};
 use crate::model::MacAddr;
+use crate::store::HeldAddressMacs;
 use ipnet::{IpNet, Ipv4Net};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -38,6 +41,9 @@ pub struct DhcpConfig {
     pub known_machines: HashMap<MacAddr, String>,
     /// Never answered.
     pub ignored_macs: HashSet<MacAddr>,
+    /// The MAC the fleet file gives a machine's interface (`interfaces = [{ name, mac }]`), by
+    /// (machine, interface): which MAC a held address of that interface goes to.
+    pub interface_macs: HashMap<(String, String), MacAddr>,
     pub boot: BootSettings,
     /// The interface the socket serves; `None` answers relayed requests only.
     pub interface: Option<ServedInterface>,
@@ -85,6 +91,49 @@ impl DhcpSubnet {
         self.reserved
             .iter()
             .any(|(start, end)| *start <= ip && ip <= *end)
+    }
+}
+
+/// The addresses machines hold in the store, as fixed addresses: one per MAC and subnet, and
+/// never handed out by the dynamic pool. Built by [`DhcpConfig::held_fixed`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeldFixed {
+    by_mac: HashMap<(MacAddr, usize), Ipv4Addr>,
+    ips: HashSet<Ipv4Addr>,
+    machines: HashMap<MacAddr, String>,
+}
+
+impl HeldFixed {
+    /// The address `mac` holds on subnet `subnet` (an index into [`DhcpConfig::subnets`]).
+    pub fn address(&self, mac: MacAddr, subnet: usize) -> Option<Ipv4Addr> {
+        self.by_mac.get(&(mac, subnet)).copied()
+    }
+
+    /// Whether some machine holds `ip`.
+    pub fn holds(&self, ip: Ipv4Addr) -> bool {
+        self.ips.contains(&ip)
+    }
+
+    /// The machine whose MAC `mac` is, if it holds an address.
+    pub fn machine(&self, mac: MacAddr) -> Option<&str> {
+        self.machines.get(&mac).map(String::as_str)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_mac.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_mac.is_empty()
+    }
+
+    /// Every held address is kept out of the pool, even one no MAC could be found for.
+    fn insert(&mut self, mac: MacAddr, subnet: usize, ip: Ipv4Addr, machine: &str) {
+        self.ips.insert(ip);
+        if let std::collections::hash_map::Entry::Vacant(entry) = self.by_mac.entry((mac, subnet)) {
+            entry.insert(ip);
+            self.machines.insert(mac, machine.to_string());
+        }
     }
 }
 
@@ -155,6 +204,7 @@ impl DhcpConfig {
             fixed_ips: HashSet::new(),
             known_machines: HashMap::new(),
             ignored_macs: HashSet::new(),
+            interface_macs: HashMap::new(),
             boot,
             interface: None,
             offer_hold_seconds: DEFAULT_OFFER_HOLD_SECONDS,
@@ -182,6 +232,12 @@ impl DhcpConfig {
                 config.known_machines.insert(*mac, machine.name.to_string());
             }
             add_fixed_addresses(&mut config, machine);
+            for interface in &machine.interfaces {
+                if let Some(mac) = interface.mac {
+                    let key = (machine.name.to_string(), interface.name.clone());
+                    config.interface_macs.insert(key, mac);
+                }
+            }
         }
         Ok(config.with_ignored_macs(fleet.policy.ignore_macs.iter().copied()))
     }
@@ -239,6 +295,54 @@ impl DhcpConfig {
                 Some(name) => *name == interface.name,
                 None => subnet.network.contains(&interface.address),
             })
+    }
+
+    /// The addresses machines hold in the store as fixed addresses of their MACs: an interface's
+    /// address goes to the MAC the fleet file gives that interface, else to the machine's
+    /// interface of that name (commissioning's record), else — for one interface per machine and
+    /// subnet — to the MAC the machine netboots from. IPv6 addresses and subnets this
+    /// configuration does not serve are left out; a MAC gets one address per subnet.
+    pub fn held_fixed(&self, held: &[HeldAddressMacs]) -> HeldFixed {
+        let mut fixed = HeldFixed::default();
+        let mut by_boot_mac = Vec::new();
+        for address in held {
+            let Some((subnet, ip)) = self.held_subnet(address) else {
+                continue;
+            };
+            let key = (address.machine.clone(), address.interface.clone());
+            match self
+                .interface_macs
+                .get(&key)
+                .copied()
+                .or(address.interface_mac)
+            {
+                Some(mac) => fixed.insert(mac, subnet, ip, &address.machine),
+                None => by_boot_mac.push((address, subnet, ip)),
+            }
+        }
+        // Named interfaces first, so that the boot MAC never takes a subnet from the interface
+        // that really has it.
+        for (address, subnet, ip) in by_boot_mac {
+            match address.boot_mac {
+                Some(mac) => fixed.insert(mac, subnet, ip, &address.machine),
+                None => {
+                    fixed.ips.insert(ip);
+                }
+            }
+        }
+        fixed
+    }
+
+    /// The index of the served subnet a held address belongs to, and the address (IPv4 only).
+    fn held_subnet(&self, address: &HeldAddressMacs) -> Option<(usize, Ipv4Addr)> {
+        let IpAddr::V4(ip) = address.ip else {
+            return None;
+        };
+        let subnet = self
+            .subnets
+            .iter()
+            .position(|subnet| subnet.name == address.subnet && subnet.network.contains(&ip))?;
+        Some((subnet, ip))
     }
 
     /// The server identifier: our address on the served interface.

@@ -2,7 +2,7 @@
 //! and the time in; a reply (with where to send it), a change for the store and an event out.
 //! No IO, no clock: the server loop does those.
 
-use super::config::{DhcpConfig, DhcpSubnet};
+use super::config::{DhcpConfig, DhcpSubnet, HeldFixed};
 use super::leases::{BindingState, LeaseTable};
 use super::options::{add_boot_options, add_subnet_options, boot_answer, classify, ClientKind};
 use crate::model::records::Lease;
@@ -192,6 +192,9 @@ pub struct Context<'a> {
     pub now_ms: i64,
     /// Machines the store knows by MAC (added by hand or enlisted), beside the fleet file's.
     pub store_machines: Option<&'a HashMap<MacAddr, String>>,
+    /// The addresses machines hold in the store (applied plans): fixed addresses of their MACs,
+    /// ahead of the fleet file's, and never in the pool.
+    pub held: Option<&'a HeldFixed>,
 }
 
 /// Answers one request. The lease table is updated in place.
@@ -254,7 +257,13 @@ impl Exchange<'_> {
                 .store_machines
                 .and_then(|known| known.get(&self.mac))
         };
-        declared.or_else(stored).cloned()
+        let holding = || {
+            self.context
+                .held
+                .and_then(|held| held.machine(self.mac))
+                .map(str::to_string)
+        };
+        declared.or_else(stored).cloned().or_else(holding)
     }
 
     /// An event for a declared machine, or for pool exhaustion; `None` for anything else, so
@@ -294,17 +303,29 @@ impl Exchange<'_> {
         }
     }
 
-    /// The address `mac` should have here: its fixed one, else one of the dynamic range.
+    /// The address the client's MAC holds in the store on this subnet, if it holds one.
+    fn held_address(&self) -> Option<Ipv4Addr> {
+        self.context
+            .held
+            .and_then(|held| held.address(self.mac, self.subnet_index))
+    }
+
+    /// The address `mac` should have here: the one it holds, else its fixed one, else one of the
+    /// dynamic range.
     fn choose_address(
         &self,
         leases: &mut LeaseTable,
         requested: Option<Ipv4Addr>,
     ) -> Option<Ipv4Addr> {
+        if let Some(held) = self.held_address() {
+            return Some(held);
+        }
         if let Some(fixed) = self.config().fixed.get(&self.mac) {
             return (fixed.subnet == self.subnet_index).then_some(fixed.ip);
         }
         leases.choose_dynamic(
             self.config(),
+            self.context.held,
             self.subnet_index,
             self.mac,
             requested,
@@ -314,12 +335,17 @@ impl Exchange<'_> {
 
     /// Whether `mac` may be given `ip` (an INIT-REBOOT, RENEWING or REBINDING request).
     fn may_have(&self, leases: &LeaseTable, ip: Ipv4Addr) -> bool {
+        if let Some(held) = self.held_address() {
+            return held == ip;
+        }
         if let Some(fixed) = self.config().fixed.get(&self.mac) {
             return fixed.ip == ip && fixed.subnet == self.subnet_index;
         }
         if let Some(binding) = leases.binding(self.mac) {
             if binding.ip == ip && binding.subnet == self.subnet_index {
-                return leases.is_available(ip, self.mac, self.now());
+                // A dynamic lease on an address a machine has come to hold is not renewed.
+                let held_now = self.context.held.is_some_and(|held| held.holds(ip));
+                return !held_now && leases.is_available(ip, self.mac, self.now());
             }
         }
         // No record (a lost binding): grant it if the pool would.
@@ -327,6 +353,7 @@ impl Exchange<'_> {
             .pool
             .is_some_and(|(start, end)| start <= ip && ip <= end)
             && !self.config().fixed_ips.contains(&ip)
+            && !self.context.held.is_some_and(|held| held.holds(ip))
             && !self.subnet.is_reserved(ip)
             && leases.is_available(ip, self.mac, self.now())
     }

@@ -5,7 +5,7 @@
 //! belongs to at most one MAC. An expired binding keeps its address for the same MAC until
 //! another client needs it, so a machine that comes back gets its old address.
 
-use super::config::{DhcpConfig, DhcpSubnet};
+use super::config::{DhcpConfig, DhcpSubnet, HeldFixed};
 use crate::model::records::Lease;
 use crate::model::MacAddr;
 use std::collections::HashMap;
@@ -124,6 +124,7 @@ impl LeaseTable {
     pub fn choose_dynamic(
         &mut self,
         config: &DhcpConfig,
+        held: Option<&HeldFixed>,
         subnet_index: usize,
         mac: MacAddr,
         requested: Option<Ipv4Addr>,
@@ -134,7 +135,7 @@ impl LeaseTable {
         let usable = |table: &LeaseTable, ip: Ipv4Addr| {
             start <= ip
                 && ip <= end
-                && is_handed_out(config, subnet, ip)
+                && is_handed_out(config, held, subnet, ip)
                 && table.is_available(ip, mac, now_ms)
         };
         if let Some(binding) = self.by_mac.get(&mac) {
@@ -145,13 +146,14 @@ impl LeaseTable {
         if let Some(requested) = requested.filter(|ip| usable(self, *ip)) {
             return Some(requested);
         }
-        self.scan_pool(config, subnet_index, mac, now_ms)
+        self.scan_pool(config, held, subnet_index, mac, now_ms)
     }
 
     /// Walks the range from the cursor once round, taking the first usable address.
     fn scan_pool(
         &mut self,
         config: &DhcpConfig,
+        held: Option<&HeldFixed>,
         subnet_index: usize,
         mac: MacAddr,
         now_ms: i64,
@@ -172,7 +174,7 @@ impl LeaseTable {
             } else {
                 candidate + 1
             };
-            if is_handed_out(config, subnet, ip) && self.is_available(ip, mac, now_ms) {
+            if is_handed_out(config, held, subnet, ip) && self.is_available(ip, mac, now_ms) {
                 self.cursors.entry(subnet_index).or_default().next = next;
                 return Some(ip);
             }
@@ -264,8 +266,14 @@ impl LeaseTable {
 }
 
 /// Whether the dynamic pool may hand out `ip` at all: not the network or broadcast address, not
-/// reserved, not the gateway, not a declared machine's fixed address.
-fn is_handed_out(config: &DhcpConfig, subnet: &DhcpSubnet, ip: Ipv4Addr) -> bool {
+/// reserved, not the gateway, not a declared machine's fixed address, not an address a machine
+/// holds in the store.
+fn is_handed_out(
+    config: &DhcpConfig,
+    held: Option<&HeldFixed>,
+    subnet: &DhcpSubnet,
+    ip: Ipv4Addr,
+) -> bool {
     let network = subnet.network;
     let is_edge =
         network.prefix_len() < 31 && (ip == network.network() || ip == network.broadcast());
@@ -273,5 +281,6 @@ fn is_handed_out(config: &DhcpConfig, subnet: &DhcpSubnet, ip: Ipv4Addr) -> bool
         && subnet.gateway != Some(ip)
         && !subnet.is_reserved(ip)
         && !config.fixed_ips.contains(&ip)
+        && !held.is_some_and(|held| held.holds(ip))
         && config.interface.as_ref().map(|interface| interface.address) != Some(ip)
 }

@@ -25,7 +25,9 @@ mod server;
 mod service;
 mod socket;
 
-pub use config::{BootSettings, DhcpConfig, DhcpConfigError, DhcpSubnet, ServedInterface};
+pub use config::{
+    BootSettings, DhcpConfig, DhcpConfigError, DhcpSubnet, HeldFixed, ServedInterface,
+};
 pub use handler::{LeaseEvent, LeaseEventKind, Outcome, Reply, StoreChange};
 pub use server::serve;
 pub use service::{DhcpLeases, EVENT_INTERVAL_MS};

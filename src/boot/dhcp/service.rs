@@ -2,6 +2,9 @@
 //! while running), loaded from the store at start and written behind to it, and the lease events
 //! recorded on machines, rate-limited.
 //!
+//! Held addresses: what machines hold in the store (applied plans) is served as their fixed
+//! addresses, read again every [`KNOWN_MACHINES_REFRESH`] like the machines' MACs.
+//!
 //! Events: only for MACs of known machines — declared in the fleet file, or in the store (added
 //! by hand, enlisted; read again every few seconds) — (plus pool exhaustion, which names the machine when
 //! it is known), at most one per MAC and kind per [`EVENT_INTERVAL_MS`] (a renewing machine does
@@ -9,7 +12,7 @@
 //! many requests went unanswered since the last one. Unknown MACs (a benchmark's thousands of
 //! simulated clients) cost no event at all. Events are written by the writer task, in batches.
 
-use super::config::DhcpConfig;
+use super::config::{DhcpConfig, HeldFixed};
 use super::handler::{handle, Context, LeaseEvent, LeaseEventKind, Outcome};
 use super::leases::LeaseTable;
 use super::persist::WriteBehind;
@@ -39,6 +42,10 @@ pub struct DhcpLeases {
     /// Machines the store knows by MAC, refreshed every [`KNOWN_MACHINES_REFRESH`], so that
     /// machines added by hand or enlisted get lease events without a query per packet.
     store_machines: RwLock<Arc<HashMap<MacAddr, String>>>,
+    /// The addresses machines hold in the store, as fixed addresses, read again with the MACs:
+    /// an apply that commits an address is served within [`KNOWN_MACHINES_REFRESH`], without a
+    /// restart, whoever applied it (this controller, `--watch`, or another on PostgreSQL).
+    held: RwLock<Arc<HeldFixed>>,
 }
 
 /// How often the MACs the store knows are read again.
@@ -52,12 +59,36 @@ impl DhcpLeases {
         let restored = table.restore(&stored, config);
         tracing::info!(restored, "DHCP leases loaded from the store");
         let known = store.machine_macs().await?;
+        let held = config.held_fixed(&store.held_address_macs().await?);
+        tracing::info!(
+            held = held.len(),
+            "addresses held by machines loaded from the store"
+        );
         let behind = WriteBehind::new(Some(store.clone()));
         behind.spawn_writer();
         let leases = DhcpLeases::with(table, behind);
         leases.set_store_machines(known);
-        tokio::spawn(refresh_store_machines(Arc::downgrade(&leases), store));
+        leases.set_held(held);
+        // Only the subnets and the fleet file's interface MACs matter to `held_fixed`, and every
+        // socket's configuration shares them.
+        let base = config.clone();
+        tokio::spawn(refresh_store_machines(Arc::downgrade(&leases), store, base));
         Ok(leases)
+    }
+
+    fn set_held(&self, held: HeldFixed) {
+        *self
+            .held
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(held);
+    }
+
+    /// The addresses held in the store as the server serves them now (tests, diagnostics).
+    pub fn held(&self) -> Arc<HeldFixed> {
+        self.held
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     fn set_store_machines(&self, known: Vec<(MacAddr, String)>) {
@@ -79,6 +110,7 @@ impl DhcpLeases {
             limiter: Mutex::new(EventLimiter::default()),
             behind,
             store_machines: RwLock::new(Arc::new(HashMap::new())),
+            held: RwLock::new(Arc::new(HeldFixed::default())),
         })
     }
 
@@ -89,10 +121,12 @@ impl DhcpLeases {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
+        let held = self.held();
         let context = Context {
             config,
             now_ms,
             store_machines: Some(&store_machines),
+            held: Some(&held),
         };
         let mut outcome = {
             let mut table = lock(&self.table);
@@ -218,9 +252,9 @@ fn describe(event: &LeaseEvent) -> String {
     }
 }
 
-/// Reads the store's MACs again and again while the lease table lives; a failed read keeps the
-/// last good map (the next one retries).
-async fn refresh_store_machines(leases: Weak<DhcpLeases>, store: Store) {
+/// Reads the store's MACs and held addresses again and again while the lease table lives; a
+/// failed read keeps the last good map (the next one retries).
+async fn refresh_store_machines(leases: Weak<DhcpLeases>, store: Store, config: DhcpConfig) {
     loop {
         tokio::time::sleep(KNOWN_MACHINES_REFRESH).await;
         let Some(leases) = leases.upgrade() else {
@@ -229,6 +263,10 @@ async fn refresh_store_machines(leases: Weak<DhcpLeases>, store: Store) {
         match store.machine_macs().await {
             Ok(known) => leases.set_store_machines(known),
             Err(error) => tracing::warn!("DHCP: cannot read the machines' MACs: {error}"),
+        }
+        match store.held_address_macs().await {
+            Ok(held) => leases.set_held(config.held_fixed(&held)),
+            Err(error) => tracing::warn!("DHCP: cannot read the held addresses: {error}"),
         }
     }
 }
