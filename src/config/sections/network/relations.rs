@@ -197,12 +197,7 @@ fn check_vlan_parents(declared: &Declared, problems: &mut Problems) {
     }
 }
 
-fn check_vlan_mtu(
-    declared: &Declared,
-    at: usize,
-    parent: &InterfaceSpec,
-    problems: &mut Problems,
-) {
+fn check_vlan_mtu(declared: &Declared, at: usize, parent: &InterfaceSpec, problems: &mut Problems) {
     let vlan = &declared.interfaces[at];
     let (Some(mtu), Some(span)) = (vlan.mtu, declared.mtu_spans[at]) else {
         return;
@@ -229,7 +224,7 @@ fn check_vlan_mtu(
 /// parent is `br0`).
 fn check_cycles(declared: &Declared, problems: &mut Problems) {
     for (at, start) in declared.interfaces.iter().enumerate() {
-        if stands_on(declared, start, &start.name, declared.interfaces.len()) {
+        if stands_on(declared, start, &start.name) {
             problems.error(
                 declared.spans[at],
                 format!(
@@ -241,19 +236,30 @@ fn check_cycles(declared: &Declared, problems: &mut Problems) {
     }
 }
 
-/// Whether `interface` stands, directly or not, on `target`; `depth` bounds the walk.
-fn stands_on(declared: &Declared, interface: &InterfaceSpec, target: &str, depth: usize) -> bool {
-    if depth == 0 {
-        return false;
+/// Whether `interface` stands, directly or not, on `target`: a walk that visits each interface
+/// once (a walk along every path would be exponential in a template built to be).
+fn stands_on(declared: &Declared, interface: &InterfaceSpec, target: &str) -> bool {
+    let mut visited = vec![false; declared.interfaces.len()];
+    let mut pending = vec![interface];
+    while let Some(current) = pending.pop() {
+        for name in below(current) {
+            if name == target {
+                return true;
+            }
+            if let Some((at, next)) = declared.get(name) {
+                if !std::mem::replace(&mut visited[at], true) {
+                    pending.push(next);
+                }
+            }
+        }
     }
-    let below: Vec<&String> = match &interface.kind {
-        InterfaceKind::Vlan { parent, .. } => vec![parent],
-        _ => members_of(interface).iter().collect(),
-    };
-    below.into_iter().any(|name| {
-        name == target
-            || declared
-                .get(name)
-                .is_some_and(|(_, next)| stands_on(declared, next, target, depth - 1))
-    })
+    false
+}
+
+/// What an interface stands on: a VLAN's parent, a bond's or bridge's members.
+fn below(interface: &InterfaceSpec) -> &[String] {
+    match &interface.kind {
+        InterfaceKind::Vlan { parent, .. } => std::slice::from_ref(parent),
+        _ => members_of(interface),
+    }
 }
