@@ -456,7 +456,10 @@ pub enum InterfaceKind {
         #[schemars(default)]
         stp: bool,
         /// Seconds in the listening and learning states, 0 to 30 (2 to 30 with `stp`).
-        #[schemars(default = "InterfaceKind::default_forward_delay", range(min = 0, max = 30))]
+        #[schemars(
+            default = "InterfaceKind::default_forward_delay",
+            range(min = 0, max = 30)
+        )]
         forward_delay: u32,
     },
     Vlan {

@@ -285,7 +285,10 @@ fn bridge(
 ) -> InterfaceKind {
     let stp = table.boolean("stp", problems).is_some_and(|stp| stp.value);
     let forward_delay = table.integer("forward_delay", 0, 30, problems);
-    if let Some(delay) = forward_delay.as_ref().filter(|delay| stp && delay.value < 2) {
+    if let Some(delay) = forward_delay
+        .as_ref()
+        .filter(|delay| stp && delay.value < 2)
+    {
         problems.error(
             delay.span,
             format!(
@@ -353,7 +356,13 @@ fn xmit_hash_policy(
     problems: &mut Problems,
 ) -> Option<String> {
     let modes = "\"balance-xor\", \"802.3ad\" and \"balance-tlb\"";
-    if !only_in_modes(table, "xmit_hash_policy", mode.hashes_transmits(), modes, problems) {
+    if !only_in_modes(
+        table,
+        "xmit_hash_policy",
+        mode.hashes_transmits(),
+        modes,
+        problems,
+    ) {
         return None;
     }
     let policy = table.choice(
@@ -371,7 +380,13 @@ fn num_grat_arp(
     problems: &mut Problems,
 ) -> Option<u8> {
     let applies = mode.sends_gratuitous_arps();
-    if !only_in_modes(table, "num_grat_arp", applies, "\"active-backup\"", problems) {
+    if !only_in_modes(
+        table,
+        "num_grat_arp",
+        applies,
+        "\"active-backup\"",
+        problems,
+    ) {
         return None;
     }
     let count = table.integer("num_grat_arp", 0, 255, problems);
