@@ -12,7 +12,7 @@ use super::size::{AbsoluteSize, SizeSpec};
 use crate::model::{MacAddr, MachineName, PowerOffMode, Status};
 use ipnet::IpNet;
 use schemars::{JsonSchema, Schema};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -424,19 +424,43 @@ pub struct InterfaceSpec {
 pub enum InterfaceKind {
     Physical,
     Bond {
+        /// Physical interfaces of the same template, each in one bond or bridge at most.
         members: Vec<String>,
+        /// Default "balance-rr", as MAAS.
         #[schemars(default)]
         bond_mode: BondMode,
-        miimon: Option<u32>,
-        /// 802.3ad only.
+        /// Link monitoring interval in milliseconds (0: off).
+        #[schemars(default = "InterfaceKind::default_miimon")]
+        miimon: u32,
+        /// Milliseconds to wait before enabling a member whose link came back (a multiple of
+        /// `miimon`).
+        #[schemars(default)]
+        updelay: u32,
+        /// Milliseconds to wait before disabling a member whose link went down (a multiple of
+        /// `miimon`).
+        #[schemars(default)]
+        downdelay: u32,
+        /// 802.3ad only; default "fast" there, as MAAS.
         lacp_rate: Option<LacpRate>,
+        /// balance-xor, 802.3ad and balance-tlb only; default "layer2" there.
         #[schemars(extend("enum" = InterfaceKind::XMIT_HASH_POLICIES))]
         xmit_hash_policy: Option<String>,
+        /// Gratuitous ARPs sent after a failover, 0 to 255: active-backup only; default 1 there.
+        #[schemars(range(min = 0, max = 255))]
+        num_grat_arp: Option<u8>,
     },
     Bridge {
+        /// Physical, bond or VLAN interfaces of the same template.
         members: Vec<String>,
+        /// Spanning tree protocol; default off, as MAAS.
         #[schemars(default)]
         stp: bool,
+        /// Seconds in the listening and learning states, 0 to 30 (2 to 30 with `stp`).
+        #[schemars(
+            default = "InterfaceKind::default_forward_delay",
+            range(min = 0, max = 30)
+        )]
+        forward_delay: u32,
     },
     Vlan {
         /// The interface it rides on.
@@ -449,6 +473,16 @@ pub enum InterfaceKind {
 impl InterfaceKind {
     pub const XMIT_HASH_POLICIES: &'static [&'static str] =
         &["layer2", "layer2+3", "layer3+4", "encap2+3", "encap3+4"];
+
+    /// MAAS's default link monitoring interval (milliseconds).
+    pub fn default_miimon() -> u32 {
+        100
+    }
+
+    /// MAAS's (and the kernel's) default bridge forward delay (seconds).
+    pub fn default_forward_delay() -> u32 {
+        15
+    }
 
     /// The schema's physical variant without `type` required (the reader's default).
     fn physical_is_the_default(schema: &mut Schema) {
@@ -463,11 +497,12 @@ impl InterfaceKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, JsonSchema)]
+/// Default balance-rr, as MAAS (`BOND_MODE_CHOICES[0]` in maasserver/enum.py).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum BondMode {
+    #[default]
     #[serde(rename = "balance-rr")]
     BalanceRr,
-    #[default]
     #[serde(rename = "active-backup")]
     ActiveBackup,
     #[serde(rename = "balance-xor")]
@@ -508,16 +543,48 @@ impl BondMode {
             .position(|name| *name == text)
             .map(|at| all[at])
     }
+
+    /// The name as written (and as netplan and the kernel spell it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BalanceRr => "balance-rr",
+            Self::ActiveBackup => "active-backup",
+            Self::BalanceXor => "balance-xor",
+            Self::Broadcast => "broadcast",
+            Self::Ieee8023ad => "802.3ad",
+            Self::BalanceTlb => "balance-tlb",
+            Self::BalanceAlb => "balance-alb",
+        }
+    }
+
+    /// The kernel uses `xmit_hash_policy` in these modes only (bonding.rst).
+    pub fn hashes_transmits(self) -> bool {
+        matches!(self, Self::BalanceXor | Self::Ieee8023ad | Self::BalanceTlb)
+    }
+
+    /// MAAS renders `num_grat_arp` for active-backup only (its bug #1730991).
+    pub fn sends_gratuitous_arps(self) -> bool {
+        self == Self::ActiveBackup
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LacpRate {
     Fast,
     Slow,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+impl LacpRate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fast => "fast",
+            Self::Slow => "slow",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LinkMode {
     /// A static address allocated by the controller from the subnet.
@@ -531,6 +598,20 @@ pub enum LinkMode {
 
 impl LinkMode {
     pub const NAMES: &'static [&'static str] = &["auto", "dhcp", "static", "link_up"];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Dhcp => "dhcp",
+            Self::Static => "static",
+            Self::LinkUp => "link_up",
+        }
+    }
+
+    /// Auto and static links carry an address (and so may carry the default gateway).
+    pub fn takes_address(self) -> bool {
+        matches!(self, Self::Auto | Self::Static)
+    }
 
     pub fn parse(text: &str) -> Option<Self> {
         let all = [Self::Auto, Self::Dhcp, Self::Static, Self::LinkUp];

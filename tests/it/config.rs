@@ -329,6 +329,30 @@ fn network_templates() {
     );
 }
 
+/// What the interfaces of one template may stand on (MAAS's interface forms), bond parameters
+/// only in the modes that use them, and delays and MTUs the kernel would refuse or round.
+#[test]
+fn network_template_relations() {
+    check(
+        "network_relations.toml",
+        &[
+            (11, 3, "`eth2` is a member of `bond1`, so it takes no address of its own"),
+            (12, 3, "all members of bond `bond0` must be on the same network: `eth0` is on subnet `a`, `eth1` on `b`"),
+            (12, 74, "`updelay` must be a multiple of `miimon` (100 ms), found 150"),
+            (13, 3, "interface `eth0` is already a member of `bond0`"),
+            (13, 105, "`num_grat_arp` applies only to bond_mode \"active-backup\""),
+            (14, 3, "bond `bond2` has member `vlan7`, a vlan"),
+            (14, 105, "`xmit_hash_policy` applies only to bond_mode \"balance-xor\", \"802.3ad\" and \"balance-tlb\""),
+            (15, 3, "VLAN `vlan7` stands on `eth1`, which is a member of bond `bond0`"),
+            (15, 61, "VLAN `vlan7` has mtu 9000, above the mtu of its parent `eth1`: 1500 (the default)"),
+            (16, 3, "interface `br0` stands on itself"),
+            (16, 85, "with `stp = true` the kernel takes a `forward_delay` of 2 to 30 seconds, found 1"),
+            (17, 3, "interface `vlan8` stands on itself"),
+            (18, 100, "`num_grat_arp` must be between 0 and 255, found 256"),
+        ],
+    );
+}
+
 #[test]
 fn policy_values() {
     check(

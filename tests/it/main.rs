@@ -19,6 +19,7 @@ mod layers;
 mod lifecycle;
 mod machine_api;
 mod netboot;
+mod netplan;
 mod plan;
 mod power;
 mod power_apply;

@@ -9,6 +9,8 @@ use crate::config::read::{check_choice, with_suggestion, Spanned, TableReader};
 use crate::config::syntax::Span;
 use std::collections::HashMap;
 
+mod relations;
+
 pub const KEYS: &[&str] = &["interfaces"];
 pub const INTERFACE_KEYS: &[&str] = &[
     "name",
@@ -19,9 +21,13 @@ pub const INTERFACE_KEYS: &[&str] = &[
     "members",
     "bond_mode",
     "miimon",
+    "updelay",
+    "downdelay",
     "lacp_rate",
     "xmit_hash_policy",
+    "num_grat_arp",
     "stp",
+    "forward_delay",
     "parent",
     "id",
 ];
@@ -33,9 +39,17 @@ pub const MINIMUM_MTU: i64 = 552;
 const TYPE_KEYS: &[(&str, &[&str])] = &[
     (
         "bond",
-        &["bond_mode", "miimon", "lacp_rate", "xmit_hash_policy"],
+        &[
+            "bond_mode",
+            "miimon",
+            "updelay",
+            "downdelay",
+            "lacp_rate",
+            "xmit_hash_policy",
+            "num_grat_arp",
+        ],
     ),
-    ("bridge", &["stp"]),
+    ("bridge", &["stp", "forward_delay"]),
     ("vlan", &["parent", "id"]),
 ];
 
@@ -60,6 +74,7 @@ pub fn read(
     let mut subnet_references = Vec::new();
     let mut names: Vec<Spanned<String>> = Vec::new();
     let mut links: Vec<(Spanned<String>, Span)> = Vec::new();
+    let mut mtu_spans: Vec<Option<Span>> = Vec::new();
     for item in reader
         .array("interfaces", problems)
         .unwrap_or_default()
@@ -73,6 +88,7 @@ pub fn read(
             continue;
         };
         names.push(Spanned::new(interface.name.clone(), table.span));
+        mtu_spans.push(table.key_span("mtu"));
         template.interfaces.push(interface);
     }
     if reader.item("interfaces").is_none() {
@@ -83,6 +99,10 @@ pub fn read(
     }
     check_unique_names(&names, problems);
     check_links(&names, &links, problems);
+    // Interfaces that did not read are left out of the template, and the relations of those
+    // that did are checked: members and parents that name nothing were reported just above.
+    let spans: Vec<Span> = names.iter().map(|name| name.span).collect();
+    relations::check(&template, &spans, &mtu_spans, problems);
     NetworkDecl {
         name,
         template,
@@ -196,25 +216,8 @@ fn interface_kind(
             .collect()
     };
     let kind = match kind {
-        "bond" => InterfaceKind::Bond {
-            members: members(),
-            bond_mode: bond_mode(table, problems)?,
-            miimon: table
-                .integer("miimon", 0, u32::MAX as i64, problems)
-                .map(|ms| ms.value as u32),
-            lacp_rate: lacp_rate(table, problems),
-            xmit_hash_policy: table
-                .choice(
-                    "xmit_hash_policy",
-                    InterfaceKind::XMIT_HASH_POLICIES,
-                    problems,
-                )
-                .map(|p| p.value.to_string()),
-        },
-        "bridge" => InterfaceKind::Bridge {
-            members: members(),
-            stp: table.boolean("stp", problems).is_some_and(|stp| stp.value),
-        },
+        "bond" => bond(table, members(), problems)?,
+        "bridge" => bridge(table, members(), problems),
         "vlan" => InterfaceKind::Vlan {
             parent: table.required_string("parent", problems)?.value.to_string(),
             id: table
@@ -227,6 +230,82 @@ fn interface_kind(
     Some(kind)
 }
 
+/// A bond, with MAAS's defaults filled in for the parameters its mode uses (and only those).
+fn bond(
+    table: &TableReader<'_, '_>,
+    members: Vec<String>,
+    problems: &mut Problems,
+) -> Option<InterfaceKind> {
+    let bond_mode = bond_mode(table, problems)?;
+    let mut milliseconds = |key| {
+        table
+            .integer(key, 0, i64::from(u32::MAX), problems)
+            .map(|ms| ms.value as u32)
+    };
+    let miimon = milliseconds("miimon").unwrap_or_else(InterfaceKind::default_miimon);
+    let updelay = milliseconds("updelay").unwrap_or(0);
+    let downdelay = milliseconds("downdelay").unwrap_or(0);
+    check_delays(table, miimon, problems);
+    Some(InterfaceKind::Bond {
+        members,
+        bond_mode,
+        miimon,
+        updelay,
+        downdelay,
+        lacp_rate: lacp_rate(table, bond_mode, problems),
+        xmit_hash_policy: xmit_hash_policy(table, bond_mode, problems),
+        num_grat_arp: num_grat_arp(table, bond_mode, problems),
+    })
+}
+
+/// The kernel counts up and down delays in whole link-monitoring intervals: it rounds any other
+/// value down with a warning nobody reads, so a value that is not a multiple is refused here.
+fn check_delays(table: &TableReader<'_, '_>, miimon: u32, problems: &mut Problems) {
+    for key in ["updelay", "downdelay"] {
+        let Some(delay) = table.integer(key, 0, i64::from(u32::MAX), &mut Problems::default())
+        else {
+            continue;
+        };
+        if miimon > 0 && delay.value % i64::from(miimon) != 0 {
+            problems.error(
+                delay.span,
+                format!(
+                    "`{key}` must be a multiple of `miimon` ({miimon} ms), found {}",
+                    delay.value
+                ),
+            );
+        }
+    }
+}
+
+fn bridge(
+    table: &TableReader<'_, '_>,
+    members: Vec<String>,
+    problems: &mut Problems,
+) -> InterfaceKind {
+    let stp = table.boolean("stp", problems).is_some_and(|stp| stp.value);
+    let forward_delay = table.integer("forward_delay", 0, 30, problems);
+    if let Some(delay) = forward_delay
+        .as_ref()
+        .filter(|delay| stp && delay.value < 2)
+    {
+        problems.error(
+            delay.span,
+            format!(
+                "with `stp = true` the kernel takes a `forward_delay` of 2 to 30 seconds, found {}",
+                delay.value
+            ),
+        );
+    }
+    InterfaceKind::Bridge {
+        members,
+        stp,
+        forward_delay: forward_delay.map_or_else(InterfaceKind::default_forward_delay, |delay| {
+            delay.value as u32
+        }),
+    }
+}
+
 fn bond_mode(table: &TableReader<'_, '_>, problems: &mut Problems) -> Option<BondMode> {
     let Some(mode) = table.string("bond_mode", problems) else {
         return Some(BondMode::default());
@@ -236,21 +315,82 @@ fn bond_mode(table: &TableReader<'_, '_>, problems: &mut Problems) -> Option<Bon
         .flatten()
 }
 
-/// LACP rate only means something in 802.3ad mode.
-fn lacp_rate(table: &TableReader<'_, '_>, problems: &mut Problems) -> Option<LacpRate> {
-    let rate = table.choice("lacp_rate", &["fast", "slow"], problems)?;
-    let mode = table.string("bond_mode", &mut Problems::default());
-    if mode.as_ref().map(|mode| mode.value) != Some("802.3ad") {
-        problems.error(
-            rate.span,
-            "`lacp_rate` applies only to bond_mode \"802.3ad\"",
-        );
+/// A key that only some bond modes use: an error where the mode does not.
+fn only_in_modes(
+    table: &TableReader<'_, '_>,
+    key: &str,
+    applies: bool,
+    modes: &str,
+    problems: &mut Problems,
+) -> bool {
+    match table.item(key).map(|value| value.span) {
+        Some(span) if !applies => {
+            problems.error(span, format!("`{key}` applies only to bond_mode {modes}"));
+            false
+        }
+        _ => applies,
     }
-    Some(if rate.value == "fast" {
-        LacpRate::Fast
-    } else {
-        LacpRate::Slow
+}
+
+/// LACP rate only means something in 802.3ad mode; there MAAS's default is fast.
+fn lacp_rate(
+    table: &TableReader<'_, '_>,
+    mode: BondMode,
+    problems: &mut Problems,
+) -> Option<LacpRate> {
+    let applies = mode == BondMode::Ieee8023ad;
+    if !only_in_modes(table, "lacp_rate", applies, "\"802.3ad\"", problems) {
+        return None;
+    }
+    let rate = table.choice("lacp_rate", &["fast", "slow"], problems);
+    Some(match rate.map(|rate| rate.value) {
+        Some("slow") => LacpRate::Slow,
+        _ => LacpRate::Fast,
     })
+}
+
+/// The transmit hash policy of the modes that hash; there the default is layer2.
+fn xmit_hash_policy(
+    table: &TableReader<'_, '_>,
+    mode: BondMode,
+    problems: &mut Problems,
+) -> Option<String> {
+    let modes = "\"balance-xor\", \"802.3ad\" and \"balance-tlb\"";
+    if !only_in_modes(
+        table,
+        "xmit_hash_policy",
+        mode.hashes_transmits(),
+        modes,
+        problems,
+    ) {
+        return None;
+    }
+    let policy = table.choice(
+        "xmit_hash_policy",
+        InterfaceKind::XMIT_HASH_POLICIES,
+        problems,
+    );
+    Some(policy.map_or("layer2", |policy| policy.value).to_string())
+}
+
+/// Gratuitous ARPs after a failover: active-backup only (MAAS drops it elsewhere); default 1.
+fn num_grat_arp(
+    table: &TableReader<'_, '_>,
+    mode: BondMode,
+    problems: &mut Problems,
+) -> Option<u8> {
+    let applies = mode.sends_gratuitous_arps();
+    if !only_in_modes(
+        table,
+        "num_grat_arp",
+        applies,
+        "\"active-backup\"",
+        problems,
+    ) {
+        return None;
+    }
+    let count = table.integer("num_grat_arp", 0, 255, problems);
+    Some(count.map_or(1, |count| count.value as u8))
 }
 
 fn check_unique_names(names: &[Spanned<String>], problems: &mut Problems) {
