@@ -156,13 +156,24 @@ fn read_disk(
     disk.check_keys(DISK_KEYS, problems);
     let id = disk.required_string("id", problems)?;
     let filesystem = filesystem(disk, index, problems);
-    declare(index, &id, Kind::Disk, filesystem_span(disk, &filesystem), problems);
-    let boot = disk.boolean("boot", problems).is_some_and(|flag| flag.value);
+    declare(
+        index,
+        &id,
+        Kind::Disk,
+        filesystem_span(disk, &filesystem),
+        problems,
+    );
+    let boot = disk
+        .boolean("boot", problems)
+        .is_some_and(|flag| flag.value);
     let partitions = partitions(disk, index, problems);
     if !partitions.is_empty() && filesystem.fstype.is_some() {
         problems.error(
             disk.key_span("fstype").unwrap_or(disk.span),
-            format!("disk `{}` has partitions: put the filesystem on one of them", id.value),
+            format!(
+                "disk `{}` has partitions: put the filesystem on one of them",
+                id.value
+            ),
         );
     }
     if boot && filesystem.fstype.is_some() {
@@ -215,7 +226,13 @@ fn partitions(
         let filesystem = filesystem(&table, index, problems);
         let id = table.string("id", problems);
         if let Some(id) = &id {
-            declare(index, id, Kind::Partition, filesystem_span(&table, &filesystem), problems);
+            declare(
+                index,
+                id,
+                Kind::Partition,
+                filesystem_span(&table, &filesystem),
+                problems,
+            );
         }
         partitions.push(CustomPartition {
             id: id.map(|id| id.value.to_string()),
@@ -260,18 +277,37 @@ fn read_raid(
 ) -> Option<CustomRaid> {
     table.check_keys(RAID_KEYS, problems);
     let id = table.required_string("id", problems);
-    let level = table.required("level", problems).and(table.integer("level", 0, 255, problems));
-    let minimum = level.as_ref().and_then(|level| raid_minimum(level, problems));
+    let level = table
+        .required("level", problems)
+        .and(table.integer("level", 0, 255, problems));
+    let minimum = level
+        .as_ref()
+        .and_then(|level| raid_minimum(level, problems));
     let owner = format!("raid `{}`", id.as_ref().map_or("?", |id| id.value));
     let kinds = [Kind::Disk, Kind::Partition];
     let spares = members(table, "spares", &owner, &kinds, index, problems);
     let members = members(table, "members", &owner, &kinds, index, problems);
+    // Counted as written: a member refused above is already reported.
+    let written = |key| table.string_list(key, &mut Problems::default()).len();
     if let (Some(level), Some(minimum)) = (&level, minimum) {
-        check_raid_counts(table, level, minimum, members.len(), spares.len(), problems);
+        check_raid_counts(
+            table,
+            level,
+            minimum,
+            written("members"),
+            written("spares"),
+            problems,
+        );
     }
     let filesystem = filesystem(table, index, problems);
     let id = id?;
-    declare(index, &id, Kind::Raid, filesystem_span(table, &filesystem), problems);
+    declare(
+        index,
+        &id,
+        Kind::Raid,
+        filesystem_span(table, &filesystem),
+        problems,
+    );
     Some(CustomRaid {
         id: id.value.to_string(),
         level: level?.value as u8,
@@ -314,7 +350,10 @@ fn check_raid_counts(
     }
     if level.value == 0 && spares > 0 {
         let span = table.item("spares").map_or(table.span, |item| item.span);
-        problems.error(span, "RAID level 0 has no redundancy to rebuild: it takes no spares");
+        problems.error(
+            span,
+            "RAID level 0 has no redundancy to rebuild: it takes no spares",
+        );
     }
 }
 
@@ -346,7 +385,10 @@ fn read_volume_group(
     let owner = format!("volume group `{}`", id.as_ref().map_or("?", |id| id.value));
     let kinds = [Kind::Disk, Kind::Partition, Kind::Raid];
     let members = members(table, "members", &owner, &kinds, index, problems);
-    if table.string_list("members", &mut Problems::default()).is_empty() {
+    if table
+        .string_list("members", &mut Problems::default())
+        .is_empty()
+    {
         problems.error(table.span, format!("{owner} has no `members`"));
     }
     let logical_volumes = logical_volumes(table, index, problems);
@@ -394,7 +436,13 @@ fn logical_volumes(
         let filesystem = filesystem(&table, index, problems);
         let Some(name) = name else { continue };
         if volumes.iter().any(|volume| volume.name == name.value) {
-            problems.error(name.span, format!("logical volume `{}` is declared twice in this volume group", name.value));
+            problems.error(
+                name.span,
+                format!(
+                    "logical volume `{}` is declared twice in this volume group",
+                    name.value
+                ),
+            );
         }
         volumes.push(CustomLogicalVolume {
             name: name.value.to_string(),
@@ -444,16 +492,27 @@ fn check_member(
             member.value
         );
         let candidates: Vec<&str> = index.ids.keys().map(String::as_str).collect();
-        problems.push(with_suggestion(Problem::new(member.span, message), member.value, &candidates));
+        problems.push(with_suggestion(
+            Problem::new(member.span, message),
+            member.value,
+            &candidates,
+        ));
         return false;
     };
     if !kinds.contains(&declared.kind) {
-        let message = format!("{owner}: `{}` is a {}, which cannot be a member here", member.value, declared.kind.noun());
+        let message = format!(
+            "{owner}: `{}` is a {}, which cannot be a member here",
+            member.value,
+            declared.kind.noun()
+        );
         problems.push(Problem::new(member.span, message).related(declared.span, "declared here"));
         return false;
     }
     if let Some(filesystem) = declared.filesystem {
-        let message = format!("{owner}: `{}` has a filesystem, so it cannot also be a member", member.value);
+        let message = format!(
+            "{owner}: `{}` has a filesystem, so it cannot also be a member",
+            member.value
+        );
         problems.push(Problem::new(member.span, message).related(filesystem, "the filesystem"));
         return false;
     }
@@ -474,7 +533,11 @@ fn declare(
     problems: &mut Problems,
 ) {
     if let Some(first) = index.ids.get(id.value) {
-        let message = format!("`{}` is already the id of a {}", id.value, first.kind.noun());
+        let message = format!(
+            "`{}` is already the id of a {}",
+            id.value,
+            first.kind.noun()
+        );
         problems.push(Problem::new(id.span, message).related(first.span, "first declared here"));
         return;
     }
@@ -554,7 +617,10 @@ fn check_mount(
         return;
     }
     if !mount.value.starts_with('/') || mount.value.contains("//") {
-        problems.error(mount.span, format!("mount point `{}` must be an absolute path", mount.value));
+        problems.error(
+            mount.span,
+            format!("mount point `{}` must be an absolute path", mount.value),
+        );
         return;
     }
     if mount.value == "/boot/efi" {
@@ -564,8 +630,11 @@ fn check_mount(
     }
     match index.mounts.get(mount.value) {
         Some(first) => problems.push(
-            Problem::new(mount.span, format!("mount point `{}` is used twice", mount.value))
-                .related(*first, "first mounted here"),
+            Problem::new(
+                mount.span,
+                format!("mount point `{}` is used twice", mount.value),
+            )
+            .related(*first, "first mounted here"),
         ),
         None => {
             index.mounts.insert(mount.value.to_string(), mount.span);

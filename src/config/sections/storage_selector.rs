@@ -63,7 +63,9 @@ fn from_string(
     if !plain {
         problems.error(
             item.span,
-            format!("`{key}` = `{text}` is neither a disk name (`sda`, `nvme0n1`) nor a {BY_ID} path"),
+            format!(
+                "`{key}` = `{text}` is neither a disk name (`sda`, `nvme0n1`) nor a {BY_ID} path"
+            ),
         );
         return None;
     }
@@ -83,7 +85,9 @@ fn from_table(item: &Item<'_, '_>, problems: &mut Problems) -> Option<DiskSelect
         id_path: reader.owned_string("id_path", problems),
         model: reader.owned_string("model", problems),
         bus: reader.owned_string("bus", problems),
-        rotational: reader.boolean("rotational", problems).map(|flag| flag.value),
+        rotational: reader
+            .boolean("rotational", problems)
+            .map(|flag| flag.value),
         min_size: absolute_size(&reader, "min_size", problems).map(|size| size.value),
         max_size: absolute_size(&reader, "max_size", problems).map(|size| size.value),
         index: reader

@@ -155,8 +155,8 @@ impl PartitionKind {
             PartitionKind::Swap => "swap",
             PartitionKind::Raid => "raid",
             PartitionKind::Lvm => "lvm",
-            PartitionKind::BcacheBacking => "bcache-backing",
-            PartitionKind::BcacheCache => "bcache-cache",
+            PartitionKind::BcacheBacking => "bcache_backing",
+            PartitionKind::BcacheCache => "bcache_cache",
         }
     }
 }
@@ -268,11 +268,11 @@ pub enum LayoutError {
         disk: String,
         size: String,
     },
-    #[error("{key} {selector} matches none of the disks {left}: {disks}")]
+    #[error("{key} {selector} matches none of the disks{left}: {disks}")]
     NoMatchingDisk {
         key: String,
         selector: String,
-        /// "" or "left" (a custom layout's later disks choose among those not taken).
+        /// "" or " left" (a custom layout's later disks choose among those not taken).
         left: &'static str,
         disks: String,
     },

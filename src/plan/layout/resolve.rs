@@ -5,8 +5,8 @@ use super::{
     LogicalVolume, Partition, PartitionKind, PartitionTable, VolumeGroupLayout,
 };
 use crate::config::{
-    CustomDisk, CustomRaid, CustomVolumeGroup, DiskPick, DiskSelector,
-    FilesystemSpec, FsType, SizeSpec, StorageLayout, StorageTemplate,
+    CustomDisk, CustomRaid, CustomVolumeGroup, DiskPick, DiskSelector, FilesystemSpec, FsType,
+    SizeSpec, StorageLayout, StorageTemplate,
 };
 use crate::plan::{Firmware, ObservedDisk};
 use std::borrow::Cow;
@@ -55,7 +55,13 @@ pub fn resolve(
             vg_name,
             lv_name,
             lv_size,
-        } => lvm(template, disks, efi, (vg_name, lv_name, *lv_size), &mut layout)?,
+        } => lvm(
+            template,
+            disks,
+            efi,
+            (vg_name, lv_name, *lv_size),
+            &mut layout,
+        )?,
         StorageLayout::Bcache { .. } => bcache(template, disks, efi, &mut layout)?,
         StorageLayout::Custom {
             disks: wanted,
@@ -63,11 +69,9 @@ pub fn resolve(
             volume_groups,
         } => custom(wanted, raids, volume_groups, disks, efi, &mut layout)?,
     }
-    layout.disks.sort_by_key(|disk| {
-        disks
-            .iter()
-            .position(|observed| observed.name == disk.name)
-    });
+    layout
+        .disks
+        .sort_by_key(|disk| disks.iter().position(|observed| observed.name == disk.name));
     Ok(layout)
 }
 
@@ -87,17 +91,25 @@ fn basic<'d>(
     root_kind: PartitionKind,
 ) -> Result<Basic<'d>, LayoutError> {
     let boot_disk = match &template.root_device {
-        Some(selector) => select(selector, disks, &[], "root_device")?,
+        Some(selector) => select(selector, disks, &[], || "root_device".into())?,
         None => 0,
     };
     let mut disk = Carver::new(&disks[boot_disk], firmware, true, efi);
     if let Some(boot_size) = template.boot_size {
-        disk.carve("boot", boot_size, PartitionKind::Linux, Some(fs(FsType::Ext4, "boot", "/boot")))?;
+        disk.carve(
+            Name::Called("boot"),
+            boot_size,
+            PartitionKind::Linux,
+            Some(fs(FsType::Ext4, "boot", "/boot")),
+        )?;
     }
     let left = disk.left();
     let root_size = align_down(template.root_size.map_or(left, |size| size.bytes_of(left)));
     if root_size < MINIMUM_ROOT && root_size <= left {
-        let before = if disk.wanted.is_empty() { "nothing else" } else { &disk.wanted };
+        let before = match disk.wanted_so_far() {
+            wanted if wanted.is_empty() => "nothing else".to_string(),
+            wanted => wanted,
+        };
         return Err(LayoutError::Invalid(format!(
             "root needs at least 3 GiB and gets {} on {} ({}) after {before}",
             show(root_size),
@@ -105,7 +117,7 @@ fn basic<'d>(
             show(disk.disk.size_bytes.max(0) as u64),
         )));
     }
-    let root_number = disk.carve("root", root_size, root_kind, None)?;
+    let root_number = disk.carve(Name::Called("root"), root_size, root_kind, None)?;
     Ok(Basic { disk, root_number })
 }
 
@@ -116,7 +128,9 @@ fn flat(
     layout: &mut Layout,
 ) -> Result<(), LayoutError> {
     let mut basic = basic(template, disks, efi, layout.firmware, PartitionKind::Linux)?;
-    basic.disk.set_filesystem(basic.root_number, fs(FsType::Ext4, "root", "/"));
+    basic
+        .disk
+        .set_filesystem(basic.root_number, fs(FsType::Ext4, "root", "/"));
     layout.kind = LayoutKind::Flat;
     layout.disks.push(basic.disk.finish());
     Ok(())
@@ -182,26 +196,38 @@ fn bcache(
         return Ok(());
     };
     let boot_disk = match &template.root_device {
-        Some(selector) => select(selector, disks, &[], "root_device")?,
+        Some(selector) => select(selector, disks, &[], || "root_device".into())?,
         None => 0,
     };
     let cache_disk = match cache_device {
-        Some(selector) => Some(select(selector, disks, &[boot_disk], "cache_device")?),
+        Some(selector) => Some(select(selector, disks, &[boot_disk], || {
+            "cache_device".into()
+        })?),
         None => smallest_ssd(disks, boot_disk),
     };
     let Some(cache_disk) = cache_disk else {
         // MAAS's rule: no cache disk, the flat layout.
         return flat(template, disks, efi, layout);
     };
-    let basic = basic(template, disks, efi, layout.firmware, PartitionKind::BcacheBacking)?;
+    let basic = basic(
+        template,
+        disks,
+        efi,
+        layout.firmware,
+        PartitionKind::BcacheBacking,
+    )?;
     let backing_disk = basic.disk.finish();
     let size = backing_disk.partitions.last().map_or(0, |p| p.size);
     let backing = Device::Partition {
         disk: backing_disk.name.clone(),
         number: basic.root_number,
     };
-    let (cache_layout, cache) =
-        cache_set(&disks[cache_disk], layout.firmware, *cache_size, *cache_no_part)?;
+    let (cache_layout, cache) = cache_set(
+        &disks[cache_disk],
+        layout.firmware,
+        *cache_size,
+        *cache_no_part,
+    )?;
     layout.bcaches.push(BcacheLayout {
         name: "bcache0".to_string(),
         backing,
@@ -239,7 +265,12 @@ fn cache_set(
     let mut carver = Carver::new(disk, firmware, false, 0);
     let left = carver.left();
     let bytes = size.map_or(left, |size| size.bytes_of(left));
-    let number = carver.carve("cache", bytes, PartitionKind::BcacheCache, None)?;
+    let number = carver.carve(
+        Name::Called("cache"),
+        bytes,
+        PartitionKind::BcacheCache,
+        None,
+    )?;
     let device = Device::Partition {
         disk: disk.name.clone(),
         number,
@@ -264,26 +295,41 @@ fn custom(
     for (position, spec) in wanted.iter().enumerate() {
         let any = DiskSelector::default();
         let selector = spec.select.as_ref().unwrap_or(&any);
-        let chosen = select(selector, disks, &taken, &format!("disk `{}`: select", spec.id))?;
+        let chosen = select(selector, disks, &taken, || {
+            format!("disk `{}`: select", spec.id)
+        })?;
         taken.push(chosen);
         let disk = &disks[chosen];
         let is_boot = position == boot;
         if spec.partitions.is_empty() && !is_boot {
             let size = disk.size_bytes.max(0) as u64;
-            devices.push((&spec.id, Device::Disk { disk: disk.name.clone() }, size));
-            layout.disks.push(whole_disk(disk, filesystem(&spec.filesystem)));
+            devices.push((
+                &spec.id,
+                Device::Disk {
+                    disk: disk.name.clone(),
+                },
+                size,
+            ));
+            layout
+                .disks
+                .push(whole_disk(disk, filesystem(&spec.filesystem)));
             continue;
         }
         let mut carver = Carver::new(disk, layout.firmware, is_boot, efi);
         let base = carver.left();
         for (index, partition) in spec.partitions.iter().enumerate() {
-            let bytes = partition.size.map_or(carver.left(), |size| size.bytes_of(base));
-            let what = partition.id.as_deref().map_or_else(
-                || Cow::Owned(format!("{} partition {}", spec.id, index + 1)),
-                Cow::Borrowed,
+            let bytes = partition
+                .size
+                .map_or(carver.left(), |size| size.bytes_of(base));
+            let what = partition.id.as_deref().map_or(
+                Name::Unnamed {
+                    disk: &spec.id,
+                    position: index + 1,
+                },
+                Name::Called,
             );
             let kind = partition_kind(&partition.filesystem);
-            let number = carver.carve(&what, bytes, kind, filesystem(&partition.filesystem))?;
+            let number = carver.carve(what, bytes, kind, filesystem(&partition.filesystem))?;
             if let Some(id) = &partition.id {
                 let size = carver.partitions.last().map_or(0, |p| p.size);
                 let device = Device::Partition {
@@ -297,7 +343,9 @@ fn custom(
         layout.disks.push(carver.finish());
     }
     for raid in raids {
-        layout.arrays.push(array(raid, &mut devices, &mut layout.disks)?);
+        layout
+            .arrays
+            .push(array(raid, &mut devices, &mut layout.disks)?);
     }
     for group in groups {
         let group = volume_group(group, &devices, &mut layout.disks)?;
@@ -364,7 +412,10 @@ fn volume_group(
     let physical = members(&group.members, devices);
     let sizes: Vec<u64> = physical.iter().map(|(.., size)| *size).collect();
     let size = volume_group_size(&sizes);
-    let members: Vec<Device> = physical.iter().map(|(_, device, _)| device.clone()).collect();
+    let members: Vec<Device> = physical
+        .iter()
+        .map(|(_, device, _)| device.clone())
+        .collect();
     for device in &members {
         mark(disks, device, PartitionKind::Lvm);
     }
@@ -377,7 +428,13 @@ fn volume_group(
         let wanted = group
             .logical_volumes
             .iter()
-            .filter_map(|volume| Some(format!("{} {}", volume.name, show(align_down(volume.size?.bytes_of(size))))))
+            .filter_map(|volume| {
+                Some(format!(
+                    "{} {}",
+                    volume.name,
+                    show(align_down(volume.size?.bytes_of(size)))
+                ))
+            })
             .collect::<Vec<_>>()
             .join(" + ");
         return Err(LayoutError::DoesNotFit {
@@ -437,8 +494,8 @@ struct Carver<'d> {
     next: u64,
     end: u64,
     partitions: Vec<Partition>,
-    /// "efi 512 MiB + boot 1 GiB"
-    wanted: String,
+    /// What each partition is called in a message (built only on error).
+    names: Vec<Name<'d>>,
 }
 
 impl<'d> Carver<'d> {
@@ -458,7 +515,7 @@ impl<'d> Carver<'d> {
             next: FIRST_PARTITION_START,
             end,
             partitions: Vec::with_capacity(4),
-            wanted: String::new(),
+            names: Vec::with_capacity(4),
         };
         if boot && firmware == Firmware::Bios && table == PartitionTable::Gpt {
             carver.partitions.push(Partition {
@@ -478,7 +535,7 @@ impl<'d> Carver<'d> {
                 mount: Some(Cow::Borrowed("/boot/efi")),
                 mount_options: None,
             };
-            let _ = carver.carve("efi", efi, PartitionKind::Esp, Some(efi_fs));
+            let _ = carver.carve(Name::Called("efi"), efi, PartitionKind::Esp, Some(efi_fs));
         }
         carver
     }
@@ -490,23 +547,25 @@ impl<'d> Carver<'d> {
     /// Adds a partition of `size` (rounded down to 4 MiB) after the last; its number.
     fn carve(
         &mut self,
-        what: &str,
+        what: Name<'d>,
         size: u64,
         kind: PartitionKind,
         filesystem: Option<Filesystem>,
     ) -> Result<u32, LayoutError> {
         let size = align_down(size);
-        if !self.wanted.is_empty() {
-            self.wanted.push_str(" + ");
-        }
-        let _ = write!(self.wanted, "{what} {}", show(size));
         if size == 0 || size > self.left() {
+            let mut wanted = self.wanted_so_far();
+            if !wanted.is_empty() {
+                wanted.push_str(" + ");
+            }
+            let _ = write!(wanted, "{what} {}", show(size));
             return Err(LayoutError::DoesNotFit {
-                wanted: std::mem::take(&mut self.wanted),
+                wanted,
                 disk: self.disk.name.clone(),
                 size: show(self.disk.size_bytes.max(0) as u64),
             });
         }
+        self.names.push(what);
         let number = self.partitions.len() as u32 + 1;
         self.partitions.push(Partition {
             number,
@@ -517,6 +576,21 @@ impl<'d> Carver<'d> {
         });
         self.next += size;
         Ok(number)
+    }
+
+    /// "efi 512 MiB + boot 1 GiB": the partitions carved so far (bios_grub aside).
+    fn wanted_so_far(&self) -> String {
+        let carved = self
+            .partitions
+            .iter()
+            .filter(|p| p.kind != PartitionKind::BiosGrub);
+        let parts: Vec<String> = self
+            .names
+            .iter()
+            .zip(carved)
+            .map(|(name, partition)| format!("{name} {}", show(partition.size)))
+            .collect();
+        parts.join(" + ")
     }
 
     fn set_filesystem(&mut self, number: u32, filesystem: Filesystem) {
@@ -551,6 +625,22 @@ impl<'d> Carver<'d> {
     }
 }
 
+/// A partition's name in messages: fixed (`efi`, `root`), its id, or its place on its disk.
+#[derive(Clone, Copy)]
+enum Name<'d> {
+    Called(&'d str),
+    Unnamed { disk: &'d str, position: usize },
+}
+
+impl std::fmt::Display for Name<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Name::Called(name) => f.write_str(name),
+            Name::Unnamed { disk, position } => write!(f, "{disk} partition {position}"),
+        }
+    }
+}
+
 fn whole_disk(disk: &ObservedDisk, filesystem: Option<Filesystem>) -> DiskLayout {
     DiskLayout {
         name: disk.name.clone(),
@@ -571,7 +661,7 @@ pub fn select(
     selector: &DiskSelector,
     disks: &[ObservedDisk],
     taken: &[usize],
-    key: &str,
+    key: impl Fn() -> String,
 ) -> Result<usize, LayoutError> {
     let mut matching = (0..disks.len())
         .filter(|at| !taken.contains(at))
@@ -582,9 +672,9 @@ pub fn select(
         DiskPick::Largest => matching.max_by_key(|&at| (disks[at].size_bytes, usize::MAX - at)),
     };
     chosen.ok_or_else(|| LayoutError::NoMatchingDisk {
-        key: key.to_string(),
+        key: key(),
         selector: describe_selector(selector),
-        left: if taken.is_empty() { "" } else { "left" },
+        left: if taken.is_empty() { "" } else { " left" },
         disks: (0..disks.len())
             .filter(|at| !taken.contains(at))
             .map(|at| describe_disk(&disks[at]))
@@ -596,17 +686,23 @@ pub fn select(
 fn matches(selector: &DiskSelector, disk: &ObservedDisk, position: usize) -> bool {
     let size = disk.size_bytes.max(0) as u64;
     let same = |wanted: &Option<String>, found: &Option<String>| {
-        wanted.as_ref().is_none_or(|wanted| found.as_ref() == Some(wanted))
+        wanted
+            .as_ref()
+            .is_none_or(|wanted| found.as_ref() == Some(wanted))
     };
     selector.name.as_ref().is_none_or(|name| *name == disk.name)
         && same(&selector.serial, &disk.serial)
         && same(&selector.id_path, &disk.id_path)
         && same(&selector.model, &disk.model)
         && same(&selector.bus, &disk.bus)
-        && selector.rotational.is_none_or(|r| disk.rotational == Some(r))
+        && selector
+            .rotational
+            .is_none_or(|r| disk.rotational == Some(r))
         && selector.min_size.is_none_or(|min| size >= min)
         && selector.max_size.is_none_or(|max| size <= max)
-        && selector.index.is_none_or(|index| index as usize == position)
+        && selector
+            .index
+            .is_none_or(|index| index as usize == position)
 }
 
 /// `{ serial = "X", rotational = false }`, as the fleet file writes it.
@@ -627,13 +723,19 @@ fn describe_selector(selector: &DiskSelector) -> String {
     if let Some(rotational) = selector.rotational {
         keys.push(format!("rotational = {rotational}"));
     }
-    for (key, value) in [("min_size", selector.min_size), ("max_size", selector.max_size)] {
+    for (key, value) in [
+        ("min_size", selector.min_size),
+        ("max_size", selector.max_size),
+    ] {
         if let Some(value) = value {
             keys.push(format!("{key} = \"{}\"", crate::config::human_bytes(value)));
         }
     }
     if let Some(index) = selector.index {
         keys.push(format!("index = {index}"));
+    }
+    if keys.is_empty() {
+        return "{}".to_string();
     }
     format!("{{ {} }}", keys.join(", "))
 }

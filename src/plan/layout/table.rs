@@ -9,7 +9,12 @@ pub fn render(layout: &Layout, indent: usize) -> String {
     let mut out = String::with_capacity(128 * (1 + layout.disks.len() * 3));
     let pad = " ".repeat(indent);
     if layout.disks.is_empty() {
-        let _ = writeln!(out, "{pad}{} ({}): disks left empty", layout.template, kind_name(layout));
+        let _ = writeln!(
+            out,
+            "{pad}{} ({}): disks left empty",
+            layout.template,
+            kind_name(layout)
+        );
         return out;
     }
     let _ = writeln!(
@@ -21,23 +26,55 @@ pub fn render(layout: &Layout, indent: usize) -> String {
         let table = disk.table.map_or("whole disk", |table| table.as_str());
         let boot = if disk.boot { ", boot" } else { "" };
         let kind = format!("{table}{boot}");
-        line(&mut out, &pad, &disk.name, None, disk.size, &kind, disk.filesystem.as_ref());
+        line(
+            &mut out,
+            &pad,
+            &disk.name,
+            None,
+            disk.size,
+            &kind,
+            disk.filesystem.as_ref(),
+        );
         for partition in &disk.partitions {
             let name = format!("  {}", partition_name(&disk.name, partition.number));
             let fs = partition.filesystem.as_ref();
-            line(&mut out, &pad, &name, Some(partition.start), partition.size, partition.kind.as_str(), fs);
+            line(
+                &mut out,
+                &pad,
+                &name,
+                Some(partition.start),
+                partition.size,
+                partition.kind.as_str(),
+                fs,
+            );
         }
     }
     for array in &layout.arrays {
         let kind = format!("raid{} [{}]", array.level, names(&array.members));
-        line(&mut out, &pad, &array.name, None, array.size, &kind, array.filesystem.as_ref());
+        line(
+            &mut out,
+            &pad,
+            &array.name,
+            None,
+            array.size,
+            &kind,
+            array.filesystem.as_ref(),
+        );
     }
     for group in &layout.volume_groups {
         let kind = format!("lvm [{}]", names(&group.members));
         line(&mut out, &pad, &group.name, None, group.size, &kind, None);
         for volume in &group.logical_volumes {
             let name = format!("  {}", volume.name);
-            line(&mut out, &pad, &name, None, volume.size, "lv", volume.filesystem.as_ref());
+            line(
+                &mut out,
+                &pad,
+                &name,
+                None,
+                volume.size,
+                "lv",
+                volume.filesystem.as_ref(),
+            );
         }
     }
     for bcache in &layout.bcaches {
@@ -47,7 +84,15 @@ pub fn render(layout: &Layout, indent: usize) -> String {
             bcache.backing.name(),
             bcache.cache.name()
         );
-        line(&mut out, &pad, &bcache.name, None, bcache.size, &kind, bcache.filesystem.as_ref());
+        line(
+            &mut out,
+            &pad,
+            &bcache.name,
+            None,
+            bcache.size,
+            &kind,
+            bcache.filesystem.as_ref(),
+        );
     }
     out
 }
@@ -63,7 +108,11 @@ fn kind_name(layout: &Layout) -> &'static str {
 }
 
 fn names(devices: &[Device]) -> String {
-    devices.iter().map(Device::name).collect::<Vec<_>>().join(" ")
+    devices
+        .iter()
+        .map(Device::name)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn line(
@@ -78,7 +127,11 @@ fn line(
     let start = start.map(show).unwrap_or_default();
     let (fs, mount) = match filesystem {
         Some(filesystem) => {
-            let label = filesystem.label.as_deref().map(|l| format!(" ({l})")).unwrap_or_default();
+            let label = filesystem
+                .label
+                .as_deref()
+                .map(|l| format!(" ({l})"))
+                .unwrap_or_default();
             let mut mount = filesystem.mount.as_deref().unwrap_or("").to_string();
             if let Some(options) = &filesystem.mount_options {
                 let _ = write!(mount, " [{options}]");
