@@ -1107,6 +1107,9 @@ fn the_json_schema_refuses_unknown_keys_and_wrong_types() {
             json!("12 parsecs"),
         ),
         ("/storage_templates/flat-default", "layout", json!("zfs")),
+        ("/storage_templates/db-raid10/raids/0", "leve", json!(10)),
+        ("/storage_templates/db-raid10/disks/0", "select", json!(5)),
+        ("/storage_templates/cached", "cache_no_part", json!("yes")),
         (
             "/network_templates/single/interfaces/0",
             "type",
