@@ -331,16 +331,22 @@ pub struct StorageTemplate {
     pub name: String,
     #[serde(flatten)]
     pub layout: StorageLayout,
-    /// At least 512 MiB (kept in bytes).
+    /// The EFI system partition on UEFI machines: at least 512 MiB (kept in bytes; default 512 MiB).
     #[schemars(with = "Option<AbsoluteSize>")]
     pub efi_size: Option<u64>,
-    /// At least 512 MiB (kept in bytes).
+    /// A separate /boot partition, at least 512 MiB (kept in bytes); without it, no /boot partition.
     #[schemars(with = "Option<AbsoluteSize>")]
     pub boot_size: Option<u64>,
-    /// A percentage of the disk, or at least 3 GiB.
+    /// The root filesystem (flat), physical volume (lvm) or backing partition (bcache): a
+    /// percentage of the space left on the disk after the EFI and boot partitions, or at least
+    /// 3 GiB. Without it, the rest of the disk.
     pub root_size: Option<SizeSpec>,
-    /// e.g. `sda`, `/dev/disk/by-id/...`; without it, the machine's boot disk.
-    pub root_device: Option<String>,
+    /// The disk that takes the boot and root partitions: a kernel name (`"sda"`), a by-id path
+    /// (`"/dev/disk/by-id/..."`) or a selector table (`{ serial = "..." }`,
+    /// `{ rotational = false, min_size = "400GB", pick = "smallest" }`). Without it, the
+    /// machine's first disk.
+    #[schemars(with = "Option<WrittenDiskSelector>")]
+    pub root_device: Option<DiskSelector>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
@@ -356,17 +362,36 @@ pub enum StorageLayout {
         lv_size: Option<SizeSpec>,
     },
     Bcache {
-        /// The fast disk that caches the root disk, such as `nvme0n1`.
-        cache_device: Option<String>,
+        /// The fast disk that caches the root disk (a name, by-id path or selector table).
+        /// Without it, the smallest solid-state disk other than the boot disk; with none, the
+        /// machine gets the flat layout (as MAAS does).
+        #[schemars(with = "Option<WrittenDiskSelector>")]
+        cache_device: Option<DiskSelector>,
         #[schemars(default)]
         cache_mode: BcacheMode,
+        /// The cache partition: at least 4 MiB, or a percentage of the cache disk. Without
+        /// it, the whole cache disk.
+        cache_size: Option<SizeSpec>,
+        /// The whole cache disk is the cache, with no partition table.
+        #[schemars(default)]
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        cache_no_part: bool,
     },
     /// The disks are left empty.
     Blank,
-    /// A layout file the ephemeral environment applies as it is.
+    /// Partitions, filesystems, RAID arrays and LVM written out in the template.
     Custom {
-        /// Relative to the file that declares it.
-        file: PathBuf,
+        /// The disks, in the order they are chosen: each takes one disk of the machine that its
+        /// `select` matches among the disks not taken yet.
+        disks: Vec<CustomDisk>,
+        /// md RAID arrays over partitions or whole disks.
+        #[schemars(default)]
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        raids: Vec<CustomRaid>,
+        /// LVM volume groups over partitions, arrays or whole disks.
+        #[schemars(default)]
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        volume_groups: Vec<CustomVolumeGroup>,
     },
 }
 
@@ -382,13 +407,224 @@ impl StorageLayout {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BcacheMode {
     Writeback,
     #[default]
     Writethrough,
     Writearound,
+}
+
+impl BcacheMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BcacheMode::Writeback => "writeback",
+            BcacheMode::Writethrough => "writethrough",
+            BcacheMode::Writearound => "writearound",
+        }
+    }
+}
+
+/// Which of a machine's commissioned disks a template means. Every key given must match; among
+/// the disks that match, `pick` chooses one. Kernel names (`sda`) may change between boots;
+/// serials and by-id paths do not.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct DiskSelector {
+    /// The kernel name in the commissioning environment: `sda`, `nvme0n1`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// `/dev/disk/by-id/...`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// `nvme`, `ata`, `scsi`, `virtio`, `usb`, `mmc`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bus: Option<String>,
+    /// false: a solid-state disk; true: a spinning one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rotational: Option<bool>,
+    /// At least this large (kept in bytes).
+    #[schemars(with = "Option<AbsoluteSize>")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_size: Option<u64>,
+    /// At most this large (kept in bytes).
+    #[schemars(with = "Option<AbsoluteSize>")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<u64>,
+    /// The position in the machine's disk list, from 0 (the order commissioning reported).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
+    /// Among the disks that match: the first (default), the smallest or the largest.
+    #[schemars(default)]
+    pub pick: DiskPick,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskPick {
+    #[default]
+    First,
+    Smallest,
+    Largest,
+}
+
+/// How a disk selector is written: a kernel name or by-id path, or a table.
+#[derive(JsonSchema)]
+#[schemars(untagged)]
+#[allow(dead_code)]
+enum WrittenDiskSelector {
+    NameOrIdPath(String),
+    Table(DiskSelector),
+}
+
+/// One disk of a custom layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct CustomDisk {
+    /// How the layout refers to this disk (raid or volume group members).
+    pub id: String,
+    /// Which disk of the machine: a name, by-id path or selector table. Without it, the first
+    /// disk not taken by an earlier entry.
+    #[schemars(with = "Option<WrittenDiskSelector>")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub select: Option<DiskSelector>,
+    /// The boot disk: it takes the EFI partition (UEFI) or boot loader. Default: the first disk.
+    #[schemars(default)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub boot: bool,
+    /// In order from the start of the disk; the last may leave out `size` to take the rest.
+    /// No partitions: the disk is used whole (a filesystem, a raid or volume group member).
+    #[schemars(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<CustomPartition>,
+    #[serde(flatten)]
+    pub filesystem: FilesystemSpec,
+}
+
+/// One partition of a custom layout's disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct CustomPartition {
+    /// Needed only to make it a raid or volume group member.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// An absolute size (rounded down to 4 MiB) or a percentage of the disk's space left after
+    /// the partitions fleet makes itself (EFI, BIOS boot). Without it, the rest of the disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<SizeSpec>,
+    #[serde(flatten)]
+    pub filesystem: FilesystemSpec,
+}
+
+/// A filesystem on a partition, whole disk, array or logical volume (all optional: without
+/// `fstype`, none).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct FilesystemSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fstype: Option<FsType>,
+    /// At most 16 characters (ext*), 12 (xfs), 11 (vfat).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// An absolute path; none for swap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mount: Option<String>,
+    /// Mount options, as in fstab: `"noatime,discard"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mount_options: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FsType {
+    Ext4,
+    Ext3,
+    Ext2,
+    Xfs,
+    Btrfs,
+    Vfat,
+    Swap,
+}
+
+impl FsType {
+    pub const NAMES: &'static [&'static str] =
+        &["ext4", "ext3", "ext2", "xfs", "btrfs", "vfat", "swap"];
+    const ALL: [FsType; 7] = [
+        FsType::Ext4,
+        FsType::Ext3,
+        FsType::Ext2,
+        FsType::Xfs,
+        FsType::Btrfs,
+        FsType::Vfat,
+        FsType::Swap,
+    ];
+
+    pub fn parse(text: &str) -> Option<FsType> {
+        let at = Self::NAMES.iter().position(|name| *name == text)?;
+        Some(Self::ALL[at])
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES[Self::ALL.iter().position(|kind| *kind == self).unwrap_or(0)]
+    }
+
+    /// The longest label `mkfs` accepts.
+    pub fn max_label(self) -> usize {
+        match self {
+            FsType::Ext4 | FsType::Ext3 | FsType::Ext2 | FsType::Swap => 16,
+            FsType::Xfs => 12,
+            FsType::Vfat => 11,
+            FsType::Btrfs => 255,
+        }
+    }
+}
+
+/// An md RAID array of a custom layout (`/dev/md/ID`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct CustomRaid {
+    /// The array's name, such as `md0`; members elsewhere refer to it by this.
+    pub id: String,
+    /// 0, 1, 5, 6 or 10; at least 2 members (0, 1), 3 (5, 10), 4 (6), as MAAS requires.
+    pub level: u8,
+    /// Partition or disk ids.
+    pub members: Vec<String>,
+    /// Hot spares (not for level 0).
+    #[schemars(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub spares: Vec<String>,
+    #[serde(flatten)]
+    pub filesystem: FilesystemSpec,
+}
+
+/// An LVM volume group of a custom layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct CustomVolumeGroup {
+    /// The volume group's name.
+    pub id: String,
+    /// Partition, disk or raid ids: the physical volumes.
+    pub members: Vec<String>,
+    #[schemars(default)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logical_volumes: Vec<CustomLogicalVolume>,
+}
+
+/// A logical volume: `{ name = "root", size = "40GiB", fstype = "ext4", mount = "/" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct CustomLogicalVolume {
+    pub name: String,
+    /// An absolute size or a percentage of the volume group; without it, what the others
+    /// leave (one per volume group).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<SizeSpec>,
+    #[serde(flatten)]
+    pub filesystem: FilesystemSpec,
 }
 
 /// `[network_templates.NAME]`: a machine's interfaces and how each links.

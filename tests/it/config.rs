@@ -312,6 +312,99 @@ fn storage_minimums_and_layout_keys() {
     );
 }
 
+/// Custom layouts: every reference, mount point, RAID rule and filesystem checked at load; and
+/// bcache's cache_size / cache_no_part.
+#[test]
+fn custom_storage_layouts_and_bcache_options() {
+    check(
+        "storage_custom.toml",
+        &[
+            (
+                3,
+                14,
+                "the cache partition of 2MiB is below the minimum of 4MiB",
+            ),
+            (
+                4,
+                17,
+                "Cannot use cache_size and cache_no_part at the same time.",
+            ),
+            (
+                5,
+                16,
+                "`cache_device` = `not a disk` is neither a disk name",
+            ),
+            (7, 1, "storage template `bad` mounts nothing at `/`"),
+            (9, 1, "`root_size` has no meaning with layout `custom`"),
+            (13, 34, "`biggest` is not a valid pick"),
+            (14, 1, "the partitions' percentages add up to 110%"),
+            (
+                15,
+                3,
+                "only the last partition of a disk may leave out `size`",
+            ),
+            (16, 39, "`zfs` is not a valid fstype"),
+            (
+                17,
+                54,
+                "label `much-too-long-label` has 19 characters; xfs takes at most 12",
+            ),
+            (17, 85, "mount point `/srv` is used twice"),
+            (21, 6, "`a1` is already the id of a partition"),
+            (23, 1, "the boot disk `a1` needs a partition table"),
+            (24, 9, "mount point `data` must be an absolute path"),
+            (
+                29,
+                11,
+                "RAID level 5 needs at least 3 members, and this raid has 2",
+            ),
+            (
+                29,
+                18,
+                "raid `md0`: `b9` is not the id of a disk, partition or raid",
+            ),
+            (
+                34,
+                12,
+                "raid `md1`: `a3` has a filesystem, so it cannot also be a member",
+            ),
+            (34, 18, "raid `md1`: `a2` is already a member of raid `md0`"),
+            (
+                35,
+                10,
+                "RAID level 0 has no redundancy to rebuild: it takes no spares",
+            ),
+            (
+                35,
+                11,
+                "raid `md1`: `md0` is a raid, which cannot be a member here",
+            ),
+            (
+                39,
+                12,
+                "volume group `vg0`: `a1` has a filesystem, so it cannot also be a member",
+            ),
+            (40, 59, "swap is not mounted: leave out `mount`"),
+            (
+                40,
+                70,
+                "only one logical volume of a volume group may leave out `size`",
+            ),
+            (
+                40,
+                86,
+                "only one logical volume of a volume group may leave out `size`",
+            ),
+            (
+                40,
+                95,
+                "logical volume `x` is declared twice in this volume group",
+            ),
+            (40, 100, "`label` needs an `fstype`"),
+        ],
+    );
+}
+
 #[test]
 fn network_templates() {
     check(
@@ -1038,6 +1131,9 @@ fn the_json_schema_refuses_unknown_keys_and_wrong_types() {
             json!("12 parsecs"),
         ),
         ("/storage_templates/flat-default", "layout", json!("zfs")),
+        ("/storage_templates/db-raid10/raids/0", "leve", json!(10)),
+        ("/storage_templates/db-raid10/disks/0", "select", json!(5)),
+        ("/storage_templates/cached", "cache_no_part", json!("yes")),
         (
             "/network_templates/single/interfaces/0",
             "type",
