@@ -3,7 +3,8 @@
 //!
 //! - `GET /boot/{mac}.ipxe`: the iPXE script for that MAC, as its machine's status demands
 //!   ([`crate::boot::ipxe`]); a `boot` event. A known machine's ephemeral script carries a
-//!   fresh one-shot boot secret (`fleet.boot=`), never a token.
+//!   fresh one-shot boot secret (`fleet.boot=`), never a token, and the machine's
+//!   `ephemeral_kernel_params` from the fleet file `fleet serve` started with.
 //! - `GET /boot/files/{image}/{kernel|initrd|root}` and `GET /boot/by-mac/{mac}/{image}/{file}`:
 //!   an image's files, streamed from disk with Range requests; a `transfer` event (on the
 //!   machine of `mac` for the second form, which the boot scripts use).
@@ -49,6 +50,9 @@ pub struct BootState {
     pub base_url: Option<String>,
     /// The image booted for enlistment, commissioning, testing, rescue...
     pub ephemeral_image: Option<String>,
+    /// Each machine's `ephemeral_kernel_params` (only machines that have some), from the fleet
+    /// file `fleet serve` was started with.
+    pub ephemeral_kernel_params: Arc<BTreeMap<String, String>>,
     /// Where the boot requests' events are counted ([`crate::boot::summary`]).
     pub summaries: EventSummaries,
     /// The rate limits of requests without a credential, for the API's middleware.
@@ -178,13 +182,16 @@ async fn ephemeral_script(
         Some(record) => Some(boot_secret(&state.store, record).await?),
         None => None,
     };
+    let name = machine.map(|record| record.name.as_str());
+    let extra = name.and_then(|name| state.ephemeral_kernel_params.get(name));
     let boot = EphemeralBoot {
         role,
         mac,
-        machine: machine.map(|record| record.name.as_str()),
+        machine: name,
         boot_secret: secret.as_deref(),
         base_url,
         image,
+        extra_kernel_params: extra.map_or("", String::as_str),
     };
     Ok((
         ipxe::render_ephemeral(&boot),
@@ -568,6 +575,7 @@ pub async fn start_with_controller(
         images: Arc::default(),
         base_url: None,
         ephemeral_image: None,
+        ephemeral_kernel_params: Arc::default(),
         summaries,
         guard,
     };
@@ -605,7 +613,17 @@ pub async fn start_with_controller(
     state.images = Arc::new(images);
     state.base_url = settings.http_boot_url.clone();
     state.ephemeral_image = settings.ephemeral_image.clone();
+    state.ephemeral_kernel_params = Arc::new(ephemeral_kernel_params(fleet));
     state
+}
+
+/// Machine name → its ephemeral environment's extra kernel parameters, for those that have any.
+fn ephemeral_kernel_params(fleet: &crate::config::Fleet) -> BTreeMap<String, String> {
+    let with_params = fleet.machines.iter().filter_map(|machine| {
+        let params = machine.deploy.ephemeral_command_line();
+        (!params.is_empty()).then(|| (machine.name.as_str().to_string(), params))
+    });
+    with_params.collect()
 }
 
 #[cfg(test)]

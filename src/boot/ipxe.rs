@@ -53,6 +53,10 @@ pub struct EphemeralBoot<'a> {
     pub base_url: &'a str,
     /// The image whose kernel and initrd are booted.
     pub image: &'a str,
+    /// The machine's `ephemeral_kernel_params` (a serial console...), after the controller's
+    /// own so that they win where the kernel takes the last of a repeated parameter. Empty for
+    /// none. The fleet file refuses control characters and the controller's own parameters.
+    pub extra_kernel_params: &'a str,
 }
 
 /// The file name iPXE gives the initrd (the last segment of its URL). The kernel command line
@@ -88,6 +92,10 @@ pub fn kernel_command_line(boot: &EphemeralBoot<'_>) -> String {
     }
     if let Some(secret) = boot.boot_secret {
         words.push(format!("fleet.boot={secret}"));
+    }
+    let extra = boot.extra_kernel_params.trim();
+    if !extra.is_empty() {
+        words.push(extra.to_string());
     }
     words.join(" ")
 }
@@ -168,6 +176,7 @@ mod tests {
             boot_secret,
             base_url: "http://10.99.0.1:5240",
             image: "ephemeral",
+            extra_kernel_params: "",
         }
     }
 
@@ -194,6 +203,20 @@ mod tests {
     fn commissioning_script_carries_role_and_boot_secret() {
         let script = render_ephemeral(&boot(Role::Commissioning, Some("node-1"), Some("s3cr3t")));
         insta::assert_snapshot!(script);
+    }
+
+    /// A machine's `ephemeral_kernel_params` end the kernel line, after the controller's own.
+    #[test]
+    fn the_machine_s_ephemeral_kernel_params_end_the_kernel_line() {
+        let mut boot = boot(Role::Commissioning, Some("node-1"), Some("s3cr3t"));
+        boot.extra_kernel_params = "console=ttyS1,9600 nomodeset";
+        let line = kernel_command_line(&boot);
+        assert!(
+            line.ends_with("fleet.boot=s3cr3t console=ttyS1,9600 nomodeset"),
+            "{line}"
+        );
+        let script = render_ephemeral(&boot);
+        assert!(script.contains("fleet.boot=s3cr3t console=ttyS1,9600 nomodeset || goto failed"));
     }
 
     #[test]

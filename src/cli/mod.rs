@@ -1,11 +1,13 @@
 //! The command line: argument parsing (clap) and one module per group of commands. Every
-//! command except `validate`, `schema`, `bench` and `serve` is a client of the controller's API.
+//! command except `validate`, `schema`, `explain`, `bench` and `serve` is a client of the
+//! controller's API.
 
 mod adopt;
 mod apply;
 mod bench;
 mod client;
 mod clone;
+mod explain;
 mod machine;
 mod output;
 mod plan;
@@ -58,6 +60,8 @@ pub enum Command {
     Validate(validate::ValidateArgs),
     /// Print the JSON Schema of the fleet file, for editors
     Schema,
+    /// Where each of a machine's values comes from: machine, profiles, policy (offline)
+    Explain(explain::ExplainArgs),
     /// Run the controller: store, HTTP API (and boot services)
     Serve(serve::ServeArgs),
     /// One row per machine
@@ -123,6 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate(args) => validate::validate(&args),
         Command::Schema => validate::schema(),
+        Command::Explain(args) => explain::run(&args),
         Command::Serve(args) => serve::serve(args, &cli.connection).await,
         Command::Machines { json } => machine::machines(&cli.connection, json).await,
         Command::Machine(command) => machine::machine(&cli.connection, command).await,

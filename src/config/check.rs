@@ -6,8 +6,8 @@
 
 use super::diagnostics::{Problem, Problems};
 use super::model::{
-    ControllerSettings, DesiredState, Fleet, Image, MachineSpec, NetworkTemplate, Policy, Profile,
-    StorageTemplate, Subnet,
+    ControllerSettings, DeploySettings, DesiredState, Fleet, Image, MachineSpec, NetworkTemplate,
+    Policy, Profile, StorageTemplate, Subnet,
 };
 use super::read::{with_suggestion, Spanned};
 use super::sections::{
@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// The named sections after duplicate removal, as the machine checks look them up.
 struct Catalog {
@@ -39,7 +40,7 @@ pub fn build_fleet(
 ) -> Fleet {
     let controller = single_controller(declarations.controllers, problems);
     let policy = single_policy(declarations.policies, problems);
-    let catalog = Catalog {
+    let mut catalog = Catalog {
         subnets: unique(
             declarations.subnets,
             |subnet| &subnet.name,
@@ -77,6 +78,8 @@ pub fn build_fleet(
     check_policy_references(policy.as_ref(), &catalog, problems);
     check_network_references(&catalog, problems);
     check_profile_references(&catalog, problems);
+    check_profile_extends(&catalog.profiles, problems);
+    flatten_profiles(&mut catalog.profiles);
     let machines = unique_machines(declarations.machines, problems);
     let names = check_machines(&machines, &catalog, problems);
     if let Some(policy) = &policy {
@@ -84,9 +87,10 @@ pub fn build_fleet(
         check_ignored_macs(policy, &machines, problems);
     }
     drop(names);
+    let nothing = Arc::new(DeploySettings::default());
     let mut machines: Vec<MachineSpec> = machines
         .into_iter()
-        .map(|machine| resolve_machine(machine, &catalog))
+        .map(|machine| resolve_machine(machine, &catalog, &nothing))
         .collect();
     machines.sort_by(|left, right| left.name.cmp(&right.name));
     Fleet {
@@ -389,6 +393,101 @@ fn check_profile_references(catalog: &Catalog, problems: &mut Problems) {
         }
         if let Some(image) = &profile.image {
             lookup(image, &catalog.images, "image", problems);
+        }
+    }
+}
+
+// ---- profiles that extend others ----
+
+/// `extends` names a declared profile, and no chain of them comes back on itself. A cycle is
+/// reported once, at the `extends` of its first member by name, naming every profile on it.
+fn check_profile_extends(profiles: &BTreeMap<String, ProfileDecl>, problems: &mut Problems) {
+    for profile in profiles.values() {
+        if let Some(parent) = &profile.extends {
+            lookup(parent, profiles, "profile", problems);
+        }
+    }
+    let mut reported: Vec<&str> = Vec::new();
+    for name in profiles.keys() {
+        let chain = extends_chain(name, profiles);
+        let Some(last) = chain.last() else { continue };
+        let Some(parent) = last.extends.as_ref() else {
+            continue;
+        };
+        let Some(start) = chain.iter().position(|p| p.name.value == parent.value) else {
+            continue; // Ends at an unknown profile, reported above.
+        };
+        let cycle = &chain[start..];
+        let first = cycle.iter().min_by(|a, b| a.name.value.cmp(&b.name.value));
+        let Some(first) = first.filter(|first| !reported.contains(&first.name.value.as_str()))
+        else {
+            continue;
+        };
+        reported.push(&first.name.value);
+        report_extends_cycle(cycle, first, problems);
+    }
+}
+
+/// The profiles from `name` along `extends`, nearest first, each once: it stops before an
+/// unknown profile or one already on it.
+fn extends_chain<'p>(
+    name: &str,
+    profiles: &'p BTreeMap<String, ProfileDecl>,
+) -> Vec<&'p ProfileDecl> {
+    let mut chain: Vec<&ProfileDecl> = Vec::new();
+    let mut next = profiles.get(name);
+    while let Some(profile) = next {
+        if chain
+            .iter()
+            .any(|seen| seen.name.value == profile.name.value)
+        {
+            break;
+        }
+        chain.push(profile);
+        next = (profile.extends.as_ref()).and_then(|parent| profiles.get(&parent.value));
+    }
+    chain
+}
+
+fn report_extends_cycle(cycle: &[&ProfileDecl], first: &ProfileDecl, problems: &mut Problems) {
+    let at = cycle
+        .iter()
+        .position(|profile| profile.name.value == first.name.value)
+        .unwrap_or(0);
+    let mut names: Vec<&str> = cycle[at..]
+        .iter()
+        .chain(&cycle[..at])
+        .map(|profile| profile.name.value.as_str())
+        .collect();
+    names.push(names[0]);
+    let message = format!("profile cycle: {}", names.join(" → "));
+    if let Some(extends) = &first.extends {
+        problems.push(
+            Problem::new(extends.span, message)
+                .help("a profile must not (indirectly) extend itself"),
+        );
+    }
+}
+
+/// Each profile takes what it leaves out from the profiles it extends (see [`Profile::over`]),
+/// so a machine needs to look at its own profile only.
+fn flatten_profiles(profiles: &mut BTreeMap<String, ProfileDecl>) {
+    let flattened: Vec<(String, Profile)> = profiles
+        .keys()
+        .map(|name| {
+            let chain = extends_chain(name, profiles);
+            let mut layers = chain.iter().rev().map(|decl| &decl.profile);
+            let farthest = layers.next().cloned();
+            let profile = layers.fold(farthest, |parent, nearer| {
+                parent.map(|parent| nearer.over(&parent))
+            });
+            (name.clone(), profile)
+        })
+        .filter_map(|(name, profile)| Some((name, profile?)))
+        .collect();
+    for (name, profile) in flattened {
+        if let Some(decl) = profiles.get_mut(&name) {
+            decl.profile = profile;
         }
     }
 }
@@ -1021,9 +1120,28 @@ fn check_ignored_macs(policy: &PolicyDecl, machines: &[MachineDecl], problems: &
 
 // ---- the resolved machine ----
 
+/// The machine's deployment settings over its profile's: the profile's own (shared, not copied)
+/// when the machine gives none, as most do.
+fn machine_deploy(
+    own: DeploySettings,
+    profile: Option<&Profile>,
+    nothing: &Arc<DeploySettings>,
+) -> Arc<DeploySettings> {
+    match (profile, own.is_empty()) {
+        (Some(profile), true) => Arc::clone(&profile.deploy),
+        (Some(profile), false) => Arc::new(own.over(&profile.deploy)),
+        (None, true) => Arc::clone(nothing),
+        (None, false) => Arc::new(own),
+    }
+}
+
 /// Moves the declaration into the resolved machine (no copies of its strings), filling in what
 /// the profile and the policy give.
-fn resolve_machine(machine: MachineDecl, catalog: &Catalog) -> MachineSpec {
+fn resolve_machine(
+    machine: MachineDecl,
+    catalog: &Catalog,
+    nothing: &Arc<DeploySettings>,
+) -> MachineSpec {
     let profile = profile_of(&machine, catalog).map(|decl| &decl.profile);
     let image = image_name(&machine, catalog).map(str::to_string);
     let (arch, state) = (machine_arch(&machine, catalog), state_of(&machine));
@@ -1066,5 +1184,6 @@ fn resolve_machine(machine: MachineDecl, catalog: &Catalog) -> MachineSpec {
             .map(|interface| interface.interface)
             .collect(),
         comment: machine.comment,
+        deploy: machine_deploy(machine.deploy, profile, nothing),
     }
 }

@@ -9,11 +9,13 @@
 //! - `read` + `sections`: each table into typed declarations, reporting unknown keys (with
 //!   did-you-mean), wrong types and bad values;
 //! - `check`: duplicates, references, addresses, clone chains, reachable states, across files;
-//! - `diagnostics`: positions and miette rendering.
+//! - `diagnostics`: positions and miette rendering;
+//! - `explain`: where one machine's values come from (its profile chain), found on demand.
 
 mod check;
 mod diagnostics;
 mod duration;
+mod explain;
 mod load;
 mod model;
 mod read;
@@ -24,6 +26,9 @@ mod synthetic;
 
 pub use diagnostics::{Diagnostic, Diagnostics, RelatedLocation};
 pub use duration::{describe_seconds, parse_duration_seconds, DurationError};
+pub use explain::{
+    explain, Combine, ExplainError, Explanation, FieldOrigin, Layer, LayerOrigin, Role,
+};
 pub use load::{decode_toml, load, load_str};
 pub use model::*;
 pub use sections::json_schema;

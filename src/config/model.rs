@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Everything the fleet files declare, merged across files.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -858,13 +859,17 @@ impl LinkMode {
     }
 }
 
-/// `[profiles.NAME]`: what machines of one kind share.
+/// `[profiles.NAME]`: what machines of one kind share. In a loaded [`Fleet`], each profile holds
+/// its effective values: its own, else those of the profile it extends, and so on up the chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 #[schemars(deny_unknown_fields)]
 pub struct Profile {
     /// The table's name.
     #[schemars(skip)]
     pub name: String,
+    /// Another profile, whose values this one takes where it gives none (that one may extend a
+    /// third, and so on; no cycle).
+    pub extends: Option<String>,
     /// A storage template.
     pub storage: Option<String>,
     /// A network template.
@@ -876,6 +881,164 @@ pub struct Profile {
     pub tags: Vec<String>,
     #[schemars(default)]
     pub expect: Expectations,
+    #[serde(flatten)]
+    pub deploy: Arc<DeploySettings>,
+}
+
+impl Profile {
+    /// This profile over the one it extends: each value its own where given, else `parent`'s
+    /// (tags and SSH keys add up, each key of `expect` and `vendor_data` is taken on its own).
+    pub fn over(&self, parent: &Profile) -> Profile {
+        let mut tags = parent.tags.clone();
+        tags.extend(self.tags.iter().cloned());
+        tags.sort();
+        tags.dedup();
+        Profile {
+            name: self.name.clone(),
+            extends: self.extends.clone(),
+            storage: self.storage.clone().or_else(|| parent.storage.clone()),
+            network: self.network.clone().or_else(|| parent.network.clone()),
+            image: self.image.clone().or_else(|| parent.image.clone()),
+            arch: self.arch.or(parent.arch),
+            tags,
+            expect: self.expect.or(parent.expect),
+            deploy: Arc::new(self.deploy.over(&parent.deploy)),
+        }
+    }
+}
+
+/// What deploying needs beyond the layout and the network: kernel parameters, SSH keys, user
+/// data and vendor data. Written on a profile or a machine; the nearer layer wins (the machine,
+/// then its profile, then the profile that one extends...), except SSH keys, which add up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct DeploySettings {
+    /// Kernel parameters of the installed OS: one string (`"console=ttyS0,115200 quiet"`) or a
+    /// list. The nearest layer's replace the others' (`[]` clears them).
+    #[schemars(with = "Option<KernelParamsAsWritten>")]
+    pub kernel_params: Option<Vec<String>>,
+    /// Kernel parameters of the ephemeral environment (enlistment, commissioning, testing,
+    /// rescue), after the controller's own (a serial console: `"console=ttyS1,115200"`). The
+    /// nearest layer's replace the others'; `fleet.*`, `BOOTIF=` and `initrd=` are the
+    /// controller's.
+    #[schemars(with = "Option<KernelParamsAsWritten>")]
+    pub ephemeral_kernel_params: Option<Vec<String>>,
+    /// SSH public keys authorized on the deployed machine, `TYPE BASE64 [COMMENT]` as in an
+    /// `authorized_keys` file (no options). Every layer's keys add up.
+    #[schemars(default)]
+    pub ssh_keys: Vec<String>,
+    /// cloud-init user data (`#cloud-config`, a `#!` script, ...): the text, or
+    /// `{ file = "PATH" }` relative to this fleet file (read when the file is loaded).
+    pub user_data: Option<UserData>,
+    /// Settings handed to the deployed OS beside the user data: proxies, NTP, DNS search. Each
+    /// key is taken from the nearest layer that gives it.
+    #[schemars(default)]
+    pub vendor_data: VendorData,
+}
+
+impl DeploySettings {
+    /// Nothing given.
+    pub fn is_empty(&self) -> bool {
+        *self == DeploySettings::default()
+    }
+
+    /// `self` over `fallback`: see [`DeploySettings`] for how each value combines.
+    pub fn over(&self, fallback: &DeploySettings) -> DeploySettings {
+        let mut ssh_keys = fallback.ssh_keys.clone();
+        for key in &self.ssh_keys {
+            if !ssh_keys.contains(key) {
+                ssh_keys.push(key.clone());
+            }
+        }
+        DeploySettings {
+            kernel_params: (self.kernel_params.clone()).or_else(|| fallback.kernel_params.clone()),
+            ephemeral_kernel_params: (self.ephemeral_kernel_params.clone())
+                .or_else(|| fallback.ephemeral_kernel_params.clone()),
+            ssh_keys,
+            user_data: self
+                .user_data
+                .clone()
+                .or_else(|| fallback.user_data.clone()),
+            vendor_data: self.vendor_data.clone().or(&fallback.vendor_data),
+        }
+    }
+
+    /// The installed OS's kernel parameters as one command-line fragment.
+    pub fn kernel_command_line(&self) -> String {
+        self.kernel_params.as_deref().unwrap_or_default().join(" ")
+    }
+
+    /// The ephemeral environment's extra kernel parameters, as one command-line fragment.
+    pub fn ephemeral_command_line(&self) -> String {
+        (self.ephemeral_kernel_params.as_deref())
+            .unwrap_or_default()
+            .join(" ")
+    }
+}
+
+/// For the schema: kernel parameters are written as one string or a list of strings.
+#[derive(JsonSchema)]
+#[schemars(untagged)]
+#[allow(dead_code)]
+enum KernelParamsAsWritten {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// cloud-init user data: written inline, or read from a file when the fleet file is loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserData {
+    pub text: String,
+    /// The file it was read from, if it was not written inline.
+    pub file: Option<PathBuf>,
+}
+
+/// Written as the text itself or as `{ file = "PATH" }`.
+impl JsonSchema for UserData {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "UserData".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> Schema {
+        schemars::json_schema!({
+            "description": "cloud-init user data: the text (beginning `#cloud-config`, `#!`...), or a file relative to this fleet file.",
+            "anyOf": [
+                { "type": "string", "pattern": "^(#cloud-config|#!|#include|#cloud-boothook|#part-handler|## template: jinja|Content-Type:)" },
+                {
+                    "type": "object",
+                    "properties": { "file": { "type": "string" } },
+                    "required": ["file"],
+                    "additionalProperties": false
+                }
+            ]
+        })
+    }
+}
+
+/// `vendor_data = { http_proxy, apt_proxy, ntp_servers, dns_search }`: what the deployed OS is
+/// configured with beside the user data.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct VendorData {
+    /// An http:// or https:// proxy for the deployed OS (`http_proxy`, `https_proxy`).
+    pub http_proxy: Option<String>,
+    /// The proxy apt uses; default: `http_proxy`.
+    pub apt_proxy: Option<String>,
+    /// Host names or addresses; the nearest layer's list replaces the others'.
+    pub ntp_servers: Option<Vec<String>>,
+    /// DNS search domains; the nearest layer's list replaces the others'.
+    pub dns_search: Option<Vec<String>>,
+}
+
+impl VendorData {
+    /// Each key of `self` where given, else `fallback`'s.
+    pub fn or(self, fallback: &VendorData) -> VendorData {
+        VendorData {
+            http_proxy: self.http_proxy.or_else(|| fallback.http_proxy.clone()),
+            apt_proxy: self.apt_proxy.or_else(|| fallback.apt_proxy.clone()),
+            ntp_servers: self.ntp_servers.or_else(|| fallback.ntp_servers.clone()),
+            dns_search: self.dns_search.or_else(|| fallback.dns_search.clone()),
+        }
+    }
 }
 
 /// The hardware a machine must show when commissioned; less fails commissioning.
@@ -951,6 +1114,11 @@ pub struct MachineSpec {
     #[schemars(default)]
     pub interfaces: Vec<MachineInterface>,
     pub comment: Option<String>,
+    /// Kernel parameters, SSH keys, user and vendor data: the machine's own over its profile's
+    /// (see [`DeploySettings`]; `fleet explain` shows where each came from). Shared with the
+    /// profile when the machine gives none of them.
+    #[serde(flatten)]
+    pub deploy: Arc<DeploySettings>,
 }
 
 /// For `#[schemars(default = "yes")]`: a flag that is on unless the file says otherwise.

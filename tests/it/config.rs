@@ -634,7 +634,7 @@ fn the_example_fleet_file_is_valid_and_shows_every_feature() {
             .collect::<Vec<_>>(),
         ["bmc", "rack1", "rack2"]
     );
-    assert_eq!(fleet.machines.len(), 9);
+    assert_eq!(fleet.machines.len(), 10);
     let names: Vec<_> = fleet.machines.iter().map(|m| m.name.as_str()).collect();
     assert!(
         names.windows(2).all(|pair| pair[0] < pair[1]),

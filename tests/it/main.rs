@@ -28,6 +28,7 @@ mod power_queue;
 mod power_redfish;
 mod power_webhook;
 mod private_store;
+mod profiles;
 mod secrets;
 mod serve;
 mod store;

@@ -4,10 +4,10 @@
 //! generated or adopted, and a record with a `name` field diffs and greps well; the name is then
 //! validated like any other value (a DNS label), and duplicates are reported across files.
 
-use super::{expectations, images::arch, power, reference, tags, Reference};
+use super::{deploy, expectations, images::arch, power, reference, tags, Reference};
 use crate::config::diagnostics::{Problem, Problems};
 use crate::config::model::{
-    Arch, CloneSpec, DesiredState, Expectations, MachineInterface, PowerSpec,
+    Arch, CloneSpec, DeploySettings, DesiredState, Expectations, MachineInterface, PowerSpec,
 };
 use crate::config::read::{parse_spanned, Spanned, TableReader};
 use crate::config::syntax::{Item, Span, Value};
@@ -35,6 +35,11 @@ pub const KEYS: &[&str] = &[
     "expect",
     "interfaces",
     "comment",
+    "kernel_params",
+    "ephemeral_kernel_params",
+    "ssh_keys",
+    "user_data",
+    "vendor_data",
 ];
 pub const CLONE_KEYS: &[&str] = &["source", "storage", "interfaces"];
 pub const INTERFACE_KEYS: &[&str] = &["name", "subnet", "ip", "mac"];
@@ -62,6 +67,8 @@ pub struct MachineDecl {
     pub expect: Expectations,
     pub interfaces: Vec<InterfaceDecl>,
     pub comment: Option<String>,
+    /// Its own deployment settings; the profile's fill in what these leave out.
+    pub deploy: DeploySettings,
 }
 
 #[derive(Debug)]
@@ -144,6 +151,7 @@ fn read(
         expect: expectations(&reader, problems),
         interfaces: interfaces(&reader, problems),
         comment: reader.owned_string("comment", problems),
+        deploy: deploy::read(&reader, base_dir, problems),
         name: name?,
     };
     Some(machine)

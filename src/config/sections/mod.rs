@@ -2,6 +2,7 @@
 //! cross-checks (in `check`) need. Errors within one value or table are reported here.
 
 mod controller;
+mod deploy;
 mod images;
 mod machines;
 mod network;
@@ -222,7 +223,7 @@ pub fn read_document(
         |name, table, problems| {
             declarations
                 .profiles
-                .push(profiles::read(name, table, problems));
+                .push(profiles::read(name, table, base_dir, problems));
         },
     );
     for_each_named(
@@ -425,6 +426,8 @@ mod tests {
         ("InterfaceSpec", network::INTERFACE_KEYS),
         ("Profile", profiles::KEYS),
         ("Expectations", EXPECT_KEYS),
+        ("VendorData", deploy::VENDOR_KEYS),
+        ("UserData", deploy::USER_DATA_KEYS),
         ("MachineSpec", machines::KEYS),
         ("CloneSpec", machines::CLONE_KEYS),
         ("MachineInterface", machines::INTERFACE_KEYS),
