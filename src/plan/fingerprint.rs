@@ -22,6 +22,13 @@ fn short_digest(text: &str) -> String {
     hex
 }
 
+/// A short digest of a value's serde JSON: what layouts and network configurations are
+/// compared with the stored ones by.
+pub(crate) fn json_digest<T: serde::Serialize>(value: &T) -> String {
+    let text = serde_json::to_string(value).unwrap_or_default();
+    short_digest(&text)
+}
+
 fn is_sorted<T: Ord>(items: &[T]) -> bool {
     items.windows(2).all(|pair| pair[0] <= pair[1])
 }

@@ -43,4 +43,9 @@ impl NetworkConfig {
     pub fn table(&self, _indent: usize) -> String {
         String::new()
     }
+
+    /// A short digest of the configuration's JSON: what the plan compares with the stored one.
+    pub fn digest(&self) -> String {
+        crate::plan::fingerprint::json_digest(self)
+    }
 }

@@ -14,7 +14,8 @@
 //! - Operator tokens are kept as the hash of their secret, never the secret; a revoked token
 //!   keeps its row and its name (`operator_tokens.rs`).
 //! - What belongs to one machine (interfaces, disks, script results, its `machine_state`: run,
-//!   token and secret hashes, erase mode) is deleted with it, in the same transaction (ON DELETE CASCADE).
+//!   token and secret hashes, erase mode; its stored deployment configuration) is deleted with
+//!   it, in the same transaction (ON DELETE CASCADE).
 
 use crate::model::{Action, InvalidTransition, MacAddr, Outcome};
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 mod apply;
 mod codec;
 mod db;
+mod deployments;
 mod events;
 mod leases;
 mod locks;
@@ -40,6 +42,7 @@ pub use crate::model::records::{
 };
 pub use apply::ApplyStepRow;
 pub use db::{now_ms, redact_url, Store};
+pub use deployments::{DeploymentDigests, StoredDeployment};
 pub use machine_state::{
     new_secret, secret_hash, MachineRun, MachineState, Registration, SecretUse, BOOT_OVERFLOW,
     BOOT_SECRETS_PER_BOOT,

@@ -44,4 +44,9 @@ impl Layout {
     pub fn table(&self, _indent: usize) -> String {
         String::new()
     }
+
+    /// A short digest of the layout's JSON: what the plan compares with the stored layout's.
+    pub fn digest(&self) -> String {
+        crate::plan::fingerprint::json_digest(self)
+    }
 }
