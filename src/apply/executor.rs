@@ -308,7 +308,9 @@ fn stored_deployment(
     let planned = run.planned.deployment.as_ref();
     let network = match &applied.network_digest {
         Some(digest) => match planned.filter(|d| d.network_digest.as_ref() == Some(digest)) {
-            Some(deployment) => Some(serde_json::to_value(&deployment.network).map_err(|e| e.to_string())?),
+            Some(deployment) => {
+                Some(serde_json::to_value(&deployment.network).map_err(|e| e.to_string())?)
+            }
             None => return Err(format!("the plan has no network configuration {digest}")),
         },
         None => None,

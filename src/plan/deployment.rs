@@ -15,7 +15,9 @@
 use super::clone::{check_clone, CloneRecord};
 use super::layout::{resolve_layout, Layout, LayoutError};
 use super::network::{render_network, NetworkConfig};
-use super::{allocate, Allocation, AttributeChange, Firmware, Observed, ObservedDisk, ObservedMachine};
+use super::{
+    allocate, Allocation, AttributeChange, Firmware, Observed, ObservedDisk, ObservedMachine,
+};
 use crate::config::{CloneSpec, Fleet, MachineSpec, StorageTemplate};
 use crate::model::{MachineName, Status};
 use serde::{Deserialize, Serialize};
@@ -61,12 +63,6 @@ pub struct Deployment {
     /// What a reader should know: an assumed firmware, what waits for commissioning.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
-    /// The storage side is decided (resolved, or nothing to resolve): only then is it compared
-    /// with the stored one.
-    #[serde(skip)]
-    storage_settled: bool,
-    #[serde(skip)]
-    network_settled: bool,
 }
 
 impl Deployment {
@@ -80,9 +76,17 @@ impl Deployment {
             network: None,
             network_digest: None,
             notes: Vec::new(),
-            storage_settled: true,
-            network_settled: true,
         }
+    }
+
+    /// The storage side is decided (resolved, or no template): only then is it compared with
+    /// the stored one. (A template that does not resolve holds the machine anyway.)
+    fn storage_settled(&self) -> bool {
+        self.storage_template.is_none() || self.layout.is_some()
+    }
+
+    fn network_settled(&self) -> bool {
+        self.network_template.is_none() || self.network_digest.is_some()
     }
 
     /// The differences from what the store holds (`storage layout`, `network`), and what a
@@ -98,14 +102,14 @@ impl Deployment {
         };
         let stored_origin = stored.map_or("", |stored| stored.origin.as_str());
         let mut changes = Vec::new();
-        if self.storage_settled && self.layout.as_ref() != stored_layout {
+        if self.storage_settled() && self.layout.as_ref() != stored_layout {
             changes.push(AttributeChange {
                 field: "storage layout".into(),
                 from: described(stored_layout, stored_origin),
                 to: described(self.layout.as_ref(), &self.origin),
             });
         }
-        if self.network_settled && self.network_digest.as_ref() != stored_network {
+        if self.network_settled() && self.network_digest.as_ref() != stored_network {
             changes.push(AttributeChange {
                 field: "network".into(),
                 from: described(stored_network, stored_origin),
@@ -117,12 +121,12 @@ impl Deployment {
         }
         // A side still waiting keeps what is stored.
         let applied = AppliedDeployment {
-            layout_digest: if self.storage_settled {
+            layout_digest: if self.storage_settled() {
                 self.layout.clone()
             } else {
                 stored_layout.cloned()
             },
-            network_digest: if self.network_settled {
+            network_digest: if self.network_settled() {
                 self.network_digest.clone()
             } else {
                 stored_network.cloned()
@@ -150,7 +154,8 @@ pub const TAKES_EFFECT_ON_REDEPLOY: &str = "takes effect on redeploy";
 pub const RECORDED_CLONE: &str =
     "recorded by `fleet clone`, not declared in the fleet files (the plan keeps it)";
 /// The note on a recorded clone the fleet file's `clone_from` replaces.
-pub const REPLACED_CLONE: &str = "the fleet file's clone_from replaces the clone `fleet clone` recorded";
+pub const REPLACED_CLONE: &str =
+    "the fleet file's clone_from replaces the clone `fleet clone` recorded";
 
 /// `clone_from = { source = "...", storage = ..., interfaces = ... }`: the fleet TOML that
 /// declares a clone the store recorded.
@@ -278,13 +283,19 @@ impl<'a> DeploymentContext<'a> {
         };
         note_recorded_clone(spec, observed, &mut resolved);
         let clone = CloneIntent::of(spec, observed);
-        let source_spec = clone.as_ref().and_then(|c| self.fleet.machine(c.source.as_str()));
+        let source_spec = clone
+            .as_ref()
+            .and_then(|c| self.fleet.machine(c.source.as_str()));
         let storage_template = match &clone {
-            Some(clone) if clone.storage => source_spec.and_then(|source| source.storage.as_deref()),
+            Some(clone) if clone.storage => {
+                source_spec.and_then(|source| source.storage.as_deref())
+            }
             _ => spec.storage.as_deref(),
         };
         let network_template = match &clone {
-            Some(clone) if clone.interfaces => source_spec.and_then(|source| source.network.as_deref()),
+            Some(clone) if clone.interfaces => {
+                source_spec.and_then(|source| source.network.as_deref())
+            }
             _ => spec.network.as_deref(),
         };
         if storage_template.is_none() && network_template.is_none() && clone.is_none() {
@@ -308,7 +319,15 @@ impl<'a> DeploymentContext<'a> {
             },
             None => None,
         };
-        self.resolve_storage(spec, observed, &clone, remap, memo, &mut deployment, &mut resolved);
+        self.resolve_storage(
+            spec,
+            observed,
+            &clone,
+            remap,
+            memo,
+            &mut deployment,
+            &mut resolved,
+        );
         self.resolve_network(observed, network_template, &mut deployment, &mut resolved);
         resolved.deployment = Some(deployment);
         resolved
@@ -321,14 +340,17 @@ impl<'a> DeploymentContext<'a> {
         clone: &CloneIntent<'_>,
         destination: Option<&ObservedMachine>,
     ) -> Result<Option<BTreeMap<String, String>>, Vec<String>> {
-        let refused = |reason: String| vec![format!("clone from {} refused: {reason}", clone.source)];
+        let refused =
+            |reason: String| vec![format!("clone from {} refused: {reason}", clone.source)];
         let Some(source) = self.observed.machine(clone.source.as_str()) else {
             return Err(refused(format!(
                 "the source machine `{}` is not in the store",
                 clone.source
             )));
         };
-        let Some(destination) = destination.filter(|d| !d.hardware.disks.is_empty() || !d.hardware.interfaces.is_empty()) else {
+        let Some(destination) = destination
+            .filter(|d| !d.hardware.disks.is_empty() || !d.hardware.interfaces.is_empty())
+        else {
             return Ok(None);
         };
         // The plan stores the configuration whatever the destination's status (a deployed
@@ -385,7 +407,6 @@ impl<'a> DeploymentContext<'a> {
         let source_disks = laid_out.map_or(&[][..], |machine| &machine.hardware.disks[..]);
         let unmapped = cloned.is_some() && remap.is_none();
         if destination_disks.is_empty() || source_disks.is_empty() || unmapped {
-            deployment.storage_settled = false;
             deployment.notes.push(format!(
                 "storage `{template_name}` is resolved against the disks commissioning finds: plan again once {} has been commissioned",
                 spec.name
@@ -431,7 +452,6 @@ impl<'a> DeploymentContext<'a> {
         };
         let interfaces = observed.map_or(&[][..], |machine| &machine.hardware.interfaces[..]);
         if interfaces.is_empty() {
-            deployment.network_settled = false;
             deployment.notes.push(format!(
                 "network `{template_name}` is rendered with the interfaces commissioning finds: plan again once it has run"
             ));
@@ -466,7 +486,11 @@ fn note_recorded_clone(
     }
     resolved.noted.push(NotedChange {
         field: "clone_from".into(),
-        from: Some(clone_text(&record.source, record.storage, record.interfaces)),
+        from: Some(clone_text(
+            &record.source,
+            record.storage,
+            record.interfaces,
+        )),
         to: declared.map(|clone| clone_text(&clone.source, clone.storage, clone.interfaces)),
         note: if declared.is_some() {
             REPLACED_CLONE.into()
@@ -483,9 +507,20 @@ fn note_recorded_clone(
 /// the allocator gives it addresses on the source's subnets; `None` when no clone needs that
 /// (the usual case: the fleet is not copied).
 fn fleet_with_cloned_networks(fleet: &Fleet, observed: &Observed) -> Option<Fleet> {
-    let mut changes: Vec<(usize, Option<String>)> = Vec::new();
-    for (index, spec) in fleet.machines.iter().enumerate() {
-        let observed = observed.machine(spec.name.as_str());
+    // Only the clones are looked at (the fleet's and the store's), not every machine.
+    let declared = fleet
+        .machines
+        .iter()
+        .filter(|spec| spec.clone_from.is_some())
+        .map(|spec| (spec, observed.machine(spec.name.as_str())));
+    let recorded = observed
+        .machines
+        .iter()
+        .filter(|machine| machine.cloned_from.is_some())
+        .filter_map(|machine| Some((fleet.machine(machine.name.as_str())?, Some(machine))))
+        .filter(|(spec, _)| spec.clone_from.is_none());
+    let mut changes: Vec<(MachineName, Option<String>)> = Vec::new();
+    for (spec, observed) in declared.chain(recorded) {
         let Some(clone) = CloneIntent::of(spec, observed).filter(|clone| clone.interfaces) else {
             continue;
         };
@@ -493,18 +528,27 @@ fn fleet_with_cloned_networks(fleet: &Fleet, observed: &Observed) -> Option<Flee
             continue;
         };
         if source.network != spec.network {
-            changes.push((index, source.network.clone()));
+            changes.push((spec.name.clone(), source.network.clone()));
         }
     }
     if changes.is_empty() {
         return None;
     }
     let mut adjusted = fleet.clone();
-    for (index, network) in changes {
-        adjusted.machines[index].network = network;
+    for (name, network) in changes {
+        let Ok(at) = adjusted
+            .machines
+            .binary_search_by(|spec| spec.name.cmp(&name))
+        else {
+            continue;
+        };
+        let destination = &mut adjusted.machines[at];
+        destination.network = network;
         // A static address written for the destination is not the source's: the clone's
         // addresses are allocated afresh on the source template's subnets.
-        adjusted.machines[index].interfaces.retain(|interface| interface.ip.is_none());
+        destination
+            .interfaces
+            .retain(|interface| interface.ip.is_none());
     }
     Some(adjusted)
 }

@@ -234,8 +234,14 @@ fn plan_declared<'a>(
     if start.power == PowerState::Error {
         // The configure step stays: new power parameters may be the fix.
         let configure = with_image(configure, spec, &configured);
-        let configure =
-            with_deployment(configure, &configured, &configured, &[], stored, &mut planned);
+        let configure = with_deployment(
+            configure,
+            &configured,
+            &configured,
+            &[],
+            stored,
+            &mut planned,
+        );
         if let Some((step, changes)) = configure {
             planned.steps.push(step);
             planned.attributes = changes;

@@ -18,6 +18,7 @@ mod lifecycle;
 mod machine_api;
 mod netboot;
 mod plan;
+mod plan_deployment;
 mod power;
 mod power_apply;
 mod power_qemu;
