@@ -6,10 +6,10 @@ use super::{
     STALE_LOCK_MS,
 };
 use crate::model::{ActionRequest, Settlement, Status};
-use crate::plan::{MachinePlan, Operation, Step};
+use crate::plan::{AppliedDeployment, MachinePlan, Operation, Step};
 use crate::power::PowerDrivers;
 use crate::services::actions::{perform, settle_machine_at, ActionError, SettleAt};
-use crate::store::{now_ms, ApplyStepRow, MachineRecord, Store, StoreError};
+use crate::store::{now_ms, ApplyStepRow, MachineRecord, Store, StoreError, StoredDeployment};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -353,17 +353,33 @@ async fn execute(run: &MachineRun, step: &Step) -> Result<StepOutcome, StoreErro
             power_params,
             tags,
             image,
-        } => match run
-            .store
-            .update_config(name, power_type, power_params, tags, image.as_deref())
-            .await
-        {
-            Ok(()) => Ok(Ok(())),
-            Err(StoreError::UnknownMachine(_)) => {
-                Ok(Err("the machine is no longer in the store".into()))
+            deployment,
+        } => {
+            // The deployment configuration first: `update_config` moves the generation, which
+            // is what a resumed step takes as "already ran".
+            let stored = match deployment {
+                Some(applied) => match stored_deployment(run, applied) {
+                    Ok(stored) => run.store.store_deployment(name, &stored).await,
+                    Err(reason) => return Ok(Err(reason)),
+                },
+                None => Ok(()),
+            };
+            let configured = match stored {
+                Ok(()) => {
+                    run.store
+                        .update_config(name, power_type, power_params, tags, image.as_deref())
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            match configured {
+                Ok(()) => Ok(Ok(())),
+                Err(StoreError::UnknownMachine(_)) => {
+                    Ok(Err("the machine is no longer in the store".into()))
+                }
+                Err(error) => Err(error),
             }
-            Err(error) => Err(error),
-        },
+        }
         Operation::Act { action, options } => {
             let request = ActionRequest {
                 action: *action,
@@ -378,6 +394,38 @@ async fn execute(run: &MachineRun, step: &Step) -> Result<StepOutcome, StoreErro
             }
         }
     }
+}
+
+/// The configuration a configure step stores: the layout from the plan's `layouts` and the
+/// network from the machine's deployment section, as the digests in the step name them.
+fn stored_deployment(
+    run: &MachineRun,
+    applied: &AppliedDeployment,
+) -> Result<StoredDeployment, String> {
+    let layout = match &applied.layout_digest {
+        Some(digest) => match run.record.plan.layouts.get(digest) {
+            Some(layout) => Some(serde_json::to_value(layout).map_err(|e| e.to_string())?),
+            None => return Err(format!("the plan has no layout {digest}")),
+        },
+        None => None,
+    };
+    let planned = run.planned.deployment.as_ref();
+    let network = match &applied.network_digest {
+        Some(digest) => match planned.filter(|d| d.network_digest.as_ref() == Some(digest)) {
+            Some(deployment) => {
+                Some(serde_json::to_value(&deployment.network).map_err(|e| e.to_string())?)
+            }
+            None => return Err(format!("the plan has no network configuration {digest}")),
+        },
+        None => None,
+    };
+    Ok(StoredDeployment {
+        layout,
+        layout_digest: applied.layout_digest.clone(),
+        network,
+        network_digest: applied.network_digest.clone(),
+        origin: applied.origin.clone(),
+    })
 }
 
 /// Waits until the machine rests, failing an in-progress status that runs past the policy's

@@ -46,7 +46,26 @@ pub async fn observe(store: &Store) -> Result<Observed, StoreError> {
     for machine in &mut observed.machines {
         machine.cloned_from = clones.remove(&machine.name);
     }
+    add_stored_deployments(store, &mut observed).await?;
     Ok(observed)
+}
+
+/// Each machine's stored deployment configuration (digests and origin), which the planner
+/// compares with the fleet file's layout and network.
+async fn add_stored_deployments(store: &Store, observed: &mut Observed) -> Result<(), StoreError> {
+    for stored in store.deployment_digests().await? {
+        let at = observed
+            .machines
+            .binary_search_by(|machine| machine.name.as_str().cmp(&stored.machine));
+        if let Ok(at) = at {
+            observed.machines[at].deployment = Some(crate::plan::AppliedDeployment {
+                layout_digest: stored.layout_digest,
+                network_digest: stored.network_digest,
+                origin: stored.origin,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The reason of the newest `power` event that set the power to `error`, among the machine's

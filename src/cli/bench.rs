@@ -150,7 +150,9 @@ fn bench_plan(machines: usize, keep: Option<&Path>) -> anyhow::Result<ExitCode> 
     report(
         "plan",
         machines,
-        "every 7th machine absent, the rest ready; human rendering",
+        "every 7th machine absent, the rest ready with disks, interfaces, firmware, held \
+         addresses and stored configurations; every layout, network and address resolved; \
+         human rendering",
         &runs,
         1.0,
         500.0,
@@ -158,15 +160,67 @@ fn bench_plan(machines: usize, keep: Option<&Path>) -> anyhow::Result<ExitCode> 
 }
 
 /// What a store might hold for the synthetic fleet: every seventh machine not yet added, the
-/// others commissioned and ready with the fleet file's power and tags (so most get steps).
+/// others commissioned and ready with the fleet file's power and tags (so most get steps), two
+/// disks, one or two interfaces, UEFI (every fifth BIOS), the addresses an earlier apply
+/// committed and the deployment configurations it stored (so a machine that is not deployed
+/// shows no layout or network change: the steady state, not 100,000 first configurations).
 fn synthetic_observed(fleet: &fleet::config::Fleet) -> fleet::plan::Observed {
+    let mut observed = synthetic_records(fleet);
+    let first = fleet::plan::allocate(fleet, &[]);
+    observed.addresses = first
+        .allocations
+        .iter()
+        .filter(|allocation| observed.machine(allocation.machine.as_str()).is_some())
+        .map(|allocation| fleet::plan::HeldAddress {
+            machine: allocation.machine.to_string(),
+            interface: allocation.interface.clone(),
+            subnet: allocation.subnet.clone(),
+            ip: allocation.ip,
+        })
+        .collect();
+    let planned = fleet::plan::plan(fleet, &observed);
+    for machine in &mut observed.machines {
+        let deployment = planned
+            .machine(machine.name.as_str())
+            .and_then(|planned| planned.deployment.as_ref());
+        machine.deployment = deployment.map(|deployment| fleet::plan::AppliedDeployment {
+            layout_digest: deployment.layout.clone(),
+            network_digest: deployment.network_digest.clone(),
+            origin: deployment.origin.clone(),
+        });
+    }
+    observed
+}
+
+fn synthetic_records(fleet: &fleet::config::Fleet) -> fleet::plan::Observed {
     let machines = fleet
         .machines
         .iter()
         .enumerate()
         .filter(|(index, _)| index % 7 != 0)
-        .map(|(_, spec)| {
+        .map(|(index, spec)| {
             let (power_type, power_params) = fleet::plan::desired_power(&spec.power);
+            let disk = |name: &str, serial: String| fleet::plan::ObservedDisk {
+                name: name.into(),
+                size_bytes: 960_000_000_000,
+                serial: Some(serial),
+                bus: Some("nvme".into()),
+                rotational: Some(false),
+                ..Default::default()
+            };
+            let interfaces = ["eth0", "eth1"]
+                .iter()
+                .zip(&spec.macs)
+                .map(|(name, mac)| fleet::plan::ObservedInterface {
+                    name: name.to_string(),
+                    mac: *mac,
+                })
+                .collect();
+            let firmware = if index % 5 == 0 {
+                fleet::plan::Firmware::Bios
+            } else {
+                fleet::plan::Firmware::Uefi
+            };
             fleet::plan::ObservedMachine {
                 name: spec.name.clone(),
                 status: fleet::model::Status::Ready,
@@ -188,11 +242,17 @@ fn synthetic_observed(fleet: &fleet::config::Fleet) -> fleet::plan::Observed {
                     cpus: Some(32),
                     memory_mib: Some(262_144),
                     disk_sizes: vec![960_000_000_000, 960_000_000_000],
-                    ..Default::default()
+                    disks: vec![
+                        disk("nvme0n1", format!("S6{index:08}A")),
+                        disk("nvme1n1", format!("S6{index:08}B")),
+                    ],
+                    interfaces,
+                    firmware: Some(firmware),
                 },
                 generation: 4,
                 heard_from: true,
                 cloned_from: None,
+                deployment: None,
             }
         })
         .collect();

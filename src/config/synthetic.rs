@@ -1,8 +1,10 @@
 //! A realistic synthetic fleet, for `fleet bench` and for measuring `fleet validate` at scale.
 //!
-//! Shape: one /16 subnet per 50,000 machines (with dynamic and reserved ranges), two profiles
-//! with storage and network templates, an image with digests; each machine has one or two MACs,
-//! IPMI power with an environment-variable password, a static address, tags, and a state.
+//! Shape: one /16 subnet per 50,000 machines (with dynamic and reserved ranges) and a network
+//! template per subnet (`eth0` with `link = "auto"`: every machine's address is allocated), two
+//! profiles with storage templates (lvm, flat), an image with digests; each machine has one or
+//! two MACs, IPMI power with an environment-variable password, its subnet's network template,
+//! tags, and a state.
 
 use std::fmt::Write;
 
@@ -37,10 +39,9 @@ fn write_header(text: &mut String) {
         "root = { url = \"https://images.example.net/noble.tar.xz\", sha256 = \"2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae\", format = \"tar-xz\" }\n\n",
         "[storage_templates.lvm]\nlayout = \"lvm\"\nlv_size = \"80%\"\nboot_size = \"1GiB\"\n\n",
         "[storage_templates.flat]\nlayout = \"flat\"\nroot_size = \"100%\"\n\n",
-        "[network_templates.single]\ninterfaces = [{ name = \"eth0\", link = \"static\", subnet = \"net0\" }]\n\n",
-        "[profiles.compute]\nstorage = \"lvm\"\nnetwork = \"single\"\nimage = \"noble\"\ntags = [\"compute\"]\n",
+        "[profiles.compute]\nstorage = \"lvm\"\nimage = \"noble\"\ntags = [\"compute\"]\n",
         "expect = { min_cpus = 8, min_memory = \"32GiB\", min_disks = 1 }\n\n",
-        "[profiles.storage]\nstorage = \"flat\"\nnetwork = \"single\"\nimage = \"noble\"\ntags = [\"storage\"]\n\n",
+        "[profiles.storage]\nstorage = \"flat\"\nimage = \"noble\"\ntags = [\"storage\"]\n\n",
         "[policy]\nparallelism = 50\ndefault_image = \"noble\"\n\n",
         "[policy.timeouts]\ndeploying = 90\n\n",
     ));
@@ -52,7 +53,9 @@ fn write_subnet(text: &mut String, subnet: usize) {
         text,
         "[subnets.net{subnet}]\ncidr = \"10.{octet}.0.0/16\"\ngateway = \"10.{octet}.0.1\"\ndns = [\"10.{octet}.0.2\"]\n\
          dynamic_range = {{ start = \"10.{octet}.254.0\", end = \"10.{octet}.254.250\" }}\n\
-         reserved = [{{ start = \"10.{octet}.0.2\", end = \"10.{octet}.0.9\", comment = \"switches\" }}]\n\n"
+         reserved = [{{ start = \"10.{octet}.0.2\", end = \"10.{octet}.0.9\", comment = \"switches\" }}]\n\n\
+         [network_templates.net{subnet}]\n\
+         interfaces = [{{ name = \"eth0\", link = \"auto\", subnet = \"net{subnet}\", mtu = 9000 }}]\n\n"
     );
 }
 
@@ -60,7 +63,6 @@ fn write_machine(text: &mut String, index: usize) {
     let subnet = index / MACHINES_PER_SUBNET;
     let host = index % MACHINES_PER_SUBNET + FIRST_HOST;
     let (high, low) = (host / 256, host % 256);
-    let octet = 100 + subnet;
     let profile = if index.is_multiple_of(10) {
         "storage"
     } else {
@@ -83,8 +85,7 @@ fn write_machine(text: &mut String, index: usize) {
     }
     let _ = write!(
         text,
-        "]\nprofile = \"{profile}\"\nstate = \"{state}\"\ntags = [\"rack-{:04}\"]\n\
-         interfaces = [{{ name = \"eth0\", subnet = \"net{subnet}\", ip = \"10.{octet}.{high}.{low}\" }}]\n\
+        "]\nprofile = \"{profile}\"\nnetwork = \"net{subnet}\"\nstate = \"{state}\"\ntags = [\"rack-{:04}\"]\n\
          power = {{ type = \"ipmi\", address = \"10.{}.{high}.{low}\", user = \"admin\", password = {{ env = \"BMC_PASS\" }} }}\n\n",
         index / 40,
         200 + subnet,

@@ -393,6 +393,7 @@ mod tests {
             },
             generation: 1,
             heard_from: true,
+            deployment: None,
             cloned_from: None,
         }
     }

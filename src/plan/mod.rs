@@ -16,6 +16,7 @@
 mod addresses;
 mod adopt;
 pub mod clone;
+mod deployment;
 mod desired;
 mod fingerprint;
 pub mod layout;
@@ -31,6 +32,7 @@ pub use addresses::{
     HeldAddress,
 };
 pub use adopt::{adopt_machine_toml, adopt_toml};
+pub use deployment::{clone_toml, AppliedDeployment, Deployment, NotedChange, FIRMWARE_ASSUMED};
 pub use desired::{desired_power, normalized_params};
 pub use fingerprint::{fingerprint, hardware_digest};
 pub use params::PowerParams;
@@ -215,6 +217,10 @@ pub struct ObservedMachine {
     /// interfaces until the fleet file says otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloned_from: Option<clone::CloneRecord>,
+    /// The deployment configuration a configure step last stored for it (digests and origin):
+    /// what the plan compares the fleet file's layout and network with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<AppliedDeployment>,
 }
 
 /// What commissioning found, as far as expectations, layouts, network configurations and
@@ -239,7 +245,7 @@ pub struct ObservedHardware {
 }
 
 /// One disk of a commissioned machine.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ObservedDisk {
     /// The kernel's name in the commissioning environment (`sda`, `nvme0n1`): it may change
     /// between boots, serials and by-id paths do not.
@@ -392,6 +398,8 @@ impl ObservedMachine {
             heard_from: record.last_heard.is_some(),
             // The store keeps clones in their own table: `crate::apply::observe` fills it in.
             cloned_from: None,
+            // So are the stored deployment configurations.
+            deployment: None,
         }
     }
 
@@ -421,6 +429,10 @@ pub struct Plan {
     pub summary: Summary,
     /// Declared machines and discovered ones, sorted by name.
     pub machines: Vec<MachinePlan>,
+    /// Every storage layout a machine's deployment section names, by its digest: machines with
+    /// the same template and disks share one (written once, not once per machine).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub layouts: BTreeMap<String, layout::Layout>,
 }
 
 impl Plan {
@@ -466,6 +478,13 @@ pub struct Summary {
     pub blocked: usize,
     pub waiting: usize,
     pub discovered: usize,
+    /// Deployed machines whose new layout or network takes effect on their next deployment.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub on_redeploy: usize,
+}
+
+fn is_zero(count: &usize) -> bool {
+    *count == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -581,6 +600,18 @@ pub struct MachinePlan {
     /// allocated): apply commits the new ones under the store's unique (subnet, address).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<Allocation>,
+    /// What it is (or will be) deployed with: its storage layout, network configuration and
+    /// where they come from (its templates, or a clone); `None` without templates or clone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<Deployment>,
+    /// Differences from the store that make no step, each saying why: a deployed machine's new
+    /// layout or network (takes effect on redeploy), a clone the store recorded that the fleet
+    /// files do not declare.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub noted: Vec<NotedChange>,
+    /// The `clone_from` line that declares the clone the store recorded (to keep it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_toml: Option<String>,
 }
 
 /// One step: an operation, why, and how dangerous it is.
@@ -617,6 +648,11 @@ pub enum Operation {
         tags: Vec<String>,
         /// `None`: keep the image recorded.
         image: Option<String>,
+        /// The deployment configuration to store (digests and origin; the executor takes the
+        /// layout from the plan's `layouts` and the network from the machine's deployment
+        /// section); `None`: keep the stored one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        deployment: Option<AppliedDeployment>,
     },
     /// A life-cycle action.
     Act {

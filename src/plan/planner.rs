@@ -1,6 +1,10 @@
 //! `plan(fleet, observed)`: merges the declared machines with the observed ones (both sorted by
 //! name) and plans each machine on its own.
 
+use super::deployment::{
+    AppliedDeployment, DeploymentContext, LayoutMemo, NotedChange, Resolved,
+    TAKES_EFFECT_ON_REDEPLOY,
+};
 use super::desired::{canonical_json, desired_power, new_machine, normalized_params};
 use super::route::{next_move, powered_off, Move, RouteContext, POWERED_OFF};
 use super::simulate::apply_step;
@@ -13,6 +17,7 @@ use crate::config::{EnlistedPolicy, Expectations, Fleet, MachineSpec, Policy};
 use crate::model::{Action, ActionOptions, PowerState, Status};
 use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
 /// The actor the simulation acts as (owners it assigns are never compared).
 const PLAN_ACTOR: &str = "fleet-plan";
@@ -45,13 +50,15 @@ pub fn plan(fleet: &Fleet, observed: &Observed) -> Plan {
     }
     let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
     let threads = cores.min(jobs.len() / MACHINES_PER_THREAD).max(1);
-    let machines = plan_jobs(&jobs, &fleet.policy, threads);
+    let context = DeploymentContext::new(fleet, observed);
+    let (machines, layouts) = plan_jobs(&jobs, &fleet.policy, &context, threads);
     Plan {
         format_version: PLAN_FORMAT_VERSION,
         fleet_digest: fleet.digest.clone(),
         policy: plan_policy(&fleet.policy),
         summary: summarize(&machines),
         machines,
+        layouts,
     }
 }
 
@@ -64,33 +71,65 @@ enum Job<'a> {
 /// Below this many machines one thread plans them all (a thread costs more than it saves).
 const MACHINES_PER_THREAD: usize = 5_000;
 
+/// Every layout the machines name, by digest.
+type Layouts = BTreeMap<String, super::layout::Layout>;
+
 /// Plans the machines in order: in equal runs on up to as many threads as there are cores.
-fn plan_jobs(jobs: &[Job<'_>], policy: &Policy, threads: usize) -> Vec<MachinePlan> {
-    let plan_one = |job: &Job<'_>| match *job {
-        Job::Declared(spec, observed) => plan_declared(spec, observed, policy),
+/// Each thread keeps its own layout memo; their layouts are merged at the end.
+fn plan_jobs<'a>(
+    jobs: &[Job<'a>],
+    policy: &Policy,
+    context: &DeploymentContext<'a>,
+    threads: usize,
+) -> (Vec<MachinePlan>, Layouts) {
+    let plan_one = |job: &Job<'a>, memo: &mut LayoutMemo<'a>| match *job {
+        Job::Declared(spec, observed) => plan_declared(spec, observed, policy, context, memo),
         Job::Discovered(machine) => plan_discovered(machine, policy),
     };
+    let mut layouts = Layouts::new();
+    let mut keep = |memo: LayoutMemo<'a>| {
+        for (digest, layout) in memo.layouts {
+            layouts
+                .entry(digest)
+                .or_insert_with(|| std::sync::Arc::unwrap_or_clone(layout));
+        }
+    };
     if threads <= 1 || jobs.is_empty() {
-        return jobs.iter().map(plan_one).collect();
+        let mut memo = LayoutMemo::default();
+        let machines = jobs.iter().map(|job| plan_one(job, &mut memo)).collect();
+        keep(memo);
+        return (machines, layouts);
     }
     // Each thread fills its own run of one vector, so no second copy of the plans is made
     // (the `Option`s are turned into plans in place).
     let mut planned: Vec<Option<MachinePlan>> = Vec::new();
     planned.resize_with(jobs.len(), || None);
     let run = jobs.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        for (chunk, slots) in jobs.chunks(run).zip(planned.chunks_mut(run)) {
-            scope.spawn(move || {
-                for (job, slot) in chunk.iter().zip(slots) {
-                    *slot = Some(plan_one(job));
-                }
-            });
-        }
+    let memos = std::thread::scope(|scope| {
+        let workers: Vec<_> = jobs
+            .chunks(run)
+            .zip(planned.chunks_mut(run))
+            .map(|(chunk, slots)| {
+                scope.spawn(move || {
+                    let mut memo = LayoutMemo::default();
+                    for (job, slot) in chunk.iter().zip(slots) {
+                        *slot = Some(plan_one(job, &mut memo));
+                    }
+                    memo
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| worker.join().expect("a planning thread does not panic"))
+            .collect::<Vec<_>>()
     });
-    planned
+    memos.into_iter().for_each(&mut keep);
+    let machines = planned
         .into_iter()
         .map(|machine| machine.expect("every machine planned"))
-        .collect()
+        .collect();
+    (machines, layouts)
 }
 
 fn plan_policy(policy: &Policy) -> PlanPolicy {
@@ -128,18 +167,38 @@ fn empty_plan(name: &str, declared: bool, observed: Option<&ObservedMachine>) ->
         blocked: Vec::new(),
         adopt_toml: None,
         addresses: Vec::new(),
+        deployment: None,
+        noted: Vec::new(),
+        clone_toml: None,
     }
 }
 
-fn plan_declared(
-    spec: &MachineSpec,
-    observed: Option<&ObservedMachine>,
+fn plan_declared<'a>(
+    spec: &'a MachineSpec,
+    observed: Option<&'a ObservedMachine>,
     policy: &Policy,
+    context: &DeploymentContext<'a>,
+    memo: &mut LayoutMemo<'a>,
 ) -> MachinePlan {
     let mut planned = empty_plan(spec.name.as_str(), true, observed);
     planned.desired = Some(spec.state.status());
+    let Resolved {
+        deployment,
+        addresses,
+        problems,
+        noted,
+        clone_toml,
+    } = context.resolve(spec, observed, memo);
+    planned.addresses = addresses;
+    planned.deployment = deployment;
+    planned.noted = noted;
+    planned.clone_toml = clone_toml;
     // Borrowed when the store has the machine: the route copies it only once a step changes it.
     let start: Cow<'_, ObservedMachine> = match observed {
+        None if !problems.is_empty() => {
+            planned.blocked = problems;
+            return finish(planned);
+        }
         None => {
             let step = add_step(spec);
             let created = apply_step(None, &step, PLAN_ACTOR);
@@ -162,13 +221,28 @@ fn plan_declared(
                 planned.blocked = drift;
                 return finish(planned);
             }
+            // A plan error of its deployment (addresses, layout, network, clone) holds it.
+            if !problems.is_empty() {
+                planned.blocked = problems;
+                return finish(planned);
+            }
             Cow::Borrowed(machine)
         }
     };
     let (configure, configured) = power_and_tags(spec, &start);
+    let stored = observed.and_then(|machine| machine.deployment.as_ref());
     if start.power == PowerState::Error {
         // The configure step stays: new power parameters may be the fix.
-        if let Some((step, changes)) = with_image(configure, spec, &configured) {
+        let configure = with_image(configure, spec, &configured);
+        let configure = with_deployment(
+            configure,
+            &configured,
+            &configured,
+            &[],
+            stored,
+            &mut planned,
+        );
+        if let Some((step, changes)) = configure {
             planned.steps.push(step);
             planned.attributes = changes;
         }
@@ -187,21 +261,101 @@ fn plan_declared(
         .map(|(_, end)| end.as_ref())
         .unwrap_or(configured.as_ref());
     let configure = with_image(configure, spec, end);
+    if let Ok((_, end)) = &routed {
+        planned.blocked.extend(power_drift_left(end));
+    }
+    let (route_steps, rests_at) = match routed {
+        Ok((steps, end)) => match destructive_hold(spec, &start, policy, &steps) {
+            Some(reason) => {
+                planned.blocked.push(reason);
+                (Vec::new(), configured.clone())
+            }
+            None => (steps, end),
+        },
+        Err(reason) => {
+            planned.blocked.push(reason);
+            (Vec::new(), configured.clone())
+        }
+    };
+    let configure = with_deployment(
+        configure,
+        &configured,
+        &rests_at,
+        &route_steps,
+        stored,
+        &mut planned,
+    );
     if let Some((step, changes)) = configure {
         planned.steps.push(step);
         planned.attributes = changes;
     }
-    if let Ok((_, end)) = &routed {
-        planned.blocked.extend(power_drift_left(end));
-    }
-    match routed {
-        Ok((steps, _)) => match destructive_hold(spec, &start, policy, &steps) {
-            Some(reason) => planned.blocked.push(reason),
-            None => planned.steps.extend(steps),
-        },
-        Err(reason) => planned.blocked.push(reason),
-    }
+    planned.steps.extend(route_steps);
     finish(planned)
+}
+
+/// Adds the deployment configuration to the configure step (making one if need be) when the
+/// fleet file's layout or network differs from the stored one — unless the machine keeps an
+/// installed system this plan does not redeploy: then the differences are noted, "takes effect
+/// on redeploy", and make no step.
+fn with_deployment(
+    configure: Option<(Step, Vec<AttributeChange>)>,
+    configured: &ObservedMachine,
+    rests_at: &ObservedMachine,
+    route_steps: &[Step],
+    stored: Option<&AppliedDeployment>,
+    planned: &mut MachinePlan,
+) -> Option<(Step, Vec<AttributeChange>)> {
+    let Some((applied, deployment_changes)) = planned
+        .deployment
+        .as_ref()
+        .and_then(|deployment| deployment.changes_from(stored))
+    else {
+        return configure;
+    };
+    let deploys = route_steps.iter().any(|step| {
+        matches!(
+            step.operation,
+            Operation::Act {
+                action: Action::Deploy,
+                ..
+            }
+        )
+    });
+    let installed = rests_at.status == Status::Deployed || rests_at.deployed_os.is_some();
+    if installed && !deploys {
+        planned
+            .noted
+            .extend(deployment_changes.into_iter().map(|change| NotedChange {
+                field: change.field,
+                from: change.from,
+                to: change.to,
+                note: TAKES_EFFECT_ON_REDEPLOY.into(),
+            }));
+        return configure;
+    }
+    let (mut step, mut changes) = configure.unwrap_or_else(|| {
+        let step = Step {
+            operation: Operation::Configure {
+                power_type: configured.power_type.clone(),
+                power_params: normalized_params(&configured.power_params.to_value()),
+                tags: configured.tags.clone(),
+                image: None,
+                deployment: None,
+            },
+            class: StepClass::Safe,
+            reason: String::new(),
+            // It comes first, before the route moves the machine.
+            expect: configured.status,
+        };
+        (step, Vec::new())
+    });
+    if let Operation::Configure { deployment, .. } = &mut step.operation {
+        *deployment = Some(applied);
+    }
+    changes.extend(deployment_changes);
+    let fields: Vec<&str> = changes.iter().map(|change| change.field.as_str()).collect();
+    step.reason = format!("the fleet file sets {}", fields.join(", "));
+    Some((step, changes))
 }
 
 fn add_step(spec: &MachineSpec) -> Step {
@@ -265,6 +419,7 @@ fn power_and_tags<'a>(
             power_params,
             tags,
             image: None,
+            deployment: None,
         },
         class: StepClass::Safe,
         reason: String::new(),
@@ -299,6 +454,7 @@ fn with_image(
                     power_params: normalized_params(&end.power_params.to_value()),
                     tags: end.tags.clone(),
                     image: None,
+                    deployment: None,
                 },
                 class: StepClass::Safe,
                 reason: String::new(),
@@ -605,6 +761,10 @@ fn summarize(machines: &[MachinePlan]) -> Summary {
         blocked: machines.iter().filter(|m| !m.blocked.is_empty()).count(),
         waiting: machines.iter().filter(|m| m.waiting.is_some()).count(),
         discovered: machines.iter().filter(|m| !m.declared).count(),
+        on_redeploy: machines
+            .iter()
+            .filter(|m| m.noted.iter().any(|n| n.note == TAKES_EFFECT_ON_REDEPLOY))
+            .count(),
     }
 }
 
@@ -612,7 +772,8 @@ fn summarize(machines: &[MachinePlan]) -> Summary {
 mod tests {
     use super::*;
 
-    /// Planned on several threads, the machines come out as one thread plans them.
+    /// Planned on several threads, the machines (and the layouts they name) come out as one
+    /// thread plans them.
     #[test]
     fn threads_plan_what_one_thread_plans() {
         let text = crate::config::synthetic_fleet_toml(301);
@@ -620,16 +781,19 @@ mod tests {
             Ok(fleet) => fleet,
             Err(diagnostics) => panic!("{}", diagnostics.render(false)),
         };
+        let observed = Observed::default();
+        let context = DeploymentContext::new(&fleet, &observed);
         let jobs: Vec<Job<'_>> = fleet
             .machines
             .iter()
             .map(|spec| Job::Declared(spec, None))
             .collect();
-        let one = plan_jobs(&jobs, &fleet.policy, 1);
-        assert_eq!(one.len(), 301);
+        let one = plan_jobs(&jobs, &fleet.policy, &context, 1);
+        assert_eq!(one.0.len(), 301);
+        assert!(one.0.iter().all(|machine| machine.addresses.len() == 1));
         for threads in [2, 3, 4, 300] {
             assert_eq!(
-                plan_jobs(&jobs, &fleet.policy, threads),
+                plan_jobs(&jobs, &fleet.policy, &context, threads),
                 one,
                 "{threads} threads"
             );

@@ -1,7 +1,9 @@
 //! Rendering a plan for people (stable, diffable: the same plan gives the same bytes) and as
 //! JSON (the documented `--json` shape: the [`Plan`] struct itself).
 
-use super::{Change, MachinePlan, Plan, Step, StepClass};
+use super::{Change, MachinePlan, Operation, Plan, Step, StepClass};
+use crate::model::Action;
+use std::collections::HashMap;
 use std::fmt::Write;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,16 +42,19 @@ fn change_colour(change: Change) -> &'static str {
 pub fn render_human(plan: &Plan, options: RenderOptions) -> String {
     // About 80 bytes per machine at scale: reserved once rather than grown (and copied) often.
     let mut text = String::with_capacity(plan.machines.len() * 80);
-    let unchanged = plan
-        .machines
-        .iter()
-        .filter(|machine| machine.change == Change::None)
-        .count();
+    let unchanged = plan.machines.iter().filter(|m| is_unchanged(m)).count();
+    // The first machine each layout was shown under: the others name it instead of repeating
+    // the table (100,000 machines share a handful of layouts).
+    let mut shown_layouts: HashMap<&str, &str> = HashMap::new();
     for machine in &plan.machines {
-        if machine.change == Change::None && !options.show_unchanged {
+        if is_unchanged(machine) && !options.show_unchanged {
             continue;
         }
         render_machine(machine, options, &mut text);
+        if will_deploy(machine) {
+            render_deployment(plan, machine, &mut shown_layouts, &mut text);
+        }
+        render_noted(machine, options, &mut text);
     }
     if unchanged > 0 && !options.show_unchanged {
         let noun = if unchanged == 1 {
@@ -66,6 +71,132 @@ pub fn render_human(plan: &Plan, options: RenderOptions) -> String {
     text.push_str(&paint(&summary, BOLD, options));
     text.push('\n');
     text
+}
+
+/// Nothing to do and nothing to note.
+fn is_unchanged(machine: &MachinePlan) -> bool {
+    machine.change == Change::None && machine.noted.is_empty() && machine.clone_toml.is_none()
+}
+
+/// Its steps deploy it: its layout, network and addresses are shown.
+fn will_deploy(machine: &MachinePlan) -> bool {
+    machine.deployment.is_some()
+        && machine.steps.iter().any(|step| {
+            matches!(
+                step.operation,
+                Operation::Act {
+                    action: Action::Deploy,
+                    ..
+                }
+            )
+        })
+}
+
+/// The compact table of what the machine is deployed with: storage (the layout's own table,
+/// once per layout), network, addresses and notes.
+fn render_deployment<'p>(
+    plan: &'p Plan,
+    machine: &'p MachinePlan,
+    shown_layouts: &mut HashMap<&'p str, &'p str>,
+    text: &mut String,
+) {
+    let Some(deployment) = &machine.deployment else {
+        return;
+    };
+    let _ = writeln!(text, "      deployment ({}):", deployment.origin);
+    if let Some(template) = &deployment.storage_template {
+        let firmware = deployment
+            .firmware
+            .map(|firmware| format!(" ({})", firmware.as_str()))
+            .unwrap_or_default();
+        match &deployment.layout {
+            Some(digest) => match shown_layouts.get(digest.as_str()) {
+                Some(first) => {
+                    let _ = writeln!(
+                        text,
+                        "        storage {template}{firmware}: layout {digest}, as {first} above"
+                    );
+                }
+                None => {
+                    shown_layouts.insert(digest, &machine.name);
+                    let _ = writeln!(
+                        text,
+                        "        storage {template}{firmware}: layout {digest}"
+                    );
+                    if let Some(layout) = plan.layouts.get(digest) {
+                        push_lines(text, &layout.table(10));
+                    }
+                }
+            },
+            None => {
+                let _ = writeln!(text, "        storage {template}: not resolved yet");
+            }
+        }
+    }
+    if let Some(template) = &deployment.network_template {
+        match (&deployment.network, &deployment.network_digest) {
+            (Some(network), Some(digest)) => {
+                let _ = writeln!(text, "        network {template}: {digest}");
+                push_lines(text, &network.table(10));
+            }
+            _ => {
+                let _ = writeln!(text, "        network {template}: not rendered yet");
+            }
+        }
+    }
+    for address in &machine.addresses {
+        let origin = match address.origin {
+            super::AddressOrigin::Static => "static",
+            super::AddressOrigin::Held => "held",
+            super::AddressOrigin::Allocated => "allocated",
+        };
+        let _ = writeln!(
+            text,
+            "        address {} {} on {} ({origin})",
+            address.interface, address.ip, address.subnet
+        );
+    }
+    for note in &deployment.notes {
+        let _ = writeln!(text, "        note: {note}");
+    }
+}
+
+/// A table a layout or network configuration rendered (already indented), newline-ended.
+fn push_lines(text: &mut String, table: &str) {
+    if table.is_empty() {
+        return;
+    }
+    text.push_str(table);
+    if !table.ends_with('\n') {
+        text.push('\n');
+    }
+}
+
+/// The differences that make no step, grouped by why, and the TOML that keeps a recorded clone.
+fn render_noted(machine: &MachinePlan, options: RenderOptions, text: &mut String) {
+    let mut notes: Vec<&str> = Vec::new();
+    for noted in &machine.noted {
+        if !notes.contains(&noted.note.as_str()) {
+            notes.push(&noted.note);
+        }
+    }
+    for note in notes {
+        let _ = writeln!(text, "      {note} (no step):");
+        for noted in machine.noted.iter().filter(|noted| noted.note == note) {
+            if let Some(from) = &noted.from {
+                let line = format!("-{} = {from}", noted.field);
+                let _ = writeln!(text, "         {}", paint(&line, RED, options));
+            }
+            if let Some(to) = &noted.to {
+                let line = format!("+{} = {to}", noted.field);
+                let _ = writeln!(text, "         {}", paint(&line, GREEN, options));
+            }
+        }
+    }
+    if let Some(toml) = &machine.clone_toml {
+        let _ = writeln!(text, "      to keep the clone, add to its [[machine]]:");
+        let _ = writeln!(text, "        {toml}");
+    }
 }
 
 fn render_machine(machine: &MachinePlan, options: RenderOptions, text: &mut String) {
@@ -196,6 +327,12 @@ pub fn summary_line(plan: &Plan) -> String {
     }
     if summary.discovered > 0 {
         notes.push(format!("{} discovered", summary.discovered));
+    }
+    if summary.on_redeploy > 0 {
+        notes.push(format!(
+            "{} with changes that take effect on redeploy",
+            summary.on_redeploy
+        ));
     }
     if !notes.is_empty() {
         let _ = write!(line, " {}.", notes.join(", "));

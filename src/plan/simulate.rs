@@ -35,10 +35,14 @@ pub fn apply_step(
                 power_params,
                 tags,
                 image,
+                deployment,
             },
             Some(machine),
         ) => {
             let mut after = machine.clone();
+            if deployment.is_some() {
+                after.deployment = deployment.clone();
+            }
             after.power_type = power_type.clone();
             after.power_params = PowerParams::from_value(power_params);
             after.tags = tags.clone();
@@ -129,6 +133,7 @@ fn created(new: &NewMachine) -> Result<ObservedMachine, SimulationError> {
         generation: 1,
         heard_from: false,
         cloned_from: None,
+        deployment: None,
     };
     set_lifecycle(&mut machine, &lifecycle);
     Ok(machine)

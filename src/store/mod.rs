@@ -14,8 +14,8 @@
 //! - Operator tokens are kept as the hash of their secret, never the secret; a revoked token
 //!   keeps its row and its name (`operator_tokens.rs`).
 //! - What belongs to one machine (interfaces, disks, script results, its `machine_state`: run,
-//!   token and secret hashes, erase mode, held addresses, the clone recorded onto it) is deleted
-//!   with it, in the same transaction (ON DELETE CASCADE).
+//!   token and secret hashes, erase mode, held addresses, the clone recorded onto it, its stored
+//!   deployment configuration) is deleted with it, in the same transaction (ON DELETE CASCADE).
 //! - Two machines never hold one address on a subnet (UNIQUE (subnet, address)); a held
 //!   address never moves to another machine (`addresses.rs`).
 
@@ -27,6 +27,7 @@ mod apply;
 mod clones;
 mod codec;
 mod db;
+mod deployments;
 mod events;
 mod leases;
 mod locks;
@@ -47,6 +48,7 @@ pub use addresses::{CommittedAddress, HeldAddressMacs, StoredAddress};
 pub use apply::ApplyStepRow;
 pub use clones::{cloned_parts, CloneOrder, ClonePair, CloneVerdict};
 pub use db::{now_ms, redact_url, Store};
+pub use deployments::{DeploymentDigests, StoredDeployment};
 pub use machine_state::{
     new_secret, secret_hash, MachineRun, MachineState, Registration, SecretUse, BOOT_OVERFLOW,
     BOOT_SECRETS_PER_BOOT,

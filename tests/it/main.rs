@@ -21,6 +21,7 @@ mod machine_api;
 mod netboot;
 mod netplan;
 mod plan;
+mod plan_deployment;
 mod power;
 mod power_apply;
 mod power_qemu;

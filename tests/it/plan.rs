@@ -46,6 +46,7 @@ pub fn machine(name: &str, index: u8, status: Status) -> ObservedMachine {
         generation: 3,
         heard_from: true,
         cloned_from: None,
+        deployment: None,
     }
 }
 
@@ -632,9 +633,13 @@ mod convergence {
                     power_params,
                     tags,
                     image,
+                    deployment,
                 },
                 Some(mut machine),
             ) => {
+                if deployment.is_some() {
+                    machine.deployment = deployment.clone();
+                }
                 machine.power_type = power_type.clone();
                 machine.power_params = power_params.clone().into();
                 machine.tags = tags.clone();
