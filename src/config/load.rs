@@ -367,7 +367,7 @@ mod tests {
     /// The digest computed beside the checks (large fleets) is the one computed inline.
     #[test]
     fn the_digest_of_a_large_fleet_is_the_same() {
-        let text = crate::config::synthetic_fleet_toml(4_000);
+        let text = crate::config::synthetic_fleet_toml(8_000);
         assert!(text.len() > DIGEST_BESIDE_BYTES);
         let fleet = match load_str("large.toml", &text) {
             Ok(fleet) => fleet,

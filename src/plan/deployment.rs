@@ -18,7 +18,7 @@ use super::network::{render_machine_network, NetworkConfig};
 use super::{
     allocate, Allocation, AttributeChange, Firmware, Observed, ObservedDisk, ObservedMachine,
 };
-use crate::config::{CloneSpec, Fleet, MachineSpec, StorageTemplate};
+use crate::config::{CloneSpec, Fleet, MachineSpec, StorageLayout, StorageTemplate};
 use crate::model::{MachineName, Status};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -41,6 +41,16 @@ pub struct AppliedDeployment {
     pub origin: String,
 }
 
+/// One disk of a machine as the deploy role finds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskIdentity {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_path: Option<String>,
+}
+
 /// A machine's deployment section of the plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deployment {
@@ -53,9 +63,14 @@ pub struct Deployment {
     /// The firmware the layout was resolved for (reported, or [`FIRMWARE_ASSUMED`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firmware: Option<Firmware>,
-    /// The layout's digest: its key in the plan's `layouts`.
+    /// The layout's digest: its key in the plan's `layouts` (shared by machines with the same
+    /// template and disk set, so it names disks only by their commissioning names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<String>,
+    /// This machine's own disks the layout names, with their serials and by-id paths: what
+    /// the deploy role finds them by (kernel names may change between boots).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskIdentity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,6 +88,7 @@ impl Deployment {
             network_template: None,
             firmware: None,
             layout: None,
+            disks: Vec::new(),
             network: None,
             network_digest: None,
             notes: Vec::new(),
@@ -432,10 +448,24 @@ impl<'a> DeploymentContext<'a> {
         deployment.firmware = Some(firmware);
         match memo.resolve(template, source_disks, firmware) {
             Ok((layout, digest)) => {
-                deployment.layout = Some(match &remap {
-                    Some(disk_map) => memo.add(layout.remap_disks(disk_map)),
-                    None => digest,
-                });
+                // A remapped layout names the destination's disks already.
+                let (names, digest): (Vec<String>, String) = match &remap {
+                    Some(disk_map) => {
+                        let remapped = layout.remap_disks(disk_map);
+                        let names = remapped
+                            .disks
+                            .iter()
+                            .map(|disk| disk.name.clone())
+                            .collect();
+                        (names, memo.add(remapped))
+                    }
+                    None => (
+                        layout.disks.iter().map(|disk| disk.name.clone()).collect(),
+                        digest,
+                    ),
+                };
+                deployment.disks = disk_identities(&names, destination_disks);
+                deployment.layout = Some(digest);
             }
             Err(error) => resolved
                 .problems
@@ -475,6 +505,19 @@ impl<'a> DeploymentContext<'a> {
                 .push(format!("network `{template_name}`: {error}")),
         }
     }
+}
+
+/// The identities of the machine's disks a layout names, in the layout's order.
+fn disk_identities(names: &[String], disks: &[ObservedDisk]) -> Vec<DiskIdentity> {
+    names
+        .iter()
+        .filter_map(|name| disks.iter().find(|disk| disk.name == *name))
+        .map(|disk| DiskIdentity {
+            name: disk.name.clone(),
+            serial: disk.serial.clone(),
+            id_path: disk.id_path.clone(),
+        })
+        .collect()
 }
 
 /// A clone the store recorded that the fleet file does not declare (or declares otherwise):
@@ -585,6 +628,7 @@ impl<'a> LayoutMemo<'a> {
             return known.clone();
         }
         let result = resolve_layout(template, disks, firmware).map(|layout| {
+            let layout = layout.without_disk_identities();
             let digest = layout.digest();
             let layout = self
                 .layouts
@@ -599,6 +643,7 @@ impl<'a> LayoutMemo<'a> {
 
     /// Keeps a layout made outside the memo (a clone's remapped one); its digest.
     fn add(&mut self, layout: Layout) -> String {
+        let layout = layout.without_disk_identities();
         let digest = layout.digest();
         self.layouts
             .entry(digest.clone())
@@ -618,8 +663,14 @@ struct LayoutKey<'a> {
 }
 
 impl LayoutKey<'_> {
+    /// Disk selectors (a root device, a bcache cache device, a custom layout's disks) may
+    /// choose by serial, by-id path or model: then those are part of the key.
     fn names_devices(&self) -> bool {
         self.template.root_device.is_some()
+            || !matches!(
+                self.template.layout,
+                StorageLayout::Flat | StorageLayout::Lvm { .. } | StorageLayout::Blank
+            )
     }
 }
 

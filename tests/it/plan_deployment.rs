@@ -321,7 +321,31 @@ fn a_clone_from_machine_takes_the_sources_layout_and_network_template() {
     // Its own template says flat; the clone gives it the source's lvm layout, remapped onto
     // its disks (the same names here, so the same layout).
     assert_eq!(clone.storage_template.as_deref(), Some("lvm"));
-    assert_eq!(clone.layout, source.layout);
+    let layout_of = |deployment: &fleet::plan::Deployment| {
+        let digest = deployment.layout.as_ref().expect("a layout");
+        plan.layouts[digest].clone()
+    };
+    let (source_layout, clone_layout) = (layout_of(&source), layout_of(&clone));
+    assert_eq!(clone_layout.volume_groups, source_layout.volume_groups);
+    for (copied, original) in clone_layout.disks.iter().zip(&source_layout.disks) {
+        assert_eq!(copied.name, original.name);
+        assert_eq!(copied.partitions, original.partitions);
+    }
+    // The destination's own disks: the deploy role finds them by the destination's serials.
+    let serials: Vec<_> = clone.disks.iter().map(|disk| disk.serial.clone()).collect();
+    assert_eq!(
+        serials,
+        [
+            Some("clone-1-sda".to_string()),
+            Some("clone-1-sdb".to_string())
+        ]
+    );
+    let source_serials: Vec<_> = source
+        .disks
+        .iter()
+        .map(|disk| disk.serial.clone())
+        .collect();
+    assert_eq!(source_serials[0].as_deref(), Some("deploy-1-sda"));
     assert_eq!(clone.network_template, source.network_template);
     // Its own address, never the source's.
     let addresses = |name: &str| planned(&plan, name).addresses.clone();

@@ -327,6 +327,17 @@ impl Layout {
         table::render(self, indent)
     }
 
+    /// The layout without the disks' serials and by-id paths: what machines with the same
+    /// template and the same disk set share (their own disks' identities are kept beside it,
+    /// in the plan's deployment section).
+    pub fn without_disk_identities(mut self) -> Layout {
+        for disk in &mut self.disks {
+            disk.serial = None;
+            disk.id_path = None;
+        }
+        self
+    }
+
     /// A short, stable digest of the layout's JSON (16 hex digits): equal layouts, equal
     /// digests, so a plan can show that a template change alters a machine's layout.
     pub fn digest(&self) -> String {
