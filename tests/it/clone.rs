@@ -388,3 +388,138 @@ both_backends!(
         assert!(store.clone_records().await.unwrap().is_empty());
     }
 );
+
+/// Issue 13's "must show": after `fleet clone` from the command line, the next `fleet plan`
+/// gives the destination the source's layout (remapped onto its own disks) and the source's
+/// interfaces with a freshly allocated address, shows that the fleet file says otherwise, and
+/// offers the `clone_from` TOML that keeps the clone.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_fleet_clone_the_plan_gives_the_destination_the_sources_layout_and_interfaces() {
+    let controller = TestController::start();
+    let store = controller.store().await;
+    seed_four(&store).await;
+    let directory = tempfile::tempdir().unwrap();
+    let fleet_file = directory.path().join("fleet.toml");
+    std::fs::write(
+        &fleet_file,
+        r#"
+[subnets.lab]
+cidr = "10.60.0.0/24"
+gateway = "10.60.0.1"
+dynamic_range = { start = "10.60.0.200", end = "10.60.0.250" }
+
+[storage_templates.lvm]
+layout = "lvm"
+
+[storage_templates.flat]
+layout = "flat"
+
+[network_templates.lab]
+interfaces = [{ name = "eth0", link = "auto", subnet = "lab" }, { name = "eth1", link = "link_up" }]
+
+[network_templates.single]
+interfaces = [{ name = "eth0", link = "dhcp" }]
+
+[[machine]]
+name = "web-1"
+macs = ["52:54:00:c1:01:00", "52:54:00:c1:01:01"]
+storage = "lvm"
+network = "lab"
+state = "ready"
+
+[[machine]]
+name = "web-2"
+macs = ["52:54:00:c1:02:00", "52:54:00:c1:02:01"]
+storage = "flat"
+network = "single"
+state = "ready"
+"#,
+    )
+    .unwrap();
+    let fleet_path = fleet_file.to_str().unwrap();
+
+    let cloned = controller.fleet(&[
+        "clone",
+        "web-1",
+        "--to",
+        "web-2",
+        "--storage",
+        "--interfaces",
+    ]);
+    assert!(cloned.status.success(), "clone: {}", stderr(&cloned));
+
+    let planned = controller.fleet(&["plan", "-f", fleet_path, "--json"]);
+    assert!(
+        planned.status.code() != Some(1),
+        "plan: {}",
+        stderr(&planned)
+    );
+    let plan: Value = serde_json::from_slice(&planned.stdout).expect("the plan's JSON");
+    let machine = |name: &str| {
+        plan["machines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|machine| machine["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let (source, destination) = (machine("web-1"), machine("web-2"));
+    assert_eq!(destination["deployment"]["origin"], "clone of web-1");
+    assert_eq!(destination["deployment"]["storage_template"], "lvm");
+
+    // The source's layout, on the destination's disks (web-1 has sda + sdb, web-2 vda + vdb).
+    let layout = |planned: &Value| {
+        let digest = planned["deployment"]["layout"].as_str().expect("a layout");
+        plan["layouts"][digest].clone()
+    };
+    let (source_layout, cloned_layout) = (layout(&source), layout(&destination));
+    assert_eq!(source_layout["disks"][0]["name"], "sda");
+    assert_eq!(cloned_layout["disks"][0]["name"], "vda");
+    assert_eq!(
+        cloned_layout["disks"][0]["partitions"],
+        source_layout["disks"][0]["partitions"]
+    );
+    let (cloned_group, source_group) = (
+        &cloned_layout["volume_groups"][0],
+        &source_layout["volume_groups"][0],
+    );
+    assert_eq!(
+        cloned_group["logical_volumes"],
+        source_group["logical_volumes"]
+    );
+    assert_eq!(cloned_group["size"], source_group["size"]);
+    assert_eq!(cloned_group["members"][0]["disk"], "vda");
+    assert_eq!(
+        destination["deployment"]["disks"][0]["serial"], "serial-vda-32",
+        "the deploy role finds the destination's own disk"
+    );
+
+    // The source's interfaces (names, links, subnet), the destination's MACs, a new address.
+    let interfaces = |planned: &Value| planned["deployment"]["network"]["interfaces"].clone();
+    let (source_nics, cloned_nics) = (interfaces(&source), interfaces(&destination));
+    for (copied, original) in cloned_nics
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(source_nics.as_array().unwrap())
+    {
+        assert_eq!(copied["name"], original["name"]);
+        assert_eq!(copied["link"], original["link"]);
+        assert_eq!(copied["subnet"], original["subnet"]);
+        assert_ne!(copied["mac"], original["mac"]);
+    }
+    assert_eq!(cloned_nics[0]["mac"], "52:54:00:c1:02:00");
+    let address = |planned: &Value| planned["addresses"][0]["ip"].clone();
+    assert!(address(&destination).is_string(), "{destination:#}");
+    assert_ne!(address(&destination), address(&source));
+
+    // The fleet file does not declare the clone: the plan says so and offers the TOML.
+    let offered = destination["clone_toml"]
+        .as_str()
+        .expect("clone_from offered");
+    assert!(
+        offered.contains("clone_from") && offered.contains("web-1"),
+        "{offered}"
+    );
+}
