@@ -18,7 +18,9 @@ use super::network::{render_machine_network, NetworkConfig};
 use super::{
     allocate, Allocation, AttributeChange, Firmware, Observed, ObservedDisk, ObservedMachine,
 };
-use crate::config::{CloneSpec, Fleet, MachineSpec, StorageLayout, StorageTemplate};
+use crate::config::{
+    CloneSpec, Fleet, LinkMode, MachineInterface, MachineSpec, StorageLayout, StorageTemplate,
+};
 use crate::model::{MachineName, Status};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -325,6 +327,20 @@ impl<'a> DeploymentContext<'a> {
         deployment.storage_template = storage_template.map(str::to_string);
         deployment.network_template = network_template.map(str::to_string);
         let remap = match &clone {
+            Some(clone)
+                if !self.commissioned(clone.source.as_str())
+                    && !self.commissioned(spec.name.as_str()) =>
+            {
+                // Neither is commissioned yet: not refused, the source is declared (the fleet
+                // file's checks make sure) and will be; holding this machine would stop it
+                // being added and commissioned too. (A commissioned destination whose source
+                // is missing is held: it could otherwise be deployed without its clone.)
+                deployment.notes.push(format!(
+                    "clone from {} waits until {} has been commissioned: plan again then",
+                    clone.source, clone.source
+                ));
+                None
+            }
             Some(clone) => match self.check_clone(clone, observed) {
                 Ok(remap) => remap,
                 Err(reasons) => {
@@ -353,6 +369,13 @@ impl<'a> DeploymentContext<'a> {
         );
         resolved.deployment = Some(deployment);
         resolved
+    }
+
+    /// The store has the machine and commissioning has reported its disks or interfaces.
+    fn commissioned(&self, name: &str) -> bool {
+        self.observed.machine(name).is_some_and(|machine| {
+            !machine.hardware.disks.is_empty() || !machine.hardware.interfaces.is_empty()
+        })
     }
 
     /// `Ok(Some(disk map))` when the storage is cloned, `Ok(None)` when it is not (or the
@@ -577,7 +600,17 @@ fn fleet_with_cloned_networks(fleet: &Fleet, observed: &Observed) -> Option<Flee
         let Some(source) = fleet.machine(clone.source.as_str()) else {
             continue;
         };
-        if source.network != spec.network {
+        let static_links = source
+            .network
+            .as_deref()
+            .and_then(|name| fleet.network_templates.get(name))
+            .is_some_and(|template| {
+                template
+                    .interfaces
+                    .iter()
+                    .any(|interface| interface.link == LinkMode::Static)
+            });
+        if source.network != spec.network || static_links {
             changes.push((spec.name.clone(), source.network.clone()));
         }
     }
@@ -593,12 +626,34 @@ fn fleet_with_cloned_networks(fleet: &Fleet, observed: &Observed) -> Option<Flee
             continue;
         };
         let destination = &mut adjusted.machines[at];
-        destination.network = network;
         // A static address written for the destination is not the source's: the clone's
-        // addresses are allocated afresh on the source template's subnets.
+        // addresses are allocated afresh on the source template's subnets — a `static` link
+        // of the source's template too (MAAS: a cloned static address is a new one on the
+        // same subnet), so it asks for an automatic one.
         destination
             .interfaces
             .retain(|interface| interface.ip.is_none());
+        let template = network
+            .as_deref()
+            .and_then(|name| fleet.network_templates.get(name));
+        for interface in template.map_or(&[][..], |template| &template.interfaces[..]) {
+            let (LinkMode::Static, Some(subnet)) = (interface.link, &interface.subnet) else {
+                continue;
+            };
+            if destination
+                .interfaces
+                .iter()
+                .all(|own| own.name != interface.name)
+            {
+                destination.interfaces.push(MachineInterface {
+                    name: interface.name.clone(),
+                    subnet: subnet.clone(),
+                    ip: None,
+                    mac: None,
+                });
+            }
+        }
+        destination.network = network;
     }
     Some(adjusted)
 }

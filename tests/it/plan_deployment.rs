@@ -503,3 +503,86 @@ async fn the_stored_configuration_reaches_the_observed_snapshot() {
         })
     );
 }
+
+/// A fleet of two: `web-1` (static address written in the file) and `web-2` cloning it.
+fn static_clone_fleet() -> Fleet {
+    let text = r#"
+[subnets.lab]
+cidr = "10.30.0.0/24"
+gateway = "10.30.0.1"
+dynamic_range = { start = "10.30.0.200", end = "10.30.0.250" }
+
+[storage_templates.flat]
+layout = "flat"
+
+[network_templates.fixed]
+interfaces = [{ name = "eth0", link = "static", subnet = "lab" }]
+
+[[machine]]
+name = "web-1"
+macs = ["52:54:00:00:00:01"]
+storage = "flat"
+network = "fixed"
+interfaces = [{ name = "eth0", subnet = "lab", ip = "10.30.0.20" }]
+state = "ready"
+
+[[machine]]
+name = "web-2"
+macs = ["52:54:00:00:00:02"]
+clone_from = "web-1"
+state = "ready"
+"#;
+    match fleet::config::load_str("clone.toml", text) {
+        Ok(fleet) => fleet,
+        Err(diagnostics) => panic!("{}", diagnostics.render(false)),
+    }
+}
+
+/// A clone whose source the store does not have yet waits (a note), it is not held: holding it
+/// would stop the destination from being added and commissioned, and so the clone forever.
+#[test]
+fn a_clone_whose_source_is_not_commissioned_yet_waits_instead_of_holding_the_machine() {
+    let observed = Observed {
+        machines: Vec::new(),
+        addresses: Vec::new(),
+    };
+    let plan = plan(&static_clone_fleet(), &observed);
+    let destination = planned(&plan, "web-2");
+    assert!(destination.blocked.is_empty(), "{:?}", destination.blocked);
+    assert_eq!(verbs(&plan, "web-2"), ["add", "commission"]);
+    let notes = &destination.deployment.as_ref().unwrap().notes;
+    assert!(
+        notes
+            .iter()
+            .any(|note| note.contains("waits until web-1 has been commissioned")),
+        "{notes:?}"
+    );
+}
+
+/// MAAS: a static address is never copied; the clone gets a new one on the same subnet — also
+/// when the source's template links the interface `static` (with the address in the source's
+/// own `interfaces`).
+#[test]
+fn a_clone_of_a_static_interface_gets_a_new_address_on_the_same_subnet() {
+    let observed = Observed {
+        machines: vec![
+            commissioned("web-1", 1, Status::Ready),
+            commissioned("web-2", 2, Status::Ready),
+        ],
+        addresses: Vec::new(),
+    };
+    let plan = plan(&static_clone_fleet(), &observed);
+    let (source, destination) = (planned(&plan, "web-1"), planned(&plan, "web-2"));
+    assert!(destination.blocked.is_empty(), "{:?}", destination.blocked);
+    assert_eq!(source.addresses[0].ip.to_string(), "10.30.0.20");
+    assert_eq!(source.addresses[0].origin, AddressOrigin::Static);
+    let copied = &destination.addresses[0];
+    assert_eq!(
+        (copied.interface.as_str(), copied.subnet.as_str()),
+        ("eth0", "lab")
+    );
+    assert_eq!(copied.origin, AddressOrigin::Allocated);
+    assert_ne!(copied.ip, source.addresses[0].ip);
+    let network = destination.deployment.as_ref().unwrap().network.as_ref();
+    assert_eq!(network.unwrap().interfaces[0].name, "eth0");
+}
