@@ -69,6 +69,31 @@ fn observed_file(file: &Path) -> anyhow::Result<Observed> {
 /// `phase NAME SECONDS`.
 pub const PHASE_TIMES_VARIABLE: &str = "FLEET_BENCH_PHASES";
 
+/// `peak_rss_kib N` on stderr when `fleet bench` asks for it: this process's own peak (VmHWM).
+/// The bench cannot use getrusage's children's peak: a child started by vfork + exec keeps the
+/// parent's peak as its own (the kernel records the old address space's at exec), so it
+/// reported the bench's memory (its generated inputs) whenever that was larger.
+pub fn report_peak_memory() {
+    if std::env::var_os(PHASE_TIMES_VARIABLE).is_none() {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let peak_kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        });
+    if let Some(peak_kib) = peak_kib {
+        eprintln!("peak_rss_kib {peak_kib}");
+    }
+}
+
 /// Times the phases of one `fleet plan` when `fleet bench` asks for it.
 struct Phases {
     enabled: bool,
