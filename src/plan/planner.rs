@@ -29,26 +29,10 @@ pub const ABSENT: &str = "absent";
 /// Plans every declared machine and lists the discovered ones. Pure and deterministic: large
 /// fleets are planned on several threads, each machine on its own, in the same order.
 pub fn plan(fleet: &Fleet, observed: &Observed) -> Plan {
-    // The address allocation (single-threaded) and the two sorts are independent: they run
-    // side by side, which took a tenth off planning 100,000 machines on two cores.
-    let (context, declared, seen) = std::thread::scope(|scope| {
-        let context = scope.spawn(|| DeploymentContext::new(fleet, observed));
-        let seen = scope.spawn(|| {
-            let mut seen = observed.machines.iter().collect::<Vec<_>>();
-            seen.sort_by(|a, b| a.name.cmp(&b.name));
-            seen
-        });
-        let mut declared = fleet.machines.iter().collect::<Vec<_>>();
-        declared.sort_by(|a, b| a.name.cmp(&b.name));
-        let context = context
-            .join()
-            .expect("the address allocation does not panic");
-        (
-            context,
-            declared,
-            seen.join().expect("sorting does not panic"),
-        )
-    });
+    let mut declared = fleet.machines.iter().collect::<Vec<_>>();
+    declared.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut seen = observed.machines.iter().collect::<Vec<_>>();
+    seen.sort_by(|a, b| a.name.cmp(&b.name));
     let mut jobs = Vec::with_capacity(declared.len().max(seen.len()));
     let (mut left, mut right) = (declared.into_iter().peekable(), seen.into_iter().peekable());
     loop {
@@ -66,6 +50,7 @@ pub fn plan(fleet: &Fleet, observed: &Observed) -> Plan {
     }
     let cores = std::thread::available_parallelism().map_or(1, |cores| cores.get());
     let threads = cores.min(jobs.len() / MACHINES_PER_THREAD).max(1);
+    let context = DeploymentContext::new(fleet, observed);
     let (machines, layouts) = plan_jobs(&jobs, &fleet.policy, &context, threads);
     Plan {
         format_version: PLAN_FORMAT_VERSION,
