@@ -6,7 +6,8 @@ use super::Connection;
 use anyhow::{anyhow, Context};
 use clap::Args;
 use fleet::config::Fleet;
-use fleet::plan::{plan, render_human, render_json, Observed, Plan, RenderOptions};
+use fleet::plan::{plan, render_human_in_parts, render_json, Observed, Plan, RenderOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -229,10 +230,13 @@ pub async fn run(connection: &Connection, args: &PlanArgs) -> anyhow::Result<Exi
     if args.json {
         print!("{}", render_json(&plan));
     } else {
-        print!(
-            "{}",
-            render_human(&plan, render_options(args.show_unchanged))
-        );
+        // Printed as it is rendered: the whole text of a large plan is never held.
+        let mut stdout = std::io::stdout().lock();
+        render_human_in_parts(&plan, render_options(args.show_unchanged), |part| {
+            stdout.write_all(part.as_bytes())
+        })
+        .and_then(|()| stdout.flush())
+        .context("cannot print the plan")?;
     }
     phases.done("render");
     let code = match (args.detailed_exitcode, plan.is_empty()) {
