@@ -64,8 +64,18 @@ fn run_child(args: &[&str], state_dir: Option<&Path>) -> anyhow::Result<ChildRun
     let started = Instant::now();
     let output = command.output()?;
     let elapsed = started.elapsed();
-    let (peak_rss_mib, cpu_after) = children_usage();
+    let (children_peak_rss_mib, cpu_after) = children_usage();
     let stderr = String::from_utf8_lossy(&output.stderr);
+    // The child's own peak; getrusage's includes this process's (see report_peak_memory).
+    let peak_rss_mib = stderr
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("peak_rss_kib ")?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(children_peak_rss_mib, |kib| kib / 1024.0);
     if !output.status.success() {
         eprintln!("{stderr}");
     }

@@ -6,7 +6,8 @@ use super::Connection;
 use anyhow::{anyhow, Context};
 use clap::Args;
 use fleet::config::Fleet;
-use fleet::plan::{plan, render_human, render_json, Observed, Plan, RenderOptions};
+use fleet::plan::{plan, render_human_in_parts, render_json, Observed, Plan, RenderOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -68,6 +69,31 @@ fn observed_file(file: &Path) -> anyhow::Result<Observed> {
 /// Set by `fleet bench plan` for its children: each phase's time goes to stderr as
 /// `phase NAME SECONDS`.
 pub const PHASE_TIMES_VARIABLE: &str = "FLEET_BENCH_PHASES";
+
+/// `peak_rss_kib N` on stderr when `fleet bench` asks for it: this process's own peak (VmHWM).
+/// The bench cannot use getrusage's children's peak: a child started by vfork + exec keeps the
+/// parent's peak as its own (the kernel records the old address space's at exec), so it
+/// reported the bench's memory (its generated inputs) whenever that was larger.
+pub fn report_peak_memory() {
+    if std::env::var_os(PHASE_TIMES_VARIABLE).is_none() {
+        return;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let peak_kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        });
+    if let Some(peak_kib) = peak_kib {
+        eprintln!("peak_rss_kib {peak_kib}");
+    }
+}
 
 /// Times the phases of one `fleet plan` when `fleet bench` asks for it.
 struct Phases {
@@ -204,10 +230,13 @@ pub async fn run(connection: &Connection, args: &PlanArgs) -> anyhow::Result<Exi
     if args.json {
         print!("{}", render_json(&plan));
     } else {
-        print!(
-            "{}",
-            render_human(&plan, render_options(args.show_unchanged))
-        );
+        // Printed as it is rendered: the whole text of a large plan is never held.
+        let mut stdout = std::io::stdout().lock();
+        render_human_in_parts(&plan, render_options(args.show_unchanged), |part| {
+            stdout.write_all(part.as_bytes())
+        })
+        .and_then(|()| stdout.flush())
+        .context("cannot print the plan")?;
     }
     phases.done("render");
     let code = match (args.detailed_exitcode, plan.is_empty()) {

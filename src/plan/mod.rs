@@ -37,7 +37,7 @@ pub use desired::{desired_power, normalized_params};
 pub use fingerprint::{fingerprint, hardware_digest};
 pub use params::PowerParams;
 pub use planner::plan;
-pub use render::{render_human, render_json, summary_line, RenderOptions};
+pub use render::{render_human, render_human_in_parts, render_json, summary_line, RenderOptions};
 pub use simulate::{apply_step, settle_to_rest, SimulationError};
 
 use crate::model::records::{MachineRecord, NewMachine};

@@ -41,11 +41,32 @@ fn change_colour(change: Change) -> &'static str {
 /// The plan as a person reads it; ends with the summary line.
 pub fn render_human(plan: &Plan, options: RenderOptions) -> String {
     // About 80 bytes per machine at scale: reserved once rather than grown (and copied) often.
-    let mut text = String::with_capacity(plan.machines.len() * 80);
+    let mut whole = String::with_capacity(plan.machines.len() * 80);
+    render_human_in_parts(plan, options, |part| {
+        whole.push_str(part);
+        Ok::<(), std::convert::Infallible>(())
+    })
+    .unwrap_or_else(|never| match never {});
+    whole
+}
+
+/// Text rendered before it is handed to the caller's `write` (a few hundred machines').
+const RENDERED_PART_BYTES: usize = 1 << 16;
+
+/// [`render_human`], handed to `write` part by part as it is rendered: `fleet plan` prints a
+/// large plan without holding all of its text (18 MB for 100,000 machines).
+pub fn render_human_in_parts<E>(
+    plan: &Plan,
+    options: RenderOptions,
+    mut write: impl FnMut(&str) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut text = String::with_capacity(2 * RENDERED_PART_BYTES);
     let unchanged = plan.machines.iter().filter(|m| is_unchanged(m)).count();
     // The first machine each layout was shown under: the others name it instead of repeating
     // the table (100,000 machines share a handful of layouts).
     let mut shown_layouts: HashMap<&str, &str> = HashMap::new();
+    // Some text was handed over already (the summary is then set apart by a blank line).
+    let mut written = false;
     for machine in &plan.machines {
         if is_unchanged(machine) && !options.show_unchanged {
             continue;
@@ -55,6 +76,11 @@ pub fn render_human(plan: &Plan, options: RenderOptions) -> String {
             render_deployment(plan, machine, &mut shown_layouts, &mut text);
         }
         render_noted(machine, options, &mut text);
+        if text.len() >= RENDERED_PART_BYTES {
+            write(&text)?;
+            text.clear();
+            written = true;
+        }
     }
     if unchanged > 0 && !options.show_unchanged {
         let noun = if unchanged == 1 {
@@ -64,13 +90,13 @@ pub fn render_human(plan: &Plan, options: RenderOptions) -> String {
         };
         let _ = writeln!(text, "{unchanged} {noun} no change.");
     }
-    if !text.is_empty() {
+    if written || !text.is_empty() {
         text.push('\n');
     }
     let summary = summary_line(plan);
     text.push_str(&paint(&summary, BOLD, options));
     text.push('\n');
-    text
+    write(&text)
 }
 
 /// Nothing to do and nothing to note.
@@ -345,4 +371,36 @@ pub fn render_json(plan: &Plan) -> String {
     let mut text = serde_json::to_string_pretty(plan).unwrap_or_else(|_| "{}".into());
     text.push('\n');
     text
+}
+
+#[cfg(test)]
+mod parts_tests {
+    use super::*;
+
+    /// Handed over in parts, the text is the whole one, the blank line before the summary
+    /// included (1,000 machines make several parts).
+    #[test]
+    fn parts_make_the_whole_text() {
+        let text = crate::config::synthetic_fleet_toml(1000);
+        let fleet = match crate::config::load_str("synthetic.toml", &text) {
+            Ok(fleet) => fleet,
+            Err(diagnostics) => panic!("{}", diagnostics.render(false)),
+        };
+        let plan = crate::plan::plan(&fleet, &crate::plan::Observed::default());
+        let options = RenderOptions {
+            colour: false,
+            show_unchanged: false,
+        };
+        let mut parts = Vec::new();
+        render_human_in_parts(&plan, options, |part| {
+            parts.push(part.to_string());
+            Ok::<(), ()>(())
+        })
+        .expect("nothing fails");
+        assert!(parts.len() > 2, "{} parts", parts.len());
+        let whole = render_human(&plan, options);
+        assert_eq!(parts.concat(), whole);
+        let summary = format!("\n\n{}\n", summary_line(&plan));
+        assert!(whole.ends_with(&summary), "the summary is set apart");
+    }
 }
