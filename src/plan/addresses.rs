@@ -96,6 +96,13 @@ enum Wanted {
 
 /// The addresses of every machine interface that asks for one.
 pub fn allocate(fleet: &Fleet, held: &[HeldAddress]) -> Addresses {
+    allocate_with(fleet, held, &[])
+}
+
+/// [`allocate`], with some machines planned from another spec than the fleet file's
+/// (`replaced`, sorted by name: clone destinations on their source's network template), so
+/// only those few are copied, not the fleet.
+pub fn allocate_with(fleet: &Fleet, held: &[HeldAddress], replaced: &[MachineSpec]) -> Addresses {
     let subnets: BTreeMap<&str, &Subnet> = fleet
         .subnets
         .iter()
@@ -104,7 +111,12 @@ pub fn allocate(fleet: &Fleet, held: &[HeldAddress]) -> Addresses {
     let mut requests: Vec<Request> = fleet
         .machines
         .iter()
-        .flat_map(|machine| requests_of(fleet, machine))
+        .flat_map(|machine| {
+            let planned = replaced
+                .binary_search_by(|spec| spec.name.cmp(&machine.name))
+                .map_or(machine, |at| &replaced[at]);
+            requests_of(fleet, planned)
+        })
         .collect();
     requests.sort_by(|a, b| (a.machine, a.interface).cmp(&(b.machine, b.interface)));
     Allocator::new(held).run(&requests, &subnets)

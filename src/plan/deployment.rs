@@ -2,7 +2,7 @@
 //! resolved against its commissioned disks, its network template rendered with its interfaces
 //! and the addresses the allocator gave it — or another machine's, cloned onto it.
 //!
-//! - Addresses are allocated once per plan ([`allocate`]) and looked up per machine.
+//! - Addresses are allocated once per plan ([`allocate_with`]) and looked up per machine.
 //! - A layout depends only on the template, the disks and the firmware: each planning thread
 //!   keeps a memo ([`LayoutMemo`]) that resolves every distinct combination once and shares it
 //!   (`Arc`); the plan writes each layout once, in `Plan::layouts`, under its digest.
@@ -16,7 +16,7 @@ use super::clone::{check_clone, CloneRecord};
 use super::layout::{resolve_layout, Layout, LayoutError};
 use super::network::{render_machine_network, NetworkConfig};
 use super::{
-    allocate, Allocation, AttributeChange, Firmware, Observed, ObservedDisk, ObservedMachine,
+    allocate_with, Allocation, AttributeChange, Firmware, Observed, ObservedDisk, ObservedMachine,
 };
 use crate::config::{
     CloneSpec, Fleet, LinkMode, MachineInterface, MachineSpec, StorageLayout, StorageTemplate,
@@ -248,8 +248,8 @@ pub(super) struct DeploymentContext<'a> {
 
 impl<'a> DeploymentContext<'a> {
     pub fn new(fleet: &'a Fleet, observed: &'a Observed) -> Self {
-        let adjusted = fleet_with_cloned_networks(fleet, observed);
-        let addresses = allocate(adjusted.as_ref().unwrap_or(fleet), &observed.addresses);
+        let destinations = cloned_network_destinations(fleet, observed);
+        let addresses = allocate_with(fleet, &observed.addresses, &destinations);
         let mut address_problems: HashMap<String, Vec<String>> = HashMap::new();
         for problem in addresses.problems {
             address_problems
@@ -576,10 +576,10 @@ fn note_recorded_clone(
     }
 }
 
-/// The fleet with each interface-clone destination given its source's network template, so that
-/// the allocator gives it addresses on the source's subnets; `None` when no clone needs that
-/// (the usual case: the fleet is not copied).
-fn fleet_with_cloned_networks(fleet: &Fleet, observed: &Observed) -> Option<Fleet> {
+/// Each interface-clone destination as the allocator must see it — on its source's network
+/// template, a `static` link of it asking for a new address — sorted by name; empty when no
+/// clone needs that (the usual case).
+fn cloned_network_destinations(fleet: &Fleet, observed: &Observed) -> Vec<MachineSpec> {
     // Only the clones are looked at (the fleet's and the store's), not every machine.
     let declared = fleet
         .machines
@@ -614,18 +614,12 @@ fn fleet_with_cloned_networks(fleet: &Fleet, observed: &Observed) -> Option<Flee
             changes.push((spec.name.clone(), source.network.clone()));
         }
     }
-    if changes.is_empty() {
-        return None;
-    }
-    let mut adjusted = fleet.clone();
+    let mut destinations = Vec::with_capacity(changes.len());
     for (name, network) in changes {
-        let Ok(at) = adjusted
-            .machines
-            .binary_search_by(|spec| spec.name.cmp(&name))
-        else {
+        let Some(spec) = fleet.machine(name.as_str()) else {
             continue;
         };
-        let destination = &mut adjusted.machines[at];
+        let mut destination = spec.clone();
         // A static address written for the destination is not the source's: the clone's
         // addresses are allocated afresh on the source template's subnets — a `static` link
         // of the source's template too (MAAS: a cloned static address is a new one on the
@@ -654,8 +648,11 @@ fn fleet_with_cloned_networks(fleet: &Fleet, observed: &Observed) -> Option<Flee
             }
         }
         destination.network = network;
+        destinations.push(destination);
     }
-    Some(adjusted)
+    destinations.sort_by(|a, b| a.name.cmp(&b.name));
+    destinations.dedup_by(|a, b| a.name == b.name);
+    destinations
 }
 
 /// The layouts one planning thread has resolved: each distinct template, disk set and firmware

@@ -28,8 +28,8 @@ mod route;
 mod simulate;
 
 pub use addresses::{
-    allocate, duplicates, excluded, AddressOrigin, AddressProblem, Addresses, Allocation,
-    HeldAddress,
+    allocate, allocate_with, duplicates, excluded, AddressOrigin, AddressProblem, Addresses,
+    Allocation, HeldAddress,
 };
 pub use adopt::{adopt_machine_toml, adopt_toml};
 pub use deployment::{clone_toml, AppliedDeployment, Deployment, NotedChange, FIRMWARE_ASSUMED};
