@@ -11,7 +11,11 @@ use std::fmt::Write;
 const DIGITS: usize = 16;
 
 fn short_digest(text: &str) -> String {
-    let digest = Sha256::digest(text.as_bytes());
+    short_hex(&Sha256::digest(text.as_bytes()))
+}
+
+/// The first [`DIGITS`] hex digits of a SHA-256.
+fn short_hex(digest: &[u8]) -> String {
     // Only the digits kept are encoded (two per byte), straight into the string.
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut hex = String::with_capacity(DIGITS);
@@ -20,6 +24,24 @@ fn short_digest(text: &str) -> String {
         hex.push(char::from(HEX[usize::from(byte & 0xf)]));
     }
     hex
+}
+
+/// The short digest of a value's JSON (layouts, network configurations: what the plan compares
+/// with the stored ones by). The JSON goes straight into the hash, without a buffer.
+pub(crate) fn json_digest<T: serde::Serialize>(value: &T) -> String {
+    struct HashWriter(Sha256);
+    impl std::io::Write for HashWriter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.update(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut writer = HashWriter(Sha256::new());
+    serde_json::to_writer(&mut writer, value).expect("plain data serializes to JSON");
+    short_hex(&writer.0.finalize())
 }
 
 fn is_sorted<T: Ord>(items: &[T]) -> bool {

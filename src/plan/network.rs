@@ -450,22 +450,7 @@ impl NetworkConfig {
     /// A short, stable digest of the whole configuration (hex), for attribute diffs: two
     /// configurations with the same digest render the same files.
     pub fn digest(&self) -> String {
-        use sha2::{Digest, Sha256};
-        // The JSON goes straight into the hash (the same bytes as serializing it first,
-        // without a buffer per machine).
-        struct HashWriter(Sha256);
-        impl std::io::Write for HashWriter {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.update(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut writer = HashWriter(Sha256::new());
-        serde_json::to_writer(&mut writer, self).expect("a network configuration serializes");
-        hex::encode(&writer.0.finalize()[..8])
+        crate::plan::fingerprint::json_digest(self)
     }
 
     pub fn interface(&self, name: &str) -> Option<&RenderedInterface> {

@@ -341,8 +341,6 @@ impl Layout {
     /// A short, stable digest of the layout's JSON (16 hex digits): equal layouts, equal
     /// digests, so a plan can show that a template change alters a machine's layout.
     pub fn digest(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        hex::encode(&Sha256::digest(&json)[..8])
+        crate::plan::fingerprint::json_digest(self)
     }
 }
