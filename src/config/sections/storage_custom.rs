@@ -257,17 +257,30 @@ fn raids(
     index: &mut Index,
     problems: &mut Problems,
 ) -> Vec<CustomRaid> {
-    let Some(array) = reader.array("raids", problems) else {
+    each_table(reader, "raids", "a raid", problems, |table, problems| {
+        read_raid(table, index, problems)
+    })
+}
+
+/// Reads each table of the array `key` with `read` (an item that is not a table is reported
+/// and skipped, as is a table `read` refuses).
+fn each_table<T>(
+    reader: &TableReader<'_, '_>,
+    key: &str,
+    what: &str,
+    problems: &mut Problems,
+    mut read: impl FnMut(&TableReader<'_, '_>, &mut Problems) -> Option<T>,
+) -> Vec<T> {
+    let Some(array) = reader.array(key, problems) else {
         return Vec::new();
     };
-    let mut raids = Vec::new();
+    let mut read_tables = Vec::new();
     for item in array.iter() {
-        let Some(table) = TableReader::from_item(&item, "a raid", problems) else {
-            continue;
-        };
-        raids.extend(read_raid(&table, index, problems));
+        if let Some(table) = TableReader::from_item(&item, what, problems) {
+            read_tables.extend(read(&table, problems));
+        }
     }
-    raids
+    read_tables
 }
 
 fn read_raid(
@@ -362,17 +375,13 @@ fn volume_groups(
     index: &mut Index,
     problems: &mut Problems,
 ) -> Vec<CustomVolumeGroup> {
-    let Some(array) = reader.array("volume_groups", problems) else {
-        return Vec::new();
-    };
-    let mut groups = Vec::new();
-    for item in array.iter() {
-        let Some(table) = TableReader::from_item(&item, "a volume group", problems) else {
-            continue;
-        };
-        groups.extend(read_volume_group(&table, index, problems));
-    }
-    groups
+    each_table(
+        reader,
+        "volume_groups",
+        "a volume group",
+        problems,
+        |table, problems| read_volume_group(table, index, problems),
+    )
 }
 
 fn read_volume_group(
