@@ -49,6 +49,8 @@
 //! every pair as printed (strings): `arch`, `cpu`, `memory`, `dmi` as objects, `pci` and
 //! `usb` as arrays of objects (one per slot / path).
 
+#[cfg(test)]
+mod deploy_tests;
 mod facts;
 #[cfg(test)]
 mod tests;

@@ -39,6 +39,8 @@ syslinux=${FLEET_SYSLINUX:-/usr/lib/syslinux}
 sdboot=${FLEET_SYSTEMD_BOOT:-/usr/lib/systemd/boot/efi/systemd-bootx64.efi}
 deployment=${FLEET_DEPLOYMENT:-}
 progress_file=${FLEET_PROGRESS:-}
+# How long to wait for a device node, a bcache device to come or go (seconds).
+settle=${FLEET_SETTLE:-20}
 # No udev here: LVM and device-mapper make their own device nodes.
 DM_DISABLE_UDEV=1
 export DM_DISABLE_UDEV
@@ -351,7 +353,7 @@ node() {
       echo "$dev/$1"
       return 0
     fi
-    [ $waited -lt 20 ] || return 1
+    [ $waited -lt "$settle" ] || return 1
     if [ $waited = 0 ] && [ "$dev" = /dev ]; then mdev -s 2>/dev/null; fi
     sleep 1
     waited=$((waited + 1))
@@ -608,6 +610,7 @@ fi
 # --- 2. clear ---------------------------------------------------------------------------------
 # The block devices built on NAME (a disk, a partition, an array ...), deepest first, each once.
 holders_of() {
+  local holder # (busybox sh and dash have local: the recursion needs its own)
   for holder in "$sys/class/block/$1/holders"/*; do
     [ -e "$holder" ] || continue
     holders_of "${holder##*/}"
@@ -615,12 +618,25 @@ holders_of() {
   done
 }
 
-# stop_holder NAME: takes one holder apart (bcache, device-mapper, md).
+# gone PATH: waits (up to $settle seconds) for a sysfs PATH to go away.
+gone() {
+  waited=0
+  while [ -e "$1" ] && [ $waited -lt "$settle" ]; do
+    sleep 1
+    waited=$((waited + 1))
+  done
+  [ ! -e "$1" ]
+}
+
+# stop_holder NAME: takes one holder apart (bcache, device-mapper, md), its signatures wiped
+# first (what it held must not come back when the same offsets are used again).
 stop_holder() {
+  [ -e "$dev/$1" ] && run wipefs -a "$dev/$1"
   case $1 in
     bcache*)
       say "stopping $1"
       { echo 1 >"$sys/block/$1/bcache/stop"; } 2>/dev/null || say "  (could not stop $1)"
+      gone "$sys/block/$1" || say "  ($1 is still there after ${settle}s)"
       ;;
     dm-*)
       read_attr "$sys/block/$1/dm/name"
@@ -676,6 +692,7 @@ clear_disks() {
     if [ -e "$sys/class/block/$name/bcache/set/unregister" ]; then
       say "unregistering the bcache cache set on $name"
       { echo 1 >"$sys/class/block/$name/bcache/set/unregister"; } 2>/dev/null
+      gone "$sys/class/block/$name/bcache/set" || say "  (the cache set on $name is still there after ${settle}s)"
     fi
   done
   # Signatures: partitions first, then the disks; then both ends zeroed.
@@ -825,7 +842,7 @@ make_bcaches() {
     # The kernel numbers bcache devices itself: find the one on the backing device.
     backing_name=$(kernel_name "$backing_ref")
     waited=0 actual=""
-    while [ $waited -lt 20 ]; do
+    while [ $waited -lt "$settle" ]; do
       actual=$(readlink "$sys/class/block/$backing_name/bcache/dev" 2>/dev/null)
       actual=${actual##*/}
       [ -n "$actual" ] && break
