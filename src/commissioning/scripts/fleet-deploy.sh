@@ -828,6 +828,7 @@ make_arrays() {
 }
 
 make_bcaches() {
+  [ "$(jcount layout/bcaches)" = 0 ] || "$(tool modprobe)" -q bcache 2>/dev/null
   i=0
   while [ $i -lt "$(jcount layout/bcaches)" ]; do
     at=layout/bcaches/$i
@@ -858,6 +859,7 @@ make_bcaches() {
 }
 
 make_volume_groups() {
+  [ "$(jcount layout/volume_groups)" = 0 ] || "$(tool modprobe)" -q dm-mod 2>/dev/null
   i=0
   while [ $i -lt "$(jcount layout/volume_groups)" ]; do
     at=layout/volume_groups/$i
@@ -981,6 +983,7 @@ stream() {
 
 # watch_progress PID: every 2 s, the bytes the counting process has read (its rchar).
 watch_progress() {
+  trap - TERM INT HUP
   while kill -0 "$1" 2>/dev/null; do
     done_bytes=$(awk '$1 == "rchar:" { print $2 }' "$proc/$1/io" 2>/dev/null)
     [ -n "$done_bytes" ] && progress write-image "$done_bytes" "${raw_size:-0}"
