@@ -249,6 +249,7 @@ impl Machine {
             .env("FLEET_DEPLOYMENT", self.path("deployment.json"))
             .env("FLEET_PROGRESS", self.path("progress"))
             .env("FLEET_RUN", "run-7")
+            .env("FLEET_RESULTS", self.path("results.json"))
             .env("FLEET_SETTLE", "1")
             .env("FAKE_LOG", self.path("fake/log"))
             .env("FAKE_DIR", self.path("fake"))
@@ -524,6 +525,14 @@ fn flat_bios_tgz_is_laid_out_written_and_configured() {
     assert!(run.stdout.contains(" MB/s)"), "{}", run.stdout);
     assert_eq!(machine.read("progress"), "configure 1 1\n");
     assert_eq!(run.stderr, "");
+    let results: Value = serde_json::from_str(&machine.read("results.json")).unwrap();
+    assert_eq!(results["image"], "noble");
+    assert_eq!(results["bytes"], tar.len());
+    assert!(results["seconds"].is_number(), "{results}");
+    assert_eq!(
+        results["disks"],
+        json!([{"planned": "sda", "found": "vda"}])
+    );
 }
 
 /// What every deployment leaves in the installed system (CONTRACT.md's list).

@@ -978,6 +978,7 @@ stream() {
   raw_sum=$(cut -d ' ' -f 1 "$work/raw.sum")
   if [ -n "$unpack" ]; then download_sum=$(cut -d ' ' -f 1 "$work/download.sum"); else download_sum=$raw_sum; fi
   raw_bytes=$(tr -d ' \n' <"$work/raw.count")
+  write_seconds=$(awk -v cs="$elapsed" 'BEGIN { printf "%.2f\n", cs / 100 }')
   say "write-image: $(rate "${raw_bytes:-0}" "$elapsed")"
 }
 
@@ -1268,6 +1269,7 @@ if [ $kind = tarball ]; then
   progress mount
   mount_filesystems
   progress write-image 0 "${raw_size:-0}"
+  [ -z "$dd_baseline" ] || say "note: fleet.test.dd_baseline applies to whole-disk images only"
   stream tar_into "$target"
   check_stream "tar"
   progress verify "$raw_bytes" "${raw_size:-$raw_bytes}"
@@ -1336,5 +1338,14 @@ unmount_all
 sync
 progress configure 1 1
 say "deployed: ${image_name:-the image} on $(awk '{ printf "%s%s", sep, $2; sep = ", " }' "$work/map")"
+# The results: what was written where, and how fast.
+if [ -n "${FLEET_RESULTS:-}" ]; then
+  {
+    printf '{"image": "%s", "format": "%s", "bytes": %s, "seconds": %s, "disks": [' \
+      "$(printf '%s' "$image_name" | sed 's/[\\"]/\\&/g')" "$format" "${raw_bytes:-0}" "${write_seconds:-0}"
+    awk '{ printf "%s{\"planned\": \"%s\", \"found\": \"%s\"}", sep, $1, $2; sep = ", " }' "$work/map"
+    printf ']}\n'
+  } >"$FLEET_RESULTS"
+fi
 rm -rf "$work"
 exit 0
