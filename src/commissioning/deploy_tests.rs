@@ -1286,3 +1286,199 @@ fn the_runner_fetches_the_deployment_and_reports_progress() {
     let left: Vec<_> = fs::read_dir(machine.path("tmp")).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+// ---------------------------------------------------------------- the real sfdisk and sgdisk
+
+/// The path of a real tool (sfdisk, sgdisk) for the tests that check what it makes of the
+/// script's input.
+fn real_tool(name: &str) -> PathBuf {
+    ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        .iter()
+        .map(|directory| Path::new(directory).join(name))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is missing: the deploy tests check the tables it writes; run .ci/setup \
+                 (.ci/setup-ephemeral installs fdisk and gdisk)"
+            )
+        })
+}
+
+impl Machine {
+    /// The real TOOL on the fake machine's PATH instead of the stand-in.
+    fn use_real(&self, name: &str) -> &Self {
+        let file = self.path("bin").join(name);
+        let _ = fs::remove_file(&file);
+        symlink(real_tool(name), file).unwrap();
+        self
+    }
+}
+
+/// A partition in sfdisk's terms: start, size (sectors), type, bootable, attrs.
+type SfdiskPartition = (u64, u64, String, bool, String);
+
+/// `sfdisk -J DISK`: the label and the partitions.
+fn table_of(disk: &Path) -> (String, Vec<SfdiskPartition>) {
+    let output = Command::new(real_tool("sfdisk"))
+        .arg("-J")
+        .arg(disk)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let table: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let table = &table["partitiontable"];
+    let partitions = table["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["start"].as_u64().unwrap(),
+                p["size"].as_u64().unwrap(),
+                p["type"].as_str().unwrap().to_uppercase(),
+                p["bootable"].as_bool().unwrap_or(false),
+                p["attrs"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    (table["label"].as_str().unwrap().to_string(), partitions)
+}
+
+/// What the planner's layout says each partition of DISK must be, in sfdisk's terms.
+fn planned_table(layout: &Layout, disk: &str) -> (String, Vec<SfdiskPartition>) {
+    use crate::plan::layout::{PartitionKind::*, PartitionTable};
+    let planned = layout.disks.iter().find(|d| d.name == disk).unwrap();
+    let gpt = planned.table == Some(PartitionTable::Gpt);
+    let boot_mount = |mount: &str| {
+        planned
+            .partitions
+            .iter()
+            .position(|p| p.filesystem.as_ref().and_then(|f| f.mount.as_deref()) == Some(mount))
+    };
+    let booted = boot_mount("/boot").or_else(|| boot_mount("/"));
+    let bios_boot =
+        |index: usize| layout.firmware == Firmware::Bios && planned.boot && Some(index) == booted;
+    let partitions = planned
+        .partitions
+        .iter()
+        .enumerate()
+        .map(|(index, p)| {
+            let kind = match (gpt, p.kind) {
+                (true, Esp) => "C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+                (true, BiosGrub) => "21686148-6449-6E6F-744E-656564454649",
+                (true, Swap) => "0657FD6D-A4AB-43C4-84E5-0933C84B4F4F",
+                (true, Raid) => "A19D880F-05FC-4D3B-A006-743F0F84911E",
+                (true, Lvm) => "E6D6D379-F507-44C2-A23C-238F2A3DF928",
+                (true, _) => "0FC63DAF-8483-4772-8E79-3D69D8477DE4",
+                (false, Esp) => "EF",
+                (false, Swap) => "82",
+                (false, Raid) => "FD",
+                (false, Lvm) => "8E",
+                (false, _) => "83",
+            };
+            let attrs = if gpt && bios_boot(index) {
+                "LegacyBIOSBootable"
+            } else {
+                ""
+            };
+            (
+                p.start / 512,
+                p.size / 512,
+                kind.to_string(),
+                !gpt && bios_boot(index),
+                attrs.to_string(),
+            )
+        })
+        .collect();
+    (if gpt { "gpt" } else { "dos" }.to_string(), partitions)
+}
+
+/// The real sfdisk takes the script's input and writes exactly the planned tables: msdos with
+/// the bootable flag, GPT with its type GUIDs, BIOS on GPT with LegacyBIOSBootable, two disks.
+#[test]
+fn the_real_sfdisk_writes_the_planned_tables() {
+    let cases: [(&str, Firmware, Vec<ObservedDisk>); 4] = [
+        (
+            "flat",
+            Firmware::Bios,
+            vec![observed("sda", 32 * GIB, "A", true)],
+        ),
+        (
+            "flat",
+            Firmware::Uefi,
+            vec![observed("sda", 32 * GIB, "A", false)],
+        ),
+        (
+            "boot",
+            Firmware::Bios,
+            vec![observed("sda", 3 * 1024 * GIB, "A", true)],
+        ),
+        (
+            "mirror",
+            Firmware::Uefi,
+            vec![
+                observed("sda", 100 * GIB, "A", false),
+                observed("sdb", 100 * GIB, "B", false),
+            ],
+        ),
+    ];
+    let tar = root_tarball();
+    let tgz = gzip(&tar);
+    for (template, firmware, disks) in cases {
+        let layout = layout(template, &disks, firmware);
+        let machine = Machine::new();
+        machine.use_real("sfdisk");
+        for disk in &disks {
+            machine.disk(&disk.name, disk.size_bytes as u64, disk.serial.as_deref());
+        }
+        machine.partitions_of(&layout, &[]);
+        let run = machine.run(&deployment(&layout, &disks, image("tgz", &tgz, &tar)), &tgz);
+        run.assert_passed();
+        for disk in &disks {
+            assert_eq!(
+                table_of(&machine.path(&format!("dev/{}", disk.name))),
+                planned_table(&layout, &disk.name),
+                "{template} on {firmware:?}, disk {}",
+                disk.name
+            );
+        }
+    }
+}
+
+/// A GPT whole-disk image smaller than the disk: the real sgdisk moves its backup header to the
+/// disk's last sector.
+#[test]
+fn the_real_sgdisk_moves_the_backup_gpt_to_the_end() {
+    let staging = tempfile::tempdir().unwrap();
+    let image_file = staging.path().join("disk.raw");
+    fs::File::create(&image_file)
+        .unwrap()
+        .set_len(8 * MIB)
+        .unwrap();
+    let mut sfdisk = Command::new(real_tool("sfdisk"))
+        .arg(&image_file)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    sfdisk
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"label: gpt\nstart=2048, size=8192, type=L\n")
+        .unwrap();
+    assert!(sfdisk.wait().unwrap().success());
+    let raw = fs::read(&image_file).unwrap();
+    assert_eq!(&raw[8 * MIB as usize - 512..][..8], b"EFI PART");
+    let (machine, disks, layout) = whole_disk_machine();
+    machine.use_real("sgdisk");
+    let run = machine.run(&deployment(&layout, &disks, image("raw", &raw, &raw)), &raw);
+    run.assert_passed();
+    assert!(run.stdout.contains("/sgdisk -e /dev/sda"), "{}", run.stdout);
+    assert_eq!(machine.bytes("dev/sda", 4 * GIB - 512, 8), b"EFI PART");
+    let (label, partitions) = table_of(&machine.path("dev/sda"));
+    assert_eq!(
+        (label.as_str(), partitions[0].0, partitions[0].1),
+        ("gpt", 2048, 8192)
+    );
+}
