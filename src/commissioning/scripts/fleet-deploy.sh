@@ -114,7 +114,7 @@ run() {
   code=$?
   sed 's/^/  /' "$work/out"
   [ $code = 0 ] && return 0
-  fail "$phase" "${command##*/} failed (exit $code): $(tail -n 1 "$work/out")"
+  fail "$phase" "${command##*/} failed (exit $code): $(last_words "$work/out")"
 }
 
 # run_input FILE COMMAND...: run with FILE on stdin.
@@ -127,11 +127,16 @@ run_input() {
   code=$?
   sed 's/^/  /' "$work/out"
   [ $code = 0 ] && return 0
-  fail "$phase" "${command##*/} failed (exit $code): $(tail -n 1 "$work/out")"
+  fail "$phase" "${command##*/} failed (exit $code): $(last_words "$work/out")"
 }
 
 
 read_attr() { attr=; { read -r attr <"$1"; } 2>/dev/null; }
+
+# last_words FILE: a command's last three lines of output as one line (at most 400 bytes).
+last_words() {
+  grep -v '^[[:space:]]*$' "$1" | tail -n 3 | tr '\n\t' '  ' | tr -s ' ' | sed 's/^ //; s/ $//' | cut -c 1-400
+}
 
 trim() {
   trimmed=$1
@@ -710,11 +715,15 @@ clear_disks() {
   done
 }
 
-# reread NAME: the kernel re-reads the disk's partition table (no udev: partx as a fallback).
+# reread NAME: the kernel re-reads the disk's partition table; then partx -u adds, updates or
+# removes each partition itself (BLKPG), where the re-read left the kernel's view behind (a
+# re-read of a disk in use fails; some kernels drop loop partitions on BLKRRPART).
 reread() {
   disk=$(need_node "$1")
-  if ! "$(tool blockdev)" --rereadpt "$disk" >/dev/null 2>&1 && ! "$(tool partx)" -u "$disk" >/dev/null 2>&1; then
-    say "  (the kernel did not re-read $1's partition table)"
+  "$(tool blockdev)" --rereadpt "$disk" >/dev/null 2>&1
+  reread_status=$?
+  if command -v "$(tool partx)" >/dev/null 2>&1; then
+    "$(tool partx)" -u "$disk" >/dev/null 2>&1 || [ $reread_status = 0 ] || say "  (the kernel did not re-read $1's partition table)"
   fi
 }
 
