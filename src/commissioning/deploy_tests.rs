@@ -1133,7 +1133,7 @@ struct Request {
 
 /// A controller on loopback that answers a deploying run's calls and records them.
 fn fake_controller(
-    deployment: String,
+    deployment: (u16, String),
     script: String,
 ) -> (
     String,
@@ -1157,20 +1157,25 @@ fn fake_controller(
             stream.set_nonblocking(false).unwrap();
             let request = read_request(&mut stream);
             let machine = "/metadata/v1/machines/web-1/";
+            let mut status = 200;
             let answer = match (request.method.as_str(), request.path.strip_prefix(machine)) {
                 ("POST", Some("exchange")) => "token tok-123\nrun run-7\nrole deploying\n".into(),
                 ("GET", Some("instructions")) => {
                     "role deploying\nrun run-7\nheartbeat 1\nafter exit\nscript fleet-deploy deploy 60\n"
                         .into()
                 }
-                ("GET", Some("deployment")) => deployment.clone(),
+                ("GET", Some("deployment")) => {
+                    status = deployment.0;
+                    deployment.1.clone()
+                }
                 ("GET", Some("scripts/fleet-deploy")) => script.clone(),
                 ("POST", Some("signal")) => "after exit\n".into(),
                 _ => "ok\n".to_string(),
             };
             recorded.lock().unwrap().push(request);
             let reply = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                if status == 200 { "OK" } else { "Not Found" },
                 answer.len()
             );
             let _ = stream.write_all(reply.as_bytes());
@@ -1213,6 +1218,29 @@ fn read_request(stream: &mut std::net::TcpStream) -> Request {
     }
 }
 
+/// fleet-runner.sh for a deploying run against the controller at URL (busybox wget, as in a
+/// bare initramfs: the stand-in curl serves images only); the machine's directory and output.
+fn run_runner(url: &str) -> (Machine, std::process::Output) {
+    let machine = Machine::new();
+    fs::remove_file(machine.path("bin/curl")).unwrap();
+    let runner = machine.path("fleet-runner.sh");
+    fs::write(&runner, RUNNER).unwrap();
+    let output = Command::new(BUSYBOX)
+        .arg("sh")
+        .arg(&runner)
+        .env_clear()
+        .env("PATH", machine.path("bin"))
+        .env("FLEET_URL", url)
+        .env("FLEET_ROLE", "deploying")
+        .env("FLEET_MACHINE", "web-1")
+        .env("FLEET_BOOT_SECRET", "boot-secret")
+        .env("FLEET_AFTER_OVERRIDE", "exit")
+        .env("TMPDIR", machine.path("tmp"))
+        .output()
+        .unwrap();
+    (machine, output)
+}
+
 /// A deploying run: the runner fetches the deployment with the run's token into a file, gives
 /// the script its path (and no token), and its heartbeats carry the script's progress.
 #[test]
@@ -1224,25 +1252,8 @@ fn the_runner_fetches_the_deployment_and_reports_progress() {
                   echo 'write-image 512 1024' > \"$FLEET_PROGRESS\"\nsleep 4\n\
                   echo verify > \"$FLEET_PROGRESS\"\nsleep 4\n"
         .to_string();
-    let (url, seen, stop) = fake_controller(deployment.clone(), script);
-    let machine = Machine::new();
-    // busybox wget, as in a bare initramfs (the stand-in curl serves images only).
-    fs::remove_file(machine.path("bin/curl")).unwrap();
-    let runner = machine.path("fleet-runner.sh");
-    fs::write(&runner, RUNNER).unwrap();
-    let output = Command::new(BUSYBOX)
-        .arg("sh")
-        .arg(&runner)
-        .env_clear()
-        .env("PATH", machine.path("bin"))
-        .env("FLEET_URL", &url)
-        .env("FLEET_ROLE", "deploying")
-        .env("FLEET_MACHINE", "web-1")
-        .env("FLEET_BOOT_SECRET", "boot-secret")
-        .env("FLEET_AFTER_OVERRIDE", "exit")
-        .env("TMPDIR", machine.path("tmp"))
-        .output()
-        .unwrap();
+    let (url, seen, stop) = fake_controller((200, deployment.clone()), script);
+    let (machine, output) = run_runner(&url);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let log = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{log}");
@@ -1480,5 +1491,32 @@ fn the_real_sgdisk_moves_the_backup_gpt_to_the_end() {
     assert_eq!(
         (label.as_str(), partitions[0].0, partitions[0].1),
         ("gpt", 2048, 8192)
+    );
+}
+
+/// No deployment for the run: the runner runs no script and signals the failure with why.
+#[test]
+fn the_runner_signals_a_failure_when_the_deployment_cannot_be_fetched() {
+    let (url, seen, stop) = fake_controller((404, "no deployment\n".into()), "exit 0\n".into());
+    let (_machine, output) = run_runner(&url);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    let requests = seen.lock().unwrap().clone();
+    assert!(
+        !requests.iter().any(|r| r.path.contains("/scripts/")),
+        "{requests:#?}"
+    );
+    let signal = requests
+        .iter()
+        .find(|r| r.path.ends_with("/signal"))
+        .unwrap();
+    let signal: Value = serde_json::from_str(&signal.body).unwrap();
+    assert_eq!(signal["result"], "failed");
+    // (busybox wget keeps no body of an error reply)
+    let reason = signal["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("fetching the deployment failed: HTTP 404"),
+        "{reason}"
     );
 }

@@ -529,13 +529,16 @@ post_result() {   # post_result BODY_FILE NAME [BODY_FILE_WITHOUT_RESULTS]
 DEPLOYMENT=""
 if [ "$RUN_ROLE" = deploying ]; then
   echo fetch > "$WORK/progress"
-  if api "$WORK/deployment.json" GET "$(machine_path deployment)"; then
-    chmod 0600 "$WORK/deployment.json"
-    DEPLOYMENT="$WORK/deployment.json"
-    log "deployment: $(wc -c < "$DEPLOYMENT") bytes"
-  else
-    BROKEN="fetching the deployment failed: $(http_problem "$WORK/deployment.json")"
-  fi
+  api "$WORK/deployment.json" GET "$(machine_path deployment)"
+  case $? in
+    0)
+      chmod 0600 "$WORK/deployment.json"
+      DEPLOYMENT="$WORK/deployment.json"
+      log "deployment: $(wc -c < "$DEPLOYMENT") bytes"
+      ;;
+    2) STOPPED=$(stop_reason "$WORK/deployment.json"); STOPPED=${STOPPED:-stop} ;;
+    *) BROKEN="fetching the deployment failed: $(http_problem "$WORK/deployment.json")" ;;
+  esac
 fi
 
 # The scripts read the list on a descriptor of their own, so their stdin is /dev/null.
