@@ -1520,3 +1520,55 @@ fn the_runner_signals_a_failure_when_the_deployment_cannot_be_fetched() {
         "{reason}"
     );
 }
+
+/// The first-boot hook the deployment leaves: it posts the one-shot secret to the call-back URL
+/// (busybox wget here) and deletes the credential once the controller took it.
+#[test]
+fn the_first_boot_hook_calls_back_once_and_forgets_the_secret() {
+    let (url, seen, stop) = fake_controller((200, "{}".into()), "exit 0\n".into());
+    let disks = [observed("sda", 32 * GIB, "S1", true)];
+    let layout = layout("flat", &disks, Firmware::Bios);
+    let tar = root_tarball();
+    let tgz = gzip(&tar);
+    let machine = Machine::new();
+    machine.disk("sda", 32 * GIB, Some("S1"));
+    machine.partitions_of(&layout, &[]);
+    let mut deployment = deployment(&layout, &disks, image("tgz", &tgz, &tar));
+    deployment["callback"]["url"] = json!(format!("{url}/metadata/v1/machines/web-1/deployed"));
+    machine.run(&deployment, &tgz).assert_passed();
+
+    let callback = machine.path("target/etc/fleet/callback");
+    let hook = machine
+        .read("target/usr/lib/fleet/first-boot")
+        .replace("/etc/fleet/callback", callback.to_str().unwrap());
+    fs::write(machine.path("first-boot"), hook).unwrap();
+    fs::remove_file(machine.path("bin/curl")).unwrap();
+    let output = Command::new(BUSYBOX)
+        .arg("sh")
+        .arg(machine.path("first-boot"))
+        .env_clear()
+        .env("PATH", machine.path("bin"))
+        .env("TMPDIR", machine.path("tmp"))
+        .output()
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("the controller took the call-back: deployed"),
+        "{said}"
+    );
+    let requests = seen.lock().unwrap().clone();
+    let posted = requests
+        .iter()
+        .find(|r| r.path == "/metadata/v1/machines/web-1/deployed")
+        .unwrap_or_else(|| panic!("no call-back in {requests:#?}"));
+    assert_eq!(posted.method, "POST");
+    assert_eq!(posted.authorization, None);
+    let body: Value = serde_json::from_str(&posted.body).unwrap();
+    assert_eq!(body, json!({"callback": SECRET}));
+    assert!(
+        !callback.exists(),
+        "the credential is deleted once accepted"
+    );
+}

@@ -1051,15 +1051,18 @@ config=/etc/fleet/callback
 [ -r "$config" ] || exit 0
 url=$(sed -n 's/^url //p' "$config")
 secret=$(sed -n 's/^secret //p' "$config")
-body=$(printf '{"callback": "%s"}' "$secret")
+# The body in a file of root's (the secret stays out of the process list).
+body=$(mktemp) || exit 1
+trap 'rm -f "$body"' EXIT
+printf '{"callback": "%s"}' "$secret" >"$body"
 say() { echo "fleet first boot: $*"; [ -w /dev/kmsg ] && echo "fleet first boot: $*" >/dev/kmsg; }
 try=1
 while [ $try -le 120 ]; do
   if command -v curl >/dev/null 2>&1; then
     code=$(curl -sS -m 30 -o /dev/null -w '%{http_code}' -H 'Content-Type: application/json' \
-      --data-binary "$body" "$url" 2>/dev/null)
+      --data-binary "@$body" "$url" 2>/dev/null)
   else
-    code=$(wget -q -S -O /dev/null --header 'Content-Type: application/json' --post-data "$body" \
+    code=$(wget -q -S -O /dev/null --header 'Content-Type: application/json' --post-file "$body" \
       "$url" 2>&1 | sed -n 's/.*HTTP\/[0-9.]* \([0-9][0-9][0-9]\).*/\1/p' | tail -n 1)
   fi
   case $code in
