@@ -1131,17 +1131,29 @@ struct Request {
     body: String,
 }
 
-/// A controller on loopback that answers a deploying run's calls and records them.
-fn fake_controller(
-    deployment: (u16, String),
-    script: String,
-) -> (
-    String,
-    std::sync::Arc<std::sync::Mutex<Vec<Request>>>,
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-) {
+/// A controller on loopback that answers a deploying run's calls and records them; each
+/// heartbeat carrying a progress phase leaves a file of that name in `marks`.
+struct FakeController {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Request>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Kept for the marks' lifetime (removed when the test ends).
+    _marks: tempfile::TempDir,
+}
+
+impl FakeController {
+    fn requests(&self) -> Vec<Request> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn fake_controller(deployment: (u16, String), script: String) -> FakeController {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
+    let marks = tempfile::tempdir().unwrap();
+    let mark_directory = marks.path().to_path_buf();
+    let script = script.replace("MARKS", mark_directory.to_str().unwrap());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -1172,6 +1184,13 @@ fn fake_controller(
                 ("POST", Some("signal")) => "after exit\n".into(),
                 _ => "ok\n".to_string(),
             };
+            if request.path.ends_with("/heartbeat") {
+                if let Ok(beat) = serde_json::from_str::<Value>(&request.body) {
+                    if let Some(phase) = beat["progress"]["phase"].as_str() {
+                        let _ = fs::write(mark_directory.join(phase), &request.body);
+                    }
+                }
+            }
             recorded.lock().unwrap().push(request);
             let reply = format!(
                 "HTTP/1.1 {status} {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
@@ -1181,7 +1200,12 @@ fn fake_controller(
             let _ = stream.write_all(reply.as_bytes());
         }
     });
-    (url, seen, stop)
+    FakeController {
+        url,
+        seen,
+        stop,
+        _marks: marks,
+    }
 }
 
 fn read_request(stream: &mut std::net::TcpStream) -> Request {
@@ -1247,17 +1271,18 @@ fn run_runner(url: &str) -> (Machine, std::process::Output) {
 fn the_runner_fetches_the_deployment_and_reports_progress() {
     use base64::Engine;
     let deployment = r#"{"machine":"web-1","callback":{"secret":"s3cr3t"}}"#.to_string();
+    // Each phase lasts until a heartbeat carried it (MARKS/PHASE), however slow the machine.
     let script = "#!/bin/sh\necho \"deployment: $(cat \"$FLEET_DEPLOYMENT\")\"\n\
                   env | grep -c tok-123\n\
-                  echo 'write-image 512 1024' > \"$FLEET_PROGRESS\"\nsleep 4\n\
-                  echo verify > \"$FLEET_PROGRESS\"\nsleep 4\n"
+                  until_beat() { i=0; while [ ! -e MARKS/$1 ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done; }\n\
+                  echo 'write-image 512 1024' > \"$FLEET_PROGRESS\"\nuntil_beat write-image\n\
+                  echo verify > \"$FLEET_PROGRESS\"\nuntil_beat verify\n"
         .to_string();
-    let (url, seen, stop) = fake_controller((200, deployment.clone()), script);
-    let (machine, output) = run_runner(&url);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let controller = fake_controller((200, deployment.clone()), script);
+    let (machine, output) = run_runner(&controller.url);
     let log = String::from_utf8_lossy(&output.stderr);
+    let requests = controller.requests();
     assert_eq!(output.status.code(), Some(0), "{log}");
-    let requests = seen.lock().unwrap().clone();
     let fetched = requests
         .iter()
         .find(|r| r.path.ends_with("/deployment"))
@@ -1497,12 +1522,11 @@ fn the_real_sgdisk_moves_the_backup_gpt_to_the_end() {
 /// No deployment for the run: the runner runs no script and signals the failure with why.
 #[test]
 fn the_runner_signals_a_failure_when_the_deployment_cannot_be_fetched() {
-    let (url, seen, stop) = fake_controller((404, "no deployment\n".into()), "exit 0\n".into());
-    let (_machine, output) = run_runner(&url);
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let controller = fake_controller((404, "no deployment\n".into()), "exit 0\n".into());
+    let (_machine, output) = run_runner(&controller.url);
     let log = String::from_utf8_lossy(&output.stderr);
+    let requests = controller.requests();
     assert_eq!(output.status.code(), Some(1), "{log}");
-    let requests = seen.lock().unwrap().clone();
     assert!(
         !requests.iter().any(|r| r.path.contains("/scripts/")),
         "{requests:#?}"
@@ -1525,7 +1549,8 @@ fn the_runner_signals_a_failure_when_the_deployment_cannot_be_fetched() {
 /// (busybox wget here) and deletes the credential once the controller took it.
 #[test]
 fn the_first_boot_hook_calls_back_once_and_forgets_the_secret() {
-    let (url, seen, stop) = fake_controller((200, "{}".into()), "exit 0\n".into());
+    let controller = fake_controller((200, "{}".into()), "exit 0\n".into());
+    let url = &controller.url;
     let disks = [observed("sda", 32 * GIB, "S1", true)];
     let layout = layout("flat", &disks, Firmware::Bios);
     let tar = root_tarball();
@@ -1551,14 +1576,13 @@ fn the_first_boot_hook_calls_back_once_and_forgets_the_secret() {
         .env("TMPDIR", machine.path("tmp"))
         .output()
         .unwrap();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let said = String::from_utf8_lossy(&output.stdout);
+    let requests = controller.requests();
     assert_eq!(output.status.code(), Some(0), "{said}");
     assert!(
         said.contains("the controller took the call-back: deployed"),
         "{said}"
     );
-    let requests = seen.lock().unwrap().clone();
     let posted = requests
         .iter()
         .find(|r| r.path == "/metadata/v1/machines/web-1/deployed")

@@ -440,9 +440,16 @@ case $format in
 esac
 case $firmware in bios | uefi) ;; *) fail check "firmware '$firmware' is neither bios nor uefi" ;; esac
 [ -n "$image_url" ] || fail check "the deployment names no image URL"
-case $image_sha in '' | *[!0-9a-f]*) image_sha="" ;; esac
-case $raw_sha in '' | *[!0-9a-f]*) raw_sha="" ;; esac
-case $raw_size in *[!0-9]*) raw_size="" ;; esac
+# Digests in lower case; one that is not 64 hex digits is refused, not skipped.
+image_sha=$(printf '%s' "$image_sha" | tr 'A-F' 'a-f')
+raw_sha=$(printf '%s' "$raw_sha" | tr 'A-F' 'a-f')
+for digest in "sha256:$image_sha" "raw_sha256:$raw_sha"; do
+  value=${digest#*:}
+  [ -z "$value" ] && continue
+  case $value in *[!0-9a-f]*) value=bad ;; esac
+  [ ${#value} = 64 ] || fail check "the image's ${digest%%:*} '${digest#*:}' is not 64 hex digits"
+done
+case $raw_size in *[!0-9]*) fail check "the image's raw_size '$raw_size' is not a number of bytes" ;; esac
 if [ -z "$image_sha" ] && [ -z "$raw_sha" ]; then
   fail check "the image ${image_name} has neither sha256 nor raw_sha256: refusing to write an image that cannot be verified"
 fi
@@ -465,7 +472,7 @@ need() {
   command -v "$(tool "$1")" >/dev/null 2>&1 && return 0
   case " $missing " in *" ${1##*/} "*) ;; *) missing="$missing ${1##*/}" ;; esac
 }
-for tool in ${unpack%% *} sha256sum tee mkfifo dd wipefs blkid; do need "$tool"; done
+for program in ${unpack%% *} sha256sum tee mkfifo dd wipefs blkid; do need "$program"; done
 if command -v "$(tool curl)" >/dev/null 2>&1; then fetch_with=curl; else fetch_with=wget; need "$(tool wget)"; fi
 
 : >"$work/map"
