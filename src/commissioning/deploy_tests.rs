@@ -1596,3 +1596,22 @@ fn the_first_boot_hook_calls_back_once_and_forgets_the_secret() {
         "the credential is deleted once accepted"
     );
 }
+
+/// A digest that is not 64 hex digits is refused at check (never skipped), upper case is taken.
+#[test]
+fn digests_are_checked_for_shape_and_compared_in_lower_case() {
+    let (machine, disks, layout) = whole_disk_machine();
+    let raw = disk_image();
+    let mut bad = image("raw", &raw, &raw);
+    bad["raw_sha256"] = json!("abc");
+    let run = machine.run(&deployment(&layout, &disks, bad), &raw);
+    run.assert_failed_with(
+        "fleet-deploy: check: the image's raw_sha256 'abc' is not 64 hex digits",
+    );
+    run.assert_nothing_written();
+    let mut upper = image("raw", &raw, &raw);
+    upper["sha256"] = json!(sha256(&raw).to_uppercase());
+    machine
+        .run(&deployment(&layout, &disks, upper), &raw)
+        .assert_passed();
+}
