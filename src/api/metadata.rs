@@ -548,7 +548,8 @@ async fn script(
     let entry = settings.script(&script).ok_or_else(|| {
         MachineApiResponse::error(StatusCode::NOT_FOUND, format!("no script named {script}"))
     })?;
-    Ok(text(StatusCode::OK, entry.text.clone()))
+    let body = machine_api::script_text(&settings, &name, entry);
+    Ok(text(StatusCode::OK, body))
 }
 
 /// A result as the runner sends it: text as base64 (`*_b64`) or plain.

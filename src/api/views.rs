@@ -141,6 +141,41 @@ pub struct MachineDetail {
     /// The static addresses the machine holds (from applied plans), by interface.
     #[serde(default)]
     pub addresses: Vec<AddressView>,
+    /// In rescue mode: how to reach the machine (from its rescue script's results).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescue: Option<RescueView>,
+}
+
+/// How to reach a machine in rescue mode: SSH as `user` to one of `addresses` on `port`, where
+/// the server shows `host_key`; no server (`ssh` false) when the fleet file gave it no keys.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RescueView {
+    pub ssh: bool,
+    /// `ssh root@10.99.0.57`, to the first address (IPv4 first).
+    pub command: Option<String>,
+    pub user: String,
+    pub port: u16,
+    pub addresses: Vec<std::net::IpAddr>,
+    pub host_key: Option<String>,
+    /// Why there is no SSH server, when there is none.
+    pub note: Option<String>,
+    /// One line for people: `ssh root@10.99.0.57 (host key SHA256:...)`.
+    pub summary: String,
+}
+
+impl From<crate::commissioning::RescueAccess> for RescueView {
+    fn from(access: crate::commissioning::RescueAccess) -> Self {
+        RescueView {
+            ssh: access.ssh,
+            command: access.command(),
+            summary: access.describe(),
+            user: access.user,
+            port: access.port,
+            addresses: access.addresses,
+            host_key: access.host_key,
+            note: access.note,
+        }
+    }
 }
 
 /// A static address a machine holds: it stays the machine's until the machine is deleted.

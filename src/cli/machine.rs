@@ -370,6 +370,9 @@ fn render_detail(detail: &MachineDetail) -> String {
         ),
     );
     line("last heard", or_dash(machine.last_heard.as_ref()));
+    if let Some(rescue) = &detail.rescue {
+        line("rescue", rescue.summary.clone());
+    }
     for clock in &detail.clocks {
         let (label, what) = match clock.kind {
             ClockKind::Status => ("status clock", "the status's own limit"),

@@ -50,10 +50,14 @@
 //! `usb` as arrays of objects (one per slot / path).
 
 mod facts;
+mod rescue;
+#[cfg(test)]
+mod rescue_tests;
 #[cfg(test)]
 mod tests;
 
 pub use facts::{parse_facts, FactProblem, Inventory};
+pub use rescue::{rescue_script_text, RescueAccess, RESCUE_SCRIPT};
 
 pub use crate::config::ScriptKind;
 
@@ -135,7 +139,7 @@ const fn test(
 }
 
 /// In name order, which is the order they run in.
-static BUILTIN_SCRIPTS: [BuiltinScript; 14] = [
+static BUILTIN_SCRIPTS: [BuiltinScript; 15] = [
     commissioning(
         "00-fleet-arch",
         with_fact_helpers!("scripts/00-fleet-arch.sh"),
@@ -205,6 +209,16 @@ static BUILTIN_SCRIPTS: [BuiltinScript; 14] = [
         true,
         include_str!("scripts/fleet-network.sh"),
     ),
+    // Served with the machine's SSH keys after its first line (`machine_api::script_text`).
+    // Makes a host key and starts dropbear: a minute is plenty even under emulation.
+    BuiltinScript {
+        name: RESCUE_SCRIPT,
+        kind: ScriptKind::Rescue,
+        timeout_seconds: 120,
+        destructive: false,
+        safe_on_live_host: false,
+        text: include_str!("scripts/fleet-rescue.sh"),
+    },
 ];
 
 /// Every built-in script, in name order.

@@ -1642,6 +1642,9 @@ pub enum ScriptKind {
     Testing,
     #[schemars(skip)]
     Erase,
+    /// The built-in `fleet-rescue` (SSH access in rescue mode); never the operator's.
+    #[schemars(skip)]
+    Rescue,
 }
 
 impl ScriptKind {
@@ -1650,6 +1653,7 @@ impl ScriptKind {
             ScriptKind::Commissioning => "commissioning",
             ScriptKind::Testing => "testing",
             ScriptKind::Erase => "erase",
+            ScriptKind::Rescue => "rescue",
         }
     }
 
@@ -1658,6 +1662,7 @@ impl ScriptKind {
             ScriptKind::Commissioning,
             ScriptKind::Testing,
             ScriptKind::Erase,
+            ScriptKind::Rescue,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == text)

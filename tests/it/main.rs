@@ -30,6 +30,7 @@ mod power_redfish;
 mod power_webhook;
 mod private_store;
 mod profiles;
+mod rescue;
 mod secrets;
 mod serve;
 mod store;

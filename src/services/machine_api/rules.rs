@@ -35,7 +35,9 @@ pub fn scripts_for<'a>(
     let erase = erase_script_name(erase_mode);
     let wanted = |script: &&ScriptEntry| match role {
         Role::Enlist => script.kind == ScriptKind::Commissioning && script.builtin,
-        Role::Commissioning => script.kind != ScriptKind::Erase,
+        Role::Commissioning => {
+            matches!(script.kind, ScriptKind::Commissioning | ScriptKind::Testing)
+        }
         Role::Testing => script.kind == ScriptKind::Testing,
         Role::DiskErasing => script.kind == ScriptKind::Erase && script.name == erase,
         Role::RegisterLive => {
@@ -43,7 +45,8 @@ pub fn scripts_for<'a>(
                 && script.safe_on_live_host
                 && !script.destructive
         }
-        Role::Rescue | Role::Releasing | Role::Deploying | Role::None => false,
+        Role::Rescue => script.kind == ScriptKind::Rescue,
+        Role::Releasing | Role::Deploying | Role::None => false,
     };
     let mut chosen: Vec<&ScriptEntry> = all.iter().filter(wanted).collect();
     chosen.sort_by(|a, b| {
@@ -150,6 +153,9 @@ pub fn settlement_for_report(status: Status, report: &ScriptReport) -> Option<Se
         (Status::DiskErasing, ScriptKind::Erase) if failed => Some(Settlement::Failed {
             reason: failure_reason("disk erase", report),
         }),
+        (Status::EnteringRescueMode, ScriptKind::Rescue) if failed => Some(Settlement::Failed {
+            reason: failure_reason("rescue script", report),
+        }),
         _ => None,
     }
 }
@@ -243,6 +249,7 @@ mod tests {
             script("aa-burn", ScriptKind::Testing, false, false),
             script("fleet-erase-quick", ScriptKind::Erase, true, false),
             script("fleet-erase-full", ScriptKind::Erase, true, false),
+            script("fleet-rescue", ScriptKind::Rescue, true, false),
         ];
         let names = |role| {
             scripts_for(role, &all, "quick")
@@ -263,7 +270,7 @@ mod tests {
         assert_eq!(names(Role::Enlist), ["10-fleet-cpu", "30-fleet-disks"]);
         assert_eq!(names(Role::Testing), ["fleet-memtest", "aa-burn"]);
         assert_eq!(names(Role::RegisterLive), ["10-fleet-cpu"]);
-        assert!(names(Role::Rescue).is_empty());
+        assert_eq!(names(Role::Rescue), ["fleet-rescue"]);
         assert_eq!(names(Role::DiskErasing), ["fleet-erase-quick"]);
     }
 
@@ -348,6 +355,27 @@ mod tests {
             Some(Settlement::Failed { .. })
         ));
         assert_eq!(settlement_for_signal(Enlist, Status::New, Some("x")), None);
+    }
+
+    #[test]
+    fn a_failed_rescue_script_fails_entering_rescue_mode() {
+        let mut failed = report(ScriptKind::Rescue, ScriptStatus::Failed);
+        failed.name = "fleet-rescue".into();
+        failed.stderr = "fleet-rescue: no dropbear in this environment\n".into();
+        assert_eq!(
+            settlement_for_report(Status::EnteringRescueMode, &failed),
+            Some(Settlement::Failed {
+                reason: "rescue script fleet-rescue failed (exit 3): fleet-rescue: no dropbear \
+                         in this environment"
+                    .into()
+            })
+        );
+        let passed = report(ScriptKind::Rescue, ScriptStatus::Passed);
+        assert_eq!(
+            settlement_for_report(Status::EnteringRescueMode, &passed),
+            None
+        );
+        assert_eq!(settlement_for_report(Status::RescueMode, &failed), None);
     }
 
     #[test]
