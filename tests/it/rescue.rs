@@ -312,16 +312,10 @@ fn sha256_of(path: &Path) -> String {
         .to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rescue_gives_ssh_with_the_fleet_files_key_and_exit_boots_the_disk_again() {
-    let _one = ONE_VM_AT_A_TIME.lock().await;
-    // FLEET_NETBOOT_KEEP=1 keeps the files for a look afterwards.
-    let directory = vm_test_directory();
-    let dir = directory.path();
-    let disk = build_disk(dir);
-    let (key, public_key) = make_key(dir);
-    let qmp = dir.join("qmp.sock");
-    let machine = format!(
+/// The machine in the fleet file: added live (deployed), powered through QMP, with `keys`
+/// (an `ssh_keys = [...]` line, or nothing); generous limits.
+fn machine_toml(qmp: &Path, keys: &str) -> String {
+    format!(
         r#"
 [policy.timeouts]
 boot = "10m"
@@ -334,15 +328,75 @@ name = "{NAME}"
 macs = ["{MAC}"]
 deployed = true
 state = "deployed"
-ssh_keys = ["{public_key}"]
+{keys}
 
 [machine.power]
 type = "qemu"
 qmp_socket = "{}"
 "#,
         qmp.display()
-    );
-    let fleet_file = ephemeral_fleet_file(dir, &machine);
+    )
+}
+
+/// `fleet machine rescue`, then waits for rescue_mode; the `rescue` of `fleet machine show
+/// --json` and the human line's text after `rescue`.
+async fn enter_rescue(
+    vm: &Vm,
+    controller: &NamespacedController,
+    store: &Store,
+) -> (serde_json::Value, String) {
+    cli_ok(controller, &["machine", "rescue", NAME]);
+    wait_for("in rescue mode", RESCUE_BOOT, vm, controller, async || {
+        (status_of(store).await == Some(Status::RescueMode)).then_some(())
+    })
+    .await;
+    let shown = cli_ok(controller, &["machine", "show", NAME]);
+    let line = shown
+        .lines()
+        .find_map(|line| line.strip_prefix("rescue "))
+        .unwrap_or_else(|| panic!("no rescue line in:\n{shown}"))
+        .trim()
+        .to_string();
+    eprintln!("rescue: fleet machine show: rescue  {line}");
+    let json: serde_json::Value =
+        serde_json::from_str(&cli_ok(controller, &["machine", "show", NAME, "--json"])).unwrap();
+    (json["rescue"].clone(), line)
+}
+
+/// `fleet machine exit-rescue`: deployed again, and the disk's system boots; no rescue shown.
+async fn exit_rescue(vm: &Vm, controller: &NamespacedController, store: &Store) {
+    let boots = disk_boots(vm);
+    cli_ok(controller, &["machine", "exit-rescue", NAME]);
+    wait_for("deployed again", DISK_BOOT, vm, controller, async || {
+        (status_of(store).await == Some(Status::Deployed)).then_some(())
+    })
+    .await;
+    wait_for(
+        "booted from disk again",
+        DISK_BOOT,
+        vm,
+        controller,
+        async || (disk_boots(vm) > boots).then_some(()),
+    )
+    .await;
+    let shown = cli_ok(controller, &["machine", "show", NAME]);
+    assert!(!shown.lines().any(|l| l.starts_with("rescue ")), "{shown}");
+    let json: serde_json::Value =
+        serde_json::from_str(&cli_ok(controller, &["machine", "show", NAME, "--json"])).unwrap();
+    assert!(json.get("rescue").is_none(), "{json:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescue_gives_ssh_with_the_fleet_files_key_and_exit_boots_the_disk_again() {
+    let _one = ONE_VM_AT_A_TIME.lock().await;
+    // FLEET_NETBOOT_KEEP=1 keeps the files for a look afterwards.
+    let directory = vm_test_directory();
+    let dir = directory.path();
+    let disk = build_disk(dir);
+    let (key, public_key) = make_key(dir);
+    let qmp = dir.join("qmp.sock");
+    let keys = format!("ssh_keys = [\"{public_key}\"]");
+    let fleet_file = ephemeral_fleet_file(dir, &machine_toml(&qmp, &keys));
     let network = BootNetwork::new();
     let controller = NamespacedController::start(&network, dir, &fleet_file);
     let store = controller.store().await;
@@ -363,36 +417,14 @@ qmp_socket = "{}"
     let before = sha256_of(&disk);
 
     // 2. Rescue: power-cycled into the ephemeral environment, SSH with the fleet file's key.
-    cli_ok(&controller, &["machine", "rescue", NAME]);
-    wait_for(
-        "in rescue mode",
-        RESCUE_BOOT,
-        &vm,
-        &controller,
-        async || (status_of(&store).await == Some(Status::RescueMode)).then_some(()),
-    )
-    .await;
-    let shown = cli_ok(&controller, &["machine", "show", NAME]);
-    let line = shown
-        .lines()
-        .find(|line| line.starts_with("rescue "))
-        .unwrap_or_else(|| panic!("no rescue line in:\n{shown}"));
-    let json: serde_json::Value =
-        serde_json::from_str(&cli_ok(&controller, &["machine", "show", NAME, "--json"])).unwrap();
-    let rescue = &json["rescue"];
-    assert_eq!(rescue["ssh"], true, "{json:#}");
+    let (rescue, line) = enter_rescue(&vm, &controller, &store).await;
+    assert_eq!(rescue["ssh"], true, "{rescue:#}");
     let address = rescue["addresses"][0]
         .as_str()
         .expect("an address")
         .to_string();
     let host_key = rescue["host_key"].as_str().expect("a host key").to_string();
-    assert_eq!(
-        line.split_whitespace()
-            .skip(1)
-            .collect::<Vec<_>>()
-            .join(" "),
-        format!("ssh root@{address} (host key {host_key})")
-    );
+    assert_eq!(line, format!("ssh root@{address} (host key {host_key})"));
     assert!(address.starts_with("10.99.0."), "{address}");
     assert_eq!(scanned_host_key(&controller, &address), host_key);
 
@@ -423,23 +455,18 @@ qmp_socket = "{}"
     assert_eq!(sha256_of(&disk), before, "rescue changed the disk");
 
     // 4. Exit: back to deployed, power-cycled into its disk; the rescue line is gone.
-    let boots = disk_boots(&vm);
-    cli_ok(&controller, &["machine", "exit-rescue", NAME]);
-    wait_for("deployed again", DISK_BOOT, &vm, &controller, async || {
-        (status_of(&store).await == Some(Status::Deployed)).then_some(())
-    })
-    .await;
-    wait_for(
-        "booted from disk again",
-        DISK_BOOT,
-        &vm,
-        &controller,
-        async || (disk_boots(&vm) > boots).then_some(()),
-    )
-    .await;
-    let shown = cli_ok(&controller, &["machine", "show", NAME]);
-    assert!(!shown.lines().any(|l| l.starts_with("rescue ")), "{shown}");
-    let json: serde_json::Value =
-        serde_json::from_str(&cli_ok(&controller, &["machine", "show", NAME, "--json"])).unwrap();
-    assert!(json.get("rescue").is_none(), "{json:#}");
+    exit_rescue(&vm, &controller, &store).await;
+
+    // 5. Without keys in the fleet file: rescue mode all the same, without an SSH server.
+    drop(controller);
+    let fleet_file = ephemeral_fleet_file(dir, &machine_toml(&qmp, ""));
+    let controller = NamespacedController::start(&network, dir, &fleet_file);
+    let (rescue, line) = enter_rescue(&vm, &controller, &store).await;
+    let note = format!("no SSH keys for {NAME} in the fleet file: no SSH server started");
+    assert_eq!(line, format!("no SSH server: {note}"));
+    assert_eq!(rescue["ssh"], false, "{rescue:#}");
+    let address = rescue["addresses"][0].as_str().expect("an address");
+    let refused = ssh(&controller, &key, address, "true");
+    assert!(!refused.status.success(), "an SSH server answered");
+    exit_rescue(&vm, &controller, &store).await;
 }
