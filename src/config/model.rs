@@ -1642,7 +1642,8 @@ pub enum ScriptKind {
     Testing,
     #[schemars(skip)]
     Erase,
-    /// The built-in `fleet-rescue` (SSH access in rescue mode); never the operator's.
+    // The built-in `fleet-rescue` (SSH access in rescue mode), never the operator's (a doc
+    // comment here would change the JSON Schema of `kind`).
     #[schemars(skip)]
     Rescue,
 }
