@@ -1230,7 +1230,11 @@ storage = "disks"
         Ok(_) => String::new(),
         Err(diagnostics) => diagnostics.render(false),
     };
-    for (format, layout) in [("tar-zst", "flat"), ("raw-zst", "blank"), ("qcow2", "blank")] {
+    for (format, layout) in [
+        ("tar-zst", "flat"),
+        ("raw-zst", "blank"),
+        ("qcow2", "blank"),
+    ] {
         let found = errors(&fleet(format, layout));
         assert!(found.is_empty(), "{format} on {layout}: {found}");
     }
