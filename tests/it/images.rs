@@ -318,7 +318,10 @@ fn a_url_image_is_downloaded_once_resumed_after_a_cut_checked_and_served_with_ra
 fn a_wrong_digest_is_an_error_naming_both_and_the_image_is_not_served() {
     let server = FileServer::start();
     let directory = tempfile::tempdir().expect("a directory");
-    let bytes = disk_bytes(100_000);
+    let tarball = directory.path().join("root.tar");
+    std::fs::write(&tarball, disk_bytes(100_000)).expect("written");
+    run("gzip", &["-k", tarball.to_str().unwrap()]);
+    let bytes = std::fs::read(directory.path().join("root.tar.gz")).expect("gzip wrote it");
     let url = server.add("/root.tgz", bytes.clone());
     let wrong = "ab".repeat(32);
     let file = fleet_file(
@@ -328,12 +331,14 @@ fn a_wrong_digest_is_an_error_naming_both_and_the_image_is_not_served() {
         ),
     );
     let state = directory.path().join("state");
-    let controller = start(&state, &file);
+    let controller =
+        TestController::start_in(&state, &["--watch", "-f", file.to_str().expect("a path")]);
     let row = wait_settled(&controller, "bad");
     assert_eq!(row["state"], "failed", "{row}");
     let detail = row["detail"].as_str().unwrap_or_default();
     let actual = sha256_hex(&bytes);
-    for part in ["image `bad`", "100000 bytes", &actual, &wrong] {
+    let size = format!("{} bytes", bytes.len());
+    for part in ["image `bad`", &size, &actual, &wrong] {
         assert!(detail.contains(part), "{detail} lacks {part}");
     }
     let (status, _, body) = get_root(&server, &controller, "bad", None);
@@ -348,6 +353,25 @@ fn a_wrong_digest_is_an_error_naming_both_and_the_image_is_not_served() {
     let output = controller.fleet(&["images"]);
     assert!(!output.status.success());
     assert!(stdout(&output).contains(&wrong), "{}", stdout(&output));
+
+    // The digest corrected in the fleet file under --watch: downloaded again, and served.
+    let corrected = format!(
+        "[controller]\ntftp_listen = \"127.0.0.1:0\"\n\n[images.bad]\nroot = {{ url = \"{url}\", sha256 = \"{actual}\", format = \"tgz\" }}\n"
+    );
+    let temporary = directory.path().join("fleet.toml.new");
+    std::fs::write(&temporary, corrected).expect("written");
+    std::fs::rename(&temporary, &file).expect("saved");
+    let started = Instant::now();
+    while root_row(&controller, "bad")["state"] != "ready" {
+        assert!(
+            started.elapsed() < LIMIT,
+            "{}",
+            root_row(&controller, "bad")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, _, body) = get_root(&server, &controller, "bad", None);
+    assert_eq!((status, body.len()), (200, bytes.len()));
 }
 
 #[test]
@@ -372,11 +396,17 @@ fn a_qcow2_image_is_served_as_raw_and_prune_removes_what_no_image_uses() {
     );
     let qcow2 = std::fs::read(&qcow2_path).expect("the qcow2");
     let url = server.add("/disk.qcow2", qcow2.clone());
+    run("zstd", &["-q", "-k", raw_path.to_str().unwrap()]);
+    let zst_path = directory.path().join("disk.raw.zst");
     let file = fleet_file(
         directory.path(),
         &format!(
-            "[images.cloud]\nroot = {{ url = \"{url}\", sha256 = \"{}\", format = \"qcow2\" }}\n",
-            sha256_hex(&qcow2)
+            "[images.cloud]\nroot = {{ url = \"{url}\", sha256 = \"{}\", format = \"qcow2\" }}\n\n\
+             [images.local]\nroot = {{ path = \"{}\", format = \"qcow2\" }}\n\n\
+             [images.packed]\nroot = {{ path = \"{}\", format = \"raw-zst\" }}\n",
+            sha256_hex(&qcow2),
+            qcow2_path.display(),
+            zst_path.display(),
         ),
     );
     let state = directory.path().join("state");
@@ -391,6 +421,23 @@ fn a_qcow2_image_is_served_as_raw_and_prune_removes_what_no_image_uses() {
     let (status, _, body) = get_root(&server, &controller, "cloud", None);
     assert_eq!(status, 200);
     assert!(body == raw, "the raw image served is not the one converted");
+    // A local qcow2 is converted into the cache; a local raw-zst's raw digest is remembered.
+    let local = root_row(&controller, "local");
+    assert_eq!(local["state"], "ready", "{local}");
+    assert_eq!(local["served_format"], "raw");
+    assert_eq!(local["sha256"], sha256_hex(&raw).as_str());
+    let converted = PathBuf::from(local["served_path"].as_str().expect("a served path"));
+    assert!(converted.starts_with(state.join("images")), "{converted:?}");
+    let packed = root_row(&controller, "packed");
+    assert_eq!(packed["state"], "ready", "{packed}");
+    assert_eq!(
+        packed["sha256"],
+        sha256_hex(&std::fs::read(&zst_path).unwrap()).as_str()
+    );
+    assert_eq!(packed["raw_size"], raw.len() as u64);
+    assert_eq!(packed["raw_sha256"], sha256_hex(&raw).as_str());
+    let remembered = state.join("images").join("checked");
+    assert_eq!(std::fs::read_dir(&remembered).expect("checked/").count(), 1);
 
     // A file no image uses (an image dropped from the fleet file) is pruned; the rest stays.
     let unused = state
@@ -413,6 +460,11 @@ fn a_qcow2_image_is_served_as_raw_and_prune_removes_what_no_image_uses() {
     assert!(!unused.exists());
     let served = PathBuf::from(row["served_path"].as_str().expect("a served path"));
     assert!(served.exists(), "prune removed the image in use");
+    assert!(
+        converted.exists(),
+        "prune removed the local qcow2's conversion"
+    );
+    assert_eq!(std::fs::read_dir(&remembered).expect("checked/").count(), 1);
     let (status, _, _) = get_root(&server, &controller, "cloud", Some("bytes=0-9"));
     assert_eq!(status, 206);
 }

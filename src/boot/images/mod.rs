@@ -1010,7 +1010,10 @@ fn finish_download(
         stamp,
     };
     let verified = match format {
-        Some(format) => with_raw_digest(None, verified, format)?,
+        Some(format) => with_raw_digest(None, verified, format).inspect_err(|_| {
+            // Not what its format says: kept, it would only take space until fetched again.
+            let _ = std::fs::remove_file(cache.path(key));
+        })?,
         None => verified,
     };
     let manifest = Manifest {
