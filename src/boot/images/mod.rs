@@ -217,7 +217,7 @@ impl BootImages {
         images: &BTreeMap<String, Image>,
         cache: Option<ImageCache>,
     ) -> (BootImages, Vec<ImageError>) {
-        let (inner, errors) = build(images, cache.as_ref(), &BTreeSet::new());
+        let (inner, errors) = build(images, cache.as_ref(), &BTreeSet::new(), &BTreeMap::new());
         let loaded = BootImages {
             cache,
             inner: RwLock::new(inner),
@@ -250,7 +250,8 @@ impl BootImages {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone();
-            build(&images, this.cache.as_ref(), &active)
+            let before = this.read().entries.clone();
+            build(&images, this.cache.as_ref(), &active, &before)
         })
         .await;
         let Ok((mut inner, errors)) = built else {
@@ -693,6 +694,7 @@ fn build(
     images: &BTreeMap<String, Image>,
     cache: Option<&ImageCache>,
     active: &BTreeSet<String>,
+    before: &BTreeMap<(String, String), Entry>,
 ) -> (Inner, Vec<ImageError>) {
     if let Some(cache) = cache {
         if let Err(error) = cache.create() {
@@ -719,6 +721,12 @@ fn build(
                 key,
                 state: FileState::Checking,
             };
+            let name = (image.name.clone(), file.to_string());
+            if let Some(kept) = unchanged_local(before.get(&name), &entry) {
+                entry.state = kept;
+                inner.entries.insert(name, entry);
+                continue;
+            }
             let what = Artifact {
                 image: &image.name,
                 file,
@@ -738,6 +746,23 @@ fn build(
         }
     }
     (inner, errors)
+}
+
+/// A local file served as it is (not converted), ready before, declared the same and unchanged
+/// on disk: kept as checked, so that a fleet file saved under `--watch` does not hash every
+/// image again.
+fn unchanged_local(before: Option<&Entry>, entry: &Entry) -> Option<FileState> {
+    let before = before?;
+    let same = before.location == entry.location
+        && before.expected == entry.expected
+        && before.format == entry.format;
+    let (FileState::Ready(verified), ArtifactLocation::Path(path)) =
+        (&before.state, &entry.location)
+    else {
+        return None;
+    };
+    let unchanged = same && verified.path == *path && verified.stamp.still_matches(path);
+    unchanged.then(|| FileState::Ready(verified.clone()))
 }
 
 /// What a file is called in the cache: kernel, initrd, or the root image's format.

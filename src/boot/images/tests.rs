@@ -78,3 +78,28 @@ fn a_file_changed_after_its_check_is_refused_until_the_next_load() {
         Err(ImageUnavailable::Unknown(_))
     ));
 }
+
+#[tokio::test]
+async fn a_changed_file_is_checked_again_at_the_next_load_and_an_unchanged_one_kept() {
+    let directory = tempfile::tempdir().expect("a directory");
+    let path = directory.path().join("root.tar");
+    std::fs::write(&path, b"first").expect("written");
+    let root = RootImage {
+        location: ArtifactLocation::Path(path.clone()),
+        sha256: None,
+        format: ImageFormat::Raw,
+    };
+    let images = image("os", None, Some(root));
+    let cache = ImageCache::in_state_dir(directory.path());
+    let (loaded, _) = BootImages::load(&images, Some(cache));
+    let loaded = Arc::new(loaded);
+    let first = loaded.deploy_image("os").expect("ready");
+    loaded.reload(images.clone(), BTreeMap::new()).await;
+    assert_eq!(loaded.deploy_image("os").expect("kept"), first);
+    std::fs::write(&path, b"second!").expect("rewritten");
+    assert!(loaded.deploy_image("os").is_err());
+    loaded.reload(images, BTreeMap::new()).await;
+    let second = loaded.deploy_image("os").expect("checked again");
+    assert_eq!(second.size, 7);
+    assert_ne!(second.sha256, first.sha256);
+}
