@@ -1642,6 +1642,9 @@ pub enum ScriptKind {
     Testing,
     #[schemars(skip)]
     Erase,
+    // The built-in `fleet-deploy` of a deploying run (never an operator's script).
+    #[schemars(skip)]
+    Deploy,
 }
 
 impl ScriptKind {
@@ -1650,6 +1653,7 @@ impl ScriptKind {
             ScriptKind::Commissioning => "commissioning",
             ScriptKind::Testing => "testing",
             ScriptKind::Erase => "erase",
+            ScriptKind::Deploy => "deploy",
         }
     }
 
@@ -1658,6 +1662,7 @@ impl ScriptKind {
             ScriptKind::Commissioning,
             ScriptKind::Testing,
             ScriptKind::Erase,
+            ScriptKind::Deploy,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == text)
@@ -1702,6 +1707,10 @@ pub struct Timeouts {
     /// for N minutes".
     #[schemars(with = "WrittenDuration")]
     pub heartbeat: u32,
+    /// A deployment whose installer signalled done, but whose installed system has not called
+    /// back this long after, fails with "the installed system did not call back within N".
+    #[schemars(with = "WrittenDuration")]
+    pub callback: u32,
 }
 
 impl Default for Timeouts {
@@ -1717,6 +1726,7 @@ impl Default for Timeouts {
             disk_erasing: 240 * MINUTE,
             boot: 10 * MINUTE,
             heartbeat: 10 * MINUTE,
+            callback: 30 * MINUTE,
         }
     }
 }
@@ -1732,6 +1742,7 @@ impl Timeouts {
         "disk_erasing",
         "boot",
         "heartbeat",
+        "callback",
     ];
 
     /// The limit for an in-progress status, in seconds.
@@ -1754,6 +1765,7 @@ impl Timeouts {
             status: self.limit_seconds(status),
             boot: self.boot,
             heartbeat: self.heartbeat,
+            callback: self.callback,
         }
     }
 
@@ -1775,6 +1787,7 @@ impl Timeouts {
             "disk_erasing" => &mut self.disk_erasing,
             "boot" => &mut self.boot,
             "heartbeat" => &mut self.heartbeat,
+            "callback" => &mut self.callback,
             _ => return None,
         };
         Some(field)
