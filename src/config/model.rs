@@ -345,7 +345,7 @@ pub struct StorageTemplate {
     /// The disk that takes the boot and root partitions: a kernel name (`"sda"`), a by-id path
     /// (`"/dev/disk/by-id/..."`) or a selector table (`{ serial = "..." }`,
     /// `{ rotational = false, min_size = "400GB", pick = "smallest" }`). Without it, the
-    /// machine's first disk.
+    /// machine's first disk. With layout `blank`: the disk a whole-disk image is written to.
     #[schemars(with = "Option<WrittenDiskSelector>")]
     pub root_device: Option<DiskSelector>,
 }

@@ -112,9 +112,10 @@ fn check_layout_keys(reader: &TableReader<'_, '_>, layout: &str, problems: &mut 
     }
 }
 
-/// A blank layout leaves the disks empty: sizes would be ignored, so they are mistakes.
+/// A blank layout leaves the disks empty: sizes would be ignored, so they are mistakes. (Its
+/// `root_device` names the disk a whole-disk image is written to.)
 fn check_blank_has_no_sizes(reader: &TableReader<'_, '_>, problems: &mut Problems) {
-    for key in ["efi_size", "boot_size", "root_size", "root_device"] {
+    for key in ["efi_size", "boot_size", "root_size"] {
         if let Some(span) = reader.key_span(key) {
             problems.error(
                 span,

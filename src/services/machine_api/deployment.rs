@@ -516,3 +516,193 @@ async fn refused(store: &Store, name: &str, reason: String, from: &str) -> Callb
     .await;
     CallbackError::Forbidden(reason)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{ObservedDisk, ObservedHardware, PowerParams};
+
+    const GIB: i64 = 1024 * 1024 * 1024;
+
+    const FLEET: &str = r#"
+[storage_templates.flat]
+layout = "flat"
+
+[storage_templates.whole]
+layout = "blank"
+root_device = { pick = "largest" }
+
+[[machine]]
+name = "m1"
+macs = ["52:54:00:00:00:01"]
+storage = "flat"
+kernel_params = "console=ttyS0"
+ssh_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA3ldeHeRPLQ0TyMDBzbdW7Y36B+kNNg1blrHZsywfgX ops@base"]
+
+[[machine]]
+name = "m2"
+macs = ["52:54:00:00:00:02"]
+storage = "whole"
+"#;
+
+    fn fleet() -> Fleet {
+        crate::config::load_str("fleet.toml", FLEET).expect("the fleet loads")
+    }
+
+    fn machine(name: &str, disks: &[(&str, i64)]) -> ObservedMachine {
+        ObservedMachine {
+            name: crate::model::MachineName::parse(name).unwrap(),
+            status: Status::Deploying,
+            previous_status: None,
+            status_reason: None,
+            power: crate::model::PowerState::On,
+            power_error: None,
+            locked: false,
+            owner: Some("ops".into()),
+            commissioned: true,
+            deployed_os: None,
+            power_type: "manual".into(),
+            power_params: PowerParams::from_value(&json!({})),
+            image: Some("noble".into()),
+            tags: vec![],
+            arch: Some("amd64".into()),
+            macs: vec![],
+            hardware: ObservedHardware {
+                disks: disks
+                    .iter()
+                    .map(|(name, size)| ObservedDisk {
+                        name: name.to_string(),
+                        size_bytes: *size,
+                        serial: Some(format!("S-{name}")),
+                        id_path: Some(format!("/dev/disk/by-id/ata-{name}")),
+                        model: None,
+                        bus: Some("ata".into()),
+                        rotational: Some(false),
+                    })
+                    .collect(),
+                firmware: Some(crate::plan::Firmware::Bios),
+                ..ObservedHardware::default()
+            },
+            generation: 1,
+            heard_from: true,
+            cloned_from: None,
+            deployment: None,
+        }
+    }
+
+    fn image(format: &str) -> DeployImage {
+        DeployImage {
+            name: "noble".into(),
+            format: format.into(),
+            url: "http://10.99.0.1:5248/boot/files/noble/root".into(),
+            size: 1234,
+            sha256: "a".repeat(64),
+            raw_size: None,
+            raw_sha256: None,
+        }
+    }
+
+    fn resolved(
+        machine: &ObservedMachine,
+        stored: Option<&StoredDeployment>,
+        format: &str,
+    ) -> Result<Resolved, String> {
+        let fleet = fleet();
+        resolve(&DeploymentInputs {
+            machine,
+            stored,
+            fleet: Some(&fleet),
+            held: &[],
+            image: image(format),
+        })
+    }
+
+    #[test]
+    fn a_layout_not_stored_is_resolved_from_the_template_and_kept_without_serials() {
+        let m1 = machine("m1", &[("sda", 32 * GIB), ("sdb", 64 * GIB)]);
+        let resolved = resolved(&m1, None, "tgz").unwrap();
+        let document = &resolved.document;
+        assert_eq!(document.layout["kind"], "flat");
+        assert_eq!(document.layout["disks"][0]["serial"], "S-sda");
+        assert_eq!(document.target_disk, "sda");
+        assert_eq!(document.disks.len(), 2);
+        assert_eq!(document.kernel_params, "console=ttyS0");
+        assert_eq!(document.ssh_keys.len(), 1);
+        assert_eq!(document.vendor_data, json!({}));
+        assert_eq!(document.firmware, "bios");
+        let stored = resolved
+            .to_store
+            .expect("resolved from the fleet file: stored");
+        let layout = stored.layout.unwrap();
+        assert!(layout["disks"][0].get("serial").is_none(), "{layout}");
+        let digest = crate::plan::layout::resolve_layout(
+            fleet().storage_templates.get("flat").unwrap(),
+            &m1.hardware.disks,
+            crate::plan::Firmware::Bios,
+        )
+        .unwrap()
+        .without_disk_identities()
+        .digest();
+        assert_eq!(stored.layout_digest, Some(digest), "the plan's digest");
+    }
+
+    #[test]
+    fn a_stored_layout_wins_and_is_not_stored_again() {
+        let m1 = machine("m1", &[("sda", 32 * GIB)]);
+        let stored = StoredDeployment {
+            layout: Some(json!({"kind": "lvm", "disks": [{"name": "sda", "boot": true}]})),
+            layout_digest: Some("0123456789abcdef".into()),
+            network: None,
+            network_digest: None,
+            origin: "fleet file".into(),
+        };
+        let resolved = resolved(&m1, Some(&stored), "tgz").unwrap();
+        assert_eq!(resolved.document.layout["kind"], "lvm");
+        assert_eq!(
+            resolved.document.layout["disks"][0]["id_path"],
+            "/dev/disk/by-id/ata-sda"
+        );
+        assert_eq!(resolved.to_store, None);
+    }
+
+    #[test]
+    fn a_whole_disk_image_needs_a_blank_layout() {
+        let disks = [("sda", 32 * GIB), ("sdb", 64 * GIB)];
+        let refused = resolved(&machine("m1", &disks), None, "raw-xz").unwrap_err();
+        assert_eq!(
+            refused,
+            "image `noble` is a whole-disk image (raw-xz): the storage layout must be blank, not flat"
+        );
+        // The template's root_device picks the target disk.
+        let whole = resolved(&machine("m2", &disks), None, "raw-xz").unwrap();
+        assert_eq!(whole.document.layout["kind"], "blank");
+        assert_eq!(whole.document.target_disk, "sdb");
+        // Not in the fleet file: blank (MAAS's default for a whole-disk image) on the first disk.
+        let unknown = resolved(&machine("m9", &disks), None, "raw").unwrap();
+        assert_eq!(unknown.document.target_disk, "sda");
+        assert_eq!(
+            unknown.to_store, None,
+            "a default is not the plan's: not stored"
+        );
+        assert_eq!(unknown.document.ssh_keys, Vec::<String>::new());
+    }
+
+    #[test]
+    fn without_a_template_the_default_is_flat_on_the_first_disk() {
+        let unknown = resolved(&machine("m9", &[("vda", 20 * GIB)]), None, "tgz").unwrap();
+        assert_eq!(unknown.document.layout["kind"], "flat");
+        assert_eq!(unknown.document.target_disk, "vda");
+        assert_eq!(unknown.to_store, None);
+    }
+
+    #[test]
+    fn what_cannot_be_deployed_says_why() {
+        let tiny = resolved(&machine("m1", &[("sda", 2 * GIB)]), None, "tgz").unwrap_err();
+        assert!(tiny.starts_with("storage `flat`: "), "{tiny}");
+        let none = resolved(&machine("m1", &[]), None, "tgz").unwrap_err();
+        assert_eq!(
+            none,
+            "m1 has no commissioned disks to deploy to: commission it first"
+        );
+    }
+}
