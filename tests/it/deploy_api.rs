@@ -840,7 +840,19 @@ async fn play_the_machine(runner: &mut Runner, store: &Store) -> Option<Status> 
             runner.signal_ok().await;
         }
         Status::Deploying => {
-            let deployment = runner.install().await;
+            // A real machine netboots after the power cycle the deploy asked for, which ends
+            // the boot its commissioning exchanged in; so does this one.
+            wait_for_power_cycle(store, &runner.name).await;
+            let instructions = runner.boot().await;
+            assert_eq!(line(&instructions, "role"), "deploying");
+            let deployment = runner.deployment().await;
+            // Long enough for `fleet apply` (it asks every 200 ms) to show it.
+            runner.progress("write-image", 40, 100).await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            runner
+                .result("fleet-deploy", "deploy", "passed", "wrote noble\n", "")
+                .await;
+            assert_eq!(runner.signal_ok().await, "after reboot\n");
             assert_eq!(deployment["layout"]["kind"], "flat", "{deployment:#}");
             assert_eq!(deployment["disks"][0]["serial"], "S1");
             assert!(runner.ipxe().await.contains("local disk"));
@@ -850,6 +862,21 @@ async fn play_the_machine(runner: &mut Runner, store: &Store) -> Option<Status> 
         _ => return None,
     }
     Some(status)
+}
+
+async fn wait_for_power_cycle(store: &Store, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let record = store.machine(name).await.unwrap().unwrap();
+        if record
+            .boot_started
+            .is_some_and(|at| at >= record.status_since)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} was not power-cycled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -896,6 +923,12 @@ async fn apply_takes_a_new_machine_the_whole_way_to_deployed() {
     assert!(output.status.success(), "{out}\n{err}");
     assert_eq!(played, [Status::Commissioning, Status::Deploying], "{out}");
     assert!(out.contains("1 done, 0 failed, 0 refused"), "{out}");
+    // The progress display: each step, and how far the deployment got.
+    assert!(err.contains("web-1: running (commission"), "{err}");
+    assert!(
+        err.contains("web-1: running (deploy, 2/3 steps): write-image 40/100 (40%)"),
+        "{err}"
+    );
     let record = store.machine(WEB).await.unwrap().unwrap();
     assert_eq!(record.lifecycle.status, Status::Deployed);
     assert_eq!(record.lifecycle.deployed_os.as_deref(), Some("noble"));
