@@ -61,10 +61,11 @@ impl Store {
         let rows = query.fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| {
+                let status_since: i64 = get(row, "status_since")?;
                 Ok(InProgress {
                     name: get(row, "name")?,
                     status: get_status(row, "status")?,
-                    status_since: get(row, "status_since")?,
+                    status_since,
                     last_heard: get(row, "last_heard")?,
                     boot_started: get(row, "boot_started")?,
                     generation: get(row, "generation")?,
@@ -73,6 +74,8 @@ impl Store {
                         .and_then(|text| {
                             serde_json::from_str::<super::ReportedProgress>(&text).ok()
                         })
+                        // An earlier deployment's progress says nothing of this one.
+                        .filter(|reported| reported.at >= status_since)
                         .map(|reported| reported.progress),
                 })
             })
