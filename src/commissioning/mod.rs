@@ -110,6 +110,22 @@ const fn erase(name: &'static str, timeout_seconds: u32, text: &'static str) -> 
     }
 }
 
+/// The deploying run's one script: lays out the disks and writes the image (its timeout is the
+/// policy's deploying limit, set by the machine API).
+const fn deploy(name: &'static str, text: &'static str) -> BuiltinScript {
+    BuiltinScript {
+        name,
+        kind: ScriptKind::Deploy,
+        timeout_seconds: 3600,
+        destructive: true,
+        safe_on_live_host: false,
+        text,
+    }
+}
+
+/// The name of the deploying run's built-in script.
+pub const DEPLOY_SCRIPT: &str = "fleet-deploy";
+
 /// A read-only fact-finding script.
 const fn commissioning(name: &'static str, text: &'static str) -> BuiltinScript {
     BuiltinScript {
@@ -172,6 +188,7 @@ static BUILTIN_SCRIPTS: [BuiltinScript; 15] = [
         "60-fleet-dmi",
         with_fact_helpers!("scripts/60-fleet-dmi.sh"),
     ),
+    deploy(DEPLOY_SCRIPT, include_str!("scripts/fleet-deploy.sh")),
     // Reads the first 64 MiB of every disk: a minute per disk is plenty even for a slow one.
     test(
         "fleet-disk-read",

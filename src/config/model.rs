@@ -381,7 +381,7 @@ pub struct StorageTemplate {
     /// The disk that takes the boot and root partitions: a kernel name (`"sda"`), a by-id path
     /// (`"/dev/disk/by-id/..."`) or a selector table (`{ serial = "..." }`,
     /// `{ rotational = false, min_size = "400GB", pick = "smallest" }`). Without it, the
-    /// machine's first disk.
+    /// machine's first disk. With layout `blank`: the disk a whole-disk image is written to.
     #[schemars(with = "Option<WrittenDiskSelector>")]
     pub root_device: Option<DiskSelector>,
 }
@@ -1683,6 +1683,9 @@ pub enum ScriptKind {
     // comment here would change the JSON Schema of `kind`).
     #[schemars(skip)]
     Rescue,
+    // The built-in `fleet-deploy` of a deploying run (never an operator's script).
+    #[schemars(skip)]
+    Deploy,
 }
 
 impl ScriptKind {
@@ -1692,6 +1695,7 @@ impl ScriptKind {
             ScriptKind::Testing => "testing",
             ScriptKind::Erase => "erase",
             ScriptKind::Rescue => "rescue",
+            ScriptKind::Deploy => "deploy",
         }
     }
 
@@ -1701,6 +1705,7 @@ impl ScriptKind {
             ScriptKind::Testing,
             ScriptKind::Erase,
             ScriptKind::Rescue,
+            ScriptKind::Deploy,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == text)
@@ -1745,6 +1750,10 @@ pub struct Timeouts {
     /// for N minutes".
     #[schemars(with = "WrittenDuration")]
     pub heartbeat: u32,
+    /// A deployment whose installer signalled done, but whose installed system has not called
+    /// back this long after, fails with "the installed system did not call back within N".
+    #[schemars(with = "WrittenDuration")]
+    pub callback: u32,
 }
 
 impl Default for Timeouts {
@@ -1760,6 +1769,7 @@ impl Default for Timeouts {
             disk_erasing: 240 * MINUTE,
             boot: 10 * MINUTE,
             heartbeat: 10 * MINUTE,
+            callback: 30 * MINUTE,
         }
     }
 }
@@ -1775,6 +1785,7 @@ impl Timeouts {
         "disk_erasing",
         "boot",
         "heartbeat",
+        "callback",
     ];
 
     /// The limit for an in-progress status, in seconds.
@@ -1797,6 +1808,7 @@ impl Timeouts {
             status: self.limit_seconds(status),
             boot: self.boot,
             heartbeat: self.heartbeat,
+            callback: self.callback,
         }
     }
 
@@ -1818,6 +1830,7 @@ impl Timeouts {
             "disk_erasing" => &mut self.disk_erasing,
             "boot" => &mut self.boot,
             "heartbeat" => &mut self.heartbeat,
+            "callback" => &mut self.callback,
             _ => return None,
         };
         Some(field)
