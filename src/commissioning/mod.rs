@@ -155,7 +155,7 @@ const fn test(
 }
 
 /// In name order, which is the order they run in.
-static BUILTIN_SCRIPTS: [BuiltinScript; 15] = [
+static BUILTIN_SCRIPTS: [BuiltinScript; 16] = [
     commissioning(
         "00-fleet-arch",
         with_fact_helpers!("scripts/00-fleet-arch.sh"),
