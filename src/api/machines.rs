@@ -2,9 +2,10 @@
 
 use super::views::{
     ActionBody, ActionView, AddMachine, AddedView, AddressView, ClockView, CloneBody, CloneView,
-    EventView, MachineDetail, MachineRow, MachineView, ScriptResultView,
+    EventView, MachineDetail, MachineRow, MachineView, ProgressView, RescueView, ScriptResultView,
 };
 use super::{Actor, ApiError, ApiState};
+use crate::commissioning::RescueAccess;
 use crate::model::{Action, ActionRequest, MacAddr, MachineName, Status};
 use crate::services::actions::{perform, ActionError};
 use crate::services::clone::{clone_machines, CloneError, CloneRequest};
@@ -31,6 +32,7 @@ pub async fn show(
         ApiError::not_found(format!("no machine named `{name}`")).with("machine", &name)
     })?;
     let script_results = state.store.script_results(record.id).await?;
+    let rescue = rescue_access(&state, &record, &script_results).await?;
     let addresses = state.store.machine_addresses(record.name.as_str()).await?;
     let filter = EventFilter {
         machine: Some(name),
@@ -44,10 +46,14 @@ pub async fn show(
         .timeouts
         .watch_limits(record.lifecycle.status);
     let now = crate::store::now_ms();
+    let state_kept = state.store.machine_state(record.name.as_str()).await?;
+    let mut watched = record.watched();
+    watched.install_done = state_kept.as_ref().and_then(|kept| kept.install_done_at);
+    let progress = state_kept.and_then(|kept| kept.progress);
     Ok(Json(MachineDetail {
         machine: MachineView::from(&record),
-        clocks: record
-            .watched()
+        progress: progress.map(ProgressView::from),
+        clocks: watched
             .clocks(&limits)
             .iter()
             .map(|clock| ClockView::new(clock, now))
@@ -58,7 +64,32 @@ pub async fn show(
             .collect(),
         recent_events: events.into_iter().map(EventView::from).collect(),
         addresses: addresses.into_iter().map(AddressView::from).collect(),
+        rescue,
     }))
+}
+
+/// In rescue mode, how to reach the machine: the passed rescue script of its current run (the
+/// rescue run goes on while the machine waits). Nothing in any other status, so exiting rescue
+/// clears it.
+async fn rescue_access(
+    state: &ApiState,
+    record: &crate::store::MachineRecord,
+    results: &[crate::store::ScriptResult],
+) -> Result<Option<RescueView>, ApiError> {
+    if record.lifecycle.status != Status::RescueMode {
+        return Ok(None);
+    }
+    let Some(run) = state.store.machine_run(record.name.as_str()).await? else {
+        return Ok(None);
+    };
+    let script = results.iter().rev().find(|result| {
+        result.run_id == run.id
+            && result.name == crate::commissioning::RESCUE_SCRIPT
+            && result.status == "passed"
+    });
+    Ok(script
+        .and_then(|result| RescueAccess::from_results(&result.results))
+        .map(RescueView::from))
 }
 
 #[derive(Debug, Deserialize)]

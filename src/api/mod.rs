@@ -9,7 +9,9 @@
 //! Each route is on one listener only; the other answers 404. Each server takes an already-bound
 //! listener and a shutdown future, so tests bind port 0.
 
+mod deploy_image;
 mod error;
+mod images;
 mod machines;
 mod metadata;
 mod plans;
@@ -63,6 +65,8 @@ pub fn api_router(state: ApiState) -> Router {
         .route("/observed", get(plans::observed))
         .route("/applies", post(plans::start))
         .route("/applies/{id}", get(plans::show))
+        .route("/images", get(images::list))
+        .route("/images/prune", post(images::prune))
         .merge(tokens_router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -141,6 +141,71 @@ pub struct MachineDetail {
     /// The static addresses the machine holds (from applied plans), by interface.
     #[serde(default)]
     pub addresses: Vec<AddressView>,
+    /// In rescue mode: how to reach the machine (from its rescue script's results).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescue: Option<RescueView>,
+    /// The last progress its deploying run reported (kept after the run, until the next one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ProgressView>,
+}
+
+/// How to reach a machine in rescue mode: SSH as `user` to one of `addresses` on `port`, where
+/// the server shows `host_key`; no server (`ssh` false) when the fleet file gave it no keys.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RescueView {
+    pub ssh: bool,
+    /// `ssh root@10.99.0.57`, to the first address (IPv4 first).
+    pub command: Option<String>,
+    pub user: String,
+    pub port: u16,
+    pub addresses: Vec<std::net::IpAddr>,
+    pub host_key: Option<String>,
+    /// Why there is no SSH server, when there is none.
+    pub note: Option<String>,
+    /// One line for people: `ssh root@10.99.0.57 (host key SHA256:...)`.
+    pub summary: String,
+}
+
+impl From<crate::commissioning::RescueAccess> for RescueView {
+    fn from(access: crate::commissioning::RescueAccess) -> Self {
+        RescueView {
+            ssh: access.ssh,
+            command: access.command(),
+            summary: access.describe(),
+            user: access.user,
+            port: access.port,
+            addresses: access.addresses,
+            host_key: access.host_key,
+            note: access.note,
+        }
+    }
+}
+
+/// How far a deployment got, as its heartbeats last said.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProgressView {
+    /// fetch, check, clear, partition, format, mount, write-image, verify, bootloader, configure.
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// The runner's stage (`running fleet-deploy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    pub at: String,
+}
+
+impl From<crate::store::ReportedProgress> for ProgressView {
+    fn from(reported: crate::store::ReportedProgress) -> Self {
+        ProgressView {
+            phase: reported.progress.phase,
+            done: reported.progress.done,
+            total: reported.progress.total,
+            stage: reported.stage,
+            at: rfc3339(reported.at),
+        }
+    }
 }
 
 /// A static address a machine holds: it stays the machine's until the machine is deleted.
@@ -167,7 +232,7 @@ impl From<crate::store::StoredAddress> for AddressView {
 /// A clock that is running (`model::watch`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClockView {
-    /// `status`, `boot` or `heartbeat`.
+    /// `status`, `boot`, `heartbeat` or `callback`.
     pub kind: crate::model::ClockKind,
     pub since: String,
     pub limit_seconds: u32,
@@ -436,4 +501,16 @@ impl From<crate::services::clone::CloneResult> for CloneResultView {
             interfaces: mapping.interfaces,
         }
     }
+}
+
+/// `GET /api/v1/images` rows and `POST /api/v1/images/prune`'s answer (the boot layer's types,
+/// part of this contract).
+pub use crate::boot::images::{ImageFileView, PruneReport, PrunedFile};
+
+/// `POST /api/v1/images/prune`'s body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PruneImages {
+    /// Only say what would be removed.
+    #[serde(default)]
+    pub dry_run: bool,
 }

@@ -148,6 +148,10 @@ pub struct MachineProgress {
     /// The step running (or last run), e.g. `commission`.
     pub current: Option<String>,
     pub reason: Option<String>,
+    /// How far a running deploy step got (`write-image 40/100 (40%)`): the deploying run's
+    /// last progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// An apply's progress.
@@ -314,13 +318,39 @@ pub async fn progress(store: &Store, id: &str) -> Result<ApplyProgress, ApplyErr
     let mut machines = Vec::new();
     for planned in record.plan.machines.iter().filter(|m| !m.steps.is_empty()) {
         let steps: Vec<&ApplyStepRow> = rows.iter().filter(|r| r.machine == planned.name).collect();
-        machines.push(machine_progress(planned, &steps));
+        let mut machine = machine_progress(planned, &steps);
+        if machine.state == "running" && machine.current.as_deref() == Some("deploy") {
+            machine.detail = deploy_progress(store, &machine.name).await?;
+        }
+        machines.push(machine);
     }
     Ok(ApplyProgress {
         id: id.to_string(),
         status: stored.status,
         machines,
     })
+}
+
+/// The last progress of a deploying machine's run, if it reported one in this deployment.
+async fn deploy_progress(store: &Store, name: &str) -> Result<Option<String>, ApplyError> {
+    let Some(record) = store.machine(name).await? else {
+        return Ok(None);
+    };
+    if record.lifecycle.status != crate::model::Status::Deploying {
+        return Ok(None);
+    }
+    let state = store.machine_state(name).await?.unwrap_or_default();
+    let mut watched = record.watched();
+    watched.install_done = state.install_done_at;
+    if watched.install_done_at().is_some() {
+        return Ok(Some(
+            "installed: waiting for the installed system to call back".into(),
+        ));
+    }
+    Ok(state
+        .progress
+        .filter(|reported| reported.at >= record.status_since)
+        .map(|reported| reported.progress.describe()))
 }
 
 fn machine_progress(planned: &crate::plan::MachinePlan, rows: &[&ApplyStepRow]) -> MachineProgress {
@@ -352,5 +382,6 @@ fn machine_progress(planned: &crate::plan::MachinePlan, rows: &[&ApplyStepRow]) 
                 .map(|step| step.verb().to_string())
         }),
         reason: last.and_then(|row| row.reason.clone()),
+        detail: None,
     }
 }

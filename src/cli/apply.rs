@@ -133,14 +133,18 @@ async fn follow(client: &Client, started: &ApplyStarted) -> anyhow::Result<Apply
         );
         bar
     });
-    let mut seen: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
+    let mut seen: BTreeMap<String, (String, Option<String>, Option<String>)> = BTreeMap::new();
     loop {
         let progress: ApplyProgress = client
             .get(&format!("/applies/{}", started.id))
             .await?
             .map_err(|failure| anyhow!("cannot follow apply {}: {failure}", started.id))?;
         for machine in &progress.machines {
-            let now = (machine.state.clone(), machine.current.clone());
+            let now = (
+                machine.state.clone(),
+                machine.current.clone(),
+                machine.detail.clone(),
+            );
             if seen.get(&machine.name) != Some(&now) {
                 report(machine, bar.as_ref());
                 seen.insert(machine.name.clone(), now);
@@ -172,6 +176,9 @@ fn report(machine: &MachineProgress, bar: Option<&indicatif::ProgressBar>) {
     );
     if let (Some(reason), "failed" | "refused") = (&machine.reason, machine.state.as_str()) {
         line.push_str(&format!(": {reason}"));
+    }
+    if let (Some(detail), "running") = (&machine.detail, machine.state.as_str()) {
+        line.push_str(&format!(": {detail}"));
     }
     match bar {
         Some(bar) => {

@@ -546,7 +546,7 @@ exec 3< "$WORK/scripts"
 while read -r _ name kind timeout _ <&3; do
   if [ -n "$STOPPED" ] || [ -n "$BROKEN" ]; then break; fi
   if ! valid_name "$name"; then BROKEN="bad script name in the instructions: '$name'"; break; fi
-  case "$kind" in commissioning|testing|erase|deploy) ;; *) BROKEN="bad kind '$kind' for $name"; break ;; esac
+  case "$kind" in commissioning|testing|erase|deploy|rescue) ;; *) BROKEN="bad kind '$kind' for $name"; break ;; esac
   case "$timeout" in ''|*[!0-9]*) BROKEN="bad timeout '$timeout' for $name"; break ;; esac
   dir="$WORK/run/$name"
   mkdir -p "$dir/cwd"

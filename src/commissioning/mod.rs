@@ -52,10 +52,14 @@
 #[cfg(test)]
 mod deploy_tests;
 mod facts;
+mod rescue;
+#[cfg(test)]
+mod rescue_tests;
 #[cfg(test)]
 mod tests;
 
 pub use facts::{parse_facts, FactProblem, Inventory};
+pub use rescue::{rescue_script_text, RescueAccess, RESCUE_SCRIPT};
 
 pub use crate::config::ScriptKind;
 
@@ -108,6 +112,22 @@ const fn erase(name: &'static str, timeout_seconds: u32, text: &'static str) -> 
     }
 }
 
+/// The deploying run's one script: lays out the disks and writes the image (its timeout is the
+/// policy's deploying limit, set by the machine API).
+const fn deploy(name: &'static str, text: &'static str) -> BuiltinScript {
+    BuiltinScript {
+        name,
+        kind: ScriptKind::Deploy,
+        timeout_seconds: 3600,
+        destructive: true,
+        safe_on_live_host: false,
+        text,
+    }
+}
+
+/// The name of the deploying run's built-in script.
+pub const DEPLOY_SCRIPT: &str = "fleet-deploy";
+
 /// A read-only fact-finding script.
 const fn commissioning(name: &'static str, text: &'static str) -> BuiltinScript {
     BuiltinScript {
@@ -137,7 +157,7 @@ const fn test(
 }
 
 /// In name order, which is the order they run in.
-static BUILTIN_SCRIPTS: [BuiltinScript; 14] = [
+static BUILTIN_SCRIPTS: [BuiltinScript; 16] = [
     commissioning(
         "00-fleet-arch",
         with_fact_helpers!("scripts/00-fleet-arch.sh"),
@@ -170,6 +190,7 @@ static BUILTIN_SCRIPTS: [BuiltinScript; 14] = [
         "60-fleet-dmi",
         with_fact_helpers!("scripts/60-fleet-dmi.sh"),
     ),
+    deploy(DEPLOY_SCRIPT, include_str!("scripts/fleet-deploy.sh")),
     // Reads the first 64 MiB of every disk: a minute per disk is plenty even for a slow one.
     test(
         "fleet-disk-read",
@@ -207,6 +228,16 @@ static BUILTIN_SCRIPTS: [BuiltinScript; 14] = [
         true,
         include_str!("scripts/fleet-network.sh"),
     ),
+    // Served with the machine's SSH keys after its first line (`machine_api::script_text`).
+    // Makes a host key and starts dropbear: a minute is plenty even under emulation.
+    BuiltinScript {
+        name: RESCUE_SCRIPT,
+        kind: ScriptKind::Rescue,
+        timeout_seconds: 120,
+        destructive: false,
+        safe_on_live_host: false,
+        text: include_str!("scripts/fleet-rescue.sh"),
+    },
 ];
 
 /// Every built-in script, in name order.

@@ -10,6 +10,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod erase;
+
 const BUSYBOX: &str = "/bin/busybox";
 
 /// A place to run scripts the way the initramfs does: busybox's applets alone on the PATH.
@@ -118,10 +120,10 @@ fn builtin_scripts_are_in_name_order_with_safe_names() {
     for script in builtin_scripts() {
         assert!(script.name.chars().all(name_character), "{}", script.name);
         assert!(script.text.starts_with("#!/bin/sh\n"), "{}", script.name);
-        // Only the disk erases destroy data, and never on a host with a workload.
+        // Only the disk erases and the deployment destroy data, never on a host with a workload.
         assert_eq!(
             script.destructive,
-            script.kind == ScriptKind::Erase,
+            matches!(script.kind, ScriptKind::Erase | ScriptKind::Deploy),
             "{}",
             script.name
         );
@@ -1054,7 +1056,7 @@ fn quick_erase_zeroes_both_ends_of_every_disk() {
     assert_eq!(disk.len(), 40963 * 512, "the disk keeps its size");
     assert_eq!(
         run.results.unwrap(),
-        json!({"mode": "quick", "disks": [{"name": "vda", "erased": true, "how": "ends zeroed"}]})
+        json!({"mode": "quick", "disks": [{"name": "vda", "erased": true, "how": "ends zeroed", "fell_back": null}]})
     );
 }
 
@@ -1075,12 +1077,17 @@ fn full_and_secure_erases_leave_no_byte() {
             "{mode}: a byte survived"
         );
     }
-    // A file cannot be discarded securely: the secure erase says it overwrote instead.
+    // Without hdparm (busybox alone) and on a file, which cannot be discarded securely: the
+    // secure erase says it fell back and overwrote instead (tests/erase.rs has the rest).
     let (run, _) = erase_fake_disk("secure");
     assert!(run.stdout.contains("no secure discard"), "{}", run.stdout);
-    assert_eq!(
-        run.results.unwrap()["disks"][0]["how"],
-        "overwritten with zeros (no secure discard)"
+    let entry = &run.results.unwrap()["disks"][0];
+    assert_eq!(entry["how"], "overwritten with zeros");
+    assert!(
+        entry["fell_back"].as_str().unwrap().starts_with(
+            "not NVMe, and there is no hdparm for an ATA security erase; no secure discard ("
+        ),
+        "{entry}"
     );
 }
 

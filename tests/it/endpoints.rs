@@ -25,7 +25,8 @@ enum Who {
     Admin,
     /// The token of the machine's current run (from the one exchange of its boot).
     Machine,
-    /// A one-shot boot or registration secret, traded once for a run token.
+    /// A one-shot secret: a boot or registration secret traded once for a run token, or a
+    /// deployment's call-back secret (the installed system's one call).
     OneShotSecret,
 }
 
@@ -67,6 +68,8 @@ const ENDPOINTS: &[Endpoint] = &[
     endpoint(Api, "GET", "/api/v1/observed", Reader),
     endpoint(Api, "POST", "/api/v1/applies", Admin),
     endpoint(Api, "GET", "/api/v1/applies/{id}", Reader),
+    endpoint(Api, "GET", "/api/v1/images", Reader),
+    endpoint(Api, "POST", "/api/v1/images/prune", Admin),
     endpoint(Api, "GET", "/api/v1/tokens", Admin),
     endpoint(Api, "POST", "/api/v1/tokens", Admin),
     endpoint(Api, "DELETE", "/api/v1/tokens/{name}", Admin),
@@ -85,6 +88,8 @@ const ENDPOINTS: &[Endpoint] = &[
     endpoint(Boot, "POST", "/metadata/v1/machines/{name}/results", Machine),
     endpoint(Boot, "POST", "/metadata/v1/machines/{name}/heartbeat", Machine),
     endpoint(Boot, "POST", "/metadata/v1/machines/{name}/signal", Machine),
+    endpoint(Boot, "GET", "/metadata/v1/machines/{name}/deployment", Machine),
+    endpoint(Boot, "POST", "/metadata/v1/machines/{name}/deployed", OneShotSecret),
 ];
 
 /// The files that declare routes, and the prefix their routes are nested under.

@@ -30,14 +30,14 @@ const NAME: &str = "enlisted-5254005e0001";
 /// What the VM is started with, to compare with what commissioning finds.
 const CPUS: i64 = 2;
 const MEMORY_MIB: i64 = 1024;
-const DISK_BYTES: u64 = 2 << 30;
+pub(crate) const DISK_BYTES: u64 = 2 << 30;
 /// The heartbeat limit of the test's fleet file: silence after the machine's first call. The
 /// machine beats every third of it, so two beats may be lost to a loaded host.
 const HEARTBEAT: &str = "30s";
 
 /// The controller's fleet file: boot services on the bridge, the ephemeral image, short limits,
 /// `scripts` (extra TOML), and `machines` (extra TOML: the adopted machine).
-fn write_fleet_file(directory: &Path, scripts: &str, machines: &str) -> PathBuf {
+pub(crate) fn write_fleet_file(directory: &Path, scripts: &str, machines: &str) -> PathBuf {
     let limits = format!(
         "[policy.timeouts]\nboot = \"10m\"\nheartbeat = \"{HEARTBEAT}\"\ncommissioning = \"10m\"\ntesting = \"10m\"\n"
     );
@@ -46,36 +46,39 @@ fn write_fleet_file(directory: &Path, scripts: &str, machines: &str) -> PathBuf 
 
 /// How fast this host boots the VM, measured on its first boot (QEMU started → enlistment run
 /// ended): the later waits allow a number of such boots, never less than a floor.
-struct Pace {
-    first_boot: Duration,
+pub(crate) struct Pace {
+    pub(crate) first_boot: Duration,
 }
 
 impl Pace {
-    /// The first boot is not measured yet: what it may take on a slow, loaded host.
-    const FIRST_BOOT_LIMIT: Duration = Duration::from_secs(300);
+    /// The first boot is not measured yet: what it may take on a slow, loaded host (seen: over
+    /// 300 s at a load of 26 on 2 cores, with the 23 MB initramfs of the full tool set).
+    pub(crate) const FIRST_BOOT_LIMIT: Duration = Duration::from_secs(600);
     const FLOOR: Duration = Duration::from_secs(90);
 
-    fn boots(&self, count: u32) -> Duration {
+    pub(crate) fn boots(&self, count: u32) -> Duration {
         (self.first_boot * count).max(Self::FLOOR)
     }
 }
 
 /// The VM: started once, kept alive across power-offs (`-no-shutdown`), powered through QMP.
-struct Vm {
+pub(crate) struct Vm {
     child: Child,
     killed: bool,
     pidfile: PathBuf,
-    qmp: PathBuf,
+    pub(crate) qmp: PathBuf,
     console: PathBuf,
 }
 
 /// The machine QEMU emulates.
 #[derive(Clone, Copy)]
-enum Hardware {
+pub(crate) enum Hardware {
     /// SeaBIOS, virtio-net and a virtio disk (the fastest under TCG).
     BiosVirtio,
     /// OVMF on q35, an e1000e NIC with QEMU's iPXE ROM and an NVMe disk.
     UefiE1000eNvme,
+    /// SeaBIOS, virtio-net and an NVMe disk (erase.rs: the NVMe erases).
+    BiosVirtioNvme,
 }
 
 impl Vm {
@@ -83,7 +86,12 @@ impl Vm {
         Self::start_with(network, directory, MAC, Hardware::BiosVirtio)
     }
 
-    fn start_with(network: &BootNetwork, directory: &Path, mac: &str, hardware: Hardware) -> Vm {
+    pub(crate) fn start_with(
+        network: &BootNetwork,
+        directory: &Path,
+        mac: &str,
+        hardware: Hardware,
+    ) -> Vm {
         let disk = directory.join("disk.img");
         std::fs::File::create(&disk)
             .and_then(|file| file.set_len(DISK_BYTES))
@@ -120,6 +128,14 @@ impl Vm {
                         &format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1"),
                     ])
                     .args(["-device", "virtio-blk-pci,drive=d0,serial=fleet-e2e-disk"]);
+            }
+            Hardware::BiosVirtioNvme => {
+                command
+                    .args([
+                        "-device",
+                        &format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1"),
+                    ])
+                    .args(["-device", "nvme,drive=d0,serial=fleet-e2e-nvme"]);
             }
             Hardware::UefiE1000eNvme => {
                 let vars = directory.join("OVMF_VARS.fd");
@@ -181,7 +197,7 @@ impl Drop for Vm {
 }
 
 /// Waits until `done` says the machine got where it should, or fails with what was seen.
-async fn wait_for<T>(
+pub(crate) async fn wait_for<T>(
     what: &str,
     limit: Duration,
     vm: &mut Vm,
@@ -219,7 +235,10 @@ async fn status_of(store: &Store) -> Option<(Status, Option<String>)> {
 }
 
 /// The machine, once its enlistment run has ended well (every built-in script reported).
-async fn enlist_run_ended(store: &Store, name: &str) -> Option<fleet::store::MachineRecord> {
+pub(crate) async fn enlist_run_ended(
+    store: &Store,
+    name: &str,
+) -> Option<fleet::store::MachineRecord> {
     let filter = fleet::store::EventFilter {
         machine: Some(name.to_string()),
         ..Default::default()
@@ -239,7 +258,7 @@ async fn enlist_run_ended(store: &Store, name: &str) -> Option<fleet::store::Mac
 }
 
 /// `fleet ARGS` against the controller, which must succeed.
-fn cli_ok(controller: &NamespacedController, args: &[&str]) {
+pub(crate) fn cli_ok(controller: &NamespacedController, args: &[&str]) {
     let output = controller.cli(args);
     assert!(
         output.status.success(),
@@ -266,14 +285,14 @@ async fn wait_for_status(
     .1
 }
 
-fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
+pub(crate) fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
     use std::os::unix::fs::FileExt;
     let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     file.write_all_at(bytes, offset).unwrap();
     file.sync_all().unwrap();
 }
 
-fn read_at(path: &Path, offset: u64, length: usize) -> Vec<u8> {
+pub(crate) fn read_at(path: &Path, offset: u64, length: usize) -> Vec<u8> {
     use std::os::unix::fs::FileExt;
     let mut bytes = vec![0; length];
     std::fs::File::open(path)
@@ -396,10 +415,12 @@ async fn a_virtual_machine_enlists_commissions_and_fails_as_lifecycle_md_says() 
     );
 
     // 2b. Released with a quick erase: the VM boots to erase its disk, then is released to
-    // ready. What was written at both ends of the disk is gone; the middle is kept.
+    // ready. What was written over the first and the last MiB of the disk is gone; the middle
+    // is kept.
     let disk = dir.join("disk.img");
-    let marker = [0x5au8; 4096];
-    for offset in [0, DISK_BYTES / 2, DISK_BYTES - 4096] {
+    const MIB: u64 = 1 << 20;
+    let marker = vec![0x5au8; MIB as usize];
+    for offset in [0, DISK_BYTES / 2, DISK_BYTES - MIB] {
         write_at(&disk, offset, &marker);
     }
     for action in [
@@ -417,19 +438,17 @@ async fn a_virtual_machine_enlists_commissions_and_fails_as_lifecycle_md_says() 
         &store,
     )
     .await;
-    assert_eq!(
-        read_at(&disk, 0, 4096),
-        vec![0; 4096],
-        "the start was not erased"
+    let zeros = vec![0; MIB as usize];
+    assert!(
+        read_at(&disk, 0, MIB as usize) == zeros,
+        "the first MiB was not erased"
     );
-    assert_eq!(
-        read_at(&disk, DISK_BYTES - 4096, 4096),
-        vec![0; 4096],
-        "the end was not erased"
+    assert!(
+        read_at(&disk, DISK_BYTES - MIB, MIB as usize) == zeros,
+        "the last MiB was not erased"
     );
-    assert_eq!(
-        read_at(&disk, DISK_BYTES / 2, 4096),
-        marker.to_vec(),
+    assert!(
+        read_at(&disk, DISK_BYTES / 2, MIB as usize) == marker,
         "a quick erase keeps the middle"
     );
     let results = store.script_results(record.id).await.unwrap();

@@ -1199,7 +1199,13 @@ fn real_bodies(body: Body) -> Vec<Value> {
             json!({"run": "r-1", "name": "smartctl", "kind": "testing", "status": "failed",
                    "exit_code": 1, "stdout": "", "stderr": "bad sector", "results": {}}),
         ],
-        Body::Heartbeat => vec![json!({"stage": "running 20-fleet-cpu"}), json!({})],
+        Body::Heartbeat => vec![
+            json!({"stage": "running 20-fleet-cpu"}),
+            json!({}),
+            json!({"stage": "running fleet-deploy",
+                   "progress": {"phase": "write-image", "done": 1048576, "total": 4194304}}),
+            json!({"progress": {"phase": "partition"}}),
+        ],
         Body::Signal => vec![
             json!({"run": "r-1", "result": "ok"}),
             json!({"run": "r-1", "result": "failed", "reason": "30-fleet-disks failed"}),
@@ -1266,6 +1272,7 @@ fn json_edit() -> impl Strategy<Value = JsonEdit> {
             "architecture", "boot_mac", "macs", "bmc", "type", "address", "user", "password",
             "run", "name", "kind", "status", "exit_code", "runtime_ms", "stdout", "stderr",
             "results", "stdout_b64", "stderr_b64", "results_b64", "stage", "result", "reason",
+            "progress", "phase", "done", "total",
         ])
         .prop_map(str::to_string),
         1 => "[a-z_]{1,10}",

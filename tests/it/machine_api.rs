@@ -1471,3 +1471,190 @@ async fn registration_secrets_are_one_shot_short_lived_and_for_live_machines() {
         "{events}"
     );
 }
+
+/// A rescue run as the runner drives it, for two machines of the fleet file: one with SSH keys
+/// (its own and its profile's), one without. The rescue script is served with the machine's keys;
+/// its result gives `fleet machine show` the address to SSH to while the machine is in rescue
+/// mode, and nothing once it has exited. A failing rescue script fails entering rescue mode.
+#[tokio::test]
+async fn rescue_serves_the_machines_keys_and_shows_the_address_until_exit() {
+    const OWN: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBpueewZpg2Y8mMpdt7X2aU17zWyZXrmNKzBOpbswG+k owner@laptop";
+    const OPS: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHOuN2u3SDkMn5dwvm3sPHG52xwZXBjfxcNa0N8Pjfb2 ops@example";
+    let directory = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        boot: "10m",
+        heartbeat: "10m",
+        commissioning: "10m",
+    };
+    let fleet = fleet_file(directory.path(), &limits);
+    let mut text = std::fs::read_to_string(&fleet).unwrap();
+    text.push_str(&format!(
+        "\n[profiles.ops]\nssh_keys = [\"{OPS}\"]\n\n\
+         [[machine]]\nname = \"enlisted-525400aaf101\"\nmacs = [\"52:54:00:aa:f1:01\"]\n\
+         profile = \"ops\"\nssh_keys = [\"{OWN}\"]\n\n\
+         [[machine]]\nname = \"enlisted-525400aaf102\"\nmacs = [\"52:54:00:aa:f1:02\"]\n"
+    ));
+    std::fs::write(&fleet, text).unwrap();
+    let state = directory.path().join("state");
+    let controller = TestController::start_in(&state, &["-f", fleet.to_str().unwrap()]);
+    let store = controller.store().await;
+    let api = controller.http();
+
+    let mut machine = Machine::enlist(&controller.url, "52:54:00:aa:f1:01").await;
+    give_manual_power(&store, &machine.name).await;
+    controller.make_deployed(&store, &machine.name).await;
+    let (code, answer) = api
+        .post(
+            &format!("/machines/{}/actions/rescue", machine.name),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    machine.boot().await;
+    let (run, scripts) = machine.instructions("rescue").await;
+    assert_eq!(scripts, ["fleet-rescue rescue 120"]);
+    let (_, instructions) = machine.get("instructions").await;
+    assert_eq!(line(&instructions, "after"), "wait");
+    let (code, script) = machine.get("scripts/fleet-rescue").await;
+    assert_eq!(code, 200);
+    assert!(
+        script.starts_with("#!/bin/sh\n")
+            && script.contains(&format!("\nrescue_machine='{}'\n", machine.name))
+            && script.contains(&format!("\nrescue_keys='{OPS}\n{OWN}'\n")),
+        "{script}"
+    );
+    let results = serde_json::json!({
+        "ssh": true, "user": "root", "port": 22, "addresses": ["10.99.0.57", "fd00::57"],
+        "host_key": "SHA256:N9T0TPWETlZ6xWVt0HeMbvuv6+P+J+CYdX+vTLPfnJM",
+        "host_key_type": "ssh-ed25519", "authorized_keys": 2
+    });
+    let (code, answer) = machine
+        .post(
+            "results",
+            serde_json::json!({
+                "run": run, "name": "fleet-rescue", "kind": "rescue", "status": "passed",
+                "exit_code": 0, "runtime_ms": 900, "stdout_b64": b64("SSH server listening\n"),
+                "stderr_b64": "", "results_b64": b64(&results.to_string()),
+            }),
+        )
+        .await;
+    assert_eq!((code, answer.as_str()), (200, "continue\n"));
+    // Not in rescue mode yet: nothing shown.
+    let (_, shown) = api.get(&format!("/machines/{}", machine.name)).await;
+    assert!(shown.get("rescue").is_none(), "{shown}");
+    let (_, answer) = machine
+        .post("signal", serde_json::json!({"run": run, "result": "ok"}))
+        .await;
+    assert_eq!(answer, "after wait\n");
+    assert_eq!(status_of(&store, &machine.name).await.0, Status::RescueMode);
+    let expected =
+        "ssh root@10.99.0.57 (host key SHA256:N9T0TPWETlZ6xWVt0HeMbvuv6+P+J+CYdX+vTLPfnJM)";
+    let (_, shown) = api.get(&format!("/machines/{}", machine.name)).await;
+    assert_eq!(shown["rescue"]["summary"], expected, "{shown}");
+    assert_eq!(shown["rescue"]["command"], "ssh root@10.99.0.57");
+    assert_eq!(
+        shown["rescue"]["addresses"],
+        serde_json::json!(["10.99.0.57", "fd00::57"])
+    );
+    let human = controller.fleet(&["machine", "show", &machine.name]);
+    assert!(
+        stdout(&human).contains(&format!("rescue          {expected}\n")),
+        "{}{}",
+        stdout(&human),
+        stderr(&human)
+    );
+    // The rescue run goes on: heartbeats are taken while the machine waits.
+    let (code, answer) = machine
+        .post("heartbeat", serde_json::json!({"stage": "waiting"}))
+        .await;
+    assert_eq!((code, answer.as_str()), (200, "continue\n"));
+
+    // Exit: back to deployed (manual power: the operator is asked to cycle it), nothing shown.
+    let (code, answer) = api
+        .post(
+            &format!("/machines/{}/actions/exit_rescue", machine.name),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status_of(&store, &machine.name).await.0 != Status::Deployed {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            status_of(&store, &machine.name).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, shown) = api.get(&format!("/machines/{}", machine.name)).await;
+    assert!(shown.get("rescue").is_none(), "{shown}");
+
+    // A machine without keys: the script is served with none; its result says so.
+    let mut bare = Machine::enlist(&controller.url, "52:54:00:aa:f1:02").await;
+    give_manual_power(&store, &bare.name).await;
+    controller.make_deployed(&store, &bare.name).await;
+    let rescue = format!("/machines/{}/actions/rescue", bare.name);
+    let (code, answer) = api.post(&rescue, serde_json::json!({})).await;
+    assert_eq!(code, 200, "{answer}");
+    bare.boot().await;
+    let (run, _) = bare.instructions("rescue").await;
+    let (_, script) = bare.get("scripts/fleet-rescue").await;
+    assert!(script.contains("\nrescue_keys=''\n"), "{script}");
+    let note = format!(
+        "no SSH keys for {} in the fleet file: no SSH server started",
+        bare.name
+    );
+    let results = serde_json::json!({"ssh": false, "user": "root", "port": 22,
+        "addresses": ["10.99.0.58"], "reason": note});
+    bare.post(
+        "results",
+        serde_json::json!({"run": run, "name": "fleet-rescue", "kind": "rescue",
+            "status": "passed", "exit_code": 0, "results_b64": b64(&results.to_string())}),
+    )
+    .await;
+    bare.post("signal", serde_json::json!({"run": run, "result": "ok"}))
+        .await;
+    assert_eq!(status_of(&store, &bare.name).await.0, Status::RescueMode);
+    let (_, shown) = api.get(&format!("/machines/{}", bare.name)).await;
+    assert_eq!(shown["rescue"]["summary"], format!("no SSH server: {note}"));
+    assert_eq!(shown["rescue"]["command"], serde_json::Value::Null);
+
+    // A rescue script that fails: failed_entering_rescue_mode, naming it and its last line.
+    let (code, answer) = api
+        .post(
+            &format!("/machines/{}/actions/exit_rescue", bare.name),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status_of(&store, &bare.name).await.0 != Status::Deployed {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            status_of(&store, &bare.name).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, answer) = api.post(&rescue, serde_json::json!({})).await;
+    assert_eq!(code, 200, "{answer}");
+    bare.boot().await;
+    let (run, _) = bare.instructions("rescue").await;
+    let (_, answer) = bare
+        .result(
+            &run,
+            "fleet-rescue",
+            "rescue",
+            "failed",
+            "fleet-rescue: no dropbear in this environment\n",
+        )
+        .await;
+    assert!(answer.starts_with("stop "), "{answer}");
+    assert_eq!(
+        status_of(&store, &bare.name).await,
+        (
+            Status::FailedEnteringRescueMode,
+            Some("rescue script fleet-rescue failed (exit 3): fleet-rescue: no dropbear in this environment".into())
+        )
+    );
+}

@@ -31,9 +31,11 @@ pub fn vm_test_directory() -> tempfile::TempDir {
 /// Where `.ci/setup-ephemeral` builds the ephemeral environment (kernel + initrd).
 pub const EPHEMERAL: &str = "/var/cache/fleet-ephemeral";
 
-/// A file of the ephemeral environment, which must have been built.
+/// A file of the ephemeral environment, which must have been built: in EPHEMERAL, or in
+/// `$FLEET_EPHEMERAL_CACHE` (where `.ci/setup-ephemeral` builds when that is set).
 pub fn ephemeral_file(name: &str) -> PathBuf {
-    let path = Path::new(EPHEMERAL).join(name);
+    let cache = std::env::var_os("FLEET_EPHEMERAL_CACHE").map(PathBuf::from);
+    let path = cache.unwrap_or_else(|| EPHEMERAL.into()).join(name);
     assert!(
         path.exists(),
         "{} is missing: run .ci/setup-ephemeral",
