@@ -26,6 +26,7 @@ mod planner;
 mod render;
 mod route;
 mod simulate;
+mod snapshot_reader;
 
 pub use addresses::{
     allocate, allocate_with, duplicates, excluded, AddressOrigin, AddressProblem, Addresses,
@@ -39,6 +40,7 @@ pub use params::PowerParams;
 pub use planner::plan;
 pub use render::{render_human, render_human_in_parts, render_json, summary_line, RenderOptions};
 pub use simulate::{apply_step, settle_to_rest, SimulationError};
+pub use snapshot_reader::SnapshotReader;
 
 use crate::model::records::{MachineRecord, NewMachine};
 use crate::model::{Action, ActionOptions, Lifecycle, MacAddr, MachineName, PowerState, Status};
