@@ -66,7 +66,9 @@ pub async fn observed(connection: &Connection, file: Option<&Path>) -> anyhow::R
 fn observed_file(file: &Path) -> anyhow::Result<Observed> {
     let cannot_read = || format!("cannot read the observed snapshot {}", file.display());
     let mut opened = std::fs::File::open(file).with_context(cannot_read)?;
-    let length = opened.metadata().map_or(0, |metadata| metadata.len() as usize);
+    let length = opened
+        .metadata()
+        .map_or(0, |metadata| metadata.len() as usize);
     let mut reader = SnapshotReader::new(length);
     let mut part = vec![0; SNAPSHOT_PART_BYTES];
     loop {

@@ -180,7 +180,10 @@ impl SnapshotReader {
             | State::Done
                 if is_space(byte) =>
             {
-                bytes.iter().position(|byte| !is_space(*byte)).unwrap_or(bytes.len())
+                bytes
+                    .iter()
+                    .position(|byte| !is_space(*byte))
+                    .unwrap_or(bytes.len())
             }
             State::Start => self.expect(byte, b'{', State::Key { first: true }),
             State::Key { first } => match byte {
