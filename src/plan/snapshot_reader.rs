@@ -373,7 +373,7 @@ mod tests {
             status_reason: Some(format!("a \"reason\" with }} and ] and \\ {index}")),
             power: PowerState::Off,
             power_error: None,
-            locked: index % 2 == 0,
+            locked: index.is_multiple_of(2),
             owner: None,
             commissioned: true,
             deployed_os: None,
