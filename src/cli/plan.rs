@@ -6,8 +6,10 @@ use super::Connection;
 use anyhow::{anyhow, Context};
 use clap::Args;
 use fleet::config::Fleet;
-use fleet::plan::{plan, render_human_in_parts, render_json, Observed, Plan, RenderOptions};
-use std::io::Write;
+use fleet::plan::{
+    plan, render_human_in_parts, render_json, Observed, Plan, RenderOptions, SnapshotReader,
+};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -58,13 +60,38 @@ pub async fn observed(connection: &Connection, file: Option<&Path>) -> anyhow::R
         .map_err(|failure| anyhow!("the controller refused to list its machines: {failure}"))
 }
 
-/// An observed snapshot saved from `GET /api/v1/observed`.
+/// An observed snapshot saved from `GET /api/v1/observed`, read a part at a time (the whole
+/// text is never held: see [`SnapshotReader`]); what that reader leaves (or an invalid
+/// snapshot, to name the error) is read whole.
 fn observed_file(file: &Path) -> anyhow::Result<Observed> {
-    let text = std::fs::read(file)
-        .with_context(|| format!("cannot read the observed snapshot {}", file.display()))?;
+    let cannot_read = || format!("cannot read the observed snapshot {}", file.display());
+    let mut opened = std::fs::File::open(file).with_context(cannot_read)?;
+    let length = opened
+        .metadata()
+        .map_or(0, |metadata| metadata.len() as usize);
+    let mut reader = SnapshotReader::new(length);
+    let mut part = vec![0; SNAPSHOT_PART_BYTES];
+    loop {
+        let read = match opened.read(&mut part) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error).with_context(cannot_read),
+        };
+        if !reader.feed(&part[..read]) {
+            break;
+        }
+    }
+    if let Some(observed) = reader.finish() {
+        return Ok(observed);
+    }
+    let text = std::fs::read(file).with_context(cannot_read)?;
     Observed::from_json(&text)
         .with_context(|| format!("{} is not an observed snapshot", file.display()))
 }
+
+/// How much of a snapshot is read at a time.
+const SNAPSHOT_PART_BYTES: usize = 1 << 20;
 
 /// Set by `fleet bench plan` for its children: each phase's time goes to stderr as
 /// `phase NAME SECONDS`.

@@ -88,10 +88,15 @@ pub fn build_fleet(
     }
     drop(names);
     let nothing = Arc::new(DeploySettings::default());
-    let mut machines: Vec<MachineSpec> = machines
-        .into_iter()
-        .map(|machine| resolve_machine(machine, &catalog, &nothing))
-        .collect();
+    // Into a vector of their own: collected in place, the machines would keep the
+    // declarations' larger block (and the part of it they no longer fill: 23 MB at 100,000).
+    let mut resolved: Vec<MachineSpec> = Vec::with_capacity(machines.len());
+    resolved.extend(
+        machines
+            .into_iter()
+            .map(|machine| resolve_machine(machine, &catalog, &nothing)),
+    );
+    let mut machines = resolved;
     machines.sort_by(|left, right| left.name.cmp(&right.name));
     Fleet {
         controller: controller.map(settings_with_image).unwrap_or_default(),
@@ -1166,15 +1171,15 @@ fn check_ignored_macs(policy: &PolicyDecl, machines: &[MachineDecl], problems: &
 /// The machine's deployment settings over its profile's: the profile's own (shared, not copied)
 /// when the machine gives none, as most do.
 fn machine_deploy(
-    own: DeploySettings,
+    own: Option<Box<DeploySettings>>,
     profile: Option<&Profile>,
     nothing: &Arc<DeploySettings>,
 ) -> Arc<DeploySettings> {
-    match (profile, own.is_empty()) {
-        (Some(profile), true) => Arc::clone(&profile.deploy),
-        (Some(profile), false) => Arc::new(own.over(&profile.deploy)),
-        (None, true) => Arc::clone(nothing),
-        (None, false) => Arc::new(own),
+    match (profile, own) {
+        (Some(profile), None) => Arc::clone(&profile.deploy),
+        (Some(profile), Some(own)) => Arc::new(own.over(&profile.deploy)),
+        (None, None) => Arc::clone(nothing),
+        (None, Some(own)) => Arc::new(*own),
     }
 }
 

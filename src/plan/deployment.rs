@@ -291,11 +291,15 @@ impl<'a> DeploymentContext<'a> {
         let mut resolved = Resolved {
             deployment: None,
             addresses,
-            problems: self
-                .address_problems
-                .get(spec.name.as_str())
-                .cloned()
-                .unwrap_or_default(),
+            // (Looked up only when there are any: the usual plan has none.)
+            problems: if self.address_problems.is_empty() {
+                Vec::new()
+            } else {
+                self.address_problems
+                    .get(spec.name.as_str())
+                    .cloned()
+                    .unwrap_or_default()
+            },
             noted: Vec::new(),
             clone_toml: None,
         };
@@ -472,22 +476,19 @@ impl<'a> DeploymentContext<'a> {
         match memo.resolve(template, source_disks, firmware) {
             Ok((layout, digest)) => {
                 // A remapped layout names the destination's disks already.
-                let (names, digest): (Vec<String>, String) = match &remap {
+                let digest = match &remap {
                     Some(disk_map) => {
                         let remapped = layout.remap_disks(disk_map);
-                        let names = remapped
-                            .disks
-                            .iter()
-                            .map(|disk| disk.name.clone())
-                            .collect();
-                        (names, memo.add(remapped))
+                        let names = remapped.disks.iter().map(|disk| disk.name.as_str());
+                        deployment.disks = disk_identities(names, destination_disks);
+                        memo.add(remapped)
                     }
-                    None => (
-                        layout.disks.iter().map(|disk| disk.name.clone()).collect(),
-                        digest,
-                    ),
+                    None => {
+                        let names = layout.disks.iter().map(|disk| disk.name.as_str());
+                        deployment.disks = disk_identities(names, destination_disks);
+                        digest
+                    }
                 };
-                deployment.disks = disk_identities(&names, destination_disks);
                 deployment.layout = Some(digest);
             }
             Err(error) => resolved
@@ -531,16 +532,19 @@ impl<'a> DeploymentContext<'a> {
 }
 
 /// The identities of the machine's disks a layout names, in the layout's order.
-fn disk_identities(names: &[String], disks: &[ObservedDisk]) -> Vec<DiskIdentity> {
-    names
-        .iter()
-        .filter_map(|name| disks.iter().find(|disk| disk.name == *name))
-        .map(|disk| DiskIdentity {
-            name: disk.name.clone(),
-            serial: disk.serial.clone(),
-            id_path: disk.id_path.clone(),
-        })
-        .collect()
+/// (In a vector of their number: collected from a filter, two took the room of four.)
+fn disk_identities<'n>(
+    names: impl ExactSizeIterator<Item = &'n str>,
+    disks: &[ObservedDisk],
+) -> Vec<DiskIdentity> {
+    let mut identities = Vec::with_capacity(names.len());
+    let named = names.filter_map(|name| disks.iter().find(|disk| disk.name == name));
+    identities.extend(named.map(|disk| DiskIdentity {
+        name: disk.name.clone(),
+        serial: disk.serial.clone(),
+        id_path: disk.id_path.clone(),
+    }));
+    identities
 }
 
 /// A clone the store recorded that the fleet file does not declare (or declares otherwise):

@@ -26,6 +26,7 @@ mod planner;
 mod render;
 mod route;
 mod simulate;
+mod snapshot_reader;
 
 pub use addresses::{
     allocate, allocate_with, duplicates, excluded, AddressOrigin, AddressProblem, Addresses,
@@ -39,6 +40,7 @@ pub use params::PowerParams;
 pub use planner::plan;
 pub use render::{render_human, render_human_in_parts, render_json, summary_line, RenderOptions};
 pub use simulate::{apply_step, settle_to_rest, SimulationError};
+pub use snapshot_reader::SnapshotReader;
 
 use crate::model::records::{MachineRecord, NewMachine};
 use crate::model::{Action, ActionOptions, Lifecycle, MacAddr, MachineName, PowerState, Status};
@@ -184,6 +186,28 @@ impl<'de> serde::de::Visitor<'de> for MachinesSeed {
     }
 }
 
+/// A list read from a snapshot in a vector of exactly its length. Read element by element, a
+/// vector grows to room for four at least (two disks took the room of four, 272 bytes more per
+/// machine).
+fn exact_vec<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Vec::<T>::deserialize(deserializer).map(exact)
+}
+
+/// `list` in a vector of exactly its length: moved into a fresh one when it has room to spare
+/// (shrinking in place would keep a block that is still half used).
+fn exact<T>(list: Vec<T>) -> Vec<T> {
+    if list.capacity() == list.len() {
+        return list;
+    }
+    let mut exact = Vec::with_capacity(list.len());
+    exact.extend(list);
+    exact
+}
+
 /// One machine as the store holds it, reduced to what planning reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ObservedMachine {
@@ -204,9 +228,11 @@ pub struct ObservedMachine {
     pub power_type: String,
     pub power_params: PowerParams,
     pub image: Option<String>,
+    #[serde(deserialize_with = "exact_vec")]
     pub tags: Vec<String>,
     pub arch: Option<String>,
     /// The MAC it netboots from first (the recorded boot MAC), then the others.
+    #[serde(deserialize_with = "exact_vec")]
     pub macs: Vec<MacAddr>,
     pub hardware: ObservedHardware,
     /// The store's generation number of the record.
@@ -230,14 +256,23 @@ pub struct ObservedHardware {
     pub cpus: Option<i64>,
     pub memory_mib: Option<i64>,
     /// Every disk's size in bytes, largest first.
+    #[serde(deserialize_with = "exact_vec")]
     pub disk_sizes: Vec<i64>,
     /// Every disk as commissioning reported it, in the order the machine listed them
     /// (layouts resolve against these; empty in snapshots saved before they were added).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "exact_vec"
+    )]
     pub disks: Vec<ObservedDisk>,
     /// Every interface commissioning found, in the machine's order (network configurations
     /// match the installed OS's NICs by these MACs).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "exact_vec"
+    )]
     pub interfaces: Vec<ObservedInterface>,
     /// How the machine booted the commissioning environment (`None`: not reported).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -429,6 +429,8 @@ fn add_default_routes(interfaces: &mut [RenderedInterface], fleet: &Fleet) {
             continue;
         }
         routed[family] = true;
+        // Room for one (a push makes room for four): most interfaces have one route at most.
+        interface.routes.reserve_exact(1);
         interface.routes.push(Route {
             to: to.parse().expect("a default route parses"),
             via: gateway,
