@@ -13,6 +13,7 @@ mod dhcp;
 mod endpoints;
 mod enlist;
 mod enlist_bmc;
+mod ephemeral;
 mod events_api;
 mod fuzz;
 mod layers;
