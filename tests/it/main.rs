@@ -14,6 +14,7 @@ mod dhcp;
 mod endpoints;
 mod enlist;
 mod enlist_bmc;
+mod ephemeral;
 mod erase;
 mod events_api;
 mod fuzz;
