@@ -9,6 +9,7 @@ mod bounded_growth;
 mod clone;
 mod config;
 mod crash;
+mod deploy;
 mod dhcp;
 mod endpoints;
 mod enlist;
