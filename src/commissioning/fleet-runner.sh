@@ -16,8 +16,12 @@
 # 2. GET instructions; a heartbeat loop in the background (`stop`, or 401 when the run's token
 #    expired, powers off at once).
 # 3. Each script: download, post `running`, run it under `timeout` with FLEET_URL FLEET_MACHINE
-#    FLEET_ROLE FLEET_RUN FLEET_SCRIPT FLEET_RESULTS, post the result (stdout, stderr and the
-#    results file base64-encoded). A `stop` reply (200, or 409) ends the run: no signal.
+#    FLEET_ROLE FLEET_RUN FLEET_SCRIPT FLEET_RESULTS FLEET_PROGRESS, post the result (stdout,
+#    stderr and the results file base64-encoded). A `stop` reply (200, or 409) ends the run: no
+#    signal. For role deploying the runner first fetches the deployment JSON (GET .../deployment)
+#    into a file of its own and gives its path to the scripts as FLEET_DEPLOYMENT (the run's
+#    token never reaches a script). A script may write one line `PHASE [DONE TOTAL]` to
+#    $FLEET_PROGRESS: the heartbeats carry it as {"progress": {"phase", "done", "total"}}.
 # 4. POST signal (ok, or failed when the environment itself broke), then `after`.
 # The machine is powered off or rebooted only inside the ephemeral environment (where
 # /etc/fleet/ephemeral exists) and never with FLEET_ROLE=register-live: there the runner exits,
@@ -444,6 +448,27 @@ SCRIPT_ROLE=$RUN_ROLE
 [ "$ROLE" = register-live ] && SCRIPT_ROLE=register-live
 
 echo starting > "$WORK/stage"
+: > "$WORK/progress"
+
+# The heartbeat's body: the stage, and the progress a script reported (`PHASE [DONE TOTAL]`).
+heartbeat_body() {
+  printf '{"stage":"%s"' "$(json_escape "$(cat "$WORK/stage" 2>/dev/null)")"
+  # shellcheck disable=SC2046 # one line of words
+  set -- $(head -n 1 "$WORK/progress" 2>/dev/null)
+  case "${1:-}" in
+    ''|*[!a-z0-9_-]*) ;;
+    *)
+      printf ',"progress":{"phase":"%s"' "$1"
+      case "${2:-}:${3:-}" in
+        *[!0-9:]*|:*|*:|0[0-9]*|*:0[0-9]*) ;;
+        *) printf ',"done":%s,"total":%s' "$2" "$3" ;;
+      esac
+      printf '}'
+      ;;
+  esac
+  printf '}'
+}
+
 heartbeat_loop() {
   trap - EXIT INT HUP
   sleeper=""
@@ -455,7 +480,7 @@ heartbeat_loop() {
     sleeper=$!
     wait "$sleeper"
     sleeper=""
-    printf '{"stage":"%s"}' "$(json_escape "$(cat "$WORK/stage" 2>/dev/null)")" > "$WORK/heartbeat.json"
+    heartbeat_body > "$WORK/heartbeat.json"
     http "$WORK/heartbeat.out" POST "$(machine_path heartbeat)" "$WORK/heartbeat.json"
     case "$HTTP_CODE" in
       2??|409|401)
@@ -499,12 +524,26 @@ post_result() {   # post_result BODY_FILE NAME [BODY_FILE_WITHOUT_RESULTS]
   esac
 }
 
+# A deploying run: the deployment (layout, image, network, keys, call-back) into a file, for
+# the scripts to read as FLEET_DEPLOYMENT.
+DEPLOYMENT=""
+if [ "$RUN_ROLE" = deploying ]; then
+  echo fetch > "$WORK/progress"
+  if api "$WORK/deployment.json" GET "$(machine_path deployment)"; then
+    chmod 0600 "$WORK/deployment.json"
+    DEPLOYMENT="$WORK/deployment.json"
+    log "deployment: $(wc -c < "$DEPLOYMENT") bytes"
+  else
+    BROKEN="fetching the deployment failed: $(http_problem "$WORK/deployment.json")"
+  fi
+fi
+
 # The scripts read the list on a descriptor of their own, so their stdin is /dev/null.
 exec 3< "$WORK/scripts"
 while read -r _ name kind timeout _ <&3; do
   if [ -n "$STOPPED" ] || [ -n "$BROKEN" ]; then break; fi
   if ! valid_name "$name"; then BROKEN="bad script name in the instructions: '$name'"; break; fi
-  case "$kind" in commissioning|testing|erase) ;; *) BROKEN="bad kind '$kind' for $name"; break ;; esac
+  case "$kind" in commissioning|testing|erase|deploy) ;; *) BROKEN="bad kind '$kind' for $name"; break ;; esac
   case "$timeout" in ''|*[!0-9]*) BROKEN="bad timeout '$timeout' for $name"; break ;; esac
   dir="$WORK/run/$name"
   mkdir -p "$dir/cwd"
@@ -524,8 +563,9 @@ while read -r _ name kind timeout _ <&3; do
   # (The subshell's 2>/dev/null takes the shell's own "Terminated" when the timeout kills it.)
   (
     cd "$dir/cwd" || exit 126
+    [ -n "$DEPLOYMENT" ] && export FLEET_DEPLOYMENT="$DEPLOYMENT"
     FLEET_URL=$URL FLEET_MACHINE=$MACHINE FLEET_ROLE=$SCRIPT_ROLE FLEET_RUN=$RUN \
-      FLEET_SCRIPT=$name FLEET_RESULTS=$results \
+      FLEET_SCRIPT=$name FLEET_RESULTS=$results FLEET_PROGRESS="$WORK/progress" \
       timeout -k 5 "$timeout" "$@" </dev/null >"$dir/stdout" 2>"$dir/stderr"
     exit $?
   ) 2>/dev/null
