@@ -806,8 +806,9 @@ async fn wrong_digests_and_images_too_big_fail_the_deployment() {
     let store = controller.store().await;
     apply(&controller, &fleet_file, &vm);
 
-    // The byte flipped at 1,000,000 on the machine: its streaming check names both digests.
-    let expected = sha256_of(&bench.served("disk.raw.xz"));
+    // The byte flipped at 1,000,000 of the decompressed stream on the machine: its streaming
+    // check names both digests (the raw image's expected one, and what it got).
+    let expected = raw_sha256();
     let (reason, timings) = deploy_until(
         &controller,
         &store,
@@ -857,6 +858,17 @@ async fn wrong_digests_and_images_too_big_fail_the_deployment() {
         read_at(&only.file, 0, MIB as usize) == marker,
         "the first MiB was written"
     );
+}
+
+/// The SHA-256 of the whole-disk image decompressed (build.sh's manifest: `disk.raw SIZE SHA`).
+fn raw_sha256() -> String {
+    let manifest = read(&test_images().join("manifest"));
+    manifest
+        .lines()
+        .find_map(|line| line.strip_prefix("disk.raw "))
+        .and_then(|rest| rest.split_whitespace().nth(1))
+        .expect("disk.raw in the manifest")
+        .to_string()
 }
 
 fn write_at(path: &Path, offset: u64, bytes: &[u8]) {
