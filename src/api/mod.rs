@@ -10,6 +10,7 @@
 //! listener and a shutdown future, so tests bind port 0.
 
 mod error;
+mod images;
 mod machines;
 mod metadata;
 mod plans;
@@ -63,6 +64,8 @@ pub fn api_router(state: ApiState) -> Router {
         .route("/observed", get(plans::observed))
         .route("/applies", post(plans::start))
         .route("/applies/{id}", get(plans::show))
+        .route("/images", get(images::list))
+        .route("/images/prune", post(images::prune))
         .merge(tokens_router())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -437,3 +437,15 @@ impl From<crate::services::clone::CloneResult> for CloneResultView {
         }
     }
 }
+
+/// `GET /api/v1/images` rows and `POST /api/v1/images/prune`'s answer (the boot layer's types,
+/// part of this contract).
+pub use crate::boot::images::{ImageFileView, PruneReport, PrunedFile};
+
+/// `POST /api/v1/images/prune`'s body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PruneImages {
+    /// Only say what would be removed.
+    #[serde(default)]
+    pub dry_run: bool,
+}

@@ -17,12 +17,16 @@
 //! The routes are rate-limited per source address ([`crate::boot::throttle`]).
 //!
 //! Image files are verified against the fleet file's SHA-256 when the controller loads them
-//! ([`BootImages::load`]); only verified files are ever served.
+//! or downloads them ([`crate::boot::images`]); only verified files are ever served, and a
+//! file changed on disk after its check is refused (409).
 
+pub use crate::boot::images::{
+    sha256_of_file, BootImages, DeployImage, ImageError, ImageUnavailable, VerifiedFile,
+    IMAGE_FILES,
+};
 use crate::boot::ipxe::{self, BootAction, EphemeralBoot};
 use crate::boot::summary::{EventSummaries, Occurrence};
 use crate::boot::throttle::{RequestGuard, SourceAddress};
-use crate::config::{ArtifactLocation, Image};
 use crate::model::MacAddr;
 use crate::store::{NewEvent, Store, StoreError};
 use axum::extract::{Path as UrlPath, Query, Request, State};
@@ -30,16 +34,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
-
-/// The files of an image that can be served, by their name in the URL.
-pub const IMAGE_FILES: [&str; 3] = ["kernel", "initrd", "root"];
 
 /// What the boot endpoints share.
 #[derive(Debug, Clone)]
@@ -78,6 +76,12 @@ pub enum BootHttpError {
     NotFound(String),
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// An image's file that changed on disk after it was checked.
+    #[error("{0}")]
+    Conflict(String),
+    /// An image's file not ready yet (downloading, being checked).
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -87,6 +91,8 @@ impl IntoResponse for BootHttpError {
         let status = match &self {
             BootHttpError::NotFound(_) => StatusCode::NOT_FOUND,
             BootHttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            BootHttpError::Conflict(_) => StatusCode::CONFLICT,
+            BootHttpError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             BootHttpError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, format!("{self}\n")).into_response()
@@ -271,11 +277,14 @@ async fn serve_image_file(
 ) -> Result<Response, BootHttpError> {
     let verified = state
         .images
-        .file(image, file)
-        .ok_or_else(|| {
-            BootHttpError::NotFound(format!("image `{image}` has no verified file `{file}`"))
-        })?
-        .clone();
+        .servable(image, file)
+        .map_err(|refusal| match refusal {
+            ImageUnavailable::Changed { .. } => BootHttpError::Conflict(refusal.to_string()),
+            ImageUnavailable::Downloading { .. } | ImageUnavailable::Checking { .. } => {
+                BootHttpError::Unavailable(refusal.to_string())
+            }
+            _ => BootHttpError::NotFound(refusal.to_string()),
+        })?;
     let range = request
         .headers()
         .get(header::RANGE)
@@ -379,167 +388,6 @@ async fn booted(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Images
-
-/// A file the boot endpoints may serve: checked against the fleet file when loaded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedFile {
-    pub path: PathBuf,
-    pub size: u64,
-    pub sha256: String,
-}
-
-/// The images' files, verified.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BootImages {
-    files: BTreeMap<(String, String), VerifiedFile>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ImageError {
-    #[error(
-        "image `{image}`: the {file} {path} has SHA-256 {actual}, but the fleet file says {expected}; \
-         the file changed or the fleet file is wrong (it is not served)"
-    )]
-    ChecksumMismatch {
-        image: String,
-        file: String,
-        path: PathBuf,
-        expected: String,
-        actual: String,
-    },
-    #[error("image `{image}`: cannot read the {file} {path}: {source} (it is not served)")]
-    Unreadable {
-        image: String,
-        file: String,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("image `{image}`: the {file} is a URL ({url}); downloading images is not built yet, give a local path")]
-    Remote {
-        image: String,
-        file: String,
-        url: String,
-    },
-}
-
-impl BootImages {
-    /// Verifies every file of every image (SHA-256 when the fleet file gives one; readable
-    /// always). Files that fail are left out, each with its error. Reads whole files: call it
-    /// from a blocking context ([`BootImages::load_async`] does).
-    pub fn load(images: &BTreeMap<String, Image>) -> (BootImages, Vec<ImageError>) {
-        let mut loaded = BootImages::default();
-        let mut errors = Vec::new();
-        for image in images.values() {
-            for (file, location, expected) in image_artifacts(image) {
-                match verify(&image.name, file, location, expected) {
-                    Ok(verified) => {
-                        loaded
-                            .files
-                            .insert((image.name.clone(), file.to_string()), verified);
-                    }
-                    Err(error) => errors.push(error),
-                }
-            }
-        }
-        (loaded, errors)
-    }
-
-    pub async fn load_async(images: BTreeMap<String, Image>) -> (BootImages, Vec<ImageError>) {
-        // A panic while hashing leaves nothing verified, so nothing is served.
-        tokio::task::spawn_blocking(move || BootImages::load(&images))
-            .await
-            .unwrap_or_default()
-    }
-
-    /// Adds a file without checking it (tests, and files the controller made itself).
-    pub fn insert(&mut self, image: &str, file: &str, verified: VerifiedFile) {
-        self.files
-            .insert((image.to_string(), file.to_string()), verified);
-    }
-
-    pub fn file(&self, image: &str, file: &str) -> Option<&VerifiedFile> {
-        self.files.get(&(image.to_string(), file.to_string()))
-    }
-
-    pub fn is_bootable(&self, image: &str) -> bool {
-        self.file(image, "kernel").is_some() && self.file(image, "initrd").is_some()
-    }
-}
-
-fn image_artifacts(image: &Image) -> Vec<(&'static str, &ArtifactLocation, Option<&String>)> {
-    let mut artifacts = Vec::new();
-    if let Some(kernel) = &image.kernel {
-        artifacts.push(("kernel", &kernel.location, kernel.sha256.as_ref()));
-    }
-    if let Some(initrd) = &image.initrd {
-        artifacts.push(("initrd", &initrd.location, initrd.sha256.as_ref()));
-    }
-    if let Some(root) = &image.root {
-        artifacts.push(("root", &root.location, root.sha256.as_ref()));
-    }
-    artifacts
-}
-
-fn verify(
-    image: &str,
-    file: &str,
-    location: &ArtifactLocation,
-    expected: Option<&String>,
-) -> Result<VerifiedFile, ImageError> {
-    let path = match location {
-        ArtifactLocation::Path(path) => path.clone(),
-        ArtifactLocation::Url(url) => {
-            return Err(ImageError::Remote {
-                image: image.into(),
-                file: file.into(),
-                url: url.clone(),
-            })
-        }
-    };
-    let unreadable = |source| ImageError::Unreadable {
-        image: image.into(),
-        file: file.into(),
-        path: path.clone(),
-        source,
-    };
-    let (actual, size) = sha256_of_file(&path).map_err(unreadable)?;
-    if let Some(expected) = expected {
-        if !expected.eq_ignore_ascii_case(&actual) {
-            return Err(ImageError::ChecksumMismatch {
-                image: image.into(),
-                file: file.into(),
-                path,
-                expected: expected.to_ascii_lowercase(),
-                actual,
-            });
-        }
-    }
-    Ok(VerifiedFile {
-        path,
-        size,
-        sha256: actual,
-    })
-}
-
-/// SHA-256 (hex) and size of a file, read in 1 MiB pieces.
-pub fn sha256_of_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let count = file.read(&mut buffer)?;
-        if count == 0 {
-            break;
-        }
-        hasher.update(&buffer[..count]);
-        size += count as u64;
-    }
-    Ok((hex::encode(hasher.finalize()), size))
-}
-
-// ---------------------------------------------------------------------------------------------
 // Start-up inside `fleet serve`
 
 /// Starts the boot services that live beside the API: TFTP on the fleet file's `tftp_listen`
@@ -549,6 +397,7 @@ pub fn sha256_of_file(path: &Path) -> std::io::Result<(String, u64)> {
 /// goes to stderr, one line per part, like the rest of `fleet serve`.
 pub async fn start_with_controller(
     fleet: Option<&crate::config::Fleet>,
+    state_dir: &std::path::Path,
     store: &Store,
     stop: tokio::sync::watch::Receiver<()>,
 ) -> BootState {
@@ -605,12 +454,25 @@ pub async fn start_with_controller(
         }
         Err(error) => eprintln!("  tftp    not running: {error}; the rest runs"),
     }
-    let (images, errors) = BootImages::load_async(fleet.images.clone()).await;
+    let cache = crate::boot::images::ImageCache::in_state_dir(state_dir);
+    let (images, errors) = BootImages::load_async(fleet.images.clone(), Some(cache.clone())).await;
     for error in &errors {
         eprintln!("  images  error: {error}");
     }
-    eprintln!("  images  {} files verified", images.files.len());
-    state.images = Arc::new(images);
+    images.set_used_by(fleet);
+    let images = Arc::new(images);
+    images.start_downloads();
+    let waiting = images
+        .list()
+        .iter()
+        .filter(|row| row.state != "ready")
+        .count();
+    eprintln!(
+        "  images  {} files verified, {waiting} not (yet); cache {}",
+        images.ready_count(),
+        cache.dir().display()
+    );
+    state.images = images;
     state.base_url = settings.http_boot_url.clone();
     state.ephemeral_image = settings.ephemeral_image.clone();
     state.ephemeral_kernel_params = Arc::new(ephemeral_kernel_params(fleet));
@@ -624,52 +486,4 @@ fn ephemeral_kernel_params(fleet: &crate::config::Fleet) -> BTreeMap<String, Str
         (!params.is_empty()).then(|| (machine.name.as_str().to_string(), params))
     });
     with_params.collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{Arch, Artifact};
-
-    fn image_with_kernel(path: &Path, sha256: Option<&str>) -> BTreeMap<String, Image> {
-        let image = Image {
-            name: "ephemeral".into(),
-            arch: Arch::Amd64,
-            os: None,
-            release: None,
-            kernel: Some(Artifact {
-                location: ArtifactLocation::Path(path.to_path_buf()),
-                sha256: sha256.map(String::from),
-            }),
-            initrd: None,
-            root: None,
-        };
-        BTreeMap::from([("ephemeral".to_string(), image)])
-    }
-
-    #[test]
-    fn a_checksum_mismatch_names_image_file_and_both_digests() {
-        let file = tempfile::NamedTempFile::new().expect("a file");
-        std::fs::write(file.path(), b"kernel bytes").expect("written");
-        let wrong = "00".repeat(32);
-        let (images, errors) = BootImages::load(&image_with_kernel(file.path(), Some(&wrong)));
-        assert!(images.file("ephemeral", "kernel").is_none());
-        let message = errors[0].to_string();
-        let (actual, _) = sha256_of_file(file.path()).expect("hashed");
-        for part in [
-            "`ephemeral`",
-            "kernel",
-            &wrong,
-            &actual,
-            &file.path().display().to_string(),
-        ] {
-            assert!(message.contains(part), "{message} lacks {part}");
-        }
-        let (images, errors) = BootImages::load(&image_with_kernel(
-            file.path(),
-            Some(&actual.to_uppercase()),
-        ));
-        assert!(errors.is_empty());
-        assert_eq!(images.file("ephemeral", "kernel").map(|f| f.size), Some(12));
-    }
 }

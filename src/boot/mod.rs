@@ -4,6 +4,7 @@
 
 pub mod dhcp;
 pub mod http;
+pub mod images;
 pub mod ipxe;
 pub mod summary;
 pub mod tftp;

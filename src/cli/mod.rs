@@ -8,6 +8,7 @@ mod bench;
 mod client;
 mod clone;
 mod explain;
+mod images;
 mod machine;
 mod output;
 mod plan;
@@ -83,6 +84,8 @@ pub enum Command {
     Clone(clone::CloneArgs),
     /// Write fleet TOML for what the controller observes (the next plan is then empty)
     Adopt(adopt::AdoptArgs),
+    /// The images: size, digests and state of each file (`prune`: remove unused cached files)
+    Images(images::ImagesArgs),
     /// Operator tokens: create (read-only or admin), list, revoke, rotate
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -138,6 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apply(args) => apply::run(&cli.connection, &args).await,
         Command::Adopt(args) => adopt::run(&cli.connection, &args).await,
         Command::Clone(args) => clone::run(&cli.connection, &args).await,
+        Command::Images(args) => images::run(&cli.connection, &args).await,
         Command::Token(command) => token::token(&cli.connection, command).await,
         Command::Bench(command) => bench::bench(command).await,
     }

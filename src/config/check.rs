@@ -946,6 +946,49 @@ fn check_deploy_image(machine: &MachineDecl, catalog: &Catalog, problems: &mut P
             message,
         );
     }
+    let span = machine.image.as_ref().map_or(span, |image| image.span);
+    check_image_fits_template(machine, catalog, &image.value, span, problems);
+}
+
+/// A whole-disk image brings its own partitions: the machine's storage template must be
+/// `blank` (its `root_device` picks the disk). A root tarball needs partitions: not `blank`.
+fn check_image_fits_template(
+    machine: &MachineDecl,
+    catalog: &Catalog,
+    image: &super::model::Image,
+    span: Span,
+    problems: &mut Problems,
+) {
+    let Some(root) = &image.root else {
+        return;
+    };
+    let name = match &machine.storage {
+        Some(storage) => Some(storage.value.as_str()),
+        None => profile_of(machine, catalog).and_then(|profile| profile.profile.storage.as_deref()),
+    };
+    let Some(template) = name.and_then(|name| catalog.storage_templates.get(name)) else {
+        return;
+    };
+    let blank = matches!(template.value.layout, super::model::StorageLayout::Blank);
+    let (format, whole_disk) = (root.format.as_str(), root.format.is_whole_disk());
+    let (message, help) = match (whole_disk, blank) {
+        (true, false) => (
+            format!(
+                "image `{}` is a whole-disk image ({format}), and machine `{}`'s storage template `{}` is not blank",
+                image.name, machine.name.value, template.value.name
+            ),
+            "a whole-disk image brings its own partitions: give the machine a template with layout = \"blank\" (its root_device picks the disk), or use a root tarball (tgz, tar-xz, tar-zst)",
+        ),
+        (false, true) => (
+            format!(
+                "image `{}` is a root tarball ({format}), and machine `{}`'s storage template `{}` is blank",
+                image.name, machine.name.value, template.value.name
+            ),
+            "a tarball is laid onto partitions: give the machine a flat, lvm, bcache or custom template, or use a whole-disk image",
+        ),
+        _ => return,
+    };
+    problems.push(Problem::new(span, message).help(help));
 }
 
 fn machine_arch(machine: &MachineDecl, catalog: &Catalog) -> super::model::Arch {

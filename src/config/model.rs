@@ -289,37 +289,73 @@ pub struct RootImage {
     pub format: ImageFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+/// How a root image is written: a root filesystem tarball laid onto the machine's storage
+/// template (`tgz`, `tar-xz`, `tar-zst`), or a whole-disk image written to the disk the template's
+/// `root_device` picks, with the template's layout `blank` (`raw`, `raw-gz`, `raw-xz`, `raw-zst`,
+/// `qcow2`; the controller converts qcow2 to raw when it caches it). `squashfs` is not a format
+/// (an error with a hint): a squashfs holds a root filesystem but is neither a tarball nor a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ImageFormat {
     Tgz,
     TarXz,
+    TarZst,
     Raw,
     RawGz,
     RawXz,
+    RawZst,
     Qcow2,
-    Squashfs,
 }
 
 impl ImageFormat {
+    pub const ALL: [ImageFormat; 8] = [
+        Self::Tgz,
+        Self::TarXz,
+        Self::TarZst,
+        Self::Raw,
+        Self::RawGz,
+        Self::RawXz,
+        Self::RawZst,
+        Self::Qcow2,
+    ];
     pub const NAMES: &'static [&'static str] = &[
-        "tgz", "tar-xz", "raw", "raw-gz", "raw-xz", "qcow2", "squashfs",
+        "tgz", "tar-xz", "tar-zst", "raw", "raw-gz", "raw-xz", "raw-zst", "qcow2",
     ];
 
     pub fn parse(text: &str) -> Option<Self> {
-        let all = [
-            Self::Tgz,
-            Self::TarXz,
-            Self::Raw,
-            Self::RawGz,
-            Self::RawXz,
-            Self::Qcow2,
-            Self::Squashfs,
-        ];
         Self::NAMES
             .iter()
             .position(|name| *name == text)
-            .map(|at| all[at])
+            .map(|at| Self::ALL[at])
+    }
+
+    pub fn as_str(self) -> &'static str {
+        let at = Self::ALL.iter().position(|format| *format == self);
+        at.map_or("raw", |at| Self::NAMES[at])
+    }
+
+    /// A whole-disk image (raw, compressed or qcow2), as opposed to a root tarball.
+    pub fn is_whole_disk(self) -> bool {
+        !matches!(self, Self::Tgz | Self::TarXz | Self::TarZst)
+    }
+
+    /// The format machines receive: qcow2 is converted to raw by the controller's cache.
+    pub fn served(self) -> Self {
+        match self {
+            Self::Qcow2 => Self::Raw,
+            other => other,
+        }
+    }
+
+    /// The Debian tool (and its arguments) that decompresses the image to stdout; `None` for
+    /// `raw` (nothing to undo) and `qcow2` (converted with `qemu-img convert` instead).
+    pub fn decompressor(self) -> Option<[&'static str; 2]> {
+        match self {
+            Self::Tgz | Self::RawGz => Some(["gzip", "-dc"]),
+            Self::TarXz | Self::RawXz => Some(["xz", "-dc"]),
+            Self::TarZst | Self::RawZst => Some(["zstd", "-dc"]),
+            Self::Raw | Self::Qcow2 => None,
+        }
     }
 }
 
@@ -378,7 +414,8 @@ pub enum StorageLayout {
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         cache_no_part: bool,
     },
-    /// The disks are left empty.
+    /// No partitions: the disks are left empty, or a whole-disk image is written to the disk
+    /// `root_device` picks.
     Blank,
     /// Partitions, filesystems, RAID arrays and LVM written out in the template.
     Custom {

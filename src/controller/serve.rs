@@ -133,16 +133,20 @@ pub async fn serve(
         boot_stopped.clone(),
     )
     .await;
-    let boot =
-        crate::boot::http::start_with_controller(options.fleet.as_ref(), &store, boot_stopped)
-            .await;
+    let boot = crate::boot::http::start_with_controller(
+        options.fleet.as_ref(),
+        state_dir,
+        &store,
+        boot_stopped,
+    )
+    .await;
     let drivers = PowerDrivers::standard();
     start_executor(&store, &drivers).await;
     let mut settings =
         crate::services::machine_api::MachineApiSettings::new(options.fleet.as_ref());
     settings.state_dir = Some(options.state_dir.clone());
     let machine_api = crate::services::machine_api::SharedSettings::new(settings);
-    let watch = start_watch(&options, &store, &drivers, &machine_api);
+    let watch = start_watch(&options, &store, &drivers, &machine_api, &boot.images);
     let poll_seconds = options.fleet.as_ref().map_or_else(
         || crate::config::Policy::default().power_poll_seconds,
         |fleet| fleet.policy.power_poll_seconds,
@@ -317,6 +321,7 @@ fn start_watch(
     store: &Store,
     drivers: &PowerDrivers,
     machine_api: &crate::services::machine_api::SharedSettings,
+    images: &Arc<crate::boot::http::BootImages>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let (mut watch, fleet) = (options.watch.clone()?, options.fleet.clone()?);
     // The fleet file's [controller] may have moved the state directory after --watch was read.
@@ -324,7 +329,16 @@ fn start_watch(
     let (files, interval) = (watch.files.len(), watch.interval.as_secs());
     // The machine API's scripts and the timeout watch's limits follow each new fleet.
     let shared = machine_api.clone();
-    let follow: crate::apply::watch::OnNewFleet = Arc::new(move |fleet| shared.follow(fleet));
+    // So do the images: changed files checked again, new URLs downloaded.
+    let images = images.clone();
+    let follow: crate::apply::watch::OnNewFleet = Arc::new(move |fleet| {
+        shared.follow(fleet);
+        let (images, declared) = (images.clone(), fleet.images.clone());
+        let used_by = crate::boot::images::used_by(fleet);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { images.reload(declared, used_by).await });
+        }
+    });
     match crate::apply::watch::start_watch(store, drivers, watch, fleet, Some(follow)) {
         Ok(handle) => {
             eprintln!("  watch   {files} fleet file argument(s); reconciles on each save and every {interval} s");

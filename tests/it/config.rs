@@ -1197,3 +1197,60 @@ fn untagged(value: &serde_json::Value) -> serde_json::Value {
         other => other.clone(),
     }
 }
+
+/// Root image formats: the zstd ones are read, `squashfs` is refused with a way out; a
+/// whole-disk image needs a blank template (whose root_device picks the disk), a tarball
+/// one that makes partitions.
+#[test]
+fn root_image_formats_and_the_templates_they_need() {
+    let fleet = |format: &str, layout: &str| {
+        let root_device = if layout == "blank" {
+            "root_device = { rotational = false }\n"
+        } else {
+            ""
+        };
+        format!(
+            r#"[images.os]
+root = {{ path = "os.img", format = "{format}" }}
+
+[storage_templates.disks]
+layout = "{layout}"
+{root_device}
+[[machine]]
+name = "n1"
+macs = ["52:54:00:00:00:01"]
+state = "deployed"
+owner = "alice"
+image = "os"
+storage = "disks"
+"#
+        )
+    };
+    let errors = |text: &str| match config::load_str("formats.toml", text) {
+        Ok(_) => String::new(),
+        Err(diagnostics) => diagnostics.render(false),
+    };
+    for (format, layout) in [
+        ("tar-zst", "flat"),
+        ("raw-zst", "blank"),
+        ("qcow2", "blank"),
+    ] {
+        let found = errors(&fleet(format, layout));
+        assert!(found.is_empty(), "{format} on {layout}: {found}");
+    }
+    let squashfs = errors(&fleet("squashfs", "flat"));
+    assert!(
+        squashfs.contains("`squashfs` is not a root image format") && squashfs.contains("tar-xz"),
+        "{squashfs}"
+    );
+    let whole_disk = errors(&fleet("raw-xz", "lvm"));
+    assert!(
+        whole_disk.contains("image `os` is a whole-disk image (raw-xz), and machine `n1`'s storage template `disks` is not blank"),
+        "{whole_disk}"
+    );
+    let tarball = errors(&fleet("tgz", "blank"));
+    assert!(
+        tarball.contains("image `os` is a root tarball (tgz), and machine `n1`'s storage template `disks` is blank"),
+        "{tarball}"
+    );
+}

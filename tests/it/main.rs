@@ -16,6 +16,7 @@ mod enlist;
 mod enlist_bmc;
 mod events_api;
 mod fuzz;
+mod images;
 mod layers;
 mod lifecycle;
 mod machine_api;

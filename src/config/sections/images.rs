@@ -88,6 +88,17 @@ fn root_image(
     let table = reader.table("root", "`root`", problems)?;
     table.check_keys(ROOT_KEYS, problems);
     let format = table.required_string("format", problems).and_then(|text| {
+        if text.value == "squashfs" {
+            let problem = Problem::new(
+                text.span,
+                "`squashfs` is not a root image format: fleet writes root tarballs and whole-disk images",
+            );
+            problems.push(problem.help(
+                "repack it as a tarball (`unsquashfs` then `tar -C squashfs-root -cJf root.tar.xz .`, \
+                 format \"tar-xz\") or give a disk image (raw, raw-gz, raw-xz, raw-zst, qcow2)",
+            ));
+            return None;
+        }
         crate::config::read::check_choice("format", &text, ImageFormat::NAMES, problems)
             .then(|| ImageFormat::parse(text.value))
             .flatten()

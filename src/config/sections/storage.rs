@@ -112,13 +112,14 @@ fn check_layout_keys(reader: &TableReader<'_, '_>, layout: &str, problems: &mut 
     }
 }
 
-/// A blank layout leaves the disks empty: sizes would be ignored, so they are mistakes.
+/// A blank layout makes no partitions: sizes would be ignored, so they are mistakes. Its
+/// `root_device` picks the disk a whole-disk image is written to.
 fn check_blank_has_no_sizes(reader: &TableReader<'_, '_>, problems: &mut Problems) {
-    for key in ["efi_size", "boot_size", "root_size", "root_device"] {
+    for key in ["efi_size", "boot_size", "root_size"] {
         if let Some(span) = reader.key_span(key) {
             problems.error(
                 span,
-                format!("`{key}` has no meaning with layout `blank` (the disks are left empty)"),
+                format!("`{key}` has no meaning with layout `blank` (it makes no partitions; a whole-disk image brings its own)"),
             );
         }
     }
