@@ -2,7 +2,7 @@
 
 use super::views::{
     ActionBody, ActionView, AddMachine, AddedView, AddressView, ClockView, CloneBody, CloneView,
-    EventView, MachineDetail, MachineRow, MachineView, ScriptResultView,
+    EventView, MachineDetail, MachineRow, MachineView, ProgressView, ScriptResultView,
 };
 use super::{Actor, ApiError, ApiState};
 use crate::model::{Action, ActionRequest, MacAddr, MachineName, Status};
@@ -44,10 +44,14 @@ pub async fn show(
         .timeouts
         .watch_limits(record.lifecycle.status);
     let now = crate::store::now_ms();
+    let state_kept = state.store.machine_state(record.name.as_str()).await?;
+    let mut watched = record.watched();
+    watched.install_done = state_kept.as_ref().and_then(|kept| kept.install_done_at);
+    let progress = state_kept.and_then(|kept| kept.progress);
     Ok(Json(MachineDetail {
         machine: MachineView::from(&record),
-        clocks: record
-            .watched()
+        progress: progress.map(ProgressView::from),
+        clocks: watched
             .clocks(&limits)
             .iter()
             .map(|clock| ClockView::new(clock, now))

@@ -12,7 +12,7 @@
 //! opens nothing here: a machine-API call is the machine's word.
 
 use super::ApiState;
-use crate::model::MacAddr;
+use crate::model::{DeployProgress, MacAddr};
 use crate::services::machine_api::credentials::{self, Authorized, CredentialError, Exchanged};
 use crate::services::machine_api::enlist::{
     enlist, EnlistBody, EnlistRequest, Enlisted, PasswordKept,
@@ -66,6 +66,11 @@ pub fn router() -> Router<ApiState> {
         .route(
             "/metadata/v1/machines/{name}/signal",
             post(signal).layer(DefaultBodyLimit::max(SMALL_LIMIT_BYTES)),
+        )
+        .route("/metadata/v1/machines/{name}/deployment", get(deployment))
+        .route(
+            "/metadata/v1/machines/{name}/deployed",
+            post(deployed).layer(DefaultBodyLimit::max(SMALL_LIMIT_BYTES)),
         )
         .route(
             "/scripts/fleet-runner.sh",
@@ -573,7 +578,7 @@ impl ResultBody {
     fn decode(self) -> Result<ScriptReport, String> {
         let kind = crate::config::ScriptKind::parse(&self.kind).ok_or_else(|| {
             format!(
-                "`kind` {:?} is not commissioning, testing or erase",
+                "`kind` {:?} is not commissioning, testing, erase or deploy",
                 self.kind
             )
         })?;
@@ -662,16 +667,37 @@ async fn results(
 #[derive(Debug, Default, Deserialize)]
 struct HeartbeatBody {
     stage: Option<String>,
+    progress: Option<DeployProgress>,
 }
 
-/// A heartbeat body (empty, or JSON with an optional `stage`) as the handler reads it: the
-/// stage, or the reason for its 400 (public for the fuzz tests).
-pub fn decode_heartbeat(body: &[u8]) -> Result<Option<String>, String> {
+/// A heartbeat as the handler reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub stage: Option<String>,
+    /// A deploying run's `{"phase", "done", "total"}` (done and total optional).
+    pub progress: Option<DeployProgress>,
+}
+
+/// A heartbeat body (empty, or JSON with an optional `stage` and an optional `progress`) as the
+/// handler reads it, or the reason for its 400 (public for the fuzz tests).
+pub fn decode_heartbeat(body: &[u8]) -> Result<Heartbeat, String> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(None);
+        return Ok(Heartbeat::default());
     }
     let beat: HeartbeatBody = json_body("heartbeat", body)?;
-    Ok(beat.stage)
+    if let Some(progress) = &beat.progress {
+        if progress.phase.len() > 32 || !is_plain_name(&progress.phase) {
+            return Err(
+                "`progress.phase` must be a short name (letters, digits, `-`, `_`, `.`), \
+                 e.g. write-image"
+                    .into(),
+            );
+        }
+    }
+    Ok(Heartbeat {
+        stage: beat.stage,
+        progress: beat.progress,
+    })
 }
 
 async fn heartbeat(
@@ -681,9 +707,15 @@ async fn heartbeat(
     body: Bytes,
 ) -> Answer {
     let run = authorize(&state, &name, &headers).await?;
-    let stage = decode_heartbeat(&body)
+    let beat = decode_heartbeat(&body)
         .map_err(|reason| MachineApiResponse::error(StatusCode::BAD_REQUEST, reason))?;
-    let verdict = machine_api::heartbeat(&state.store, &run, stage.as_deref()).await?;
+    let verdict = machine_api::heartbeat(
+        &state.store,
+        &run,
+        beat.stage.as_deref(),
+        beat.progress.as_ref(),
+    )
+    .await?;
     Ok(text(StatusCode::OK, verdict.as_line()))
 }
 
@@ -719,10 +751,106 @@ async fn signal(
     let after = machine_api::signal(
         &state.store,
         &state.drivers,
+        &state.machine_api.current(),
         &run,
         &signalled_run,
         failure.as_deref(),
     )
     .await?;
     Ok(text(StatusCode::OK, format!("after {after}\n")))
+}
+
+/// The deployment of the machine's deploying run (CONTRACT.md's JSON); fetching it mints the
+/// call-back secret (a later fetch voids the one before). A deployment that cannot be resolved
+/// fails at once (409 `stop REASON`).
+async fn deployment(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    let run = authorize(&state, &name, &headers).await?;
+    let settings = state.machine_api.current();
+    let base_url = machine_base_url(&state, &headers);
+    let image = super::deploy_image::deploy_image_for(
+        state.boot.as_ref().map(|boot| boot.images.as_ref()),
+        settings.fleet.as_deref(),
+        run.record.image.as_deref(),
+        &base_url,
+    );
+    let document = machine_api::deployment::fetch(
+        &state.store,
+        &state.drivers,
+        &settings,
+        &run,
+        image,
+        &base_url,
+    )
+    .await?;
+    let body = serde_json::to_string_pretty(&document).map_err(|error| {
+        MachineApiResponse::error(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+    })?;
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
+}
+
+/// How machines reach the controller: the boot URL setting, else the request's `Host`.
+fn machine_base_url(state: &ApiState, headers: &HeaderMap) -> String {
+    if let Some(url) = state.boot.as_ref().and_then(|boot| boot.base_url.as_ref()) {
+        return url.trim_end_matches('/').to_string();
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .filter(|host| {
+            host.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".:-[]".contains(c))
+        })
+        .unwrap_or("127.0.0.1:5248");
+    format!("http://{host}")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployedBody {
+    callback: String,
+}
+
+/// The installed system's call-back, with the one-shot secret of its deployment (no token):
+/// 200 `deployed` and the machine is deployed; a wrong or used secret 403 (and a security
+/// event); a machine not waiting for it 409.
+async fn deployed(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    connection: Option<Extension<ConnectInfo<std::net::SocketAddr>>>,
+    body: Bytes,
+) -> Answer {
+    use machine_api::deployment::{call_back, CallbackError};
+    check_name(&name)?;
+    let body: DeployedBody = json_body("call-back", &body)
+        .map_err(|reason| MachineApiResponse::error(StatusCode::BAD_REQUEST, reason))?;
+    let from = source(&connection);
+    match call_back(
+        &state.store,
+        &state.drivers,
+        &name,
+        body.callback.trim(),
+        &from,
+    )
+    .await
+    {
+        Ok(()) => Ok(text(StatusCode::OK, "deployed\n")),
+        Err(CallbackError::Forbidden(reason)) => {
+            Err(MachineApiResponse::error(StatusCode::FORBIDDEN, reason))
+        }
+        Err(CallbackError::NotWaiting(reason)) => Err(MachineApiResponse::stop(&reason)),
+        Err(error @ CallbackError::NotFound(_)) => Err(MachineApiResponse::error(
+            StatusCode::NOT_FOUND,
+            error.to_string(),
+        )),
+        Err(CallbackError::Api(error)) => Err(error.into()),
+    }
 }

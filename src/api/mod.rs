@@ -9,6 +9,7 @@
 //! Each route is on one listener only; the other answers 404. Each server takes an already-bound
 //! listener and a shutdown future, so tests bind port 0.
 
+mod deploy_image;
 mod error;
 mod images;
 mod machines;

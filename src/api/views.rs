@@ -141,6 +141,36 @@ pub struct MachineDetail {
     /// The static addresses the machine holds (from applied plans), by interface.
     #[serde(default)]
     pub addresses: Vec<AddressView>,
+    /// The last progress its deploying run reported (kept after the run, until the next one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<ProgressView>,
+}
+
+/// How far a deployment got, as its heartbeats last said.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProgressView {
+    /// fetch, check, clear, partition, format, mount, write-image, verify, bootloader, configure.
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+    /// The runner's stage (`running fleet-deploy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    pub at: String,
+}
+
+impl From<crate::store::ReportedProgress> for ProgressView {
+    fn from(reported: crate::store::ReportedProgress) -> Self {
+        ProgressView {
+            phase: reported.progress.phase,
+            done: reported.progress.done,
+            total: reported.progress.total,
+            stage: reported.stage,
+            at: rfc3339(reported.at),
+        }
+    }
 }
 
 /// A static address a machine holds: it stays the machine's until the machine is deleted.
@@ -167,7 +197,7 @@ impl From<crate::store::StoredAddress> for AddressView {
 /// A clock that is running (`model::watch`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ClockView {
-    /// `status`, `boot` or `heartbeat`.
+    /// `status`, `boot`, `heartbeat` or `callback`.
     pub kind: crate::model::ClockKind,
     pub since: String,
     pub limit_seconds: u32,

@@ -119,7 +119,13 @@ async fn boot_script(
     let name = machine
         .as_ref()
         .map(|machine| machine.name.as_str().to_string());
-    let action = ipxe::boot_action(status);
+    let action = match &machine {
+        Some(record) => ipxe::boot_action_installed(
+            record.lifecycle.status,
+            install_done(&state.store, record).await?,
+        ),
+        None => ipxe::boot_action(None),
+    };
     let (script, summary) = match (action, &name, status) {
         (BootAction::Ephemeral(role), _, _) => {
             ephemeral_script(&state, role, mac, machine.as_ref(), &base_url).await?
@@ -166,6 +172,23 @@ async fn boot_script(
         script,
     )
         .into_response())
+}
+
+/// Whether the machine's deployment installer signalled done in its current deploying status
+/// (read only for deploying machines).
+async fn install_done(
+    store: &Store,
+    record: &crate::store::MachineRecord,
+) -> Result<bool, StoreError> {
+    if record.lifecycle.status != crate::model::Status::Deploying {
+        return Ok(false);
+    }
+    let mut watched = record.watched();
+    watched.install_done = store
+        .machine_state(record.name.as_str())
+        .await?
+        .and_then(|state| state.install_done_at);
+    Ok(watched.install_done_at().is_some())
 }
 
 /// The ephemeral environment's script, or a script saying why it cannot boot.

@@ -39,6 +39,16 @@ pub fn boot_action(status: Option<Status>) -> BootAction {
     }
 }
 
+/// [`boot_action`] for a known machine, `installed` when its deployment's installer signalled
+/// done: from then netboot is off for it, and it boots the system just installed from its disk
+/// (while the controller waits for the call-back, and once deployed).
+pub fn boot_action_installed(status: Status, installed: bool) -> BootAction {
+    if installed && status == Status::Deploying {
+        return BootAction::LocalDisk;
+    }
+    boot_action(Some(status))
+}
+
 /// Everything an ephemeral boot script needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EphemeralBoot<'a> {

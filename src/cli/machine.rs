@@ -306,11 +306,19 @@ async fn show(
 /// The latest result of `script`: its outcome on stderr's first line, then its stdout and
 /// stderr as the machine sent them (for reading a failure in full).
 fn print_script_output(detail: &MachineDetail, script: &str) -> anyhow::Result<ExitCode> {
-    let Some(result) = detail
-        .script_results
-        .iter()
-        .rev()
-        .find(|result| result.name == script)
+    let latest = |matches: &dyn Fn(&ScriptResultView) -> bool| {
+        detail
+            .script_results
+            .iter()
+            .rev()
+            .find(|result| matches(result))
+    };
+    // The name as given, else the built-in `fleet-NAME` (`--script deploy`), else the latest of
+    // that kind.
+    let built_in = format!("fleet-{script}");
+    let Some(result) = latest(&|result| result.name == script)
+        .or_else(|| latest(&|result| result.name == built_in))
+        .or_else(|| latest(&|result| result.kind == script))
     else {
         let mut names: Vec<&str> = detail
             .script_results
@@ -378,6 +386,10 @@ fn render_detail(detail: &MachineDetail) -> String {
                 "from the power command to the machine's first call",
             ),
             ClockKind::Heartbeat => ("heartbeat clock", "silence since the machine's last call"),
+            ClockKind::Callback => (
+                "call-back clock",
+                "from the installer's done signal to the installed system's call-back",
+            ),
         };
         line(
             label,
@@ -387,6 +399,17 @@ fn render_detail(detail: &MachineDetail) -> String {
                 fleet::config::describe_seconds(u64::from(clock.limit_seconds)),
                 clock.runs_out_at
             ),
+        );
+    }
+    if let Some(progress) = &detail.progress {
+        let shown = fleet::model::DeployProgress {
+            phase: progress.phase.clone(),
+            done: progress.done,
+            total: progress.total,
+        };
+        line(
+            "progress",
+            format!("{} at {}", shown.describe(), progress.at),
         );
     }
     line(

@@ -106,6 +106,22 @@ const fn erase(name: &'static str, timeout_seconds: u32, text: &'static str) -> 
     }
 }
 
+/// The deploying run's one script: lays out the disks and writes the image (its timeout is the
+/// policy's deploying limit, set by the machine API).
+const fn deploy(name: &'static str, text: &'static str) -> BuiltinScript {
+    BuiltinScript {
+        name,
+        kind: ScriptKind::Deploy,
+        timeout_seconds: 3600,
+        destructive: true,
+        safe_on_live_host: false,
+        text,
+    }
+}
+
+/// The name of the deploying run's built-in script.
+pub const DEPLOY_SCRIPT: &str = "fleet-deploy";
+
 /// A read-only fact-finding script.
 const fn commissioning(name: &'static str, text: &'static str) -> BuiltinScript {
     BuiltinScript {
@@ -135,7 +151,7 @@ const fn test(
 }
 
 /// In name order, which is the order they run in.
-static BUILTIN_SCRIPTS: [BuiltinScript; 14] = [
+static BUILTIN_SCRIPTS: [BuiltinScript; 15] = [
     commissioning(
         "00-fleet-arch",
         with_fact_helpers!("scripts/00-fleet-arch.sh"),
@@ -168,6 +184,7 @@ static BUILTIN_SCRIPTS: [BuiltinScript; 14] = [
         "60-fleet-dmi",
         with_fact_helpers!("scripts/60-fleet-dmi.sh"),
     ),
+    deploy(DEPLOY_SCRIPT, include_str!("scripts/fleet-deploy.sh")),
     // Reads the first 64 MiB of every disk: a minute per disk is plenty even for a slow one.
     test(
         "fleet-disk-read",

@@ -118,10 +118,10 @@ fn builtin_scripts_are_in_name_order_with_safe_names() {
     for script in builtin_scripts() {
         assert!(script.name.chars().all(name_character), "{}", script.name);
         assert!(script.text.starts_with("#!/bin/sh\n"), "{}", script.name);
-        // Only the disk erases destroy data, and never on a host with a workload.
+        // Only the disk erases and the deployment destroy data, never on a host with a workload.
         assert_eq!(
             script.destructive,
-            script.kind == ScriptKind::Erase,
+            matches!(script.kind, ScriptKind::Erase | ScriptKind::Deploy),
             "{}",
             script.name
         );

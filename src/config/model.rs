@@ -1679,6 +1679,9 @@ pub enum ScriptKind {
     Testing,
     #[schemars(skip)]
     Erase,
+    // The built-in `fleet-deploy` of a deploying run (never an operator's script).
+    #[schemars(skip)]
+    Deploy,
 }
 
 impl ScriptKind {
@@ -1687,6 +1690,7 @@ impl ScriptKind {
             ScriptKind::Commissioning => "commissioning",
             ScriptKind::Testing => "testing",
             ScriptKind::Erase => "erase",
+            ScriptKind::Deploy => "deploy",
         }
     }
 
@@ -1695,6 +1699,7 @@ impl ScriptKind {
             ScriptKind::Commissioning,
             ScriptKind::Testing,
             ScriptKind::Erase,
+            ScriptKind::Deploy,
         ]
         .into_iter()
         .find(|kind| kind.as_str() == text)
@@ -1739,6 +1744,10 @@ pub struct Timeouts {
     /// for N minutes".
     #[schemars(with = "WrittenDuration")]
     pub heartbeat: u32,
+    /// A deployment whose installer signalled done, but whose installed system has not called
+    /// back this long after, fails with "the installed system did not call back within N".
+    #[schemars(with = "WrittenDuration")]
+    pub callback: u32,
 }
 
 impl Default for Timeouts {
@@ -1754,6 +1763,7 @@ impl Default for Timeouts {
             disk_erasing: 240 * MINUTE,
             boot: 10 * MINUTE,
             heartbeat: 10 * MINUTE,
+            callback: 30 * MINUTE,
         }
     }
 }
@@ -1769,6 +1779,7 @@ impl Timeouts {
         "disk_erasing",
         "boot",
         "heartbeat",
+        "callback",
     ];
 
     /// The limit for an in-progress status, in seconds.
@@ -1791,6 +1802,7 @@ impl Timeouts {
             status: self.limit_seconds(status),
             boot: self.boot,
             heartbeat: self.heartbeat,
+            callback: self.callback,
         }
     }
 
@@ -1812,6 +1824,7 @@ impl Timeouts {
             "disk_erasing" => &mut self.disk_erasing,
             "boot" => &mut self.boot,
             "heartbeat" => &mut self.heartbeat,
+            "callback" => &mut self.callback,
             _ => return None,
         };
         Some(field)

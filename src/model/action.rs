@@ -719,6 +719,9 @@ pub enum Settlement {
     NotHeardFrom { seconds: u64 },
     /// The machine did not call the controller within this many seconds of being powered on.
     DidNotBoot { seconds: u64 },
+    /// A deployment's installed system did not call back within this many seconds of the
+    /// installer's done signal.
+    DidNotCallBack { seconds: u64 },
 }
 
 impl Settlement {
@@ -737,6 +740,10 @@ impl Settlement {
             )),
             Settlement::DidNotBoot { seconds } => Some(format!(
                 "did not boot within {}",
+                super::describe_seconds(*seconds)
+            )),
+            Settlement::DidNotCallBack { seconds } => Some(format!(
+                "the installed system did not call back within {}",
                 super::describe_seconds(*seconds)
             )),
         }

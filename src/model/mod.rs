@@ -15,7 +15,7 @@ pub use action::{
     PowerCommand, PowerOffMode, PowerState, Refusal, Settlement, StatusChange,
 };
 pub use names::{BadMac, BadName, MacAddr, MachineName};
-pub use role::Role;
+pub use role::{DeployProgress, Role};
 pub use status::{InvalidTransition, Status, StatusKind, UnknownStatus};
 pub use watch::{machine_works_in, ClockKind, RunningClock, WatchLimits, Watched};
 pub use words::{describe_seconds, rfc3339};

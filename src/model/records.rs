@@ -58,6 +58,8 @@ impl MachineRecord {
             status_since: self.status_since,
             boot_started: self.boot_started,
             last_heard: self.last_heard,
+            // Kept by the machine API (`machine_state`): the callers that need it fill it in.
+            install_done: None,
         }
     }
 }

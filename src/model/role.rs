@@ -68,15 +68,15 @@ impl Role {
     }
 
     /// The role of a run a machine in `status` starts by asking for its instructions (`live`:
-    /// `register-live.sh` on a live host). A new machine asking is enlisting. Releasing and
-    /// deploying have no scripts in the ephemeral environment yet, so their runs are `None`.
+    /// `register-live.sh` on a live host). A new machine asking is enlisting. Releasing has no
+    /// scripts in the ephemeral environment, so its runs are `None`.
     pub fn for_run(status: Status, live: bool) -> Role {
         if live {
             return Role::RegisterLive;
         }
         match (status, Role::booted_for(status)) {
             (Status::New, _) => Role::Enlist,
-            (_, Role::Releasing | Role::Deploying) => Role::None,
+            (_, Role::Releasing) => Role::None,
             (_, role) => role,
         }
     }
@@ -102,7 +102,36 @@ impl Role {
         match self {
             Role::Rescue => "wait",
             Role::RegisterLive => "exit",
+            // The installer is done: the machine boots its installed system from the disk.
+            Role::Deploying => "reboot",
             _ => "poweroff",
+        }
+    }
+}
+
+/// How far a deploying run has got, as its heartbeats report it: a phase of `fleet-deploy`
+/// (fetch, check, clear, partition, format, mount, write-image, verify, bootloader, configure)
+/// and, where the phase counts, how much of how much is done (bytes, for write-image).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeployProgress {
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+}
+
+impl DeployProgress {
+    /// `write-image 40/100 (40%)`, `partition`.
+    pub fn describe(&self) -> String {
+        match (self.done, self.total) {
+            (Some(done), Some(total)) if total > 0 => format!(
+                "{} {done}/{total} ({}%)",
+                self.phase,
+                done.saturating_mul(100) / total
+            ),
+            (Some(done), _) => format!("{} {done}", self.phase),
+            _ => self.phase.clone(),
         }
     }
 }
@@ -129,7 +158,9 @@ mod tests {
             }
         }
         assert_eq!(Role::for_run(Status::New, false), Role::Enlist);
-        assert_eq!(Role::for_run(Status::Deploying, false), Role::None);
+        assert_eq!(Role::for_run(Status::Deploying, false), Role::Deploying);
+        assert_eq!(Role::Deploying.after(), "reboot");
+        assert_eq!(Role::for_run(Status::Releasing, false), Role::None);
         assert_eq!(Role::booted_for(Status::Deploying), Role::Deploying);
         assert_eq!(Role::for_run(Status::Ready, true), Role::RegisterLive);
     }

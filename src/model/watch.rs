@@ -8,6 +8,9 @@
 //!   takes minutes on real iron and on a loaded emulator alike, so it has its own, longer, limit.
 //! - The **heartbeat clock** runs from each call to the next once the machine has called; past the
 //!   heartbeat limit it fails with "not heard from for N".
+//! - The **call-back clock** replaces the boot and heartbeat clocks of a deploying machine once its
+//!   installer signalled done (netboot off, the machine reboots into its installed system): past
+//!   the call-back limit it fails with "the installed system did not call back within N".
 //!
 //! Boot and heartbeat clocks run only where the machine itself works (the ephemeral environment);
 //! releasing and exiting rescue end when the controller's power command has run.
@@ -22,6 +25,7 @@ pub struct WatchLimits {
     pub status: Option<u32>,
     pub boot: u32,
     pub heartbeat: u32,
+    pub callback: u32,
 }
 
 /// What the watch knows of a machine. Times are Unix milliseconds.
@@ -33,6 +37,9 @@ pub struct Watched {
     pub boot_started: Option<i64>,
     /// The machine's latest call to the controller.
     pub last_heard: Option<i64>,
+    /// When a deploying machine's installer signalled done (it counts only when it came after
+    /// the status began: an earlier deployment's does not).
+    pub install_done: Option<i64>,
 }
 
 /// Which clock.
@@ -42,6 +49,7 @@ pub enum ClockKind {
     Status,
     Boot,
     Heartbeat,
+    Callback,
 }
 
 /// A clock that is running: it started at `since` (Unix ms) and fails the machine once
@@ -68,6 +76,7 @@ impl RunningClock {
             },
             ClockKind::Boot => Settlement::DidNotBoot { seconds },
             ClockKind::Heartbeat => Settlement::NotHeardFrom { seconds },
+            ClockKind::Callback => Settlement::DidNotCallBack { seconds },
         }
     }
 }
@@ -97,8 +106,15 @@ impl Watched {
             .is_some_and(|heard| heard >= self.boot_since())
     }
 
+    /// When the installer of the current deployment signalled done, if it did.
+    pub fn install_done_at(&self) -> Option<i64> {
+        self.install_done
+            .filter(|done| self.status == Status::Deploying && *done >= self.status_since)
+    }
+
     /// The clocks running now: the status clock (when the status has a limit) and, where the
-    /// machine works, the boot clock until its first call, the heartbeat clock after it.
+    /// machine works, the boot clock until its first call, the heartbeat clock after it, and
+    /// for a deployment whose installer is done, the call-back clock instead of both.
     pub fn clocks(&self, limits: &WatchLimits) -> Vec<RunningClock> {
         let Some(status_limit) = limits.status else {
             return Vec::new();
@@ -108,7 +124,13 @@ impl Watched {
             since: self.status_since,
             limit_seconds: status_limit,
         }];
-        if machine_works_in(self.status) {
+        if let Some(done) = self.install_done_at() {
+            clocks.push(RunningClock {
+                kind: ClockKind::Callback,
+                since: done,
+                limit_seconds: limits.callback,
+            });
+        } else if machine_works_in(self.status) {
             clocks.push(match self.last_heard {
                 Some(heard) if self.has_called() => RunningClock {
                     kind: ClockKind::Heartbeat,
@@ -142,6 +164,7 @@ mod tests {
         status: Some(600),
         boot: 120,
         heartbeat: 20,
+        callback: 300,
     };
 
     fn machine(status: Status, boot: Option<i64>, heard: Option<i64>) -> Watched {
@@ -150,6 +173,7 @@ mod tests {
             status_since: 10_000,
             boot_started: boot,
             last_heard: heard,
+            install_done: None,
         }
     }
 
@@ -227,5 +251,31 @@ mod tests {
         assert!(machine(Status::Ready, None, None)
             .clocks(&resting)
             .is_empty());
+    }
+
+    #[test]
+    fn a_deployment_whose_installer_is_done_waits_on_the_call_back_clock() {
+        let done = Watched {
+            install_done: Some(60_000),
+            ..machine(Status::Deploying, Some(12_000), Some(59_000))
+        };
+        let kinds: Vec<ClockKind> = done.clocks(&LIMITS).iter().map(|c| c.kind).collect();
+        assert_eq!(kinds, [ClockKind::Status, ClockKind::Callback]);
+        // Silent while it reboots: no heartbeat limit any more.
+        assert_eq!(reason(done.clone(), 300_000), None);
+        assert_eq!(
+            reason(done, 360_001).as_deref(),
+            Some("the installed system did not call back within 5 minutes")
+        );
+        // An earlier deployment's done signal does not count for this one.
+        let earlier = Watched {
+            install_done: Some(5_000),
+            ..machine(Status::Deploying, Some(12_000), Some(50_000))
+        };
+        assert_eq!(earlier.install_done_at(), None);
+        assert_eq!(
+            reason(earlier, 70_001).as_deref(),
+            Some("not heard from for 20 seconds")
+        );
     }
 }

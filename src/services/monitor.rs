@@ -13,11 +13,16 @@ use crate::power::PowerDrivers;
 use crate::store::{now_ms, InProgress, Store};
 use std::time::Duration;
 
-/// What the watch does to one machine at `now` (Unix ms). Pure.
+/// What the watch does to one machine at `now` (Unix ms). Pure. A deployment that runs out of
+/// time says how far it got (the phase of its last progress).
 pub fn verdict(machine: &InProgress, timeouts: &Timeouts, now: i64) -> Option<Settlement> {
-    machine
+    let settlement = machine
         .watched()
-        .verdict(&timeouts.watch_limits(machine.status), now)
+        .verdict(&timeouts.watch_limits(machine.status), now)?;
+    Some(super::machine_api::rules::with_progress(
+        settlement,
+        machine.progress.as_ref(),
+    ))
 }
 
 /// How often the watch looks: often enough that a limit is noticed within a few percent of it.
@@ -25,7 +30,7 @@ fn tick(timeouts: &Timeouts) -> Duration {
     let shortest = Status::ALL
         .into_iter()
         .filter_map(|status| timeouts.limit_seconds(status))
-        .chain([timeouts.boot, timeouts.heartbeat])
+        .chain([timeouts.boot, timeouts.heartbeat, timeouts.callback])
         .min()
         .unwrap_or(60);
     Duration::from_millis((u64::from(shortest) * 1000 / 20).clamp(250, 10_000))
@@ -106,6 +111,8 @@ mod tests {
             last_heard: heard,
             boot_started: Some(since + 1_000),
             generation: 7,
+            install_done: None,
+            progress: None,
         }
     }
 

@@ -10,7 +10,7 @@
 
 use super::codec::{get, get_opt_parsed};
 use super::{now_ms, Store, StoreError};
-use crate::model::EraseMode;
+use crate::model::{DeployProgress, EraseMode};
 
 /// The most boot secrets one boot keeps: iPXE fetches its script once or twice per boot, so
 /// more than this means someone else is fetching it (see [`Store::add_boot_secret`]).
@@ -58,6 +58,32 @@ pub struct MachineState {
     pub registration: Option<Registration>,
     /// The disk erase its latest release with erase asked for.
     pub erase_mode: Option<EraseMode>,
+    /// The last progress a deploying run reported, and when (Unix ms).
+    pub progress: Option<ReportedProgress>,
+    /// When a deploying run's installer signalled done (Unix ms).
+    pub install_done_at: Option<i64>,
+    /// The call-back credential of the latest deployment fetched.
+    pub callback: Option<Callback>,
+}
+
+/// The last progress of a deploying run, with the runner's stage and when it came.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReportedProgress {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    #[serde(flatten)]
+    pub progress: DeployProgress,
+    #[serde(default)]
+    pub at: i64,
+}
+
+/// A deployment's one-shot call-back secret (its SHA-256), minted when the deployment was
+/// fetched by `run`; `used_from` once its one call came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callback {
+    pub hash: String,
+    pub run: Option<String>,
+    pub used_from: Option<String>,
 }
 
 /// A one-shot registration secret (its SHA-256) for `register-live.sh`.
@@ -83,7 +109,8 @@ pub enum SecretUse {
 
 const STATE_COLUMNS: &str = "s.run, s.run_role, s.run_token_hash, s.run_ended_at, \
      s.boot_secrets, s.boot_exchanged_from, s.registration_hash, s.registration_expires, \
-     s.registration_used_from, s.erase_mode";
+     s.registration_used_from, s.erase_mode, s.progress, s.install_done_at, s.callback_hash, \
+     s.callback_run, s.callback_used_from";
 
 impl Store {
     /// The state of the machine named `name`, or `None` if there is no such machine.
@@ -104,7 +131,20 @@ impl Store {
         let registration_hash: Option<String> = get(&row, "registration_hash")?;
         let registration_expires: Option<i64> = get(&row, "registration_expires")?;
         let registration_used_from: Option<String> = get(&row, "registration_used_from")?;
+        let progress: Option<String> = get(&row, "progress")?;
+        let callback_hash: Option<String> = get(&row, "callback_hash")?;
         Ok(Some(MachineState {
+            // A progress that does not read back is shown as none, never an error.
+            progress: progress.and_then(|text| serde_json::from_str(&text).ok()),
+            install_done_at: get(&row, "install_done_at")?,
+            callback: match callback_hash {
+                Some(hash) => Some(Callback {
+                    hash,
+                    run: get(&row, "callback_run")?,
+                    used_from: get(&row, "callback_used_from")?,
+                }),
+                None => None,
+            },
             run: run.zip(role).map(|(id, role)| MachineRun { id, role }),
             run_token_hash: get(&row, "run_token_hash")?,
             run_ended_at: get(&row, "run_ended_at")?,
@@ -342,6 +382,95 @@ impl Store {
         .execute(&self.pool)
         .await?;
         require_machine(result.rows_affected(), name)
+    }
+}
+
+impl Store {
+    /// Keeps the last progress a deploying run reported (replacing the one before).
+    pub async fn set_progress(
+        &self,
+        name: &str,
+        progress: &ReportedProgress,
+    ) -> Result<(), StoreError> {
+        let text = serde_json::to_string(progress)
+            .map_err(|error| StoreError::Corrupt(format!("progress: {error}")))?;
+        let result = sqlx::query(
+            "INSERT INTO machine_state (machine_id, progress, progress_at) \
+             SELECT id, $2, $3 FROM machines WHERE name = $1 \
+             ON CONFLICT (machine_id) DO UPDATE \
+             SET progress = excluded.progress, progress_at = excluded.progress_at",
+        )
+        .bind(name)
+        .bind(text)
+        .bind(progress.at)
+        .execute(&self.pool)
+        .await?;
+        require_machine(result.rows_affected(), name)
+    }
+
+    /// A deploying run's installer signalled done at `at` (Unix ms): netboot is off for the
+    /// machine and the call-back clock runs from then.
+    pub async fn set_install_done(&self, name: &str, at: i64) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO machine_state (machine_id, install_done_at) \
+             SELECT id, $2 FROM machines WHERE name = $1 \
+             ON CONFLICT (machine_id) DO UPDATE SET install_done_at = excluded.install_done_at",
+        )
+        .bind(name)
+        .bind(at)
+        .execute(&self.pool)
+        .await?;
+        require_machine(result.rows_affected(), name)
+    }
+
+    /// Keeps a new call-back secret's SHA-256 for the deployment `run` fetched: the one before
+    /// (an earlier fetch's) is void from now on.
+    pub async fn set_callback(&self, name: &str, run: &str, hash: &str) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "INSERT INTO machine_state (machine_id, callback_hash, callback_run) \
+             SELECT id, $2, $3 FROM machines WHERE name = $1 \
+             ON CONFLICT (machine_id) DO UPDATE SET callback_hash = excluded.callback_hash, \
+                 callback_run = excluded.callback_run, callback_used_from = NULL",
+        )
+        .bind(name)
+        .bind(hash)
+        .bind(run)
+        .execute(&self.pool)
+        .await?;
+        require_machine(result.rows_affected(), name)
+    }
+
+    /// Spends the machine's call-back secret (its SHA-256), once: `Won` for the one call that
+    /// uses it, `AlreadyUsed` for any later one, `Unknown` for anything else. One statement,
+    /// so two calls at once cannot both win.
+    pub async fn use_callback(
+        &self,
+        name: &str,
+        hash: &str,
+        from: &str,
+    ) -> Result<SecretUse, StoreError> {
+        let result = sqlx::query(
+            "UPDATE machine_state SET callback_used_from = $3 \
+             WHERE machine_id = (SELECT id FROM machines WHERE name = $1) \
+             AND callback_hash = $2 AND callback_used_from IS NULL",
+        )
+        .bind(name)
+        .bind(hash)
+        .bind(from)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 1 {
+            return Ok(SecretUse::Won);
+        }
+        let callback = self
+            .machine_state(name)
+            .await?
+            .and_then(|state| state.callback)
+            .filter(|callback| callback.hash == hash);
+        Ok(match callback.and_then(|callback| callback.used_from) {
+            Some(first_from) => SecretUse::AlreadyUsed { first_from },
+            None => SecretUse::Unknown,
+        })
     }
 }
 

@@ -50,8 +50,8 @@ pub use clones::{cloned_parts, CloneOrder, ClonePair, CloneVerdict};
 pub use db::{now_ms, redact_url, Store};
 pub use deployments::{DeploymentDigests, StoredDeployment};
 pub use machine_state::{
-    new_secret, secret_hash, MachineRun, MachineState, Registration, SecretUse, BOOT_OVERFLOW,
-    BOOT_SECRETS_PER_BOOT,
+    new_secret, secret_hash, Callback, MachineRun, MachineState, Registration, ReportedProgress,
+    SecretUse, BOOT_OVERFLOW, BOOT_SECRETS_PER_BOOT,
 };
 pub use monitor::InProgress;
 pub use operator_tokens::{NewOperatorToken, OperatorRole, OperatorToken};

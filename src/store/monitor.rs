@@ -19,6 +19,10 @@ pub struct InProgress {
     pub boot_started: Option<i64>,
     /// The generation read: the watch acts on the machine only while it is still at it.
     pub generation: i64,
+    /// Unix ms: when a deploying run's installer signalled done.
+    pub install_done: Option<i64>,
+    /// The last progress a deploying run reported.
+    pub progress: Option<crate::model::DeployProgress>,
 }
 
 impl InProgress {
@@ -29,6 +33,7 @@ impl InProgress {
             status_since: self.status_since,
             boot_started: self.boot_started,
             last_heard: self.last_heard,
+            install_done: self.install_done,
         }
     }
 }
@@ -43,8 +48,10 @@ impl Store {
             .collect();
         let placeholders: Vec<String> = (1..=statuses.len()).map(|n| format!("${n}")).collect();
         let sql = format!(
-            "SELECT name, status, status_since, last_heard, boot_started, generation FROM machines \
-             WHERE status IN ({}) ORDER BY name",
+            "SELECT m.name, m.status, m.status_since, m.last_heard, m.boot_started, m.generation, \
+             s.install_done_at, s.progress FROM machines m \
+             LEFT JOIN machine_state s ON s.machine_id = m.id \
+             WHERE m.status IN ({}) ORDER BY m.name",
             placeholders.join(", ")
         );
         let mut query = sqlx::query(&sql);
@@ -61,6 +68,12 @@ impl Store {
                     last_heard: get(row, "last_heard")?,
                     boot_started: get(row, "boot_started")?,
                     generation: get(row, "generation")?,
+                    install_done: get(row, "install_done_at")?,
+                    progress: get::<Option<String>>(row, "progress")?
+                        .and_then(|text| {
+                            serde_json::from_str::<super::ReportedProgress>(&text).ok()
+                        })
+                        .map(|reported| reported.progress),
                 })
             })
             .collect()

@@ -25,7 +25,8 @@ enum Who {
     Admin,
     /// The token of the machine's current run (from the one exchange of its boot).
     Machine,
-    /// A one-shot boot or registration secret, traded once for a run token.
+    /// A one-shot secret: a boot or registration secret traded once for a run token, or a
+    /// deployment's call-back secret (the installed system's one call).
     OneShotSecret,
 }
 
@@ -87,6 +88,8 @@ const ENDPOINTS: &[Endpoint] = &[
     endpoint(Boot, "POST", "/metadata/v1/machines/{name}/results", Machine),
     endpoint(Boot, "POST", "/metadata/v1/machines/{name}/heartbeat", Machine),
     endpoint(Boot, "POST", "/metadata/v1/machines/{name}/signal", Machine),
+    endpoint(Boot, "GET", "/metadata/v1/machines/{name}/deployment", Machine),
+    endpoint(Boot, "POST", "/metadata/v1/machines/{name}/deployed", OneShotSecret),
 ];
 
 /// The files that declare routes, and the prefix their routes are nested under.

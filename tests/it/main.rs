@@ -10,6 +10,7 @@ mod clone;
 mod config;
 mod crash;
 mod deploy;
+mod deploy_api;
 mod dhcp;
 mod endpoints;
 mod enlist;

@@ -280,6 +280,14 @@ pub enum LayoutError {
     Invalid(String),
 }
 
+/// The disk `selector` (a template's `root_device`) picks among `disks`: its index.
+pub fn select_disk(
+    selector: &crate::config::DiskSelector,
+    disks: &[ObservedDisk],
+) -> Result<usize, LayoutError> {
+    resolve::select(selector, disks, &[], || "root_device".to_string())
+}
+
 /// Resolves `template` against `disks` (in the machine's order) for a machine booting with
 /// `firmware`.
 pub fn resolve_layout(

@@ -9,6 +9,7 @@
 //! while it is not over; results and the signal must name that run.
 
 pub mod credentials;
+pub mod deployment;
 pub mod enlist;
 pub mod rules;
 
@@ -35,6 +36,9 @@ pub struct MachineApiSettings {
     /// The controller's state directory: BMC passwords that enlisting machines report are kept
     /// in its `secrets/` (none kept without one).
     pub state_dir: Option<std::path::PathBuf>,
+    /// The fleet file the controller serves (`fleet serve -f`): the deploy settings, storage
+    /// and network templates and images a deployment reads (`deployment.rs`).
+    pub fleet: Option<Arc<crate::config::Fleet>>,
 }
 
 impl Default for MachineApiSettings {
@@ -65,6 +69,7 @@ impl MachineApiSettings {
             timeouts,
             scripts: Arc::new(scripts),
             state_dir: None,
+            fleet: fleet.map(|fleet| Arc::new(fleet.clone())),
         }
     }
 
@@ -172,12 +177,18 @@ pub(crate) async fn scripts_of_run(
     role: Role,
 ) -> Result<Vec<ScriptEntry>, StoreError> {
     let erase_mode = store.erase_mode(name).await?.unwrap_or(EraseMode::Quick);
-    Ok(
+    let mut scripts: Vec<ScriptEntry> =
         rules::scripts_for(role, &settings.scripts, erase_mode.as_str())
             .into_iter()
             .cloned()
-            .collect(),
-    )
+            .collect();
+    if role == Role::Deploying {
+        // The deployment's limit is the policy's, not the script's own.
+        for script in &mut scripts {
+            script.timeout_seconds = settings.timeouts.deploying;
+        }
+    }
+    Ok(scripts)
 }
 
 /// The instructions of the run a token opened (a run starts when its token is handed out).
@@ -351,6 +362,7 @@ async fn store_inventory(
 pub async fn signal(
     store: &Store,
     drivers: &PowerDrivers,
+    settings: &MachineApiSettings,
     authorized: &Authorized,
     run: &str,
     failure: Option<&str>,
@@ -376,6 +388,9 @@ pub async fn signal(
         Some(settlement) => {
             settle_and_carry_out(store, drivers, name, "machine", &settlement).await?;
         }
+        None if rules::installs_done(role, status, failure) => {
+            install_done(store, settings, name, run).await?;
+        }
         None => {}
     }
     let after = role.after();
@@ -397,16 +412,66 @@ pub async fn signal(
     Ok(after)
 }
 
-/// A heartbeat: the machine is alive (the token opened a run that is not over).
+/// A deploying run's installer is done: netboot is off for the machine (its iPXE script boots
+/// the disk), the heartbeat clock stops and the call-back clock starts.
+async fn install_done(
+    store: &Store,
+    settings: &MachineApiSettings,
+    name: &str,
+    run: &str,
+) -> Result<(), StoreError> {
+    store.set_install_done(name, now_ms()).await?;
+    let limit = crate::model::describe_seconds(u64::from(settings.timeouts.callback));
+    record_event(
+        store,
+        name,
+        "deployment",
+        format!(
+            "the installer is done: netboot off, the machine boots its disk; the installed \
+             system must call back within {limit}"
+        ),
+        serde_json::json!({ "run": run, "callback_limit_seconds": settings.timeouts.callback }),
+    )
+    .await;
+    Ok(())
+}
+
+/// A heartbeat: the machine is alive (the token opened a run that is not over), and perhaps
+/// how far its deployment got (kept, the last one; a new phase is an event).
 pub async fn heartbeat(
     store: &Store,
     authorized: &Authorized,
     stage: Option<&str>,
+    progress: Option<&crate::model::DeployProgress>,
 ) -> Result<Verdict, StoreError> {
     let name = authorized.record.name.as_str();
     store.heard_from(name).await?;
     if let Some(stage) = stage {
         tracing::debug!("heartbeat from {name}: {stage}");
+    }
+    let Some(progress) = progress else {
+        return Ok(Verdict::Continue);
+    };
+    let before = store
+        .machine_state(name)
+        .await?
+        .and_then(|state| state.progress);
+    let reported = crate::store::ReportedProgress {
+        stage: stage.map(str::to_string),
+        progress: progress.clone(),
+        at: now_ms(),
+    };
+    store.set_progress(name, &reported).await?;
+    let new_phase = before.is_none_or(|before| before.progress.phase != progress.phase);
+    if new_phase {
+        record_event(
+            store,
+            name,
+            "progress",
+            format!("{} run: {}", authorized.role.as_str(), progress.describe()),
+            serde_json::json!({ "run": authorized.run, "phase": progress.phase }),
+        )
+        .await;
     }
     Ok(Verdict::Continue)
 }

@@ -3,7 +3,7 @@
 //! runner reads. No IO, no clock.
 
 use crate::config::ScriptKind;
-use crate::model::{Settlement, Status};
+use crate::model::{DeployProgress, Settlement, Status};
 
 pub use crate::model::Role;
 
@@ -35,7 +35,9 @@ pub fn scripts_for<'a>(
     let erase = erase_script_name(erase_mode);
     let wanted = |script: &&ScriptEntry| match role {
         Role::Enlist => script.kind == ScriptKind::Commissioning && script.builtin,
-        Role::Commissioning => script.kind != ScriptKind::Erase,
+        Role::Commissioning => {
+            matches!(script.kind, ScriptKind::Commissioning | ScriptKind::Testing)
+        }
         Role::Testing => script.kind == ScriptKind::Testing,
         Role::DiskErasing => script.kind == ScriptKind::Erase && script.name == erase,
         Role::RegisterLive => {
@@ -43,7 +45,8 @@ pub fn scripts_for<'a>(
                 && script.safe_on_live_host
                 && !script.destructive
         }
-        Role::Rescue | Role::Releasing | Role::Deploying | Role::None => false,
+        Role::Deploying => script.kind == ScriptKind::Deploy && script.builtin,
+        Role::Rescue | Role::Releasing | Role::None => false,
     };
     let mut chosen: Vec<&ScriptEntry> = all.iter().filter(wanted).collect();
     chosen.sort_by(|a, b| {
@@ -150,6 +153,9 @@ pub fn settlement_for_report(status: Status, report: &ScriptReport) -> Option<Se
         (Status::DiskErasing, ScriptKind::Erase) if failed => Some(Settlement::Failed {
             reason: failure_reason("disk erase", report),
         }),
+        (Status::Deploying, ScriptKind::Deploy) if failed => Some(Settlement::Failed {
+            reason: deploy_failure_reason(report),
+        }),
         _ => None,
     }
 }
@@ -173,6 +179,58 @@ pub fn failure_reason(what: &str, report: &ScriptReport) -> String {
     format!("{what} {} {ending}{last_line}", report.name)
 }
 
+/// "deployment failed in phase write-image: sha256 mismatch ..." from the script's last stderr
+/// line `fleet-deploy: PHASE: message`; without such a line, the last line it wrote.
+pub fn deploy_failure_reason(report: &ScriptReport) -> String {
+    let ending = match report.status {
+        ScriptStatus::TimedOut => "timed out",
+        _ => "failed",
+    };
+    let last_line = [&report.stderr, &report.stdout]
+        .into_iter()
+        .find_map(|text| text.lines().rev().find(|line| !line.trim().is_empty()))
+        .map(|line| line.trim().chars().take(300).collect::<String>());
+    let tagged = last_line.as_deref().and_then(|line| {
+        let rest = line.strip_prefix(&format!("{}: ", report.name))?;
+        let (phase, message) = rest.split_once(": ")?;
+        is_plain_name(phase).then(|| (phase.to_string(), message.trim().to_string()))
+    });
+    match (tagged, last_line) {
+        (Some((phase, message)), _) => format!("deployment {ending} in phase {phase}: {message}"),
+        (None, Some(line)) => format!(
+            "deployment {ending} ({} exit {}): {line}",
+            report.name,
+            exit_text(report)
+        ),
+        (None, None) => format!(
+            "deployment {ending} ({} exit {})",
+            report.name,
+            exit_text(report)
+        ),
+    }
+}
+
+fn exit_text(report: &ScriptReport) -> String {
+    report
+        .exit_code
+        .map_or_else(|| "unknown".to_string(), |code| code.to_string())
+}
+
+/// A deployment's time-out (status, boot, heartbeat) names the phase of its last progress:
+/// "operation deploying timed out after 60 minutes (last progress: write-image 40/100 (40%))".
+pub fn with_progress(settlement: Settlement, progress: Option<&DeployProgress>) -> Settlement {
+    let timed_out = matches!(
+        settlement,
+        Settlement::TimedOut { .. } | Settlement::NotHeardFrom { .. }
+    );
+    match (progress, settlement.reason()) {
+        (Some(progress), Some(reason)) if timed_out => Settlement::Failed {
+            reason: format!("{reason} (last progress: {})", progress.describe()),
+        },
+        _ => settlement,
+    }
+}
+
 /// What the final signal does: `Ok` ends the run's in-progress status well, a failure fails it.
 pub fn settlement_for_signal(
     role: Role,
@@ -192,6 +250,12 @@ pub fn settlement_for_signal(
         Role::Enlist | Role::RegisterLive | Role::Releasing | Role::Deploying | Role::None => false,
     };
     ends_well.then_some(Settlement::Succeeded)
+}
+
+/// Whether the final signal of a run records a deployment's install as done: an `ok` from the
+/// deploying run of a machine still deploying.
+pub fn installs_done(role: Role, status: Status, failure: Option<&str>) -> bool {
+    role == Role::Deploying && status == Status::Deploying && failure.is_none()
 }
 
 /// Names of machines, scripts and runs travel in URLs and in the runner's lines.
@@ -356,5 +420,94 @@ mod tests {
         assert!(!Role::Commissioning.still_running_in(Status::New));
         assert!(!Role::Enlist.still_running_in(Status::Commissioning));
         assert!(Role::RegisterLive.still_running_in(Status::Deployed));
+    }
+
+    fn deploy_report(status: ScriptStatus, stderr: &str) -> ScriptReport {
+        ScriptReport {
+            name: "fleet-deploy".into(),
+            kind: ScriptKind::Deploy,
+            stderr: stderr.into(),
+            stdout: "laying out sda\n".into(),
+            ..report(ScriptKind::Deploy, status)
+        }
+    }
+
+    #[test]
+    fn a_deploying_run_gets_fleet_deploy_alone() {
+        let all = vec![
+            script("10-fleet-cpu", ScriptKind::Commissioning, true, true),
+            script("fleet-deploy", ScriptKind::Deploy, true, false),
+            script("fleet-memtest", ScriptKind::Testing, true, false),
+        ];
+        let names = |role| {
+            scripts_for(role, &all, "quick")
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(Role::Deploying), ["fleet-deploy"]);
+        assert_eq!(
+            names(Role::Commissioning),
+            ["10-fleet-cpu", "fleet-memtest"]
+        );
+        assert!(names(Role::RegisterLive)
+            .iter()
+            .all(|n| *n != "fleet-deploy"));
+    }
+
+    #[test]
+    fn a_failed_deployment_names_its_phase() {
+        let failed = |status, stderr: &str| match settlement_for_report(
+            Status::Deploying,
+            &deploy_report(status, stderr),
+        ) {
+            Some(Settlement::Failed { reason }) => reason,
+            other => panic!("expected a failure, got {other:?}"),
+        };
+        assert_eq!(
+            failed(
+                ScriptStatus::Failed,
+                "writing\nfleet-deploy: write-image: sha256 mismatch: expected A, got B\n"
+            ),
+            "deployment failed in phase write-image: sha256 mismatch: expected A, got B"
+        );
+        assert_eq!(
+            failed(ScriptStatus::Failed, "mkfs.ext4: no space\n"),
+            "deployment failed (fleet-deploy exit 3): mkfs.ext4: no space"
+        );
+        assert_eq!(
+            failed(
+                ScriptStatus::TimedOut,
+                "fleet-deploy: verify: reading back\n"
+            ),
+            "deployment timed out in phase verify: reading back"
+        );
+        assert_eq!(
+            settlement_for_report(Status::Deploying, &deploy_report(ScriptStatus::Passed, "")),
+            None
+        );
+    }
+
+    #[test]
+    fn a_deployment_that_times_out_says_how_far_it_got() {
+        let progress = DeployProgress {
+            phase: "write-image".into(),
+            done: Some(40),
+            total: Some(100),
+        };
+        let timed_out = Settlement::TimedOut {
+            operation: "deploying".into(),
+            seconds: 3600,
+        };
+        assert_eq!(
+            with_progress(timed_out.clone(), Some(&progress)).reason().as_deref(),
+            Some("operation deploying timed out after 60 minutes (last progress: write-image 40/100 (40%))")
+        );
+        assert_eq!(with_progress(timed_out.clone(), None), timed_out);
+        let called_back = Settlement::DidNotCallBack { seconds: 60 };
+        assert_eq!(
+            with_progress(called_back.clone(), Some(&progress)),
+            called_back
+        );
     }
 }
