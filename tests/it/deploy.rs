@@ -191,7 +191,7 @@ fn spec(name: &str, mac: &str, firmware: Firmware, disks: Vec<Disk>) -> VmSpec {
         mac: mac.to_string(),
         firmware,
         cpus: 2,
-        memory_mib: 1024,
+        memory_mib: 768,
         disks,
     }
 }
@@ -250,74 +250,65 @@ fn deploy_output(controller: &NamespacedController, name: &str) -> String {
     String::new()
 }
 
-/// The deployment's progress phase as `fleet machine show --json` shows it, wherever it sits.
-fn shown_phase(controller: &NamespacedController, name: &str) -> Option<String> {
-    let output = controller.cli(&["machine", "show", name, "--json"]);
-    let value: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
-    find_phase(&value)
-}
-
-fn find_phase(value: &serde_json::Value) -> Option<String> {
-    match value {
-        serde_json::Value::Object(map) => {
-            if let Some(progress) = map.get("progress") {
-                if let Some(phase) = progress.get("phase").and_then(|p| p.as_str()) {
-                    return Some(phase.to_string());
-                }
-            }
-            map.values().find_map(find_phase)
-        }
-        serde_json::Value::Array(list) => list.iter().find_map(find_phase),
-        _ => None,
-    }
-}
-
-/// When each phase was first seen, from the deploy command on.
-#[derive(Default)]
+/// The deployment as the controller recorded it: the machine's events from the deploy action
+/// on, and how long until the wanted status.
 struct Timings {
-    phases: Vec<(String, Duration)>,
-    done: Option<Duration>,
+    events: Vec<fleet::store::Event>,
+    total: Duration,
 }
 
 impl Timings {
-    fn see(&mut self, phase: Option<String>, at: Duration) {
-        if let Some(phase) = phase {
-            if self
-                .phases
-                .last()
-                .map(|(last, _)| last != &phase)
-                .unwrap_or(true)
-            {
-                self.phases.push((phase, at));
-            }
-        }
-    }
-
+    /// Prints each step (lease events left out) with its time from the deploy action and the
+    /// time to the next one, then the script's write rates.
     fn print(&self, what: &str, output: &str) {
-        println!("timings: {what}");
-        let mut marks = self.phases.clone();
-        if let Some(done) = self.done {
-            marks.push(("(end)".into(), done));
-        }
-        for pair in marks.windows(2) {
-            let ((phase, at), (_, next)) = (&pair[0], &pair[1]);
+        println!("timings: {what}: {:.1} s in all", self.total.as_secs_f64());
+        let steps: Vec<&fleet::store::Event> =
+            self.events.iter().filter(|e| e.kind != "lease").collect();
+        let Some(first) = steps.first() else { return };
+        for (index, event) in steps.iter().enumerate() {
+            let next = steps.get(index + 1).map(|n| n.at).unwrap_or(event.at);
             println!(
-                "  {phase:<12} at {:>6.1} s for {:>6.1} s",
-                at.as_secs_f64(),
-                (*next - *at).as_secs_f64()
+                "  +{:>6.1} s ({:>5.1} s)  {:<10} {}",
+                (event.at - first.at) as f64 / 1000.0,
+                (next - event.at) as f64 / 1000.0,
+                event.kind,
+                event
+                    .reason
+                    .as_deref()
+                    .or(event.action.as_deref())
+                    .unwrap_or_default()
             );
         }
-        if let Some(done) = self.done {
-            println!("  deploy → {what}: {:.1} s", done.as_secs_f64());
-        }
         for line in output.lines() {
-            let lower = line.to_lowercase();
-            if lower.contains("mb/s") || lower.contains("dd baseline") || lower.contains("baseline")
-            {
+            if line.contains("MB/s") {
                 println!("  {}", line.trim());
             }
         }
     }
+
+    /// The events from the installer's end on (the installed system's boot).
+    fn after_install(&self) -> Vec<&fleet::store::Event> {
+        let done = self.events.iter().position(|e| {
+            e.reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("the installer is done"))
+        });
+        done.map(|at| self.events[at..].iter().collect())
+            .unwrap_or_default()
+    }
+}
+
+async fn machine_events(
+    store: &Store,
+    name: &str,
+    after_id: Option<i64>,
+) -> Vec<fleet::store::Event> {
+    let filter = fleet::store::EventFilter {
+        machine: Some(name.to_string()),
+        after_id,
+        limit: None,
+    };
+    store.events(&filter).await.unwrap()
 }
 
 /// `fleet machine deploy NAME [--image IMAGE]`, then waits until the machine rests in `wanted`
@@ -334,21 +325,24 @@ async fn deploy_until(
     if let Some(image) = image {
         args.extend(["--image", image]);
     }
+    let before = machine_events(store, name, None).await;
+    let after_id = before.last().map(|event| event.id);
     let started = Instant::now();
     cli_ok(controller, &args);
-    let mut timings = Timings::default();
     loop {
         if let Some(exit) = vm.exited() {
             panic!("QEMU exited ({exit}){}", context(vm, controller));
         }
-        timings.see(shown_phase(controller, name), started.elapsed());
         let (status, reason) = status_of(store, name).await;
         if status == wanted {
-            timings.done = Some(started.elapsed());
             eprintln!(
                 "e2e: {name} {wanted} after {:.1} s",
                 started.elapsed().as_secs_f64()
             );
+            let timings = Timings {
+                events: machine_events(store, name, after_id).await,
+                total: started.elapsed(),
+            };
             return (reason, timings);
         }
         let settled =
@@ -368,12 +362,29 @@ async fn deploy_until(
     }
 }
 
-/// The console from the last netboot that chose the local disk: the installed system's boot.
+/// The console from the ephemeral environment's last reboot on: the installed system's boot.
 fn after_local_boot(console: &str) -> &str {
     let at = console
-        .rfind("booting from the local disk")
-        .expect("the controller's script sent the machine to its local disk");
+        .rfind("fleet: rebooting")
+        .expect("the deploying environment rebooted");
     &console[at..]
+}
+
+/// After the installer was done, the controller sent the machine to its disk and served it no
+/// file.
+fn assert_netboot_off(timings: &Timings) {
+    let after = timings.after_install();
+    assert!(
+        after.iter().any(|e| e.kind == "boot"
+            && e.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("local disk"))),
+        "no local-disk boot script after the installer was done: {after:#?}"
+    );
+    assert!(
+        !after.iter().any(|e| e.kind == "transfer"),
+        "files served after the installer was done: {after:#?}"
+    );
 }
 
 /// The installed system booted from disk and its first-boot hook called back.
@@ -392,7 +403,7 @@ fn assert_booted_from_disk(console: &str) {
     );
     assert!(
         !installed.contains("fleet.role="),
-        "the ephemeral environment booted again after the local-disk script"
+        "the ephemeral environment booted again after the installer's reboot"
     );
 }
 
@@ -517,6 +528,7 @@ async fn a_bios_machine_deploys_a_tarball_flat_then_redeploys_on_uefi_raid1_lvm(
     // Let the installed system finish its lines (it remounts its root read-only after the hook).
     wait_for_console(&vm, &controller, "fleet-test-os: ready").await;
     assert_booted_from_disk(&vm.console());
+    assert_netboot_off(&timings);
     let installed = after_local_boot(&vm.console()).to_string();
     assert!(
         installed.contains("fleet-test-os: booted from disk (root=UUID="),
@@ -610,6 +622,7 @@ async fn a_bios_machine_deploys_a_tarball_flat_then_redeploys_on_uefi_raid1_lvm(
     );
     wait_for_console(&vm, &controller, "fleet-test-os: ready").await;
     assert_booted_from_disk(&vm.console());
+    assert_netboot_off(&timings);
     vm.kill();
     let layout = store
         .deployment(BIOS_NAME)
@@ -732,6 +745,7 @@ async fn a_uefi_machine_deploys_a_whole_disk_raw_xz_image() {
     );
     wait_for_console(&vm, &controller, "fleet-test-os: ready").await;
     assert_booted_from_disk(&vm.console());
+    assert_netboot_off(&timings);
     assert!(
         after_local_boot(&vm.console()).contains("root=LABEL=cloudimg-rootfs"),
         "{}",
