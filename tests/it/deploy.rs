@@ -581,12 +581,13 @@ async fn a_bios_machine_deploys_a_tarball_flat_then_redeploys_on_uefi_raid1_lvm(
     wait_for_status(&store, BIOS_NAME, Status::Ready, &vm, &controller).await;
     drop(controller);
     drop(vm);
+    // The same VM name: the same QMP socket, which the machine's power parameters name.
     let second = disk(&bench, "disk1.img", 4 * GIB, "fleet-deploy-1");
     let mut vm = Vm::start(
         &bench.network,
         dir,
         &spec(
-            "uefi",
+            "bios",
             BIOS_MAC,
             Firmware::Uefi,
             vec![first.clone(), second.clone()],
