@@ -1,7 +1,7 @@
-//! The image of a deployment as the controller serves it: what `BootImages` verified of the
-//! image's `root` file (its size and SHA-256) and the format the fleet file gives. The one place
-//! that reads it for the deployment JSON (`deploy_image_for`): the image set of the images
-//! branch (DeployImage with raw_size/raw_sha256) replaces its inside.
+//! The image of a deployment as the controller serves it: the image set's `DeployImage` (the
+//! bytes served and their SHA-256, the decompressed stream's size and SHA-256, the format as
+//! served: qcow2 is converted to raw). The one place that reads it for the deployment JSON
+//! (`deploy_image_for`).
 
 use crate::boot::http::BootImages;
 use crate::config::Fleet;
@@ -19,7 +19,7 @@ pub fn deploy_image_for(
         "the machine has no image to deploy: give it one (`image` in the fleet file, or deploy \
          with an image)",
     )?;
-    let root = fleet
+    fleet
         .and_then(|fleet| fleet.images.get(name))
         .and_then(|image| image.root.as_ref())
         .ok_or_else(|| {
@@ -28,32 +28,23 @@ pub fn deploy_image_for(
                  ([images.{name}.root]): nothing to write to the disk"
             )
         })?;
-    let format = serde_json::to_value(root.format)
+    let served = images
+        .ok_or_else(|| {
+            format!("image `{name}`: the controller serves no images (it has no boot listener)")
+        })?
+        .deploy_image(name)
+        .map_err(|error| error.to_string())?;
+    let format = serde_json::to_value(served.format)
         .ok()
         .and_then(|value| value.as_str().map(str::to_string))
         .unwrap_or_default();
-    if !(format.starts_with("raw") || format.starts_with("t")) {
-        return Err(format!(
-            "image `{name}` is {format}: the controller cannot serve it for deployment yet \
-             (use a root tarball or a raw disk image)"
-        ));
-    }
-    let verified = images
-        .and_then(|images| images.file(name, "root"))
-        .ok_or_else(|| {
-            format!(
-                "image `{name}`: the controller has no verified root file to serve (see its \
-                 start-up log for the image errors)"
-            )
-        })?;
-    let raw = format == "raw";
     Ok(DeployImage {
         name: name.to_string(),
         format,
-        url: format!("{base_url}/boot/files/{name}/root"),
-        size: verified.size,
-        sha256: verified.sha256.clone(),
-        raw_size: raw.then_some(verified.size),
-        raw_sha256: raw.then(|| verified.sha256.clone()),
+        url: format!("{base_url}{}", served.url_path),
+        size: served.size,
+        sha256: served.sha256,
+        raw_size: Some(served.raw_size),
+        raw_sha256: Some(served.raw_sha256),
     })
 }

@@ -9,6 +9,7 @@ mod bounded_growth;
 mod clone;
 mod config;
 mod crash;
+mod deploy;
 mod deploy_api;
 mod dhcp;
 mod endpoints;

@@ -52,6 +52,9 @@ const USER_DATA_HEADS: &[&str] = &[
 
 /// Parameters the controller puts on the ephemeral environment's command line itself.
 const CONTROLLER_PARAMS: &[&str] = &["fleet.", "BOOTIF=", "initrd="];
+/// `fleet.test.*`: the deploy script's test hooks (`fleet.test.corrupt_at=`,
+/// `fleet.test.dd_baseline=1`), which only an operator's parameters can set.
+const TEST_HOOKS: &str = "fleet.test.";
 
 pub fn read(
     reader: &TableReader<'_, '_>,
@@ -109,9 +112,10 @@ fn check_kernel_params(key: &str, text: &Spanned<&str>, problems: &mut Problems)
     }
     if key == "ephemeral_kernel_params" {
         let reserved = text.value.split_whitespace().find(|word| {
-            CONTROLLER_PARAMS
-                .iter()
-                .any(|prefix| word.starts_with(prefix))
+            !word.starts_with(TEST_HOOKS)
+                && CONTROLLER_PARAMS
+                    .iter()
+                    .any(|prefix| word.starts_with(prefix))
         });
         if let Some(word) = reserved {
             let problem = Problem::new(
@@ -121,7 +125,7 @@ fn check_kernel_params(key: &str, text: &Spanned<&str>, problems: &mut Problems)
                 ),
             );
             problems.push(
-                problem.help("fleet.*, BOOTIF= and initrd= are the controller's: leave them out"),
+                problem.help("fleet.* (but the test hooks fleet.test.*), BOOTIF= and initrd= are the controller's: leave them out"),
             );
             return false;
         }

@@ -59,6 +59,7 @@ dhcp_interfaces = ["br0"]
 cidr = "10.99.0.0/24"
 interface = "br0"
 dynamic_range = {{ start = "10.99.0.100", end = "10.99.0.199" }}
+reserved = [{{ start = "10.99.0.1", end = "10.99.0.9", comment = "the controller" }}]
 
 [images.ephemeral]
 kernel = {{ path = "{kernel}" }}

@@ -1,5 +1,7 @@
 pub mod bootnet;
 pub mod controller;
 pub mod db;
+pub mod image_server;
 pub mod ipmi_sim;
 pub mod netns;
+pub mod vm;
