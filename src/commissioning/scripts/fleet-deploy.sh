@@ -1276,6 +1276,48 @@ install_systemd_boot() {
   sed 's/^/  /' "$esp/loader/entries/fleet.conf"
 }
 
+# uefi_boot_entry DISK: an EFI boot entry for \EFI\BOOT\BOOTX64.EFI on DISK's EFI system partition,
+# put after the entries already in BootOrder, so the network stays first (as MAAS keeps it: later
+# commissioning, rescue and release still reach fleet) and the firmware reaches the disk when the
+# netboot hands back (iPXE's `exit`). OVMF, like many servers, makes no entry by itself for a disk
+# that had no ESP when it last enumerated. Not fatal: without EFI variables it says so.
+uefi_boot_entry() {
+  [ "$firmware" = uefi ] || return 0
+  efibootmgr=$(tool efibootmgr)
+  if [ ! -d "$sys/firmware/efi/efivars" ] || ! command -v "$efibootmgr" >/dev/null 2>&1; then
+    say "bootloader: no EFI variables or no efibootmgr here: no boot entry made for $1"
+    return 0
+  fi
+  esp_number=""
+  for part in "$sys/block/$1/$1"*; do
+    [ -r "$part/partition" ] || continue
+    type=$("$(tool blkid)" -p -o value -s PART_ENTRY_TYPE "$(need_node "${part##*/}")" 2>/dev/null)
+    case $type in
+      c12a7328-f81f-11d2-ba4b-00a0c93ec93b | 0xef)
+        read_attr "$part/partition"
+        esp_number=$attr
+        break
+        ;;
+    esac
+  done
+  if [ -z "$esp_number" ]; then
+    say "bootloader: no EFI system partition on $1: no boot entry made"
+    return 0
+  fi
+  # Entries an earlier deployment made go first, then the new one after the others.
+  for number in $("$efibootmgr" 2>/dev/null | sed -n 's/^Boot\([0-9A-Fa-f]\{4\}\)\*\{0,1\} fleet$/\1/p'); do
+    "$efibootmgr" -q -b "$number" -B >/dev/null 2>&1
+  done
+  order=$("$efibootmgr" 2>/dev/null | sed -n 's/^BootOrder: //p')
+  if ! "$efibootmgr" -q -c -d "$(need_node "$1")" -p "$esp_number" -L fleet -l '\EFI\BOOT\BOOTX64.EFI' >"$work/efibootmgr.out" 2>&1; then
+    say "bootloader: WARNING: efibootmgr could not add a boot entry for $1: $(last_words "$work/efibootmgr.out")"
+    return 0
+  fi
+  number=$("$efibootmgr" 2>/dev/null | sed -n 's/^Boot\([0-9A-Fa-f]\{4\}\)\*\{0,1\} fleet$/\1/p' | head -n 1)
+  [ -z "$number" ] || "$efibootmgr" -q -o "${order:+$order,}$number" >/dev/null 2>&1
+  say "bootloader: EFI boot entry $number (fleet) for $1 partition $esp_number after the netboot: $("$efibootmgr" 2>/dev/null | sed -n 's/^BootOrder: //p')"
+}
+
 # --- 4. the deployment -------------------------------------------------------------------------
 if [ $kind = tarball ]; then
   progress partition
@@ -1297,6 +1339,7 @@ if [ $kind = tarball ]; then
   find_kernel
   command_line=$(kernel_command_line)
   if [ "$firmware" = bios ]; then install_extlinux "$command_line"; else install_systemd_boot "$command_line"; fi
+  uefi_boot_entry "$(mapped "$boot_disk")"
   progress configure
   write_fstab
   configure "$target"
@@ -1351,6 +1394,7 @@ else
   mounted=$target
   [ -z "$(j kernel_params)" ] || say "note: kernel_params are not applied to a whole-disk image (its boot loader is its own)"
   configure "$target"
+  uefi_boot_entry "$target_dev"
 fi
 
 unmount_all
