@@ -45,11 +45,23 @@ fn fleet_file(directory: &Path, limits: &Limits, machines: &str) -> (PathBuf, St
     );
     std::fs::write(&kernel, b"not really a kernel").unwrap();
     std::fs::write(&initrd, b"not really an initrd").unwrap();
-    std::fs::write(
-        &root,
-        b"not really a root tarball, but its bytes are hashed",
-    )
-    .unwrap();
+    // Really gzip (the controller unpacks it once to learn its raw size and digest), though not
+    // really a tarball: no machine unpacks it here.
+    let gzipped = std::process::Command::new("gzip")
+        .arg("-nc")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut gzip| {
+            use std::io::Write;
+            gzip.stdin
+                .take()
+                .expect("gzip's stdin")
+                .write_all(b"not really a root tarball, but its bytes are hashed")?;
+            gzip.wait_with_output()
+        })
+        .expect("gzip (.ci/setup installs it)");
+    std::fs::write(&root, gzipped.stdout).unwrap();
     let root_sha = sha(&root);
     let Limits {
         heartbeat,
