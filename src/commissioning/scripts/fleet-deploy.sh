@@ -1313,8 +1313,19 @@ uefi_boot_entry() {
     say "bootloader: WARNING: efibootmgr could not add a boot entry for $1: $(last_words "$work/efibootmgr.out")"
     return 0
   fi
-  number=$("$efibootmgr" 2>/dev/null | sed -n 's/^Boot\([0-9A-Fa-f]\{4\}\)\*\{0,1\} fleet$/\1/p' | head -n 1)
-  [ -z "$number" ] || "$efibootmgr" -q -o "${order:+$order,}$number" >/dev/null 2>&1
+  "$efibootmgr" >"$work/efibootmgr.out" 2>/dev/null
+  number=$(sed -n 's/^Boot\([0-9A-Fa-f]\{4\}\)\*\{0,1\} fleet$/\1/p' "$work/efibootmgr.out" | head -n 1)
+  # The network entries first (in their order), then the disk, then the rest (the firmware's
+  # setup application, shells...): after iPXE exits, the firmware tries the disk next.
+  network="" rest=""
+  for entry in $(printf '%s\n' "$order" | tr ',' ' '); do
+    if grep -qiE "^Boot$entry\\*? .*(PXE|HTTP|Network|IPv4|IPv6)" "$work/efibootmgr.out"; then
+      network="$network${network:+,}$entry"
+    else
+      rest="$rest${rest:+,}$entry"
+    fi
+  done
+  [ -z "$number" ] || "$efibootmgr" -q -o "$network${network:+,}$number${rest:+,}$rest" >/dev/null 2>&1
   say "bootloader: EFI boot entry $number (fleet) for $1 partition $esp_number after the netboot: $("$efibootmgr" 2>/dev/null | sed -n 's/^BootOrder: //p')"
 }
 
