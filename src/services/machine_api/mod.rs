@@ -36,9 +36,6 @@ pub struct MachineApiSettings {
     /// The controller's state directory: BMC passwords that enlisting machines report are kept
     /// in its `secrets/` (none kept without one).
     pub state_dir: Option<std::path::PathBuf>,
-    /// Machine name → the deployment settings of the fleet file (its own over its profiles'),
-    /// for the machines that have SSH keys: a rescue run authorizes those keys.
-    pub deploy: Arc<std::collections::BTreeMap<String, Arc<crate::config::DeploySettings>>>,
     /// The fleet file the controller serves (`fleet serve -f`): the deploy settings, storage
     /// and network templates and images a deployment reads (`deployment.rs`).
     pub fleet: Option<Arc<crate::config::Fleet>>,
@@ -72,16 +69,16 @@ impl MachineApiSettings {
             timeouts,
             scripts: Arc::new(scripts),
             state_dir: None,
-            deploy: Arc::new(fleet.map(machines_with_keys).unwrap_or_default()),
             fleet: fleet.map(|fleet| Arc::new(fleet.clone())),
         }
     }
 
     /// The SSH keys of `machine` in the fleet file (none for a machine it does not declare).
     pub fn ssh_keys(&self, machine: &str) -> &[String] {
-        self.deploy
-            .get(machine)
-            .map_or(&[], |deploy| deploy.ssh_keys.as_slice())
+        self.fleet
+            .as_deref()
+            .and_then(|fleet| fleet.machine(machine))
+            .map_or(&[], |spec| spec.deploy.ssh_keys.as_slice())
     }
 
     /// Where reported BMC passwords are kept: `<state_dir>/secrets`.
@@ -92,25 +89,6 @@ impl MachineApiSettings {
     pub fn script(&self, name: &str) -> Option<&ScriptEntry> {
         self.scripts.iter().find(|script| script.name == name)
     }
-}
-
-/// The machines of `fleet` that have SSH keys, with their deployment settings (shared, not
-/// copied: a machine without its own settings shares its profile's).
-fn machines_with_keys(
-    fleet: &crate::config::Fleet,
-) -> std::collections::BTreeMap<String, Arc<crate::config::DeploySettings>> {
-    let with_keys = fleet
-        .machines
-        .iter()
-        .filter(|m| !m.deploy.ssh_keys.is_empty());
-    with_keys
-        .map(|machine| {
-            (
-                machine.name.as_str().to_string(),
-                Arc::clone(&machine.deploy),
-            )
-        })
-        .collect()
 }
 
 /// What a machine downloads as script `entry`: the script, and for the rescue script the
