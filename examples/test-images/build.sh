@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the test operating system fleet's QEMU deployment tests install (tests/it/deploy.rs),
+# Builds the test operating system fleet's QEMU deployment tests install (tests/it/vm/deploy.rs),
 # from Debian packages only; nothing prebuilt is committed. Run as root (device nodes, owners).
 #
 #   examples/test-images/build.sh --out DIR [--kernel-deb PATH] [--cache DIR]

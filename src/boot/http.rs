@@ -154,14 +154,22 @@ async fn boot_script(
         reason: Some(format!("iPXE script served: {summary}")),
         detail: serde_json::json!({ "mac": mac.to_string(), "status": status.map(|s| s.as_str()), "script": summary }),
     };
-    let (what, sample) = match &name {
-        Some(_) => ("boot scripts served", summary),
-        None => ("boot-script requests for unknown MACs", mac.to_string()),
+    // A known machine's scripts are keyed by what they tell it (a fixed set: each ephemeral
+    // role and image, the local disk, power off), so the first of each kind in an interval is
+    // its own event at once: "boot from the local disk" right after an install is not counted
+    // into a summary of the install's own boot, written a minute later.
+    let (what, variant, sample) = match &name {
+        Some(_) => ("boot scripts served", Some(summary.clone()), summary),
+        None => (
+            "boot-script requests for unknown MACs",
+            None,
+            mac.to_string(),
+        ),
     };
     let occurrence = Occurrence {
         what,
         machine: name,
-        variant: None,
+        variant,
         source,
         sample: Some(sample),
         event,

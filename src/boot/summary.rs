@@ -56,6 +56,10 @@ struct Window {
     count: u64,
     addresses: HashSet<IpAddr>,
     samples: Vec<String>,
+    /// Wall-clock times (Unix ms) of the first and the last occurrence counted, so a summary
+    /// written later still says when its requests came.
+    first_counted_ms: Option<i64>,
+    last_counted_ms: Option<i64>,
     kind: String,
     actor: String,
 }
@@ -95,6 +99,9 @@ impl EventSummaries {
         match windows.get_mut(&key) {
             Some(window) => {
                 window.count += 1;
+                let wall_clock = unix_ms_now();
+                window.first_counted_ms.get_or_insert(wall_clock);
+                window.last_counted_ms = Some(wall_clock);
                 if let Some(source) = occurrence.source {
                     if window.addresses.len() < addresses_counted(&key) {
                         window.addresses.insert(source);
@@ -120,6 +127,8 @@ impl EventSummaries {
                         count: 0,
                         addresses: HashSet::new(),
                         samples: Vec::new(),
+                        first_counted_ms: None,
+                        last_counted_ms: None,
                         kind: occurrence.event.kind.clone(),
                         actor: occurrence.event.actor.clone(),
                     },
@@ -147,6 +156,8 @@ impl EventSummaries {
             window.count = 0;
             window.addresses.clear();
             window.samples.clear();
+            window.first_counted_ms = None;
+            window.last_counted_ms = None;
             true
         });
         summaries
@@ -247,8 +258,16 @@ fn summary_event(key: &Key, window: &Window, interval: Duration) -> NewEvent {
             "some_addresses": sources,
             "examples": window.samples,
             "interval_seconds": interval.as_secs(),
+            "first_at": window.first_counted_ms,
+            "last_at": window.last_counted_ms,
         }),
     }
+}
+
+fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
 fn addresses_counted(key: &Key) -> usize {
@@ -339,6 +358,12 @@ mod tests {
             )
         );
         assert_eq!(due[0].detail["count"], 1234);
+        // When the counted requests came (wall clock), since the summary is written later.
+        let (first_at, last_at) = (&due[0].detail["first_at"], &due[0].detail["last_at"]);
+        assert!(
+            first_at.as_i64().unwrap() > 0 && first_at.as_i64() <= last_at.as_i64(),
+            "{first_at} {last_at}"
+        );
         // The next interval: counted again, nothing written at once; a quiet one forgets the key.
         let later = start + Duration::from_secs(61);
         assert!(summaries.note_at(occurrence(None, 1, "x"), later).is_none());

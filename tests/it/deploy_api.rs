@@ -849,6 +849,9 @@ async fn play_the_machine(runner: &mut Runner, store: &Store) -> Option<Status> 
                 let out = fact_output(name, &runner.mac);
                 runner.result(name, kind, "passed", &out, "").await;
             }
+            // A real commissioning takes minutes; this one would end between two of `fleet
+            // apply`'s looks (every 200 ms, slower on a busy machine) and never show.
+            tokio::time::sleep(Duration::from_secs(2)).await;
             runner.signal_ok().await;
         }
         Status::Deploying => {

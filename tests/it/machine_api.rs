@@ -1,7 +1,7 @@
 //! The machine API (`/metadata/v1`) through a real controller, driven over HTTP the way the
 //! ephemeral environment's runner drives it: enlistment, instructions, script results, the final
 //! signal, heartbeats, and what each does to the life-cycle; bad input, foreign tokens, huge
-//! uploads; the timeout watch. The real virtual machine doing the same is `tests/it/enlist.rs`.
+//! uploads; the timeout watch. The real virtual machine doing the same is `tests/it/vm/enlist.rs`.
 
 use crate::support::controller::{stderr, stdout, TestController};
 use base64::Engine;

@@ -10,12 +10,12 @@
 //! Waits are multiples of the first boot measured here (enlist.rs's `Pace`), so a loaded host
 //! gets as many boots' worth of time as a quiet one.
 
-use crate::enlist::{
-    cli_ok, enlist_run_ended, read_at, wait_for, write_at, write_fleet_file, Hardware, Pace, Vm,
-    DISK_BYTES,
-};
 use crate::support::bootnet::{
     read, tail, vm_test_directory, BootNetwork, NamespacedController, ONE_VM_AT_A_TIME,
+};
+use crate::vm::enlist::{
+    cli_ok, enlist_run_ended, read_at, wait_for, write_at, write_fleet_file, Hardware, Pace, Vm,
+    DISK_BYTES,
 };
 use fleet::model::records::ScriptResult;
 use fleet::model::Status;

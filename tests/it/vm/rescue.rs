@@ -33,7 +33,7 @@ const BOOTED: &str = "fleet-rescue-test: booted from disk";
 /// The root partition's fstab, which the test reads back over SSH.
 const FSTAB: &str = "UUID=0e5a0e5a-0000-4000-8000-000000000001 / ext4 errors=remount-ro 0 1\n\
                      /dev/vda1 /boot/efi vfat umask=0077 0 1\n\
-                     # written by tests/it/rescue.rs\n";
+                     # written by tests/it/vm/rescue.rs\n";
 /// The partitions (512-byte sectors): a FAT boot partition, then the ext4 root.
 const BOOT_START: u64 = 2048;
 const BOOT_SECTORS: u64 = 65536;
