@@ -10,6 +10,10 @@
 //!   addresses nobody holds or asks for — handed out in machine-name order, then interface order,
 //!   so the same fleet and the same held addresses always give the same answer.
 //!
+//! The controller's own addresses, as its `[controller]` settings name them (`listen`,
+//! `boot_listen`, `tftp_listen`, the host of `http_boot_url`), are never a machine's: `auto`
+//! skips them and `static` is refused, as MAAS does for its rack controllers' addresses.
+//!
 //! "Held" addresses are what the store recorded when earlier plans were applied: they stay taken
 //! whatever is later added to or removed from the fleet file, until the machine holding them is
 //! deleted. A subnet with no free address left is a problem for the machine that asked, not a
@@ -119,7 +123,40 @@ pub fn allocate_with(fleet: &Fleet, held: &[HeldAddress], replaced: &[MachineSpe
         })
         .collect();
     requests.sort_by(|a, b| (a.machine, a.interface).cmp(&(b.machine, b.interface)));
-    Allocator::new(held).run(&requests, &subnets)
+    let mut allocator = Allocator::new(held);
+    allocator.controller = controller_addresses(fleet);
+    allocator.run(&requests, &subnets)
+}
+
+/// The addresses the fleet file gives the controller itself, each with the setting that names
+/// it; unspecified (0.0.0.0, ::) and loopback addresses are nobody's on a subnet.
+pub fn controller_addresses(fleet: &Fleet) -> Vec<(IpAddr, &'static str)> {
+    let settings = &fleet.controller;
+    let url_host = settings
+        .http_boot_url
+        .as_deref()
+        .and_then(|text| url::Url::parse(text).ok())
+        .and_then(|url| match url.host() {
+            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
+            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
+            _ => None,
+        });
+    let named = [
+        (Some(settings.listen.ip()), "listen"),
+        (Some(settings.boot_listen.ip()), "boot_listen"),
+        (Some(settings.tftp_listen.ip()), "tftp_listen"),
+        (url_host, "http_boot_url"),
+    ];
+    let mut addresses: Vec<(IpAddr, &'static str)> = Vec::new();
+    for (ip, setting) in named {
+        let Some(ip) = ip else { continue };
+        if ip.is_unspecified() || ip.is_loopback() || addresses.iter().any(|(seen, _)| *seen == ip)
+        {
+            continue;
+        }
+        addresses.push((ip, setting));
+    }
+    addresses
 }
 
 /// A machine's interfaces that need an address: its template's `auto`/`static` interfaces with
@@ -176,6 +213,8 @@ struct Allocator<'h> {
     /// Where to resume looking on a subnet: every address below it is taken or excluded. The
     /// taken set only grows during a pass, so the lowest free address never goes down.
     cursor: BTreeMap<&'h str, u128>,
+    /// The controller's own addresses and the settings that name them ([`controller_addresses`]).
+    controller: Vec<(IpAddr, &'static str)>,
 }
 
 impl<'h> Allocator<'h> {
@@ -204,7 +243,16 @@ impl<'h> Allocator<'h> {
                 .collect(),
             taken,
             cursor: BTreeMap::new(),
+            controller: Vec::new(),
         }
+    }
+
+    /// The `[controller]` setting that names `ip` as the controller's own address, if one does.
+    fn controller_setting(&self, ip: IpAddr) -> Option<&'static str> {
+        self.controller
+            .iter()
+            .find(|(own, _)| *own == ip)
+            .map(|(_, setting)| *setting)
     }
 
     fn run(mut self, requests: &[Request<'h>], subnets: &BTreeMap<&str, &'h Subnet>) -> Addresses {
@@ -272,6 +320,11 @@ impl<'h> Allocator<'h> {
         if let Some(why) = excluded(subnet, ip) {
             return Err(format!("address {ip} {why}"));
         }
+        if let Some(setting) = self.controller_setting(ip) {
+            return Err(format!(
+                "address {ip} is the controller's own (`[controller] {setting}`)"
+            ));
+        }
         let taken = self.taken.entry(subnet.name.as_str()).or_default();
         let claimant = Holder::of(request);
         match taken.get(&ip) {
@@ -304,7 +357,8 @@ impl<'h> Allocator<'h> {
         let mut candidate = start;
         while candidate <= last {
             let ip = from_number(subnet, candidate);
-            if !taken.contains_key(&ip) && excluded(subnet, ip).is_none() {
+            let controllers = self.controller.iter().any(|(own, _)| *own == ip);
+            if !taken.contains_key(&ip) && !controllers && excluded(subnet, ip).is_none() {
                 taken.insert(ip, Holder::of(request));
                 self.cursor.insert(subnet.name.as_str(), candidate + 1);
                 return Some(ip);

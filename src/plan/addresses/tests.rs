@@ -276,6 +276,47 @@ fn the_excluded_reasons_name_the_rule() {
     assert!(why("10.0.0.5").unwrap().contains("reserved range"));
 }
 
+#[test]
+fn the_controllers_own_addresses_are_never_a_machines() {
+    // The controller sits on the rack subnet outside the reserved range: .10 (boot_listen, the
+    // lowest free address otherwise), .11 (the host of http_boot_url); listen on every address
+    // and tftp on loopback name none.
+    let controller = r#"
+[controller]
+listen = "0.0.0.0:5240"
+boot_listen = "10.0.0.10:5248"
+tftp_listen = "127.0.0.1:69"
+http_boot_url = "http://10.0.0.11:5248"
+"#;
+    let subnets = format!("{controller}{RACK}");
+    assert_eq!(
+        controller_addresses(&fleet(&subnets, &[])),
+        [
+            ("10.0.0.10".parse().unwrap(), "boot_listen"),
+            ("10.0.0.11".parse().unwrap(), "http_boot_url")
+        ]
+    );
+    check(
+        &subnets,
+        &[
+            auto("a"),
+            auto("b"),
+            (
+                "c",
+                "interfaces = [{ name = \"eth0\", subnet = \"rack\", ip = \"10.0.0.11\" }]",
+            ),
+        ],
+        &[],
+        &[
+            "a=10.0.0.12(Allocated)",
+            "b=10.0.0.13(Allocated)",
+            "c: address 10.0.0.11 is the controller's own (`[controller] http_boot_url`)",
+        ],
+    );
+    // Without the controller's settings, .10 is the lowest free address.
+    check(RACK, &[auto("a")], &[], &["a=10.0.0.10(Allocated)"]);
+}
+
 // ---- properties ----
 
 /// Random fleets on two small subnets: each machine auto on one of them, some with held
