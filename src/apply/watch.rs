@@ -100,13 +100,13 @@ pub struct AutoApply {
 /// Starts the reconcile loop in the background: a first reconcile at once, then one after every
 /// settled edit of the fleet files and one on every tick of the timer.
 /// Told of every new fleet that validated (the controller's other parts follow it).
-pub type OnNewFleet = Arc<dyn Fn(&Fleet) + Send + Sync>;
+pub type OnNewFleet = Arc<dyn Fn(&Arc<Fleet>) + Send + Sync>;
 
 pub fn start_watch(
     store: &Store,
     drivers: &PowerDrivers,
     options: WatchOptions,
-    fleet: Fleet,
+    fleet: Arc<Fleet>,
     on_new_fleet: Option<OnNewFleet>,
 ) -> Result<tokio::task::JoinHandle<()>, WatchError> {
     let (sender, receiver) = unbounded_channel();
@@ -116,7 +116,7 @@ pub fn start_watch(
         store: store.clone(),
         drivers: drivers.clone(),
         options,
-        fleet: Arc::new(fleet),
+        fleet,
         on_new_fleet,
         sequence: 0,
         rejected: None,
@@ -322,10 +322,11 @@ impl Reconciler {
                     eprintln!("  watch   the fleet files validate again");
                 }
                 if fleet.digest != self.fleet.digest {
+                    let fleet = Arc::new(fleet);
                     if let Some(follow) = &self.on_new_fleet {
                         follow(&fleet);
                     }
-                    self.fleet = Arc::new(fleet);
+                    self.fleet = fleet;
                 }
             }
             Ok(Err(diagnostics)) => self.reject(&diagnostics),

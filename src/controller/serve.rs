@@ -124,37 +124,40 @@ pub async fn serve(
         origin_text(&certificate.origin)
     );
     eprintln!("  boot    listening on {boot_url} (HTTP: iPXE scripts, images, the machine API)");
+    // One fleet, shared by the machine API's settings and the watch (not a copy each).
+    let fleet: Option<Arc<crate::config::Fleet>> = options.fleet.take().map(Arc::new);
     // TFTP runs until `stop_boot` is dropped, after the API stops.
     let (stop_boot, boot_stopped) = tokio::sync::watch::channel(());
     let dhcp = super::dhcp::start_dhcp(
-        options.fleet.as_ref(),
+        fleet.as_deref(),
         &options.boot_interfaces,
         &store,
         boot_stopped.clone(),
     )
     .await;
-    let boot = crate::boot::http::start_with_controller(
-        options.fleet.as_ref(),
-        state_dir,
-        &store,
-        boot_stopped,
-    )
-    .await;
+    let boot =
+        crate::boot::http::start_with_controller(fleet.as_deref(), state_dir, &store, boot_stopped)
+            .await;
     let drivers = PowerDrivers::standard();
     start_executor(&store, &drivers).await;
-    let mut settings =
-        crate::services::machine_api::MachineApiSettings::new(options.fleet.as_ref());
+    let mut settings = crate::services::machine_api::MachineApiSettings::new(fleet.clone());
     settings.state_dir = Some(options.state_dir.clone());
     let machine_api = crate::services::machine_api::SharedSettings::new(settings);
-    let watch = start_watch(&options, &store, &drivers, &machine_api, &boot.images);
-    let poll_seconds = options.fleet.as_ref().map_or_else(
+    let watch = start_watch(
+        &options,
+        fleet.clone(),
+        &store,
+        &drivers,
+        &machine_api,
+        &boot.images,
+    );
+    let poll_seconds = fleet.as_deref().map_or_else(
         || crate::config::Policy::default().power_poll_seconds,
         |fleet| fleet.policy.power_poll_seconds,
     );
     let power_poll = crate::services::power_poll::start(&store, &drivers, poll_seconds);
-    let event_policy = options
-        .fleet
-        .as_ref()
+    let event_policy = fleet
+        .as_deref()
         .map_or_else(Default::default, |fleet| fleet.policy.events);
     let retention = crate::services::event_retention::start(&store, event_policy);
     let monitor = crate::services::monitor::start_monitor(
@@ -318,12 +321,13 @@ async fn start_executor(store: &Store, drivers: &PowerDrivers) {
 /// controller runs without it.
 fn start_watch(
     options: &ServeOptions,
+    fleet: Option<Arc<crate::config::Fleet>>,
     store: &Store,
     drivers: &PowerDrivers,
     machine_api: &crate::services::machine_api::SharedSettings,
     images: &Arc<crate::boot::http::BootImages>,
 ) -> Option<tokio::task::JoinHandle<()>> {
-    let (mut watch, fleet) = (options.watch.clone()?, options.fleet.clone()?);
+    let (mut watch, fleet) = (options.watch.clone()?, fleet?);
     // The fleet file's [controller] may have moved the state directory after --watch was read.
     watch.state_dir = options.state_dir.clone();
     let (files, interval) = (watch.files.len(), watch.interval.as_secs());

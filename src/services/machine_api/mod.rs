@@ -50,10 +50,15 @@ impl Default for MachineApiSettings {
 impl MachineApiSettings {
     /// The built-in scripts plus the fleet file's; heartbeats often enough that two may be lost
     /// before the policy's heartbeat limit.
-    pub fn new(fleet: Option<&crate::config::Fleet>) -> Self {
-        let timeouts = fleet.map(|fleet| fleet.policy.timeouts).unwrap_or_default();
+    /// The fleet is shared, not copied: the controller, its watch and these settings hold one
+    /// fleet between them (at 100,000 machines a copy is a hundred megabytes or more).
+    pub fn new(fleet: Option<Arc<crate::config::Fleet>>) -> Self {
+        let timeouts = fleet
+            .as_deref()
+            .map(|fleet| fleet.policy.timeouts)
+            .unwrap_or_default();
         let mut scripts = builtin_scripts();
-        if let Some(fleet) = fleet {
+        if let Some(fleet) = fleet.as_deref() {
             scripts.extend(fleet.scripts.iter().map(|(name, script)| ScriptEntry {
                 name: name.clone(),
                 kind: script.kind,
@@ -69,7 +74,7 @@ impl MachineApiSettings {
             timeouts,
             scripts: Arc::new(scripts),
             state_dir: None,
-            fleet: fleet.map(|fleet| Arc::new(fleet.clone())),
+            fleet,
         }
     }
 
@@ -120,8 +125,8 @@ impl SharedSettings {
     }
 
     /// The settings of `fleet`, keeping the state directory.
-    pub fn follow(&self, fleet: &crate::config::Fleet) {
-        let mut next = MachineApiSettings::new(Some(fleet));
+    pub fn follow(&self, fleet: &Arc<crate::config::Fleet>) {
+        let mut next = MachineApiSettings::new(Some(fleet.clone()));
         next.state_dir = self.current().state_dir.clone();
         *self
             .0
