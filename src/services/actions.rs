@@ -78,6 +78,11 @@ pub async fn perform(
             outcome: &outcome,
             image: request.options.image.as_deref(),
             decides_power: outcome.power.is_some(),
+            // The ephemeral environment is told which erase to run when it boots.
+            erase_mode: match request.action {
+                Action::Release => request.options.erase,
+                _ => None,
+            },
         };
         match store.commit(&record, &commit).await {
             Ok(after) => break (after, outcome),
@@ -85,10 +90,6 @@ pub async fn perform(
             Err(error) => return Err(error.into()),
         }
     };
-    if let (Action::Release, Some(mode)) = (request.action, request.options.erase) {
-        // The ephemeral environment is told which erase to run when it boots.
-        store.set_erase_mode(name, mode).await?;
-    }
     if let (Action::Abort, Some(after)) = (request.action, &record) {
         // Scripts the machine was running are over: its run is told to stop on its next call.
         store.abort_running_scripts(after.id).await?;
@@ -544,6 +545,7 @@ async fn settle_committed(
             outcome: &outcome,
             image: None,
             decides_power: outcome.power.is_some() || at.powers_off,
+            erase_mode: None,
         };
         match store.commit(&record, &commit).await {
             Ok(after) => return Ok((after, Some(outcome))),

@@ -372,17 +372,29 @@ impl Store {
 
     /// Records the disk erase a release asked for, which the machine runs when it boots.
     pub async fn set_erase_mode(&self, name: &str, mode: EraseMode) -> Result<(), StoreError> {
-        let result = sqlx::query(
-            "INSERT INTO machine_state (machine_id, erase_mode) \
-             SELECT id, $2 FROM machines WHERE name = $1 \
-             ON CONFLICT (machine_id) DO UPDATE SET erase_mode = excluded.erase_mode",
-        )
-        .bind(name)
-        .bind(mode.as_str())
-        .execute(&self.pool)
-        .await?;
-        require_machine(result.rows_affected(), name)
+        let mut connection = self.pool.acquire().await?;
+        let written = write_erase_mode(&mut connection, name, mode).await?;
+        require_machine(written, name)
     }
+}
+
+/// Upserts `name`'s erase mode on `connection` (a transaction's, for [`Store::commit`]); the
+/// rows written (0: no such machine).
+pub(super) async fn write_erase_mode(
+    connection: &mut sqlx::AnyConnection,
+    name: &str,
+    mode: EraseMode,
+) -> Result<u64, StoreError> {
+    let result = sqlx::query(
+        "INSERT INTO machine_state (machine_id, erase_mode) \
+         SELECT id, $2 FROM machines WHERE name = $1 \
+         ON CONFLICT (machine_id) DO UPDATE SET erase_mode = excluded.erase_mode",
+    )
+    .bind(name)
+    .bind(mode.as_str())
+    .execute(&mut *connection)
+    .await?;
+    Ok(result.rows_affected())
 }
 
 impl Store {

@@ -163,6 +163,9 @@ impl Store {
             delete_machine_guarded(&mut transaction, machine).await?;
         } else {
             update_lifecycle_guarded(&mut transaction, machine, commit, now).await?;
+            if let Some(mode) = commit.erase_mode {
+                super::machine_state::write_erase_mode(&mut transaction, name, mode).await?;
+            }
         }
         for event in commit_events(machine, commit).into_iter().chain(released) {
             insert_event(&mut transaction, &event, now).await?;

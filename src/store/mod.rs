@@ -145,6 +145,9 @@ pub struct Commit<'a> {
     /// A power command follows this change (the outcome's, or the power-off after a failure):
     /// the change's generation becomes the machine's `power_decided`.
     pub decides_power: bool,
+    /// The disk erase a release asked for, stored in the same transaction as the status: a
+    /// crash between two writes would have left a secure or full erase to run as a quick one.
+    pub erase_mode: Option<crate::model::EraseMode>,
 }
 
 /// A named lock (one apply at a time).

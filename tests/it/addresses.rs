@@ -104,6 +104,7 @@ async fn delete(store: &Store, name: &str) {
         outcome: &outcome,
         image: None,
         decides_power: false,
+        erase_mode: None,
     };
     assert_eq!(store.commit(&record, &commit).await.unwrap(), None);
 }

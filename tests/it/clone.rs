@@ -383,6 +383,7 @@ both_backends!(
             outcome: &outcome,
             image: None,
             decides_power: false,
+            erase_mode: None,
         };
         store.commit(&web_2, &commit).await.unwrap();
         assert!(store.clone_records().await.unwrap().is_empty());

@@ -66,6 +66,7 @@ async fn act(
         outcome: &outcome,
         image: request.options.image.as_deref(),
         decides_power: outcome.power.is_some(),
+        erase_mode: None,
     };
     store.commit(machine, &commit).await.unwrap()
 }
@@ -462,6 +463,7 @@ both_backends!(
             outcome: &outcome,
             image: None,
             decides_power: true,
+            erase_mode: None,
         };
         let error = store.commit(&machine, &commit).await.unwrap_err();
         assert!(
@@ -484,12 +486,48 @@ both_backends!(
             outcome: &delete,
             image: None,
             decides_power: false,
+            erase_mode: None,
         };
         assert!(matches!(
             store.commit(&machine, &commit).await,
             Err(StoreError::Conflict(_))
         ));
         assert_eq!(store.machine("node-1").await.unwrap(), Some(first));
+    }
+);
+
+both_backends!(
+    a_releases_erase_mode_commits_with_its_status_or_not_at_all,
+    |store| async move {
+        created(&store, "node-1", &[]).await;
+        let machine = force_status(&store, "node-1", Status::Allocated).await;
+        let mut request = ActionRequest::new(Action::Release, "alice");
+        request.options.erase = Some(EraseMode::Secure);
+        let outcome = decide(&machine.lifecycle, &request).unwrap();
+        let commit = Commit {
+            actor: "alice",
+            action: Some(Action::Release),
+            reason: None,
+            outcome: &outcome,
+            image: None,
+            decides_power: true,
+            erase_mode: Some(EraseMode::Secure),
+        };
+        // From a stale read: refused, and the erase mode not written either.
+        let mut stale = machine.clone();
+        stale.generation -= 1;
+        assert!(matches!(
+            store.commit(&stale, &commit).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(store.erase_mode("node-1").await.unwrap(), None);
+        // Committed: the status and the erase the machine will run, in one transaction.
+        let after = store.commit(&machine, &commit).await.unwrap().unwrap();
+        assert_eq!(after.lifecycle.status, Status::DiskErasing);
+        assert_eq!(
+            store.erase_mode("node-1").await.unwrap(),
+            Some(EraseMode::Secure)
+        );
     }
 );
 
