@@ -17,9 +17,6 @@ pub enum Firmware {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DiskBus {
     Virtio,
-    // Used by the UEFI deployment tests, kept on the branch uefi-deploy-tests until OVMF boots
-    // the deployed disk.
-    #[allow(dead_code)]
     Nvme,
 }
 
