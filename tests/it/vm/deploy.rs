@@ -429,6 +429,19 @@ fn assert_booted_from_disk(console: &str) {
     );
 }
 
+/// On UEFI: the firmware went on from the netboot to the entry fleet-deploy made (OVMF's BdsDxe
+/// names each boot option it starts on the console), not to its own entry for the disk.
+fn assert_booted_through_the_fleet_entry(console: &str) {
+    let installed = after_local_boot(console);
+    let started =
+        regex::Regex::new(r#"BdsDxe: starting Boot[0-9A-F]{4} "fleet" from HD\("#).unwrap();
+    assert!(
+        started.is_match(installed),
+        "the firmware did not start the fleet boot entry:\n{}",
+        tail(installed, 60)
+    );
+}
+
 /// A partition of a disk file copied out, to read without mounting.
 fn partition_file(dir: &Path, disk: &Path, start: u64, size: u64, name: &str) -> PathBuf {
     let file = dir.join(name);
@@ -645,6 +658,7 @@ async fn a_bios_machine_deploys_a_tarball_flat_then_redeploys_on_uefi_raid1_lvm(
     );
     wait_for_console(&vm, &controller, "fleet-test-os: ready").await;
     assert_booted_from_disk(&vm.console());
+    assert_booted_through_the_fleet_entry(&vm.console());
     assert_netboot_off(&timings);
     vm.kill();
     let layout = store
@@ -768,6 +782,7 @@ async fn a_uefi_machine_deploys_a_whole_disk_raw_xz_image() {
     );
     wait_for_console(&vm, &controller, "fleet-test-os: ready").await;
     assert_booted_from_disk(&vm.console());
+    assert_booted_through_the_fleet_entry(&vm.console());
     assert_netboot_off(&timings);
     assert!(
         after_local_boot(&vm.console()).contains("root=LABEL=cloudimg-rootfs"),
