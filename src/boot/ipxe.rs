@@ -132,14 +132,21 @@ pub fn render_ephemeral(boot: &EphemeralBoot<'_>) -> String {
     )
 }
 
-/// Boots the first local disk. `sanboot --drive 0x80` is the BIOS way; under UEFI (and when the
-/// BIOS disk does not boot) `exit` hands control back to the firmware's next boot entry.
+/// Boots the first local disk. BIOS: `sanboot --drive 0x80`, else `exit` back to the BIOS's next
+/// boot device. UEFI: iPXE cannot boot a local disk itself, so it hands back to the firmware's
+/// next boot entry (the disk, which fleet-deploy put right after the network) by exiting with an
+/// error: a UEFI boot manager that gets EFI_SUCCESS back from a boot option stops going through
+/// BootOrder and shows its boot menu (UEFI spec 3.1.1; edk2's BdsDxe runs its setup application,
+/// OVMF's UiApp), and iPXE's `exit` without a status returns EFI_SUCCESS.
 pub fn render_local_disk(machine: &str, status: Status) -> String {
     format!(
         "#!ipxe\n\
          echo fleet: {machine} is {status}: booting from the local disk\n\
-         iseq ${{platform}} efi && exit ||\n\
-         sanboot --no-describe --drive 0x80 || exit\n",
+         iseq ${{platform}} efi && goto efi ||\n\
+         sanboot --no-describe --drive 0x80 || exit\n\
+         :efi\n\
+         echo fleet: exiting with an error, so that the firmware boots its next boot entry\n\
+         exit 1\n",
         status = status.as_str(),
     )
 }

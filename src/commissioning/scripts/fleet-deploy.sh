@@ -1277,10 +1277,15 @@ install_systemd_boot() {
 }
 
 # uefi_boot_entry DISK: an EFI boot entry for \EFI\BOOT\BOOTX64.EFI on DISK's EFI system partition,
-# put after the entries already in BootOrder, so the network stays first (as MAAS keeps it: later
-# commissioning, rescue and release still reach fleet) and the firmware reaches the disk when the
-# netboot hands back (iPXE's `exit`). OVMF, like many servers, makes no entry by itself for a disk
-# that had no ESP when it last enumerated. Not fatal: without EFI variables it says so.
+# put right after the network entry this environment was booted through (BootCurrent), so the
+# network stays first (as MAAS keeps it: later commissioning, rescue and release still reach fleet)
+# and the firmware boots the disk next when the netboot hands back (the local-disk script's
+# `exit 1`). Right after that one entry, not after all the network entries: the firmware would
+# try each of those first (OVMF has PXEv4 through the NIC's iPXE, PXEv4 fetching ipxe.efi, PXEv6,
+# HTTPv4, HTTPv6 for one NIC), timing out or running iPXE again. Many servers make no entry by
+# themselves for a disk that had no ESP when they last enumerated, and a firmware's own entry for
+# the disk (OVMF's "UEFI QEMU NVMe Ctrl ...") comes after fleet's. Not fatal: without EFI variables
+# it says so.
 uefi_boot_entry() {
   [ "$firmware" = uefi ] || return 0
   efibootmgr=$(tool efibootmgr)
@@ -1315,18 +1320,28 @@ uefi_boot_entry() {
   fi
   "$efibootmgr" >"$work/efibootmgr.out" 2>/dev/null
   number=$(sed -n 's/^Boot\([0-9A-Fa-f]\{4\}\)\*\{0,1\} fleet$/\1/p' "$work/efibootmgr.out" | head -n 1)
-  # The network entries first (in their order), then the disk, then the rest (the firmware's
-  # setup application, shells...): after iPXE exits, the firmware tries the disk next.
+  current=$(sed -n 's/^BootCurrent: //p' "$work/efibootmgr.out")
+  # First the network entry this environment came through (or, when it came another way, all the
+  # network entries), then the disk, then the rest in their order (the other network entries,
+  # the firmware's own disk entries, its setup application, shells...).
   network="" rest=""
   for entry in $(printf '%s\n' "$order" | tr ',' ' '); do
     if grep -qiE "^Boot$entry\\*? .*(PXE|HTTP|Network|IPv4|IPv6)" "$work/efibootmgr.out"; then
       network="$network${network:+,}$entry"
-    else
-      rest="$rest${rest:+,}$entry"
     fi
   done
+  case ",$network," in
+    *",$current,"*) [ -z "$current" ] || network=$current ;;
+  esac
+  for entry in $(printf '%s\n' "$order" | tr ',' ' '); do
+    case ",$network," in *",$entry,"*) continue ;; esac
+    rest="$rest${rest:+,}$entry"
+  done
   [ -z "$number" ] || "$efibootmgr" -q -o "$network${network:+,}$number${rest:+,}$rest" >/dev/null 2>&1
-  say "bootloader: EFI boot entry $number (fleet) for $1 partition $esp_number after the netboot: $("$efibootmgr" 2>/dev/null | sed -n 's/^BootOrder: //p')"
+  say "bootloader: EFI boot entry $number (fleet) for $1 partition $esp_number after the netboot (${network:-none}): $("$efibootmgr" 2>/dev/null | sed -n 's/^BootOrder: //p')"
+  # The firmware's variables as they are now, with each entry's device path, for whoever reads
+  # this log when the machine does not boot its disk.
+  "$efibootmgr" -v 2>/dev/null | sed 's/^/  /'
 }
 
 # --- 4. the deployment -------------------------------------------------------------------------

@@ -9,14 +9,9 @@
 //! fleet put there, and prints `fleet-test-os: ...` lines on the serial console.
 //! 1. BIOS, tarball, flat template: commissioned, deployed, reboots from its own disk; the disk
 //!    file, read afterwards without mounting (sfdisk, blkid, debugfs), holds exactly the resolved
-//!    partitions, the rendered netplan and the NoCloud seed.
-//! 2. BIOS, the whole-disk raw-xz image: deployed, booting from disk.
-//!
-//! Not here: the UEFI versions (the redeploy with LVM on md RAID 1 over two disks, the raw-xz
-//! image on OVMF) are on the branch `uefi-deploy-tests`. fleet-deploy succeeds there, and an EFI
-//! boot entry for the disk goes right after the network entries, but OVMF drops it at the next
-//! boot (it keeps no PCI boot option QEMU's bootorder does not name) and stops in its setup
-//! application after iPXE exits.
+//!    partitions, the rendered netplan and the NoCloud seed. Then released without erase and
+//!    redeployed on UEFI (OVMF) with LVM on md RAID 1 over two disks.
+//! 2. UEFI, the whole-disk raw-xz image on NVMe: deployed, booting from disk.
 //! 3. A digest the machine catches while streaming (`fleet.test.corrupt_at=`) and an xz image that
 //!    fits the disk compressed but not raw: failed_deployment, the second before a byte is written.
 //!
@@ -376,7 +371,8 @@ fn after_local_boot(console: &str) -> &str {
 }
 
 /// After the installer was done, the controller sent the machine to its disk and served it no
-/// file.
+/// file but, on UEFI, the first-stage loader (the firmware's PXE fetches iPXE by TFTP, and iPXE
+/// fetches the local-disk script).
 fn assert_netboot_off(timings: &Timings) {
     let after = timings.after_install();
     assert!(
@@ -390,8 +386,16 @@ fn assert_netboot_off(timings: &Timings) {
     // deploy boot's kernel and initrd, within a minute of the commissioning boot's): it says
     // when the last one it counts came.
     let done_at = after.first().map_or(0, |done| done.at);
+    let loader = |path: &serde_json::Value| path.as_str().is_some_and(|p| p.ends_with(".efi"));
+    let only_loaders = |event: &fleet::store::Event| match event.action.as_deref() {
+        Some("summary") => event.detail["examples"]
+            .as_array()
+            .is_some_and(|examples| examples.iter().all(loader)),
+        _ => event.detail["protocol"] == "tftp" && loader(&event.detail["path"]),
+    };
     let served_after = |event: &&&fleet::store::Event| {
         event.kind == "transfer"
+            && !only_loaders(event)
             && match event.action.as_deref() {
                 Some("summary") => event.detail["last_at"]
                     .as_i64()
@@ -422,6 +426,19 @@ fn assert_booted_from_disk(console: &str) {
     assert!(
         !installed.contains("fleet.role="),
         "the ephemeral environment booted again after the installer's reboot"
+    );
+}
+
+/// On UEFI: the firmware went on from the netboot to the entry fleet-deploy made (OVMF's BdsDxe
+/// names each boot option it starts on the console), not to its own entry for the disk.
+fn assert_booted_through_the_fleet_entry(console: &str) {
+    let installed = after_local_boot(console);
+    let started =
+        regex::Regex::new(r#"BdsDxe: starting Boot[0-9A-F]{4} "fleet" from HD\("#).unwrap();
+    assert!(
+        started.is_match(installed),
+        "the firmware did not start the fleet boot entry:\n{}",
+        tail(installed, 60)
     );
 }
 
@@ -496,9 +513,10 @@ const BIOS_MAC: &str = "52:54:00:de:00:01";
 const BIOS_NAME: &str = "deploy-bios";
 
 /// 1. BIOS, tarball, flat → deployed from its own disk, the disk holding what the plan
-/// resolved and rendered.
+/// resolved and rendered; then released without erase and redeployed on UEFI with LVM on md
+/// RAID 1 over two disks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bios_machine_deploys_a_tarball_flat_and_boots_from_its_disk() {
+async fn a_bios_machine_deploys_a_tarball_flat_then_redeploys_on_uefi_raid1_lvm() {
     let _one = ONE_VM_AT_A_TIME.lock().await;
     let test_started = Instant::now();
     let bench = Bench::new();
@@ -592,9 +610,94 @@ async fn a_bios_machine_deploys_a_tarball_flat_and_boots_from_its_disk() {
         test_started.elapsed().as_secs_f64()
     );
 
-    // Released without erase and redeployed on UEFI with LVM on md RAID 1: on the branch
-    // uefi-deploy-tests (OVMF does not boot the deployed disk yet).
+    // 2. Released without erase; the VM comes back on UEFI with a second disk, is commissioned
+    // again, and is deployed with LVM on md RAID 1 over both disks.
+    cli_ok(&controller, &["machine", "release", BIOS_NAME]);
+    wait_for_status(&store, BIOS_NAME, Status::Ready, &vm, &controller).await;
+    drop(controller);
     drop(vm);
+    // The same VM name: the same QMP socket, which the machine's power parameters name.
+    let second = disk(&bench, "disk1.img", 4 * GIB, "fleet-deploy-1");
+    let mut vm = Vm::start(
+        &bench.network,
+        dir,
+        &spec(
+            "bios",
+            BIOS_MAC,
+            Firmware::Uefi,
+            vec![first.clone(), second.clone()],
+        ),
+    );
+    let fleet_file = bench.fleet_file(&machine(
+        BIOS_NAME,
+        BIOS_MAC,
+        &vm.qmp,
+        "raid-lvm",
+        "testos",
+        "\"fleet.test.dd_baseline=1\"",
+    ));
+    let controller = bench.controller(&fleet_file);
+    // The new power socket and template, then what commissioning finds now (two disks, UEFI),
+    // then the layout resolved against that.
+    apply(&controller, &fleet_file, &vm);
+    cli_ok(&controller, &["machine", "commission", BIOS_NAME]);
+    wait_for_status(&store, BIOS_NAME, Status::Ready, &vm, &controller).await;
+    apply(&controller, &fleet_file, &vm);
+    let (_, timings) = deploy_until(
+        &controller,
+        &store,
+        &mut vm,
+        BIOS_NAME,
+        None,
+        Status::Deployed,
+    )
+    .await;
+    timings.print(
+        "UEFI, rootfs.tgz, LVM on RAID 1 (redeploy): deploy → deployed",
+        &deploy_output(&controller, BIOS_NAME),
+    );
+    wait_for_console(&vm, &controller, "fleet-test-os: ready").await;
+    assert_booted_from_disk(&vm.console());
+    assert_booted_through_the_fleet_entry(&vm.console());
+    assert_netboot_off(&timings);
+    vm.kill();
+    let layout = store
+        .deployment(BIOS_NAME)
+        .await
+        .unwrap()
+        .unwrap()
+        .layout
+        .unwrap();
+    assert_eq!(layout["firmware"], "uefi", "{layout}");
+    assert_partitions(&first.file, &layout, 0, "gpt");
+    assert_partitions(&second.file, &layout, 1, "gpt");
+    for (index, file) in [(0, &first.file), (1, &second.file)] {
+        let member = layout["disks"][index]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["kind"] == "raid")
+            .expect("a RAID member")
+            .clone();
+        let part = partition_file(
+            dir,
+            file,
+            member["start"].as_u64().unwrap(),
+            member["size"].as_u64().unwrap(),
+            &format!("member{index}"),
+        );
+        let probed = vm::blkid(&part);
+        assert_eq!(
+            probed.get("TYPE").map(String::as_str),
+            Some("linux_raid_member"),
+            "{probed:?}"
+        );
+        let _ = std::fs::remove_file(part);
+    }
+    eprintln!(
+        "e2e: whole test {:.1} s",
+        test_started.elapsed().as_secs_f64()
+    );
 }
 
 async fn wait_for_status(
@@ -645,19 +748,20 @@ async fn wait_for_console(vm: &Vm, controller: &NamespacedController, line: &str
 
 /// 2. UEFI, the whole-disk raw-xz image → deployed, booting from disk.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bios_machine_deploys_a_whole_disk_raw_xz_image() {
+async fn a_uefi_machine_deploys_a_whole_disk_raw_xz_image() {
     const MAC: &str = "52:54:00:de:00:02";
     const NAME: &str = "deploy-uefi-raw";
     let _one = ONE_VM_AT_A_TIME.lock().await;
     let bench = Bench::new();
     let dir = bench.dir();
-    // BIOS: on UEFI (OVMF) the deployed disk is not booted yet (see ARCHITECTURE.md, tests/);
-    // the UEFI version of this test is on the branch uefi-deploy-tests.
-    let only = disk(&bench, "disk.img", 2 * GIB, "fleet-raw-0");
+    let only = Disk {
+        bus: DiskBus::Nvme,
+        ..disk(&bench, "disk.img", 2 * GIB, "fleet-raw-0")
+    };
     let mut vm = Vm::start(
         &bench.network,
         dir,
-        &spec("raw", MAC, Firmware::Bios, vec![only.clone()]),
+        &spec("uefi", MAC, Firmware::Uefi, vec![only.clone()]),
     );
     let fleet_file = bench.fleet_file(&machine(
         NAME,
@@ -673,11 +777,12 @@ async fn a_bios_machine_deploys_a_whole_disk_raw_xz_image() {
     let (_, timings) =
         deploy_until(&controller, &store, &mut vm, NAME, None, Status::Deployed).await;
     timings.print(
-        "BIOS, disk.raw.xz, whole disk: deploy → deployed",
+        "UEFI, disk.raw.xz, whole disk: deploy → deployed",
         &deploy_output(&controller, NAME),
     );
     wait_for_console(&vm, &controller, "fleet-test-os: ready").await;
     assert_booted_from_disk(&vm.console());
+    assert_booted_through_the_fleet_entry(&vm.console());
     assert_netboot_off(&timings);
     assert!(
         after_local_boot(&vm.console()).contains("root=LABEL=cloudimg-rootfs"),
