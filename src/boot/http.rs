@@ -55,6 +55,9 @@ pub struct BootState {
     pub summaries: EventSummaries,
     /// The rate limits of requests without a credential, for the API's middleware.
     pub guard: Arc<RequestGuard>,
+    /// The first-stage loaders of `loader_dir` (file name → path), the files TFTP serves, for
+    /// UEFI HTTP boot clients, which DHCP sends to `/boot/loaders/NAME` (ipxe.efi...).
+    pub loaders: Arc<BTreeMap<String, std::path::PathBuf>>,
 }
 
 /// The boot endpoints' routes, ready to merge into the API's router.
@@ -66,6 +69,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: BootState) -> Router<S> {
             "/boot/by-mac/{mac}/{image}/{file}",
             get(image_file_for_machine),
         )
+        .route("/boot/loaders/{file}", get(loader_file))
         .route("/boot/{script}", get(boot_script))
         .with_state(Arc::new(state))
 }
@@ -279,6 +283,64 @@ struct BootedQuery {
     stage: Option<String>,
 }
 
+/// A first-stage loader for a UEFI HTTP boot client: only the files of `loader_dir` (by name;
+/// nothing under it, no other path), with Range. Counted like the other boot files.
+async fn loader_file(
+    State(state): State<Arc<BootState>>,
+    UrlPath(file): UrlPath<String>,
+    SourceAddress(source): SourceAddress,
+    request: Request,
+) -> Result<Response, BootHttpError> {
+    let path = state.loaders.get(&file).ok_or_else(|| {
+        BootHttpError::NotFound(format!(
+            "/boot/loaders/{file}: not a loader of the controller's loader_dir"
+        ))
+    })?;
+    let response = match ServeFile::new(path).oneshot(request).await {
+        Ok(response) => response.into_response(),
+        Err(never) => match never {},
+    };
+    let event = NewEvent {
+        machine: None,
+        kind: "transfer".to_string(),
+        actor: "boot".to_string(),
+        action: None,
+        from_status: None,
+        to_status: None,
+        reason: Some(format!("HTTP loader {file}")),
+        detail: serde_json::json!({
+            "protocol": "http", "loader": file, "status": response.status().as_u16(),
+        }),
+    };
+    // The file names are the loader directory's own (others were refused above).
+    let occurrence = Occurrence {
+        what: "boot loaders sent over HTTP",
+        machine: None,
+        variant: Some(file.clone()),
+        source,
+        sample: source.map(|address| address.to_string()),
+        event,
+    };
+    state.summaries.record(&state.store, occurrence).await;
+    Ok(response)
+}
+
+/// The regular files at the top of `directory` (symlinks followed), by name; none when it
+/// cannot be read (TFTP says why at start).
+fn loaders_in(directory: &std::path::Path) -> BTreeMap<String, std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(directory) else {
+        return BTreeMap::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let path = std::fs::canonicalize(entry.path()).ok()?;
+            let name = entry.file_name().into_string().ok()?;
+            path.is_file().then_some((name, path))
+        })
+        .collect()
+}
+
 async fn image_file(
     State(state): State<Arc<BootState>>,
     UrlPath((image, file)): UrlPath<(String, String)>,
@@ -458,6 +520,7 @@ pub async fn start_with_controller(
         ephemeral_kernel_params: Arc::default(),
         summaries,
         guard,
+        loaders: Arc::default(),
     };
     let Some(fleet) = fleet else {
         eprintln!("  boot    no fleet file: HTTP boot scripts only (no TFTP, no images)");
@@ -504,6 +567,7 @@ pub async fn start_with_controller(
         cache.dir().display()
     );
     state.images = images;
+    state.loaders = Arc::new(loaders_in(&settings.loader_dir));
     state.base_url = settings.http_boot_url.clone();
     state.ephemeral_image = settings.ephemeral_image.clone();
     state.ephemeral_kernel_params = Arc::new(ephemeral_kernel_params(fleet));

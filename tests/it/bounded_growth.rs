@@ -628,3 +628,45 @@ fn a_bad_rate_limit_is_a_validate_error_with_its_position() {
         assert!(said.contains(message), "no `{message}` in:\n{said}");
     }
 }
+
+/// UEFI HTTP boot clients are sent to `/boot/loaders/NAME` by DHCP (`http_loader_path`): the
+/// loaders of `loader_dir` are served there, with Range, and nothing else is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uefi_http_boot_clients_get_the_loaders_of_loader_dir_and_nothing_else() {
+    let loaders = tempfile::tempdir().unwrap();
+    let loader: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(loaders.path().join("ipxe.efi"), &loader).unwrap();
+    std::fs::create_dir(loaders.path().join("sub")).unwrap();
+    std::fs::write(loaders.path().join("sub/hidden.efi"), b"not a loader").unwrap();
+    let (controller, _directory) = start("", "127.0.0.1:0", loaders.path());
+    let client = client_from(Ipv4Addr::new(127, 0, 0, 31));
+    let get = |path: &str| client.get(format!("{}{path}", controller.url));
+
+    let whole = get("/boot/loaders/ipxe.efi").send().await.unwrap();
+    assert_eq!(whole.status(), 200);
+    assert!(whole.bytes().await.unwrap() == loader, "the loader's bytes");
+    let part = get("/boot/loaders/ipxe.efi")
+        .header("Range", "bytes=1000-1099")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert!(part.bytes().await.unwrap() == loader[1000..1100]);
+    for refused in [
+        "/boot/loaders/nothing.efi",
+        "/boot/loaders/sub",
+        "/boot/loaders/..%2Ffleet.toml",
+        "/boot/loaders/sub%2Fhidden.efi",
+    ] {
+        let response = get(refused).send().await.unwrap();
+        assert_eq!(response.status(), 404, "{refused}");
+        let text = response.text().await.unwrap();
+        assert!(
+            text.contains("not a loader of the controller's loader_dir"),
+            "{refused}: {text}"
+        );
+    }
+    // The path DHCP gives UEFI HTTP boot clients is this route's.
+    let settings = fleet::boot::dhcp::BootSettings::default();
+    assert_eq!(settings.http_loader_path, "/boot/loaders");
+}

@@ -77,6 +77,7 @@ const ENDPOINTS: &[Endpoint] = &[
     endpoint(Boot, "GET", "/boot/{script}", Anonymous("the iPXE script: a one-shot boot secret, never a token; rate-limited per source address")),
     endpoint(Boot, "GET", "/boot/files/{image}/{file}", Anonymous("kernels, initrds, images: nothing secret; rate-limited per source address")),
     endpoint(Boot, "GET", "/boot/by-mac/{mac}/{image}/{file}", Anonymous("the same files, counted on the machine; rate-limited per source address")),
+    endpoint(Boot, "GET", "/boot/loaders/{file}", Anonymous("first-stage loaders (ipxe.efi) for UEFI HTTP boot, the files TFTP serves; rate-limited per source address")),
     endpoint(Boot, "GET", "/boot/booted", Anonymous("a boot stage report: an event (summarised), never counts as the machine heard from")),
     endpoint(Boot, "GET", "/scripts/fleet-runner.sh", Anonymous("the public runner script")),
     endpoint(Boot, "GET", "/scripts/register-live.sh", Anonymous("the public register-live script")),
