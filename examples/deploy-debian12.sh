@@ -15,12 +15,13 @@
 #    state = "deployed", image debian12, the flat storage template, a static address 10.99.0.50
 #    and an SSH key made for this run.
 # 3. `fleet apply --yes` takes it through enlist-free commissioning, testing, allocation and
-#    deployment to deployed; the script then SSHes to 10.99.0.50 with the key and prints the
-#    hostname, the address and the authorized key the installed system has, with the timings.
+#    deployment to deployed; the script then SSHes to debian@10.99.0.50 (cloud-init's default
+#    user) with the key and prints the hostname, the address and the authorized key the
+#    installed system has, with the timings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages="linux-image-amd64,systemd-sysv,udev,cloud-init,openssh-server,netplan.io,iproute2,curl,ca-certificates,dbus"
+packages="linux-image-amd64,systemd-sysv,udev,cloud-init,openssh-server,netplan.io,iproute2,curl,ca-certificates,dbus,locales,sudo"
 cache=/var/cache/fleet-debian12
 namespace=fleetdeb
 mac=52:54:00:de:b1:01
@@ -154,12 +155,14 @@ fi
 say "deployed after $(($(date +%s) - started)) s"
 in_ns "$fleet" events debian-demo --limit 40 || true
 
-say "ssh root@$address (the key of this run): hostname, address, authorized key"
+# cloud-init gives the keys to Debian's default user `debian` (root logins only print "Please
+# login as the user debian", as on Debian's and Ubuntu's cloud images and MAAS deployments).
+say "ssh debian@$address (the key of this run): hostname, address, authorized key"
 ssh_opts=(-i "$work/key" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=10)
 for _ in $(seq 60); do
-  in_ns ssh "${ssh_opts[@]}" "root@$address" true 2>/dev/null && break
+  in_ns ssh "${ssh_opts[@]}" "debian@$address" true 2>/dev/null && break
   sleep 5
 done
-in_ns ssh "${ssh_opts[@]}" "root@$address" \
-  'echo "hostname: $(hostname)"; ip -4 -o addr show | grep -v " lo "; echo "authorized_keys:"; cat /root/.ssh/authorized_keys; cat /etc/os-release | head -n 2; cloud-init status || true'
+in_ns ssh "${ssh_opts[@]}" "debian@$address" \
+  'echo "hostname: $(hostname)"; ip -4 -o addr show | grep -v " lo "; echo "authorized_keys:"; cat ~/.ssh/authorized_keys; head -n 2 /etc/os-release; findmnt / -o SOURCE,FSTYPE; cloud-init status --long || true'
 say "done"
