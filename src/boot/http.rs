@@ -325,20 +325,12 @@ async fn loader_file(
     Ok(response)
 }
 
-/// The regular files at the top of `directory` (symlinks followed), by name; none when it
+/// The loaders TFTP serves ([`crate::boot::tftp::loader_files`]); none when the directory
 /// cannot be read (TFTP says why at start).
 fn loaders_in(directory: &std::path::Path) -> BTreeMap<String, std::path::PathBuf> {
-    let Ok(entries) = std::fs::read_dir(directory) else {
-        return BTreeMap::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let path = std::fs::canonicalize(entry.path()).ok()?;
-            let name = entry.file_name().into_string().ok()?;
-            path.is_file().then_some((name, path))
-        })
-        .collect()
+    crate::boot::tftp::loader_files(directory)
+        .map(|loaders| loaders.into_iter().collect())
+        .unwrap_or_default()
 }
 
 async fn image_file(

@@ -53,27 +53,37 @@ impl GeneratedFiles {
     }
 }
 
-/// Publishes every regular file directly in `directory` under its own name, following symbolic
-/// links once, now. Why: Debian's `ipxe` package links `/usr/lib/ipxe/ipxe.efi` to
-/// `/boot/ipxe.efi`, which the root check would refuse; the operator chose this directory, so
-/// its entries as installed are trusted, while links appearing later still are not.
-/// Returns how many files were published.
+/// Publishes every regular file directly in `directory` under its own name ([`loader_files`]),
+/// now. Returns how many files were published.
 pub fn publish_loader_directory(
     directory: &Path,
     files: &GeneratedFiles,
 ) -> std::io::Result<usize> {
-    let mut count = 0;
+    let loaders = loader_files(directory)?;
+    let count = loaders.len();
+    for (name, real_path) in loaders {
+        files.publish(name, real_path);
+    }
+    Ok(count)
+}
+
+/// Every regular file directly in `directory`, by name, with its real path (symbolic links
+/// followed once). Why: Debian's `ipxe` package links `/usr/lib/ipxe/ipxe.efi` to
+/// `/boot/ipxe.efi`, which the root check would refuse; the operator chose this directory, so
+/// its entries as installed are trusted, while links appearing later still are not. TFTP and
+/// HTTP boot (`/boot/loaders/NAME`) serve the same set.
+pub fn loader_files(directory: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut loaders = Vec::new();
     for entry in std::fs::read_dir(directory)? {
         let entry = entry?;
         let Ok(real_path) = std::fs::canonicalize(entry.path()) else {
             continue;
         };
         if real_path.is_file() {
-            files.publish(entry.file_name().to_string_lossy().into_owned(), real_path);
-            count += 1;
+            loaders.push((entry.file_name().to_string_lossy().into_owned(), real_path));
         }
     }
-    Ok(count)
+    Ok(loaders)
 }
 
 /// A file to send.

@@ -18,7 +18,9 @@ mod options;
 pub mod packet;
 mod transfer;
 
-pub use files::{publish_loader_directory, relative_path, GeneratedFiles, RefusedPath};
+pub use files::{
+    loader_files, publish_loader_directory, relative_path, GeneratedFiles, RefusedPath,
+};
 pub use options::{negotiate, Limits, Negotiated, DEFAULT_BLOCK_SIZE, LARGEST_BLOCK_SIZE};
 pub use transfer::{TransferCounters, TransferOutcome};
 
