@@ -1,5 +1,6 @@
-//! The socket loop: receive, decode, answer (under the lease table's lock, no IO), send. Nothing
-//! here waits for the store: lease changes and events are written behind.
+//! The socket loop: receive, decode, answer (under the lease table's lock, no IO), send. The loop
+//! never waits for the store: lease changes and events are written behind, and an ACK is handed
+//! to a task that sends it once the lease it grants is committed (durable before the ACK).
 
 use super::config::DhcpConfig;
 use super::handler::{decode_request, encode_reply, MAXIMUM_REQUEST_SIZE};
@@ -8,8 +9,14 @@ use super::DhcpError;
 use crate::store::now_ms;
 use std::future::Future;
 use std::io::ErrorKind;
+use std::net::SocketAddrV4;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::UdpSocket;
+
+/// An ACK whose lease is not committed by then is dropped: the store is failing, and the client
+/// asks again (a REQUEST is retransmitted after about 4 s, RFC 2131 4.1).
+const ACK_COMMIT_LIMIT: Duration = Duration::from_secs(4);
 
 /// Serves DHCP on an already-bound socket until `shutdown` completes. One socket serves one
 /// interface (see [`super::bind_dhcp_socket`] and [`DhcpConfig::on_interface`]) plus any relayed
@@ -20,6 +27,7 @@ pub async fn serve(
     leases: Arc<DhcpLeases>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DhcpError> {
+    let socket = Arc::new(socket);
     // One byte more than we accept, to tell an oversized datagram from a full-sized one.
     let mut received = vec![0u8; MAXIMUM_REQUEST_SIZE + 1];
     let mut encoded = Vec::with_capacity(1024);
@@ -37,7 +45,7 @@ pub async fn serve(
         let Some(request) = decode_request(&received[..length]) else {
             continue;
         };
-        let outcome = leases.answer(&request, &config, now_ms());
+        let (outcome, grant) = leases.answer_durably(&request, &config, now_ms());
         let Some(reply) = outcome.reply else {
             continue;
         };
@@ -45,10 +53,27 @@ pub async fn serve(
             tracing::debug!(%error, "cannot encode a DHCP reply");
             continue;
         }
-        if let Err(error) = socket.send_to(&encoded, reply.destination).await {
-            // The client or relay is unreachable; it will ask again.
-            tracing::debug!(%error, destination = %reply.destination, "cannot send a DHCP reply");
+        match grant {
+            None => send(&socket, &encoded, reply.destination).await,
+            Some(sequence) => {
+                let (socket, leases) = (Arc::clone(&socket), Arc::clone(&leases));
+                let (encoded, destination) = (encoded.clone(), reply.destination);
+                tokio::spawn(async move {
+                    if leases.committed_through(sequence, ACK_COMMIT_LIMIT).await {
+                        send(&socket, &encoded, destination).await;
+                    } else {
+                        tracing::warn!(%destination, "DHCP ACK not sent: its lease could not be stored in time");
+                    }
+                });
+            }
         }
+    }
+}
+
+async fn send(socket: &UdpSocket, encoded: &[u8], destination: SocketAddrV4) {
+    if let Err(error) = socket.send_to(encoded, destination).await {
+        // The client or relay is unreachable; it will ask again.
+        tracing::debug!(%error, %destination, "cannot send a DHCP reply");
     }
 }
 
