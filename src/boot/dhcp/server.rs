@@ -2,7 +2,7 @@
 //! here waits for the store: lease changes and events are written behind.
 
 use super::config::DhcpConfig;
-use super::handler::{decode_request, encode_reply, MAXIMUM_REQUEST_SIZE};
+use super::handler::{decode_request, encode_reply, wire_destination, MAXIMUM_REQUEST_SIZE};
 use super::service::DhcpLeases;
 use super::DhcpError;
 use crate::store::now_ms;
@@ -25,11 +25,11 @@ pub async fn serve(
     let mut encoded = Vec::with_capacity(1024);
     tokio::pin!(shutdown);
     loop {
-        let length = tokio::select! {
+        let (length, source) = tokio::select! {
             biased;
             () = &mut shutdown => return Ok(()),
             result = socket.recv_from(&mut received) => match result {
-                Ok((length, _source)) => length,
+                Ok(received) => received,
                 Err(error) if is_transient(&error) => continue,
                 Err(error) => return Err(DhcpError::Receive(error)),
             },
@@ -45,7 +45,8 @@ pub async fn serve(
             tracing::debug!(%error, "cannot encode a DHCP reply");
             continue;
         }
-        if let Err(error) = socket.send_to(&encoded, reply.destination).await {
+        let destination = wire_destination(reply.destination, source);
+        if let Err(error) = socket.send_to(&encoded, destination).await {
             // The client or relay is unreachable; it will ask again.
             tracing::debug!(%error, destination = %reply.destination, "cannot send a DHCP reply");
         }
