@@ -266,15 +266,17 @@ async fn faults_give_the_statuses_and_reasons_of_the_life_cycle() {
     let mut faults: HashMap<u32, Faults> = HashMap::new();
     for (index, fault) in [
         (200, "lost-dhcp=2"),
+        (200, "slow-disk=2"),
         (201, "fail-script=fleet-disk-read"),
         (202, "silent"),
         (203, "bmc-refuses"),
+        (204, "bmc-hangs"),
     ] {
         faults.entry(index).or_default().add(fault).unwrap();
     }
     // The machines are declared before the controller starts: placeholders to know the BMC URL.
-    let sims = setup.sims(200, 4, faults).await;
-    let names = ["healthy", "bad-test", "silent", "bad-bmc"];
+    let sims = setup.sims(200, 5, faults).await;
+    let names = ["healthy", "bad-test", "silent", "bad-bmc", "hung-bmc"];
     let machines: String = sims
         .machines
         .iter()
@@ -295,7 +297,18 @@ async fn faults_give_the_statuses_and_reasons_of_the_life_cycle() {
         "failures make apply fail:\n{shown}"
     );
     let limit = Duration::from_secs(30);
+    // Lost DHCP replies and a slow disk only cost time.
     wait_for_status(&store, &sims, "healthy", Status::Ready, limit).await;
+    let healthy = store.machine("healthy").await.unwrap().unwrap();
+    let results = store.script_results(healthy.id).await.unwrap();
+    let disk_read = results
+        .iter()
+        .find(|result| result.name == "fleet-disk-read")
+        .expect("the disk test ran");
+    assert!(
+        disk_read.runtime_ms.is_some_and(|ms| ms >= 2000),
+        "{disk_read:?}"
+    );
     let reason = wait_for_status(&store, &sims, "bad-test", Status::FailedTesting, limit).await;
     assert!(
         reason.as_deref().is_some_and(
@@ -333,6 +346,75 @@ async fn faults_give_the_statuses_and_reasons_of_the_life_cycle() {
         shown.contains("bad-test") && shown.contains("silent"),
         "{shown}"
     );
+}
+
+/// Rescue mode (the rescue script's result, heartbeats while it waits), exit rescue, and a
+/// release with a quick erase (the erase script's result per simulated disk), powered through
+/// the simulated BMC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescue_exit_rescue_and_a_release_with_erase() {
+    let setup = setup();
+    let sims = setup.sims(300, 1, HashMap::new()).await;
+    let machine = &sims.machines[0];
+    let machines = sims.machine_toml(machine, "node", "state = \"ready\"");
+    let fleet_file = setup.fleet_file(&machines);
+    let controller = setup.start_controller(&fleet_file);
+    let store = controller.store().await;
+    let applied = fleet_cli(
+        &controller,
+        &["apply", "-f", fleet_file.to_str().unwrap(), "--yes"],
+    )
+    .await;
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    let limit = Duration::from_secs(20);
+    wait_for_status(&store, &sims, "node", Status::Ready, limit).await;
+
+    let rescue = fleet_cli(&controller, &["machine", "rescue", "node"]).await;
+    assert!(rescue.status.success(), "{}", stderr(&rescue));
+    wait_for_status(&store, &sims, "node", Status::RescueMode, limit).await;
+    assert!(machine.is_on(), "a machine in rescue mode waits, powered");
+    let shown = fleet_cli(&controller, &["machine", "show", "node", "--json"]).await;
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["rescue"]["ssh"], false, "{}", shown["rescue"]);
+    let exit = fleet_cli(&controller, &["machine", "exit-rescue", "node"]).await;
+    assert!(exit.status.success(), "{}", stderr(&exit));
+    wait_for_status(&store, &sims, "node", Status::Ready, limit).await;
+    let deadline = Instant::now() + limit;
+    while machine.is_on() {
+        assert!(Instant::now() < deadline, "still on after exit-rescue");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    controller.make_deployed(&store, "node").await;
+    let body = serde_json::json!({"options": {"erase": "quick"}});
+    let (code, answer) = controller
+        .http()
+        .post("/machines/node/actions/release", body)
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    wait_for_status(&store, &sims, "node", Status::Ready, limit).await;
+    let record = store.machine("node").await.unwrap().unwrap();
+    assert_eq!(record.lifecycle.owner, None);
+    let results = store.script_results(record.id).await.unwrap();
+    let erase = results
+        .iter()
+        .find(|result| result.name == "fleet-erase-quick")
+        .expect("the erase ran");
+    assert_eq!(erase.status, "passed");
+    assert_eq!(erase.results["mode"], "quick");
+    let erased: Vec<&str> = erase.results["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|disk| disk["name"].as_str().unwrap())
+        .collect();
+    let simulated: Vec<&str> = machine
+        .hardware
+        .disks
+        .iter()
+        .map(|disk| disk.name.as_str())
+        .collect();
+    assert_eq!(erased, simulated);
 }
 
 /// `fleet demo`: a controller and simulated machines on loopback, without root, ends with the
