@@ -24,6 +24,12 @@ pub struct SimNetwork {
 /// How long a machine waits before booting again after a boot that went wrong (iPXE's failed
 /// script sleeps 10 s; shorter here).
 const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// The firmware's power-on self test: from power on to its first DHCP request. Real servers
+/// take from seconds to minutes. Not zero: the controller starts a machine's boot clock (and
+/// with it the boot's secrets, see ARCHITECTURE "Machine credentials") once the power command
+/// returns, and a machine that asked for its boot script before that would be taken for its
+/// previous boot asking again (seen at 200 machines: "boot secret used twice").
+const POWER_ON_SELF_TEST: Duration = Duration::from_secs(1);
 /// Notes kept per machine (the newest).
 const NOTES_KEPT: usize = 40;
 
@@ -147,6 +153,7 @@ impl SimMachine {
 
 async fn boot_loop(machine: Arc<SimMachine>) {
     loop {
+        tokio::time::sleep(POWER_ON_SELF_TEST).await;
         machine.state().boots += 1;
         let after = match boot_once(&machine).await {
             Ok(after) => after,
@@ -218,7 +225,14 @@ async fn boot_once(machine: &Arc<SimMachine>) -> Result<After, SimError> {
             "booted the ephemeral environment ({})",
             command_line.role
         ));
-        return runner::run(machine, client, command_line).await;
+        // The runner gives up and powers off when it cannot start its run (its `give_up`);
+        // booting again would exchange the boot's one-shot secret a second time.
+        return Ok(runner::run(machine, client, command_line)
+            .await
+            .unwrap_or_else(|error| {
+                machine.note(format!("runner: {error}; powering off"));
+                After::PowerOff
+            }));
     }
     if script.contains("sanboot") {
         return installed_system(machine, &client).await;

@@ -64,6 +64,7 @@ initrd = {{ path = "{dir}/initrd" }}
 
 [policy]
 power_poll_seconds = 0
+parallelism = 200
 
 [policy.timeouts]
 boot = "20s"
@@ -479,5 +480,72 @@ fn fleet_demo_takes_a_small_fleet_through_the_life_cycle_and_reports_each_machin
         started.elapsed() < Duration::from_secs(60),
         "{:?}",
         started.elapsed()
+    );
+}
+
+/// 200 simulated machines, 10 % of them given a fault (a failing test, silence, a refusing
+/// BMC, spread over the fleet), commissioned by one `fleet apply`: each ends in the status the
+/// life-cycle prescribes, with its reason, and every other machine is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_machines_with_ten_percent_faults_end_where_the_life_cycle_says() {
+    const COUNT: u32 = 200;
+    let setup = setup();
+    let kinds = ["fail-script=fleet-memtest", "silent", "bmc-refuses"];
+    let faulted = fleet::sim::share_of_fleet(COUNT, 10);
+    assert_eq!(faulted.len(), 20);
+    let mut faults: HashMap<u32, Faults> = HashMap::new();
+    for (at, offset) in faulted.iter().enumerate() {
+        let fault = kinds[at % kinds.len()];
+        faults.entry(1000 + offset).or_default().add(fault).unwrap();
+    }
+    let sims = setup.sims(1000, COUNT, faults).await;
+    let name = |machine: &fleet::sim::SimMachine| format!("m-{:03}", machine.index - 1000);
+    let machines: String = sims
+        .machines
+        .iter()
+        .map(|machine| sims.machine_toml(machine, &name(machine), "state = \"ready\""))
+        .collect();
+    let fleet_file = setup.fleet_file(&machines);
+    let controller = setup.start_controller(&fleet_file);
+    let store = controller.store().await;
+    let started = Instant::now();
+    let applied = fleet_cli(
+        &controller,
+        &["apply", "-f", fleet_file.to_str().unwrap(), "--yes"],
+    )
+    .await;
+    assert!(!applied.status.success(), "the faults fail the apply");
+    let applied_in = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for machine in &sims.machines {
+        let name = name(machine);
+        let faults = &machine.faults;
+        let (expected, words) = if faults.failing_script.is_some() {
+            (Status::FailedTesting, "fleet-memtest")
+        } else if faults.silent {
+            (Status::FailedCommissioning, "not heard from")
+        } else if faults.bmc_refuses {
+            (Status::FailedCommissioning, "webhook")
+        } else {
+            (Status::Ready, "")
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let reason = wait_for_status(&store, &sims, &name, expected, left).await;
+        assert!(
+            reason.as_deref().unwrap_or_default().contains(words),
+            "{name} ({}): {reason:?}",
+            faults.describe()
+        );
+    }
+    let summaries = store.machine_summaries().await.unwrap();
+    let ready = summaries
+        .iter()
+        .filter(|m| m.status == Status::Ready)
+        .count();
+    assert_eq!(ready, 180, "every machine without a fault is ready");
+    eprintln!(
+        "{COUNT} simulated machines, 20 faulted: apply ended after {:.1} s, all settled after {:.1} s",
+        applied_in.as_secs_f64(),
+        started.elapsed().as_secs_f64()
     );
 }
