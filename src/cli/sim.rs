@@ -101,9 +101,15 @@ pub async fn run(args: &SimArgs) -> anyhow::Result<ExitCode> {
         args.dhcp,
         args.tftp
     );
-    println!("# simulated machines: put these in a fleet file (or adopt them once enlisted)");
+    println!("# simulated machines: put these in a fleet file");
     for machine in &fleet.machines {
-        let name = format!("sim-{:03}", machine.index);
+        // Powered on, they enlist under the name enlistment gives: the tables adopt them.
+        let name = if args.power_on {
+            let mac = machine.hardware.boot_mac().to_string().replace(':', "");
+            format!("enlisted-{mac}")
+        } else {
+            format!("sim-{:03}", machine.index)
+        };
         let faults = if machine.faults.is_none() {
             String::new()
         } else {
