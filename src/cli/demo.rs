@@ -435,11 +435,12 @@ async fn print_story(
         let events: Vec<EventView> = client
             .get(&format!("/events?machine={name}&limit=10000"))
             .await??;
+        let disks = shown.disks.len();
         let hardware = format!(
-            "{} CPUs, {} GiB, {} disks",
+            "{} CPUs, {} GiB, {disks} disk{}",
             shown.hardware.cpus.unwrap_or(0),
             shown.hardware.memory_mib.unwrap_or(0) / 1024,
-            shown.disks.len()
+            if disks == 1 { "" } else { "s" }
         );
         table.add_row(vec![
             Cell::new(name),

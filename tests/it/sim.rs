@@ -549,3 +549,47 @@ async fn two_hundred_machines_with_ten_percent_faults_end_where_the_life_cycle_s
         started.elapsed().as_secs_f64()
     );
 }
+
+/// `fleet sim --power-on` against a running `fleet serve`: its machines enlist through the
+/// controller's sockets, and it prints their `[[machine]]` tables under the enlisted names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_sim_machines_enlist_with_a_running_controller() {
+    let setup = setup();
+    let fleet_file = setup.fleet_file("");
+    let controller = setup.start_controller(&fleet_file);
+    let store = controller.store().await;
+    let output = setup.directory.path().join("sim.out");
+    let mut sim = std::process::Command::new(crate::support::controller::FLEET)
+        .args([
+            "sim",
+            "--machines",
+            "2",
+            "--first-index",
+            "400",
+            "--power-on",
+        ])
+        .arg("--dhcp")
+        .arg(setup.network.dhcp.to_string())
+        .arg("--tftp")
+        .arg(setup.network.tftp.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&output).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("fleet sim starts");
+    let names = ["enlisted-025e00000190", "enlisted-025e00000191"];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for name in names {
+        while status_of(&store, name).await.map(|(status, _)| status) != Some(Status::New) {
+            assert!(Instant::now() < deadline, "{name} did not enlist");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let _ = sim.kill();
+    let _ = sim.wait();
+    let printed = std::fs::read_to_string(&output).unwrap();
+    for name in names {
+        assert!(printed.contains(&format!("name = \"{name}\"")), "{printed}");
+    }
+    assert!(printed.contains("type = \"webhook\""), "{printed}");
+}
