@@ -1509,3 +1509,33 @@ async fn dhclient_gets_a_lease_with_the_subnets_options_renews_and_releases() {
     assert!(status.success());
     lab.wait_for_store_lease(mac, |lease| lease.is_none()).await;
 }
+
+/// A relay's replies go to its port 67 (RFC 2131), or to the port it sent from when that is not
+/// 67 and the request came from the relay's own address (a relay without root, RFC 8357's relay
+/// source port: how `fleet sim` talks to `[controller] dhcp_listen`).
+#[test]
+fn relayed_replies_go_back_to_the_port_the_relay_sent_from() {
+    use fleet::boot::dhcp::handler::wire_destination;
+    use std::net::{SocketAddr, SocketAddrV4};
+    let to_relay = SocketAddrV4::new(ip("127.0.0.1"), 67);
+    let from = |text: &str| text.parse::<SocketAddr>().unwrap();
+    assert_eq!(
+        wire_destination(to_relay, from("127.0.0.1:40000")),
+        from("127.0.0.1:40000")
+    );
+    // A relay on port 67, or a request forwarded from another address: port 67, as RFC 2131.
+    assert_eq!(
+        wire_destination(to_relay, from("127.0.0.1:67")),
+        from("127.0.0.1:67")
+    );
+    assert_eq!(
+        wire_destination(to_relay, from("10.0.0.9:40000")),
+        from("127.0.0.1:67")
+    );
+    // A reply to a client (port 68) is never redirected.
+    let to_client = SocketAddrV4::new(ip("255.255.255.255"), 68);
+    assert_eq!(
+        wire_destination(to_client, from("127.0.0.1:40000")),
+        from("255.255.255.255:68")
+    );
+}

@@ -3,13 +3,13 @@
 //! to a task that sends it once the lease it grants is committed (durable before the ACK).
 
 use super::config::DhcpConfig;
-use super::handler::{decode_request, encode_reply, MAXIMUM_REQUEST_SIZE};
+use super::handler::{decode_request, encode_reply, wire_destination, MAXIMUM_REQUEST_SIZE};
 use super::service::DhcpLeases;
 use super::DhcpError;
 use crate::store::now_ms;
 use std::future::Future;
 use std::io::ErrorKind;
-use std::net::SocketAddrV4;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
@@ -33,11 +33,11 @@ pub async fn serve(
     let mut encoded = Vec::with_capacity(1024);
     tokio::pin!(shutdown);
     loop {
-        let length = tokio::select! {
+        let (length, source) = tokio::select! {
             biased;
             () = &mut shutdown => return Ok(()),
             result = socket.recv_from(&mut received) => match result {
-                Ok((length, _source)) => length,
+                Ok(received) => received,
                 Err(error) if is_transient(&error) => continue,
                 Err(error) => return Err(DhcpError::Receive(error)),
             },
@@ -53,11 +53,12 @@ pub async fn serve(
             tracing::debug!(%error, "cannot encode a DHCP reply");
             continue;
         }
+        let destination = wire_destination(reply.destination, source);
         match grant {
-            None => send(&socket, &encoded, reply.destination).await,
+            None => send(&socket, &encoded, destination).await,
             Some(sequence) => {
                 let (socket, leases) = (Arc::clone(&socket), Arc::clone(&leases));
-                let (encoded, destination) = (encoded.clone(), reply.destination);
+                let encoded = encoded.clone();
                 tokio::spawn(async move {
                     if leases.committed_through(sequence, ACK_COMMIT_LIMIT).await {
                         send(&socket, &encoded, destination).await;
@@ -70,7 +71,7 @@ pub async fn serve(
     }
 }
 
-async fn send(socket: &UdpSocket, encoded: &[u8], destination: SocketAddrV4) {
+async fn send(socket: &UdpSocket, encoded: &[u8], destination: SocketAddr) {
     if let Err(error) = socket.send_to(encoded, destination).await {
         // The client or relay is unreachable; it will ask again.
         tracing::debug!(%error, %destination, "cannot send a DHCP reply");
