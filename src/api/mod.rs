@@ -9,6 +9,7 @@
 //! Each route is on one listener only; the other answers 404. Each server takes an already-bound
 //! listener and a shutdown future, so tests bind port 0.
 
+mod controllers;
 mod deploy_image;
 mod error;
 mod images;
@@ -47,6 +48,8 @@ pub struct ApiState {
     pub boot: Option<crate::boot::http::BootState>,
     /// What booted machines are told to run (`/metadata/v1/...`).
     pub machine_api: crate::services::machine_api::SharedSettings,
+    /// This controller's id in the store's `controllers` table (`None` in tests without one).
+    pub controller_id: Option<String>,
 }
 
 /// The operator API's routes (`/api/v1/...`), for the TLS listener. Everything else, the boot
@@ -65,6 +68,7 @@ pub fn api_router(state: ApiState) -> Router {
         .route("/observed", get(plans::observed))
         .route("/applies", post(plans::start))
         .route("/applies/{id}", get(plans::show))
+        .route("/controllers", get(controllers::list))
         .route("/images", get(images::list))
         .route("/images/prune", post(images::prune))
         .merge(tokens_router())

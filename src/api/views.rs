@@ -514,3 +514,24 @@ pub struct PruneImages {
     #[serde(default)]
     pub dry_run: bool,
 }
+
+/// One row of `fleet controllers --json`: a controller on this store as its last heartbeat
+/// described it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ControllerView {
+    pub id: String,
+    pub hostname: String,
+    pub api_url: String,
+    pub boot_url: String,
+    /// What its DHCP serves (`INTERFACE ADDRESS`, `relayed ADDRESS`); empty: no DHCP.
+    pub networks: Vec<String>,
+    pub version: String,
+    pub started_at: String,
+    pub heartbeat_at: String,
+    /// Seconds since the last heartbeat, by the clock of the controller that answers.
+    pub heartbeat_age_seconds: i64,
+    /// No heartbeat for three intervals: stopped, or cut off from the store.
+    pub silent: bool,
+    /// The one that answered this request.
+    pub this_one: bool,
+}

@@ -7,6 +7,7 @@ mod apply;
 mod bench;
 mod client;
 mod clone;
+mod controllers;
 mod demo;
 mod explain;
 mod images;
@@ -88,6 +89,13 @@ pub enum Command {
     Adopt(adopt::AdoptArgs),
     /// The images: size, digests and state of each file (`prune`: remove unused cached files)
     Images(images::ImagesArgs),
+    /// The controllers sharing this controller's store: addresses, what their DHCP serves,
+    /// version, last heartbeat
+    Controllers {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
     /// Operator tokens: create (read-only or admin), list, revoke, rotate
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -149,6 +157,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Adopt(args) => adopt::run(&cli.connection, &args).await,
         Command::Clone(args) => clone::run(&cli.connection, &args).await,
         Command::Images(args) => images::run(&cli.connection, &args).await,
+        Command::Controllers { json } => controllers::run(&cli.connection, json).await,
         Command::Token(command) => token::token(&cli.connection, command).await,
         Command::Bench(command) => bench::bench(command).await,
         Command::Sim(args) => sim::run(&args).await,

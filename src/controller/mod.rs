@@ -4,6 +4,7 @@
 //! DHCP, the timeout watch and the power poll (`services`), and the reconcile loop.
 
 mod dhcp;
+pub mod heartbeat;
 mod serve;
 pub mod tls;
 

@@ -138,6 +138,18 @@ pub async fn serve(
     let boot =
         crate::boot::http::start_with_controller(fleet.as_deref(), state_dir, &store, boot_stopped)
             .await;
+    let controller_id =
+        super::heartbeat::controller_id(state_dir).map_err(|source| ServeError::StateDir {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+    let heartbeat = start_heartbeat(
+        &store,
+        &controller_id,
+        (&api_url, &boot_url),
+        served_networks(fleet.as_deref(), &options.boot_interfaces, dhcp.is_some()),
+    )
+    .await;
     let drivers = PowerDrivers::standard();
     start_executor(&store, &drivers).await;
     let mut settings = crate::services::machine_api::MachineApiSettings::new(fleet.clone());
@@ -177,6 +189,7 @@ pub async fn serve(
         store: store.clone(),
         drivers,
         boot: Some(boot),
+        controller_id: Some(controller_id),
     };
     let result = serve_both(api_listener, boot_listener, tls, state, shutdown).await;
     if let Some(watch) = watch {
@@ -184,6 +197,7 @@ pub async fn serve(
     }
     monitor.abort();
     retention.abort();
+    heartbeat.abort();
     if let Some(power_poll) = power_poll {
         power_poll.abort();
     }
@@ -197,6 +211,52 @@ pub async fn serve(
     store.close().await;
     eprintln!("fleet controller stopped");
     result
+}
+
+/// Records this controller in the store and keeps its heartbeat going (`fleet controllers`).
+async fn start_heartbeat(
+    store: &Store,
+    id: &str,
+    (api_url, boot_url): (&str, &str),
+    networks: Vec<String>,
+) -> tokio::task::JoinHandle<()> {
+    let id = id.to_string();
+    let now = crate::store::now_ms();
+    let record = crate::store::ControllerRecord {
+        id,
+        hostname: super::heartbeat::hostname(),
+        api_url: api_url.to_string(),
+        boot_url: boot_url.to_string(),
+        networks,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at: now,
+        heartbeat_at: now,
+    };
+    eprintln!("  peers   this controller is `{}` in the store", record.id);
+    super::heartbeat::start_heartbeat(store, record).await
+}
+
+/// What this controller's DHCP serves, as `fleet controllers` shows it: each interface with
+/// its address, and the relayed-requests socket; nothing when DHCP did not start.
+fn served_networks(
+    fleet: Option<&crate::config::Fleet>,
+    interfaces: &[String],
+    dhcp_started: bool,
+) -> Vec<String> {
+    if !dhcp_started {
+        return Vec::new();
+    }
+    let mut networks: Vec<String> = interfaces
+        .iter()
+        .filter_map(|interface| {
+            crate::boot::dhcp::interface_ipv4(interface)
+                .map(|address| format!("{interface} {address}"))
+        })
+        .collect();
+    if let Some(listen) = fleet.and_then(|fleet| fleet.controller.dhcp_listen) {
+        networks.push(format!("relayed {listen}"));
+    }
+    networks
 }
 
 /// Writes the token file when the controller made an admin token, and says what there is.

@@ -26,6 +26,7 @@ mod addresses;
 mod apply;
 mod clones;
 mod codec;
+mod controllers;
 mod db;
 mod deployments;
 mod events;
@@ -47,6 +48,7 @@ pub use crate::model::records::{
 pub use addresses::{CommittedAddress, HeldAddressMacs, StoredAddress};
 pub use apply::ApplyStepRow;
 pub use clones::{cloned_parts, CloneOrder, ClonePair, CloneVerdict};
+pub use controllers::{ControllerRecord, HEARTBEAT_INTERVAL, SILENT_AFTER_INTERVALS};
 pub use db::{now_ms, redact_url, Store};
 pub use deployments::{DeploymentDigests, StoredDeployment};
 pub use machine_state::{

@@ -68,6 +68,7 @@ const ENDPOINTS: &[Endpoint] = &[
     endpoint(Api, "GET", "/api/v1/observed", Reader),
     endpoint(Api, "POST", "/api/v1/applies", Admin),
     endpoint(Api, "GET", "/api/v1/applies/{id}", Reader),
+    endpoint(Api, "GET", "/api/v1/controllers", Reader),
     endpoint(Api, "GET", "/api/v1/images", Reader),
     endpoint(Api, "POST", "/api/v1/images/prune", Admin),
     endpoint(Api, "GET", "/api/v1/tokens", Admin),

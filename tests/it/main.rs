@@ -8,6 +8,7 @@ mod apply;
 mod bounded_growth;
 mod clone;
 mod config;
+mod controllers;
 mod crash;
 mod deploy_api;
 mod dhcp;
