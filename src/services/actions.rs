@@ -303,7 +303,7 @@ impl MadeFor {
 /// turn comes it is dropped if a newer decision asked for power since (the machine's
 /// `power_decided` passed `made_for`), so an old command never undoes a newer one. The result
 /// (state, error, or the drop) is stored before the next command's turn; a command that boots
-/// the machine (on, cycle) starts its boot clock.
+/// the machine (on, cycle) starts its boot clock, before it is sent.
 pub async fn carry_out_power(
     store: &Store,
     drivers: &PowerDrivers,
@@ -331,13 +331,17 @@ pub async fn carry_out_power(
     store
         .set_power_intent(name, Some(&power_intent(command)))
         .await?;
+    if matches!(command, PowerCommand::On | PowerCommand::Cycle) {
+        // The machine's new boot starts before the command is sent, not when it returns: a
+        // BMC may answer after the machine has already fetched its iPXE script (a fast VM, a
+        // slow Redfish call), and a script fetched under the previous boot's clock joined that
+        // boot, whose one exchange was spent, so the new run was refused as a second exchange.
+        // A heartbeat of the previous run sent meanwhile carries that run's token, which the
+        // new run's exchange voids.
+        store.boot_clock_started(name).await?;
+    }
     match drivers.execute(&power_target(&record), command).await {
         Ok(report) => {
-            if matches!(command, PowerCommand::On | PowerCommand::Cycle) {
-                // From now on the machine boots: a call before this (its previous boot's last
-                // heartbeat, sent while the command ran) does not count as its first.
-                store.boot_clock_started(name).await?;
-            }
             store
                 .set_power(name, report.state, actor, report.note.as_deref())
                 .await?;

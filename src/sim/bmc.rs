@@ -1,7 +1,8 @@
 //! The simulated BMCs: one small HTTP server for the whole simulated fleet, which the
 //! controller's `webhook` power driver calls (`POST /bmc/MAC/on`, `/off`, `/cycle`; `GET
 //! /bmc/MAC/status` answers `on` or `off`). Power goes through this socket, never through a
-//! function call from the controller. A BMC given a fault refuses (500) or never answers.
+//! function call from the controller. A BMC given a fault refuses (500), never answers, or
+//! answers a command late, after carrying it out.
 
 use super::machine::SimMachine;
 use axum::extract::{Path, State};
@@ -70,5 +71,12 @@ async fn command(
         _ => return (StatusCode::NOT_FOUND, format!("no command {command}\n")),
     }
     machine.note(format!("bmc: power {command}"));
+    if let Some(late) = machine
+        .faults
+        .bmc_answers_late
+        .filter(|_| machine.boots() > 0)
+    {
+        tokio::time::sleep(late).await;
+    }
     (StatusCode::OK, "ok\n".to_string())
 }

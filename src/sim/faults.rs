@@ -15,6 +15,11 @@ pub struct Faults {
     pub bmc_refuses: bool,
     /// The BMC accepts the connection and never answers.
     pub bmc_hangs: bool,
+    /// Once the machine has booted, its BMC carries each power command out at once but answers
+    /// this much later (a Redfish service that turned slow): the machine boots again while the
+    /// controller still waits for the answer. (Its first power-on is answered on time, so the
+    /// first boot's exchange is made under that boot's own clock.)
+    pub bmc_answers_late: Option<Duration>,
     /// Each disk script (the disk test, the deploy write, an erase) takes this much longer.
     pub slow_disk: Option<Duration>,
     /// This many DHCP replies are lost (the client retransmits, as PXE ROMs do).
@@ -28,7 +33,8 @@ pub struct FaultError(pub String);
 
 impl Faults {
     /// Adds one fault written as on the command line: `fail-script=NAME`, `silent`,
-    /// `bmc-refuses`, `bmc-hangs`, `slow-disk=SECONDS`, `lost-dhcp=COUNT`.
+    /// `bmc-refuses`, `bmc-hangs`, `bmc-answers-late=SECONDS`, `slow-disk=SECONDS`,
+    /// `lost-dhcp=COUNT`.
     pub fn add(&mut self, written: &str) -> Result<(), FaultError> {
         let error = || FaultError(written.to_string());
         let (name, value) = match written.split_once('=') {
@@ -42,6 +48,10 @@ impl Faults {
             ("silent", None) => self.silent = true,
             ("bmc-refuses", None) => self.bmc_refuses = true,
             ("bmc-hangs", None) => self.bmc_hangs = true,
+            ("bmc-answers-late", Some(seconds)) => {
+                let seconds: u64 = seconds.parse().map_err(|_| error())?;
+                self.bmc_answers_late = Some(Duration::from_secs(seconds));
+            }
             ("slow-disk", Some(seconds)) => {
                 let seconds: u64 = seconds.parse().map_err(|_| error())?;
                 self.slow_disk = Some(Duration::from_secs(seconds));
@@ -72,6 +82,9 @@ impl Faults {
         }
         if self.bmc_hangs {
             parts.push("bmc-hangs".to_string());
+        }
+        if let Some(late) = self.bmc_answers_late {
+            parts.push(format!("bmc-answers-late={}", late.as_secs()));
         }
         if let Some(slow) = self.slow_disk {
             parts.push(format!("slow-disk={}", slow.as_secs()));

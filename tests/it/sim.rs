@@ -353,9 +353,15 @@ async fn faults_give_the_statuses_and_reasons_of_the_life_cycle() {
 /// release with a quick erase (the erase script's result per simulated disk), powered through
 /// the simulated BMC.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rescue_exit_rescue_and_a_release_with_erase() {
+async fn rescue_exit_rescue_and_a_release_with_erase_behind_a_slow_bmc() {
     let setup = setup();
-    let sims = setup.sims(300, 1, HashMap::new()).await;
+    // After its first boot its BMC answers each command 3 s after carrying it out: the rescue
+    // and erase boots fetch their iPXE script (after a 1 s self test) while the controller still
+    // waits for the answer, and each must be a boot of its own, not the previous one, whose
+    // exchange was spent.
+    let mut slow_bmc = Faults::default();
+    slow_bmc.add("bmc-answers-late=3").unwrap();
+    let sims = setup.sims(300, 1, HashMap::from([(300, slow_bmc)])).await;
     let machine = &sims.machines[0];
     let machines = sims.machine_toml(machine, "node", "state = \"ready\"");
     let fleet_file = setup.fleet_file(&machines);
@@ -394,6 +400,14 @@ async fn rescue_exit_rescue_and_a_release_with_erase() {
         .await;
     assert_eq!(code, 200, "{answer}");
     wait_for_status(&store, &sims, "node", Status::Ready, limit).await;
+    // Each of its three boots made its own exchange at the first try (the simulator boots
+    // again after a refused one, which would hide the refusal but for its notes).
+    let failed_boots: Vec<String> = machine
+        .notes()
+        .into_iter()
+        .filter(|note| note.contains("boot failed"))
+        .collect();
+    assert!(failed_boots.is_empty(), "{failed_boots:#?}");
     let record = store.machine("node").await.unwrap().unwrap();
     assert_eq!(record.lifecycle.owner, None);
     let results = store.script_results(record.id).await.unwrap();
