@@ -4,6 +4,7 @@
 
 use crate::boot::dhcp::{bind_dhcp_socket, interface_ipv4, serve, DhcpConfig, DhcpLeases};
 use crate::config::Fleet;
+use crate::metrics::Metrics;
 use crate::store::Store;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ pub async fn start_dhcp(
     fleet: Option<&Fleet>,
     interfaces: &[String],
     store: &Store,
+    metrics: &Arc<Metrics>,
     stopped: watch::Receiver<()>,
 ) -> Option<Arc<DhcpLeases>> {
     let mut present = Vec::new();
@@ -45,7 +47,14 @@ pub async fn start_dhcp(
         }
     };
     for (interface, address) in present {
-        start_on_interface(&config, &leases, &interface, address, stopped.clone());
+        start_on_interface(
+            &config,
+            &leases,
+            metrics,
+            &interface,
+            address,
+            stopped.clone(),
+        );
     }
     Some(leases)
 }
@@ -53,6 +62,7 @@ pub async fn start_dhcp(
 fn start_on_interface(
     config: &DhcpConfig,
     leases: &Arc<DhcpLeases>,
+    metrics: &Arc<Metrics>,
     interface: &str,
     address: Ipv4Addr,
     mut stopped: watch::Receiver<()>,
@@ -72,13 +82,13 @@ fn start_on_interface(
     };
     eprintln!("  dhcp    {interface} ({address}): serving");
     let config = config.on_interface(interface, address);
-    let leases = leases.clone();
+    let (leases, metrics) = (leases.clone(), metrics.clone());
     let name = interface.to_string();
     tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.changed().await;
         };
-        if let Err(error) = serve(socket, config, leases, shutdown).await {
+        if let Err(error) = serve(socket, config, leases, metrics, shutdown).await {
             eprintln!("  dhcp    {name}: stopped: {error}");
         }
     });
