@@ -14,4 +14,5 @@ pub mod model;
 pub mod plan;
 pub mod power;
 pub mod services;
+pub mod sim;
 pub mod store;

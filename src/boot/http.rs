@@ -60,6 +60,25 @@ pub struct BootState {
     pub loaders: Arc<BTreeMap<String, std::path::PathBuf>>,
     /// Where the boot files' bytes sent are counted (`/metrics`).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The summaries' writer: it writes the last summaries once told to stop, so the
+    /// controller waits for it ([`BootState::finish_summaries`]) before closing the store.
+    pub summary_writer: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl BootState {
+    /// Waits (at most 10 s) for the summaries' writer, which ends once the boot services were
+    /// told to stop, having written the last summaries: called before the store closes, so
+    /// they are not lost (they were, with "attempted to acquire a connection on a closed pool").
+    pub async fn finish_summaries(&self) {
+        let writer = self
+            .summary_writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(writer) = writer {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), writer).await;
+        }
+    }
 }
 
 /// The boot endpoints' routes, ready to merge into the API's router.
@@ -511,7 +530,7 @@ pub async fn start_with_controller(
     let policy = fleet.map(|fleet| fleet.policy.clone()).unwrap_or_default();
     let interval = std::time::Duration::from_secs(u64::from(policy.events.summary_seconds));
     let summaries = EventSummaries::new(interval);
-    summaries.spawn_writer(store.clone(), stop.clone());
+    let writer = summaries.spawn_writer(store.clone(), stop.clone());
     let guard = Arc::new(RequestGuard::new(
         &policy.rate_limits,
         summaries.clone(),
@@ -536,6 +555,7 @@ pub async fn start_with_controller(
         guard,
         loaders: Arc::default(),
         metrics: metrics.clone(),
+        summary_writer: Arc::new(std::sync::Mutex::new(Some(writer))),
     };
     let Some(fleet) = fleet else {
         eprintln!("  boot    no fleet file: HTTP boot scripts only (no TFTP, no images)");

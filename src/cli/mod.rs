@@ -8,12 +8,14 @@ mod bench;
 mod bench_http;
 mod client;
 mod clone;
+mod demo;
 mod explain;
 mod images;
 mod machine;
 mod output;
 mod plan;
 mod serve;
+mod sim;
 mod token;
 mod trust;
 mod validate;
@@ -93,6 +95,11 @@ pub enum Command {
     /// Measure fleet's speed targets and print the figures
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Simulated machines (with BMCs) against a controller's boot services, over its sockets
+    Sim(sim::SimArgs),
+    /// A controller and simulated machines on loopback, no root: enlist, commission, test,
+    /// clone, deploy, and what happened to each machine
+    Demo(demo::DemoArgs),
 }
 
 /// Runs the command line; the exit code follows the command's contract (README).
@@ -145,5 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Images(args) => images::run(&cli.connection, &args).await,
         Command::Token(command) => token::token(&cli.connection, command).await,
         Command::Bench(command) => bench::bench(command).await,
+        Command::Sim(args) => sim::run(&args).await,
+        Command::Demo(args) => demo::run(&args).await,
     }
 }

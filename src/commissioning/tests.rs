@@ -1343,3 +1343,142 @@ proptest::proptest! {
         proptest::prop_assert_eq!(&inventory.hardware.facts["dmi"]["vendor"], value);
     }
 }
+
+// ---------------------------------------------------------------- a simulated machine
+
+/// /sys and /proc of a machine of `fleet::sim` (`crate::sim::SimHardware`): what its real
+/// counterpart's kernel would show — NVMe disks under the nvme-subsystem, SATA disks behind
+/// AHCI with VPD page 0x80, NICs on PCI with their driver, memory in 128 MiB blocks.
+fn simulated_machine(hardware: &crate::sim::SimHardware) -> FakeTree {
+    let tree = FakeTree::new();
+    let processor = |number: u32| {
+        format!(
+            "processor\t: {number}\nmodel name\t: {}\ncpu MHz\t\t: {}.000\n\n",
+            hardware.cpu_model, hardware.cpu_mhz
+        )
+    };
+    let cpuinfo: String = (0..hardware.cpus).map(processor).collect();
+    let block = 128 * 1024 * 1024i64;
+    tree.file("proc/cpuinfo", cpuinfo)
+        .file(
+            "proc/meminfo",
+            format!("MemTotal:       {} kB\n", hardware.memory_kib - 200 * 1024),
+        )
+        .file(
+            "sys/devices/system/cpu/online",
+            format!("0-{}\n", hardware.cpus - 1),
+        )
+        .file(
+            "sys/devices/system/memory/block_size_bytes",
+            format!("{block:x}\n"),
+        );
+    for number in 0..hardware.memory_kib * 1024 / block {
+        tree.file(
+            &format!("sys/devices/system/memory/memory{number}/online"),
+            "1\n",
+        );
+    }
+    for (index, disk) in hardware.disks.iter().enumerate() {
+        simulated_disk(&tree, index, disk);
+    }
+    for (index, nic) in hardware.nics.iter().enumerate() {
+        let device = format!("{PCI}/0000:0{}:00.0", index + 1);
+        let net = format!("{device}/net/{}", nic.name);
+        tree.link(&format!("sys/class/net/{}", nic.name), &net)
+            .files(
+                &net,
+                &[
+                    ("address", &format!("{}\n", nic.mac)),
+                    ("operstate", "up\n"),
+                    ("speed", &format!("{}\n", nic.speed)),
+                    ("type", "1\n"),
+                ],
+            )
+            .link(&format!("{net}/device"), &device)
+            .link(
+                &format!("{device}/driver"),
+                &format!("sys/bus/pci/drivers/{}", nic.driver),
+            );
+    }
+    tree
+}
+
+fn simulated_disk(tree: &FakeTree, index: usize, disk: &crate::sim::SimDisk) {
+    let sectors = format!("{}\n", disk.size_bytes / 512);
+    let (block, device) = match disk.bus.as_str() {
+        "nvme" => {
+            let subsystem = format!("sys/devices/virtual/nvme-subsystem/nvme-subsys{index}");
+            (format!("{subsystem}/{}", disk.name), subsystem)
+        }
+        _ => {
+            let device = format!(
+                "{PCI}/0000:00:1f.2/ata{}/host{index}/target{index}:0:0/{index}:0:0:0",
+                index + 1
+            );
+            (format!("{device}/block/{}", disk.name), device)
+        }
+    };
+    tree.link(&format!("sys/block/{}", disk.name), &block)
+        .files(&block, &[("size", &sectors), ("hidden", "0\n")])
+        .files(
+            &format!("{block}/queue"),
+            &[
+                ("rotational", if disk.rotational { "1\n" } else { "0\n" }),
+                ("logical_block_size", "512\n"),
+            ],
+        )
+        .link(&format!("{block}/device"), &device)
+        .file(&format!("{device}/model"), format!("{}\n", disk.model));
+    match disk.bus.as_str() {
+        "nvme" => {
+            tree.file(&format!("{device}/serial"), format!("{}\n", disk.serial));
+        }
+        _ => {
+            let mut page = vec![0, 0x80, 0, disk.serial.len() as u8];
+            page.extend_from_slice(disk.serial.as_bytes());
+            tree.file(&format!("{device}/vpd_pg80"), page);
+        }
+    }
+}
+
+/// Conformance of the simulator: the real commissioning scripts, run on a fake /sys and /proc
+/// built from each shape of simulated hardware, find the same CPUs, memory, disks (with serials,
+/// buses and by-id paths) and NICs as the fact lines the simulator reports for those scripts.
+#[test]
+fn the_scripts_on_a_simulated_machines_tree_find_what_the_simulator_reports() {
+    let sandbox = Sandbox::new();
+    for index in 0..3 {
+        let hardware = crate::sim::SimHardware::for_index(index);
+        let tree = simulated_machine(&hardware);
+        let environment = tree.environment();
+        let environment: Vec<(&str, &str)> = environment
+            .iter()
+            .map(|(key, value)| (*key, value.as_str()))
+            .collect();
+        let scripts = [
+            "10-fleet-cpu",
+            "20-fleet-memory",
+            "30-fleet-disks",
+            "40-fleet-interfaces",
+        ];
+        let mut found = String::new();
+        let mut simulated = String::new();
+        for script in scripts {
+            found += &sandbox.run_passing(script, &environment);
+            simulated += &hardware.facts_for(script).expect("a fact script");
+        }
+        let (found, simulated) = (parse_clean(&found), parse_clean(&simulated));
+        assert_eq!(found.disks, simulated.disks, "shape {index}");
+        assert_eq!(found.interfaces, simulated.interfaces, "shape {index}");
+        let typed = |inventory: &Inventory| {
+            let hardware = &inventory.hardware;
+            (
+                hardware.cpus,
+                hardware.cpu_model.clone(),
+                hardware.cpu_speed_mhz,
+                hardware.memory_mib,
+            )
+        };
+        assert_eq!(typed(&found), typed(&simulated), "shape {index}");
+    }
+}

@@ -81,6 +81,11 @@ pub struct ControllerSettings {
     pub loader_dir: PathBuf,
     /// DHCP is served only on those of these interfaces that exist on the host.
     pub dhcp_interfaces: Vec<String>,
+    /// An IPv4 address and port DHCP also listens on, bound to no interface, for relayed
+    /// requests only (giaddr set; the reply goes to the relay at the port it sent from). With a
+    /// port above 1023 (e.g. "127.0.0.1:6767") it needs no root: `fleet sim` and `fleet demo`
+    /// talk to it as a relay on loopback.
+    pub dhcp_listen: Option<SocketAddr>,
     /// The image (kernel + initrd) booted for enlistment, commissioning, testing and rescue.
     pub ephemeral_image: Option<String>,
 }
@@ -108,6 +113,7 @@ impl Default for ControllerSettings {
             http_boot_url: None,
             loader_dir: PathBuf::from("/usr/lib/ipxe"),
             dhcp_interfaces: Vec::new(),
+            dhcp_listen: None,
             ephemeral_image: None,
         }
     }

@@ -180,6 +180,7 @@ pub async fn serve(
         scripts.len(),
         scripts.iter().filter(|script| !script.builtin).count()
     );
+    let boot_at_end = boot.clone();
     let state = ApiState {
         machine_api,
         store: store.clone(),
@@ -197,6 +198,7 @@ pub async fn serve(
         power_poll.abort();
     }
     drop(stop_boot);
+    boot_at_end.finish_summaries().await;
     if let Some(leases) = dhcp {
         if let Err(error) = leases.close().await {
             eprintln!("  dhcp    could not write the last leases: {error}");

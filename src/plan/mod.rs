@@ -27,6 +27,7 @@ mod render;
 mod route;
 mod simulate;
 mod snapshot_reader;
+mod synthetic;
 
 pub use addresses::{
     allocate, allocate_with, duplicates, excluded, AddressOrigin, AddressProblem, Addresses,
@@ -41,6 +42,7 @@ pub use planner::plan;
 pub use render::{render_human, render_human_in_parts, render_json, summary_line, RenderOptions};
 pub use simulate::{apply_step, settle_to_rest, SimulationError};
 pub use snapshot_reader::SnapshotReader;
+pub use synthetic::synthetic_observed;
 
 use crate::model::records::{MachineRecord, NewMachine};
 use crate::model::{Action, ActionOptions, Lifecycle, MacAddr, MachineName, PowerState, Status};

@@ -159,8 +159,37 @@ impl Store {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
+        self.refuse_a_newer_schema(migrator).await?;
+        // sqlx runs them under a lock on PostgreSQL (an advisory lock): of several controllers
+        // starting at once, one migrates and the others wait, then find nothing to do.
         migrator.run(&self.pool).await?;
         Ok(())
+    }
+
+    /// A database that a newer fleet migrated is left alone, with an error that says so, before
+    /// anything runs against a schema this program does not know.
+    async fn refuse_a_newer_schema(&self, migrator: &Migrator) -> Result<(), StoreError> {
+        let known = migrator
+            .iter()
+            .map(|migration| migration.version)
+            .max()
+            .unwrap_or(0);
+        // No table yet: a new database.
+        let Ok(row) = sqlx::query("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await
+        else {
+            return Ok(());
+        };
+        let found: Option<i64> = row.try_get(0).unwrap_or(None);
+        match found {
+            Some(found) if found > known => Err(StoreError::NewerSchema {
+                found,
+                known,
+                program: env!("CARGO_PKG_VERSION"),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Begins a transaction that will write. On SQLite it takes the write lock at once

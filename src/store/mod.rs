@@ -86,6 +86,12 @@ pub enum StoreError {
         "database migration failed: {0} (a database written by a newer fleet needs that fleet)"
     )]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the database's schema is at version {found}, newer than this fleet {program} knows (up to {known}): a newer fleet migrated it (another controller on this database?); run that version here too — this one changes nothing")]
+    NewerSchema {
+        found: i64,
+        known: i64,
+        program: &'static str,
+    },
     #[error("no machine named `{0}`")]
     UnknownMachine(String),
     #[error("a machine named `{0}` already exists")]

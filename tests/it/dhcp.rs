@@ -1082,7 +1082,7 @@ struct Lab {
     _server: NetNs,
     client_interface: String,
     directory: tempfile::TempDir,
-    _store_directory: tempfile::TempDir,
+    store_directory: tempfile::TempDir,
 }
 
 impl Lab {
@@ -1127,7 +1127,7 @@ impl Lab {
             _server: server,
             client_interface,
             directory: tempfile::tempdir().unwrap(),
-            _store_directory: store_directory,
+            store_directory,
         }
     }
 
@@ -1167,6 +1167,22 @@ impl Lab {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Another connection holding the store's write lock (`BEGIN IMMEDIATE`) until it is
+    /// dropped or rolled back: the server's lease writes wait, then fail and retry.
+    async fn lock_the_store(&self) -> sqlx::SqliteConnection {
+        use sqlx::Connection;
+        let path = self.store_directory.path().join("fleet.db");
+        let mut connection =
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                .await
+                .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut connection)
+            .await
+            .unwrap();
+        connection
     }
 
     fn client_mac(&self) -> MacAddr {
@@ -1305,6 +1321,42 @@ async fn udhcpc_gets_a_lease_with_the_subnets_options_renews_and_releases() {
     signal(&client.0, "-USR2");
     lab.wait_for_store_lease(mac, |lease| lease.is_none()).await;
     assert!(lab.leases.with_table(|table| table.binding(mac).is_none()));
+}
+
+/// A lease is in the store before the ACK that hands it out leaves: while the store cannot be
+/// written (another connection holds SQLite's write lock) udhcpc is offered an address but never
+/// bound; once the lock goes, it binds, and its lease is in the store at that moment — read
+/// at once, without flushing (a controller killed right after an ACK forgets no lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_leaves_only_once_its_lease_is_committed() {
+    let lab = Lab::start(600, None).await;
+    let mut lock = lab.lock_the_store().await;
+    let script = lab.write_script("udhcpc.sh", UDHCPC_SCRIPT);
+    let mut client = udhcpc(&lab, &script);
+    let mac = lab.client_mac();
+    let offered = Instant::now() + Duration::from_secs(15);
+    while lab.leases.with_table(|table| table.binding(mac).is_none()) {
+        assert!(
+            Instant::now() < offered,
+            "the server never answered the client"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // The server has bound the address in memory (the REQUEST came); the ACK must wait.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !Path::new(&lab.path("bound.env")).exists(),
+        "udhcpc was ACKed while its lease could not be stored"
+    );
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    drop(lock);
+    let bound = wait_for_env(&lab.path("bound.env"), &mut client.0).await;
+    let stored = lab.store.lease_by_mac(mac).await.unwrap();
+    assert_eq!(
+        stored.map(|lease| lease.ip.to_string()),
+        Some(bound["ip"].clone()),
+        "the lease is in the store when the client binds"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1457,4 +1509,34 @@ async fn dhclient_gets_a_lease_with_the_subnets_options_renews_and_releases() {
         .expect("dhclient -r runs");
     assert!(status.success());
     lab.wait_for_store_lease(mac, |lease| lease.is_none()).await;
+}
+
+/// A relay's replies go to its port 67 (RFC 2131), or to the port it sent from when that is not
+/// 67 and the request came from the relay's own address (a relay without root, RFC 8357's relay
+/// source port: how `fleet sim` talks to `[controller] dhcp_listen`).
+#[test]
+fn relayed_replies_go_back_to_the_port_the_relay_sent_from() {
+    use fleet::boot::dhcp::handler::wire_destination;
+    use std::net::{SocketAddr, SocketAddrV4};
+    let to_relay = SocketAddrV4::new(ip("127.0.0.1"), 67);
+    let from = |text: &str| text.parse::<SocketAddr>().unwrap();
+    assert_eq!(
+        wire_destination(to_relay, from("127.0.0.1:40000")),
+        from("127.0.0.1:40000")
+    );
+    // A relay on port 67, or a request forwarded from another address: port 67, as RFC 2131.
+    assert_eq!(
+        wire_destination(to_relay, from("127.0.0.1:67")),
+        from("127.0.0.1:67")
+    );
+    assert_eq!(
+        wire_destination(to_relay, from("10.0.0.9:40000")),
+        from("127.0.0.1:67")
+    );
+    // A reply to a client (port 68) is never redirected.
+    let to_client = SocketAddrV4::new(ip("255.255.255.255"), 68);
+    assert_eq!(
+        wire_destination(to_client, from("127.0.0.1:40000")),
+        from("255.255.255.255:68")
+    );
 }

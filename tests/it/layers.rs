@@ -22,7 +22,12 @@ const LAYERS: &[(&str, u8)] = &[
     ("apply", 5),         // the executor
     ("api", 6),           // HTTP
     ("controller", 7),    // wiring: `fleet serve`
+    ("sim", 8),           // simulated machines: a client of the controller's sockets, like cli
 ];
+
+/// A client of the controller: it speaks to it over sockets only, so it may use the shared
+/// types (model, config) and the fact format (commissioning), never the controller's insides.
+const CLIENT_MODULES: &[(&str, &[&str])] = &[("sim", &["model", "config", "commissioning"])];
 
 /// Parts that must stay pure, and what they may not reach.
 const PURE: &[&str] = &[
@@ -268,6 +273,21 @@ fn breaches(source_root: &Path) -> Vec<String> {
             }
             if reach.target == top || reach.target == "self" {
                 continue;
+            }
+            let client_may_use = CLIENT_MODULES
+                .iter()
+                .find(|(client, _)| *client == top)
+                .map(|(_, allowed)| *allowed);
+            if let Some(allowed) = client_may_use {
+                if layers.contains_key(reach.target.as_str())
+                    && !allowed.contains(&reach.target.as_str())
+                {
+                    found.push(format!(
+                        "{shown}:{}: `{top}` is a client of the controller and may use only {allowed:?}, not `{}`",
+                        reach.line, reach.target
+                    ));
+                    continue;
+                }
             }
             match layers.get(reach.target.as_str()) {
                 Some(&target_layer) if target_layer < layer => {}

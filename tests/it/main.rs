@@ -32,6 +32,7 @@ mod private_store;
 mod profiles;
 mod secrets;
 mod serve;
+mod sim;
 mod store;
 mod tftp;
 mod tls;

@@ -542,6 +542,8 @@ async fn a_scrape_counts_real_dhcp_tftp_http_boot_api_and_apply_traffic() {
     let after = scrape_until(&lab.controller, &token, "every counter", |samples| {
         samples.get("fleet_tftp_sent_bytes_total") == Some(&(LOADER_BYTES as f64))
             && samples.get("fleet_dhcp_drops_total{reason=\"malformed\"}") == Some(&1.0)
+            // An ACK is counted once sent, by a task that waits for its lease to be committed.
+            && samples.get("fleet_dhcp_replies_total{type=\"ack\"}") == Some(&1.0)
             && samples.get("fleet_apply_steps_total{outcome=\"failed\"}") == Some(&1.0)
     });
     let exact = [

@@ -1556,3 +1556,62 @@ both_backends!(
         assert_eq!(machine.hardware.interfaces[0].name, "eth0");
     }
 );
+
+/// Records a migration this fleet does not have, as a newer fleet would have left it.
+async fn pretend_a_newer_fleet_migrated(store: &Store) {
+    let checksum = match store.backend() {
+        fleet::store::Backend::Sqlite => "X'00'",
+        fleet::store::Backend::Postgres => "'\\x00'::bytea",
+    };
+    sqlx::query(&format!(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from a newer fleet', TRUE, {checksum}, 0)"
+    ))
+    .execute(store.pool())
+    .await
+    .unwrap();
+}
+
+/// Opening `url` is refused with both versions named, and changes nothing.
+async fn assert_refused_as_newer(url: &str, store: &Store) {
+    let count = || async {
+        let row = sqlx::query("SELECT COUNT(*) FROM _sqlx_migrations")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        sqlx::Row::get::<i64, _>(&row, 0)
+    };
+    let before = count().await;
+    let error = Store::open(url)
+        .await
+        .err()
+        .expect("a database a newer fleet migrated is refused");
+    let message = error.to_string();
+    assert!(
+        matches!(error, fleet::store::StoreError::NewerSchema { found: 9999, known, .. } if known >= 14),
+        "{message}"
+    );
+    assert!(
+        message.contains("version 9999") && message.contains("newer"),
+        "{message}"
+    );
+    assert_eq!(count().await, before, "nothing migrated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_database_a_newer_fleet_migrated_is_refused() {
+    let (store, directory) = crate::support::db::sqlite_store().await;
+    pretend_a_newer_fleet_migrated(&store).await;
+    let url = format!("sqlite://{}", directory.path().join("fleet.db").display());
+    assert_refused_as_newer(&url, &store).await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_database_a_newer_fleet_migrated_is_refused() {
+    let url = crate::support::db::empty_postgres_database().await;
+    let store = Store::open(&url).await.unwrap();
+    pretend_a_newer_fleet_migrated(&store).await;
+    assert_refused_as_newer(&url, &store).await;
+    crate::support::db::drop_postgres_store(store).await;
+}

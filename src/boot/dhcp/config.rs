@@ -47,6 +47,9 @@ pub struct DhcpConfig {
     pub boot: BootSettings,
     /// The interface the socket serves; `None` answers relayed requests only.
     pub interface: Option<ServedInterface>,
+    /// The server identifier of a socket bound to no interface (`[controller] dhcp_listen`):
+    /// the address it listens on.
+    pub listen_address: Option<Ipv4Addr>,
     pub offer_hold_seconds: u32,
     pub decline_hold_seconds: u32,
 }
@@ -207,6 +210,7 @@ impl DhcpConfig {
             interface_macs: HashMap::new(),
             boot,
             interface: None,
+            listen_address: None,
             offer_hold_seconds: DEFAULT_OFFER_HOLD_SECONDS,
             decline_hold_seconds: DEFAULT_DECLINE_HOLD_SECONDS,
         }
@@ -249,6 +253,16 @@ impl DhcpConfig {
                 name: interface.to_string(),
                 address,
             }),
+            ..self.clone()
+        }
+    }
+
+    /// The same configuration for a socket bound to `address` on no interface: it answers
+    /// relayed requests only, with `address` as its server identifier.
+    pub fn relayed_only(&self, address: Ipv4Addr) -> DhcpConfig {
+        DhcpConfig {
+            interface: None,
+            listen_address: Some(address),
             ..self.clone()
         }
     }
@@ -345,11 +359,14 @@ impl DhcpConfig {
         Some((subnet, ip))
     }
 
-    /// The server identifier: our address on the served interface.
+    /// The server identifier: our address on the served interface, else the address a socket
+    /// on no interface listens on.
     pub fn server_address(&self) -> Ipv4Addr {
         self.interface
             .as_ref()
-            .map_or(Ipv4Addr::UNSPECIFIED, |interface| interface.address)
+            .map(|interface| interface.address)
+            .or(self.listen_address)
+            .unwrap_or(Ipv4Addr::UNSPECIFIED)
     }
 }
 

@@ -167,6 +167,22 @@ fn length_is_sane(code: u8, length: usize) -> bool {
     }
 }
 
+/// Where a reply goes on the wire, given where its request came from. RFC 2131 sends a relay's
+/// replies to the relay's port 67; a relay that sent from another port of its own address (one
+/// running without root, as RFC 8357 allows relays to) gets them at that port instead.
+pub fn wire_destination(reply: SocketAddrV4, source: std::net::SocketAddr) -> std::net::SocketAddr {
+    match source {
+        std::net::SocketAddr::V4(source)
+            if reply.port() == SERVER_PORT
+                && source.ip() == reply.ip()
+                && source.port() != SERVER_PORT =>
+        {
+            source.into()
+        }
+        _ => reply.into(),
+    }
+}
+
 /// Encodes a reply into `buffer` (cleared first), padded to [`MINIMUM_REPLY_SIZE`].
 pub fn encode_reply(
     message: &Message,

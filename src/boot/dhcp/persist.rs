@@ -1,6 +1,9 @@
 //! Writing lease changes and lease events behind the server: the server loop only queues them
 //! (coalesced per MAC), and a writer task commits whole batches, many leases per transaction, so
-//! that no packet waits for the database and a flood costs a few transactions a second.
+//! that the socket loop never waits for the database and a flood costs a few transactions a
+//! second. A change's sequence number tells when it is durable ([`WriteBehind::committed_through`]):
+//! an ACK leaves only after the lease it grants is committed, so a controller that crashes
+//! right after ACKing forgets no lease a client holds.
 //!
 //! The batch SQL lives here rather than in `store::leases` because the store has no batch write
 //! yet; it keeps the store's lease invariants (one row per MAC, an IP leased at most once).
@@ -15,8 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// How long the writer waits after the first queued change, to gather a batch.
-const BATCH_WINDOW: Duration = Duration::from_millis(50);
+/// How long the writer waits after the first queued change, to gather a batch. ACKs wait for
+/// their batch, so this is most of what durability adds to an exchange; under a flood batches
+/// grow anyway while the previous one is written.
+const BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// After a failed write, wait this long before trying again.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// Rows per statement (6 bound values each, well under SQLite's and PostgreSQL's limits).
@@ -41,6 +46,9 @@ pub struct WriteBehind {
     /// Held while a batch is written, so that `flush` and the writer task never interleave.
     writing: tokio::sync::Mutex<()>,
     closed: AtomicBool,
+    /// The highest sequence number committed: every change queued with a number up to it is in
+    /// the store (or was replaced, for its MAC, by a later change that is).
+    committed: tokio::sync::watch::Sender<u64>,
 }
 
 impl WriteBehind {
@@ -52,6 +60,7 @@ impl WriteBehind {
             wake: Notify::new(),
             writing: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
+            committed: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -64,21 +73,37 @@ impl WriteBehind {
         tokio::spawn(async move { behind.run().await });
     }
 
-    pub fn queue_change(&self, change: StoreChange) {
-        if self.store.is_none() {
-            return;
-        }
-        let was_idle = {
+    /// Queues a change; its sequence number, for [`WriteBehind::committed_through`] (`None`
+    /// without a store: nothing will ever be written).
+    pub fn queue_change(&self, change: StoreChange) -> Option<u64> {
+        self.store.as_ref()?;
+        let (was_idle, sequence) = {
             let mut pending = lock(&self.pending);
             let was_idle = pending.leases.is_empty() && pending.events.is_empty();
-            let sequence = pending.next_sequence;
+            // From 1: `committed` starts at 0, "nothing yet".
             pending.next_sequence += 1;
+            let sequence = pending.next_sequence;
             pending.leases.insert(change.mac(), (sequence, change));
-            was_idle
+            (was_idle, sequence)
         };
         if was_idle {
             self.wake.notify_one();
         }
+        Some(sequence)
+    }
+
+    /// Waits until the change numbered `sequence` is committed; false when `limit` passed first
+    /// (the store is failing: the writer keeps retrying, and the caller gives up on what waited).
+    pub async fn committed_through(&self, sequence: u64, limit: Duration) -> bool {
+        let mut committed = self.committed.subscribe();
+        let reached = tokio::time::timeout(limit, async {
+            committed
+                .wait_for(|through| *through >= sequence)
+                .await
+                .is_ok()
+        })
+        .await;
+        reached.unwrap_or(false)
     }
 
     pub fn queue_event(&self, event: NewEvent) {
@@ -118,9 +143,18 @@ impl WriteBehind {
             );
         }
         let ordered = in_queue_order(changes);
+        let newest = ordered.iter().map(|(sequence, _)| *sequence).max();
         if let Err(error) = write_changes(store, &ordered).await {
             self.requeue(ordered);
             return Err(error);
+        }
+        // Everything queued before this batch was taken is in it or in an earlier one.
+        if let Some(newest) = newest {
+            self.committed.send_if_modified(|through| {
+                let newer = newest > *through;
+                *through = (*through).max(newest);
+                newer
+            });
         }
         for event in &events {
             if let Err(error) = store.append_event(event).await {

@@ -1,8 +1,9 @@
-//! The socket loop: receive, decode, answer (under the lease table's lock, no IO), send. Nothing
-//! here waits for the store: lease changes and events are written behind.
+//! The socket loop: receive, decode, answer (under the lease table's lock, no IO), send. The loop
+//! never waits for the store: lease changes and events are written behind, and an ACK is handed
+//! to a task that sends it once the lease it grants is committed (durable before the ACK).
 
 use super::config::DhcpConfig;
-use super::handler::{decode_request, encode_reply, MAXIMUM_REQUEST_SIZE};
+use super::handler::{decode_request, encode_reply, wire_destination, MAXIMUM_REQUEST_SIZE};
 use super::service::DhcpLeases;
 use super::DhcpError;
 use crate::metrics::{DhcpDrop, DhcpReply, Metrics};
@@ -10,8 +11,14 @@ use crate::store::now_ms;
 use dhcproto::v4::{Message, MessageType};
 use std::future::Future;
 use std::io::ErrorKind;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::UdpSocket;
+
+/// An ACK whose lease is not committed by then is dropped: the store is failing, and the client
+/// asks again (a REQUEST is retransmitted after about 4 s, RFC 2131 4.1).
+const ACK_COMMIT_LIMIT: Duration = Duration::from_secs(4);
 
 /// Serves DHCP on an already-bound socket until `shutdown` completes. One socket serves one
 /// interface (see [`super::bind_dhcp_socket`] and [`DhcpConfig::on_interface`]) plus any relayed
@@ -24,16 +31,17 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DhcpError> {
+    let socket = Arc::new(socket);
     // One byte more than we accept, to tell an oversized datagram from a full-sized one.
     let mut received = vec![0u8; MAXIMUM_REQUEST_SIZE + 1];
     let mut encoded = Vec::with_capacity(1024);
     tokio::pin!(shutdown);
     loop {
-        let length = tokio::select! {
+        let (length, source) = tokio::select! {
             biased;
             () = &mut shutdown => return Ok(()),
             result = socket.recv_from(&mut received) => match result {
-                Ok((length, _source)) => length,
+                Ok(received) => received,
                 Err(error) if is_transient(&error) => continue,
                 Err(error) => return Err(DhcpError::Receive(error)),
             },
@@ -42,7 +50,7 @@ pub async fn serve(
             metrics.dhcp_dropped(DhcpDrop::Malformed);
             continue;
         };
-        let outcome = leases.answer(&request, &config, now_ms());
+        let (outcome, grant) = leases.answer_durably(&request, &config, now_ms());
         let Some(reply) = outcome.reply else {
             if expects_reply(&request) {
                 metrics.dhcp_dropped(DhcpDrop::Unanswered);
@@ -54,14 +62,23 @@ pub async fn serve(
             metrics.dhcp_dropped(DhcpDrop::Unsent);
             continue;
         }
-        if let Err(error) = socket.send_to(&encoded, reply.destination).await {
-            // The client or relay is unreachable; it will ask again.
-            tracing::debug!(%error, destination = %reply.destination, "cannot send a DHCP reply");
-            metrics.dhcp_dropped(DhcpDrop::Unsent);
-            continue;
-        }
-        if let Some(sent) = reply_kind(&reply.message) {
-            metrics.dhcp_replied(sent);
+        let destination = wire_destination(reply.destination, source);
+        let kind = reply_kind(&reply.message);
+        match grant {
+            None => send(&socket, &encoded, destination, (&metrics, kind)).await,
+            Some(sequence) => {
+                let (socket, leases) = (Arc::clone(&socket), Arc::clone(&leases));
+                let metrics = Arc::clone(&metrics);
+                let encoded = encoded.clone();
+                tokio::spawn(async move {
+                    if leases.committed_through(sequence, ACK_COMMIT_LIMIT).await {
+                        send(&socket, &encoded, destination, (&metrics, kind)).await;
+                    } else {
+                        tracing::warn!(%destination, "DHCP ACK not sent: its lease could not be stored in time");
+                        metrics.dhcp_dropped(DhcpDrop::Unsent);
+                    }
+                });
+            }
         }
     }
 }
@@ -80,6 +97,27 @@ fn reply_kind(reply: &Message) -> Option<DhcpReply> {
         MessageType::Ack => Some(DhcpReply::Ack),
         MessageType::Nak => Some(DhcpReply::Nak),
         _ => None,
+    }
+}
+
+/// Sends one reply and counts it: as its type once sent, else as unsent.
+async fn send(
+    socket: &UdpSocket,
+    encoded: &[u8],
+    destination: SocketAddr,
+    (metrics, kind): (&Metrics, Option<DhcpReply>),
+) {
+    match socket.send_to(encoded, destination).await {
+        Ok(_) => {
+            if let Some(kind) = kind {
+                metrics.dhcp_replied(kind);
+            }
+        }
+        Err(error) => {
+            // The client or relay is unreachable; it will ask again.
+            tracing::debug!(%error, %destination, "cannot send a DHCP reply");
+            metrics.dhcp_dropped(DhcpDrop::Unsent);
+        }
     }
 }
 

@@ -13,7 +13,7 @@
 //! simulated clients) cost no event at all. Events are written by the writer task, in batches.
 
 use super::config::{DhcpConfig, HeldFixed};
-use super::handler::{handle, Context, LeaseEvent, LeaseEventKind, Outcome};
+use super::handler::{handle, Context, LeaseEvent, LeaseEventKind, Outcome, StoreChange};
 use super::leases::LeaseTable;
 use super::persist::WriteBehind;
 use super::DhcpError;
@@ -116,6 +116,17 @@ impl DhcpLeases {
 
     /// Answers one decoded request and queues what it changed for the store.
     pub fn answer(&self, request: &Message, config: &DhcpConfig, now_ms: i64) -> Outcome {
+        self.answer_durably(request, config, now_ms).0
+    }
+
+    /// [`DhcpLeases::answer`], with the sequence number of the lease the reply grants (an ACK):
+    /// the reply must not leave before [`DhcpLeases::committed_through`] that number.
+    pub fn answer_durably(
+        &self,
+        request: &Message,
+        config: &DhcpConfig,
+        now_ms: i64,
+    ) -> (Outcome, Option<u64>) {
         let store_machines = self
             .store_machines
             .read()
@@ -132,13 +143,20 @@ impl DhcpLeases {
             let mut table = lock(&self.table);
             handle(request, &context, &mut table)
         };
-        if let Some(change) = outcome.store_change.take() {
-            self.behind.queue_change(change);
-        }
+        let grant = outcome.store_change.take().and_then(|change| {
+            let grants = matches!(change, StoreChange::Upsert(_));
+            let sequence = self.behind.queue_change(change);
+            sequence.filter(|_| grants)
+        });
         if let Some(event) = outcome.event.take() {
             self.record_event(event, now_ms);
         }
-        outcome
+        (outcome, grant)
+    }
+
+    /// Waits until the change numbered `sequence` is in the store; false after `limit`.
+    pub async fn committed_through(&self, sequence: u64, limit: std::time::Duration) -> bool {
+        self.behind.committed_through(sequence, limit).await
     }
 
     /// Reads the table (tests, diagnostics).

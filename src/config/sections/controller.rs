@@ -19,6 +19,7 @@ pub const KEYS: &[&str] = &[
     "http_boot_url",
     "loader_dir",
     "dhcp_interfaces",
+    "dhcp_listen",
     "ephemeral_image",
 ];
 
@@ -56,6 +57,7 @@ pub fn read(
             .iter()
             .map(|name| name.value.to_string())
             .collect(),
+        dhcp_listen: dhcp_listen(&reader, problems),
         ephemeral_image: None,
     };
     ControllerDecl {
@@ -113,6 +115,21 @@ fn socket_address(
             None
         }
     }
+}
+
+/// `dhcp_listen`: an IPv4 address and port (DHCP is IPv4 only).
+fn dhcp_listen(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Option<SocketAddr> {
+    let address = socket_address(reader, "dhcp_listen", problems)?;
+    if address.is_ipv4() {
+        return Some(address);
+    }
+    let span = reader.string("dhcp_listen", problems)?.span;
+    let problem = Problem::new(
+        span,
+        "`dhcp_listen` must be an IPv4 address and port: DHCP is IPv4 only",
+    );
+    problems.push(problem.help("write e.g. \"127.0.0.1:6767\" (a relay sends its requests there)"));
+    None
 }
 
 fn database(reader: &TableReader<'_, '_>, problems: &mut Problems) -> Option<String> {

@@ -1,0 +1,595 @@
+//! Simulated machines (`fleet::sim`) against a real controller (`fleet serve`), through its real
+//! sockets only: DHCP relayed to `[controller] dhcp_listen`, TFTP, the boot HTTP routes and the
+//! machine API; their BMCs answer the `webhook` power driver over HTTP. No root, loopback only.
+
+use crate::support::controller::{stderr, stdout, TestController};
+use fleet::model::Status;
+use fleet::sim::{Faults, SimFleet, SimNetwork, SimOptions};
+use fleet::store::Store;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A port of 127.0.0.1 free a moment ago (the controller binds it next).
+fn free_udp_port() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap().port()
+}
+
+struct Setup {
+    directory: tempfile::TempDir,
+    network: SimNetwork,
+}
+
+/// A directory with loaders, an ephemeral image, and the controller's boot addresses.
+fn setup() -> Setup {
+    let directory = tempfile::tempdir().unwrap();
+    let loaders = directory.path().join("loaders");
+    std::fs::create_dir(&loaders).unwrap();
+    // Several TFTP blocks each, so the transfer is more than one packet.
+    std::fs::write(loaders.join("ipxe.efi"), vec![0x4d; 5000]).unwrap();
+    std::fs::write(loaders.join("undionly.kpxe"), vec![0x55; 3000]).unwrap();
+    std::fs::write(directory.path().join("vmlinuz"), vec![1u8; 4096]).unwrap();
+    std::fs::write(directory.path().join("initrd"), vec![2u8; 4096]).unwrap();
+    let network = SimNetwork {
+        dhcp: SocketAddr::from(([127, 0, 0, 1], free_udp_port())),
+        tftp: SocketAddr::from(([127, 0, 0, 1], free_udp_port())),
+        relay: Ipv4Addr::LOCALHOST,
+    };
+    Setup { directory, network }
+}
+
+impl Setup {
+    /// The fleet file: the boot services on loopback, a subnet the relay address is in (its
+    /// pool on 127.77.0.0/24, so each machine has a loopback address of its own), short limits,
+    /// and `machines`.
+    fn fleet_file(&self, machines: &str) -> PathBuf {
+        let dir = self.directory.path();
+        let path = dir.join("fleet.toml");
+        let text = format!(
+            r#"[controller]
+ephemeral_image = "ephemeral"
+dhcp_listen = "{dhcp}"
+tftp_listen = "{tftp}"
+loader_dir = "{loaders}"
+
+[subnets.sim]
+cidr = "127.0.0.0/8"
+dynamic_range = {{ start = "127.77.0.10", end = "127.77.0.250" }}
+
+[images.ephemeral]
+kernel = {{ path = "{dir}/vmlinuz" }}
+initrd = {{ path = "{dir}/initrd" }}
+
+[policy]
+power_poll_seconds = 0
+parallelism = 200
+
+[policy.timeouts]
+boot = "20s"
+heartbeat = "6s"
+
+{machines}"#,
+            dhcp = self.network.dhcp,
+            tftp = self.network.tftp,
+            loaders = dir.join("loaders").display(),
+            dir = dir.display(),
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn start_controller(&self, fleet_file: &Path) -> TestController {
+        let state = self.directory.path().join("state");
+        TestController::start_in(&state, &["-f", fleet_file.to_str().unwrap()])
+    }
+
+    async fn sims(&self, first_index: u32, count: u32, faults: HashMap<u32, Faults>) -> SimFleet {
+        SimFleet::start(SimOptions {
+            count,
+            first_index,
+            network: self.network,
+            bmc_listen: "127.0.0.1:0".parse().unwrap(),
+            faults,
+        })
+        .await
+        .unwrap()
+    }
+}
+
+/// The name enlistment gives a machine: `enlisted-` and its boot MAC's hex.
+fn enlisted_name(machine: &fleet::sim::SimMachine) -> String {
+    format!(
+        "enlisted-{}",
+        machine.hardware.boot_mac().to_string().replace(':', "")
+    )
+}
+
+/// Runs `fleet ARGS` against the controller off the runtime's threads (the simulated machines
+/// go on meanwhile).
+async fn fleet_cli(controller: &TestController, args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+    let (state_dir, api_url) = (controller.state_dir.clone(), controller.api_url.clone());
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(crate::support::controller::FLEET)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--server")
+            .arg(&api_url)
+            .args(&args)
+            .env_remove("FLEET_SERVER")
+            .env_remove("FLEET_TOKEN")
+            .env_remove("FLEET_TLS_FINGERPRINT")
+            .env("XDG_CONFIG_HOME", state_dir.join("client-config"))
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("fleet runs")
+    })
+    .await
+    .unwrap()
+}
+
+async fn status_of(store: &Store, name: &str) -> Option<(Status, Option<String>)> {
+    let record = store.machine(name).await.unwrap()?;
+    Some((record.lifecycle.status, record.status_reason))
+}
+
+/// Waits until `name` is in `status`, within `limit`; its reason.
+async fn wait_for_status(
+    store: &Store,
+    sims: &SimFleet,
+    name: &str,
+    status: Status,
+    limit: Duration,
+) -> Option<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let now = status_of(store, name).await;
+        if let Some((current, reason)) = &now {
+            if *current == status {
+                return reason.clone();
+            }
+        }
+        if Instant::now() > deadline {
+            let notes: Vec<_> = sims.machines.iter().map(|m| (m.index, m.notes())).collect();
+            panic!("{name} is {now:?}, not {status} after {limit:?}; the machines did: {notes:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Machines power on undeclared and enlist themselves; adopted with their BMCs in the fleet
+/// file, `fleet apply` commissions and tests them to ready; the controller records exactly the
+/// simulated hardware.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_machines_enlist_then_commission_and_test_to_ready() {
+    let setup = setup();
+    let fleet_file = setup.fleet_file("");
+    let controller = setup.start_controller(&fleet_file);
+    let store = controller.store().await;
+    let sims = setup.sims(100, 3, HashMap::new()).await;
+    let started = Instant::now();
+    for machine in &sims.machines {
+        machine.power_on();
+    }
+    for machine in &sims.machines {
+        let name = enlisted_name(machine);
+        wait_for_status(&store, &sims, &name, Status::New, Duration::from_secs(20)).await;
+    }
+    // Enlistment ends with `after poweroff`: each machine powers itself off.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sims.machines.iter().any(|machine| machine.is_on()) {
+        assert!(
+            Instant::now() < deadline,
+            "the machines stayed on after enlisting"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let enlisted = started.elapsed();
+    // Adopted: their BMCs in the fleet file, wanted ready.
+    let machines: String = sims
+        .machines
+        .iter()
+        .map(|machine| sims.machine_toml(machine, &enlisted_name(machine), "state = \"ready\""))
+        .collect();
+    let fleet_file = setup.fleet_file(&machines);
+    let applied = fleet_cli(
+        &controller,
+        &["apply", "-f", fleet_file.to_str().unwrap(), "--yes"],
+    )
+    .await;
+    assert!(
+        applied.status.success(),
+        "{}\n{}",
+        stdout(&applied),
+        stderr(&applied)
+    );
+    for machine in &sims.machines {
+        let name = enlisted_name(machine);
+        wait_for_status(&store, &sims, &name, Status::Ready, Duration::from_secs(30)).await;
+        let record = store.machine(&name).await.unwrap().unwrap();
+        let hardware = &machine.hardware;
+        assert_eq!(record.hardware.cpus, Some(i64::from(hardware.cpus)));
+        assert_eq!(record.hardware.memory_mib, Some(hardware.memory_kib / 1024));
+        let disks: Vec<_> = record
+            .disks
+            .iter()
+            .map(|disk| (disk.name.clone(), disk.size_bytes, disk.serial.clone()))
+            .collect();
+        let simulated: Vec<_> = hardware
+            .disks
+            .iter()
+            .map(|disk| {
+                (
+                    disk.name.clone(),
+                    disk.size_bytes,
+                    Some(disk.serial.clone()),
+                )
+            })
+            .collect();
+        assert_eq!(disks, simulated, "{name}");
+        let interfaces: Vec<_> = record
+            .interfaces
+            .iter()
+            .map(|interface| (interface.name.clone(), interface.mac))
+            .collect();
+        let simulated: Vec<_> = hardware
+            .nics
+            .iter()
+            .map(|nic| (nic.name.clone(), nic.mac))
+            .collect();
+        assert_eq!(interfaces, simulated, "{name}");
+        // It went through testing on the way (the built-in tests ran).
+        let results = store.script_results(record.id).await.unwrap();
+        assert!(
+            results
+                .iter()
+                .any(|result| result.name == "fleet-disk-read" && result.status == "passed"),
+            "{results:?}"
+        );
+    }
+    eprintln!(
+        "3 simulated machines: enlisted in {:.1} s, ready {:.1} s after the first power-on",
+        enlisted.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Faults end in the statuses the life-cycle prescribes, with their reasons: a failing test →
+/// failed_testing naming it; a machine gone silent → failed_commissioning by the heartbeat
+/// clock; a BMC that refuses → failed_commissioning naming the power driver; a lost DHCP reply
+/// only costs a retransmission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_give_the_statuses_and_reasons_of_the_life_cycle() {
+    let setup = setup();
+    let mut faults: HashMap<u32, Faults> = HashMap::new();
+    for (index, fault) in [
+        (200, "lost-dhcp=2"),
+        (200, "slow-disk=2"),
+        (201, "fail-script=fleet-disk-read"),
+        (202, "silent"),
+        (203, "bmc-refuses"),
+        (204, "bmc-hangs"),
+    ] {
+        faults.entry(index).or_default().add(fault).unwrap();
+    }
+    // The machines are declared before the controller starts: placeholders to know the BMC URL.
+    let sims = setup.sims(200, 5, faults).await;
+    let names = ["healthy", "bad-test", "silent", "bad-bmc", "hung-bmc"];
+    let machines: String = sims
+        .machines
+        .iter()
+        .zip(names)
+        .map(|(machine, name)| sims.machine_toml(machine, name, "state = \"ready\""))
+        .collect();
+    let fleet_file = setup.fleet_file(&machines);
+    let controller = setup.start_controller(&fleet_file);
+    let store = controller.store().await;
+    let applied = fleet_cli(
+        &controller,
+        &["apply", "-f", fleet_file.to_str().unwrap(), "--yes"],
+    )
+    .await;
+    let shown = format!("{}\n{}", stdout(&applied), stderr(&applied));
+    assert!(
+        !applied.status.success(),
+        "failures make apply fail:\n{shown}"
+    );
+    let limit = Duration::from_secs(30);
+    // Lost DHCP replies and a slow disk only cost time.
+    wait_for_status(&store, &sims, "healthy", Status::Ready, limit).await;
+    let healthy = store.machine("healthy").await.unwrap().unwrap();
+    let results = store.script_results(healthy.id).await.unwrap();
+    let disk_read = results
+        .iter()
+        .find(|result| result.name == "fleet-disk-read")
+        .expect("the disk test ran");
+    assert!(
+        disk_read.runtime_ms.is_some_and(|ms| ms >= 2000),
+        "{disk_read:?}"
+    );
+    let reason = wait_for_status(&store, &sims, "bad-test", Status::FailedTesting, limit).await;
+    assert!(
+        reason.as_deref().is_some_and(
+            |reason| reason.contains("fleet-disk-read") && reason.contains("simulated failure")
+        ),
+        "{reason:?}"
+    );
+    let reason = wait_for_status(&store, &sims, "silent", Status::FailedCommissioning, limit).await;
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|reason| reason.contains("not heard from")),
+        "{reason:?}"
+    );
+    // The watch powered the silent machine off through its BMC.
+    let silent = sims.machine(202).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while silent.is_on() {
+        assert!(Instant::now() < deadline, "the silent machine is still on");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reason =
+        wait_for_status(&store, &sims, "bad-bmc", Status::FailedCommissioning, limit).await;
+    assert!(
+        reason
+            .as_deref()
+            .is_some_and(|reason| reason.contains("webhook")),
+        "{reason:?}"
+    );
+    assert!(
+        !sims.machine(203).unwrap().is_on(),
+        "a refusing BMC powered nothing"
+    );
+    assert!(
+        shown.contains("bad-test") && shown.contains("silent"),
+        "{shown}"
+    );
+}
+
+/// Rescue mode (the rescue script's result, heartbeats while it waits), exit rescue, and a
+/// release with a quick erase (the erase script's result per simulated disk), powered through
+/// the simulated BMC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rescue_exit_rescue_and_a_release_with_erase() {
+    let setup = setup();
+    let sims = setup.sims(300, 1, HashMap::new()).await;
+    let machine = &sims.machines[0];
+    let machines = sims.machine_toml(machine, "node", "state = \"ready\"");
+    let fleet_file = setup.fleet_file(&machines);
+    let controller = setup.start_controller(&fleet_file);
+    let store = controller.store().await;
+    let applied = fleet_cli(
+        &controller,
+        &["apply", "-f", fleet_file.to_str().unwrap(), "--yes"],
+    )
+    .await;
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    let limit = Duration::from_secs(20);
+    wait_for_status(&store, &sims, "node", Status::Ready, limit).await;
+
+    let rescue = fleet_cli(&controller, &["machine", "rescue", "node"]).await;
+    assert!(rescue.status.success(), "{}", stderr(&rescue));
+    wait_for_status(&store, &sims, "node", Status::RescueMode, limit).await;
+    assert!(machine.is_on(), "a machine in rescue mode waits, powered");
+    let shown = fleet_cli(&controller, &["machine", "show", "node", "--json"]).await;
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["rescue"]["ssh"], false, "{}", shown["rescue"]);
+    let exit = fleet_cli(&controller, &["machine", "exit-rescue", "node"]).await;
+    assert!(exit.status.success(), "{}", stderr(&exit));
+    wait_for_status(&store, &sims, "node", Status::Ready, limit).await;
+    let deadline = Instant::now() + limit;
+    while machine.is_on() {
+        assert!(Instant::now() < deadline, "still on after exit-rescue");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    controller.make_deployed(&store, "node").await;
+    let body = serde_json::json!({"options": {"erase": "quick"}});
+    let (code, answer) = controller
+        .http()
+        .post("/machines/node/actions/release", body)
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    wait_for_status(&store, &sims, "node", Status::Ready, limit).await;
+    let record = store.machine("node").await.unwrap().unwrap();
+    assert_eq!(record.lifecycle.owner, None);
+    let results = store.script_results(record.id).await.unwrap();
+    let erase = results
+        .iter()
+        .find(|result| result.name == "fleet-erase-quick")
+        .expect("the erase ran");
+    assert_eq!(erase.status, "passed");
+    assert_eq!(erase.results["mode"], "quick");
+    let erased: Vec<&str> = erase.results["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|disk| disk["name"].as_str().unwrap())
+        .collect();
+    let simulated: Vec<&str> = machine
+        .hardware
+        .disks
+        .iter()
+        .map(|disk| disk.name.as_str())
+        .collect();
+    assert_eq!(erased, simulated);
+}
+
+/// `fleet demo`: a controller and simulated machines on loopback, without root, ends with the
+/// table of what happened to each machine — deployed ones (one a clone), one failed with its
+/// reason, two that enlisted on their own.
+#[test]
+fn fleet_demo_takes_a_small_fleet_through_the_life_cycle_and_reports_each_machine() {
+    let started = Instant::now();
+    let output = std::process::Command::new(crate::support::controller::FLEET)
+        .args(["demo", "--machines", "6"])
+        .env("NO_COLOR", "1")
+        .env(
+            "XDG_CONFIG_HOME",
+            std::env::temp_dir().join("fleet-demo-test-config"),
+        )
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("fleet runs");
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert!(output.status.success(), "{out}\n{err}");
+    let table = out
+        .split("== what happened to each machine")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no table:\n{out}"));
+    let row = |name: &str| -> String {
+        table
+            .lines()
+            .find(|line| line.starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{table}"))
+            .to_string()
+    };
+    let web = row("web-01 ");
+    assert!(
+        web.contains("deployed") && web.contains("commission → test → deploy"),
+        "{web}"
+    );
+    let clone = row("web-04 ");
+    assert!(
+        clone.contains("deployed") && clone.contains("clone → deploy (clone of web-01)"),
+        "{clone}"
+    );
+    assert!(row("db-01 ").contains("deployed"), "{table}");
+    let failed = row("spare-01 ");
+    assert!(
+        failed.contains("failed_testing")
+            && failed.contains("test fleet-disk-read failed (exit 3)"),
+        "{failed}"
+    );
+    let enlisted: Vec<&str> = table
+        .lines()
+        .filter(|line| line.starts_with("enlisted-"))
+        .collect();
+    assert_eq!(enlisted.len(), 2, "{table}");
+    assert!(
+        enlisted
+            .iter()
+            .all(|line| line.contains(" new ") && line.contains("enlist")),
+        "{table}"
+    );
+    assert!(!err.contains("closed pool"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// 200 simulated machines, 10 % of them given a fault (a failing test, silence, a refusing
+/// BMC, spread over the fleet), commissioned by one `fleet apply`: each ends in the status the
+/// life-cycle prescribes, with its reason, and every other machine is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_machines_with_ten_percent_faults_end_where_the_life_cycle_says() {
+    const COUNT: u32 = 200;
+    let setup = setup();
+    let kinds = ["fail-script=fleet-memtest", "silent", "bmc-refuses"];
+    let faulted = fleet::sim::share_of_fleet(COUNT, 10);
+    assert_eq!(faulted.len(), 20);
+    let mut faults: HashMap<u32, Faults> = HashMap::new();
+    for (at, offset) in faulted.iter().enumerate() {
+        let fault = kinds[at % kinds.len()];
+        faults.entry(1000 + offset).or_default().add(fault).unwrap();
+    }
+    let sims = setup.sims(1000, COUNT, faults).await;
+    let name = |machine: &fleet::sim::SimMachine| format!("m-{:03}", machine.index - 1000);
+    let machines: String = sims
+        .machines
+        .iter()
+        .map(|machine| sims.machine_toml(machine, &name(machine), "state = \"ready\""))
+        .collect();
+    let fleet_file = setup.fleet_file(&machines);
+    let controller = setup.start_controller(&fleet_file);
+    let store = controller.store().await;
+    let started = Instant::now();
+    let applied = fleet_cli(
+        &controller,
+        &["apply", "-f", fleet_file.to_str().unwrap(), "--yes"],
+    )
+    .await;
+    assert!(!applied.status.success(), "the faults fail the apply");
+    let applied_in = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for machine in &sims.machines {
+        let name = name(machine);
+        let faults = &machine.faults;
+        let (expected, words) = if faults.failing_script.is_some() {
+            (Status::FailedTesting, "fleet-memtest")
+        } else if faults.silent {
+            (Status::FailedCommissioning, "not heard from")
+        } else if faults.bmc_refuses {
+            (Status::FailedCommissioning, "webhook")
+        } else {
+            (Status::Ready, "")
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let reason = wait_for_status(&store, &sims, &name, expected, left).await;
+        assert!(
+            reason.as_deref().unwrap_or_default().contains(words),
+            "{name} ({}): {reason:?}",
+            faults.describe()
+        );
+    }
+    let summaries = store.machine_summaries().await.unwrap();
+    let ready = summaries
+        .iter()
+        .filter(|m| m.status == Status::Ready)
+        .count();
+    assert_eq!(ready, 180, "every machine without a fault is ready");
+    eprintln!(
+        "{COUNT} simulated machines, 20 faulted: apply ended after {:.1} s, all settled after {:.1} s",
+        applied_in.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// `fleet sim --power-on` against a running `fleet serve`: its machines enlist through the
+/// controller's sockets, and it prints their `[[machine]]` tables under the enlisted names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_sim_machines_enlist_with_a_running_controller() {
+    let setup = setup();
+    let fleet_file = setup.fleet_file("");
+    let controller = setup.start_controller(&fleet_file);
+    let store = controller.store().await;
+    let output = setup.directory.path().join("sim.out");
+    let mut sim = std::process::Command::new(crate::support::controller::FLEET)
+        .args([
+            "sim",
+            "--machines",
+            "2",
+            "--first-index",
+            "400",
+            "--power-on",
+        ])
+        .arg("--dhcp")
+        .arg(setup.network.dhcp.to_string())
+        .arg("--tftp")
+        .arg(setup.network.tftp.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&output).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("fleet sim starts");
+    let names = ["enlisted-025e00000190", "enlisted-025e00000191"];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for name in names {
+        while status_of(&store, name).await.map(|(status, _)| status) != Some(Status::New) {
+            assert!(Instant::now() < deadline, "{name} did not enlist");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let _ = sim.kill();
+    let _ = sim.wait();
+    let printed = std::fs::read_to_string(&output).unwrap();
+    for name in names {
+        assert!(printed.contains(&format!("name = \"{name}\"")), "{printed}");
+    }
+    assert!(printed.contains("type = \"webhook\""), "{printed}");
+}
