@@ -80,8 +80,10 @@ async fn run(arguments: Arguments) -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
     };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Counted as in the controller (its `/metrics`), so the bench pays what a controller pays.
+    let metrics = std::sync::Arc::new(fleet::metrics::Metrics::new());
     tokio::select! {
-        result = serve(socket, config, leases.clone(), shutdown) => result?,
+        result = serve(socket, config, leases.clone(), metrics, shutdown) => result?,
         _ = terminate.recv() => {}
     }
     leases.close().await?;

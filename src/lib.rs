@@ -9,6 +9,7 @@ pub mod boot;
 pub mod commissioning;
 pub mod config;
 pub mod controller;
+pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod power;

@@ -16,6 +16,7 @@ mod images;
 mod machines;
 mod metadata;
 mod plans;
+mod scrape;
 mod tokens;
 pub mod views;
 
@@ -23,11 +24,12 @@ pub use error::ApiError;
 /// The machine API's body decoders, for the fuzz tests (`tests/it/fuzz.rs`).
 pub use metadata::{decode_enlist, decode_heartbeat, decode_result, decode_signal};
 
+use crate::metrics::{Listener, Metrics, RequestObservation};
 use crate::model::rfc3339;
 use crate::power::PowerDrivers;
 use crate::services::token::{identify, Identified, Operator};
 use crate::store::{OperatorRole, Store};
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::{self, Next};
@@ -50,6 +52,8 @@ pub struct ApiState {
     pub machine_api: crate::services::machine_api::SharedSettings,
     /// This controller's id in the store's `controllers` table (`None` in tests without one).
     pub controller_id: Option<String>,
+    /// The controller's counters (`GET /metrics`); both listeners file their requests here.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The operator API's routes (`/api/v1/...`), for the TLS listener. Everything else, the boot
@@ -76,11 +80,17 @@ pub fn api_router(state: ApiState) -> Router {
             state.clone(),
             require_operator,
         ));
+    let metrics = state.metrics.clone();
     Router::new()
         .route("/api/v1/version", get(version))
         .nest("/api/v1", operator)
+        .merge(scrape::router(state.clone()))
         .fallback(not_found)
         .with_state(state)
+        .layer(middleware::from_fn_with_state(
+            (metrics, Listener::Api),
+            observe_request,
+        ))
 }
 
 /// The boot listener's routes: the machine API (`/metadata/v1/...`, `/scripts/...`) and the
@@ -92,16 +102,46 @@ pub fn boot_router(state: ApiState) -> Router {
     if let Some(boot) = state.boot.clone() {
         routes = routes.merge(crate::boot::http::router(boot));
     }
+    let metrics = state.metrics.clone();
     let routes = routes.fallback(not_found).with_state(state);
     // Requests without a credential are rate-limited per source address, anything not found
     // included (`crate::boot::throttle`).
-    match guard {
+    let routes = match guard {
         Some(guard) => routes.layer(middleware::from_fn_with_state(
             guard,
             crate::boot::throttle::throttle,
         )),
         None => routes,
-    }
+    };
+    // Outermost, so throttled (429) requests are timed too.
+    routes.layer(middleware::from_fn_with_state(
+        (metrics, Listener::Boot),
+        observe_request,
+    ))
+}
+
+/// Times every request into the latency histogram, by its route's template (`MatchedPath`,
+/// which axum sets before the layers of `Router::layer` run), never its raw path.
+async fn observe_request(
+    State((metrics, listener)): State<(Arc<Metrics>, Listener)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|matched| matched.as_str().to_string());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    metrics.observe_request(&RequestObservation {
+        listener,
+        route: route.as_deref(),
+        method: method.as_str(),
+        status: response.status().as_u16(),
+        elapsed: started.elapsed(),
+    });
+    response
 }
 
 /// `/tokens`: admin tokens only.

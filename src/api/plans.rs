@@ -23,7 +23,14 @@ pub async fn start(
     let Json(request) = body.map_err(|rejection| {
         ApiError::bad_request(format!("the plan is not valid: {}", rejection.body_text()))
     })?;
-    let started = start_apply(&state.store, &state.drivers, request, &actor).await?;
+    let started = start_apply(
+        &state.store,
+        &state.drivers,
+        &state.metrics,
+        request,
+        &actor,
+    )
+    .await?;
     Ok((StatusCode::ACCEPTED, Json(started)))
 }
 

@@ -5,6 +5,7 @@ use super::{
     record_event, ApplyError, ApplyRecord, APPLY_LOCK, FINISHED, LOCK_REFRESH_MS, RUNNING,
     STALE_LOCK_MS,
 };
+use crate::metrics::{Metrics, StepOutcome as EndedStep};
 use crate::model::{ActionRequest, Settlement, Status};
 use crate::plan::{AppliedDeployment, MachinePlan, Operation, Step};
 use crate::power::PowerDrivers;
@@ -21,6 +22,8 @@ const POLL: Duration = Duration::from_millis(100);
 struct MachineRun {
     store: Store,
     drivers: PowerDrivers,
+    /// Where each step's end is counted (`/metrics`).
+    metrics: Arc<Metrics>,
     apply_id: String,
     record: Arc<ApplyRecord>,
     planned: MachinePlan,
@@ -28,7 +31,12 @@ struct MachineRun {
 }
 
 /// Carries out (or resumes) the apply `id` to its end, then releases the lock.
-pub async fn run_apply(store: &Store, drivers: &PowerDrivers, id: &str) -> Result<(), ApplyError> {
+pub async fn run_apply(
+    store: &Store,
+    drivers: &PowerDrivers,
+    metrics: &Arc<Metrics>,
+    id: &str,
+) -> Result<(), ApplyError> {
     let stored = store
         .plan(id)
         .await?
@@ -62,6 +70,7 @@ pub async fn run_apply(store: &Store, drivers: &PowerDrivers, id: &str) -> Resul
         let run = MachineRun {
             store: store.clone(),
             drivers: drivers.clone(),
+            metrics: metrics.clone(),
             apply_id: id.to_string(),
             record: record.clone(),
             planned: planned.clone(),
@@ -131,6 +140,7 @@ async fn run_machine(run: &MachineRun) -> Result<(), StoreError> {
         match outcome {
             Ok(()) => {
                 mark(run, index, "done", None).await?;
+                run.metrics.step_ended(EndedStep::Done);
                 record_event(
                     &run.store,
                     name,
@@ -143,6 +153,7 @@ async fn run_machine(run: &MachineRun) -> Result<(), StoreError> {
             }
             Err(reason) => {
                 mark(run, index, "failed", Some(&reason)).await?;
+                run.metrics.step_ended(EndedStep::Failed);
                 record_event(
                     &run.store,
                     name,
@@ -486,7 +497,11 @@ fn ended(record: &MachineRecord, expect: Status) -> StepOutcome {
 }
 
 /// Resumes every apply a previous run of this controller (or a dead one) left running.
-pub async fn resume_unfinished(store: &Store, drivers: &PowerDrivers) -> Result<usize, ApplyError> {
+pub async fn resume_unfinished(
+    store: &Store,
+    drivers: &PowerDrivers,
+    metrics: &Arc<Metrics>,
+) -> Result<usize, ApplyError> {
     let mut resumed = 0;
     for stored in store.plans_with_status(RUNNING).await? {
         let Ok(record) = serde_json::from_value::<ApplyRecord>(stored.body.clone()) else {
@@ -500,8 +515,9 @@ pub async fn resume_unfinished(store: &Store, drivers: &PowerDrivers) -> Result<
             Ok(_) => {
                 resumed += 1;
                 let (store, drivers, id) = (store.clone(), drivers.clone(), stored.id.clone());
+                let metrics = metrics.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = run_apply(&store, &drivers, &id).await {
+                    if let Err(error) = run_apply(&store, &drivers, &metrics, &id).await {
                         tracing::error!(apply = %id, "resumed apply failed: {error}");
                     }
                 });

@@ -21,11 +21,13 @@ pub mod watch;
 pub use executor::{resume_unfinished, run_apply};
 pub use verify::{check_plan, Refusal};
 
+use crate::metrics::Metrics;
 use crate::model::PowerState;
 use crate::plan::{Observed, Plan};
 use crate::power::PowerDrivers;
 use crate::store::{ApplyStepRow, EventFilter, LockHolder, Store, StoreError, StoredPlan};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// What the store observes, as the planner reads it (`GET /api/v1/observed`, watch mode): the
 /// records, the addresses machines hold, and for each machine whose power is in error the
@@ -183,6 +185,7 @@ fn new_apply_id() -> String {
 pub async fn start_apply(
     store: &Store,
     drivers: &PowerDrivers,
+    metrics: &Arc<Metrics>,
     request: ApplyRequest,
     actor: &str,
 ) -> Result<ApplyStarted, ApplyError> {
@@ -207,10 +210,10 @@ pub async fn start_apply(
             return Err(error);
         }
     };
-    let (store, drivers) = (store.clone(), drivers.clone());
+    let (store, drivers, metrics) = (store.clone(), drivers.clone(), metrics.clone());
     let apply_id = id.clone();
     tokio::spawn(async move {
-        if let Err(error) = run_apply(&store, &drivers, &apply_id).await {
+        if let Err(error) = run_apply(&store, &drivers, &metrics, &apply_id).await {
             tracing::error!(apply = %apply_id, "apply failed: {error}");
         }
     });

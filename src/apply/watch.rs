@@ -20,6 +20,7 @@
 
 use super::{start_apply, ApplyError, ApplyRequest};
 use crate::config::{Diagnostics, Fleet};
+use crate::metrics::Metrics;
 use crate::plan::{plan, summary_line, Plan, StepClass};
 use crate::power::PowerDrivers;
 use crate::store::Store;
@@ -105,6 +106,7 @@ pub type OnNewFleet = Arc<dyn Fn(&Arc<Fleet>) + Send + Sync>;
 pub fn start_watch(
     store: &Store,
     drivers: &PowerDrivers,
+    metrics: &Arc<Metrics>,
     options: WatchOptions,
     fleet: Arc<Fleet>,
     on_new_fleet: Option<OnNewFleet>,
@@ -115,6 +117,7 @@ pub fn start_watch(
     let reconciler = Reconciler {
         store: store.clone(),
         drivers: drivers.clone(),
+        metrics: metrics.clone(),
         options,
         fleet,
         on_new_fleet,
@@ -280,6 +283,7 @@ fn canonical(path: &Path) -> PathBuf {
 struct Reconciler {
     store: Store,
     drivers: PowerDrivers,
+    metrics: Arc<Metrics>,
     options: WatchOptions,
     /// The last fleet that validated.
     fleet: Arc<Fleet>,
@@ -370,7 +374,15 @@ impl Reconciler {
             allow_destroy: false,
             strict: false,
         };
-        match start_apply(&self.store, &self.drivers, request, WATCH_ACTOR).await {
+        match start_apply(
+            &self.store,
+            &self.drivers,
+            &self.metrics,
+            request,
+            WATCH_ACTOR,
+        )
+        .await
+        {
             Ok(started) => {
                 outcome.started = Some(started.id);
                 outcome.machines = started.accepted;

@@ -58,6 +58,8 @@ pub struct BootState {
     /// The first-stage loaders of `loader_dir` (file name → path), the files TFTP serves, for
     /// UEFI HTTP boot clients, which DHCP sends to `/boot/loaders/NAME` (ipxe.efi...).
     pub loaders: Arc<BTreeMap<String, std::path::PathBuf>>,
+    /// Where the boot files' bytes sent are counted (`/metrics`).
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// The summaries' writer: it writes the last summaries once told to stop, so the
     /// controller waits for it ([`BootState::finish_summaries`]) before closing the store.
     pub summary_writer: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
@@ -315,10 +317,7 @@ async fn loader_file(
             "/boot/loaders/{file}: not a loader of the controller's loader_dir"
         ))
     })?;
-    let response = match ServeFile::new(path).oneshot(request).await {
-        Ok(response) => response.into_response(),
-        Err(never) => match never {},
-    };
+    let response = serve_counted(path, request, &state.metrics).await;
     let event = NewEvent {
         machine: None,
         kind: "transfer".to_string(),
@@ -342,6 +341,31 @@ async fn loader_file(
     };
     state.summaries.record(&state.store, occurrence).await;
     Ok(response)
+}
+
+/// The file at `path` as `ServeFile` answers `request` (Range, HEAD, conditional requests),
+/// its body's bytes counted into the metrics as they go out: as hyper polls the body, which it
+/// does as the socket takes them, so a client that goes away stops the count.
+async fn serve_counted(
+    path: &std::path::Path,
+    request: Request,
+    metrics: &Arc<crate::metrics::Metrics>,
+) -> Response {
+    use http_body_util::BodyExt;
+    let response = match ServeFile::new(path).oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    let metrics = metrics.clone();
+    response.map(move |body| {
+        let counted = body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                metrics.http_boot_sent(data.len() as u64);
+            }
+            frame
+        });
+        axum::body::Body::new(counted)
+    })
 }
 
 /// The loaders TFTP serves ([`crate::boot::tftp::loader_files`]); none when the directory
@@ -395,10 +419,7 @@ async fn serve_image_file(
         .and_then(|value| value.to_str().ok())
         .map(str::to_string);
     // ServeFile streams from disk in chunks and answers Range with 206 and Content-Range.
-    let response = match ServeFile::new(&verified.path).oneshot(request).await {
-        Ok(response) => response.into_response(),
-        Err(never) => match never {},
-    };
+    let response = serve_counted(&verified.path, request, &state.metrics).await;
     let machine = match mac {
         Some(mac) => state
             .store
@@ -503,6 +524,7 @@ pub async fn start_with_controller(
     fleet: Option<&crate::config::Fleet>,
     state_dir: &std::path::Path,
     store: &Store,
+    metrics: &Arc<crate::metrics::Metrics>,
     stop: tokio::sync::watch::Receiver<()>,
 ) -> BootState {
     let policy = fleet.map(|fleet| fleet.policy.clone()).unwrap_or_default();
@@ -532,6 +554,7 @@ pub async fn start_with_controller(
         summaries,
         guard,
         loaders: Arc::default(),
+        metrics: metrics.clone(),
         summary_writer: Arc::new(std::sync::Mutex::new(Some(writer))),
     };
     let Some(fleet) = fleet else {
@@ -548,6 +571,7 @@ pub async fn start_with_controller(
         settings.loader_dir.clone(),
         store.clone(),
         state.summaries.clone(),
+        metrics.clone(),
         shutdown,
     )
     .await

@@ -29,6 +29,9 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10_000)]
         machines: usize,
     },
+    /// Kernel and initrd over HTTP from `fleet serve` (default settings) to 100 clients at once:
+    /// requests/s, MB/s, latency p50/p99, the controller's peak memory
+    Http(super::bench_http::HttpBenchArgs),
 }
 
 pub async fn bench(command: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -36,6 +39,7 @@ pub async fn bench(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Validate { machines } => bench_validate(machines),
         BenchCommand::Machines { machines } => bench_machines(machines).await,
         BenchCommand::Plan { machines, keep } => bench_plan(machines, keep.as_deref()),
+        BenchCommand::Http(args) => super::bench_http::bench_http(args).await,
     }
 }
 

@@ -5,6 +5,7 @@
 mod adopt;
 mod apply;
 mod bench;
+mod bench_http;
 mod client;
 mod clone;
 mod controllers;

@@ -6,6 +6,7 @@
 
 use crate::boot::dhcp::{bind_dhcp_socket, interface_ipv4, serve, DhcpConfig, DhcpLeases};
 use crate::config::Fleet;
+use crate::metrics::Metrics;
 use crate::store::Store;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
@@ -18,6 +19,7 @@ pub async fn start_dhcp(
     fleet: Option<&Fleet>,
     interfaces: &[String],
     store: &Store,
+    metrics: &Arc<Metrics>,
     stopped: watch::Receiver<()>,
 ) -> Option<Arc<DhcpLeases>> {
     let mut present = Vec::new();
@@ -48,11 +50,13 @@ pub async fn start_dhcp(
             return None;
         }
     };
+    // Every socket shares the lease table and the counters.
+    let shared = (&leases, metrics);
     for (interface, address) in present {
-        start_on_interface(&config, &leases, &interface, address, stopped.clone());
+        start_on_interface(&config, shared, &interface, address, stopped.clone());
     }
     if let Some(SocketAddr::V4(address)) = listen {
-        start_relayed_only(&config, &leases, address, stopped);
+        start_relayed_only(&config, shared, address, stopped);
     }
     Some(leases)
 }
@@ -60,7 +64,7 @@ pub async fn start_dhcp(
 /// The `dhcp_listen` socket: bound to `address` on no interface, answering relayed requests.
 fn start_relayed_only(
     config: &DhcpConfig,
-    leases: &Arc<DhcpLeases>,
+    shared: Shared<'_>,
     address: SocketAddrV4,
     stopped: watch::Receiver<()>,
 ) {
@@ -83,25 +87,28 @@ fn start_relayed_only(
     spawn_server(
         socket,
         config.relayed_only(*address.ip()),
-        leases,
+        shared,
         shown,
         stopped,
     );
 }
 
+/// The lease table and the counters every DHCP socket of the controller shares.
+type Shared<'a> = (&'a Arc<DhcpLeases>, &'a Arc<Metrics>);
+
 fn spawn_server(
     socket: tokio::net::UdpSocket,
     config: DhcpConfig,
-    leases: &Arc<DhcpLeases>,
+    (leases, metrics): Shared<'_>,
     name: String,
     mut stopped: watch::Receiver<()>,
 ) {
-    let leases = leases.clone();
+    let (leases, metrics) = (leases.clone(), metrics.clone());
     tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.changed().await;
         };
-        if let Err(error) = serve(socket, config, leases, shutdown).await {
+        if let Err(error) = serve(socket, config, leases, metrics, shutdown).await {
             eprintln!("  dhcp    {name}: stopped: {error}");
         }
     });
@@ -109,7 +116,7 @@ fn spawn_server(
 
 fn start_on_interface(
     config: &DhcpConfig,
-    leases: &Arc<DhcpLeases>,
+    shared: Shared<'_>,
     interface: &str,
     address: Ipv4Addr,
     stopped: watch::Receiver<()>,
@@ -129,5 +136,5 @@ fn start_on_interface(
     };
     eprintln!("  dhcp    {interface} ({address}): serving");
     let config = config.on_interface(interface, address);
-    spawn_server(socket, config, leases, interface.to_string(), stopped);
+    spawn_server(socket, config, shared, interface.to_string(), stopped);
 }

@@ -3,6 +3,7 @@
 //! told to stop.
 
 use crate::api::{self, ApiState};
+use crate::metrics::Metrics;
 use crate::power::PowerDrivers;
 use crate::services::token::{prepare_at_start, write_token_file, StartTokens, TOKEN_FILE};
 use crate::store::{Store, StoreError};
@@ -128,16 +129,24 @@ pub async fn serve(
     let fleet: Option<Arc<crate::config::Fleet>> = options.fleet.take().map(Arc::new);
     // TFTP runs until `stop_boot` is dropped, after the API stops.
     let (stop_boot, boot_stopped) = tokio::sync::watch::channel(());
+    // One registry for every service's counters, handed out like the sockets (`GET /metrics`).
+    let metrics = Arc::new(Metrics::new());
     let dhcp = super::dhcp::start_dhcp(
         fleet.as_deref(),
         &options.boot_interfaces,
         &store,
+        &metrics,
         boot_stopped.clone(),
     )
     .await;
-    let boot =
-        crate::boot::http::start_with_controller(fleet.as_deref(), state_dir, &store, boot_stopped)
-            .await;
+    let boot = crate::boot::http::start_with_controller(
+        fleet.as_deref(),
+        state_dir,
+        &store,
+        &metrics,
+        boot_stopped,
+    )
+    .await;
     let controller_id =
         super::heartbeat::controller_id(state_dir).map_err(|source| ServeError::StateDir {
             path: state_dir.to_path_buf(),
@@ -151,7 +160,7 @@ pub async fn serve(
     )
     .await;
     let drivers = PowerDrivers::standard();
-    start_executor(&store, &drivers).await;
+    start_executor(&store, &drivers, &metrics).await;
     let mut settings = crate::services::machine_api::MachineApiSettings::new(fleet.clone());
     settings.state_dir = Some(options.state_dir.clone());
     let machine_api = crate::services::machine_api::SharedSettings::new(settings);
@@ -159,7 +168,7 @@ pub async fn serve(
         &options,
         fleet.clone(),
         &store,
-        &drivers,
+        (&drivers, &metrics),
         &machine_api,
         &boot.images,
     );
@@ -190,6 +199,7 @@ pub async fn serve(
         drivers,
         boot: Some(boot),
         controller_id: Some(controller_id),
+        metrics,
     };
     let result = serve_both(api_listener, boot_listener, tls, state, shutdown).await;
     if let Some(watch) = watch {
@@ -371,8 +381,8 @@ fn origin_text(origin: &super::tls::CertificateOrigin) -> String {
 
 /// Resumes the applies a killed controller left running (each step either followed to its end
 /// or failed with a reason; none runs twice).
-async fn start_executor(store: &Store, drivers: &PowerDrivers) {
-    match crate::apply::resume_unfinished(store, drivers).await {
+async fn start_executor(store: &Store, drivers: &PowerDrivers, metrics: &Arc<Metrics>) {
+    match crate::apply::resume_unfinished(store, drivers, metrics).await {
         Ok(0) => {}
         Ok(count) => eprintln!("  apply   resumed {count} unfinished apply"),
         Err(error) => eprintln!("  apply   cannot resume unfinished applies: {error}"),
@@ -385,7 +395,7 @@ fn start_watch(
     options: &ServeOptions,
     fleet: Option<Arc<crate::config::Fleet>>,
     store: &Store,
-    drivers: &PowerDrivers,
+    (drivers, metrics): (&PowerDrivers, &Arc<Metrics>),
     machine_api: &crate::services::machine_api::SharedSettings,
     images: &Arc<crate::boot::http::BootImages>,
 ) -> Option<tokio::task::JoinHandle<()>> {
@@ -405,7 +415,7 @@ fn start_watch(
             runtime.spawn(async move { images.reload(declared, used_by).await });
         }
     });
-    match crate::apply::watch::start_watch(store, drivers, watch, fleet, Some(follow)) {
+    match crate::apply::watch::start_watch(store, drivers, metrics, watch, fleet, Some(follow)) {
         Ok(handle) => {
             eprintln!("  watch   {files} fleet file argument(s); reconciles on each save and every {interval} s");
             Some(handle)

@@ -109,6 +109,20 @@ impl Store {
             .collect()
     }
 
+    /// How many machines each status has (statuses without machines left out): one grouped
+    /// query, for `/metrics` at every scrape. COUNT(*) is cast to BIGINT so both backends hand
+    /// `Any` an i64.
+    pub async fn machine_counts_by_status(&self) -> Result<Vec<(Status, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT status, CAST(COUNT(*) AS BIGINT) AS count FROM machines GROUP BY status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((get_status(row, "status")?, get(row, "count")?)))
+            .collect()
+    }
+
     /// Every machine, one row each, sorted by name.
     pub async fn machine_summaries(&self) -> Result<Vec<MachineSummary>, StoreError> {
         let mut summaries = match self.backend() {

@@ -325,7 +325,8 @@ async fn apply(store: &Store, plan: Plan) -> Vec<(String, String, Option<String>
         allow_destroy: false,
         strict: false,
     };
-    let started = start_apply(store, &PowerDrivers::standard(), request, "alice")
+    let metrics = std::sync::Arc::new(fleet::metrics::Metrics::new());
+    let started = start_apply(store, &PowerDrivers::standard(), &metrics, request, "alice")
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);

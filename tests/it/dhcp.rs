@@ -1115,7 +1115,8 @@ impl Lab {
             .expect("bind port 67 in the server namespace");
         let socket = tokio::net::UdpSocket::from_std(socket).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(socket, config, leases.clone(), async move {
+        let metrics = Arc::new(fleet::metrics::Metrics::new());
+        tokio::spawn(serve(socket, config, leases.clone(), metrics, async move {
             let _ = stopped.await;
         }));
         Lab {

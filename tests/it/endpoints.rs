@@ -75,6 +75,7 @@ const ENDPOINTS: &[Endpoint] = &[
     endpoint(Api, "POST", "/api/v1/tokens", Admin),
     endpoint(Api, "DELETE", "/api/v1/tokens/{name}", Admin),
     endpoint(Api, "POST", "/api/v1/tokens/{name}/rotate", Admin),
+    endpoint(Api, "GET", "/metrics", Reader),
     endpoint(Boot, "GET", "/boot/{script}", Anonymous("the iPXE script: a one-shot boot secret, never a token; rate-limited per source address")),
     endpoint(Boot, "GET", "/boot/files/{image}/{file}", Anonymous("kernels, initrds, images: nothing secret; rate-limited per source address")),
     endpoint(Boot, "GET", "/boot/by-mac/{mac}/{image}/{file}", Anonymous("the same files, counted on the machine; rate-limited per source address")),
@@ -97,6 +98,7 @@ const ENDPOINTS: &[Endpoint] = &[
 /// The files that declare routes, and the prefix their routes are nested under.
 const ROUTE_FILES: &[(&str, &str)] = &[
     ("src/api/mod.rs", "/api/v1"),
+    ("src/api/scrape.rs", ""),
     ("src/api/metadata.rs", ""),
     ("src/boot/http.rs", ""),
 ];

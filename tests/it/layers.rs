@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("commissioning", 2), // the scripts machines run and the fact parser: pure
     ("store", 3),         // sqlx
     ("power", 3),         // power drivers
+    ("metrics", 3),       // the counters the services share, the Prometheus text
     ("boot", 4),          // DHCP, TFTP, HTTP boot
     ("services", 4),      // one action on one machine, the machine API, the watches
     ("apply", 5),         // the executor

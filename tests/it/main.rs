@@ -20,6 +20,7 @@ mod images;
 mod layers;
 mod lifecycle;
 mod machine_api;
+mod metrics;
 mod netplan;
 mod plan;
 mod plan_deployment;

@@ -1584,8 +1584,7 @@ async fn assert_refused_as_newer(url: &str, store: &Store) {
     let before = count().await;
     let error = Store::open(url)
         .await
-        .err()
-        .expect("a database a newer fleet migrated is refused");
+        .expect_err("a database a newer fleet migrated is refused");
     let message = error.to_string();
     assert!(
         matches!(error, fleet::store::StoreError::NewerSchema { found: 9999, known, .. } if known >= 14),

@@ -6,7 +6,9 @@ use super::config::DhcpConfig;
 use super::handler::{decode_request, encode_reply, wire_destination, MAXIMUM_REQUEST_SIZE};
 use super::service::DhcpLeases;
 use super::DhcpError;
+use crate::metrics::{DhcpDrop, DhcpReply, Metrics};
 use crate::store::now_ms;
+use dhcproto::v4::{Message, MessageType};
 use std::future::Future;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
@@ -20,11 +22,13 @@ const ACK_COMMIT_LIMIT: Duration = Duration::from_secs(4);
 
 /// Serves DHCP on an already-bound socket until `shutdown` completes. One socket serves one
 /// interface (see [`super::bind_dhcp_socket`] and [`DhcpConfig::on_interface`]) plus any relayed
-/// requests that reach it; several sockets share one [`DhcpLeases`].
+/// requests that reach it; several sockets share one [`DhcpLeases`] (and one [`Metrics`], where
+/// each reply and each datagram left unanswered is counted).
 pub async fn serve(
     socket: UdpSocket,
     config: DhcpConfig,
     leases: Arc<DhcpLeases>,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DhcpError> {
     let socket = Arc::new(socket);
@@ -43,27 +47,35 @@ pub async fn serve(
             },
         };
         let Some(request) = decode_request(&received[..length]) else {
+            metrics.dhcp_dropped(DhcpDrop::Malformed);
             continue;
         };
         let (outcome, grant) = leases.answer_durably(&request, &config, now_ms());
         let Some(reply) = outcome.reply else {
+            if expects_reply(&request) {
+                metrics.dhcp_dropped(DhcpDrop::Unanswered);
+            }
             continue;
         };
         if let Err(error) = encode_reply(&reply.message, &mut encoded) {
             tracing::debug!(%error, "cannot encode a DHCP reply");
+            metrics.dhcp_dropped(DhcpDrop::Unsent);
             continue;
         }
         let destination = wire_destination(reply.destination, source);
+        let kind = reply_kind(&reply.message);
         match grant {
-            None => send(&socket, &encoded, destination).await,
+            None => send(&socket, &encoded, destination, (&metrics, kind)).await,
             Some(sequence) => {
                 let (socket, leases) = (Arc::clone(&socket), Arc::clone(&leases));
+                let metrics = Arc::clone(&metrics);
                 let encoded = encoded.clone();
                 tokio::spawn(async move {
                     if leases.committed_through(sequence, ACK_COMMIT_LIMIT).await {
-                        send(&socket, &encoded, destination).await;
+                        send(&socket, &encoded, destination, (&metrics, kind)).await;
                     } else {
                         tracing::warn!(%destination, "DHCP ACK not sent: its lease could not be stored in time");
+                        metrics.dhcp_dropped(DhcpDrop::Unsent);
                     }
                 });
             }
@@ -71,10 +83,41 @@ pub async fn serve(
     }
 }
 
-async fn send(socket: &UdpSocket, encoded: &[u8], destination: SocketAddr) {
-    if let Err(error) = socket.send_to(encoded, destination).await {
-        // The client or relay is unreachable; it will ask again.
-        tracing::debug!(%error, %destination, "cannot send a DHCP reply");
+/// RELEASE and DECLINE get no reply by design: their silence is no drop.
+fn expects_reply(request: &Message) -> bool {
+    !matches!(
+        request.opts().msg_type(),
+        Some(MessageType::Release | MessageType::Decline)
+    )
+}
+
+fn reply_kind(reply: &Message) -> Option<DhcpReply> {
+    match reply.opts().msg_type()? {
+        MessageType::Offer => Some(DhcpReply::Offer),
+        MessageType::Ack => Some(DhcpReply::Ack),
+        MessageType::Nak => Some(DhcpReply::Nak),
+        _ => None,
+    }
+}
+
+/// Sends one reply and counts it: as its type once sent, else as unsent.
+async fn send(
+    socket: &UdpSocket,
+    encoded: &[u8],
+    destination: SocketAddr,
+    (metrics, kind): (&Metrics, Option<DhcpReply>),
+) {
+    match socket.send_to(encoded, destination).await {
+        Ok(_) => {
+            if let Some(kind) = kind {
+                metrics.dhcp_replied(kind);
+            }
+        }
+        Err(error) => {
+            // The client or relay is unreachable; it will ask again.
+            tracing::debug!(%error, %destination, "cannot send a DHCP reply");
+            metrics.dhcp_dropped(DhcpDrop::Unsent);
+        }
     }
 }
 

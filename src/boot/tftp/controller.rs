@@ -34,12 +34,14 @@ pub enum TftpStartError {
 }
 
 /// Binds and starts the server in the background; returns the bound address and how many
-/// loaders were published. The server stops when `shutdown` completes.
+/// loaders were published. Each transfer's acknowledged bytes are counted into `metrics` as it
+/// ends. The server stops when `shutdown` completes.
 pub async fn start(
     listen: SocketAddr,
     loader_dir: PathBuf,
     store: Store,
     summaries: EventSummaries,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, usize), TftpStartError> {
     let config = TftpConfig::new(loader_dir.clone());
@@ -59,6 +61,7 @@ pub async fn start(
     let (reports, mut received) = tokio::sync::mpsc::channel::<TransferReport>(REPORTS_QUEUED);
     let overflow = (summaries.clone(), store.clone());
     let observer: TransferObserver = Arc::new(move |report| {
+        metrics.tftp_sent(report.counters.bytes);
         if let Err(full) = reports.try_send(report) {
             let report = full.into_inner();
             let (summaries, store) = overflow.clone();
