@@ -5,15 +5,18 @@
 
 use crate::boot::http::BootImages;
 use crate::config::Fleet;
+use crate::model::MacAddr;
 use crate::services::machine_api::deployment::DeployImage;
 
 /// The deploy action's image (`machines.image`) as the controller serves it at `base_url`, or
-/// why it cannot be deployed (the failed_deployment reason).
+/// why it cannot be deployed (the failed_deployment reason). With the machine's boot MAC the URL
+/// names it (`/boot/by-mac/MAC/IMAGE/root`), so the transfer is recorded as the machine's.
 pub fn deploy_image_for(
     images: Option<&BootImages>,
     fleet: Option<&Fleet>,
     image: Option<&str>,
     base_url: &str,
+    boot_mac: Option<MacAddr>,
 ) -> Result<DeployImage, String> {
     let name = image.ok_or(
         "the machine has no image to deploy: give it one (`image` in the fleet file, or deploy \
@@ -41,7 +44,15 @@ pub fn deploy_image_for(
     Ok(DeployImage {
         name: name.to_string(),
         format,
-        url: format!("{base_url}{}", served.url_path),
+        url: match boot_mac {
+            Some(mac) => format!(
+                "{base_url}{}",
+                served
+                    .url_path
+                    .replacen("/boot/files/", &format!("/boot/by-mac/{mac}/"), 1)
+            ),
+            None => format!("{base_url}{}", served.url_path),
+        },
         size: served.size,
         sha256: served.sha256,
         raw_size: Some(served.raw_size),

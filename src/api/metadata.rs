@@ -777,6 +777,7 @@ async fn deployment(
         settings.fleet.as_deref(),
         run.record.image.as_deref(),
         &base_url,
+        run.record.boot_mac,
     );
     let document = machine_api::deployment::fetch(
         &state.store,

@@ -113,7 +113,13 @@ pub enum Command {
 /// Runs the command line; the exit code follows the command's contract (README).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The demo's controller runs in this process and its simulated machines enlist as unknown
+    // MACs on purpose: its own table says what happened, so only errors are logged beside it.
+    let default_level = match cli.command {
+        Command::Demo(_) => "error",
+        _ => "warn",
+    };
+    init_logging(default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -135,11 +141,15 @@ pub fn main() -> ExitCode {
     code
 }
 
-fn init_logging() {
+/// Logs go to stderr at `default_level` unless `FLEET_LOG` says otherwise (`info`,
+/// `fleet::boot=debug`, ...).
+fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLEET_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // Colour only on a terminal: a log redirected to a file or a CI job stays plain text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }

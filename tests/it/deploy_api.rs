@@ -519,9 +519,10 @@ async fn a_deployment_goes_the_whole_way(backend: Backend) {
     assert_eq!(image["name"], "noble");
     assert_eq!(image["format"], "tgz");
     assert_eq!(image["sha256"], setup.root_sha.as_str());
+    // The URL names the machine, so the image's transfer is recorded as web-1's.
     assert_eq!(
         image["url"],
-        format!("{}/boot/files/noble/root", controller.url)
+        format!("{}/boot/by-mac/{WEB_MAC}/noble/root", controller.url)
     );
     let netplan = deployment["network"]["netplan"].as_str().unwrap();
     assert!(netplan.contains("10.30.0.10/24"), "{netplan}");
