@@ -12,6 +12,7 @@
 //! path is under the root's real path (or to a generated file); parsing never panics on any
 //! datagram; a client's ERROR ends its transfer at once; each transfer runs on its own socket.
 
+mod blocks;
 pub mod controller;
 mod files;
 mod options;

@@ -2,6 +2,7 @@
 //! optional OACK, then DATA in windows of `window_size` blocks (RFC 7440; 1 = lock-step), each
 //! window retransmitted on timeout, the transfer ended at once by a client's ERROR.
 
+use super::blocks::{Blocks, Reader};
 use super::files::Source;
 use super::options::Negotiated;
 use super::packet::{self, ClientPacket};
@@ -10,7 +11,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, BufReader, ReadBuf};
 use tokio::net::UdpSocket;
 
 /// How a transfer ended.
@@ -52,8 +53,7 @@ pub async fn send_file(
     plan: &TransferPlan,
     counters: &mut TransferCounters,
 ) -> TransferOutcome {
-    let reader = match open(source, &plan.negotiated).await {
-        Ok(reader) if plan.netascii => Box::new(NetAscii::new(reader)) as Reader,
+    let reader = match open(source, plan).await {
         Ok(reader) => reader,
         Err(error) => {
             let _ = socket
@@ -82,24 +82,28 @@ pub async fn send_file(
     outcome
 }
 
-type Reader = Box<dyn AsyncRead + Send + Unpin>;
-
-async fn open(source: Source, negotiated: &Negotiated) -> io::Result<Reader> {
-    match source {
-        Source::Memory(bytes) => Ok(Box::new(std::io::Cursor::new(bytes))),
-        Source::Disk { path, .. } => {
-            let file = tokio::fs::File::open(path).await?;
-            // tokio's file reads hop to the blocking pool; big buffers make the hops rare.
-            let capacity =
-                (negotiated.block_size * usize::from(negotiated.window_size)).max(256 * 1024);
-            Ok(Box::new(BufReader::with_capacity(capacity, file)))
+async fn open(source: Source, plan: &TransferPlan) -> io::Result<Blocks> {
+    let negotiated = &plan.negotiated;
+    Ok(match (source, plan.netascii) {
+        (Source::Memory(bytes), false) => Blocks::memory(bytes),
+        (Source::Memory(bytes), true) => Blocks::Stream(Box::new(NetAscii::new(Box::new(
+            std::io::Cursor::new(bytes),
+        )))),
+        (Source::Disk { path, .. }, false) => {
+            let window = usize::from(negotiated.window_size.max(1));
+            Blocks::disk(path, negotiated.block_size, window).await?
         }
-    }
+        (Source::Disk { path, .. }, true) => {
+            let file = tokio::fs::File::open(path).await?;
+            let buffered = BufReader::with_capacity(64 * 1024, file);
+            Blocks::Stream(Box::new(NetAscii::new(Box::new(buffered))))
+        }
+    })
 }
 
 struct WindowSender<'a> {
     socket: &'a UdpSocket,
-    reader: Reader,
+    reader: Blocks,
     block_size: usize,
     window_size: usize,
     timeout: Duration,
@@ -114,6 +118,8 @@ struct WindowSender<'a> {
     read_everything: bool,
     counters: TransferCounters,
     receive_buffer: Vec<u8>,
+    /// Packets of acknowledged blocks, reused for the next ones (no allocation per block).
+    spare: Vec<Vec<u8>>,
 }
 
 enum Heard {
@@ -129,7 +135,7 @@ enum Heard {
 }
 
 impl<'a> WindowSender<'a> {
-    fn new(socket: &'a UdpSocket, reader: Reader, plan: &TransferPlan) -> Self {
+    fn new(socket: &'a UdpSocket, reader: Blocks, plan: &TransferPlan) -> Self {
         let negotiated = &plan.negotiated;
         WindowSender {
             socket,
@@ -146,6 +152,7 @@ impl<'a> WindowSender<'a> {
             read_everything: false,
             counters: TransferCounters::default(),
             receive_buffer: vec![0; 2048],
+            spare: Vec::new(),
         }
     }
 
@@ -208,9 +215,13 @@ impl<'a> WindowSender<'a> {
     async fn fill_window(&mut self) -> io::Result<()> {
         while !self.read_everything && self.window.len() < self.window_size {
             let block = self.window_base.wrapping_add(self.window.len() as u16);
-            let mut data = Vec::with_capacity(4 + self.block_size);
+            let mut data = self
+                .spare
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(4 + self.block_size));
+            data.clear();
             packet::start_data(&mut data, block);
-            let payload = read_block(&mut self.reader, &mut data, self.block_size).await?;
+            let payload = self.reader.append_block(&mut data, self.block_size).await?;
             // A short (possibly empty) block is the last one.
             self.read_everything = payload < self.block_size;
             self.window.push_back(data);
@@ -229,6 +240,7 @@ impl<'a> WindowSender<'a> {
     fn acknowledge(&mut self, count: usize) {
         for data in self.window.drain(..count) {
             self.counters.bytes += (data.len() - 4) as u64;
+            self.spare.push(data);
         }
         self.window_base = self.window_base.wrapping_add(count as u16);
         self.sent = self.sent.saturating_sub(count);
@@ -274,26 +286,6 @@ impl<'a> WindowSender<'a> {
             Ok(Err(error)) => Err(error),
         }
     }
-}
-
-/// Appends up to `block_size` bytes to `data`; fewer only at the end of the file.
-async fn read_block(
-    reader: &mut Reader,
-    data: &mut Vec<u8>,
-    block_size: usize,
-) -> io::Result<usize> {
-    let start = data.len();
-    data.resize(start + block_size, 0);
-    let mut filled = 0;
-    while filled < block_size {
-        let count = reader.read(&mut data[start + filled..]).await?;
-        if count == 0 {
-            break;
-        }
-        filled += count;
-    }
-    data.truncate(start + filled);
-    Ok(filled)
 }
 
 /// A reader giving `inner`'s bytes in netascii: LF as CR LF, CR as CR NUL (RFC 1350; a Unix
@@ -357,6 +349,7 @@ impl AsyncRead for NetAscii {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
     #[tokio::test]
     async fn netascii_sends_lf_as_cr_lf_and_cr_as_cr_nul() {
