@@ -33,7 +33,7 @@ impl Blocks {
         Blocks::Memory { bytes, at: 0 }
     }
 
-    /// Opens `path` and starts reading its first chunk. Chunks hold a few blocks of a window.
+    /// Opens `path` and starts reading its first chunk.
     pub async fn disk(
         path: std::path::PathBuf,
         block_size: usize,
@@ -42,7 +42,9 @@ impl Blocks {
         let file = tokio::task::spawn_blocking(move || std::fs::File::open(path))
             .await
             .map_err(io::Error::other)??;
-        let chunk_size = (4 * block_size * window_size).clamp(MINIMUM_CHUNK, MAXIMUM_CHUNK);
+        // Each chunk costs two thread switches (to the blocking pool and back): 64 windows a
+        // chunk make them rare next to the blocks' own round trips.
+        let chunk_size = (64 * block_size * window_size).clamp(MINIMUM_CHUNK, MAXIMUM_CHUNK);
         let mut chunks = DiskChunks {
             file: Arc::new(file),
             chunk_size,
