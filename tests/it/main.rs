@@ -22,6 +22,7 @@ mod machine_api;
 mod netplan;
 mod plan;
 mod plan_deployment;
+mod plan_simulate;
 mod power;
 mod power_apply;
 mod power_queue;
