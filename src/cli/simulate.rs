@@ -16,8 +16,11 @@ use anyhow::{anyhow, bail, Context};
 use comfy_table::Cell;
 use fleet::apply::{ApplyProgress, ApplyRequest, ApplyStarted};
 use fleet::config::{Fleet, PowerSpec};
-use fleet::model::{Lifecycle, MacAddr, Status};
-use fleet::plan::{desired_power, Firmware, Observed, ObservedMachine, Plan};
+use fleet::model::{Lifecycle, MacAddr, MachineName, Status};
+use fleet::plan::{
+    desired_power, AddressOrigin, Allocation, Firmware, HeldAddress, Observed, ObservedMachine,
+    Plan,
+};
 use fleet::sim::{SimDisk, SimFleet, SimHardware, SimNetwork, SimNic};
 use fleet::store::{Disk, Hardware, Interface, NewMachine, Store};
 use serde::Serialize;
@@ -204,15 +207,21 @@ fn print_report(report: &SimulationReport) {
 }
 
 /// A simulated machine per machine with a MAC, observed or declared: the observed ones with
-/// their recorded hardware, the declared ones the store has not seen with a simulated shape
-/// carrying their MACs (they are commissioned in the simulation).
+/// their recorded hardware; those never commissioned, and the declared ones the store has not
+/// seen, with a simulated shape carrying their MACs (commissioned in the simulation, they
+/// report that shape: what they would really report is not known before).
 fn stand_ins(fleet: &Fleet, observed: &Observed) -> Vec<(String, SimHardware)> {
     let mut stand_ins: BTreeMap<String, SimHardware> = BTreeMap::new();
     for machine in &observed.machines {
-        if !machine.macs.is_empty() {
-            let index = stand_ins.len() as u32;
-            stand_ins.insert(machine.name.to_string(), recorded_hardware(machine, index));
-        }
+        let index = stand_ins.len() as u32;
+        let hardware = if machine.macs.is_empty() {
+            continue;
+        } else if machine.hardware.is_known() {
+            recorded_hardware(machine, index)
+        } else {
+            shape_with_macs(index, &machine.macs)
+        };
+        stand_ins.insert(machine.name.to_string(), hardware);
     }
     for spec in &fleet.machines {
         if observed.machine(spec.name.as_str()).is_none() && !spec.macs.is_empty() {
@@ -382,7 +391,35 @@ async fn seed_store(observed: &Observed, powers: &Powers, state_dir: &Path) -> a
             .await
             .with_context(|| format!("seeding {} into the throwaway store", machine.name))?;
     }
+    seed_held_addresses(&store, &observed.addresses).await?;
     store.close().await;
+    Ok(())
+}
+
+/// The static addresses the machines hold, so the copy's plan keeps them where they are.
+async fn seed_held_addresses(store: &Store, held: &[HeldAddress]) -> anyhow::Result<()> {
+    let mut by_machine: BTreeMap<&str, Vec<Allocation>> = BTreeMap::new();
+    for address in held {
+        let Ok(machine) = MachineName::parse(&address.machine) else {
+            continue;
+        };
+        by_machine
+            .entry(address.machine.as_str())
+            .or_default()
+            .push(Allocation {
+                machine,
+                interface: address.interface.clone(),
+                subnet: address.subnet.clone(),
+                ip: address.ip,
+                origin: AddressOrigin::Held,
+            });
+    }
+    for (machine, allocations) in by_machine {
+        store
+            .commit_addresses(machine, &allocations, ACTOR, None)
+            .await
+            .with_context(|| format!("seeding {machine}'s addresses into the throwaway store"))?;
+    }
     Ok(())
 }
 

@@ -107,7 +107,7 @@ image = "debian"
 "#,
         root = root.display()
     );
-    for (index, name) in ["web-1", "web-2", "web-3"].iter().enumerate() {
+    for (index, name) in ["web-1", "web-2", "web-3", "web-4"].iter().enumerate() {
         text.push_str(&format!(
             r#"[[machine]]
 name = "{name}"
@@ -152,6 +152,20 @@ async fn plan_simulate_reports_the_layout_that_does_not_fit_and_leaves_the_real_
     seed_ready(&store, "web-1", 1, 64, &bmc).await;
     seed_ready(&store, "web-2", 2, 64, &bmc).await;
     seed_ready(&store, "web-3", 3, 20, &bmc).await;
+    // Never commissioned: its stand-in is commissioned and tested in the simulation first.
+    let web_4 = NewMachine {
+        name: MachineName::parse("web-4").unwrap(),
+        status: Status::New,
+        macs: vec![MacAddr([0x52, 0x54, 0x00, 0x5e, 0x00, 4])],
+        arch: Some("amd64".into()),
+        power_type: "webhook".into(),
+        power_params: webhook_params(&bmc),
+        bmc_address: None,
+        image: None,
+        tags: Vec::new(),
+        deployed_os: None,
+    };
+    store.create_machine(&web_4, "test").await.unwrap();
     store.close().await;
     let directory = tempfile::tempdir().unwrap();
     let fleet_toml = fleet_file(directory.path(), &bmc);
@@ -172,7 +186,7 @@ async fn plan_simulate_reports_the_layout_that_does_not_fit_and_leaves_the_real_
     println!("{text}\n{}", stderr(&output));
     assert_eq!(output.status.code(), Some(2), "{text}\n{}", stderr(&output));
     assert!(
-        text.contains("simulated 3 machines: 2 would succeed, 1 would fail"),
+        text.contains("simulated 4 machines: 3 would succeed, 1 would fail"),
         "{text}\n{}",
         stderr(&output)
     );
@@ -206,8 +220,8 @@ async fn plan_simulate_reports_the_layout_that_does_not_fit_and_leaves_the_real_
     ]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(report["simulated"], 3, "{report}");
-    assert_eq!(report["would_succeed"], 2, "{report}");
+    assert_eq!(report["simulated"], 4, "{report}");
+    assert_eq!(report["would_succeed"], 3, "{report}");
     assert_eq!(report["would_fail"], 1, "{report}");
     let outcomes: Vec<(String, String)> = report["machines"]
         .as_array()
@@ -224,6 +238,7 @@ async fn plan_simulate_reports_the_layout_that_does_not_fit_and_leaves_the_real_
         ("web-1", "succeed"),
         ("web-2", "succeed"),
         ("web-3", "fail"),
+        ("web-4", "succeed"),
     ]
     .iter()
     .map(|(name, outcome)| (name.to_string(), outcome.to_string()))
