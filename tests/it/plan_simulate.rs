@@ -1,8 +1,10 @@
 //! `fleet plan --simulate` (issue 15, item 4) through the real binary: a real controller with
 //! three ready machines and their recorded hardware, one of whose disk is too small for its
-//! storage template. The simulation (a throwaway controller in the CLI's process, simulated
-//! machines with the recorded hardware) reports that one failing with the layout's reason and
-//! the others deployed; the real controller's machines, events and BMCs are not touched.
+//! storage template, and two never commissioned. The simulation (a throwaway controller in the
+//! CLI's process, simulated machines with the recorded hardware) reports the small disk failing
+//! with the layout's reason (found by the plan), a new machine whose template is too big for its
+//! simulated shape failing its deployment (found by the executor, after commissioning), and the
+//! others deployed; the real controller's machines, events and BMCs are not touched.
 
 use crate::support::controller::{stderr, stdout, TestController};
 use fleet::model::{Lifecycle, MacAddr, MachineName, Status};
@@ -67,6 +69,23 @@ async fn seed_ready(store: &Store, name: &str, index: u8, disk_gib: i64, bmc: &s
         .unwrap();
 }
 
+/// A machine the real store knows only by name, MAC and power.
+async fn seed_new(store: &Store, name: &str, index: u8, bmc: &str) {
+    let new = NewMachine {
+        name: MachineName::parse(name).unwrap(),
+        status: Status::New,
+        macs: vec![MacAddr([0x52, 0x54, 0x00, 0x5e, 0x00, index])],
+        arch: Some("amd64".into()),
+        power_type: "webhook".into(),
+        power_params: webhook_params(bmc),
+        bmc_address: None,
+        image: None,
+        tags: Vec::new(),
+        deployed_os: None,
+    };
+    store.create_machine(&new, "test").await.unwrap();
+}
+
 fn webhook_params(bmc: &str) -> Value {
     json!({
         "on_url": format!("http://{bmc}/on"),
@@ -100,19 +119,29 @@ root = {{ path = "{root}", sha256 = "{sha}", format = "tgz" }}
 layout = "flat"
 root_size = "40GiB"
 
+[storage_templates.huge_root]
+layout = "flat"
+root_size = "4000GiB"
+
 [profiles.web]
 storage = "big_root"
+image = "debian"
+
+[profiles.huge]
+storage = "huge_root"
 image = "debian"
 
 "#,
         root = root.display()
     );
-    for (index, name) in ["web-1", "web-2", "web-3", "web-4"].iter().enumerate() {
+    let machines = ["web-1", "web-2", "web-3", "web-4", "web-5"];
+    for (index, name) in machines.iter().enumerate() {
+        let profile = if *name == "web-5" { "huge" } else { "web" };
         text.push_str(&format!(
             r#"[[machine]]
 name = "{name}"
 macs = ["52:54:00:5e:00:{index:02x}"]
-profile = "web"
+profile = "{profile}"
 state = "deployed"
 owner = "ops"
 power = {{ type = "webhook", on_url = "http://{bmc}/on", off_url = "http://{bmc}/off", query_url = "http://{bmc}/status" }}
@@ -152,20 +181,10 @@ async fn plan_simulate_reports_the_layout_that_does_not_fit_and_leaves_the_real_
     seed_ready(&store, "web-1", 1, 64, &bmc).await;
     seed_ready(&store, "web-2", 2, 64, &bmc).await;
     seed_ready(&store, "web-3", 3, 20, &bmc).await;
-    // Never commissioned: its stand-in is commissioned and tested in the simulation first.
-    let web_4 = NewMachine {
-        name: MachineName::parse("web-4").unwrap(),
-        status: Status::New,
-        macs: vec![MacAddr([0x52, 0x54, 0x00, 0x5e, 0x00, 4])],
-        arch: Some("amd64".into()),
-        power_type: "webhook".into(),
-        power_params: webhook_params(&bmc),
-        bmc_address: None,
-        image: None,
-        tags: Vec::new(),
-        deployed_os: None,
-    };
-    store.create_machine(&web_4, "test").await.unwrap();
+    // Never commissioned: their stand-ins are commissioned in the simulation first, with a
+    // simulated shape; web-5's layout is then found too big when it deploys.
+    seed_new(&store, "web-4", 4, &bmc).await;
+    seed_new(&store, "web-5", 5, &bmc).await;
     store.close().await;
     let directory = tempfile::tempdir().unwrap();
     let fleet_toml = fleet_file(directory.path(), &bmc);
@@ -186,7 +205,7 @@ async fn plan_simulate_reports_the_layout_that_does_not_fit_and_leaves_the_real_
     println!("{text}\n{}", stderr(&output));
     assert_eq!(output.status.code(), Some(2), "{text}\n{}", stderr(&output));
     assert!(
-        text.contains("simulated 4 machines: 3 would succeed, 1 would fail"),
+        text.contains("simulated 5 machines: 3 would succeed, 2 would fail"),
         "{text}\n{}",
         stderr(&output)
     );
@@ -220,9 +239,9 @@ async fn plan_simulate_reports_the_layout_that_does_not_fit_and_leaves_the_real_
     ]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(report["simulated"], 4, "{report}");
+    assert_eq!(report["simulated"], 5, "{report}");
     assert_eq!(report["would_succeed"], 3, "{report}");
-    assert_eq!(report["would_fail"], 1, "{report}");
+    assert_eq!(report["would_fail"], 2, "{report}");
     let outcomes: Vec<(String, String)> = report["machines"]
         .as_array()
         .unwrap()
@@ -239,6 +258,7 @@ async fn plan_simulate_reports_the_layout_that_does_not_fit_and_leaves_the_real_
         ("web-2", "succeed"),
         ("web-3", "fail"),
         ("web-4", "succeed"),
+        ("web-5", "fail"),
     ]
     .iter()
     .map(|(name, outcome)| (name.to_string(), outcome.to_string()))
@@ -246,6 +266,13 @@ async fn plan_simulate_reports_the_layout_that_does_not_fit_and_leaves_the_real_
     assert_eq!(outcomes, expected, "{report}");
     let reason = report["machines"][2]["reason"].as_str().unwrap();
     assert!(reason.contains("does not fit on sda (20 GiB)"), "{reason}");
+    // Found by the executor: the deployment failed once commissioning had found the disks.
+    let reason = report["machines"][4]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("failed_deployment") && reason.contains("root 3.9 TiB does not fit on"),
+        "{reason}"
+    );
+    assert_eq!(report["machines"][4]["steps_done"], 1, "{report}");
 
     // The real controller: the same machines at the same generations, the same events, and
     // nobody called its BMC.
