@@ -67,6 +67,13 @@ pub async fn run(connection: &Connection, args: &PlanArgs) -> anyhow::Result<Exi
     let directory = tempfile::Builder::new()
         .prefix("fleet-simulate.")
         .tempdir()?;
+    // The throwaway controller prints its banner and the apply its progress on stderr: say
+    // whose they are.
+    eprintln!(
+        "fleet plan --simulate: {} observed machines copied into a throwaway controller in {} (the real controller is only read)",
+        observed.machines.len(),
+        directory.path().display()
+    );
     let report = simulate(&mut fleet, &observed, directory.path()).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
