@@ -239,9 +239,11 @@ async fn plan_simulate_reports_the_layout_that_does_not_fit_and_leaves_the_real_
     ]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(report["simulated"], 5, "{report}");
-    assert_eq!(report["would_succeed"], 3, "{report}");
-    assert_eq!(report["would_fail"], 2, "{report}");
+    // What a failure below is read with: the report, the copy's banner and the apply's progress.
+    let shown = format!("{report}\n{}", stderr(&output));
+    assert_eq!(report["simulated"], 5, "{shown}");
+    assert_eq!(report["would_succeed"], 3, "{shown}");
+    assert_eq!(report["would_fail"], 2, "{shown}");
     let outcomes: Vec<(String, String)> = report["machines"]
         .as_array()
         .unwrap()
@@ -263,16 +265,16 @@ async fn plan_simulate_reports_the_layout_that_does_not_fit_and_leaves_the_real_
     .iter()
     .map(|(name, outcome)| (name.to_string(), outcome.to_string()))
     .collect();
-    assert_eq!(outcomes, expected, "{report}");
+    assert_eq!(outcomes, expected, "{shown}");
     let reason = report["machines"][2]["reason"].as_str().unwrap();
     assert!(reason.contains("does not fit on sda (20 GiB)"), "{reason}");
     // Found by the executor: the deployment failed once commissioning had found the disks.
     let reason = report["machines"][4]["reason"].as_str().unwrap();
     assert!(
         reason.contains("failed_deployment") && reason.contains("root 3.9 TiB does not fit on"),
-        "{reason}"
+        "{shown}"
     );
-    assert_eq!(report["machines"][4]["steps_done"], 1, "{report}");
+    assert_eq!(report["machines"][4]["steps_done"], 1, "{shown}");
 
     // The real controller: the same machines at the same generations, the same events, and
     // nobody called its BMC.
