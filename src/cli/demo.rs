@@ -158,9 +158,38 @@ async fn show(
     print_story(connection, machines, sims).await
 }
 
+/// A UDP port free on 127.0.0.1 for the controller to bind, chosen below the system's ephemeral
+/// range. The controller binds it only after this returns; a port from the ephemeral range
+/// could meanwhile be handed to any socket bound to port 0 (the simulated machines' own DHCP
+/// and TFTP clients among them), and did: TFTP did not run and every boot timed out.
 pub(super) fn free_udp_port() -> anyhow::Result<u16> {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    Ok(socket.local_addr()?.port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Ports handed out by this process, so two calls in a row never give the same one.
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let low = ephemeral_start.saturating_sub(12_000).max(10_000);
+    if ephemeral_start <= low {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        return Ok(socket.local_addr()?.port());
+    }
+    let span = ephemeral_start - low;
+    // Another process choosing the same way starts elsewhere.
+    let seed = std::process::id().wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |now| now.subsec_nanos());
+    for _ in 0..span {
+        let turn = HANDED_OUT.fetch_add(1, Ordering::Relaxed);
+        let port = low + seed.wrapping_add(turn) % span;
+        let port = u16::try_from(port)?;
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free UDP port on 127.0.0.1 below {ephemeral_start}")
 }
 
 /// The loaders TFTP serves, the ephemeral kernel and initrd, and the root image (gzip: the

@@ -36,6 +36,9 @@ const ACTOR: &str = "fleet plan --simulate";
 const EPHEMERAL_IMAGE: &str = "fleet-simulate-ephemeral";
 const LOOPBACK_SUBNET: &str = "fleet_simulate_loopback";
 
+/// The copy's boot limit at most (seconds).
+const SIMULATED_BOOT_LIMIT_SECONDS: u32 = 120;
+
 /// One machine the simulation worked on.
 #[derive(Debug, Serialize)]
 struct SimulatedMachine {
@@ -105,10 +108,35 @@ async fn simulate(
     let powers = point_at_the_simulation(fleet, &sims, &names, network, dir)?;
     let state_dir = dir.join("state");
     let controller = start_controller_with(fleet.clone(), &state_dir).await?;
-    let outcome = seed_and_apply(fleet, observed, &powers, &state_dir, &controller.api_url).await;
+    let outcome = match tftp_answers(network).await {
+        Ok(()) => seed_and_apply(fleet, observed, &powers, &state_dir, &controller.api_url).await,
+        Err(error) => Err(error),
+    };
     controller.stop().await;
     drop(sims);
     outcome
+}
+
+/// The copy's TFTP serves a loader. A controller that could not bind its TFTP port runs
+/// without it, and every stand-in's boot would time out: the simulation would report failures
+/// that are its own.
+async fn tftp_answers(network: SimNetwork) -> anyhow::Result<()> {
+    let fetched = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        fleet::sim::tftp_get(network.tftp, Ipv4Addr::LOCALHOST, "undionly.kpxe"),
+    )
+    .await;
+    match fetched {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => bail!(
+            "the throwaway controller's TFTP on {} does not answer: {error}",
+            network.tftp
+        ),
+        Err(_) => bail!(
+            "the throwaway controller's TFTP on {} does not answer",
+            network.tftp
+        ),
+    }
 }
 
 async fn seed_and_apply(
@@ -367,6 +395,9 @@ initrd = {{ path = "{dir}/initrd" }}
     fleet.subnets.sort_by(|a, b| a.name.cmp(&b.name));
     fleet.images.extend(simulation.images);
     fleet.policy.power_poll_seconds = 0;
+    // Stand-ins boot in seconds: a boot that has not begun within this is the simulation's
+    // own trouble, and waiting the fleet's limit (10 minutes by default) would hide it.
+    fleet.policy.timeouts.boot = fleet.policy.timeouts.boot.min(SIMULATED_BOOT_LIMIT_SECONDS);
     let powers: Powers = simulation
         .machines
         .into_iter()
