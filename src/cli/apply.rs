@@ -122,7 +122,10 @@ pub async fn run(connection: &Connection, args: &ApplyArgs) -> anyhow::Result<Ex
 
 /// Reads progress until the apply has finished: a progress bar on a terminal, else one line per
 /// change of a machine's state.
-async fn follow(client: &Client, started: &ApplyStarted) -> anyhow::Result<ApplyProgress> {
+pub(super) async fn follow(
+    client: &Client,
+    started: &ApplyStarted,
+) -> anyhow::Result<ApplyProgress> {
     let bar = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::new(started.accepted.len() as u64);
         bar.set_style(

@@ -158,23 +158,59 @@ async fn show(
     print_story(connection, machines, sims).await
 }
 
-fn free_udp_port() -> anyhow::Result<u16> {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    Ok(socket.local_addr()?.port())
+/// A UDP port free on 127.0.0.1 for the controller to bind, chosen below the system's ephemeral
+/// range. The controller binds it only after this returns; a port from the ephemeral range
+/// could meanwhile be handed to any socket bound to port 0 (the simulated machines' own DHCP
+/// and TFTP clients among them), and did: TFTP did not run and every boot timed out.
+pub(super) fn free_udp_port() -> anyhow::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Ports handed out by this process, so two calls in a row never give the same one.
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let low = ephemeral_start.saturating_sub(12_000).max(10_000);
+    if ephemeral_start <= low {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        return Ok(socket.local_addr()?.port());
+    }
+    let span = ephemeral_start - low;
+    // Another process choosing the same way starts elsewhere.
+    let seed = std::process::id().wrapping_mul(7919)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |now| now.subsec_nanos());
+    for _ in 0..span {
+        let turn = HANDED_OUT.fetch_add(1, Ordering::Relaxed);
+        let port = low + seed.wrapping_add(turn) % span;
+        let port = u16::try_from(port)?;
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free UDP port on 127.0.0.1 below {ephemeral_start}")
 }
 
 /// The loaders TFTP serves, the ephemeral kernel and initrd, and the root image (gzip: the
 /// controller decompresses it once to learn what machines will write).
 fn write_boot_files(dir: &Path) -> anyhow::Result<()> {
+    write_ephemeral_files(dir)?;
+    let root: Vec<u8> = (0..4 * 1024 * 1024u32).map(|at| (at % 251) as u8).collect();
+    let gzipped = gzip(&root)?;
+    std::fs::write(dir.join("debian.tgz"), gzipped)?;
+    Ok(())
+}
+
+/// Stand-ins for the loaders TFTP serves (`DIR/loaders`) and the ephemeral kernel and initrd
+/// (`DIR/vmlinuz`, `DIR/initrd`): simulated machines fetch them and run nothing of them.
+pub(super) fn write_ephemeral_files(dir: &Path) -> anyhow::Result<()> {
     let loaders = dir.join("loaders");
     std::fs::create_dir(&loaders)?;
     std::fs::write(loaders.join("ipxe.efi"), vec![0x4d; 64 * 1024])?;
     std::fs::write(loaders.join("undionly.kpxe"), vec![0x55; 64 * 1024])?;
     std::fs::write(dir.join("vmlinuz"), vec![1u8; 256 * 1024])?;
     std::fs::write(dir.join("initrd"), vec![2u8; 1024 * 1024])?;
-    let root: Vec<u8> = (0..4 * 1024 * 1024u32).map(|at| (at % 251) as u8).collect();
-    let gzipped = gzip(&root)?;
-    std::fs::write(dir.join("debian.tgz"), gzipped)?;
     Ok(())
 }
 
@@ -295,15 +331,15 @@ heartbeat = "30s"
 }
 
 /// The controller, in this process, on the demo's state directory.
-struct DemoController {
-    api_url: String,
-    boot_url: String,
+pub(super) struct DemoController {
+    pub api_url: String,
+    pub boot_url: String,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl DemoController {
-    async fn stop(self) {
+    pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
     }
@@ -314,6 +350,15 @@ async fn start_controller(fleet_file: &Path, state_dir: &Path) -> anyhow::Result
         Ok(fleet) => fleet,
         Err(diagnostics) => bail!("the demo fleet file: {}", diagnostics.render(false)),
     };
+    start_controller_with(fleet, state_dir).await
+}
+
+/// A controller in this process for `fleet` (its boot settings, images, subnets), on
+/// `state_dir`, its API and boot HTTP on loopback ports of the system's choosing.
+pub(super) async fn start_controller_with(
+    fleet: fleet::config::Fleet,
+    state_dir: &Path,
+) -> anyhow::Result<DemoController> {
     let options = fleet::controller::ServeOptions {
         listen: "127.0.0.1:0".parse()?,
         boot_listen: "127.0.0.1:0".parse()?,

@@ -17,6 +17,7 @@ mod output;
 mod plan;
 mod serve;
 mod sim;
+mod simulate;
 mod token;
 mod trust;
 mod validate;

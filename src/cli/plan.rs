@@ -34,6 +34,12 @@ pub struct PlanArgs {
     /// Also list the machines that need no change
     #[arg(long)]
     pub show_unchanged: bool,
+    /// Apply the plan on a throwaway copy instead (a controller in this process, seeded from
+    /// the snapshot, simulated machines with the recorded hardware and simulated BMCs) and
+    /// report per machine whether it would succeed or why it would fail. The real controller
+    /// is only read.
+    #[arg(long, conflicts_with_all = ["out", "show_unchanged"])]
+    pub simulate: bool,
 }
 
 /// Loads the fleet files; diagnostics are printed and turned into exit code 1.
@@ -240,6 +246,9 @@ pub fn render_options(show_unchanged: bool) -> RenderOptions {
 }
 
 pub async fn run(connection: &Connection, args: &PlanArgs) -> anyhow::Result<ExitCode> {
+    if args.simulate {
+        return super::simulate::run(connection, args).await;
+    }
     let plan = match plan_from(connection, &args.files, args.observed.as_deref(), true).await? {
         Ok(plan) => plan,
         Err(code) => return Ok(code),

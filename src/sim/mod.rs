@@ -82,13 +82,38 @@ impl SimFleet {
                 ))
             })
             .collect();
+        SimFleet::serve(machines, options.bmc_listen).await
+    }
+
+    /// A simulated fleet of the hardware given (machine `n` gets index `n`): stand-ins for
+    /// machines whose hardware is known, as `fleet plan --simulate` seeds them from a snapshot.
+    pub async fn start_with_hardware(
+        hardware: Vec<SimHardware>,
+        network: SimNetwork,
+        bmc_listen: SocketAddr,
+    ) -> Result<SimFleet, SimError> {
+        let machines = hardware
+            .into_iter()
+            .zip(0..)
+            .map(|(hardware, index)| {
+                Arc::new(SimMachine::new(index, hardware, Faults::default(), network))
+            })
+            .collect();
+        SimFleet::serve(machines, bmc_listen).await
+    }
+
+    /// Starts the BMC server for `machines`.
+    async fn serve(
+        machines: Vec<Arc<SimMachine>>,
+        bmc_listen: SocketAddr,
+    ) -> Result<SimFleet, SimError> {
         let by_mac: bmc::ByMac = Arc::new(
             machines
                 .iter()
                 .map(|machine| (bmc::bmc_key(machine), Arc::clone(machine)))
                 .collect(),
         );
-        let listener = tokio::net::TcpListener::bind(options.bmc_listen)
+        let listener = tokio::net::TcpListener::bind(bmc_listen)
             .await
             .map_err(|source| SimError::io("binding the BMC server", source))?;
         let address = listener

@@ -389,7 +389,8 @@ impl Store {
         Ok(())
     }
 
-    /// Overwrites the life-cycle fields, bypassing the rules: for tests and repair tools.
+    /// Overwrites the life-cycle fields, bypassing the rules: for tests, repair tools and the
+    /// throwaway copy `fleet plan --simulate` seeds from a snapshot (never the real store).
     /// Records a `forced` event. `power_configured` is not stored: it follows the power type
     /// (see [`Store::update_config`]).
     pub async fn write_lifecycle(

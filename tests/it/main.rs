@@ -24,6 +24,7 @@ mod metrics;
 mod netplan;
 mod plan;
 mod plan_deployment;
+mod plan_simulate;
 mod power;
 mod power_apply;
 mod power_queue;
