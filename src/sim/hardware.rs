@@ -2,6 +2,7 @@
 //! print on it (the format of `commissioning/mod.rs`), so that the controller records exactly
 //! this hardware. Pure: a machine's hardware is a function of its index.
 
+use crate::model::records::Disk;
 use crate::model::MacAddr;
 
 /// One simulated disk.
@@ -53,6 +54,14 @@ pub struct SimHardware {
     pub vendor: String,
     pub product: String,
     pub serial: String,
+}
+
+/// Each recorded disk's name, size and serial (see [`SimHardware::disk_identities`]).
+pub fn recorded_disks(disks: &[Disk]) -> Vec<(String, i64, Option<String>)> {
+    disks
+        .iter()
+        .map(|disk| (disk.name.clone(), disk.size_bytes, disk.serial.clone()))
+        .collect()
 }
 
 /// The MAC of NIC `nic` of simulated machine `index`: locally administered (0x02), so it can
@@ -120,6 +129,21 @@ impl SimHardware {
 
     pub fn macs(&self) -> Vec<MacAddr> {
         self.nics.iter().map(|nic| nic.mac).collect()
+    }
+
+    /// Each disk's name, size and serial as commissioning records them: to compare with
+    /// [`recorded_disks`] of what the controller recorded.
+    pub fn disk_identities(&self) -> Vec<(String, i64, Option<String>)> {
+        self.disks
+            .iter()
+            .map(|disk| {
+                (
+                    disk.name.clone(),
+                    disk.size_bytes,
+                    Some(disk.serial.clone()),
+                )
+            })
+            .collect()
     }
 
     /// What built-in commissioning script `script` prints here, or `None` for a script that is
@@ -265,23 +289,7 @@ mod tests {
                 inventory.hardware.memory_mib,
                 Some(hardware.memory_kib / 1024)
             );
-            let disks: Vec<_> = inventory
-                .disks
-                .iter()
-                .map(|disk| (disk.name.clone(), disk.size_bytes, disk.serial.clone()))
-                .collect();
-            let expected: Vec<_> = hardware
-                .disks
-                .iter()
-                .map(|disk| {
-                    (
-                        disk.name.clone(),
-                        disk.size_bytes,
-                        Some(disk.serial.clone()),
-                    )
-                })
-                .collect();
-            assert_eq!(disks, expected);
+            assert_eq!(recorded_disks(&inventory.disks), hardware.disk_identities());
         }
     }
 

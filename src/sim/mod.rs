@@ -21,7 +21,7 @@ mod runner;
 mod wire;
 
 pub use faults::{share_of_fleet, FaultError, Faults};
-pub use hardware::{fact_line, sim_mac, SimDisk, SimHardware, SimNic};
+pub use hardware::{fact_line, recorded_disks, sim_mac, SimDisk, SimHardware, SimNic};
 pub use machine::{SimMachine, SimNetwork};
 pub use wire::{dhcp_lease, tftp_get, DhcpAnswer, DhcpClient};
 

@@ -131,6 +131,15 @@ async fn fleet_cli(controller: &TestController, args: &[&str]) -> std::process::
     .unwrap()
 }
 
+/// `fleet apply -f FLEET_FILE --yes` against the controller (see [`fleet_cli`]).
+async fn fleet_apply(controller: &TestController, fleet_file: &Path) -> std::process::Output {
+    fleet_cli(
+        controller,
+        &["apply", "-f", fleet_file.to_str().unwrap(), "--yes"],
+    )
+    .await
+}
+
 async fn status_of(store: &Store, name: &str) -> Option<(Status, Option<String>)> {
     let record = store.machine(name).await.unwrap()?;
     Some((record.lifecycle.status, record.status_reason))
@@ -195,11 +204,7 @@ async fn simulated_machines_enlist_then_commission_and_test_to_ready() {
         .map(|machine| sims.machine_toml(machine, &enlisted_name(machine), "state = \"ready\""))
         .collect();
     let fleet_file = setup.fleet_file(&machines);
-    let applied = fleet_cli(
-        &controller,
-        &["apply", "-f", fleet_file.to_str().unwrap(), "--yes"],
-    )
-    .await;
+    let applied = fleet_apply(&controller, &fleet_file).await;
     assert!(
         applied.status.success(),
         "{}\n{}",
@@ -213,23 +218,11 @@ async fn simulated_machines_enlist_then_commission_and_test_to_ready() {
         let hardware = &machine.hardware;
         assert_eq!(record.hardware.cpus, Some(i64::from(hardware.cpus)));
         assert_eq!(record.hardware.memory_mib, Some(hardware.memory_kib / 1024));
-        let disks: Vec<_> = record
-            .disks
-            .iter()
-            .map(|disk| (disk.name.clone(), disk.size_bytes, disk.serial.clone()))
-            .collect();
-        let simulated: Vec<_> = hardware
-            .disks
-            .iter()
-            .map(|disk| {
-                (
-                    disk.name.clone(),
-                    disk.size_bytes,
-                    Some(disk.serial.clone()),
-                )
-            })
-            .collect();
-        assert_eq!(disks, simulated, "{name}");
+        assert_eq!(
+            fleet::sim::recorded_disks(&record.disks),
+            hardware.disk_identities(),
+            "{name}"
+        );
         let interfaces: Vec<_> = record
             .interfaces
             .iter()
@@ -287,11 +280,7 @@ async fn faults_give_the_statuses_and_reasons_of_the_life_cycle() {
     let fleet_file = setup.fleet_file(&machines);
     let controller = setup.start_controller(&fleet_file);
     let store = controller.store().await;
-    let applied = fleet_cli(
-        &controller,
-        &["apply", "-f", fleet_file.to_str().unwrap(), "--yes"],
-    )
-    .await;
+    let applied = fleet_apply(&controller, &fleet_file).await;
     let shown = format!("{}\n{}", stdout(&applied), stderr(&applied));
     assert!(
         !applied.status.success(),
@@ -367,11 +356,7 @@ async fn rescue_exit_rescue_and_a_release_with_erase_behind_a_slow_bmc() {
     let fleet_file = setup.fleet_file(&machines);
     let controller = setup.start_controller(&fleet_file);
     let store = controller.store().await;
-    let applied = fleet_cli(
-        &controller,
-        &["apply", "-f", fleet_file.to_str().unwrap(), "--yes"],
-    )
-    .await;
+    let applied = fleet_apply(&controller, &fleet_file).await;
     assert!(applied.status.success(), "{}", stderr(&applied));
     let limit = Duration::from_secs(20);
     wait_for_status(&store, &sims, "node", Status::Ready, limit).await;
@@ -523,11 +508,7 @@ async fn two_hundred_machines_with_ten_percent_faults_end_where_the_life_cycle_s
     let controller = setup.start_controller(&fleet_file);
     let store = controller.store().await;
     let started = Instant::now();
-    let applied = fleet_cli(
-        &controller,
-        &["apply", "-f", fleet_file.to_str().unwrap(), "--yes"],
-    )
-    .await;
+    let applied = fleet_apply(&controller, &fleet_file).await;
     assert!(!applied.status.success(), "the faults fail the apply");
     let applied_in = started.elapsed();
     let deadline = Instant::now() + Duration::from_secs(60);
