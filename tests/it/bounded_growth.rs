@@ -486,19 +486,9 @@ async fn retention_prunes_the_oldest_events_by_age_at_start_and_by_count_while_r
 /// The store's deletes on both backends: oldest first, bounded batches, and never an event of a
 /// machine's current run.
 async fn prune_keeps_the_current_run(store: &Store) {
-    use fleet::model::{MacAddr, MachineName, Status};
-    let new = fleet::store::NewMachine {
-        name: MachineName::parse("busy").unwrap(),
-        status: Status::New,
-        macs: vec![MacAddr::parse("52:54:00:cc:00:01").unwrap()],
-        arch: Some("amd64".into()),
-        power_type: "manual".into(),
-        power_params: serde_json::json!({}),
-        bmc_address: None,
-        image: None,
-        tags: Vec::new(),
-        deployed_os: None,
-    };
+    use fleet::model::{MacAddr, Status};
+    let mac = MacAddr::parse("52:54:00:cc:00:01").unwrap();
+    let new = crate::support::machines::manual_machine("busy", vec![mac]);
     store.create_machine(&new, "test").await.unwrap();
     let mut lifecycle = store.machine("busy").await.unwrap().unwrap().lifecycle;
     lifecycle.status = Status::Commissioning;

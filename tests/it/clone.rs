@@ -4,9 +4,10 @@
 
 use crate::both_backends;
 use crate::support::controller::{stderr, stdout, TestController};
-use fleet::model::{Lifecycle, MacAddr, MachineName, Status};
+use crate::support::machines::{manual_machine, uefi_hardware};
+use fleet::model::{Lifecycle, MacAddr, Status};
 use fleet::services::clone::{clone_machines, CloneError, CloneRequest};
-use fleet::store::{CloneVerdict, Disk, EventFilter, Hardware, Interface, NewMachine, Store};
+use fleet::store::{CloneVerdict, Disk, EventFilter, Interface, Store};
 use serde_json::{json, Value};
 
 const GIB: i64 = 1 << 30;
@@ -31,26 +32,9 @@ async fn seed(store: &Store, name: &str, index: u8, status: Status, disks: &[Dis
     let macs: Vec<MacAddr> = (0..2)
         .map(|nic| MacAddr([0x52, 0x54, 0x00, 0xc1, index, nic]))
         .collect();
-    let new = NewMachine {
-        name: MachineName::parse(name).unwrap(),
-        status: Status::New,
-        macs: macs.clone(),
-        arch: Some("amd64".into()),
-        power_type: "manual".into(),
-        power_params: json!({}),
-        bmc_address: None,
-        image: None,
-        tags: Vec::new(),
-        deployed_os: None,
-    };
+    let new = manual_machine(name, macs.clone());
     store.create_machine(&new, "test").await.unwrap();
-    let hardware = Hardware {
-        cpus: Some(8),
-        cpu_model: None,
-        cpu_speed_mhz: None,
-        memory_mib: Some(16384),
-        facts: json!({ "arch": { "firmware": "uefi" } }),
-    };
+    let hardware = uefi_hardware();
     let interfaces: Vec<Interface> = macs
         .iter()
         .enumerate()

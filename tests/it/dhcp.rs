@@ -1396,18 +1396,7 @@ async fn udhcpc_gets_the_address_its_machine_holds_committed_while_the_server_ru
     let lab = Lab::start(600, Some(HOLDING_MAC)).await;
     let mac = MacAddr::parse(HOLDING_MAC).unwrap();
     // After the server started, as an apply would: the server learns it without a restart.
-    let machine = fleet::store::NewMachine {
-        name: fleet::model::MachineName::parse("node-7").unwrap(),
-        status: fleet::model::Status::New,
-        macs: vec![mac],
-        arch: Some("amd64".into()),
-        power_type: "manual".into(),
-        power_params: serde_json::json!({}),
-        bmc_address: None,
-        image: None,
-        tags: Vec::new(),
-        deployed_os: None,
-    };
+    let machine = crate::support::machines::manual_machine("node-7", vec![mac]);
     lab.store.create_machine(&machine, "test").await.unwrap();
     let allocation = fleet::plan::Allocation {
         machine: machine.name.clone(),

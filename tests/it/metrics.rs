@@ -596,18 +596,8 @@ async fn a_scrape_counts_real_dhcp_tftp_http_boot_api_and_apply_traffic() {
 // The machines per status: one grouped query, on both backends
 
 fn new_machine(name: &str, index: u8) -> fleet::store::NewMachine {
-    fleet::store::NewMachine {
-        name: fleet::model::MachineName::parse(name).unwrap(),
-        status: Status::New,
-        macs: vec![fleet::model::MacAddr([0x52, 0x54, 0, 0x95, 1, index])],
-        arch: Some("amd64".into()),
-        power_type: "manual".into(),
-        power_params: serde_json::json!({}),
-        bmc_address: None,
-        image: None,
-        tags: Vec::new(),
-        deployed_os: None,
-    }
+    let mac = fleet::model::MacAddr([0x52, 0x54, 0, 0x95, 1, index]);
+    crate::support::machines::manual_machine(name, vec![mac])
 }
 
 /// Puts the machine in `status` directly (a fixture, past the life-cycle's rules).

@@ -445,20 +445,10 @@ fn plan_deployment_human_rendering_is_pinned() {
 /// planner.
 #[tokio::test]
 async fn the_stored_configuration_reaches_the_observed_snapshot() {
-    use fleet::store::{NewMachine, StoredDeployment};
+    use fleet::store::StoredDeployment;
     let (store, _directory) = crate::support::db::sqlite_store().await;
-    let new = NewMachine {
-        name: MachineName::parse("cfg-1").unwrap(),
-        status: Status::New,
-        macs: vec![MacAddr([0x52, 0x54, 0, 0, 3, 1])],
-        arch: Some("amd64".into()),
-        power_type: "manual".into(),
-        power_params: serde_json::json!({}),
-        bmc_address: None,
-        image: None,
-        tags: Vec::new(),
-        deployed_os: None,
-    };
+    let new =
+        crate::support::machines::manual_machine("cfg-1", vec![MacAddr([0x52, 0x54, 0, 0, 3, 1])]);
     store.create_machines(&[new], "test").await.unwrap();
     let stored = StoredDeployment {
         layout: Some(serde_json::json!({"template": "lvm"})),

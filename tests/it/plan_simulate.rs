@@ -7,8 +7,9 @@
 //! others deployed; the real controller's machines, events and BMCs are not touched.
 
 use crate::support::controller::{stderr, stdout, TestController};
-use fleet::model::{Lifecycle, MacAddr, MachineName, Status};
-use fleet::store::{Disk, Hardware, Interface, NewMachine, Store};
+use crate::support::machines::{manual_machine, uefi_hardware};
+use fleet::model::{Lifecycle, MacAddr, Status};
+use fleet::store::{Disk, Interface, NewMachine, Store};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -17,27 +18,9 @@ const GIB: i64 = 1 << 30;
 /// A ready machine in the real store, commissioned (one disk `sda` of `disk_gib`, one interface,
 /// UEFI), its power a webhook on `bmc` (a socket nobody may connect to).
 async fn seed_ready(store: &Store, name: &str, index: u8, disk_gib: i64, bmc: &str) {
-    let mac = MacAddr([0x52, 0x54, 0x00, 0x5e, 0x00, index]);
-    let new = NewMachine {
-        name: MachineName::parse(name).unwrap(),
-        status: Status::New,
-        macs: vec![mac],
-        arch: Some("amd64".into()),
-        power_type: "webhook".into(),
-        power_params: webhook_params(bmc),
-        bmc_address: None,
-        image: None,
-        tags: Vec::new(),
-        deployed_os: None,
-    };
-    store.create_machine(&new, "test").await.unwrap();
-    let hardware = Hardware {
-        cpus: Some(8),
-        cpu_model: None,
-        cpu_speed_mhz: None,
-        memory_mib: Some(16384),
-        facts: json!({ "arch": { "firmware": "uefi" } }),
-    };
+    let mac = mac_of(index);
+    seed_new(store, name, index, bmc).await;
+    let hardware = uefi_hardware();
     let interface = Interface {
         name: "eth0".into(),
         mac,
@@ -72,18 +55,15 @@ async fn seed_ready(store: &Store, name: &str, index: u8, disk_gib: i64, bmc: &s
 /// A machine the real store knows only by name, MAC and power.
 async fn seed_new(store: &Store, name: &str, index: u8, bmc: &str) {
     let new = NewMachine {
-        name: MachineName::parse(name).unwrap(),
-        status: Status::New,
-        macs: vec![MacAddr([0x52, 0x54, 0x00, 0x5e, 0x00, index])],
-        arch: Some("amd64".into()),
         power_type: "webhook".into(),
         power_params: webhook_params(bmc),
-        bmc_address: None,
-        image: None,
-        tags: Vec::new(),
-        deployed_os: None,
+        ..manual_machine(name, vec![mac_of(index)])
     };
     store.create_machine(&new, "test").await.unwrap();
+}
+
+fn mac_of(index: u8) -> MacAddr {
+    MacAddr([0x52, 0x54, 0x00, 0x5e, 0x00, index])
 }
 
 fn webhook_params(bmc: &str) -> Value {
