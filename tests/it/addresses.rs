@@ -6,27 +6,16 @@
 use crate::both_backends;
 use crate::support::controller::{stdout, TestController};
 use fleet::apply::{progress, start_apply, ApplyRequest};
-use fleet::model::{decide, Action, ActionRequest, MacAddr, MachineName, Status};
+use fleet::model::{decide, Action, ActionRequest, MacAddr, MachineName};
 use fleet::plan::{AddressOrigin, Allocation, Observed, Plan};
 use fleet::power::PowerDrivers;
 use fleet::store::{Commit, EventFilter, NewMachine, Store, StoreError};
-use serde_json::json;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 fn machine(name: &str, index: u8) -> NewMachine {
-    NewMachine {
-        name: MachineName::parse(name).unwrap(),
-        status: Status::New,
-        macs: vec![MacAddr([0x52, 0x54, 0x00, 0xad, 0x00, index])],
-        arch: Some("amd64".into()),
-        power_type: "manual".into(),
-        power_params: json!({}),
-        bmc_address: None,
-        image: None,
-        tags: Vec::new(),
-        deployed_os: None,
-    }
+    let mac = MacAddr([0x52, 0x54, 0x00, 0xad, 0x00, index]);
+    crate::support::machines::manual_machine(name, vec![mac])
 }
 
 fn allocation(machine: &str, interface: &str, subnet: &str, ip: &str) -> Allocation {
