@@ -29,6 +29,31 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10_000)]
         machines: usize,
     },
+    /// Simulated machines from cold (an empty store) through enlist, commission and test to
+    /// ready against `fleet serve` (a child process): machines per second, the controller's
+    /// peak memory and CPU, where the time goes (goal: 10,000 under 60 s, under 1 GiB)
+    Lifecycle {
+        #[arg(long, default_value_t = 1_000)]
+        machines: u32,
+        /// An administrator's postgres:// URL: the run gets a fresh database created (and
+        /// dropped) through it [default: SQLite in the controller's state directory]
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+        /// Record the controller with `perf record` and print its top symbols
+        #[arg(long)]
+        perf: bool,
+    },
+    /// The life-cycle to ready, then every machine deployed: image bytes served per second
+    Deploy {
+        #[arg(long, default_value_t = 1_000)]
+        machines: u32,
+        /// The root image's size (incompressible, so the bytes served are the bytes written)
+        #[arg(long, default_value_t = 4)]
+        image_mib: u32,
+        /// As for `lifecycle`
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+    },
 }
 
 pub async fn bench(command: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -36,6 +61,32 @@ pub async fn bench(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Validate { machines } => bench_validate(machines),
         BenchCommand::Machines { machines } => bench_machines(machines).await,
         BenchCommand::Plan { machines, keep } => bench_plan(machines, keep.as_deref()),
+        BenchCommand::Lifecycle {
+            machines,
+            database,
+            perf,
+        } => {
+            let options = super::bench_lifecycle::LifecycleOptions {
+                machines,
+                database,
+                perf,
+                deploy_image_mib: None,
+            };
+            super::bench_lifecycle::run(options).await
+        }
+        BenchCommand::Deploy {
+            machines,
+            image_mib,
+            database,
+        } => {
+            let options = super::bench_lifecycle::LifecycleOptions {
+                machines,
+                database,
+                perf: false,
+                deploy_image_mib: Some(image_mib),
+            };
+            super::bench_lifecycle::run(options).await
+        }
     }
 }
 

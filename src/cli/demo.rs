@@ -158,14 +158,14 @@ async fn show(
     print_story(connection, machines, sims).await
 }
 
-fn free_udp_port() -> anyhow::Result<u16> {
+pub(super) fn free_udp_port() -> anyhow::Result<u16> {
     let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
     Ok(socket.local_addr()?.port())
 }
 
 /// The loaders TFTP serves, the ephemeral kernel and initrd, and the root image (gzip: the
 /// controller decompresses it once to learn what machines will write).
-fn write_boot_files(dir: &Path) -> anyhow::Result<()> {
+pub(super) fn write_boot_files(dir: &Path) -> anyhow::Result<()> {
     let loaders = dir.join("loaders");
     std::fs::create_dir(&loaders)?;
     std::fs::write(loaders.join("ipxe.efi"), vec![0x4d; 64 * 1024])?;
@@ -178,7 +178,7 @@ fn write_boot_files(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn gzip(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+pub(super) fn gzip(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
     use std::io::Write;
     let mut child = std::process::Command::new("gzip")
         .arg("-nc1")
@@ -199,7 +199,7 @@ fn gzip(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(output.stdout)
 }
 
-fn sha256_of(path: &Path) -> anyhow::Result<String> {
+pub(super) fn sha256_of(path: &Path) -> anyhow::Result<String> {
     use sha2::Digest;
     Ok(hex::encode(sha2::Sha256::digest(std::fs::read(path)?)))
 }

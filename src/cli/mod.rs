@@ -5,6 +5,7 @@
 mod adopt;
 mod apply;
 mod bench;
+mod bench_lifecycle;
 mod client;
 mod clone;
 mod demo;
