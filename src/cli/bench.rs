@@ -42,6 +42,10 @@ pub enum BenchCommand {
         /// Record the controller with `perf record` and print its top symbols
         #[arg(long)]
         perf: bool,
+        /// Stop waiting after this many seconds from the first power-on and report how far
+        /// the machines got
+        #[arg(long, default_value_t = 900)]
+        time_limit: u64,
     },
     /// The life-cycle to ready, then every machine deployed: image bytes served per second
     Deploy {
@@ -53,6 +57,9 @@ pub enum BenchCommand {
         /// As for `lifecycle`
         #[arg(long, value_name = "URL")]
         database: Option<String>,
+        /// As for `lifecycle` (each of the two phases)
+        #[arg(long, default_value_t = 900)]
+        time_limit: u64,
     },
 }
 
@@ -65,12 +72,14 @@ pub async fn bench(command: BenchCommand) -> anyhow::Result<ExitCode> {
             machines,
             database,
             perf,
+            time_limit,
         } => {
             let options = super::bench_lifecycle::LifecycleOptions {
                 machines,
                 database,
                 perf,
                 deploy_image_mib: None,
+                time_limit: Duration::from_secs(time_limit),
             };
             super::bench_lifecycle::run(options).await
         }
@@ -78,12 +87,14 @@ pub async fn bench(command: BenchCommand) -> anyhow::Result<ExitCode> {
             machines,
             image_mib,
             database,
+            time_limit,
         } => {
             let options = super::bench_lifecycle::LifecycleOptions {
                 machines,
                 database,
                 perf: false,
                 deploy_image_mib: Some(image_mib),
+                time_limit: Duration::from_secs(time_limit),
             };
             super::bench_lifecycle::run(options).await
         }

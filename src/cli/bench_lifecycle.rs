@@ -46,6 +46,8 @@ pub struct LifecycleOptions {
     pub perf: bool,
     /// Deploy every machine once ready, with an image of this many MiB.
     pub deploy_image_mib: Option<u32>,
+    /// Give up waiting after this long from the first power-on, and report how far it got.
+    pub time_limit: Duration,
 }
 
 pub async fn run(options: LifecycleOptions) -> anyhow::Result<ExitCode> {
@@ -271,7 +273,8 @@ async fn drive(
     for machine in &sims.machines {
         machine.power_on();
     }
-    wait_until_enlisted(sims, controller).await?;
+    let deadline = started + options.time_limit;
+    wait_until_enlisted(sims, controller, deadline).await?;
     let enlisted = started.elapsed().as_secs_f64();
     let network = sims.machines[0].network;
     let ready_file = dir.join("fleet-1-ready.toml");
@@ -284,6 +287,7 @@ async fn drive(
         controller,
         &[Status::New, Status::Commissioning],
         &[Status::New, Status::Commissioning, Status::Testing],
+        deadline,
     )
     .await?;
     let commissioned = followed.first_phase_over.map(|at| at - started);
@@ -297,7 +301,9 @@ async fn drive(
     let mut failed = followed.failed;
     let deploy = match options.deploy_image_mib {
         Some(_) => {
-            let deployed = deploy_all(dir, sims, &connection, &client, controller).await?;
+            let deadline = Instant::now() + options.time_limit;
+            let deployed =
+                deploy_all(dir, sims, &connection, &client, controller, deadline).await?;
             failed.extend(deployed.1);
             Some(deployed.0)
         }
@@ -324,17 +330,17 @@ async fn drive(
 async fn wait_until_enlisted(
     sims: &SimFleet,
     controller: &mut ChildController,
+    deadline: Instant,
 ) -> anyhow::Result<()> {
-    let limit = Duration::from_secs(60) + Duration::from_millis(50) * sims.machines.len() as u32;
-    let deadline = Instant::now() + limit;
     let enlisted = |machine: &Arc<SimMachine>| machine.boots() >= 1 && !machine.is_on();
     while !sims.machines.iter().all(enlisted) {
         controller.sample()?;
         if Instant::now() > deadline {
             let waiting: Vec<_> = sims.machines.iter().filter(|m| !enlisted(m)).collect();
             bail!(
-                "{} machines did not enlist in {limit:?}; the first did: {:?}",
+                "{} of {} machines did not enlist within the time limit; the first did: {:?}",
                 waiting.len(),
+                sims.machines.len(),
                 waiting[0].notes()
             );
         }
@@ -390,6 +396,7 @@ async fn follow(
     controller: &mut ChildController,
     first: &[Status],
     working: &[Status],
+    deadline: Instant,
 ) -> anyhow::Result<Followed> {
     let mut first_phase_over = None;
     loop {
@@ -402,6 +409,18 @@ async fn follow(
         };
         if first_phase_over.is_none() && counts(first) == 0 {
             first_phase_over = Some(Instant::now());
+        }
+        if Instant::now() > deadline {
+            let mut by_status: BTreeMap<&str, usize> = BTreeMap::new();
+            for row in &rows {
+                *by_status.entry(row.status.as_str()).or_default() += 1;
+            }
+            return Ok(Followed {
+                first_phase_over,
+                failed: vec![format!(
+                    "TIME LIMIT reached; machines by status: {by_status:?}"
+                )],
+            });
         }
         if counts(working) == 0 {
             let progress: ApplyProgress = client
@@ -436,6 +455,7 @@ async fn deploy_all(
     connection: &Connection,
     client: &Client,
     controller: &mut ChildController,
+    deadline: Instant,
 ) -> anyhow::Result<(DeployOutcome, Vec<String>)> {
     let network = sims.machines[0].network;
     let deploy_file = dir.join("fleet-2-deployed.toml");
@@ -449,6 +469,7 @@ async fn deploy_all(
         controller,
         &[Status::Ready],
         &[Status::Ready, Status::Deploying],
+        deadline,
     )
     .await?;
     let seconds = started.elapsed().as_secs_f64();
@@ -486,6 +507,8 @@ struct ControllerFigures {
     threads: HashMap<u32, (String, f64)>,
     /// The command line, for the report.
     command: String,
+    /// Its warnings and errors, by message (fields dropped), most frequent first.
+    warnings: Vec<(usize, String)>,
 }
 
 /// /proc counts CPU time in USER_HZ ticks, 100 per second on every Linux ABI.
@@ -593,6 +616,8 @@ impl ChildController {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let stderr = std::fs::read_to_string(self.log.with_extension("stderr")).unwrap_or_default();
+        self.figures.warnings = warnings_by_message(&stderr);
         std::mem::take(&mut self.figures)
     }
 }
@@ -613,6 +638,28 @@ fn send_signal(pid: u32, signal: &str) {
         .arg(format!("-{signal}"))
         .arg(pid.to_string())
         .status();
+}
+
+/// Counts the controller's WARN and ERROR lines by message: the ANSI colours, the time, the
+/// target and the fields (` key=value`) dropped.
+fn warnings_by_message(stderr: &str) -> Vec<(usize, String)> {
+    let colours = regex::Regex::new("\x1b\\[[0-9;]*m").expect("a valid regex");
+    let fields = regex::Regex::new(" [a-z_.]+=.*$").expect("a valid regex");
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for line in stderr.lines() {
+        let line = colours.replace_all(line, "");
+        let Some(at) = line.find(" WARN ").or_else(|| line.find(" ERROR ")) else {
+            continue;
+        };
+        let message = line[at..].trim();
+        let message = fields.replace(message, "");
+        // Numbers vary from line to line (counts, addresses): one entry per shape.
+        let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
+        *counts.entry(message).or_default() += 1;
+    }
+    let mut sorted: Vec<(usize, String)> = counts.into_iter().map(|(m, n)| (n, m)).collect();
+    sorted.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    sorted
 }
 
 fn vm_hwm_kib(status: &Path) -> Option<u64> {
@@ -830,6 +877,14 @@ fn print_report(
         "  controller CPU by thread (live threads at the end): {}",
         split.join(", ")
     );
+    let warnings = &controller.warnings;
+    if !warnings.is_empty() {
+        let total: usize = warnings.iter().map(|(count, _)| count).sum();
+        println!("  controller warnings and errors: {total}, the most frequent:");
+        for (count, message) in warnings.iter().take(3) {
+            println!("    {count} × {message}");
+        }
+    }
     println!(
         "  bench process (the simulated machines, plans, polling): CPU {:.1} s",
         outcome.bench_cpu
