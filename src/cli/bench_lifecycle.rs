@@ -11,7 +11,7 @@ use super::Connection;
 use anyhow::{bail, Context};
 use fleet::api::views::MachineRow;
 use fleet::apply::{ApplyProgress, ApplyRequest, ApplyStarted};
-use fleet::model::Status;
+use fleet::model::{PowerState, Status};
 use fleet::sim::{SimFleet, SimMachine, SimNetwork, SimOptions};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -457,6 +457,7 @@ async fn deploy_all(
     controller: &mut ChildController,
     deadline: Instant,
 ) -> anyhow::Result<(DeployOutcome, Vec<String>)> {
+    wait_until_recorded_off(client, controller, deadline).await?;
     let network = sims.machines[0].network;
     let deploy_file = dir.join("fleet-2-deployed.toml");
     std::fs::write(&deploy_file, fleet_file_for(dir, network, sims, true)?)?;
@@ -488,6 +489,31 @@ async fn deploy_all(
         },
         followed.failed,
     ))
+}
+
+/// Waits until the controller records every machine off: a machine powers itself off after
+/// its tests, and a plan made while its power still reads `on` is refused at apply ("changed
+/// since the plan").
+async fn wait_until_recorded_off(
+    client: &Client,
+    controller: &mut ChildController,
+    deadline: Instant,
+) -> anyhow::Result<()> {
+    loop {
+        controller.sample()?;
+        let rows: Vec<MachineRow> = client.get("/machines").await??;
+        let on = rows
+            .iter()
+            .filter(|row| row.power == PowerState::On)
+            .count();
+        if on == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{on} machines still recorded on when the time limit came");
+        }
+        tokio::time::sleep(sample_every(rows.len())).await;
+    }
 }
 
 /// `fleet serve -f FILE` as a child process, and what /proc says of it.
