@@ -32,6 +32,38 @@ pub enum BenchCommand {
     /// Kernel and initrd over HTTP from `fleet serve` (default settings) to 100 clients at once:
     /// requests/s, MB/s, latency p50/p99, the controller's peak memory
     Http(super::bench_http::HttpBenchArgs),
+    /// Simulated machines from cold (an empty store) through enlist, commission and test to
+    /// ready against `fleet serve` (a child process): machines per second, the controller's
+    /// peak memory and CPU, where the time goes (goal: 10,000 under 60 s, under 1 GiB)
+    Lifecycle {
+        #[arg(long, default_value_t = 1_000)]
+        machines: u32,
+        /// An administrator's postgres:// URL: the run gets a fresh database created (and
+        /// dropped) through it [default: SQLite in the controller's state directory]
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+        /// Record the controller with `perf record` and print its top symbols
+        #[arg(long)]
+        perf: bool,
+        /// Stop waiting after this many seconds from the first power-on and report how far
+        /// the machines got
+        #[arg(long, default_value_t = 900)]
+        time_limit: u64,
+    },
+    /// The life-cycle to ready, then every machine deployed: image bytes served per second
+    Deploy {
+        #[arg(long, default_value_t = 1_000)]
+        machines: u32,
+        /// The root image's size (incompressible, so the bytes served are the bytes written)
+        #[arg(long, default_value_t = 4)]
+        image_mib: u32,
+        /// As for `lifecycle`
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+        /// As for `lifecycle` (each of the two phases)
+        #[arg(long, default_value_t = 900)]
+        time_limit: u64,
+    },
 }
 
 pub async fn bench(command: BenchCommand) -> anyhow::Result<ExitCode> {
@@ -40,6 +72,36 @@ pub async fn bench(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Machines { machines } => bench_machines(machines).await,
         BenchCommand::Plan { machines, keep } => bench_plan(machines, keep.as_deref()),
         BenchCommand::Http(args) => super::bench_http::bench_http(args).await,
+        BenchCommand::Lifecycle {
+            machines,
+            database,
+            perf,
+            time_limit,
+        } => {
+            let options = super::bench_lifecycle::LifecycleOptions {
+                machines,
+                database,
+                perf,
+                deploy_image_mib: None,
+                time_limit: Duration::from_secs(time_limit),
+            };
+            super::bench_lifecycle::run(options).await
+        }
+        BenchCommand::Deploy {
+            machines,
+            image_mib,
+            database,
+            time_limit,
+        } => {
+            let options = super::bench_lifecycle::LifecycleOptions {
+                machines,
+                database,
+                perf: false,
+                deploy_image_mib: Some(image_mib),
+                time_limit: Duration::from_secs(time_limit),
+            };
+            super::bench_lifecycle::run(options).await
+        }
     }
 }
 

@@ -194,7 +194,7 @@ pub(super) fn free_udp_port() -> anyhow::Result<u16> {
 
 /// The loaders TFTP serves, the ephemeral kernel and initrd, and the root image (gzip: the
 /// controller decompresses it once to learn what machines will write).
-fn write_boot_files(dir: &Path) -> anyhow::Result<()> {
+pub(super) fn write_boot_files(dir: &Path) -> anyhow::Result<()> {
     write_ephemeral_files(dir)?;
     let root: Vec<u8> = (0..4 * 1024 * 1024u32).map(|at| (at % 251) as u8).collect();
     let gzipped = gzip(&root)?;
@@ -214,7 +214,7 @@ pub(super) fn write_ephemeral_files(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn gzip(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+pub(super) fn gzip(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
     use std::io::Write;
     let mut child = std::process::Command::new("gzip")
         .arg("-nc1")
@@ -235,7 +235,7 @@ fn gzip(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(output.stdout)
 }
 
-fn sha256_of(path: &Path) -> anyhow::Result<String> {
+pub(super) fn sha256_of(path: &Path) -> anyhow::Result<String> {
     use sha2::Digest;
     Ok(hex::encode(sha2::Sha256::digest(std::fs::read(path)?)))
 }

@@ -6,6 +6,7 @@ mod adopt;
 mod apply;
 mod bench;
 mod bench_http;
+mod bench_lifecycle;
 mod client;
 mod clone;
 mod controllers;

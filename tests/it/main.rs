@@ -5,6 +5,7 @@ mod support;
 mod actions;
 mod addresses;
 mod apply;
+mod bench_cli;
 mod bounded_growth;
 mod clone;
 mod config;

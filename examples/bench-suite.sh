@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# bench-suite.sh -- issue 15's benchmark suite in one run, printed as one table.
+#
+#   examples/bench-suite.sh [--peers] [--quick]
+#
+# Builds release and runs, one after the other (never in parallel: they share the cores):
+#   fleet bench plan      --machines 1000 / 10000 / 100000
+#   fleet bench lifecycle --machines 1000 / 10000, on SQLite and on PostgreSQL
+#   fleet bench deploy    --machines 1000
+# and with --peers the DHCP/TFTP comparison with Kea, dnsmasq, tftpd-hpa and atftpd through
+# ../shared/bench/peer-baselines.sh (needs root: network namespaces), with fleet's
+# examples/dhcp-bench-server and examples/tftp-bench-server plugged in as DHCP_EXTRA/TFTP_EXTRA.
+# --quick: 1,000 machines only for the life-cycle, 200 for deploy, and QUICK=1 for the peers.
+#
+# Knobs (environment):
+#   FLEET_BENCH_POSTGRES  an administrator's URL; each run creates (and drops) a fresh database
+#                         [postgres://fleet_test:fleet_test@127.0.0.1:5432/postgres]
+#   PEER_BASELINES        the peer script [../shared/bench/peer-baselines.sh from the repo]
+#   BENCH_LOG_DIR         where each command's full output goes [a new temporary directory]
+#
+# Not part of the tests: it takes minutes (the peers ~15-20 more). Every figure is printed with
+# the load average of its run: other work on the machine shows there.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+PEERS=0; QUICK=0
+for argument in "$@"; do
+  case "$argument" in
+    --peers) PEERS=1 ;;
+    --quick) QUICK=1 ;;
+    *) echo "usage: $0 [--peers] [--quick]" >&2; exit 2 ;;
+  esac
+done
+POSTGRES=${FLEET_BENCH_POSTGRES:-postgres://fleet_test:fleet_test@127.0.0.1:5432/postgres}
+PEER_BASELINES=${PEER_BASELINES:-$(pwd)/../shared/bench/peer-baselines.sh}
+LOGS=${BENCH_LOG_DIR:-$(mktemp -d -t fleet-bench-suite.XXXXXX)}
+mkdir -p "$LOGS"
+FLEET=target/release/fleet
+
+echo "== building release (logs in $LOGS)"
+cargo build --release --bin fleet >"$LOGS/build.log" 2>&1 || { tail -20 "$LOGS/build.log"; exit 1; }
+if [ "$PEERS" = 1 ]; then
+  cargo build --release --example dhcp-bench-server --example tftp-bench-server \
+    >>"$LOGS/build.log" 2>&1 || { tail -20 "$LOGS/build.log"; exit 1; }
+fi
+
+ROWS=()   # one line per measurement: NAME|FIGURES
+
+# field TEXT REGEX: the first match of REGEX (grep -oE) in TEXT, or "?".
+field() { grep -oE "$2" <<<"$1" | head -1 || true; }
+
+run_plan() {
+  local machines=$1 log="$LOGS/plan-$1.log"
+  echo "== fleet bench plan --machines $machines"
+  "$FLEET" bench plan --machines "$machines" >"$log" 2>&1
+  local line; line=$(grep '^bench plan' "$log")
+  ROWS+=("plan $machines|wall $(field "$line" 'median [0-9.]+ s' | cut -d' ' -f2) s, CPU $(field "$line" 'CPU [0-9.]+ s' | cut -d' ' -f2) s, peak $(field "$line" 'peak RSS [0-9]+ MiB' | cut -d' ' -f3) MiB|load $(field "$line" 'load [0-9.]+' | cut -d' ' -f2)|$(field "$line" '(NOT met|met|the command failed)$')")
+}
+
+# run_lifecycle KIND MACHINES BACKEND: KIND is lifecycle or deploy; BACKEND sqlite or postgres.
+run_lifecycle() {
+  local kind=$1 machines=$2 backend=$3 log="$LOGS/$1-$2-$3.log"
+  local database=()
+  [ "$backend" = postgres ] && database=(--database "$POSTGRES")
+  echo "== fleet bench $kind --machines $machines ${database[*]}"
+  "$FLEET" bench "$kind" --machines "$machines" "${database[@]}" >"$log" 2>&1
+  local text; text=$(cat "$log")
+  local figures
+  figures="$(field "$text" '[0-9]+ of [0-9]+ ready'), $(field "$text" '[0-9.]+ machines per second'), wall $(field "$text" 'wall [0-9.]+ s' | cut -d' ' -f2) s, controller peak $(field "$text" 'VmHWM\) [0-9]+ MiB' | cut -d' ' -f2) MiB, $(field "$text" '[0-9.]+ ms per machine') CPU"
+  if [ "$kind" = deploy ]; then
+    figures="$figures; $(field "$text" '[0-9]+ of [0-9]+ deployed'), $(field "$text" '[0-9.]+ MiB/s of image served')"
+  fi
+  local load; load=$(field "$text" '[0-9.]+ [0-9.]+ [0-9.]+ after' | cut -d' ' -f1)
+  ROWS+=("$kind $machines $backend|$figures|load $load|$(field "$text" '(NOT met.*|met)$')")
+}
+
+run_peers() {
+  echo "== peer-baselines.sh with fleet's DHCP and TFTP servers (needs root)"
+  local root; root=$(pwd)
+  local quick=()
+  [ "$QUICK" = 1 ] && quick=(QUICK=1)
+  env "${quick[@]}" \
+    DHCP_EXTRA_NAME=fleet \
+    DHCP_EXTRA_CMD="exec $root/target/release/examples/dhcp-bench-server --interface \"\$PB_IFACE\" --server-ip \"\$PB_SRV_IP\" --prefix \"\$PB_PREFIX\" --pool-start \"\$PB_POOL_START\" --pool-end \"\$PB_POOL_END\" --state-dir \"\$PB_STATE_DIR\"" \
+    TFTP_EXTRA_NAME=fleet \
+    TFTP_EXTRA_CMD="exec $root/target/release/examples/tftp-bench-server --root \"\$PB_TFTP_ROOT\"" \
+    bash "$PEER_BASELINES" >"$LOGS/peers.log" 2>&1
+  ROWS+=("peers (DHCP, TFTP)|see the summary at the end of $LOGS/peers.log|load $(cut -d' ' -f1 /proc/loadavg)|")
+}
+
+for machines in 1000 10000 100000; do run_plan "$machines"; done
+LIFECYCLE_SIZES="1000 10000"
+DEPLOY_SIZE=1000
+if [ "$QUICK" = 1 ]; then LIFECYCLE_SIZES=1000; DEPLOY_SIZE=200; fi
+for machines in $LIFECYCLE_SIZES; do
+  for backend in sqlite postgres; do run_lifecycle lifecycle "$machines" "$backend"; done
+done
+run_lifecycle deploy "$DEPLOY_SIZE" sqlite
+[ "$PEERS" = 1 ] && run_peers
+
+echo
+echo "fleet benchmark suite, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, commit $(git rev-parse --short HEAD)"
+{
+  echo "MEASUREMENT|FIGURES|LOAD (1 min, after)|TARGET"
+  for row in "${ROWS[@]}"; do echo "$row"; done
+} | column -t -s '|'
+echo
+echo "Full outputs (settings, phases, CPU by thread): $LOGS"
