@@ -1323,6 +1323,55 @@ async fn udhcpc_gets_a_lease_with_the_subnets_options_renews_and_releases() {
     assert!(lab.leases.with_table(|table| table.binding(mac).is_none()));
 }
 
+/// Durable ACKs under retransmissions: a REQUEST sent again while its lease still waits for its
+/// write waits for that same write (not the next batch); once the store holds the lease, a
+/// retransmit is ACKed at once with no new wait; a renewal at half the lease is written before
+/// its ACK again. (Without this, a loaded controller's dropped ACKs brought retransmits that
+/// each waited for a later batch: 1,000 simulated machines never got their ACKs.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retransmitted_requests_wait_for_their_first_write_and_then_not_at_all() {
+    let (store, _directory) = sqlite_store().await;
+    let config = table_config();
+    let leases = DhcpLeases::load(store.clone(), &config).await.unwrap();
+    let client = mac(7);
+    let now = fleet::store::now_ms();
+    let offer = leases.answer(&client_message(client, MessageType::Discover), &config, now);
+    let offered = offer.reply.expect("an offer").message.yiaddr();
+    let mut request = client_message(client, MessageType::Request);
+    request
+        .opts_mut()
+        .insert(DhcpOption::ServerIdentifier(SERVER));
+    request
+        .opts_mut()
+        .insert(DhcpOption::RequestedIpAddress(offered));
+    let (ack, first) = leases.answer_durably(&request, &config, now);
+    assert_eq!(
+        ack.reply.unwrap().message.opts().msg_type(),
+        Some(MessageType::Ack)
+    );
+    let first = first.expect("the first ACK waits for its lease's write");
+    let (_, again) = leases.answer_durably(&request, &config, now + 300);
+    assert_eq!(again, Some(first), "a retransmit waits for the same write");
+    assert!(
+        leases
+            .committed_through(first, Duration::from_secs(10))
+            .await
+    );
+    let (ack, later) = leases.answer_durably(&request, &config, now + 2_000);
+    assert!(ack.reply.is_some());
+    assert_eq!(
+        later, None,
+        "the store holds the lease: the ACK needs no wait"
+    );
+    let half_lease = i64::from(config.subnets[0].lease_seconds) * 500;
+    let (_, renewal) = leases.answer_durably(&request, &config, now + half_lease);
+    assert!(
+        renewal.is_some(),
+        "a renewal at half the lease is written before its ACK"
+    );
+    leases.close().await.unwrap();
+}
+
 /// A lease is in the store before the ACK that hands it out leaves: while the store cannot be
 /// written (another connection holds SQLite's write lock) udhcpc is offered an address but never
 /// bound; once the lock goes, it binds, and its lease is in the store at that moment — read

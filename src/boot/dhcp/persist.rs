@@ -13,6 +13,7 @@ use super::DhcpError;
 use crate::model::MacAddr;
 use crate::store::{Backend, Lease, NewEvent, Store};
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,6 +50,9 @@ pub struct WriteBehind {
     /// The highest sequence number committed: every change queued with a number up to it is in
     /// the store (or was replaced, for its MAC, by a later change that is).
     committed: tokio::sync::watch::Sender<u64>,
+    /// Each MAC's lease as last committed (address, expiry): a retransmitted REQUEST for a
+    /// lease the store already holds needs no wait (see [`WriteBehind::already_durable`]).
+    committed_leases: Mutex<HashMap<MacAddr, (Ipv4Addr, i64)>>,
 }
 
 impl WriteBehind {
@@ -61,6 +65,7 @@ impl WriteBehind {
             writing: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
             committed: tokio::sync::watch::Sender::new(0),
+            committed_leases: Mutex::new(HashMap::new()),
         })
     }
 
@@ -80,9 +85,22 @@ impl WriteBehind {
         let (was_idle, sequence) = {
             let mut pending = lock(&self.pending);
             let was_idle = pending.leases.is_empty() && pending.events.is_empty();
-            // From 1: `committed` starts at 0, "nothing yet".
-            pending.next_sequence += 1;
-            let sequence = pending.next_sequence;
+            // A change for a MAC whose lease for the same address is still waiting replaces it
+            // under its number: a retransmitted REQUEST waits for the batch the first one
+            // waits for, not the one after (under load, twice as long: its ACK was dropped and
+            // the client asked again, and again).
+            let sequence = match (pending.leases.get(&change.mac()), &change) {
+                (Some((sequence, StoreChange::Upsert(waiting))), StoreChange::Upsert(lease))
+                    if waiting.ip == lease.ip =>
+                {
+                    *sequence
+                }
+                _ => {
+                    // From 1: `committed` starts at 0, "nothing yet".
+                    pending.next_sequence += 1;
+                    pending.next_sequence
+                }
+            };
             pending.leases.insert(change.mac(), (sequence, change));
             (was_idle, sequence)
         };
@@ -90,6 +108,19 @@ impl WriteBehind {
             self.wake.notify_one();
         }
         Some(sequence)
+    }
+
+    /// The store already holds `lease`'s address for its MAC until at least seven eighths of
+    /// the lease from `now_ms`: an ACK for it may leave at once. (A client renews at half its
+    /// lease, RFC 2131 4.4.5, so after a crash the stored lease still covers it until then; a
+    /// retransmitted REQUEST a few seconds later is granted without waiting for a write.)
+    pub fn already_durable(&self, lease: &Lease, now_ms: i64) -> bool {
+        let margin = (lease.expires_at - now_ms).max(0) / 8;
+        lock(&self.committed_leases)
+            .get(&lease.mac)
+            .is_some_and(|(ip, expires_at)| {
+                *ip == lease.ip && *expires_at >= lease.expires_at - margin
+            })
     }
 
     /// Waits until the change numbered `sequence` is committed; false when `limit` passed first
@@ -147,6 +178,19 @@ impl WriteBehind {
         if let Err(error) = write_changes(store, &ordered).await {
             self.requeue(ordered);
             return Err(error);
+        }
+        {
+            let mut committed = lock(&self.committed_leases);
+            for (_, change) in &ordered {
+                match change {
+                    StoreChange::Upsert(lease) => {
+                        committed.insert(lease.mac, (lease.ip, lease.expires_at));
+                    }
+                    StoreChange::Delete(mac) => {
+                        committed.remove(mac);
+                    }
+                }
+            }
         }
         // Everything queued before this batch was taken is in it or in an earlier one.
         if let Some(newest) = newest {

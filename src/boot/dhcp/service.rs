@@ -144,9 +144,12 @@ impl DhcpLeases {
             handle(request, &context, &mut table)
         };
         let grant = outcome.store_change.take().and_then(|change| {
-            let grants = matches!(change, StoreChange::Upsert(_));
+            let must_wait = match &change {
+                StoreChange::Upsert(lease) => !self.behind.already_durable(lease, now_ms),
+                StoreChange::Delete(_) => false,
+            };
             let sequence = self.behind.queue_change(change);
-            sequence.filter(|_| grants)
+            sequence.filter(|_| must_wait)
         });
         if let Some(event) = outcome.event.take() {
             self.record_event(event, now_ms);
