@@ -6,7 +6,7 @@
 //! are its own and not this process's (which runs the machines).
 
 use super::client::Client;
-use super::demo::{free_udp_port, gzip, sha256_of, write_boot_files};
+use super::demo::{free_udp_port, gzip, loopback_fleet_base, write_boot_files};
 use super::Connection;
 use anyhow::{bail, Context};
 use fleet::api::views::MachineRow;
@@ -127,32 +127,10 @@ async fn measure(
 /// per machine, the ephemeral image; everything else is `fleet serve`'s default.
 fn fleet_header(dir: &Path, network: SimNetwork, machines: u32) -> anyhow::Result<String> {
     let pool_end = Ipv4Addr::from(u32::from(POOL_START) + machines + 64);
-    let root_sha = sha256_of(&dir.join("debian.tgz"))?;
+    let base = loopback_fleet_base(dir, network, "bench", (POOL_START, pool_end))?;
     Ok(format!(
         r#"# fleet bench: {machines} simulated machines on loopback
-[controller]
-ephemeral_image = "ephemeral"
-dhcp_listen = "{dhcp}"
-tftp_listen = "{tftp}"
-loader_dir = "{dir}/loaders"
-
-[subnets.bench]
-cidr = "127.0.0.0/8"
-dynamic_range = {{ start = "{POOL_START}", end = "{pool_end}" }}
-
-[images.ephemeral]
-kernel = {{ path = "{dir}/vmlinuz" }}
-initrd = {{ path = "{dir}/initrd" }}
-
-[images.debian]
-os = "debian"
-release = "12"
-root = {{ path = "{dir}/debian.tgz", sha256 = "{root_sha}", format = "tgz" }}
-
-[storage_templates.flat]
-layout = "flat"
-
-[network_templates.bench]
+{base}[network_templates.bench]
 interfaces = [{{ name = "eth0", link = "dhcp", subnet = "bench" }}]
 
 [profiles.web]
@@ -160,10 +138,7 @@ storage = "flat"
 network = "bench"
 image = "debian"
 
-"#,
-        dhcp = network.dhcp,
-        tftp = network.tftp,
-        dir = dir.display(),
+"#
     ))
 }
 

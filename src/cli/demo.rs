@@ -158,6 +158,46 @@ async fn show(
     print_story(connection, machines, sims).await
 }
 
+/// What the demo's and the benchmark's fleet files share: the controller's boot services on
+/// `network` (loopback ports, no root), a subnet named `subnet` on 127.0.0.0/8 whose pool runs
+/// over `pool`, the ephemeral image and the Debian image written into `dir`, a flat template.
+pub(super) fn loopback_fleet_base(
+    dir: &Path,
+    network: SimNetwork,
+    subnet: &str,
+    (pool_start, pool_end): (Ipv4Addr, Ipv4Addr),
+) -> anyhow::Result<String> {
+    let root_sha = sha256_of(&dir.join("debian.tgz"))?;
+    Ok(format!(
+        r#"[controller]
+ephemeral_image = "ephemeral"
+dhcp_listen = "{dhcp}"
+tftp_listen = "{tftp}"
+loader_dir = "{dir}/loaders"
+
+[subnets.{subnet}]
+cidr = "127.0.0.0/8"
+dynamic_range = {{ start = "{pool_start}", end = "{pool_end}" }}
+
+[images.ephemeral]
+kernel = {{ path = "{dir}/vmlinuz" }}
+initrd = {{ path = "{dir}/initrd" }}
+
+[images.debian]
+os = "debian"
+release = "12"
+root = {{ path = "{dir}/debian.tgz", sha256 = "{root_sha}", format = "tgz" }}
+
+[storage_templates.flat]
+layout = "flat"
+
+"#,
+        dhcp = network.dhcp,
+        tftp = network.tftp,
+        dir = dir.display(),
+    ))
+}
+
 /// A UDP port free on 127.0.0.1 for the controller to bind, chosen below the system's ephemeral
 /// range. The controller binds it only after this returns; a port from the ephemeral range
 /// could meanwhile be handed to any socket bound to port 0 (the simulated machines' own DHCP
@@ -248,32 +288,18 @@ fn fleet_file(
     machines: &[DemoMachine],
     deploy: bool,
 ) -> anyhow::Result<String> {
-    let root_sha = sha256_of(&dir.join("debian.tgz"))?;
+    let base = loopback_fleet_base(
+        dir,
+        network,
+        "demo",
+        (
+            Ipv4Addr::new(127, 77, 0, 10),
+            Ipv4Addr::new(127, 77, 3, 250),
+        ),
+    )?;
     let mut text = format!(
         r#"# fleet demo: {count} simulated machines on loopback
-[controller]
-ephemeral_image = "ephemeral"
-dhcp_listen = "{dhcp}"
-tftp_listen = "{tftp}"
-loader_dir = "{dir}/loaders"
-
-[subnets.demo]
-cidr = "127.0.0.0/8"
-dynamic_range = {{ start = "127.77.0.10", end = "127.77.3.250" }}
-
-[images.ephemeral]
-kernel = {{ path = "{dir}/vmlinuz" }}
-initrd = {{ path = "{dir}/initrd" }}
-
-[images.debian]
-os = "debian"
-release = "12"
-root = {{ path = "{dir}/debian.tgz", sha256 = "{root_sha}", format = "tgz" }}
-
-[storage_templates.flat]
-layout = "flat"
-
-[storage_templates.lvm]
+{base}[storage_templates.lvm]
 layout = "lvm"
 lv_size = "80%"
 
@@ -303,9 +329,6 @@ heartbeat = "30s"
 
 "#,
         count = machines.len(),
-        dhcp = network.dhcp,
-        tftp = network.tftp,
-        dir = dir.display(),
     );
     for machine in machines {
         let sim = sims

@@ -850,9 +850,8 @@ fn a_mac_the_fleet_files_policy_ignores_gets_no_reply() {
 // ---------------------------------------------------------------------------------------------
 // The lease state behind the server: written behind to the store, loaded back at start.
 
-fn acknowledged(leases: &DhcpLeases, config: &DhcpConfig, client: MacAddr, now: i64) -> Ipv4Addr {
-    let offer = leases.answer(&client_message(client, MessageType::Discover), config, now);
-    let offered = offer.reply.expect("an offer").message.yiaddr();
+/// The REQUEST that takes `offered` from this server (SELECTING).
+fn request_for(client: MacAddr, offered: Ipv4Addr) -> Message {
     let mut request = client_message(client, MessageType::Request);
     request
         .opts_mut()
@@ -860,7 +859,13 @@ fn acknowledged(leases: &DhcpLeases, config: &DhcpConfig, client: MacAddr, now: 
     request
         .opts_mut()
         .insert(DhcpOption::RequestedIpAddress(offered));
-    let ack = leases.answer(&request, config, now);
+    request
+}
+
+fn acknowledged(leases: &DhcpLeases, config: &DhcpConfig, client: MacAddr, now: i64) -> Ipv4Addr {
+    let offer = leases.answer(&client_message(client, MessageType::Discover), config, now);
+    let offered = offer.reply.expect("an offer").message.yiaddr();
+    let ack = leases.answer(&request_for(client, offered), config, now);
     assert_eq!(
         ack.reply.unwrap().message.opts().msg_type(),
         Some(MessageType::Ack)
@@ -1337,13 +1342,7 @@ async fn retransmitted_requests_wait_for_their_first_write_and_then_not_at_all()
     let now = fleet::store::now_ms();
     let offer = leases.answer(&client_message(client, MessageType::Discover), &config, now);
     let offered = offer.reply.expect("an offer").message.yiaddr();
-    let mut request = client_message(client, MessageType::Request);
-    request
-        .opts_mut()
-        .insert(DhcpOption::ServerIdentifier(SERVER));
-    request
-        .opts_mut()
-        .insert(DhcpOption::RequestedIpAddress(offered));
+    let request = request_for(client, offered);
     let (ack, first) = leases.answer_durably(&request, &config, now);
     assert_eq!(
         ack.reply.unwrap().message.opts().msg_type(),
