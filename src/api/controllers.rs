@@ -12,11 +12,15 @@ pub async fn list(State(state): State<ApiState>) -> Result<Json<Vec<ControllerVi
     let interval_ms = i64::try_from(HEARTBEAT_INTERVAL.as_millis()).unwrap_or(i64::MAX);
     let silent_after_ms = interval_ms.saturating_mul(SILENT_AFTER_INTERVALS);
     let rows = state.store.controllers().await?;
+    let leader = state.store.leader().await?;
+    let leads = |id: &str| leader.as_ref().filter(|term| term.controller_id == id);
     Ok(Json(
         rows.into_iter()
             .map(|record| {
                 let age_ms = (now - record.heartbeat_at).max(0);
                 ControllerView {
+                    leader: leads(&record.id).is_some(),
+                    leader_term: leads(&record.id).map(|term| term.generation),
                     this_one: state.controller_id.as_deref() == Some(record.id.as_str()),
                     id: record.id,
                     hostname: record.hostname,

@@ -534,4 +534,11 @@ pub struct ControllerView {
     pub silent: bool,
     /// The one that answered this request.
     pub this_one: bool,
+    /// Holds the current leadership term (runs the reconcile loop, the executor, the timeout
+    /// watch, the power poll and retention).
+    #[serde(default)]
+    pub leader: bool,
+    /// The term's generation, on the leader's row.
+    #[serde(default)]
+    pub leader_term: Option<i64>,
 }

@@ -28,6 +28,7 @@ fn print_controllers(rows: &[ControllerView]) {
         "VERSION",
         "LAST HEARTBEAT",
         "STATE",
+        "ROLE",
     ]);
     for row in rows {
         let networks = if row.networks.is_empty() {
@@ -52,6 +53,10 @@ fn print_controllers(rows: &[ControllerView]) {
                 describe_seconds(u64::try_from(row.heartbeat_age_seconds).unwrap_or(0))
             ),
             state.to_string(),
+            match row.leader_term {
+                Some(term) if row.leader => format!("leader (term {term})"),
+                _ => "follower".to_string(),
+            },
         ]);
     }
     println!("{table}");

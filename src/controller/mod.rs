@@ -1,10 +1,13 @@
 //! The controller: `fleet serve`, wiring only. It opens the store, binds the sockets and starts
 //! every service with its socket and a shutdown signal: the operator API (TLS, `tls.rs` for its
 //! certificate) and the boot routes (plain HTTP) on two listeners, TFTP,
-//! DHCP, the timeout watch and the power poll (`services`), and the reconcile loop.
+//! DHCP, the timeout watch and the power poll (`services`), and the reconcile loop; of several
+//! controllers on one database only the elected leader runs the duties that decide on their own
+//! (`leader.rs`).
 
 mod dhcp;
 pub mod heartbeat;
+pub mod leader;
 mod serve;
 pub mod tls;
 

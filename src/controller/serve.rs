@@ -160,32 +160,26 @@ pub async fn serve(
     )
     .await;
     let drivers = PowerDrivers::standard();
-    start_executor(&store, &drivers, &metrics).await;
     let mut settings = crate::services::machine_api::MachineApiSettings::new(fleet.clone());
     settings.state_dir = Some(options.state_dir.clone());
     let machine_api = crate::services::machine_api::SharedSettings::new(settings);
-    let watch = start_watch(
-        &options,
-        fleet.clone(),
-        &store,
-        (&drivers, &metrics),
-        &machine_api,
-        &boot.images,
-    );
-    let poll_seconds = fleet.as_deref().map_or_else(
-        || crate::config::Policy::default().power_poll_seconds,
-        |fleet| fleet.policy.power_poll_seconds,
-    );
-    let power_poll = crate::services::power_poll::start(&store, &drivers, poll_seconds);
-    let event_policy = fleet
-        .as_deref()
-        .map_or_else(Default::default, |fleet| fleet.policy.events);
-    let retention = crate::services::event_retention::start(&store, event_policy);
-    let monitor = crate::services::monitor::start_monitor(
-        store.clone(),
-        drivers.clone(),
-        machine_api.clone(),
-    );
+    let duties = leader_duties(LeaderDutyParts {
+        options: options.clone(),
+        fleet: fleet.clone(),
+        drivers: drivers.clone(),
+        metrics: metrics.clone(),
+        machine_api: machine_api.clone(),
+        images: boot.images.clone(),
+    });
+    let election = super::leader::Election::start(
+        super::leader::Candidate {
+            store: store.clone(),
+            database: database.clone(),
+            controller_id: controller_id.clone(),
+        },
+        duties,
+    )
+    .await;
     let scripts = machine_api.current().scripts.clone();
     eprintln!(
         "  scripts {} for machines to run ({} of the fleet file's)",
@@ -202,15 +196,8 @@ pub async fn serve(
         metrics,
     };
     let result = serve_both(api_listener, boot_listener, tls, state, shutdown).await;
-    if let Some(watch) = watch {
-        watch.abort();
-    }
-    monitor.abort();
-    retention.abort();
+    election.stop().await;
     heartbeat.abort();
-    if let Some(power_poll) = power_poll {
-        power_poll.abort();
-    }
     drop(stop_boot);
     boot_at_end.finish_summaries().await;
     if let Some(leases) = dhcp {
@@ -376,6 +363,78 @@ fn origin_text(origin: &super::tls::CertificateOrigin) -> String {
         CertificateOrigin::Made(path) => format!("made now: {}", path.display()),
         CertificateOrigin::Kept(path) => format!("made on the first start: {}", path.display()),
         CertificateOrigin::Operator(path) => format!("tls_cert {}", path.display()),
+    }
+}
+
+/// What the leader's duties are started from, at each term it wins.
+struct LeaderDutyParts {
+    options: ServeOptions,
+    fleet: Option<Arc<crate::config::Fleet>>,
+    drivers: PowerDrivers,
+    metrics: Arc<Metrics>,
+    machine_api: crate::services::machine_api::SharedSettings,
+    images: Arc<crate::boot::http::BootImages>,
+}
+
+/// The duties only the leader runs, each on the store fenced with its term: resuming unfinished
+/// applies, the reconcile loop (`--watch`), the power poll, event retention and the timeout
+/// watch.
+fn leader_duties(parts: LeaderDutyParts) -> super::leader::Duties {
+    let parts = Arc::new(parts);
+    Arc::new(move |store: Store| {
+        let parts = parts.clone();
+        vec![tokio::spawn(async move {
+            // Unfinished applies first, as a controller alone always did: the reconcile loop
+            // then finds the apply lock as the resumed applies hold it.
+            start_executor(&store, &parts.drivers, &parts.metrics).await;
+            let _running = AbortOnDrop(start_leader_loops(&parts, store));
+            std::future::pending::<()>().await;
+        })]
+    })
+}
+
+/// The loops of the leader's duties (all but the resumption).
+fn start_leader_loops(parts: &LeaderDutyParts, store: Store) -> Vec<tokio::task::JoinHandle<()>> {
+    let fleet = parts.fleet.as_deref();
+    let mut loops = Vec::new();
+    loops.extend(start_watch(
+        &parts.options,
+        parts.fleet.clone(),
+        &store,
+        (&parts.drivers, &parts.metrics),
+        &parts.machine_api,
+        &parts.images,
+    ));
+    let poll_seconds = fleet.map_or_else(
+        || crate::config::Policy::default().power_poll_seconds,
+        |fleet| fleet.policy.power_poll_seconds,
+    );
+    loops.extend(crate::services::power_poll::start(
+        &store,
+        &parts.drivers,
+        poll_seconds,
+    ));
+    let event_policy = fleet.map_or_else(Default::default, |fleet| fleet.policy.events);
+    loops.push(crate::services::event_retention::start(
+        &store,
+        event_policy,
+    ));
+    loops.push(crate::services::monitor::start_monitor(
+        store,
+        parts.drivers.clone(),
+        parts.machine_api.clone(),
+    ));
+    loops
+}
+
+/// Tasks aborted when this is dropped: a leader's loops end with the task that started them.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 

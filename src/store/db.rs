@@ -236,6 +236,58 @@ async fn open_postgres(url: &str) -> Result<Store, StoreError> {
     })
 }
 
+/// How long a fenced (leader's) PostgreSQL session may sit idle inside a transaction, or run one
+/// statement: a leader paused mid-transaction holds the leadership row share-locked, and a
+/// takeover waits for it; the server ends such a session after this, so the wait is bounded.
+const FENCED_SESSION_LIMIT: &str = "5s";
+/// A leader needs few connections: the executor, the timeout watch, the power poll.
+const FENCED_MAX_CONNECTIONS: u32 = 8;
+
+impl Store {
+    /// The store as the leader of `term` writes to it: on PostgreSQL a pool of its own whose
+    /// sessions carry the term as `fleet.fence`, so every write on them is refused
+    /// ([`StoreError::Fenced`]) once another controller holds a newer term
+    /// (migration 0016's `fleet_check_fence`). On SQLite, which serves one controller, the
+    /// same store. Close it when the term ends.
+    pub async fn fenced(&self, url: &str, term: &super::LeaderTerm) -> Result<Store, StoreError> {
+        if self.backend == Backend::Sqlite {
+            return Ok(self.clone());
+        }
+        let open_error = |source| StoreError::Open {
+            url: redact_url(url),
+            source,
+        };
+        let options = AnyConnectOptions::from_str(url).map_err(open_error)?;
+        let fence = term.fence().replace('\'', "''");
+        let pool = AnyPoolOptions::new()
+            .max_connections(FENCED_MAX_CONNECTIONS)
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |connection, _meta| {
+                let fence = fence.clone();
+                Box::pin(async move {
+                    connection
+                        .execute(format!("SET fleet.fence = '{fence}'").as_str())
+                        .await?;
+                    let limit = FENCED_SESSION_LIMIT;
+                    connection
+                        .execute(
+                            format!("SET idle_in_transaction_session_timeout = '{limit}'").as_str(),
+                        )
+                        .await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(open_error)?;
+        Ok(Store {
+            pool,
+            backend: Backend::Postgres,
+        })
+    }
+}
+
 async fn open_sqlite(path: &Path, params: Option<&str>) -> Result<Store, StoreError> {
     // Absolute, so that the URL has no host part for `url` to reinterpret (`sqlite://data/x.db`).
     let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());

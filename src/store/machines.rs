@@ -651,7 +651,7 @@ fn conflict_if_unique_violation(error: sqlx::Error, name: &str) -> StoreError {
         sqlx::Error::Database(database_error) if database_error.is_unique_violation() => {
             StoreError::Conflict(name.to_string())
         }
-        _ => StoreError::Database(error),
+        _ => StoreError::from(error),
     }
 }
 

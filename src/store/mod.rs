@@ -30,6 +30,7 @@ mod controllers;
 mod db;
 mod deployments;
 mod events;
+mod leadership;
 mod leases;
 mod locks;
 mod machine_state;
@@ -51,6 +52,7 @@ pub use clones::{cloned_parts, CloneOrder, ClonePair, CloneVerdict};
 pub use controllers::{ControllerRecord, HEARTBEAT_INTERVAL, SILENT_AFTER_INTERVALS};
 pub use db::{now_ms, redact_url, Store};
 pub use deployments::{DeploymentDigests, StoredDeployment};
+pub use leadership::{LeaderTerm, LEADER_TERM};
 pub use machine_state::{
     new_secret, secret_hash, Callback, MachineRun, MachineState, Registration, ReportedProgress,
     SecretUse, BOOT_OVERFLOW, BOOT_SECRETS_PER_BOOT,
@@ -135,8 +137,26 @@ pub enum StoreError {
     LastAdminToken(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("this controller no longer leads the database ({0}); the write was refused, and the leader now in office carries on")]
+    Fenced(String),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
+}
+
+/// The SQLSTATE migration 0016's fence raises for a write of a term that is over.
+const FENCED_SQLSTATE: &str = "FL001";
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::Database(database)
+                if database.code().as_deref() == Some(FENCED_SQLSTATE) =>
+            {
+                StoreError::Fenced(database.message().to_string())
+            }
+            _ => StoreError::Database(error),
+        }
+    }
 }
 
 /// What an accepted action changes, as the controller commits it.

@@ -19,6 +19,7 @@ mod events_api;
 mod fuzz;
 mod images;
 mod layers;
+mod leadership;
 mod lifecycle;
 mod machine_api;
 mod metrics;

@@ -70,24 +70,52 @@ pub async fn empty_postgres_database() -> String {
     with_database(&admin_url, &database)
 }
 
-/// Closes the store and drops its database.
+/// Closes the store and drops its database. Dropping is clean-up, not a check: when the server
+/// cannot drop it in time (a CI run once failed here, its message cut off: on a loaded machine a
+/// killed controller's sessions can outlive FORCE's 5 s wait), it is tried again, then left for
+/// the sweep of a later run with a warning, instead of failing the test that used it.
 pub async fn drop_postgres_store(store: Store) {
     let row = sqlx::query("SELECT CAST(current_database() AS TEXT) AS name")
         .fetch_one(store.pool())
-        .await
-        .expect("read the test database's name");
-    let database: String = sqlx::Row::get(&row, "name");
+        .await;
     store.close().await;
+    let database: String = match row {
+        Ok(row) => sqlx::Row::get(&row, "name"),
+        Err(error) => {
+            eprintln!("warning: cannot read the test database's name to drop it: {error}; a later run sweeps it");
+            return;
+        }
+    };
     assert!(
         database.starts_with(TEST_DATABASE_PREFIX),
         "refusing to drop `{database}`"
     );
-    let mut admin = connect_admin(&test_postgres_url()).await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap_or_else(|error| panic!("drop the test database {database}: {error}"));
-    let _ = admin.close().await;
+    let mut last_error = None;
+    for attempt in 0..5 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        }
+        let mut admin = match PgConnection::connect(&test_postgres_url()).await {
+            Ok(admin) => admin,
+            Err(error) => {
+                last_error = Some(error);
+                continue;
+            }
+        };
+        let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await;
+        let _ = admin.close().await;
+        match dropped {
+            Ok(_) => return,
+            Err(error) => last_error = Some(error),
+        }
+    }
+    if let Some(error) = last_error {
+        eprintln!(
+            "warning: cannot drop the test database {database}: {error}; a later run sweeps it"
+        );
+    }
 }
 
 async fn connect_admin(url: &str) -> PgConnection {
