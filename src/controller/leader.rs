@@ -181,9 +181,7 @@ impl Round {
         error: &StoreError,
     ) -> Option<Instant> {
         tracing::warn!(%error, "cannot claim or renew the leadership");
-        let Some(held) = term.held.as_ref() else {
-            return None;
-        };
+        let held = term.held.as_ref()?;
         let alone = self.candidate.store.backend() == Backend::Sqlite;
         match deadline {
             Some(deadline) if alone || Instant::now() < deadline => Some(deadline),

@@ -419,6 +419,7 @@ fn start_leader_loops(parts: &LeaderDutyParts, store: Store) -> Vec<tokio::task:
         &store,
         event_policy,
     ));
+    loops.push(crate::services::power_outbox::start(&store, &parts.drivers));
     loops.push(crate::services::monitor::start_monitor(
         store,
         parts.drivers.clone(),

@@ -73,6 +73,19 @@ pub struct PowerIntent {
     pub why: String,
 }
 
+/// A power command decided with a life-cycle change and not carried out yet: the power outbox
+/// (`machines.power_pending`). Whoever runs the command clears it; the leader runs those left
+/// behind by a controller that died between the decision and the command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingPower {
+    pub command: crate::model::PowerCommand,
+    pub follow_up: crate::model::FollowUp,
+    pub actor: String,
+    /// The power-off that follows a failure: if it fails, that is only logged (the machine has
+    /// failed already).
+    pub after_failure: bool,
+}
+
 /// Hardware facts found by commissioning (empty until then).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Hardware {

@@ -1,9 +1,12 @@
 //! Carrying out one life-cycle action on one machine: decide, commit, power, follow up.
 //!
-//! The order matters for crash safety: the status change and its events commit first (one
-//! transaction), then the power command runs, then its result is recorded. A controller killed
-//! between the two leaves a machine in a status it could reach, with the power command still to
-//! do; the reconcile loop (plan/apply) notices that.
+//! The order matters for crash safety: the status change, its events, the erase mode and the
+//! power command decided commit first (one transaction; the command goes into the power outbox,
+//! `machines.power_pending`), then the power command runs, then its result is recorded and the
+//! outbox entry cleared. A controller killed between the two leaves a machine in a status it
+//! could reach with the command still in the outbox; the leader's courier
+//! (`services/power_outbox.rs`) carries it out and what follows it. The named crash points of
+//! `failpoint.rs` let a test kill a controller at exactly these places.
 
 use crate::model::{
     decide, settle, Action, ActionRequest, FollowUp, PowerCommand, Refusal, Settlement, Status,
@@ -105,6 +108,7 @@ pub async fn perform(
         notes: outcome.notes.clone(),
         record,
     };
+    super::failpoint::reached(super::failpoint::AFTER_DECISION);
     let Some((command, record)) = outcome.power.zip(done.record.clone()) else {
         return Ok(done);
     };
@@ -219,6 +223,9 @@ async fn run_power(
             "no power type: power {} it yourself",
             command_name(command)
         ));
+        store
+            .clear_pending_power(record.id, record.generation)
+            .await?;
         return Ok(true);
     }
     let made_for = MadeFor::decision(&record);
@@ -340,12 +347,19 @@ pub async fn carry_out_power(
         // new run's exchange voids.
         store.boot_clock_started(name).await?;
     }
-    match drivers.execute(&power_target(&record), command).await {
+    let executed = {
+        // The outbox entry of this decision stays claimed while the driver works, so the
+        // leader does not take it for a forgotten one.
+        let _claim = keep_claimed(store, made_for);
+        drivers.execute(&power_target(&record), command).await
+    };
+    super::failpoint::reached(super::failpoint::AFTER_POWER_COMMAND);
+    let result = match executed {
         Ok(report) => {
             store
                 .set_power(name, report.state, actor, report.note.as_deref())
                 .await?;
-            Ok(PowerResult::Ran(report))
+            PowerResult::Ran(report)
         }
         Err(error) => {
             let reason = failed_reason(command, &error);
@@ -353,9 +367,103 @@ pub async fn carry_out_power(
             store
                 .set_power(name, crate::model::PowerState::Error, actor, Some(&reason))
                 .await?;
-            Ok(PowerResult::Failed(error))
+            PowerResult::Failed(error)
         }
+    };
+    store
+        .clear_pending_power(made_for.machine_id, made_for.generation)
+        .await?;
+    Ok(result)
+}
+
+/// How often a running power command refreshes its outbox claim.
+const CLAIM_REFRESH: std::time::Duration = std::time::Duration::from_secs(3);
+/// A pending power decision untouched this long is taken by the leader as forgotten.
+pub const PENDING_POWER_STALE_MS: i64 = 10_000;
+
+/// Refreshes the decision's outbox claim every few seconds until dropped.
+fn keep_claimed(store: &Store, made_for: MadeFor) -> AbortOnDrop {
+    let store = store.clone();
+    AbortOnDrop(tokio::spawn(async move {
+        loop {
+            if let Err(error) = store
+                .touch_pending_power(made_for.machine_id, made_for.generation)
+                .await
+            {
+                tracing::warn!(%error, "cannot refresh a power command's outbox claim");
+            }
+            tokio::time::sleep(CLAIM_REFRESH).await;
+        }
+    }))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
+}
+
+/// Carries out a power decision found stale in the outbox (its controller died before or while
+/// running it), with what the decision asked to follow: the status completed after a power
+/// that completes it, the status failed after a command that failed (not after a failure's
+/// power-off). Does nothing if another controller claimed it first. `true` if it ran here.
+pub async fn carry_out_pending_power(
+    store: &Store,
+    drivers: &PowerDrivers,
+    row: &crate::store::PendingPowerRow,
+) -> Result<bool, ActionError> {
+    if !store
+        .claim_pending_power(row.machine_id, row.decided, PENDING_POWER_STALE_MS)
+        .await?
+    {
+        return Ok(false);
+    }
+    let (name, pending) = (row.name.as_str(), &row.pending);
+    if matches!(row.power_type.as_str(), "unconfigured" | "manual" | "") {
+        // A person powers these; the decision's notes told them so.
+        store
+            .clear_pending_power(row.machine_id, row.decided)
+            .await?;
+        return Ok(false);
+    }
+    tracing::info!(
+        machine = name,
+        "carrying out a power {} decided at generation {} that was never done",
+        command_name(pending.command),
+        row.decided
+    );
+    let made_for = MadeFor {
+        machine_id: row.machine_id,
+        generation: row.decided,
+    };
+    let result = carry_out_power(
+        store,
+        drivers,
+        name,
+        pending.command,
+        made_for,
+        &pending.actor,
+    )
+    .await?;
+    match result {
+        PowerResult::Ran(_) if pending.follow_up == FollowUp::CompleteAfterPower => {
+            settle_machine(store, name, &pending.actor, &Settlement::Succeeded).await?;
+        }
+        PowerResult::Failed(error) if !pending.after_failure => {
+            let reason = failed_reason(pending.command, &error);
+            fail_in_progress(store, name, &pending.actor, &reason).await?;
+        }
+        PowerResult::Failed(error) => {
+            tracing::warn!(
+                machine = name,
+                "power off after the failure did not work: {error}"
+            );
+        }
+        PowerResult::Ran(_) | PowerResult::Dropped { .. } => {}
+    }
+    Ok(true)
 }
 
 /// Powers a machine off after its in-progress status failed (a script failed, it timed out, it

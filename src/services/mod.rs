@@ -6,7 +6,8 @@
 //!   (`carry_out_power`, in the machine's power queue).
 //! - `machine_api`: what booted machines ask (enlist, instructions, results, heartbeats, the
 //!   signal); its `rules` are pure.
-//! - `monitor`: the watch's clocks over machines at work; `power_poll`: power states read back.
+//! - `monitor`: the watch's clocks over machines at work; `power_poll`: power states read back;
+//!   `power_outbox`: power decisions a dead controller left unsent, carried out by the leader.
 //! - `token`: the operator token.
 //! - `clone`: a machine's storage and/or interfaces cloned onto others (`fleet clone`).
 //! - `event_retention`: the event history pruned by age and count (`[policy.events]`).
@@ -16,7 +17,9 @@
 pub mod actions;
 pub mod clone;
 pub mod event_retention;
+pub mod failpoint;
 pub mod machine_api;
 pub mod monitor;
+pub mod power_outbox;
 pub mod power_poll;
 pub mod token;

@@ -8,7 +8,7 @@ use super::codec::{
 use super::events::insert_event;
 use super::{
     Backend, Commit, Disk, Hardware, Interface, MachineRecord, MachineSummary, NewEvent,
-    NewMachine, PowerIntent, Store, StoreError,
+    NewMachine, PendingPower, PowerIntent, Store, StoreError,
 };
 use crate::model::{Action, Lifecycle, MacAddr, MachineName, PowerState, Status};
 use crate::plan::Firmware;
@@ -421,6 +421,7 @@ impl Store {
             },
             image: None,
             decides_power: false,
+            pending_power: None,
         };
         write_lifecycle_row(&mut transaction, &before, &written, now).await?;
         let event = NewEvent {
@@ -951,6 +952,9 @@ struct LifecycleWrite<'a> {
     image: Option<&'a str>,
     /// A power command follows: the new generation becomes `power_decided`.
     decides_power: bool,
+    /// The command, stored in the power outbox with the decision (JSON of [`PendingPower`]);
+    /// `None` with `decides_power` clears an older one (overtaken).
+    pending_power: Option<String>,
 }
 
 async fn update_lifecycle_guarded(
@@ -977,8 +981,29 @@ async fn update_lifecycle_guarded(
         },
         image: commit.image,
         decides_power: commit.decides_power,
+        pending_power: pending_power(commit)?,
     };
     write_lifecycle_row(connection, machine, &written, now).await
+}
+
+/// What a commit that decides power leaves in the outbox: the outcome's command, or the
+/// power-off after a failure (a settlement that powers off).
+fn pending_power(commit: &Commit<'_>) -> Result<Option<String>, StoreError> {
+    if !commit.decides_power {
+        return Ok(None);
+    }
+    let outcome = commit.outcome;
+    let pending = PendingPower {
+        command: outcome.power.unwrap_or(crate::model::PowerCommand::Off(
+            crate::model::PowerOffMode::Hard,
+        )),
+        follow_up: outcome.follow_up,
+        actor: commit.actor.to_string(),
+        after_failure: outcome.power.is_none(),
+    };
+    serde_json::to_string(&pending)
+        .map(Some)
+        .map_err(|error| StoreError::Corrupt(format!("a pending power command: {error}")))
 }
 
 /// The generation-guarded UPDATE: writes only if the row is still at the generation read.
@@ -993,7 +1018,9 @@ async fn write_lifecycle_row(
         "UPDATE machines SET status = $1, previous_status = $2, locked = $3, power = $4, owner = $5, \
              commissioned = $6, deployed_os = $7, status_since = $8, status_reason = $9, \
              image = COALESCE($10, image), generation = generation + 1, updated_at = $11, \
-             power_decided = CASE WHEN $14 = 1 THEN generation + 1 ELSE power_decided END \
+             power_decided = CASE WHEN $14 = 1 THEN generation + 1 ELSE power_decided END, \
+             power_pending = CASE WHEN $14 = 1 THEN $15 ELSE power_pending END, \
+             power_pending_at = CASE WHEN $14 = 1 THEN $11 ELSE power_pending_at END \
          WHERE id = $12 AND generation = $13",
     )
     .bind(lifecycle.status.as_str())
@@ -1010,6 +1037,7 @@ async fn write_lifecycle_row(
     .bind(machine.id)
     .bind(machine.generation)
     .bind(bool_int(written.decides_power))
+    .bind(written.pending_power.as_deref())
     .execute(&mut *connection)
     .await?;
     if result.rows_affected() == 0 {

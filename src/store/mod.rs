@@ -38,13 +38,14 @@ mod machines;
 mod monitor;
 mod operator_tokens;
 mod plans;
+mod power_outbox;
 pub mod private;
 mod scripts;
 mod settings;
 
 pub use crate::model::records::{
     Disk, Event, EventFilter, Hardware, Interface, Lease, MachineRecord, MachineSummary, NewEvent,
-    NewMachine, PowerIntent, ScriptResult,
+    NewMachine, PendingPower, PowerIntent, ScriptResult,
 };
 pub use addresses::{CommittedAddress, HeldAddressMacs, StoredAddress};
 pub use apply::ApplyStepRow;
@@ -59,6 +60,7 @@ pub use machine_state::{
 };
 pub use monitor::InProgress;
 pub use operator_tokens::{NewOperatorToken, OperatorRole, OperatorToken};
+pub use power_outbox::PendingPowerRow;
 
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -488,3 +488,145 @@ password = {{ env = "FLEET_TEST_WEBHOOK_FILE_PASSWORD" }}
     assert!(!outputs.contains(PASSWORD), "{outputs}");
     assert!(!outputs.contains(&BASIC[6..]), "{outputs}");
 }
+
+/// Adds `name` powered by `plug` through `controller`, deployed and owned.
+async fn add_deployed_webhook_machine(controller: &TestController, plug: &Plug, name: &str) {
+    let on_url = format!("on_url={}", plug.url("/on"));
+    let off_url = format!("off_url={}", plug.url("/off"));
+    let query_url = format!("query_url={}", plug.url("/status"));
+    let output = controller.fleet(&[
+        "machine",
+        "add",
+        name,
+        "--power-type",
+        "webhook",
+        "--power-param",
+        &on_url,
+        "--power-param",
+        &off_url,
+        "--power-param",
+        &query_url,
+        "--power-param",
+        "on_regex=power: on",
+        "--power-param",
+        "off_regex=power: off",
+        "--power-param",
+        "token=env:FLEET_TEST_WEBHOOK_TOKEN",
+        "--no-commission",
+    ]);
+    assert!(output.status.success(), "add: {}", stderr(&output));
+    let store = controller.store().await;
+    controller.make_deployed(&store, name).await;
+    store.close().await;
+}
+
+/// Waits until the machine has no pending power decision, within `limit`.
+async fn wait_for_no_pending_power(store: &fleet::store::Store, name: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while store.pending_power(name).await.unwrap().is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "{name}'s power decision is still pending after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A controller killed at each named crash point of an action (a failpoint: the process aborts
+/// there) leaves the decision whole — status, erase mode and the power command in the outbox,
+/// committed together — and the controller that leads next carries the command out and what
+/// follows it: a release with a secure erase killed before its power cycle is cycled after the
+/// restart and still erases securely; a release killed after its power-off ran but before the
+/// result was stored is powered off again (the command is idempotent) and completes to ready.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_controller_killed_at_each_crash_point_leaves_the_decision_to_be_carried_out() {
+    std::env::set_var("FLEET_TEST_WEBHOOK_TOKEN", TOKEN);
+    let plug = Plug::start(&format!("Bearer {TOKEN}"));
+    let directory = tempfile::tempdir().unwrap();
+    let start = |failpoint: &str| {
+        TestController::start_with_env(
+            directory.path(),
+            "127.0.0.1:0",
+            &[],
+            &[("FLEET_FAILPOINTS", failpoint)],
+        )
+    };
+
+    let mut controller = start("action-after-commit");
+    add_deployed_webhook_machine(&controller, &plug, "hook-erase").await;
+    let calls_before = plug.calls().len();
+    let output = controller.fleet(&["machine", "release", "hook-erase", "--erase", "secure"]);
+    assert!(!output.status.success(), "the controller died mid-action");
+    let status = controller.child.wait().unwrap();
+    assert!(!status.success(), "aborted at the failpoint: {status:?}");
+    let store = controller.store().await;
+    let record = store.machine("hook-erase").await.unwrap().unwrap();
+    assert_eq!(record.lifecycle.status, fleet::model::Status::DiskErasing);
+    assert_eq!(
+        store.erase_mode("hook-erase").await.unwrap(),
+        Some(fleet::model::EraseMode::Secure)
+    );
+    let pending = store.pending_power("hook-erase").await.unwrap().unwrap();
+    assert_eq!(pending.command, PowerCommand::Cycle);
+    assert_eq!(
+        plug.calls().len(),
+        calls_before,
+        "no power command was sent"
+    );
+    store.close().await;
+
+    let controller = start("");
+    let store = controller.store().await;
+    wait_for_no_pending_power(&store, "hook-erase", Duration::from_secs(30)).await;
+    let calls = plug.calls()[calls_before..].to_vec();
+    assert!(
+        calls.iter().any(|call| call == "POST /on"),
+        "the cycle was carried out: {calls:?}"
+    );
+    assert_eq!(plug.power(), "on");
+    assert_eq!(
+        store.erase_mode("hook-erase").await.unwrap(),
+        Some(fleet::model::EraseMode::Secure),
+        "the decided erase is kept"
+    );
+    let record = store.machine("hook-erase").await.unwrap().unwrap();
+    assert_eq!(record.lifecycle.status, fleet::model::Status::DiskErasing);
+    assert!(
+        record.boot_started.is_some(),
+        "the boot clock started with the cycle"
+    );
+    drop(controller);
+    store.close().await;
+
+    let mut controller = start("power-after-command");
+    add_deployed_webhook_machine(&controller, &plug, "hook-release").await;
+    let output = controller.fleet(&["machine", "release", "hook-release"]);
+    assert!(!output.status.success(), "the controller died mid-action");
+    assert!(!controller.child.wait().unwrap().success());
+    assert_eq!(plug.power(), "off", "the power-off itself ran");
+    let store = controller.store().await;
+    let record = store.machine("hook-release").await.unwrap().unwrap();
+    assert_eq!(record.lifecycle.status, fleet::model::Status::Releasing);
+    assert!(store.pending_power("hook-release").await.unwrap().is_some());
+    store.close().await;
+
+    let controller = start("");
+    let store = controller.store().await;
+    wait_for_no_pending_power(&store, "hook-release", Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let record = store.machine("hook-release").await.unwrap().unwrap();
+        if record.lifecycle.status == fleet::model::Status::Ready {
+            assert_eq!(record.lifecycle.power, PowerState::Off);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {} after the power-off was carried out",
+            record.lifecycle.status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(controller);
+    store.close().await;
+}

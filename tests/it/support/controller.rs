@@ -39,6 +39,17 @@ impl TestController {
 
     /// A controller on `state_dir` with its operator API on `listen`.
     pub fn start_listening(state_dir: &Path, listen: &str, extra: &[&str]) -> TestController {
+        Self::start_with_env(state_dir, listen, extra, &[])
+    }
+
+    /// A controller on `state_dir` with `environment` added to the test's own (such as
+    /// `FLEET_FAILPOINTS`, which must not leak into controllers other tests start).
+    pub fn start_with_env(
+        state_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        environment: &[(&str, &str)],
+    ) -> TestController {
         let url_file = state_dir.join("api-url");
         let _ = std::fs::remove_file(&url_file);
         let child = Command::new(FLEET)
@@ -46,6 +57,7 @@ impl TestController {
             .arg("--state-dir")
             .arg(state_dir)
             .args(extra)
+            .envs(environment.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
