@@ -27,6 +27,7 @@ mod apply;
 mod clones;
 mod codec;
 mod controllers;
+pub mod copy;
 mod db;
 mod deployments;
 mod events;
@@ -49,7 +50,7 @@ pub use addresses::{CommittedAddress, HeldAddressMacs, StoredAddress};
 pub use apply::ApplyStepRow;
 pub use clones::{cloned_parts, CloneOrder, ClonePair, CloneVerdict};
 pub use controllers::{ControllerRecord, HEARTBEAT_INTERVAL, SILENT_AFTER_INTERVALS};
-pub use db::{now_ms, redact_url, Store};
+pub use db::{now_ms, redact_url, sqlite_file, Store};
 pub use deployments::{DeploymentDigests, StoredDeployment};
 pub use machine_state::{
     new_secret, secret_hash, Callback, MachineRun, MachineState, Registration, ReportedProgress,
@@ -133,6 +134,51 @@ pub enum StoreError {
     TokenExpired(String),
     #[error("operator token `{0}` is the last valid admin token: create another admin token first (`fleet token create NAME --role admin`), then revoke this one")]
     LastAdminToken(String),
+    #[error("{path} is not a fleet store or backup: {detail}")]
+    NotAStore {
+        path: std::path::PathBuf,
+        detail: String,
+    },
+    #[error("the backup file {path}: {error}")]
+    BackupFile {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("the store {location} is not empty ({tables}); nothing was copied")]
+    NotEmpty { location: String, tables: String },
+    #[error(
+        "the stores {from} and {to} do not have the same tables: {difference}; nothing was copied"
+    )]
+    SchemaDiffers {
+        from: String,
+        to: String,
+        difference: String,
+    },
+    #[error("copying table {table} failed after {rows} rows: {error}; nothing was copied")]
+    CopyTable {
+        table: String,
+        rows: u64,
+        error: sqlx::Error,
+    },
+    #[error(
+        "after the copy, table {table} of {location} holds {found} rows where {copied} were copied"
+    )]
+    CountMismatch {
+        location: String,
+        table: String,
+        copied: u64,
+        found: u64,
+    },
+    #[error(
+        "column {table}.{column} is `{declared}`: the copy carries TEXT and BIGINT columns only"
+    )]
+    UnsupportedColumn {
+        table: String,
+        column: String,
+        declared: String,
+    },
+    #[error("the foreign keys of tables {0} form a cycle: no order fills them")]
+    ForeignKeyCycle(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("database error: {0}")]
