@@ -776,3 +776,66 @@ async fn backup_of_a_missing_store_is_refused() {
     assert!(stderr.contains("there is no store at"), "{stderr}");
     assert!(!backup.exists());
 }
+
+// A backup read in one snapshot: machines are created (each with its interface and its event,
+// in one transaction) all the while; every backup has each machine with its interface, and no
+// interface without its machine (the backup's foreign keys would refuse it: interfaces are
+// copied after machines, so reads outside one snapshot would see interfaces of machines created
+// after `machines` was read).
+crate::both_backends!(
+    a_backup_taken_while_machines_are_created_is_one_snapshot,
+    |store| async move {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let store = store.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut created = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let mac = format!("52:54:00:10:{:02x}:{:02x}", created / 256, created % 256);
+                    store
+                        .create_machine(
+                            &manual_machine(&format!("busy-{created}"), vec![super::mac(&mac)]),
+                            "writer",
+                        )
+                        .await
+                        .unwrap();
+                    created += 1;
+                }
+                created
+            })
+        };
+        let directory = tempfile::tempdir().unwrap();
+        let mut machines_seen = Vec::new();
+        for round in 0..5 {
+            let path = directory.path().join(format!("backup-{round}.db"));
+            copy::backup(&store, &path).await.unwrap();
+            let backup = copy::OpenBackup::open(&path).await.unwrap();
+            let count = |sql: &'static str| {
+                let pool = backup.store.pool().clone();
+                async move {
+                    sqlx::query(sql)
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap()
+                        .get::<i64, _>(0)
+                }
+            };
+            let machines = count("SELECT COUNT(*) FROM machines").await;
+            assert_eq!(count("SELECT COUNT(*) FROM interfaces").await, machines);
+            assert_eq!(
+                count("SELECT COUNT(*) FROM events WHERE kind = 'created'").await,
+                machines
+            );
+            machines_seen.push(machines);
+            backup.close().await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let created = writer.await.unwrap();
+        assert!(created > 0);
+        assert!(
+            machines_seen.windows(2).all(|pair| pair[0] <= pair[1]),
+            "{machines_seen:?}"
+        );
+    }
+);
