@@ -548,6 +548,7 @@ async fn migrate_to_postgres_copies_every_row_and_its_backup_comes_back_to_sqlit
     assert_same_rows(&source, &back).await;
     assert_ids_continue(&source, &back).await;
     back.close().await;
+    assert_ids_continue(&source, &postgres).await;
     drop_postgres_store(postgres).await;
     source.close().await;
 }
