@@ -840,3 +840,71 @@ crate::both_backends!(
         );
     }
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_an_older_fleet_wrote_is_migrated_on_restore_and_left_as_it_was() {
+    // A backup as fleet wrote it before migration 0015 (`controllers`): its schema, a machine.
+    let directory = tempfile::tempdir().unwrap();
+    let migrations = directory.path().join("migrations");
+    std::fs::create_dir(&migrations).unwrap();
+    let all = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+    let mut newest_kept = 0;
+    for entry in std::fs::read_dir(&all).unwrap() {
+        let path = entry.unwrap().path();
+        let file = path.file_name().unwrap().to_string_lossy().to_string();
+        let version: i64 = file.split('_').next().unwrap().parse().unwrap();
+        if version < 15 {
+            std::fs::copy(&path, migrations.join(&file)).unwrap();
+            newest_kept = newest_kept.max(version);
+        }
+    }
+    assert_eq!(newest_kept, 14);
+    let backup = directory.path().join("old-backup.db");
+    {
+        use sqlx::Connection;
+        let mut connection =
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", backup.display()))
+                .await
+                .unwrap();
+        sqlx::migrate::Migrator::new(migrations.as_path())
+            .await
+            .unwrap()
+            .run(&mut connection)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO machines (name, status, status_since, created_at, updated_at) \
+             VALUES ('old-node', 'ready', 1, 1, 1)",
+        )
+        .execute(&mut connection)
+        .await
+        .unwrap();
+        connection.close().await.unwrap();
+    }
+    let before = std::fs::read(&backup).unwrap();
+
+    let target_path = directory.path().join("target").join("fleet.db");
+    let stdout = succeeded(
+        &fleet(&[
+            "db",
+            "restore",
+            "--from",
+            backup.to_str().unwrap(),
+            "--database",
+            &sqlite_url(&target_path),
+        ])
+        .await,
+    );
+    assert!(
+        stdout.contains("migrated from schema version 14"),
+        "{stdout}"
+    );
+    let target = Store::open(&sqlite_url(&target_path)).await.unwrap();
+    assert!(target.machine("old-node").await.unwrap().is_some());
+    target.close().await;
+    assert_eq!(
+        std::fs::read(&backup).unwrap(),
+        before,
+        "the backup file is unchanged"
+    );
+}
