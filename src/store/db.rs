@@ -33,7 +33,8 @@ pub(crate) enum SingleFile {
 pub struct Store {
     pub(crate) pool: AnyPool,
     backend: Backend,
-    /// Where it is, for messages: the URL with any password hidden (`redact_url`).
+    /// Where it is, for messages: the SQLite file's path, or the PostgreSQL URL with any
+    /// password hidden (`redact_url`).
     location: Arc<str>,
 }
 

@@ -18,6 +18,9 @@
 //!   deployment configuration) is deleted with it, in the same transaction (ON DELETE CASCADE).
 //! - Two machines never hold one address on a subnet (UNIQUE (subnet, address)); a held
 //!   address never moves to another machine (`addresses.rs`).
+//! - A copy of the store (`copy.rs`: `fleet db backup`, `restore`, `migrate-to`) carries every
+//!   table the database lists, from one snapshot, in one transaction; it never keeps its own
+//!   list of tables.
 
 use crate::model::{Action, InvalidTransition, MacAddr, Outcome};
 use serde::{Deserialize, Serialize};
