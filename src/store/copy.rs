@@ -225,6 +225,19 @@ pub async fn backup(source: &Store, to: &Path) -> Result<CopyReport, StoreError>
         move |error| StoreError::BackupFile { path, error }
     };
     let to = std::path::absolute(to).map_err(file_error(to))?;
+    // Renamed over the live SQLite file, the backup would leave that store's -wal beside it.
+    if source.backend() == Backend::Sqlite {
+        let same = |path: &Path| std::fs::canonicalize(path).ok();
+        if same(&to).is_some() && same(&to) == same(Path::new(source.location())) {
+            return Err(StoreError::BackupFile {
+                path: to,
+                error: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "it is the store being backed up: write the backup to another file",
+                ),
+            });
+        }
+    }
     let directory = to.parent().unwrap_or(Path::new("/"));
     let scratch = tempfile::Builder::new()
         .prefix(".fleet-backup-")

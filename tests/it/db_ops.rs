@@ -760,7 +760,7 @@ async fn a_copy_that_fails_half_way_leaves_the_target_as_it_was() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backup_of_a_missing_store_is_refused() {
+async fn backup_refuses_a_missing_store_and_the_store_itself() {
     let directory = tempfile::tempdir().unwrap();
     let backup = directory.path().join("backup.db");
     let stderr = failed(
@@ -776,6 +776,28 @@ async fn backup_of_a_missing_store_is_refused() {
     );
     assert!(stderr.contains("there is no store at"), "{stderr}");
     assert!(!backup.exists());
+
+    // Nor is a backup written over the store itself.
+    let (store, directory) = sqlite_store().await;
+    fill(&store).await;
+    let path = directory.path().join("fleet.db");
+    let stderr = failed(
+        &fleet(&[
+            "db",
+            "backup",
+            "--database",
+            &sqlite_url(&path),
+            "--to",
+            path.to_str().unwrap(),
+        ])
+        .await,
+    );
+    assert!(
+        stderr.contains("it is the store being backed up"),
+        "{stderr}"
+    );
+    assert!(store.machine("node-1").await.unwrap().is_some());
+    store.close().await;
 }
 
 // A backup read in one snapshot: machines are created (each with its interface and its event,
