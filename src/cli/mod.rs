@@ -1,5 +1,5 @@
 //! The command line: argument parsing (clap) and one module per group of commands. Every
-//! command except `validate`, `schema`, `explain`, `bench` and `serve` is a client of the
+//! command except `validate`, `schema`, `explain`, `bench`, `serve` and `db` is a client of the
 //! controller's API.
 
 mod adopt;
@@ -10,6 +10,7 @@ mod bench_lifecycle;
 mod client;
 mod clone;
 mod controllers;
+mod db;
 mod demo;
 mod explain;
 mod images;
@@ -102,6 +103,9 @@ pub enum Command {
     /// Operator tokens: create (read-only or admin), list, revoke, rotate
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// The store itself, without a controller: backup, restore, migrate-to (PostgreSQL)
+    #[command(subcommand)]
+    Db(db::DbCommand),
     /// Measure fleet's speed targets and print the figures
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -119,6 +123,8 @@ pub fn main() -> ExitCode {
     // MACs on purpose: its own table says what happened, so only errors are logged beside it.
     let default_level = match cli.command {
         Command::Demo(_) => "error",
+        // A copy reads each table with one long SELECT: sqlx's slow-statement warning is expected.
+        Command::Db(_) => "warn,sqlx::query=error",
         _ => "warn",
     };
     init_logging(default_level);
@@ -172,6 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Images(args) => images::run(&cli.connection, &args).await,
         Command::Controllers { json } => controllers::run(&cli.connection, json).await,
         Command::Token(command) => token::token(&cli.connection, command).await,
+        Command::Db(command) => db::run(&cli.connection, command).await,
         Command::Bench(command) => bench::bench(command).await,
         Command::Sim(args) => sim::run(&args).await,
         Command::Demo(args) => demo::run(&args).await,

@@ -7,7 +7,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -19,11 +19,23 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const SQLITE_MAX_CONNECTIONS: u32 = 8;
 const POSTGRES_MAX_CONNECTIONS: u32 = 16;
 
+/// What `Store::open_single_file` expects to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SingleFile {
+    /// A new file (a backup being written).
+    New,
+    /// A file a fleet store was written into (a backup being read).
+    Existing,
+}
+
 /// The store. Cheap to clone (a pool handle).
 #[derive(Debug, Clone)]
 pub struct Store {
     pub(crate) pool: AnyPool,
     backend: Backend,
+    /// Where it is, for messages: the SQLite file's path, or the PostgreSQL URL with any
+    /// password hidden (`redact_url`).
+    location: Arc<str>,
 }
 
 /// Now, in Unix milliseconds: the store's only clock.
@@ -34,7 +46,7 @@ pub fn now_ms() -> i64 {
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn install_drivers() {
+pub(crate) fn install_drivers() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(sqlx::any::install_default_drivers);
 }
@@ -79,6 +91,14 @@ fn parse_target(url: &str) -> Result<Target, StoreError> {
     })
 }
 
+/// The file a SQLite URL (or plain path) names; `None` for PostgreSQL or a URL `open` refuses.
+pub fn sqlite_file(url: &str) -> Option<PathBuf> {
+    match parse_target(url) {
+        Ok(Target::Sqlite { path, .. }) => Some(path),
+        _ => None,
+    }
+}
+
 /// The URL with any password replaced by `***`, for error messages and logs. A URL without a
 /// password comes back as it was written; one that does not parse but has an `@` (where a
 /// password could hide) keeps only its scheme.
@@ -102,7 +122,7 @@ fn hidden(text: &str) -> String {
 }
 
 /// A SQLite URL for `path` that sqlx parses back to the same path: `%`, `?` and `#` escaped.
-fn sqlite_url(path: &Path, params: Option<&str>) -> String {
+pub(crate) fn sqlite_url(path: &Path, params: Option<&str>) -> String {
     let mut encoded = String::new();
     for character in path.to_string_lossy().chars() {
         match character {
@@ -141,6 +161,80 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Where the database is, for messages: the SQLite file's path, or the PostgreSQL URL with
+    /// any password hidden.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// A SQLite file on one connection in the rollback-journal mode (not WAL), migrated: a file
+    /// that is whole by itself once closed (no `-wal` beside it), for backups (`copy.rs`).
+    /// A new file is created 0600; an existing one must hold a fleet schema (`_sqlx_migrations`)
+    /// not newer than this build's, and is migrated up to it.
+    pub(crate) async fn open_single_file(
+        path: &Path,
+        file: SingleFile,
+    ) -> Result<Store, StoreError> {
+        install_drivers();
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let path = path.as_path();
+        super::private::prepare_database_file(path).map_err(|source| StoreError::Private {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let url = sqlite_url(path, None);
+        let open_error = |source| StoreError::Open {
+            url: url.clone(),
+            source,
+        };
+        let options = AnyConnectOptions::from_str(&url).map_err(open_error)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(SQLITE_BUSY_TIMEOUT * 2)
+            .after_connect(|connection, _meta| {
+                Box::pin(async move {
+                    connection.execute("PRAGMA foreign_keys = ON").await?;
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(open_error)?;
+        let store = Store {
+            pool,
+            backend: Backend::Sqlite,
+            location: Arc::from(path.display().to_string()),
+        };
+        if file == SingleFile::Existing {
+            let not_a_store = |detail: String| StoreError::NotAStore {
+                path: path.to_path_buf(),
+                detail,
+            };
+            let found = sqlx::query(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+            )
+            .fetch_one(&store.pool)
+            .await
+            .map_err(|error| not_a_store(error.to_string()))?;
+            if found.try_get::<i64, _>(0)? == 0 {
+                store.close().await;
+                return Err(not_a_store(
+                    "it has no fleet schema (no _sqlx_migrations table)".into(),
+                ));
+            }
+        }
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The latest migration applied to this database (0: none).
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?.unwrap_or(0))
     }
 
     /// The connection pool, for tests and diagnostics (`PRAGMA journal_mode`, `current_database()`).
@@ -233,6 +327,7 @@ async fn open_postgres(url: &str) -> Result<Store, StoreError> {
     Ok(Store {
         pool,
         backend: Backend::Postgres,
+        location: Arc::from(redact_url(url)),
     })
 }
 
@@ -338,6 +433,7 @@ async fn open_sqlite(path: &Path, params: Option<&str>) -> Result<Store, StoreEr
     Ok(Store {
         pool,
         backend: Backend::Sqlite,
+        location: Arc::from(path.display().to_string()),
     })
 }
 

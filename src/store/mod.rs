@@ -18,6 +18,9 @@
 //!   deployment configuration) is deleted with it, in the same transaction (ON DELETE CASCADE).
 //! - Two machines never hold one address on a subnet (UNIQUE (subnet, address)); a held
 //!   address never moves to another machine (`addresses.rs`).
+//! - A copy of the store (`copy.rs`: `fleet db backup`, `restore`, `migrate-to`) carries every
+//!   table the database lists, from one snapshot, in one transaction; it never keeps its own
+//!   list of tables.
 
 use crate::model::{Action, InvalidTransition, MacAddr, Outcome};
 use serde::{Deserialize, Serialize};
@@ -27,6 +30,7 @@ mod apply;
 mod clones;
 mod codec;
 mod controllers;
+pub mod copy;
 mod db;
 mod deployments;
 mod events;
@@ -51,7 +55,7 @@ pub use addresses::{CommittedAddress, HeldAddressMacs, StoredAddress};
 pub use apply::ApplyStepRow;
 pub use clones::{cloned_parts, CloneOrder, ClonePair, CloneVerdict};
 pub use controllers::{ControllerRecord, HEARTBEAT_INTERVAL, SILENT_AFTER_INTERVALS};
-pub use db::{now_ms, redact_url, Store};
+pub use db::{now_ms, redact_url, sqlite_file, Store};
 pub use deployments::{DeploymentDigests, StoredDeployment};
 pub use leadership::{LeaderTerm, LEADER_TERM};
 pub use machine_state::{
@@ -137,6 +141,51 @@ pub enum StoreError {
     TokenExpired(String),
     #[error("operator token `{0}` is the last valid admin token: create another admin token first (`fleet token create NAME --role admin`), then revoke this one")]
     LastAdminToken(String),
+    #[error("{path} is not a fleet store or backup: {detail}")]
+    NotAStore {
+        path: std::path::PathBuf,
+        detail: String,
+    },
+    #[error("the backup file {path}: {error}")]
+    BackupFile {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
+    #[error("the store {location} is not empty ({tables}); nothing was copied")]
+    NotEmpty { location: String, tables: String },
+    #[error(
+        "the stores {from} and {to} do not have the same tables: {difference}; nothing was copied"
+    )]
+    SchemaDiffers {
+        from: String,
+        to: String,
+        difference: String,
+    },
+    #[error("copying table {table} failed after {rows} rows: {error}; nothing was copied")]
+    CopyTable {
+        table: String,
+        rows: u64,
+        error: sqlx::Error,
+    },
+    #[error(
+        "after the copy, table {table} of {location} holds {found} rows where {copied} were copied"
+    )]
+    CountMismatch {
+        location: String,
+        table: String,
+        copied: u64,
+        found: u64,
+    },
+    #[error(
+        "column {table}.{column} is `{declared}`: the copy carries TEXT and BIGINT columns only"
+    )]
+    UnsupportedColumn {
+        table: String,
+        column: String,
+        declared: String,
+    },
+    #[error("the foreign keys of tables {0} form a cycle: no order fills them")]
+    ForeignKeyCycle(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("this controller no longer leads the database ({0}); the write was refused, and the leader now in office carries on")]

@@ -11,6 +11,7 @@ mod clone;
 mod config;
 mod controllers;
 mod crash;
+mod db_ops;
 mod deploy_api;
 mod dhcp;
 mod endpoints;
