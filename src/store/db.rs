@@ -379,6 +379,7 @@ impl Store {
         Ok(Store {
             pool,
             backend: Backend::Postgres,
+            location: self.location.clone(),
         })
     }
 }

@@ -251,6 +251,16 @@ async fn fill(store: &Store) {
         .await
         .unwrap();
     store
+        .claim_leadership(
+            "controller-a/1",
+            "controller-a",
+            None,
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
+        .expect("a leadership term");
+    store
         .try_lock("apply", "controller-a", 60_000)
         .await
         .unwrap()
