@@ -5,6 +5,7 @@
 
 mod dhcp;
 pub mod heartbeat;
+pub mod secret_key;
 mod serve;
 pub mod tls;
 

@@ -24,6 +24,9 @@ const POSTGRES_MAX_CONNECTIONS: u32 = 16;
 pub struct Store {
     pub(crate) pool: AnyPool,
     backend: Backend,
+    /// The controllers' key for the secrets the store keeps (`secrets.rs`); without one, they
+    /// can be neither written nor read.
+    pub(crate) secret_key: Option<super::secret_box::SecretKey>,
 }
 
 /// Now, in Unix milliseconds: the store's only clock.
@@ -139,6 +142,18 @@ impl Store {
         Ok(store)
     }
 
+    /// This store, reading and writing the secrets it keeps with `key` (every controller on one
+    /// database must be given the same key).
+    pub fn with_secret_key(mut self, key: super::secret_box::SecretKey) -> Store {
+        self.secret_key = Some(key);
+        self
+    }
+
+    /// The id of the secret key this store was given, if any.
+    pub fn secret_key_id(&self) -> Option<&str> {
+        self.secret_key.as_ref().map(|key| key.id())
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }
@@ -233,6 +248,7 @@ async fn open_postgres(url: &str) -> Result<Store, StoreError> {
     Ok(Store {
         pool,
         backend: Backend::Postgres,
+        secret_key: None,
     })
 }
 
@@ -286,6 +302,7 @@ async fn open_sqlite(path: &Path, params: Option<&str>) -> Result<Store, StoreEr
     Ok(Store {
         pool,
         backend: Backend::Sqlite,
+        secret_key: None,
     })
 }
 

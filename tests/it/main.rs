@@ -37,6 +37,7 @@ mod secrets;
 mod serve;
 mod sim;
 mod store;
+mod stored_secrets;
 mod tftp;
 mod tls;
 mod tokens;
