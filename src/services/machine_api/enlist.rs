@@ -377,6 +377,20 @@ pub async fn move_password_files_into_store(
     let Ok(directory) = secrets_dir.canonicalize() else {
         return Ok(report); // No directory: nothing was ever kept there.
     };
+    // Every start after the move finds none: no need to read every machine then.
+    let any_file = std::fs::read_dir(&directory).is_ok_and(|mut entries| {
+        entries.any(|entry| {
+            entry.is_ok_and(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".bmc-password")
+            })
+        })
+    });
+    if !any_file {
+        return Ok(report);
+    }
     for record in store.planning_records().await? {
         let Some(SecretRef::File(path)) = record
             .power_params
