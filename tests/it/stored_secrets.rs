@@ -109,7 +109,8 @@ async fn table_text(store: &Store, table: &str) -> String {
 
 /// Enlisted through one controller on PostgreSQL; powered through a second store with the same
 /// key (works, at every call), with another key (a clear error naming the machine and both
-/// keys), with none; the password is nowhere in the database in plain text.
+/// keys: in the store, and through a second controller's CLI), with none; the password is
+/// nowhere in the database in plain text.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_enlisted_bmc_password_is_sealed_in_the_shared_store_and_needs_the_same_key() {
     let url = empty_postgres_database().await;
@@ -207,6 +208,36 @@ async fn an_enlisted_bmc_password_is_sealed_in_the_shared_store_and_needs_the_sa
     assert_eq!(recording.passwords.lock().unwrap().len(), 2, "not called");
     let record = wrong.machine(MACHINE).await.unwrap().unwrap();
     assert_eq!(record.lifecycle.power, PowerState::Error);
+
+    // A second controller on the database with another key: its power-off fails, saying so.
+    let other_key_file = directory.path().join("other.key");
+    let other_file_key = write_key(&other_key_file, 0x62);
+    let other_controller = TestController::start_in(
+        &directory.path().join("second"),
+        &[
+            "--database",
+            &url,
+            "--secret-key-file",
+            other_key_file.to_str().unwrap(),
+        ],
+    );
+    let output = other_controller.fleet(&[
+        "--token",
+        &controller.token,
+        "machine",
+        "power-off",
+        MACHINE,
+    ]);
+    let shown = output_text(&output);
+    assert!(!output.status.success(), "{shown}");
+    assert!(
+        shown.contains("do not match")
+            && shown.contains(key.id())
+            && shown.contains(other_file_key.id()),
+        "{shown}"
+    );
+    assert!(!shown.contains(PASSWORD), "{shown}");
+    drop(other_controller);
 
     // No key at all.
     let keyless = Store::open(&url).await.unwrap();
