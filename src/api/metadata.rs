@@ -217,8 +217,7 @@ async fn enlist_machine(
     let request = decode_enlist(&body)
         .map_err(|reason| MachineApiResponse::error(StatusCode::BAD_REQUEST, reason))?;
     let settings = state.machine_api.current();
-    let secrets_dir = settings.secrets_dir();
-    let (enlisted, password) = enlist(&state.store, &request, secrets_dir.as_deref()).await?;
+    let (enlisted, password) = enlist(&state.store, &request).await?;
     let from = source(&connection);
     let record = match enlisted {
         Enlisted::Created(record) => record,
@@ -330,11 +329,9 @@ fn bmc_note(
         .map(|user| format!(" user {user}"))
         .unwrap_or_default();
     match password {
-        PasswordKept::Kept(path) => format!(
-            "; BMC {} {}{user} (its password kept in {})",
-            bmc.kind,
-            bmc.address,
-            path.display()
+        PasswordKept::Kept => format!(
+            "; BMC {} {}{user} (its password kept in the store, encrypted)",
+            bmc.kind, bmc.address,
         ),
         PasswordKept::NotKept(why) => {
             eprintln!("  enlist {name}: the BMC password it reported is not kept: {why}");
@@ -367,10 +364,7 @@ async fn record_enlist_event(
                 "type": bmc.kind,
                 "address": bmc.address,
                 "user": bmc.user,
-                "password_file": match password {
-                    PasswordKept::Kept(path) => Some(path.display().to_string()),
-                    _ => None,
-                },
+                "password_kept": matches!(password, PasswordKept::Kept),
             })),
         }),
     )

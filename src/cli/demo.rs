@@ -388,6 +388,7 @@ pub(super) async fn start_controller_with(
         tls: None,
         database: None,
         state_dir: state_dir.to_path_buf(),
+        secret_key_file: None,
         boot_interfaces: Vec::new(),
         fleet: Some(fleet),
         watch: None,

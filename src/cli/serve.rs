@@ -30,6 +30,12 @@ pub struct ServeArgs {
     /// The private key of --tls-cert, PEM
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// The file with the key the store's secrets (BMC passwords) are sealed with: 32 bytes, 64
+    /// hex digits or base64; the same on every controller of one database. Or give the key in
+    /// FLEET_SECRET_KEY (not both) [default: the fleet file's secret_key_file, else
+    /// <state_dir>/secret.key, made on first start]
+    #[arg(long)]
+    pub secret_key_file: Option<PathBuf>,
     /// Watch the fleet files: re-plan on every save and on a timer, and apply the steps that
     /// are not destructive (destructive ones wait for `fleet apply --allow-destroy`)
     #[arg(long, requires = "files")]
@@ -47,6 +53,7 @@ pub async fn serve(args: ServeArgs, connection: &Connection) -> anyhow::Result<E
         tls: None,
         database: None,
         state_dir: connection.state_dir.clone(),
+        secret_key_file: None,
         boot_interfaces: Vec::new(),
         fleet: None,
         watch: args.watch.then(|| fleet::apply::watch::WatchOptions {
@@ -75,6 +82,9 @@ pub async fn serve(args: ServeArgs, connection: &Connection) -> anyhow::Result<E
     }
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         options.tls = Some(fleet::config::OperatorCertificate { cert, key });
+    }
+    if args.secret_key_file.is_some() {
+        options.secret_key_file = args.secret_key_file;
     }
     if args.database.is_some() {
         options.database = args.database;

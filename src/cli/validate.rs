@@ -70,6 +70,7 @@ pub fn apply_controller_settings(
     options.boot_listen = settings.boot_listen;
     options.tls = settings.tls.clone();
     options.database = settings.database.clone();
+    options.secret_key_file = settings.secret_key_file.clone();
     // An explicit --state-dir / FLEET_STATE_DIR wins over the file.
     if connection.state_dir.as_path() == std::path::Path::new(".fleet") {
         options.state_dir = settings.state_dir.clone();

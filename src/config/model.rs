@@ -73,6 +73,11 @@ pub struct ControllerSettings {
     pub database: Option<String>,
     /// Relative to the file that declares it.
     pub state_dir: PathBuf,
+    /// The file with the key the secrets kept in the store (reported BMC passwords) are
+    /// encrypted with: 32 bytes, 64 hex digits or base64; the same on every controller of one
+    /// database. Relative to the file that declares it. Or give the key in `FLEET_SECRET_KEY`
+    /// (not both); without either, `state_dir`'s `secret.key`, made on the first start.
+    pub secret_key_file: Option<PathBuf>,
     pub tftp_listen: SocketAddr,
     /// The http:// URL booting machines reach this controller at; without it, derived from
     /// `boot_listen`.
@@ -109,6 +114,7 @@ impl Default for ControllerSettings {
             tls: None,
             database: None,
             state_dir: PathBuf::from(".fleet"),
+            secret_key_file: None,
             tftp_listen: SocketAddr::from(([0, 0, 0, 0], 69)),
             http_boot_url: None,
             loader_dir: PathBuf::from("/usr/lib/ipxe"),
@@ -1442,6 +1448,37 @@ pub enum SecretRef {
     Env(#[schemars(pattern(r"^[A-Za-z_][A-Za-z0-9_]*$"))] String),
     /// A file the controller reads (a trailing newline is dropped), relative to the fleet file.
     File(PathBuf),
+    /// A secret the controllers keep for this machine in their shared store, encrypted with
+    /// their secret key: `bmc-password`, the BMC password the machine reported at enlistment.
+    Store(#[schemars(pattern(r"^bmc-password$"))] String),
+}
+
+/// The purpose of the BMC password an enlisting machine reports, kept in the store
+/// (`{"store": "bmc-password"}`).
+pub const STORED_BMC_PASSWORD: &str = "bmc-password";
+
+/// The purposes a `{ store = ... }` reference may name.
+pub const STORED_PURPOSES: &[&str] = &[STORED_BMC_PASSWORD];
+
+/// A secret's value, read or about to be written. Its `Debug` never shows it; only
+/// [`SecretValue::expose`] does, where the secret is used.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    pub fn new(value: impl Into<String>) -> SecretValue {
+        SecretValue(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("SecretValue(..)")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -1454,20 +1491,29 @@ pub enum SecretError {
     File { path: PathBuf, reason: String },
     #[error("the secret file `{0}` is empty")]
     FileEmpty(PathBuf),
+    #[error(
+        "the secret `{0}` is kept in the store: only a controller with the secret key reads it"
+    )]
+    InStore(String),
 }
 
 impl SecretRef {
-    /// Reads a reference as the API and the store carry it: `{"env": "NAME"}` or
-    /// `{"file": "PATH"}`, nothing else (an inline value is not a reference).
+    /// Reads a reference as the API and the store carry it: `{"env": "NAME"}`,
+    /// `{"file": "PATH"}` or `{"store": "bmc-password"}`, nothing else (an inline value is not a
+    /// reference).
     pub fn from_json(value: &serde_json::Value) -> Option<SecretRef> {
         let object = value.as_object()?;
         if object.len() != 1 {
             return None;
         }
-        match (object.get("env"), object.get("file")) {
-            (Some(serde_json::Value::String(name)), None) => Some(SecretRef::Env(name.clone())),
-            (None, Some(serde_json::Value::String(path))) => {
-                Some(SecretRef::File(PathBuf::from(path)))
+        let (key, serde_json::Value::String(text)) = object.iter().next()? else {
+            return None;
+        };
+        match key.as_str() {
+            "env" => Some(SecretRef::Env(text.clone())),
+            "file" => Some(SecretRef::File(PathBuf::from(text))),
+            "store" if STORED_PURPOSES.contains(&text.as_str()) => {
+                Some(SecretRef::Store(text.clone()))
             }
             _ => None,
         }
@@ -1495,6 +1541,8 @@ impl SecretRef {
                 }
                 Ok(secret.to_string())
             }
+            // Read by the services with the store's key before a power call (`power::StoredSecrets`).
+            SecretRef::Store(purpose) => Err(SecretError::InStore(purpose.clone())),
         }
     }
 }
@@ -1504,6 +1552,7 @@ impl std::fmt::Display for SecretRef {
         match self {
             SecretRef::Env(name) => write!(f, "env:{name}"),
             SecretRef::File(path) => write!(f, "file:{}", path.display()),
+            SecretRef::Store(purpose) => write!(f, "store:{purpose}"),
         }
     }
 }

@@ -8,6 +8,7 @@
 mod dhcp;
 pub mod heartbeat;
 pub mod leader;
+pub mod secret_key;
 mod serve;
 pub mod tls;
 

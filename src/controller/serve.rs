@@ -33,6 +33,10 @@ pub struct ServeOptions {
     /// `sqlite://...` or `postgres://...`; default: `sqlite://<state_dir>/fleet.db`.
     pub database: Option<String>,
     pub state_dir: PathBuf,
+    /// The file with the key the store's secrets are sealed with (`--secret-key-file`, else
+    /// `[controller] secret_key_file`); or the key in `FLEET_SECRET_KEY` (not both); without
+    /// either, `<state_dir>/secret.key` (made on the first start).
+    pub secret_key_file: Option<PathBuf>,
     /// Interfaces the boot services (DHCP) are asked to serve.
     pub boot_interfaces: Vec<String>,
     /// The fleet file, when one was given: the boot services read theirs from it.
@@ -50,6 +54,8 @@ pub enum ServeError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the secret key: {0}")]
+    SecretKey(#[from] super::secret_key::KeyChoiceError),
     #[error("cannot listen on {address} for the {what}: {source} (is another controller running? use {option})")]
     Bind {
         what: &'static str,
@@ -90,8 +96,20 @@ pub async fn serve(
         .database
         .clone()
         .unwrap_or_else(|| default_database(&options.state_dir));
-    let store = Store::open(&database).await?;
+    let (secret_key, key_source) = super::secret_key::choose_secret_key(
+        std::env::var_os(crate::store::SECRET_KEY_ENV).as_deref(),
+        options.secret_key_file.as_deref(),
+        state_dir,
+    )?;
+    let secret_key_id = secret_key.id().to_string();
+    let store = Store::open(&database).await?.with_secret_key(secret_key);
     let tokens = describe_start_tokens(&options.state_dir, prepare_at_start(&store).await?)?;
+    // The upgrade from controllers that kept reported BMC passwords in files of their own.
+    let moved = crate::services::machine_api::enlist::move_password_files_into_store(
+        &store,
+        &state_dir.join("secrets"),
+    )
+    .await?;
     let certificate = super::tls::api_certificate(options.tls.as_ref(), state_dir, options.listen)?;
     let tls = super::tls::server_config(&certificate)?;
     let api_listener = bind(options.listen, "operator API", "--listen").await?;
@@ -118,6 +136,16 @@ pub async fn serve(
         backend_name(&store)
     );
     eprintln!("  token   {tokens}");
+    eprintln!("  secrets key {secret_key_id} {key_source}");
+    if !moved.moved.is_empty() {
+        eprintln!(
+            "  secrets moved the BMC password files of {} into the store",
+            moved.moved.join(", ")
+        );
+    }
+    for (machine, why) in &moved.failed {
+        eprintln!("  secrets the BMC password file of {machine} stays: {why}");
+    }
     eprintln!("  api     listening on {api_url} (TLS)");
     eprintln!(
         "  cert    {} ({})",

@@ -129,8 +129,9 @@ impl IpmiDriver {
     /// says whether the login was refused or nothing answered.
     async fn run(&self, bmc: &Bmc, args: &[&str]) -> Result<Output, PowerError> {
         let password = match &bmc.password {
-            Some(reference) => reference
-                .resolve()
+            Some(reference) => bmc
+                .stored
+                .resolve(reference)
                 .map_err(|error| bmc.error(format!("password: {error}")))?,
             None => String::new(),
         };
@@ -245,6 +246,8 @@ struct Bmc {
     port: Option<u16>,
     user: Option<String>,
     password: Option<SecretRef>,
+    /// What `password = {"store": ..}` reads (see `PowerTarget::stored`).
+    stored: super::StoredSecrets,
     lanplus: bool,
     cipher_suite: u8,
     privilege: &'static str,
@@ -330,6 +333,7 @@ impl Bmc {
             address,
             user,
             password,
+            stored: target.stored.clone(),
             lanplus,
             cipher_suite,
             privilege,
@@ -436,6 +440,7 @@ mod tests {
             machine: "node-1".into(),
             power_type: "ipmi".into(),
             params,
+            stored: Default::default(),
         }
     }
 

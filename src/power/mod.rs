@@ -16,6 +16,7 @@ pub use manual::ManualDriver;
 pub use qemu::QemuDriver;
 pub use queue::PowerTurn;
 
+use crate::config::{SecretError, SecretRef, SecretValue};
 use crate::model::{PowerCommand, PowerState};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -29,6 +30,80 @@ pub struct PowerTarget {
     pub power_type: String,
     /// Driver parameters; secrets only as references, resolved by the driver when it acts.
     pub params: serde_json::Value,
+    /// The secrets the params name as `{"store": PURPOSE}`, read from the store for this call
+    /// (the services fill it; a driver cannot reach the store).
+    pub stored: StoredSecrets,
+}
+
+impl PowerTarget {
+    /// A target whose params name no stored secret (or whose stored secrets are read later).
+    pub fn new(
+        machine: impl Into<String>,
+        power_type: impl Into<String>,
+        params: serde_json::Value,
+    ) -> PowerTarget {
+        PowerTarget {
+            machine: machine.into(),
+            power_type: power_type.into(),
+            params,
+            stored: StoredSecrets::default(),
+        }
+    }
+
+    /// Reads a secret reference now: `env` and `file` as [`SecretRef::resolve`] does, `store`
+    /// from the secrets read for this call.
+    pub fn resolve_secret(&self, reference: &SecretRef) -> Result<String, SecretError> {
+        self.stored.resolve(reference)
+    }
+}
+
+/// The purposes of every `{"store": PURPOSE}` reference among `params`' values.
+pub fn stored_purposes(params: &serde_json::Value) -> Vec<String> {
+    let mut purposes: Vec<String> = params
+        .as_object()
+        .into_iter()
+        .flat_map(|object| object.values())
+        .filter_map(|value| match SecretRef::from_json(value) {
+            Some(SecretRef::Store(purpose)) => Some(purpose),
+            _ => None,
+        })
+        .collect();
+    purposes.sort();
+    purposes.dedup();
+    purposes
+}
+
+/// Secrets read from the store for one power call, by purpose. `Debug` shows the purposes
+/// only.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StoredSecrets(BTreeMap<String, SecretValue>);
+
+impl StoredSecrets {
+    pub fn insert(&mut self, purpose: impl Into<String>, secret: SecretValue) {
+        self.0.insert(purpose.into(), secret);
+    }
+
+    pub fn get(&self, purpose: &str) -> Option<&SecretValue> {
+        self.0.get(purpose)
+    }
+
+    /// Reads a secret reference now: `env` and `file` as [`SecretRef::resolve`] does, `store`
+    /// from these.
+    pub fn resolve(&self, reference: &SecretRef) -> Result<String, SecretError> {
+        match reference {
+            SecretRef::Store(purpose) => self
+                .get(purpose)
+                .map(|secret| secret.expose().to_string())
+                .ok_or_else(|| SecretError::InStore(purpose.clone())),
+            other => other.resolve(),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoredSecrets {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_list().entries(self.0.keys()).finish()
+    }
 }
 
 /// What a driver reports after a command or a query.
@@ -52,6 +127,9 @@ pub enum PowerError {
         target: String,
         message: String,
     },
+    /// A secret the params name could not be had (no key, another key, none kept).
+    #[error("{message}")]
+    Secret { machine: String, message: String },
     #[error("{driver} {target}: no answer within {seconds} s")]
     Timeout {
         driver: String,
@@ -160,17 +238,18 @@ pub(crate) fn optional_string(
     }
 }
 
-/// An optional secret parameter: only a reference (`{"env": ..}` / `{"file": ..}`), never a
+/// An optional secret parameter: only a reference (`{"env": ..}` / `{"file": ..}` /
+/// `{"store": ..}`), never a
 /// value, and the error never repeats what was given.
 pub(crate) fn optional_secret(
     params: &serde_json::Value,
     key: &str,
-) -> Result<Option<crate::config::SecretRef>, String> {
+) -> Result<Option<SecretRef>, String> {
     match params.get(key) {
         None | Some(serde_json::Value::Null) => Ok(None),
-        Some(value) => crate::config::SecretRef::from_json(value).map(Some).ok_or_else(|| {
+        Some(value) => SecretRef::from_json(value).map(Some).ok_or_else(|| {
             format!(
-                "the {key} must be a reference, {{\"env\": \"NAME\"}} or {{\"file\": \"PATH\"}}, not a value"
+                "the {key} must be a reference, {{\"env\": \"NAME\"}}, {{\"file\": \"PATH\"}} or {{\"store\": \"bmc-password\"}}, not a value"
             )
         }),
     }

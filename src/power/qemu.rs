@@ -545,6 +545,7 @@ mod tests {
             machine: "vm-1".into(),
             power_type: "qemu".into(),
             params,
+            stored: Default::default(),
         }
     }
 

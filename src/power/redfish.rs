@@ -114,6 +114,8 @@ struct Bmc {
     base: String,
     user: Option<String>,
     password: Option<SecretRef>,
+    /// What `password = {"store": ..}` reads (see `PowerTarget::stored`).
+    stored: super::StoredSecrets,
     system_id: Option<String>,
     client: reqwest::Client,
     timeout: Duration,
@@ -174,6 +176,7 @@ impl Bmc {
             base,
             user,
             password,
+            stored: target.stored.clone(),
             system_id,
             client,
             timeout,
@@ -193,8 +196,8 @@ impl Bmc {
     ) -> Result<Value, PowerError> {
         let password = match &self.password {
             Some(reference) => Some(
-                reference
-                    .resolve()
+                self.stored
+                    .resolve(reference)
                     .map_err(|error| self.error(format!("password: {error}")))?,
             ),
             None => None,
@@ -371,6 +374,7 @@ mod tests {
             machine: "node-1".into(),
             power_type: "redfish".into(),
             params,
+            stored: Default::default(),
         }
     }
 

@@ -160,15 +160,17 @@ impl WebhookDriver {
         match &hook.auth {
             Auth::None => {}
             Auth::Bearer(token) => {
-                let token = token
-                    .resolve()
+                let token = hook
+                    .stored
+                    .resolve(token)
                     .map_err(|error| hook.error(format!("token: {error}")))?;
                 request = request.bearer_auth(&token);
                 secrets.push(token);
             }
             Auth::Basic(user, password) => {
-                let password = password
-                    .resolve()
+                let password = hook
+                    .stored
+                    .resolve(password)
                     .map_err(|error| hook.error(format!("password: {error}")))?;
                 request = request.basic_auth(user, Some(&password));
                 secrets.push(password);
@@ -283,6 +285,8 @@ struct Hook {
     on_regex: regex::Regex,
     off_regex: regex::Regex,
     auth: Auth,
+    /// What a `{"store": ..}` token or password reads (see `PowerTarget::stored`).
+    stored: super::StoredSecrets,
     verify_tls: bool,
 }
 
@@ -341,6 +345,7 @@ impl Hook {
             on_regex,
             off_regex,
             auth,
+            stored: target.stored.clone(),
             verify_tls,
         })
     }
@@ -409,6 +414,7 @@ mod tests {
             machine: "node-1".into(),
             power_type: "webhook".into(),
             params,
+            stored: Default::default(),
         }
     }
 

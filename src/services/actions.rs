@@ -172,12 +172,31 @@ impl PowerStep {
     }
 }
 
-fn power_target(record: &MachineRecord) -> PowerTarget {
-    PowerTarget {
-        machine: record.name.to_string(),
-        power_type: record.power_type.clone(),
-        params: record.power_params.clone(),
+/// What the driver is given for `record`: its power type and parameters, and every secret the
+/// parameters keep in the store (`{"store": PURPOSE}`), read and decrypted now with the store's
+/// key (at every power call: a secret rewritten by another controller is used at once). An error
+/// names the machine and, for a wrong key, both keys' ids; never a secret.
+pub async fn power_target(
+    store: &Store,
+    record: &MachineRecord,
+) -> Result<PowerTarget, PowerError> {
+    let name = record.name.as_str();
+    let mut target = PowerTarget::new(
+        name,
+        record.power_type.as_str(),
+        record.power_params.clone(),
+    );
+    for purpose in crate::power::stored_purposes(&record.power_params) {
+        let secret = store
+            .secret(record.id, name, &purpose)
+            .await
+            .map_err(|error| PowerError::Secret {
+                machine: name.to_string(),
+                message: error.to_string(),
+            })?;
+        target.stored.insert(purpose, secret);
     }
+    Ok(target)
 }
 
 fn command_name(command: PowerCommand) -> &'static str {
@@ -351,7 +370,10 @@ pub async fn carry_out_power(
         // The outbox entry of this decision stays claimed while the driver works, so the
         // leader does not take it for a forgotten one.
         let _claim = keep_claimed(store, made_for);
-        drivers.execute(&power_target(&record), command).await
+        match power_target(store, &record).await {
+            Ok(target) => drivers.execute(&target, command).await,
+            Err(error) => Err(error),
+        }
     };
     super::failpoint::reached(super::failpoint::AFTER_POWER_COMMAND);
     let result = match executed {

@@ -20,7 +20,7 @@
 //! finds otherwise, or when the next command records its own.
 
 use crate::model::PowerState;
-use crate::power::{PowerDrivers, PowerTarget};
+use crate::power::PowerDrivers;
 use crate::store::{MachineRecord, PowerIntent, Store};
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -110,12 +110,11 @@ async fn poll_machine(store: &Store, drivers: &PowerDrivers, listed: &MachineRec
     let Some(turn) = drivers.try_turn(listed.name.as_str()) else {
         return false;
     };
-    let target = PowerTarget {
-        machine: listed.name.to_string(),
-        power_type: listed.power_type.clone(),
-        params: listed.power_params.clone(),
+    let query = async {
+        let target = super::actions::power_target(store, listed).await?;
+        drivers.query(&target).await
     };
-    let answer = tokio::time::timeout(QUERY_LIMIT, drivers.query(&target)).await;
+    let answer = tokio::time::timeout(QUERY_LIMIT, query).await;
     // The steady case, most machines on most polls: found as listed, nothing expected. No
     // second read (a fresh intent that this answer fulfils waits for the next poll).
     if let Ok(Ok(report)) = &answer {

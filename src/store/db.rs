@@ -36,6 +36,9 @@ pub struct Store {
     /// Where it is, for messages: the SQLite file's path, or the PostgreSQL URL with any
     /// password hidden (`redact_url`).
     location: Arc<str>,
+    /// The controllers' key for the secrets the store keeps (`secrets.rs`); without one, they
+    /// can be neither written nor read.
+    pub(crate) secret_key: Option<super::secret_box::SecretKey>,
 }
 
 /// Now, in Unix milliseconds: the store's only clock.
@@ -159,6 +162,18 @@ impl Store {
         Ok(store)
     }
 
+    /// This store, reading and writing the secrets it keeps with `key` (every controller on one
+    /// database must be given the same key).
+    pub fn with_secret_key(mut self, key: super::secret_box::SecretKey) -> Store {
+        self.secret_key = Some(key);
+        self
+    }
+
+    /// The id of the secret key this store was given, if any.
+    pub fn secret_key_id(&self) -> Option<&str> {
+        self.secret_key.as_ref().map(|key| key.id())
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }
@@ -206,6 +221,7 @@ impl Store {
             pool,
             backend: Backend::Sqlite,
             location: Arc::from(path.display().to_string()),
+            secret_key: None,
         };
         if file == SingleFile::Existing {
             let not_a_store = |detail: String| StoreError::NotAStore {
@@ -328,6 +344,7 @@ async fn open_postgres(url: &str) -> Result<Store, StoreError> {
         pool,
         backend: Backend::Postgres,
         location: Arc::from(redact_url(url)),
+        secret_key: None,
     })
 }
 
@@ -380,6 +397,7 @@ impl Store {
             pool,
             backend: Backend::Postgres,
             location: self.location.clone(),
+            secret_key: self.secret_key.clone(),
         })
     }
 }
@@ -435,6 +453,7 @@ async fn open_sqlite(path: &Path, params: Option<&str>) -> Result<Store, StoreEr
         pool,
         backend: Backend::Sqlite,
         location: Arc::from(path.display().to_string()),
+        secret_key: None,
     })
 }
 

@@ -578,7 +578,7 @@ fn require_one_row(rows_affected: u64, name: &str) -> Result<(), StoreError> {
 }
 
 /// Inserts a machine, its interfaces and its `created` event; returns its id.
-async fn insert_new_machine(
+pub(crate) async fn insert_new_machine(
     connection: &mut AnyConnection,
     new: &NewMachine,
     actor: &str,

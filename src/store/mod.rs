@@ -15,7 +15,10 @@
 //!   keeps its row and its name (`operator_tokens.rs`).
 //! - What belongs to one machine (interfaces, disks, script results, its `machine_state`: run,
 //!   token and secret hashes, erase mode, held addresses, the clone recorded onto it, its stored
-//!   deployment configuration) is deleted with it, in the same transaction (ON DELETE CASCADE).
+//!   deployment configuration, the secrets kept for it) is deleted with it, in the same
+//!   transaction (ON DELETE CASCADE).
+//! - A secret kept for a machine (`secrets.rs`) is stored only encrypted with the controllers'
+//!   key and bound to the machine's id and its purpose; a wrong key is named, never a secret.
 //! - Two machines never hold one address on a subnet (UNIQUE (subnet, address)); a held
 //!   address never moves to another machine (`addresses.rs`).
 //! - A copy of the store (`copy.rs`: `fleet db backup`, `restore`, `migrate-to`) carries every
@@ -45,6 +48,8 @@ mod plans;
 mod power_outbox;
 pub mod private;
 mod scripts;
+pub mod secret_box;
+mod secrets;
 mod settings;
 
 pub use crate::model::records::{
@@ -65,6 +70,7 @@ pub use machine_state::{
 pub use monitor::InProgress;
 pub use operator_tokens::{NewOperatorToken, OperatorRole, OperatorToken};
 pub use power_outbox::PendingPowerRow;
+pub use secret_box::{SecretKey, SecretKeyError, SECRET_KEY_ENV, SECRET_KEY_FILE};
 
 /// Which database is behind the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -186,6 +192,23 @@ pub enum StoreError {
     },
     #[error("the foreign keys of tables {0} form a cycle: no order fills them")]
     ForeignKeyCycle(String),
+    #[error("machine `{machine}`: this controller has no secret key, so it cannot keep or read the machine's {purpose} in the store (give every controller the same key: {env} or --secret-key-file)", env = secret_box::SECRET_KEY_ENV)]
+    NoSecretKey { machine: String, purpose: String },
+    #[error("machine `{machine}`: no {purpose} is kept in the store for it")]
+    NoSecret { machine: String, purpose: String },
+    #[error("machine `{machine}`: its {purpose} was written with the secret key {written_with}, and this controller's key is {ours}: the keys do not match (give every controller on this database the same key: {env} or --secret-key-file)", env = secret_box::SECRET_KEY_ENV)]
+    SecretKeyMismatch {
+        machine: String,
+        purpose: String,
+        written_with: String,
+        ours: String,
+    },
+    #[error("machine `{machine}`: its {purpose} in the store does not decrypt with this controller's key {key}, which wrote it: the stored row was altered or copied from another machine")]
+    SecretUnreadable {
+        machine: String,
+        purpose: String,
+        key: String,
+    },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("this controller no longer leads the database ({0}); the write was refused, and the leader now in office carries on")]

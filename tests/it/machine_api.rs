@@ -1361,13 +1361,26 @@ async fn anonymous_enlistment_returns_no_credentials_and_overwrites_no_bmc_passw
     let (status, answer) = post_anonymous(url, "/metadata/v1/enlist", first_boot.to_string()).await;
     assert_eq!((status, answer.as_str()), (200, "known\nafter wait\n"));
     let filled = store.machine("rack-8").await.unwrap().unwrap();
-    let file = controller.state_dir.join("secrets/rack-8.bmc-password");
     assert_eq!(filled.power_params["user"], "fleet");
     assert_eq!(
         filled.power_params["password"],
-        serde_json::json!({"file": file.display().to_string()})
+        serde_json::json!({"store": "bmc-password"})
     );
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), "F1rst-pw\n");
+    // Kept in the store, sealed with the key the controller made in its state directory.
+    let key = fleet::store::SecretKey::read_file(&controller.state_dir.join("secret.key")).unwrap();
+    let keyed = store.clone().with_secret_key(key);
+    let stored_password = |record: fleet::store::MachineRecord| {
+        let keyed = keyed.clone();
+        async move {
+            let secret = keyed
+                .secret(record.id, "rack-8", "bmc-password")
+                .await
+                .unwrap();
+            secret.expose().to_string()
+        }
+    };
+    assert_eq!(stored_password(filled.clone()).await, "F1rst-pw");
+    assert!(!controller.state_dir.join("secrets").exists());
     // A second enlistment naming that BMC replaces nothing.
     let second = serde_json::json!({
         "architecture": "amd64", "boot_mac": "52:54:00:ae:00:09", "macs": ["52:54:00:ae:00:09"],
@@ -1376,7 +1389,7 @@ async fn anonymous_enlistment_returns_no_credentials_and_overwrites_no_bmc_passw
     let (status, answer) = post_anonymous(url, "/metadata/v1/enlist", second.to_string()).await;
     assert_eq!(status, 200, "{answer}");
     assert!(!answer.contains("token"), "{answer}");
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), "F1rst-pw\n");
+    assert_eq!(stored_password(filled.clone()).await, "F1rst-pw");
     let again = store.machine("rack-8").await.unwrap().unwrap();
     assert_eq!(again.power_params, filled.power_params);
     assert_eq!(again.interfaces.len(), 1);

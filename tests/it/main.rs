@@ -39,6 +39,7 @@ mod secrets;
 mod serve;
 mod sim;
 mod store;
+mod stored_secrets;
 mod tftp;
 mod tls;
 mod tokens;

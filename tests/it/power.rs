@@ -17,6 +17,7 @@ fn target(params: serde_json::Value) -> PowerTarget {
         machine: "bmc-1".into(),
         power_type: "ipmi".into(),
         params,
+        stored: Default::default(),
     }
 }
 

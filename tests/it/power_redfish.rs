@@ -118,6 +118,7 @@ impl Emulator {
             machine: "node-1".into(),
             power_type: "redfish".into(),
             params,
+            stored: Default::default(),
         }
     }
 
@@ -315,6 +316,7 @@ async fn redfish_unreachable_bmc_cannot_connect_within_the_timeout() {
             "password": {"file": directory.path().join("password")},
             "verify_tls": false,
         }),
+        stored: Default::default(),
     };
     let started = Instant::now();
     let error = PowerDrivers::standard()

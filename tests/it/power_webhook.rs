@@ -145,6 +145,7 @@ fn target(params: serde_json::Value) -> PowerTarget {
         machine: "hook-1".into(),
         power_type: "webhook".into(),
         params,
+        stored: Default::default(),
     }
 }
 

@@ -15,6 +15,7 @@ pub const KEYS: &[&str] = &[
     "tls_key",
     "database",
     "state_dir",
+    "secret_key_file",
     "tftp_listen",
     "http_boot_url",
     "loader_dir",
@@ -46,6 +47,9 @@ pub fn read(
         state_dir: reader
             .string("state_dir", problems)
             .map_or(defaults.state_dir, |dir| resolve_path(base_dir, dir.value)),
+        secret_key_file: reader
+            .string("secret_key_file", problems)
+            .map(|file| resolve_path(base_dir, file.value)),
         tftp_listen: socket_address(&reader, "tftp_listen", problems)
             .unwrap_or(defaults.tftp_listen),
         http_boot_url: http_url(&reader, "http_boot_url", problems),

@@ -42,7 +42,7 @@ pub const WEBHOOK_KEYS: &[&str] = &[
     "verify_tls",
 ];
 pub const QEMU_KEYS: &[&str] = &["type", "qmp_socket", "command"];
-pub const SECRET_KEYS: &[&str] = &["env", "file"];
+pub const SECRET_KEYS: &[&str] = &["env", "file", "store"];
 
 pub fn read(
     machine: &TableReader<'_, '_>,
@@ -310,6 +310,28 @@ pub fn secret(
         }
     };
     reference.check_keys(SECRET_KEYS, problems);
+    if let Some(purpose) = reference.string("store", problems) {
+        // What the controller keeps for the machine (an enlisted BMC's password), as `fleet
+        // adopt` writes it.
+        if reference.string("env", problems).is_some()
+            || reference.string("file", problems).is_some()
+        {
+            problems.error(purpose.span, "give one of `env`, `file` or `store`");
+            return None;
+        }
+        if !crate::config::model::STORED_PURPOSES.contains(&purpose.value) {
+            problems.error(
+                purpose.span,
+                format!(
+                    "`store = \"{}\"` is not a secret the controller keeps; it keeps {}",
+                    purpose.value,
+                    crate::config::model::STORED_PURPOSES.join(", ")
+                ),
+            );
+            return None;
+        }
+        return Some(SecretRef::Store(purpose.value.to_string()));
+    }
     match (
         reference.string("env", problems),
         reference.string("file", problems),

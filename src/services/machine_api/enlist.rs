@@ -3,13 +3,18 @@
 //! commissioning (then it only fills that record's empty fields); else by any of its MACs (known:
 //! nothing changes); else a new record, in status new.
 //!
-//! A BMC password the machine reports (the runner made a user `fleet` on its BMC) is kept as
-//! fleet keeps every secret, by reference: the controller writes it to
-//! `<state_dir>/secrets/<machine>.bmc-password` (mode 0600, atomically) and the power parameters
-//! say `password = {"file": "<that path>"}`. It never goes into the store, an event or a log.
+//! A BMC password the machine reports (the runner made a user `fleet` on its BMC) is kept in
+//! the store, sealed with the controllers' secret key and bound to the machine (`store::secrets`),
+//! in the transaction that creates the machine or fills its BMC fields, so every controller on
+//! the database can power it; the power parameters say `password = {"store": "bmc-password"}`.
+//! It never goes into an event or a log. Older controllers kept it in
+//! `<state_dir>/secrets/<machine>.bmc-password`; [`move_password_files_into_store`] moves such
+//! files into the store at start.
 
 use crate::commissioning::Inventory;
-use crate::config::{IpmiBootType, IpmiDriver, IpmiPrivilege, PowerSpec, SecretRef};
+use crate::config::{
+    IpmiBootType, IpmiDriver, IpmiPrivilege, PowerSpec, SecretRef, SecretValue, STORED_BMC_PASSWORD,
+};
 use crate::model::{MacAddr, MachineName, PowerOffMode, Status};
 use crate::store::{Interface, MachineRecord, NewMachine, Store, StoreError};
 use serde::Deserialize;
@@ -55,7 +60,7 @@ pub struct Bmc {
     pub kind: String,
     pub address: String,
     pub user: Option<String>,
-    /// Reported by the machine; kept only in a file of the controller's (see [`enlist`]).
+    /// Reported by the machine; kept only sealed in the store (see [`enlist`]).
     pub password: Option<BmcPassword>,
 }
 
@@ -195,23 +200,35 @@ pub enum Enlisted {
 pub enum PasswordKept {
     /// None was reported.
     NotGiven,
-    /// Written to this file, which the power parameters name.
-    Kept(PathBuf),
+    /// Kept in the store, sealed; the power parameters name it (`{"store": "bmc-password"}`).
+    Kept,
     /// Not kept, and why (no secret in it).
     NotKept(String),
 }
 
-/// `<secrets_dir>/<machine>.bmc-password`.
+/// `<secrets_dir>/<machine>.bmc-password`: where controllers before the store kept a reported
+/// BMC password (see [`move_password_files_into_store`]).
 pub fn bmc_password_path(secrets_dir: &Path, machine: &str) -> PathBuf {
     secrets_dir.join(format!("{machine}.bmc-password"))
 }
 
-/// Finds the machine's record, or creates one in status new. `secrets_dir` is where a reported
-/// BMC password is kept (`<state_dir>/secrets`); without one it is not kept.
+/// The reported password, if the store can keep it (else why not).
+fn password_to_keep(request: &EnlistRequest, store: &Store) -> Result<Option<SecretValue>, String> {
+    let Some(password) = request.bmc.as_ref().and_then(|bmc| bmc.password.as_ref()) else {
+        return Ok(None);
+    };
+    if store.secret_key_id().is_none() {
+        return Err("this controller has no secret key to keep it in the store with".into());
+    }
+    Ok(Some(SecretValue::new(password.expose())))
+}
+
+/// Finds the machine's record, or creates one in status new. A reported BMC password is kept
+/// in the store (sealed with the store's key, in the transaction that creates the machine or
+/// fills its BMC fields); a store without a key does not keep it.
 pub async fn enlist(
     store: &Store,
     request: &EnlistRequest,
-    secrets_dir: Option<&Path>,
 ) -> Result<(Enlisted, PasswordKept), StoreError> {
     if let Some(bmc) = &request.bmc {
         let candidates = store.machines_by_bmc_address(&bmc.address).await?;
@@ -219,7 +236,7 @@ pub async fn enlist(
             .into_iter()
             .find(|record| matches!(record.lifecycle.status, Status::New | Status::Commissioning))
         {
-            return fill_empty_fields(store, request, bmc, record, secrets_dir).await;
+            return fill_empty_fields(store, request, bmc, record).await;
         }
     }
     for mac in &request.macs {
@@ -227,14 +244,20 @@ pub async fn enlist(
             return Ok((Enlisted::Known(record), PasswordKept::NotGiven));
         }
     }
-    let name = enlisted_name(request.boot_mac);
-    let kept = keep_password(request, name.as_str(), secrets_dir);
-    let file = match &kept {
-        PasswordKept::Kept(path) => Some(path.as_path()),
-        _ => None,
+    let (password, kept) = match password_to_keep(request, store) {
+        Ok(Some(password)) => (Some(password), PasswordKept::Kept),
+        Ok(None) => (None, PasswordKept::NotGiven),
+        Err(why) => (None, PasswordKept::NotKept(why)),
     };
-    let new = new_machine(request, file);
-    match store.create_machine(&new, "enlistment").await {
+    let new = new_machine(request, password.is_some());
+    let secrets: Vec<(&str, &SecretValue)> = password
+        .iter()
+        .map(|password| (STORED_BMC_PASSWORD, password))
+        .collect();
+    match store
+        .create_machine_with_secrets(&new, "enlistment", &secrets)
+        .await
+    {
         Ok(record) => Ok((Enlisted::Created(record), kept)),
         // Two boots of one machine racing: the other one created it (and has its token).
         Err(StoreError::DuplicateName(_)) => match store.machine(new.name.as_str()).await? {
@@ -255,7 +278,6 @@ async fn fill_empty_fields(
     request: &EnlistRequest,
     bmc: &Bmc,
     record: MachineRecord,
-    secrets_dir: Option<&Path>,
 ) -> Result<(Enlisted, PasswordKept), StoreError> {
     let name = record.name.as_str();
     let mut filled = Vec::new();
@@ -285,6 +307,7 @@ async fn fill_empty_fields(
         }
     }
     let mut kept = PasswordKept::NotGiven;
+    let mut to_keep = None;
     let mut params = record.power_params.clone();
     if record.power_type == bmc.kind {
         if let Some(params) = params.as_object_mut() {
@@ -293,13 +316,18 @@ async fn fill_empty_fields(
                 filled.push("bmc user");
             }
             if bmc.password_given() && !params.contains_key("password") {
-                kept = keep_password(request, name, secrets_dir);
-                if let PasswordKept::Kept(path) = &kept {
-                    params.insert(
-                        "password".into(),
-                        serde_json::json!({ "file": path.display().to_string() }),
-                    );
-                    filled.push("bmc password");
+                match password_to_keep(request, store) {
+                    Ok(Some(password)) => {
+                        params.insert(
+                            "password".into(),
+                            serde_json::json!({ "store": STORED_BMC_PASSWORD }),
+                        );
+                        filled.push("bmc password");
+                        to_keep = Some(password);
+                        kept = PasswordKept::Kept;
+                    }
+                    Ok(None) => {}
+                    Err(why) => kept = PasswordKept::NotKept(why),
                 }
             }
         }
@@ -310,7 +338,12 @@ async fn fill_empty_fields(
              enlistment never replaces"
         ));
     }
-    if params != record.power_params {
+    if let Some(password) = &to_keep {
+        // The password and the parameters that name it, in one transaction.
+        store
+            .keep_secret(name, STORED_BMC_PASSWORD, password, Some(&params))
+            .await?;
+    } else if params != record.power_params {
         store
             .update_config(name, &record.power_type, &params, &record.tags, None)
             .await?;
@@ -322,24 +355,86 @@ async fn fill_empty_fields(
     Ok((Enlisted::MatchedByBmc { record, filled }, kept))
 }
 
-/// Writes the reported password to the machine's file.
-fn keep_password(
-    request: &EnlistRequest,
-    machine: &str,
-    secrets_dir: Option<&Path>,
-) -> PasswordKept {
-    let Some(password) = request.bmc.as_ref().and_then(|bmc| bmc.password.as_ref()) else {
-        return PasswordKept::NotGiven;
+/// What [`move_password_files_into_store`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MovedPasswords {
+    /// Machines whose password file is now in the store (file removed, reference rewritten).
+    pub moved: Vec<String>,
+    /// Machines whose file stays, and why (no secret in it).
+    pub failed: Vec<(String, String)>,
+}
+
+/// The upgrade from controllers that kept reported BMC passwords in
+/// `<state_dir>/secrets/NAME.bmc-password`: every machine whose power parameters point at a
+/// file in `secrets_dir` gets it moved into the store — read, sealed and stored with the
+/// parameters rewritten to `{"store": "bmc-password"}` in one transaction, then the file
+/// removed. A machine that fails keeps its file and its reference (the next start tries again).
+pub async fn move_password_files_into_store(
+    store: &Store,
+    secrets_dir: &Path,
+) -> Result<MovedPasswords, StoreError> {
+    let mut report = MovedPasswords::default();
+    let Ok(directory) = secrets_dir.canonicalize() else {
+        return Ok(report); // No directory: nothing was ever kept there.
     };
-    let Some(secrets_dir) = secrets_dir else {
-        return PasswordKept::NotKept("this controller has no state directory for secrets".into());
-    };
-    let path = bmc_password_path(secrets_dir, machine);
-    match write_secret_file(&path, password.expose()) {
-        Ok(()) => PasswordKept::Kept(path),
-        // The error is about the file, never its content.
-        Err(error) => PasswordKept::NotKept(format!("writing {}: {error}", path.display())),
+    // Every start after the move finds none: no need to read every machine then.
+    let any_file = std::fs::read_dir(&directory).is_ok_and(|mut entries| {
+        entries.any(|entry| {
+            entry.is_ok_and(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".bmc-password")
+            })
+        })
+    });
+    if !any_file {
+        return Ok(report);
     }
+    for record in store.planning_records().await? {
+        let Some(SecretRef::File(path)) = record
+            .power_params
+            .get("password")
+            .and_then(SecretRef::from_json)
+        else {
+            continue;
+        };
+        let in_directory = path
+            .parent()
+            .and_then(|parent| parent.canonicalize().ok())
+            .is_some_and(|parent| parent == directory);
+        if !in_directory {
+            continue;
+        }
+        let name = record.name.to_string();
+        let moved = async {
+            let secret = SecretRef::File(path.clone())
+                .resolve()
+                .map_err(|error| error.to_string())?;
+            let mut params = record.power_params.clone();
+            params["password"] = serde_json::json!({ "store": STORED_BMC_PASSWORD });
+            store
+                .keep_secret(
+                    &name,
+                    STORED_BMC_PASSWORD,
+                    &SecretValue::new(secret),
+                    Some(&params),
+                )
+                .await
+                .map_err(|error| error.to_string())?;
+            std::fs::remove_file(&path).map_err(|error| {
+                format!(
+                    "moved into the store, but {} stays: {error}",
+                    path.display()
+                )
+            })
+        };
+        match moved.await {
+            Ok(()) => report.moved.push(name),
+            Err(why) => report.failed.push((name, why)),
+        }
+    }
+    Ok(report)
 }
 
 /// Writes `secret` (and a newline) to `path` with mode 0600, atomically: a temporary file in
@@ -391,11 +486,11 @@ pub fn enlisted_name(boot_mac: MacAddr) -> MachineName {
     MachineName::parse(&format!("enlisted-{hex}")).expect("a valid machine name")
 }
 
-fn new_machine(request: &EnlistRequest, password_file: Option<&Path>) -> NewMachine {
+fn new_machine(request: &EnlistRequest, password_kept: bool) -> NewMachine {
     let (power_type, power_params, bmc_address) = match &request.bmc {
         Some(bmc) => (
             bmc.kind.clone(),
-            power_params(bmc, password_file),
+            power_params(bmc, password_kept),
             Some(bmc.address.clone()),
         ),
         None => ("unconfigured".to_string(), serde_json::json!({}), None),
@@ -417,9 +512,9 @@ fn new_machine(request: &EnlistRequest, password_file: Option<&Path>) -> NewMach
 /// The BMC as a power driver's parameters, spelled as a fleet file's `[machine.power]` is
 /// stored (so that adopting the machine writes what the fleet file reads): for IPMI, LAN 2.0,
 /// cipher suite 3, ADMINISTRATOR, hard power-off, automatic boot type, as MAAS enlists. The
-/// password only as a reference to the file the controller wrote.
-fn power_params(bmc: &Bmc, password_file: Option<&Path>) -> serde_json::Value {
-    let password = password_file.map(|path| SecretRef::File(path.to_path_buf()));
+/// password only as a reference to what the store keeps.
+fn power_params(bmc: &Bmc, password_kept: bool) -> serde_json::Value {
+    let password = password_kept.then(|| SecretRef::Store(STORED_BMC_PASSWORD.to_string()));
     let spec = if bmc.kind == "ipmi" {
         PowerSpec::Ipmi {
             address: bmc.address.clone(),
@@ -510,11 +605,11 @@ mod tests {
         let bmc = request.bmc.unwrap();
         assert!(bmc.password_given());
         assert_eq!(
-            power_params(&bmc, Some(Path::new("/state/secrets/m.bmc-password"))),
+            power_params(&bmc, true),
             serde_json::json!({
                 "address": "10.0.0.5",
                 "user": "admin",
-                "password": {"file": "/state/secrets/m.bmc-password"},
+                "password": {"store": "bmc-password"},
                 "driver": "lan_2_0",
                 "cipher_suite": 3,
                 "privilege": "admin",

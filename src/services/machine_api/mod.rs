@@ -86,7 +86,7 @@ impl MachineApiSettings {
             .map_or(&[], |spec| spec.deploy.ssh_keys.as_slice())
     }
 
-    /// Where reported BMC passwords are kept: `<state_dir>/secrets`.
+    /// Where controllers before the store kept reported BMC passwords: `<state_dir>/secrets`.
     pub fn secrets_dir(&self) -> Option<std::path::PathBuf> {
         self.state_dir.as_ref().map(|dir| dir.join("secrets"))
     }

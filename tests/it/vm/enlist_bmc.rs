@@ -15,7 +15,6 @@ use crate::support::bootnet::{
     NamespacedController, ONE_VM_AT_A_TIME,
 };
 use crate::support::ipmi_sim::{self, chassis_control, fixtures};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -271,22 +270,21 @@ async fn an_enlisting_machine_reports_its_bmc_and_the_controller_powers_it_with_
     assert_eq!(params["driver"], "lan_2_0");
     assert_eq!(params["privilege"], "admin");
     assert_eq!(params["cipher_suite"], 3);
-    let file = PathBuf::from(
-        params["password"]["file"]
-            .as_str()
-            .unwrap_or_else(|| panic!("a file reference: {params}")),
-    );
-    assert_eq!(params["password"].as_object().unwrap().len(), 1, "{params}");
     assert_eq!(
-        file,
-        controller
-            .state_dir
-            .join("secrets")
-            .join(format!("{NAME}.bmc-password"))
+        params["password"],
+        serde_json::json!({"store": "bmc-password"})
     );
-    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600, "{}", file.display());
-    let password = read(&file).trim().to_string();
+    // Sealed in the store with the key the controller made in its state directory.
+    let key = fleet::store::SecretKey::read_file(&controller.state_dir.join("secret.key")).unwrap();
+    let password = store
+        .clone()
+        .with_secret_key(key)
+        .secret(record.id, NAME, "bmc-password")
+        .await
+        .unwrap()
+        .expose()
+        .to_string();
+    assert!(!controller.state_dir.join("secrets").exists());
     assert!(
         !password.is_empty() && password.len() <= 20,
         "{} bytes",
@@ -303,7 +301,7 @@ async fn an_enlisting_machine_reports_its_bmc_and_the_controller_powers_it_with_
     let (ok, status) = simulator.ipmitool("fleet", &password, &["chassis", "power", "status"]);
     assert!(ok, "the reported password logs in: {status}");
 
-    // The password is nowhere but in its file.
+    // The password is nowhere but sealed in the store.
     let events = store.events(&Default::default()).await.unwrap();
     let enlist_event = events
         .iter()
@@ -313,7 +311,7 @@ async fn an_enlisting_machine_reports_its_bmc_and_the_controller_powers_it_with_
         enlist_event
             .reason
             .as_deref()
-            .is_some_and(|reason| reason.contains(&file.display().to_string())),
+            .is_some_and(|reason| reason.contains("kept in the store")),
         "{enlist_event:?}"
     );
     let shown = controller.cli(&["machine", "show", NAME, "--json"]);
@@ -392,123 +390,4 @@ async fn a_bmc_without_a_lan_address_is_logged_and_the_machine_enlists_without_i
     assert!(!controller.state_dir.join("secrets").exists());
     let (_, users) = simulator.admin(&["user", "list", "1"]);
     assert!(!users.contains("fleet"), "{users}");
-}
-
-/// The same code paths at the HTTP level, without a VM: an enlistment with a BMC password; the
-/// file, the reference, a second enlistment (matched by the BMC address) replacing nothing; a
-/// password IPMI cannot hold refused without being repeated; the secrets in no API answer, CLI
-/// output, event, log line or database file.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_reported_bmc_password_is_kept_in_a_0600_file_and_referenced() {
-    use crate::support::controller::TestController;
-    let mut controller = TestController::start();
-    let (first, second, too_long) = (
-        "Enl1st-pw-FIRST-77",
-        "Enl1st-pw-SECOND-88",
-        "Enl1st-pw-far-too-long-for-ipmi",
-    );
-    let enlist = async |mac: &str, password: &str| {
-        let body = serde_json::json!({
-            "architecture": "amd64", "boot_mac": mac, "macs": [mac],
-            "bmc": {"type": "ipmi", "address": "10.0.0.9", "user": "fleet", "password": password},
-        });
-        let response = reqwest::Client::new()
-            .post(format!("{}/metadata/v1/enlist", controller.url))
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        (response.status().as_u16(), response.text().await.unwrap())
-    };
-    let (status, answer) = enlist("52:54:00:77:00:01", first).await;
-    assert_eq!(status, 201, "{answer}");
-    assert!(
-        answer.starts_with("machine enlisted-525400770001\n"),
-        "{answer}"
-    );
-    let store = controller.store().await;
-    let record = store
-        .machine("enlisted-525400770001")
-        .await
-        .unwrap()
-        .unwrap();
-    let file = controller
-        .state_dir
-        .join("secrets/enlisted-525400770001.bmc-password");
-    assert_eq!(record.power_type, "ipmi");
-    assert_eq!(record.bmc_address.as_deref(), Some("10.0.0.9"));
-    assert_eq!(
-        record.power_params,
-        serde_json::json!({
-            "address": "10.0.0.9", "user": "fleet",
-            "password": {"file": file.display().to_string()},
-            "driver": "lan_2_0", "cipher_suite": 3, "privilege": "admin",
-            "power_off_mode": "hard", "boot_type": "auto",
-        })
-    );
-    assert_eq!(read(&file), format!("{first}\n"));
-    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
-
-    // A second enlistment (another MAC, the same BMC): matched by the BMC address, it gets no
-    // token and replaces nothing: the stored password is never overwritten by an anonymous
-    // caller (issue 12).
-    let (status, answer) = enlist("52:54:00:77:00:02", second).await;
-    assert_eq!((status, answer.as_str()), (200, "known\nafter poweroff\n"));
-    assert_eq!(read(&file), format!("{first}\n"));
-    let again = store
-        .machine("enlisted-525400770001")
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(again.power_params, record.power_params);
-
-    let (status, answer) = enlist("52:54:00:77:00:03", too_long).await;
-    assert_eq!(status, 400, "{answer}");
-    assert!(answer.contains("at most 20"), "{answer}");
-
-    let api = controller.http();
-    let (_, events) = api.get("/events?limit=1000").await;
-    let (_, machine) = api.get("/machines/enlisted-525400770001").await;
-    let (_, machines) = api.get("/machines").await;
-    let shown = controller.fleet(&["machine", "show", "enlisted-525400770001", "--json"]);
-    let shown_human = controller.fleet(&["machine", "show", "enlisted-525400770001"]);
-    let history = controller.fleet(&["events", "--json"]);
-    assert!(
-        events.to_string().contains("its password kept in"),
-        "{events}"
-    );
-    let mut outputs = vec![
-        ("answers", answer.clone()),
-        ("events", events.to_string()),
-        ("machine", machine.to_string()),
-        ("machines", machines.to_string()),
-        ("machine show --json", output_text(&shown)),
-        ("machine show", output_text(&shown_human)),
-        ("events --json", output_text(&history)),
-    ];
-    // Deleting the machine deletes its password file.
-    let deleted = controller.fleet(&["machine", "delete", "enlisted-525400770001"]);
-    assert!(deleted.status.success(), "{}", output_text(&deleted));
-    assert!(!file.exists(), "{} outlived its machine", file.display());
-    let stderr = controller.child.stderr.take();
-    controller.kill();
-    let mut log = String::new();
-    if let Some(mut stderr) = stderr {
-        use std::io::Read;
-        let _ = stderr.read_to_string(&mut log);
-    }
-    outputs.push(("the controller's log", log));
-    for entry in std::fs::read_dir(&controller.state_dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            let bytes = std::fs::read(&path).unwrap();
-            outputs.push(("a state file", String::from_utf8_lossy(&bytes).to_string()));
-        }
-    }
-    for (what, text) in outputs {
-        for secret in [first, second, too_long] {
-            assert!(!text.contains(secret), "a BMC password is in {what}");
-        }
-    }
 }

@@ -198,6 +198,7 @@ fn target(params: Value) -> PowerTarget {
         machine: "vm-1".into(),
         power_type: "qemu".into(),
         params,
+        stored: Default::default(),
     }
 }
 
