@@ -1,13 +1,14 @@
 //! Opening the store: which backend a URL names, the SQLite file and its pragmas, the pool,
 //! the migrations, and how transactions begin.
 
+use super::feed::Notifications;
 use super::{Backend, StoreError};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -24,6 +25,9 @@ const POSTGRES_MAX_CONNECTIONS: u32 = 16;
 pub struct Store {
     pub(crate) pool: AnyPool,
     backend: Backend,
+    /// PostgreSQL: the LISTEN connection that wakes event feeds (`feed.rs`), opened by the
+    /// first feed.
+    pub(crate) notifications: Option<Arc<Notifications>>,
 }
 
 /// Now, in Unix milliseconds: the store's only clock.
@@ -233,6 +237,7 @@ async fn open_postgres(url: &str) -> Result<Store, StoreError> {
     Ok(Store {
         pool,
         backend: Backend::Postgres,
+        notifications: Some(Notifications::new(url)),
     })
 }
 
@@ -286,6 +291,7 @@ async fn open_sqlite(path: &Path, params: Option<&str>) -> Result<Store, StoreEr
     Ok(Store {
         pool,
         backend: Backend::Sqlite,
+        notifications: None,
     })
 }
 

@@ -30,6 +30,7 @@ mod controllers;
 mod db;
 mod deployments;
 mod events;
+mod feed;
 mod leases;
 mod locks;
 mod machine_state;
@@ -51,6 +52,7 @@ pub use clones::{cloned_parts, CloneOrder, ClonePair, CloneVerdict};
 pub use controllers::{ControllerRecord, HEARTBEAT_INTERVAL, SILENT_AFTER_INTERVALS};
 pub use db::{now_ms, redact_url, Store};
 pub use deployments::{DeploymentDigests, StoredDeployment};
+pub use feed::{EventFeed, FeedStart, EVENTS_CHANNEL, FALLBACK_READ};
 pub use machine_state::{
     new_secret, secret_hash, Callback, MachineRun, MachineState, Registration, ReportedProgress,
     SecretUse, BOOT_OVERFLOW, BOOT_SECRETS_PER_BOOT,
