@@ -12,6 +12,7 @@ mod clone;
 mod controllers;
 mod demo;
 mod explain;
+mod follow;
 mod images;
 mod machine;
 mod output;
@@ -80,7 +81,7 @@ pub enum Command {
     /// Show, add, or act on machines
     #[command(subcommand)]
     Machine(machine::MachineCommand),
-    /// The history: status changes, actions, power, boots
+    /// The history: status changes, actions, power, boots (--follow: as it is written)
     Events(machine::EventsArgs),
     /// The steps that take the machines from what the controller observes to the fleet files
     Plan(plan::PlanArgs),
