@@ -56,13 +56,11 @@ pub async fn run(
     let interrupted = tokio::signal::ctrl_c();
     tokio::pin!(interrupted);
     let mut delay = RECONNECT_FIRST;
-    let mut first = true;
     loop {
         let ended = tokio::select! {
             _ = &mut interrupted => return Ok(ExitCode::SUCCESS),
-            ended = follow_once(client, machine, &mut last, first, json) => ended?,
+            ended = follow_once(client, machine, &mut last, json) => ended?,
         };
-        first = false;
         match ended {
             Ended::Refused(message) => {
                 eprintln!("error: the controller refused the event stream: {message}");
@@ -92,14 +90,13 @@ pub async fn run(
     }
 }
 
-/// Opens the stream after `last` and prints its events until it ends, moving `last` along.
-/// The first connection that cannot reach the controller is an error (as for every command);
-/// later ones are drops to retry.
+/// Opens the stream after `last` and prints its events until it ends, moving `last` along. The
+/// listing before reached the controller: a stream it cannot open is a drop to retry (the
+/// controller restarts), a refusal is final.
 async fn follow_once(
     client: &Client,
     machine: Option<&str>,
     last: &mut i64,
-    first: bool,
     json: bool,
 ) -> anyhow::Result<Ended> {
     let mut path = "/events/stream".to_string();
@@ -109,7 +106,6 @@ async fn follow_once(
     let response = match client.open_stream(&path, Some(*last), IDLE_LIMIT).await {
         Ok(Ok(response)) => response,
         Ok(Err(failure)) => return Ok(Ended::Refused(failure.message)),
-        Err(error) if first => return Err(error),
         Err(error) => {
             return Ok(Ended::Dropped {
                 error: Some(format!("{error:#}")),

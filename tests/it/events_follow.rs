@@ -381,21 +381,126 @@ async fn fleet_events_follow_json_prints_new_events_and_ends_on_ctrl_c() {
     assert!(event["id"].as_i64().unwrap() > 0);
 
     // Ctrl-C: it ends cleanly.
-    let interrupted = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(interrupted.success());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "still running after Ctrl-C");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = interrupt(&mut child, Duration::from_secs(5));
     let output = child.wait_with_output().unwrap();
     assert!(status.success(), "exit {status}: {}", stderr(&output));
     // The other machine's event was never printed.
     assert!(received.try_iter().all(|line| !line.contains("unfollowed")));
+}
+
+/// Sends SIGINT (Ctrl-C) to `child` and waits for its exit, within `limit`.
+fn interrupt(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running {limit:?} after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleet_events_follow_resumes_after_the_controller_restarts_without_repeating() {
+    let directory = tempfile::tempdir().unwrap();
+    let mut controller = TestController::start_in(directory.path(), &[]);
+    let follower_log = directory.path().join("follower.log");
+    let mut child = Command::new(FLEET)
+        .arg("--state-dir")
+        .arg(&controller.state_dir)
+        .arg("--server")
+        .arg(&controller.api_url)
+        .args(["events", "--follow", "--json"])
+        .env_remove("FLEET_SERVER")
+        .env_remove("FLEET_TOKEN")
+        .env_remove("FLEET_TLS_FINGERPRINT")
+        .env(
+            "XDG_CONFIG_HOME",
+            controller.state_dir.join("client-config"),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&follower_log).unwrap())
+        .spawn()
+        .expect("fleet events --follow starts");
+    let stdout = child.stdout.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let event = serde_json::from_str(&line).expect("one JSON object per line");
+            if lines.send(event).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |machine: &str| -> Vec<Value> {
+        let mut events = Vec::new();
+        loop {
+            let event = received
+                .recv_timeout(Duration::from_secs(15))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no event of {machine}; got {events:?}; the follower said: {}",
+                        std::fs::read_to_string(&follower_log).unwrap_or_default()
+                    )
+                });
+            let done = event["machine"] == machine;
+            events.push(event);
+            if done {
+                return events;
+            }
+        }
+    };
+    // The listing (the start's token event), then time to open the stream.
+    let mut printed = vec![received
+        .recv_timeout(Duration::from_secs(15))
+        .expect("the listing")];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    controller
+        .http()
+        .add_idle_machine("before-restart", &mac(40))
+        .await;
+    printed.extend(wait_for("before-restart"));
+
+    // Stopped with its follower attached, the controller ends the stream and exits at once (not
+    // after the 10 s grace for requests).
+    let status = interrupt(&mut controller.child, Duration::from_secs(5));
+    assert!(status.success(), "fleet serve exits cleanly: {status}");
+    let api_url = controller.api_url.clone();
+    let listen = api_url.trim_start_matches("https://");
+    // An event written while no controller runs: the follower gets it after the restart.
+    let store = Store::open(&controller.database).await.unwrap();
+    store
+        .append_event(&event("while-down", "written with no controller running"))
+        .await
+        .unwrap();
+    store.close().await;
+    let restarted = TestController::start_listening(directory.path(), listen, &[]);
+    assert_eq!(restarted.api_url, api_url);
+    restarted
+        .http()
+        .add_idle_machine("after-restart", &mac(41))
+        .await;
+    printed.extend(wait_for("after-restart"));
+    let ids: Vec<i64> = printed.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    let first = ids[0];
+    assert_eq!(
+        ids,
+        listed_ids(&restarted.http(), first - 1).await,
+        "every event once, in order, across the restart"
+    );
+    assert!(printed.iter().any(|event| event["machine"] == "while-down"));
+    let status = interrupt(&mut child, Duration::from_secs(5));
+    let said = std::fs::read_to_string(&follower_log).unwrap();
+    assert!(status.success(), "exit {status}: {said}");
+    assert!(said.contains("opening it again after event"), "{said}");
 }
