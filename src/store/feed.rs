@@ -6,9 +6,9 @@
 //! - on PostgreSQL, one listener connection per store (sqlx's `PgListener`, open while a feed
 //!   is) LISTENs on [`EVENTS_CHANNEL`], which migration 0018's trigger notifies at the commit of
 //!   every transaction that inserts events, whichever controller or tool wrote them;
-//! - in this process, every event insert bumps a counter ([`event_inserted`]). That happens
-//!   before the insert's commit, so a feed woken this way reads again a few times over the next
-//!   second until the write is visible (on SQLite this is the only wake-up: one controller);
+//! - on SQLite (one controller), every event insert of this process bumps a counter
+//!   ([`event_inserted`]). That happens before the insert's commit, so a feed woken this way
+//!   reads again every 50 ms for the next second, until the write is visible;
 //! - every few seconds regardless ([`FALLBACK_READ`]), so a lost notification costs latency,
 //!   never an event.
 //!
@@ -186,7 +186,9 @@ pub struct EventFeed {
     settled: i64,
     /// A newest id waiting to be settled (PostgreSQL).
     pending: Option<Pending>,
-    local: watch::Receiver<u64>,
+    /// SQLite: this process's inserts.
+    local: Option<watch::Receiver<u64>>,
+    /// PostgreSQL: the LISTEN connection's notifications (this process's commits included).
     notified: Option<watch::Receiver<u64>>,
     /// Until when to read at [`RETRY`] after a wake-up of this process.
     retry_until: Option<Instant>,
@@ -217,7 +219,7 @@ impl Store {
         machine: Option<String>,
     ) -> Result<EventFeed, StoreError> {
         // Subscribe first: a write after the starting point then wakes the feed.
-        let local = INSERTED_HERE.subscribe();
+        let local = (self.backend() == Backend::Sqlite).then(|| INSERTED_HERE.subscribe());
         let notified = self.notifications.as_ref().map(|hub| hub.subscribe());
         let cursor = match start {
             FeedStart::After(id) => id.max(0),
@@ -267,6 +269,14 @@ impl EventFeed {
                 self.retry_until = None;
                 FALLBACK_READ
             };
+            let local = &mut self.local;
+            let local = async {
+                match local.as_mut() {
+                    // The sender is a static: it is never dropped.
+                    Some(local) => local.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             let notified = &mut self.notified;
             let notified = async {
                 match notified.as_mut() {
@@ -277,11 +287,7 @@ impl EventFeed {
             };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                changed = self.local.changed() => {
-                    if changed.is_ok() {
-                        self.retry_until = Some(Instant::now() + WAKE_WINDOW);
-                    }
-                }
+                _ = local => self.retry_until = Some(Instant::now() + WAKE_WINDOW),
                 _ = notified => {}
             }
         }
