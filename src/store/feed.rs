@@ -108,19 +108,29 @@ impl Notifications {
 /// The listener task: forwards notifications as wake-ups until no feed is left.
 async fn listen(hub: Arc<Notifications>) {
     let mut listener: Option<sqlx::postgres::PgListener> = None;
+    // Said once per outage, not at every attempt.
+    let mut failing = false;
     loop {
         if listener.is_none() {
             match connect_listener(&hub.url).await {
                 Ok(connected) => {
                     listener = Some(connected);
+                    if failing {
+                        tracing::info!("listening for new events again");
+                    }
+                    failing = false;
                     // Whatever was committed while nobody listened is read now.
                     hub.bump();
                 }
-                Err(error) => tracing::warn!(
-                    "cannot LISTEN for new events on {}: {error}; followers read every {}s meanwhile",
-                    super::redact_url(&hub.url),
-                    FALLBACK_READ.as_secs()
-                ),
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::warn!(
+                        "cannot LISTEN for new events on {}: {error}; followers read every {}s until it can",
+                        super::redact_url(&hub.url),
+                        FALLBACK_READ.as_secs()
+                    );
+                }
+                Err(error) => tracing::debug!("cannot LISTEN for new events yet: {error}"),
             }
         }
         let received = async {

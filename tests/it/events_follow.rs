@@ -117,23 +117,14 @@ fn mac(index: usize) -> String {
     format!("52:54:00:ef:00:{index:02x}")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_follower_on_one_controller_gets_at_once_what_another_controller_wrote() {
-    let url = empty_postgres_database().await;
-    let first_dir = tempfile::tempdir().unwrap();
-    let second_dir = tempfile::tempdir().unwrap();
-    let first = TestController::start_in(first_dir.path(), &["--database", &url]);
-    let second = TestController::start_in(second_dir.path(), &["--database", &url]);
-    let on_first = first.http();
-    let on_second = second.http().with_token(&first.token);
-    let mut follower = Follower::open(&on_first, "", None).await;
-    // Three machines added through the second controller, a second apart. The fallback read
-    // comes every 3 s, so it can serve at most one of the three windows below: the others were
-    // woken by the notification the second controller's commit sent.
+/// Three machines added through `writer`, a second apart, each reaching `follower` within 0.8 s.
+/// The fallback read comes every 3 s, so it can serve at most one of the three windows: the
+/// others were woken by the notification the writer's commit sent.
+async fn three_arrive_at_once(follower: &mut Follower, writer: &Api, prefix: &str, macs: usize) {
     assert!(FALLBACK_READ >= Duration::from_secs(3));
     for index in 0..3 {
-        let name = format!("via-second-{index}");
-        on_second.add_idle_machine(&name, &mac(index)).await;
+        let name = format!("{prefix}-{index}");
+        writer.add_idle_machine(&name, &mac(macs + index)).await;
         let added = Instant::now();
         let events = follower.until_machine(&name, Duration::from_secs(2)).await;
         let latency = added.elapsed();
@@ -144,6 +135,34 @@ async fn a_follower_on_one_controller_gets_at_once_what_another_controller_wrote
         assert_eq!(events.last().unwrap().1["kind"], "created", "{events:?}");
         tokio::time::sleep(Duration::from_millis(1_000)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follower_on_one_controller_gets_at_once_what_another_controller_wrote() {
+    let url = empty_postgres_database().await;
+    let first_dir = tempfile::tempdir().unwrap();
+    let second_dir = tempfile::tempdir().unwrap();
+    let first = TestController::start_in(first_dir.path(), &["--database", &url]);
+    let second = TestController::start_in(second_dir.path(), &["--database", &url]);
+    let on_first = first.http();
+    let on_second = second.http().with_token(&first.token);
+    let mut follower = Follower::open(&on_first, "", None).await;
+    three_arrive_at_once(&mut follower, &on_second, "via-second", 0).await;
+
+    // The listening connection is cut (a database restart, a proxy): it is made again, and
+    // notifications wake the follower as before.
+    let store = Store::open(&url).await.unwrap();
+    let cut = sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(cut.len(), 1, "the first controller's one LISTEN connection");
+    store.close().await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    three_arrive_at_once(&mut follower, &on_second, "after-cut", 3).await;
     drop(follower);
     drop((first, second));
     drop_postgres_store(Store::open(&url).await.unwrap()).await;
