@@ -20,8 +20,9 @@
 //! newest committed id `high`; a later one, at least [`HORIZON_DELAY`] after, reads the
 //! snapshot's `xmax` (every transaction that had an id by then has an xid below it); once a
 //! snapshot's `xmin` reaches that horizon, every id up to `high` is settled. A missing id
-//! delays what follows it by a few reads (about 0.2 s), never more than the longest open
-//! transaction that inserts events. On SQLite writers take turns and ids follow commits, so an
+//! delays what follows it by a few reads (about 0.2 s), or until every transaction that was
+//! open when it was seen has ended (the snapshot's `xmin` counts the server's writing
+//! transactions, whatever they write). On SQLite writers take turns and ids follow commits, so an
 //! id missing below the newest is already settled. Without a missing id, nothing waits.
 
 use super::codec::get;
