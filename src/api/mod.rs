@@ -12,6 +12,7 @@
 mod controllers;
 mod deploy_image;
 mod error;
+mod events;
 mod images;
 mod machines;
 mod metadata;
@@ -74,6 +75,7 @@ pub fn api_router(state: ApiState) -> Router {
             post(metadata::make_registration),
         )
         .route("/events", get(machines::events))
+        .route("/events/stream", get(events::stream))
         .route("/observed", get(plans::observed))
         .route(
             "/applies",
@@ -174,14 +176,21 @@ pub async fn serve_api(
 ) -> std::io::Result<()> {
     let handle = axum_server::Handle::new();
     let stopper = handle.clone();
+    // The event streams never finish on their own: they end when the controller stops.
+    let (stop_streams, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
+        let _ = stop_streams.send(true);
         stopper.graceful_shutdown(Some(SHUTDOWN_GRACE));
     });
     let config = axum_server::tls_rustls::RustlsConfig::from_config(tls);
     axum_server::tls_rustls::from_tcp_rustls(listener.into_std()?, config)?
         .handle(handle)
-        .serve(api_router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .serve(
+            api_router(state)
+                .layer(axum::Extension(events::Stopping(stopping)))
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
         .await
 }
 

@@ -135,6 +135,49 @@ impl Client {
 }
 
 impl Client {
+    /// Opens a server-sent event stream (`GET /api/v1{path}`), sending `Last-Event-ID` when
+    /// given. The outer error is "could not talk to the controller"; the inner one is the
+    /// controller's refusal. The answer's body is the stream: its connection has no overall
+    /// time limit, but one read may wait at most `idle` (the server sends keep-alive comments).
+    pub async fn open_stream(
+        &self,
+        path: &str,
+        last_event_id: Option<i64>,
+        idle: std::time::Duration,
+    ) -> anyhow::Result<Result<reqwest::Response, ApiFailure>> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(idle)
+            .use_preconfigured_tls(client_config(self.verifier.clone(), provider)?)
+            .build()
+            .context("cannot build the HTTP client")?;
+        let url = format!("{}/api/v1{path}", self.server);
+        let mut request = http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|error| self.unreachable(&error))?;
+        self.trust_on_first_use()?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(Ok(response));
+        }
+        let text = response
+            .text()
+            .await
+            .with_context(|| format!("reading the answer of {url}"))?;
+        Ok(Err(failure_of(status, &text)))
+    }
+
     /// Why the call failed before any answer: a certificate other than the pinned one, or no
     /// controller there.
     fn unreachable(&self, error: &reqwest::Error) -> anyhow::Error {

@@ -135,9 +135,16 @@ pub struct AddArgs {
 pub struct EventsArgs {
     /// Only this machine's history
     pub name: Option<String>,
+    /// Only this machine's history (the same as NAME)
+    #[arg(long, value_name = "NAME", conflicts_with = "name")]
+    pub machine: Option<String>,
     /// At most this many (the newest), from 1 to 10000
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
     pub limit: i64,
+    /// Then print each new event as the controller's store gets it (from any controller on
+    /// its database), until Ctrl-C; with --json, one JSON object per line
+    #[arg(long)]
+    pub follow: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -606,8 +613,12 @@ fn describe_power(detail: &serde_json::Value) -> String {
 
 pub async fn events(connection: &Connection, args: &EventsArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(connection)?;
+    let machine = args.machine.as_deref().or(args.name.as_deref());
+    if args.follow {
+        return super::follow::run(&client, machine, args.limit, args.json).await;
+    }
     let mut path = format!("/events?limit={}", args.limit);
-    if let Some(name) = &args.name {
+    if let Some(name) = machine {
         path.push_str(&format!("&machine={name}"));
     }
     let events: Vec<EventView> = client.get(&path).await??;

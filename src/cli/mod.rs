@@ -13,6 +13,7 @@ mod controllers;
 mod db;
 mod demo;
 mod explain;
+mod follow;
 mod images;
 mod machine;
 mod output;
@@ -81,7 +82,7 @@ pub enum Command {
     /// Show, add, or act on machines
     #[command(subcommand)]
     Machine(machine::MachineCommand),
-    /// The history: status changes, actions, power, boots
+    /// The history: status changes, actions, power, boots (--follow: as it is written)
     Events(machine::EventsArgs),
     /// The steps that take the machines from what the controller observes to the fleet files
     Plan(plan::PlanArgs),

@@ -175,10 +175,13 @@ pub(crate) async fn insert_event(
     .bind(json_text(&event.detail))
     .fetch_one(&mut *connection)
     .await?;
+    // This process's followers read again (it commits soon after; on PostgreSQL the trigger of
+    // migration 0018 wakes every controller's at the commit).
+    super::feed::event_inserted();
     get(&row, "id")
 }
 
-fn event_from_row(row: &AnyRow) -> Result<Event, StoreError> {
+pub(super) fn event_from_row(row: &AnyRow) -> Result<Event, StoreError> {
     Ok(Event {
         id: get(row, "id")?,
         at: get(row, "at")?,

@@ -65,6 +65,7 @@ const ENDPOINTS: &[Endpoint] = &[
     endpoint(Api, "POST", "/api/v1/machines/{name}/registration", Admin),
     endpoint(Api, "POST", "/api/v1/machines/{name}/clone", Admin),
     endpoint(Api, "GET", "/api/v1/events", Reader),
+    endpoint(Api, "GET", "/api/v1/events/stream", Reader),
     endpoint(Api, "GET", "/api/v1/observed", Reader),
     endpoint(Api, "POST", "/api/v1/applies", Admin),
     endpoint(Api, "GET", "/api/v1/applies/{id}", Reader),

@@ -17,6 +17,7 @@ mod dhcp;
 mod endpoints;
 mod ephemeral;
 mod events_api;
+mod events_follow;
 mod fuzz;
 mod images;
 mod layers;
