@@ -251,6 +251,17 @@ async fn fill(store: &Store) {
         .await
         .unwrap();
     store
+        .clone()
+        .with_secret_key(fleet::store::SecretKey::from_bytes([7; 32]))
+        .keep_secret(
+            "node-1",
+            "bmc-password",
+            &fleet::config::SecretValue::new("fixture-password"),
+            None,
+        )
+        .await
+        .unwrap();
+    store
         .claim_leadership(
             "controller-a/1",
             "controller-a",
