@@ -37,8 +37,8 @@ pub mod copy;
 mod db;
 mod deployments;
 mod events;
-mod leadership;
 mod feed;
+mod leadership;
 mod leases;
 mod locks;
 mod machine_state;
@@ -63,8 +63,8 @@ pub use clones::{cloned_parts, CloneOrder, ClonePair, CloneVerdict};
 pub use controllers::{ControllerRecord, HEARTBEAT_INTERVAL, SILENT_AFTER_INTERVALS};
 pub use db::{now_ms, redact_url, sqlite_file, Store};
 pub use deployments::{DeploymentDigests, StoredDeployment};
-pub use leadership::{LeaderTerm, LEADER_TERM};
 pub use feed::{EventFeed, FeedStart, EVENTS_CHANNEL, FALLBACK_READ};
+pub use leadership::{LeaderTerm, LEADER_TERM};
 pub use machine_state::{
     new_secret, secret_hash, Callback, MachineRun, MachineState, Registration, ReportedProgress,
     SecretUse, BOOT_OVERFLOW, BOOT_SECRETS_PER_BOOT,

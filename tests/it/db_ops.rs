@@ -437,6 +437,24 @@ async fn filled_sqlite() -> (Store, tempfile::TempDir, PathBuf) {
     (store, directory, path)
 }
 
+/// The filled SQLite store, and its backup (`backup.db` beside it) made with `fleet db backup`.
+async fn backed_up_fixture() -> (Store, tempfile::TempDir, PathBuf) {
+    let (source, directory, source_path) = filled_sqlite().await;
+    let backup = directory.path().join("backup.db");
+    succeeded(
+        &fleet(&[
+            "db",
+            "backup",
+            "--database",
+            &sqlite_url(&source_path),
+            "--to",
+            backup.to_str().unwrap(),
+        ])
+        .await,
+    );
+    (source, directory, backup)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sqlite_backup_restores_into_sqlite_and_postgres() {
     let (source, directory, source_path) = filled_sqlite().await;
@@ -576,19 +594,7 @@ async fn migrate_to_postgres_copies_every_row_and_its_backup_comes_back_to_sqlit
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_refuses_a_store_that_is_not_empty_unless_replace() {
-    let (source, directory, source_path) = filled_sqlite().await;
-    let backup = directory.path().join("backup.db");
-    succeeded(
-        &fleet(&[
-            "db",
-            "backup",
-            "--database",
-            &sqlite_url(&source_path),
-            "--to",
-            backup.to_str().unwrap(),
-        ])
-        .await,
-    );
+    let (source, _directory, backup) = backed_up_fixture().await;
     let (target, target_directory) = sqlite_store().await;
     target
         .create_machine(
@@ -664,19 +670,7 @@ async fn migrate_to_refuses_a_database_that_is_not_empty() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_refuses_a_backup_a_newer_fleet_wrote() {
-    let (source, directory, source_path) = filled_sqlite().await;
-    let backup = directory.path().join("backup.db");
-    succeeded(
-        &fleet(&[
-            "db",
-            "backup",
-            "--database",
-            &sqlite_url(&source_path),
-            "--to",
-            backup.to_str().unwrap(),
-        ])
-        .await,
-    );
+    let (source, directory, backup) = backed_up_fixture().await;
     {
         use sqlx::Connection;
         let mut connection =
@@ -731,19 +725,7 @@ async fn restore_refuses_a_backup_a_newer_fleet_wrote() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_that_fails_half_way_leaves_the_target_as_it_was() {
-    let (source, directory, source_path) = filled_sqlite().await;
-    let backup = directory.path().join("backup.db");
-    succeeded(
-        &fleet(&[
-            "db",
-            "backup",
-            "--database",
-            &sqlite_url(&source_path),
-            "--to",
-            backup.to_str().unwrap(),
-        ])
-        .await,
-    );
+    let (source, _directory, backup) = backed_up_fixture().await;
     let url = empty_postgres_database().await;
     let target = Store::open(&url).await.unwrap();
     // `events` is copied after `apply_steps` and `controllers` (parents first, then by name):

@@ -336,32 +336,7 @@ async fn webhook_power_through_the_controller_and_the_cli() {
     std::env::set_var("FLEET_TEST_WEBHOOK_TOKEN", TOKEN);
     let plug = Plug::start(&format!("Bearer {TOKEN}"));
     let controller = TestController::start();
-    let on_url = format!("on_url={}", plug.url("/on"));
-    let off_url = format!("off_url={}", plug.url("/off"));
-    let query_url = format!("query_url={}", plug.url("/status"));
-    let output = controller.fleet(&[
-        "machine",
-        "add",
-        "hook-1",
-        "--power-type",
-        "webhook",
-        "--power-param",
-        &on_url,
-        "--power-param",
-        &off_url,
-        "--power-param",
-        &query_url,
-        "--power-param",
-        "on_regex=power: on",
-        "--power-param",
-        "off_regex=power: off",
-        "--power-param",
-        "token=env:FLEET_TEST_WEBHOOK_TOKEN",
-        "--no-commission",
-    ]);
-    assert!(output.status.success(), "add: {}", stderr(&output));
-    let store = controller.store().await;
-    controller.make_deployed(&store, "hook-1").await;
+    add_deployed_webhook_machine(&controller, &plug, "hook-1").await;
 
     let show_power = || {
         let output = controller.fleet(&["machine", "show", "hook-1", "--json"]);
