@@ -35,6 +35,18 @@ async fn fleet(args: &[&str]) -> Output {
         .expect("run fleet")
 }
 
+/// `fleet db restore --from FROM --database DATABASE EXTRA...`.
+async fn restore(from: &str, database: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["db", "restore", "--from", from, "--database", database];
+    args.extend_from_slice(extra);
+    fleet(&args).await
+}
+
+/// `fleet db backup --database DATABASE --to TO`.
+async fn back_up(database: &str, to: &str) -> Output {
+    fleet(&["db", "backup", "--database", database, "--to", to]).await
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -441,17 +453,7 @@ async fn filled_sqlite() -> (Store, tempfile::TempDir, PathBuf) {
 async fn backed_up_fixture() -> (Store, tempfile::TempDir, PathBuf) {
     let (source, directory, source_path) = filled_sqlite().await;
     let backup = directory.path().join("backup.db");
-    succeeded(
-        &fleet(&[
-            "db",
-            "backup",
-            "--database",
-            &sqlite_url(&source_path),
-            "--to",
-            backup.to_str().unwrap(),
-        ])
-        .await,
-    );
+    succeeded(&back_up(&sqlite_url(&source_path), backup.to_str().unwrap()).await);
     (source, directory, backup)
 }
 
@@ -461,17 +463,7 @@ async fn a_sqlite_backup_restores_into_sqlite_and_postgres() {
     assert_every_table_has_rows(&source).await;
     let backup = directory.path().join("backups").join("fleet-backup.db");
     std::fs::create_dir(backup.parent().unwrap()).unwrap();
-    let stdout = succeeded(
-        &fleet(&[
-            "db",
-            "backup",
-            "--database",
-            &sqlite_url(&source_path),
-            "--to",
-            backup.to_str().unwrap(),
-        ])
-        .await,
-    );
+    let stdout = succeeded(&back_up(&sqlite_url(&source_path), backup.to_str().unwrap()).await);
     assert!(stdout.contains("machines"), "{stdout}");
     assert!(stdout.contains("backup of"), "{stdout}");
     #[cfg(unix)]
@@ -485,17 +477,7 @@ async fn a_sqlite_backup_restores_into_sqlite_and_postgres() {
 
     // Into a new SQLite store (created by the restore).
     let restored_path = directory.path().join("restored").join("fleet.db");
-    succeeded(
-        &fleet(&[
-            "db",
-            "restore",
-            "--from",
-            backup.to_str().unwrap(),
-            "--database",
-            &sqlite_url(&restored_path),
-        ])
-        .await,
-    );
+    succeeded(&restore(backup.to_str().unwrap(), &sqlite_url(&restored_path), &[]).await);
     let restored = Store::open(&sqlite_url(&restored_path)).await.unwrap();
     assert_same_rows(&source, &restored).await;
     assert_ids_continue(&source, &restored).await;
@@ -503,17 +485,7 @@ async fn a_sqlite_backup_restores_into_sqlite_and_postgres() {
 
     // Into PostgreSQL.
     let url = empty_postgres_database().await;
-    let stdout = succeeded(
-        &fleet(&[
-            "db",
-            "restore",
-            "--from",
-            backup.to_str().unwrap(),
-            "--database",
-            &url,
-        ])
-        .await,
-    );
+    let stdout = succeeded(&restore(backup.to_str().unwrap(), &url, &[]).await);
     assert!(stdout.contains("restored into postgres://"), "{stdout}");
     assert!(!stdout.contains(":fleet_test@"), "password shown: {stdout}");
     let postgres = Store::open(&url).await.unwrap();
@@ -560,29 +532,9 @@ async fn migrate_to_postgres_copies_every_row_and_its_backup_comes_back_to_sqlit
 
     // And back: a backup of the PostgreSQL store restores into SQLite with the same rows.
     let backup = directory.path().join("from-postgres.db");
-    succeeded(
-        &fleet(&[
-            "db",
-            "backup",
-            "--database",
-            &url,
-            "--to",
-            backup.to_str().unwrap(),
-        ])
-        .await,
-    );
+    succeeded(&back_up(&url, backup.to_str().unwrap()).await);
     let back_path = directory.path().join("back").join("fleet.db");
-    succeeded(
-        &fleet(&[
-            "db",
-            "restore",
-            "--from",
-            backup.to_str().unwrap(),
-            "--database",
-            &sqlite_url(&back_path),
-        ])
-        .await,
-    );
+    succeeded(&restore(backup.to_str().unwrap(), &sqlite_url(&back_path), &[]).await);
     let back = Store::open(&sqlite_url(&back_path)).await.unwrap();
     assert_same_rows(&source, &back).await;
     assert_ids_continue(&source, &back).await;
@@ -604,35 +556,14 @@ async fn restore_refuses_a_store_that_is_not_empty_unless_replace() {
         .await
         .unwrap();
     let target_url = sqlite_url(&target_directory.path().join("fleet.db"));
-    let stderr = failed(
-        &fleet(&[
-            "db",
-            "restore",
-            "--from",
-            backup.to_str().unwrap(),
-            "--database",
-            &target_url,
-        ])
-        .await,
-    );
+    let stderr = failed(&restore(backup.to_str().unwrap(), &target_url, &[]).await);
     assert!(stderr.contains("is not empty"), "{stderr}");
     assert!(stderr.contains("machines: 1 rows"), "{stderr}");
     assert!(stderr.contains("--replace"), "{stderr}");
     assert!(target.machine("other").await.unwrap().is_some());
     assert!(target.machine("node-1").await.unwrap().is_none());
 
-    succeeded(
-        &fleet(&[
-            "db",
-            "restore",
-            "--from",
-            backup.to_str().unwrap(),
-            "--database",
-            &target_url,
-            "--replace",
-        ])
-        .await,
-    );
+    succeeded(&restore(backup.to_str().unwrap(), &target_url, &["--replace"]).await);
     assert_same_rows(&source, &target).await;
     target.close().await;
     source.close().await;
@@ -687,17 +618,7 @@ async fn restore_refuses_a_backup_a_newer_fleet_wrote() {
         connection.close().await.unwrap();
     }
     let target_path = directory.path().join("target").join("fleet.db");
-    let stderr = failed(
-        &fleet(&[
-            "db",
-            "restore",
-            "--from",
-            backup.to_str().unwrap(),
-            "--database",
-            &sqlite_url(&target_path),
-        ])
-        .await,
-    );
+    let stderr = failed(&restore(backup.to_str().unwrap(), &sqlite_url(&target_path), &[]).await);
     assert!(stderr.contains("99990101"), "{stderr}");
     assert!(stderr.contains("newer than this fleet"), "{stderr}");
     assert!(!target_path.exists(), "the target was not even created");
@@ -705,17 +626,7 @@ async fn restore_refuses_a_backup_a_newer_fleet_wrote() {
     // A file that is not a fleet store at all.
     let junk = directory.path().join("junk.db");
     std::fs::write(&junk, b"not a database").unwrap();
-    let stderr = failed(
-        &fleet(&[
-            "db",
-            "restore",
-            "--from",
-            junk.to_str().unwrap(),
-            "--database",
-            &sqlite_url(&target_path),
-        ])
-        .await,
-    );
+    let stderr = failed(&restore(junk.to_str().unwrap(), &sqlite_url(&target_path), &[]).await);
     assert!(
         stderr.contains("is not a fleet store or backup"),
         "{stderr}"
@@ -734,17 +645,7 @@ async fn a_copy_that_fails_half_way_leaves_the_target_as_it_was() {
         .execute(target.pool())
         .await
         .unwrap();
-    let stderr = failed(
-        &fleet(&[
-            "db",
-            "restore",
-            "--from",
-            backup.to_str().unwrap(),
-            "--database",
-            &url,
-        ])
-        .await,
-    );
+    let stderr = failed(&restore(backup.to_str().unwrap(), &url, &[]).await);
     assert!(
         stderr.contains("copying table events failed after 0 rows"),
         "{stderr}"
@@ -784,17 +685,7 @@ async fn backup_refuses_a_missing_store_and_the_store_itself() {
     let (store, directory) = sqlite_store().await;
     fill(&store).await;
     let path = directory.path().join("fleet.db");
-    let stderr = failed(
-        &fleet(&[
-            "db",
-            "backup",
-            "--database",
-            &sqlite_url(&path),
-            "--to",
-            path.to_str().unwrap(),
-        ])
-        .await,
-    );
+    let stderr = failed(&back_up(&sqlite_url(&path), path.to_str().unwrap()).await);
     assert!(
         stderr.contains("it is the store being backed up"),
         "{stderr}"
@@ -909,17 +800,8 @@ async fn a_backup_an_older_fleet_wrote_is_migrated_on_restore_and_left_as_it_was
     let before = std::fs::read(&backup).unwrap();
 
     let target_path = directory.path().join("target").join("fleet.db");
-    let stdout = succeeded(
-        &fleet(&[
-            "db",
-            "restore",
-            "--from",
-            backup.to_str().unwrap(),
-            "--database",
-            &sqlite_url(&target_path),
-        ])
-        .await,
-    );
+    let stdout =
+        succeeded(&restore(backup.to_str().unwrap(), &sqlite_url(&target_path), &[]).await);
     assert!(
         stdout.contains("migrated from schema version 14"),
         "{stdout}"
