@@ -338,6 +338,11 @@ pub async fn carry_out_power(
     made_for: MadeFor,
     actor: &str,
 ) -> Result<PowerResult, StoreError> {
+    // The outbox entry of this decision stays claimed from the moment the command is queued
+    // until it is done: a command waiting its turn behind a slow BMC call is not forgotten, and
+    // the leader's courier must not send it a second time (an entry untouched for
+    // PENDING_POWER_STALE_MS is taken as a dead controller's).
+    let _claim = keep_claimed(store, made_for);
     let _turn = drivers.turn(name).await;
     let record = store
         .machine(name)
@@ -366,14 +371,9 @@ pub async fn carry_out_power(
         // new run's exchange voids.
         store.boot_clock_started(name).await?;
     }
-    let executed = {
-        // The outbox entry of this decision stays claimed while the driver works, so the
-        // leader does not take it for a forgotten one.
-        let _claim = keep_claimed(store, made_for);
-        match power_target(store, &record).await {
-            Ok(target) => drivers.execute(&target, command).await,
-            Err(error) => Err(error),
-        }
+    let executed = match power_target(store, &record).await {
+        Ok(target) => drivers.execute(&target, command).await,
+        Err(error) => Err(error),
     };
     super::failpoint::reached(super::failpoint::AFTER_POWER_COMMAND);
     let result = match executed {

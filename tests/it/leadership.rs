@@ -149,6 +149,33 @@ async fn a_leader_whose_term_is_over_has_every_write_refused() {
             .map(drop),
         "a lease",
     );
+    refused(
+        old_leader
+            .set_power_intent(
+                "written-in-term",
+                Some(&fleet::model::records::PowerIntent {
+                    target: fleet::model::PowerState::Off,
+                    passing: None,
+                    why: "power off by a leader whose term is over".into(),
+                }),
+            )
+            .await,
+        "a power intent",
+    );
+    refused(
+        old_leader.clear_pending_power(record.id, 1).await,
+        "the power outbox",
+    );
+    refused(
+        old_leader
+            .set_apply_step("an-apply", "written-in-term", 0, "done", None, None)
+            .await,
+        "an apply step",
+    );
+    refused(
+        old_leader.set_plan_status("an-apply", "done").await,
+        "an apply's status",
+    );
     assert!(store.machine("written-after").await.unwrap().is_none());
     assert_eq!(
         store

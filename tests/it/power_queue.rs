@@ -288,3 +288,38 @@ async fn a_command_queued_for_a_deleted_machine_never_reaches_the_one_added_unde
         off.notes
     );
 }
+
+/// A command waiting in its machine's queue keeps its outbox entry claimed: the leader's
+/// courier takes entries untouched for a while as a dead controller's, and would otherwise send
+/// a command a second time that was only waiting behind a slow BMC call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_command_waiting_its_turn_keeps_its_outbox_entry_claimed() {
+    let driver = Arc::new(HeldDriver::default());
+    let (store, drivers, _directory) = setup(&driver).await;
+    driver.hold(PowerCommand::On);
+    let (first_on, first) = decided(&store, &drivers, Action::PowerOn, 0).await;
+    while driver.sent().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (off, _) = decided(&store, &drivers, Action::PowerOff, first).await;
+    // The off waits behind the held on for longer than "stale" is taken to be here (4 s;
+    // entries are refreshed every 3 s).
+    let stale_ms = 4_000;
+    tokio::time::sleep(Duration::from_millis(4_600)).await;
+    assert_eq!(driver.sent(), [PowerCommand::On], "the off went out early");
+    let stale = store.stale_pending_power(stale_ms, 10).await.unwrap();
+    assert!(
+        stale.is_empty(),
+        "a queued command's entry looked forgotten: {stale:?}"
+    );
+    assert!(store.pending_power(MACHINE).await.unwrap().is_some());
+    driver.release.add_permits(1);
+    first_on.await.unwrap();
+    off.await.unwrap();
+    assert_eq!(
+        driver.sent(),
+        [PowerCommand::On, PowerCommand::Off(PowerOffMode::Hard)],
+        "each command was sent once"
+    );
+    assert!(store.pending_power(MACHINE).await.unwrap().is_none());
+}
