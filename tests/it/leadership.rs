@@ -287,7 +287,6 @@ async fn a_killed_or_paused_leader_is_replaced_within_ten_seconds() {
     let mut first = TestController::start_in(first_dir.path(), &["--database", &url]);
     first.token = second.token.clone();
     assert_eq!(leaders(&first), vec![(second_id.clone(), second_term)]);
-    let mut second_stderr = second.child.stderr.take().unwrap();
     let pid = i32::try_from(second.child.id()).unwrap();
     // SAFETY: signals a child process this test started and still owns.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
@@ -303,8 +302,7 @@ async fn a_killed_or_paused_leader_is_replaced_within_ten_seconds() {
         "the resumed controller serves and shows the new leader"
     );
     second.kill();
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut second_stderr, &mut text).unwrap();
+    let text = second.log();
     assert!(
         text.contains(&format!("term {second_term} is over")),
         "the resumed leader stopped its duties: {text}"

@@ -7,7 +7,7 @@ use crate::power_redfish::Emulator;
 use crate::support::controller::{stderr, stdout, TestController};
 use crate::support::ipmi_sim::Bmc;
 use serde_json::Value;
-use std::io::Read;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -168,11 +168,7 @@ async fn a_power_failure_fails_the_apply_step_with_the_drivers_message() {
     outputs.push_str(&stdout(&machines));
 
     controller.kill();
-    let mut log = String::new();
-    if let Some(mut pipe) = controller.child.stderr.take() {
-        pipe.read_to_string(&mut log).unwrap();
-    }
-    outputs.push_str(&log);
+    outputs.push_str(&controller.log());
     for secret in [
         WRONG_IPMI,
         WRONG_REDFISH,

@@ -507,13 +507,8 @@ async fn a_reported_bmc_password_is_sealed_in_the_store_and_referenced() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0, "the secret outlived its machine");
-    let stderr = controller.child.stderr.take();
     controller.kill();
-    let mut log = String::new();
-    if let Some(mut stderr) = stderr {
-        use std::io::Read;
-        let _ = stderr.read_to_string(&mut log);
-    }
+    let log = controller.log();
     // The start-up lines say which key seals the store's secrets, and where it came from.
     let key_line = format!("secrets key {} made now in", keyed.secret_key_id().unwrap());
     assert!(log.contains(&key_line), "{log}");

@@ -6,7 +6,7 @@
 use crate::support::controller::TestController;
 use fleet::apply::watch::{read_current_plan, CurrentPlan};
 use fleet::model::Status;
-use std::io::{BufRead, BufReader};
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,19 +57,9 @@ fn first_plan(state_dir: &Path) -> CurrentPlan {
         .expect("the first reconcile publishes a plan")
 }
 
-/// Collects the controller's stderr as it comes (and keeps the pipe from filling up).
+/// The controller's stderr as it comes (its support reads the pipe).
 fn collect_stderr(controller: &mut TestController) -> Arc<Mutex<String>> {
-    let collected = Arc::new(Mutex::new(String::new()));
-    let pipe = controller.child.stderr.take().expect("stderr is piped");
-    let sink = collected.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            let mut text = sink.lock().expect("not poisoned");
-            text.push_str(&line);
-            text.push('\n');
-        }
-    });
-    collected
+    controller.log.clone()
 }
 
 fn start_watching(state_dir: &Path, fleet: &Path, extra: &[&str]) -> TestController {

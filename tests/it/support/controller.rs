@@ -2,8 +2,10 @@
 //! port 0 and its own state directory, killed when dropped; and a way to run the CLI against it.
 
 use fleet::store::Store;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
@@ -18,6 +20,11 @@ pub struct TestController {
     pub token: String,
     pub state_dir: PathBuf,
     pub database: String,
+    /// Everything the controller wrote to stderr so far. A thread reads the pipe as it comes:
+    /// a pipe nobody reads fills at 64 KiB and then blocks the controller's next log line (a
+    /// loaded run logs many slow-statement warnings).
+    pub log: Arc<Mutex<String>>,
+    log_reader: Option<std::thread::JoinHandle<()>>,
     /// Keeps the state directory alive as long as the controller.
     _directory: Option<TempDir>,
 }
@@ -52,7 +59,7 @@ impl TestController {
     ) -> TestController {
         let url_file = state_dir.join("api-url");
         let _ = std::fs::remove_file(&url_file);
-        let child = Command::new(FLEET)
+        let mut child = Command::new(FLEET)
             .args(["serve", "--listen", listen, "--boot-listen", "127.0.0.1:0"])
             .arg("--state-dir")
             .arg(state_dir)
@@ -63,6 +70,8 @@ impl TestController {
             .stderr(Stdio::piped())
             .spawn()
             .expect("fleet serve starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let log_reader = read_log(child.stderr.take().expect("stderr is piped"), log.clone());
         let api_url = wait_for_file(&url_file, Duration::from_secs(30));
         // Written before api-url.
         let url = wait_for_file(&state_dir.join("boot-url"), Duration::from_secs(1));
@@ -75,8 +84,16 @@ impl TestController {
             token: token.trim().to_string(),
             state_dir: state_dir.to_path_buf(),
             database: format!("sqlite://{}", state_dir.join("fleet.db").display()),
+            log,
+            log_reader: Some(log_reader),
             _directory: None,
         }
+    }
+
+    /// What the controller wrote to stderr so far (all of it once [`TestController::kill`]
+    /// returned).
+    pub fn log(&self) -> String {
+        self.log.lock().expect("not poisoned").clone()
     }
 
     /// Runs `fleet ARGS` against this controller (its state directory pins its certificate).
@@ -185,6 +202,17 @@ impl TestController {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The pipe closes with the process (unless it left children holding it: then the
+        // reader stays behind, detached).
+        if let Some(reader) = self.log_reader.take() {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while !reader.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if reader.is_finished() {
+                let _ = reader.join();
+            }
+        }
     }
 }
 
@@ -192,6 +220,20 @@ impl Drop for TestController {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Appends every line of `pipe` to `log` until the pipe closes.
+fn read_log(
+    pipe: std::process::ChildStderr,
+    log: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut text = log.lock().expect("not poisoned");
+            text.push_str(&line);
+            text.push('\n');
+        }
+    })
 }
 
 /// A reqwest client whose only authority is the certificate the controller of `state_dir` made
