@@ -5,7 +5,6 @@
 use crate::support::controller::{stderr, stdout, TestController, FLEET};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -69,13 +68,7 @@ async fn fleet_machines_works_over_tls_with_the_state_directorys_certificate() {
     let fingerprint = fingerprint_of_pem(&tls.join("cert.pem"));
     assert_eq!(controller.fingerprint(), fingerprint);
     controller.kill();
-    let mut report = String::new();
-    let mut pipe = controller
-        .child
-        .stderr
-        .take()
-        .expect("the controller's stderr");
-    pipe.read_to_string(&mut report).unwrap();
+    let report = controller.log();
     assert!(
         report.contains(&format!("cert    {fingerprint}")),
         "{report}"
