@@ -4,7 +4,7 @@
 //! machine uses, fetches it from A (proving itself with the controllers' secret key), checks its
 //! SHA-256, caches it and serves it; bytes of another digest from a peer are refused and nothing
 //! is cached; with A stopped B says the file is cached nowhere it can reach, and gets it once A
-//! is back.
+//! is back; a URL image the URL no longer gives comes from the controller that downloaded it.
 
 use crate::support::controller::{stdout, TestController};
 use crate::support::db::{drop_postgres_store, empty_postgres_database};
@@ -12,6 +12,7 @@ use fleet::boot::images::peers::{proof_header, PROOF_HEADER};
 use fleet::store::{now_ms, ControllerRecord, SecretKey, Store};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,6 +33,12 @@ struct Fixture {
 impl Fixture {
     /// The same fleet file beside each controller; the image only beside A's.
     fn new() -> Fixture {
+        Fixture::with_root(|_| "path = \"images/disk.img\"".to_string())
+    }
+
+    /// The same fleet file beside each controller, the root's location written by `location`
+    /// (given the image's SHA-256); the image file only beside A's.
+    fn with_root(location: impl Fn(&str) -> String) -> Fixture {
         let directory = tempfile::tempdir().unwrap();
         let key_file = directory.path().join("fleet.key");
         std::fs::write(&key_file, format!("{}\n", hex::encode([0x22u8; 32]))).unwrap();
@@ -42,7 +49,8 @@ impl Fixture {
             std::fs::create_dir_all(home.join("images")).unwrap();
             let text = format!(
                 "[controller]\ntftp_listen = \"127.0.0.1:0\"\n\n[images.disk]\n\
-                 root = {{ path = \"images/disk.img\", sha256 = \"{sha256}\", format = \"raw\" }}\n"
+                 root = {{ {}, sha256 = \"{sha256}\", format = \"raw\" }}\n",
+                location(&sha256)
             );
             std::fs::write(home.join("fleet.toml"), text).unwrap();
         }
@@ -372,6 +380,76 @@ async fn with_the_only_controller_that_has_an_image_stopped_another_says_it_is_r
     // A back: the next requests of a machine make B ask again, and it gets the file.
     let a = fixture.start("a", &url);
     assert!(wait_for_bytes(&b).await == fixture.image);
+    drop((a, b));
+    drop_postgres_store(Store::open(&url).await.unwrap()).await;
+}
+
+/// A web server for one file, answering 404 once `gone` is set.
+async fn url_server(bytes: Vec<u8>) -> (String, Arc<AtomicBool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/disk.img", listener.local_addr().unwrap());
+    let gone = Arc::new(AtomicBool::new(false));
+    let flag = gone.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (bytes, flag) = (bytes.clone(), flag.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match socket.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let body: &[u8] = if flag.load(Ordering::SeqCst) {
+                    b""
+                } else {
+                    &bytes
+                };
+                let status = if body.is_empty() {
+                    "404 Not Found"
+                } else {
+                    "200 OK"
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+                let _ = socket.write_all(body).await;
+            });
+        }
+    });
+    (url, gone)
+}
+
+/// A URL image whose URL no longer gives it (404) is fetched from the controller that
+/// downloaded it while it did; B's manifest says where it came from.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_url_image_its_url_no_longer_gives_is_fetched_from_a_controller_that_has_it() {
+    let url = empty_postgres_database().await;
+    let image = image_bytes(1 << 20);
+    let (image_url, gone) = url_server(image.clone()).await;
+    let fixture = Fixture::with_root(|_| format!("url = \"{image_url}\""));
+    assert!(fixture.image == image);
+    std::fs::remove_file(fixture.home("a").join("images/disk.img")).unwrap();
+    let a = fixture.start("a", &url);
+    let row = wait_for_row(&a, &a.token, "ready on A", |row| row["state"] == "ready");
+    assert_eq!(row["url"], image_url.as_str(), "{row}");
+    gone.store(true, Ordering::SeqCst);
+    let b = fixture.start("b", &url);
+
+    assert!(wait_for_bytes(&b).await == fixture.image);
+    let b_cache = fixture.home("b").join("state/images");
+    let manifest = std::fs::read_to_string(b_cache.join(format!("{}.raw.json", fixture.sha256)));
+    let manifest: serde_json::Value = serde_json::from_str(&manifest.unwrap()).unwrap();
+    let a_id = controller_id(&fixture.home("a").join("state"));
+    let source = manifest["source"].as_str().unwrap_or_default();
+    assert!(
+        source.contains(&format!("controller `{a_id}`")),
+        "B's copy came from A: {manifest}"
+    );
     drop((a, b));
     drop_postgres_store(Store::open(&url).await.unwrap()).await;
 }

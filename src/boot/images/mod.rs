@@ -1013,7 +1013,7 @@ impl Artifact<'_> {
         match entry.location.clone() {
             ArtifactLocation::Path(path) => match self.check_path(&path, entry) {
                 Err(ImageError::Unreadable { source, .. }) if self.may_fetch(entry) => {
-                    Ok(self.from_elsewhere(&path, &source, entry, active))
+                    Ok(self.wait_for_peers(&path, &source, entry, active))
                 }
                 checked => checked,
             },
@@ -1029,7 +1029,7 @@ impl Artifact<'_> {
 
     /// A local file this controller cannot read (another controller's): ready if fetched from
     /// a peer before (in the cache under its digest), else waiting for the peers.
-    fn from_elsewhere(
+    fn wait_for_peers(
         &self,
         path: &Path,
         why: &std::io::Error,
