@@ -8,6 +8,9 @@
 //! - `GET /boot/files/{image}/{kernel|initrd|root}` and `GET /boot/by-mac/{mac}/{image}/{file}`:
 //!   an image's files, streamed from disk with Range requests; a `transfer` event (on the
 //!   machine of `mac` for the second form, which the boot scripts use).
+//! - `GET /boot/peer/files/{sha256}`: a ready image file by its SHA-256, for another controller
+//!   of the store that needs it ([`crate::boot::images::peers`]); only with a proof made with
+//!   the controllers' secret key (else 401), Range as above, no event (one log line).
 //! - `GET /boot/booted?mac=MAC[&stage=TEXT]`: the ephemeral environment says it is up; a `boot`
 //!   event only (no credential: it does not count as the machine being heard from).
 //!
@@ -91,6 +94,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(state: BootState) -> Router<S> {
             get(image_file_for_machine),
         )
         .route("/boot/loaders/{file}", get(loader_file))
+        .route("/boot/peer/files/{sha256}", get(peer_file))
         .route("/boot/{script}", get(boot_script))
         .with_state(Arc::new(state))
 }
@@ -107,6 +111,9 @@ pub enum BootHttpError {
     /// An image's file not ready yet (downloading, being checked).
     #[error("{0}")]
     Unavailable(String),
+    /// A peer request without a valid proof.
+    #[error("{0}")]
+    Unauthorized(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -118,6 +125,7 @@ impl IntoResponse for BootHttpError {
             BootHttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
             BootHttpError::Conflict(_) => StatusCode::CONFLICT,
             BootHttpError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            BootHttpError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             BootHttpError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, format!("{self}\n")).into_response()
@@ -461,6 +469,37 @@ async fn serve_image_file(
     Ok(response)
 }
 
+/// An image file for another controller of the store, by its SHA-256, once the request's proof
+/// checks with this controller's secret key.
+async fn peer_file(
+    State(state): State<Arc<BootState>>,
+    UrlPath(sha256): UrlPath<String>,
+    SourceAddress(source): SourceAddress,
+    request: Request,
+) -> Result<Response, BootHttpError> {
+    use crate::boot::images::peers;
+    let proof = request
+        .headers()
+        .get(peers::PROOF_HEADER)
+        .and_then(|value| value.to_str().ok());
+    let from = source.map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+    let key = state.store.secret_key();
+    if let Err(refusal) = peers::check_proof_header(key, proof, &sha256, crate::store::now_ms()) {
+        eprintln!("  images  refused a peer's request for {sha256} from {from}: {refusal}");
+        return Err(BootHttpError::Unauthorized(format!("refused: {refusal}")));
+    }
+    let verified = state.images.file_by_digest(&sha256).ok_or_else(|| {
+        BootHttpError::NotFound(format!(
+            "no ready image file with SHA-256 {sha256} on this controller"
+        ))
+    })?;
+    eprintln!(
+        "  images  sending {} (SHA-256 {sha256}) to the controller at {from}",
+        verified.path.display()
+    );
+    Ok(serve_counted(&verified.path, request, &state.metrics).await)
+}
+
 async fn booted(
     State(state): State<Arc<BootState>>,
     SourceAddress(source): SourceAddress,
@@ -523,6 +562,7 @@ async fn booted(
 pub async fn start_with_controller(
     fleet: Option<&crate::config::Fleet>,
     state_dir: &std::path::Path,
+    peers: Option<crate::boot::images::Peers>,
     store: &Store,
     metrics: &Arc<crate::metrics::Metrics>,
     stop: tokio::sync::watch::Receiver<()>,
@@ -585,7 +625,8 @@ pub async fn start_with_controller(
         Err(error) => eprintln!("  tftp    not running: {error}; the rest runs"),
     }
     let cache = crate::boot::images::ImageCache::in_state_dir(state_dir);
-    let (images, errors) = BootImages::load_async(fleet.images.clone(), Some(cache.clone())).await;
+    let (images, errors) =
+        BootImages::load_async(fleet.images.clone(), Some(cache.clone()), peers).await;
     for error in &errors {
         eprintln!("  images  error: {error}");
     }

@@ -167,19 +167,26 @@ pub async fn serve(
         boot_stopped.clone(),
     )
     .await;
-    let boot = crate::boot::http::start_with_controller(
-        fleet.as_deref(),
-        state_dir,
-        &store,
-        &metrics,
-        boot_stopped,
-    )
-    .await;
     let controller_id =
         super::heartbeat::controller_id(state_dir).map_err(|source| ServeError::StateDir {
             path: state_dir.to_path_buf(),
             source,
         })?;
+    // Image files this controller cannot have itself come from the others on a shared store.
+    let peers =
+        (store.backend() == crate::store::Backend::Postgres).then(|| crate::boot::images::Peers {
+            store: store.clone(),
+            controller_id: controller_id.clone(),
+        });
+    let boot = crate::boot::http::start_with_controller(
+        fleet.as_deref(),
+        state_dir,
+        peers,
+        &store,
+        &metrics,
+        boot_stopped,
+    )
+    .await;
     let heartbeat = start_heartbeat(
         &store,
         &controller_id,

@@ -173,6 +173,12 @@ impl Store {
         self
     }
 
+    /// The controllers' key, if this store was given one (peer requests prove themselves
+    /// with it: `boot::images::peers`).
+    pub fn secret_key(&self) -> Option<&super::secret_box::SecretKey> {
+        self.secret_key.as_ref()
+    }
+
     /// The id of the secret key this store was given, if any.
     pub fn secret_key_id(&self) -> Option<&str> {
         self.secret_key.as_ref().map(|key| key.id())

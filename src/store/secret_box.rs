@@ -178,6 +178,34 @@ impl SecretKey {
     }
 }
 
+impl SecretKey {
+    /// A proof that `message` comes from a holder of this key (the controllers' requests to
+    /// each other): the Poly1305 tag of sealing nothing with `message` as associated data,
+    /// under a fresh nonce, as hex `NONCE.TAG`. An AEAD with an empty plaintext is a MAC; it
+    /// keeps the one key and the one cipher the controllers already share (no second primitive).
+    pub fn prove(&self, message: &[u8]) -> String {
+        let sealed = self.seal(b"", message);
+        format!(
+            "{}.{}",
+            hex::encode(&sealed.nonce),
+            hex::encode(&sealed.ciphertext)
+        )
+    }
+
+    /// Whether `proof` is what [`SecretKey::prove`] made for `message` with this key.
+    pub fn check_proof(&self, message: &[u8], proof: &str) -> bool {
+        let Some((nonce, tag)) = proof.split_once('.') else {
+            return false;
+        };
+        let (Ok(nonce), Ok(ciphertext)) = (hex::decode(nonce), hex::decode(tag)) else {
+            return false;
+        };
+        let sealed = Sealed { nonce, ciphertext };
+        self.open(&sealed, message)
+            .is_ok_and(|plaintext| plaintext.is_empty())
+    }
+}
+
 fn random_key() -> [u8; KEY_BYTES] {
     let mut bytes = [0u8; KEY_BYTES];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
@@ -193,6 +221,34 @@ pub fn associated_data(machine_id: i64, purpose: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_proof_checks_with_its_key_and_message_only() {
+        let key = SecretKey::generate();
+        let proof = key.prove(b"fleet peer image v1\nabc\n1");
+        assert!(key.check_proof(b"fleet peer image v1\nabc\n1", &proof));
+        assert_ne!(
+            proof,
+            key.prove(b"fleet peer image v1\nabc\n1"),
+            "a nonce per proof"
+        );
+        assert!(!key.check_proof(b"fleet peer image v1\nabd\n1", &proof));
+        assert!(!SecretKey::generate().check_proof(b"fleet peer image v1\nabc\n1", &proof));
+        for broken in ["", "00.00", "zz.zz", &proof[1..], &proof.replace('.', "")] {
+            assert!(
+                !key.check_proof(b"fleet peer image v1\nabc\n1", broken),
+                "{broken}"
+            );
+        }
+        // A sealed secret is no proof: its plaintext is not empty.
+        let sealed = key.seal(b"x", b"m");
+        let text = format!(
+            "{}.{}",
+            hex::encode(&sealed.nonce),
+            hex::encode(&sealed.ciphertext)
+        );
+        assert!(!key.check_proof(b"m", &text));
+    }
 
     #[test]
     fn a_sealed_secret_opens_with_its_key_and_binding() {

@@ -28,6 +28,9 @@ enum Who {
     /// A one-shot secret: a boot or registration secret traded once for a run token, or a
     /// deployment's call-back secret (the installed system's one call).
     OneShotSecret,
+    /// Another controller of the store: a proof made with the controllers' secret key (the
+    /// `x-fleet-peer` header), never a token.
+    Peer,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -53,7 +56,7 @@ const fn endpoint(
 }
 
 use Listener::{Api, Boot};
-use Who::{Admin, Anonymous, Machine, OneShotSecret, Reader};
+use Who::{Admin, Anonymous, Machine, OneShotSecret, Peer, Reader};
 
 /// Every endpoint of the controller.
 const ENDPOINTS: &[Endpoint] = &[
@@ -81,6 +84,7 @@ const ENDPOINTS: &[Endpoint] = &[
     endpoint(Boot, "GET", "/boot/files/{image}/{file}", Anonymous("kernels, initrds, images: nothing secret; rate-limited per source address")),
     endpoint(Boot, "GET", "/boot/by-mac/{mac}/{image}/{file}", Anonymous("the same files, counted on the machine; rate-limited per source address")),
     endpoint(Boot, "GET", "/boot/loaders/{file}", Anonymous("first-stage loaders (ipxe.efi) for UEFI HTTP boot, the files TFTP serves; rate-limited per source address")),
+    endpoint(Boot, "GET", "/boot/peer/files/{sha256}", Peer),
     endpoint(Boot, "GET", "/boot/booted", Anonymous("a boot stage report: an event (summarised), never counts as the machine heard from")),
     endpoint(Boot, "GET", "/scripts/fleet-runner.sh", Anonymous("the public runner script")),
     endpoint(Boot, "GET", "/scripts/register-live.sh", Anonymous("the public register-live script")),
@@ -255,6 +259,7 @@ fn concrete(path: &str, machine: &str) -> String {
         .replace("{action}", "lock")
         .replace("{id}", "1")
         .replace("{script}", "00-arch")
+        .replace("{sha256}", &"0".repeat(64))
 }
 
 async fn call(
@@ -292,6 +297,7 @@ fn expected_refusal(who: Who, credential: &str) -> Option<u16> {
         (Reader | Admin, _) => Some(401),
         (Machine, "another machine's") => Some(403),
         (Machine, _) => Some(401),
+        (Peer, _) => Some(401),
         (OneShotSecret | Anonymous(_), _) => unreachable!(),
     }
 }

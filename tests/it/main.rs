@@ -26,6 +26,7 @@ mod lifecycle;
 mod machine_api;
 mod metrics;
 mod netplan;
+mod peer_images;
 mod plan;
 mod plan_deployment;
 mod plan_simulate;

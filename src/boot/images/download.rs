@@ -28,11 +28,13 @@ pub fn client() -> Result<reqwest::Client, String> {
         .map_err(|error| format!("cannot build the download client: {error}"))
 }
 
-/// Downloads `url` into `partial` (continuing what is there), calling `progress(done, total)`
-/// as bytes arrive; returns the SHA-256 and size of the whole file once the server has sent it.
+/// Downloads `url` into `partial` (continuing what is there), with `headers` added to the
+/// request (a peer's proof), calling `progress(done, total)` as bytes arrive; returns the
+/// SHA-256 and size of the whole file once the server has sent it.
 pub async fn fetch_once(
     client: &reqwest::Client,
     url: &str,
+    headers: reqwest::header::HeaderMap,
     partial: &Path,
     progress: &mut (dyn FnMut(u64, Option<u64>) + Send),
 ) -> Result<(String, u64), DownloadError> {
@@ -42,7 +44,7 @@ pub async fn fetch_once(
     let (mut hasher, mut done) = hash_existing(partial)
         .await
         .map_err(|error| fatal("cannot read", error))?;
-    let mut request = client.get(url);
+    let mut request = client.get(url).headers(headers);
     if done > 0 {
         request = request.header(RANGE, format!("bytes={done}-"));
     }
@@ -76,7 +78,24 @@ pub async fn fetch_once(
     } else if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
         return Err(DownloadError::Retry(format!("GET {url}: HTTP {status}")));
     } else {
-        return Err(DownloadError::Fatal(format!("GET {url}: HTTP {status}")));
+        // The answer's first line says why (a peer's refusal names the key, the clock...).
+        let why = response.text().await.unwrap_or_default();
+        let why: String = why
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect();
+        let why = why.trim();
+        let why = if why.is_empty() {
+            String::new()
+        } else {
+            format!(": {why}")
+        };
+        return Err(DownloadError::Fatal(format!(
+            "GET {url}: HTTP {status}{why}"
+        )));
     };
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)

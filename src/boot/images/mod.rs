@@ -11,13 +11,18 @@
 //! - Every file served (and every [`DeployImage`]) is first compared with the stamp (size,
 //!   mtime, inode) it had when checked: a file changed on disk is refused (state `changed`)
 //!   until the next load (a restart, or a fleet file saved under `fleet serve --watch`).
+//! - A file this controller cannot have itself — a `path` that is not on its disk (another
+//!   controller's), or a `url` that failed — is fetched from another controller of the store
+//!   that has it ([`peers`]), into the cache, under the same digest check as a download.
 
 pub mod cache;
 pub mod digest;
 mod download;
+pub mod peers;
 
 pub use cache::{ImageCache, PruneReport, PrunedFile};
 pub use digest::{sha256_of_file, Stamp};
+pub use peers::Peers;
 
 use crate::config::{ArtifactLocation, Fleet, Image, ImageFormat};
 use cache::{Checked, Manifest};
@@ -25,6 +30,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+/// A file only other controllers can give (a `path` not on this disk) whose fetch failed is
+/// asked for again when a machine or a deployment needs it, at most this often.
+const ASK_PEERS_AGAIN_AFTER: Duration = Duration::from_secs(10);
 
 /// The files of an image that can be served, by their name in the URL.
 pub const IMAGE_FILES: [&str; 3] = ["kernel", "initrd", "root"];
@@ -205,6 +215,14 @@ pub struct BootImages {
     inner: RwLock<Inner>,
     /// Cache keys being downloaded now (one task each).
     active: Mutex<BTreeSet<String>>,
+    /// The other controllers of the store, asked for files this one cannot have itself
+    /// (PostgreSQL stores only: a SQLite store has one controller).
+    peers: Option<Peers>,
+    /// When each cache key's fetch last failed (for [`ASK_PEERS_AGAIN_AFTER`]).
+    failed_at: Mutex<BTreeMap<String, Instant>>,
+    /// This set, once shared ([`BootImages::start_downloads`] keeps it): what a request that
+    /// starts a fetch hands the fetch's task.
+    me: Mutex<std::sync::Weak<BootImages>>,
 }
 
 impl BootImages {
@@ -217,11 +235,29 @@ impl BootImages {
         images: &BTreeMap<String, Image>,
         cache: Option<ImageCache>,
     ) -> (BootImages, Vec<ImageError>) {
-        let (inner, errors) = build(images, cache.as_ref(), &BTreeSet::new(), &BTreeMap::new());
+        BootImages::load_with_peers(images, cache, None)
+    }
+
+    /// [`BootImages::load`], with the other controllers of the store to ask for the files this
+    /// one cannot have itself (a `path` with a sha256 that is not on this disk waits for them
+    /// instead of failing).
+    pub fn load_with_peers(
+        images: &BTreeMap<String, Image>,
+        cache: Option<ImageCache>,
+        peers: Option<Peers>,
+    ) -> (BootImages, Vec<ImageError>) {
+        let sources = Sources {
+            cache: cache.as_ref(),
+            peers: peers.is_some(),
+        };
+        let (inner, errors) = build(images, sources, &BTreeSet::new(), &BTreeMap::new());
         let loaded = BootImages {
             cache,
             inner: RwLock::new(inner),
             active: Mutex::default(),
+            peers,
+            failed_at: Mutex::default(),
+            me: Mutex::default(),
         };
         (loaded, errors)
     }
@@ -229,9 +265,10 @@ impl BootImages {
     pub async fn load_async(
         images: BTreeMap<String, Image>,
         cache: Option<ImageCache>,
+        peers: Option<Peers>,
     ) -> (BootImages, Vec<ImageError>) {
         // A panic while hashing leaves nothing verified, so nothing is served.
-        tokio::task::spawn_blocking(move || BootImages::load(&images, cache))
+        tokio::task::spawn_blocking(move || BootImages::load_with_peers(&images, cache, peers))
             .await
             .unwrap_or_default()
     }
@@ -251,7 +288,11 @@ impl BootImages {
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone();
             let before = this.read().entries.clone();
-            build(&images, this.cache.as_ref(), &active, &before)
+            let sources = Sources {
+                cache: this.cache.as_ref(),
+                peers: this.peers.is_some(),
+            };
+            build(&images, sources, &active, &before)
         })
         .await;
         let Ok((mut inner, errors)) = built else {
@@ -315,6 +356,10 @@ impl BootImages {
             };
             match &entry.state {
                 FileState::Ready(verified) => verified.clone(),
+                FileState::Failed(_) if self.may_ask_peers_again(entry) => {
+                    drop(inner);
+                    return Err(self.ask_peers_again(image, file));
+                }
                 state => return Err(unavailable(image, file, state)),
             }
         };
@@ -330,6 +375,67 @@ impl BootImages {
             entry.state = changed.clone();
         }
         Err(unavailable(image, file, &changed))
+    }
+
+    /// The ready file whose bytes have SHA-256 `sha256` (what another controller asks for),
+    /// if it is unchanged on disk since its check.
+    pub fn file_by_digest(&self, sha256: &str) -> Option<VerifiedFile> {
+        let inner = self.read();
+        let ready = inner
+            .entries
+            .values()
+            .filter_map(|entry| match &entry.state {
+                FileState::Ready(verified) => Some(verified),
+                _ => None,
+            });
+        let found = ready
+            .filter(|verified| verified.sha256.eq_ignore_ascii_case(sha256))
+            .find(|verified| verified.stamp.still_matches(&verified.path));
+        found.cloned()
+    }
+
+    /// Whether a failed file is one only other controllers can give (a `path` not on this
+    /// disk), not being fetched, and its last attempt long enough ago to ask again.
+    fn may_ask_peers_again(&self, entry: &Entry) -> bool {
+        let (Some(_), ArtifactLocation::Path(_), Some(key)) =
+            (&self.peers, &entry.location, &entry.key)
+        else {
+            return false;
+        };
+        let active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        let failed_at = self
+            .failed_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let long_ago = failed_at
+            .get(key)
+            .is_none_or(|at| at.elapsed() >= ASK_PEERS_AGAIN_AFTER);
+        !active.contains(key) && long_ago && tokio::runtime::Handle::try_current().is_ok()
+    }
+
+    /// Starts asking the other controllers again for a file needed now (once the set is
+    /// shared, as it is in a controller); says it is on its way.
+    fn ask_peers_again(&self, image: &str, file: &str) -> ImageUnavailable {
+        let shared = self
+            .me
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .upgrade();
+        let mut inner = self.write();
+        let Some(entry) = inner.entries.get_mut(&key_of(image, file)) else {
+            return self.missing(&inner, image, file);
+        };
+        let Some(shared) = shared else {
+            return unavailable(image, file, &entry.state);
+        };
+        entry.state = FileState::Downloading {
+            done: 0,
+            total: None,
+        };
+        let waiting = unavailable(image, file, &entry.state);
+        drop(inner);
+        shared.start_downloads();
+        waiting
     }
 
     /// The root image `name` as a deployment needs it, if it can be served now.
@@ -387,14 +493,14 @@ impl BootImages {
     /// Starts one background download per cache key that is waiting for one and has none
     /// running. Needs a tokio runtime.
     pub fn start_downloads(self: &Arc<Self>) {
+        *self.me.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(self);
         let waiting: Vec<Fetch> = {
             let inner = self.read();
             let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
             let mut waiting = Vec::new();
             for ((image, file), entry) in &inner.entries {
-                let (ArtifactLocation::Url(url), Some(key), Some(expected)) =
-                    (&entry.location, &entry.key, &entry.expected)
-                else {
+                // A URL, or a path this controller does not have (only those wait for a fetch).
+                let (Some(key), Some(expected)) = (&entry.key, &entry.expected) else {
                     continue;
                 };
                 if matches!(entry.state, FileState::Downloading { .. })
@@ -402,7 +508,7 @@ impl BootImages {
                 {
                     waiting.push(Fetch {
                         key: key.clone(),
-                        url: url.clone(),
+                        location: entry.location.clone(),
                         expected: expected.clone(),
                         format: entry.format,
                         image: image.clone(),
@@ -458,7 +564,8 @@ impl BootImages {
 /// What one background download fetches.
 struct Fetch {
     key: String,
-    url: String,
+    /// A URL is downloaded first; a path (not on this controller) is only asked of peers.
+    location: ArtifactLocation,
     expected: String,
     format: Option<ImageFormat>,
     /// The first image that names it, and "image `noble`'s root", for the log.
@@ -478,37 +585,25 @@ impl BootImages {
         if let Some(verified) = cached(&cache, &fetch.key) {
             return self.set_state(&fetch.key, |_| FileState::Ready(verified.clone()));
         }
-        let outcome = self.download(&cache, fetch).await;
-        let (sha256, size) = match outcome {
-            Ok(done) => done,
-            Err(reason) => {
-                eprintln!("  images  {}: {reason}", fetch.what);
-                return self.set_state(&fetch.key, |_| FileState::Failed(reason.clone()));
+        let (source, size) = match self.fetch_source(&cache, fetch).await {
+            Ok(fetched) => fetched,
+            Err(failure) => {
+                let reason = |image: &str| failure.reason(image);
+                eprintln!("  images  {}: {}", fetch.what, reason(&fetch.image));
+                self.failed_at
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(fetch.key.clone(), Instant::now());
+                return self.set_state(&fetch.key, |image| FileState::Failed(reason(image)));
             }
         };
-        let partial = cache.partial(&fetch.key);
-        if sha256 != fetch.expected {
-            let _ = std::fs::remove_file(&partial);
-            let reason = |image: &str| {
-                format!(
-                    "image `{image}`: downloaded {size} bytes with SHA-256 {sha256}, but the fleet file says {}; \
-                     the download was removed (check the URL and the sha256)",
-                    fetch.expected
-                )
-            };
-            eprintln!("  images  {}", reason(&fetch.image));
-            return self.set_state(&fetch.key, |image| FileState::Failed(reason(image)));
-        }
+        let sha256 = fetch.expected.to_ascii_lowercase();
         self.set_state(&fetch.key, |_| FileState::Checking);
         let finished = {
-            let (cache, url, key, format) = (
-                cache.clone(),
-                fetch.url.clone(),
-                fetch.key.clone(),
-                fetch.format,
-            );
+            let (cache, key, format) = (cache.clone(), fetch.key.clone(), fetch.format);
+            let source = source.clone();
             tokio::task::spawn_blocking(move || {
-                finish_download(&cache, &key, &url, format, size, &sha256)
+                finish_download(&cache, &key, &source, format, size, &sha256)
             })
             .await
             .unwrap_or_else(|error| Err(format!("the check panicked: {error}")))
@@ -516,7 +611,7 @@ impl BootImages {
         match finished {
             Ok(verified) => {
                 eprintln!(
-                    "  images  {}: downloaded and checked ({} bytes, served from {})",
+                    "  images  {}: downloaded from {source} and checked ({} bytes, served from {})",
                     fetch.what,
                     size,
                     verified.path.display()
@@ -530,8 +625,60 @@ impl BootImages {
         }
     }
 
+    /// The file's bytes in the partial file, with the fleet file's SHA-256: from its URL, else
+    /// (the URL failed, or the file is a path this controller does not have) from another
+    /// controller of the store. Returns where they came from and their size.
+    async fn fetch_source(
+        &self,
+        cache: &ImageCache,
+        fetch: &Fetch,
+    ) -> Result<(String, u64), FetchFailure> {
+        let partial = cache.partial(&fetch.key);
+        let here = match &fetch.location {
+            ArtifactLocation::Url(url) => match self.download(cache, fetch, url).await {
+                Ok((sha256, size)) if sha256.eq_ignore_ascii_case(&fetch.expected) => {
+                    return Ok((url.clone(), size))
+                }
+                Ok((sha256, size)) => {
+                    let _ = std::fs::remove_file(&partial);
+                    FetchFailure::WrongDigest {
+                        size,
+                        sha256,
+                        expected: fetch.expected.clone(),
+                    }
+                }
+                Err(reason) => FetchFailure::Url(reason),
+            },
+            ArtifactLocation::Path(path) => FetchFailure::NotHere(path.clone()),
+        };
+        let Some(peers) = &self.peers else {
+            return Err(here);
+        };
+        eprintln!(
+            "  images  {}: {}; asking the other controllers of the store",
+            fetch.what,
+            here.reason(&fetch.image)
+        );
+        let mut logged = Logged::default();
+        let mut progress = |done: u64, total: Option<u64>| {
+            self.set_state(&fetch.key, |_| FileState::Downloading { done, total });
+            logged.log(&fetch.what, done, total);
+        };
+        peers::fetch_from_peers(peers, &fetch.expected, &partial, &mut progress)
+            .await
+            .map_err(|from_peers| FetchFailure::Peers {
+                here: Box::new(here),
+                from_peers,
+            })
+    }
+
     /// Downloads into the partial file, resuming after cuts, with waits doubling from 1 s.
-    async fn download(&self, cache: &ImageCache, fetch: &Fetch) -> Result<(String, u64), String> {
+    async fn download(
+        &self,
+        cache: &ImageCache,
+        fetch: &Fetch,
+        url: &str,
+    ) -> Result<(String, u64), String> {
         let client = download::client()?;
         let partial = cache.partial(&fetch.key);
         let mut logged = Logged::default();
@@ -549,7 +696,8 @@ impl BootImages {
                 self.set_state(&fetch.key, |_| FileState::Downloading { done, total });
                 logged.log(&fetch.what, done, total);
             };
-            match download::fetch_once(&client, &fetch.url, &partial, &mut progress).await {
+            let no_headers = reqwest::header::HeaderMap::new();
+            match download::fetch_once(&client, url, no_headers, &partial, &mut progress).await {
                 Ok(done) => return Ok(done),
                 Err(download::DownloadError::Fatal(reason)) => return Err(reason),
                 Err(download::DownloadError::Retry(reason)) => last_error = reason,
@@ -558,6 +706,48 @@ impl BootImages {
         Err(format!(
             "{last_error}; gave up after {ATTEMPTS} attempts (the next load tries again, resuming)"
         ))
+    }
+}
+
+/// Why a file could not be fetched.
+enum FetchFailure {
+    /// The URL failed (after its attempts).
+    Url(String),
+    /// The URL gave other bytes (removed).
+    WrongDigest {
+        size: u64,
+        sha256: String,
+        expected: String,
+    },
+    /// A path that is not on this controller.
+    NotHere(PathBuf),
+    /// Then the other controllers failed too.
+    Peers {
+        here: Box<FetchFailure>,
+        from_peers: String,
+    },
+}
+
+impl FetchFailure {
+    /// The failed state's reason for `image`.
+    fn reason(&self, image: &str) -> String {
+        match self {
+            FetchFailure::Url(reason) => reason.clone(),
+            FetchFailure::WrongDigest {
+                size,
+                sha256,
+                expected,
+            } => format!(
+                "image `{image}`: downloaded {size} bytes with SHA-256 {sha256}, but the fleet \
+                 file says {expected}; the download was removed (check the URL and the sha256)"
+            ),
+            FetchFailure::NotHere(path) => {
+                format!("{} is not on this controller", path.display())
+            }
+            FetchFailure::Peers { here, from_peers } => {
+                format!("{}; {from_peers}", here.reason(image))
+            }
+        }
     }
 }
 
@@ -690,12 +880,21 @@ fn view(image: &str, file: &str, entry: &Entry, used_by: usize) -> ImageFileView
 // ---------------------------------------------------------------------------------------------
 // Loading (blocking)
 
+/// Where a load may find files besides the fleet file's paths.
+#[derive(Clone, Copy)]
+struct Sources<'a> {
+    cache: Option<&'a ImageCache>,
+    /// Whether other controllers may be asked (a path not on this disk then waits for them).
+    peers: bool,
+}
+
 fn build(
     images: &BTreeMap<String, Image>,
-    cache: Option<&ImageCache>,
+    sources: Sources<'_>,
     active: &BTreeSet<String>,
     before: &BTreeMap<(String, String), Entry>,
 ) -> (Inner, Vec<ImageError>) {
+    let cache = sources.cache;
     if let Some(cache) = cache {
         if let Err(error) = cache.create() {
             eprintln!(
@@ -731,6 +930,7 @@ fn build(
                 image: &image.name,
                 file,
                 cache,
+                peers: sources.peers,
             };
             entry.state = match what.check(&mut entry, active) {
                 Ok(state) => state,
@@ -805,14 +1005,60 @@ struct Artifact<'a> {
     image: &'a str,
     file: &'static str,
     cache: Option<&'a ImageCache>,
+    peers: bool,
 }
 
 impl Artifact<'_> {
     fn check(&self, entry: &mut Entry, active: &BTreeSet<String>) -> Result<FileState, ImageError> {
         match entry.location.clone() {
-            ArtifactLocation::Path(path) => self.check_path(&path, entry),
+            ArtifactLocation::Path(path) => match self.check_path(&path, entry) {
+                Err(ImageError::Unreadable { source, .. }) if self.may_fetch(entry) => {
+                    Ok(self.wait_for_peers(&path, &source, entry, active))
+                }
+                checked => checked,
+            },
             ArtifactLocation::Url(url) => Ok(self.check_url(&url, entry, active)),
         }
+    }
+
+    /// Whether a local file this controller cannot read may come from another controller: only
+    /// with a digest to check it against and a cache to keep it in.
+    fn may_fetch(&self, entry: &Entry) -> bool {
+        self.peers && self.cache.is_some() && entry.expected.is_some()
+    }
+
+    /// A local file this controller cannot read (another controller's): ready if fetched from
+    /// a peer before (in the cache under its digest), else waiting for the peers.
+    fn wait_for_peers(
+        &self,
+        path: &Path,
+        why: &std::io::Error,
+        entry: &mut Entry,
+        active: &BTreeSet<String>,
+    ) -> FileState {
+        let (Some(cache), Some(expected)) = (self.cache, &entry.expected) else {
+            return FileState::Failed(format!("{} cannot be read: {why}", path.display()));
+        };
+        let key = ImageCache::key(expected, &kind(self.file, entry.format));
+        entry.key = Some(key.clone());
+        let waiting = FileState::Downloading {
+            done: 0,
+            total: None,
+        };
+        if active.contains(&key) {
+            return waiting;
+        }
+        if let Some(verified) = cached(cache, &key) {
+            return FileState::Ready(verified);
+        }
+        eprintln!(
+            "  images  image `{}`: the {} {} is not on this controller ({why}): asking the \
+             other controllers of the store for SHA-256 {expected}",
+            self.image,
+            self.file,
+            path.display()
+        );
+        waiting
     }
 
     /// A URL: ready if the cache has it (checked again if its stamp changed), else waiting
