@@ -6,7 +6,9 @@
 use crate::both_backends;
 use crate::support::controller::{stderr, stdout, TestController, FLEET};
 use crate::support::db::{drop_postgres_store, empty_postgres_database, postgres_store};
+use fleet::apply::{progress, queue_apply, ApplyRequest, Executor};
 use fleet::model::{Settlement, Status};
+use fleet::power::PowerDrivers;
 use fleet::services::actions::settle_machine;
 use fleet::store::{Event, EventFilter, Store};
 use std::collections::BTreeMap;
@@ -413,3 +415,95 @@ async fn an_apply_survives_sigkill_of_the_leader_and_runs_each_step_once() {
     drop((first, second));
     drop_postgres_store(store).await;
 }
+
+/// The leader's executor as `fleet serve` runs it for a term, on `store`, as `holder`.
+fn spawn_executor(store: &Store, holder: &str) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(
+        Executor {
+            store: store.clone(),
+            drivers: PowerDrivers::standard(),
+            metrics: std::sync::Arc::new(fleet::metrics::Metrics::new()),
+            holder: holder.into(),
+            wake: std::sync::Arc::new(tokio::sync::Notify::new()),
+        }
+        .run(),
+    )
+}
+
+// A term's end aborts its executor, and with it the apply's tasks: the machines reporting in
+// afterwards are not marked done by them; the next term's executor takes the lock over, resumes
+// the apply, and each step ends once (one `done` event per step, by the new holder).
+both_backends!(
+    an_executor_aborted_mid_apply_stops_its_tasks_and_the_next_finishes_each_step_once,
+    |store| async move {
+        const MACHINES: u8 = 3;
+        let body: String = (0..MACHINES)
+            .map(|index| machine_toml(&format!("q-{index:02}"), index))
+            .collect();
+        let text = format!("[policy]\nparallelism = {MACHINES}\n\n{body}");
+        let fleet = fleet::config::load_str("fleet.toml", &text).unwrap();
+        let observed = fleet::apply::observe(&store).await.unwrap();
+        let request = ApplyRequest {
+            plan: fleet::plan::plan(&fleet, &observed),
+            allow_destroy: false,
+            strict: false,
+        };
+        let first = spawn_executor(&store, "a/1");
+        let started = queue_apply(&store, request, "alice", None).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let records = store.planning_records().await.unwrap();
+            let commissioning = records
+                .iter()
+                .filter(|record| record.lifecycle.status == Status::Commissioning)
+                .count();
+            if commissioning == usize::from(MACHINES) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the machines do not commission");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            store.lock_holder("apply").await.unwrap().unwrap().holder,
+            "a/1"
+        );
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        // Reported in with no executor running: the aborted one's tasks, had they lived on,
+        // would mark the steps done at their next look (every 0.1 s). Watched for five looks.
+        assert_eq!(settle_all(&store).await, usize::from(MACHINES));
+        let watched = Instant::now();
+        while watched.elapsed() < Duration::from_millis(500) {
+            let steps = store.apply_steps(&started.id).await.unwrap();
+            let done = steps.iter().filter(|step| step.state == "done").count();
+            assert_eq!(
+                done,
+                usize::from(MACHINES),
+                "only the add steps are done: {steps:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let second = spawn_executor(&store, "b/1");
+        loop {
+            let now = progress(&store, &started.id).await.unwrap();
+            if now.finished() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not resumed: {now:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        second.abort();
+        for index in 0..MACHINES {
+            let name = format!("q-{index:02}");
+            let done: Vec<String> = events_of(&store, &name)
+                .await
+                .iter()
+                .filter(|event| event.action.as_deref() == Some("commission done"))
+                .map(|event| event.detail["by"].as_str().unwrap_or_default().to_string())
+                .collect();
+            assert_eq!(done, vec!["b/1".to_string()], "{name}");
+        }
+        assert_eq!(store.lock_holder("apply").await.unwrap(), None);
+    }
+);
