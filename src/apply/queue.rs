@@ -82,7 +82,7 @@ impl Executor {
     }
 
     /// The next apply to run here, its lock taken and its status applying; `None` when none is
-    /// in flight, or the lock is held by a live holder of this term (it cannot be: then wait).
+    /// in flight, or another holder's lock is live (it waits for the next look).
     async fn next(&self) -> Result<Option<String>, ApplyError> {
         let Some(next) = self.store.plans_in_flight().await?.into_iter().next() else {
             return Ok(None);
