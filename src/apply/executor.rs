@@ -101,8 +101,10 @@ pub async fn run_apply(
         });
     }
     while tasks.join_next().await.is_some() {}
-    store.set_plan_status(id, FINISHED).await?;
+    // Unlocked first: whoever reads the apply finished finds the lock free. (A crash between the
+    // two leaves it applying, unlocked: the next term resumes it and finds every step ended.)
     store.unlock(APPLY_LOCK, holder).await?;
+    store.set_plan_status(id, FINISHED).await?;
     Ok(())
 }
 

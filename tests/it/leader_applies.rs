@@ -416,6 +416,13 @@ async fn an_apply_survives_sigkill_of_the_leader_and_runs_each_step_once() {
     drop_postgres_store(store).await;
 }
 
+/// The tasks alive in this test's runtime.
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
 /// The leader's executor as `fleet serve` runs it for a term, on `store`, as `holder`.
 fn spawn_executor(store: &Store, holder: &str) -> tokio::task::JoinHandle<()> {
     tokio::spawn(
@@ -448,6 +455,7 @@ both_backends!(
             allow_destroy: false,
             strict: false,
         };
+        let tasks_before = alive_tasks();
         let first = spawn_executor(&store, "a/1");
         let started = queue_apply(&store, request, "alice", None).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -469,6 +477,16 @@ both_backends!(
         );
         first.abort();
         assert!(first.await.unwrap_err().is_cancelled());
+        // Its tasks (the apply, the machines', the lock's refresh) end as the runtime gets to
+        // them; then the runtime holds no more tasks than before it started.
+        while alive_tasks() > tasks_before {
+            assert!(
+                Instant::now() < deadline,
+                "the aborted executor left tasks: {} alive, {tasks_before} before",
+                alive_tasks()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         // Reported in with no executor running: the aborted one's tasks, had they lived on,
         // would mark the steps done at their next look (every 0.1 s). Watched for five looks.
         assert_eq!(settle_all(&store).await, usize::from(MACHINES));
