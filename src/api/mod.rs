@@ -55,6 +55,9 @@ pub struct ApiState {
     pub controller_id: Option<String>,
     /// The controller's counters (`GET /metrics`); both listeners file their requests here.
     pub metrics: Arc<Metrics>,
+    /// Notified when an apply is queued here: the executor, when this controller leads, takes
+    /// it at once rather than at its next look.
+    pub applies_queued: Arc<tokio::sync::Notify>,
 }
 
 /// The largest plan `POST /applies` takes. axum's default (2 MB) refused the plan of 2,000

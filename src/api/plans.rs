@@ -2,7 +2,7 @@
 //! (start one, follow its progress).
 
 use super::{Actor, ApiError, ApiState};
-use crate::apply::{progress, start_apply, ApplyError, ApplyProgress, ApplyRequest, ApplyStarted};
+use crate::apply::{progress, queue_apply, ApplyError, ApplyProgress, ApplyRequest, ApplyStarted};
 use crate::plan::Observed;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -14,7 +14,8 @@ pub async fn observed(State(state): State<ApiState>) -> Result<Json<Observed>, A
     Ok(Json(crate::apply::observe(&state.store).await?))
 }
 
-/// `POST /api/v1/applies`: checks the plan's fingerprints, takes the apply lock, starts it.
+/// `POST /api/v1/applies`: checks the plan's fingerprints and queues it for the leader's
+/// executor (on whichever controller leads; this one's at once when it leads).
 pub async fn start(
     State(state): State<ApiState>,
     Actor(actor): Actor,
@@ -23,12 +24,11 @@ pub async fn start(
     let Json(request) = body.map_err(|rejection| {
         ApiError::bad_request(format!("the plan is not valid: {}", rejection.body_text()))
     })?;
-    let started = start_apply(
+    let started = queue_apply(
         &state.store,
-        &state.drivers,
-        &state.metrics,
         request,
         &actor,
+        Some(state.applies_queued.as_ref()),
     )
     .await?;
     Ok((StatusCode::ACCEPTED, Json(started)))

@@ -1,10 +1,7 @@
 //! Running an apply: each machine's steps in order, machines side by side (bounded), every step's
 //! progress persisted before and after it runs so that a restarted controller resumes.
 
-use super::{
-    record_event, ApplyError, ApplyRecord, APPLY_LOCK, FINISHED, LOCK_REFRESH_MS, RUNNING,
-    STALE_LOCK_MS,
-};
+use super::{record_event, ApplyError, ApplyRecord, APPLY_LOCK, FINISHED, LOCK_REFRESH_MS};
 use crate::metrics::{Metrics, StepOutcome as EndedStep};
 use crate::model::{ActionRequest, Settlement, Status};
 use crate::plan::{AppliedDeployment, MachinePlan, Operation, Step};
@@ -25,30 +22,46 @@ struct MachineRun {
     /// Where each step's end is counted (`/metrics`).
     metrics: Arc<Metrics>,
     apply_id: String,
+    /// The leader's holder (`CONTROLLER_ID/INSTANCE`) that carries the apply out: in the lock
+    /// and in every `apply` event's detail.
+    by: Arc<str>,
     record: Arc<ApplyRecord>,
     planned: MachinePlan,
     rows: Vec<ApplyStepRow>,
 }
 
-/// Carries out (or resumes) the apply `id` to its end, then releases the lock.
+/// Carries out (or resumes) the apply `id` to its end, then releases the lock. The caller holds
+/// the apply lock as `holder` (the leader's, see [`super::Executor`]); dropping the future
+/// stops every machine's task and the lock's refresh (a term that ends aborts it).
 pub async fn run_apply(
     store: &Store,
     drivers: &PowerDrivers,
     metrics: &Arc<Metrics>,
     id: &str,
+    holder: &str,
 ) -> Result<(), ApplyError> {
     let stored = store
         .plan(id)
         .await?
         .ok_or_else(|| ApplyError::Unknown(id.to_string()))?;
-    let record: Arc<ApplyRecord> = Arc::new(
-        serde_json::from_value(stored.body).map_err(|e| ApplyError::BadPlan(e.to_string()))?,
-    );
-    let refresher = keep_lock(store.clone(), record.holder.clone());
+    let record: Arc<ApplyRecord> = match serde_json::from_value(stored.body) {
+        Ok(record) => Arc::new(record),
+        Err(error) => {
+            // Nobody can carry it out: it must not hold up the applies queued after it.
+            store.set_plan_status(id, FINISHED).await?;
+            store.unlock(APPLY_LOCK, holder).await?;
+            return Err(ApplyError::BadPlan(format!(
+                "apply {id} cannot be read ({error}); it is marked applied without running"
+            )));
+        }
+    };
+    let _refresher = AbortOnDrop(keep_lock(store.clone(), holder.to_string()));
+    let by: Arc<str> = Arc::from(holder);
     let rows = store.apply_steps(id).await?;
     let permits = Arc::new(Semaphore::new(
         record.plan.policy.parallelism.max(1) as usize
     ));
+    // Dropped with this future: the machines' tasks end with it.
     let mut tasks = tokio::task::JoinSet::new();
     for planned in &record.plan.machines {
         let machine_rows: Vec<ApplyStepRow> = rows
@@ -59,7 +72,8 @@ pub async fn run_apply(
         if machine_rows.is_empty() {
             // No step, but the plan may still give it addresses (a template now asking for
             // one): they stick from this apply on, like any other.
-            if let Err(error) = commit_without_steps(store, id, &record.holder, planned).await {
+            let actor = (record.holder.as_str(), Some(holder));
+            if let Err(error) = commit_without_steps(store, id, actor, planned).await {
                 tracing::error!(machine = %planned.name, "cannot commit the machine's addresses: {error}");
             }
             continue;
@@ -72,6 +86,7 @@ pub async fn run_apply(
             drivers: drivers.clone(),
             metrics: metrics.clone(),
             apply_id: id.to_string(),
+            by: by.clone(),
             record: record.clone(),
             planned: planned.clone(),
             rows: machine_rows,
@@ -86,10 +101,20 @@ pub async fn run_apply(
         });
     }
     while tasks.join_next().await.is_some() {}
+    // Unlocked first: whoever reads the apply finished finds the lock free. (A crash between the
+    // two leaves it applying, unlocked: the next term resumes it and finds every step ended.)
+    store.unlock(APPLY_LOCK, holder).await?;
     store.set_plan_status(id, FINISHED).await?;
-    refresher.abort();
-    store.unlock(APPLY_LOCK, &record.holder).await?;
     Ok(())
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Refreshes the apply lock until aborted.
@@ -107,6 +132,14 @@ fn keep_lock(store: Store, holder: String) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+impl MachineRun {
+    /// Who the apply's events name: the actor that asked (`ACTOR (APPLY-ID)`) and the leader
+    /// carrying it out.
+    fn actor(&self) -> (&str, Option<&str>) {
+        (self.record.holder.as_str(), Some(&*self.by))
+    }
 }
 
 /// One machine's steps in order; stops at the first failure (the rest are skipped). The plan's
@@ -136,7 +169,7 @@ async fn run_machine(run: &MachineRun) -> Result<(), StoreError> {
             "started" => resume_step(run, index, step, row).await?,
             _ => start_step(run, index, step).await?,
         };
-        let actor = run.record.holder.as_str();
+        let actor = run.actor();
         match outcome {
             Ok(()) => {
                 mark(run, index, "done", None).await?;
@@ -176,7 +209,7 @@ async fn run_machine(run: &MachineRun) -> Result<(), StoreError> {
             record_event(
                 &run.store,
                 name,
-                &run.record.holder,
+                run.actor(),
                 "apply refused",
                 &reason,
                 &run.apply_id,
@@ -190,13 +223,13 @@ async fn run_machine(run: &MachineRun) -> Result<(), StoreError> {
 /// Commits the plan's addresses of the machine that it does not hold yet; `Err(reason)` when
 /// another machine holds one of them now.
 async fn commit_planned_addresses(run: &MachineRun) -> Result<StepOutcome, StoreError> {
-    commit_addresses_of(&run.store, &run.apply_id, &run.record.holder, &run.planned).await
+    commit_addresses_of(&run.store, &run.apply_id, run.actor(), &run.planned).await
 }
 
 async fn commit_addresses_of(
     store: &Store,
     apply_id: &str,
-    actor: &str,
+    (actor, _by): (&str, Option<&str>),
     planned: &MachinePlan,
 ) -> Result<StepOutcome, StoreError> {
     if planned.addresses.is_empty() {
@@ -222,7 +255,7 @@ async fn commit_addresses_of(
 async fn commit_without_steps(
     store: &Store,
     apply_id: &str,
-    actor: &str,
+    actor: (&str, Option<&str>),
     planned: &MachinePlan,
 ) -> Result<(), StoreError> {
     if let Err(reason) = commit_addresses_of(store, apply_id, actor, planned).await? {
@@ -247,7 +280,7 @@ async fn refuse_from(run: &MachineRun, index: usize, reason: &str) -> Result<(),
     record_event(
         &run.store,
         &run.planned.name,
-        &run.record.holder,
+        run.actor(),
         "apply refused",
         reason,
         &run.apply_id,
@@ -300,7 +333,7 @@ async fn start_step(
     record_event(
         &run.store,
         name,
-        &run.record.holder,
+        run.actor(),
         &format!("{} started", step.verb()),
         &step.reason,
         &run.apply_id,
@@ -330,7 +363,7 @@ async fn resume_step(
         record_event(
             &run.store,
             &run.planned.name,
-            &run.record.holder,
+            run.actor(),
             &format!("{} resumed", step.verb()),
             "the controller restarted during this step; following it to its end",
             &run.apply_id,
@@ -494,38 +527,4 @@ fn ended(record: &MachineRecord, expect: Status) -> StepOutcome {
         .map(|reason| format!(": {reason}"))
         .unwrap_or_default();
     Err(format!("ended {status}{why} (the plan expected {expect})"))
-}
-
-/// Resumes every apply a previous run of this controller (or a dead one) left running.
-pub async fn resume_unfinished(
-    store: &Store,
-    drivers: &PowerDrivers,
-    metrics: &Arc<Metrics>,
-) -> Result<usize, ApplyError> {
-    let mut resumed = 0;
-    for stored in store.plans_with_status(RUNNING).await? {
-        let Ok(record) = serde_json::from_value::<ApplyRecord>(stored.body.clone()) else {
-            tracing::warn!(apply = %stored.id, "cannot read a running apply; leaving it");
-            continue;
-        };
-        match store
-            .try_lock(APPLY_LOCK, &record.holder, STALE_LOCK_MS)
-            .await?
-        {
-            Ok(_) => {
-                resumed += 1;
-                let (store, drivers, id) = (store.clone(), drivers.clone(), stored.id.clone());
-                let metrics = metrics.clone();
-                tokio::spawn(async move {
-                    if let Err(error) = run_apply(&store, &drivers, &metrics, &id).await {
-                        tracing::error!(apply = %id, "resumed apply failed: {error}");
-                    }
-                });
-            }
-            Err(holder) => {
-                tracing::info!(apply = %stored.id, holder = %holder.holder, "an apply runs elsewhere; not resuming it here");
-            }
-        }
-    }
-    Ok(resumed)
 }

@@ -2,8 +2,16 @@
 //! controller.
 //!
 //! Invariants:
-//! - One apply at a time per store: the `apply` lock, refreshed while the apply runs; a lock whose
-//!   holder stopped refreshing for [`STALE_LOCK_MS`] is taken over.
+//! - Applies are queued by any controller's API ([`queue_apply`]) and carried out by the
+//!   leader only ([`Executor`], one of the leader's duties): a controller that does not lead
+//!   runs no step.
+//! - One apply at a time per store: admission refuses an apply while another is queued or
+//!   applying, and the executor holds the `apply` lock in the leader's name
+//!   (`CONTROLLER_ID/INSTANCE`), refreshed while the apply runs. A lock is taken over only when
+//!   its holder no longer leads (its term is over, so its writes are fenced) or stopped
+//!   refreshing for [`STALE_LOCK_MS`] by the database's clock.
+//! - An apply left applying by an earlier leader is resumed once, at the start of the next term,
+//!   and its tasks end with the term that runs them.
 //! - Only machines whose fingerprint still matches what the plan saw are carried out; the others
 //!   are refused with what changed. Destructive steps need `allow_destroy` and stay under the
 //!   policy's cap.
@@ -15,19 +23,20 @@
 //! - Every step is recorded as events (`apply` events beside the life-cycle's own).
 
 mod executor;
+mod queue;
 mod verify;
 pub mod watch;
 
-pub use executor::{resume_unfinished, run_apply};
+pub use executor::run_apply;
+pub use queue::Executor;
 pub use verify::{check_plan, Refusal};
 
-use crate::metrics::Metrics;
 use crate::model::PowerState;
 use crate::plan::{Observed, Plan};
-use crate::power::PowerDrivers;
-use crate::store::{ApplyStepRow, EventFilter, LockHolder, Store, StoreError, StoredPlan};
+use crate::store::{
+    ApplyStepRow, EventFilter, LockHolder, PlanInFlight, Store, StoreError, StoredPlan,
+};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 
 /// What the store observes, as the planner reads it (`GET /api/v1/observed`, watch mode): the
 /// records, the addresses machines hold, and for each machine whose power is in error the
@@ -92,8 +101,10 @@ pub const APPLY_LOCK: &str = "apply";
 pub const STALE_LOCK_MS: i64 = 30_000;
 /// How often a running apply refreshes its lock.
 pub const LOCK_REFRESH_MS: u64 = 5_000;
+/// `plans.status` of an apply waiting for the leader's executor.
+pub const QUEUED: &str = crate::store::QUEUED;
 /// `plans.status` of an apply that is running (or was, when its controller died).
-pub const RUNNING: &str = "applying";
+pub const RUNNING: &str = crate::store::APPLYING;
 pub const FINISHED: &str = "applied";
 
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +171,7 @@ pub struct MachineProgress {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApplyProgress {
     pub id: String,
-    /// `applying` or `applied`.
+    /// `queued` (waiting for the leader), `applying` or `applied`.
     pub status: String,
     pub machines: Vec<MachineProgress>,
 }
@@ -180,14 +191,15 @@ fn new_apply_id() -> String {
     )
 }
 
-/// Checks `request` against the store, takes the apply lock, records the apply and its steps,
-/// and starts it in the background. Refused machines are recorded too, with their reason.
-pub async fn start_apply(
+/// Checks `request` against the store and queues it, with its steps, for the leader's executor
+/// ([`Executor`]), which picks it up within half a second (at once when it runs in this
+/// process and `wake` is its). Refused machines are recorded too, with their reason. Any
+/// controller may queue; only the leader carries out.
+pub async fn queue_apply(
     store: &Store,
-    drivers: &PowerDrivers,
-    metrics: &Arc<Metrics>,
     request: ApplyRequest,
     actor: &str,
+    wake: Option<&tokio::sync::Notify>,
 ) -> Result<ApplyStarted, ApplyError> {
     if request.plan.format_version != crate::plan::PLAN_FORMAT_VERSION {
         return Err(ApplyError::BadPlan(format!(
@@ -198,26 +210,30 @@ pub async fn start_apply(
     }
     let id = new_apply_id();
     let holder = format!("{actor} ({id})");
-    match store.try_lock(APPLY_LOCK, &holder, STALE_LOCK_MS).await? {
-        Ok(_) => {}
-        Err(current) => return Err(ApplyError::Busy(current)),
+    let started = record_apply(store, &request, &id, &holder, actor).await?;
+    if let Some(wake) = wake {
+        wake.notify_one();
     }
-    let started = record_apply(store, &request, &id, &holder, actor).await;
-    let started = match started {
-        Ok(started) => started,
-        Err(error) => {
-            let _ = store.unlock(APPLY_LOCK, &holder).await;
-            return Err(error);
-        }
-    };
-    let (store, drivers, metrics) = (store.clone(), drivers.clone(), metrics.clone());
-    let apply_id = id.clone();
-    tokio::spawn(async move {
-        if let Err(error) = run_apply(&store, &drivers, &metrics, &apply_id).await {
-            tracing::error!(apply = %apply_id, "apply failed: {error}");
-        }
-    });
     Ok(started)
+}
+
+/// The apply in flight, as a refusal names it: the apply and the leader running it (the lock's
+/// holder), or the apply waiting in the queue.
+async fn busy(store: &Store, in_flight: PlanInFlight) -> ApplyError {
+    let lock = store.lock_holder(APPLY_LOCK).await.ok().flatten();
+    let holder = match lock {
+        Some(lock) if in_flight.status == RUNNING => LockHolder {
+            holder: format!("{} on {}", in_flight.id, lock.holder),
+            ..lock
+        },
+        _ => LockHolder {
+            name: APPLY_LOCK.into(),
+            holder: format!("{} ({})", in_flight.id, in_flight.status),
+            since: in_flight.created_at,
+            heartbeat: in_flight.created_at,
+        },
+    };
+    ApplyError::Busy(holder)
 }
 
 async fn record_apply(
@@ -258,20 +274,20 @@ async fn record_apply(
         holder: holder.to_string(),
         allow_destroy: request.allow_destroy,
     };
-    store
-        .save_plan(&StoredPlan {
-            id: id.to_string(),
-            created_at: now,
-            status: RUNNING.into(),
-            body: serde_json::to_value(&body).unwrap_or_default(),
-        })
-        .await?;
-    store.create_apply_steps(id, &rows).await?;
+    let plan = StoredPlan {
+        id: id.to_string(),
+        created_at: now,
+        status: QUEUED.into(),
+        body: serde_json::to_value(&body).unwrap_or_default(),
+    };
+    if let Err(in_flight) = store.queue_plan(&plan, &rows).await? {
+        return Err(busy(store, in_flight).await);
+    }
     for refusal in &checked.refused {
         record_event(
             store,
             &refusal.machine,
-            actor,
+            (actor, None),
             "apply refused",
             &refusal.reason,
             id,
@@ -285,15 +301,20 @@ async fn record_apply(
     })
 }
 
-/// An `apply` event in the machine's history.
+/// An `apply` event in the machine's history; `by`: the leader's holder (`CONTROLLER_ID/INSTANCE`)
+/// whose executor ran the step, kept in the event's detail.
 async fn record_event(
     store: &Store,
     machine: &str,
-    actor: &str,
+    (actor, by): (&str, Option<&str>),
     what: &str,
     reason: &str,
     apply_id: &str,
 ) -> Result<(), StoreError> {
+    let detail = match by {
+        Some(by) => serde_json::json!({ "apply": apply_id, "by": by }),
+        None => serde_json::json!({ "apply": apply_id }),
+    };
     store
         .append_event(&crate::store::NewEvent {
             machine: Some(machine.to_string()),
@@ -303,7 +324,7 @@ async fn record_event(
             from_status: None,
             to_status: None,
             reason: Some(reason.to_string()),
-            detail: serde_json::json!({ "apply": apply_id }),
+            detail,
         })
         .await?;
     Ok(())

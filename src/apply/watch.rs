@@ -9,7 +9,7 @@
 //!    with file:line:column, on stderr and in the current plan) and the last good fleet stays
 //!    in force;
 //! 2. plan the fleet against the store;
-//! 3. start an apply, through the executor's own path ([`super::start_apply`]), of the
+//! 3. queue an apply, through the API's own path ([`super::queue_apply`]), of the
 //!    machines whose steps are all non-destructive. Destructive steps are never applied
 //!    automatically: the policy has no switch that allows it, so they wait for a person
 //!    (`fleet apply --allow-destroy`);
@@ -18,11 +18,9 @@
 //! Invariants: one reconcile at a time (a single task runs them in turn); the published plan is
 //! always one made from a fleet that validated.
 
-use super::{start_apply, ApplyError, ApplyRequest};
+use super::{queue_apply, ApplyError, ApplyRequest};
 use crate::config::{Diagnostics, Fleet};
-use crate::metrics::Metrics;
 use crate::plan::{plan, summary_line, Plan, StepClass};
-use crate::power::PowerDrivers;
 use crate::store::Store;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
@@ -103,10 +101,10 @@ pub struct AutoApply {
 /// Told of every new fleet that validated (the controller's other parts follow it).
 pub type OnNewFleet = Arc<dyn Fn(&Arc<Fleet>) + Send + Sync>;
 
+/// `wake`: the executor's, told of each apply the loop queues.
 pub fn start_watch(
     store: &Store,
-    drivers: &PowerDrivers,
-    metrics: &Arc<Metrics>,
+    wake: Option<Arc<tokio::sync::Notify>>,
     options: WatchOptions,
     fleet: Arc<Fleet>,
     on_new_fleet: Option<OnNewFleet>,
@@ -116,8 +114,7 @@ pub fn start_watch(
     watched.follow(&fleet.sources);
     let reconciler = Reconciler {
         store: store.clone(),
-        drivers: drivers.clone(),
-        metrics: metrics.clone(),
+        wake,
         options,
         fleet,
         on_new_fleet,
@@ -282,8 +279,8 @@ fn canonical(path: &Path) -> PathBuf {
 /// The state the reconciles carry from one to the next.
 struct Reconciler {
     store: Store,
-    drivers: PowerDrivers,
-    metrics: Arc<Metrics>,
+    /// The executor's: an apply queued here is taken at once.
+    wake: Option<Arc<tokio::sync::Notify>>,
     options: WatchOptions,
     /// The last fleet that validated.
     fleet: Arc<Fleet>,
@@ -374,15 +371,7 @@ impl Reconciler {
             allow_destroy: false,
             strict: false,
         };
-        match start_apply(
-            &self.store,
-            &self.drivers,
-            &self.metrics,
-            request,
-            WATCH_ACTOR,
-        )
-        .await
-        {
+        match queue_apply(&self.store, request, WATCH_ACTOR, self.wake.as_deref()).await {
             Ok(started) => {
                 outcome.started = Some(started.id);
                 outcome.machines = started.accepted;

@@ -1,6 +1,7 @@
 //! One leader among the controllers on a database. Every controller serves the API, the machine
 //! API and the boot services; only the leader runs the duties that decide on their own: the
-//! reconcile loop (`--watch`) and the resumption of unfinished applies, the timeout watch, the
+//! reconcile loop (`--watch`) and the executor (the applies any controller queued, and the
+//! resumption of one an earlier term left unfinished), the timeout watch, the
 //! power poll and event retention. The term lives in the store (`store/leadership.rs`), judged
 //! by the database's clock: a follower claims every [`CLAIM_EVERY`], the leader renews every
 //! [`RENEW_EVERY`], and a term not renewed for [`LEADER_TERM`] is free to the next claim.
@@ -28,9 +29,9 @@ const RENEW_EVERY: Duration = Duration::from_secs(2);
 /// database's may differ a little; the fence is the guarantee, this is manners).
 const STEP_DOWN_MARGIN: Duration = Duration::from_secs(1);
 
-/// Starts the leader's duties with the store fenced for the term; returns what to abort when
-/// the term ends.
-pub type Duties = Arc<dyn Fn(Store) -> Vec<JoinHandle<()>> + Send + Sync>;
+/// Starts the leader's duties with the store fenced for the term (and the term, whose holder
+/// names the leader in the locks it takes); returns what to abort when the term ends.
+pub type Duties = Arc<dyn Fn(Store, &LeaderTerm) -> Vec<JoinHandle<()>> + Send + Sync>;
 
 /// The running election: the loop, and the term this controller holds (if any).
 pub struct Election {
@@ -167,7 +168,7 @@ impl Round {
             "  leader  this controller leads (term {}): reconcile, executor, timeouts, power poll, retention",
             granted.generation
         );
-        term.duties = (self.duties)(fenced.clone());
+        term.duties = (self.duties)(fenced.clone(), &granted);
         term.fenced = Some(fenced);
         term.held = Some(granted);
     }

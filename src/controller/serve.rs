@@ -198,7 +198,9 @@ pub async fn serve(
     let mut settings = crate::services::machine_api::MachineApiSettings::new(fleet.clone());
     settings.state_dir = Some(options.state_dir.clone());
     let machine_api = crate::services::machine_api::SharedSettings::new(settings);
+    let applies_queued = Arc::new(tokio::sync::Notify::new());
     let duties = leader_duties(LeaderDutyParts {
+        applies_queued: applies_queued.clone(),
         options: options.clone(),
         fleet: fleet.clone(),
         drivers: drivers.clone(),
@@ -229,6 +231,7 @@ pub async fn serve(
         boot: Some(boot),
         controller_id: Some(controller_id),
         metrics,
+        applies_queued,
     };
     let result = serve_both(api_listener, boot_listener, tls, state, shutdown).await;
     election.stop().await;
@@ -409,34 +412,46 @@ struct LeaderDutyParts {
     metrics: Arc<Metrics>,
     machine_api: crate::services::machine_api::SharedSettings,
     images: Arc<crate::boot::http::BootImages>,
+    /// Notified by the API (and the reconcile loop) when an apply is queued.
+    applies_queued: Arc<tokio::sync::Notify>,
 }
 
-/// The duties only the leader runs, each on the store fenced with its term: resuming unfinished
-/// applies, the reconcile loop (`--watch`), the power poll, event retention and the timeout
-/// watch.
+/// The duties only the leader runs, each on the store fenced with its term: the executor (the
+/// queued applies, and first the one an earlier term left applying), the reconcile loop
+/// (`--watch`), the power poll, event retention and the timeout watch.
 fn leader_duties(parts: LeaderDutyParts) -> super::leader::Duties {
     let parts = Arc::new(parts);
-    Arc::new(move |store: Store| {
+    Arc::new(move |store: Store, term: &crate::store::LeaderTerm| {
         let parts = parts.clone();
+        let holder = term.holder.clone();
         vec![tokio::spawn(async move {
-            // Unfinished applies first, as a controller alone always did: the reconcile loop
-            // then finds the apply lock as the resumed applies hold it.
-            start_executor(&store, &parts.drivers, &parts.metrics).await;
-            let _running = AbortOnDrop(start_leader_loops(&parts, store));
+            let _running = AbortOnDrop(start_leader_loops(&parts, store, holder));
             std::future::pending::<()>().await;
         })]
     })
 }
 
-/// The loops of the leader's duties (all but the resumption).
-fn start_leader_loops(parts: &LeaderDutyParts, store: Store) -> Vec<tokio::task::JoinHandle<()>> {
+/// The loops of the leader's duties; `holder`: the term's (`CONTROLLER_ID/INSTANCE`).
+fn start_leader_loops(
+    parts: &LeaderDutyParts,
+    store: Store,
+    holder: String,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let fleet = parts.fleet.as_deref();
-    let mut loops = Vec::new();
+    // The executor's tasks are its own: aborting it (the term ends) stops the apply it runs.
+    let executor = crate::apply::Executor {
+        store: store.clone(),
+        drivers: parts.drivers.clone(),
+        metrics: parts.metrics.clone(),
+        holder,
+        wake: parts.applies_queued.clone(),
+    };
+    let mut loops = vec![tokio::spawn(executor.run())];
     loops.extend(start_watch(
         &parts.options,
         parts.fleet.clone(),
         &store,
-        (&parts.drivers, &parts.metrics),
+        &parts.applies_queued,
         &parts.machine_api,
         &parts.images,
     ));
@@ -474,23 +489,13 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Resumes the applies a killed controller left running (each step either followed to its end
-/// or failed with a reason; none runs twice).
-async fn start_executor(store: &Store, drivers: &PowerDrivers, metrics: &Arc<Metrics>) {
-    match crate::apply::resume_unfinished(store, drivers, metrics).await {
-        Ok(0) => {}
-        Ok(count) => eprintln!("  apply   resumed {count} unfinished apply"),
-        Err(error) => eprintln!("  apply   cannot resume unfinished applies: {error}"),
-    }
-}
-
 /// Starts the reconcile loop of `--watch`; a watcher that cannot start is reported and the
 /// controller runs without it.
 fn start_watch(
     options: &ServeOptions,
     fleet: Option<Arc<crate::config::Fleet>>,
     store: &Store,
-    (drivers, metrics): (&PowerDrivers, &Arc<Metrics>),
+    applies_queued: &Arc<tokio::sync::Notify>,
     machine_api: &crate::services::machine_api::SharedSettings,
     images: &Arc<crate::boot::http::BootImages>,
 ) -> Option<tokio::task::JoinHandle<()>> {
@@ -510,7 +515,8 @@ fn start_watch(
             runtime.spawn(async move { images.reload(declared, used_by).await });
         }
     });
-    match crate::apply::watch::start_watch(store, drivers, metrics, watch, fleet, Some(follow)) {
+    let wake = Some(applies_queued.clone());
+    match crate::apply::watch::start_watch(store, wake, watch, fleet, Some(follow)) {
         Ok(handle) => {
             eprintln!("  watch   {files} fleet file argument(s); reconciles on each save and every {interval} s");
             Some(handle)

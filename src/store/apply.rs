@@ -1,11 +1,25 @@
 //! What the executor (src/apply) keeps in the store: the machines read in bulk for planning, and
 //! the progress of each step of an apply (`apply_steps`, migration 0002).
 
-use super::codec::{get, get_json, get_mac};
+use super::codec::{get, get_json, get_mac, json_text};
 use super::machines::{machine_from_columns, HardwareDetail};
-use super::{Disk, Interface, MachineRecord, Store, StoreError, StoredPlan};
+use super::{Backend, Disk, Interface, MachineRecord, Store, StoreError, StoredPlan};
 use crate::store::now_ms;
 use std::collections::HashMap;
+
+/// `plans.status` of an apply recorded and waiting for the leader's executor.
+pub const QUEUED: &str = "queued";
+/// `plans.status` of an apply the leader carries out (or did, when its controller died).
+pub const APPLYING: &str = "applying";
+
+/// An apply queued or applying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanInFlight {
+    pub id: String,
+    /// [`QUEUED`] or [`APPLYING`].
+    pub status: String,
+    pub created_at: i64,
+}
 
 /// One step's progress in an apply.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -92,23 +106,58 @@ impl Store {
         steps: &[ApplyStepRow],
     ) -> Result<(), StoreError> {
         let mut transaction = self.begin_write().await?;
-        for step in steps {
-            sqlx::query(
-                "INSERT INTO apply_steps (apply_id, machine, step, state, generation, reason, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(apply_id)
-            .bind(step.machine.as_str())
-            .bind(step.step)
-            .bind(step.state.as_str())
-            .bind(step.generation)
-            .bind(step.reason.as_deref())
-            .bind(step.updated_at)
-            .execute(&mut *transaction)
-            .await?;
-        }
+        insert_apply_steps(&mut transaction, apply_id, steps).await?;
         transaction.commit().await?;
         Ok(())
+    }
+
+    /// Queues an apply: its plan (status [`QUEUED`]) and its steps in one transaction, unless
+    /// another apply is queued or applying — then that one is returned and nothing is written.
+    /// Admissions on several controllers wait for each other (a table lock on PostgreSQL, the
+    /// write transaction on SQLite), so of two at once exactly one is queued.
+    pub async fn queue_plan(
+        &self,
+        plan: &StoredPlan,
+        steps: &[ApplyStepRow],
+    ) -> Result<Result<(), PlanInFlight>, StoreError> {
+        let mut transaction = self.begin_write().await?;
+        if self.backend() == Backend::Postgres {
+            // Conflicts with itself and with writers of `plans`, not with readers.
+            sqlx::query("LOCK TABLE plans IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *transaction)
+                .await?;
+        }
+        let in_flight = sqlx::query(&format!(
+            "SELECT id, status, created_at FROM plans WHERE status IN ('{QUEUED}', '{APPLYING}') \
+             ORDER BY created_at, id LIMIT 1"
+        ))
+        .fetch_optional(&mut *transaction)
+        .await?;
+        if let Some(row) = in_flight {
+            return Ok(Err(plan_in_flight(&row)?));
+        }
+        sqlx::query("INSERT INTO plans (id, created_at, status, body) VALUES ($1, $2, $3, $4)")
+            .bind(plan.id.as_str())
+            .bind(plan.created_at)
+            .bind(QUEUED)
+            .bind(json_text(&plan.body))
+            .execute(&mut *transaction)
+            .await?;
+        insert_apply_steps(&mut transaction, &plan.id, steps).await?;
+        transaction.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// The applies queued or applying (without their bodies: the leader looks often), those
+    /// applying first, then oldest first.
+    pub async fn plans_in_flight(&self) -> Result<Vec<PlanInFlight>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT id, status, created_at FROM plans WHERE status IN ('{QUEUED}', '{APPLYING}') \
+             ORDER BY CASE status WHEN '{APPLYING}' THEN 0 ELSE 1 END, created_at, id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(plan_in_flight).collect()
     }
 
     /// Every step of an apply, by machine then step.
@@ -183,4 +232,35 @@ impl Store {
             })
             .collect()
     }
+}
+
+async fn insert_apply_steps(
+    connection: &mut sqlx::AnyConnection,
+    apply_id: &str,
+    steps: &[ApplyStepRow],
+) -> Result<(), StoreError> {
+    for step in steps {
+        sqlx::query(
+            "INSERT INTO apply_steps (apply_id, machine, step, state, generation, reason, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(apply_id)
+        .bind(step.machine.as_str())
+        .bind(step.step)
+        .bind(step.state.as_str())
+        .bind(step.generation)
+        .bind(step.reason.as_deref())
+        .bind(step.updated_at)
+        .execute(&mut *connection)
+        .await?;
+    }
+    Ok(())
+}
+
+fn plan_in_flight(row: &sqlx::any::AnyRow) -> Result<PlanInFlight, StoreError> {
+    Ok(PlanInFlight {
+        id: get(row, "id")?,
+        status: get(row, "status")?,
+        created_at: get(row, "created_at")?,
+    })
 }

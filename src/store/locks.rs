@@ -1,25 +1,65 @@
 //! Named locks held across controllers (one apply at a time). A holder refreshes its heartbeat;
 //! one that stops for longer than the caller's `stale_after_ms` is presumed dead and may be
-//! taken over.
+//! taken over. Every time here is the database's clock (`Store::database_now`), so controllers
+//! whose clocks differ judge a heartbeat alike.
 
 use super::codec::get;
 use super::{LockHolder, Store, StoreError};
-use crate::store::now_ms;
 use sqlx::AnyConnection;
+
+/// Who may take a lock another holder has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TakeOver {
+    /// Only a holder whose heartbeat is stale.
+    Stale,
+    /// Also a holder that is not the current leader's (`leadership.holder`): its term ended, so
+    /// it no longer acts (its writes are fenced) even if its heartbeat is recent.
+    StaleOrNotLeading,
+}
 
 impl Store {
     /// Takes the lock `name` for `holder`: `Ok(Ok(lock))` when taken (or already held by
-    /// `holder`, whose heartbeat is then refreshed), `Ok(Err(current))` when someone else holds it.
+    /// `holder`, whose heartbeat is then refreshed), `Ok(Err(current))` when someone else holds it
+    /// and has refreshed it within `stale_after_ms` by the database's clock.
     pub async fn try_lock(
         &self,
         name: &str,
         holder: &str,
         stale_after_ms: i64,
     ) -> Result<Result<LockHolder, LockHolder>, StoreError> {
+        self.take_lock(name, holder, stale_after_ms, TakeOver::Stale)
+            .await
+    }
+
+    /// Takes the lock `name` for the leader's `holder` (`CONTROLLER_ID/INSTANCE`, the holder of
+    /// the current term): like [`Store::try_lock`], and a lock whose holder is not the current
+    /// term's is taken over at once — that holder led an earlier term, which is over (by the
+    /// database's clock), so whatever it was doing has stopped or is refused by the fence.
+    /// A lock the current leader holds is taken only when its heartbeat is stale.
+    pub async fn try_lock_for_term(
+        &self,
+        name: &str,
+        holder: &str,
+        stale_after_ms: i64,
+    ) -> Result<Result<LockHolder, LockHolder>, StoreError> {
+        self.take_lock(name, holder, stale_after_ms, TakeOver::StaleOrNotLeading)
+            .await
+    }
+
+    async fn take_lock(
+        &self,
+        name: &str,
+        holder: &str,
+        stale_after_ms: i64,
+        take_over: TakeOver,
+    ) -> Result<Result<LockHolder, LockHolder>, StoreError> {
         // On PostgreSQL the row can vanish between two statements (its holder unlocked): then
         // start again; the next round finds the lock free.
         for _ in 0..3 {
-            if let Some(outcome) = self.try_lock_once(name, holder, stale_after_ms).await? {
+            if let Some(outcome) = self
+                .take_lock_once(name, holder, stale_after_ms, take_over)
+                .await?
+            {
                 return Ok(outcome);
             }
         }
@@ -27,52 +67,106 @@ impl Store {
     }
 
     /// One attempt; `None` if the lock vanished under it.
-    async fn try_lock_once(
+    async fn take_lock_once(
         &self,
         name: &str,
         holder: &str,
         stale_after_ms: i64,
+        take_over: TakeOver,
     ) -> Result<Option<Result<LockHolder, LockHolder>>, StoreError> {
+        let now = self.database_now();
         let mut transaction = self.begin_write().await?;
-        let now = now_ms();
-        let inserted = sqlx::query(
-            "INSERT INTO locks (name, holder, since, heartbeat) VALUES ($1, $2, $3, $3) \
-             ON CONFLICT (name) DO NOTHING",
-        )
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO locks (name, holder, since, heartbeat) \
+             SELECT $1, $2, clock.now, clock.now FROM (SELECT {now} AS now) AS clock WHERE true \
+             ON CONFLICT (name) DO NOTHING RETURNING holder, since, heartbeat"
+        ))
         .bind(name)
         .bind(holder)
-        .bind(now)
-        .execute(&mut *transaction)
+        .fetch_optional(&mut *transaction)
         .await?;
-        if inserted.rows_affected() == 1 {
+        if let Some(row) = inserted {
+            let taken = lock_of(name, &row)?;
             transaction.commit().await?;
-            let taken = LockHolder {
-                name: name.into(),
-                holder: holder.into(),
-                since: now,
-                heartbeat: now,
-            };
             return Ok(Some(Ok(taken)));
         }
         let Some(current) = read_lock(&mut transaction, name).await? else {
             return Ok(None);
         };
         let outcome = if current.holder == holder {
-            set_lock(&mut transaction, &current, holder, current.since, now).await?
-        } else if current.heartbeat < now.saturating_sub(stale_after_ms) {
-            tracing::warn!(lock = name, dead = %current.holder, by = holder, "taking over a stale lock");
-            set_lock(&mut transaction, &current, holder, now, now).await?
+            let refreshed = sqlx::query(&format!(
+                "UPDATE locks SET heartbeat = {now} WHERE name = $1 AND holder = $2 \
+                 RETURNING holder, since, heartbeat"
+            ))
+            .bind(name)
+            .bind(holder)
+            .fetch_optional(&mut *transaction)
+            .await?;
+            refreshed
+                .map(|row| lock_of(name, &row).map(Ok))
+                .transpose()?
         } else {
-            Some(Err(current))
+            self.take_over(
+                &mut transaction,
+                &current,
+                holder,
+                stale_after_ms,
+                take_over,
+            )
+            .await?
         };
         transaction.commit().await?;
         Ok(outcome)
     }
 
+    /// Rewrites the lock for `holder` only if it is still as read and may be taken over, so
+    /// that of two controllers taking over the same lock on PostgreSQL (READ COMMITTED) exactly
+    /// one wins; the other gets the winner (`None` if the lock vanished meanwhile).
+    async fn take_over(
+        &self,
+        connection: &mut AnyConnection,
+        current: &LockHolder,
+        holder: &str,
+        stale_after_ms: i64,
+        take_over: TakeOver,
+    ) -> Result<Option<Result<LockHolder, LockHolder>>, StoreError> {
+        let now = self.database_now();
+        let not_leading = match take_over {
+            TakeOver::Stale => "",
+            TakeOver::StaleOrNotLeading => {
+                " OR locks.holder <> COALESCE((SELECT leadership.holder FROM leadership \
+                   WHERE leadership.name = 'leader' AND leadership.expires_at > {now}), '')"
+            }
+        }
+        .replace("{now}", now);
+        let taken = sqlx::query(&format!(
+            "UPDATE locks SET holder = $1, since = clock.now, heartbeat = clock.now \
+             FROM (SELECT {now} AS now) AS clock \
+             WHERE locks.name = $2 AND locks.holder = $3 AND locks.heartbeat = $4 \
+               AND (locks.heartbeat < clock.now - $5{not_leading}) \
+             RETURNING locks.holder AS holder, locks.since AS since, locks.heartbeat AS heartbeat"
+        ))
+        .bind(holder)
+        .bind(current.name.as_str())
+        .bind(current.holder.as_str())
+        .bind(current.heartbeat)
+        .bind(stale_after_ms)
+        .fetch_optional(&mut *connection)
+        .await?;
+        if let Some(row) = taken {
+            tracing::warn!(lock = %current.name, gone = %current.holder, by = holder, "taking over a lock whose holder is stale or no longer leads");
+            return Ok(Some(Ok(lock_of(&current.name, &row)?)));
+        }
+        Ok(read_lock(connection, &current.name).await?.map(Err))
+    }
+
     /// Refreshes the heartbeat; `false` if `holder` no longer holds the lock (it was taken over).
     pub async fn refresh_lock(&self, name: &str, holder: &str) -> Result<bool, StoreError> {
-        let result = sqlx::query("UPDATE locks SET heartbeat = $1 WHERE name = $2 AND holder = $3")
-            .bind(now_ms())
+        let sql = format!(
+            "UPDATE locks SET heartbeat = {} WHERE name = $1 AND holder = $2",
+            self.database_now()
+        );
+        let result = sqlx::query(&sql)
             .bind(name)
             .bind(holder)
             .execute(&self.pool)
@@ -89,6 +183,12 @@ impl Store {
             .await?;
         Ok(result.rows_affected() == 1)
     }
+
+    /// Who holds the lock `name`, if anyone.
+    pub async fn lock_holder(&self, name: &str) -> Result<Option<LockHolder>, StoreError> {
+        let mut connection = self.pool.acquire().await?;
+        read_lock(&mut connection, name).await
+    }
 }
 
 async fn read_lock(
@@ -99,45 +199,14 @@ async fn read_lock(
         .bind(name)
         .fetch_optional(&mut *connection)
         .await?;
-    let Some(row) = row else { return Ok(None) };
-    Ok(Some(LockHolder {
-        name: name.to_string(),
-        holder: get(&row, "holder")?,
-        since: get(&row, "since")?,
-        heartbeat: get(&row, "heartbeat")?,
-    }))
+    row.map(|row| lock_of(name, &row)).transpose()
 }
 
-/// Rewrites the lock only if it is still as read, so that of two controllers taking over the
-/// same stale lock on PostgreSQL (READ COMMITTED) exactly one wins; the other gets the winner
-/// (`None` if the lock vanished meanwhile).
-async fn set_lock(
-    connection: &mut AnyConnection,
-    current: &LockHolder,
-    holder: &str,
-    since: i64,
-    now: i64,
-) -> Result<Option<Result<LockHolder, LockHolder>>, StoreError> {
-    let result = sqlx::query(
-        "UPDATE locks SET holder = $1, since = $2, heartbeat = $3 \
-         WHERE name = $4 AND holder = $5 AND heartbeat = $6",
-    )
-    .bind(holder)
-    .bind(since)
-    .bind(now)
-    .bind(current.name.as_str())
-    .bind(current.holder.as_str())
-    .bind(current.heartbeat)
-    .execute(&mut *connection)
-    .await?;
-    if result.rows_affected() == 1 {
-        let taken = LockHolder {
-            name: current.name.clone(),
-            holder: holder.into(),
-            since,
-            heartbeat: now,
-        };
-        return Ok(Some(Ok(taken)));
-    }
-    Ok(read_lock(connection, &current.name).await?.map(Err))
+fn lock_of(name: &str, row: &sqlx::any::AnyRow) -> Result<LockHolder, StoreError> {
+    Ok(LockHolder {
+        name: name.to_string(),
+        holder: get(row, "holder")?,
+        since: get(row, "since")?,
+        heartbeat: get(row, "heartbeat")?,
+    })
 }

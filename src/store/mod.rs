@@ -58,7 +58,7 @@ pub use crate::model::records::{
     NewMachine, PendingPower, PowerIntent, ScriptResult,
 };
 pub use addresses::{CommittedAddress, HeldAddressMacs, StoredAddress};
-pub use apply::ApplyStepRow;
+pub use apply::{ApplyStepRow, PlanInFlight, APPLYING, QUEUED};
 pub use clones::{cloned_parts, CloneOrder, ClonePair, CloneVerdict};
 pub use controllers::{ControllerRecord, HEARTBEAT_INTERVAL, SILENT_AFTER_INTERVALS};
 pub use db::{now_ms, redact_url, sqlite_file, Store};

@@ -5,7 +5,7 @@
 
 use crate::both_backends;
 use crate::support::controller::{stdout, TestController};
-use fleet::apply::{progress, start_apply, ApplyRequest};
+use fleet::apply::{progress, queue_apply, ApplyRequest, Executor};
 use fleet::model::{decide, Action, ActionRequest, MacAddr, MachineName};
 use fleet::plan::{AddressOrigin, Allocation, Observed, Plan};
 use fleet::power::PowerDrivers;
@@ -314,14 +314,23 @@ async fn apply(store: &Store, plan: Plan) -> Vec<(String, String, Option<String>
         allow_destroy: false,
         strict: false,
     };
-    let metrics = std::sync::Arc::new(fleet::metrics::Metrics::new());
-    let started = start_apply(store, &PowerDrivers::standard(), &metrics, request, "alice")
-        .await
-        .unwrap();
+    // The leader's executor, as `fleet serve` runs it, for this apply only.
+    let executor = tokio::spawn(
+        Executor {
+            store: store.clone(),
+            drivers: PowerDrivers::standard(),
+            metrics: std::sync::Arc::new(fleet::metrics::Metrics::new()),
+            holder: "test/1".into(),
+            wake: std::sync::Arc::new(tokio::sync::Notify::new()),
+        }
+        .run(),
+    );
+    let started = queue_apply(store, request, "alice", None).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let now = progress(store, &started.id).await.unwrap();
         if now.finished() {
+            executor.abort();
             return now
                 .machines
                 .into_iter()

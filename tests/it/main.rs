@@ -21,6 +21,7 @@ mod events_follow;
 mod fuzz;
 mod images;
 mod layers;
+mod leader_applies;
 mod leadership;
 mod lifecycle;
 mod machine_api;
