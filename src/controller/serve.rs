@@ -159,7 +159,13 @@ pub async fn serve(
     let (stop_boot, boot_stopped) = tokio::sync::watch::channel(());
     // One registry for every service's counters, handed out like the sockets (`GET /metrics`).
     let metrics = Arc::new(Metrics::new());
+    let controller_id =
+        super::heartbeat::controller_id(state_dir).map_err(|source| ServeError::StateDir {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
     let dhcp = super::dhcp::start_dhcp(
+        &controller_id,
         fleet.as_deref(),
         &options.boot_interfaces,
         &store,
@@ -175,11 +181,6 @@ pub async fn serve(
         boot_stopped,
     )
     .await;
-    let controller_id =
-        super::heartbeat::controller_id(state_dir).map_err(|source| ServeError::StateDir {
-            path: state_dir.to_path_buf(),
-            source,
-        })?;
     let heartbeat = start_heartbeat(
         &store,
         &controller_id,

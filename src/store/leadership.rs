@@ -40,7 +40,7 @@ impl LeaderTerm {
 
 impl Store {
     /// The database's clock in Unix ms, as SQL: every controller judges terms by the same clock.
-    fn database_now(&self) -> &'static str {
+    pub(super) fn database_now(&self) -> &'static str {
         match self.backend() {
             Backend::Postgres => "fleet_now_ms()",
             Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
