@@ -82,7 +82,7 @@ async fn batch_respects_live_leases(store: Store) {
     // A MAC moving to another address keeps one row; a release deletes only its own MAC's.
     let moved = lease(a2, "127.10.0.3", later);
     let refused = store
-        .write_lease_batch("controller-a", &[moved.clone()], &[a1])
+        .write_lease_batch("controller-a", std::slice::from_ref(&moved), &[a1])
         .await
         .unwrap();
     assert!(refused.is_empty(), "{refused:?}");
@@ -96,7 +96,7 @@ async fn batch_respects_live_leases(store: Store) {
     // B renews its own client's lease (same MAC, same address) whatever A wrote.
     let renewed = lease(b1, "127.10.0.1", later + 60_000);
     let refused = store
-        .write_lease_batch("controller-b", &[renewed.clone()], &[])
+        .write_lease_batch("controller-b", std::slice::from_ref(&renewed), &[])
         .await
         .unwrap();
     assert!(refused.is_empty());
