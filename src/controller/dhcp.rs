@@ -14,8 +14,10 @@ use tokio::sync::watch;
 
 /// Starts DHCP on each of `interfaces` that exists, and on the fleet file's `dhcp_listen`
 /// address when it gives one; returns the lease table to close at the end (it writes what is
-/// still queued), or `None` when DHCP runs nowhere.
+/// still queued), or `None` when DHCP runs nowhere. `controller_id` is written into the leases
+/// this controller grants (other controllers on the database read them).
 pub async fn start_dhcp(
+    controller_id: &str,
     fleet: Option<&Fleet>,
     interfaces: &[String],
     store: &Store,
@@ -43,7 +45,7 @@ pub async fn start_dhcp(
             return None;
         }
     };
-    let leases = match DhcpLeases::load(store.clone(), &config).await {
+    let leases = match DhcpLeases::load_as(store.clone(), &config, controller_id).await {
         Ok(leases) => leases,
         Err(error) => {
             eprintln!("  dhcp    not started: cannot load the leases: {error}");

@@ -159,7 +159,13 @@ pub async fn serve(
     let (stop_boot, boot_stopped) = tokio::sync::watch::channel(());
     // One registry for every service's counters, handed out like the sockets (`GET /metrics`).
     let metrics = Arc::new(Metrics::new());
+    let controller_id =
+        super::heartbeat::controller_id(state_dir).map_err(|source| ServeError::StateDir {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
     let dhcp = super::dhcp::start_dhcp(
+        &controller_id,
         fleet.as_deref(),
         &options.boot_interfaces,
         &store,
@@ -167,11 +173,6 @@ pub async fn serve(
         boot_stopped.clone(),
     )
     .await;
-    let controller_id =
-        super::heartbeat::controller_id(state_dir).map_err(|source| ServeError::StateDir {
-            path: state_dir.to_path_buf(),
-            source,
-        })?;
     // Image files this controller cannot have itself come from the others on a shared store.
     let peers =
         (store.backend() == crate::store::Backend::Postgres).then(|| crate::boot::images::Peers {

@@ -65,6 +65,7 @@ pub use db::{now_ms, redact_url, sqlite_file, Store};
 pub use deployments::{DeploymentDigests, StoredDeployment};
 pub use feed::{EventFeed, FeedStart, EVENTS_CHANNEL, FALLBACK_READ};
 pub use leadership::{LeaderTerm, LEADER_TERM};
+pub use leases::{ChangedLeases, RefusedLease};
 pub use machine_state::{
     new_secret, secret_hash, Callback, MachineRun, MachineState, Registration, ReportedProgress,
     SecretUse, BOOT_OVERFLOW, BOOT_SECRETS_PER_BOOT,

@@ -14,6 +14,7 @@ mod crash;
 mod db_ops;
 mod deploy_api;
 mod dhcp;
+mod dhcp_controllers;
 mod endpoints;
 mod ephemeral;
 mod events_api;

@@ -215,24 +215,8 @@ pub struct Context<'a> {
 
 /// Answers one request. The lease table is updated in place.
 pub fn handle(request: &Message, context: &Context<'_>, leases: &mut LeaseTable) -> Outcome {
-    let config = context.config;
-    let Some(mac) = client_mac(request) else {
+    let Some(exchange) = Exchange::of(request, context) else {
         return Outcome::default();
-    };
-    if config.ignored_macs.contains(&mac) {
-        return Outcome::default();
-    }
-    let relay = Some(request.giaddr()).filter(|giaddr| !giaddr.is_unspecified());
-    let Some(subnet_index) = config.subnet_for(relay) else {
-        return Outcome::default();
-    };
-    let exchange = Exchange {
-        request,
-        context,
-        mac,
-        subnet_index,
-        subnet: &config.subnets[subnet_index],
-        kind: classify(request),
     };
     if exchange.subnet.proxy {
         return exchange.proxy();
@@ -255,6 +239,37 @@ struct Exchange<'a> {
     subnet_index: usize,
     subnet: &'a DhcpSubnet,
     kind: ClientKind,
+}
+
+/// The NAK for a REQUEST whose ACK was decided but whose lease the store refused (another
+/// controller's client holds the address): the client starts over.
+pub fn refuse(request: &Message, context: &Context<'_>) -> Outcome {
+    match Exchange::of(request, context) {
+        Some(exchange) if !exchange.subnet.proxy => exchange.negative(),
+        _ => Outcome::default(),
+    }
+}
+
+impl<'a> Exchange<'a> {
+    /// The exchange for `request`, or `None` when it gets no answer at all (no client MAC, an
+    /// ignored MAC, no subnet served for it).
+    fn of(request: &'a Message, context: &'a Context<'a>) -> Option<Exchange<'a>> {
+        let config = context.config;
+        let mac = client_mac(request)?;
+        if config.ignored_macs.contains(&mac) {
+            return None;
+        }
+        let relay = Some(request.giaddr()).filter(|giaddr| !giaddr.is_unspecified());
+        let subnet_index = config.subnet_for(relay)?;
+        Some(Exchange {
+            request,
+            context,
+            mac,
+            subnet_index,
+            subnet: &config.subnets[subnet_index],
+            kind: classify(request),
+        })
+    }
 }
 
 impl Exchange<'_> {

@@ -55,6 +55,8 @@ pub struct LeaseTable {
     /// Declined addresses and the time (Unix ms) until which they stay out of use.
     declined: HashMap<Ipv4Addr, i64>,
     cursors: HashMap<usize, PoolCursor>,
+    /// Where the first search of each pool starts, as an offset into it (0: at its start).
+    cursor_seed: u32,
 }
 
 impl LeaseTable {
@@ -85,6 +87,58 @@ impl LeaseTable {
             restored += 1;
         }
         restored
+    }
+
+    /// Makes each pool's first search start `seed` addresses into it (modulo its size), so
+    /// that controllers sharing a pool seldom pick the same addresses at once.
+    pub fn seed_cursors(&mut self, seed: u32) {
+        self.cursor_seed = seed;
+    }
+
+    /// Takes in a lease another controller stored (read from the database, which decided it):
+    /// it wins over what the table holds, unless it has expired or the table holds a lease for
+    /// the same MAC lasting as long or longer (a newer one of ours, perhaps not yet written).
+    /// Returns whether it was taken.
+    pub fn learn(&mut self, lease: &Lease, config: &DhcpConfig, now_ms: i64) -> bool {
+        if lease.expires_at <= now_ms {
+            return false;
+        }
+        let Some(subnet) = config
+            .subnets
+            .iter()
+            .position(|subnet| subnet.name == lease.subnet)
+        else {
+            return false;
+        };
+        let newer_here = self.by_mac.get(&lease.mac).is_some_and(|binding| {
+            binding.state == BindingState::Bound && binding.expires_at >= lease.expires_at
+        });
+        if newer_here {
+            return false;
+        }
+        self.put(Binding {
+            mac: lease.mac,
+            ip: lease.ip,
+            subnet,
+            state: BindingState::Bound,
+            expires_at: lease.expires_at,
+            hostname: lease.hostname.clone(),
+        });
+        true
+    }
+
+    /// Forgets `mac`'s binding if it is still to `ip` (the database refused that lease), and
+    /// moves the search of its pool `jump` addresses on (modulo the pool's size): the search has
+    /// run into addresses another controller hands out, which this table learns only a moment
+    /// later, and following that controller's search would collide again and again.
+    pub fn forget_refused(&mut self, mac: MacAddr, ip: Ipv4Addr, jump: u32) {
+        let Some(binding) = self.by_mac.get(&mac).filter(|binding| binding.ip == ip) else {
+            return;
+        };
+        if let Some(cursor) = self.cursors.get_mut(&binding.subnet) {
+            cursor.next = cursor.next.wrapping_add(jump);
+        }
+        self.remove(mac);
     }
 
     pub fn binding(&self, mac: MacAddr) -> Option<&Binding> {
@@ -162,11 +216,20 @@ impl LeaseTable {
         let (start, end) = subnet.pool?;
         let (first, last) = (u32::from(start), u32::from(end));
         let size = u64::from(last - first) + 1;
-        let cursor = self.cursors.entry(subnet_index).or_default().clone();
+        let seed = self.cursor_seed;
+        let cursor = self
+            .cursors
+            .entry(subnet_index)
+            .or_insert_with(|| PoolCursor {
+                next: first + (u64::from(seed) % size) as u32,
+                exhausted_until: 0,
+            })
+            .clone();
         if cursor.exhausted_until > now_ms {
             return None;
         }
-        let mut candidate = cursor.next.clamp(first, last);
+        // A cursor moved past the end (`forget_refused`) wraps round.
+        let mut candidate = first + ((cursor.next.wrapping_sub(first)) as u64 % size) as u32;
         for _ in 0..size {
             let ip = Ipv4Addr::from(candidate);
             let next = if candidate >= last {

@@ -29,6 +29,7 @@ pub use config::{
     BootSettings, DhcpConfig, DhcpConfigError, DhcpSubnet, HeldFixed, ServedInterface,
 };
 pub use handler::{LeaseEvent, LeaseEventKind, Outcome, Reply, StoreChange};
+pub use persist::Settled;
 pub use server::serve;
 pub use service::{DhcpLeases, EVENT_INTERVAL_MS};
 pub use socket::{bind_dhcp_socket, interface_ipv4};

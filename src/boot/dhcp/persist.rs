@@ -1,22 +1,22 @@
 //! Writing lease changes and lease events behind the server: the server loop only queues them
 //! (coalesced per MAC), and a writer task commits whole batches, many leases per transaction, so
 //! that the socket loop never waits for the database and a flood costs a few transactions a
-//! second. A change's sequence number tells when it is durable ([`WriteBehind::committed_through`]):
-//! an ACK leaves only after the lease it grants is committed, so a controller that crashes
-//! right after ACKing forgets no lease a client holds.
+//! second. A change's sequence number tells when it is durable ([`WriteBehind::settled`]): an
+//! ACK leaves only after the lease it grants is committed, so a controller that crashes right
+//! after ACKing forgets no lease a client holds.
 //!
-//! The batch SQL lives here rather than in `store::leases` because the store has no batch write
-//! yet; it keeps the store's lease invariants (one row per MAC, an IP leased at most once).
-
+//! Several controllers on one database: the batch (`Store::write_lease_batch`) never takes an
+//! address another MAC holds unexpired; a lease the database refuses is reported to its waiting
+//! ACK, which becomes a NAK, and to the lease table (`learn_refused`), which learns the holder.
 use super::handler::StoreChange;
 use super::DhcpError;
 use crate::model::MacAddr;
-use crate::store::{Backend, Lease, NewEvent, Store};
-use std::collections::HashMap;
+use crate::store::{Lease, NewEvent, RefusedLease, Store};
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// How long the writer waits after the first queued change, to gather a batch. ACKs wait for
@@ -25,8 +25,9 @@ use tokio::sync::Notify;
 const BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// After a failed write, wait this long before trying again.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
-/// Rows per statement (6 bound values each, well under SQLite's and PostgreSQL's limits).
-const ROWS_PER_STATEMENT: usize = 100;
+/// A refused change's number is kept this long for the ACK waiting on it (which waits at most
+/// 4 s, `server::ACK_COMMIT_LIMIT`).
+const REFUSALS_KEPT: Duration = Duration::from_secs(60);
 /// Events waiting beyond this are dropped (and counted), so a stuck store cannot eat memory.
 const MAXIMUM_PENDING_EVENTS: usize = 10_000;
 
@@ -39,9 +40,29 @@ struct Pending {
     dropped_events: u64,
 }
 
+/// What became of a lease change an ACK waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// In the store: the ACK may leave.
+    Committed,
+    /// The database refused it: another MAC holds the address (another controller's lease).
+    Refused,
+    /// Not written in time (the store is failing).
+    TimedOut,
+}
+
+/// Told the leases the database refused, after their batch committed and before the ACKs
+/// waiting on them learn it.
+pub type RefusalSink = Box<dyn Fn(&[RefusedLease]) + Send + Sync>;
+
 /// The queue and the writer's side of it. Shared by the servers and the writer task.
 pub struct WriteBehind {
     store: Option<Store>,
+    /// Written into each lease row: which controller leased it.
+    controller: String,
+    learn_refused: RefusalSink,
+    /// Sequence numbers of refused changes, with when they were refused.
+    refused: Mutex<HashMap<u64, Instant>>,
     pending: Mutex<Pending>,
     wake: Notify,
     /// Held while a batch is written, so that `flush` and the writer task never interleave.
@@ -57,9 +78,16 @@ pub struct WriteBehind {
 
 impl WriteBehind {
     /// Without a store, changes are dropped (an in-memory server, for the benchmark).
-    pub fn new(store: Option<Store>) -> Arc<WriteBehind> {
+    pub fn new(
+        store: Option<Store>,
+        controller: String,
+        learn_refused: RefusalSink,
+    ) -> Arc<WriteBehind> {
         Arc::new(WriteBehind {
             store,
+            controller,
+            learn_refused,
+            refused: Mutex::new(HashMap::new()),
             pending: Mutex::new(Pending::default()),
             wake: Notify::new(),
             writing: tokio::sync::Mutex::new(()),
@@ -137,6 +165,19 @@ impl WriteBehind {
         reached.unwrap_or(false)
     }
 
+    /// Waits until the change numbered `sequence` is settled: committed, refused by the
+    /// database, or not written within `limit`.
+    pub async fn settled(&self, sequence: u64, limit: Duration) -> Settled {
+        if !self.committed_through(sequence, limit).await {
+            return Settled::TimedOut;
+        }
+        if lock(&self.refused).contains_key(&sequence) {
+            Settled::Refused
+        } else {
+            Settled::Committed
+        }
+    }
+
     pub fn queue_event(&self, event: NewEvent) {
         if self.store.is_none() {
             return;
@@ -175,23 +216,18 @@ impl WriteBehind {
         }
         let ordered = in_queue_order(changes);
         let newest = ordered.iter().map(|(sequence, _)| *sequence).max();
-        if let Err(error) = write_changes(store, &ordered).await {
-            self.requeue(ordered);
-            return Err(error);
-        }
+        let (leases, released) = split(&ordered);
+        let refused = match store
+            .write_lease_batch(&self.controller, &leases, &released)
+            .await
         {
-            let mut committed = lock(&self.committed_leases);
-            for (_, change) in &ordered {
-                match change {
-                    StoreChange::Upsert(lease) => {
-                        committed.insert(lease.mac, (lease.ip, lease.expires_at));
-                    }
-                    StoreChange::Delete(mac) => {
-                        committed.remove(mac);
-                    }
-                }
+            Ok(refused) => refused,
+            Err(error) => {
+                self.requeue(ordered);
+                return Err(error.into());
             }
-        }
+        };
+        self.note_committed(&ordered, &refused);
         // Everything queued before this batch was taken is in it or in an earlier one.
         if let Some(newest) = newest {
             self.committed.send_if_modified(|through| {
@@ -206,6 +242,42 @@ impl WriteBehind {
             }
         }
         Ok(())
+    }
+
+    /// Remembers what a committed batch stored, and which of its changes were refused; tells
+    /// the lease table about the refusals before any waiting ACK learns of them.
+    fn note_committed(&self, ordered: &[(u64, StoreChange)], refused: &[RefusedLease]) {
+        let refused_macs: HashSet<MacAddr> = refused.iter().map(|lost| lost.lease.mac).collect();
+        {
+            let mut committed = lock(&self.committed_leases);
+            for (_, change) in ordered {
+                match change {
+                    StoreChange::Upsert(lease) if !refused_macs.contains(&lease.mac) => {
+                        committed.insert(lease.mac, (lease.ip, lease.expires_at));
+                    }
+                    _ => {
+                        committed.remove(&change.mac());
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        {
+            let mut numbers = lock(&self.refused);
+            numbers.retain(|_, at| now.duration_since(*at) < REFUSALS_KEPT);
+            for (sequence, change) in ordered {
+                if refused_macs.contains(&change.mac()) {
+                    numbers.insert(*sequence, now);
+                }
+            }
+        }
+        if !refused.is_empty() {
+            tracing::debug!(
+                refused = refused.len(),
+                "DHCP leases refused by the store: their addresses are held by other MACs"
+            );
+            (self.learn_refused)(refused);
+        }
     }
 
     /// Stops the writer task after a last flush.
@@ -264,98 +336,15 @@ fn in_queue_order(changes: HashMap<MacAddr, (u64, StoreChange)>) -> Vec<(u64, St
     ordered
 }
 
-/// One transaction for the whole batch: per chunk, delete the rows of the MACs and IPs being
-/// written, then insert the new leases in one statement.
-async fn write_changes(store: &Store, changes: &[(u64, StoreChange)]) -> Result<(), DhcpError> {
-    if changes.is_empty() {
-        return Ok(());
+/// The leases to store and the MACs whose leases go.
+fn split(ordered: &[(u64, StoreChange)]) -> (Vec<Lease>, Vec<MacAddr>) {
+    let mut leases = Vec::new();
+    let mut released = Vec::new();
+    for (_, change) in ordered {
+        match change {
+            StoreChange::Upsert(lease) => leases.push(lease.clone()),
+            StoreChange::Delete(mac) => released.push(*mac),
+        }
     }
-    let pool = store.pool();
-    let mut transaction = match store.backend() {
-        // Take the write lock at once, as the store's own writers do.
-        Backend::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
-        Backend::Postgres => pool.begin().await?,
-    };
-    for chunk in changes.chunks(ROWS_PER_STATEMENT) {
-        let leases: Vec<&Lease> = chunk
-            .iter()
-            .filter_map(|(_, change)| match change {
-                StoreChange::Upsert(lease) => Some(lease),
-                StoreChange::Delete(_) => None,
-            })
-            .collect();
-        delete_rows(&mut transaction, store.backend(), chunk, &leases).await?;
-        insert_rows(&mut transaction, store.backend(), &leases).await?;
-    }
-    transaction.commit().await?;
-    Ok(())
-}
-
-/// `count` placeholders numbered from `first`: `$N` for PostgreSQL; plain `?` for SQLite, where
-/// numbered ones make binding quadratic (SQLite looks each name up in a list: with hundreds of
-/// parameters that was a quarter of the server's CPU in a flood).
-fn placeholders(backend: Backend, first: usize, count: usize) -> String {
-    (first..first + count)
-        .map(|index| match backend {
-            Backend::Sqlite => "?".to_string(),
-            Backend::Postgres => format!("${index}"),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-async fn delete_rows(
-    transaction: &mut sqlx::Transaction<'static, sqlx::Any>,
-    backend: Backend,
-    chunk: &[(u64, StoreChange)],
-    leases: &[&Lease],
-) -> Result<(), DhcpError> {
-    let mut sql = format!(
-        "DELETE FROM leases WHERE mac IN ({})",
-        placeholders(backend, 1, chunk.len())
-    );
-    if !leases.is_empty() {
-        sql.push_str(&format!(
-            " OR ip IN ({})",
-            placeholders(backend, chunk.len() + 1, leases.len())
-        ));
-    }
-    let mut query = sqlx::query(&sql);
-    for (_, change) in chunk {
-        query = query.bind(change.mac().to_string());
-    }
-    for lease in leases {
-        query = query.bind(lease.ip.to_string());
-    }
-    query.execute(&mut **transaction).await?;
-    Ok(())
-}
-
-async fn insert_rows(
-    transaction: &mut sqlx::Transaction<'static, sqlx::Any>,
-    backend: Backend,
-    leases: &[&Lease],
-) -> Result<(), DhcpError> {
-    if leases.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<String> = (0..leases.len())
-        .map(|row| format!("({})", placeholders(backend, row * 6 + 1, 6)))
-        .collect();
-    let sql = format!(
-        "INSERT INTO leases (mac, ip, subnet, hostname, machine, expires_at) VALUES {}",
-        rows.join(", ")
-    );
-    let mut query = sqlx::query(&sql);
-    for lease in leases {
-        query = query
-            .bind(lease.mac.to_string())
-            .bind(lease.ip.to_string())
-            .bind(lease.subnet.clone())
-            .bind(lease.hostname.clone())
-            .bind(lease.machine.clone())
-            .bind(lease.expires_at);
-    }
-    query.execute(&mut **transaction).await?;
-    Ok(())
+    (leases, released)
 }

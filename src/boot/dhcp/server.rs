@@ -1,9 +1,14 @@
 //! The socket loop: receive, decode, answer (under the lease table's lock, no IO), send. The loop
 //! never waits for the store: lease changes and events are written behind, and an ACK is handed
-//! to a task that sends it once the lease it grants is committed (durable before the ACK).
+//! to a task that sends it once the lease it grants is committed (durable before the ACK), or a
+//! NAK instead when the database refused the lease (another controller's client holds the
+//! address).
 
 use super::config::DhcpConfig;
-use super::handler::{decode_request, encode_reply, wire_destination, MAXIMUM_REQUEST_SIZE};
+use super::handler::{
+    decode_request, encode_reply, wire_destination, MAXIMUM_REQUEST_SIZE, MINIMUM_REPLY_SIZE,
+};
+use super::persist::Settled;
 use super::service::DhcpLeases;
 use super::DhcpError;
 use crate::metrics::{DhcpDrop, DhcpReply, Metrics};
@@ -32,6 +37,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DhcpError> {
     let socket = Arc::new(socket);
+    // Shared with the tasks that send ACKs, which may have to answer with a NAK instead.
+    let config = Arc::new(config);
     // One byte more than we accept, to tell an oversized datagram from a full-sized one.
     let mut received = vec![0u8; MAXIMUM_REQUEST_SIZE + 1];
     let mut encoded = Vec::with_capacity(1024);
@@ -67,19 +74,71 @@ pub async fn serve(
         match grant {
             None => send(&socket, &encoded, destination, (&metrics, kind)).await,
             Some(sequence) => {
-                let (socket, leases) = (Arc::clone(&socket), Arc::clone(&leases));
-                let metrics = Arc::clone(&metrics);
-                let encoded = encoded.clone();
-                tokio::spawn(async move {
-                    if leases.committed_through(sequence, ACK_COMMIT_LIMIT).await {
-                        send(&socket, &encoded, destination, (&metrics, kind)).await;
-                    } else {
-                        tracing::warn!(%destination, "DHCP ACK not sent: its lease could not be stored in time");
-                        metrics.dhcp_dropped(DhcpDrop::Unsent);
-                    }
-                });
+                let waiting = WaitingAck {
+                    socket: Arc::clone(&socket),
+                    leases: Arc::clone(&leases),
+                    metrics: Arc::clone(&metrics),
+                    config: Arc::clone(&config),
+                    encoded: encoded.clone(),
+                    request,
+                    source,
+                    destination,
+                    kind,
+                };
+                tokio::spawn(waiting.send_once_settled(sequence));
             }
         }
+    }
+}
+
+/// An ACK waiting for its lease's batch, with what it takes to send a NAK instead.
+struct WaitingAck {
+    socket: Arc<UdpSocket>,
+    leases: Arc<DhcpLeases>,
+    metrics: Arc<Metrics>,
+    config: Arc<DhcpConfig>,
+    encoded: Vec<u8>,
+    request: Message,
+    source: SocketAddr,
+    destination: SocketAddr,
+    kind: Option<DhcpReply>,
+}
+
+impl WaitingAck {
+    async fn send_once_settled(self, sequence: u64) {
+        let (metrics, destination) = (&self.metrics, self.destination);
+        match self.leases.settled(sequence, ACK_COMMIT_LIMIT).await {
+            Settled::Committed => {
+                send(
+                    &self.socket,
+                    &self.encoded,
+                    destination,
+                    (metrics, self.kind),
+                )
+                .await;
+            }
+            Settled::Refused => self.send_refusal().await,
+            Settled::TimedOut => {
+                tracing::warn!(%destination, "DHCP ACK not sent: its lease could not be stored in time");
+                metrics.dhcp_dropped(DhcpDrop::Unsent);
+            }
+        }
+    }
+
+    /// The lease went to another controller's client: a NAK, so the client starts over.
+    async fn send_refusal(&self) {
+        let outcome = self.leases.refusal(&self.request, &self.config, now_ms());
+        let Some(reply) = outcome.reply else {
+            return;
+        };
+        let mut encoded = Vec::with_capacity(MINIMUM_REPLY_SIZE);
+        if encode_reply(&reply.message, &mut encoded).is_err() {
+            self.metrics.dhcp_dropped(DhcpDrop::Unsent);
+            return;
+        }
+        let destination = wire_destination(reply.destination, self.source);
+        let counted = (&*self.metrics, Some(DhcpReply::Nak));
+        send(&self.socket, &encoded, destination, counted).await;
     }
 }
 

@@ -5,6 +5,12 @@
 //! Held addresses: what machines hold in the store (applied plans) is served as their fixed
 //! addresses, read again every [`KNOWN_MACHINES_REFRESH`] like the machines' MACs.
 //!
+//! Several controllers on one database (PostgreSQL): each writes its leases through the
+//! database's guarantees (`Store::write_lease_batch`: an address held unexpired by another MAC
+//! is refused, the ACK waiting on it becomes a NAK) and reads the leases the others wrote every
+//! [`FOREIGN_LEASES_REFRESH`], so that its offers avoid their addresses. The table is a cache of
+//! the database for that purpose; the database decides.
+//!
 //! Events: only for MACs of known machines — declared in the fleet file, or in the store (added
 //! by hand, enlisted; read again every few seconds) — (plus pool exhaustion, which names the machine when
 //! it is known), at most one per MAC and kind per [`EVENT_INTERVAL_MS`] (a renewing machine does
@@ -15,10 +21,10 @@
 use super::config::{DhcpConfig, HeldFixed};
 use super::handler::{handle, Context, LeaseEvent, LeaseEventKind, Outcome, StoreChange};
 use super::leases::LeaseTable;
-use super::persist::WriteBehind;
+use super::persist::{Settled, WriteBehind};
 use super::DhcpError;
 use crate::model::MacAddr;
-use crate::store::{NewEvent, Store};
+use crate::store::{Backend, NewEvent, RefusedLease, Store};
 use dhcproto::v4::Message;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
@@ -36,7 +42,8 @@ struct EventLimiter {
 
 /// The lease state of a controller's DHCP service.
 pub struct DhcpLeases {
-    table: Mutex<LeaseTable>,
+    /// Shared with the writer, which tells it the leases the database refused.
+    table: Arc<Mutex<LeaseTable>>,
     limiter: Mutex<EventLimiter>,
     behind: Arc<WriteBehind>,
     /// Machines the store knows by MAC, refreshed every [`KNOWN_MACHINES_REFRESH`], so that
@@ -51,11 +58,40 @@ pub struct DhcpLeases {
 /// How often the MACs the store knows are read again.
 pub const KNOWN_MACHINES_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// How often the leases other controllers wrote are read (PostgreSQL only).
+pub const FOREIGN_LEASES_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Each read of the other controllers' leases goes back this far before the previous one (the
+/// database's clock): a batch stamps its rows when it writes them but they become visible at
+/// its commit, a moment later; rows of a batch that commits within this are not missed.
+const FOREIGN_LEASES_OVERLAP_MS: i64 = 5_000;
+
 impl DhcpLeases {
-    /// Loads the leases kept in `store` and starts the writer task (needs a tokio runtime).
+    /// Loads the leases kept in `store` and starts the writer task (needs a tokio runtime),
+    /// under a name of its own for this process (see [`DhcpLeases::load_as`]).
     pub async fn load(store: Store, config: &DhcpConfig) -> Result<Arc<DhcpLeases>, DhcpError> {
+        let controller = format!("dhcp-{:08x}", rand::random::<u32>());
+        DhcpLeases::load_as(store, config, &controller).await
+    }
+
+    /// Loads the leases kept in `store` and starts the writer task (needs a tokio runtime).
+    /// `controller` is written into each lease row, and the leases of rows written under other
+    /// names are read again and again (on PostgreSQL, where other controllers may write).
+    pub async fn load_as(
+        store: Store,
+        config: &DhcpConfig,
+        controller: &str,
+    ) -> Result<Arc<DhcpLeases>, DhcpError> {
+        // Before the leases: what is written after this is read by the refresh.
+        let read_at = store.database_clock_ms().await?;
         let stored = store.leases().await?;
         let mut table = LeaseTable::new();
+        let shared_database = store.backend() == Backend::Postgres;
+        if shared_database {
+            // Controllers on one database start their searches at different places of the
+            // pool, so that they seldom offer the same address (the database decides anyway).
+            table.seed_cursors(seed_of(controller));
+        }
         let restored = table.restore(&stored, config);
         tracing::info!(restored, "DHCP leases loaded from the store");
         let known = store.machine_macs().await?;
@@ -64,7 +100,12 @@ impl DhcpLeases {
             held = held.len(),
             "addresses held by machines loaded from the store"
         );
-        let behind = WriteBehind::new(Some(store.clone()));
+        let table = Arc::new(Mutex::new(table));
+        let behind = WriteBehind::new(
+            Some(store.clone()),
+            controller.to_string(),
+            refusal_sink(Arc::clone(&table), config.clone()),
+        );
         behind.spawn_writer();
         let leases = DhcpLeases::with(table, behind);
         leases.set_store_machines(known);
@@ -72,7 +113,20 @@ impl DhcpLeases {
         // Only the subnets and the fleet file's interface MACs matter to `held_fixed`, and every
         // socket's configuration shares them.
         let base = config.clone();
-        tokio::spawn(refresh_store_machines(Arc::downgrade(&leases), store, base));
+        tokio::spawn(refresh_store_machines(
+            Arc::downgrade(&leases),
+            store.clone(),
+            base.clone(),
+        ));
+        if shared_database {
+            let reader = ForeignLeases {
+                store,
+                controller: controller.to_string(),
+                config: base,
+                since: read_at - FOREIGN_LEASES_OVERLAP_MS,
+            };
+            tokio::spawn(reader.refresh(Arc::downgrade(&leases)));
+        }
         Ok(leases)
     }
 
@@ -101,12 +155,13 @@ impl DhcpLeases {
 
     /// Leases kept in memory only (nothing written anywhere): for tests and benchmarks.
     pub fn in_memory() -> Arc<DhcpLeases> {
-        DhcpLeases::with(LeaseTable::new(), WriteBehind::new(None))
+        let behind = WriteBehind::new(None, String::new(), Box::new(|_| {}));
+        DhcpLeases::with(Arc::new(Mutex::new(LeaseTable::new())), behind)
     }
 
-    fn with(table: LeaseTable, behind: Arc<WriteBehind>) -> Arc<DhcpLeases> {
+    fn with(table: Arc<Mutex<LeaseTable>>, behind: Arc<WriteBehind>) -> Arc<DhcpLeases> {
         Arc::new(DhcpLeases {
-            table: Mutex::new(table),
+            table,
             limiter: Mutex::new(EventLimiter::default()),
             behind,
             store_machines: RwLock::new(Arc::new(HashMap::new())),
@@ -127,12 +182,7 @@ impl DhcpLeases {
         config: &DhcpConfig,
         now_ms: i64,
     ) -> (Outcome, Option<u64>) {
-        let store_machines = self
-            .store_machines
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        let held = self.held();
+        let (store_machines, held) = self.context_parts();
         let context = Context {
             config,
             now_ms,
@@ -155,6 +205,38 @@ impl DhcpLeases {
             self.record_event(event, now_ms);
         }
         (outcome, grant)
+    }
+
+    fn context_parts(&self) -> (Arc<HashMap<MacAddr, String>>, Arc<HeldFixed>) {
+        let store_machines = self
+            .store_machines
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        (store_machines, self.held())
+    }
+
+    /// The NAK for `request`, whose lease the database refused (another controller's client
+    /// holds the address); the table has already learnt the holder.
+    pub fn refusal(&self, request: &Message, config: &DhcpConfig, now_ms: i64) -> Outcome {
+        let (store_machines, held) = self.context_parts();
+        let context = Context {
+            config,
+            now_ms,
+            store_machines: Some(&store_machines),
+            held: Some(&held),
+        };
+        let mut outcome = super::handler::refuse(request, &context);
+        if let Some(event) = outcome.event.take() {
+            self.record_event(event, now_ms);
+        }
+        outcome
+    }
+
+    /// Waits until the change numbered `sequence` is settled: committed, refused, or neither
+    /// within `limit`.
+    pub async fn settled(&self, sequence: u64, limit: std::time::Duration) -> Settled {
+        self.behind.settled(sequence, limit).await
     }
 
     /// Waits until the change numbered `sequence` is in the store; false after `limit`.
@@ -270,6 +352,67 @@ fn describe(event: &LeaseEvent) -> String {
             "no free address in subnet {} for {}: the dynamic range is exhausted",
             event.subnet, event.mac
         ),
+    }
+}
+
+/// Whence each controller's pool searches start: a hash of its name.
+fn seed_of(controller: &str) -> u32 {
+    use std::hash::{Hash, Hasher};
+    // `DefaultHasher::new` has fixed keys: the same name gives the same seed.
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    controller.hash(&mut hasher);
+    hasher.finish() as u32
+}
+
+/// Teaches the table the leases the database refused: the loser's binding goes, the holder's
+/// lease comes in.
+fn refusal_sink(table: Arc<Mutex<LeaseTable>>, config: DhcpConfig) -> super::persist::RefusalSink {
+    Box::new(move |refused: &[RefusedLease]| {
+        let now = crate::store::now_ms();
+        let mut table = lock(&table);
+        for lost in refused {
+            table.forget_refused(lost.lease.mac, lost.lease.ip, rand::random());
+            if let Some(holder) = &lost.holder {
+                table.learn(holder, &config, now);
+            }
+        }
+    })
+}
+
+/// Reads the leases other controllers wrote, from where the last read left off.
+struct ForeignLeases {
+    store: Store,
+    controller: String,
+    config: DhcpConfig,
+    /// The next read starts here (the database's clock, Unix ms).
+    since: i64,
+}
+
+impl ForeignLeases {
+    async fn refresh(mut self, leases: Weak<DhcpLeases>) {
+        loop {
+            tokio::time::sleep(FOREIGN_LEASES_REFRESH).await;
+            let Some(leases) = leases.upgrade() else {
+                return;
+            };
+            match self
+                .store
+                .leases_changed_since(&self.controller, self.since)
+                .await
+            {
+                Ok(changed) => {
+                    self.since = changed.read_at - FOREIGN_LEASES_OVERLAP_MS;
+                    let now = crate::store::now_ms();
+                    let mut table = lock(&leases.table);
+                    for lease in &changed.leases {
+                        table.learn(lease, &self.config, now);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!("DHCP: cannot read the other controllers' leases: {error}")
+                }
+            }
+        }
     }
 }
 
