@@ -60,6 +60,8 @@ impl MachineRecord {
             last_heard: self.last_heard,
             // Kept by the machine API (`machine_state`): the callers that need it fill it in.
             install_done: None,
+            // Read by the watch's own query (`Store::in_progress_machines`).
+            power_pending: false,
         }
     }
 }

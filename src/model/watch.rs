@@ -40,6 +40,11 @@ pub struct Watched {
     /// When a deploying machine's installer signalled done (it counts only when it came after
     /// the status began: an earlier deployment's does not).
     pub install_done: Option<i64>,
+    /// A power command decided for the machine has not been carried out yet (the power
+    /// outbox): it cannot boot before it, so only the status clock runs meanwhile. A controller
+    /// that died with hundreds of power-ons decided left them to the leader's courier, and the
+    /// last of them would otherwise be failed for not booting before anyone powered them.
+    pub power_pending: bool,
 }
 
 /// Which clock.
@@ -124,6 +129,9 @@ impl Watched {
             since: self.status_since,
             limit_seconds: status_limit,
         }];
+        if self.power_pending {
+            return clocks;
+        }
         if let Some(done) = self.install_done_at() {
             clocks.push(RunningClock {
                 kind: ClockKind::Callback,
@@ -174,6 +182,7 @@ mod tests {
             boot_started: boot,
             last_heard: heard,
             install_done: None,
+            power_pending: false,
         }
     }
 
@@ -222,6 +231,28 @@ mod tests {
         // A boot command from an earlier status is older than the status: the status's start counts.
         let earlier = machine(Status::Testing, Some(1_000), None);
         assert_eq!(earlier.boot_since(), 10_000);
+    }
+
+    #[test]
+    fn a_power_command_not_carried_out_yet_holds_the_boot_and_heartbeat_clocks() {
+        // Decided at 10 s (the status began), left in the power outbox by a controller that
+        // died: not failed for not booting while nobody has powered it.
+        let waiting = Watched {
+            power_pending: true,
+            ..machine(Status::Commissioning, None, None)
+        };
+        let kinds: Vec<ClockKind> = waiting.clocks(&LIMITS).iter().map(|c| c.kind).collect();
+        assert_eq!(kinds, [ClockKind::Status]);
+        assert_eq!(reason(waiting.clone(), 300_000), None);
+        assert_eq!(
+            reason(waiting, 610_001).as_deref(),
+            Some("operation commissioning timed out after 10 minutes")
+        );
+        // Once carried out (its boot clock restarted), the boot limit applies again.
+        assert_eq!(
+            reason(machine(Status::Commissioning, Some(300_000), None), 420_001).as_deref(),
+            Some("did not boot within 2 minutes")
+        );
     }
 
     #[test]

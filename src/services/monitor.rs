@@ -113,6 +113,7 @@ mod tests {
             generation: 7,
             install_done: None,
             progress: None,
+            power_pending: false,
         }
     }
 

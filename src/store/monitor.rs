@@ -23,6 +23,8 @@ pub struct InProgress {
     pub install_done: Option<i64>,
     /// The last progress a deploying run reported.
     pub progress: Option<crate::model::DeployProgress>,
+    /// A decided power command is still in the outbox (`machines.power_pending`).
+    pub power_pending: bool,
 }
 
 impl InProgress {
@@ -34,6 +36,7 @@ impl InProgress {
             boot_started: self.boot_started,
             last_heard: self.last_heard,
             install_done: self.install_done,
+            power_pending: self.power_pending,
         }
     }
 }
@@ -49,6 +52,7 @@ impl Store {
         let placeholders: Vec<String> = (1..=statuses.len()).map(|n| format!("${n}")).collect();
         let sql = format!(
             "SELECT m.name, m.status, m.status_since, m.last_heard, m.boot_started, m.generation, \
+             CAST(CASE WHEN m.power_pending IS NULL THEN 0 ELSE 1 END AS BIGINT) AS power_pending, \
              s.install_done_at, s.progress FROM machines m \
              LEFT JOIN machine_state s ON s.machine_id = m.id \
              WHERE m.status IN ({}) ORDER BY m.name",
@@ -70,6 +74,7 @@ impl Store {
                     boot_started: get(row, "boot_started")?,
                     generation: get(row, "generation")?,
                     install_done: get(row, "install_done_at")?,
+                    power_pending: get::<i64>(row, "power_pending")? != 0,
                     progress: get::<Option<String>>(row, "progress")?
                         .and_then(|text| {
                             serde_json::from_str::<super::ReportedProgress>(&text).ok()
