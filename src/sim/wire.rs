@@ -16,6 +16,8 @@ use tokio::net::UdpSocket;
 /// and more; shorter here so a lost reply costs a test little).
 const DHCP_WAIT: Duration = Duration::from_millis(1000);
 const DHCP_TRIES: u32 = 6;
+/// DISCOVERs a client sends after NAKs before it gives up.
+const DHCP_STARTS: u32 = 4;
 const TFTP_WAIT: Duration = Duration::from_secs(3);
 const TFTP_TRIES: u32 = 4;
 const TFTP_BLOCK_SIZE: usize = 1468;
@@ -38,7 +40,9 @@ pub struct DhcpAnswer {
 
 /// DISCOVER → OFFER → REQUEST → ACK through relay `relay` (a local address the socket binds),
 /// to the server at `server`. `lost_replies` replies are dropped on arrival (and counted down),
-/// as if the network had lost them; the client sends again.
+/// as if the network had lost them; the client sends again. A NAK (the server's store refused
+/// the lease: another controller holds the address) starts over with a DISCOVER, as RFC 2131
+/// asks, a few times.
 pub async fn dhcp_lease(
     server: SocketAddr,
     relay: Ipv4Addr,
@@ -49,25 +53,37 @@ pub async fn dhcp_lease(
     let socket = UdpSocket::bind((relay, 0))
         .await
         .map_err(|source| SimError::io("binding the DHCP relay socket", source))?;
-    let xid: u32 = rand::random();
-    let discover = request_message(mac, xid, relay, client, MessageType::Discover);
-    let offer = exchange(&socket, server, &discover, MessageType::Offer, lost_replies).await?;
-    let mut request = request_message(mac, xid, relay, client, MessageType::Request);
-    let options = request.opts_mut();
-    options.insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
-    if let Some(DhcpOption::ServerIdentifier(id)) = offer.opts().get(OptionCode::ServerIdentifier) {
-        options.insert(DhcpOption::ServerIdentifier(*id));
+    for _ in 0..DHCP_STARTS {
+        let xid: u32 = rand::random();
+        let discover = request_message(mac, xid, relay, client, MessageType::Discover);
+        let offer = exchange(&socket, server, &discover, MessageType::Offer, lost_replies).await?;
+        let mut request = request_message(mac, xid, relay, client, MessageType::Request);
+        let options = request.opts_mut();
+        options.insert(DhcpOption::RequestedIpAddress(offer.yiaddr()));
+        if let Some(DhcpOption::ServerIdentifier(id)) =
+            offer.opts().get(OptionCode::ServerIdentifier)
+        {
+            options.insert(DhcpOption::ServerIdentifier(*id));
+        }
+        let ack = exchange(&socket, server, &request, MessageType::Ack, lost_replies).await?;
+        if ack.opts().msg_type() == Some(MessageType::Nak) {
+            continue;
+        }
+        let boot_file = match ack.opts().get(OptionCode::BootfileName) {
+            Some(DhcpOption::BootfileName(bytes)) => {
+                Some(String::from_utf8_lossy(bytes).to_string())
+            }
+            _ => None,
+        };
+        return Ok(DhcpAnswer {
+            ip: ack.yiaddr(),
+            server: ack.siaddr(),
+            boot_file,
+        });
     }
-    let ack = exchange(&socket, server, &request, MessageType::Ack, lost_replies).await?;
-    let boot_file = match ack.opts().get(OptionCode::BootfileName) {
-        Some(DhcpOption::BootfileName(bytes)) => Some(String::from_utf8_lossy(bytes).to_string()),
-        _ => None,
-    };
-    Ok(DhcpAnswer {
-        ip: ack.yiaddr(),
-        server: ack.siaddr(),
-        boot_file,
-    })
+    Err(SimError::Protocol(format!(
+        "DHCP from {server}: NAKed {DHCP_STARTS} times"
+    )))
 }
 
 fn request_message(
@@ -109,7 +125,8 @@ fn request_message(
     message
 }
 
-/// Sends `message` until a reply of `expected` type with its xid arrives.
+/// Sends `message` until a reply of `expected` type with its xid arrives (or, when an ACK is
+/// expected, a NAK).
 async fn exchange(
     socket: &UdpSocket,
     server: SocketAddr,
@@ -134,7 +151,9 @@ async fn exchange(
             let Ok(reply) = Message::decode(&mut Decoder::new(&buffer[..length])) else {
                 continue;
             };
-            if reply.xid() != message.xid() || reply.opts().msg_type() != Some(expected) {
+            let answered = reply.opts().msg_type();
+            let nak = expected == MessageType::Ack && answered == Some(MessageType::Nak);
+            if reply.xid() != message.xid() || (answered != Some(expected) && !nak) {
                 continue;
             }
             if *lost_replies > 0 {
