@@ -5,7 +5,7 @@ use super::client::Client;
 use super::output::{colour_enabled, new_table};
 use super::plan::{make_plan, render_options};
 use super::Connection;
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use clap::Args;
 use comfy_table::Cell;
 use fleet::apply::{ApplyProgress, ApplyRequest, ApplyStarted, MachineProgress};
@@ -18,6 +18,15 @@ use std::time::Duration;
 
 /// How often progress is read from the controller.
 const POLL: Duration = Duration::from_millis(200);
+/// How long `fleet apply` keeps asking for progress it cannot read (the controller restarting, a
+/// leader taking over, a loaded store): the apply itself goes on regardless.
+const FOLLOW_PATIENCE: Duration = Duration::from_secs(60);
+
+/// A refusal that may pass (the controller's own failure), not an answer (unknown apply, a
+/// token without the right).
+fn passing_failure(failure: &super::client::ApiFailure) -> bool {
+    failure.code == "internal" || failure.code.starts_with('5')
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct ApplyArgs {
@@ -137,11 +146,43 @@ pub(super) async fn follow(
         bar
     });
     let mut seen: BTreeMap<String, (String, Option<String>, Option<String>)> = BTreeMap::new();
+    let mut failing_since: Option<std::time::Instant> = None;
     loop {
-        let progress: ApplyProgress = client
-            .get(&format!("/applies/{}", started.id))
-            .await?
-            .map_err(|failure| anyhow!("cannot follow apply {}: {failure}", started.id))?;
+        let why = match client.get(&format!("/applies/{}", started.id)).await {
+            Ok(Ok(progress)) => {
+                failing_since = None;
+                Ok(progress)
+            }
+            // Passing: the controller is restarting, a leader taking over, a loaded store.
+            Err(error) => Err(format!("{error:#}")),
+            Ok(Err(failure)) if passing_failure(&failure) => Err(failure.to_string()),
+            Ok(Err(failure)) => bail!("cannot follow apply {}: {failure}", started.id),
+        };
+        let progress: ApplyProgress = match why {
+            Ok(progress) => progress,
+            Err(why) => {
+                let since = match failing_since {
+                    Some(since) => since,
+                    None => {
+                        eprintln!(
+                            "cannot read apply {}'s progress ({why}); it goes on on the controller, asking again for up to {} s",
+                            started.id,
+                            FOLLOW_PATIENCE.as_secs()
+                        );
+                        *failing_since.insert(std::time::Instant::now())
+                    }
+                };
+                if since.elapsed() > FOLLOW_PATIENCE {
+                    bail!(
+                        "cannot follow apply {} for {} s: {why} (it may still be running: `fleet apply` again shows its machines)",
+                        started.id,
+                        FOLLOW_PATIENCE.as_secs()
+                    );
+                }
+                tokio::time::sleep(POLL * 5).await;
+                continue;
+            }
+        };
         for machine in &progress.machines {
             let now = (
                 machine.state.clone(),

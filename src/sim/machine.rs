@@ -41,6 +41,8 @@ struct MachineState {
     /// The deployment's call-back (URL, secret), for the installed system's first boot.
     callback: Option<(String, String)>,
     notes: Vec<String>,
+    /// Every address a DHCP server acknowledged to it, in order (repeats kept once).
+    leased: Vec<Ipv4Addr>,
     boots: u32,
     called_back: bool,
 }
@@ -87,6 +89,19 @@ impl SimMachine {
     /// Whether its installed system called back after a deployment.
     pub fn called_back(&self) -> bool {
         self.state().called_back
+    }
+
+    /// Every address a DHCP server acknowledged to it, first first: what the clients' side
+    /// says was handed out (tests check no address went to two machines).
+    pub fn leased(&self) -> Vec<Ipv4Addr> {
+        self.state().leased.clone()
+    }
+
+    fn record_lease(&self, ip: Ipv4Addr) {
+        let mut state = self.state();
+        if !state.leased.contains(&ip) {
+            state.leased.push(ip);
+        }
     }
 
     /// What it did, newest last (for a person, and for tests that fail).
@@ -191,6 +206,7 @@ async fn boot_once(machine: &Arc<SimMachine>) -> Result<After, SimError> {
         &mut lost,
     )
     .await?;
+    machine.record_lease(rom.ip);
     let loader = rom
         .boot_file
         .ok_or_else(|| SimError::Protocol("the DHCP offer names no boot file".into()))?;
@@ -210,6 +226,7 @@ async fn boot_once(machine: &Arc<SimMachine>) -> Result<After, SimError> {
         &mut lost,
     )
     .await?;
+    machine.record_lease(ipxe.ip);
     let script_url = ipxe
         .boot_file
         .ok_or_else(|| SimError::Protocol("iPXE was given no script URL".into()))?;

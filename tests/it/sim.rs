@@ -676,3 +676,296 @@ async fn a_controller_killed_while_acking_keeps_every_lease_it_acknowledged() {
         acked.len()
     );
 }
+
+/// A fleet file for one of several controllers on one database: its own boot sockets, an
+/// address pool for thousands of machines (each simulated machine binds the loopback address
+/// it leased), every machine worked on at once.
+fn shared_fleet_file(setup: &Setup, machines: &str) -> PathBuf {
+    let path = setup.fleet_file(machines);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("end = \"127.77.0.250\"", "end = \"127.77.31.250\"")
+        .replace("parallelism = 200", "parallelism = 2000");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Waits until `done` holds for the machines' summaries, within `limit`.
+async fn wait_for_machines(
+    store: &Store,
+    what: &str,
+    limit: Duration,
+    done: impl Fn(&[fleet::model::records::MachineSummary]) -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let machines = store.machine_summaries().await.unwrap();
+        if done(&machines) {
+            return;
+        }
+        if Instant::now() > deadline {
+            let mut counts: HashMap<String, usize> = HashMap::new();
+            for machine in &machines {
+                *counts.entry(machine.status.to_string()).or_default() += 1;
+            }
+            panic!("{what}: not after {limit:?}; statuses {counts:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Issue 16's scale-out must-show: three `fleet serve` on one PostgreSQL, each the boot server of
+/// a third of the simulated machines (1,000 unless FLEET_SCALE_OUT_MACHINES says otherwise).
+/// They enlist through all three; `fleet apply` (posted to a follower) commissions and tests
+/// them; the leader is killed with SIGKILL mid-apply; another leads within 10 s and the apply
+/// goes on. Every machine ends ready or failed with a reason (the killed controller's own
+/// machines lose their boot server), the two surviving controllers' machines all ready; no
+/// address went to two machines (in the store and as the machines saw it); no machine was
+/// commissioned twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_controllers_share_the_machines_and_outlive_their_leader() {
+    let total: u32 = std::env::var("FLEET_SCALE_OUT_MACHINES")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(1000);
+    let url = crate::support::db::empty_postgres_database().await;
+    let setups = [setup(), setup(), setup()];
+    let mut controllers: Vec<TestController> = Vec::new();
+    for setup in &setups {
+        let fleet_file = shared_fleet_file(setup, "");
+        let state = setup.directory.path().join("state");
+        let fleet_file = fleet_file.to_str().unwrap();
+        let mut controller =
+            TestController::start_in(&state, &["-f", fleet_file, "--database", &url]);
+        if let Some(first) = controllers.first() {
+            // Only the controller that made the database wrote an operator token.
+            controller.token = first.token.clone();
+        }
+        controllers.push(controller);
+    }
+    let ids: Vec<String> = controllers
+        .iter()
+        .map(|controller| {
+            // Written once the controller has registered, which may come just after its API.
+            let file = controller.state_dir.join("controller-id");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !file.exists() {
+                assert!(Instant::now() < deadline, "no {}", file.display());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            std::fs::read_to_string(&file).unwrap().trim().to_string()
+        })
+        .collect();
+    let store = Store::open(&url).await.unwrap();
+    let share = total.div_ceil(3);
+    let mut fleets = Vec::new();
+    for (number, setup) in (0u32..).zip(&setups) {
+        let count = share.min(total - share * number);
+        fleets.push(setup.sims(10_000 * number, count, HashMap::new()).await);
+    }
+    let started = Instant::now();
+    for machine in fleets.iter().flat_map(|fleet| &fleet.machines) {
+        machine.power_on();
+    }
+    let everyone = total as usize;
+    wait_for_machines(
+        &store,
+        "all enlisted",
+        Duration::from_secs(300),
+        |machines| machines.len() == everyone && machines.iter().all(|m| m.status == Status::New),
+    )
+    .await;
+    let enlisted = started.elapsed();
+    // Enlistment ends with `after poweroff`.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fleets
+        .iter()
+        .flat_map(|fleet| &fleet.machines)
+        .any(|machine| machine.is_on())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "machines stayed on after enlisting"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Adopted in one fleet file and applied through a controller that does not lead.
+    let leader = store.leader().await.unwrap().expect("a leader");
+    let killed = ids
+        .iter()
+        .position(|id| *id == leader.controller_id)
+        .expect("the leader is one of the three");
+    let follower = (killed + 1) % 3;
+    let machines: String = fleets
+        .iter()
+        .flat_map(|fleet| {
+            fleet.machines.iter().map(move |machine| {
+                fleet.machine_toml(machine, &enlisted_name(machine), "state = \"ready\"")
+            })
+        })
+        .collect();
+    let fleet_file = shared_fleet_file(&setups[follower], &machines);
+    let apply_log = setups[follower].directory.path().join("apply.log");
+    let mut apply = std::process::Command::new(crate::support::controller::FLEET)
+        .arg("--state-dir")
+        .arg(&controllers[follower].state_dir)
+        .arg("--server")
+        .arg(&controllers[follower].api_url)
+        .args(["--token", &controllers[follower].token])
+        .args(["apply", "-f", fleet_file.to_str().unwrap(), "--yes"])
+        .env("XDG_CONFIG_HOME", setups[follower].directory.path())
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&apply_log).unwrap())
+        .stderr(std::fs::File::create(apply_log.with_extension("err")).unwrap())
+        .spawn()
+        .expect("fleet apply starts");
+
+    // Mid-apply: a third of the machines on their way.
+    let third = everyone / 3;
+    let apply_said = || {
+        let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+        let said = format!(
+            "{}\n--- stderr:\n{}",
+            read(&apply_log),
+            read(&apply_log.with_extension("err"))
+        );
+        // The end says why (the plan before it is a screen per machine).
+        let start = said.len().saturating_sub(3_000);
+        let start = (start..said.len())
+            .find(|at| said.is_char_boundary(*at))
+            .unwrap_or(0);
+        said[start..].to_string()
+    };
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    if let Ok(Some(status)) = apply.try_wait() {
+        let logs: Vec<String> = controllers
+            .iter()
+            .flat_map(|controller| {
+                let log = controller.log();
+                log.lines()
+                    .filter(|line| line.contains("ERROR") || line.contains("WARN"))
+                    .take(20)
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        panic!(
+            "fleet apply ended at once ({status}): {}\n--- the controllers' warnings:\n{}",
+            apply_said(),
+            logs.join("\n")
+        );
+    }
+    wait_for_machines(
+        &store,
+        "a third commissioning",
+        Duration::from_secs(300),
+        |machines| {
+            machines
+                .iter()
+                .filter(|m| {
+                    matches!(
+                        m.status,
+                        Status::Commissioning | Status::Testing | Status::Ready
+                    )
+                })
+                .count()
+                >= third
+        },
+    )
+    .await;
+    let killed_at = Instant::now();
+    controllers[killed].kill();
+    let new_leader = loop {
+        if let Some(term) = store.leader().await.unwrap() {
+            if term.controller_id != ids[killed] && term.expires_at > 0 {
+                break term;
+            }
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(10),
+            "no other controller leads 10 s after the leader was killed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took_over = killed_at.elapsed();
+    assert!(new_leader.generation > leader.generation);
+
+    // Everyone settles: ready, or failed with a reason.
+    wait_for_machines(
+        &store,
+        "all settled",
+        Duration::from_secs(420),
+        |machines| {
+            machines
+                .iter()
+                .all(|m| m.status == Status::Ready || m.status.is_failed())
+        },
+    )
+    .await;
+    let settled = started.elapsed();
+    let _ = apply.kill();
+    let _ = apply.wait();
+    let mut ready = 0;
+    for (number, fleet) in fleets.iter().enumerate() {
+        for machine in &fleet.machines {
+            let name = enlisted_name(machine);
+            let (status, reason) = status_of(&store, &name).await.unwrap();
+            if status == Status::Ready {
+                ready += 1;
+                continue;
+            }
+            assert!(
+                number == killed,
+                "{name}, served by a controller that lived, ended {status}: {reason:?}; it did {:#?}",
+                machine.notes()
+            );
+            assert!(
+                reason.as_deref().is_some_and(|reason| !reason.is_empty()),
+                "{name} ended {status} with no reason"
+            );
+        }
+    }
+
+    // No address went to two machines: in the store, and as the machines saw it.
+    let shared: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT ip, CAST(COUNT(*) AS BIGINT) FROM leases GROUP BY ip HAVING COUNT(*) > 1",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert!(shared.is_empty(), "addresses leased twice: {shared:?}");
+    let mut holders: HashMap<Ipv4Addr, u32> = HashMap::new();
+    for machine in fleets.iter().flat_map(|fleet| &fleet.machines) {
+        for ip in machine.leased() {
+            if let Some(other) = holders.insert(ip, machine.index) {
+                assert_eq!(
+                    other, machine.index,
+                    "{ip} was acknowledged to machines {other} and {}",
+                    machine.index
+                );
+            }
+        }
+    }
+    // No machine was commissioned twice: one commission action each, whoever led.
+    let twice: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT machine, CAST(COUNT(*) AS BIGINT) FROM events \
+         WHERE kind = 'action' AND action = 'commission' GROUP BY machine HAVING COUNT(*) > 1",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert!(twice.is_empty(), "commissioned more than once: {twice:?}");
+    eprintln!(
+        "{total} machines through 3 controllers: all enlisted after {:.1} s; leader killed, \
+         another led {:.1} s later; all settled after {:.1} s: {ready} ready, {} failed (the \
+         killed controller's own machines)",
+        enlisted.as_secs_f64(),
+        took_over.as_secs_f64(),
+        settled.as_secs_f64(),
+        everyone - ready
+    );
+    drop(controllers);
+    crate::support::db::drop_postgres_store(store).await;
+}
