@@ -317,25 +317,44 @@ impl Store {
     /// (`BEGIN IMMEDIATE`, waiting up to the busy timeout), so that a read-then-write
     /// transaction cannot fail half-way with SQLITE_BUSY when another writer got there first.
     pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        let transaction = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+        let statement = match self.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
         };
-        Ok(transaction)
+        begin_whole(&self.pool, statement).await
     }
 
     /// Begins a read-only transaction: several SELECTs that see one snapshot (a machine with
     /// its interfaces and disks).
     pub(crate) async fn begin_read(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        let transaction = match self.backend {
-            Backend::Sqlite => self.pool.begin().await?,
-            Backend::Postgres => {
-                self.pool
-                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    .await?
-            }
+        let statement = match self.backend {
+            Backend::Sqlite => "BEGIN",
+            Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
         };
-        Ok(transaction)
+        begin_whole(&self.pool, statement).await
+    }
+}
+
+/// Begins a transaction in a task of its own, so that a caller cancelled meanwhile (an HTTP
+/// client gone, an aborted task, a timeout) cannot cut `BEGIN` in half. sqlx 0.8.6 on PostgreSQL
+/// counts the transaction only once `BEGIN`'s answer is read: a future dropped in between
+/// leaves the pooled connection inside a transaction nobody rolls back
+/// (launchbadge/sqlx#4393, fixed in a later sqlx by #4394), and the next borrower's statements
+/// run in it — a read-only one refused an UPDATE, and then every statement on that connection
+/// failed with "current transaction is aborted" (seen with 1,000 simulated machines on three
+/// controllers: machine API answers 500, machines failed). Finished in its task, the
+/// transaction is either handed over or dropped there, which rolls it back.
+async fn begin_whole(
+    pool: &sqlx::AnyPool,
+    statement: &'static str,
+) -> Result<Transaction<'static, Any>, StoreError> {
+    let pool = pool.clone();
+    let begun = tokio::spawn(async move { pool.begin_with(statement).await });
+    match begun.await {
+        Ok(transaction) => Ok(transaction?),
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        // The runtime is stopping: as if the pool had closed.
+        Err(_) => Err(sqlx::Error::PoolClosed.into()),
     }
 }
 
