@@ -151,6 +151,20 @@ async fn decided(
     panic!("{action} was not decided within 5 s");
 }
 
+/// A power-on the BMC holds (a slow BMC): decided, and at the BMC when this returns.
+async fn a_held_power_on(
+    store: &Store,
+    drivers: &PowerDrivers,
+    driver: &HeldDriver,
+) -> (tokio::task::JoinHandle<ActionDone>, i64) {
+    driver.hold(PowerCommand::On);
+    let decision = decided(store, drivers, Action::PowerOn, 0).await;
+    while driver.sent().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    decision
+}
+
 async fn power_events(store: &Store) -> Vec<String> {
     let filter = EventFilter {
         machine: Some(MACHINE.into()),
@@ -180,11 +194,7 @@ async fn on_off_on_from_three_tasks_ends_on_and_the_overtaken_off_is_dropped() {
     let (store, drivers, _directory) = setup(&driver).await;
     // The first power-on is slow (a BMC taking its time); power-off and power-on are decided
     // by two other tasks while it is in flight.
-    driver.hold(PowerCommand::On);
-    let (first_on, first) = decided(&store, &drivers, Action::PowerOn, 0).await;
-    while driver.sent().is_empty() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (first_on, first) = a_held_power_on(&store, &drivers, &driver).await;
     let (off, second) = decided(&store, &drivers, Action::PowerOff, first).await;
     let (second_on, third) = decided(&store, &drivers, Action::PowerOn, second).await;
     assert!(first < second && second < third);
@@ -261,11 +271,7 @@ async fn a_slow_off_is_never_overtaken_by_the_on_decided_after_it() {
 async fn a_command_queued_for_a_deleted_machine_never_reaches_the_one_added_under_its_name() {
     let driver = Arc::new(HeldDriver::default());
     let (store, drivers, _directory) = setup(&driver).await;
-    driver.hold(PowerCommand::On);
-    let (on, first) = decided(&store, &drivers, Action::PowerOn, 0).await;
-    while driver.sent().is_empty() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (on, first) = a_held_power_on(&store, &drivers, &driver).await;
     let (off, _) = decided(&store, &drivers, Action::PowerOff, first).await;
     // While the off waits, the machine is deleted and another is added under its name.
     perform(&store, &drivers, MACHINE, &request(Action::Delete))
@@ -296,11 +302,7 @@ async fn a_command_queued_for_a_deleted_machine_never_reaches_the_one_added_unde
 async fn a_command_waiting_its_turn_keeps_its_outbox_entry_claimed() {
     let driver = Arc::new(HeldDriver::default());
     let (store, drivers, _directory) = setup(&driver).await;
-    driver.hold(PowerCommand::On);
-    let (first_on, first) = decided(&store, &drivers, Action::PowerOn, 0).await;
-    while driver.sent().is_empty() {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (first_on, first) = a_held_power_on(&store, &drivers, &driver).await;
     let (off, _) = decided(&store, &drivers, Action::PowerOff, first).await;
     // The off waits behind the held on for longer than "stale" is taken to be here (4 s;
     // entries are refreshed every 3 s).
