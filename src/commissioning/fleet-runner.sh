@@ -179,7 +179,8 @@ http_problem() {
   fi
 }
 
-# api OUT METHOD PATH [BODY_FILE]: http with retries when no response or a 5xx came.
+# api OUT METHOD PATH [BODY_FILE]: http with retries when no response or a 5xx came (for
+# about a minute).
 # Returns 0 for 2xx, 2 for 409 or 401 (OUT then says `stop REASON`: the run is over, its token
 # expired), 1 for anything else.
 api() {
@@ -203,9 +204,13 @@ api() {
         *) return 1 ;;
       esac
     fi
-    [ $_try -lt 4 ] || return 1
-    log "$2 $3: $(http_problem "$1"); trying again"
-    sleep $((_try * 2))
+    # 1, 2, 4, 8 then 10 s between tries: about a minute in all (the simulator waits as long),
+    # enough for a controller whose store is failing over, or a busy one, to answer again.
+    [ $_try -lt 9 ] || return 1
+    _pause=$((1 << (_try - 1)))
+    [ $_pause -le 10 ] || _pause=10
+    log "$2 $3: $(http_problem "$1"); trying again in ${_pause}s"
+    sleep $_pause
     _try=$((_try + 1))
   done
 }

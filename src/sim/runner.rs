@@ -64,6 +64,7 @@ impl After {
 }
 
 /// One answer of the machine API, as the runner's `api` function sorts them.
+#[derive(Debug)]
 enum Answer {
     Ok(String),
     /// 409 `stop REASON`, or a 401 on the run's own token (its run ended).
@@ -90,6 +91,16 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// How long a machine API call is retried when no answer or a 5xx came: a controller whose store
+/// is failing over, or a busy one, answers again within this; the runner (`fleet-runner.sh`)
+/// waits as long.
+const API_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The pause before try `tries + 1`: 250 ms doubling to 8 s.
+fn retry_pause(tries: u32) -> Duration {
+    Duration::from_millis(250 << tries.saturating_sub(1).min(5))
+}
+
 /// The runner's HTTP side: one client (bound to the machine's leased address), the base URL and
 /// the run's token once it has one.
 #[derive(Clone)]
@@ -97,10 +108,13 @@ struct Api {
     client: reqwest::Client,
     url: String,
     token: Option<String>,
+    /// How long a call is tried again: [`API_PATIENCE`] (shorter in the unit test).
+    patience: Duration,
 }
 
 impl Api {
-    /// `api OUT METHOD PATH [BODY]` of the runner: retries when no response or a 5xx came.
+    /// `api OUT METHOD PATH [BODY]` of the runner: retries when no response or a 5xx came, for
+    /// up to its patience ([`API_PATIENCE`]).
     async fn call(
         &self,
         method: reqwest::Method,
@@ -108,6 +122,7 @@ impl Api {
         body: Option<Value>,
     ) -> Result<Answer, SimError> {
         let mut tries = 1;
+        let mut waited = Duration::ZERO;
         loop {
             let mut request = self
                 .client
@@ -147,10 +162,15 @@ impl Api {
                 }
                 Err(error) => error.to_string(),
             };
-            if tries >= 4 {
-                return Err(SimError::Protocol(format!("{method} {path}: {problem}")));
+            let pause = retry_pause(tries);
+            if waited + pause > self.patience {
+                return Err(SimError::Protocol(format!(
+                    "{method} {path}: {problem} (tried {tries} times over {}s)",
+                    waited.as_secs()
+                )));
             }
-            tokio::time::sleep(Duration::from_millis(500 * tries)).await;
+            tokio::time::sleep(pause).await;
+            waited += pause;
             tries += 1;
         }
     }
@@ -181,6 +201,7 @@ pub async fn run(
         client,
         url: command_line.url.trim_end_matches('/').to_string(),
         token: None,
+        patience: API_PATIENCE,
     };
     let mut name = command_line.machine.clone();
     // 1. enlist, or 1b. exchange the boot secret.
@@ -604,6 +625,60 @@ mod tests {
         assert_eq!(line.machine.as_deref(), Some("node-1"));
         assert_eq!(line.boot_secret.as_deref(), Some("abc"));
         assert!(KernelCommandLine::from_script("#!ipxe\nexit 1\n").is_none());
+    }
+
+    /// A controller answering 503 three times, then 200 (a store failing over): the call gets
+    /// through; one that never stops answering 500 is given up on once the pauses (0.25 s
+    /// doubling) would pass the patience, saying how many times it tried.
+    #[tokio::test]
+    async fn a_call_answered_5xx_is_tried_again_for_about_a_minute() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let answered = Arc::new(AtomicU32::new(0));
+        let counter = answered.clone();
+        let app = axum::Router::new()
+            .route(
+                "/flaky",
+                axum::routing::get(move || {
+                    let counter = counter.clone();
+                    async move {
+                        match counter.fetch_add(1, Ordering::SeqCst) {
+                            0..=2 => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "busy"),
+                            _ => (axum::http::StatusCode::OK, "fine"),
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/broken",
+                axum::routing::get(|| async {
+                    (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        "store failed",
+                    )
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let api = Api {
+            client: reqwest::Client::new(),
+            url,
+            token: None,
+            patience: Duration::from_secs(3),
+        };
+
+        let answer = api.get("/flaky").await.unwrap();
+        assert!(matches!(answer, Answer::Ok(ref text) if text == "fine"));
+        assert_eq!(answered.load(Ordering::SeqCst), 4);
+
+        let error = api.get("/broken").await.unwrap_err().to_string();
+        assert!(error.contains("HTTP 500 store failed"), "{error}");
+        assert!(error.contains("tried 4 times over 1s"), "{error}");
+        assert_eq!(
+            (1..12).map(retry_pause).sum::<Duration>(),
+            Duration::from_millis(55_750),
+            "the machine API is tried for about a minute: 12 tries"
+        );
     }
 
     #[test]
