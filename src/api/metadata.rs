@@ -2,7 +2,8 @@
 //! answers are plain text lines (`key value`), the bodies JSON with text in base64. The rules
 //! and the store work are in `services::machine_api`; this is the HTTP edge: limits, tokens,
 //! decoding, status codes. Every error is one line `error REASON` (or `stop REASON`, 409, when
-//! there is nothing more to do), with 400 / 401 / 403 / 404 / 409 / 413.
+//! there is nothing more to do), with 400 / 401 / 403 / 404 / 409 / 413, and 503 for a
+//! deployment whose image is still on its way to this controller (the runner asks again).
 //!
 //! Credentials (`services::machine_api::credentials`): a machine's calls carry the token of its
 //! current run (`Authorization: Bearer`), which it got once from `POST .../exchange` (a boot
@@ -766,6 +767,9 @@ async fn deployment(
     let run = authorize(&state, &name, &headers).await?;
     let settings = state.machine_api.current();
     let base_url = machine_base_url(&state, &headers);
+    if let (Some(boot), Some(image)) = (state.boot.as_ref(), run.record.image.as_deref()) {
+        wait_for_image(&state, &boot.images, &name, image).await?;
+    }
     let image = super::deploy_image::deploy_image_for(
         state.boot.as_ref().map(|boot| boot.images.as_ref()),
         settings.fleet.as_deref(),
@@ -791,6 +795,33 @@ async fn deployment(
         body,
     )
         .into_response())
+}
+
+/// Holds a deployment fetch while its image is on its way to this controller (see
+/// `deploy_image::wait_while_on_its_way`), with an event saying so; still on its way after the
+/// wait: 503, which the runner asks again after, and the deployment goes on.
+async fn wait_for_image(
+    state: &ApiState,
+    images: &crate::boot::http::BootImages,
+    machine: &str,
+    image: &str,
+) -> Result<(), MachineApiResponse> {
+    use super::deploy_image::{wait_while_on_its_way, IMAGE_WAIT};
+    let Some(on_its_way) = wait_while_on_its_way(images, image, std::time::Duration::ZERO).await
+    else {
+        return Ok(());
+    };
+    let reason = format!("the deployment waits for its image: {on_its_way}");
+    eprintln!("  deploy  {machine}: {reason}");
+    let detail = serde_json::json!({ "image": image });
+    machine_api::record_event(&state.store, machine, "deployment", reason, detail).await;
+    match wait_while_on_its_way(images, image, IMAGE_WAIT).await {
+        None => Ok(()),
+        Some(still) => Err(MachineApiResponse::error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{still}; ask again"),
+        )),
+    }
 }
 
 /// How machines reach the controller: the boot URL setting, else the request's `Host`.

@@ -47,11 +47,36 @@ struct MachineState {
     called_back: bool,
 }
 
+/// The BMC a machine reports when it enlists, as the ephemeral environment's `find_bmc` reports
+/// it (the enlistment's `bmc` member): how the controller powers it from then on.
+#[derive(Clone)]
+pub struct ReportedBmc {
+    /// `ipmi` or `redfish`.
+    pub power_type: String,
+    /// `HOST` or `HOST:PORT`.
+    pub address: String,
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for ReportedBmc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReportedBmc")
+            .field("power_type", &self.power_type)
+            .field("address", &self.address)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
 pub struct SimMachine {
     pub index: u32,
     pub hardware: SimHardware,
     pub faults: Faults,
     pub network: SimNetwork,
+    /// Reported at enlistment; none: it enlists without a BMC (its power is then the
+    /// simulated BMC server's webhook, written in the fleet file).
+    pub reported_bmc: Option<ReportedBmc>,
     state: Mutex<MachineState>,
 }
 
@@ -67,8 +92,15 @@ impl SimMachine {
             hardware,
             faults,
             network,
+            reported_bmc: None,
             state: Mutex::default(),
         }
+    }
+
+    /// The same machine, reporting `bmc` when it enlists.
+    pub fn with_reported_bmc(mut self, bmc: ReportedBmc) -> SimMachine {
+        self.reported_bmc = Some(bmc);
+        self
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, MachineState> {

@@ -22,7 +22,7 @@ mod wire;
 
 pub use faults::{share_of_fleet, FaultError, Faults};
 pub use hardware::{fact_line, recorded_disks, sim_mac, SimDisk, SimHardware, SimNic};
-pub use machine::{SimMachine, SimNetwork};
+pub use machine::{ReportedBmc, SimMachine, SimNetwork};
 pub use wire::{dhcp_lease, tftp_get, DhcpAnswer, DhcpClient};
 
 use std::collections::HashMap;

@@ -5,7 +5,6 @@
 //! then `signal` and what the controller says to do `after`. The scripts are not run: their
 //! results are what they would print on the simulated hardware (see `hardware.rs`).
 
-use super::hardware::SimHardware;
 use super::machine::SimMachine;
 use super::SimError;
 use base64::Engine;
@@ -206,7 +205,7 @@ pub async fn run(
     let mut name = command_line.machine.clone();
     // 1. enlist, or 1b. exchange the boot secret.
     if command_line.role == "enlist" && name.is_none() {
-        match enlist(&mut api, &machine.hardware).await? {
+        match enlist(&mut api, machine).await? {
             Enlisted::Token(enlisted) => name = Some(enlisted),
             Enlisted::Done(after) => return Ok(after),
         }
@@ -297,7 +296,8 @@ enum Enlisted {
     Done(After),
 }
 
-async fn enlist(api: &mut Api, hardware: &SimHardware) -> Result<Enlisted, SimError> {
+async fn enlist(api: &mut Api, machine: &SimMachine) -> Result<Enlisted, SimError> {
+    let hardware = &machine.hardware;
     let query: Vec<String> = hardware
         .macs()
         .iter()
@@ -313,11 +313,17 @@ async fn enlist(api: &mut Api, hardware: &SimHardware) -> Result<Enlisted, SimEr
         return Ok(Enlisted::Done(After::PowerOff));
     }
     let macs: Vec<String> = hardware.macs().iter().map(ToString::to_string).collect();
-    let body = json!({
+    let mut body = json!({
         "architecture": "amd64",
         "boot_mac": hardware.boot_mac().to_string(),
         "macs": macs,
     });
+    if let Some(bmc) = &machine.reported_bmc {
+        body["bmc"] = json!({
+            "type": bmc.power_type, "address": bmc.address,
+            "user": bmc.user, "password": bmc.password,
+        });
+    }
     match api.post("/metadata/v1/enlist", body).await? {
         Answer::Stop(_) => Ok(Enlisted::Done(After::PowerOff)),
         Answer::Ok(reply) if reply.starts_with("known") => Ok(Enlisted::Done(After::parse(

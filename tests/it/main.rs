@@ -19,6 +19,7 @@ mod endpoints;
 mod ephemeral;
 mod events_api;
 mod events_follow;
+mod failover_deploy;
 mod fuzz;
 mod images;
 mod layers;

@@ -17,13 +17,13 @@ fn free_udp_port() -> u16 {
     socket.local_addr().unwrap().port()
 }
 
-struct Setup {
-    directory: tempfile::TempDir,
-    network: SimNetwork,
+pub(crate) struct Setup {
+    pub(crate) directory: tempfile::TempDir,
+    pub(crate) network: SimNetwork,
 }
 
 /// A directory with loaders, an ephemeral image, and the controller's boot addresses.
-fn setup() -> Setup {
+pub(crate) fn setup() -> Setup {
     let directory = tempfile::tempdir().unwrap();
     let loaders = directory.path().join("loaders");
     std::fs::create_dir(&loaders).unwrap();
@@ -44,7 +44,7 @@ impl Setup {
     /// The fleet file: the boot services on loopback, a subnet the relay address is in (its
     /// pool on 127.77.0.0/24, so each machine has a loopback address of its own), short limits,
     /// and `machines`.
-    fn fleet_file(&self, machines: &str) -> PathBuf {
+    pub(crate) fn fleet_file(&self, machines: &str) -> PathBuf {
         let dir = self.directory.path();
         let path = dir.join("fleet.toml");
         let text = format!(
@@ -99,7 +99,7 @@ heartbeat = "6s"
 }
 
 /// The name enlistment gives a machine: `enlisted-` and its boot MAC's hex.
-fn enlisted_name(machine: &fleet::sim::SimMachine) -> String {
+pub(crate) fn enlisted_name(machine: &fleet::sim::SimMachine) -> String {
     format!(
         "enlisted-{}",
         machine.hardware.boot_mac().to_string().replace(':', "")
@@ -108,7 +108,7 @@ fn enlisted_name(machine: &fleet::sim::SimMachine) -> String {
 
 /// Runs `fleet ARGS` against the controller off the runtime's threads (the simulated machines
 /// go on meanwhile).
-async fn fleet_cli(controller: &TestController, args: &[&str]) -> std::process::Output {
+pub(crate) async fn fleet_cli(controller: &TestController, args: &[&str]) -> std::process::Output {
     let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
     let (state_dir, api_url) = (controller.state_dir.clone(), controller.api_url.clone());
     tokio::task::spawn_blocking(move || {

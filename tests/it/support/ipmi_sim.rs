@@ -121,6 +121,13 @@ impl Bmc {
             .to_string()
     }
 
+    /// The chassis' power changed by the machine itself (its operating system shut it down,
+    /// its power button): what the simulator reports from now on. No command is recorded.
+    pub fn set_power_by_the_machine(&self, on: bool) {
+        let state = if on { "1\n" } else { "0\n" };
+        std::fs::write(self.directory.path().join("chassis/power"), state).unwrap();
+    }
+
     /// Every `set ...` command the chassis was given, in order.
     pub fn commands(&self) -> Vec<String> {
         std::fs::read_to_string(self.directory.path().join("chassis/commands"))
