@@ -18,7 +18,23 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// SQLite serialises writers anyway; a few connections let readers run beside one writer.
 const SQLITE_MAX_CONNECTIONS: u32 = 8;
+/// PostgreSQL connections a controller's pool may hold, unless `FLEET_DATABASE_MAX_CONNECTIONS`
+/// says otherwise: several controllers share the server's `max_connections` (100 by default),
+/// each holding this pool, its leader's fenced pool and one LISTEN connection.
 const POSTGRES_MAX_CONNECTIONS: u32 = 16;
+/// A pooled connection idle this long is closed, so a burst does not hold the server's
+/// connection slots for the next ten minutes (sqlx's default).
+const POSTGRES_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The size of a controller's PostgreSQL pool: `FLEET_DATABASE_MAX_CONNECTIONS` (2 or more), or
+/// [`POSTGRES_MAX_CONNECTIONS`].
+fn postgres_max_connections() -> u32 {
+    std::env::var("FLEET_DATABASE_MAX_CONNECTIONS")
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .filter(|connections| *connections >= 2)
+        .unwrap_or(POSTGRES_MAX_CONNECTIONS)
+}
 
 /// What `Store::open_single_file` expects to find.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,7 +381,8 @@ async fn open_postgres(url: &str) -> Result<Store, StoreError> {
     };
     let options = AnyConnectOptions::from_str(url).map_err(open_error)?;
     let pool = AnyPoolOptions::new()
-        .max_connections(POSTGRES_MAX_CONNECTIONS)
+        .max_connections(postgres_max_connections())
+        .idle_timeout(POSTGRES_IDLE_TIMEOUT)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
@@ -403,8 +420,9 @@ impl Store {
         let options = AnyConnectOptions::from_str(url).map_err(open_error)?;
         let fence = term.fence().replace('\'', "''");
         let pool = AnyPoolOptions::new()
-            .max_connections(FENCED_MAX_CONNECTIONS)
+            .max_connections(FENCED_MAX_CONNECTIONS.min(postgres_max_connections()))
             .min_connections(0)
+            .idle_timeout(POSTGRES_IDLE_TIMEOUT)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |connection, _meta| {
                 let fence = fence.clone();

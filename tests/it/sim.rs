@@ -739,8 +739,13 @@ async fn three_controllers_share_the_machines_and_outlive_their_leader() {
         let fleet_file = shared_fleet_file(setup, "");
         let state = setup.directory.path().join("state");
         let fleet_file = fleet_file.to_str().unwrap();
-        let mut controller =
-            TestController::start_in(&state, &["-f", fleet_file, "--database", &url]);
+        // Alone in its phase with 1,000 machines: the controllers' own pool size.
+        let mut controller = TestController::start_with_env(
+            &state,
+            "127.0.0.1:0",
+            &["-f", fleet_file, "--database", &url],
+            &[("FLEET_DATABASE_MAX_CONNECTIONS", "16")],
+        );
         if let Some(first) = controllers.first() {
             // Only the controller that made the database wrote an operator token.
             controller.token = first.token.clone();

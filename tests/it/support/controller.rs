@@ -29,6 +29,9 @@ pub struct TestController {
     _directory: Option<TempDir>,
 }
 
+/// A test controller's PostgreSQL pool (a controller's default is 16, its leader's fenced pool 8).
+pub const TEST_DATABASE_MAX_CONNECTIONS: &str = "6";
+
 impl TestController {
     /// A controller on a fresh SQLite file.
     pub fn start() -> TestController {
@@ -64,6 +67,9 @@ impl TestController {
             .arg("--state-dir")
             .arg(state_dir)
             .args(extra)
+            // Several tests at once, each with a few controllers on the one PostgreSQL server
+            // (100 connections): a smaller pool each (`environment` may say otherwise).
+            .env("FLEET_DATABASE_MAX_CONNECTIONS", TEST_DATABASE_MAX_CONNECTIONS)
             .envs(environment.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
