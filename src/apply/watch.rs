@@ -429,6 +429,87 @@ impl Reconciler {
     }
 }
 
+/// How often a controller following the leader's fleet reads the announced digest without a
+/// notification (the safety net under `fleet_reload`; it also reads once each time the LISTEN
+/// connection is made, and once at start).
+pub const FOLLOW_FALLBACK: Duration = Duration::from_secs(30);
+
+/// Every controller run with `--watch` on a shared store follows the fleet the leader takes
+/// into force (the leader alone runs the reconcile loop): when the leader announces a new
+/// digest (`Store::announce_fleet`, pushed on PostgreSQL with `fleet_reload`), this controller
+/// loads its own fleet files, and if they give that digest, hands the fleet to `on_new_fleet`
+/// (the machine API's scripts and limits, the images). Files that give another fleet are
+/// reported, once per announced digest, and the fleet served stays. `served` names the digest
+/// served now (the leader's own reconcile loop changes it too).
+pub fn start_following(
+    store: &Store,
+    files: Vec<PathBuf>,
+    served: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+    on_new_fleet: OnNewFleet,
+) -> tokio::task::JoinHandle<()> {
+    let store = store.clone();
+    let mut changes = store.watch_changes(crate::store::Change::Fleet, None);
+    tokio::spawn(async move {
+        let mut reported: Option<String> = None;
+        loop {
+            match store.announced_fleet().await {
+                Ok(Some(announced)) if served().as_deref() != Some(announced.as_str()) => {
+                    follow_announced(&files, &announced, &on_new_fleet, &mut reported).await;
+                }
+                Ok(_) => {}
+                Err(error) => eprintln!("  watch   cannot read the fleet in force: {error}"),
+            }
+            let timer = tokio::time::sleep(FOLLOW_FALLBACK);
+            let alive = match changes.as_mut() {
+                Some(watch) => tokio::select! {
+                    alive = watch.changed() => alive,
+                    () = timer => true,
+                },
+                None => {
+                    timer.await;
+                    true
+                }
+            };
+            if !alive {
+                // The store's listener is gone: the timer alone from now on.
+                changes = None;
+            }
+        }
+    })
+}
+
+/// Loads the fleet files and takes them if they give the `announced` digest.
+async fn follow_announced(
+    files: &[PathBuf],
+    announced: &str,
+    on_new_fleet: &OnNewFleet,
+    reported: &mut Option<String>,
+) {
+    let files = files.to_vec();
+    let loaded = tokio::task::spawn_blocking(move || crate::config::load(&files)).await;
+    let outcome = match loaded {
+        Ok(Ok(fleet)) if fleet.digest == announced => {
+            eprintln!(
+                "  watch   following the leader's fleet {}",
+                short(announced)
+            );
+            on_new_fleet(&Arc::new(fleet));
+            *reported = None;
+            return;
+        }
+        Ok(Ok(fleet)) => format!("give fleet {}", short(&fleet.digest)),
+        Ok(Err(diagnostics)) => format!("do not validate ({diagnostics})"),
+        Err(_) => "could not be loaded".to_string(),
+    };
+    if reported.as_deref() != Some(announced) {
+        eprintln!(
+            "  watch   the leader took fleet {} into force, but this controller's fleet files {outcome}: it serves its fleet until they agree",
+            short(announced)
+        );
+        *reported = Some(announced.to_string());
+    }
+}
+
 /// The plan reduced to the machines that may be applied without a person (steps, none
 /// destructive), and the names of those held back for their destructive steps.
 fn split_destructive(planned: &Plan) -> (Option<Plan>, Vec<String>) {

@@ -218,6 +218,7 @@ pub async fn serve(
         duties,
     )
     .await;
+    let following = follow_leaders_fleet(&options, &store, &machine_api, &boot.images);
     let scripts = machine_api.current().scripts.clone();
     eprintln!(
         "  scripts {} for machines to run ({} of the fleet file's)",
@@ -236,6 +237,9 @@ pub async fn serve(
     };
     let result = serve_both(api_listener, boot_listener, tls, state, shutdown).await;
     election.stop().await;
+    if let Some(following) = following {
+        following.abort();
+    }
     heartbeat.abort();
     drop(stop_boot);
     boot_at_end.finish_summaries().await;
@@ -504,17 +508,26 @@ fn start_watch(
     // The fleet file's [controller] may have moved the state directory after --watch was read.
     watch.state_dir = options.state_dir.clone();
     let (files, interval) = (watch.files.len(), watch.interval.as_secs());
-    // The machine API's scripts and the timeout watch's limits follow each new fleet.
-    let shared = machine_api.clone();
-    // So do the images: changed files checked again, new URLs downloaded.
-    let images = images.clone();
-    let follow: crate::apply::watch::OnNewFleet = Arc::new(move |fleet| {
-        shared.follow(fleet);
-        let (images, declared) = (images.clone(), fleet.images.clone());
-        let used_by = crate::boot::images::used_by(fleet);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { images.reload(declared, used_by).await });
+    let take = take_new_fleet(machine_api, images);
+    // The controllers that follow (`follow_leaders_fleet`) learn of each fleet this term takes
+    // at the announcement's commit: the one in force at the term's start, then each new one,
+    // in that order (one task writes them in turn). The leader's fenced store: a deposed
+    // leader announces nothing.
+    let (announce, mut announcements) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let announcer = store.clone();
+    tokio::spawn(async move {
+        while let Some(digest) = announcements.recv().await {
+            if let Err(error) = announcer.announce_fleet(&digest).await {
+                eprintln!(
+                    "  watch   cannot tell the other controllers of the fleet in force: {error}"
+                );
+            }
         }
+    });
+    let _ = announce.send(served_digest(machine_api).unwrap_or_else(|| fleet.digest.clone()));
+    let follow: crate::apply::watch::OnNewFleet = Arc::new(move |fleet| {
+        take(fleet);
+        let _ = announce.send(fleet.digest.clone());
     });
     let wake = Some(applies_queued.clone());
     match crate::apply::watch::start_watch(store, wake, watch, fleet, Some(follow)) {
@@ -527,6 +540,58 @@ fn start_watch(
             None
         }
     }
+}
+
+/// What this controller does with a new fleet, whether its own reconcile loop took it (as the
+/// leader) or it follows the leader's.
+fn take_new_fleet(
+    machine_api: &crate::services::machine_api::SharedSettings,
+    images: &Arc<crate::boot::http::BootImages>,
+) -> crate::apply::watch::OnNewFleet {
+    // The machine API's scripts and the timeout watch's limits follow each new fleet.
+    let shared = machine_api.clone();
+    // So do the images: changed files checked again, new URLs downloaded.
+    let images = images.clone();
+    Arc::new(move |fleet| {
+        shared.follow(fleet);
+        let (images, declared) = (images.clone(), fleet.images.clone());
+        let used_by = crate::boot::images::used_by(fleet);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { images.reload(declared, used_by).await });
+        }
+    })
+}
+
+/// `--watch` on PostgreSQL: whether it leads or not, this controller follows the fleet the
+/// leader takes into force (`apply::watch::start_following`). On SQLite the one controller
+/// leads, and its reconcile loop is all there is.
+fn follow_leaders_fleet(
+    options: &ServeOptions,
+    store: &Store,
+    machine_api: &crate::services::machine_api::SharedSettings,
+    images: &Arc<crate::boot::http::BootImages>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let watch = options.watch.as_ref()?;
+    if store.backend() != crate::store::Backend::Postgres {
+        return None;
+    }
+    let shared = machine_api.clone();
+    let served = Arc::new(move || served_digest(&shared));
+    Some(crate::apply::watch::start_following(
+        store,
+        watch.files.clone(),
+        served,
+        take_new_fleet(machine_api, images),
+    ))
+}
+
+/// The digest of the fleet the machine API serves now.
+fn served_digest(machine_api: &crate::services::machine_api::SharedSettings) -> Option<String> {
+    machine_api
+        .current()
+        .fleet
+        .as_ref()
+        .map(|fleet| fleet.digest.clone())
 }
 
 fn backend_name(store: &Store) -> &'static str {

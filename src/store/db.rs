@@ -1,7 +1,7 @@
 //! Opening the store: which backend a URL names, the SQLite file and its pragmas, the pool,
 //! the migrations, and how transactions begin.
 
-use super::feed::Notifications;
+use super::changes::ChangeHub;
 use super::{Backend, StoreError};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
@@ -56,9 +56,9 @@ pub struct Store {
     /// The controllers' key for the secrets the store keeps (`secrets.rs`); without one, they
     /// can be neither written nor read.
     pub(crate) secret_key: Option<super::secret_box::SecretKey>,
-    /// PostgreSQL: the LISTEN connection that wakes event feeds (`feed.rs`), opened by the
-    /// first feed.
-    pub(crate) notifications: Option<Arc<Notifications>>,
+    /// PostgreSQL: the LISTEN connection that wakes event feeds and the readers of other
+    /// controllers' changes (`changes.rs`), opened by the first of them.
+    pub(crate) changes: Option<Arc<ChangeHub>>,
 }
 
 /// Now, in Unix milliseconds: the store's only clock.
@@ -248,7 +248,7 @@ impl Store {
             backend: Backend::Sqlite,
             location: Arc::from(path.display().to_string()),
             secret_key: None,
-            notifications: None,
+            changes: None,
         };
         if file == SingleFile::Existing {
             let not_a_store = |detail: String| StoreError::NotAStore {
@@ -392,7 +392,7 @@ async fn open_postgres(url: &str) -> Result<Store, StoreError> {
         backend: Backend::Postgres,
         location: Arc::from(redact_url(url)),
         secret_key: None,
-        notifications: Some(Notifications::new(url)),
+        changes: Some(ChangeHub::new(url)),
     })
 }
 
@@ -447,7 +447,7 @@ impl Store {
             backend: Backend::Postgres,
             location: self.location.clone(),
             secret_key: self.secret_key.clone(),
-            notifications: self.notifications.clone(),
+            changes: self.changes.clone(),
         })
     }
 }
@@ -504,7 +504,7 @@ async fn open_sqlite(path: &Path, params: Option<&str>) -> Result<Store, StoreEr
         backend: Backend::Sqlite,
         location: Arc::from(path.display().to_string()),
         secret_key: None,
-        notifications: None,
+        changes: None,
     })
 }
 

@@ -3,9 +3,10 @@
 //! and waits for more.
 //!
 //! The table is the source of truth; a wake-up only says "read again":
-//! - on PostgreSQL, one listener connection per store (sqlx's `PgListener`, open while a feed
-//!   is) LISTENs on [`EVENTS_CHANNEL`], which migration 0018's trigger notifies at the commit of
-//!   every transaction that inserts events, whichever controller or tool wrote them;
+//! - on PostgreSQL, the store's one listener connection (`changes.rs`, open while a feed or
+//!   another reader of changes is) LISTENs on [`EVENTS_CHANNEL`], which migration 0018's trigger
+//!   notifies at the commit of every transaction that inserts events, whichever controller or
+//!   tool wrote them;
 //! - on SQLite (one controller), every event insert of this process bumps a counter
 //!   ([`event_inserted`]). That happens before the insert's commit, so a feed woken this way
 //!   reads again every 50 ms for the next second, until the write is visible;
@@ -25,15 +26,16 @@
 //! transactions, whatever they write). On SQLite writers take turns and ids follow commits, so an
 //! id missing below the newest is already settled. Without a missing id, nothing waits.
 
+use super::changes::{Change, ChangeWatch};
 use super::codec::get;
 use super::events::event_from_row;
 use super::{Backend, Event, Store, StoreError};
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// The PostgreSQL channel that migration 0018's trigger notifies when events are inserted.
-pub const EVENTS_CHANNEL: &str = "fleet_events";
+pub const EVENTS_CHANNEL: &str = Change::Events.channel();
 
 /// Events read per statement.
 const BATCH: i64 = 500;
@@ -48,8 +50,6 @@ const WAKE_WINDOW: Duration = Duration::from_secs(1);
 /// Between the read of the newest id and the snapshot whose `xmax` settles it: covers a
 /// transaction that took an id in the microseconds before its xid was assigned.
 const HORIZON_DELAY: Duration = Duration::from_millis(100);
-/// How long the listener waits before connecting again after an error.
-const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 /// Bumped by every event insert of this process (whatever store), before its commit.
 static INSERTED_HERE: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::Sender::new(0));
@@ -57,124 +57,6 @@ static INSERTED_HERE: LazyLock<watch::Sender<u64>> = LazyLock::new(|| watch::Sen
 /// Tells this process's feeds that an event was inserted (called by `insert_event`).
 pub(crate) fn event_inserted() {
     INSERTED_HERE.send_modify(|count| *count = count.wrapping_add(1));
-}
-
-/// A store's LISTEN connection on PostgreSQL: started by the first feed, ended when the last
-/// one is dropped.
-pub(crate) struct Notifications {
-    /// The database URL (with its password: never printed; `Debug` leaves it out).
-    url: String,
-    /// Bumped on every notification (and after a reconnection, which may have lost some).
-    notified: watch::Sender<u64>,
-    /// Whether the listener task runs (changed only under this lock, with the receivers counted).
-    listening: Mutex<bool>,
-}
-
-impl std::fmt::Debug for Notifications {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Notifications")
-            .field("feeds", &self.notified.receiver_count())
-            .finish_non_exhaustive()
-    }
-}
-
-impl Notifications {
-    pub(crate) fn new(url: &str) -> Arc<Notifications> {
-        Arc::new(Notifications {
-            url: url.to_string(),
-            notified: watch::Sender::new(0),
-            listening: Mutex::new(false),
-        })
-    }
-
-    fn subscribe(self: &Arc<Self>) -> watch::Receiver<u64> {
-        let mut listening = self
-            .listening
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let receiver = self.notified.subscribe();
-        if !*listening {
-            *listening = true;
-            tokio::spawn(listen(self.clone()));
-        }
-        receiver
-    }
-
-    fn bump(&self) {
-        self.notified
-            .send_modify(|count| *count = count.wrapping_add(1));
-    }
-}
-
-/// The listener task: forwards notifications as wake-ups until no feed is left.
-async fn listen(hub: Arc<Notifications>) {
-    let mut listener: Option<sqlx::postgres::PgListener> = None;
-    // Said once per outage, not at every attempt.
-    let mut failing = false;
-    loop {
-        if listener.is_none() {
-            match connect_listener(&hub.url).await {
-                Ok(connected) => {
-                    listener = Some(connected);
-                    if failing {
-                        tracing::info!("listening for new events again");
-                    }
-                    failing = false;
-                    // Whatever was committed while nobody listened is read now.
-                    hub.bump();
-                }
-                Err(error) if !failing => {
-                    failing = true;
-                    tracing::warn!(
-                        "cannot LISTEN for new events on {}: {error}; followers read every {}s until it can",
-                        super::redact_url(&hub.url),
-                        FALLBACK_READ.as_secs()
-                    );
-                }
-                Err(error) => tracing::debug!("cannot LISTEN for new events yet: {error}"),
-            }
-        }
-        let received = async {
-            match listener.as_mut() {
-                Some(listener) => Some(listener.try_recv().await),
-                None => {
-                    tokio::time::sleep(RECONNECT_DELAY).await;
-                    None
-                }
-            }
-        };
-        let received = tokio::select! {
-            received = received => received,
-            () = hub.notified.closed() => {
-                let mut listening = hub.listening.lock().unwrap_or_else(PoisonError::into_inner);
-                if hub.notified.receiver_count() == 0 {
-                    *listening = false;
-                    return;
-                }
-                continue;
-            }
-        };
-        match received {
-            // A notification; or the connection was lost and sqlx connects again at the next
-            // call (notifications meanwhile are lost: read again).
-            Some(Ok(_)) => hub.bump(),
-            Some(Err(error)) => {
-                tracing::warn!(
-                    "the LISTEN connection for new events failed: {error}; connecting again"
-                );
-                listener = None;
-                hub.bump();
-                tokio::time::sleep(RECONNECT_DELAY).await;
-            }
-            None => {}
-        }
-    }
-}
-
-async fn connect_listener(url: &str) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
-    let mut listener = sqlx::postgres::PgListener::connect(url).await?;
-    listener.listen(EVENTS_CHANNEL).await?;
-    Ok(listener)
 }
 
 /// Where a feed starts.
@@ -200,7 +82,7 @@ pub struct EventFeed {
     /// SQLite: this process's inserts.
     local: Option<watch::Receiver<u64>>,
     /// PostgreSQL: the LISTEN connection's notifications (this process's commits included).
-    notified: Option<watch::Receiver<u64>>,
+    notified: Option<ChangeWatch>,
     /// Until when to read at [`RETRY`] after a wake-up of this process.
     retry_until: Option<Instant>,
 }
@@ -231,7 +113,7 @@ impl Store {
     ) -> Result<EventFeed, StoreError> {
         // Subscribe first: a write after the starting point then wakes the feed.
         let local = (self.backend() == Backend::Sqlite).then(|| INSERTED_HERE.subscribe());
-        let notified = self.notifications.as_ref().map(|hub| hub.subscribe());
+        let notified = self.watch_changes(Change::Events, None);
         let cursor = match start {
             FeedStart::After(id) => id.max(0),
             FeedStart::Now => self.newest_event_id().await?,
@@ -291,8 +173,8 @@ impl EventFeed {
             let notified = &mut self.notified;
             let notified = async {
                 match notified.as_mut() {
-                    // The sender lives as long as the store this feed holds.
-                    Some(notified) => notified.changed().await.is_ok(),
+                    // The listener lives as long as the store this feed holds.
+                    Some(notified) => notified.changed().await,
                     None => std::future::pending().await,
                 }
             };

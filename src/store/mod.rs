@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 mod addresses;
 mod apply;
+mod changes;
 mod clones;
 mod codec;
 mod controllers;
@@ -59,6 +60,7 @@ pub use crate::model::records::{
 };
 pub use addresses::{CommittedAddress, HeldAddressMacs, StoredAddress};
 pub use apply::{ApplyStepRow, PlanInFlight, APPLYING, QUEUED};
+pub use changes::{Change, ChangeWatch};
 pub use clones::{cloned_parts, CloneOrder, ClonePair, CloneVerdict};
 pub use controllers::{ControllerRecord, HEARTBEAT_INTERVAL, SILENT_AFTER_INTERVALS};
 pub use db::{now_ms, redact_url, sqlite_file, Store};

@@ -43,4 +43,36 @@ impl Store {
         .await?;
         Ok(())
     }
+
+    /// Records `digest` as the fleet in force (the leader's, once it took it), and on
+    /// PostgreSQL tells the other controllers at its commit (`fleet_reload`, the digest as
+    /// payload), so that those following the leader's fleet load it at once.
+    pub async fn announce_fleet(&self, digest: &str) -> Result<(), StoreError> {
+        let mut transaction = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(FLEET_IN_FORCE)
+        .bind(digest)
+        .execute(&mut *transaction)
+        .await?;
+        if self.backend() == super::Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(super::Change::Fleet.channel())
+                .bind(digest)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// The digest of the fleet the leader last took into force ([`Store::announce_fleet`]).
+    pub async fn announced_fleet(&self) -> Result<Option<String>, StoreError> {
+        self.setting(FLEET_IN_FORCE).await
+    }
 }
+
+/// The setting that holds the digest of the fleet in force.
+pub const FLEET_IN_FORCE: &str = "fleet_in_force";

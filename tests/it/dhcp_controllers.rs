@@ -235,6 +235,216 @@ async fn a_refused_lease_gets_a_nak_on_postgres() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Changes pushed (LISTEN/NOTIFY), not polled: the safety net's period is an hour here, so only a
+// notification (or the read after the LISTEN connection is made) can carry a change in time.
+
+/// The safety net's period in these tests: far beyond any limit they wait.
+const NO_FALLBACK: Duration = Duration::from_secs(3_600);
+/// How long a pushed change may take to arrive (about 0.5 s measured; generous for a loaded
+/// machine, and far below the production safety net's 30 s).
+const PUSH_LIMIT: Duration = Duration::from_secs(5);
+
+/// The LISTEN connections on the store's database.
+async fn listening_sessions(store: &Store) -> usize {
+    let rows = sqlx::query(
+        "SELECT pid FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    rows.len()
+}
+
+/// Waits until `count` LISTEN connections are up, then for the read each does once connected.
+async fn wait_until_listening(store: &Store, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while listening_sessions(store).await < count {
+        assert!(
+            Instant::now() < deadline,
+            "the LISTEN connections never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+/// How long until `holds` is true of `table`, if within `limit`.
+async fn time_until(limit: Duration, holds: impl Fn() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if holds() {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Controller A ACKs a lease; controller B's table knows who holds the address within
+/// [`PUSH_LIMIT`] (a poll-only B, at the 30 s safety net or the hour here, would not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_one_controller_writes_reaches_the_others_table_at_once() {
+    let url = empty_postgres_database().await;
+    let (first, second) = (
+        Store::open(&url).await.unwrap(),
+        Store::open(&url).await.unwrap(),
+    );
+    let config = loopback_config("127.10.0.9").relayed_only(Ipv4Addr::LOCALHOST);
+    let a = DhcpLeases::load_following(first.clone(), &config, "controller-a", NO_FALLBACK)
+        .await
+        .unwrap();
+    let b = DhcpLeases::load_following(second.clone(), &config, "controller-b", NO_FALLBACK)
+        .await
+        .unwrap();
+    wait_until_listening(&first, 2).await;
+    for (index, last) in [(1, 3), (2, 4)] {
+        let client = mac(index);
+        let ip: Ipv4Addr = format!("127.10.0.{last}").parse().unwrap();
+        let (granted, sequence) =
+            a.answer_durably(&init_reboot(client, ip), &config, fleet::store::now_ms());
+        assert_eq!(
+            granted.reply.unwrap().message.opts().msg_type(),
+            Some(MessageType::Ack)
+        );
+        assert!(a.committed_through(sequence.unwrap(), PUSH_LIMIT).await);
+        let learned = time_until(PUSH_LIMIT, || {
+            b.with_table(|table| table.holder(ip).map(|binding| binding.mac)) == Some(client)
+        })
+        .await;
+        let learned = learned.unwrap_or_else(|| {
+            panic!("controller B did not learn A's lease of {ip} within {PUSH_LIMIT:?}")
+        });
+        println!("A's lease of {ip} in B's table {learned:?} after its commit");
+    }
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    second.close().await;
+    drop_postgres_store(first).await;
+}
+
+/// A machine created with an address held (an apply on another controller) is served by this
+/// controller's table within [`PUSH_LIMIT`] (the `fleet_machines` notification).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_address_another_controller_commits_is_served_at_once() {
+    let url = empty_postgres_database().await;
+    let (first, second) = (
+        Store::open(&url).await.unwrap(),
+        Store::open(&url).await.unwrap(),
+    );
+    let config = loopback_config("127.10.0.9").relayed_only(Ipv4Addr::LOCALHOST);
+    let b = DhcpLeases::load_following(second.clone(), &config, "controller-b", NO_FALLBACK)
+        .await
+        .unwrap();
+    wait_until_listening(&first, 1).await;
+    let client = mac(7);
+    let machine = crate::support::machines::manual_machine("node-7", vec![client]);
+    first.create_machine(&machine, "test").await.unwrap();
+    let allocation = fleet::plan::Allocation {
+        machine: machine.name.clone(),
+        interface: "eth0".into(),
+        subnet: "loopback".into(),
+        ip: "127.20.0.7".parse().unwrap(),
+        origin: fleet::plan::AddressOrigin::Allocated,
+    };
+    first
+        .commit_addresses("node-7", &[allocation], "test", None)
+        .await
+        .unwrap();
+    let held: Ipv4Addr = "127.20.0.7".parse().unwrap();
+    let learned = time_until(PUSH_LIMIT, || b.held().address(client, 0) == Some(held)).await;
+    let learned =
+        learned.unwrap_or_else(|| panic!("the held address was not served within {PUSH_LIMIT:?}"));
+    println!("held address served {learned:?} after its commit");
+    b.close().await.unwrap();
+    second.close().await;
+    drop_postgres_store(first).await;
+}
+
+/// A lease whose notification never came (the triggers off while it was written, as if the
+/// LISTEN connection had been down) is not learned — until the LISTEN connection is cut: it is
+/// made again, and the read that follows catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_listen_connection_is_made_again_and_catches_up() {
+    let url = empty_postgres_database().await;
+    let (first, second) = (
+        Store::open(&url).await.unwrap(),
+        Store::open(&url).await.unwrap(),
+    );
+    let config = loopback_config("127.10.0.9").relayed_only(Ipv4Addr::LOCALHOST);
+    let b = DhcpLeases::load_following(second.clone(), &config, "controller-b", NO_FALLBACK)
+        .await
+        .unwrap();
+    wait_until_listening(&first, 1).await;
+    let triggers = |state: &str| {
+        format!(
+            "ALTER TABLE leases {state} TRIGGER leases_notify_insert, \
+             {state} TRIGGER leases_notify_update"
+        )
+    };
+    sqlx::query(&triggers("DISABLE"))
+        .execute(first.pool())
+        .await
+        .unwrap();
+    let (client, ip) = (mac(9), "127.10.0.5".parse::<Ipv4Addr>().unwrap());
+    let expires_at = first.database_clock_ms().await.unwrap() + 600_000;
+    let refused = first
+        .write_lease_batch(
+            "controller-a",
+            &[lease(client, "127.10.0.5", expires_at)],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+    sqlx::query(&triggers("ENABLE"))
+        .execute(first.pool())
+        .await
+        .unwrap();
+    let holder = || b.with_table(|table| table.holder(ip).map(|binding| binding.mac));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        holder(),
+        None,
+        "learned without a notification or a reconnection"
+    );
+
+    let cut = sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(first.pool())
+    .await
+    .unwrap();
+    assert_eq!(cut.len(), 1, "B's one LISTEN connection");
+    let learned = time_until(PUSH_LIMIT, || holder() == Some(client)).await;
+    let learned = learned.unwrap_or_else(|| {
+        panic!("no catch-up read within {PUSH_LIMIT:?} of the LISTEN connection's cut")
+    });
+    println!("caught up {learned:?} after the cut");
+    // Listening again: the next lease comes by notification.
+    wait_until_listening(&first, 1).await;
+    let (next, next_ip) = (mac(10), "127.10.0.6".parse::<Ipv4Addr>().unwrap());
+    let refused = first
+        .write_lease_batch(
+            "controller-a",
+            &[lease(next, "127.10.0.6", expires_at)],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(refused.is_empty(), "{refused:?}");
+    let notified = time_until(PUSH_LIMIT, || {
+        b.with_table(|table| table.holder(next_ip).map(|binding| binding.mac)) == Some(next)
+    })
+    .await;
+    assert!(notified.is_some(), "no notification after the reconnection");
+    b.close().await.unwrap();
+    second.close().await;
+    drop_postgres_store(first).await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Two DHCP servers on one PostgreSQL database, 2,000 simulated clients.
 
 const CLIENTS: u32 = 2_000;

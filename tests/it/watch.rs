@@ -253,3 +253,81 @@ async fn destructive_steps_wait_for_a_person_and_the_timer_replans_without_an_ed
     assert_eq!(machine.lifecycle.status, Status::Deployed);
     assert_eq!(machine.image.as_deref(), Some("noble"));
 }
+
+/// Two controllers with `--watch` on one PostgreSQL database and one fleet file: only the leader
+/// runs the reconcile loop, and the other follows the fleet it takes into force at once (the
+/// `fleet_reload` notification; its safety-net read comes every 30 s): a new image is listed by
+/// both within seconds of the save.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_the_leader_reloads_is_followed_by_the_other_controller_at_once() {
+    use crate::support::db::{drop_postgres_store, empty_postgres_database};
+    let url = empty_postgres_database().await;
+    let files = tempfile::tempdir().unwrap();
+    let fleet_path = files.path().join("fleet.toml");
+    let body = format!("{IMAGES}{}", machine_toml("f-1", 1, "new", "noble"));
+    save_in_place(&fleet_path, &body);
+    // The new image's file, there from the start: a file that can be read is listed.
+    std::fs::create_dir_all(files.path().join("images")).unwrap();
+    std::fs::write(files.path().join("images/focal.img"), vec![7u8; 4096]).unwrap();
+    let (first_state, second_state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = start_watching(first_state.path(), &fleet_path, &["--database", &url]);
+    let second = start_watching(second_state.path(), &fleet_path, &["--database", &url]);
+    let apis = [first.http(), second.http().with_token(&first.token)];
+    // The leader's first reconcile announces the fleet in force.
+    let store = fleet::store::Store::open(&url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.announced_fleet().await.unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no leader announced its fleet");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lists_focal = |images: &serde_json::Value| {
+        images
+            .as_array()
+            .is_some_and(|rows| rows.iter().any(|row| row["image"] == "focal"))
+    };
+    for api in &apis {
+        assert!(!lists_focal(&api.get("/images").await.1));
+    }
+
+    let edited = format!(
+        "{body}[images.focal]\nroot = {{ path = \"images/focal.img\", format = \"raw\" }}\n\n"
+    );
+    save_atomically(&fleet_path, &edited);
+    let digest = fleet::config::load(std::slice::from_ref(&fleet_path))
+        .expect("the edit validates")
+        .digest;
+    let saved = Instant::now();
+    // Both list it: the leader through its reconcile loop, the other by following.
+    for (index, api) in apis.iter().enumerate() {
+        loop {
+            if lists_focal(&api.get("/images").await.1) {
+                break;
+            }
+            assert!(
+                saved.elapsed() < Duration::from_secs(10),
+                "controller {index} does not list the new image {:?} after the save: {}\n{}",
+                saved.elapsed(),
+                api.get("/images").await.1,
+                [&first, &second][index].log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    println!(
+        "both controllers list the new image {:?} after the save",
+        saved.elapsed()
+    );
+    assert_eq!(store.announced_fleet().await.unwrap(), Some(digest.clone()));
+    let short = &digest[..12];
+    let followed = [&first, &second]
+        .iter()
+        .filter(|controller| {
+            controller
+                .log()
+                .contains(&format!("following the leader's fleet {short}"))
+        })
+        .count();
+    assert_eq!(followed, 1, "the controller that does not lead followed");
+    drop((first, second));
+    drop_postgres_store(store).await;
+}

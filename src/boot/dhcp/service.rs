@@ -3,12 +3,17 @@
 //! recorded on machines, rate-limited.
 //!
 //! Held addresses: what machines hold in the store (applied plans) is served as their fixed
-//! addresses, read again every [`KNOWN_MACHINES_REFRESH`] like the machines' MACs.
+//! addresses, read again with the machines' MACs: on SQLite every [`KNOWN_MACHINES_REFRESH`];
+//! on PostgreSQL as soon as a commit changes them (the `fleet_machines` notification, whoever
+//! wrote), else every [`PUSHED_CHANGES_FALLBACK`].
 //!
 //! Several controllers on one database (PostgreSQL): each writes its leases through the
 //! database's guarantees (`Store::write_lease_batch`: an address held unexpired by another MAC
-//! is refused, the ACK waiting on it becomes a NAK) and reads the leases the others wrote every
-//! [`FOREIGN_LEASES_REFRESH`], so that its offers avoid their addresses. The table is a cache of
+//! is refused, the ACK waiting on it becomes a NAK) and reads the leases the others wrote as
+//! soon as they commit them (the `fleet_leases` notification, its own skipped), at most every
+//! [`PUSHED_READ_GAP`], and every [`PUSHED_CHANGES_FALLBACK`] without one (the safety net for
+//! notifications lost while the LISTEN connection was down; it is also woken once each time
+//! that connection is made), so that its offers avoid their addresses. The table is a cache of
 //! the database for that purpose; the database decides.
 //!
 //! Events: only for MACs of known machines — declared in the fleet file, or in the store (added
@@ -24,10 +29,12 @@ use super::leases::LeaseTable;
 use super::persist::{Settled, WriteBehind};
 use super::DhcpError;
 use crate::model::MacAddr;
-use crate::store::{Backend, NewEvent, RefusedLease, Store};
+use crate::store::{Backend, Change, ChangeWatch, NewEvent, RefusedLease, Store};
 use dhcproto::v4::Message;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// At most one event per MAC and kind, and one exhaustion event per subnet, in this time.
 pub const EVENT_INTERVAL_MS: i64 = 60_000;
@@ -46,20 +53,34 @@ pub struct DhcpLeases {
     table: Arc<Mutex<LeaseTable>>,
     limiter: Mutex<EventLimiter>,
     behind: Arc<WriteBehind>,
-    /// Machines the store knows by MAC, refreshed every [`KNOWN_MACHINES_REFRESH`], so that
-    /// machines added by hand or enlisted get lease events without a query per packet.
+    /// Machines the store knows by MAC, read again when they change (see the module's
+    /// documentation), so that machines added by hand or enlisted get lease events without a
+    /// query per packet.
     store_machines: RwLock<Arc<HashMap<MacAddr, String>>>,
     /// The addresses machines hold in the store, as fixed addresses, read again with the MACs:
-    /// an apply that commits an address is served within [`KNOWN_MACHINES_REFRESH`], without a
-    /// restart, whoever applied it (this controller, `--watch`, or another on PostgreSQL).
+    /// an apply that commits an address is served without a restart, at once on PostgreSQL
+    /// (within [`KNOWN_MACHINES_REFRESH`] on SQLite), whoever applied it (this controller,
+    /// `--watch`, or another on PostgreSQL).
     held: RwLock<Arc<HeldFixed>>,
 }
 
-/// How often the MACs the store knows are read again.
-pub const KNOWN_MACHINES_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often the MACs the store knows are read again on SQLite (one controller: nobody
+/// notifies it).
+pub const KNOWN_MACHINES_REFRESH: Duration = Duration::from_secs(2);
 
-/// How often the leases other controllers wrote are read (PostgreSQL only).
-pub const FOREIGN_LEASES_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+/// PostgreSQL: how often the other controllers' leases and the machines are read again without
+/// a notification — the safety net under LISTEN/NOTIFY, for notifications lost while the LISTEN
+/// connection was down.
+pub const PUSHED_CHANGES_FALLBACK: Duration = Duration::from_secs(30);
+
+/// PostgreSQL: reads of the other controllers' leases woken by notifications are at least this
+/// far apart (a busy segment's batches notify every few milliseconds; the wake-ups between two
+/// reads merge).
+pub const PUSHED_READ_GAP: Duration = Duration::from_millis(500);
+
+/// PostgreSQL: the same for the machines' MACs and held addresses (two reads of every machine:
+/// enlisting and commissioning many machines notifies all the time).
+pub const PUSHED_MACHINES_READ_GAP: Duration = Duration::from_secs(1);
 
 /// Each read of the other controllers' leases goes back this far before the previous one (the
 /// database's clock): a batch stamps its rows when it writes them but they become visible at
@@ -82,6 +103,21 @@ impl DhcpLeases {
         config: &DhcpConfig,
         controller: &str,
     ) -> Result<Arc<DhcpLeases>, DhcpError> {
+        DhcpLeases::load_following(store, config, controller, PUSHED_CHANGES_FALLBACK).await
+    }
+
+    /// [`DhcpLeases::load_as`] with the safety net's period on PostgreSQL: how often the other
+    /// controllers' leases and the machines are read again without a notification (tests make
+    /// it long, to see that the notifications alone carry changes).
+    pub async fn load_following(
+        store: Store,
+        config: &DhcpConfig,
+        controller: &str,
+        fallback: Duration,
+    ) -> Result<Arc<DhcpLeases>, DhcpError> {
+        // Before the first reads: a change committed after them wakes the readers.
+        let machines_changed = store.watch_changes(Change::Machines, None);
+        let leases_changed = store.watch_changes(Change::Leases, Some(controller));
         // Before the leases: what is written after this is read by the refresh.
         let read_at = store.database_clock_ms().await?;
         let stored = store.leases().await?;
@@ -113,19 +149,25 @@ impl DhcpLeases {
         // Only the subnets and the fleet file's interface MACs matter to `held_fixed`, and every
         // socket's configuration shares them.
         let base = config.clone();
+        let period = match machines_changed {
+            Some(_) => fallback,
+            None => KNOWN_MACHINES_REFRESH,
+        };
         tokio::spawn(refresh_store_machines(
             Arc::downgrade(&leases),
             store.clone(),
             base.clone(),
+            Wakes::new(machines_changed, period, PUSHED_MACHINES_READ_GAP),
         ));
         if shared_database {
             let reader = ForeignLeases {
                 store,
-                controller: controller.to_string(),
                 config: base,
                 since: read_at - FOREIGN_LEASES_OVERLAP_MS,
+                controller: controller.to_string(),
             };
-            tokio::spawn(reader.refresh(Arc::downgrade(&leases)));
+            let wakes = Wakes::new(leases_changed, fallback, PUSHED_READ_GAP);
+            tokio::spawn(reader.refresh(Arc::downgrade(&leases), wakes));
         }
         Ok(leases)
     }
@@ -389,9 +431,9 @@ struct ForeignLeases {
 }
 
 impl ForeignLeases {
-    async fn refresh(mut self, leases: Weak<DhcpLeases>) {
+    async fn refresh(mut self, leases: Weak<DhcpLeases>, mut wakes: Wakes) {
         loop {
-            tokio::time::sleep(FOREIGN_LEASES_REFRESH).await;
+            wakes.next_read().await;
             let Some(leases) = leases.upgrade() else {
                 return;
             };
@@ -416,11 +458,59 @@ impl ForeignLeases {
     }
 }
 
+/// When a reader of the store reads again: at a notification (no sooner than `gap` after its
+/// last read), or `period` after its last read without one.
+struct Wakes {
+    changes: Option<ChangeWatch>,
+    period: Duration,
+    gap: Duration,
+    last_read: Instant,
+}
+
+impl Wakes {
+    fn new(changes: Option<ChangeWatch>, period: Duration, gap: Duration) -> Wakes {
+        Wakes {
+            changes,
+            period,
+            gap,
+            last_read: Instant::now(),
+        }
+    }
+
+    /// Waits until the next read is due.
+    async fn next_read(&mut self) {
+        let timer = tokio::time::sleep_until(self.last_read + self.period);
+        let woken = match self.changes.as_mut() {
+            Some(changes) => tokio::select! {
+                alive = changes.changed() => Some(alive),
+                () = timer => None,
+            },
+            None => {
+                timer.await;
+                None
+            }
+        };
+        if let Some(alive) = woken {
+            if !alive {
+                // The store's listener is gone: the timer alone from now on.
+                self.changes = None;
+            }
+            tokio::time::sleep_until(self.last_read + self.gap).await;
+        }
+        self.last_read = Instant::now();
+    }
+}
+
 /// Reads the store's MACs and held addresses again and again while the lease table lives; a
 /// failed read keeps the last good map (the next one retries).
-async fn refresh_store_machines(leases: Weak<DhcpLeases>, store: Store, config: DhcpConfig) {
+async fn refresh_store_machines(
+    leases: Weak<DhcpLeases>,
+    store: Store,
+    config: DhcpConfig,
+    mut wakes: Wakes,
+) {
     loop {
-        tokio::time::sleep(KNOWN_MACHINES_REFRESH).await;
+        wakes.next_read().await;
         let Some(leases) = leases.upgrade() else {
             return;
         };
