@@ -679,8 +679,8 @@ impl Controllers {
         Ok(leader.and_then(|row| self.ids.iter().position(|id| *id == row.id)))
     }
 
-    /// Stops them all (a last sample of each first, then SIGTERM to all at once, so none
-    /// leads alone for the time the others take to stop): their figures, in their order.
+    /// Stops them all (a last sample of each while all still run, then SIGTERM to all at once,
+    /// so they stop together): their figures, in their order.
     fn stop(mut self) -> Vec<ControllerFigures> {
         for child in &mut self.children {
             let _ = child.sample();
