@@ -5,7 +5,8 @@
 #
 # Builds release and runs, one after the other (never in parallel: they share the cores):
 #   fleet bench plan      --machines 1000 / 10000 / 100000
-#   fleet bench lifecycle --machines 1000 / 10000, on SQLite and on PostgreSQL
+#   fleet bench lifecycle --machines 1000 / 10000, on SQLite, on PostgreSQL with one controller
+#                         and with three (--controllers 3, each the boot server of a third)
 #   fleet bench deploy    --machines 1000
 # and with --peers the DHCP/TFTP comparison with Kea, dnsmasq, tftpd-hpa and atftpd through
 # ../shared/bench/peer-baselines.sh (needs root: network namespaces), with fleet's
@@ -57,21 +58,31 @@ run_plan() {
   ROWS+=("plan $machines|wall $(field "$line" 'median [0-9.]+ s' | cut -d' ' -f2) s, CPU $(field "$line" 'CPU [0-9.]+ s' | cut -d' ' -f2) s, peak $(field "$line" 'peak RSS [0-9]+ MiB' | cut -d' ' -f3) MiB|load $(field "$line" 'load [0-9.]+' | cut -d' ' -f2)|$(field "$line" '(NOT met|met|the command failed)$')")
 }
 
-# run_lifecycle KIND MACHINES BACKEND: KIND is lifecycle or deploy; BACKEND sqlite or postgres.
+# run_lifecycle KIND MACHINES BACKEND [CONTROLLERS]: KIND is lifecycle or deploy; BACKEND
+# sqlite or postgres; CONTROLLERS (postgres, lifecycle only) the `fleet serve` sharing the
+# database [1]. The PostgreSQL rows name their controllers, so 1 and 3 read side by side.
 run_lifecycle() {
-  local kind=$1 machines=$2 backend=$3 log="$LOGS/$1-$2-$3.log"
+  local kind=$1 machines=$2 backend=$3 controllers=${4:-1}
+  local log="$LOGS/$1-$2-$3-$controllers.log" name="$1 $2 $3"
   local database=()
-  [ "$backend" = postgres ] && database=(--database "$POSTGRES")
+  if [ "$backend" = postgres ]; then
+    database=(--database "$POSTGRES")
+    [ "$controllers" = 1 ] || database+=(--controllers "$controllers")
+    name="$name, $controllers controller$([ "$controllers" = 1 ] || echo s)"
+  fi
   echo "== fleet bench $kind --machines $machines ${database[*]}"
   "$FLEET" bench "$kind" --machines "$machines" "${database[@]}" >"$log" 2>&1
   local text; text=$(cat "$log")
   local figures
-  figures="$(field "$text" '[0-9]+ of [0-9]+ ready'), $(field "$text" '[0-9.]+ machines per second'), wall $(field "$text" 'wall [0-9.]+ s' | cut -d' ' -f2) s, controller peak $(field "$text" 'VmHWM\) [0-9]+ MiB' | cut -d' ' -f2) MiB, $(field "$text" '[0-9.]+ ms per machine') CPU"
+  local peak="controller peak"
+  [ "$controllers" = 1 ] || peak="controllers' peaks summed"
+  figures="$(field "$text" '[0-9]+ of [0-9]+ ready'), $(field "$text" '[0-9.]+ machines per second'), wall $(field "$text" 'wall [0-9.]+ s' | cut -d' ' -f2) s, $peak $(field "$text" 'VmHWM\) [0-9]+ MiB' | cut -d' ' -f2) MiB, $(field "$text" '[0-9.]+ ms per machine') CPU"
+  [ "$controllers" = 1 ] || figures="$figures, $(field "$text" 'led by: controller [0-9]+' | sed 's/: / /')"
   if [ "$kind" = deploy ]; then
     figures="$figures; $(field "$text" '[0-9]+ of [0-9]+ deployed'), $(field "$text" '[0-9.]+ MiB/s of image served')"
   fi
   local load; load=$(field "$text" '[0-9.]+ [0-9.]+ [0-9.]+ after' | cut -d' ' -f1)
-  ROWS+=("$kind $machines $backend|$figures|load $load|$(field "$text" '(NOT met.*|met)$')")
+  ROWS+=("$name|$figures|load $load|$(field "$text" '(NOT met.*|met)$')")
 }
 
 run_peers() {
@@ -93,7 +104,9 @@ LIFECYCLE_SIZES="1000 10000"
 DEPLOY_SIZE=1000
 if [ "$QUICK" = 1 ]; then LIFECYCLE_SIZES=1000; DEPLOY_SIZE=200; fi
 for machines in $LIFECYCLE_SIZES; do
-  for backend in sqlite postgres; do run_lifecycle lifecycle "$machines" "$backend"; done
+  run_lifecycle lifecycle "$machines" sqlite
+  run_lifecycle lifecycle "$machines" postgres 1
+  run_lifecycle lifecycle "$machines" postgres 3
 done
 run_lifecycle deploy "$DEPLOY_SIZE" sqlite
 [ "$PEERS" = 1 ] && run_peers

@@ -42,6 +42,11 @@ pub enum BenchCommand {
         /// dropped) through it [default: SQLite in the controller's state directory]
         #[arg(long, value_name = "URL")]
         database: Option<String>,
+        /// Run this many `fleet serve` on the one database (needs --database), each the boot
+        /// server of an even share of the machines; the apply is posted once and the figures
+        /// are per controller and summed
+        #[arg(long, default_value_t = 1, value_name = "K")]
+        controllers: u32,
         /// Record the controller with `perf record` and print its top symbols
         #[arg(long)]
         perf: bool,
@@ -75,12 +80,14 @@ pub async fn bench(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Lifecycle {
             machines,
             database,
+            controllers,
             perf,
             time_limit,
         } => {
             let options = super::bench_lifecycle::LifecycleOptions {
                 machines,
                 database,
+                controllers,
                 perf,
                 deploy_image_mib: None,
                 time_limit: Duration::from_secs(time_limit),
@@ -96,6 +103,7 @@ pub async fn bench(command: BenchCommand) -> anyhow::Result<ExitCode> {
             let options = super::bench_lifecycle::LifecycleOptions {
                 machines,
                 database,
+                controllers: 1,
                 perf: false,
                 deploy_image_mib: Some(image_mib),
                 time_limit: Duration::from_secs(time_limit),

@@ -4,12 +4,17 @@
 //! and test to ready; `deploy` then deploys them all and measures the image bytes served per
 //! second. The controller's memory and CPU are read from /proc while it runs, so the figures
 //! are its own and not this process's (which runs the machines).
+//!
+//! `--controllers K` (PostgreSQL only) runs K `fleet serve` children on the one fresh database,
+//! each the boot server (DHCP, TFTP, HTTP, machine API) of its share of the machines, as
+//! `sim::three_controllers_share_the_machines_and_outlive_their_leader` does; the apply is
+//! posted once (to the first), the leader runs it, and the figures are per controller and summed.
 
 use super::client::Client;
 use super::demo::{free_udp_port, gzip, loopback_fleet_base, write_boot_files};
 use super::Connection;
 use anyhow::{bail, Context};
-use fleet::api::views::MachineRow;
+use fleet::api::views::{ControllerView, MachineRow};
 use fleet::apply::{ApplyProgress, ApplyRequest, ApplyStarted};
 use fleet::model::{PowerState, Status};
 use fleet::sim::{SimFleet, SimMachine, SimNetwork, SimOptions};
@@ -31,6 +36,8 @@ fn sample_every(machines: usize) -> Duration {
 const POOL_START: Ipv4Addr = Ipv4Addr::new(127, 77, 0, 10);
 /// The most machines the pool holds (to 127.77.255.250).
 const MAX_MACHINES: u32 = 65_000;
+/// The most controllers one run starts (two cores: more measure the scheduler, not fleet).
+const MAX_CONTROLLERS: u32 = 16;
 /// The goal of issue 15: 10,000 machines to ready in under 60 s, the controller under 1 GiB.
 const GOAL_MACHINES: f64 = 10_000.0;
 const GOAL_SECONDS: f64 = 60.0;
@@ -42,6 +49,9 @@ pub struct LifecycleOptions {
     /// An administrator's PostgreSQL URL: a fresh database is created through it for the run
     /// and dropped after. `None`: SQLite in the state directory (`fleet serve`'s default).
     pub database: Option<String>,
+    /// How many `fleet serve` share the database, each the boot server of an even share of
+    /// the machines (more than one: PostgreSQL only).
+    pub controllers: u32,
     /// Record the controller with `perf record` and print its top symbols.
     pub perf: bool,
     /// Deploy every machine once ready, with an image of this many MiB.
@@ -53,6 +63,22 @@ pub struct LifecycleOptions {
 pub async fn run(options: LifecycleOptions) -> anyhow::Result<ExitCode> {
     if options.machines == 0 || options.machines > MAX_MACHINES {
         bail!("--machines is 1 to {MAX_MACHINES}");
+    }
+    if options.controllers == 0 || options.controllers > MAX_CONTROLLERS {
+        bail!("--controllers is 1 to {MAX_CONTROLLERS}");
+    }
+    if options.controllers > 1 && options.database.is_none() {
+        bail!(
+            "--controllers {} needs --database postgres://ADMIN@HOST/DB: several controllers share one PostgreSQL database, and SQLite is one controller's store (give an administrator's URL; the run creates and drops a database of its own)",
+            options.controllers
+        );
+    }
+    if options.machines < options.controllers {
+        bail!(
+            "--machines ({}) must be at least --controllers ({}): each controller is the boot server of a share of the machines",
+            options.machines,
+            options.controllers
+        );
     }
     let directory = tempfile::Builder::new().prefix("fleet-bench.").tempdir()?;
     let dir = directory.path().to_path_buf();
@@ -67,6 +93,13 @@ pub async fn run(options: LifecycleOptions) -> anyhow::Result<ExitCode> {
     measured
 }
 
+/// How many machines each of `controllers` boots: an even split, the first ones one more.
+fn shares(machines: u32, controllers: u32) -> Vec<u32> {
+    (0..controllers)
+        .map(|number| machines / controllers + u32::from(number < machines % controllers))
+        .collect()
+}
+
 async fn measure(
     options: &LifecycleOptions,
     dir: &Path,
@@ -76,33 +109,73 @@ async fn measure(
     if let Some(mib) = options.deploy_image_mib {
         write_incompressible_image(dir, mib)?;
     }
-    let network = SimNetwork {
-        dhcp: SocketAddr::from(([127, 0, 0, 1], free_udp_port()?)),
-        tftp: SocketAddr::from(([127, 0, 0, 1], free_udp_port()?)),
-        relay: Ipv4Addr::LOCALHOST,
-    };
-    let sims = SimFleet::start(SimOptions {
-        count: options.machines,
-        first_index: 0,
-        network,
-        bmc_listen: "127.0.0.1:0".parse()?,
-        faults: HashMap::new(),
-    })
-    .await?;
-    let settings_file = dir.join("fleet-0-controller.toml");
-    std::fs::write(
-        &settings_file,
-        fleet_header(dir, network, options.machines)?,
-    )?;
-    let state_dir = dir.join("state");
-    let database_url = database.map(|database| database.url.clone());
-    let mut controller = ChildController::start(&settings_file, &state_dir, database_url)?;
-    let perf = match options.perf {
-        true => PerfRecording::start(controller.pid(), dir),
+    let several = options.controllers > 1;
+    // Every controller on one database seals and opens the BMC passwords with the same key.
+    let secret_key_file = match several {
+        true => Some(write_secret_key(dir)?),
         false => None,
     };
-    let outcome = drive(options, dir, &sims, &state_dir, &mut controller).await;
-    let controller_figures = controller.stop();
+    let database_url = database.map(|database| database.url.clone());
+    let mut fleets = Vec::new();
+    let mut starts = Vec::new();
+    let mut first_index = 0;
+    for (number, share) in shares(options.machines, options.controllers)
+        .into_iter()
+        .enumerate()
+    {
+        // Its own boot ports: the machines of this share ask this controller only.
+        let network = SimNetwork {
+            dhcp: SocketAddr::from(([127, 0, 0, 1], free_udp_port()?)),
+            tftp: SocketAddr::from(([127, 0, 0, 1], free_udp_port()?)),
+            relay: Ipv4Addr::LOCALHOST,
+        };
+        fleets.push(
+            SimFleet::start(SimOptions {
+                count: share,
+                first_index,
+                network,
+                bmc_listen: "127.0.0.1:0".parse()?,
+                faults: HashMap::new(),
+            })
+            .await?,
+        );
+        first_index += share;
+        // One controller keeps the names it always had (state, controller.log).
+        let suffix = match several {
+            true => format!("-{}", number + 1),
+            false => String::new(),
+        };
+        let settings_file = dir.join(format!("fleet-0-controller{suffix}.toml"));
+        std::fs::write(
+            &settings_file,
+            fleet_header(dir, network, options.machines)?,
+        )?;
+        starts.push(ChildStart {
+            label: match several {
+                true => format!("controller {}", number + 1),
+                false => "the controller".to_string(),
+            },
+            settings_file,
+            state_dir: dir.join(format!("state{suffix}")),
+            log: dir.join(format!("controller{suffix}.log")),
+            database: database_url.clone(),
+            secret_key_file: secret_key_file.clone(),
+        });
+    }
+    let mut controllers = Controllers::start(&starts).await?;
+    let perf = match options.perf {
+        true => PerfRecording::start(&controllers.pids(), dir),
+        false => None,
+    };
+    let outcome = drive(
+        options,
+        dir,
+        &fleets,
+        &starts[0].state_dir,
+        &mut controllers,
+    )
+    .await;
+    let controller_figures = controllers.stop();
     let perf_top = perf.map(PerfRecording::finish);
     let outcome = outcome?;
     let backend = match database {
@@ -121,6 +194,21 @@ async fn measure(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// A random key for the controllers' sealed secrets, in `DIR/secret.key` (64 hex digits, 0600).
+fn write_secret_key(dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("secret.key");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(hex::encode(rand::random::<[u8; 32]>()).as_bytes())?;
+    Ok(path)
 }
 
 /// The controller's settings: its boot services on loopback, a pool of one loopback address
@@ -142,25 +230,29 @@ image = "debian"
     ))
 }
 
-/// The fleet file that adopts every enlisted machine with its BMC: all at once (parallelism =
-/// the fleet), wanted `state` (`ready`, or `deployed` with the web profile).
-fn fleet_file_for(
-    dir: &Path,
-    network: SimNetwork,
-    sims: &SimFleet,
-    deployed: bool,
-) -> anyhow::Result<String> {
-    let count = sims.machines.len();
+/// The fleet file that adopts every enlisted machine (of every controller's share) with its
+/// BMC: all at once (parallelism = the fleet), wanted `state` (`ready`, or `deployed` with the
+/// web profile). Its `[controller]` section is the first controller's, to which it is posted.
+fn fleet_file_for(dir: &Path, fleets: &[SimFleet], deployed: bool) -> anyhow::Result<String> {
+    let count = machines_of(fleets).count();
+    let network = fleets[0].machines[0].network;
     let mut text = fleet_header(dir, network, count as u32)?;
     text.push_str(&format!("[policy]\nparallelism = {count}\n\n"));
     let extra = match deployed {
         true => "profile = \"web\"\nstate = \"deployed\"\nowner = \"bench\"\n",
         false => "state = \"ready\"\n",
     };
-    for machine in &sims.machines {
-        text.push_str(&sims.machine_toml(machine, &enlisted_name(machine), extra));
+    for sims in fleets {
+        for machine in &sims.machines {
+            text.push_str(&sims.machine_toml(machine, &enlisted_name(machine), extra));
+        }
     }
     Ok(text)
+}
+
+/// Every simulated machine, of every controller's share.
+fn machines_of(fleets: &[SimFleet]) -> impl Iterator<Item = &Arc<SimMachine>> {
+    fleets.iter().flat_map(|fleet| &fleet.machines)
 }
 
 /// The name enlistment gives a machine: `enlisted-` and its boot MAC's hex.
@@ -198,8 +290,15 @@ struct Outcome {
     commissioned: Option<f64>,
     ready: f64,
     ready_count: usize,
-    /// The controller's CPU seconds from its start to the last machine ready.
-    controller_cpu_to_ready: f64,
+    /// The controllers' CPU seconds from their start to the last machine ready: each one's,
+    /// in their order.
+    controller_cpu_to_ready: Vec<f64>,
+    /// The machines each controller was the boot server of, in their order.
+    shares: Vec<usize>,
+    /// Which controller (index) held the leadership when the apply was posted and when the
+    /// last machine was ready; `None`: not asked (one controller) or none led.
+    leader_at_apply: Option<usize>,
+    leader_at_ready: Option<usize>,
     failed: Vec<String>,
     /// The deploy phase, if asked: seconds from its apply's start, and the image's size.
     deploy: Option<DeployOutcome>,
@@ -230,11 +329,12 @@ impl Outcome {
 async fn drive(
     options: &LifecycleOptions,
     dir: &Path,
-    sims: &SimFleet,
+    fleets: &[SimFleet],
     state_dir: &Path,
-    controller: &mut ChildController,
+    controller: &mut Controllers,
 ) -> anyhow::Result<Outcome> {
-    let api_url = controller.wait_until_up(state_dir).await?;
+    // The first controller made the database (and its operator token): the bench talks to it.
+    let api_url = controller.api_urls[0].clone();
     let connection = Connection {
         server: Some(api_url),
         tls_fingerprint: None,
@@ -245,17 +345,17 @@ async fn drive(
     let load_before = load_average();
     let cpu_before = own_cpu_seconds();
     let started = Instant::now();
-    for machine in &sims.machines {
+    for machine in machines_of(fleets) {
         machine.power_on();
     }
     let deadline = started + options.time_limit;
-    wait_until_enlisted(sims, controller, deadline).await?;
+    wait_until_enlisted(fleets, controller, deadline).await?;
     let enlisted = started.elapsed().as_secs_f64();
-    let network = sims.machines[0].network;
     let ready_file = dir.join("fleet-1-ready.toml");
-    std::fs::write(&ready_file, fleet_file_for(dir, network, sims, false)?)?;
+    std::fs::write(&ready_file, fleet_file_for(dir, fleets, false)?)?;
     let apply = start_apply(&connection, &client, &ready_file).await?;
     let applying = started.elapsed().as_secs_f64();
+    let leader_at_apply = controller.leader(&client).await?;
     let followed = follow(
         &client,
         &apply,
@@ -267,7 +367,8 @@ async fn drive(
     .await?;
     let commissioned = followed.first_phase_over.map(|at| at - started);
     let ready = started.elapsed().as_secs_f64();
-    let controller_cpu_to_ready = controller.cpu_seconds();
+    let controller_cpu_to_ready = controller.cpu_seconds_each();
+    let leader_at_ready = controller.leader(&client).await?;
     let rows: Vec<MachineRow> = client.get("/machines").await??;
     let ready_count = rows
         .iter()
@@ -278,20 +379,23 @@ async fn drive(
         Some(_) => {
             let deadline = Instant::now() + options.time_limit;
             let deployed =
-                deploy_all(dir, sims, &connection, &client, controller, deadline).await?;
+                deploy_all(dir, fleets, &connection, &client, controller, deadline).await?;
             failed.extend(deployed.1);
             Some(deployed.0)
         }
         None => None,
     };
     Ok(Outcome {
-        machines: sims.machines.len(),
+        machines: machines_of(fleets).count(),
         enlisted,
         applying,
         commissioned: commissioned.map(|at| at.as_secs_f64()),
         ready,
         ready_count,
         controller_cpu_to_ready,
+        shares: fleets.iter().map(|fleet| fleet.machines.len()).collect(),
+        leader_at_apply,
+        leader_at_ready,
         failed,
         deploy,
         bench_cpu: own_cpu_seconds() - cpu_before,
@@ -303,19 +407,19 @@ async fn drive(
 /// Waits until every machine enlisted: enlistment ends with `after poweroff`, so a machine
 /// that booted and is off again has enlisted (a failed boot retries with the power on).
 async fn wait_until_enlisted(
-    sims: &SimFleet,
-    controller: &mut ChildController,
+    fleets: &[SimFleet],
+    controller: &mut Controllers,
     deadline: Instant,
 ) -> anyhow::Result<()> {
-    let enlisted = |machine: &Arc<SimMachine>| machine.boots() >= 1 && !machine.is_on();
-    while !sims.machines.iter().all(enlisted) {
+    let enlisted = |machine: &&Arc<SimMachine>| machine.boots() >= 1 && !machine.is_on();
+    while !machines_of(fleets).all(|machine| enlisted(&machine)) {
         controller.sample()?;
         if Instant::now() > deadline {
-            let waiting: Vec<_> = sims.machines.iter().filter(|m| !enlisted(m)).collect();
+            let waiting: Vec<_> = machines_of(fleets).filter(|m| !enlisted(m)).collect();
             bail!(
                 "{} of {} machines did not enlist within the time limit; the first did: {:?}",
                 waiting.len(),
-                sims.machines.len(),
+                machines_of(fleets).count(),
                 waiting[0].notes()
             );
         }
@@ -368,7 +472,7 @@ struct Followed {
 async fn follow(
     client: &Client,
     started: &ApplyStarted,
-    controller: &mut ChildController,
+    controller: &mut Controllers,
     first: &[Status],
     working: &[Status],
     deadline: Instant,
@@ -426,16 +530,15 @@ async fn follow(
 /// and the machines that fetched and checked the image.
 async fn deploy_all(
     dir: &Path,
-    sims: &SimFleet,
+    fleets: &[SimFleet],
     connection: &Connection,
     client: &Client,
-    controller: &mut ChildController,
+    controller: &mut Controllers,
     deadline: Instant,
 ) -> anyhow::Result<(DeployOutcome, Vec<String>)> {
     wait_until_recorded_off(client, controller, deadline).await?;
-    let network = sims.machines[0].network;
     let deploy_file = dir.join("fleet-2-deployed.toml");
-    std::fs::write(&deploy_file, fleet_file_for(dir, network, sims, true)?)?;
+    std::fs::write(&deploy_file, fleet_file_for(dir, fleets, true)?)?;
     let started = Instant::now();
     let cpu_before = controller.cpu_seconds();
     let apply = start_apply(connection, client, &deploy_file).await?;
@@ -449,9 +552,7 @@ async fn deploy_all(
     )
     .await?;
     let seconds = started.elapsed().as_secs_f64();
-    let deployed = sims
-        .machines
-        .iter()
+    let deployed = machines_of(fleets)
         .filter(|machine| machine.called_back())
         .count();
     let image_bytes = std::fs::metadata(dir.join("debian.tgz"))?.len();
@@ -471,7 +572,7 @@ async fn deploy_all(
 /// since the plan").
 async fn wait_until_recorded_off(
     client: &Client,
-    controller: &mut ChildController,
+    controller: &mut Controllers,
     deadline: Instant,
 ) -> anyhow::Result<()> {
     loop {
@@ -491,9 +592,113 @@ async fn wait_until_recorded_off(
     }
 }
 
+/// How to start one `fleet serve` child.
+struct ChildStart {
+    /// How the report and errors name it: `the controller`, or `controller N`.
+    label: String,
+    settings_file: PathBuf,
+    state_dir: PathBuf,
+    /// Its stdout; its stderr goes beside it (`.stderr`).
+    log: PathBuf,
+    database: Option<String>,
+    secret_key_file: Option<PathBuf>,
+}
+
+/// The `fleet serve` children of one run, in their order (the first made the database).
+struct Controllers {
+    children: Vec<ChildController>,
+    /// Each one's API URL and controller id (from its state directory), in their order.
+    api_urls: Vec<String>,
+    ids: Vec<String>,
+}
+
+impl Controllers {
+    /// Starts the first and waits until it serves (it migrates the database and writes the
+    /// operator token the bench uses), then the others, and waits for them too.
+    async fn start(starts: &[ChildStart]) -> anyhow::Result<Controllers> {
+        let mut controllers = Controllers {
+            children: Vec::new(),
+            api_urls: Vec::new(),
+            ids: Vec::new(),
+        };
+        let several = starts.len() > 1;
+        let (first, others) = starts.split_first().context("no controller to start")?;
+        controllers.children.push(ChildController::start(first)?);
+        controllers.wait_until_up(first, several).await?;
+        for start in others {
+            controllers.children.push(ChildController::start(start)?);
+        }
+        for start in others {
+            controllers.wait_until_up(start, several).await?;
+        }
+        Ok(controllers)
+    }
+
+    /// Waits until the child of `start` (the next not yet up, in their order) serves, and
+    /// notes its API URL (and, with `several`, its controller id).
+    async fn wait_until_up(&mut self, start: &ChildStart, several: bool) -> anyhow::Result<()> {
+        let child = &mut self.children[self.api_urls.len()];
+        self.api_urls
+            .push(child.wait_until_up(&start.state_dir).await?);
+        if several {
+            self.ids.push(child.wait_for_id(&start.state_dir).await?);
+        }
+        Ok(())
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(ChildController::pid).collect()
+    }
+
+    /// Samples every one; fails if one died.
+    fn sample(&mut self) -> anyhow::Result<()> {
+        self.children
+            .iter_mut()
+            .try_for_each(ChildController::sample)
+    }
+
+    /// Their CPU seconds, summed, at the last sample.
+    fn cpu_seconds(&self) -> f64 {
+        self.children.iter().map(ChildController::cpu_seconds).sum()
+    }
+
+    fn cpu_seconds_each(&self) -> Vec<f64> {
+        self.children
+            .iter()
+            .map(ChildController::cpu_seconds)
+            .collect()
+    }
+
+    /// Which one holds the leadership now, by `GET /controllers` (several controllers only).
+    async fn leader(&self, client: &Client) -> anyhow::Result<Option<usize>> {
+        if self.children.len() < 2 {
+            return Ok(None);
+        }
+        let rows: Vec<ControllerView> = client.get("/controllers").await??;
+        let leader = rows.iter().find(|row| row.leader);
+        Ok(leader.and_then(|row| self.ids.iter().position(|id| *id == row.id)))
+    }
+
+    /// Stops them all (a last sample of each while all still run, then SIGTERM to all at once,
+    /// so they stop together): their figures, in their order.
+    fn stop(mut self) -> Vec<ControllerFigures> {
+        for child in &mut self.children {
+            let _ = child.sample();
+        }
+        for child in &self.children {
+            send_signal(child.pid(), "TERM");
+        }
+        self.children
+            .into_iter()
+            .map(ChildController::wait_stopped)
+            .collect()
+    }
+}
+
 /// `fleet serve -f FILE` as a child process, and what /proc says of it.
 struct ChildController {
     child: Child,
+    label: String,
     log: PathBuf,
     figures: ControllerFigures,
 }
@@ -516,37 +721,40 @@ struct ControllerFigures {
 const TICKS_PER_SECOND: f64 = 100.0;
 
 impl ChildController {
-    fn start(
-        settings_file: &Path,
-        state_dir: &Path,
-        database: Option<String>,
-    ) -> anyhow::Result<ChildController> {
-        let log = state_dir.with_file_name("controller.log");
+    fn start(start: &ChildStart) -> anyhow::Result<ChildController> {
+        let log = &start.log;
         let mut command = Command::new(std::env::current_exe()?);
         // Loopback addresses: the defaults (5240, 0.0.0.0:5248) may be taken, or not loopback.
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--boot-listen"])
             .arg("127.0.0.1:0")
             .arg("-f")
-            .arg(settings_file)
+            .arg(&start.settings_file)
             .arg("--state-dir")
-            .arg(state_dir)
+            .arg(&start.state_dir)
             .env_remove("FLEET_DATABASE")
+            .env_remove(fleet::store::SECRET_KEY_ENV)
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log)?)
+            .stdout(std::fs::File::create(log)?)
             .stderr(std::fs::File::create(log.with_extension("stderr"))?);
-        if let Some(url) = &database {
+        if let Some(url) = &start.database {
             command.arg("--database").arg(url);
+        }
+        if let Some(key) = &start.secret_key_file {
+            command.arg("--secret-key-file").arg(key);
         }
         let shown = std::iter::once(command.get_program())
             .chain(command.get_args())
             .map(|word| word.to_string_lossy())
             .collect::<Vec<_>>()
             .join(" ");
-        let child = command.spawn().context("starting fleet serve")?;
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting fleet serve ({})", start.label))?;
         Ok(ChildController {
             child,
-            log,
+            label: start.label.clone(),
+            log: log.clone(),
             figures: ControllerFigures {
                 command: shown,
                 ..ControllerFigures::default()
@@ -575,7 +783,29 @@ impl ChildController {
             if Instant::now() > deadline || self.child.try_wait()?.is_some() {
                 let stderr =
                     std::fs::read_to_string(self.log.with_extension("stderr")).unwrap_or_default();
-                bail!("fleet serve did not start:\n{stderr}");
+                bail!("fleet serve ({}) did not start:\n{stderr}", self.label);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Its controller id, written into its state directory once it has registered (which may
+    /// come just after its API).
+    async fn wait_for_id(&mut self, state_dir: &Path) -> anyhow::Result<String> {
+        let id_file = state_dir.join("controller-id");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&id_file) {
+                if !text.trim().is_empty() {
+                    return Ok(text.trim().to_string());
+                }
+            }
+            if Instant::now() > deadline || self.child.try_wait()?.is_some() {
+                bail!(
+                    "fleet serve ({}) wrote no {} within 60 s",
+                    self.label,
+                    id_file.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -586,7 +816,7 @@ impl ChildController {
         if let Some(status) = self.child.try_wait()? {
             let stderr =
                 std::fs::read_to_string(self.log.with_extension("stderr")).unwrap_or_default();
-            bail!("fleet serve stopped ({status}):\n{stderr}");
+            bail!("fleet serve ({}) stopped ({status}):\n{stderr}", self.label);
         }
         let proc_dir = PathBuf::from(format!("/proc/{}", self.pid()));
         if let Some(kib) = vm_hwm_kib(&proc_dir.join("status")) {
@@ -607,10 +837,9 @@ impl ChildController {
         Ok(())
     }
 
-    /// A last sample, then SIGTERM and wait (the controller closes its store).
-    fn stop(mut self) -> ControllerFigures {
-        let _ = self.sample();
-        send_signal(self.pid(), "TERM");
+    /// Once sent SIGTERM: waits until it stopped (it closes its store), 20 s at most, and
+    /// counts its warnings.
+    fn wait_stopped(mut self) -> ControllerFigures {
         let deadline = Instant::now() + Duration::from_secs(20);
         while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
@@ -720,12 +949,14 @@ struct PerfRecording {
 }
 
 impl PerfRecording {
-    fn start(pid: u32, dir: &Path) -> Option<PerfRecording> {
+    /// Records the processes `pids` (all the controllers, in one profile).
+    fn start(pids: &[u32], dir: &Path) -> Option<PerfRecording> {
         let data = dir.join("perf.data");
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
         let child = Command::new("perf")
             .args(["record", "-F", "499", "-g", "-o"])
             .arg(&data)
-            .args(["-p", &pid.to_string()])
+            .args(["-p", &pids.join(",")])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
@@ -820,26 +1051,64 @@ impl FreshDatabase {
     }
 }
 
+/// The figures of several controllers as one: CPU, peaks (each one's own peak, so the sum is
+/// at most what they held at once), threads and warnings added up.
+fn summed(each: &[ControllerFigures]) -> ControllerFigures {
+    let mut sum = ControllerFigures {
+        command: each
+            .first()
+            .map(|one| one.command.clone())
+            .unwrap_or_default(),
+        ..ControllerFigures::default()
+    };
+    let mut warnings: HashMap<String, usize> = HashMap::new();
+    for one in each {
+        sum.peak_kib += one.peak_kib;
+        sum.user_seconds += one.user_seconds;
+        sum.system_seconds += one.system_seconds;
+        // Thread ids are unique across the processes of one machine.
+        sum.threads.extend(one.threads.clone());
+        for (count, message) in &one.warnings {
+            *warnings.entry(message.clone()).or_default() += count;
+        }
+    }
+    sum.warnings = warnings.into_iter().map(|(m, n)| (n, m)).collect();
+    sum.warnings
+        .sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    sum
+}
+
 fn print_report(
     options: &LifecycleOptions,
     backend: &str,
     outcome: &Outcome,
-    controller: &ControllerFigures,
+    each: &[ControllerFigures],
     perf_top: Option<&str>,
 ) {
+    let several = each.len() > 1;
+    let controller = &summed(each);
     let machines = outcome.machines as f64;
     let per_second = outcome.ready_count as f64 / outcome.ready;
-    let cpu = outcome.controller_cpu_to_ready;
+    let cpu: f64 = outcome.controller_cpu_to_ready.iter().sum();
     let peak_mib = controller.peak_kib as f64 / 1024.0;
     println!(
-        "bench {}: {} machines, cold (empty store) → enlist → commission → test → ready{}, on {backend}",
+        "bench {}: {} machines, cold (empty store) → enlist → commission → test → ready{}, on {backend}{}",
         if outcome.deploy.is_some() { "deploy" } else { "lifecycle" },
         outcome.machines,
         if outcome.deploy.is_some() { " → deployed" } else { "" },
+        match several {
+            true => format!(", {} controllers (each the boot server of a share of the machines)", each.len()),
+            false => String::new(),
+        },
     );
     println!(
-        "  settings: {}; every setting fleet serve's default but the loopback addresses and [policy] parallelism = {} (the whole fleet at once); the simulated machines run in the bench process (own address each in 127.77.0.0/16, 1 s power-on self test each boot)",
-        controller.command, outcome.machines
+        "  settings: {}{}; every setting fleet serve's default but the loopback addresses and [policy] parallelism = {} (the whole fleet at once); the simulated machines run in the bench process (own address each in 127.77.0.0/16, 1 s power-on self test each boot)",
+        controller.command,
+        match several {
+            true => format!(" (and {} more, each with its own state directory and fleet file: its own DHCP and TFTP ports; one --secret-key-file for all; the apply posted once, to controller 1)", each.len() - 1),
+            false => String::new(),
+        },
+        outcome.machines
     );
     println!(
         "  result: {} of {} ready, {} failed",
@@ -862,26 +1131,46 @@ fn print_report(
         outcome.enlisted, outcome.applying, outcome.ready
     );
     println!(
-        "  controller to ready: peak memory (VmHWM) {peak_mib:.0} MiB{}, CPU {cpu:.1} s = {:.2} ms per machine, {:.0} % of one core over the run; whole run user {:.1} s, system {:.1} s",
+        "  {} to ready: peak memory (VmHWM) {peak_mib:.0} MiB{}{}, CPU {cpu:.1} s = {:.2} ms per machine, {:.0} % of one core over the run; whole run user {:.1} s, system {:.1} s",
+        match several {
+            true => format!("{} controllers summed", each.len()),
+            false => "controller".to_string(),
+        },
+        if several { " (each one's own peak, added)" } else { "" },
         if outcome.deploy.is_some() { " (whole run)" } else { "" },
         cpu * 1000.0 / machines,
         cpu * 100.0 / outcome.ready,
         controller.user_seconds,
         controller.system_seconds,
     );
+    if several {
+        print_each_controller(outcome, each);
+    }
     let split: Vec<String> = cpu_by_thread_kind(controller)
         .iter()
         .filter(|(_, seconds)| *seconds >= 0.05)
         .map(|(name, seconds)| format!("{name} {seconds:.1} s"))
         .collect();
     println!(
-        "  controller CPU by thread (live threads at the end): {}",
+        "  {} CPU by thread (live threads at the end): {}",
+        if several {
+            "controllers'"
+        } else {
+            "controller"
+        },
         split.join(", ")
     );
     let warnings = &controller.warnings;
     if !warnings.is_empty() {
         let total: usize = warnings.iter().map(|(count, _)| count).sum();
-        println!("  controller warnings and errors: {total}, the most frequent:");
+        println!(
+            "  {} warnings and errors: {total}, the most frequent:",
+            if several {
+                "controllers'"
+            } else {
+                "controller"
+            }
+        );
         for (count, message) in warnings.iter().take(3) {
             println!("    {count} × {message}");
         }
@@ -926,5 +1215,44 @@ fn print_report(
     );
     if let Some(top) = perf_top {
         println!("  perf record of the controller, top symbols (self):\n{top}");
+    }
+}
+
+/// One line per controller (its share, its peak, its CPU to ready), then which one led.
+fn print_each_controller(outcome: &Outcome, each: &[ControllerFigures]) {
+    let name = |index: Option<usize>| match index {
+        Some(index) => format!("controller {}", index + 1),
+        None => "none".to_string(),
+    };
+    for (index, figures) in each.iter().enumerate() {
+        let cpu = outcome.controller_cpu_to_ready[index];
+        let led = match (outcome.leader_at_apply, outcome.leader_at_ready) {
+            (Some(at_apply), Some(at_ready)) if at_apply == index && at_ready == index => {
+                ", leader"
+            }
+            (Some(at_apply), _) if at_apply == index => ", leader when the apply was posted",
+            (_, Some(at_ready)) if at_ready == index => ", leader when the last was ready",
+            _ => "",
+        };
+        println!(
+            "    controller {} (boot server of {} machines{led}): peak memory (VmHWM) {:.0} MiB, CPU to ready {cpu:.1} s ({:.0} % of one core), whole run user {:.1} s, system {:.1} s",
+            index + 1,
+            outcome.shares[index],
+            figures.peak_kib as f64 / 1024.0,
+            cpu * 100.0 / outcome.ready,
+            figures.user_seconds,
+            figures.system_seconds,
+        );
+    }
+    match outcome.leader_at_apply == outcome.leader_at_ready {
+        true => println!(
+            "  led by: {} (the reconcile loop, the apply's executor, timeouts, power), from the apply to the last machine ready",
+            name(outcome.leader_at_apply)
+        ),
+        false => println!(
+            "  led by: {} when the apply was posted, {} when the last machine was ready (the leadership moved)",
+            name(outcome.leader_at_apply),
+            name(outcome.leader_at_ready)
+        ),
     }
 }
