@@ -19,6 +19,11 @@ fn bench_lifecycle(extra: &[&str]) -> Output {
         .args(["bench", "lifecycle", "--machines", "20"])
         .args(extra)
         .env_remove("FLEET_DATABASE")
+        // The controllers the bench starts share the PostgreSQL server with other tests.
+        .env(
+            "FLEET_DATABASE_MAX_CONNECTIONS",
+            crate::support::controller::TEST_DATABASE_MAX_CONNECTIONS,
+        )
         .env("NO_COLOR", "1")
         .output()
         .expect("fleet runs")
@@ -83,6 +88,11 @@ fn bench_lifecycle_brings_thirty_machines_to_ready_through_three_controllers_on_
         .args(["--time-limit", "300"])
         .args(["--database", &test_postgres_url()])
         .env_remove("FLEET_DATABASE")
+        // The controllers the bench starts share the PostgreSQL server with other tests.
+        .env(
+            "FLEET_DATABASE_MAX_CONNECTIONS",
+            crate::support::controller::TEST_DATABASE_MAX_CONNECTIONS,
+        )
         .env("NO_COLOR", "1")
         .output()
         .expect("fleet runs");

@@ -69,7 +69,10 @@ impl TestController {
             .args(extra)
             // Several tests at once, each with a few controllers on the one PostgreSQL server
             // (100 connections): a smaller pool each (`environment` may say otherwise).
-            .env("FLEET_DATABASE_MAX_CONNECTIONS", TEST_DATABASE_MAX_CONNECTIONS)
+            .env(
+                "FLEET_DATABASE_MAX_CONNECTIONS",
+                TEST_DATABASE_MAX_CONNECTIONS,
+            )
             .envs(environment.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
