@@ -15,6 +15,7 @@
 //! SQLite serves one controller: there the controller leads from the start and never steps
 //! down (a failed renewal on a busy file is retried; nobody else can take over).
 
+use crate::services::failpoint;
 use crate::store::{Backend, LeaderTerm, Store, StoreError, LEADER_TERM};
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,9 +135,19 @@ impl Round {
             }
             Ok(None) => {
                 if let Some(old) = term.held.as_ref() {
+                    let generation = old.generation;
+                    if failpoint::is_armed(failpoint::LATE_STEP_DOWN) {
+                        let late = failpoint::LATE_STEP_DOWN_FOR;
+                        eprintln!(
+                            "  leader  term {generation} is over: another controller leads; \
+                             duties stop in {} s (failpoint {})",
+                            late.as_secs(),
+                            failpoint::LATE_STEP_DOWN
+                        );
+                        tokio::time::sleep(late).await;
+                    }
                     eprintln!(
-                        "  leader  term {} is over: another controller leads; duties stopped",
-                        old.generation
+                        "  leader  term {generation} is over: another controller leads; duties stopped"
                     );
                     stop_duties(&mut term).await;
                 }
