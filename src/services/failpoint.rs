@@ -18,9 +18,9 @@ pub const AFTER_DECISION: &str = "action-after-commit";
 /// After the power driver carried a command out, before its result is stored.
 pub const AFTER_POWER_COMMAND: &str = "power-after-command";
 
-/// A leader told that its term is over keeps its duties running [`LATE_STEP_DOWN_FOR`] longer
-/// before it stops them, as one whose election learns of the takeover after its duties have
-/// acted would: a test then sees the fence alone refuse every write they attempt (without it,
+/// A leader that steps down (told that its term is over, or unable to renew it in time) keeps
+/// its duties running [`LATE_STEP_DOWN_FOR`] longer before it stops them, as one whose election
+/// learns of the takeover after its duties have acted would: a test then sees the fence alone refuse every write they attempt (without it,
 /// whether a resumed leader's duties or its election act first is a race).
 pub const LATE_STEP_DOWN: &str = "leader-steps-down-late";
 /// How long [`LATE_STEP_DOWN`] keeps the duties of a term that is over.
