@@ -1,7 +1,9 @@
 //! Running an apply: each machine's steps in order, machines side by side (bounded), every step's
 //! progress persisted before and after it runs so that a restarted controller resumes.
 
-use super::{record_event, ApplyError, ApplyRecord, APPLY_LOCK, FINISHED, LOCK_REFRESH_MS};
+use super::{
+    apply_event, record_event, ApplyError, ApplyRecord, APPLY_LOCK, FINISHED, LOCK_REFRESH_MS,
+};
 use crate::metrics::{Metrics, StepOutcome as EndedStep};
 use crate::model::{ActionRequest, Settlement, Status};
 use crate::plan::{AppliedDeployment, MachinePlan, Operation, Step};
@@ -231,30 +233,26 @@ async fn run_machine(run: &MachineRun) -> Result<(), StoreError> {
         let actor = run.actor();
         match outcome {
             Ok(()) => {
-                mark(run, index, "done", None).await?;
-                run.metrics.step_ended(EndedStep::Done);
-                record_event(
-                    &run.store,
+                let event = apply_event(
                     name,
                     actor,
                     &format!("{} done", step.verb()),
                     &step.reason,
                     &run.apply_id,
-                )
-                .await?;
+                );
+                end_step(run, index, "done", None, &event).await?;
+                run.metrics.step_ended(EndedStep::Done);
             }
             Err(reason) => {
-                mark(run, index, "failed", Some(&reason)).await?;
-                run.metrics.step_ended(EndedStep::Failed);
-                record_event(
-                    &run.store,
+                let event = apply_event(
                     name,
                     actor,
                     &format!("{} failed", step.verb()),
                     &reason,
                     &run.apply_id,
-                )
-                .await?;
+                );
+                end_step(run, index, "failed", Some(&reason), &event).await?;
+                run.metrics.step_ended(EndedStep::Failed);
                 for later in index + 1..run.planned.steps.len() {
                     mark(run, later, "skipped", Some("an earlier step failed")).await?;
                 }
@@ -364,6 +362,26 @@ async fn refuse_from(run: &MachineRun, index: usize, reason: &str) -> Result<(),
         &run.apply_id,
     )
     .await
+}
+
+/// Marks the step ended and appends its event, both or neither.
+async fn end_step(
+    run: &MachineRun,
+    index: usize,
+    state: &str,
+    reason: Option<&str>,
+    event: &crate::store::NewEvent,
+) -> Result<(), StoreError> {
+    run.store
+        .end_apply_step(
+            &run.apply_id,
+            &run.planned.name,
+            index as i64,
+            state,
+            reason,
+            event,
+        )
+        .await
 }
 
 async fn mark(
