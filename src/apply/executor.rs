@@ -1,7 +1,9 @@
 //! Running an apply: each machine's steps in order, machines side by side (bounded), every step's
 //! progress persisted before and after it runs so that a restarted controller resumes.
 
-use super::{record_event, ApplyError, ApplyRecord, APPLY_LOCK, FINISHED, LOCK_REFRESH_MS};
+use super::{
+    apply_event, record_event, ApplyError, ApplyRecord, APPLY_LOCK, FINISHED, LOCK_REFRESH_MS,
+};
 use crate::metrics::{Metrics, StepOutcome as EndedStep};
 use crate::model::{ActionRequest, Settlement, Status};
 use crate::plan::{AppliedDeployment, MachinePlan, Operation, Step};
@@ -14,6 +16,15 @@ use tokio::sync::Semaphore;
 
 /// How often a machine in an in-progress status is looked at.
 const POLL: Duration = Duration::from_millis(100);
+/// The first wait before a machine's run interrupted by a store error is tried again; each
+/// further try waits twice as long, up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+/// What a step found `started` is resumed with: the run that started it stopped.
+const RESUMED_AFTER_STOP: &str =
+    "the controller restarted during this step; following it to its end";
+/// The same, when this run's own earlier try met a store error.
+const RESUMED_AFTER_ERROR: &str = "a store error interrupted this step; following it to its end";
 
 /// What one machine's run needs, shared by its task.
 struct MachineRun {
@@ -28,6 +39,8 @@ struct MachineRun {
     record: Arc<ApplyRecord>,
     planned: MachinePlan,
     rows: Vec<ApplyStepRow>,
+    /// Why a step found `started` is resumed (its `resumed` event's reason).
+    resumed_because: &'static str,
 }
 
 /// Carries out (or resumes) the apply `id` to its end, then releases the lock. The caller holds
@@ -78,7 +91,11 @@ pub async fn run_apply(
             }
             continue;
         }
-        if machine_rows.iter().any(|row| row.state == "refused") {
+        let refused = machine_rows.iter().any(|row| row.state == "refused");
+        let open = |row: &ApplyStepRow| matches!(row.state.as_str(), "pending" | "started");
+        if refused && !machine_rows.iter().any(open) {
+            // Refused (at admission, or when its addresses were taken) and every step ended;
+            // a refusal interrupted while marking its steps is finished by `run_machine`.
             continue;
         }
         let run = MachineRun {
@@ -90,14 +107,12 @@ pub async fn run_apply(
             record: record.clone(),
             planned: planned.clone(),
             rows: machine_rows,
+            resumed_because: RESUMED_AFTER_STOP,
         };
         let permits = permits.clone();
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
-            let name = run.planned.name.clone();
-            if let Err(error) = run_machine(&run).await {
-                tracing::error!(machine = %name, "apply of the machine stopped: {error}");
-            }
+            run_machine_to_its_end(run).await;
         });
     }
     while tasks.join_next().await.is_some() {}
@@ -106,6 +121,50 @@ pub async fn run_apply(
     store.unlock(APPLY_LOCK, holder).await?;
     store.set_plan_status(id, FINISHED).await?;
     Ok(())
+}
+
+/// Runs the machine's steps until each has ended. A store error (the database unreachable, a
+/// write lock held past the busy timeout) interrupts the run: it is tried again after a wait
+/// (1 s, doubling up to 10 s) from the step rows as the store now holds them, so no step is
+/// left pending under an apply marked applied. That is exactly-once: a step is marked
+/// `started` with the machine's generation before its action runs, so an interrupted step is
+/// resumed (`resume_step`: run only if its action never committed, else followed) as after a
+/// crash, and a step that ended is not run again. `Fenced` ends the run: this leader's term is
+/// over, and the next leader resumes the apply.
+async fn run_machine_to_its_end(mut run: MachineRun) {
+    let name = run.planned.name.clone();
+    let mut wait = RETRY_FIRST;
+    loop {
+        let error = match run_machine(&run).await {
+            Ok(()) => return,
+            Err(error @ StoreError::Fenced(_)) => {
+                tracing::warn!(machine = %name, "apply of the machine stopped: {error}");
+                return;
+            }
+            Err(error) => error,
+        };
+        tracing::warn!(
+            machine = %name,
+            "apply of the machine interrupted: {error}; trying again in {} s",
+            wait.as_secs()
+        );
+        loop {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(RETRY_MAX);
+            match run.store.apply_steps(&run.apply_id).await {
+                Ok(rows) => {
+                    run.rows = rows.into_iter().filter(|row| row.machine == name).collect();
+                    break;
+                }
+                Err(error) => tracing::warn!(
+                    machine = %name,
+                    "cannot read the machine's steps to try again: {error}; trying again in {} s",
+                    wait.as_secs()
+                ),
+            }
+        }
+        run.resumed_because = RESUMED_AFTER_ERROR;
+    }
 }
 
 /// A task aborted when this is dropped.
@@ -154,7 +213,9 @@ async fn run_machine(run: &MachineRun) -> Result<(), StoreError> {
             continue;
         };
         if matches!(row.state.as_str(), "failed" | "skipped" | "refused") {
-            return Ok(());
+            // What follows a failed or refused step ends with it; a run interrupted while it
+            // marked them (a store error, a crash) left some pending.
+            return end_pending_after(run, index, row).await;
         }
         if row.state == "done" {
             continue;
@@ -172,30 +233,26 @@ async fn run_machine(run: &MachineRun) -> Result<(), StoreError> {
         let actor = run.actor();
         match outcome {
             Ok(()) => {
-                mark(run, index, "done", None).await?;
-                run.metrics.step_ended(EndedStep::Done);
-                record_event(
-                    &run.store,
+                let event = apply_event(
                     name,
                     actor,
                     &format!("{} done", step.verb()),
                     &step.reason,
                     &run.apply_id,
-                )
-                .await?;
+                );
+                end_step(run, index, "done", None, &event).await?;
+                run.metrics.step_ended(EndedStep::Done);
             }
             Err(reason) => {
-                mark(run, index, "failed", Some(&reason)).await?;
-                run.metrics.step_ended(EndedStep::Failed);
-                record_event(
-                    &run.store,
+                let event = apply_event(
                     name,
                     actor,
                     &format!("{} failed", step.verb()),
                     &reason,
                     &run.apply_id,
-                )
-                .await?;
+                );
+                end_step(run, index, "failed", Some(&reason), &event).await?;
+                run.metrics.step_ended(EndedStep::Failed);
                 for later in index + 1..run.planned.steps.len() {
                     mark(run, later, "skipped", Some("an earlier step failed")).await?;
                 }
@@ -215,6 +272,25 @@ async fn run_machine(run: &MachineRun) -> Result<(), StoreError> {
                 &run.apply_id,
             )
             .await?;
+        }
+    }
+    Ok(())
+}
+
+/// The steps after `row` (step `index`, failed, skipped or refused) still pending: skipped after
+/// a failed or skipped one, refused with its reason after a refused one.
+async fn end_pending_after(
+    run: &MachineRun,
+    index: usize,
+    row: &ApplyStepRow,
+) -> Result<(), StoreError> {
+    let (state, reason) = match row.state.as_str() {
+        "refused" => ("refused", row.reason.as_deref().unwrap_or("refused")),
+        _ => ("skipped", "an earlier step failed"),
+    };
+    for later in &run.rows {
+        if later.step > index as i64 && later.state == "pending" {
+            mark(run, later.step as usize, state, Some(reason)).await?;
         }
     }
     Ok(())
@@ -286,6 +362,26 @@ async fn refuse_from(run: &MachineRun, index: usize, reason: &str) -> Result<(),
         &run.apply_id,
     )
     .await
+}
+
+/// Marks the step ended and appends its event, both or neither.
+async fn end_step(
+    run: &MachineRun,
+    index: usize,
+    state: &str,
+    reason: Option<&str>,
+    event: &crate::store::NewEvent,
+) -> Result<(), StoreError> {
+    run.store
+        .end_apply_step(
+            &run.apply_id,
+            &run.planned.name,
+            index as i64,
+            state,
+            reason,
+            event,
+        )
+        .await
 }
 
 async fn mark(
@@ -365,7 +461,7 @@ async fn resume_step(
             &run.planned.name,
             run.actor(),
             &format!("{} resumed", step.verb()),
-            "the controller restarted during this step; following it to its end",
+            run.resumed_because,
             &run.apply_id,
         )
         .await?;

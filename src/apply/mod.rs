@@ -306,28 +306,39 @@ async fn record_apply(
 async fn record_event(
     store: &Store,
     machine: &str,
-    (actor, by): (&str, Option<&str>),
+    actor: (&str, Option<&str>),
     what: &str,
     reason: &str,
     apply_id: &str,
 ) -> Result<(), StoreError> {
+    store
+        .append_event(&apply_event(machine, actor, what, reason, apply_id))
+        .await?;
+    Ok(())
+}
+
+/// The `apply` event [`record_event`] appends.
+fn apply_event(
+    machine: &str,
+    (actor, by): (&str, Option<&str>),
+    what: &str,
+    reason: &str,
+    apply_id: &str,
+) -> crate::store::NewEvent {
     let detail = match by {
         Some(by) => serde_json::json!({ "apply": apply_id, "by": by }),
         None => serde_json::json!({ "apply": apply_id }),
     };
-    store
-        .append_event(&crate::store::NewEvent {
-            machine: Some(machine.to_string()),
-            kind: "apply".into(),
-            actor: actor.to_string(),
-            action: Some(what.to_string()),
-            from_status: None,
-            to_status: None,
-            reason: Some(reason.to_string()),
-            detail,
-        })
-        .await?;
-    Ok(())
+    crate::store::NewEvent {
+        machine: Some(machine.to_string()),
+        kind: "apply".into(),
+        actor: actor.to_string(),
+        action: Some(what.to_string()),
+        from_status: None,
+        to_status: None,
+        reason: Some(reason.to_string()),
+        detail,
+    }
 }
 
 /// An apply's progress, per machine.

@@ -15,6 +15,7 @@
 //! SQLite serves one controller: there the controller leads from the start and never steps
 //! down (a failed renewal on a busy file is retried; nobody else can take over).
 
+use crate::services::failpoint;
 use crate::store::{Backend, LeaderTerm, Store, StoreError, LEADER_TERM};
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,9 +135,10 @@ impl Round {
             }
             Ok(None) => {
                 if let Some(old) = term.held.as_ref() {
+                    let generation = old.generation;
+                    late_step_down(generation, "another controller leads").await;
                     eprintln!(
-                        "  leader  term {} is over: another controller leads; duties stopped",
-                        old.generation
+                        "  leader  term {generation} is over: another controller leads; duties stopped"
                     );
                     stop_duties(&mut term).await;
                 }
@@ -187,6 +189,7 @@ impl Round {
         match deadline {
             Some(deadline) if alone || Instant::now() < deadline => Some(deadline),
             _ => {
+                late_step_down(held.generation, "it could not be renewed in time").await;
                 eprintln!(
                     "  leader  could not renew term {} in time ({error}); duties stopped",
                     held.generation
@@ -195,6 +198,20 @@ impl Round {
                 None
             }
         }
+    }
+}
+
+/// With the failpoint `leader-steps-down-late` armed (tests), the duties of a term that is over
+/// run [`failpoint::LATE_STEP_DOWN_FOR`] longer before they are stopped.
+async fn late_step_down(generation: i64, why: &str) {
+    if failpoint::is_armed(failpoint::LATE_STEP_DOWN) {
+        let late = failpoint::LATE_STEP_DOWN_FOR;
+        eprintln!(
+            "  leader  term {generation} is over: {why}; duties stop in {} s (failpoint {})",
+            late.as_secs(),
+            failpoint::LATE_STEP_DOWN
+        );
+        tokio::time::sleep(late).await;
     }
 }
 

@@ -213,6 +213,36 @@ impl Store {
         Ok(())
     }
 
+    /// Ends one step (`done`, `failed`) and appends the event that says so, in one transaction:
+    /// a run interrupted by a store error and tried again finds either both or neither, so the
+    /// history never lacks the step's end nor tells it twice.
+    pub async fn end_apply_step(
+        &self,
+        apply_id: &str,
+        machine: &str,
+        step: i64,
+        state: &str,
+        reason: Option<&str>,
+        event: &super::NewEvent,
+    ) -> Result<(), StoreError> {
+        let mut transaction = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE apply_steps SET state = $1, reason = $2, updated_at = $3 \
+             WHERE apply_id = $4 AND machine = $5 AND step = $6",
+        )
+        .bind(state)
+        .bind(reason)
+        .bind(now_ms())
+        .bind(apply_id)
+        .bind(machine)
+        .bind(step)
+        .execute(&mut *transaction)
+        .await?;
+        super::events::insert_event(&mut transaction, event, now_ms()).await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
     /// The saved plans (applies) in `status`, oldest first: for resuming after a restart.
     pub async fn plans_with_status(&self, status: &str) -> Result<Vec<StoredPlan>, StoreError> {
         let rows = sqlx::query(

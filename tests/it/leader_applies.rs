@@ -1,7 +1,8 @@
 //! Applies across several controllers on one database (issue #16): any controller's API queues
 //! an apply, only the leader carries it out under the apply lock in its own name
 //! (`CONTROLLER_ID/INSTANCE`), a leader killed mid-apply is replaced and its apply resumed once
-//! by the next, and the lock's staleness is judged by the database's clock.
+//! by the next, and the lock's staleness is judged by the database's clock; a machine's run
+//! interrupted by a store error is resumed, not dropped.
 
 use crate::both_backends;
 use crate::support::controller::{stderr, stdout, TestController, FLEET};
@@ -525,3 +526,158 @@ both_backends!(
         assert_eq!(store.lock_holder("apply").await.unwrap(), None);
     }
 );
+
+/// Settles `name` until it rests (commissioning, then testing, then ready).
+async fn settle_to_rest(store: &Store, name: &str) {
+    loop {
+        let record = store.machine(name).await.unwrap().unwrap();
+        if !record.lifecycle.status.is_in_progress() {
+            return;
+        }
+        settle_machine(store, name, "test-machine", &Settlement::Succeeded)
+            .await
+            .unwrap();
+    }
+}
+
+/// A machine's run that meets a store error is tried again, not dropped: while another
+/// connection holds SQLite's write lock past the busy timeout (5 s), a machine that finished
+/// commissioning cannot have its step marked done; once the lock is gone its run resumes the
+/// step (its action ran: followed, not run again) and marks it done. Every step of the apply
+/// ends done, none is left started or pending under the apply marked applied, and no
+/// machine is commissioned twice. (Before, the machine's task ended on the error and the apply
+/// was marked applied with its step still started.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_run_interrupted_by_a_store_error_is_resumed_and_every_step_ends_once() {
+    use sqlx::Connection;
+    const MACHINES: u8 = 4;
+    /// Past the store's busy timeout (5 s), with room for a slow first look, so a write
+    /// waiting for the lock fails (and a retry's may too).
+    const HOLD: Duration = Duration::from_secs(12);
+    let (store, directory) = crate::support::db::sqlite_store().await;
+    let body: String = (0..MACHINES)
+        .map(|index| machine_toml(&format!("q-{index:02}"), index))
+        .collect();
+    // One machine waits for a turn: it starts only when another's run ends.
+    let text = format!("[policy]\nparallelism = {}\n\n{body}", MACHINES - 1);
+    let fleet = fleet::config::load_str("fleet.toml", &text).unwrap();
+    let observed = fleet::apply::observe(&store).await.unwrap();
+    let request = ApplyRequest {
+        plan: fleet::plan::plan(&fleet, &observed),
+        allow_destroy: false,
+        strict: false,
+    };
+    let executor = spawn_executor(&store, "a/1");
+    let started = queue_apply(&store, request, "alice", None).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first_turn = loop {
+        let names: Vec<String> = store
+            .planning_records()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|record| record.lifecycle.status == Status::Commissioning)
+            .map(|record| record.name.to_string())
+            .collect();
+        if names.len() == usize::from(MACHINES - 1) {
+            break names;
+        }
+        assert!(Instant::now() < deadline, "the machines do not commission");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let commission_step = |name: &str, steps: &[fleet::store::ApplyStepRow]| {
+        steps
+            .iter()
+            .find(|step| step.machine == name && step.step == 1)
+            .map(|step| step.state.clone())
+            .unwrap()
+    };
+
+    // A machine settled to ready, then the write lock taken before its run marks the step
+    // done (it looks every 0.1 s: should it win the race, the next machine is tried).
+    let path = directory.path().join("fleet.db");
+    let mut interrupted = None;
+    for name in &first_turn {
+        settle_to_rest(&store, name).await;
+        let mut lock = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut lock)
+            .await
+            .unwrap();
+        let steps = store.apply_steps(&started.id).await.unwrap();
+        if commission_step(name, &steps) == "started" {
+            interrupted = Some((name.clone(), lock));
+            break;
+        }
+        sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    }
+    let (interrupted, mut lock) =
+        interrupted.expect("the lock taken before a step was marked done");
+    let locked = Instant::now();
+    tokio::time::sleep(HOLD).await;
+    let steps = store.apply_steps(&started.id).await.unwrap();
+    assert_eq!(
+        commission_step(&interrupted, &steps),
+        "started",
+        "the step could not be marked done while the store was locked"
+    );
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    drop(lock);
+    eprintln!(
+        "the store was locked for {:?} while {interrupted}'s step waited to be marked done",
+        locked.elapsed()
+    );
+
+    // The others settle as they come, until the apply ends.
+    loop {
+        settle_all(&store).await;
+        let now = progress(&store, &started.id).await.unwrap();
+        if now.finished() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the apply did not end: {now:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    executor.abort();
+    let steps = store.apply_steps(&started.id).await.unwrap();
+    assert_eq!(steps.len(), usize::from(MACHINES) * 2, "{steps:?}");
+    assert!(
+        steps.iter().all(|step| step.state == "done"),
+        "every step ended done under the applied apply: {steps:#?}"
+    );
+    for index in 0..MACHINES {
+        let name = format!("q-{index:02}");
+        let events = events_of(&store, &name).await;
+        let count = |kind: &str, action: &str| {
+            events
+                .iter()
+                .filter(|event| event.kind == kind && event.action.as_deref() == Some(action))
+                .count()
+        };
+        assert_eq!(count("action", "commission"), 1, "{name}: {events:#?}");
+        assert_eq!(count("apply", "commission started"), 1, "{name}");
+        assert_eq!(count("apply", "commission done"), 1, "{name}");
+        let resumed: Vec<&str> = events
+            .iter()
+            .filter(|event| event.action.as_deref() == Some("commission resumed"))
+            .filter_map(|event| event.reason.as_deref())
+            .collect();
+        if name == interrupted {
+            // Once per try that found the step started (the lock may outlast the first).
+            assert!(!resumed.is_empty(), "{name}: {events:#?}");
+            assert!(
+                resumed.iter().all(|reason| *reason
+                    == "a store error interrupted this step; following it to its end"),
+                "{name}: {resumed:?}"
+            );
+        } else {
+            assert!(resumed.is_empty(), "{name}: {resumed:?}");
+        }
+        let record = store.machine(&name).await.unwrap().unwrap();
+        assert_eq!(record.lifecycle.status, Status::Ready, "{name}");
+    }
+    assert_eq!(store.lock_holder("apply").await.unwrap(), None, "unlocked");
+    store.close().await;
+}

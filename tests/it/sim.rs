@@ -992,3 +992,328 @@ async fn three_controllers_share_the_machines_and_outlive_their_leader() {
     drop(controllers);
     crate::support::db::drop_postgres_store(store).await;
 }
+
+/// Every row of the tables a leader's duties write (machines, events, the applies and their
+/// steps, locks, the machines' runs and results), as PostgreSQL prints them, sorted: two
+/// snapshots are equal when nothing was written in between.
+async fn leader_written_rows(store: &Store) -> Vec<String> {
+    let mut rows = Vec::new();
+    for table in [
+        "machines",
+        "events",
+        "plans",
+        "apply_steps",
+        "locks",
+        "machine_state",
+        "script_results",
+    ] {
+        let text: Vec<(String,)> =
+            sqlx::query_as(&format!("SELECT CAST(t AS TEXT) FROM {table} t ORDER BY 1"))
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        rows.extend(text.into_iter().map(|(row,)| format!("{table} {row}")));
+    }
+    rows
+}
+
+/// Issue 16's fencing must-show, with an apply in flight. Two `fleet serve` on one PostgreSQL:
+/// the leader (its own boot sockets, which no machine uses) runs `fleet apply`'s commissioning
+/// of simulated machines that boot through the other. The leader is stopped with SIGSTOP while
+/// its first machines commission and others wait for their turn; the other controller leads
+/// once the term is over and resumes the apply to its end. The old leader is then resumed with
+/// SIGCONT, armed (failpoint `leader-steps-down-late`) to keep its duties running 10 s after it
+/// learns its term is over, so that they act on what they knew — rather than race its election —
+/// and the fence alone stands between them and the store: each of its machine tasks attempts a
+/// write (a step marked done or started) and its executor the apply lock's release, every one
+/// is refused (its log says so, machine by machine), and nothing in the store changed from
+/// before the SIGCONT to after its duties stopped. Every machine ends ready or failed with a
+/// reason, and no step ran twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_paused_mid_apply_then_resumed_has_every_write_refused() {
+    const COUNT: u32 = 24;
+    const PARALLELISM: usize = 8;
+    let url = crate::support::db::empty_postgres_database().await;
+    let store = Store::open(&url).await.unwrap();
+    let (old_setup, boot_setup) = (setup(), setup());
+    let old_file = old_setup.fleet_file("");
+    let mut old = TestController::start_with_env(
+        &old_setup.directory.path().join("state"),
+        "127.0.0.1:0",
+        &["-f", old_file.to_str().unwrap(), "--database", &url],
+        &[("FLEET_FAILPOINTS", "leader-steps-down-late")],
+    );
+    let old_id = old.controller_id();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let old_term = loop {
+        if let Some(term) = store.leader().await.unwrap() {
+            assert_eq!(
+                term.controller_id, old_id,
+                "the first controller started leads"
+            );
+            break term;
+        }
+        assert!(Instant::now() < deadline, "nobody leads");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // Each machine's disk test takes 3 s more: the first turn is still at work when the
+    // leader is stopped.
+    let mut faults: HashMap<u32, Faults> = HashMap::new();
+    for index in 0..COUNT {
+        faults
+            .entry(5000 + index)
+            .or_default()
+            .add("slow-disk=3")
+            .unwrap();
+    }
+    let sims = boot_setup.sims(5000, COUNT, faults).await;
+    let name = |machine: &fleet::sim::SimMachine| format!("p-{:02}", machine.index - 5000);
+    let machines: String = sims
+        .machines
+        .iter()
+        .map(|machine| sims.machine_toml(machine, &name(machine), "state = \"ready\""))
+        .collect();
+    let fleet_file = boot_setup.fleet_file(&machines);
+    let text = std::fs::read_to_string(&fleet_file)
+        .unwrap()
+        .replace("parallelism = 200", &format!("parallelism = {PARALLELISM}"));
+    std::fs::write(&fleet_file, text).unwrap();
+    let mut boot = TestController::start_in(
+        &boot_setup.directory.path().join("state"),
+        &["-f", fleet_file.to_str().unwrap(), "--database", &url],
+    );
+    boot.token = old.token.clone();
+    let boot_id = boot.controller_id();
+
+    // `fleet apply` through the controller that does not lead, in the background.
+    let apply_log = boot_setup.directory.path().join("apply.log");
+    let mut apply = std::process::Command::new(crate::support::controller::FLEET)
+        .arg("--state-dir")
+        .arg(&boot.state_dir)
+        .args(["--server", &boot.api_url, "--token", &boot.token])
+        .args(["apply", "-f", fleet_file.to_str().unwrap(), "--yes"])
+        .env("XDG_CONFIG_HOME", boot_setup.directory.path())
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&apply_log).unwrap())
+        .stderr(std::fs::File::create(apply_log.with_extension("err")).unwrap())
+        .spawn()
+        .expect("fleet apply starts");
+
+    // Mid-apply: the first turn at work (none ready yet, no power command under way), the
+    // others waiting for their turn.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let summaries = store.machine_summaries().await.unwrap();
+        let working = summaries
+            .iter()
+            .filter(|m| matches!(m.status, Status::Commissioning | Status::Testing))
+            .count();
+        let ready = summaries
+            .iter()
+            .filter(|m| m.status == Status::Ready)
+            .count();
+        let (powering,): (i64,) = sqlx::query_as(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM machines WHERE power_pending IS NOT NULL",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if working == PARALLELISM && ready == 0 && powering == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && ready == 0,
+            "the first turn did not get to work: {working} commissioning or testing, {ready} ready; {}",
+            std::fs::read_to_string(apply_log.with_extension("err")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = i32::try_from(old.child.id()).unwrap();
+    // SAFETY: signals a child process this test started and still owns.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let stopped = Instant::now();
+
+    // The other controller leads once the term is over, and resumes the apply.
+    let new_term = loop {
+        if let Some(term) = store.leader().await.unwrap() {
+            if term.controller_id == boot_id {
+                break term;
+            }
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(30),
+            "the other controller does not lead 30 s after the leader was stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let took_over = stopped.elapsed();
+    let took_over_at = fleet::store::now_ms();
+    assert!(new_term.generation > old_term.generation);
+    let applies = store.plans_with_status("applying").await.unwrap();
+    assert_eq!(applies.len(), 1, "the apply is in flight: {applies:?}");
+    let apply_id = applies[0].id.clone();
+    let settled = |summaries: &[fleet::model::records::MachineSummary]| {
+        summaries
+            .iter()
+            .all(|m| m.status == Status::Ready || m.status.is_failed())
+    };
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let finished = store.plan(&apply_id).await.unwrap().unwrap().status == "applied";
+        let summaries = store.machine_summaries().await.unwrap();
+        if finished && summaries.len() == COUNT as usize && settled(&summaries) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the apply did not end under the new leader; {}",
+            std::fs::read_to_string(apply_log.with_extension("err")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The machines power themselves off at the end of their run: then nothing moves.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sims.machines.iter().any(|machine| machine.is_on()) {
+        assert!(Instant::now() < deadline, "machines stayed on");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = apply.kill();
+    let _ = apply.wait();
+    let before = leader_written_rows(&store).await;
+
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let resumed = Instant::now();
+    // Told by the database that another controller leads, or (its connections refused when
+    // the server has none left for it) unable to renew in time: either way, after the failpoint's
+    // 10 s.
+    let term = format!("term {}", old_term.generation);
+    let stepped_down = |log: &str| {
+        log.lines()
+            .any(|line| line.contains(&term) && line.contains("; duties stopped"))
+    };
+    while !stepped_down(&old.log()) {
+        assert!(
+            resumed.elapsed() < Duration::from_secs(60),
+            "the resumed leader did not stop its duties: {}",
+            old.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = leader_written_rows(&store).await;
+    let old_log = old.log();
+    old.kill();
+
+    // The old leader learnt it lost the term, and every write its duties attempted was refused.
+    assert!(
+        old_log.contains(&format!("{term} is over: "))
+            && old_log.contains("duties stop in 10 s (failpoint leader-steps-down-late)"),
+        "{old_log}"
+    );
+    let refused: Vec<&str> = old_log
+        .lines()
+        .filter(|line| line.contains("no longer leads the database"))
+        .collect();
+    for machine in &sims.machines {
+        let field = format!("machine={}", name(machine));
+        assert!(
+            refused.iter().any(|line| {
+                line.contains("apply of the machine stopped") && line.ends_with(&field)
+            }),
+            "{}'s task attempted no write, or it was not refused: {old_log}",
+            name(machine)
+        );
+    }
+    assert!(
+        refused
+            .iter()
+            .any(|line| line.contains(&format!("{apply_id} stopped"))),
+        "the executor's release of the lock was refused: {old_log}"
+    );
+    let changed: Vec<String> = after
+        .iter()
+        .filter(|row| !before.contains(row))
+        .chain(before.iter().filter(|row| !after.contains(row)))
+        .cloned()
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "the store changed after the old leader resumed: {changed:#?}"
+    );
+    // Nothing in the old leader's name since the takeover (and the lock is free).
+    let (late,): (i64,) = sqlx::query_as(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM events WHERE at >= $1 AND detail LIKE $2",
+    )
+    .bind(took_over_at)
+    .bind(format!("%{}%", old_term.holder))
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        late, 0,
+        "events in the old leader's name after the takeover"
+    );
+    assert_eq!(store.lock_holder("apply").await.unwrap(), None);
+    assert_eq!(
+        store.leader().await.unwrap().unwrap().controller_id,
+        boot_id
+    );
+
+    // The new leader resumed the apply; every step ended, none ran twice.
+    let steps = store.apply_steps(&apply_id).await.unwrap();
+    let open: Vec<_> = steps
+        .iter()
+        .filter(|step| !matches!(step.state.as_str(), "done" | "failed" | "skipped"))
+        .collect();
+    assert!(open.is_empty(), "steps left open: {open:#?}");
+    let mut by_new_leader = 0;
+    let mut ready = 0;
+    for machine in &sims.machines {
+        let name = name(machine);
+        let events = store
+            .events(&fleet::store::EventFilter {
+                machine: Some(name.clone()),
+                ..fleet::store::EventFilter::default()
+            })
+            .await
+            .unwrap();
+        let count = |kind: &str, action: &str| {
+            events
+                .iter()
+                .filter(|event| event.kind == kind && event.action.as_deref() == Some(action))
+                .count()
+        };
+        assert_eq!(count("action", "commission"), 1, "{name}: {events:#?}");
+        assert!(count("apply", "commission started") <= 1, "{name}");
+        assert!(count("apply", "add started") <= 1, "{name}");
+        assert_eq!(
+            count("apply", "commission done") + count("apply", "commission failed"),
+            1,
+            "{name}"
+        );
+        by_new_leader += events
+            .iter()
+            .filter(|event| event.kind == "apply" && event.detail["by"] == new_term.holder.as_str())
+            .count();
+        let (status, reason) = status_of(&store, &name).await.unwrap();
+        if status == Status::Ready {
+            ready += 1;
+        } else {
+            assert!(
+                status.is_failed() && reason.is_some_and(|reason| !reason.is_empty()),
+                "{name} ended {status} without a reason"
+            );
+        }
+    }
+    assert!(by_new_leader > 0, "the new leader ran none of the apply");
+    eprintln!(
+        "{COUNT} machines: leader stopped mid-apply, another led {:.1} s later; {ready} ready; \
+         the resumed leader's {} refused writes left the store as it was",
+        took_over.as_secs_f64(),
+        refused.len()
+    );
+    drop((old, boot));
+    crate::support::db::drop_postgres_store(store).await;
+}

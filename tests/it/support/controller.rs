@@ -99,6 +99,13 @@ impl TestController {
         }
     }
 
+    /// The controller's id (`<state_dir>/controller-id`), waiting for it to be written: it
+    /// comes once the controller has registered, which may be just after its API.
+    pub fn controller_id(&self) -> String {
+        let file = self.state_dir.join("controller-id");
+        wait_for_file(&file, Duration::from_secs(20))
+    }
+
     /// What the controller wrote to stderr so far (all of it once [`TestController::kill`]
     /// returned).
     pub fn log(&self) -> String {
