@@ -9,7 +9,8 @@
 //!   bash peer-baselines.sh
 //! ```
 //!
-//! Leases go to a SQLite store in the state directory (written behind, as in `fleet serve`);
+//! Leases go to a SQLite store in the state directory in batches, each ACK sent once its lease's
+//! batch has committed (durable before the ACK, as in `fleet serve`);
 //! `--in-memory` keeps them in memory only. Runs on one thread, as Kea does.
 
 use clap::Parser;
