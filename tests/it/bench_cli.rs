@@ -15,9 +15,14 @@ use std::sync::Mutex;
 static ONE_POSTGRES_BENCH_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn bench_lifecycle(extra: &[&str]) -> Output {
+    bench_lifecycle_of(&[&["--machines", "20"], extra].concat())
+}
+
+/// `fleet bench lifecycle ARGUMENTS`, its output.
+fn bench_lifecycle_of(arguments: &[&str]) -> Output {
     Command::new(FLEET)
-        .args(["bench", "lifecycle", "--machines", "20"])
-        .args(extra)
+        .args(["bench", "lifecycle"])
+        .args(arguments)
         .env_remove("FLEET_DATABASE")
         // The controllers the bench starts share the PostgreSQL server with other tests.
         .env(
@@ -76,26 +81,17 @@ fn bench_lifecycle_brings_thirty_machines_to_ready_through_three_controllers_on_
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     // A time limit far above the 10-20 s it takes on a loaded machine, below the default 900 s:
     // a stuck run fails with how far the machines got, in a third of the time.
-    let output = Command::new(FLEET)
-        .args([
-            "bench",
-            "lifecycle",
-            "--machines",
-            "30",
-            "--controllers",
-            "3",
-        ])
-        .args(["--time-limit", "300"])
-        .args(["--database", &test_postgres_url()])
-        .env_remove("FLEET_DATABASE")
-        // The controllers the bench starts share the PostgreSQL server with other tests.
-        .env(
-            "FLEET_DATABASE_MAX_CONNECTIONS",
-            crate::support::controller::TEST_DATABASE_MAX_CONNECTIONS,
-        )
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("fleet runs");
+    let url = test_postgres_url();
+    let output = bench_lifecycle_of(&[
+        "--machines",
+        "30",
+        "--controllers",
+        "3",
+        "--time-limit",
+        "300",
+        "--database",
+        &url,
+    ]);
     let shown = format!("{}\n{}", stdout(&output), stderr(&output));
     assert!(output.status.success(), "{shown}");
     let printed = stdout(&output);

@@ -693,6 +693,26 @@ fn shared_fleet_file(setup: &Setup, machines: &str) -> PathBuf {
     path
 }
 
+/// The leader's term once `wanted` holds for it, within `limit` of `since`; else fails saying
+/// `failure`.
+async fn wait_for_leader(
+    store: &Store,
+    since: Instant,
+    limit: Duration,
+    wanted: impl Fn(&fleet::store::LeaderTerm) -> bool,
+    failure: &str,
+) -> fleet::store::LeaderTerm {
+    loop {
+        if let Some(term) = store.leader().await.unwrap() {
+            if wanted(&term) {
+                return term;
+            }
+        }
+        assert!(since.elapsed() < limit, "{failure}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until `done` holds for the machines' summaries, within `limit`.
 async fn wait_for_machines(
     store: &Store,
@@ -910,18 +930,14 @@ async fn three_controllers_share_the_machines_and_outlive_their_leader() {
     .await;
     let killed_at = Instant::now();
     controllers[killed].kill();
-    let new_leader = loop {
-        if let Some(term) = store.leader().await.unwrap() {
-            if term.controller_id != ids[killed] && term.expires_at > 0 {
-                break term;
-            }
-        }
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(10),
-            "no other controller leads 10 s after the leader was killed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let new_leader = wait_for_leader(
+        &store,
+        killed_at,
+        Duration::from_secs(10),
+        |term| term.controller_id != ids[killed] && term.expires_at > 0,
+        "no other controller leads 10 s after the leader was killed",
+    )
+    .await;
     let took_over = killed_at.elapsed();
     assert!(new_leader.generation > leader.generation);
 
@@ -1161,18 +1177,14 @@ async fn a_leader_paused_mid_apply_then_resumed_has_every_write_refused() {
     let stopped = Instant::now();
 
     // The other controller leads once the term is over, and resumes the apply.
-    let new_term = loop {
-        if let Some(term) = store.leader().await.unwrap() {
-            if term.controller_id == boot_id {
-                break term;
-            }
-        }
-        assert!(
-            stopped.elapsed() < Duration::from_secs(30),
-            "the other controller does not lead 30 s after the leader was stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let new_term = wait_for_leader(
+        &store,
+        stopped,
+        Duration::from_secs(30),
+        |term| term.controller_id == boot_id,
+        "the other controller does not lead 30 s after the leader was stopped",
+    )
+    .await;
     let took_over = stopped.elapsed();
     let took_over_at = fleet::store::now_ms();
     assert!(new_term.generation > old_term.generation);
