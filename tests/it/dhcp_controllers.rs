@@ -281,22 +281,30 @@ async fn time_until(limit: Duration, holds: impl Fn() -> bool) -> Option<Duratio
     None
 }
 
+/// Two stores (two controllers' views) of a fresh PostgreSQL database, and the DHCP
+/// configuration the push tests share.
+async fn two_stores_on_a_fresh_database() -> (Store, Store, DhcpConfig) {
+    let url = empty_postgres_database().await;
+    let first = Store::open(&url).await.unwrap();
+    let second = Store::open(&url).await.unwrap();
+    let config = loopback_config("127.10.0.9").relayed_only(Ipv4Addr::LOCALHOST);
+    (first, second, config)
+}
+
+/// `controller`'s lease table on `store`, following the others by notification only.
+async fn follow_pushed(store: &Store, config: &DhcpConfig, controller: &str) -> Arc<DhcpLeases> {
+    DhcpLeases::load_following(store.clone(), config, controller, NO_FALLBACK)
+        .await
+        .unwrap()
+}
+
 /// Controller A ACKs a lease; controller B's table knows who holds the address within
 /// [`PUSH_LIMIT`] (a poll-only B, at the 30 s safety net or the hour here, would not).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_one_controller_writes_reaches_the_others_table_at_once() {
-    let url = empty_postgres_database().await;
-    let (first, second) = (
-        Store::open(&url).await.unwrap(),
-        Store::open(&url).await.unwrap(),
-    );
-    let config = loopback_config("127.10.0.9").relayed_only(Ipv4Addr::LOCALHOST);
-    let a = DhcpLeases::load_following(first.clone(), &config, "controller-a", NO_FALLBACK)
-        .await
-        .unwrap();
-    let b = DhcpLeases::load_following(second.clone(), &config, "controller-b", NO_FALLBACK)
-        .await
-        .unwrap();
+    let (first, second, config) = two_stores_on_a_fresh_database().await;
+    let a = follow_pushed(&first, &config, "controller-a").await;
+    let b = follow_pushed(&second, &config, "controller-b").await;
     wait_until_listening(&first, 2).await;
     for (index, last) in [(1, 3), (2, 4)] {
         let client = mac(index);
@@ -327,15 +335,8 @@ async fn a_lease_one_controller_writes_reaches_the_others_table_at_once() {
 /// controller's table within [`PUSH_LIMIT`] (the `fleet_machines` notification).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_address_another_controller_commits_is_served_at_once() {
-    let url = empty_postgres_database().await;
-    let (first, second) = (
-        Store::open(&url).await.unwrap(),
-        Store::open(&url).await.unwrap(),
-    );
-    let config = loopback_config("127.10.0.9").relayed_only(Ipv4Addr::LOCALHOST);
-    let b = DhcpLeases::load_following(second.clone(), &config, "controller-b", NO_FALLBACK)
-        .await
-        .unwrap();
+    let (first, second, config) = two_stores_on_a_fresh_database().await;
+    let b = follow_pushed(&second, &config, "controller-b").await;
     wait_until_listening(&first, 1).await;
     let client = mac(7);
     let machine = crate::support::machines::manual_machine("node-7", vec![client]);
@@ -366,15 +367,8 @@ async fn a_held_address_another_controller_commits_is_served_at_once() {
 /// made again, and the read that follows catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_listen_connection_is_made_again_and_catches_up() {
-    let url = empty_postgres_database().await;
-    let (first, second) = (
-        Store::open(&url).await.unwrap(),
-        Store::open(&url).await.unwrap(),
-    );
-    let config = loopback_config("127.10.0.9").relayed_only(Ipv4Addr::LOCALHOST);
-    let b = DhcpLeases::load_following(second.clone(), &config, "controller-b", NO_FALLBACK)
-        .await
-        .unwrap();
+    let (first, second, config) = two_stores_on_a_fresh_database().await;
+    let b = follow_pushed(&second, &config, "controller-b").await;
     wait_until_listening(&first, 1).await;
     let triggers = |state: &str| {
         format!(

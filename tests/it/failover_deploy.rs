@@ -19,7 +19,7 @@
 use crate::sim::{enlisted_name, fleet_cli, setup, Setup};
 use crate::support::controller::{stderr, stdout, TestController};
 use crate::support::db::{drop_postgres_store, empty_postgres_database};
-use crate::support::image_server::sha256_of;
+use crate::support::image_server::{read_request_head, sha256_of};
 use crate::support::ipmi_sim::Bmc;
 use fleet::model::Status;
 use fleet::sim::{Faults, ReportedBmc, SimHardware, SimMachine};
@@ -27,7 +27,7 @@ use fleet::store::{EventFilter, SecretKey, Store};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// The password the machine's BMC accepts and the machine reports (IPMI: at most 20 bytes).
 const PASSWORD: &str = "F41lover-Bmc-pw-16";
@@ -56,15 +56,9 @@ impl Mirror {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let (bytes, seen, mut opened) = (bytes.clone(), seen.clone(), opened.clone());
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match socket.read(&mut byte).await {
-                            Ok(1) => head.push(byte[0]),
-                            _ => return,
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&head).to_string();
+                    let Some(head) = read_request_head(&mut socket).await else {
+                        return;
+                    };
                     let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
                     seen.lock().unwrap().push(path.clone());
                     if opened.wait_for(|open| *open).await.is_err() {

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// Generous: the shared machine may be slow.
 const LIMIT: Duration = Duration::from_secs(180);
@@ -77,15 +77,9 @@ impl FileServer {
 /// One request per connection: 200 (or, once, half of it and a closed socket), 206 for
 /// `Range: bytes=N-` and `bytes=N-M`, 416 past the end, 404.
 async fn answer(mut socket: tokio::net::TcpStream, served: Arc<Mutex<Served>>) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match socket.read(&mut byte).await {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
-        }
-    }
-    let head = String::from_utf8_lossy(&head).to_string();
+    let Some(head) = crate::support::image_server::read_request_head(&mut socket).await else {
+        return;
+    };
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
     let range = head.lines().find_map(|line| {
         let (name, value) = line.split_once(':')?;

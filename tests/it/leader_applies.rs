@@ -255,7 +255,15 @@ async fn settle_until_exit(store: &Store, mut child: Child) -> std::process::Out
     child.wait_with_output().unwrap()
 }
 
-async fn events_of(store: &Store, machine: &str) -> Vec<Event> {
+/// How many of `events` are of `kind` with `action`.
+pub(crate) fn count_events(events: &[Event], kind: &str, action: &str) -> usize {
+    events
+        .iter()
+        .filter(|event| event.kind == kind && event.action.as_deref() == Some(action))
+        .count()
+}
+
+pub(crate) async fn events_of(store: &Store, machine: &str) -> Vec<Event> {
     store
         .events(&EventFilter {
             machine: Some(machine.to_string()),
@@ -289,12 +297,7 @@ async fn assert_every_step_ran_once(store: &Store, machines: u8) {
     for index in 0..machines {
         let name = format!("q-{index:02}");
         let events = events_of(store, &name).await;
-        let count = |kind: &str, action: &str| {
-            events
-                .iter()
-                .filter(|event| event.kind == kind && event.action.as_deref() == Some(action))
-                .count()
-        };
+        let count = |kind: &str, action: &str| count_events(&events, kind, action);
         assert_eq!(count("action", "commission"), 1, "{name}: {events:#?}");
         // A step marked started but killed before its event was written has none.
         assert!(count("apply", "commission started") <= 1, "{name}");
@@ -650,12 +653,7 @@ async fn a_machine_run_interrupted_by_a_store_error_is_resumed_and_every_step_en
     for index in 0..MACHINES {
         let name = format!("q-{index:02}");
         let events = events_of(&store, &name).await;
-        let count = |kind: &str, action: &str| {
-            events
-                .iter()
-                .filter(|event| event.kind == kind && event.action.as_deref() == Some(action))
-                .count()
-        };
+        let count = |kind: &str, action: &str| count_events(&events, kind, action);
         assert_eq!(count("action", "commission"), 1, "{name}: {events:#?}");
         assert_eq!(count("apply", "commission started"), 1, "{name}");
         assert_eq!(count("apply", "commission done"), 1, "{name}");

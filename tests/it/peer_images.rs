@@ -8,6 +8,7 @@
 
 use crate::support::controller::{stdout, TestController};
 use crate::support::db::{drop_postgres_store, empty_postgres_database};
+use crate::support::image_server::read_request_head;
 use fleet::boot::images::peers::{proof_header, PROOF_HEADER};
 use fleet::store::{now_ms, ControllerRecord, SecretKey, Store};
 use sha2::{Digest, Sha256};
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// Generous: the shared machine may be slow.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -266,17 +267,10 @@ async fn false_peer(bytes: Vec<u8>) -> (String, Heads) {
         while let Ok((mut socket, _)) = listener.accept().await {
             let (bytes, seen) = (bytes.clone(), seen.clone());
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match socket.read(&mut byte).await {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                seen.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&head).to_string());
+                let Some(head) = read_request_head(&mut socket).await else {
+                    return;
+                };
+                seen.lock().unwrap().push(head);
                 let answer = format!(
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     bytes.len()
@@ -394,13 +388,8 @@ async fn url_server(bytes: Vec<u8>) -> (String, Arc<AtomicBool>) {
         while let Ok((mut socket, _)) = listener.accept().await {
             let (bytes, flag) = (bytes.clone(), flag.clone());
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match socket.read(&mut byte).await {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
+                if read_request_head(&mut socket).await.is_none() {
+                    return;
                 }
                 let body: &[u8] = if flag.load(Ordering::SeqCst) {
                     b""

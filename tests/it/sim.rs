@@ -1309,19 +1309,9 @@ async fn a_leader_paused_mid_apply_then_resumed_has_every_write_refused() {
     let mut ready = 0;
     for machine in &sims.machines {
         let name = name(machine);
-        let events = store
-            .events(&fleet::store::EventFilter {
-                machine: Some(name.clone()),
-                ..fleet::store::EventFilter::default()
-            })
-            .await
-            .unwrap();
-        let count = |kind: &str, action: &str| {
-            events
-                .iter()
-                .filter(|event| event.kind == kind && event.action.as_deref() == Some(action))
-                .count()
-        };
+        let events = crate::leader_applies::events_of(&store, &name).await;
+        let count =
+            |kind: &str, action: &str| crate::leader_applies::count_events(&events, kind, action);
         assert_eq!(count("action", "commission"), 1, "{name}: {events:#?}");
         assert!(count("apply", "commission started") <= 1, "{name}");
         assert!(count("apply", "add started") <= 1, "{name}");

@@ -85,3 +85,18 @@ impl Drop for ImageServer {
         }
     }
 }
+
+/// The head of one HTTP request on `socket` (request line and headers, to the blank line), read
+/// byte by byte so nothing of a body is taken; `None` if the connection ends first.
+pub async fn read_request_head(socket: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match socket.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(String::from_utf8_lossy(&head).to_string())
+}
