@@ -161,7 +161,18 @@ async fn real_state(controller: &TestController) -> (Value, Value) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plan_simulate_reports_the_layout_that_does_not_fit_and_leaves_the_real_controller_alone() {
-    let controller = TestController::start();
+    // The real controller's own power poll (every 60 s by default, a run here may take longer)
+    // would ask the real BMC too: off, so a connection can only come from the simulation.
+    let state = tempfile::tempdir().unwrap();
+    let real_fleet = write(
+        state.path(),
+        "real-fleet.toml",
+        b"[controller]\ntftp_listen = \"127.0.0.1:0\"\n\n[policy]\npower_poll_seconds = 0\n",
+    );
+    let controller = TestController::start_in(
+        &state.path().join("state"),
+        &["-f", real_fleet.to_str().unwrap()],
+    );
     // The real machines' BMC: a socket that must never be connected to.
     let real_bmc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     real_bmc.set_nonblocking(true).unwrap();
