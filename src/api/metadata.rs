@@ -185,7 +185,7 @@ async fn known(State(state): State<ApiState>, RawQuery(query): RawQuery) -> Answ
         ));
     }
     for mac in macs {
-        if state.store.machine_by_mac(mac).await?.is_some() {
+        if state.store.machine_name_by_mac(mac).await?.is_some() {
             return Ok(text(StatusCode::OK, "known\n"));
         }
     }
@@ -707,6 +707,7 @@ async fn heartbeat(
         .map_err(|reason| MachineApiResponse::error(StatusCode::BAD_REQUEST, reason))?;
     let verdict = machine_api::heartbeat(
         &state.store,
+        &state.machine_api.current(),
         &run,
         beat.stage.as_deref(),
         beat.progress.as_ref(),

@@ -22,6 +22,7 @@
 //!   again but followed to its end (or failed with a reason).
 //! - Every step is recorded as events (`apply` events beside the life-cycle's own).
 
+mod board;
 mod executor;
 mod queue;
 mod verify;

@@ -147,7 +147,7 @@ async fn boot_script(
     let mac =
         MacAddr::parse(mac_text).map_err(|error| BootHttpError::BadRequest(error.to_string()))?;
     let base_url = base_url(&state, &headers);
-    let machine = state.store.machine_by_mac(mac).await?;
+    let machine = state.store.machine_row_by_mac(mac).await?;
     let status = machine.as_ref().map(|machine| machine.lifecycle.status);
     let name = machine
         .as_ref()
@@ -429,13 +429,7 @@ async fn serve_image_file(
     // ServeFile streams from disk in chunks and answers Range with 206 and Content-Range.
     let response = serve_counted(&verified.path, request, &state.metrics).await;
     let machine = match mac {
-        Some(mac) => state
-            .store
-            .machine_by_mac(mac)
-            .await
-            .ok()
-            .flatten()
-            .map(|m| m.name.as_str().to_string()),
+        Some(mac) => state.store.machine_name_by_mac(mac).await.ok().flatten(),
         None => None,
     };
     let event = NewEvent {
@@ -511,11 +505,7 @@ async fn booted(
         .ok_or_else(|| BootHttpError::BadRequest("mac=MAC is required".into()))?;
     let mac =
         MacAddr::parse(mac_text).map_err(|error| BootHttpError::BadRequest(error.to_string()))?;
-    let machine = state
-        .store
-        .machine_by_mac(mac)
-        .await?
-        .map(|machine| machine.name.as_str().to_string());
+    let machine = state.store.machine_name_by_mac(mac).await?;
     // Recorded as an event only: the call carries no credential, so it does not count as the
     // machine being heard from (anyone could keep a silent machine's clocks from running out).
     let stage: String = query

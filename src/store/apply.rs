@@ -2,7 +2,7 @@
 //! the progress of each step of an apply (`apply_steps`, migration 0002).
 
 use super::codec::{get, get_json, get_mac, json_text};
-use super::machines::{machine_from_columns, HardwareDetail};
+use super::machines::{machine_from_columns, HardwareDetail, LEAN_MACHINE_COLUMNS};
 use super::{Backend, Disk, Interface, MachineRecord, Store, StoreError, StoredPlan};
 use crate::store::now_ms;
 use std::collections::HashMap;
@@ -39,16 +39,9 @@ impl Store {
     /// fleet's size. Hardware `facts` are left empty: planning does not read them.
     pub async fn planning_records(&self) -> Result<Vec<MachineRecord>, StoreError> {
         let mut transaction = self.begin_read().await?;
-        let rows = sqlx::query(
-            "SELECT id, name, status, previous_status, locked, power, owner, commissioned, deployed_os, \
-                 generation, status_reason, status_since, last_heard, boot_started, power_decided, boot_mac, power_intent, power_intent_passing, \
-                 power_intent_why, arch, firmware, \
-                 power_type, power_params, bmc_address, image, tags, cpus, cpu_speed_mhz, memory_mib, \
-                 created_at, updated_at \
-             FROM machines",
-        )
-        .fetch_all(&mut *transaction)
-        .await?;
+        let rows = sqlx::query(&format!("SELECT {LEAN_MACHINE_COLUMNS} FROM machines m"))
+            .fetch_all(&mut *transaction)
+            .await?;
         let mut records = rows
             .iter()
             .map(|row| machine_from_columns(row, HardwareDetail::Lean))

@@ -9,8 +9,11 @@
 //! is [`StoreError::UnknownMachine`] and writes nothing.
 
 use super::codec::{get, get_opt_parsed};
+use super::machines::{machine_from_columns, HardwareDetail, LEAN_MACHINE_COLUMNS};
+use super::MachineRecord;
 use super::{now_ms, Store, StoreError};
 use crate::model::{DeployProgress, EraseMode};
+use sqlx::any::AnyRow;
 
 /// The most boot secrets one boot keeps: iPXE fetches its script once or twice per boot, so
 /// more than this means someone else is fetching it (see [`Store::add_boot_secret`]).
@@ -122,45 +125,28 @@ impl Store {
         .bind(name)
         .fetch_optional(&self.pool)
         .await?;
+        row.as_ref().map(state_from_row).transpose()
+    }
+
+    /// The machine's row without its hardware detail (a [`HardwareDetail::Lean`] record: no
+    /// facts beyond the firmware, no CPU model, no interfaces, no disks) and its state, in one
+    /// query: what the machine API reads on every call of a machine (its authorization).
+    pub async fn machine_row_and_state(
+        &self,
+        name: &str,
+    ) -> Result<Option<(MachineRecord, MachineState)>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {LEAN_MACHINE_COLUMNS}, {STATE_COLUMNS} FROM machines m \
+             LEFT JOIN machine_state s ON s.machine_id = m.id WHERE m.name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
         let Some(row) = row else {
             return Ok(None);
         };
-        let run: Option<String> = get(&row, "run")?;
-        let role: Option<String> = get(&row, "run_role")?;
-        let secrets: Option<String> = get(&row, "boot_secrets")?;
-        let registration_hash: Option<String> = get(&row, "registration_hash")?;
-        let registration_expires: Option<i64> = get(&row, "registration_expires")?;
-        let registration_used_from: Option<String> = get(&row, "registration_used_from")?;
-        let progress: Option<String> = get(&row, "progress")?;
-        let callback_hash: Option<String> = get(&row, "callback_hash")?;
-        Ok(Some(MachineState {
-            // A progress that does not read back is shown as none, never an error.
-            progress: progress.and_then(|text| serde_json::from_str(&text).ok()),
-            install_done_at: get(&row, "install_done_at")?,
-            callback: match callback_hash {
-                Some(hash) => Some(Callback {
-                    hash,
-                    run: get(&row, "callback_run")?,
-                    used_from: get(&row, "callback_used_from")?,
-                }),
-                None => None,
-            },
-            run: run.zip(role).map(|(id, role)| MachineRun { id, role }),
-            run_token_hash: get(&row, "run_token_hash")?,
-            run_ended_at: get(&row, "run_ended_at")?,
-            boot_secrets: secrets
-                .unwrap_or_default()
-                .split_whitespace()
-                .map(str::to_string)
-                .collect(),
-            boot_exchanged_from: get(&row, "boot_exchanged_from")?,
-            registration: registration_hash.map(|hash| Registration {
-                hash,
-                expires_at: registration_expires.unwrap_or(0),
-                used_from: registration_used_from,
-            }),
-            erase_mode: get_opt_parsed(&row, "erase_mode")?,
-        }))
+        let record = machine_from_columns(&row, HardwareDetail::Lean)?;
+        Ok(Some((record, state_from_row(&row)?)))
     }
 
     /// The run the machine is doing, if any.
@@ -492,6 +478,46 @@ fn require_machine(rows_affected: u64, name: &str) -> Result<(), StoreError> {
     } else {
         Ok(())
     }
+}
+
+/// A machine's state from a row with [`STATE_COLUMNS`] (all null: a machine with no state row yet).
+fn state_from_row(row: &AnyRow) -> Result<MachineState, StoreError> {
+    let run: Option<String> = get(row, "run")?;
+    let role: Option<String> = get(row, "run_role")?;
+    let secrets: Option<String> = get(row, "boot_secrets")?;
+    let registration_hash: Option<String> = get(row, "registration_hash")?;
+    let registration_expires: Option<i64> = get(row, "registration_expires")?;
+    let registration_used_from: Option<String> = get(row, "registration_used_from")?;
+    let progress: Option<String> = get(row, "progress")?;
+    let callback_hash: Option<String> = get(row, "callback_hash")?;
+    Ok(MachineState {
+        // A progress that does not read back is shown as none, never an error.
+        progress: progress.and_then(|text| serde_json::from_str(&text).ok()),
+        install_done_at: get(row, "install_done_at")?,
+        callback: match callback_hash {
+            Some(hash) => Some(Callback {
+                hash,
+                run: get(row, "callback_run")?,
+                used_from: get(row, "callback_used_from")?,
+            }),
+            None => None,
+        },
+        run: run.zip(role).map(|(id, role)| MachineRun { id, role }),
+        run_token_hash: get(row, "run_token_hash")?,
+        run_ended_at: get(row, "run_ended_at")?,
+        boot_secrets: secrets
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+        boot_exchanged_from: get(row, "boot_exchanged_from")?,
+        registration: registration_hash.map(|hash| Registration {
+            hash,
+            expires_at: registration_expires.unwrap_or(0),
+            used_from: registration_used_from,
+        }),
+        erase_mode: get_opt_parsed(row, "erase_mode")?,
+    })
 }
 
 #[cfg(test)]

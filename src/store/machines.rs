@@ -22,6 +22,13 @@ const MACHINE_COLUMNS: &str = "id, name, status, previous_status, locked, power,
      deployed_os, generation, status_reason, status_since, last_heard, boot_started, power_decided, boot_mac, power_intent, power_intent_passing, power_intent_why, arch, \
      power_type, power_params, bmc_address, image, tags, cpus, cpu_model, cpu_speed_mhz, memory_mib, facts, created_at, updated_at";
 
+/// The columns a [`HardwareDetail::Lean`] record is read from, on the machines table `m`.
+pub(super) const LEAN_MACHINE_COLUMNS: &str = "m.id, m.name, m.status, m.previous_status, m.locked, \
+     m.power, m.owner, m.commissioned, m.deployed_os, m.generation, m.status_reason, m.status_since, \
+     m.last_heard, m.boot_started, m.power_decided, m.boot_mac, m.power_intent, m.power_intent_passing, \
+     m.power_intent_why, m.arch, m.firmware, m.power_type, m.power_params, m.bmc_address, m.image, m.tags, \
+     m.cpus, m.cpu_speed_mhz, m.memory_mib, m.created_at, m.updated_at";
+
 /// The columns of a summary, in [`PackedSummary`]'s order.
 const SUMMARY_COLUMNS: &str =
     "m.name, m.status, m.power, m.locked, m.arch, m.cpus, m.memory_mib, m.owner, d.storage_bytes";
@@ -88,6 +95,55 @@ impl Store {
         };
         transaction.commit().await?;
         Ok(record)
+    }
+
+    /// Every machine in an in-progress status, without the hardware detail (lean records), in
+    /// one query: what the executor follows its machines with.
+    pub async fn in_progress_rows(&self) -> Result<Vec<MachineRecord>, StoreError> {
+        // The statuses are the model's own names, not input: written into the text.
+        let statuses: Vec<String> = Status::ALL
+            .iter()
+            .filter(|status| status.is_in_progress())
+            .map(|status| format!("'{}'", status.as_str()))
+            .collect();
+        let rows = sqlx::query(&format!(
+            "SELECT {LEAN_MACHINE_COLUMNS} FROM machines m WHERE m.status IN ({})",
+            statuses.join(", ")
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| machine_from_columns(row, HardwareDetail::Lean))
+            .collect()
+    }
+
+    /// The name of the machine one of whose interfaces has this MAC, in one query.
+    pub async fn machine_name_by_mac(&self, mac: MacAddr) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT m.name FROM interfaces i JOIN machines m ON m.id = i.machine_id WHERE i.mac = $1",
+        )
+        .bind(mac.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| get(&row, "name")).transpose()
+    }
+
+    /// [`Store::machine_by_mac`] without the hardware detail (a [`HardwareDetail::Lean`] record:
+    /// no facts beyond the firmware, no interfaces, no disks), in one query: what the boot
+    /// services read for each boot file they serve.
+    pub async fn machine_row_by_mac(
+        &self,
+        mac: MacAddr,
+    ) -> Result<Option<MachineRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {LEAN_MACHINE_COLUMNS} FROM interfaces i JOIN machines m ON m.id = i.machine_id \
+             WHERE i.mac = $1"
+        ))
+        .bind(mac.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| machine_from_columns(&row, HardwareDetail::Lean))
+            .transpose()
     }
 
     /// Every MAC the store knows, with the name of its machine (for services that must name
@@ -454,38 +510,34 @@ impl Store {
         let id = machine_id(&mut transaction, name)
             .await?
             .ok_or_else(|| StoreError::UnknownMachine(name.to_string()))?;
-        let macs: Vec<MacAddr> = interfaces.iter().map(|interface| interface.mac).collect();
-        check_macs_free(&mut transaction, name, Some(id), &macs).await?;
-        sqlx::query(
-            "UPDATE machines SET arch = COALESCE($1, arch), cpus = $2, cpu_model = $3, cpu_speed_mhz = $4, \
-                 memory_mib = $5, facts = $6, firmware = $7, generation = generation + 1, updated_at = $8 \
-             WHERE id = $9",
-        )
-        .bind(arch)
-        .bind(hardware.cpus)
-        .bind(hardware.cpu_model.as_deref())
-        .bind(hardware.cpu_speed_mhz)
-        .bind(hardware.memory_mib)
-        .bind(json_text(&hardware.facts))
-        .bind(Firmware::from_facts(&hardware.facts).map(Firmware::as_str))
-        .bind(now_ms())
-        .bind(id)
-        .execute(&mut *transaction)
-        .await?;
-        for table in [
-            "DELETE FROM interfaces WHERE machine_id = $1",
-            "DELETE FROM disks WHERE machine_id = $1",
-        ] {
-            sqlx::query(table)
-                .bind(id)
-                .execute(&mut *transaction)
-                .await?;
+        write_hardware(&mut transaction, id, arch, hardware).await?;
+        replace_interfaces(&mut transaction, id, name, interfaces).await?;
+        replace_disks(&mut transaction, id, disks).await?;
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::replace_hardware`] for a machine as it was read (`before`): its interfaces and
+    /// disks are rewritten only where they differ from `before`'s (commissioning reports them
+    /// script by script, and most scripts change neither).
+    pub async fn update_hardware(
+        &self,
+        before: &MachineRecord,
+        arch: Option<&str>,
+        hardware: &Hardware,
+        interfaces: &[Interface],
+        disks: &[Disk],
+    ) -> Result<(), StoreError> {
+        let (id, name) = (before.id, before.name.as_str());
+        let mut transaction = self.begin_write().await?;
+        if !write_hardware(&mut transaction, id, arch, hardware).await? {
+            return Err(StoreError::UnknownMachine(name.to_string()));
         }
-        for interface in interfaces {
-            insert_interface(&mut transaction, id, interface, name).await?;
+        if interfaces != before.interfaces.as_slice() {
+            replace_interfaces(&mut transaction, id, name, interfaces).await?;
         }
-        for disk in disks {
-            insert_disk(&mut transaction, id, disk).await?;
+        if disks != before.disks.as_slice() {
+            replace_disks(&mut transaction, id, disks).await?;
         }
         transaction.commit().await?;
         Ok(())
@@ -643,6 +695,66 @@ pub(crate) async fn insert_new_machine(
     };
     insert_event(connection, &event, now).await?;
     Ok(id)
+}
+
+/// Writes the machine's hardware columns (a new generation); false when there is no machine `id`.
+async fn write_hardware(
+    connection: &mut AnyConnection,
+    id: i64,
+    arch: Option<&str>,
+    hardware: &Hardware,
+) -> Result<bool, StoreError> {
+    let result = sqlx::query(
+        "UPDATE machines SET arch = COALESCE($1, arch), cpus = $2, cpu_model = $3, cpu_speed_mhz = $4, \
+             memory_mib = $5, facts = $6, firmware = $7, generation = generation + 1, updated_at = $8 \
+         WHERE id = $9",
+    )
+    .bind(arch)
+    .bind(hardware.cpus)
+    .bind(hardware.cpu_model.as_deref())
+    .bind(hardware.cpu_speed_mhz)
+    .bind(hardware.memory_mib)
+    .bind(json_text(&hardware.facts))
+    .bind(Firmware::from_facts(&hardware.facts).map(Firmware::as_str))
+    .bind(now_ms())
+    .bind(id)
+    .execute(&mut *connection)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Replaces the machine's interfaces; refused (`DuplicateMac`) if one's MAC is another machine's.
+async fn replace_interfaces(
+    connection: &mut AnyConnection,
+    id: i64,
+    name: &str,
+    interfaces: &[Interface],
+) -> Result<(), StoreError> {
+    let macs: Vec<MacAddr> = interfaces.iter().map(|interface| interface.mac).collect();
+    check_macs_free(connection, name, Some(id), &macs).await?;
+    sqlx::query("DELETE FROM interfaces WHERE machine_id = $1")
+        .bind(id)
+        .execute(&mut *connection)
+        .await?;
+    for interface in interfaces {
+        insert_interface(connection, id, interface, name).await?;
+    }
+    Ok(())
+}
+
+async fn replace_disks(
+    connection: &mut AnyConnection,
+    id: i64,
+    disks: &[Disk],
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM disks WHERE machine_id = $1")
+        .bind(id)
+        .execute(&mut *connection)
+        .await?;
+    for disk in disks {
+        insert_disk(connection, id, disk).await?;
+    }
+    Ok(())
 }
 
 /// On PostgreSQL another controller may insert the same name or MAC between our check and our

@@ -149,6 +149,5 @@ async fn machine_at(store: &Store, ip: IpAddr) -> Option<String> {
     if let Some(machine) = lease.machine {
         return Some(machine);
     }
-    let machine = store.machine_by_mac(lease.mac).await.ok()??;
-    Some(machine.name.as_str().to_string())
+    store.machine_name_by_mac(lease.mac).await.ok()?
 }

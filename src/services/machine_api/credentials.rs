@@ -46,6 +46,8 @@ pub enum CredentialError {
 /// A run a token opens: the machine as it is now and the run.
 #[derive(Debug, Clone)]
 pub struct Authorized {
+    /// The machine's row as it is now, without its hardware detail (facts beyond the firmware,
+    /// interfaces, disks: [`Store::machine_row_and_state`]); what needs them loads the machine.
     pub record: MachineRecord,
     pub run: String,
     pub role: Role,
@@ -67,7 +69,11 @@ pub async fn authorize(
     token: &str,
 ) -> Result<Authorized, CredentialError> {
     let no_machine = || CredentialError::NotFound(format!("no machine named {name}"));
-    let state = store.machine_state(name).await?.ok_or_else(no_machine)?;
+    // One query: every machine API call comes here first.
+    let (record, state) = store
+        .machine_row_and_state(name)
+        .await?
+        .ok_or_else(no_machine)?;
     let hash = secret_hash(token);
     if state.run_token_hash.as_deref() != Some(hash.as_str()) {
         return Err(match store.machine_of_run_token(&hash).await? {
@@ -80,7 +86,6 @@ pub async fn authorize(
             )),
         });
     }
-    let record = store.machine(name).await?.ok_or_else(no_machine)?;
     let run = state.run.ok_or_else(|| {
         CredentialError::Unauthorized(format!("token expired: {name} has no run"))
     })?;

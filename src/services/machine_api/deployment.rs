@@ -349,7 +349,7 @@ pub async fn fetch(
 ) -> Result<DeploymentDocument, MachineApiError> {
     let record = &authorized.record;
     let name = record.name.as_str();
-    store.heard_from(name).await?;
+    super::heard_from(store, settings, record).await?;
     if authorized.role != super::Role::Deploying || record.lifecycle.status != Status::Deploying {
         return Err(MachineApiError::Stop(format!(
             "machine {name} is {}: it has no deployment to fetch",
@@ -358,7 +358,12 @@ pub async fn fetch(
     }
     let stored = store.deployment(name).await?;
     let held = store.machine_addresses(name).await?;
-    let machine = ObservedMachine::from_record(record);
+    // With its disks and interfaces, which the layout and the network are resolved against.
+    let full = store
+        .machine(name)
+        .await?
+        .ok_or_else(|| crate::store::StoreError::UnknownMachine(name.to_string()))?;
+    let machine = ObservedMachine::from_record(&full);
     let resolved = image.and_then(|image| {
         resolve(&DeploymentInputs {
             machine: &machine,
