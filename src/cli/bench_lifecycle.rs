@@ -80,6 +80,7 @@ pub async fn run(options: LifecycleOptions) -> anyhow::Result<ExitCode> {
             options.controllers
         );
     }
+    raise_open_file_limit(u64::from(options.machines) * FILES_PER_MACHINE + 1024)?;
     let directory = tempfile::Builder::new().prefix("fleet-bench.").tempdir()?;
     let dir = directory.path().to_path_buf();
     let database = match &options.database {
@@ -91,6 +92,39 @@ pub async fn run(options: LifecycleOptions) -> anyhow::Result<ExitCode> {
         database.drop_it().await;
     }
     measured
+}
+
+/// Open files per simulated machine, counted for the bench process and each controller alike:
+/// its BMC's socket, its HTTP connection kept alive, a DHCP or TFTP socket while it boots, and
+/// one spare.
+const FILES_PER_MACHINE: u64 = 4;
+
+/// Raises this process's open-file limit (which the controllers it starts inherit) to `wanted`,
+/// within the hard limit — or past it as root, as far as the kernel's `fs.nr_open` goes. 10,000
+/// machines need about 40,000; a default of 1,024 (or this machine's 20,000) stops the bench
+/// with "Too many open files" halfway.
+fn raise_open_file_limit(wanted: u64) -> anyhow::Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft >= wanted {
+        return Ok(());
+    }
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .unwrap_or(hard);
+    let target = wanted.min(ceiling.max(hard));
+    if target > hard && setrlimit(Resource::RLIMIT_NOFILE, target, target).is_ok() {
+        return Ok(());
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, target.min(hard), hard)?;
+    if target.min(hard) < wanted {
+        eprintln!(
+            "fleet bench: open files limited to {} (hard limit; {wanted} wanted): a run this size may stop with \"Too many open files\" (raise it with `ulimit -n` as root)",
+            target.min(hard)
+        );
+    }
+    Ok(())
 }
 
 /// How many machines each of `controllers` boots: an even split, the first ones one more.
