@@ -807,17 +807,28 @@ impl ChildController {
 
     async fn wait_until_up(&mut self, state_dir: &Path) -> anyhow::Result<String> {
         let api_url_file = state_dir.join(fleet::controller::API_URL_FILE);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&api_url_file) {
-                if !text.trim().is_empty() {
-                    return Ok(text.trim().to_string());
-                }
-            }
-            if Instant::now() > deadline || self.child.try_wait()?.is_some() {
+        match self.wait_for_text(&api_url_file).await? {
+            Some(url) => Ok(url),
+            None => {
                 let stderr =
                     std::fs::read_to_string(self.log.with_extension("stderr")).unwrap_or_default();
                 bail!("fleet serve ({}) did not start:\n{stderr}", self.label);
+            }
+        }
+    }
+
+    /// The trimmed text of `file` once it is written (not empty); `None` if the controller
+    /// exits first or 60 s pass.
+    async fn wait_for_text(&mut self, file: &Path) -> anyhow::Result<Option<String>> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(file) {
+                if !text.trim().is_empty() {
+                    return Ok(Some(text.trim().to_string()));
+                }
+            }
+            if Instant::now() > deadline || self.child.try_wait()?.is_some() {
+                return Ok(None);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -827,21 +838,13 @@ impl ChildController {
     /// come just after its API).
     async fn wait_for_id(&mut self, state_dir: &Path) -> anyhow::Result<String> {
         let id_file = state_dir.join("controller-id");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(text) = std::fs::read_to_string(&id_file) {
-                if !text.trim().is_empty() {
-                    return Ok(text.trim().to_string());
-                }
-            }
-            if Instant::now() > deadline || self.child.try_wait()?.is_some() {
-                bail!(
-                    "fleet serve ({}) wrote no {} within 60 s",
-                    self.label,
-                    id_file.display()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        match self.wait_for_text(&id_file).await? {
+            Some(id) => Ok(id),
+            None => bail!(
+                "fleet serve ({}) wrote no {} within 60 s",
+                self.label,
+                id_file.display()
+            ),
         }
     }
 
