@@ -19,7 +19,9 @@
 #   PEER_BASELINES        the peer script [../shared/bench/peer-baselines.sh from the repo]
 #   BENCH_LOG_DIR         where each command's full output goes [a new temporary directory]
 #
-# Not part of the tests: it takes minutes (the peers ~15-20 more). Every figure is printed with
+#   PEER_TFTP_RUNS        runs of the peer script's TFTP part, one repetition each [5; 2 with --quick]
+#
+# Not part of the tests: it takes minutes (the peers ~40 more). Every figure is printed with
 # the load average of its run: other work on the machine shows there.
 set -uo pipefail
 
@@ -85,18 +87,30 @@ run_lifecycle() {
   ROWS+=("$name|$figures|load $load|$(field "$text" '(NOT met.*|met)$')")
 }
 
+# The peer script runs each server's repetitions one after another; for TFTP it is run
+# PEER_TFTP_RUNS times with one repetition each instead, so every server's repetitions are
+# interleaved in time, and examples/peer-ratios.py prints each row's median against the best peer.
 run_peers() {
   echo "== peer-baselines.sh with fleet's DHCP and TFTP servers (needs root)"
   local root; root=$(pwd)
-  local quick=()
-  [ "$QUICK" = 1 ] && quick=(QUICK=1)
-  env "${quick[@]}" \
+  local quick=() runs=${PEER_TFTP_RUNS:-5} run results=()
+  [ "$QUICK" = 1 ] && { quick=(QUICK=1); runs=${PEER_TFTP_RUNS:-2}; }
+  env "${quick[@]}" PB_DIR="$LOGS/peers" SKIP_TFTP=1 \
     DHCP_EXTRA_NAME=fleet \
     DHCP_EXTRA_CMD="exec $root/target/release/examples/dhcp-bench-server --interface \"\$PB_IFACE\" --server-ip \"\$PB_SRV_IP\" --prefix \"\$PB_PREFIX\" --pool-start \"\$PB_POOL_START\" --pool-end \"\$PB_POOL_END\" --state-dir \"\$PB_STATE_DIR\"" \
-    TFTP_EXTRA_NAME=fleet \
-    TFTP_EXTRA_CMD="exec $root/target/release/examples/tftp-bench-server --root \"\$PB_TFTP_ROOT\"" \
-    bash "$PEER_BASELINES" >"$LOGS/peers.log" 2>&1
-  ROWS+=("peers (DHCP, TFTP)|see the summary at the end of $LOGS/peers.log|load $(cut -d' ' -f1 /proc/loadavg)|")
+    bash "$PEER_BASELINES" >"$LOGS/peers-dhcp.log" 2>&1
+  for run in $(seq "$runs"); do
+    echo "   TFTP run $run of $runs"
+    env "${quick[@]}" PB_DIR="$LOGS/peers" SKIP_DHCP=1 TFTP_REPS=1 \
+      TFTP_EXTRA_NAME=fleet \
+      TFTP_EXTRA_CMD="exec $root/target/release/examples/tftp-bench-server --root \"\$PB_TFTP_ROOT\"" \
+      bash "$PEER_BASELINES" >"$LOGS/peers-tftp-$run.log" 2>&1
+    results+=("$(ls -td "$LOGS"/peers/results/*/ | head -1)results.jsonl")
+  done
+  python3 examples/peer-ratios.py "${results[@]}" >"$LOGS/peers-tftp-ratios.txt" 2>&1
+  cat "$LOGS/peers-tftp-ratios.txt"
+  ROWS+=("peers DHCP|see the summary at the end of $LOGS/peers-dhcp.log|load $(cut -d' ' -f1 /proc/loadavg)|")
+  ROWS+=("peers TFTP, $runs interleaved runs|$(tail -1 "$LOGS/peers-tftp-ratios.txt") ($LOGS/peers-tftp-ratios.txt)|load $(cut -d' ' -f1 /proc/loadavg)|")
 }
 
 for machines in 1000 10000 100000; do run_plan "$machines"; done

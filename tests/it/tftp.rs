@@ -192,6 +192,49 @@ fn tftp_hpa_fetches_a_loader_with_default_options() {
     );
 }
 
+/// Transfers beyond `max_threads` wait for a thread instead of starting one each: with one
+/// thread, four curl clients at once all get the whole file (a thread not handed back would
+/// leave three of them without an answer).
+#[test]
+fn transfers_beyond_the_thread_limit_wait_their_turn_and_complete() {
+    require("curl");
+    let root = tempfile::tempdir().expect("a temporary root");
+    std::fs::write(root.path().join("random.bin"), random_bytes(1 << 20, 9)).expect("written");
+    let mut config = TftpConfig::new(root.path().to_path_buf());
+    config.max_threads = 1;
+    let server = TestTftp::start_with(root, config);
+    let out = tempfile::tempdir().expect("a directory");
+    let url = format!("tftp://{}/random.bin", server.address);
+    let clients: Vec<_> = (0..4)
+        .map(|index| {
+            let target = out.path().join(format!("random-{index}.bin"));
+            let child = Command::new("curl")
+                .args(["--silent", "--show-error", "--tftp-blksize", "1468", "-o"])
+                .arg(&target)
+                .arg(&url)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("curl starts (installed by .ci/setup-netboot)");
+            (target, child)
+        })
+        .collect();
+    let expected = sha256_of(&server.root.path().join("random.bin"));
+    for (target, child) in clients {
+        let output = child.wait_with_output().expect("curl ends");
+        assert!(output.status.success(), "curl: {}", text_of(&output));
+        assert_eq!(sha256_of(&target), expected, "{}", target.display());
+    }
+    let reports = server.wait_for_reports(4);
+    assert_eq!(reports.len(), 4, "{reports:?}");
+    assert!(
+        reports
+            .iter()
+            .all(|report| report.outcome == TransferOutcome::Completed),
+        "{reports:?}"
+    );
+}
+
 #[test]
 fn a_file_of_whole_blocks_ends_with_an_empty_block() {
     let server = TestTftp::start();
@@ -458,6 +501,58 @@ fn a_client_error_ends_the_transfer_at_once() {
     assert!(
         matches!(&reports[0].outcome, TransferOutcome::ClientError { message, .. } if message == "giving up"),
         "{reports:?}"
+    );
+}
+
+/// Transfers run on threads of their own (blocking recv, as tftpd-hpa): a server that shuts
+/// down must still end them, not leave them retransmitting to a silent client for 5 timeouts.
+#[test]
+fn a_transfer_stops_sending_when_the_server_shuts_down() {
+    let mut server = TestTftp::start();
+    let client = UdpSocket::bind("127.0.0.1:0").expect("bound");
+    client
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout set");
+    client
+        .send_to(b"\x00\x01random.bin\x00octet\x00", server.address)
+        .expect("sent");
+    let mut buffer = [0u8; 1024];
+    client.recv_from(&mut buffer).expect("the first block");
+    // The client stays silent: the server would send block 1 again every second.
+    let stopped_at = Instant::now();
+    drop(server.stop.take());
+    server
+        .thread
+        .take()
+        .expect("running")
+        .join()
+        .expect("stopped");
+    assert!(
+        stopped_at.elapsed() < Duration::from_secs(1),
+        "shutting down waited for the transfer: {:?}",
+        stopped_at.elapsed()
+    );
+    // What comes now is the server's ERROR (telling the client to give up), then nothing.
+    client
+        .set_read_timeout(Some(Duration::from_millis(2500)))
+        .expect("timeout set");
+    let (length, _) = client.recv_from(&mut buffer).expect("the server's ERROR");
+    assert_eq!(
+        &buffer[..2],
+        b"\x00\x05",
+        "an ERROR, not {:?}",
+        &buffer[..length]
+    );
+    assert!(
+        String::from_utf8_lossy(&buffer[4..length]).contains("shutting down"),
+        "{:?}",
+        String::from_utf8_lossy(&buffer[4..length])
+    );
+    let heard = client.recv_from(&mut buffer);
+    assert!(
+        heard.is_err(),
+        "a packet came after the server's ERROR: {:?}",
+        &buffer[..4]
     );
 }
 
