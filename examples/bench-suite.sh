@@ -105,7 +105,8 @@ run_peers() {
       TFTP_EXTRA_NAME=fleet \
       TFTP_EXTRA_CMD="exec $root/target/release/examples/tftp-bench-server --root \"\$PB_TFTP_ROOT\"" \
       bash "$PEER_BASELINES" >"$LOGS/peers-tftp-$run.log" 2>&1
-    results+=("$(ls -td "$LOGS"/peers/results/*/ | head -1)results.jsonl")
+    # The newest run's directory (named by its time; results/latest is a link that moves on).
+    results+=("$(ls -td "$LOGS"/peers/results/2*/ | head -1)results.jsonl")
   done
   python3 examples/peer-ratios.py "${results[@]}" >"$LOGS/peers-tftp-ratios.txt" 2>&1
   cat "$LOGS/peers-tftp-ratios.txt"

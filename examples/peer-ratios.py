@@ -12,6 +12,7 @@ ours / best peer. Only rows every copy of which was verified (ok=1) count.
 """
 import argparse
 import json
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -19,7 +20,8 @@ from collections import defaultdict
 
 def read_rows(paths):
     rows = []
-    for path in paths:
+    # The peer script's results/latest is a link to the newest run: counted once.
+    for path in dict.fromkeys(os.path.realpath(path) for path in paths):
         with open(path) as lines:
             rows.extend(json.loads(line) for line in lines if line.strip())
     return [row for row in rows if row.get("kind") == "tftp" and row.get("ok") == 1]
