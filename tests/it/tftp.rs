@@ -467,9 +467,9 @@ fn write_requests_are_refused() {
     assert!(!server.root.path().join("uploaded.bin").exists());
 }
 
-#[test]
-fn a_client_error_ends_the_transfer_at_once() {
-    let server = TestTftp::start();
+/// Asks for random.bin in plain lock-step from a raw socket and reads the first answer: the
+/// socket, the transfer's address, the answer (in a buffer to read more into) and its length.
+fn request_random_bin(server: &TestTftp) -> (UdpSocket, SocketAddr, [u8; 1024], usize) {
     let client = UdpSocket::bind("127.0.0.1:0").expect("bound");
     client
         .set_read_timeout(Some(Duration::from_secs(3)))
@@ -479,6 +479,13 @@ fn a_client_error_ends_the_transfer_at_once() {
         .expect("sent");
     let mut buffer = [0u8; 1024];
     let (length, transfer) = client.recv_from(&mut buffer).expect("the first block");
+    (client, transfer, buffer, length)
+}
+
+#[test]
+fn a_client_error_ends_the_transfer_at_once() {
+    let server = TestTftp::start();
+    let (client, transfer, mut buffer, length) = request_random_bin(&server);
     assert_eq!(
         &buffer[..4],
         b"\x00\x03\x00\x01",
@@ -509,15 +516,7 @@ fn a_client_error_ends_the_transfer_at_once() {
 #[test]
 fn a_transfer_stops_sending_when_the_server_shuts_down() {
     let mut server = TestTftp::start();
-    let client = UdpSocket::bind("127.0.0.1:0").expect("bound");
-    client
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .expect("timeout set");
-    client
-        .send_to(b"\x00\x01random.bin\x00octet\x00", server.address)
-        .expect("sent");
-    let mut buffer = [0u8; 1024];
-    client.recv_from(&mut buffer).expect("the first block");
+    let (client, _transfer, mut buffer, _) = request_random_bin(&server);
     // The client stays silent: the server would send block 1 again every second.
     let stopped_at = Instant::now();
     drop(server.stop.take());

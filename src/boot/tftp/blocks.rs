@@ -89,9 +89,7 @@ impl DiskChunks {
         if self.chunk_size == 0 {
             let (file, offset) = (&self.file, &mut self.next_offset);
             return fill(data, block_size, |buffer| {
-                let count = file.read_at(buffer, *offset)?;
-                *offset += count as u64;
-                Ok(count)
+                read_at_offset(file, buffer, offset)
             });
         }
         let mut filled = 0;
@@ -109,26 +107,21 @@ impl DiskChunks {
 
     /// Reads the next chunk (short only at the end of the file); false at the end.
     fn read_next_chunk(&mut self) -> io::Result<bool> {
-        self.chunk.resize(self.chunk_size, 0);
-        let mut count = 0;
-        while count < self.chunk_size {
-            match self
-                .file
-                .read_at(&mut self.chunk[count..], self.next_offset)
-            {
-                Ok(0) => break,
-                Ok(read) => {
-                    count += read;
-                    self.next_offset += read as u64;
-                }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) => return Err(error),
-            }
-        }
-        self.chunk.truncate(count);
+        let (file, offset) = (&self.file, &mut self.next_offset);
+        self.chunk.clear();
+        let count = fill(&mut self.chunk, self.chunk_size, |buffer| {
+            read_at_offset(file, buffer, offset)
+        })?;
         self.at = 0;
         Ok(count > 0)
     }
+}
+
+/// One `pread` at `offset`, which moves on by what was read.
+fn read_at_offset(file: &std::fs::File, buffer: &mut [u8], offset: &mut u64) -> io::Result<usize> {
+    let count = file.read_at(buffer, *offset)?;
+    *offset += count as u64;
+    Ok(count)
 }
 
 /// Appends up to `block_size` bytes to `data` from repeated `read`s, which return 0 at the end.
@@ -159,47 +152,49 @@ fn fill(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_file_on_disk_comes_out_in_whole_blocks_and_a_short_last_one() {
+    /// A file of `length` bytes (a pattern) opened for `block_size` blocks.
+    fn file_of(length: u32, block_size: usize) -> (tempfile::TempDir, Vec<u8>, Blocks) {
         let directory = tempfile::tempdir().expect("temporary directory");
-        let path = directory.path().join("loader");
-        let content: Vec<u8> = (0..2500u32).map(|index| (index % 251) as u8).collect();
+        let path = directory.path().join("file");
+        let content: Vec<u8> = (0..length).map(|index| (index % 251) as u8).collect();
         std::fs::write(&path, &content).expect("write");
-        let mut blocks = Blocks::disk(&path, content.len() as u64, 1024).expect("open");
-        let mut sizes = Vec::new();
-        let mut sent = Vec::new();
+        let blocks = Blocks::disk(&path, content.len() as u64, block_size).expect("open");
+        (directory, content, blocks)
+    }
+
+    /// Every block's payload (after a 4-byte header) until the short last one, and their sizes.
+    fn send_all(blocks: &mut Blocks, block_size: usize) -> (Vec<u8>, Vec<usize>) {
+        let (mut sent, mut sizes) = (Vec::new(), Vec::new());
         loop {
             let mut data = vec![0xAA; 4];
-            let payload = blocks.append_block(&mut data, 1024).expect("read");
+            let payload = blocks.append_block(&mut data, block_size).expect("read");
             assert_eq!(data.len(), 4 + payload, "the payload follows the header");
             sent.extend_from_slice(&data[4..]);
             sizes.push(payload);
-            if payload < 1024 {
-                break;
+            if payload < block_size {
+                return (sent, sizes);
             }
         }
+    }
+
+    #[test]
+    fn a_file_on_disk_comes_out_in_whole_blocks_and_a_short_last_one() {
+        let (_directory, content, mut blocks) = file_of(2500, 1024);
+        let (sent, sizes) = send_all(&mut blocks, 1024);
         assert_eq!(sizes, vec![1024, 1024, 452]);
         assert_eq!(sent, content);
     }
 
     #[test]
     fn large_blocks_are_read_straight_into_the_packet_and_come_out_whole() {
-        let directory = tempfile::tempdir().expect("temporary directory");
-        let path = directory.path().join("image");
-        let content: Vec<u8> = (0..70_000u32).map(|index| (index % 253) as u8).collect();
-        std::fs::write(&path, &content).expect("write");
-        let mut blocks = Blocks::disk(&path, content.len() as u64, 16_384).expect("open");
+        let (_directory, content, mut blocks) = file_of(70_000, 16_384);
         assert!(matches!(&blocks, Blocks::Disk(chunks) if chunks.chunk_size == 0));
-        let mut sent = Vec::new();
-        loop {
-            let mut data = vec![0xAA; 4];
-            let payload = blocks.append_block(&mut data, 16_384).expect("read");
-            sent.extend_from_slice(&data[4..]);
-            if payload < 16_384 {
-                assert_eq!(payload, 70_000 % 16_384, "the short last block");
-                break;
-            }
-        }
+        let (sent, sizes) = send_all(&mut blocks, 16_384);
+        assert_eq!(
+            sizes.last(),
+            Some(&(70_000 % 16_384)),
+            "the short last block"
+        );
         assert_eq!(sent, content);
     }
 }
